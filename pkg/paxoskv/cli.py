@@ -1,0 +1,56 @@
+"""The ``paxoskv`` command line.
+
+Each subcommand lives beside the code it drives and is registered here, so
+this file stays a table of contents.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+import click
+
+from paxoskv import __version__
+
+# name -> "module:attribute" of a click command; imported on first use.
+SUBCOMMANDS: dict[str, str] = {
+    "check": "paxoskv.check.cli:check_cmd",
+    "sim": "paxoskv.sim.cli:sim_cmd",
+    "serve": "paxoskv.server.cli:serve_cmd",
+    "put": "paxoskv.client.cli:put_cmd",
+    "get": "paxoskv.client.cli:get_cmd",
+    "delete": "paxoskv.client.cli:delete_cmd",
+    "status": "paxoskv.client.cli:status_cmd",
+    "cluster": "paxoskv.server.cluster:cluster_cmd",
+    "chaos": "paxoskv.chaos.cli:chaos_cmd",
+    "bench": "paxoskv.bench.cli:bench_cmd",
+    "snapshot": "paxoskv.server.snapshot_cli:snapshot_cmd",
+}
+
+
+class LazyGroup(click.Group):
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(name for name in SUBCOMMANDS if self._load(name) is not None)
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        return self._load(name)
+
+    @staticmethod
+    def _load(name: str) -> click.Command | None:
+        target = SUBCOMMANDS.get(name)
+        if target is None:
+            return None
+        module_name, attr = target.split(":")
+        try:
+            module = importlib.import_module(module_name)
+        except ModuleNotFoundError as exc:
+            if exc.name and module_name.startswith(exc.name):
+                return None  # not built yet
+            raise
+        return getattr(module, attr, None)
+
+
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="paxoskv")
+def main() -> None:
+    """paxoskv: a replicated, linearizable key-value store on Multi-Paxos."""

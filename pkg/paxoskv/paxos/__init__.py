@@ -1,0 +1,1 @@
+"""The Multi-Paxos consensus core: pure, no sockets, clocks, disks or threads."""
