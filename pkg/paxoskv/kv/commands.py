@@ -1,0 +1,114 @@
+"""Encoding, decoding and validation of the replicated log's kv commands.
+
+Rules:
+
+- A command is a ``paxoskv.v1.Command`` protobuf; in a slot's value it travels
+  as its encoded bytes. ``encode_*`` serialize deterministically, so the same
+  command always has the same bytes.
+- ``decode`` turns bytes into a ``Command`` or raises ``DecodeError`` (a
+  ``ValueError``); it never lets a protobuf exception escape.
+- ``validate`` answers ``None`` for a command the state machine will apply and
+  a one-line, human-readable reason otherwise. It looks at the command and the
+  ``Limits`` only, never at state: the gRPC facade calls it to answer
+  INVALID_ARGUMENT before proposing, and the state machine calls it again on
+  every command it reads from the log (the log is replicated; a bad command
+  must be answered INVALID on every node alike, never crash them).
+- ``Limits`` are part of the replicated state machine's definition: every node
+  of a cluster must use the same ones, or the replicas could diverge.
+
+Exactly-once identity: ``client_id`` empty means "no session" and then
+``sequence`` must be 0. A non-empty ``client_id`` needs ``sequence >= 1``
+(sequences of one client start at 1 and grow by one per new request).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from google.protobuf.message import DecodeError as _ProtobufDecodeError
+
+from paxoskv.v1 import kv_pb2
+
+__all__ = [
+    "DecodeError",
+    "Limits",
+    "decode",
+    "encode",
+    "encode_delete",
+    "encode_put",
+    "validate",
+]
+
+
+class DecodeError(ValueError):
+    """The bytes are not an encoded ``paxoskv.v1.Command``."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Limits:
+    """Size limits of commands. Identical on every node of a cluster."""
+
+    key_bytes_max: int = 4096
+    value_bytes_max: int = 1 << 20
+    client_id_bytes_max: int = 256
+
+    def __post_init__(self) -> None:
+        if self.key_bytes_max < 1 or self.value_bytes_max < 0 or self.client_id_bytes_max < 1:
+            raise ValueError(f"limits must be positive: {self}")
+
+
+def encode(cmd: kv_pb2.Command) -> bytes:
+    """The deterministic encoding of ``cmd``."""
+    return cmd.SerializeToString(deterministic=True)
+
+
+def encode_put(client_id: str, sequence: int, key: bytes, value: bytes) -> bytes:
+    return encode(
+        kv_pb2.Command(
+            client_id=client_id, sequence=sequence, put=kv_pb2.PutOp(key=key, value=value)
+        )
+    )
+
+
+def encode_delete(client_id: str, sequence: int, key: bytes) -> bytes:
+    return encode(
+        kv_pb2.Command(client_id=client_id, sequence=sequence, delete=kv_pb2.DeleteOp(key=key))
+    )
+
+
+def decode(data: bytes) -> kv_pb2.Command:
+    """Parse ``data`` as a ``Command``; raise ``DecodeError`` if it is not one."""
+    cmd = kv_pb2.Command()
+    try:
+        cmd.ParseFromString(data)
+    except (_ProtobufDecodeError, ValueError, TypeError) as exc:
+        raise DecodeError(f"not an encoded Command ({len(data)} bytes): {exc}") from None
+    return cmd
+
+
+def validate(cmd: kv_pb2.Command, limits: Limits) -> str | None:
+    """``None`` if the state machine will apply ``cmd``, else why not (one line)."""
+    client_id_bytes = len(cmd.client_id.encode("utf-8"))
+    if client_id_bytes == 0 and cmd.sequence != 0:
+        return f"sequence {cmd.sequence} given without a client_id"
+    if client_id_bytes > 0 and cmd.sequence == 0:
+        return "client_id given without a sequence (sequences start at 1)"
+    if client_id_bytes > limits.client_id_bytes_max:
+        return (
+            f"client_id is {client_id_bytes} bytes, more than the limit of "
+            f"{limits.client_id_bytes_max}"
+        )
+    op = cmd.WhichOneof("op")
+    if op is None:
+        return "command has no operation (put or delete)"
+    key = cmd.put.key if op == "put" else cmd.delete.key
+    if not key:
+        return "key is empty"
+    if len(key) > limits.key_bytes_max:
+        return f"key is {len(key)} bytes, more than the limit of {limits.key_bytes_max}"
+    if op == "put" and len(cmd.put.value) > limits.value_bytes_max:
+        return (
+            f"value is {len(cmd.put.value)} bytes, more than the limit of "
+            f"{limits.value_bytes_max}"
+        )
+    return None

@@ -1,0 +1,264 @@
+"""The replicated state machine: chosen log slots -> key-value map, exactly once.
+
+Rules:
+
+- ``apply(index, value)`` is called once per slot, in slot order, without
+  gaps: ``index == applied_index + 1`` is asserted. ``value`` is the slot's
+  chosen batch of encoded ``Command`` bytes; the empty tuple is a no-op that
+  only advances ``applied_index``.
+- Deterministic: the outputs and the new state depend only on the previous
+  state, ``index``, ``value``, ``limits`` and ``sessions_max``. No clock, no
+  randomness, no iteration over unordered containers decides anything. Every
+  replica of a cluster must use the same ``limits`` and ``sessions_max``.
+- Never raises on bad data from the log. An undecodable command or one that
+  ``validate`` rejects is answered ``INVALID`` with the reason, and changes
+  nothing (no key, no session).
+- Exactly-once. A command with a non-empty ``client_id`` belongs to that
+  client's session, which remembers the client's last ``sequence``, its
+  result and the slot it was applied at (``last_index``):
+
+  ============================  ==============================================
+  sequence vs. session          what happens
+  ============================  ==============================================
+  no session, or greater        applied; the session now remembers it
+  equal                         not applied again; the first result is returned
+  lower                         not applied; ``STALE_SEQUENCE``
+  ============================  ==============================================
+
+  A command with an empty ``client_id`` is applied with no session and no
+  deduplication.
+- Bounded sessions. When a new session makes the table larger than
+  ``sessions_max``, the session with the smallest ``last_index`` is evicted
+  (ties: the smallest ``client_id``). A client whose session was evicted and
+  who retries an old command gets it applied again: ``sessions_max`` must be
+  large enough for the number of clients active at once.
+- Every command of a slot yields one ``Applied`` entry, in order, so the node
+  can answer every waiting client, duplicates included.
+
+Theory of operation: the map is a plain dict. Sessions live in an
+``OrderedDict`` kept in ``last_index`` order (a session moves to the end when
+it is touched, and slots are applied in increasing order), so the eviction
+candidates are at the front; only the leading run of sessions sharing the
+smallest ``last_index`` (at most one slot's worth) is scanned for the
+smallest ``client_id``. Every change is also recorded in a change set that
+``take_changes()`` hands to storage as one atomic apply batch.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from types import MappingProxyType
+
+from paxoskv.kv.commands import DecodeError, Limits, decode, validate
+from paxoskv.v1 import kv_pb2, storage_pb2
+
+__all__ = ["Applied", "Changes", "KVStateMachine", "Session"]
+
+_OK = kv_pb2.CommandResult.OK
+_INVALID = kv_pb2.CommandResult.INVALID
+_STALE = kv_pb2.CommandResult.STALE_SEQUENCE
+
+
+def _copy_result(result: kv_pb2.CommandResult) -> kv_pb2.CommandResult:
+    out = kv_pb2.CommandResult()
+    out.CopyFrom(result)
+    return out
+
+
+@dataclass(frozen=True, slots=True)
+class Session:
+    """The last applied command of one client: its sequence, result and slot."""
+
+    sequence: int
+    result: kv_pb2.CommandResult
+    last_index: int
+
+    def to_proto(self) -> storage_pb2.Session:
+        return storage_pb2.Session(
+            sequence=self.sequence, result=self.result, last_index=self.last_index
+        )
+
+    @classmethod
+    def from_proto(cls, pb: storage_pb2.Session) -> Session:
+        return cls(sequence=pb.sequence, result=_copy_result(pb.result), last_index=pb.last_index)
+
+
+@dataclass(frozen=True, slots=True)
+class Applied:
+    """The answer to one command of a slot, for the client waiting on it.
+
+    ``client_id`` and ``sequence`` are empty/0 for a command without a session
+    and for an undecodable one.
+    """
+
+    client_id: str
+    sequence: int
+    result: kv_pb2.CommandResult
+
+
+@dataclass(frozen=True, slots=True)
+class Changes:
+    """What changed since the last ``take_changes()``; ``None`` means deleted."""
+
+    kv: dict[bytes, bytes | None]
+    sessions: dict[str, Session | None]
+    applied_index: int
+
+
+class KVStateMachine:
+    """A deterministic key-value map with exactly-once client sessions.
+
+    The state machine takes ownership of ``kv`` (mutated in place) and copies
+    ``sessions``.
+    """
+
+    def __init__(
+        self,
+        kv: dict[bytes, bytes],
+        sessions: Mapping[str, Session],
+        applied_index: int,
+        limits: Limits = Limits(),
+        sessions_max: int = 100_000,
+    ) -> None:
+        if applied_index < 0:
+            raise ValueError(f"applied_index must be >= 0, not {applied_index}")
+        if sessions_max < 1:
+            raise ValueError(f"sessions_max must be >= 1, not {sessions_max}")
+        late = [cid for cid, s in sessions.items() if s.last_index > applied_index]
+        if late:
+            raise ValueError(f"sessions {late[:3]} were applied after applied_index {applied_index}")
+        self._kv = kv
+        self._sessions: OrderedDict[str, Session] = OrderedDict(
+            sorted(sessions.items(), key=lambda item: (item[1].last_index, item[0]))
+        )
+        self._applied_index = applied_index
+        self._limits = limits
+        self._sessions_max = sessions_max
+        self._kv_changes: dict[bytes, bytes | None] = {}
+        self._session_changes: dict[str, Session | None] = {}
+
+    # ---- reading ---------------------------------------------------------------
+
+    @property
+    def applied_index(self) -> int:
+        return self._applied_index
+
+    @property
+    def limits(self) -> Limits:
+        return self._limits
+
+    @property
+    def sessions_max(self) -> int:
+        return self._sessions_max
+
+    def get(self, key: bytes) -> bytes | None:
+        return self._kv.get(key)
+
+    def __len__(self) -> int:
+        return len(self._kv)
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._kv
+
+    def items(self) -> Iterator[tuple[bytes, bytes]]:
+        """Every (key, value), in no particular order."""
+        return iter(self._kv.items())
+
+    def session(self, client_id: str) -> Session | None:
+        return self._sessions.get(client_id)
+
+    @property
+    def sessions(self) -> Mapping[str, Session]:
+        """A read-only view of the session table."""
+        return MappingProxyType(self._sessions)
+
+    # ---- applying --------------------------------------------------------------
+
+    def apply(self, index: int, value: tuple[bytes, ...]) -> list[Applied]:
+        """Apply the chosen ``value`` of slot ``index``; one ``Applied`` per command."""
+        assert index == self._applied_index + 1, (index, self._applied_index)
+        applied = [self._apply_one(index, data) for data in value]
+        self._applied_index = index
+        return applied
+
+    def _apply_one(self, index: int, data: bytes) -> Applied:
+        try:
+            cmd = decode(data)
+        except DecodeError as exc:
+            return Applied("", 0, kv_pb2.CommandResult(code=_INVALID, index=index, error=str(exc)))
+        client_id, sequence = cmd.client_id, cmd.sequence
+        error = validate(cmd, self._limits)
+        if error is not None:
+            return Applied(
+                client_id, sequence, kv_pb2.CommandResult(code=_INVALID, index=index, error=error)
+            )
+        if client_id:
+            session = self._sessions.get(client_id)
+            if session is not None and sequence == session.sequence:
+                return Applied(client_id, sequence, _copy_result(session.result))
+            if session is not None and sequence < session.sequence:
+                return Applied(
+                    client_id,
+                    sequence,
+                    kv_pb2.CommandResult(
+                        code=_STALE,
+                        index=index,
+                        error=(
+                            f"sequence {sequence} of client {client_id!r} is older than its "
+                            f"last applied sequence {session.sequence}"
+                        ),
+                    ),
+                )
+        result = self._execute(index, cmd)
+        if client_id:
+            self._remember(client_id, Session(sequence, _copy_result(result), index))
+        return Applied(client_id, sequence, result)
+
+    def _execute(self, index: int, cmd: kv_pb2.Command) -> kv_pb2.CommandResult:
+        op = cmd.WhichOneof("op")
+        if op == "put":
+            key = cmd.put.key
+            existed = key in self._kv
+            self._kv[key] = cmd.put.value
+            self._kv_changes[key] = cmd.put.value
+        else:
+            assert op == "delete", op
+            key = cmd.delete.key
+            existed = self._kv.pop(key, None) is not None
+            if existed:
+                self._kv_changes[key] = None
+        return kv_pb2.CommandResult(code=_OK, index=index, existed=existed)
+
+    def _remember(self, client_id: str, session: Session) -> None:
+        self._sessions[client_id] = session
+        self._sessions.move_to_end(client_id)
+        self._session_changes[client_id] = session
+        while len(self._sessions) > self._sessions_max:
+            self._evict_one()
+
+    def _evict_one(self) -> None:
+        oldest_index = None
+        victim = None
+        for client_id, session in self._sessions.items():
+            if oldest_index is None:
+                oldest_index = session.last_index
+            elif session.last_index != oldest_index:
+                break
+            if victim is None or client_id < victim:
+                victim = client_id
+        assert victim is not None
+        del self._sessions[victim]
+        self._session_changes[victim] = None
+
+    # ---- persistence -----------------------------------------------------------
+
+    def take_changes(self) -> Changes:
+        """Everything changed since the previous call, for one storage apply batch."""
+        changes = Changes(
+            kv=self._kv_changes, sessions=self._session_changes, applied_index=self._applied_index
+        )
+        self._kv_changes = {}
+        self._session_changes = {}
+        return changes

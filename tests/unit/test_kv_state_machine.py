@@ -1,0 +1,343 @@
+"""paxoskv.kv.state_machine: apply, exactly-once sessions, eviction, change sets."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from paxoskv.kv import Applied, KVStateMachine, Limits, Session, encode_delete, encode_put
+from paxoskv.v1 import kv_pb2, storage_pb2
+
+OK = kv_pb2.CommandResult.OK
+INVALID = kv_pb2.CommandResult.INVALID
+STALE = kv_pb2.CommandResult.STALE_SEQUENCE
+
+
+def fresh(**kwargs: object) -> KVStateMachine:
+    return KVStateMachine({}, {}, 0, Limits(), **kwargs)  # type: ignore[arg-type]
+
+
+def codes(applied: list[Applied]) -> list[int]:
+    return [a.result.code for a in applied]
+
+
+def test_put_get_delete_and_existed() -> None:
+    sm = fresh()
+    [a] = sm.apply(1, (encode_put("c", 1, b"k", b"v1"),))
+    assert (a.client_id, a.sequence) == ("c", 1)
+    assert (a.result.code, a.result.index, a.result.existed) == (OK, 1, False)
+    assert sm.get(b"k") == b"v1" and len(sm) == 1 and sm.applied_index == 1
+    [a] = sm.apply(2, (encode_put("c", 2, b"k", b"v2"),))
+    assert (a.result.index, a.result.existed) == (2, True)
+    assert sm.get(b"k") == b"v2"
+    [a, b] = sm.apply(3, (encode_delete("c", 3, b"k"), encode_delete("c", 4, b"k")))
+    assert (a.result.code, a.result.index, a.result.existed) == (OK, 3, True)
+    assert (b.result.code, b.result.index, b.result.existed) == (OK, 3, False)
+    assert sm.get(b"k") is None and len(sm) == 0
+
+
+def test_empty_value_is_a_value() -> None:
+    sm = fresh()
+    sm.apply(1, (encode_put("", 0, b"k", b""),))
+    assert sm.get(b"k") == b""
+    [a] = sm.apply(2, (encode_delete("", 0, b"k"),))
+    assert a.result.existed
+
+
+def test_noop_advances_the_index_only() -> None:
+    sm = fresh()
+    assert sm.apply(1, ()) == []
+    assert sm.applied_index == 1 and len(sm) == 0
+    changes = sm.take_changes()
+    assert (changes.kv, changes.sessions, changes.applied_index) == ({}, {}, 1)
+
+
+def test_apply_must_be_in_order_without_gaps() -> None:
+    sm = fresh()
+    with pytest.raises(AssertionError):
+        sm.apply(2, ())
+    sm.apply(1, ())
+    with pytest.raises(AssertionError):
+        sm.apply(1, ())
+
+
+def test_commands_of_a_slot_apply_in_order() -> None:
+    sm = fresh()
+    out = sm.apply(
+        1,
+        (
+            encode_put("a", 1, b"k", b"1"),
+            encode_put("b", 1, b"k", b"2"),
+            encode_delete("a", 2, b"k"),
+            encode_put("b", 2, b"k", b"3"),
+        ),
+    )
+    assert [(a.client_id, a.sequence, a.result.existed) for a in out] == [
+        ("a", 1, False),
+        ("b", 1, True),
+        ("a", 2, True),
+        ("b", 2, False),
+    ]
+    assert sm.get(b"k") == b"3"
+
+
+def test_duplicate_is_answered_with_the_first_result_and_not_applied() -> None:
+    sm = fresh()
+    [first] = sm.apply(1, (encode_put("c", 5, b"k", b"mine"),))
+    sm.apply(2, (encode_put("other", 1, b"k", b"theirs"),))
+    [dup] = sm.apply(3, (encode_put("c", 5, b"k", b"mine"),))
+    assert dup.result == first.result  # index 1, existed False
+    assert (dup.client_id, dup.sequence, dup.result.index) == ("c", 5, 1)
+    assert sm.get(b"k") == b"theirs"
+    assert sm.session("c") == Session(5, first.result, 1)
+    # A duplicate changes no state.
+    sm.take_changes()
+    sm.apply(4, (encode_put("c", 5, b"k", b"mine"),))
+    changes = sm.take_changes()
+    assert (changes.kv, changes.sessions, changes.applied_index) == ({}, {}, 4)
+
+
+def test_duplicate_results_are_copies() -> None:
+    sm = fresh()
+    sm.apply(1, (encode_put("c", 1, b"k", b"v"),))
+    [dup] = sm.apply(2, (encode_put("c", 1, b"k", b"v"),))
+    dup.result.index = 99
+    [again] = sm.apply(3, (encode_put("c", 1, b"k", b"v"),))
+    assert again.result.index == 1
+
+
+def test_duplicate_within_one_slot() -> None:
+    sm = fresh()
+    cmd = encode_delete("c", 1, b"k")
+    sm.apply(1, (encode_put("", 0, b"k", b"v"),))
+    a, b = sm.apply(2, (cmd, cmd))
+    assert a.result == b.result and a.result.existed
+
+
+def test_stale_sequence_is_refused() -> None:
+    sm = fresh()
+    sm.apply(1, (encode_put("c", 5, b"k", b"v5"),))
+    [a] = sm.apply(2, (encode_put("c", 4, b"k", b"v4"),))
+    assert (a.result.code, a.result.index) == (STALE, 2)
+    assert "older" in a.result.error
+    assert sm.get(b"k") == b"v5" and sm.session("c").sequence == 5  # type: ignore[union-attr]
+
+
+def test_sequence_may_skip_forward() -> None:
+    sm = fresh()
+    sm.apply(1, (encode_put("c", 1, b"k", b"1"),))
+    [a] = sm.apply(2, (encode_put("c", 10, b"k", b"10"),))
+    assert a.result.code == OK and sm.get(b"k") == b"10"
+    assert sm.session("c") == Session(10, a.result, 2)
+
+
+def test_commands_without_client_id_are_not_deduplicated() -> None:
+    sm = fresh()
+    cmd = encode_delete("", 0, b"k")
+    sm.apply(1, (encode_put("", 0, b"k", b"v"),))
+    [a] = sm.apply(2, (cmd,))
+    [b] = sm.apply(3, (cmd,))
+    assert (a.result.existed, b.result.existed) == (True, False)
+    assert dict(sm.sessions) == {}
+
+
+@pytest.mark.parametrize(
+    ("data", "error"),
+    [
+        (b"\xff\xff\xff", "not an encoded Command"),
+        (encode_put("c", 1, b"", b"v"), "key is empty"),
+        (encode_put("c", 1, b"k" * 11, b"v"), "key is 11 bytes"),
+        (encode_put("c", 1, b"k", b"v" * 21), "value is 21 bytes"),
+        (encode_put("c", 0, b"k", b"v"), "without a sequence"),
+        (kv_pb2.Command(client_id="c", sequence=1).SerializeToString(), "no operation"),
+    ],
+)
+def test_bad_commands_are_invalid_and_change_nothing(data: bytes, error: str) -> None:
+    sm = KVStateMachine({b"k": b"old"}, {}, 0, Limits(key_bytes_max=10, value_bytes_max=20))
+    [bad, good] = sm.apply(1, (data, encode_put("d", 1, b"j", b"x")))
+    assert (bad.result.code, bad.result.index) == (INVALID, 1)
+    assert error in bad.result.error
+    assert good.result.code == OK
+    assert sm.get(b"k") == b"old" and sm.session("c") is None
+    changes = sm.take_changes()
+    assert changes.kv == {b"j": b"x"} and list(changes.sessions) == ["d"]
+
+
+def test_invalid_command_does_not_touch_the_session() -> None:
+    sm = fresh()
+    sm.apply(1, (encode_put("c", 1, b"k", b"v"),))
+    [a] = sm.apply(2, (encode_put("c", 2, b"", b"v"),))
+    assert a.result.code == INVALID
+    assert sm.session("c").sequence == 1  # type: ignore[union-attr]
+    [b] = sm.apply(3, (encode_put("c", 2, b"k", b"w"),))
+    assert b.result.code == OK and sm.get(b"k") == b"w"
+
+
+def test_session_eviction_smallest_last_index_then_smallest_client_id() -> None:
+    sm = fresh(sessions_max=3)
+    sm.apply(1, (encode_put("z", 1, b"k", b"v"), encode_put("y", 1, b"k", b"v")))
+    sm.apply(2, (encode_put("x", 1, b"k", b"v"),))
+    sm.take_changes()
+    # A fourth session: the oldest slot is 1, shared by z and y; y is smaller.
+    sm.apply(3, (encode_put("w", 1, b"k", b"v"),))
+    assert sorted(sm.sessions) == ["w", "x", "z"]
+    assert sm.take_changes().sessions.keys() == {"w", "y"}
+    # Touching z makes x the oldest.
+    sm.apply(4, (encode_put("z", 2, b"k", b"v"),))
+    sm.apply(5, (encode_put("v", 1, b"k", b"v"),))
+    assert sorted(sm.sessions) == ["v", "w", "z"]
+    changes = sm.take_changes()
+    assert changes.sessions["x"] is None and changes.sessions["z"] == sm.session("z")
+    # An evicted client's old command is applied again (documented limit).
+    [a] = sm.apply(6, (encode_put("x", 1, b"k", b"again"),))
+    assert a.result.code == OK and a.result.index == 6
+
+
+def test_eviction_is_the_same_after_a_restart() -> None:
+    """A machine rebuilt from its sessions (any order) evicts what the original would."""
+    sm = fresh(sessions_max=50)
+    rng = random.Random(7)
+    index = 0
+    for _ in range(40):
+        index += 1
+        batch = tuple(
+            encode_put(f"c{rng.randrange(80)}", index, b"k", b"v") for _ in range(rng.randrange(4))
+        )
+        sm.apply(index, batch)
+    items = list(sm.sessions.items())
+    rng.shuffle(items)
+    twin = KVStateMachine(dict(sm.items()), dict(items), sm.applied_index, Limits(), sessions_max=50)
+    for _ in range(40):
+        index += 1
+        batch = tuple(
+            encode_put(f"n{rng.randrange(80)}", 1, b"k", b"v") for _ in range(rng.randrange(4))
+        )
+        assert sm.apply(index, batch) == twin.apply(index, batch)
+        assert dict(sm.sessions) == dict(twin.sessions)
+    assert len(sm.sessions) == 50  # the table was full: evictions happened
+
+
+def test_session_proto_round_trip() -> None:
+    result = kv_pb2.CommandResult(code=OK, index=9, existed=True, error="")
+    session = Session(sequence=3, result=result, last_index=9)
+    pb = session.to_proto()
+    assert isinstance(pb, storage_pb2.Session)
+    back = Session.from_proto(storage_pb2.Session.FromString(pb.SerializeToString()))
+    assert back == session
+
+
+def test_constructor_checks() -> None:
+    result = kv_pb2.CommandResult(index=5)
+    with pytest.raises(ValueError, match="applied after"):
+        KVStateMachine({}, {"c": Session(1, result, 5)}, 4, Limits())
+    with pytest.raises(ValueError):
+        fresh(sessions_max=0)
+
+
+def test_take_changes_reports_and_resets() -> None:
+    sm = KVStateMachine({b"a": b"1", b"b": b"2"}, {}, 0, Limits())
+    sm.apply(1, (encode_put("c", 1, b"a", b"x"), encode_delete("", 0, b"b")))
+    sm.apply(2, (encode_delete("", 0, b"nothing"),))
+    changes = sm.take_changes()
+    assert changes.kv == {b"a": b"x", b"b": None}
+    assert changes.sessions == {"c": sm.session("c")}
+    assert changes.applied_index == 2
+    again = sm.take_changes()
+    assert (again.kv, again.sessions, again.applied_index) == ({}, {}, 2)
+
+
+# ---- properties ---------------------------------------------------------------
+
+CLIENTS = ["", "a", "b", "c", "d"]
+KEYS = [b"k1", b"k2", b"k3"]
+
+command = st.builds(
+    lambda client, seq, key, value, put: (
+        encode_put(client, seq if client else 0, key, value)
+        if put
+        else encode_delete(client, seq if client else 0, key)
+    ),
+    st.sampled_from(CLIENTS),
+    st.integers(1, 6),
+    st.sampled_from(KEYS),
+    st.binary(max_size=3),
+    st.booleans(),
+)
+log = st.lists(st.lists(command | st.binary(max_size=4), max_size=4), max_size=30)
+
+
+class Model:
+    """The reference semantics, written the obvious way (no eviction)."""
+
+    def __init__(self) -> None:
+        self.kv: dict[bytes, bytes] = {}
+        self.last: dict[str, tuple[int, tuple[int, int, bool]]] = {}
+
+    def apply(self, index: int, data: bytes) -> tuple[int, int, bool]:
+        try:
+            cmd = kv_pb2.Command.FromString(data)
+        except Exception:
+            return (INVALID, index, False)
+        op = cmd.WhichOneof("op")
+        if op is None or (cmd.client_id == "") != (cmd.sequence == 0):
+            return (INVALID, index, False)
+        key = cmd.put.key if op == "put" else cmd.delete.key
+        if not key:
+            return (INVALID, index, False)
+        if cmd.client_id in self.last:
+            seq, result = self.last[cmd.client_id]
+            if cmd.sequence == seq:
+                return result
+            if cmd.sequence < seq:
+                return (STALE, index, False)
+        existed = key in self.kv
+        if op == "put":
+            self.kv[key] = cmd.put.value
+        else:
+            self.kv.pop(key, None)
+        result = (OK, index, existed)
+        if cmd.client_id:
+            self.last[cmd.client_id] = (cmd.sequence, result)
+        return result
+
+
+@settings(max_examples=150, deadline=None)
+@given(log=log, restart_at=st.sets(st.integers(1, 30)))
+def test_matches_the_model_and_survives_restarts_from_change_sets(
+    log: list[list[bytes]], restart_at: set[int]
+) -> None:
+    """Random logs: results match a reference model; a machine rebuilt at any
+    point from the accumulated change sets (what storage would hold) goes on
+    exactly like one that never restarted."""
+    model = Model()
+    steady = fresh()
+    stored_kv: dict[bytes, bytes] = {}
+    stored_sessions: dict[str, Session] = {}
+    restarted = fresh()
+    for index, batch in enumerate(log, start=1):
+        expected = [model.apply(index, data) for data in batch]
+        out = steady.apply(index, tuple(batch))
+        assert [(a.result.code, a.result.index, a.result.existed) for a in out] == expected
+        assert restarted.apply(index, tuple(batch)) == out
+        changes = restarted.take_changes()
+        assert changes.applied_index == index
+        for key, value in changes.kv.items():
+            if value is None:
+                stored_kv.pop(key, None)
+            else:
+                stored_kv[key] = value
+        for client_id, session in changes.sessions.items():
+            if session is None:
+                stored_sessions.pop(client_id, None)
+            else:
+                stored_sessions[client_id] = session
+        assert stored_kv == model.kv
+        if index in restart_at:
+            restarted = KVStateMachine(dict(stored_kv), dict(stored_sessions), index, Limits())
+    assert dict(steady.items()) == model.kv
+    assert {cid: s.sequence for cid, s in steady.sessions.items()} == {
+        cid: seq for cid, (seq, _) in model.last.items()
+    }
