@@ -252,6 +252,7 @@ class Config:
     inflight_slots_max: int = 16  # pipeline depth
     catchup_entries_max: int = 512  # chosen entries per CatchupReply
     forward_commands_max: int = 1024  # commands per Forward message
+    queue_commands_max: int = 100_000  # commands waiting for a slot (backpressure)
 
     def __post_init__(self) -> None:
         if self.node_id not in self.peers:

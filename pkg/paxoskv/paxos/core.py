@@ -1,0 +1,835 @@
+"""Multi-Paxos as a pure state machine.
+
+Rules
+-----
+* No I/O. The core never touches a socket, a clock, a disk, a thread or the
+  global random module. It is driven by four inputs -- ``tick()``,
+  ``step(message)``, ``propose(command)``, ``read(read_id)`` -- and answers with
+  a :class:`~paxoskv.paxos.types.Ready` that the runtime handles in order:
+  persist (synced), then send, then apply, then ``advance(ready)``.
+* Durable before visible: every message that depends on a promise or an
+  acceptance is only ever released through a Ready whose ``promised`` and
+  ``accepted`` the runtime persists *before* sending. There is no other way
+  for a message to leave.
+* Randomness (election jitter) comes from the injected ``random.Random``.
+
+Theory of operation
+-------------------
+Each node plays the three Paxos roles for an unbounded sequence of slots.
+
+*Acceptor.* One ``promised`` ballot for all slots, and per slot the accepted
+``Entry(slot, ballot, value)``. ``Prepare(b)`` with ``b > promised`` raises the
+promise and is answered with every accepted entry and every chosen value at or
+after the requested slot. ``Accept(b)`` with ``b >= promised`` is accepted.
+Anything lower is answered with ``Nack(promised)``.
+
+*Learner.* ``chosen`` maps slots to values known to be chosen. It is kept
+apart from the acceptor's ``accepted`` map: a slot becomes chosen here when
+(a) this node leads and counted a quorum of ``Accepted`` at its own ballot,
+(b) a leader's commit point covers the slot *and* the local accepted entry was
+accepted at that same leader's ballot (a leader proposes exactly one value
+per slot per ballot, and never commits a slot it proposed with a different
+value), (c) a promise reported it chosen, or (d) a catch-up reply carried it.
+``commit_index`` is the end of the contiguous chosen prefix. Agreement is
+asserted whenever a chosen value is learned twice.
+
+*Proposer.* A follower that hears no leader for a randomized election
+timeout first runs a *pre-vote* (no state changes anywhere): peers agree only
+if they have not heard from a live leader within ``election_ticks_min`` and
+the candidate's commit index is not behind theirs. With a quorum of pre-votes
+it runs phase 1 once, for every slot from its first unchosen one. Peers that
+heard from a live leader recently do not promise (leader stickiness), so a
+node rejoining with a high ballot cannot unseat a healthy leader. On a quorum
+of promises the new leader adopts reported chosen values, re-proposes for
+each other slot the value with the highest ballot, and fills holes with
+no-ops; ``recovery_end`` is the last such slot. Then it runs phase 2 per batch:
+queued commands are cut into a slot value whenever the pipeline has room
+(``inflight_slots_max``), so batches grow with load instead of waiting on a
+timer. The commit point rides on every Accept and Heartbeat; followers fetch
+what they cannot learn locally with ``CatchupRequest`` from the leader, or
+another peer on retry. A leader that has not heard from a quorum within
+``election_ticks_min`` steps down (check quorum).
+
+*Reads.* A linearizable read is served at a read index: the leader's commit
+index (at least ``recovery_end``) at a moment after the read arrived, once a
+quorum acknowledged a heartbeat round started after that moment, proving no
+higher ballot had been accepted by a quorum. One round serves every read
+waiting at its start. Followers ask the leader for a read index and serve
+locally once they have applied up to it.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+from typing import Callable, Iterable, Mapping
+
+from paxoskv.paxos.types import (
+    NOOP,
+    ZERO_BALLOT,
+    Accept,
+    Accepted,
+    Ballot,
+    CatchupReply,
+    CatchupRequest,
+    Config,
+    Entry,
+    Forward,
+    Heartbeat,
+    HeartbeatAck,
+    Message,
+    Nack,
+    PreVote,
+    PreVoteReply,
+    Prepare,
+    Promise,
+    ReadIndexReply,
+    ReadIndexRequest,
+    ReadState,
+    Ready,
+    Role,
+    Value,
+)
+
+
+@dataclass(slots=True)
+class _Proposal:
+    value: Value
+    acks: set[int]
+    sent_tick: int
+
+
+@dataclass(slots=True)
+class _ReadRound:
+    index: int
+    local: list[int] = field(default_factory=list)
+    remote: dict[int, list[int]] = field(default_factory=dict)  # origin node -> read ids
+
+
+class Core:
+    """One node's Multi-Paxos state. See the module docstring."""
+
+    def __init__(
+        self,
+        config: Config,
+        rng: random.Random,
+        *,
+        promised: Ballot = ZERO_BALLOT,
+        accepted: Mapping[int, Entry] | None = None,
+        chosen: Mapping[int, Value] | None = None,
+        log_start: int = 1,
+        applied_index: int = 0,
+    ) -> None:
+        self.config = config
+        self.id = config.node_id
+        self.others: tuple[int, ...] = tuple(p for p in config.peers if p != config.node_id)
+        self.quorum = config.quorum
+        self._retransmit_ticks = 2 * config.heartbeat_ticks
+        self._rng = rng
+
+        # Acceptor.
+        self.promised = promised
+        self.accepted: dict[int, Entry] = {
+            s: e for s, e in (accepted or {}).items() if s > applied_index
+        }
+        # Learner.
+        self.log_start = log_start
+        self.chosen: dict[int, Value] = dict(chosen or {})
+        self.applied_index = applied_index
+        self.commit_index = max(applied_index, log_start - 1)
+        self._advance_commit()
+        self._emitted_index = applied_index
+
+        # Proposer / roles.
+        self.role = Role.FOLLOWER
+        self.leader_id: int | None = None
+        self.ballot = promised  # the ballot we lead or compete with
+        self.max_round_seen = promised.round
+        self.recovery_end = 0
+        self._now = 0  # ticks since start
+        self._election_elapsed = 0
+        self._heartbeat_elapsed = 0
+        self._timeout = self._random_timeout()
+        self._prevote_ballot = ZERO_BALLOT
+        self._prevotes: set[int] = set()
+        self._promises: dict[int, Promise] = {}
+        self._from_slot = 0
+        self._next_slot = 0
+        self._inflight: dict[int, _Proposal] = {}
+        self._queue: list[bytes] = []
+        self._forward_queue: list[bytes] = []
+        self._last_heard: dict[int, int] = {}
+        self._quorum_check_tick = 0
+        self._commit_sent = 0
+        # Catch-up (follower).
+        self._known_commit = self.commit_index
+        self._catchup_peer: int | None = None
+        self._catchup_sent_tick: int | None = None
+        # Reads.
+        self._read_seq = 0
+        self._reads_new_local: list[int] = []
+        self._reads_new_remote: dict[int, list[int]] = {}
+        self._read_rounds: dict[int, _ReadRound] = {}
+        self._read_acks: dict[int, int] = {}
+        self._reads_forward: list[int] = []
+        self._reads_remote_pending: dict[int, int] = {}  # read id -> tick forwarded
+        # Output buffers.
+        self._out_promised: Ballot | None = None
+        self._out_accepted: list[Entry] = []
+        self._out_chosen: list[tuple[int, Value]] = []
+        self._out_messages: list[Message] = []
+        self._out_reads: list[ReadState] = []
+
+        self._handlers: dict[type, Callable[[Message], None]] = {
+            PreVote: self._on_pre_vote,
+            PreVoteReply: self._on_pre_vote_reply,
+            Prepare: self._on_prepare,
+            Promise: self._on_promise,
+            Nack: self._on_nack,
+            Accept: self._on_accept,
+            Accepted: self._on_accepted,
+            Heartbeat: self._on_heartbeat,
+            HeartbeatAck: self._on_heartbeat_ack,
+            CatchupRequest: self._on_catchup_request,
+            CatchupReply: self._on_catchup_reply,
+            Forward: self._on_forward,
+            ReadIndexRequest: self._on_read_index_request,
+            ReadIndexReply: self._on_read_index_reply,
+        }
+        self._tick_by_role: dict[Role, Callable[[], None]] = {
+            Role.FOLLOWER: self._tick_follower,
+            Role.PRECANDIDATE: self._tick_follower,
+            Role.CANDIDATE: self._tick_candidate,
+            Role.LEADER: self._tick_leader,
+        }
+
+    # ---- Inputs ----------------------------------------------------------------
+
+    def tick(self) -> None:
+        """Logical time passes by one tick."""
+        self._now += 1
+        self._tick_by_role[self.role]()
+        self._expire_remote_reads()
+        self._retry_catchup()
+
+    def step(self, msg: Message) -> None:
+        """A peer message arrived. Messages for another node are a bug of the runtime."""
+        assert msg.to == self.id, f"message for {msg.to} stepped into node {self.id}"
+        if msg.frm == self.id or msg.frm not in self.config.peers:
+            return
+        handler = self._handlers.get(type(msg))
+        if handler is not None:
+            handler(msg)
+
+    def propose(self, command: bytes) -> bool:
+        """Queue a client command for the log. False: no leader is known (or
+        the queue is full), so the caller should answer UNAVAILABLE now."""
+        if self.role in (Role.LEADER, Role.CANDIDATE):
+            if len(self._queue) >= self.config.queue_commands_max:
+                return False
+            self._queue.append(command)
+            return True
+        if self.leader_id is not None:
+            if len(self._forward_queue) >= self.config.queue_commands_max:
+                return False
+            self._forward_queue.append(command)
+            return True
+        return False
+
+    def read(self, read_id: int) -> None:
+        """Ask for a linearizable read point; answered by a ReadState later."""
+        if self.role is Role.LEADER:
+            self._reads_new_local.append(read_id)
+        elif self.leader_id is not None:
+            self._reads_forward.append(read_id)
+        else:
+            self._out_reads.append(ReadState(read_id, 0, False))
+
+    # ---- Output ----------------------------------------------------------------
+
+    def ready(self) -> Ready:
+        """Collect everything the runtime must do since the last call."""
+        if self.role is Role.LEADER:
+            self._flush_proposals()
+            self._start_read_round()
+            if self.commit_index > self._commit_sent:
+                self._broadcast_heartbeat()
+        elif self.leader_id is not None:
+            self._flush_forwards()
+        committed: list[tuple[int, Value]] = []
+        if self.commit_index > self._emitted_index:
+            chosen = self.chosen
+            committed = [(s, chosen[s]) for s in range(self._emitted_index + 1, self.commit_index + 1)]
+            self._emitted_index = self.commit_index
+        rd = Ready(
+            promised=self._out_promised,
+            accepted=self._out_accepted,
+            chosen=self._out_chosen,
+            messages=self._out_messages,
+            committed=committed,
+            reads=self._out_reads,
+        )
+        self._out_promised = None
+        self._out_accepted = []
+        self._out_chosen = []
+        self._out_messages = []
+        self._out_reads = []
+        return rd
+
+    def advance(self, ready: Ready) -> None:
+        """The runtime has persisted, sent and applied ``ready``."""
+        if ready.committed:
+            last = ready.committed[-1][0]
+            assert last == self.applied_index + len(ready.committed), "applied out of order"
+            for slot, _ in ready.committed:
+                self.accepted.pop(slot, None)
+            self.applied_index = last
+
+    def has_ready(self) -> bool:
+        return bool(
+            self._out_promised is not None
+            or self._out_accepted
+            or self._out_chosen
+            or self._out_messages
+            or self._out_reads
+            or self.commit_index > self._emitted_index
+            or (self.role is Role.LEADER and (self._queue or self._reads_new_local or self._reads_new_remote))
+            or (self.leader_id is not None and (self._forward_queue or self._reads_forward))
+        )
+
+    def compact(self, through_slot: int) -> None:
+        """Forget chosen values up to ``through_slot`` (already applied and
+        captured in a snapshot). Catch-up below ``log_start`` needs a snapshot."""
+        through_slot = min(through_slot, self.applied_index)
+        for s in range(self.log_start, through_slot + 1):
+            self.chosen.pop(s, None)
+        self.log_start = max(self.log_start, through_slot + 1)
+
+    # ---- Status ----------------------------------------------------------------
+
+    @property
+    def is_leader(self) -> bool:
+        return self.role is Role.LEADER
+
+    def status(self) -> dict[str, object]:
+        return {
+            "node_id": self.id,
+            "role": self.role.value,
+            "leader_id": self.leader_id or 0,
+            "ballot": self.ballot,
+            "promised": self.promised,
+            "commit_index": self.commit_index,
+            "applied_index": self.applied_index,
+            "log_start": self.log_start,
+        }
+
+    # ---- Ticks -----------------------------------------------------------------
+
+    def _random_timeout(self) -> int:
+        e = self.config.election_ticks_min
+        return e + self._rng.randrange(e)
+
+    def _tick_follower(self) -> None:
+        self._election_elapsed += 1
+        if self._election_elapsed >= self._timeout:
+            self._start_prevote()
+
+    def _tick_candidate(self) -> None:
+        self._election_elapsed += 1
+        if self._election_elapsed >= self._timeout:
+            self._start_prevote()
+            return
+        if self._election_elapsed % self._retransmit_ticks == 0:
+            for peer in self.others:
+                if peer not in self._promises:
+                    self._send(Prepare(frm=self.id, to=peer, ballot=self.ballot, from_slot=self._from_slot))
+
+    def _tick_leader(self) -> None:
+        cfg = self.config
+        self._heartbeat_elapsed += 1
+        if self._heartbeat_elapsed >= cfg.heartbeat_ticks:
+            self._broadcast_heartbeat()
+            self._retransmit_accepts()
+        if self._now - self._quorum_check_tick >= cfg.election_ticks_min:
+            since = self._now - cfg.election_ticks_min
+            live = sum(1 for p in self.others if self._last_heard.get(p, -1) >= since)
+            self._quorum_check_tick = self._now
+            if live + 1 < self.quorum:
+                self._step_down(None)
+
+    # ---- Elections -------------------------------------------------------------
+
+    def _start_prevote(self) -> None:
+        self._fail_reads()
+        self.role = Role.PRECANDIDATE
+        self.leader_id = None
+        self._queue.clear()
+        self._forward_queue.clear()
+        self._election_elapsed = 0
+        self._timeout = self._random_timeout()
+        round_ = max(self.max_round_seen, self.promised.round) + 1
+        self._prevote_ballot = Ballot(round_, self.id)
+        self._prevotes = {self.id}
+        if len(self._prevotes) >= self.quorum:
+            self._start_candidacy()
+            return
+        for peer in self.others:
+            self._send(PreVote(frm=self.id, to=peer, ballot=self._prevote_ballot, commit=self.commit_index))
+
+    def _leader_recently_heard(self) -> bool:
+        if self.role is Role.LEADER:
+            return True
+        return self.leader_id is not None and self._election_elapsed < self.config.election_ticks_min
+
+    def _on_pre_vote(self, msg: PreVote) -> None:
+        self._see_round(msg.ballot.round)
+        granted = (
+            msg.ballot > self.promised
+            and not self._leader_recently_heard()
+            and msg.commit >= self.commit_index
+        )
+        self._send(
+            PreVoteReply(frm=self.id, to=msg.frm, ballot=msg.ballot, granted=granted, promised=self.promised)
+        )
+
+    def _on_pre_vote_reply(self, msg: PreVoteReply) -> None:
+        self._see_round(msg.promised.round)
+        if self.role is not Role.PRECANDIDATE or msg.ballot != self._prevote_ballot:
+            return
+        if msg.granted:
+            self._prevotes.add(msg.frm)
+            if len(self._prevotes) >= self.quorum:
+                self._start_candidacy()
+
+    def _start_candidacy(self) -> None:
+        round_ = max(self.max_round_seen, self.promised.round) + 1
+        self.role = Role.CANDIDATE
+        self.leader_id = None
+        self.ballot = Ballot(round_, self.id)
+        self.max_round_seen = round_
+        self._set_promised(self.ballot)
+        self._election_elapsed = 0
+        self._timeout = self._random_timeout()
+        self._from_slot = self.commit_index + 1
+        self._promises = {}
+        self._on_promise(self._make_promise(self.ballot, self._from_slot, self.id))
+        if self.role is not Role.CANDIDATE:
+            return  # a quorum of one: already leading
+        for peer in self.others:
+            self._send(Prepare(frm=self.id, to=peer, ballot=self.ballot, from_slot=self._from_slot))
+
+    def _make_promise(self, ballot: Ballot, from_slot: int, to: int) -> Promise:
+        accepted = tuple(
+            e for s, e in sorted(self.accepted.items()) if s >= from_slot and s not in self.chosen
+        )
+        chosen = tuple((s, v) for s, v in sorted(self.chosen.items()) if s >= from_slot)
+        return Promise(
+            frm=self.id,
+            to=to,
+            ballot=ballot,
+            accepted=accepted,
+            chosen=chosen,
+            commit=self.commit_index,
+            log_start=self.log_start,
+        )
+
+    def _on_prepare(self, msg: Prepare) -> None:
+        self._see_round(msg.ballot.round)
+        if msg.ballot < self.promised:
+            self._send(Nack(frm=self.id, to=msg.frm, ballot=msg.ballot, promised=self.promised))
+            return
+        if msg.ballot > self.promised:
+            if self._leader_recently_heard() and self.leader_id != msg.frm:
+                return  # stickiness: a live leader is known; do not help a challenger
+            self._set_promised(msg.ballot)
+            if self.role is not Role.FOLLOWER:
+                self._step_down(None)
+            self.leader_id = None
+            self._election_elapsed = 0
+        self._send(self._make_promise(msg.ballot, msg.from_slot, msg.frm))
+
+    def _on_promise(self, msg: Promise) -> None:
+        if self.role is not Role.CANDIDATE or msg.ballot != self.ballot:
+            return
+        self._last_heard[msg.frm] = self._now
+        self._promises[msg.frm] = msg
+        self._known_commit = max(self._known_commit, msg.commit)
+        if len(self._promises) >= self.quorum:
+            self._become_leader()
+
+    def _become_leader(self) -> None:
+        best: dict[int, Entry] = {}
+        max_slot = self.commit_index
+        for promise in self._promises.values():
+            for slot, value in promise.chosen:
+                self._learn_chosen(slot, value)
+                max_slot = max(max_slot, slot)
+            for e in promise.accepted:
+                cur = best.get(e.slot)
+                if cur is None or e.ballot > cur.ballot:
+                    best[e.slot] = e
+                max_slot = max(max_slot, e.slot)
+        self._advance_commit()
+        behind = [p for p in self._promises.values() if p.log_start > self.commit_index + 1]
+        if behind:
+            # A promiser compacted chosen slots we do not know: leading now could
+            # fill them with no-ops. Catch up (log or snapshot) first.
+            self._step_down(None)
+            self._request_catchup(behind[0].frm)
+            return
+        self.role = Role.LEADER
+        self.leader_id = self.id
+        self._promises = {}
+        self._inflight = {}
+        self._next_slot = max_slot + 1
+        self.recovery_end = max_slot
+        self._heartbeat_elapsed = 0
+        self._quorum_check_tick = self._now
+        self._read_acks = {}
+        self._commit_sent = 0
+        entries: list[tuple[int, Value]] = []
+        for slot in range(self.commit_index + 1, max_slot + 1):
+            if slot in self.chosen:
+                continue
+            e = best.get(slot)
+            entries.append((slot, e.value if e is not None else NOOP))
+        self._propose_entries(entries)
+        self._broadcast_heartbeat()
+
+    def _step_down(self, leader: int | None) -> None:
+        self._fail_reads()
+        self.role = Role.FOLLOWER
+        self.leader_id = leader
+        self._inflight = {}
+        self._queue.clear()
+        self._promises = {}
+        self._election_elapsed = 0
+        self._timeout = self._random_timeout()
+
+    def _follow(self, msg_ballot: Ballot, leader: int) -> None:
+        """A message from a leader at ``msg_ballot >= promised`` arrived."""
+        if self.role is not Role.FOLLOWER:
+            # A candidate's or leader's own ballot is <= promised <= msg_ballot,
+            # and equal only for messages from itself: this leader is newer.
+            self._step_down(leader)
+        if self.leader_id != leader:
+            self._fail_remote_reads()
+        self.leader_id = leader
+        self.ballot = msg_ballot
+        self._election_elapsed = 0
+        self._last_heard[leader] = self._now
+
+    def _on_nack(self, msg: Nack) -> None:
+        self._see_round(msg.promised.round)
+        if self.role in (Role.CANDIDATE, Role.LEADER) and msg.promised > self.ballot:
+            self._step_down(None)
+
+    # ---- Phase 2 ---------------------------------------------------------------
+
+    def _flush_proposals(self) -> None:
+        cfg = self.config
+        entries: list[tuple[int, Value]] = []
+        queue = self._queue
+        start = 0
+        while start < len(queue) and len(self._inflight) + len(entries) < cfg.inflight_slots_max:
+            end = start
+            size = 0
+            while end < len(queue) and end - start < cfg.batch_commands_max:
+                size += len(queue[end])
+                if size > cfg.batch_bytes_max and end > start:
+                    break
+                end += 1
+            entries.append((self._next_slot, tuple(queue[start:end])))
+            self._next_slot += 1
+            start = end
+        if start:
+            del queue[:start]
+        if entries:
+            self._propose_entries(entries)
+
+    def _propose_entries(self, entries: list[tuple[int, Value]]) -> None:
+        """Accept ``entries`` locally at our ballot and send them to every peer."""
+        if not entries:
+            return
+        b = self.ballot
+        for slot, value in entries:
+            e = Entry(slot, b, value)
+            self.accepted[slot] = e
+            self._out_accepted.append(e)
+            self._inflight[slot] = _Proposal(value, {self.id}, self._now)
+            self._next_slot = max(self._next_slot, slot + 1)
+        if self.quorum == 1:
+            for slot, value in entries:
+                self._choose(slot, value)
+        batch = tuple(entries)
+        for peer in self.others:
+            self._send(Accept(frm=self.id, to=peer, ballot=b, entries=batch, commit=self.commit_index))
+        self._commit_sent = self.commit_index
+
+    def _retransmit_accepts(self) -> None:
+        due = self._now - self._retransmit_ticks
+        stale = [(s, p) for s, p in self._inflight.items() if p.sent_tick <= due]
+        if not stale:
+            return
+        for peer in self.others:
+            entries = tuple((s, p.value) for s, p in stale if peer not in p.acks)
+            if entries:
+                self._send(Accept(frm=self.id, to=peer, ballot=self.ballot, entries=entries, commit=self.commit_index))
+        for _, p in stale:
+            p.sent_tick = self._now
+
+    def _on_accept(self, msg: Accept) -> None:
+        self._see_round(msg.ballot.round)
+        if msg.ballot < self.promised:
+            self._send(Nack(frm=self.id, to=msg.frm, ballot=msg.ballot, promised=self.promised))
+            return
+        if msg.ballot > self.promised:
+            self._set_promised(msg.ballot)
+        self._follow(msg.ballot, msg.frm)
+        acked: list[int] = []
+        for slot, value in msg.entries:
+            if slot < self.log_start:
+                continue
+            known = self.chosen.get(slot)
+            if known is not None:
+                if known == value:
+                    acked.append(slot)
+                continue
+            e = Entry(slot, msg.ballot, value)
+            self.accepted[slot] = e
+            self._out_accepted.append(e)
+            acked.append(slot)
+        if acked:
+            self._send(Accepted(frm=self.id, to=msg.frm, ballot=msg.ballot, slots=tuple(acked)))
+        self._learn_commit(msg.ballot, msg.commit, msg.frm)
+
+    def _on_accepted(self, msg: Accepted) -> None:
+        if self.role is not Role.LEADER or msg.ballot != self.ballot:
+            return
+        self._last_heard[msg.frm] = self._now
+        for slot in msg.slots:
+            p = self._inflight.get(slot)
+            if p is None:
+                continue
+            p.acks.add(msg.frm)
+            if len(p.acks) >= self.quorum:
+                del self._inflight[slot]
+                self._choose(slot, p.value)
+        self._advance_commit()
+
+    def _choose(self, slot: int, value: Value) -> None:
+        self._learn_chosen(slot, value)
+        self._advance_commit()
+
+    # ---- Learning --------------------------------------------------------------
+
+    def _learn_chosen(self, slot: int, value: Value) -> None:
+        if slot < self.log_start or slot <= self.applied_index:
+            return
+        known = self.chosen.get(slot)
+        if known is not None:
+            assert known == value, f"agreement violated at slot {slot}: {known!r} != {value!r}"
+            return
+        p = self._inflight.get(slot)
+        assert p is None or p.value == value, f"slot {slot} chosen with a value this leader did not propose"
+        self.chosen[slot] = value
+        self._out_chosen.append((slot, value))
+
+    def _advance_commit(self) -> None:
+        c = self.commit_index
+        chosen = self.chosen
+        while c + 1 in chosen:
+            c += 1
+        self.commit_index = c
+
+    def _learn_commit(self, ballot: Ballot, commit: int, frm: int) -> None:
+        """A leader at ``ballot`` says every slot up to ``commit`` is chosen."""
+        if commit > self._known_commit:
+            self._known_commit = commit
+        if commit <= self.commit_index:
+            return
+        lo = self.commit_index + 1
+        if commit - lo + 1 <= len(self.accepted):
+            slots: Iterable[int] = range(lo, commit + 1)
+        else:
+            slots = [s for s in self.accepted if lo <= s <= commit]
+        for slot in slots:
+            e = self.accepted.get(slot)
+            if e is not None and e.ballot == ballot and slot not in self.chosen:
+                self._learn_chosen(slot, e.value)
+        self._advance_commit()
+        if self.commit_index < commit and self._catchup_sent_tick is None:
+            self._request_catchup(frm)
+
+    def _request_catchup(self, peer: int) -> None:
+        self._catchup_peer = peer
+        self._catchup_sent_tick = self._now
+        self._send(
+            CatchupRequest(frm=self.id, to=peer, from_slot=self.commit_index + 1, to_slot=self._known_commit)
+        )
+
+    def _retry_catchup(self) -> None:
+        if self._catchup_sent_tick is None:
+            return
+        if self.commit_index >= self._known_commit or self.role is Role.LEADER:
+            self._catchup_sent_tick = None
+            return
+        if self._now - self._catchup_sent_tick >= 2 * self.config.heartbeat_ticks + 2:
+            others = self.others
+            idx = others.index(self._catchup_peer) if self._catchup_peer in others else -1
+            self._request_catchup(others[(idx + 1) % len(others)])
+
+    def _on_catchup_request(self, msg: CatchupRequest) -> None:
+        lo = max(msg.from_slot, self.log_start)
+        hi = min(max(msg.to_slot, msg.from_slot), self.commit_index, lo + self.config.catchup_entries_max - 1)
+        chosen: list[tuple[int, Value]] = []
+        if msg.from_slot >= self.log_start:
+            for s in range(lo, hi + 1):
+                v = self.chosen.get(s)
+                if v is None:
+                    break
+                chosen.append((s, v))
+        self._send(
+            CatchupReply(
+                frm=self.id, to=msg.frm, chosen=tuple(chosen), commit=self.commit_index, log_start=self.log_start
+            )
+        )
+
+    def _on_catchup_reply(self, msg: CatchupReply) -> None:
+        if self.role is Role.LEADER:
+            return  # a leader learns only from its own quorum (see module docstring)
+        for slot, value in msg.chosen:
+            self._learn_chosen(slot, value)
+        self._advance_commit()
+        if msg.commit > self._known_commit:
+            self._known_commit = msg.commit
+        if self.commit_index < self._known_commit and msg.chosen:
+            self._request_catchup(msg.frm)
+        elif self.commit_index >= self._known_commit:
+            self._catchup_sent_tick = None
+
+    # ---- Heartbeats and reads --------------------------------------------------
+
+    def _broadcast_heartbeat(self) -> None:
+        self._heartbeat_elapsed = 0
+        self._commit_sent = self.commit_index
+        for peer in self.others:
+            self._send(
+                Heartbeat(frm=self.id, to=peer, ballot=self.ballot, commit=self.commit_index, read_seq=self._read_seq)
+            )
+
+    def _on_heartbeat(self, msg: Heartbeat) -> None:
+        self._see_round(msg.ballot.round)
+        if msg.ballot < self.promised:
+            self._send(Nack(frm=self.id, to=msg.frm, ballot=msg.ballot, promised=self.promised))
+            return
+        self._follow(msg.ballot, msg.frm)
+        self._send(HeartbeatAck(frm=self.id, to=msg.frm, ballot=msg.ballot, read_seq=msg.read_seq))
+        self._learn_commit(msg.ballot, msg.commit, msg.frm)
+
+    def _on_heartbeat_ack(self, msg: HeartbeatAck) -> None:
+        if self.role is not Role.LEADER or msg.ballot != self.ballot:
+            return
+        self._last_heard[msg.frm] = self._now
+        if msg.read_seq > self._read_acks.get(msg.frm, 0):
+            self._read_acks[msg.frm] = msg.read_seq
+            self._release_reads()
+
+    def _start_read_round(self) -> None:
+        if not (self._reads_new_local or self._reads_new_remote):
+            return
+        self._read_seq += 1
+        rnd = _ReadRound(max(self.commit_index, self.recovery_end), self._reads_new_local, self._reads_new_remote)
+        self._reads_new_local = []
+        self._reads_new_remote = {}
+        self._read_rounds[self._read_seq] = rnd
+        self._broadcast_heartbeat()
+        self._release_reads()
+
+    def _release_reads(self) -> None:
+        if not self._read_rounds:
+            return
+        acks = sorted((self._read_acks.get(p, 0) for p in self.others), reverse=True)
+        need = self.quorum - 1  # plus ourselves
+        confirmed = acks[need - 1] if need > 0 else self._read_seq
+        for seq in [s for s in self._read_rounds if s <= confirmed]:
+            rnd = self._read_rounds.pop(seq)
+            self._finish_round(rnd, True)
+
+    def _finish_round(self, rnd: _ReadRound, ok: bool) -> None:
+        for rid in rnd.local:
+            self._out_reads.append(ReadState(rid, rnd.index, ok))
+        for origin, ids in rnd.remote.items():
+            self._send(ReadIndexReply(frm=self.id, to=origin, read_ids=tuple(ids), index=rnd.index, ok=ok))
+
+    def _fail_reads(self) -> None:
+        """Leadership is lost or changing: no pending read can be confirmed."""
+        for rnd in self._read_rounds.values():
+            self._finish_round(rnd, False)
+        self._read_rounds = {}
+        pending = _ReadRound(0, self._reads_new_local, self._reads_new_remote)
+        self._finish_round(pending, False)
+        self._reads_new_local = []
+        self._reads_new_remote = {}
+        self._fail_remote_reads()
+
+    def _fail_remote_reads(self) -> None:
+        for rid in self._reads_forward:
+            self._out_reads.append(ReadState(rid, 0, False))
+        for rid in self._reads_remote_pending:
+            self._out_reads.append(ReadState(rid, 0, False))
+        self._reads_forward = []
+        self._reads_remote_pending = {}
+
+    def _expire_remote_reads(self) -> None:
+        if not self._reads_remote_pending:
+            return
+        limit = self._now - 4 * self.config.election_ticks_min
+        expired = [rid for rid, t in self._reads_remote_pending.items() if t <= limit]
+        for rid in expired:
+            del self._reads_remote_pending[rid]
+            self._out_reads.append(ReadState(rid, 0, False))
+
+    def _on_read_index_request(self, msg: ReadIndexRequest) -> None:
+        if self.role is not Role.LEADER:
+            self._send(ReadIndexReply(frm=self.id, to=msg.frm, read_ids=msg.read_ids, index=0, ok=False))
+            return
+        self._reads_new_remote.setdefault(msg.frm, []).extend(msg.read_ids)
+
+    def _on_read_index_reply(self, msg: ReadIndexReply) -> None:
+        for rid in msg.read_ids:
+            if self._reads_remote_pending.pop(rid, None) is not None:
+                self._out_reads.append(ReadState(rid, msg.index, msg.ok))
+
+    def _on_forward(self, msg: Forward) -> None:
+        if self.role in (Role.LEADER, Role.CANDIDATE):
+            room = self.config.queue_commands_max - len(self._queue)
+            self._queue.extend(msg.commands[: max(room, 0)])
+
+    def _flush_forwards(self) -> None:
+        leader = self.leader_id
+        assert leader is not None
+        step = self.config.forward_commands_max
+        q = self._forward_queue
+        for i in range(0, len(q), step):
+            self._send(Forward(frm=self.id, to=leader, commands=tuple(q[i : i + step])))
+        self._forward_queue = []
+        if self._reads_forward:
+            self._send(ReadIndexRequest(frm=self.id, to=leader, read_ids=tuple(self._reads_forward)))
+            for rid in self._reads_forward:
+                self._reads_remote_pending[rid] = self._now
+            self._reads_forward = []
+
+    # ---- Helpers ---------------------------------------------------------------
+
+    def _send(self, msg: Message) -> None:
+        self._out_messages.append(msg)
+
+    def _set_promised(self, ballot: Ballot) -> None:
+        assert ballot >= self.promised, "a promise never goes back"
+        self.promised = ballot
+        self._out_promised = ballot
+
+    def _see_round(self, round_: int) -> None:
+        if round_ > self.max_round_seen:
+            self.max_round_seen = round_

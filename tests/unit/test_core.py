@@ -1,0 +1,253 @@
+"""Claims of Multi-Paxos, each checked on an in-memory network of cores."""
+
+from __future__ import annotations
+
+import ast
+import pathlib
+
+import pytest
+
+from paxoskv.paxos.types import Accept, Accepted, Ballot, Entry, Promise, Role
+
+from core_net import Net
+
+
+def propose(net: Net, node: int, *cmds: bytes) -> None:
+    for c in cmds:
+        assert net.cores[node].propose(c)
+    net.deliver_all()
+
+
+@pytest.mark.parametrize("n", [3, 5])
+def test_one_leader_is_elected_and_every_node_follows_it(n):
+    net = Net(n)
+    leader = net.elect()
+    assert net.leaders() == [leader]
+    assert {net.cores[i].leader_id for i in net.ids} == {leader}
+
+
+@pytest.mark.parametrize("n", [3, 5])
+def test_a_proposed_command_is_applied_once_on_every_node_in_the_same_slot(n):
+    net = Net(n)
+    leader = net.elect()
+    propose(net, leader, b"a", b"b")
+    net.tick(3)
+    for i in net.ids:
+        assert net.applied_values(i) == [b"a", b"b"]
+    assert len({tuple(net.disks[i].applied) for i in net.ids}) == 1
+
+
+def test_a_follower_forwards_proposals_to_the_leader():
+    net = Net(3)
+    leader = net.elect()
+    follower = next(i for i in net.ids if i != leader)
+    propose(net, follower, b"x")
+    net.tick(3)
+    assert all(net.applied_values(i) == [b"x"] for i in net.ids)
+
+
+def test_without_a_known_leader_a_proposal_is_refused_at_once():
+    net = Net(3)
+    assert net.cores[1].propose(b"x") is False
+
+
+def test_batches_pipeline_several_slots_in_flight():
+    net = Net(3, inflight_slots_max=4, batch_commands_max=10)
+    leader = net.elect()
+    for k in range(100):
+        assert net.cores[leader].propose(b"c%d" % k)
+    rd_before = len(net.sent)
+    net.process(leader)
+    accepts = [m for m in net.sent[rd_before:] if isinstance(m, Accept)]
+    slots = {s for m in accepts for s, _ in m.entries}
+    assert len(slots) == 4, "the pipeline fills to inflight_slots_max in one go"
+    assert all(len(v) == 10 for m in accepts for _, v in m.entries)
+    net.deliver_all()
+    net.tick(5)
+    assert net.applied_values(leader) == [b"c%d" % k for k in range(100)]
+
+
+def test_nothing_leaves_before_the_state_it_depends_on_is_in_the_same_ready():
+    """Durable before visible: every Promise and Accepted is released in a
+    Ready that persists (or already persisted) what it vouches for."""
+    net = Net(3)
+    orig = net.process
+    violations = []
+
+    def checked(i):
+        core = net.cores[i]
+        rd = core.ready()
+        disk = net.disks[i]
+        promised = rd.promised or disk.promised
+        acc = dict(disk.accepted)
+        acc.update({e.slot: e for e in rd.accepted})
+        for m in rd.messages:
+            if isinstance(m, Promise) and promised < m.ballot:
+                violations.append(m)
+            if isinstance(m, Accepted):
+                for s in m.slots:
+                    e = acc.get(s)
+                    if not ((e and e.ballot == m.ballot) or s in core.chosen):
+                        violations.append(m)
+        # hand the ready back to the normal path
+        core._out_messages[:0] = rd.messages
+        core._out_accepted[:0] = rd.accepted
+        core._out_chosen[:0] = rd.chosen
+        core._out_reads[:0] = rd.reads
+        if rd.promised is not None and core._out_promised is None:
+            core._out_promised = rd.promised
+        core._emitted_index -= len(rd.committed)
+        orig(i)
+
+    net.process = checked
+    leader = net.elect()
+    propose(net, leader, *[b"v%d" % i for i in range(20)])
+    net.tick(5)
+    assert not violations
+    assert net.applied_values(1) == [b"v%d" % i for i in range(20)]
+
+
+def test_new_leader_reproposes_the_value_a_minority_accepted():
+    net = Net(3)
+    leader = net.elect()
+    others = [i for i in net.ids if i != leader]
+    # Only others[0] hears the Accept; the leader then dies.
+    net.cut_links |= {(leader, others[1])}
+    propose(net, leader, b"precious")
+    assert any(e.value == (b"precious",) for e in net.disks[others[0]].accepted.values())
+    net.crash(leader)
+    net.heal()
+    new = net.elect()
+    assert new in others
+    net.tick(5)
+    for i in others:
+        assert net.applied_values(i) == [b"precious"]
+
+
+def test_holes_are_filled_with_noops_before_new_commands():
+    net = Net(3)
+    leader = net.elect()
+    a, b = [i for i in net.ids if i != leader]
+    net.isolate(leader)
+    propose(net, leader, b"lost")          # slot 1: only the leader has it
+    net.cut_links -= {(leader, a)}
+    propose(net, leader, b"kept")          # slot 2: the leader and a
+    net.crash(leader)
+    net.heal()
+    new = net.elect()
+    assert new in (a, b)
+    propose(net, new, b"after")
+    net.tick(5)
+    for i in (a, b):
+        assert [v for _, v in net.disks[i].applied] == [(), (b"kept",), (b"after",)]
+
+
+def test_a_leader_cut_off_from_the_quorum_steps_down_and_the_rest_elect_another():
+    net = Net(3, election_ticks_min=10)
+    old = net.elect()
+    net.isolate(old)
+    net.tick(40)
+    assert net.cores[old].role is not Role.LEADER
+    others = [i for i in net.ids if i != old]
+    new = [i for i in others if net.cores[i].role is Role.LEADER]
+    assert len(new) == 1
+
+
+def test_a_rejoining_node_with_a_high_ballot_does_not_unseat_a_healthy_leader():
+    net = Net(3, election_ticks_min=10)
+    leader = net.elect()
+    loner = next(i for i in net.ids if i != leader)
+    net.isolate(loner)
+    net.tick(200)  # the loner times out again and again
+    net.heal()
+    net.tick(30)
+    assert net.leaders() == [leader]
+    assert net.cores[loner].leader_id == leader
+    propose(net, leader, b"ok")
+    net.tick(3)
+    assert net.applied_values(loner) == [b"ok"]
+
+
+def test_a_lagging_node_catches_up_from_peers():
+    net = Net(3, catchup_entries_max=7)
+    leader = net.elect()
+    lag = next(i for i in net.ids if i != leader)
+    net.crash(lag)
+    for k in range(50):
+        net.cores[leader].propose(b"w%d" % k)
+        net.deliver_all()
+    net.restart(lag)
+    net.tick(20)
+    assert net.applied_values(lag) == [b"w%d" % k for k in range(50)]
+
+
+def test_a_restarted_node_keeps_its_promise_and_accepted_entries():
+    net = Net(3)
+    leader = net.elect()
+    propose(net, leader, b"a")
+    f = next(i for i in net.ids if i != leader)
+    promised = net.cores[f].promised
+    net.crash(f)
+    net.restart(f)
+    assert net.cores[f].promised == promised
+    net.tick(5)
+    assert net.applied_values(f) == [b"a"]
+
+
+def test_a_linearizable_read_is_confirmed_by_a_quorum_round():
+    net = Net(3)
+    leader = net.elect()
+    propose(net, leader, b"a")
+    net.tick(2)
+    net.cores[leader].read(7)
+    net.process(leader)
+    assert net.reads[leader] == [], "not before a quorum answered"
+    net.deliver_all()
+    (rs,) = net.reads[leader]
+    assert rs.read_id == 7 and rs.ok and rs.index >= 1
+
+
+def test_a_read_on_a_follower_gets_its_index_from_the_leader():
+    net = Net(3)
+    leader = net.elect()
+    propose(net, leader, b"a")
+    f = next(i for i in net.ids if i != leader)
+    net.cores[f].read(9)
+    net.deliver_all()
+    (rs,) = net.reads[f]
+    assert rs.ok and rs.read_id == 9 and rs.index == net.cores[leader].commit_index
+
+
+def test_an_isolated_leader_cannot_confirm_a_read():
+    net = Net(3, election_ticks_min=10)
+    leader = net.elect()
+    net.isolate(leader)
+    net.cores[leader].read(1)
+    net.tick(40)
+    assert [(r.read_id, r.ok) for r in net.reads[leader]] == [(1, False)]
+
+
+def test_agreement_is_asserted_when_a_slot_is_learned_twice():
+    net = Net(3)
+    net.elect()
+    core = net.cores[1]
+    core.chosen[99] = (b"x",)
+    with pytest.raises(AssertionError, match="agreement"):
+        core._learn_chosen(99, (b"y",))
+
+
+def test_the_core_is_pure():
+    """paxoskv.paxos imports nothing that does I/O, time, threads or global randomness."""
+    forbidden = {"socket", "time", "threading", "asyncio", "os", "zmq", "plyvel", "grpc", "subprocess", "select"}
+    root = pathlib.Path(__file__).resolve().parents[2] / "pkg/paxoskv/paxos"
+    for path in root.glob("*.py"):
+        tree = ast.parse(path.read_text())
+        for node in ast.walk(tree):
+            names = []
+            if isinstance(node, ast.Import):
+                names = [a.name.split(".")[0] for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.module:
+                names = [node.module.split(".")[0]]
+            assert not set(names) & forbidden, f"{path.name} imports {names}"
+            if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id == "random":
+                assert node.attr == "Random", f"{path.name} uses random.{node.attr}"
