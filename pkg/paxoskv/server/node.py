@@ -1,0 +1,372 @@
+"""A paxoskv node: one asyncio event loop driving a Replica over LevelDB and
+the ZeroMQ peer bus.
+
+Theory of operation
+-------------------
+Three tasks share the loop:
+
+* the *receiver* drains the bus (``recv_batch``: every queued message, one
+  await) and steps each message into the core;
+* the *ticker* calls ``tick()`` every ``tick_ms``;
+* the *pump* turns the core's output into effects, strictly in order:
+  ``prepare`` (collect a Ready), ``write`` (one LevelDB batch, fsync'ed when
+  it holds a promise or accepted entries; run in a worker thread), send the
+  messages, ``apply`` (the state machine's changes and applied index in one
+  atomic batch), then answer clients.
+
+Client calls (``submit``, ``get``) propose or read and wake the pump. While
+one write is being fsync'ed, the receiver and the clients keep feeding the
+core, so the next Ready carries everything that arrived meanwhile in one
+synced write: group commit, with no timer.
+
+A failed write leaves the node unable to promise anything it said before,
+so the pump stops the node (``fatal`` is set) instead of carrying on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import pathlib
+import random
+import time
+import uuid
+from dataclasses import dataclass, field
+
+from paxoskv import __version__
+from paxoskv.kv import commands
+from paxoskv.kv.commands import Limits
+from paxoskv.paxos.types import Config, Role
+from paxoskv.replica import Done, Replica
+from paxoskv.server.errors import DeadlineExceeded, InvalidArgument, Unavailable
+from paxoskv.transport.bus import BusClosed, PeerBus
+from paxoskv.v1 import kv_pb2
+
+log = logging.getLogger("paxoskv.node")
+
+
+@dataclass(frozen=True)
+class PeerAddr:
+    host: str
+    port: int
+    bus_port: int
+
+
+@dataclass(frozen=True)
+class NodeConfig:
+    node_id: int
+    cluster_id: str
+    listen_host: str
+    port: int
+    bus_port: int
+    peers: dict[int, PeerAddr]  # the other nodes
+    data_dir: pathlib.Path
+    tick_ms: int = 10
+    heartbeat_ms: int = 50
+    election_ms: int = 500
+    limits: Limits = field(default_factory=Limits)
+    inflight_slots_max: int = 16
+    batch_commands_max: int = 1024
+    sessions_max: int = 100_000
+
+    def core_config(self) -> Config:
+        hb = max(1, round(self.heartbeat_ms / self.tick_ms))
+        election = max(2 * hb + 1, round(self.election_ms / self.tick_ms))
+        return Config(
+            node_id=self.node_id,
+            peers=tuple(sorted({self.node_id, *self.peers})),
+            heartbeat_ticks=hb,
+            election_ticks_min=election,
+            inflight_slots_max=self.inflight_slots_max,
+            batch_commands_max=self.batch_commands_max,
+        )
+
+
+class Node:
+    def __init__(self, cfg: NodeConfig, *, storage=None) -> None:
+        self.cfg = cfg
+        self._storage = storage
+        self.replica: Replica | None = None
+        self.bus: PeerBus | None = None
+        self.fatal: asyncio.Future[BaseException] | None = None
+        self._tasks: list[asyncio.Task] = []
+        self._wake = asyncio.Event()
+        self._waiters: dict[tuple[str, int], list[asyncio.Future]] = {}
+        self._reads: dict[int, tuple[bytes, asyncio.Future]] = {}
+        self._read_ids = 0
+        self._leader_seen: int | None = None
+        self._started_at = time.monotonic()
+        self._stopping = False
+
+    # ---- Lifecycle -------------------------------------------------------------
+
+    async def start(self) -> None:
+        cfg = self.cfg
+        if self._storage is None:
+            from paxoskv.storage.leveldb import LevelDBStorage
+
+            self._storage = LevelDBStorage.open(str(cfg.data_dir), cfg.node_id, cfg.cluster_id, create=True)
+        self.replica = Replica(
+            cfg.core_config(),
+            self._storage,
+            random.Random(),
+            limits=cfg.limits,
+            sessions_max=cfg.sessions_max,
+        )
+        self.bus = PeerBus(
+            cfg.node_id,
+            cfg.cluster_id,
+            cfg.listen_host,
+            cfg.bus_port,
+            {pid: (p.host, p.bus_port) for pid, p in cfg.peers.items()},
+        )
+        try:
+            await self.bus.start()
+        except BaseException:
+            self._storage.close()
+            raise
+        loop = asyncio.get_running_loop()
+        self.fatal = loop.create_future()
+        self._tasks = [
+            asyncio.create_task(self._receiver(), name="paxoskv-receiver"),
+            asyncio.create_task(self._ticker(), name="paxoskv-ticker"),
+            asyncio.create_task(self._pump(), name="paxoskv-pump"),
+        ]
+        log.info(
+            "node %d of cluster %r: bus on %s:%d, applied index %d",
+            cfg.node_id, cfg.cluster_id, cfg.listen_host, self.bus.port, self.replica.sm.applied_index,
+        )
+
+    async def stop(self) -> None:
+        if self._stopping:
+            return
+        self._stopping = True
+        for t in self._tasks:
+            t.cancel()
+        for t in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError, BusClosed, Exception):
+                await t
+        self._fail_all(Unavailable("node is shutting down"))
+        if self.bus is not None:
+            await self.bus.close()
+        if self._storage is not None:
+            self._storage.close()
+
+    # ---- Client API ------------------------------------------------------------
+
+    async def submit(self, cmd: kv_pb2.Command, *, timeout_s: float) -> kv_pb2.CommandResult:
+        """Propose ``cmd`` and return its result once applied on this node."""
+        replica = self._ready_replica()
+        if not cmd.client_id:
+            cmd.client_id = "anon-" + uuid.uuid4().hex
+            cmd.sequence = 1
+        err = commands.validate(cmd, self.cfg.limits)
+        if err is not None:
+            raise InvalidArgument(err)
+        if not replica.propose(commands.encode(cmd)):
+            raise self._unavailable("no leader is known")
+        key = (cmd.client_id, cmd.sequence)
+        fut = asyncio.get_running_loop().create_future()
+        self._waiters.setdefault(key, []).append(fut)
+        self._wake.set()
+        try:
+            return await asyncio.wait_for(fut, timeout_s)
+        except asyncio.TimeoutError:
+            raise DeadlineExceeded(f"no answer within {timeout_s:.3f}s; the command may still be applied") from None
+        finally:
+            lst = self._waiters.get(key)
+            if lst is not None:
+                with contextlib.suppress(ValueError):
+                    lst.remove(fut)
+                if not lst:
+                    del self._waiters[key]
+
+    async def get(self, key: bytes, *, serializable: bool = False, timeout_s: float) -> tuple[bytes | None, int]:
+        """Read ``key``: linearizable (read index) unless ``serializable``."""
+        replica = self._ready_replica()
+        if not key:
+            raise InvalidArgument("key must not be empty")
+        if len(key) > self.cfg.limits.key_bytes_max:
+            raise InvalidArgument(f"key is {len(key)} bytes, over the limit of {self.cfg.limits.key_bytes_max}")
+        if serializable:
+            return replica.sm.get(key), replica.sm.applied_index
+        self._read_ids += 1
+        rid = self._read_ids
+        fut = asyncio.get_running_loop().create_future()
+        self._reads[rid] = (key, fut)
+        replica.read(rid)
+        self._wake.set()
+        try:
+            return await asyncio.wait_for(fut, timeout_s)
+        except asyncio.TimeoutError:
+            raise DeadlineExceeded(f"read not confirmed within {timeout_s:.3f}s") from None
+        finally:
+            self._reads.pop(rid, None)
+
+    def status(self) -> kv_pb2.StatusResponse:
+        replica = self.replica
+        assert replica is not None and self.bus is not None
+        core = replica.core
+        st = kv_pb2.StatusResponse(
+            node_id=self.cfg.node_id,
+            cluster_id=self.cfg.cluster_id,
+            role=core.role.value,
+            leader_id=core.leader_id or 0,
+            ballot_round=core.ballot.round,
+            ballot_node=core.ballot.node,
+            commit_index=core.commit_index,
+            applied_index=replica.sm.applied_index,
+            log_start=core.log_start,
+            snapshot_index=0,
+            keys=len(replica.sm),
+            version=__version__,
+        )
+        now = time.monotonic()
+        peer_status = self.bus.peer_status()
+        election_s = self.cfg.election_ms / 1000
+        for pid, addr in sorted(self.cfg.peers.items()):
+            ps = peer_status.get(pid)
+            last = getattr(ps, "last_received", None) if ps is not None else None
+            ago = (now - last) if last is not None else -1.0
+            st.peers.add(
+                node_id=pid,
+                address=f"{addr.host}:{addr.port}",
+                connected=last is not None and ago <= election_s,
+                last_heard_seconds=ago,
+            )
+        return st
+
+    @property
+    def leader_id(self) -> int | None:
+        return self.replica.core.leader_id if self.replica else None
+
+    def leader_addr(self) -> str | None:
+        lid = self.leader_id
+        if lid is None:
+            return None
+        if lid == self.cfg.node_id:
+            return f"{self.cfg.listen_host}:{self.cfg.port}"
+        p = self.cfg.peers.get(lid)
+        return f"{p.host}:{p.port}" if p else None
+
+    # ---- Tasks -----------------------------------------------------------------
+
+    async def _receiver(self) -> None:
+        bus = self.bus
+        replica = self.replica
+        assert bus is not None and replica is not None
+        step = replica.step
+        while True:
+            msgs = await bus.recv_batch()
+            for m in msgs:
+                step(m)
+            self._wake.set()
+
+    async def _ticker(self) -> None:
+        replica = self.replica
+        assert replica is not None
+        interval_s = self.cfg.tick_ms / 1000
+        loop = asyncio.get_running_loop()
+        next_at = loop.time()
+        while True:
+            next_at += interval_s
+            delay = next_at - loop.time()
+            if delay < -10 * interval_s:
+                next_at = loop.time()  # we fell far behind (a pause): do not burst
+                delay = 0
+            await asyncio.sleep(max(delay, 0))
+            replica.tick()
+            self._wake.set()
+
+    async def _pump(self) -> None:
+        replica = self.replica
+        bus = self.bus
+        assert replica is not None and bus is not None
+        try:
+            while True:
+                await self._wake.wait()
+                self._wake.clear()
+                while True:
+                    batch = replica.prepare()
+                    if batch is None:
+                        break
+                    rd = batch.ready
+                    if rd.must_sync or rd.chosen:
+                        await asyncio.to_thread(replica.write, batch)
+                    if rd.messages:
+                        bus.send_many(rd.messages)
+                    done = replica.apply(batch)
+                    self._complete(done)
+                self._watch_leader()
+        except asyncio.CancelledError:
+            raise
+        except BaseException as exc:  # a failed write: stop rather than lie
+            log.critical("node %d stopping: %s", self.cfg.node_id, exc)
+            self._fail_all(Unavailable(f"node failed: {exc}"))
+            if self.fatal is not None and not self.fatal.done():
+                self.fatal.set_result(exc)
+            raise
+
+    # ---- Helpers ---------------------------------------------------------------
+
+    def _complete(self, done: Done) -> None:
+        waiters = self._waiters
+        if waiters:
+            for a in done.results:
+                futs = waiters.pop((a.client_id, a.sequence), None)
+                if futs:
+                    for f in futs:
+                        if not f.done():
+                            f.set_result(a.result)
+        if done.reads:
+            sm = self.replica.sm
+            index = sm.applied_index
+            for rid, ok in done.reads:
+                entry = self._reads.get(rid)
+                if entry is None:
+                    continue
+                key, fut = entry
+                if fut.done():
+                    continue
+                if ok:
+                    fut.set_result((sm.get(key), index))
+                else:
+                    fut.set_exception(self._unavailable("read could not be confirmed by a quorum"))
+
+    def _watch_leader(self) -> None:
+        leader = self.replica.core.leader_id
+        if leader != self._leader_seen:
+            if self._leader_seen is not None and self._waiters:
+                # Commands handed to the old leader may be lost; let clients retry
+                # (with the same sequence, so nothing is applied twice).
+                self._fail_all(self._unavailable("leader changed"), reads=False)
+            self._leader_seen = leader
+
+    def _fail_all(self, exc: Exception, *, reads: bool = True) -> None:
+        for futs in self._waiters.values():
+            for f in futs:
+                if not f.done():
+                    f.set_exception(exc)
+        self._waiters.clear()
+        if reads:
+            for _, f in self._reads.values():
+                if not f.done():
+                    f.set_exception(exc)
+
+    def _unavailable(self, why: str) -> Unavailable:
+        lid = self.leader_id
+        addr = self.leader_addr()
+        hint = f"; leader is node {lid} at {addr}" if lid is not None else "; no leader known"
+        return Unavailable(why + hint, leader_id=lid, leader_addr=addr)
+
+    def _ready_replica(self) -> Replica:
+        if self.replica is None or self._stopping:
+            raise Unavailable("node is not running")
+        if self.fatal is not None and self.fatal.done():
+            raise Unavailable("node has failed; see its log")
+        return self.replica
+
+    @property
+    def role(self) -> Role:
+        return self.replica.core.role if self.replica else Role.FOLLOWER

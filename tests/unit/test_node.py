@@ -1,0 +1,157 @@
+"""Three Node objects in one process over the real ZeroMQ bus on 127.0.0.1,
+with in-memory storage: the event loop, group commit and forwarding."""
+
+from __future__ import annotations
+
+import asyncio
+import pathlib
+import socket
+
+import pytest
+
+from paxoskv.kv import commands
+from paxoskv.paxos.types import Role
+from paxoskv.server.errors import InvalidArgument, Unavailable
+from paxoskv.server.node import Node, NodeConfig, PeerAddr
+from paxoskv.storage.memory import MemoryDisk, MemoryStorage
+
+
+def free_ports(n: int) -> list[int]:
+    socks = [socket.socket() for _ in range(n)]
+    for s in socks:
+        s.bind(("127.0.0.1", 0))
+    ports = [s.getsockname()[1] for s in socks]
+    for s in socks:
+        s.close()
+    return ports
+
+
+class Cluster:
+    def __init__(self, n: int = 3) -> None:
+        self.ids = list(range(1, n + 1))
+        ports = free_ports(2 * n)
+        self.addrs = {i: PeerAddr("127.0.0.1", ports[2 * (i - 1)], ports[2 * (i - 1) + 1]) for i in self.ids}
+        self.disks = {i: MemoryDisk(f"node{i}") for i in self.ids}
+        self.nodes: dict[int, Node] = {}
+
+    def config(self, i: int) -> NodeConfig:
+        a = self.addrs[i]
+        return NodeConfig(
+            node_id=i, cluster_id="t", listen_host="127.0.0.1", port=a.port, bus_port=a.bus_port,
+            peers={j: self.addrs[j] for j in self.ids if j != i}, data_dir=pathlib.Path("/nonexistent"),
+            tick_ms=5, heartbeat_ms=20, election_ms=150,
+        )
+
+    async def start(self, i: int) -> None:
+        node = Node(self.config(i), storage=MemoryStorage(self.disks[i], node_id=i, cluster_id="t"))
+        await node.start()
+        self.nodes[i] = node
+
+    async def stop(self, i: int) -> None:
+        await self.nodes.pop(i).stop()
+
+    async def leader(self, timeout_s: float = 5.0) -> int:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
+        while loop.time() < deadline:
+            leaders = [i for i, n in self.nodes.items() if n.role is Role.LEADER]
+            if len(leaders) == 1 and all(n.leader_id == leaders[0] for n in self.nodes.values()):
+                return leaders[0]
+            await asyncio.sleep(0.01)
+        raise AssertionError("no leader")
+
+
+def put(client: str, seq: int, key: bytes, value: bytes):
+    return commands.decode(commands.encode_put(client, seq, key, value))
+
+
+def run(coro):
+    return asyncio.run(asyncio.wait_for(coro, 60))
+
+
+def test_writes_through_any_node_are_read_linearizably_from_every_node():
+    async def main():
+        c = Cluster()
+        for i in c.ids:
+            await c.start(i)
+        try:
+            leader = await c.leader()
+            follower = next(i for i in c.ids if i != leader)
+            r = await c.nodes[follower].submit(put("c1", 1, b"k", b"v1"), timeout_s=5)
+            assert r.code == 0 and not r.existed
+            r = await c.nodes[leader].submit(put("c1", 2, b"k", b"v2"), timeout_s=5)
+            assert r.existed
+            for i in c.ids:
+                value, index = await c.nodes[i].get(b"k", timeout_s=5)
+                assert value == b"v2" and index >= 2
+        finally:
+            for i in list(c.nodes):
+                await c.stop(i)
+
+    run(main())
+
+
+def test_a_retried_command_is_applied_once_and_answered_with_its_first_result():
+    async def main():
+        c = Cluster()
+        for i in c.ids:
+            await c.start(i)
+        try:
+            await c.leader()
+            n = c.nodes[1]
+            first = await n.submit(put("cx", 1, b"a", b"1"), timeout_s=5)
+            again = await c.nodes[2].submit(put("cx", 1, b"a", b"1"), timeout_s=5)
+            assert first.index == again.index and not again.existed
+            r = await n.submit(put("cx", 2, b"a", b"2"), timeout_s=5)
+            assert r.existed and r.index > first.index
+        finally:
+            for i in list(c.nodes):
+                await c.stop(i)
+
+    run(main())
+
+
+def test_many_concurrent_writes_share_synced_batches_and_survive_a_full_restart():
+    async def main():
+        c = Cluster()
+        for i in c.ids:
+            await c.start(i)
+        try:
+            await c.leader()
+            writes = [
+                c.nodes[1 + k % 3].submit(put(f"w{k}", 1, b"k%d" % k, b"v%d" % k), timeout_s=20)
+                for k in range(2000)
+            ]
+            results = await asyncio.gather(*writes)
+            assert [r.code for r in results] == [0] * 2000
+            assert len({r.index for r in results}) < 2000 / 4, "commands share slots (batching)"
+        finally:
+            for i in list(c.nodes):
+                await c.stop(i)
+        for i in c.ids:
+            await c.start(i)
+        try:
+            await c.leader()
+            for k in range(0, 2000, 97):
+                value, _ = await c.nodes[2].get(b"k%d" % k, timeout_s=5)
+                assert value == b"v%d" % k
+        finally:
+            for i in list(c.nodes):
+                await c.stop(i)
+
+    run(main())
+
+
+def test_bad_input_is_refused_and_no_leader_means_unavailable():
+    async def main():
+        c = Cluster()
+        await c.start(1)
+        try:
+            with pytest.raises(InvalidArgument):
+                await c.nodes[1].submit(put("c", 1, b"", b"x"), timeout_s=1)
+            with pytest.raises(Unavailable, match="no leader"):
+                await c.nodes[1].submit(put("c", 1, b"k", b"x"), timeout_s=1)
+        finally:
+            await c.stop(1)
+
+    run(main())
