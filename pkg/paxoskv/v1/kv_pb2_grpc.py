@@ -49,6 +49,16 @@ class KVStub:
                 request_serializer=paxoskv_dot_v1_dot_kv__pb2.DeleteRequest.SerializeToString,
                 response_deserializer=paxoskv_dot_v1_dot_kv__pb2.DeleteResponse.FromString,
                 _registered_method=True)
+        self.Batch = channel.unary_unary(
+                '/paxoskv.v1.KV/Batch',
+                request_serializer=paxoskv_dot_v1_dot_kv__pb2.BatchRequest.SerializeToString,
+                response_deserializer=paxoskv_dot_v1_dot_kv__pb2.BatchResponse.FromString,
+                _registered_method=True)
+        self.Session = channel.stream_stream(
+                '/paxoskv.v1.KV/Session',
+                request_serializer=paxoskv_dot_v1_dot_kv__pb2.SessionRequest.SerializeToString,
+                response_deserializer=paxoskv_dot_v1_dot_kv__pb2.SessionResponse.FromString,
+                _registered_method=True)
 
 
 class KVServicer:
@@ -72,6 +82,18 @@ class KVServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Batch(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Session(self, request_iterator, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_KVServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -89,6 +111,16 @@ def add_KVServicer_to_server(servicer, server):
                     servicer.Delete,
                     request_deserializer=paxoskv_dot_v1_dot_kv__pb2.DeleteRequest.FromString,
                     response_serializer=paxoskv_dot_v1_dot_kv__pb2.DeleteResponse.SerializeToString,
+            ),
+            'Batch': grpc.unary_unary_rpc_method_handler(
+                    servicer.Batch,
+                    request_deserializer=paxoskv_dot_v1_dot_kv__pb2.BatchRequest.FromString,
+                    response_serializer=paxoskv_dot_v1_dot_kv__pb2.BatchResponse.SerializeToString,
+            ),
+            'Session': grpc.stream_stream_rpc_method_handler(
+                    servicer.Session,
+                    request_deserializer=paxoskv_dot_v1_dot_kv__pb2.SessionRequest.FromString,
+                    response_serializer=paxoskv_dot_v1_dot_kv__pb2.SessionResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -182,6 +214,60 @@ class KV:
             metadata,
             _registered_method=True)
 
+    @staticmethod
+    def Batch(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/paxoskv.v1.KV/Batch',
+            paxoskv_dot_v1_dot_kv__pb2.BatchRequest.SerializeToString,
+            paxoskv_dot_v1_dot_kv__pb2.BatchResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Session(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/paxoskv.v1.KV/Session',
+            paxoskv_dot_v1_dot_kv__pb2.SessionRequest.SerializeToString,
+            paxoskv_dot_v1_dot_kv__pb2.SessionResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
 
 class MaintenanceStub:
     """Missing associated documentation comment in .proto file."""
@@ -197,12 +283,23 @@ class MaintenanceStub:
                 request_serializer=paxoskv_dot_v1_dot_kv__pb2.StatusRequest.SerializeToString,
                 response_deserializer=paxoskv_dot_v1_dot_kv__pb2.StatusResponse.FromString,
                 _registered_method=True)
+        self.Snapshot = channel.unary_stream(
+                '/paxoskv.v1.Maintenance/Snapshot',
+                request_serializer=paxoskv_dot_v1_dot_kv__pb2.SnapshotRequest.SerializeToString,
+                response_deserializer=paxoskv_dot_v1_dot_kv__pb2.SnapshotResponse.FromString,
+                _registered_method=True)
 
 
 class MaintenanceServicer:
     """Missing associated documentation comment in .proto file."""
 
     def Status(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Snapshot(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -215,6 +312,11 @@ def add_MaintenanceServicer_to_server(servicer, server):
                     servicer.Status,
                     request_deserializer=paxoskv_dot_v1_dot_kv__pb2.StatusRequest.FromString,
                     response_serializer=paxoskv_dot_v1_dot_kv__pb2.StatusResponse.SerializeToString,
+            ),
+            'Snapshot': grpc.unary_stream_rpc_method_handler(
+                    servicer.Snapshot,
+                    request_deserializer=paxoskv_dot_v1_dot_kv__pb2.SnapshotRequest.FromString,
+                    response_serializer=paxoskv_dot_v1_dot_kv__pb2.SnapshotResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -244,6 +346,33 @@ class Maintenance:
             '/paxoskv.v1.Maintenance/Status',
             paxoskv_dot_v1_dot_kv__pb2.StatusRequest.SerializeToString,
             paxoskv_dot_v1_dot_kv__pb2.StatusResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Snapshot(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/paxoskv.v1.Maintenance/Snapshot',
+            paxoskv_dot_v1_dot_kv__pb2.SnapshotRequest.SerializeToString,
+            paxoskv_dot_v1_dot_kv__pb2.SnapshotResponse.FromString,
             options,
             channel_credentials,
             insecure,
