@@ -251,3 +251,43 @@ def test_the_core_is_pure():
             assert not set(names) & forbidden, f"{path.name} imports {names}"
             if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id == "random":
                 assert node.attr == "Random", f"{path.name} uses random.{node.attr}"
+
+
+def test_a_node_behind_a_compacted_log_asks_for_a_snapshot_and_continues_after_it():
+    net = Net(3)
+    leader = net.elect()
+    lag = next(i for i in net.ids if i != leader)
+    net.crash(lag)
+    for k in range(30):
+        net.cores[leader].propose(b"w%d" % k)
+        net.deliver_all()
+    for i in net.ids:
+        if i != lag:
+            net.cores[i].compact(20)
+            assert net.cores[i].log_start == 21
+    asked = []
+    orig = net.process
+
+    def watching(i):
+        core = net.cores[i]
+        if i == lag:
+            rd = core.ready()
+            if rd.snapshot_from is not None:
+                asked.append(rd.snapshot_from)
+            core._out_messages[:0] = rd.messages
+            core._out_accepted[:0] = rd.accepted
+            core._out_chosen[:0] = rd.chosen
+            core._emitted_index -= len(rd.committed)
+            if rd.promised is not None:
+                core._out_promised = rd.promised
+        orig(i)
+
+    net.process = watching
+    net.restart(lag)
+    net.tick(10)
+    assert asked and asked[0] != lag
+    # The runtime installs the state at index 25 (say) from a peer snapshot.
+    net.disks[lag].applied = list(net.disks[leader].applied[:25])
+    net.cores[lag].install_snapshot(25)
+    net.tick(10)
+    assert net.applied_values(lag) == [b"w%d" % k for k in range(30)]

@@ -179,6 +179,7 @@ class Core:
         self._out_chosen: list[tuple[int, Value]] = []
         self._out_messages: list[Message] = []
         self._out_reads: list[ReadState] = []
+        self._out_snapshot_from: int | None = None
 
         self._handlers: dict[type, Callable[[Message], None]] = {
             PreVote: self._on_pre_vote,
@@ -268,7 +269,9 @@ class Core:
             messages=self._out_messages,
             committed=committed,
             reads=self._out_reads,
+            snapshot_from=self._out_snapshot_from,
         )
+        self._out_snapshot_from = None
         self._out_promised = None
         self._out_accepted = []
         self._out_chosen = []
@@ -292,10 +295,29 @@ class Core:
             or self._out_chosen
             or self._out_messages
             or self._out_reads
+            or self._out_snapshot_from is not None
             or self.commit_index > self._emitted_index
             or (self.role is Role.LEADER and (self._queue or self._reads_new_local or self._reads_new_remote))
             or (self.leader_id is not None and (self._forward_queue or self._reads_forward))
         )
+
+    def install_snapshot(self, index: int) -> None:
+        """The runtime installed a snapshot of the applied state at ``index``
+        (state machine and storage): continue the log after it."""
+        if index <= self.applied_index:
+            return
+        for s in [s for s in self.chosen if s <= index]:
+            del self.chosen[s]
+        for s in [s for s in self.accepted if s <= index]:
+            del self.accepted[s]
+        self.applied_index = index
+        self._emitted_index = max(self._emitted_index, index)
+        self.commit_index = max(self.commit_index, index)
+        self.log_start = max(self.log_start, index + 1)
+        self._advance_commit()
+        self._emitted_index = max(self._emitted_index, min(self.commit_index, index))
+        if self.commit_index >= self._known_commit:
+            self._catchup_sent_tick = None
 
     def compact(self, through_slot: int) -> None:
         """Forget chosen values up to ``through_slot`` (already applied and
@@ -698,6 +720,9 @@ class Core:
     def _on_catchup_reply(self, msg: CatchupReply) -> None:
         if self.role is Role.LEADER:
             return  # a leader learns only from its own quorum (see module docstring)
+        if not msg.chosen and msg.log_start > self.commit_index + 1:
+            self._out_snapshot_from = msg.frm  # the peer compacted what we miss
+            return
         for slot, value in msg.chosen:
             self._learn_chosen(slot, value)
         self._advance_commit()

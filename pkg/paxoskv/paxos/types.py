@@ -223,6 +223,9 @@ class Ready:
     messages: list[Message] = field(default_factory=list)
     committed: list[tuple[int, Value]] = field(default_factory=list)
     reads: list[ReadState] = field(default_factory=list)
+    # Catch-up hit a peer that compacted the entries we need: fetch a snapshot
+    # from this node (the runtime transfers it, then calls install_snapshot).
+    snapshot_from: int | None = None
 
     @property
     def must_sync(self) -> bool:
@@ -236,6 +239,7 @@ class Ready:
             or self.messages
             or self.committed
             or self.reads
+            or self.snapshot_from is not None
         )
 
 
