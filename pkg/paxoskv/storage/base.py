@@ -1,0 +1,176 @@
+"""The storage protocol of a node, what it loads, and its errors.
+
+Rules:
+
+- One storage per node, opened for one ``(node_id, cluster_id)``. The first
+  open of an empty store records that identity; every later open must name
+  the same one, or it fails with ``WrongNode`` / ``WrongCluster`` and changes
+  nothing. A store held by another process fails with ``Locked``; a store
+  that cannot be written (read-only, full disk) fails with ``NotWritable`` at
+  open, found by writing and syncing a probe.
+- ``persist(promised, accepted, chosen, sync)`` is ONE atomic write batch: the
+  acceptor's promise (if not None), accepted entries (replacing any earlier
+  entry of the same slot) and chosen values. With ``sync=True`` the batch and
+  every batch written before it are durable when it returns. The caller
+  groups everything of one event-loop iteration into one call.
+- ``apply(changes, drop_accepted_through)`` is ONE atomic write batch, never
+  synced on its own (the next synced batch makes it durable): the state
+  machine's key and session changes, its applied index, and the deletion of
+  accepted entries whose slot is ``<= drop_accepted_through``. Because the
+  applied state and the applied index change together, a restart never
+  applies a slot twice.
+- ``load()`` shows everything written through this handle (synced or not).
+  After a crash, only a prefix of the batches survives, each batch whole.
+- Errors are ``StorageError`` subclasses; each message is one line that says
+  what is wrong and what to do. ``NotWritable`` is also raised by a write
+  that fails at run time (disk full): the node must stop, not go on.
+
+Chosen values are kept from ``log_start`` on; nothing compacts them yet, so
+``log_start`` is 1 (the snapshot work will move it).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
+
+from paxoskv.kv.state_machine import Changes, Session
+from paxoskv.paxos.types import Ballot, Entry, Value
+
+__all__ = [
+    "FORMAT_VERSION",
+    "Corrupt",
+    "Locked",
+    "LoadedState",
+    "NotFound",
+    "NotWritable",
+    "Storage",
+    "StorageError",
+    "WrongCluster",
+    "WrongFormat",
+    "WrongNode",
+    "check_identity",
+]
+
+FORMAT_VERSION = 1
+NODE_ID_MAX = (1 << 32) - 1
+
+
+@dataclass(frozen=True, slots=True)
+class LoadedState:
+    """Everything a node reads from its storage at start."""
+
+    promised: Ballot  # ZERO_BALLOT on a fresh store
+    accepted: dict[int, Entry]  # slot -> accepted entry
+    chosen: dict[int, Value]  # slot -> chosen value, slots >= log_start
+    log_start: int  # first slot whose chosen value is kept
+    applied_index: int
+    kv: dict[bytes, bytes]
+    sessions: dict[str, Session]
+
+
+@runtime_checkable
+class Storage(Protocol):
+    def load(self) -> LoadedState: ...
+
+    def persist(
+        self,
+        promised: Ballot | None,
+        accepted: Sequence[Entry],
+        chosen: Sequence[tuple[int, Value]],
+        sync: bool,
+    ) -> None: ...
+
+    def apply(self, changes: Changes, drop_accepted_through: int) -> None: ...
+
+    def close(self) -> None: ...
+
+
+# ---- errors -------------------------------------------------------------------
+
+
+class StorageError(Exception):
+    """A storage failure; ``str(err)`` is one line saying what to do."""
+
+    def __init__(self, message: str, *, path: str = "") -> None:
+        assert "\n" not in message, message
+        super().__init__(message)
+        self.path = path
+
+
+class WrongNode(StorageError):
+    def __init__(self, path: str, stored: int, wanted: int) -> None:
+        super().__init__(
+            f"data directory {path} belongs to node {stored}, not node {wanted}: start node "
+            f"{stored} on it, or give node {wanted} a data directory of its own",
+            path=path,
+        )
+        self.stored_node_id = stored
+        self.node_id = wanted
+
+
+class WrongCluster(StorageError):
+    def __init__(self, path: str, stored: str, wanted: str) -> None:
+        super().__init__(
+            f"data directory {path} belongs to cluster {stored!r}, not {wanted!r}: check "
+            f"--cluster-id, or use an empty data directory for a new cluster",
+            path=path,
+        )
+        self.stored_cluster_id = stored
+        self.cluster_id = wanted
+
+
+class WrongFormat(StorageError):
+    def __init__(self, path: str, stored: int) -> None:
+        super().__init__(
+            f"data directory {path} has format version {stored}, this paxoskv reads "
+            f"{FORMAT_VERSION}: run a paxoskv that supports it",
+            path=path,
+        )
+        self.format_version = stored
+
+
+class Locked(StorageError):
+    def __init__(self, path: str, detail: str = "") -> None:
+        more = f" ({detail})" if detail else ""
+        super().__init__(
+            f"data directory {path} is open in another process{more}: stop that node "
+            f"first, or use another data directory",
+            path=path,
+        )
+
+
+class NotWritable(StorageError):
+    def __init__(self, path: str, detail: str) -> None:
+        super().__init__(
+            f"data directory {path} is not writable ({detail}): free disk space, or fix "
+            f"the permissions or read-only mount",
+            path=path,
+        )
+
+
+class Corrupt(StorageError):
+    def __init__(self, path: str, detail: str) -> None:
+        super().__init__(
+            f"data directory {path} is corrupt ({detail}): move it away and restart the "
+            f"node with an empty one so it catches up from its peers",
+            path=path,
+        )
+
+
+class NotFound(StorageError):
+    def __init__(self, path: str) -> None:
+        super().__init__(
+            f"data directory {path} holds no paxoskv data: initialise it (open with "
+            f"create) or pass the right --data-dir",
+            path=path,
+        )
+
+
+def check_identity(node_id: int, cluster_id: str) -> None:
+    """Reject a node id or cluster id no store can be opened for (caller bug)."""
+    if not 1 <= node_id <= NODE_ID_MAX:
+        raise ValueError(f"node_id must be in [1, {NODE_ID_MAX}], not {node_id}")
+    if not cluster_id:
+        raise ValueError("cluster_id must not be empty")

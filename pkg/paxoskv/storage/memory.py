@@ -1,0 +1,276 @@
+"""In-memory storage with a LevelDB-like crash model, for tests and the simulator.
+
+Rules (the same protocol and errors as :mod:`paxoskv.storage.leveldb`):
+
+- A ``MemoryDisk`` is what survives a process: the node identity, the durable
+  image and the batches written since the last sync. A ``MemoryStorage`` is
+  one process's open handle on a disk; a second handle on a disk that is
+  still open fails with ``Locked``.
+- Every ``persist``/``apply`` (and the identity record and the open-time
+  probe) is one batch appended to the disk's log. The handle sees every batch
+  at once. A batch written with ``sync=True`` makes itself and every earlier
+  batch durable, as one fsync of LevelDB's log does.
+- ``crash(rng)`` models a power loss of the machine: of the batches not yet
+  durable, a random-length prefix survives (a torn tail; each batch is
+  all-or-nothing) and the rest is lost. The handle then shows exactly the
+  surviving image and stays open, standing for the restarted process.
+- ``fault_full_disk = True`` makes every write raise ``NotWritable`` without
+  changing anything, as a full disk would; ``False`` heals it.
+
+Theory of operation: a batch is a tuple of immutable operations. The disk
+keeps two images, ``current`` (every batch applied) and ``durable`` (only the
+synced ones); a sync replays the pending batches onto ``durable``, and a
+crash replays a prefix of them and then copies ``durable`` into ``current``.
+Replaying on the durable image gives the same result as on the current one
+because both see the same batches in the same order.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from paxoskv.kv.state_machine import Changes, Session
+from paxoskv.paxos.types import ZERO_BALLOT, Ballot, Entry, Value
+from paxoskv.storage.base import (
+    FORMAT_VERSION,
+    Locked,
+    LoadedState,
+    NotFound,
+    NotWritable,
+    WrongCluster,
+    WrongNode,
+    check_identity,
+)
+
+__all__ = ["MemoryDisk", "MemoryStorage"]
+
+# One operation of a batch: (kind, *arguments). Kinds:
+#   ("meta", node_id, cluster_id)        ("promised", ballot)
+#   ("accepted", entry)                  ("chosen", slot, value)
+#   ("kv", key, value | None)            ("session", client_id, session | None)
+#   ("applied", index)                   ("drop_accepted", through)
+_Op = tuple[object, ...]
+_Batch = tuple[_Op, ...]
+
+
+@dataclass(slots=True)
+class _Image:
+    meta: tuple[int, str] | None = None
+    promised: Ballot = ZERO_BALLOT
+    accepted: dict[int, Entry] = field(default_factory=dict)
+    chosen: dict[int, Value] = field(default_factory=dict)
+    kv: dict[bytes, bytes] = field(default_factory=dict)
+    sessions: dict[str, Session] = field(default_factory=dict)
+    applied_index: int = 0
+
+    def copy(self) -> _Image:
+        return _Image(
+            self.meta,
+            self.promised,
+            dict(self.accepted),
+            dict(self.chosen),
+            dict(self.kv),
+            dict(self.sessions),
+            self.applied_index,
+        )
+
+    def replay(self, batch: _Batch) -> None:
+        for op in batch:
+            kind = op[0]
+            if kind == "accepted":
+                entry = op[1]
+                assert isinstance(entry, Entry)
+                self.accepted[entry.slot] = entry
+            elif kind == "chosen":
+                self.chosen[op[1]] = op[2]  # type: ignore[index]
+            elif kind == "kv":
+                if op[2] is None:
+                    self.kv.pop(op[1], None)  # type: ignore[arg-type]
+                else:
+                    self.kv[op[1]] = op[2]  # type: ignore[index]
+            elif kind == "session":
+                if op[2] is None:
+                    self.sessions.pop(op[1], None)  # type: ignore[arg-type]
+                else:
+                    self.sessions[op[1]] = op[2]  # type: ignore[index]
+            elif kind == "applied":
+                self.applied_index = op[1]  # type: ignore[assignment]
+            elif kind == "drop_accepted":
+                through = op[1]
+                for slot in [s for s in self.accepted if s <= through]:  # type: ignore[operator]
+                    del self.accepted[slot]
+            elif kind == "promised":
+                self.promised = op[1]  # type: ignore[assignment]
+            elif kind == "meta":
+                self.meta = (op[1], op[2])  # type: ignore[assignment]
+            else:
+                raise AssertionError(f"unknown batch operation {kind!r}")
+
+
+class MemoryDisk:
+    """What outlives a process: identity, durable image, unsynced batches."""
+
+    def __init__(self, name: str = "memory") -> None:
+        self.name = name
+        self.full = False
+        self.batches_written = 0
+        self.syncs = 0
+        self._durable = _Image()
+        self._current = _Image()
+        self._pending: list[_Batch] = []
+        self._holder: MemoryStorage | None = None
+
+    @property
+    def pending_batches(self) -> int:
+        """Batches written but not yet durable."""
+        return len(self._pending)
+
+    def write(self, batch: _Batch, sync: bool) -> None:
+        if self.full:
+            raise NotWritable(self.name, "no space left on device")
+        self.batches_written += 1
+        self._current.replay(batch)
+        self._pending.append(batch)
+        if sync:
+            self.syncs += 1
+            for pending in self._pending:
+                self._durable.replay(pending)
+            self._pending.clear()
+
+    def crash(self, rng: random.Random) -> int:
+        """Lose a random suffix of the unsynced batches; return how many were lost."""
+        kept = rng.randint(0, len(self._pending))
+        for batch in self._pending[:kept]:
+            self._durable.replay(batch)
+        lost = len(self._pending) - kept
+        self._pending.clear()
+        self._current = self._durable.copy()
+        return lost
+
+
+class MemoryStorage:
+    """The storage protocol on a ``MemoryDisk`` (a fresh one if none is given)."""
+
+    def __init__(
+        self,
+        disk: MemoryDisk | None = None,
+        *,
+        node_id: int = 1,
+        cluster_id: str = "test",
+        create: bool = True,
+    ) -> None:
+        check_identity(node_id, cluster_id)
+        disk = MemoryDisk() if disk is None else disk
+        if disk._holder is not None:
+            raise Locked(disk.name, "another MemoryStorage holds this disk")
+        meta = disk._current.meta
+        if meta is None:
+            if not create:
+                raise NotFound(disk.name)
+            disk.write((("meta", node_id, cluster_id),), sync=True)
+        else:
+            if meta[0] != node_id:
+                raise WrongNode(disk.name, meta[0], node_id)
+            if meta[1] != cluster_id:
+                raise WrongCluster(disk.name, meta[1], cluster_id)
+        disk.write((), sync=True)  # the probe: can we write and sync?
+        disk._holder = self
+        self.disk = disk
+        self.node_id = node_id
+        self.cluster_id = cluster_id
+        self.format_version = FORMAT_VERSION
+        self._closed = False
+
+    @classmethod
+    def open(
+        cls,
+        disk: MemoryDisk | None = None,
+        node_id: int = 1,
+        cluster_id: str = "test",
+        create: bool = True,
+    ) -> MemoryStorage:
+        return cls(disk, node_id=node_id, cluster_id=cluster_id, create=create)
+
+    # ---- faults ------------------------------------------------------------------
+
+    @property
+    def fault_full_disk(self) -> bool:
+        return self.disk.full
+
+    @fault_full_disk.setter
+    def fault_full_disk(self, full: bool) -> None:
+        self.disk.full = full
+
+    def crash(self, rng: random.Random) -> int:
+        """Power loss: keep a random prefix of the unsynced batches; return how many were lost."""
+        assert not self._closed, "storage is closed"
+        return self.disk.crash(rng)
+
+    # ---- the protocol ------------------------------------------------------------
+
+    def load(self) -> LoadedState:
+        assert not self._closed, "storage is closed"
+        image = self.disk._current
+        return LoadedState(
+            promised=image.promised,
+            accepted=dict(image.accepted),
+            chosen=dict(image.chosen),
+            log_start=1,
+            applied_index=image.applied_index,
+            kv=dict(image.kv),
+            sessions=dict(image.sessions),
+        )
+
+    def persist(
+        self,
+        promised: Ballot | None,
+        accepted: Sequence[Entry],
+        chosen: Sequence[tuple[int, Value]],
+        sync: bool,
+    ) -> None:
+        assert not self._closed, "storage is closed"
+        batch: list[_Op] = []
+        if promised is not None:
+            assert isinstance(promised, Ballot), promised
+            batch.append(("promised", promised))
+        for entry in accepted:
+            assert isinstance(entry, Entry) and entry.slot >= 1, entry
+            assert _is_value(entry.value), entry
+            batch.append(("accepted", entry))
+        for slot, value in chosen:
+            assert slot >= 1 and _is_value(value), (slot, value)
+            batch.append(("chosen", slot, value))
+        self.disk.write(tuple(batch), sync)
+
+    def apply(self, changes: Changes, drop_accepted_through: int) -> None:
+        assert not self._closed, "storage is closed"
+        current = self.disk._current.applied_index
+        assert changes.applied_index >= current, (changes.applied_index, current)
+        batch: list[_Op] = []
+        for key, value in changes.kv.items():
+            assert isinstance(key, bytes) and (value is None or isinstance(value, bytes))
+            batch.append(("kv", key, value))
+        for client_id, session in changes.sessions.items():
+            assert session is None or isinstance(session, Session), session
+            batch.append(("session", client_id, session))
+        batch.append(("applied", changes.applied_index))
+        if drop_accepted_through > 0:
+            batch.append(("drop_accepted", drop_accepted_through))
+        self.disk.write(tuple(batch), sync=False)
+
+    def close(self) -> None:
+        if not self._closed:
+            self._closed = True
+            self.disk._holder = None
+
+    def __enter__(self) -> MemoryStorage:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _is_value(value: object) -> bool:
+    return isinstance(value, tuple) and all(isinstance(c, bytes) for c in value)

@@ -1,0 +1,447 @@
+"""The storage contract (paxoskv.storage.base), run against every implementation.
+
+Each test gets a ``backend``: a place where a store lives across opens (a
+LevelDB directory, or a MemoryDisk), so "close and reopen" means the same
+thing for both. Tests that need a failing disk get a ``full_backend``, whose
+``fill()`` makes every write fail (a filled tmpfs for LevelDB, the
+``fault_full_disk`` toggle for memory).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import pathlib
+import subprocess
+from collections.abc import Iterator
+from typing import Protocol
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from paxoskv.kv import Changes, Session
+from paxoskv.paxos.types import ZERO_BALLOT, Ballot, Entry, Value
+from paxoskv.storage import (
+    LevelDBStorage,
+    LoadedState,
+    Locked,
+    MemoryDisk,
+    MemoryStorage,
+    NotFound,
+    NotWritable,
+    Storage,
+    WrongCluster,
+    WrongNode,
+)
+from paxoskv.v1 import kv_pb2
+
+OK = kv_pb2.CommandResult.OK
+
+
+class Backend(Protocol):
+    def open(self, node_id: int = 1, cluster_id: str = "c1", create: bool = True) -> Storage: ...
+
+
+class LevelDBBackend:
+    def __init__(self, root: pathlib.Path) -> None:
+        self.root = root
+        self.path = root / "db"
+
+    def open(self, node_id: int = 1, cluster_id: str = "c1", create: bool = True) -> Storage:
+        return LevelDBStorage.open(self.path, node_id, cluster_id, create=create)
+
+    def fill(self) -> None:
+        fill_filesystem(self.root / "filler")
+
+    def free(self) -> None:
+        (self.root / "filler").unlink()
+
+
+class MemoryBackend:
+    def __init__(self) -> None:
+        self.disk = MemoryDisk("memory-disk")
+
+    def open(self, node_id: int = 1, cluster_id: str = "c1", create: bool = True) -> Storage:
+        return MemoryStorage(self.disk, node_id=node_id, cluster_id=cluster_id, create=create)
+
+    def fill(self) -> None:
+        self.disk.full = True
+
+    def free(self) -> None:
+        self.disk.full = False
+
+
+@contextlib.contextmanager
+def tmpfs(where: pathlib.Path, size: str) -> Iterator[pathlib.Path]:
+    """A small tmpfs mounted at ``where`` (needs root), unmounted at the end."""
+    where.mkdir(parents=True, exist_ok=True)
+    subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(where)], check=True)
+    try:
+        yield where
+    finally:
+        if subprocess.run(["umount", str(where)], check=False).returncode != 0:
+            subprocess.run(["umount", "-l", str(where)], check=True)
+
+
+def fill_filesystem(filler: pathlib.Path) -> None:
+    """Write ``filler`` until the file system has no byte left."""
+    fd = os.open(filler, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
+    try:
+        for chunk in (65536, 4096, 1):
+            with contextlib.suppress(OSError):
+                while True:
+                    os.write(fd, b"\0" * chunk)
+    finally:
+        os.close(fd)
+    assert os.statvfs(filler.parent).f_bavail == 0
+
+
+@pytest.fixture(params=["leveldb", "memory"])
+def backend(request: pytest.FixtureRequest, tmp_path: pathlib.Path) -> Backend:
+    if request.param == "leveldb":
+        return LevelDBBackend(tmp_path)
+    return MemoryBackend()
+
+
+@pytest.fixture(params=[pytest.param("leveldb", marks=pytest.mark.root), "memory"])
+def full_backend(
+    request: pytest.FixtureRequest, tmp_path: pathlib.Path
+) -> Iterator[LevelDBBackend | MemoryBackend]:
+    if request.param == "leveldb":
+        with tmpfs(tmp_path / "mnt", "2m") as root:
+            yield LevelDBBackend(root)
+    else:
+        yield MemoryBackend()
+
+
+@contextlib.contextmanager
+def opened(backend: Backend, **kwargs: object) -> Iterator[Storage]:
+    storage = backend.open(**kwargs)  # type: ignore[arg-type]
+    try:
+        yield storage
+    finally:
+        storage.close()
+
+
+def result(index: int, existed: bool = False, code: int = OK, error: str = "") -> kv_pb2.CommandResult:
+    return kv_pb2.CommandResult(code=code, index=index, existed=existed, error=error)
+
+
+def changes(
+    applied_index: int,
+    kv: dict[bytes, bytes | None] | None = None,
+    sessions: dict[str, Session | None] | None = None,
+) -> Changes:
+    return Changes(kv=kv or {}, sessions=sessions or {}, applied_index=applied_index)
+
+
+def assert_fresh(state: LoadedState) -> None:
+    assert state == LoadedState(
+        promised=ZERO_BALLOT,
+        accepted={},
+        chosen={},
+        log_start=1,
+        applied_index=0,
+        kv={},
+        sessions={},
+    )
+
+
+# ---- round trips ----------------------------------------------------------------
+
+
+def test_fresh_store_is_empty(backend: Backend) -> None:
+    with opened(backend) as storage:
+        assert isinstance(storage, Storage)
+        assert_fresh(storage.load())
+    with opened(backend) as storage:
+        assert_fresh(storage.load())
+
+
+VALUES: list[Value] = [
+    (),  # the no-op
+    (b"",),
+    (b"one",),
+    (b"a", b"", b"\x00\xff" * 1000),
+    tuple(bytes([i]) * i for i in range(50)),
+]
+
+
+def test_persist_round_trip(backend: Backend) -> None:
+    accepted = [Entry(slot, Ballot(slot, 3), value) for slot, value in enumerate(VALUES, 1)]
+    accepted.append(Entry((1 << 64) - 1, Ballot((1 << 64) - 1, (1 << 32) - 1), (b"max",)))
+    chosen = [(slot + 10, value) for slot, value in enumerate(VALUES, 1)]
+    chosen.append(((1 << 63) + 1, (b"big",)))
+    with opened(backend) as storage:
+        storage.persist(Ballot(7, 2), accepted, chosen, sync=True)
+        seen = storage.load()
+    with opened(backend) as storage:
+        reopened = storage.load()
+    for state in (seen, reopened):
+        assert state.promised == Ballot(7, 2)
+        assert state.accepted == {e.slot: e for e in accepted}
+        assert state.chosen == dict(chosen)
+        assert state.log_start == 1 and state.applied_index == 0
+        assert all(type(v) is tuple for v in state.chosen.values())
+
+
+def test_persist_without_promise_keeps_the_old_one_and_replaces_entries(backend: Backend) -> None:
+    with opened(backend) as storage:
+        storage.persist(Ballot(1, 1), [Entry(4, Ballot(1, 1), (b"x",))], [], sync=True)
+        storage.persist(None, [Entry(4, Ballot(2, 3), (b"y",))], [(4, (b"y",))], sync=True)
+        storage.persist(Ballot(5, 2), [], [], sync=False)
+        storage.persist(None, [], [], sync=True)
+    with opened(backend) as storage:
+        state = storage.load()
+    assert state.promised == Ballot(5, 2)
+    assert state.accepted == {4: Entry(4, Ballot(2, 3), (b"y",))}
+    assert state.chosen == {4: (b"y",)}
+
+
+def test_unsynced_writes_are_visible_to_the_writer(backend: Backend) -> None:
+    with opened(backend) as storage:
+        storage.persist(Ballot(1, 1), [Entry(1, Ballot(1, 1), (b"x",))], [(1, (b"x",))], sync=False)
+        storage.apply(changes(1, {b"k": b"v"}), drop_accepted_through=0)
+        state = storage.load()
+    assert state.promised == Ballot(1, 1) and state.accepted[1].value == (b"x",)
+    assert state.kv == {b"k": b"v"} and state.applied_index == 1
+
+
+def test_apply_round_trip(backend: Backend) -> None:
+    s1 = Session(3, result(2, existed=True), 2)
+    s2 = Session(1, result(2, code=kv_pb2.CommandResult.INVALID, error="key is empty"), 2)
+    with opened(backend) as storage:
+        storage.apply(
+            changes(
+                2,
+                {b"a": b"1", b"b": b"", b"\x00\xff": b"\xff" * 5000, b"gone": None},
+                {"client-1": s1, "ünïcode ✓": s2, "never": None},
+            ),
+            drop_accepted_through=0,
+        )
+        storage.apply(
+            changes(3, {b"b": None, b"a": b"2"}, {"client-1": None, "c3": s1}),
+            drop_accepted_through=0,
+        )
+        seen = storage.load()
+    with opened(backend) as storage:
+        reopened = storage.load()
+    for state in (seen, reopened):
+        assert state.kv == {b"a": b"2", b"\x00\xff": b"\xff" * 5000}
+        assert state.sessions == {"ünïcode ✓": s2, "c3": s1}
+        assert state.applied_index == 3
+
+
+def test_apply_drops_accepted_entries_through_the_given_slot(backend: Backend) -> None:
+    def entry(slot: int) -> Entry:
+        return Entry(slot, Ballot(1, 1), (str(slot).encode(),))
+
+    with opened(backend) as storage:
+        storage.persist(None, [entry(s) for s in range(1, 11)], [], sync=True)
+        storage.apply(changes(1), drop_accepted_through=4)
+        assert sorted(storage.load().accepted) == list(range(5, 11))
+        storage.apply(changes(2), drop_accepted_through=2)  # lower: nothing more
+        assert sorted(storage.load().accepted) == list(range(5, 11))
+        # An entry accepted again below the last drop is dropped by a later one.
+        storage.persist(None, [entry(3), entry(12)], [], sync=True)
+        assert sorted(storage.load().accepted) == [3, *range(5, 11), 12]
+        storage.apply(changes(3), drop_accepted_through=6)
+        assert sorted(storage.load().accepted) == [7, 8, 9, 10, 12]
+        storage.apply(changes(4), drop_accepted_through=0)
+        assert sorted(storage.load().accepted) == [7, 8, 9, 10, 12]
+    with opened(backend) as storage:
+        assert sorted(storage.load().accepted) == [7, 8, 9, 10, 12]
+        storage.apply(changes(5), drop_accepted_through=(1 << 64) - 1)
+        assert storage.load().accepted == {}
+
+
+def test_chosen_values_are_not_dropped_with_accepted_ones(backend: Backend) -> None:
+    with opened(backend) as storage:
+        storage.persist(None, [Entry(1, Ballot(1, 1), (b"x",))], [(1, (b"x",))], sync=True)
+        storage.apply(changes(1, {b"x": b"x"}), drop_accepted_through=1)
+        state = storage.load()
+    assert state.accepted == {} and state.chosen == {1: (b"x",)}
+
+
+def test_applied_index_never_goes_back(backend: Backend) -> None:
+    with opened(backend) as storage:
+        storage.apply(changes(5), drop_accepted_through=0)
+        storage.apply(changes(5), drop_accepted_through=0)
+        with pytest.raises(AssertionError):
+            storage.apply(changes(4), drop_accepted_through=0)
+
+
+# ---- identity and opening -------------------------------------------------------------
+
+
+def test_other_node_or_cluster_is_refused_and_nothing_changes(backend: Backend) -> None:
+    with opened(backend, node_id=3, cluster_id="prod") as storage:
+        storage.persist(Ballot(2, 3), [Entry(1, Ballot(2, 3), (b"v",))], [(1, (b"v",))], True)
+        storage.apply(changes(1, {b"k": b"v"}, {"c": Session(1, result(1), 1)}), 0)
+        before = storage.load()
+    with pytest.raises(WrongNode) as node_error:
+        backend.open(node_id=4, cluster_id="prod")
+    message = str(node_error.value)
+    assert "node 3" in message and "node 4" in message and "\n" not in message
+    assert (node_error.value.stored_node_id, node_error.value.node_id) == (3, 4)
+    with pytest.raises(WrongCluster) as cluster_error:
+        backend.open(node_id=3, cluster_id="staging")
+    assert "'prod'" in str(cluster_error.value) and "'staging'" in str(cluster_error.value)
+    with pytest.raises(WrongNode):  # the node is checked first
+        backend.open(node_id=1, cluster_id="staging")
+    with opened(backend, node_id=3, cluster_id="prod") as storage:
+        assert storage.load() == before
+
+
+def test_identity_is_recorded_by_the_first_open_even_if_nothing_else_is(backend: Backend) -> None:
+    backend.open(node_id=2, cluster_id="a").close()
+    with pytest.raises(WrongNode):
+        backend.open(node_id=1, cluster_id="a")
+
+
+def test_second_open_while_open_is_locked(backend: Backend) -> None:
+    with opened(backend) as storage:
+        storage.persist(Ballot(1, 1), [], [], sync=True)
+        with pytest.raises(Locked) as error:
+            backend.open()
+        assert "another process" in str(error.value)
+        assert storage.load().promised == Ballot(1, 1)  # the holder is unharmed
+    with opened(backend) as storage:
+        assert storage.load().promised == Ballot(1, 1)
+
+
+def test_open_without_create_needs_an_initialised_store(backend: Backend) -> None:
+    with pytest.raises(NotFound):
+        backend.open(create=False)
+    backend.open().close()
+    with opened(backend, create=False) as storage:
+        assert_fresh(storage.load())
+
+
+@pytest.mark.parametrize(("node_id", "cluster_id"), [(0, "c"), (1 << 32, "c"), (1, "")])
+def test_bad_identity_is_a_caller_error(backend: Backend, node_id: int, cluster_id: str) -> None:
+    with pytest.raises(ValueError):
+        backend.open(node_id=node_id, cluster_id=cluster_id)
+
+
+def test_close_is_idempotent(backend: Backend) -> None:
+    storage = backend.open()
+    storage.close()
+    storage.close()
+
+
+# ---- a disk that cannot write ----------------------------------------------------------
+
+
+def test_open_on_a_full_disk_is_not_writable(full_backend: LevelDBBackend | MemoryBackend) -> None:
+    full_backend.open().close()
+    full_backend.fill()
+    with pytest.raises(NotWritable) as error:
+        full_backend.open()
+    assert "not writable" in str(error.value) and "\n" not in str(error.value)
+    full_backend.free()
+    full_backend.open().close()  # the lock was released
+
+
+def test_a_failed_write_leaves_nothing_behind(full_backend: LevelDBBackend | MemoryBackend) -> None:
+    """Atomicity: a batch that fails half-way is absent, whole, after reopening."""
+    with opened(full_backend) as storage:
+        storage.persist(Ballot(1, 1), [Entry(1, Ballot(1, 1), (b"x",))], [], sync=True)
+        storage.apply(changes(1, {b"before": b"1"}), drop_accepted_through=0)
+        storage.persist(None, [], [], sync=True)
+        before = storage.load()
+        full_backend.fill()
+        big = {f"k{i}".encode(): b"v" * 4000 for i in range(200)}  # 800 kB: fails half-way
+        with pytest.raises(NotWritable):
+            storage.apply(changes(2, {b"before": None, **big}), drop_accepted_through=1)
+        with pytest.raises(NotWritable):
+            storage.persist(Ballot(2, 1), [Entry(2, Ballot(2, 1), (b"y",) * 1000)], [], sync=True)
+    full_backend.free()
+    with opened(full_backend) as storage:
+        assert storage.load() == before
+
+
+# ---- a model-based property --------------------------------------------------------------
+
+slots = st.integers(1, 12)
+values = st.lists(st.binary(max_size=6), max_size=3).map(tuple)
+ballots = st.builds(Ballot, st.integers(0, 5), st.integers(0, 3))
+persist_op = st.tuples(
+    st.just("persist"),
+    st.none() | ballots,
+    st.lists(st.builds(Entry, slots, ballots, values), max_size=4),
+    st.lists(st.tuples(slots, values), max_size=3),
+    st.booleans(),
+)
+sessions = st.builds(
+    Session, st.integers(1, 9), st.builds(result, st.integers(1, 9)), st.integers(1, 9)
+)
+apply_op = st.tuples(
+    st.just("apply"),
+    st.dictionaries(st.binary(min_size=1, max_size=3), st.none() | st.binary(max_size=4), max_size=4),
+    st.dictionaries(st.sampled_from(["a", "b", "é"]), st.none() | sessions, max_size=2),
+    st.integers(0, 3),  # applied index increment
+    st.integers(-1, 13),  # drop_accepted_through
+)
+reopen_op = st.just(("reopen",))
+
+
+class Model:
+    def __init__(self) -> None:
+        self.state = LoadedState(ZERO_BALLOT, {}, {}, 1, 0, {}, {})
+
+    def persist(self, promised: Ballot | None, accepted: list[Entry], chosen: list[tuple[int, Value]]) -> None:
+        s = self.state
+        self.state = LoadedState(
+            promised if promised is not None else s.promised,
+            {**s.accepted, **{e.slot: e for e in accepted}},
+            {**s.chosen, **dict(chosen)},
+            1,
+            s.applied_index,
+            s.kv,
+            s.sessions,
+        )
+
+    def apply(self, ch: Changes, through: int) -> None:
+        s = self.state
+        kv = dict(s.kv)
+        for k, v in ch.kv.items():
+            if v is None:
+                kv.pop(k, None)
+            else:
+                kv[k] = v
+        sess = dict(s.sessions)
+        for c, v2 in ch.sessions.items():
+            if v2 is None:
+                sess.pop(c, None)
+            else:
+                sess[c] = v2
+        accepted = {slot: e for slot, e in s.accepted.items() if slot > through}
+        self.state = LoadedState(s.promised, accepted, s.chosen, 1, ch.applied_index, kv, sess)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(ops=st.lists(persist_op | apply_op | reopen_op, max_size=25))
+def test_matches_a_model(tmp_path_factory: pytest.TempPathFactory, ops: list[tuple]) -> None:  # type: ignore[type-arg]
+    backends: list[Backend] = [LevelDBBackend(tmp_path_factory.mktemp("model")), MemoryBackend()]
+    for backend in backends:
+        model = Model()
+        storage = backend.open()
+        try:
+            for op in ops:
+                if op[0] == "persist":
+                    _, promised, accepted, chosen, sync = op
+                    storage.persist(promised, accepted, chosen, sync)
+                    model.persist(promised, accepted, chosen)
+                elif op[0] == "apply":
+                    _, kv, sess, step, through = op
+                    ch = changes(model.state.applied_index + step, kv, sess)
+                    storage.apply(ch, through)
+                    model.apply(ch, through)
+                else:
+                    storage.close()
+                    storage = backend.open()
+                assert storage.load() == model.state
+        finally:
+            storage.close()
