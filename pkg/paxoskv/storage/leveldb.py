@@ -33,6 +33,9 @@ may have left a torn record at the end of LevelDB's log, and a record
 appended after it could be skipped by recovery. The node must stop; on
 reopen, recovery drops the torn tail, so the failed batch is absent, whole.
 
+A handle may be used from several threads (the node fsyncs in a worker
+thread); its calls are serialised by a lock.
+
 Dropping accepted entries scans ``accepted/`` from the lowest slot that may
 still be present (tracked in memory) up to ``drop_accepted_through``, so it
 does not walk the tombstones of earlier drops again.
@@ -42,6 +45,7 @@ from __future__ import annotations
 
 import os
 import struct
+import threading
 from collections.abc import Sequence
 
 import plyvel
@@ -113,6 +117,7 @@ class LevelDBStorage:
 
     def __init__(self, db: plyvel.DB, path: str, node_id: int, cluster_id: str) -> None:
         self._db: plyvel.DB | None = db
+        self._lock = threading.Lock()
         self.path = path
         self.node_id = node_id
         self.cluster_id = cluster_id
@@ -150,6 +155,24 @@ class LevelDBStorage:
     # ---- the protocol ------------------------------------------------------------
 
     def load(self) -> LoadedState:
+        with self._lock:
+            return self._load()
+
+    def persist(
+        self,
+        promised: Ballot | None,
+        accepted: Sequence[Entry],
+        chosen: Sequence[tuple[int, Value]],
+        sync: bool,
+    ) -> None:
+        with self._lock:
+            self._persist(promised, accepted, chosen, sync)
+
+    def apply(self, changes: Changes, drop_accepted_through: int) -> None:
+        with self._lock:
+            self._apply(changes, drop_accepted_through)
+
+    def _load(self) -> LoadedState:
         db = self._live()
         try:
             with db.snapshot() as snap:
@@ -199,7 +222,7 @@ class LevelDBStorage:
             sessions=sessions,
         )
 
-    def persist(
+    def _persist(
         self,
         promised: Ballot | None,
         accepted: Sequence[Entry],
@@ -229,7 +252,7 @@ class LevelDBStorage:
         self._write(batch)
         self._accepted_scan_from = scan_from
 
-    def apply(self, changes: Changes, drop_accepted_through: int) -> None:
+    def _apply(self, changes: Changes, drop_accepted_through: int) -> None:
         db = self._live()
         assert changes.applied_index >= self._applied_index, (
             changes.applied_index,
@@ -266,9 +289,10 @@ class LevelDBStorage:
             self._accepted_scan_from = through + 1
 
     def close(self) -> None:
-        if self._db is not None:
-            self._db.close()
-            self._db = None
+        with self._lock:
+            if self._db is not None:
+                self._db.close()
+                self._db = None
 
     def __enter__(self) -> LevelDBStorage:
         return self
