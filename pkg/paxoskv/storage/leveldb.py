@@ -43,7 +43,9 @@ does not walk the tombstones of earlier drops again.
 
 from __future__ import annotations
 
+import errno
 import os
+import re
 import struct
 import threading
 from collections.abc import Sequence
@@ -81,6 +83,8 @@ P_SESSION = b"session/"
 SLOT_MAX = (1 << 64) - 1
 
 _SLOT = struct.Struct(">Q")
+# LevelDB's lock failures read "IO error: lock <path>/LOCK: <why>".
+_LOCK_ERROR = re.compile(r"(^|: )lock ")
 _NOT_WRITABLE_MARKERS = (
     "read-only file system",
     "no space left",
@@ -105,10 +109,10 @@ def _storage_error(path: str, exc: plyvel.Error) -> StorageError:
     lowered = text.lower()
     if isinstance(exc, plyvel.CorruptionError):
         return Corrupt(path, text)
-    if isinstance(exc, plyvel.IOError) and "lock" in lowered and "no space" not in lowered:
-        return Locked(path, text)
     if any(marker in lowered for marker in _NOT_WRITABLE_MARKERS):
         return NotWritable(path, text)
+    if isinstance(exc, plyvel.IOError) and _LOCK_ERROR.search(text):
+        return Locked(path, text)
     return StorageError(f"data directory {path}: {text}: check the path and the disk", path=path)
 
 
@@ -134,6 +138,18 @@ class LevelDBStorage:
         path = os.fspath(path)
         if not create and not os.path.exists(os.path.join(path, "CURRENT")):
             raise NotFound(path)
+        if os.path.exists(path) and not os.path.isdir(path):
+            raise StorageError(
+                f"data directory {path} is not a directory: pass a directory", path=path
+            )
+        if create:
+            try:  # LevelDB ignores a failed mkdir and then reports a missing LOCK file
+                os.makedirs(path, exist_ok=True)
+            except OSError as exc:
+                detail = f"cannot create {path}: {exc.strerror}"
+                if exc.errno in (errno.EROFS, errno.EACCES, errno.EPERM, errno.ENOSPC, errno.EDQUOT):
+                    raise NotWritable(path, detail) from None
+                raise StorageError(f"data directory {detail}: check the path", path=path) from None
         try:
             db = plyvel.DB(path, create_if_missing=create)
         except plyvel.Error as exc:
