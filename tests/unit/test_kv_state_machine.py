@@ -209,7 +209,9 @@ def test_eviction_is_the_same_after_a_restart() -> None:
         sm.apply(index, batch)
     items = list(sm.sessions.items())
     rng.shuffle(items)
-    twin = KVStateMachine(dict(sm.items()), dict(items), sm.applied_index, Limits(), sessions_max=50)
+    twin = KVStateMachine(
+        dict(sm.items()), dict(items), sm.applied_index, Limits(), sessions_max=50
+    )
     for _ in range(40):
         index += 1
         batch = tuple(

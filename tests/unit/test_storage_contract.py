@@ -124,7 +124,9 @@ def opened(backend: Backend, **kwargs: object) -> Iterator[Storage]:
         storage.close()
 
 
-def result(index: int, existed: bool = False, code: int = OK, error: str = "") -> kv_pb2.CommandResult:
+def result(
+    index: int, existed: bool = False, code: int = OK, error: str = ""
+) -> kv_pb2.CommandResult:
     return kv_pb2.CommandResult(code=code, index=index, existed=existed, error=error)
 
 
@@ -379,7 +381,9 @@ sessions = st.builds(
 )
 apply_op = st.tuples(
     st.just("apply"),
-    st.dictionaries(st.binary(min_size=1, max_size=3), st.none() | st.binary(max_size=4), max_size=4),
+    st.dictionaries(
+        st.binary(min_size=1, max_size=3), st.none() | st.binary(max_size=4), max_size=4
+    ),
     st.dictionaries(st.sampled_from(["a", "b", "é"]), st.none() | sessions, max_size=2),
     st.integers(0, 3),  # applied index increment
     st.integers(-1, 13),  # drop_accepted_through
@@ -391,7 +395,9 @@ class Model:
     def __init__(self) -> None:
         self.state = LoadedState(ZERO_BALLOT, {}, {}, 1, 0, {}, {})
 
-    def persist(self, promised: Ballot | None, accepted: list[Entry], chosen: list[tuple[int, Value]]) -> None:
+    def persist(
+        self, promised: Ballot | None, accepted: list[Entry], chosen: list[tuple[int, Value]]
+    ) -> None:
         s = self.state
         self.state = LoadedState(
             promised if promised is not None else s.promised,
@@ -421,7 +427,9 @@ class Model:
         self.state = LoadedState(s.promised, accepted, s.chosen, 1, ch.applied_index, kv, sess)
 
 
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 @given(ops=st.lists(persist_op | apply_op | reopen_op, max_size=25))
 def test_matches_a_model(tmp_path_factory: pytest.TempPathFactory, ops: list[tuple]) -> None:  # type: ignore[type-arg]
     backends: list[Backend] = [LevelDBBackend(tmp_path_factory.mktemp("model")), MemoryBackend()]

@@ -216,7 +216,9 @@ def test_key_layout(tmp_path: pathlib.Path) -> None:
     path = tmp_path / "db"
     result = kv_pb2.CommandResult(index=2)
     with LevelDBStorage.open(path, 7, "prod") as storage:
-        storage.persist(Ballot(3, 7), [Entry(258, Ballot(3, 7), (b"c",))], [(2, (b"a", b"b"))], True)
+        storage.persist(
+            Ballot(3, 7), [Entry(258, Ballot(3, 7), (b"c",))], [(2, (b"a", b"b"))], True
+        )
         storage.apply(Changes({b"key": b"val"}, {"cli": Session(1, result, 2)}, 2), 0)
     db = plyvel.DB(str(path))
     try:
@@ -318,7 +320,9 @@ def test_plyvel_errors_are_mapped() -> None:
 # ---- throughput ----------------------------------------------------------------------------
 
 
-def test_synced_persist_throughput(tmp_path: pathlib.Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_synced_persist_throughput(
+    tmp_path: pathlib.Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     """Measured and printed, not asserted: 100 entries of 100 B per synced batch."""
     entries_per_batch, value_bytes = 100, 100
     batches_max, budget_s = 400, 3.0

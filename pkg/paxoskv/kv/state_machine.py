@@ -128,7 +128,9 @@ class KVStateMachine:
             raise ValueError(f"sessions_max must be >= 1, not {sessions_max}")
         late = [cid for cid, s in sessions.items() if s.last_index > applied_index]
         if late:
-            raise ValueError(f"sessions {late[:3]} were applied after applied_index {applied_index}")
+            raise ValueError(
+                f"sessions {late[:3]} were applied after applied_index {applied_index}"
+            )
         self._kv = kv
         self._sessions: OrderedDict[str, Session] = OrderedDict(
             sorted(sessions.items(), key=lambda item: (item[1].last_index, item[0]))

@@ -147,7 +147,13 @@ class LevelDBStorage:
                 os.makedirs(path, exist_ok=True)
             except OSError as exc:
                 detail = f"cannot create {path}: {exc.strerror}"
-                if exc.errno in (errno.EROFS, errno.EACCES, errno.EPERM, errno.ENOSPC, errno.EDQUOT):
+                if exc.errno in (
+                    errno.EROFS,
+                    errno.EACCES,
+                    errno.EPERM,
+                    errno.ENOSPC,
+                    errno.EDQUOT,
+                ):
                     raise NotWritable(path, detail) from None
                 raise StorageError(f"data directory {detail}: check the path", path=path) from None
         try:
@@ -385,5 +391,7 @@ def _check_or_write_meta(
         raise Corrupt(path, f"records (first {first!r}) but no meta record")
     if not create:
         raise NotFound(path)
-    meta = storage_pb2.NodeMeta(format_version=FORMAT_VERSION, node_id=node_id, cluster_id=cluster_id)
+    meta = storage_pb2.NodeMeta(
+        format_version=FORMAT_VERSION, node_id=node_id, cluster_id=cluster_id
+    )
     db.put(K_META, meta.SerializeToString(), sync=True)
