@@ -1,0 +1,472 @@
+"""The asyncio client of a paxoskv cluster.
+
+Rules:
+
+- Leader-agnostic: any node serves any request (followers forward to the
+  leader), so a call goes to the node that answered last. When that node
+  answers UNAVAILABLE the next attempt goes to the leader it names (trailing
+  metadata ``paxoskv-leader: ID=HOST:PORT``), or else to the next endpoint.
+  A connection failure moves on to the next endpoint at once.
+- Retries: UNAVAILABLE, a connection failure and an attempt's own timeout are
+  retried, with exponential backoff and jitter between rounds, until the
+  call's overall deadline (``timeout_s``). Every other status is final.
+  Each attempt gets at most ``attempt_timeout_s`` of the time left, so one
+  node that hangs (paused, cut off) costs one attempt, not the whole deadline.
+- Exactly-once: every Put and Delete carries ``(client_id, sequence)``; all
+  attempts of ONE logical request carry the SAME pair, so the cluster applies
+  it once however many attempts reached it, and answers retries with the
+  first result. The server's session per client_id remembers only its last
+  sequence, so one client_id must never have two requests in flight: the
+  client keeps a pool of sessions (``<client_id>``, ``<client_id>.1``, ...)
+  and gives each concurrent request its own, so ``N`` requests in flight use
+  ``N`` sessions. A request whose outcome stayed unknown (deadline) still
+  used up its sequence; the session continues after it.
+- A ``Client`` created with an explicit ``client_id`` starts its sequences at
+  ``first_sequence`` (default 1): reusing a client_id in a new ``Client``
+  needs a ``first_sequence`` past the last one it used, or the cluster
+  answers FAILED_PRECONDITION (``StaleSequence``). Without ``client_id`` a
+  random one is made, which is always safe.
+- Errors: ``InvalidArgument`` (nothing written: fix the request),
+  ``StaleSequence``, ``Unavailable`` (the deadline passed and no node could
+  serve the request: a write may or may not have been applied),
+  ``DeadlineExceeded`` (the deadline passed while a node was working on the
+  request; a write may be applied later), ``ClientError`` for anything else.
+
+Theory of operation: one ``grpc.aio`` channel per node address, made on
+first use, with grpc's own retries off (this module decides) and a short
+reconnect backoff so a restarted node is used again within a second.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+import uuid
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import grpc
+
+from paxoskv.v1 import kv_pb2
+
+__all__ = [
+    "Client",
+    "ClientError",
+    "DeadlineExceeded",
+    "GetResult",
+    "InvalidArgument",
+    "LEADER_METADATA_KEY",
+    "NodeStatus",
+    "StaleSequence",
+    "Unavailable",
+    "WriteResult",
+]
+
+LEADER_METADATA_KEY = "paxoskv-leader"
+MESSAGE_BYTES_MAX = 8 << 20
+
+CHANNEL_OPTIONS: tuple[tuple[str, int], ...] = (
+    ("grpc.enable_retries", 0),
+    ("grpc.max_receive_message_length", MESSAGE_BYTES_MAX),
+    ("grpc.max_send_message_length", MESSAGE_BYTES_MAX),
+    ("grpc.initial_reconnect_backoff_ms", 100),
+    ("grpc.min_reconnect_backoff_ms", 100),
+    ("grpc.max_reconnect_backoff_ms", 1000),
+    ("grpc.keepalive_time_ms", 30_000),
+    ("grpc.keepalive_timeout_ms", 10_000),
+)
+
+_RETRYABLE = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED})
+_UNSPECIFIED_HOSTS = frozenset({"0.0.0.0", "::", "[::]", ""})
+
+
+# ---- errors ------------------------------------------------------------------------
+
+
+class ClientError(Exception):
+    """A request failed; ``str(err)`` is one line; ``code`` the last gRPC status."""
+
+    def __init__(self, message: str, code: grpc.StatusCode | None = None) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+class InvalidArgument(ClientError):
+    """The request was refused as malformed or over a limit; nothing was written."""
+
+
+class StaleSequence(ClientError):
+    """The request's sequence is older than the last one applied for its client_id."""
+
+
+class Unavailable(ClientError):
+    """No node could serve the request before the deadline. A write may or may
+    not have been applied (retrying it with a new sequence may apply it twice)."""
+
+
+class DeadlineExceeded(ClientError):
+    """The deadline passed while a node was working on the request; a write
+    may still be applied."""
+
+
+# ---- results -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class WriteResult:
+    """A Put's or Delete's answer. ``existed``: the key had a value before."""
+
+    existed: bool
+    index: int  # the log slot the command was applied at
+    node_id: int  # the node that answered
+    leader_id: int
+
+
+@dataclass(frozen=True, slots=True)
+class GetResult:
+    value: bytes | None  # None: no such key
+    index: int  # the applied index the answer reflects
+    node_id: int
+    leader_id: int
+
+    @property
+    def found(self) -> bool:
+        return self.value is not None
+
+
+@dataclass(frozen=True, slots=True)
+class NodeStatus:
+    """One endpoint's answer to Status: ``status`` or ``error``."""
+
+    endpoint: str
+    status: kv_pb2.StatusResponse | None
+    error: ClientError | None
+
+
+# ---- internals ---------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class _Session:
+    client_id: str
+    next_sequence: int
+
+
+class _Channel:
+    """One node's channel and its method callables."""
+
+    __slots__ = ("target", "channel", "get", "put", "delete", "status")
+
+    def __init__(self, target: str) -> None:
+        self.target = target
+        ch = grpc.aio.insecure_channel(target, options=CHANNEL_OPTIONS)
+        self.channel = ch
+        self.get = ch.unary_unary(
+            "/paxoskv.v1.KV/Get",
+            request_serializer=kv_pb2.GetRequest.SerializeToString,
+            response_deserializer=kv_pb2.GetResponse.FromString,
+        )
+        self.put = ch.unary_unary(
+            "/paxoskv.v1.KV/Put",
+            request_serializer=kv_pb2.PutRequest.SerializeToString,
+            response_deserializer=kv_pb2.PutResponse.FromString,
+        )
+        self.delete = ch.unary_unary(
+            "/paxoskv.v1.KV/Delete",
+            request_serializer=kv_pb2.DeleteRequest.SerializeToString,
+            response_deserializer=kv_pb2.DeleteResponse.FromString,
+        )
+        self.status = ch.unary_unary(
+            "/paxoskv.v1.Maintenance/Status",
+            request_serializer=kv_pb2.StatusRequest.SerializeToString,
+            response_deserializer=kv_pb2.StatusResponse.FromString,
+        )
+
+
+def _as_bytes(data: bytes | str, what: str) -> bytes:
+    if isinstance(data, str):
+        return data.encode("utf-8")
+    if isinstance(data, (bytes, bytearray, memoryview)):
+        return bytes(data)
+    raise TypeError(f"{what} must be bytes or str, not {type(data).__name__}")
+
+
+def _leader_hint(err: grpc.aio.AioRpcError) -> str | None:
+    """The ``host:port`` the trailing metadata names as leader, if usable."""
+    md = err.trailing_metadata()
+    if not md:
+        return None
+    for key, value in md:
+        if key != LEADER_METADATA_KEY:
+            continue
+        if isinstance(value, bytes):
+            value = value.decode("utf-8", "replace")
+        _, _, addr = value.partition("=")
+        host = addr.rpartition(":")[0]
+        if not addr or host in _UNSPECIFIED_HOSTS:
+            return None
+        return addr
+    return None
+
+
+class Client:
+    """An asyncio client of a paxoskv cluster (see the module docstring).
+
+    ``endpoints``: ``host:port`` of some or all nodes (order: first tried first).
+    ``timeout_s``: default overall deadline of one call, retries included.
+    """
+
+    def __init__(
+        self,
+        endpoints: Iterable[str],
+        *,
+        client_id: str | None = None,
+        first_sequence: int = 1,
+        timeout_s: float = 5.0,
+        attempt_timeout_s: float = 2.0,
+        backoff_s: float = 0.02,
+        backoff_s_max: float = 0.5,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.endpoints = list(dict.fromkeys(endpoints))
+        if not self.endpoints:
+            raise ValueError("a Client needs at least one endpoint")
+        if timeout_s <= 0 or attempt_timeout_s <= 0:
+            raise ValueError("timeouts must be > 0")
+        if first_sequence < 1:
+            raise ValueError("sequences start at 1")
+        self.client_id = client_id or f"c-{uuid.uuid4().hex}"
+        self.timeout_s = timeout_s
+        self.attempt_timeout_s = attempt_timeout_s
+        self.backoff_s = backoff_s
+        self.backoff_s_max = backoff_s_max
+        self._rng = rng or random.Random()
+        self._channels: dict[str, _Channel] = {}
+        self._current = self.endpoints[0]
+        self._free_sessions: list[_Session] = []
+        self._sessions_made = 0
+        self._first_sequence = first_sequence
+        self._closed = False
+
+    # ---- lifecycle ---------------------------------------------------------------
+
+    async def close(self) -> None:
+        self._closed = True
+        channels, self._channels = list(self._channels.values()), {}
+        for ch in channels:
+            await ch.channel.close()
+
+    async def __aenter__(self) -> Client:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    @property
+    def current_endpoint(self) -> str:
+        """The node the next call goes to first."""
+        return self._current
+
+    @property
+    def sessions(self) -> int:
+        """How many sessions (client ids) this client has used."""
+        return self._sessions_made
+
+    # ---- API ---------------------------------------------------------------------------
+
+    async def put(
+        self,
+        key: bytes | str,
+        value: bytes | str,
+        *,
+        timeout_s: float | None = None,
+        endpoint: str | None = None,
+    ) -> WriteResult:
+        """Set ``key`` to ``value``, exactly once. ``endpoint`` pins the node."""
+        key_b = _as_bytes(key, "key")
+        value_b = _as_bytes(value, "value")
+        session = self._acquire()
+        try:
+            req = kv_pb2.PutRequest(
+                request=kv_pb2.RequestHeader(
+                    client_id=session.client_id, sequence=session.next_sequence
+                ),
+                key=key_b,
+                value=value_b,
+            )
+            session.next_sequence += 1
+            resp = await self._call("put", req, timeout_s, endpoint)
+        finally:
+            self._free_sessions.append(session)
+        h = resp.header
+        return WriteResult(resp.existed, h.index, h.node_id, h.leader_id)
+
+    async def delete(
+        self, key: bytes | str, *, timeout_s: float | None = None, endpoint: str | None = None
+    ) -> WriteResult:
+        """Delete ``key``, exactly once; ``existed`` says whether it was there."""
+        key_b = _as_bytes(key, "key")
+        session = self._acquire()
+        try:
+            req = kv_pb2.DeleteRequest(
+                request=kv_pb2.RequestHeader(
+                    client_id=session.client_id, sequence=session.next_sequence
+                ),
+                key=key_b,
+            )
+            session.next_sequence += 1
+            resp = await self._call("delete", req, timeout_s, endpoint)
+        finally:
+            self._free_sessions.append(session)
+        h = resp.header
+        return WriteResult(resp.deleted, h.index, h.node_id, h.leader_id)
+
+    async def read(
+        self,
+        key: bytes | str,
+        *,
+        serializable: bool = False,
+        timeout_s: float | None = None,
+        endpoint: str | None = None,
+    ) -> GetResult:
+        """Read ``key``: linearizable, or from the node's own state if ``serializable``."""
+        req = kv_pb2.GetRequest(key=_as_bytes(key, "key"), serializable=serializable)
+        resp = await self._call("get", req, timeout_s, endpoint)
+        h = resp.header
+        return GetResult(resp.value if resp.found else None, h.index, h.node_id, h.leader_id)
+
+    async def get(
+        self,
+        key: bytes | str,
+        *,
+        serializable: bool = False,
+        timeout_s: float | None = None,
+        endpoint: str | None = None,
+    ) -> bytes | None:
+        """The value of ``key``, or None if it has none."""
+        return (
+            await self.read(key, serializable=serializable, timeout_s=timeout_s, endpoint=endpoint)
+        ).value
+
+    async def status(self, endpoint: str, *, timeout_s: float | None = None) -> kv_pb2.StatusResponse:
+        """One node's status (no failover: it is that node's view)."""
+        timeout = self.timeout_s if timeout_s is None else timeout_s
+        try:
+            return await self._channel(endpoint).status(kv_pb2.StatusRequest(), timeout=timeout)
+        except grpc.aio.AioRpcError as err:
+            raise _final_error(err, endpoint) from None
+
+    async def status_all(
+        self, endpoints: Iterable[str] | None = None, *, timeout_s: float | None = None
+    ) -> list[NodeStatus]:
+        """Every endpoint's status, asked concurrently, in endpoint order."""
+        eps = list(endpoints) if endpoints is not None else list(self.endpoints)
+
+        async def one(ep: str) -> NodeStatus:
+            try:
+                return NodeStatus(ep, await self.status(ep, timeout_s=timeout_s), None)
+            except ClientError as exc:
+                return NodeStatus(ep, None, exc)
+
+        return list(await asyncio.gather(*(one(ep) for ep in eps)))
+
+    # ---- machinery -------------------------------------------------------------------------
+
+    def _acquire(self) -> _Session:
+        if self._free_sessions:
+            return self._free_sessions.pop()
+        n = self._sessions_made
+        self._sessions_made += 1
+        cid = self.client_id if n == 0 else f"{self.client_id}.{n}"
+        return _Session(cid, self._first_sequence)
+
+    def _channel(self, target: str) -> _Channel:
+        if self._closed:
+            raise ClientError("the client is closed")
+        ch = self._channels.get(target)
+        if ch is None:
+            ch = self._channels[target] = _Channel(target)
+        return ch
+
+    def _next_endpoint(self, after: str) -> str:
+        eps = self.endpoints
+        try:
+            i = eps.index(after)
+        except ValueError:
+            return eps[0]
+        return eps[(i + 1) % len(eps)]
+
+    async def _call(self, method: str, req: object, timeout_s: float | None, pinned: str | None):
+        total_s = self.timeout_s if timeout_s is None else timeout_s
+        deadline = time.monotonic() + total_s
+        target = pinned or self._current
+        failures = 0
+        last: grpc.aio.AioRpcError | None = None
+        last_target = target
+        tried_hint: set[str] = set()
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                break
+            attempt_s = min(remaining, self.attempt_timeout_s)
+            try:
+                resp = await getattr(self._channel(target), method)(req, timeout=attempt_s)
+            except grpc.aio.AioRpcError as err:
+                code = err.code()
+                if code not in _RETRYABLE:
+                    raise _final_error(err, target) from None
+                last, last_target = err, target
+                failures += 1
+                hint = _leader_hint(err) if pinned is None else None
+                if hint is not None and hint != target and hint not in tried_hint:
+                    tried_hint.add(hint)
+                    target = hint  # go straight to the leader it named
+                    continue
+                if pinned is None:
+                    target = self._next_endpoint(target)
+                # Back off once per round through the endpoints, and between
+                # attempts at a pinned node.
+                if pinned is not None or failures >= len(self.endpoints):
+                    rounds = failures // max(1, len(self.endpoints) if pinned is None else 1)
+                    delay = min(self.backoff_s_max, self.backoff_s * (2 ** max(0, rounds - 1)))
+                    delay *= 0.5 + 0.5 * self._rng.random()
+                    delay = min(delay, deadline - time.monotonic())
+                    if delay > 0:
+                        await asyncio.sleep(delay)
+                    tried_hint.clear()
+                continue
+            if pinned is None:
+                self._current = target
+            return resp
+        if last is None:
+            raise DeadlineExceeded(f"no attempt fit in the deadline of {total_s:.3f}s",
+                                   grpc.StatusCode.DEADLINE_EXCEEDED)
+        detail = last.details() or last.code().name
+        if last.code() == grpc.StatusCode.UNAVAILABLE:
+            raise Unavailable(
+                f"no node could serve the request within {total_s:.3g}s "
+                f"(last: {last_target}: {detail})",
+                last.code(),
+            )
+        raise DeadlineExceeded(
+            f"no answer within {total_s:.3g}s (last: {last_target}: {detail}); a write may "
+            f"still be applied",
+            last.code(),
+        )
+
+
+def _final_error(err: grpc.aio.AioRpcError, target: str) -> ClientError:
+    code = err.code()
+    detail = err.details() or code.name
+    if code == grpc.StatusCode.INVALID_ARGUMENT:
+        return InvalidArgument(detail, code)
+    if code == grpc.StatusCode.RESOURCE_EXHAUSTED and "message" in detail.lower():
+        return InvalidArgument(f"request too large: {detail}", code)
+    if code == grpc.StatusCode.FAILED_PRECONDITION:
+        return StaleSequence(detail, code)
+    if code == grpc.StatusCode.UNAVAILABLE:
+        return Unavailable(f"{target}: {detail}", code)
+    if code == grpc.StatusCode.DEADLINE_EXCEEDED:
+        return DeadlineExceeded(f"{target}: {detail}", code)
+    return ClientError(f"{target}: {code.name}: {detail}", code)

@@ -1,0 +1,208 @@
+"""``paxoskv serve``: run one node (the Multi-Paxos node plus its gRPC facade).
+
+Rules:
+
+- Every flag can also be set by the environment variable shown in ``--help``
+  (``PAXOSKV_ID``, ``PAXOSKV_PEERS``, ...); a flag on the command line wins.
+- Exit codes: 0 after a clean stop (SIGTERM or SIGINT), 2 when the node
+  cannot start (a bad flag, a wrong/locked/unwritable data directory, a port
+  in use) with ONE line on stderr saying what to do, 1 when a running node
+  fails (its storage stopped accepting writes) -- the log says why.
+- Start-up order keeps a refused start harmless: the public port is bound
+  first (a port in use costs nothing), then the node opens its storage (it
+  refuses a wrong or locked directory before writing anything) and binds its
+  bus, and only then does the gRPC server start answering.
+- One log line at INFO says where the node listens; stopping says so too.
+
+Theory of operation: ``asyncio.run`` of ``_serve``, which waits for the
+first of a stop signal and the node's ``fatal`` future, then shuts the gRPC
+server down (health NOT_SERVING first, one second of grace for calls in
+flight) and stops the node.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import sys
+
+import click
+import zmq
+
+from paxoskv import __version__
+from paxoskv.server.config import ConfigError, ServeOptions, build_serve_options
+from paxoskv.storage.base import StorageError
+
+__all__ = ["serve_cmd", "main"]
+
+log = logging.getLogger("paxoskv.serve")
+
+EXIT_START_FAILED = 2
+EXIT_NODE_FAILED = 1
+
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+
+class StartError(Exception):
+    """The node could not start; ``str(err)`` is the one line for stderr."""
+
+
+def configure_logging(level: str) -> None:
+    logging.basicConfig(level=level.upper(), format=LOG_FORMAT, stream=sys.stderr, force=True)
+    # grpc's own loggers are chatty at DEBUG; keep them at WARNING unless asked.
+    if level.upper() != "DEBUG":
+        logging.getLogger("grpc").setLevel(logging.WARNING)
+
+
+async def _serve(opts: ServeOptions) -> int:
+    from paxoskv.server.grpc_api import BindError, Facade
+    from paxoskv.server.node import Node
+
+    cfg = opts.node
+    node = Node(cfg)
+    facade = Facade(node, cfg.node_id, request_timeout_s=opts.request_timeout_s)
+    try:
+        facade.bind(opts.grpc_address)
+    except BindError as exc:
+        raise StartError(str(exc)) from None
+    try:
+        cfg.data_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise StartError(
+            f"cannot create data directory {cfg.data_dir} ({exc.strerror or exc}): fix the path "
+            f"or its permissions, or pass another --data-dir"
+        ) from None
+    try:
+        await node.start()
+    except StorageError as exc:
+        raise StartError(str(exc)) from None
+    except zmq.ZMQError as exc:
+        raise StartError(
+            f"cannot bind the peer bus on {cfg.listen_host}:{cfg.bus_port} ({exc}): is another "
+            f"process using the port? pick another --bus-port"
+        ) from None
+    except PermissionError as exc:
+        raise StartError(f"cannot use data directory {cfg.data_dir}: {exc}") from None
+
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    rc = 0
+    try:
+        await facade.start()
+        await facade.mark_serving()
+        peers = ", ".join(f"{pid}={p.host}:{p.port}" for pid, p in sorted(cfg.peers.items()))
+        log.info(
+            "paxoskv %s node %d of cluster %r serving gRPC on %s (bus port %d, data %s, peers: %s)",
+            __version__,
+            cfg.node_id,
+            cfg.cluster_id,
+            opts.grpc_address,
+            cfg.bus_port,
+            cfg.data_dir,
+            peers or "none",
+        )
+        stopper = asyncio.create_task(stop.wait())
+        assert node.fatal is not None
+        done, _ = await asyncio.wait({stopper, node.fatal}, return_when=asyncio.FIRST_COMPLETED)
+        if node.fatal in done:
+            log.critical("node %d failed: %s", cfg.node_id, node.fatal.result())
+            rc = EXIT_NODE_FAILED
+        else:
+            log.info("node %d stopping (signal)", cfg.node_id)
+        stopper.cancel()
+    finally:
+        await facade.shutdown(grace_s=1.0)
+        await node.stop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(sig)
+    log.info("node %d stopped", cfg.node_id)
+    return rc
+
+
+def run_serve(opts: ServeOptions, log_level: str = "info") -> int:
+    """Run a node until stopped; the exit code. Errors starting: one line, 2."""
+    configure_logging(log_level)
+    try:
+        return asyncio.run(_serve(opts))
+    except StartError as exc:
+        click.echo(f"paxoskv serve: error: {exc}", err=True)
+        return EXIT_START_FAILED
+
+
+class _Help:
+    """Option help texts, shared with ``bin/server``'s documentation."""
+
+    id = "This node's id (1, 2, ...): unique in the cluster."
+    cluster_id = "Cluster name; every node of a cluster must use the same."
+    listen = "Address to bind the gRPC and bus ports on."
+    port = "Public gRPC port."
+    bus_port = "Peer-bus (ZeroMQ) port. Default: --port + 1000."
+    peers = (
+        "The OTHER nodes as ID=HOST:PORT[:BUSPORT],... (PORT: their gRPC port; "
+        "BUSPORT: their bus port, default PORT+1000)."
+    )
+    data_dir = "Data directory (LevelDB). Default: ./data/node<ID>."
+
+
+@click.command("serve", context_settings={"show_default": True})
+@click.option("--id", "node_id", type=int, required=True, envvar="PAXOSKV_ID", show_envvar=True, help=_Help.id)
+@click.option("--cluster-id", default="paxoskv", envvar="PAXOSKV_CLUSTER_ID", show_envvar=True, help=_Help.cluster_id)
+@click.option("--listen", default="0.0.0.0", envvar="PAXOSKV_LISTEN", show_envvar=True, help=_Help.listen)
+@click.option("--port", type=int, default=50051, envvar="PAXOSKV_PORT", show_envvar=True, help=_Help.port)
+@click.option("--bus-port", type=int, default=None, envvar="PAXOSKV_BUS_PORT", show_envvar=True, help=_Help.bus_port)
+@click.option("--peers", default="", envvar="PAXOSKV_PEERS", show_envvar=True, help=_Help.peers)
+@click.option("--data-dir", default=None, envvar="PAXOSKV_DATA_DIR", show_envvar=True, help=_Help.data_dir)
+@click.option("--heartbeat-ms", type=int, default=50, envvar="PAXOSKV_HEARTBEAT_MS", show_envvar=True,
+              help="Leader heartbeat interval.")
+@click.option("--election-ms", type=int, default=500, envvar="PAXOSKV_ELECTION_MS", show_envvar=True,
+              help="Election timeout: a follower that hears no leader this long (plus jitter) runs for it.")
+@click.option("--tick-ms", type=int, default=10, envvar="PAXOSKV_TICK_MS", show_envvar=True,
+              help="Logical clock tick of the consensus core.")
+@click.option("--request-timeout", "request_timeout_s", type=float, default=10.0,
+              envvar="PAXOSKV_REQUEST_TIMEOUT", show_envvar=True,
+              help="Longest a client call may take, in seconds (a shorter client deadline wins).")
+@click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"], case_sensitive=False),
+              default="info", envvar="PAXOSKV_LOG_LEVEL", show_envvar=True, help="Log verbosity.")
+def serve_cmd(
+    node_id: int,
+    cluster_id: str,
+    listen: str,
+    port: int,
+    bus_port: int | None,
+    peers: str,
+    data_dir: str | None,
+    heartbeat_ms: int,
+    election_ms: int,
+    tick_ms: int,
+    request_timeout_s: float,
+    log_level: str,
+) -> None:
+    """Run one paxoskv node in the foreground (stop it with Ctrl-C or SIGTERM)."""
+    try:
+        opts = build_serve_options(
+            node_id=node_id,
+            cluster_id=cluster_id,
+            listen=listen,
+            port=port,
+            bus_port=bus_port,
+            peers=peers,
+            data_dir=data_dir,
+            heartbeat_ms=heartbeat_ms,
+            election_ms=election_ms,
+            tick_ms=tick_ms,
+            request_timeout_s=request_timeout_s,
+        )
+    except ConfigError as exc:
+        raise click.UsageError(str(exc)) from None
+    sys.exit(run_serve(opts, log_level))
+
+
+def main() -> None:
+    serve_cmd(prog_name="paxoskv serve")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,235 @@
+"""Parsing of a node's command-line configuration: addresses, peer specs, ports.
+
+Rules:
+
+- Every parser here takes a string a person typed (a flag or an environment
+  variable) and returns a value object, or raises ``ConfigError`` whose
+  message is one line naming the offending text and what is expected. The
+  CLI turns a ``ConfigError`` into a usage error (exit code 2).
+- A peer spec is ``ID=HOST:PORT`` or ``ID=HOST:PORT:BUSPORT``, several joined
+  by commas. ``PORT`` is the peer's public gRPC port. Its peer-bus port is
+  ``BUSPORT`` when written, else ``PORT + BUS_PORT_OFFSET`` (1000) -- the rule
+  every node of a cluster must agree on, since the bus port is how nodes find
+  each other. An IPv6 host is written in brackets: ``2=[::1]:50051``.
+- An endpoint (what clients dial) is ``HOST:PORT`` or ``[V6HOST]:PORT``; a bare
+  ``HOST`` means port ``DEFAULT_PORT``.
+- The peers of a node are the OTHER nodes: a spec naming the node's own id,
+  the same id twice, or an id < 1 is refused.
+
+Theory of operation: plain string splitting, no regular-expression magic, so
+each error can say precisely which part is wrong.
+"""
+
+from __future__ import annotations
+
+import pathlib
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # the node module is heavy (zmq, plyvel): clients never import it
+    from paxoskv.server.node import NodeConfig, PeerAddr
+
+__all__ = [
+    "BUS_PORT_OFFSET",
+    "DEFAULT_PORT",
+    "ConfigError",
+    "ServeOptions",
+    "default_bus_port",
+    "format_hostport",
+    "parse_endpoint",
+    "parse_endpoints",
+    "build_serve_options",
+    "parse_hostport",
+    "parse_node_id",
+    "parse_peers",
+    "parse_port",
+]
+
+DEFAULT_PORT = 50051
+BUS_PORT_OFFSET = 1000
+NODE_ID_MAX = (1 << 32) - 1
+
+
+class ConfigError(ValueError):
+    """A flag's value is wrong; ``str(err)`` is one line for a person."""
+
+
+def parse_port(text: str | int, what: str = "port") -> int:
+    try:
+        port = int(text)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{what} {text!r} is not a number") from None
+    if not 1 <= port <= 65535:
+        raise ConfigError(f"{what} {port} is not in 1..65535")
+    return port
+
+
+def default_bus_port(port: int) -> int:
+    """The peer-bus port of a node whose public port is ``port``."""
+    bus = port + BUS_PORT_OFFSET
+    if bus > 65535:
+        raise ConfigError(
+            f"port {port} leaves no room for the bus port {bus} (port + {BUS_PORT_OFFSET}): "
+            f"choose a lower port or give the bus port explicitly"
+        )
+    return bus
+
+
+def _split_host(text: str) -> tuple[str, list[str]]:
+    """``HOST:a:b`` or ``[V6]:a:b`` -> (host, [a, b])."""
+    if text.startswith("["):
+        end = text.find("]")
+        if end < 0:
+            raise ConfigError(f"{text!r}: missing ']' after the IPv6 address")
+        host, rest = text[1:end], text[end + 1 :]
+        if rest and not rest.startswith(":"):
+            raise ConfigError(f"{text!r}: expected ':' after ']'")
+        parts = rest[1:].split(":") if rest else []
+    else:
+        host, *parts = text.split(":")
+    if not host:
+        raise ConfigError(f"{text!r}: the host is empty")
+    return host, parts
+
+
+def format_hostport(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def parse_hostport(text: str, default_port: int | None = None) -> tuple[str, int]:
+    """``HOST:PORT`` / ``[V6]:PORT`` (or ``HOST`` when ``default_port`` is given)."""
+    text = text.strip()
+    host, parts = _split_host(text)
+    if not parts:
+        if default_port is None:
+            raise ConfigError(f"{text!r}: expected HOST:PORT")
+        return host, default_port
+    if len(parts) != 1:
+        raise ConfigError(f"{text!r}: expected HOST:PORT (write IPv6 hosts as [::1]:PORT)")
+    return host, parse_port(parts[0], f"port in {text!r}")
+
+
+def parse_endpoint(text: str) -> str:
+    """A client endpoint, normalised to ``host:port``."""
+    host, port = parse_hostport(text, DEFAULT_PORT)
+    return format_hostport(host, port)
+
+
+def parse_endpoints(text: str) -> list[str]:
+    """Comma-separated endpoints, in order, without duplicates; at least one."""
+    out: list[str] = []
+    for item in text.split(","):
+        if not item.strip():
+            continue
+        ep = parse_endpoint(item)
+        if ep not in out:
+            out.append(ep)
+    if not out:
+        raise ConfigError("no endpoint given: expected HOST:PORT[,HOST:PORT...]")
+    return out
+
+
+def parse_node_id(text: str | int, what: str = "node id") -> int:
+    try:
+        node_id = int(text)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{what} {text!r} is not a number") from None
+    if not 1 <= node_id <= NODE_ID_MAX:
+        raise ConfigError(f"{what} {node_id} is not in 1..{NODE_ID_MAX}")
+    return node_id
+
+
+def parse_peers(text: str, own_id: int | None = None) -> dict[int, PeerAddr]:
+    """``"2=h:50051,3=h:50051:51051"`` -> {2: PeerAddr(...), 3: PeerAddr(...)}."""
+    from paxoskv.server.node import PeerAddr
+
+    peers: dict[int, PeerAddr] = {}
+    for item in text.split(","):
+        item = item.strip()
+        if not item:
+            continue
+        id_text, sep, addr = item.partition("=")
+        if not sep:
+            raise ConfigError(f"peer {item!r}: expected ID=HOST:PORT[:BUSPORT]")
+        node_id = parse_node_id(id_text.strip(), f"peer id in {item!r}")
+        host, parts = _split_host(addr.strip())
+        if len(parts) not in (1, 2):
+            raise ConfigError(f"peer {item!r}: expected ID=HOST:PORT[:BUSPORT]")
+        port = parse_port(parts[0], f"port in {item!r}")
+        bus_port = (
+            parse_port(parts[1], f"bus port in {item!r}") if len(parts) == 2 else default_bus_port(port)
+        )
+        if node_id == own_id:
+            raise ConfigError(f"peer {item!r} has this node's own id {own_id}: list only the other nodes")
+        if node_id in peers:
+            raise ConfigError(f"peer id {node_id} is given twice in {text!r}")
+        peers[node_id] = PeerAddr(host=host, port=port, bus_port=bus_port)
+    return peers
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ServeOptions:
+    """What ``paxoskv serve`` was asked for, validated."""
+
+    node: NodeConfig
+    request_timeout_s: float
+
+    @property
+    def grpc_address(self) -> str:
+        return format_hostport(self.node.listen_host, self.node.port)
+
+
+def build_serve_options(
+    *,
+    node_id: int,
+    cluster_id: str,
+    listen: str,
+    port: int,
+    bus_port: int | None,
+    peers: str,
+    data_dir: str | None,
+    heartbeat_ms: int,
+    election_ms: int,
+    tick_ms: int = 10,
+    request_timeout_s: float = 10.0,
+) -> ServeOptions:
+    """Validate the flags of ``serve`` together; raise ``ConfigError``."""
+    from paxoskv.server.node import NodeConfig
+
+    node_id = parse_node_id(node_id)
+    if not cluster_id:
+        raise ConfigError("--cluster-id must not be empty")
+    listen = listen.strip()
+    if listen.startswith("[") and listen.endswith("]"):
+        listen = listen[1:-1]
+    if not listen:
+        raise ConfigError("--listen must not be empty")
+    port = parse_port(port, "--port")
+    bus = default_bus_port(port) if bus_port is None else parse_port(bus_port, "--bus-port")
+    if bus == port:
+        raise ConfigError(f"--bus-port {bus} is the same as --port")
+    peer_map = parse_peers(peers, node_id)
+    if tick_ms < 1:
+        raise ConfigError(f"--tick-ms must be >= 1, not {tick_ms}")
+    if heartbeat_ms < tick_ms:
+        raise ConfigError(f"--heartbeat-ms {heartbeat_ms} must be >= the tick of {tick_ms} ms")
+    if election_ms < 2 * heartbeat_ms:
+        raise ConfigError(
+            f"--election-ms {election_ms} must be at least twice --heartbeat-ms {heartbeat_ms}"
+        )
+    if request_timeout_s <= 0:
+        raise ConfigError(f"--request-timeout must be > 0, not {request_timeout_s}")
+    path = pathlib.Path(data_dir) if data_dir else pathlib.Path("data") / f"node{node_id}"
+    cfg = NodeConfig(
+        node_id=node_id,
+        cluster_id=cluster_id,
+        listen_host=listen,
+        port=port,
+        bus_port=bus,
+        peers=peer_map,
+        data_dir=path,
+        tick_ms=tick_ms,
+        heartbeat_ms=heartbeat_ms,
+        election_ms=election_ms,
+    )
+    return ServeOptions(node=cfg, request_timeout_s=request_timeout_s)

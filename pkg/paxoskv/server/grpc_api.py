@@ -1,0 +1,324 @@
+"""The public gRPC facade of a node: ``paxoskv.v1.KV``, ``paxoskv.v1.Maintenance``,
+standard health checking and server reflection, on one ``grpc.aio`` server.
+
+Rules:
+
+- Every call is answered from the node it reached; the node forwards writes
+  and linearizable reads to the leader over the peer bus, so any node serves
+  any request.
+- Status codes, one per cause (a client's retry policy relies on them):
+
+  ======================  ===================================================
+  INVALID_ARGUMENT        a malformed request body (it does not parse as the
+                          method's message), an empty key, a key/value/
+                          client_id over the node's ``Limits``, a sequence
+                          without a client_id or the reverse. Nothing was
+                          written.
+  FAILED_PRECONDITION     the request's sequence is older than the last one
+                          the cluster applied for its client_id
+                          (``STALE_SEQUENCE``). Nothing was written.
+  UNAVAILABLE             no leader can serve the request now. The details
+                          name the leader when one is known, and so does the
+                          trailing metadata ``paxoskv-leader: ID=HOST:PORT``.
+                          A write may or may not have been applied: retry it
+                          with the same (client_id, sequence).
+  DEADLINE_EXCEEDED       the deadline passed before the answer was known; a
+                          write may still be applied later.
+  ======================  ===================================================
+
+- Deadlines: the time the node may spend on a call is the caller's remaining
+  deadline, less a small margin (so the answer, even a failure, reaches the
+  caller before its deadline fires), and never more than
+  ``request_timeout_s`` (a call without a deadline gets that).
+- Exactly-once: a Put/Delete whose ``RequestHeader`` names a client_id and a
+  sequence is applied at most once however often it is retried. Without a
+  header the node gives the command a fresh random client_id: such a request
+  is NOT exactly-once, a retry may apply it twice.
+- Health: the overall service ``""`` and each KV service report SERVING from
+  ``mark_serving()`` (called once the node runs) until ``shutdown()`` or the
+  node's fatal failure, then NOT_SERVING.
+
+Theory of operation: the front end is the throughput bottleneck (grpc.aio
+spends ~0.3 ms of CPU per unary call), so the handlers are registered by
+hand, not through the generated servicer base: requests arrive as raw bytes
+(a garbage body becomes our INVALID_ARGUMENT instead of grpc's generic
+INTERNAL "exception deserializing request"), are parsed with the message
+class's ``FromString``, and the handlers touch the context only on the error
+path and for the deadline. Server options turn off SO_REUSEPORT (so a second
+node on the same port fails to bind instead of silently sharing it) and raise
+the limits that matter for a key-value store.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Protocol
+
+import grpc
+from google.protobuf.message import DecodeError
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1._async import HealthServicer
+from grpc_reflection.v1alpha import reflection
+
+from paxoskv.server.errors import DeadlineExceeded, InvalidArgument, NodeError, Unavailable
+from paxoskv.v1 import kv_pb2
+
+__all__ = [
+    "KV_SERVICE",
+    "LEADER_METADATA_KEY",
+    "MAINTENANCE_SERVICE",
+    "BindError",
+    "Facade",
+    "NodeLike",
+    "SERVER_OPTIONS",
+]
+
+log = logging.getLogger("paxoskv.grpc")
+
+KV_SERVICE = "paxoskv.v1.KV"
+MAINTENANCE_SERVICE = "paxoskv.v1.Maintenance"
+LEADER_METADATA_KEY = "paxoskv-leader"
+
+# Answer this much before the caller's deadline (fraction of what remains,
+# capped), so even a failure arrives while the caller still listens.
+DEADLINE_MARGIN_FRACTION = 0.05
+DEADLINE_MARGIN_S_MAX = 0.05
+
+MESSAGE_BYTES_MAX = 8 << 20  # > Limits.value_bytes_max + key: those get INVALID_ARGUMENT
+
+SERVER_OPTIONS: tuple[tuple[str, int], ...] = (
+    ("grpc.so_reuseport", 0),
+    ("grpc.max_receive_message_length", MESSAGE_BYTES_MAX),
+    ("grpc.max_send_message_length", MESSAGE_BYTES_MAX),
+    ("grpc.max_concurrent_streams", 1024),
+    ("grpc.keepalive_time_ms", 30_000),
+    ("grpc.keepalive_timeout_ms", 10_000),
+    ("grpc.http2.min_ping_interval_without_data_ms", 5_000),
+    ("grpc.keepalive_permit_without_calls", 1),
+    ("grpc.http2.max_pings_without_data", 0),
+)
+
+_INVALID = grpc.StatusCode.INVALID_ARGUMENT
+_UNAVAILABLE = grpc.StatusCode.UNAVAILABLE
+_DEADLINE = grpc.StatusCode.DEADLINE_EXCEEDED
+_RESULT_OK = kv_pb2.CommandResult.OK
+_RESULT_STALE = kv_pb2.CommandResult.STALE_SEQUENCE
+
+
+class BindError(Exception):
+    """The public port could not be bound; ``str(err)`` is one line."""
+
+
+class NodeLike(Protocol):
+    """What the facade needs of a node (``paxoskv.server.node.Node`` has it)."""
+
+    @property
+    def leader_id(self) -> int | None: ...
+
+    async def submit(self, cmd: kv_pb2.Command, *, timeout_s: float) -> kv_pb2.CommandResult: ...
+
+    async def get(
+        self, key: bytes, *, serializable: bool = False, timeout_s: float
+    ) -> tuple[bytes | None, int]: ...
+
+    def status(self) -> kv_pb2.StatusResponse: ...
+
+
+class _Abort(Exception):
+    """Internal: end the call with ``code`` and ``details`` (and metadata)."""
+
+    def __init__(self, code: grpc.StatusCode, details: str, metadata: tuple = ()) -> None:
+        super().__init__(details)
+        self.code = code
+        self.details = details
+        self.metadata = metadata
+
+
+def _error_of(exc: NodeError) -> _Abort:
+    if isinstance(exc, InvalidArgument):
+        return _Abort(_INVALID, str(exc))
+    if isinstance(exc, Unavailable):
+        md: tuple = ()
+        if exc.leader_id and exc.leader_addr:
+            md = ((LEADER_METADATA_KEY, f"{exc.leader_id}={exc.leader_addr}"),)
+        return _Abort(_UNAVAILABLE, str(exc), md)
+    if isinstance(exc, DeadlineExceeded):
+        return _Abort(_DEADLINE, str(exc))
+    return _Abort(grpc.StatusCode.INTERNAL, f"{type(exc).__name__}: {exc}")
+
+
+class Facade:
+    """The gRPC server of one node. ``bind()``, ``start()``, ``shutdown()``."""
+
+    def __init__(
+        self,
+        node: NodeLike,
+        node_id: int,
+        *,
+        request_timeout_s: float = 10.0,
+        maximum_concurrent_rpcs: int | None = 10_000,
+    ) -> None:
+        assert request_timeout_s > 0, request_timeout_s
+        self.node = node
+        self.node_id = node_id
+        self.request_timeout_s = request_timeout_s
+        self.health = HealthServicer()
+        self.server = grpc.aio.server(
+            options=SERVER_OPTIONS, maximum_concurrent_rpcs=maximum_concurrent_rpcs
+        )
+        self.port: int | None = None
+        self._register()
+
+    # ---- lifecycle ----------------------------------------------------------
+
+    def bind(self, address: str) -> int:
+        """Bind ``host:port`` (port 0: any free one); return the port."""
+        try:
+            port = self.server.add_insecure_port(address)
+        except RuntimeError as exc:
+            raise BindError(
+                f"cannot listen on {address} ({exc}): is another process using the port? "
+                f"pick another --port or --listen"
+            ) from None
+        if port == 0:  # older grpc reports failure this way
+            raise BindError(f"cannot listen on {address}: pick another --port or --listen")
+        self.port = port
+        return port
+
+    async def start(self) -> None:
+        for service in ("", KV_SERVICE, MAINTENANCE_SERVICE):
+            await self.health.set(service, health_pb2.HealthCheckResponse.NOT_SERVING)
+        await self.server.start()
+
+    async def mark_serving(self) -> None:
+        for service in ("", KV_SERVICE, MAINTENANCE_SERVICE):
+            await self.health.set(service, health_pb2.HealthCheckResponse.SERVING)
+
+    async def shutdown(self, grace_s: float = 1.0) -> None:
+        """NOT_SERVING, then stop accepting calls; give running ones ``grace_s``."""
+        await self.health.enter_graceful_shutdown()
+        await self.server.stop(grace_s)
+
+    # ---- registration ---------------------------------------------------------
+
+    def _register(self) -> None:
+        ser = _serialize
+        kv_handlers = {
+            "Get": grpc.unary_unary_rpc_method_handler(self._get, None, ser),
+            "Put": grpc.unary_unary_rpc_method_handler(self._put, None, ser),
+            "Delete": grpc.unary_unary_rpc_method_handler(self._delete, None, ser),
+        }
+        maint_handlers = {
+            "Status": grpc.unary_unary_rpc_method_handler(self._status, None, ser),
+        }
+        for name, handlers in ((KV_SERVICE, kv_handlers), (MAINTENANCE_SERVICE, maint_handlers)):
+            self.server.add_generic_rpc_handlers(
+                (grpc.method_handlers_generic_handler(name, handlers),)
+            )
+            self.server.add_registered_method_handlers(name, handlers)
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
+        reflection.enable_server_reflection(
+            (
+                KV_SERVICE,
+                MAINTENANCE_SERVICE,
+                health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+                reflection.SERVICE_NAME,
+            ),
+            self.server,
+        )
+
+    # ---- handlers ---------------------------------------------------------------
+
+    def _timeout_s(self, context: grpc.aio.ServicerContext) -> float:
+        remaining = context.time_remaining()
+        if remaining is None:
+            return self.request_timeout_s
+        remaining -= min(DEADLINE_MARGIN_S_MAX, remaining * DEADLINE_MARGIN_FRACTION)
+        return max(0.0, min(remaining, self.request_timeout_s))
+
+    def _header(self, index: int) -> kv_pb2.ResponseHeader:
+        return kv_pb2.ResponseHeader(
+            node_id=self.node_id, leader_id=self.node.leader_id or 0, index=index
+        )
+
+    async def _fail(self, context: grpc.aio.ServicerContext, exc: Exception) -> None:
+        err = exc if isinstance(exc, _Abort) else _error_of(exc)  # type: ignore[arg-type]
+        if err.metadata:
+            context.set_trailing_metadata(err.metadata)
+        await context.abort(err.code, err.details)
+
+    async def _get(self, data: bytes, context: grpc.aio.ServicerContext) -> object:
+        try:
+            req = _parse(kv_pb2.GetRequest, data)
+            value, index = await self.node.get(
+                req.key, serializable=req.serializable, timeout_s=self._timeout_s(context)
+            )
+        except (NodeError, _Abort) as exc:
+            await self._fail(context, exc)
+            raise
+        if value is None:
+            return kv_pb2.GetResponse(header=self._header(index), found=False)
+        return kv_pb2.GetResponse(header=self._header(index), found=True, value=value)
+
+    async def _put(self, data: bytes, context: grpc.aio.ServicerContext) -> object:
+        try:
+            req = _parse(kv_pb2.PutRequest, data)
+            hdr = req.request
+            cmd = kv_pb2.Command(
+                client_id=hdr.client_id,
+                sequence=hdr.sequence,
+                put=kv_pb2.PutOp(key=req.key, value=req.value),
+            )
+            result = await self._submit(cmd, context)
+        except (NodeError, _Abort) as exc:
+            await self._fail(context, exc)
+            raise
+        return kv_pb2.PutResponse(header=self._header(result.index), existed=result.existed)
+
+    async def _delete(self, data: bytes, context: grpc.aio.ServicerContext) -> object:
+        try:
+            req = _parse(kv_pb2.DeleteRequest, data)
+            hdr = req.request
+            cmd = kv_pb2.Command(
+                client_id=hdr.client_id, sequence=hdr.sequence, delete=kv_pb2.DeleteOp(key=req.key)
+            )
+            result = await self._submit(cmd, context)
+        except (NodeError, _Abort) as exc:
+            await self._fail(context, exc)
+            raise
+        return kv_pb2.DeleteResponse(header=self._header(result.index), deleted=result.existed)
+
+    async def _submit(
+        self, cmd: kv_pb2.Command, context: grpc.aio.ServicerContext
+    ) -> kv_pb2.CommandResult:
+        result = await self.node.submit(cmd, timeout_s=self._timeout_s(context))
+        if result.code == _RESULT_OK:
+            return result
+        if result.code == _RESULT_STALE:
+            raise _Abort(
+                grpc.StatusCode.FAILED_PRECONDITION,
+                f"sequence {cmd.sequence} of client {cmd.client_id!r} is older than the last one "
+                f"applied for it: use a new client_id, or continue after its last sequence",
+            )
+        raise _Abort(_INVALID, result.error or "the command was rejected")
+
+    async def _status(self, data: bytes, context: grpc.aio.ServicerContext) -> object:
+        try:
+            _parse(kv_pb2.StatusRequest, data)
+            return self.node.status()
+        except (NodeError, _Abort) as exc:
+            await self._fail(context, exc)
+            raise
+
+
+def _serialize(msg: object) -> bytes:
+    return msg.SerializeToString()  # type: ignore[attr-defined]
+
+
+def _parse(cls: type, data: bytes):  # noqa: ANN202 - returns an instance of cls
+    try:
+        return cls.FromString(data)
+    except (DecodeError, ValueError, TypeError) as exc:
+        raise _Abort(
+            _INVALID, f"malformed {cls.DESCRIPTOR.full_name} ({len(data)} bytes): {exc}"
+        ) from None
