@@ -343,3 +343,42 @@ def test_matches_the_model_and_survives_restarts_from_change_sets(
     assert {cid: s.sequence for cid, s in steady.sessions.items()} == {
         cid: seq for cid, (seq, _) in model.last.items()
     }
+
+
+# ---- snapshots -------------------------------------------------------------------
+
+
+def test_snapshot_items_are_canonical() -> None:
+    a, b = fresh(), fresh()
+    a.apply(1, (encode_put("y", 1, b"k2", b"2"), encode_put("x", 1, b"k1", b"1")))
+    b.apply(1, (encode_put("x", 1, b"k1", b"1"), encode_put("y", 1, b"k2", b"2")))
+    assert a.snapshot_items()[0] == b.snapshot_items()[0] == [(b"k1", b"1"), (b"k2", b"2")]
+    assert [cid for cid, _ in a.snapshot_items()[1]] == ["x", "y"]
+
+
+def test_restore_replaces_the_state_and_resets_storage() -> None:
+    source = fresh()
+    source.apply(1, (encode_put("x", 1, b"k1", b"1"),))
+    source.apply(2, (encode_put("y", 1, b"k2", b"2"),))
+    kv_items, session_items = source.snapshot_items()
+
+    target = KVStateMachine({b"old": b"o"}, {"old": Session(1, kv_pb2.CommandResult(), 1)}, 1)
+    target.take_changes()
+    target.restore(2, dict(kv_items), dict(session_items))
+    assert target.applied_index == 2 and dict(target.items()) == dict(kv_items)
+    assert target.session("old") is None and target.session("x") == source.session("x")
+    target.apply(3, (encode_put("y", 1, b"k2", b"dup"), encode_put("z", 1, b"k3", b"3")))
+    assert target.get(b"k2") == b"2"  # y's command was deduplicated by the restored session
+    changes = target.take_changes()
+    assert changes.reset and changes.applied_index == 3
+    assert changes.kv == {b"k1": b"1", b"k2": b"2", b"k3": b"3"}
+    assert set(changes.sessions) == {"x", "y", "z"}
+    assert not target.take_changes().reset
+
+
+def test_restore_refuses_a_snapshot_behind_the_state() -> None:
+    sm = fresh()
+    sm.apply(1, ())
+    sm.apply(2, ())
+    with pytest.raises(ValueError, match="behind"):
+        sm.restore(1, {}, {})

@@ -266,6 +266,24 @@ def test_chosen_values_are_not_dropped_with_accepted_ones(backend: Backend) -> N
     assert state.accepted == {} and state.chosen == {1: (b"x",)}
 
 
+def test_reset_replaces_every_key_and_session_in_one_batch(backend: Backend) -> None:
+    s1 = Session(1, result(1), 1)
+    with opened(backend) as storage:
+        storage.apply(changes(1, {b"a": b"1", b"b": b"2"}, {"c1": s1, "c2": s1}), 0)
+        storage.apply(
+            Changes(
+                kv={b"b": b"new", b"z": b"9"}, sessions={"c3": s1}, applied_index=50, reset=True
+            ),
+            drop_accepted_through=0,
+        )
+        seen = storage.load()
+    with opened(backend) as storage:
+        reopened = storage.load()
+    for state in (seen, reopened):
+        assert state.kv == {b"b": b"new", b"z": b"9"}
+        assert state.sessions == {"c3": s1} and state.applied_index == 50
+
+
 def test_applied_index_never_goes_back(backend: Backend) -> None:
     with opened(backend) as storage:
         storage.apply(changes(5), drop_accepted_through=0)
@@ -387,6 +405,7 @@ apply_op = st.tuples(
     st.dictionaries(st.sampled_from(["a", "b", "é"]), st.none() | sessions, max_size=2),
     st.integers(0, 3),  # applied index increment
     st.integers(-1, 13),  # drop_accepted_through
+    st.sampled_from([False, False, False, True]),  # reset
 )
 reopen_op = st.just(("reopen",))
 
@@ -411,13 +430,13 @@ class Model:
 
     def apply(self, ch: Changes, through: int) -> None:
         s = self.state
-        kv = dict(s.kv)
+        kv = {} if ch.reset else dict(s.kv)
         for k, v in ch.kv.items():
             if v is None:
                 kv.pop(k, None)
             else:
                 kv[k] = v
-        sess = dict(s.sessions)
+        sess = {} if ch.reset else dict(s.sessions)
         for c, v2 in ch.sessions.items():
             if v2 is None:
                 sess.pop(c, None)
@@ -443,8 +462,8 @@ def test_matches_a_model(tmp_path_factory: pytest.TempPathFactory, ops: list[tup
                     storage.persist(promised, accepted, chosen, sync)
                     model.persist(promised, accepted, chosen)
                 elif op[0] == "apply":
-                    _, kv, sess, step, through = op
-                    ch = changes(model.state.applied_index + step, kv, sess)
+                    _, kv, sess, step, through, reset = op
+                    ch = Changes(kv, sess, model.state.applied_index + step, reset)
                     storage.apply(ch, through)
                     model.apply(ch, through)
                 else:

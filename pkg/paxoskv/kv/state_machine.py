@@ -42,6 +42,10 @@ candidates are at the front; only the leading run of sessions sharing the
 smallest ``last_index`` (at most one slot's worth) is scanned for the
 smallest ``client_id``. Every change is also recorded in a change set that
 ``take_changes()`` hands to storage as one atomic apply batch.
+
+Snapshots: ``snapshot_items()`` copies the whole state in a canonical order;
+``restore()`` replaces the state by a snapshot's, and the next change set says
+``reset`` so storage replaces its copy in the same single batch.
 """
 
 from __future__ import annotations
@@ -100,11 +104,17 @@ class Applied:
 
 @dataclass(frozen=True, slots=True)
 class Changes:
-    """What changed since the last ``take_changes()``; ``None`` means deleted."""
+    """What changed since the last ``take_changes()``; ``None`` means deleted.
+
+    ``reset`` (after ``restore``): every stored key and session is dropped
+    first, and ``kv``/``sessions`` are then the whole new state (plus what was
+    applied after it).
+    """
 
     kv: dict[bytes, bytes | None]
     sessions: dict[str, Session | None]
     applied_index: int
+    reset: bool = False
 
 
 class KVStateMachine:
@@ -140,6 +150,7 @@ class KVStateMachine:
         self._sessions_max = sessions_max
         self._kv_changes: dict[bytes, bytes | None] = {}
         self._session_changes: dict[str, Session | None] = {}
+        self._reset = False
 
     # ---- reading ---------------------------------------------------------------
 
@@ -254,13 +265,50 @@ class KVStateMachine:
         del self._sessions[victim]
         self._session_changes[victim] = None
 
-    # ---- persistence -----------------------------------------------------------
+    # ---- persistence and snapshots ---------------------------------------------
 
     def take_changes(self) -> Changes:
         """Everything changed since the previous call, for one storage apply batch."""
         changes = Changes(
-            kv=self._kv_changes, sessions=self._session_changes, applied_index=self._applied_index
+            kv=self._kv_changes,
+            sessions=self._session_changes,
+            applied_index=self._applied_index,
+            reset=self._reset,
         )
         self._kv_changes = {}
         self._session_changes = {}
+        self._reset = False
         return changes
+
+    def snapshot_items(self) -> tuple[list[tuple[bytes, bytes]], list[tuple[str, Session]]]:
+        """A copy of the whole state at ``applied_index``: (key, value) sorted by
+        key and (client_id, session) sorted by client id, so every replica at
+        the same index produces the same items in the same order."""
+        return sorted(self._kv.items()), sorted(self._sessions.items())
+
+    def restore(
+        self, applied_index: int, kv: Mapping[bytes, bytes], sessions: Mapping[str, Session]
+    ) -> None:
+        """Replace the whole state by a snapshot taken at ``applied_index``.
+
+        The next ``take_changes()`` has ``reset=True``: storage replaces its
+        keys and sessions by these in one batch.
+        """
+        if applied_index < self._applied_index:
+            raise ValueError(
+                f"snapshot at {applied_index} is behind applied index {self._applied_index}"
+            )
+        late = [cid for cid, s in sessions.items() if s.last_index > applied_index]
+        if late:
+            raise ValueError(f"sessions {late[:3]} were applied after the snapshot {applied_index}")
+        self._kv.clear()
+        self._kv.update(kv)
+        self._sessions = OrderedDict(
+            sorted(sessions.items(), key=lambda item: (item[1].last_index, item[0]))
+        )
+        self._applied_index = applied_index
+        self._kv_changes = dict(self._kv)
+        self._session_changes = dict(self._sessions)
+        self._reset = True
+        while len(self._sessions) > self._sessions_max:
+            self._evict_one()

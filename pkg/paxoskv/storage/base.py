@@ -16,9 +16,10 @@ Rules:
 - ``apply(changes, drop_accepted_through)`` is ONE atomic write batch, never
   synced on its own (the next synced batch makes it durable): the state
   machine's key and session changes, its applied index, and the deletion of
-  accepted entries whose slot is ``<= drop_accepted_through``. Because the
-  applied state and the applied index change together, a restart never
-  applies a slot twice.
+  accepted entries whose slot is ``<= drop_accepted_through``. With
+  ``changes.reset`` (a snapshot was installed) every stored key and session
+  is dropped first, in the same batch. Because the applied state and the
+  applied index change together, a restart never applies a slot twice.
 - ``load()`` shows everything written through this handle (synced or not).
   After a crash, only a prefix of the batches survives, each batch whole.
 - Errors are ``StorageError`` subclasses; each message is one line that says

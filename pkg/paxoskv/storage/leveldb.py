@@ -281,6 +281,13 @@ class LevelDBStorage:
             self._applied_index,
         )
         batch = db.write_batch(sync=False)
+        if changes.reset:  # a snapshot replaces the whole applied state
+            try:
+                for prefix in (P_KV, P_SESSION):
+                    for key in db.iterator(prefix=prefix, include_value=False):
+                        batch.delete(key)
+            except plyvel.Error as exc:
+                raise _storage_error(self.path, exc) from None
         for key, value in changes.kv.items():
             if value is None:
                 batch.delete(P_KV + key)

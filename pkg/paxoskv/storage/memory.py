@@ -51,6 +51,7 @@ __all__ = ["MemoryDisk", "MemoryStorage"]
 #   ("accepted", entry)                  ("chosen", slot, value)
 #   ("kv", key, value | None)            ("session", client_id, session | None)
 #   ("applied", index)                   ("drop_accepted", through)
+#   ("reset",)                           drop every key and session
 _Op = tuple[object, ...]
 _Batch = tuple[_Op, ...]
 
@@ -101,6 +102,9 @@ class _Image:
                 through = op[1]
                 for slot in [s for s in self.accepted if s <= through]:  # type: ignore[operator]
                     del self.accepted[slot]
+            elif kind == "reset":
+                self.kv.clear()
+                self.sessions.clear()
             elif kind == "promised":
                 self.promised = op[1]  # type: ignore[assignment]
             elif kind == "meta":
@@ -248,7 +252,7 @@ class MemoryStorage:
         assert not self._closed, "storage is closed"
         current = self.disk._current.applied_index
         assert changes.applied_index >= current, (changes.applied_index, current)
-        batch: list[_Op] = []
+        batch: list[_Op] = [("reset",)] if changes.reset else []
         for key, value in changes.kv.items():
             assert isinstance(key, bytes) and (value is None or isinstance(value, bytes))
             batch.append(("kv", key, value))
