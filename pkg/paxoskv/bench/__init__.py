@@ -1,0 +1,29 @@
+"""``paxoskv bench``: a closed-loop load generator for paxoskv and its peers.
+
+Theory of operation
+-------------------
+The parent process (``runner.run``) starts ``processes`` worker processes
+(multiprocessing, *spawn*: no gRPC state crosses a fork). Each worker runs
+one asyncio loop with its own gRPC channel to every endpoint and keeps
+``concurrency`` requests in flight, closed-loop: a slot sends its next
+request only when its previous one answered. Slots are spread round-robin
+over the endpoints, so every node of the cluster takes client load.
+
+A run has four phases, the same clock for every process (``time.monotonic``
+is system-wide on Linux): *setup* (connect, wait until the target answers,
+optionally pre-fill the keys a read will ask for), *warmup* (load, not
+recorded), *measure* (operations completing in the window are recorded in a
+mergeable latency histogram per operation kind) and *drain* (no new request;
+the ones in flight are awaited and not recorded). Throughput is operations
+completed in the window divided by its length.
+
+The same worker code drives every target: a target (``targets.py``) only
+says how to turn "get key" / "put key value" / "this batch" into its own
+gRPC messages, so paxoskv and etcd are measured on equal terms. A *mode*
+(``unary``, ``batch``, ``stream``) says how operations travel: one RPC each,
+many per RPC, or as messages of one bidirectional stream per endpoint.
+
+Modules: ``workload`` (mixes, keys, values), ``histogram`` (latencies),
+``targets`` (paxoskv, etcd), ``worker`` (one process), ``runner`` (the
+processes and the merged result), ``report`` (table and JSON), ``cli``.
+"""

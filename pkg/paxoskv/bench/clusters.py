@@ -1,0 +1,234 @@
+"""Local 3-node clusters to benchmark: paxoskv, etcd and PySyncObj, on 127.0.0.1.
+
+Rules:
+
+- Every port is chosen free at run time (``free_ports``), every node binds
+  127.0.0.1 only, every node keeps its data and its log under the cluster's
+  directory.
+- A cluster owns the processes it started and nothing else: ``stop()``
+  sends SIGTERM to each by its PID, waits, then SIGKILL for any left. It is
+  safe to call twice and is what ``with cluster:`` does on the way out, so
+  nodes are stopped on failure too. Nodes run in their own session, so a
+  Ctrl-C at the terminal reaches the harness, which then stops them.
+- ``wait_ready`` polls (with a deadline) until every endpoint answers a read
+  through the cluster's client protocol, i.e. the cluster has a leader.
+- ``cpu_s()`` is the user+system CPU time the nodes have used so far (from
+  /proc, all threads): sampled before and after a run it tells what the
+  servers cost.
+
+etcd: the Debian ``etcd-server`` binary, default settings (so its WAL is
+fsync'ed before a write is acknowledged). PySyncObj: ``bench/pysyncobj_node.py``
+(a PySyncObj KV behind a small ``paxoskv.v1.KV`` gRPC front). paxoskv:
+``paxoskv serve`` per node, with its defaults (fsync on).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import pathlib
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+
+import grpc
+
+from paxoskv.v1 import kv_pb2, kv_pb2_grpc
+
+STOP_GRACE_S = 10.0
+
+
+def free_ports(n: int) -> list[int]:
+    """``n`` distinct TCP ports free on 127.0.0.1 right now."""
+    socks = []
+    try:
+        for _ in range(n):
+            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            s.bind(("127.0.0.1", 0))
+            socks.append(s)
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+
+
+def _clock_ticks() -> int:
+    return os.sysconf("SC_CLK_TCK")
+
+
+def process_cpu_s(pid: int) -> float:
+    """User + system CPU seconds of a live process (0.0 if it is gone)."""
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / _clock_ticks()  # utime, stime
+
+
+@dataclass
+class Cluster:
+    """Processes started by this object, and where clients reach them."""
+
+    name: str
+    base_dir: pathlib.Path
+    target: str  # the bench target that speaks its client protocol
+    endpoints: list[str] = field(default_factory=list)
+    procs: list[subprocess.Popen] = field(default_factory=list)
+    logs: list[pathlib.Path] = field(default_factory=list)
+
+    def _spawn(self, argv: list[str], log_name: str, env: dict[str, str] | None = None) -> subprocess.Popen:
+        log_path = self.base_dir / log_name
+        self.logs.append(log_path)
+        with open(log_path, "ab") as log:
+            proc = subprocess.Popen(
+                argv,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+                env=env,
+            )
+        self.procs.append(proc)
+        return proc
+
+    def pids(self) -> list[int]:
+        return [p.pid for p in self.procs]
+
+    def cpu_s(self) -> float:
+        return sum(process_cpu_s(p.pid) for p in self.procs if p.poll() is None)
+
+    def check_alive(self) -> None:
+        for p, log in zip(self.procs, self.logs, strict=True):
+            if p.poll() is not None:
+                tail = log.read_text(errors="replace")[-2000:] if log.exists() else ""
+                raise RuntimeError(f"{self.name}: process {p.pid} exited with {p.returncode}; log {log}:\n{tail}")
+
+    def wait_ready(self, timeout_s: float = 60.0) -> None:
+        deadline = time.monotonic() + timeout_s
+        for ep in self.endpoints:
+            while True:
+                self.check_alive()
+                if _probe(self.target, ep):
+                    break
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"{self.name}: {ep} did not answer within {timeout_s:g} s")
+                time.sleep(0.1)
+
+    def stop(self) -> None:
+        for p in self.procs:
+            if p.poll() is None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(p.pid, signal.SIGTERM)
+        deadline = time.monotonic() + STOP_GRACE_S
+        for p in self.procs:
+            try:
+                p.wait(timeout=max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(p.pid, signal.SIGKILL)
+                p.wait()
+
+    def __enter__(self) -> Cluster:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def _probe(target: str, endpoint: str) -> bool:
+    """One linearizable read through ``endpoint``; True when it succeeded."""
+    with grpc.insecure_channel(endpoint) as ch:
+        try:
+            if target == "etcd":
+                from paxoskv.bench.etcdpb import etcd_rpc_pb2, etcd_rpc_pb2_grpc
+
+                etcd_rpc_pb2_grpc.KVStub(ch).Range(etcd_rpc_pb2.RangeRequest(key=b"probe"), timeout=2.0)
+            else:
+                kv_pb2_grpc.KVStub(ch).Get(kv_pb2.GetRequest(key=b"probe"), timeout=2.0)
+        except grpc.RpcError:
+            return False
+    return True
+
+
+def start_paxoskv(base_dir: pathlib.Path, nodes: int = 3, *, extra_args: tuple[str, ...] = ()) -> Cluster:
+    base_dir.mkdir(parents=True, exist_ok=True)
+    cluster = Cluster("paxoskv", base_dir, "paxoskv")
+    ports = free_ports(2 * nodes)
+    grpc_ports, bus_ports = ports[:nodes], ports[nodes:]
+    try:
+        for i in range(1, nodes + 1):
+            peers = ",".join(
+                f"{j}=127.0.0.1:{grpc_ports[j - 1]}:{bus_ports[j - 1]}" for j in range(1, nodes + 1) if j != i
+            )
+            argv = [
+                sys.executable, "-c", "from paxoskv.cli import main; main()", "serve",
+                "--id", str(i), "--cluster-id", "bench", "--listen", "127.0.0.1",
+                "--port", str(grpc_ports[i - 1]), "--bus-port", str(bus_ports[i - 1]),
+                "--peers", peers, "--data-dir", str(base_dir / f"node{i}"), "--log-level", "warning",
+                *extra_args,
+            ]
+            cluster._spawn(argv, f"node{i}.log")
+            cluster.endpoints.append(f"127.0.0.1:{grpc_ports[i - 1]}")
+    except BaseException:
+        cluster.stop()
+        raise
+    return cluster
+
+
+def etcd_binary() -> str | None:
+    return shutil.which("etcd")
+
+
+def start_etcd(base_dir: pathlib.Path, nodes: int = 3) -> Cluster:
+    binary = etcd_binary()
+    if binary is None:
+        raise RuntimeError("etcd is not installed (apt-get install etcd-server)")
+    base_dir.mkdir(parents=True, exist_ok=True)
+    cluster = Cluster("etcd", base_dir, "etcd")
+    ports = free_ports(2 * nodes)
+    client_ports, peer_ports = ports[:nodes], ports[nodes:]
+    initial = ",".join(f"m{i}=http://127.0.0.1:{peer_ports[i - 1]}" for i in range(1, nodes + 1))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ETCD")}
+    try:
+        for i in range(1, nodes + 1):
+            client_url = f"http://127.0.0.1:{client_ports[i - 1]}"
+            peer_url = f"http://127.0.0.1:{peer_ports[i - 1]}"
+            argv = [
+                binary, "--name", f"m{i}", "--data-dir", str(base_dir / f"m{i}"),
+                "--listen-client-urls", client_url, "--advertise-client-urls", client_url,
+                "--listen-peer-urls", peer_url, "--initial-advertise-peer-urls", peer_url,
+                "--initial-cluster", initial, "--initial-cluster-state", "new",
+                "--initial-cluster-token", f"bench-{os.getpid()}", "--logger", "zap", "--log-level", "warn",
+            ]
+            cluster._spawn(argv, f"m{i}.log", env=env)
+            cluster.endpoints.append(f"127.0.0.1:{client_ports[i - 1]}")
+    except BaseException:
+        cluster.stop()
+        raise
+    return cluster
+
+
+def start_pysyncobj(base_dir: pathlib.Path, node_script: pathlib.Path, nodes: int = 3) -> Cluster:
+    base_dir.mkdir(parents=True, exist_ok=True)
+    cluster = Cluster("pysyncobj", base_dir, "paxoskv")
+    ports = free_ports(2 * nodes)
+    grpc_ports, raft_ports = ports[:nodes], ports[nodes:]
+    raft_addrs = [f"127.0.0.1:{p}" for p in raft_ports]
+    try:
+        for i in range(nodes):
+            partners = ",".join(a for j, a in enumerate(raft_addrs) if j != i)
+            argv = [
+                sys.executable, str(node_script), "serve", "--self", raft_addrs[i], "--partners", partners,
+                "--grpc-port", str(grpc_ports[i]), "--journal", str(base_dir / f"node{i + 1}.journal"),
+            ]
+            cluster._spawn(argv, f"node{i + 1}.log")
+            cluster.endpoints.append(f"127.0.0.1:{grpc_ports[i]}")
+    except BaseException:
+        cluster.stop()
+        raise
+    return cluster

@@ -1,0 +1,295 @@
+"""How one operation reaches each kind of server: the only target-specific code.
+
+Rules:
+
+- A ``Target`` names the protocol spoken (``paxoskv``: the ``paxoskv.v1.KV``
+  service; ``etcd``: etcd's v3 ``etcdserverpb.KV`` service) and the modes it
+  supports. ``Target.connect(channel)`` gives an ``Endpoint`` (one per gRPC
+  channel); ``Endpoint.slot(client_id)`` gives the ``SlotClient`` one
+  closed-loop slot drives.
+- A ``SlotClient`` has ``get(key)``, ``put(key, value)`` and, where the mode
+  is ``batch``, ``batch(ops, value)``. A failed operation raises ``OpFailed``
+  with the gRPC status code's name; ``batch`` returns one code name (or
+  ``None`` for success) per operation instead.
+- paxoskv writes are exactly-once: each slot is its own client session
+  (``client_id``, ``sequence`` + 1 per write), as a real client would be. A
+  failed write is not retried by the benchmark; the next one simply takes
+  the next sequence. etcd has no such header.
+- Reads are linearizable unless the workload says ``serializable`` (paxoskv
+  ``GetRequest.serializable``, etcd ``RangeRequest.serializable``).
+- Mode ``stream`` (paxoskv only): every slot of a process that uses the same
+  endpoint shares one ``KV.Session`` stream; requests carry an id and the
+  answers, in any order, complete the matching future. A broken stream fails
+  its pending operations (they count as errors) and the next operation
+  opens a new one.
+
+Adding a mode: give the targets that can do it a way to send it, and give
+``worker.MODE_LOOPS`` a loop for it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any, Protocol
+
+import grpc
+import grpc.aio
+
+from paxoskv.v1 import kv_pb2, kv_pb2_grpc
+
+__all__ = ["TARGETS", "Endpoint", "OpFailed", "SlotClient", "Target", "code_name"]
+
+_CODE_NAMES: dict[int, str] = {sc.value[0]: sc.name for sc in grpc.StatusCode}
+
+CHANNEL_OPTIONS: tuple[tuple[str, Any], ...] = (
+    ("grpc.max_receive_message_length", 64 << 20),
+    ("grpc.max_send_message_length", 64 << 20),
+    # Every channel of a process gets its own connection (no sharing of
+    # subchannels between channels that name the same address).
+    ("grpc.use_local_subchannel_pool", 1),
+)
+
+
+def code_name(code: int) -> str:
+    return _CODE_NAMES.get(code, f"CODE_{code}")
+
+
+class OpFailed(Exception):
+    """One operation failed; ``code`` is the gRPC status code's name."""
+
+    def __init__(self, code: str, detail: str = "") -> None:
+        super().__init__(f"{code}: {detail}" if detail else code)
+        self.code = code
+
+
+class SlotClient(Protocol):
+    async def get(self, key: bytes) -> None: ...
+
+    async def put(self, key: bytes, value: bytes) -> None: ...
+
+    async def batch(self, ops: list[tuple[bool, bytes]], value: bytes) -> list[str | None]: ...
+
+
+class Endpoint(Protocol):
+    def slot(self, client_id: str) -> SlotClient: ...
+
+    async def close(self) -> None: ...
+
+
+class Target(Protocol):
+    name: str
+    modes: frozenset[str]
+
+    def connect(self, channel: grpc.aio.Channel, *, mode: str, serializable: bool, timeout_s: float) -> Endpoint: ...
+
+
+def _rpc_failed(exc: grpc.aio.AioRpcError) -> OpFailed:
+    return OpFailed(exc.code().name, exc.details() or "")
+
+
+# ---- paxoskv ------------------------------------------------------------------
+
+
+class _PaxosSession:
+    """One ``KV.Session`` stream shared by the slots of one endpoint."""
+
+    def __init__(self, stub: kv_pb2_grpc.KVStub) -> None:
+        self._stub = stub
+        self._queue: asyncio.Queue[kv_pb2.SessionRequest | None] = asyncio.Queue()
+        self._pending: dict[int, asyncio.Future[kv_pb2.ResponseOp]] = {}
+        self._next_id = 0
+        self._call: Any = None
+        self._reader: asyncio.Task | None = None
+
+    def _open(self) -> None:
+        self._queue = asyncio.Queue()
+        self._call = self._stub.Session(self._requests(self._queue))
+        self._reader = asyncio.create_task(self._read(self._call))
+
+    @staticmethod
+    async def _requests(queue: asyncio.Queue):
+        while True:
+            req = await queue.get()
+            if req is None:
+                return
+            yield req
+
+    async def _read(self, call: Any) -> None:
+        failure = OpFailed("UNAVAILABLE", "session stream ended")
+        try:
+            async for resp in call:
+                fut = self._pending.pop(resp.id, None)
+                if fut is not None and not fut.done():
+                    fut.set_result(resp.result)
+        except grpc.aio.AioRpcError as exc:
+            failure = _rpc_failed(exc)
+        except asyncio.CancelledError:
+            failure = OpFailed("CANCELLED", "session closed")
+        finally:
+            if self._call is call:
+                self._call = None
+            pending, self._pending = self._pending, {}
+            for fut in pending.values():
+                if not fut.done():
+                    fut.set_exception(failure)
+
+    async def call(self, op: kv_pb2.RequestOp, timeout_s: float) -> kv_pb2.ResponseOp:
+        if self._call is None:
+            self._open()
+        self._next_id += 1
+        rid = self._next_id
+        fut: asyncio.Future[kv_pb2.ResponseOp] = asyncio.get_running_loop().create_future()
+        self._pending[rid] = fut
+        self._queue.put_nowait(kv_pb2.SessionRequest(id=rid, op=op))
+        try:
+            async with asyncio.timeout(timeout_s):
+                return await fut
+        except TimeoutError:
+            self._pending.pop(rid, None)
+            raise OpFailed("DEADLINE_EXCEEDED", "no answer on the session stream") from None
+
+    async def close(self) -> None:
+        if self._call is not None:
+            self._queue.put_nowait(None)
+            self._call.cancel()
+        if self._reader is not None:
+            self._reader.cancel()
+            await asyncio.gather(self._reader, return_exceptions=True)
+
+
+def _check_op(result: kv_pb2.ResponseOp) -> None:
+    if result.code != 0:
+        raise OpFailed(code_name(result.code), result.error)
+
+
+class _PaxosSlot:
+    __slots__ = ("_ep", "_client_id", "_seq")
+
+    def __init__(self, ep: _PaxosEndpoint, client_id: str) -> None:
+        self._ep = ep
+        self._client_id = client_id
+        self._seq = 0
+
+    def _put_request(self, key: bytes, value: bytes) -> kv_pb2.PutRequest:
+        self._seq += 1
+        return kv_pb2.PutRequest(
+            request=kv_pb2.RequestHeader(client_id=self._client_id, sequence=self._seq), key=key, value=value
+        )
+
+    async def get(self, key: bytes) -> None:
+        ep = self._ep
+        req = kv_pb2.GetRequest(key=key, serializable=ep.serializable)
+        if ep.session is not None:
+            _check_op(await ep.session.call(kv_pb2.RequestOp(get=req), ep.timeout_s))
+            return
+        try:
+            await ep.stub.Get(req, timeout=ep.timeout_s)
+        except grpc.aio.AioRpcError as exc:
+            raise _rpc_failed(exc) from None
+
+    async def put(self, key: bytes, value: bytes) -> None:
+        ep = self._ep
+        req = self._put_request(key, value)
+        if ep.session is not None:
+            _check_op(await ep.session.call(kv_pb2.RequestOp(put=req), ep.timeout_s))
+            return
+        try:
+            await ep.stub.Put(req, timeout=ep.timeout_s)
+        except grpc.aio.AioRpcError as exc:
+            raise _rpc_failed(exc) from None
+
+    async def batch(self, ops: list[tuple[bool, bytes]], value: bytes) -> list[str | None]:
+        ep = self._ep
+        req = kv_pb2.BatchRequest(
+            ops=[
+                kv_pb2.RequestOp(get=kv_pb2.GetRequest(key=key, serializable=ep.serializable))
+                if is_read
+                else kv_pb2.RequestOp(put=self._put_request(key, value))
+                for is_read, key in ops
+            ]
+        )
+        try:
+            resp = await ep.stub.Batch(req, timeout=ep.timeout_s)
+        except grpc.aio.AioRpcError as exc:
+            return [exc.code().name] * len(ops)
+        if len(resp.results) != len(ops):
+            return ["PROTOCOL"] * len(ops)
+        return [None if r.code == 0 else code_name(r.code) for r in resp.results]
+
+
+class _PaxosEndpoint:
+    def __init__(self, channel: grpc.aio.Channel, *, mode: str, serializable: bool, timeout_s: float) -> None:
+        self.stub = kv_pb2_grpc.KVStub(channel)
+        self.serializable = serializable
+        self.timeout_s = timeout_s
+        self.session = _PaxosSession(self.stub) if mode == "stream" else None
+
+    def slot(self, client_id: str) -> _PaxosSlot:
+        return _PaxosSlot(self, client_id)
+
+    async def close(self) -> None:
+        if self.session is not None:
+            await self.session.close()
+
+
+class PaxosKVTarget:
+    name = "paxoskv"
+    modes = frozenset({"unary", "batch", "stream"})
+
+    def connect(self, channel: grpc.aio.Channel, *, mode: str, serializable: bool, timeout_s: float) -> Endpoint:
+        return _PaxosEndpoint(channel, mode=mode, serializable=serializable, timeout_s=timeout_s)
+
+
+# ---- etcd ---------------------------------------------------------------------
+
+
+class _EtcdSlot:
+    __slots__ = ("_ep",)
+
+    def __init__(self, ep: _EtcdEndpoint) -> None:
+        self._ep = ep
+
+    async def get(self, key: bytes) -> None:
+        ep = self._ep
+        try:
+            await ep.stub.Range(ep.pb.RangeRequest(key=key, serializable=ep.serializable), timeout=ep.timeout_s)
+        except grpc.aio.AioRpcError as exc:
+            raise _rpc_failed(exc) from None
+
+    async def put(self, key: bytes, value: bytes) -> None:
+        ep = self._ep
+        try:
+            await ep.stub.Put(ep.pb.PutRequest(key=key, value=value), timeout=ep.timeout_s)
+        except grpc.aio.AioRpcError as exc:
+            raise _rpc_failed(exc) from None
+
+    async def batch(self, ops: list[tuple[bool, bytes]], value: bytes) -> list[str | None]:
+        raise OpFailed("UNIMPLEMENTED", "the etcd target has no batch mode")
+
+
+class _EtcdEndpoint:
+    def __init__(self, channel: grpc.aio.Channel, *, serializable: bool, timeout_s: float) -> None:
+        from paxoskv.bench.etcdpb import etcd_rpc_pb2, etcd_rpc_pb2_grpc
+
+        self.pb = etcd_rpc_pb2
+        self.stub = etcd_rpc_pb2_grpc.KVStub(channel)
+        self.serializable = serializable
+        self.timeout_s = timeout_s
+
+    def slot(self, client_id: str) -> _EtcdSlot:
+        return _EtcdSlot(self)
+
+    async def close(self) -> None:
+        return None
+
+
+class EtcdTarget:
+    name = "etcd"
+    modes = frozenset({"unary"})
+
+    def connect(self, channel: grpc.aio.Channel, *, mode: str, serializable: bool, timeout_s: float) -> Endpoint:
+        assert mode in self.modes, mode
+        return _EtcdEndpoint(channel, serializable=serializable, timeout_s=timeout_s)
+
+
+TARGETS: dict[str, Target] = {"paxoskv": PaxosKVTarget(), "etcd": EtcdTarget()}

@@ -1,0 +1,265 @@
+"""One worker process: an asyncio loop keeping ``concurrency`` operations in flight.
+
+Rules:
+
+- The process talks to its parent only through ``events`` (a
+  multiprocessing queue): ``("ready", index)`` once it is connected, the
+  target answered and its share of the keys is pre-filled; ``("progress",
+  index, completed, errors, measured)`` every ``PROGRESS_PERIOD_S``;
+  ``("done", index, WorkerResult)`` at the end, or ``("failed", index,
+  text)`` if it could not run. It then exits.
+- After "ready" it waits for ``go`` and reads the shared start time; every
+  process uses the same phase boundaries on the same clock
+  (``time.monotonic_ns``, system-wide on Linux).
+- An operation is recorded when it *completes* inside the measure window:
+  its latency in the histogram of its kind (``get``/``put``) on success, its
+  code in ``errors`` on failure. A failed operation makes its slot pause
+  ``ERROR_PAUSE_S`` so a target that fails fast (no leader yet) is not
+  flooded by a spinning client.
+- After the window no slot starts a new operation; those in flight get
+  ``timeout_s`` plus a second to finish and are then cancelled.
+- ``cpu_s`` is this process's user+system CPU time during the window, all
+  its threads (gRPC's included): what the client side cost.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+import traceback
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any, Awaitable, Callable
+
+import grpc.aio
+
+from paxoskv.bench.histogram import Histogram
+from paxoskv.bench.targets import CHANNEL_OPTIONS, TARGETS, Endpoint, OpFailed, SlotClient
+from paxoskv.bench.workload import OpPicker, Workload, key_name
+
+PROGRESS_PERIOD_S = 0.2
+ERROR_PAUSE_S = 0.01
+PREFILL_ATTEMPTS_MAX = 5
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class WorkerArgs:
+    target: str
+    mode: str
+    endpoints: tuple[str, ...]
+    workload: Workload
+    concurrency: int
+    batch_size: int
+    process_index: int
+    processes: int
+    prefill: bool
+    warmup_s: float
+    duration_s: float
+    timeout_s: float
+    connect_timeout_s: float
+    client_prefix: str
+
+
+@dataclass(slots=True)
+class WorkerResult:
+    histograms: dict[str, Histogram] = field(default_factory=lambda: {"get": Histogram(), "put": Histogram()})
+    errors: Counter = field(default_factory=Counter)
+    error_samples: dict[str, str] = field(default_factory=dict)
+    cpu_s: float = 0.0
+    completed: int = 0
+
+
+class _Recorder:
+    """Counts everything for the progress bar; records what falls in the window."""
+
+    __slots__ = ("result", "measure_start_ns", "measure_end_ns", "completed", "failed", "measured")
+
+    def __init__(self, measure_start_ns: int, measure_end_ns: int) -> None:
+        self.result = WorkerResult()
+        self.measure_start_ns = measure_start_ns
+        self.measure_end_ns = measure_end_ns
+        self.completed = 0
+        self.failed = 0
+        self.measured = 0
+
+    def done(self, kind: str, latency_ns: int, error: OpFailed | None, end_ns: int) -> None:
+        self.completed += 1
+        if error is not None:
+            self.failed += 1
+        if not self.measure_start_ns <= end_ns < self.measure_end_ns:
+            return
+        self.measured += 1
+        if error is None:
+            self.result.histograms[kind].record(latency_ns)
+        else:
+            self.result.errors[error.code] += 1
+            self.result.error_samples.setdefault(error.code, str(error)[:300])
+
+
+async def _unary_loop(slot: SlotClient, picker: OpPicker, value: bytes, rec: _Recorder, end_ns: int, batch_size: int) -> None:
+    clock = time.monotonic_ns
+    while True:
+        t0 = clock()
+        if t0 >= end_ns:
+            return
+        is_read, key = picker.next()
+        error: OpFailed | None = None
+        try:
+            if is_read:
+                await slot.get(key)
+            else:
+                await slot.put(key, value)
+        except OpFailed as exc:
+            error = exc
+        t1 = clock()
+        rec.done("get" if is_read else "put", t1 - t0, error, t1)
+        if error is not None:
+            await asyncio.sleep(ERROR_PAUSE_S)
+
+
+async def _batch_loop(slot: SlotClient, picker: OpPicker, value: bytes, rec: _Recorder, end_ns: int, batch_size: int) -> None:
+    clock = time.monotonic_ns
+    while True:
+        t0 = clock()
+        if t0 >= end_ns:
+            return
+        ops = [picker.next() for _ in range(batch_size)]
+        try:
+            codes = await slot.batch(ops, value)
+        except OpFailed as exc:
+            codes = [exc.code] * len(ops)
+        t1 = clock()
+        failed = False
+        for (is_read, _key), code in zip(ops, codes, strict=True):
+            error = None if code is None else OpFailed(code, "in a batch")
+            failed = failed or error is not None
+            rec.done("get" if is_read else "put", t1 - t0, error, t1)
+        if failed:
+            await asyncio.sleep(ERROR_PAUSE_S)
+
+
+LoopFn = Callable[[SlotClient, OpPicker, bytes, _Recorder, int, int], Awaitable[None]]
+
+# mode -> the closed loop one slot runs. ``stream`` is the unary loop over
+# slots whose target sends each operation as a message of a shared stream.
+MODE_LOOPS: dict[str, LoopFn] = {"unary": _unary_loop, "stream": _unary_loop, "batch": _batch_loop}
+
+
+async def _wait_ready(probe: SlotClient, endpoint: str, deadline: float) -> None:
+    """Until a read of one key through ``endpoint`` succeeds (the target has a leader)."""
+    last: OpFailed | None = None
+    while time.monotonic() < deadline:
+        try:
+            await probe.get(key_name(0))
+            return
+        except OpFailed as exc:
+            last = exc
+        await asyncio.sleep(0.05)
+    raise RuntimeError(f"{endpoint} did not answer a read before the connect timeout: {last}")
+
+
+async def _prefill(args: WorkerArgs, probes: list[SlotClient], value: bytes) -> None:
+    """Write this process's share of the keys (index % processes == process_index)."""
+    mine = list(range(args.process_index, args.workload.keys, args.processes))
+
+    async def filler(slot_index: int) -> None:
+        probe = probes[slot_index % len(probes)]
+        for i in mine[slot_index :: args.concurrency]:
+            for attempt in range(PREFILL_ATTEMPTS_MAX):
+                try:
+                    await probe.put(key_name(i), value)
+                    break
+                except OpFailed:
+                    if attempt == PREFILL_ATTEMPTS_MAX - 1:
+                        raise
+                    await asyncio.sleep(0.05 * (attempt + 1))
+
+    await asyncio.gather(*(filler(s) for s in range(min(args.concurrency, max(1, len(mine))))))
+
+
+async def _run(args: WorkerArgs, events: Any, go: Any, start_at: Any) -> WorkerResult:
+    target = TARGETS[args.target]
+    channels = [grpc.aio.insecure_channel(ep, options=CHANNEL_OPTIONS) for ep in args.endpoints]
+    endpoints: list[Endpoint] = []
+    try:
+        kw = {"serializable": args.workload.serializable, "timeout_s": args.timeout_s}
+        unary = [target.connect(ch, mode="unary", **kw) for ch in channels]
+        endpoints = [target.connect(ch, mode=args.mode, **kw) for ch in channels]
+        prefix = f"{args.client_prefix}-p{args.process_index}"
+        probes = [ep.slot(f"{prefix}-setup{i}") for i, ep in enumerate(unary)]
+        deadline = time.monotonic() + args.connect_timeout_s
+        await asyncio.gather(*(_wait_ready(p, ep, deadline) for p, ep in zip(probes, args.endpoints, strict=True)))
+        value = os.urandom(args.workload.value_bytes)
+        if args.prefill and args.workload.read_share > 0:
+            await _prefill(args, probes, value)
+
+        events.put(("ready", args.process_index))
+        loop = asyncio.get_running_loop()
+        if not await loop.run_in_executor(None, go.wait, args.connect_timeout_s + 600):
+            raise RuntimeError("the parent never said go")
+        start_ns = int(start_at.value * 1e9)
+        measure_start_ns = start_ns + int(args.warmup_s * 1e9)
+        measure_end_ns = measure_start_ns + int(args.duration_s * 1e9)
+        rec = _Recorder(measure_start_ns, measure_end_ns)
+
+        async def until(t_ns: int) -> None:
+            await asyncio.sleep(max(0.0, (t_ns - time.monotonic_ns()) / 1e9))
+
+        async def cpu_meter() -> None:
+            await until(measure_start_ns)
+            t0 = os.times()
+            await until(measure_end_ns)
+            t1 = os.times()
+            rec.result.cpu_s = (t1.user - t0.user) + (t1.system - t0.system)
+
+        async def progress() -> None:
+            while True:
+                events.put(("progress", args.process_index, rec.completed, rec.failed, rec.measured))
+                await asyncio.sleep(PROGRESS_PERIOD_S)
+
+        await until(start_ns)
+        loop_fn = MODE_LOOPS[args.mode]
+        slots = [
+            asyncio.create_task(
+                loop_fn(
+                    endpoints[(args.process_index + s) % len(endpoints)].slot(f"{prefix}-s{s}"),
+                    args.workload.picker(args.process_index, s),
+                    value,
+                    rec,
+                    measure_end_ns,
+                    args.batch_size,
+                )
+            )
+            for s in range(args.concurrency)
+        ]
+        meter = asyncio.create_task(cpu_meter())
+        reporter = asyncio.create_task(progress())
+        await meter
+        _done, pending = await asyncio.wait(slots, timeout=args.timeout_s + 1.0)
+        for task in pending:
+            task.cancel()
+        await asyncio.gather(*pending, return_exceptions=True)
+        for task in slots:
+            if not task.cancelled() and task.exception() is not None:
+                raise task.exception()  # type: ignore[misc]
+        reporter.cancel()
+        await asyncio.gather(reporter, return_exceptions=True)
+        events.put(("progress", args.process_index, rec.completed, rec.failed, rec.measured))
+        rec.result.completed = rec.measured
+        return rec.result
+    finally:
+        for ep in endpoints:
+            await ep.close()
+        for ch in channels:
+            await ch.close()
+
+
+def worker_main(args: WorkerArgs, events: Any, go: Any, start_at: Any) -> None:
+    """Entry point of a worker process."""
+    try:
+        result = asyncio.run(_run(args, events, go, start_at))
+    except BaseException:  # report anything, even KeyboardInterrupt, to the parent
+        events.put(("failed", args.process_index, traceback.format_exc(limit=8)))
+        return
+    events.put(("done", args.process_index, result))
