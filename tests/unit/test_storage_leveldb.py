@@ -163,6 +163,36 @@ def test_synced_writes_survive_sigkill_of_the_writer(tmp_path: pathlib.Path) -> 
     assert state.kv == {b"k%d" % s: b"x" * 50 for s in range(1, state.applied_index + 1)}
 
 
+def test_a_torn_log_tail_loses_whole_batches_only(tmp_path: pathlib.Path) -> None:
+    """A crash in the middle of a write leaves a torn record at the end of
+    LevelDB's log: recovery drops it, never applying part of a batch."""
+    path = tmp_path / "db"
+    batches = 8
+    with LevelDBStorage.open(path, 1, "c") as storage:
+        for i in range(1, batches + 1):
+            kv: dict[bytes, bytes | None] = {b"a%d" % i: b"x" * 300, b"b%d" % i: b"y" * 300}
+            storage.apply(Changes(kv, {}, i), drop_accepted_through=0)
+    [log] = [p for p in path.iterdir() if p.suffix == ".log"]
+    size = log.stat().st_size
+    seen = set()
+    for cut in [1, *range(50, 4000, 150)]:
+        copy = tmp_path / f"cut{cut}"
+        copy.mkdir()
+        for item in path.iterdir():
+            (copy / item.name).write_bytes(item.read_bytes())
+        os.truncate(copy / log.name, size - cut)
+        with LevelDBStorage.open(copy, 1, "c") as storage:
+            state = storage.load()
+        applied = state.applied_index
+        assert state.kv == {
+            key: value
+            for i in range(1, applied + 1)
+            for key, value in ((b"a%d" % i, b"x" * 300), (b"b%d" % i, b"y" * 300))
+        }, f"cut {cut}"
+        seen.add(applied)
+    assert max(seen) == batches - 1 and min(seen) < batches - 4  # the cuts reached far back
+
+
 # ---- file systems that cannot write -----------------------------------------------------
 
 

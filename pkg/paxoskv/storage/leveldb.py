@@ -36,6 +36,10 @@ reopen, recovery drops the torn tail, so the failed batch is absent, whole.
 A handle may be used from several threads (the node fsyncs in a worker
 thread); its calls are serialised by a lock.
 
+The database runs with ``paranoid_checks``: a damaged record stops it with
+``Corrupt`` instead of being skipped in silence (a torn tail of the log, from
+a crash during a write, is still dropped quietly: that batch never returned).
+
 Dropping accepted entries scans ``accepted/`` from the lowest slot that may
 still be present (tracked in memory) up to ``drop_accepted_through``, so it
 does not walk the tombstones of earlier drops again.
@@ -157,7 +161,7 @@ class LevelDBStorage:
                     raise NotWritable(path, detail) from None
                 raise StorageError(f"data directory {detail}: check the path", path=path) from None
         try:
-            db = plyvel.DB(path, create_if_missing=create)
+            db = plyvel.DB(path, create_if_missing=create, paranoid_checks=True)
         except plyvel.Error as exc:
             raise _storage_error(path, exc) from None
         try:
