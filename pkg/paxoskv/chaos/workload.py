@@ -1,0 +1,255 @@
+"""The workload: concurrent clients doing Put/Get/Delete, every operation recorded.
+
+Rules
+-----
+* Each client is one logical, sequential process (one operation in flight)
+  with its own gRPC channels, one per node, each its own connection
+  (``grpc.use_local_subchannel_pool``): clients never share a connection.
+  Client ``c`` has the home node ``1 + c % n``: its operations start there,
+  so the load is spread over every node, followers included.
+* Keys come from a small set (``k0`` ... ``k{keys-1}``) so operations conflict.
+  Every put writes a value unique in the history (``<client>-<seq>``), so a
+  value read names the write that made it.
+* Put and Delete carry ``RequestHeader(client_id, sequence)``; a retry of
+  one operation reuses the pair, so it is applied at most once, and a retry
+  that reaches the cluster after the first attempt was applied is answered
+  with the first result.
+* Outcomes, as the checker defines them (``paxoskv.check``):
+
+  - ``ok``: an answer arrived (for a write after any number of retries).
+  - ``fail``: surely not applied: INVALID_ARGUMENT or FAILED_PRECONDITION on
+    the first attempt (a later attempt cannot make an earlier one undone).
+  - ``unknown``: everything else once the operation's deadline passed:
+    UNAVAILABLE (a forwarded command may still be chosen), DEADLINE_EXCEEDED,
+    a broken connection. Never dropped.
+
+* An attempt that fails with a retryable code is retried on another node:
+  the leader named in the ``paxoskv-leader`` trailing metadata if any, else
+  the next node in turn, after a short backoff, until the operation's
+  deadline (``op_timeout_s``). Each attempt has its own deadline
+  (``attempt_timeout_s``), so a paused node costs one attempt, not the op.
+* Times are the campaign clock (seconds since the campaign started), taken
+  immediately before the first attempt and immediately after the answer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import grpc
+
+from paxoskv.check import Operation, Recorder
+from paxoskv.v1 import kv_pb2, kv_pb2_grpc
+
+__all__ = ["ClientStats", "Workload", "WorkloadConfig", "channel_options"]
+
+LEADER_METADATA_KEY = "paxoskv-leader"
+_RETRYABLE = {
+    grpc.StatusCode.UNAVAILABLE,
+    grpc.StatusCode.DEADLINE_EXCEEDED,
+    grpc.StatusCode.CANCELLED,
+    grpc.StatusCode.UNKNOWN,
+    grpc.StatusCode.INTERNAL,
+    grpc.StatusCode.RESOURCE_EXHAUSTED,
+}
+_SURELY_NOT_APPLIED = {grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.FAILED_PRECONDITION}
+
+
+def channel_options(tag: str) -> list[tuple[str, object]]:
+    """Options for one private connection that notices a dead node fast."""
+    return [
+        ("grpc.use_local_subchannel_pool", 1),
+        ("grpc.primary_user_agent", f"paxoskv-chaos/{tag}"),
+        ("grpc.initial_reconnect_backoff_ms", 100),
+        ("grpc.min_reconnect_backoff_ms", 100),
+        ("grpc.max_reconnect_backoff_ms", 500),
+        ("grpc.enable_retries", 0),
+    ]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class WorkloadConfig:
+    clients: int = 12
+    keys: int = 5
+    p_get: float = 0.5
+    p_delete: float = 0.1  # the rest are puts
+    op_timeout_s: float = 3.0
+    attempt_timeout_s: float = 1.0
+    backoff_s: float = 0.02
+    think_s_max: float = 0.0  # pause between one client's operations, uniform in [0, max]
+
+    def __post_init__(self) -> None:
+        assert self.clients >= 1 and self.keys >= 1
+        assert 0 <= self.p_get and 0 <= self.p_delete and self.p_get + self.p_delete <= 1
+        assert 0 < self.attempt_timeout_s <= self.op_timeout_s
+
+
+@dataclass(slots=True)
+class ClientStats:
+    attempts: int = 0
+    retries: int = 0
+    errors: Counter = field(default_factory=Counter)  # status code name -> attempts
+
+
+class _Client:
+    def __init__(
+        self, wl: Workload, index: int, targets: dict[int, str], rng: random.Random, run_tag: str
+    ) -> None:
+        self.wl = wl
+        self.name = f"c{index}"
+        self.client_id = f"{run_tag}-c{index}"
+        ids = sorted(targets)
+        self.home = ids[index % len(ids)]
+        self.ids = ids
+        self.rng = rng
+        self.seq = 0
+        self.channels = {
+            i: grpc.aio.insecure_channel(t, options=channel_options(f"{self.name}-n{i}")) for i, t in targets.items()
+        }
+        self.stubs = {i: kv_pb2_grpc.KVStub(ch) for i, ch in self.channels.items()}
+
+    async def close(self) -> None:
+        for ch in self.channels.values():
+            await ch.close(grace=None)
+
+    async def run(self, stop: asyncio.Event) -> None:
+        cfg = self.wl.cfg
+        while not stop.is_set():
+            await self.one()
+            if cfg.think_s_max > 0:
+                await asyncio.sleep(self.rng.uniform(0, cfg.think_s_max))
+
+    async def one(self) -> Operation:
+        cfg = self.wl.cfg
+        key = f"k{self.rng.randrange(cfg.keys)}"
+        r = self.rng.random()
+        kind = "get" if r < cfg.p_get else "delete" if r < cfg.p_get + cfg.p_delete else "put"
+        if kind == "get":
+            return await self._do(kind, key, None, lambda: kv_pb2.GetRequest(key=key.encode()))
+        self.seq += 1
+        hdr = kv_pb2.RequestHeader(client_id=self.client_id, sequence=self.seq)
+        if kind == "put":
+            value = f"{self.name}-{self.seq}"
+            return await self._do(
+                kind, key, value, lambda: kv_pb2.PutRequest(request=hdr, key=key.encode(), value=value.encode())
+            )
+        return await self._do(kind, key, None, lambda: kv_pb2.DeleteRequest(request=hdr, key=key.encode()))
+
+    async def _do(self, kind: str, key: str, value: str | None, make) -> Operation:
+        wl = self.wl
+        cfg = wl.cfg
+        stats = wl.stats
+        req = make()
+        clock = wl.clock
+        op_id = wl.recorder.invoke(self.name, kind, key, value)
+        if kind == "put":
+            wl.on_write()
+        start = clock()
+        deadline = start + cfg.op_timeout_s
+        node = self.home
+        tried = 0
+        maybe_applied = False
+        last_code: str = ""
+        while True:
+            remaining = deadline - clock()
+            if remaining <= 0:
+                break
+            stub = self.stubs[node]
+            method = {"get": stub.Get, "put": stub.Put, "delete": stub.Delete}[kind]
+            stats.attempts += 1
+            if tried:
+                stats.retries += 1
+            tried += 1
+            try:
+                resp = await method(req, timeout=min(cfg.attempt_timeout_s, remaining))
+            except grpc.aio.AioRpcError as exc:
+                code = exc.code()
+                last_code = code.name
+                stats.errors[code.name] += 1
+                if code in _SURELY_NOT_APPLIED:
+                    if maybe_applied:
+                        break  # an earlier attempt may have been applied: unknown
+                    wl.notes[f"{kind} {code.name}: {exc.details()}"] += 1
+                    return wl.recorder.complete(op_id, "fail")
+                maybe_applied = maybe_applied or kind != "get"
+                node = self._next(node, exc)
+                await asyncio.sleep(min(cfg.backoff_s * (1 + self.rng.random()), max(0.0, deadline - clock())))
+                continue
+            if kind == "get":
+                out = resp.value.decode() if resp.found else None
+                return wl.recorder.complete(op_id, "ok", output_value=out)
+            existed = resp.existed if kind == "put" else resp.deleted
+            return wl.recorder.complete(op_id, "ok", output_existed=bool(existed))
+        wl.notes[f"{kind} unknown (last error {last_code or 'none'})"] += 1
+        return wl.recorder.complete(op_id, "unknown")
+
+    def _next(self, node: int, exc: grpc.aio.AioRpcError) -> int:
+        hint = _leader_hint(exc)
+        if hint is not None and hint in self.stubs and hint != node:
+            return hint
+        return self.ids[(self.ids.index(node) + 1) % len(self.ids)]
+
+
+def _leader_hint(exc: grpc.aio.AioRpcError) -> int | None:
+    try:
+        md = exc.trailing_metadata() or ()
+    except Exception:  # noqa: BLE001 - a broken call may have no metadata
+        return None
+    for k, v in md:
+        if k == LEADER_METADATA_KEY:
+            text = v.decode() if isinstance(v, bytes) else str(v)
+            head = text.split("=", 1)[0]
+            if head.isdigit():
+                return int(head)
+    return None
+
+
+class Workload:
+    """``clients`` concurrent clients against ``targets`` (node id -> host:port)."""
+
+    def __init__(
+        self,
+        cfg: WorkloadConfig,
+        targets: dict[int, str],
+        *,
+        seed: int,
+        clock: Callable[[], float] = time.monotonic,
+        run_tag: str = "chaos",
+        on_write: Callable[[], None] = lambda: None,
+    ) -> None:
+        self.cfg = cfg
+        self.clock = clock
+        self.recorder = Recorder(clock)
+        self.stats = ClientStats()
+        self.notes: Counter = Counter()
+        self.on_write = on_write
+        self.clients = [
+            _Client(self, c, targets, random.Random(f"{seed}/client/{c}"), run_tag) for c in range(cfg.clients)
+        ]
+        self._stop = asyncio.Event()
+        self._tasks: list[asyncio.Task] = []
+
+    def start(self) -> None:
+        self._tasks = [asyncio.create_task(c.run(self._stop), name=c.name) for c in self.clients]
+
+    async def stop(self) -> None:
+        """Let every client finish its operation in flight (bounded by its deadline)."""
+        self._stop.set()
+        if self._tasks:
+            await asyncio.wait(self._tasks, timeout=self.cfg.op_timeout_s + 5.0)
+            for t in self._tasks:
+                if not t.done():
+                    t.cancel()
+            for t in self._tasks:
+                if t.done() and not t.cancelled() and t.exception() is not None:
+                    raise t.exception()
+        for c in self.clients:
+            await c.close()
+
+    def history(self) -> list[Operation]:
+        return self.recorder.history()
