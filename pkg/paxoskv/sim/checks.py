@@ -1,0 +1,152 @@
+"""The simulator's invariant checkers.
+
+Rules:
+
+- ``AppliedLog`` watches every application of a slot on every node, across
+  crashes (a node that re-applies after a restart is checked again), and is
+  fed as it happens, so a violation is caught at the moment it occurs:
+  * agreement: no slot is ever applied with two different values, on any two
+    nodes or on one node in two lives;
+  * order: within one life, a node applies slots contiguously, each exactly
+    once, starting right after the applied index it restarted from.
+  Together these make every node's applied sequence a prefix of every other's;
+  ``check_prefixes`` checks that directly at the end as well.
+- ``check_acknowledged_writes`` checks the final state against the history
+  directly (the linearizability checker implies it; this one is independent
+  and cheap): for every key, the final value must come from a write that no
+  acknowledged write on that key started after the end of; a write that failed
+  must never be visible; an acknowledged write is lost if nothing that could
+  have overwritten it explains the final value.
+- ``check_convergence``: at the end of the liveness phase all nodes have the
+  same applied index and the same key-value map.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+from paxoskv.paxos.types import Value
+from paxoskv.sim.history import DELETE, FAIL, OK, PUT, Operation
+
+
+@dataclass(frozen=True, slots=True)
+class Violation:
+    kind: str  # agreement, order, prefix, acknowledged-write, linearizability, ...
+    detail: str
+    time_us: int
+
+    def __str__(self) -> str:
+        return f"[{self.time_us / 1000:.3f} ms] {self.kind}: {self.detail}"
+
+
+class AppliedLog:
+    """Every (slot -> value) any node ever applied; checks agreement and order."""
+
+    __slots__ = ("chosen", "by_node", "applications")
+
+    def __init__(self, node_ids: Sequence[int]) -> None:
+        self.chosen: dict[int, Value] = {}
+        self.by_node: dict[int, dict[int, Value]] = {n: {} for n in node_ids}
+        self.applications = 0
+
+    def record(self, node_id: int, slot: int, value: Value) -> str | None:
+        """Note that ``node_id`` applied ``value`` at ``slot``; a problem or None."""
+        self.applications += 1
+        first = self.chosen.setdefault(slot, value)
+        if first != value:
+            return f"slot {slot} applied as {_short(first)} before, now {_short(value)} on node {node_id}"
+        mine = self.by_node[node_id]
+        earlier = mine.setdefault(slot, value)
+        if earlier != value:  # unreachable given the global check; kept as a second guard
+            return f"node {node_id} re-applied slot {slot} with a different value"
+        return None
+
+
+def check_prefixes(by_node: Mapping[int, Mapping[int, Value]],
+                   start_by_node: Mapping[int, int] | None = None) -> list[str]:
+    """Each node's applied slots form a contiguous run, and any two nodes agree on
+    the slots both applied, so the shorter sequence is a prefix of the longer.
+
+    ``start_by_node`` gives, per node, the slot below which it never applied
+    one by one (it installed a snapshot there); default 0.
+    """
+    problems: list[str] = []
+    seqs: dict[int, list[Value]] = {}
+    for node, slots in by_node.items():
+        start = (start_by_node or {}).get(node, 0)
+        top = max(slots, default=start)
+        missing = [s for s in range(start + 1, top + 1) if s not in slots]
+        if missing:
+            problems.append(f"node {node} has holes in its applied slots: {missing[:10]}")
+        seqs[node] = [slots.get(s, ()) for s in range(1, top + 1)]
+    nodes = sorted(seqs)
+    for i, a in enumerate(nodes):
+        for b in nodes[i + 1:]:
+            sa, sb = seqs[a], seqs[b]
+            lo_a = (start_by_node or {}).get(a, 0)
+            lo_b = (start_by_node or {}).get(b, 0)
+            for slot in range(max(lo_a, lo_b) + 1, min(len(sa), len(sb)) + 1):
+                if sa[slot - 1] != sb[slot - 1]:
+                    problems.append(f"nodes {a} and {b} applied different values at slot {slot}")
+                    break
+    return problems
+
+
+def check_acknowledged_writes(history: Sequence[Operation],
+                              final: Mapping[bytes, bytes]) -> list[str]:
+    """Is every key's final value explained by a write no acknowledged write followed?"""
+    problems: list[str] = []
+    writes: dict[bytes, list[Operation]] = {}
+    for op in history:
+        if op.kind in (PUT, DELETE):
+            writes.setdefault(op.key, []).append(op)
+    by_value = {op.value: op for ops in writes.values() for op in ops if op.kind == PUT}
+    for key in sorted(set(writes) | set(final)):
+        ops = writes.get(key, [])
+        acked = [op for op in ops if op.outcome == OK]
+        # A write w may be the last to take effect only if no acknowledged
+        # write started after w returned (that one would come after w).
+        def may_be_last(w: Operation) -> bool:
+            if w.return_us is None:
+                return True
+            return not any(a.call_us > w.return_us for a in acked if a is not w)
+
+        value = final.get(key)
+        if value is not None:
+            w = by_value.get(value)
+            if w is None or w.key != key:
+                problems.append(f"key {key!r} holds {value!r}, which no put on it wrote")
+            elif w.outcome == FAIL:
+                problems.append(f"key {key!r} holds {value!r} from a failed write {w.describe()}")
+            elif not may_be_last(w):
+                later = [a.describe() for a in acked if w.return_us is not None
+                         and a.call_us > w.return_us]
+                problems.append(f"key {key!r} holds {value!r} from {w.describe()}, but these "
+                                f"acknowledged writes came after it: {later[:3]}")
+        else:
+            deletes = [w for w in ops if w.kind == DELETE and w.outcome != FAIL]
+            if acked and not any(may_be_last(d) for d in deletes):
+                last = max(acked, key=lambda a: a.call_us)
+                problems.append(f"key {key!r} is absent, but acknowledged {last.describe()} "
+                                f"was never overwritten by a delete")
+    return problems
+
+
+def check_convergence(applied_index: Mapping[int, int],
+                      states: Mapping[int, Mapping[bytes, bytes]]) -> list[str]:
+    problems: list[str] = []
+    if len(set(applied_index.values())) > 1:
+        problems.append(f"applied indexes differ: {dict(sorted(applied_index.items()))}")
+    nodes = sorted(states)
+    for other in nodes[1:]:
+        if states[other] != states[nodes[0]]:
+            a, b = states[nodes[0]], states[other]
+            diff = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
+            problems.append(f"nodes {nodes[0]} and {other} differ on keys {diff[:5]}")
+    return problems
+
+
+def _short(value: Value) -> str:
+    text = repr(value)
+    return text if len(text) <= 120 else text[:117] + "..."

@@ -1,0 +1,678 @@
+"""The deterministic cluster simulator: one seed, one run, every invariant checked.
+
+Rules:
+
+- One integer seed drives everything. ``random.Random(seed)`` draws the run's
+  parameters and then one 64-bit seed per component (network, nemesis, each
+  node's core and crash model, each client), always in the same order, so a
+  seed replays the exact same run, and a change in one component's use of
+  randomness does not reshuffle the others.
+- No wall clock, thread or socket: simulated microseconds and an event queue
+  (:mod:`paxoskv.sim.scheduler`). Nothing iterates an unordered container of
+  strings or bytes where the order could change what happens (hash seeds
+  differ between processes; the determinism test runs two processes).
+- Each node is a :class:`paxoskv.replica.Replica` over a
+  :class:`paxoskv.storage.memory.MemoryStorage`, driven exactly as the real
+  server drives it: after every input (tick, message, client request) the node
+  drains its Ready batches: persist, then send, then apply, then answer.
+- A crashed node loses its process (core, state machine, waiting clients,
+  inbox) and, by the storage's crash model, a random suffix of its unsynced
+  writes; it sends and receives nothing until it restarts as a new Replica on
+  what survived. A paused node keeps its memory but runs nothing; messages
+  and requests that reach it wait in its inbox until it resumes.
+- A run is a *safety phase* (clients run, the nemesis injects the faults its
+  profile allows) and then a *liveness phase*: heal every partition, stop
+  loss and duplication, resume and restart every node, stop the nemesis, and
+  demand that every pending client operation completes and every node
+  converges to the same applied index and state within ``LIVENESS_BOUND_US``.
+- Checked continuously: agreement and in-order application of every slot on
+  every node, across crashes. Checked at the end: prefixes, acknowledged
+  writes against the final state, linearizability of the client history
+  (``paxoskv.check``), convergence, liveness.
+- A run never raises for a bug it finds in the system under test: an
+  exception escaping the core, replica or state machine is a violation too,
+  reported with the seed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import random
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from paxoskv.kv.commands import encode_delete, encode_put
+from paxoskv.paxos.core import Core
+from paxoskv.paxos.types import Config, Message, Role
+from paxoskv.replica import Replica
+from paxoskv.sim.checks import (
+    AppliedLog,
+    Violation,
+    check_acknowledged_writes,
+    check_convergence,
+    check_prefixes,
+)
+from paxoskv.sim.clients import Client, ClientParams, Request
+from paxoskv.sim.history import DELETE, GET, OK, PENDING, PUT, UNKNOWN, Operation
+from paxoskv.sim.nemesis import FAULT_PROFILES, Nemesis
+from paxoskv.sim.network import DELAY_PROFILES, Network
+from paxoskv.sim.scheduler import Scheduler
+from paxoskv.storage.memory import MemoryStorage
+
+__all__ = [
+    "LIVENESS_BOUND_US",
+    "SimConfig",
+    "SimResult",
+    "Simulation",
+    "run_seed",
+]
+
+TICK_US = 10_000  # nominal tick period of a node (each node's clock drifts +-10%)
+# The liveness promise: once the nemesis stops, the network heals and every
+# node is up, every pending client operation completes and all nodes converge
+# within this much simulated time. (Election timeouts are at most
+# 2 * election_ticks_min ticks = 0.4 s; client timeouts at most 0.4 s.)
+LIVENESS_BOUND_US = 5_000_000
+SAFETY_PHASE_US_MIN = 1_000_000  # the safety phase's length is drawn in this range,
+SAFETY_PHASE_US_MAX = 3_000_000  # and ends earlier once every operation was invoked
+CONVERGENCE_POLL_US = 5_000
+CLUSTER_ID = "sim"
+
+
+@dataclass(frozen=True, slots=True)
+class SimConfig:
+    """What the caller chooses; the seed chooses everything else."""
+
+    seed: int
+    nodes: int = 3
+    ops: int = 200  # client operations invoked in the safety phase (at most)
+    faults: str = "full"
+    trace: bool = False  # keep a human-readable trace of every event
+    check_linearizability: bool = True
+    core_factory: type[Core] = Core  # the tests swap in a deliberately broken core
+
+    def __post_init__(self) -> None:
+        if self.nodes < 1:
+            raise ValueError(f"nodes must be >= 1, not {self.nodes}")
+        if self.ops < 0:
+            raise ValueError(f"ops must be >= 0, not {self.ops}")
+        if self.faults not in FAULT_PROFILES:
+            raise ValueError(f"faults must be one of {sorted(FAULT_PROFILES)}, not {self.faults!r}")
+
+    def replay_command(self) -> str:
+        cmd = f"paxoskv sim --seed {self.seed} --nodes {self.nodes}"
+        if self.ops != SimConfig.ops:
+            cmd += f" --ops {self.ops}"
+        if self.faults != SimConfig.faults:
+            cmd += f" --faults {self.faults}"
+        return cmd
+
+
+@dataclass(slots=True)
+class SimResult:
+    config: SimConfig
+    params: str  # the parameters the seed drew, one line
+    violations: list[Violation]
+    history: list[Operation]
+    ops_ok: int
+    ops_fail: int
+    ops_unknown: int
+    sim_time_us: int
+    safety_end_us: int
+    liveness_us: int | None  # time from heal to all done and converged
+    events: int
+    messages_sent: int
+    applied_slots: int  # the highest slot applied anywhere
+    nemesis_actions: dict[str, int]
+    digest: str  # fingerprint of the whole run (history, logs, counters)
+    trace: list[str] | None
+    real_time_s: float = 0.0
+
+    @property
+    def ok(self) -> bool:
+        return not self.violations
+
+    @property
+    def ops(self) -> int:
+        return len(self.history)
+
+    def summary(self) -> str:
+        live = "-" if self.liveness_us is None else f"{self.liveness_us / 1000:.0f}ms"
+        return (
+            f"seed {self.config.seed}: {'OK' if self.ok else 'VIOLATION'} ops={self.ops} "
+            f"(ok {self.ops_ok}, fail {self.ops_fail}, unknown {self.ops_unknown}) "
+            f"slots={self.applied_slots} sim={self.sim_time_us / 1e6:.2f}s "
+            f"safety={self.safety_end_us / 1e6:.2f}s liveness={live} events={self.events} "
+            f"msgs={self.messages_sent} real={self.real_time_s:.2f}s"
+        )
+
+
+class SimNode:
+    """One simulated process and the disk that outlives it."""
+
+    __slots__ = (
+        "node_id", "config", "storage", "rng", "crash_rng", "tick_us", "replica", "life",
+        "paused", "inbox", "write_waiters", "read_waiters", "applied_index", "crashes",
+    )
+
+    def __init__(self, node_id: int, config: Config, rng: random.Random, tick_us: int) -> None:
+        self.node_id = node_id
+        self.config = config
+        self.storage = MemoryStorage(node_id=node_id, cluster_id=CLUSTER_ID)
+        self.rng = rng  # seeds each life's core rng
+        self.crash_rng = random.Random(rng.getrandbits(64))
+        self.tick_us = tick_us
+        self.replica: Replica | None = None
+        self.life = 0
+        self.paused = False
+        self.inbox: list[tuple[Any, Any]] = []
+        # (client_id, sequence) -> [(client, op_id, token)] waiting for an Applied
+        self.write_waiters: dict[tuple[str, int], list[tuple[Client, int, int]]] = {}
+        # read id -> (client, op_id, token, key)
+        self.read_waiters: dict[int, tuple[Client, int, int, bytes]] = {}
+        self.applied_index = 0
+        self.crashes = 0
+
+    @property
+    def up(self) -> bool:
+        return self.replica is not None
+
+
+def _derive(rng: random.Random) -> random.Random:
+    return random.Random(rng.getrandbits(64))
+
+
+class Simulation:
+    """One run of one seed. ``run()`` once; read the ``SimResult``."""
+
+    def __init__(self, config: SimConfig) -> None:
+        self.config = config
+        root = random.Random(config.seed)
+        self.scheduler = Scheduler()
+        self.violations: list[Violation] = []
+        self.trace: list[str] | None = [] if config.trace else None
+        profile = FAULT_PROFILES[config.faults]
+
+        # ---- Parameters drawn from the seed (order matters: it is the replay).
+        n = config.nodes
+        self.node_ids: tuple[int, ...] = tuple(range(1, n + 1))
+        delay = root.choice(DELAY_PROFILES)
+        loss = root.choice((0.0, 0.02, 0.1, root.uniform(0.0, 0.3))) if profile.lossy else 0.0
+        duplicate = root.choice((0.0, 0.01, 0.05, 0.1)) if profile.lossy else 0.0
+        heartbeat_ticks, election_ticks_min = root.choice(((1, 10), (2, 10), (3, 12)))
+        inflight_slots_max = root.choice((1, 4, 16))
+        batch_commands_max = root.choice((1, 4, 64))
+        n_clients = root.randint(3, 12)
+        n_keys = root.randint(1, 5)
+        self.keys: tuple[bytes, ...] = tuple(f"k{i}".encode() for i in range(n_keys))
+        client_params = ClientParams(
+            think_min_us=0,
+            think_max_us=root.choice((1_000, 10_000, 40_000)),
+            timeout_us=root.choice((100_000, 200_000, 400_000)),
+            backoff_base_us=root.choice((2_000, 10_000)),
+            backoff_max_us=100_000,
+            give_up_attempts=root.choice((0, 3, 6)),
+            put_weight=root.randint(2, 5),
+            get_weight=root.randint(1, 4),
+            delete_weight=root.randint(0, 2),
+        )
+        self.client_loss = loss / 3
+        self.safety_us_max = root.randint(SAFETY_PHASE_US_MIN, SAFETY_PHASE_US_MAX)
+        self.params = (
+            f"nodes={n} net={delay.name} loss={loss:.3f} dup={duplicate:.2f} "
+            f"hb={heartbeat_ticks} election_min={election_ticks_min} "
+            f"inflight={inflight_slots_max} batch={batch_commands_max} clients={n_clients} "
+            f"keys={n_keys} think_max={client_params.think_max_us // 1000}ms "
+            f"timeout={client_params.timeout_us // 1000}ms give_up={client_params.give_up_attempts} "
+            f"safety_max={self.safety_us_max / 1e6:.2f}s"
+        )
+
+        # ---- Components, each with its own random stream.
+        self.net_rng = _derive(root)
+        self.network = Network(
+            self.scheduler, self.net_rng, delay, loss=loss, duplicate=duplicate,
+            deliver=self._deliver,
+        )
+        self.nemesis = Nemesis(self, _derive(root), profile)
+        self.params += " " + self.nemesis.describe()
+        self.nodes: dict[int, SimNode] = {}
+        for i in self.node_ids:
+            cfg = Config(
+                node_id=i, peers=self.node_ids, heartbeat_ticks=heartbeat_ticks,
+                election_ticks_min=election_ticks_min, inflight_slots_max=inflight_slots_max,
+                batch_commands_max=batch_commands_max,
+            )
+            node_rng = _derive(root)
+            tick_us = int(TICK_US * node_rng.uniform(0.9, 1.1))
+            self.nodes[i] = SimNode(i, cfg, node_rng, tick_us)
+        self.clients = [
+            Client(self, f"c{i}", _derive(root), client_params) for i in range(1, n_clients + 1)
+        ]
+
+        self.history: list[Operation] = []
+        self.applied = AppliedLog(self.node_ids)
+        self.phase = "safety"
+        self.ops_left = config.ops
+        self._next_read_id = 0
+        self._safety_end_us = 0
+        self._liveness_done_us: int | None = None
+        self._stop_reason = ""
+
+    # ---- Tracing ----------------------------------------------------------------
+
+    def note(self, text: str) -> None:
+        if self.trace is not None:
+            self.trace.append(f"{self.scheduler.now_us / 1000:10.3f} {text}")
+
+    def violation(self, kind: str, detail: str) -> None:
+        v = Violation(kind, detail, self.scheduler.now_us)
+        self.violations.append(v)
+        self.note(f"VIOLATION {v}")
+
+    # ---- Cluster view (for the nemesis) -----------------------------------------
+
+    def is_up(self, node_id: int) -> bool:
+        return self.nodes[node_id].up
+
+    def leader_id(self) -> int | None:
+        best = None
+        for node in self.nodes.values():
+            r = node.replica
+            if r is not None and r.core.role is Role.LEADER:
+                if best is None or r.core.ballot > best[0]:
+                    best = (r.core.ballot, node.node_id)
+        return None if best is None else best[1]
+
+    # ---- Node lifecycle -----------------------------------------------------------
+
+    def _start_node(self, node: SimNode) -> None:
+        node.life += 1
+        node.replica = Replica(
+            node.config, node.storage, _derive(node.rng), core_factory=self.config.core_factory
+        )
+        node.applied_index = node.replica.sm.applied_index
+        node.paused = False
+        self.note(f"n{node.node_id} start life {node.life} applied={node.applied_index} "
+                  f"promised={node.replica.core.promised}")
+        self._drain(node)
+
+    def crash(self, node_id: int) -> None:
+        node = self.nodes[node_id]
+        if node.replica is None:
+            return
+        lost = node.storage.crash(node.crash_rng)
+        node.replica = None
+        node.crashes += 1
+        node.paused = False
+        node.inbox.clear()
+        node.write_waiters.clear()
+        node.read_waiters.clear()
+        self.note(f"n{node_id} CRASH (lost {lost} unsynced batches)")
+
+    def restart(self, node_id: int) -> None:
+        node = self.nodes[node_id]
+        if node.replica is None:
+            self._guard(node, self._start_node, node)
+
+    def pause(self, node_id: int, duration_us: int) -> None:
+        node = self.nodes[node_id]
+        if node.replica is None or node.paused:
+            return
+        node.paused = True
+        self.note(f"n{node_id} PAUSE {duration_us / 1000:.1f}ms")
+        self.scheduler.after(duration_us, self._resume, (node_id, node.life))
+
+    def _resume(self, arg: tuple[int, int]) -> None:
+        node_id, life = arg
+        node = self.nodes[node_id]
+        if node.life != life or not node.paused:
+            return
+        node.paused = False
+        self.note(f"n{node_id} resume, {len(node.inbox)} waiting")
+        inbox, node.inbox = node.inbox, []
+        for fn, a in inbox:
+            if node.replica is None or node.paused:
+                break
+            fn(a)
+
+    def _tick(self, node: SimNode) -> None:
+        self.scheduler.after(node.tick_us, self._tick, node)
+        if node.replica is None or node.paused:
+            return
+        self._guard(node, self._tick_now, node)
+
+    def _tick_now(self, node: SimNode) -> None:
+        node.replica.tick()  # type: ignore[union-attr]
+        self._drain(node)
+
+    # ---- Inputs -----------------------------------------------------------------
+
+    def _deliver(self, msg: Message) -> None:
+        node = self.nodes[msg.to]
+        if node.replica is None:
+            return
+        if node.paused:
+            node.inbox.append((self._deliver, msg))
+            return
+        if self.trace is not None:
+            self.note(f"n{msg.to} <- {msg}")
+        self._guard(node, self._step_now, (node, msg))
+
+    def _step_now(self, arg: tuple[SimNode, Message]) -> None:
+        node, msg = arg
+        node.replica.step(msg)  # type: ignore[union-attr]
+        self._drain(node)
+
+    def _guard(self, node: SimNode, fn: Any, arg: Any) -> None:
+        """Run ``fn(arg)``; an exception from the system under test is a violation
+        and takes the node down (it would crash the real process)."""
+        try:
+            fn(arg)
+        except Exception as exc:  # noqa: BLE001 - the run must report, not raise
+            self.violation("exception", f"node {node.node_id}: {type(exc).__name__}: {exc}")
+            if node.replica is not None:
+                self.crash(node.node_id)
+
+    def _drain(self, node: SimNode) -> None:
+        """Handle Ready batches until the node has nothing to do: persist, send, apply."""
+        r = node.replica
+        assert r is not None
+        send = self.network.send
+        trace = self.trace
+        while True:
+            batch = r.persist()
+            if batch is None:
+                return
+            rd = batch.ready
+            if rd.empty():
+                # has_ready() may say yes while the leader's pipeline is full
+                # and nothing can move; apply() still releases waiting reads.
+                self._answer_reads(node, r.apply(batch).reads)
+                return
+            for m in rd.messages:
+                send(m)
+            if rd.committed:
+                nid = node.node_id
+                record = self.applied.record
+                expected = node.applied_index
+                for slot, value in rd.committed:
+                    expected += 1
+                    if slot != expected:
+                        self.violation("order", f"node {nid} applied slot {slot}, expected {expected}")
+                        expected = slot
+                    problem = record(nid, slot, value)
+                    if problem is not None:
+                        self.violation("agreement", problem)
+                node.applied_index = expected
+                if trace is not None:
+                    self.note(f"n{nid} apply {rd.committed[0][0]}..{rd.committed[-1][0]}")
+            done = r.apply(batch)
+            if done.results:
+                waiters = node.write_waiters
+                for a in done.results:
+                    ws = waiters.pop((a.client_id, a.sequence), None)
+                    if ws:
+                        for client, op_id, token in ws:
+                            self._answer(client, (op_id, token, "applied", a.result))
+            if done.reads:
+                self._answer_reads(node, done.reads)
+
+    def _answer_reads(self, node: SimNode, reads: list[tuple[int, bool]]) -> None:
+        r = node.replica
+        assert r is not None
+        read_waiters = node.read_waiters
+        for read_id, ok in reads:
+            w = read_waiters.pop(read_id, None)
+            if w is None:
+                continue
+            client, op_id, token, key = w
+            if ok:
+                self._answer(client, (op_id, token, "value", r.sm.get(key)))
+            else:
+                self._answer(client, (op_id, token, "refused", None))
+
+    # ---- Clients ----------------------------------------------------------------
+
+    def take_op(self) -> bool:
+        if self.phase != "safety" or self.ops_left <= 0:
+            return False
+        self.ops_left -= 1
+        if self.ops_left == 0:
+            # Every operation is invoked: end the safety phase a little later,
+            # so that faults still hit the operations in flight.
+            self.scheduler.after(self.net_rng.randint(0, 300_000), self._end_safety)
+        return True
+
+    def may_give_up(self) -> bool:
+        return self.phase == "safety"
+
+    def client_idle(self, client: Client) -> None:
+        pass
+
+    def _client_link_us(self) -> int:
+        return self.network.delay_us()
+
+    def send_request(self, req: Request) -> None:
+        if self.client_loss and self.net_rng.random() < self.client_loss:
+            return
+        self.scheduler.after(self._client_link_us(), self._on_request, req)
+
+    def _answer(self, client: Client, answer: tuple[int, int, str, Any]) -> None:
+        if self.client_loss and self.net_rng.random() < self.client_loss:
+            return
+        self.scheduler.after(self._client_link_us(), client.on_answer, answer)
+
+    def _on_request(self, req: Request) -> None:
+        node = self.nodes[req.node_id]
+        if node.replica is None:
+            return  # nobody listens: the client times out
+        if node.paused:
+            node.inbox.append((self._on_request, req))
+            return
+        self._guard(node, self._request_now, req)
+
+    def _request_now(self, req: Request) -> None:
+        node = self.nodes[req.node_id]
+        r = node.replica
+        assert r is not None
+        op = req.op
+        token = (req.client, op.op_id, req.token)
+        if op.kind == GET:
+            self._next_read_id += 1
+            rid = self._next_read_id
+            node.read_waiters[rid] = (req.client, op.op_id, req.token, op.key)
+            r.read(rid)
+        else:
+            if op.kind == PUT:
+                assert op.value is not None
+                cmd = encode_put(op.client_id, op.sequence, op.key, op.value)
+            else:
+                assert op.kind == DELETE
+                cmd = encode_delete(op.client_id, op.sequence, op.key)
+            if not r.propose(cmd):
+                self._answer(req.client, (op.op_id, req.token, "refused", None))
+                return
+            node.write_waiters.setdefault((op.client_id, op.sequence), []).append(token)
+        self._drain(node)
+
+    # ---- Phases -----------------------------------------------------------------
+
+    def _end_safety(self, _: Any = None) -> None:
+        if self.phase != "safety":
+            return
+        self.phase = "liveness"
+        now = self.scheduler.now_us
+        self._safety_end_us = now
+        self.note("=== liveness phase: heal, restart, no more faults ===")
+        self.nemesis.stop()
+        self.network.heal()
+        self.network.calm()
+        self.client_loss = 0.0
+        for node in self.nodes.values():
+            if node.replica is None:
+                self.restart(node.node_id)
+            elif node.paused:
+                self._resume((node.node_id, node.life))
+        self.scheduler.after(LIVENESS_BOUND_US, self._liveness_deadline)
+        self.scheduler.after(CONVERGENCE_POLL_US, self._poll_done)
+
+    def _pending_ops(self) -> list[Operation]:
+        return [c.op for c in self.clients if c.op is not None]
+
+    def _converged(self) -> bool:
+        target = None
+        for node in self.nodes.values():
+            r = node.replica
+            if r is None or node.paused:
+                return False
+            core = r.core
+            a = r.sm.applied_index
+            if a != core.commit_index:
+                return False
+            if target is None:
+                target = a
+            elif a != target:
+                return False
+        return True
+
+    def _poll_done(self, _: Any = None) -> None:
+        if self.phase != "liveness":
+            return
+        if not self._pending_ops() and self._converged():
+            self._liveness_done_us = self.scheduler.now_us
+            self.phase = "done"
+            self._stop_reason = "converged"
+            self.scheduler.stopped = True
+            return
+        self.scheduler.after(CONVERGENCE_POLL_US, self._poll_done)
+
+    def _liveness_deadline(self, _: Any = None) -> None:
+        if self.phase != "liveness":
+            return
+        pending = self._pending_ops()
+        status = {
+            n.node_id: (n.replica.core.status() if n.replica else "down") for n in self.nodes.values()
+        }
+        self.violation(
+            "liveness",
+            f"{LIVENESS_BOUND_US / 1e6:.1f}s after healing: {len(pending)} operations pending "
+            f"({[op.describe() for op in pending[:3]]}), converged={self._converged()}, "
+            f"nodes {status}",
+        )
+        self.phase = "done"
+        self._stop_reason = "deadline"
+        self.scheduler.stopped = True
+
+    # ---- The run ----------------------------------------------------------------
+
+    def run(self) -> SimResult:
+        started = time.perf_counter()
+        sched = self.scheduler
+        for node in self.nodes.values():
+            self._guard(node, self._start_node, node)
+            sched.after(node.rng.randint(0, node.tick_us), self._tick, node)
+        for client in self.clients:
+            client.start()
+        self.nemesis.start()
+        sched.after(self.safety_us_max, self._end_safety)
+        sched.run()
+        if self.phase != "done":
+            self.violation("liveness", "the event queue ran dry")
+        self._final_checks()
+        return self._result(time.perf_counter() - started)
+
+    def _final_checks(self) -> None:
+        for op in self.history:
+            if op.outcome == PENDING:
+                op.finish(UNKNOWN, self.scheduler.now_us)
+        for problem in check_prefixes(self.applied.by_node):
+            self.violation("prefix", problem)
+        up = [n for n in self.nodes.values() if n.replica is not None]
+        if self._stop_reason == "converged" and up:
+            states = {n.node_id: dict(n.replica.sm.items()) for n in up}  # type: ignore[union-attr]
+            applied = {n.node_id: n.replica.sm.applied_index for n in up}  # type: ignore[union-attr]
+            for problem in check_convergence(applied, states):
+                self.violation("convergence", problem)
+            final = states[up[0].node_id]
+            for problem in check_acknowledged_writes(self.history, final):
+                self.violation("acknowledged-write", problem)
+            for node in up:
+                for slot in range(1, applied[node.node_id] + 1):
+                    if slot not in self.applied.by_node[node.node_id]:
+                        self.violation("prefix", f"node {node.node_id} at {applied[node.node_id]} "
+                                       f"never applied slot {slot}")
+                        break
+        if self.config.check_linearizability:
+            problem = check_linearizable(self.history)
+            if problem is not None:
+                self.violation("linearizability", problem)
+
+    def _result(self, real_time_s: float) -> SimResult:
+        h = hashlib.sha256()
+        for op in self.history:
+            h.update(repr((op.op_id, op.client_id, op.kind, op.key, op.value, op.sequence,
+                           op.call_us, op.return_us, op.outcome, op.existed, op.attempts)).encode())
+        for nid in self.node_ids:
+            h.update(repr(sorted(self.applied.by_node[nid].items())).encode())
+        stats = self.network.stats
+        h.update(repr((self.scheduler.now_us, self.scheduler.events_run, stats.sent,
+                       stats.delivered, stats.lost, stats.cut, stats.duplicated,
+                       [str(v) for v in self.violations])).encode())
+        return SimResult(
+            config=self.config,
+            params=self.params,
+            violations=list(self.violations),
+            history=self.history,
+            ops_ok=sum(1 for op in self.history if op.outcome == OK),
+            ops_fail=sum(1 for op in self.history if op.outcome == "fail"),
+            ops_unknown=sum(1 for op in self.history if op.outcome == UNKNOWN),
+            sim_time_us=self.scheduler.now_us,
+            safety_end_us=self._safety_end_us,
+            liveness_us=(None if self._liveness_done_us is None
+                         else self._liveness_done_us - self._safety_end_us),
+            events=self.scheduler.events_run,
+            messages_sent=stats.sent,
+            applied_slots=max(self.applied.chosen, default=0),
+            nemesis_actions=dict(self.nemesis.actions_run),
+            digest=h.hexdigest(),
+            trace=self.trace,
+            real_time_s=real_time_s,
+        )
+
+
+def check_linearizable(history: list[Operation]) -> str | None:
+    """Run ``paxoskv.check`` on the history; a description of the problem, or None."""
+    from paxoskv.check import check_history  # noqa: PLC0415 - lands with the checker
+
+    verdict = check_history(to_check_operations(history))
+    if verdict.ok:
+        return None
+    return str(verdict)
+
+
+def to_check_operations(history: list[Operation]) -> list[Any]:
+    """The history in ``paxoskv.check``'s format (simulated milliseconds)."""
+    from paxoskv.check.history import Operation as CheckOp  # noqa: PLC0415
+
+    out = []
+    for op in history:
+        ok = op.outcome == OK
+        out.append(CheckOp(
+            id=op.op_id,
+            client=op.client_id,
+            op=op.kind,
+            key=op.key.decode(),
+            value=op.value.decode() if op.kind == PUT and op.value is not None else None,
+            call=op.call_us / 1000,
+            ret=None if op.return_us is None else op.return_us / 1000,
+            outcome=op.outcome,
+            output_value=(op.value.decode() if ok and op.kind == GET and op.value is not None
+                          else None),
+            output_existed=op.existed if ok and op.kind != GET else None,
+        ))
+    return out
+
+
+def run_seed(seed: int, **kwargs: Any) -> SimResult:
+    return Simulation(SimConfig(seed=seed, **kwargs)).run()
