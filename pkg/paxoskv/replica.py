@@ -15,19 +15,74 @@ the state it vouches for is durable. ``apply`` writes the state machine's
 changes and the applied index in one atomic batch, so a restart never applies
 an entry twice. Reads are released once the local state machine has applied
 their read index. The replica owns no clock, socket or thread.
+
+Compaction and snapshots
+------------------------
+After applying, once more than ``retain_entries + compact_step_entries``
+chosen entries are kept, the oldest are dropped (core and storage), keeping
+``retain_entries`` so that a briefly lagging peer still catches up from the
+log. A peer that needs what was dropped is told so by its catch-up reply; its
+core then asks (``Ready.snapshot_from``) and the replicas transfer a snapshot:
+
+* receiver -> sender ``SnapshotAck(snapshot_index=0, offset=0)``: "send me one";
+* sender opens a consistent snapshot of its applied state (taken without
+  stopping the node) and sends it one ``SnapshotChunk`` at a time;
+* receiver stages each chunk and acks the next offset it wants; the sender
+  sends the next chunk, or resends the last one when the ack repeats it;
+* on the last chunk the receiver verifies the checksum and installs the
+  snapshot in one atomic storage switch, rebuilds its state machine, tells its
+  core, and acks ``done``.
+
+Either side restarts the transfer from scratch after a timeout; a crash at
+any point leaves the receiver's store on its old state or the new one.
 """
 
 from __future__ import annotations
 
 import heapq
+import logging
 import random
 from dataclasses import dataclass, field
+from typing import Iterator
 
 from paxoskv.kv.commands import Limits
 from paxoskv.kv.state_machine import Applied, KVStateMachine
 from paxoskv.paxos.core import Core
-from paxoskv.paxos.types import Config, Message, Ready
+from paxoskv.paxos.types import Config, Message, Ready, SnapshotAck, SnapshotChunk
 from paxoskv.storage.base import Storage
+
+log = logging.getLogger("paxoskv.replica")
+
+
+@dataclass(slots=True)
+class _Sending:
+    """A snapshot this node is streaming to one peer (stop-and-wait)."""
+
+    source: object  # storage SnapshotSource
+    chunks: Iterator[bytes]
+    index: int
+    offset: int  # offset of ``last``
+    last: bytes  # the chunk in flight
+    ahead: bytes | None  # the chunk after it (prefetched); None: ``last`` is the end
+    activity_tick: int
+
+    def advance(self) -> None:
+        assert self.ahead is not None
+        self.offset += len(self.last)
+        self.last = self.ahead
+        self.ahead = next(self.chunks, None)
+
+
+@dataclass(slots=True)
+class _Receiving:
+    """A snapshot this node is receiving from one peer."""
+
+    peer: int
+    installer: object | None  # storage SnapshotInstaller, once the first chunk came
+    index: int
+    offset: int  # next offset wanted
+    activity_tick: int
+    started_tick: int
 
 
 @dataclass(slots=True)
@@ -59,12 +114,16 @@ class Replica:
         limits: Limits | None = None,
         sessions_max: int = 100_000,
         core_factory: type[Core] = Core,
+        retain_entries: int = 10_000,
+        compact_step_entries: int = 1_000,
+        snapshot_chunk_bytes: int = 256 << 10,
+        snapshot_timeout_ticks: int = 200,
     ) -> None:
         state = storage.load()
         self.storage = storage
-        self.sm = KVStateMachine(
-            state.kv, state.sessions, state.applied_index, limits or Limits(), sessions_max
-        )
+        self._limits = limits or Limits()
+        self._sessions_max = sessions_max
+        self.sm = KVStateMachine(state.kv, state.sessions, state.applied_index, self._limits, sessions_max)
         self.core = core_factory(
             config,
             rng,
@@ -75,14 +134,31 @@ class Replica:
             applied_index=state.applied_index,
         )
         self._reads_waiting: list[tuple[int, int]] = []  # heap of (read index, read id)
+        self.retain_entries = retain_entries
+        self.compact_step_entries = compact_step_entries
+        self.snapshot_chunk_bytes = snapshot_chunk_bytes
+        self.snapshot_timeout_ticks = snapshot_timeout_ticks
+        self._ticks = 0
+        self._outbox: list[Message] = []
+        self._sending: dict[int, _Sending] = {}
+        self._receiving: _Receiving | None = None
+        self.snapshots_installed = 0
+        self.snapshots_sent = 0
 
     # ---- Inputs ----------------------------------------------------------------
 
     def tick(self) -> None:
+        self._ticks += 1
         self.core.tick()
+        self._snapshot_timeouts()
 
     def step(self, msg: Message) -> None:
-        self.core.step(msg)
+        if isinstance(msg, SnapshotChunk):
+            self._on_snapshot_chunk(msg)
+        elif isinstance(msg, SnapshotAck):
+            self._on_snapshot_ack(msg)
+        else:
+            self.core.step(msg)
 
     def propose(self, command: bytes) -> bool:
         return self.core.propose(command)
@@ -101,9 +177,15 @@ class Replica:
 
     def prepare(self) -> Batch | None:
         """Step 1a: collect the core's Ready (None when there is nothing to do)."""
-        if not self.core.has_ready():
+        if not (self.core.has_ready() or self._outbox):
             return None
-        return Batch(self.core.ready())
+        rd = self.core.ready()
+        if rd.snapshot_from is not None:
+            self._want_snapshot(rd.snapshot_from)
+        if self._outbox:
+            rd.messages.extend(self._outbox)
+            self._outbox = []
+        return Batch(rd)
 
     def write(self, batch: Batch) -> None:
         """Step 1b: one storage write, synced when the Ready must be durable.
@@ -122,6 +204,8 @@ class Replica:
                 done.results.extend(sm.apply(slot, value))
             self.storage.apply(sm.take_changes(), drop_accepted_through=rd.committed[-1][0])
         self.core.advance(rd)
+        if rd.committed:
+            self._maybe_compact()
         applied = self.sm.applied_index
         for rs in rd.reads:
             if not rs.ok:
@@ -143,3 +227,129 @@ class Replica:
         if batch.messages:
             send(batch.messages)
         return self.apply(batch)
+
+    # ---- Compaction ------------------------------------------------------------
+
+    def _maybe_compact(self) -> None:
+        core = self.core
+        kept = core.applied_index - core.log_start + 1
+        if kept <= self.retain_entries + self.compact_step_entries:
+            return
+        through = core.applied_index - self.retain_entries
+        core.compact(through)
+        self.storage.compact(through)
+
+    # ---- Snapshot transfer: receiving ------------------------------------------
+
+    def _want_snapshot(self, peer: int) -> None:
+        rx = self._receiving
+        if rx is not None:
+            return  # one transfer at a time; its timeout restarts it
+        self._receiving = _Receiving(peer, None, 0, 0, self._ticks, self._ticks)
+        self._send(SnapshotAck(frm=self.core.id, to=peer, snapshot_index=0, offset=0, done=False))
+
+    def _on_snapshot_chunk(self, msg: SnapshotChunk) -> None:
+        rx = self._receiving
+        me = self.core.id
+        if rx is None or rx.peer != msg.frm:
+            return  # not asked for (or from a transfer we gave up): ignore
+        if msg.offset == 0 and (rx.installer is None or msg.snapshot_index != rx.index):
+            self._abort_receiving(keep=True)
+            rx.installer = self.storage.begin_install()
+            rx.index = msg.snapshot_index
+            rx.offset = 0
+        if rx.installer is None or msg.snapshot_index != rx.index or msg.offset != rx.offset:
+            # A duplicate or a stray: ask again for what we want.
+            self._send(SnapshotAck(frm=me, to=msg.frm, snapshot_index=rx.index, offset=rx.offset, done=False))
+            return
+        rx.activity_tick = self._ticks
+        try:
+            rx.installer.write(msg.data)
+            rx.offset += len(msg.data)
+            if not msg.last:
+                self._send(SnapshotAck(frm=me, to=msg.frm, snapshot_index=rx.index, offset=rx.offset, done=False))
+                return
+            index = rx.installer.finish()
+        except Exception as exc:  # a corrupt or refused snapshot: start over later
+            log.warning("node %d: snapshot from node %d refused: %s", me, msg.frm, exc)
+            self._abort_receiving()
+            return
+        rx.installer = None
+        self._receiving = None
+        self._reload_after_install(index)
+        self._send(SnapshotAck(frm=me, to=msg.frm, snapshot_index=index, offset=rx.offset, done=True))
+
+    def _reload_after_install(self, index: int) -> None:
+        state = self.storage.load()
+        assert state.applied_index == index, f"installed snapshot at {index}, storage says {state.applied_index}"
+        self.sm = KVStateMachine(state.kv, state.sessions, state.applied_index, self._limits, self._sessions_max)
+        self.core.install_snapshot(index)
+        self.snapshots_installed += 1
+        log.info("node %d: installed a snapshot at index %d", self.core.id, index)
+
+    def _abort_receiving(self, keep: bool = False) -> None:
+        rx = self._receiving
+        if rx is None:
+            return
+        if rx.installer is not None:
+            try:
+                rx.installer.abort()
+            except Exception as exc:  # noqa: BLE001 - aborting is best effort
+                log.warning("node %d: aborting a snapshot install: %s", self.core.id, exc)
+            rx.installer = None
+        if not keep:
+            self._receiving = None
+
+    # ---- Snapshot transfer: sending ------------------------------------------
+
+    def _on_snapshot_ack(self, msg: SnapshotAck) -> None:
+        peer = msg.frm
+        tx = self._sending.get(peer)
+        if msg.snapshot_index == 0 and msg.offset == 0 and not msg.done:
+            self._close_sending(peer)
+            self._start_sending(peer)
+            return
+        if tx is None or msg.snapshot_index != tx.index:
+            return
+        tx.activity_tick = self._ticks
+        if msg.done:
+            self.snapshots_sent += 1
+            self._close_sending(peer)
+        elif msg.offset == tx.offset:
+            self._send_chunk(peer, tx)  # the last one was lost: again
+        elif msg.offset == tx.offset + len(tx.last) and tx.ahead is not None:
+            tx.advance()
+            self._send_chunk(peer, tx)
+
+    def _start_sending(self, peer: int) -> None:
+        source = self.storage.open_snapshot()
+        chunks = iter(source.chunks(self.snapshot_chunk_bytes))
+        first = next(chunks, b"")
+        tx = _Sending(source, chunks, source.applied_index, 0, first, next(chunks, None), self._ticks)
+        self._sending[peer] = tx
+        self._send_chunk(peer, tx)
+
+    def _send_chunk(self, peer: int, tx: _Sending) -> None:
+        self._send(
+            SnapshotChunk(
+                frm=self.core.id, to=peer, snapshot_index=tx.index, offset=tx.offset,
+                data=tx.last, last=tx.ahead is None, total_size=0, sha256=b"",
+            )
+        )
+
+    def _close_sending(self, peer: int) -> None:
+        tx = self._sending.pop(peer, None)
+        if tx is not None:
+            tx.source.close()
+
+    def _snapshot_timeouts(self) -> None:
+        limit = self._ticks - self.snapshot_timeout_ticks
+        for peer in [p for p, tx in self._sending.items() if tx.activity_tick <= limit]:
+            self._close_sending(peer)
+        rx = self._receiving
+        if rx is not None and rx.activity_tick <= limit:
+            self._abort_receiving()
+            # The core asks again (its catch-up retry meets the compacted log).
+
+    def _send(self, msg: Message) -> None:
+        self._outbox.append(msg)
