@@ -15,7 +15,7 @@ Rules
                  ``kill-fsync``: SIGKILL the leader (same coin) at the first
                  instant one of its threads is inside fsync/fdatasync, read
                  from ``/proc`` while clients write (the write path).
-                 ``kill-election``: SIGKILL the leader, watch the others every
+                 ``kill-election``: SIGKILL the leader (always), watch the others every
                  few ms, and SIGKILL the first that runs for leader or wins,
                  while the election is in progress; restart both.
                  And at the end of the run, a full-cluster SIGKILL and
@@ -45,7 +45,9 @@ from paxoskv.chaos.cluster import Cluster
 from paxoskv.chaos.monitor import Monitor
 from paxoskv.chaos.net import LoopbackNetwork, NamespaceNetwork
 
-__all__ = ["EPISODES", "FAULT_FAMILIES", "FaultEvent", "HealthPoint", "Nemesis", "NemesisConfig"]
+__all__ = [
+    "EPISODES", "FAULT_FAMILIES", "FaultEvent", "HealthPoint", "Nemesis", "NemesisConfig", "majority_connected",
+]
 
 FAULT_FAMILIES = ("kill", "pause", "partition")
 # family -> (episode, weight)
@@ -93,6 +95,31 @@ class HealthPoint:
     majority_ok: bool
 
 
+def majority_connected(ids: Iterable[int], up: Iterable[int], cut: Iterable[tuple[int, int]]) -> bool:
+    """Whether some group of ``up`` nodes that can all reach each other (through
+    each other) under the ``cut`` pairs is a majority of ``ids``."""
+    ids = list(ids)
+    up = set(up)
+    cut = {(min(a, b), max(a, b)) for a, b in cut}
+    need = len(ids) // 2 + 1
+    seen: set[int] = set()
+    for i in sorted(up):
+        if i in seen:
+            continue
+        group = {i}
+        frontier = [i]
+        while frontier:
+            a = frontier.pop()
+            for b in up:
+                if b not in group and (min(a, b), max(a, b)) not in cut:
+                    group.add(b)
+                    frontier.append(b)
+        seen |= group
+        if len(group) >= need:
+            return True
+    return False
+
+
 @dataclass(slots=True)
 class _Draw:
     """One episode's random choices, drawn before looking at the cluster."""
@@ -137,26 +164,8 @@ class Nemesis:
     # ---- Health bookkeeping -----------------------------------------------------------
 
     def majority_ok(self) -> bool:
-        ids = self.cluster.ids
-        up = {i for i in ids if self.cluster.up(i)}
-        need = len(ids) // 2 + 1
-        # the largest connected group of up nodes under the current cut
-        best = 0
-        seen: set[int] = set()
-        for i in up:
-            if i in seen:
-                continue
-            group = {i}
-            frontier = [i]
-            while frontier:
-                a = frontier.pop()
-                for b in up:
-                    if b not in group and (min(a, b), max(a, b)) not in self.cut:
-                        group.add(b)
-                        frontier.append(b)
-            seen |= group
-            best = max(best, len(group))
-        return best >= need
+        c = self.cluster
+        return majority_connected(c.ids, {i for i in c.ids if c.up(i)}, self.cut)
 
     def note_health(self) -> None:
         ok = self.majority_ok()
@@ -252,8 +261,8 @@ class Nemesis:
             c.start(t)
             self._end(ev)
         elif d.kind == "kill-election":
-            first = self._target(d)
-            ev = self._begin("kill-election", [first])
+            first = self._target(_Draw("", True, d.pick, 0, 0, 0, 0))  # always the leader when known
+            ev = self._begin("kill-election", [first], "leader" if first == self.monitor.leader() else "")
             await asyncio.to_thread(c.kill, first)
             self.note_health()
             second, how = await self._watch_election(exclude=first)
@@ -262,7 +271,7 @@ class Nemesis:
                 how = "no candidate seen in time"
             await asyncio.to_thread(c.kill, second)
             ev.targets = (first, second)
-            ev.detail = f"then node {second} ({how})"
+            ev.detail += f"{', ' if ev.detail else ''}then node {second} ({how})"
             self.note_health()
             await asyncio.sleep(d.down_s)
             c.start(first)
