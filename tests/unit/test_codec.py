@@ -165,6 +165,14 @@ def test_round_trip_of_defaults_keeps_presence() -> None:
         assert decode(encode(msg, "")) == ("", msg)
 
 
+def test_decode_takes_a_view_and_the_message_owns_its_bytes() -> None:
+    msg = Forward(frm=2, to=1, commands=(b"abc", b"defg"))
+    buf = bytearray(encode(msg, "c"))
+    got = decode(memoryview(buf))
+    buf[:] = bytes(len(buf))  # the receive buffer is reused
+    assert got == ("c", msg)
+
+
 def test_wire_is_the_envelope_of_the_schema() -> None:
     """The bytes are the schema's Envelope, fields named as in the proto."""
     msg = Accept(frm=3, to=1, ballot=Ballot(7, 3), entries=((9, (b"a", b"b")),), commit=4)

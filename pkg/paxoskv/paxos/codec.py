@@ -254,8 +254,11 @@ _ENCODERS: dict[type[Message], Callable[[Message, peer_pb2.Envelope], None]] = {
 # ---- decode -------------------------------------------------------------------
 
 
-def decode(data: bytes) -> tuple[str, Message]:
+def decode(data: bytes | memoryview) -> tuple[str, Message]:
     """Parse one ``Envelope``: return ``(cluster_id, message)``.
+
+    ``data`` may be any bytes-like object (the bus passes a zero-copy view of
+    the ZeroMQ frame); the message returned owns its bytes.
 
     Raises :class:`CodecError`, and only that, when ``data`` is not a
     well-formed peer message.

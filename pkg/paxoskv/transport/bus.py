@@ -77,6 +77,7 @@ TCP_KEEPALIVE_INTVL_S = 5
 TCP_KEEPALIVE_CNT = 3
 DEALER_INBOUND_BYTES_MAX = 4096  # nothing legitimate ever arrives on a DEALER
 ZERO_COPY_BYTES_MIN = 64 << 10  # below this libzmq copies anyway
+_NOBLOCK = int(zmq.NOBLOCK)  # a plain int skips pyzmq's enum conversion on the hot path
 
 
 class BusClosed(Exception):
@@ -398,29 +399,39 @@ class PeerBus:
             raise BusClosed("bus closed while receiving")
 
     def _drain(self, out: list[Message], max_messages: int) -> None:
-        recv = self._router_sync.recv_multipart  # type: ignore[union-attr]
+        # recv_multipart asks libzmq for RCVMORE through the option enums on every
+        # frame; reading frames by hand with Frame.more is several times cheaper.
+        sock = self._router_sync
+        assert sock is not None
+        recv = sock.recv
         accept = self._accept
         for _ in range(max_messages):
             try:
-                frames = recv(zmq.NOBLOCK)
+                identity = recv(_NOBLOCK)
             except zmq.Again:
                 return
-            msg = accept(frames)
+            # A ROUTER delivers the identity and every part of a message at once.
+            frame = recv(_NOBLOCK, copy=False)
+            extra = 0
+            more = frame.more
+            while more:
+                more = recv(_NOBLOCK, copy=False).more
+                extra += 1
+            msg = accept(identity, frame, extra)
             if msg is not None:
                 out.append(msg)
 
-    def _accept(self, frames: list[bytes]) -> Message | None:
+    def _accept(self, identity: bytes, frame: zmq.Frame, extra_frames: int) -> Message | None:
         """Validate one received ZeroMQ message; the core message, or None."""
-        identity = frames[0]
-        if len(frames) != 2:
-            return self._reject(identity, DropReason.MALFORMED, f"{len(frames) - 1} frames, not 1")
-        data = frames[1]
-        if len(data) > self.frame_bytes_max:
+        if extra_frames:
+            return self._reject(identity, DropReason.MALFORMED, f"{extra_frames + 1} frames, not 1")
+        size = len(frame)
+        if size > self.frame_bytes_max:
             return self._reject(
-                identity, DropReason.OVERSIZED, f"{len(data)} B > frame_bytes_max={self.frame_bytes_max}"
+                identity, DropReason.OVERSIZED, f"{size} B > frame_bytes_max={self.frame_bytes_max}"
             )
         try:
-            cluster_id, msg = decode(data)
+            cluster_id, msg = decode(frame.buffer)
         except CodecError as e:
             return self._reject(identity, DropReason.MALFORMED, e.reason)
         if cluster_id != self.cluster_id:
