@@ -173,6 +173,14 @@ def test_decode_takes_a_view_and_the_message_owns_its_bytes() -> None:
     assert got == ("c", msg)
 
 
+def test_many_distinct_ballots_round_trip() -> None:
+    """More ballots than the decoder's value cache holds: each still decodes to itself."""
+    for r in range(3 * codec._BALLOT_CACHE_MAX):
+        msg = Nack(frm=1, to=2, ballot=Ballot(r, 1 + r % 7), promised=Ballot(r + 1, 3))
+        assert decode(encode(msg, "c")) == ("c", msg)
+    assert len(codec._BALLOT_CACHE) <= codec._BALLOT_CACHE_MAX
+
+
 def test_wire_is_the_envelope_of_the_schema() -> None:
     """The bytes are the schema's Envelope, fields named as in the proto."""
     msg = Accept(frm=3, to=1, ballot=Ballot(7, 3), entries=((9, (b"a", b"b")),), commit=4)

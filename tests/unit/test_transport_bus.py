@@ -390,6 +390,32 @@ def test_dead_peer_costs_counted_drops_not_memory() -> None:
     run(scenario)
 
 
+def test_black_hole_peer_gets_nothing_queued() -> None:
+    """A port whose kernel accepts TCP but where nothing speaks ZMTP (a hung
+    process): the connection never completes, so nothing is queued for it."""
+
+    async def scenario() -> None:
+        addrs = addresses([1, 2])
+        hole = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        try:
+            hole.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            hole.bind(addrs[2])
+            hole.listen(16)  # never accepted, never answered
+            async with AsyncExitStack() as stack:
+                a = await started(stack, make_bus(1, addrs))
+                msg = hb(1, 2)
+                n = 10_000
+                for k in range(n):
+                    assert not a.send(msg)
+                    if k % 1000 == 0:
+                        await asyncio.sleep(0)  # let libzmq try its connection
+                assert a.stats.send_dropped == n and not a.peer_status()[2].writable
+        finally:
+            hole.close()
+
+    run(scenario)
+
+
 def test_slow_peer_fills_its_queue_then_sends_are_dropped() -> None:
     """A peer that never reads: the high-water marks bound what is queued."""
 

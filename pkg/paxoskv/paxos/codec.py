@@ -280,17 +280,26 @@ def decode(data: bytes | memoryview) -> tuple[str, Message]:
     return env.cluster_id, _DECODERS[which](env, frm, to)
 
 
+# Nearly every message of a leadership carries the same ballot: reuse the value
+# object instead of building a frozen dataclass per message.  Bounded by clearing.
+_BALLOT_CACHE: dict[tuple[int, int], Ballot] = {}
+_BALLOT_CACHE_MAX = 1024
+
+
 def _ballot(holder: object, name: str, where: str) -> Ballot:
     if not holder.HasField(name):  # type: ignore[attr-defined]
         raise CodecError(f"{where}.{name}: missing ballot")
     pb = getattr(holder, name)
-    rnd = pb.round
-    node = pb.node
-    if node == 0:
-        if rnd != 0:
-            raise CodecError(f"{where}.{name}: ballot {rnd}.0 has no node")
-        return ZERO_BALLOT
-    return Ballot(rnd, node)
+    key = (pb.round, pb.node)
+    ballot = _BALLOT_CACHE.get(key)
+    if ballot is not None:
+        return ballot
+    if key[1] == 0 and key[0] != 0:
+        raise CodecError(f"{where}.{name}: ballot {key[0]}.0 has no node")
+    if len(_BALLOT_CACHE) >= _BALLOT_CACHE_MAX:
+        _BALLOT_CACHE.clear()
+    ballot = _BALLOT_CACHE[key] = ZERO_BALLOT if key == (0, 0) else Ballot(*key)
+    return ballot
 
 
 def _slot_values(pbs: object, where: str) -> tuple[tuple[int, Value], ...]:

@@ -77,7 +77,10 @@ TCP_KEEPALIVE_INTVL_S = 5
 TCP_KEEPALIVE_CNT = 3
 DEALER_INBOUND_BYTES_MAX = 4096  # nothing legitimate ever arrives on a DEALER
 ZERO_COPY_BYTES_MIN = 64 << 10  # below this libzmq copies anyway
-_NOBLOCK = int(zmq.NOBLOCK)  # a plain int skips pyzmq's enum conversion on the hot path
+# Plain ints skip pyzmq's enum conversions on the hot path.
+_NOBLOCK = int(zmq.NOBLOCK)
+_EVENTS = int(zmq.EVENTS)
+_POLLOUT = int(zmq.POLLOUT)
 
 
 class BusClosed(Exception):
@@ -319,7 +322,7 @@ class PeerBus:
         assert sock is not None
         # While a peer is refusing messages (down, or its queue full), ask libzmq
         # before paying for an encoding and an exception per dropped message.
-        if peer.refusing and not sock.get(zmq.EVENTS) & zmq.POLLOUT:
+        if peer.refusing and not sock.get(_EVENTS) & _POLLOUT:
             self._count_send_drop(peer, "not connected or send queue full")
             return False
         data = encode(msg, self.cluster_id)
@@ -332,7 +335,7 @@ class PeerBus:
             )
             return False
         try:
-            sock.send(data, zmq.NOBLOCK, copy=len(data) < ZERO_COPY_BYTES_MIN)
+            sock.send(data, _NOBLOCK, copy=len(data) < ZERO_COPY_BYTES_MIN)
         except zmq.Again:
             peer.refusing = True
             self._count_send_drop(peer, "not connected or send queue full")
