@@ -59,6 +59,8 @@ operations concurrent with it are reported.
 
 from __future__ import annotations
 
+import bisect
+import gc
 import math
 import time
 from collections import defaultdict
@@ -68,7 +70,7 @@ from typing import Any
 
 from paxoskv.check.history import HistoryError, Operation
 
-__all__ = ["VERDICTS", "CheckResult", "KeyResult", "check_history", "check_key"]
+__all__ = ["MEMORY_BUDGET_BYTES_DEFAULT", "VERDICTS", "CheckResult", "KeyResult", "check_history", "check_key"]
 
 VERDICTS = ("ok", "violation", "unknown")
 
@@ -78,6 +80,8 @@ _GET, _PUT, _DELETE = 0, 1, 2
 _KIND = {"get": _GET, "put": _PUT, "delete": _DELETE}
 _CHECK_EVERY_STEPS = 2048
 _INVOLVED_MAX = 12
+MEMORY_BUDGET_BYTES_DEFAULT = 1 << 30
+_CACHE_ENTRY_BYTES = 200  # a cache entry (tuple, ints, set slot), measured roughly
 
 
 # ---- Results ------------------------------------------------------------------
@@ -125,6 +129,7 @@ class CheckResult:
     steps: int
     elapsed_s: float
     budget_exhausted: bool
+    budget_reason: str = ""  # "time", "steps" or "memory" when exhausted
 
     @property
     def ok(self) -> bool:
@@ -147,7 +152,7 @@ class CheckResult:
         if self.verdict == "unknown":
             undecided = [k.key for k in self.keys if k.verdict == "unknown"]
             return (
-                f"budget exhausted before {len(undecided)} key(s) were decided: "
+                f"{self.budget_reason or 'budget'} budget exhausted before {len(undecided)} key(s) were decided: "
                 + ", ".join(repr(k) for k in undecided[:10])
                 + (" ..." if len(undecided) > 10 else "")
             )
@@ -177,6 +182,7 @@ class CheckResult:
             "steps": self.steps,
             "elapsed_s": round(self.elapsed_s, 6),
             "budget_exhausted": self.budget_exhausted,
+            "budget_reason": self.budget_reason,
             "explanation": self.explanation,
             "keys": [k.to_json() for k in self.keys],
         }
@@ -186,15 +192,25 @@ class CheckResult:
 
 
 class _Budget:
-    """Time and steps shared by every search of one check."""
+    """Time and steps shared by every search of one check; memory per search."""
 
-    __slots__ = ("deadline", "steps_max", "steps_used", "exhausted")
+    __slots__ = ("deadline", "steps_max", "steps_used", "cache_entries_max", "exhausted", "reason")
 
-    def __init__(self, time_budget_s: float | None, step_budget: int | None) -> None:
+    def __init__(
+        self, time_budget_s: float | None, step_budget: int | None, memory_budget_bytes: int | None
+    ) -> None:
         self.deadline = None if time_budget_s is None else time.monotonic() + time_budget_s
         self.steps_max = step_budget
         self.steps_used = 0
+        self.cache_entries_max = (
+            math.inf if memory_budget_bytes is None else memory_budget_bytes // _CACHE_ENTRY_BYTES
+        )
         self.exhausted = False
+        self.reason = ""
+
+    def exhaust(self, reason: str) -> None:
+        self.exhausted = True
+        self.reason = self.reason or reason
 
     def steps_left(self) -> int | None:
         return None if self.steps_max is None else max(0, self.steps_max - self.steps_used)
@@ -206,8 +222,10 @@ class _Budget:
         if self.exhausted:
             return True
         left = self.steps_left()
-        if (left is not None and left <= 0) or self.out_of_time():
-            self.exhausted = True
+        if left is not None and left <= 0:
+            self.exhaust("steps")
+        elif self.out_of_time():
+            self.exhaust("time")
         return self.exhausted
 
 
@@ -353,6 +371,7 @@ class _SearchOutcome:
     verdict: str
     steps: int
     furthest: Operation | None  # the latest-returning op the search got stuck at
+    nodes: int = 0  # cache entries: distinct (linearized set, state) nodes entered
 
 
 _ENTER, _BRANCH, _OPTIONAL, _BACKTRACK = 0, 1, 2, 3  # search modes
@@ -360,6 +379,19 @@ _FORCED = 0  # frame kinds; _BRANCH and _OPTIONAL double as the other two
 
 
 def _search(p: _Problem, budget: _Budget) -> _SearchOutcome:
+    """Run ``_search_loop`` with the cyclic garbage collector paused: the cache
+    holds millions of small tuples, which the collector would scan again and
+    again for nothing (they hold no cycles)."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        return _search_loop(p, budget)
+    finally:
+        if enabled:
+            gc.enable()
+
+
+def _search_loop(p: _Problem, budget: _Budget) -> _SearchOutcome:
     """Lowe's just-in-time linearization search; iterative.
 
     At each node (entered in mode ``_ENTER``) the window is the required calls
@@ -402,8 +434,13 @@ def _search(p: _Problem, budget: _Budget) -> _SearchOutcome:
     verdict = ""
     while True:
         if steps >= next_check:
-            if steps >= steps_cap or budget.out_of_time():
-                budget.exhausted = True
+            if steps >= steps_cap:
+                budget.exhaust("steps")
+            elif budget.out_of_time():
+                budget.exhaust("time")
+            elif len(cache) > budget.cache_entries_max:
+                budget.exhaust("memory")
+            if budget.exhausted:
                 verdict = "unknown"
                 break
             next_check = min(steps + _CHECK_EVERY_STEPS, steps_cap)
@@ -545,7 +582,7 @@ def _search(p: _Problem, budget: _Budget) -> _SearchOutcome:
         mode = _ENTER
     budget.steps_used += steps
     stuck = p.cut_of[p.op_of[furthest]] if furthest else None
-    return _SearchOutcome(verdict=verdict, steps=steps, furthest=stuck)
+    return _SearchOutcome(verdict=verdict, steps=steps, furthest=stuck, nodes=len(cache))
 
 
 # ---- Per key ------------------------------------------------------------------
@@ -577,24 +614,85 @@ def _as_unknown(o: Operation) -> Operation:
                      call=o.call, ret=None, outcome="unknown")
 
 
-def _impossible_reads(ops: Sequence[Operation]) -> list[tuple[Operation, str]]:
-    """Ok gets that no search is needed to reject: the value read was never
-    written, or every write of it was invoked after the get returned."""
-    first_call: dict[str, float] = {}
+def _obvious_violations(ops: Sequence[Operation]) -> list[tuple[Operation, str, tuple[Operation, ...]]]:
+    """Ok gets that no search is needed to reject, with the reason and the ops
+    that prove it, sorted by return. Ties in time count as concurrent.
+
+    - the value read was never written, or every put of it was invoked after
+      the get returned;
+    - stale read: every put of the value read is ok and was surely
+      overwritten before the get was invoked (some ok write of another value
+      was invoked after it returned and returned before the get's call);
+    - lost write: the get read "absent", yet an ok put returned before the
+      get was invoked, and no delete could fall between the two.
+    """
+    writers: dict[str, list[Operation]] = defaultdict(list)
     for o in ops:
         if o.op == "put" and o.outcome != "fail":
-            v = o.value  # type: ignore[assignment]
-            if v not in first_call or o.call < first_call[v]:
-                first_call[v] = o.call
-    bad: list[tuple[Operation, str]] = []
-    for o in ops:
-        if o.op != "get" or o.outcome != "ok" or o.output_value is None:
+            writers[o.value].append(o)  # type: ignore[index]
+    ok_writes = sorted((o for o in ops if o.op != "get" and o.outcome == "ok"), key=_event_key_ret)
+    write_rets = [o.ret for o in ok_writes]
+    # Prefix over ok writes by return: the latest-invoked one, and the
+    # latest-invoked one writing something else than that one.
+    best: list[Operation | None] = []
+    second: list[Operation | None] = []
+    b1: Operation | None = None
+    b2: Operation | None = None
+    for q in ok_writes:
+        if b1 is None or q.call > b1.call:
+            if b1 is not None and b1.value != q.value:
+                b2 = b1
+            b1 = q
+        elif q.value != b1.value and (b2 is None or q.call > b2.call):
+            b2 = q
+        best.append(b1)
+        second.append(b2)
+    ok_puts = [o for o in ok_writes if o.op == "put"]
+    put_rets = [o.ret for o in ok_puts]
+    latest_put: list[Operation] = []
+    for q in ok_puts:
+        latest_put.append(q if not latest_put or q.call > latest_put[-1].call else latest_put[-1])
+    deletes = sorted((o for o in ops if o.op == "delete" and o.outcome != "fail"), key=lambda o: (o.call, o.id))
+    delete_calls = [o.call for o in deletes]
+    delete_ret_max: list[float] = []
+    for d in deletes:
+        r = math.inf if d.outcome != "ok" else d.ret
+        delete_ret_max.append(r if not delete_ret_max else max(r, delete_ret_max[-1]))  # type: ignore[type-var]
+
+    bad: list[tuple[Operation, str, tuple[Operation, ...]]] = []
+    for g in ops:
+        if g.op != "get" or g.outcome != "ok":
             continue
-        v = o.output_value
-        if v not in first_call:
-            bad.append((o, f"no put ever wrote {v!r} to this key"))
-        elif first_call[v] > o.ret:  # type: ignore[operator]
-            bad.append((o, f"it read {v!r} before any put of {v!r} was invoked"))
+        v = g.output_value
+        if v is None:
+            i = bisect.bisect_left(put_rets, g.call)  # ok puts with ret < g.call
+            if not i:
+                continue
+            w = latest_put[i - 1]
+            j = bisect.bisect_right(delete_calls, g.ret)  # deletes with call <= g.ret
+            if not j or delete_ret_max[j - 1] < w.call:
+                bad.append((g, f"it read absent, but {w.describe()} returned before it was invoked, "
+                               f"and no delete could come in between (a lost write)", (w,)))
+            continue
+        ws = writers.get(v)
+        if not ws:
+            bad.append((g, f"no put ever wrote {v!r} to this key", ()))
+            continue
+        if all(w.call > g.ret for w in ws):  # type: ignore[operator]
+            bad.append((g, f"it read {v!r} before any put of {v!r} was invoked", tuple(ws)))
+            continue
+        if any(w.outcome != "ok" for w in ws):
+            continue
+        i = bisect.bisect_left(write_rets, g.call)  # ok writes with ret < g.call
+        if not i:
+            continue
+        q = best[i - 1]
+        if q is not None and q.value == v:
+            q = second[i - 1]
+        if q is not None and all(w.ret < q.call for w in ws):  # type: ignore[operator]
+            bad.append((g, f"it read {v!r}, but {q.describe()} was invoked after every put of {v!r} "
+                           f"returned, and returned before this get was invoked (a stale read)",
+                        (*ws, q)))
     bad.sort(key=lambda item: _event_key_ret(item[0]))
     return bad
 
@@ -605,13 +703,14 @@ def check_key(
     *,
     time_budget_s: float | None = 60.0,
     step_budget: int | None = None,
+    memory_budget_bytes: int | None = MEMORY_BUDGET_BYTES_DEFAULT,
 ) -> KeyResult:
     """Check one key's sub-history (operations on other keys are an error)."""
     ops = list(ops)
     for o in ops:
         if o.key != key:
             raise HistoryError(f"op {o.id} is on key {o.key!r}, not {key!r}")
-    return _check_key(key, ops, _Budget(time_budget_s, step_budget))
+    return _check_key(key, ops, _Budget(time_budget_s, step_budget, memory_budget_bytes))
 
 
 def _check_key(key: str, ops: list[Operation], budget: _Budget) -> KeyResult:
@@ -625,7 +724,7 @@ def _check_key(key: str, ops: list[Operation], budget: _Budget) -> KeyResult:
 
     ok_ops = sorted((o for o in ops if o.outcome == "ok"), key=_event_key_ret)
     position = {o.id: i for i, o in enumerate(ok_ops)}
-    impossible = _impossible_reads(ops)
+    impossible = _obvious_violations(ops)
     hint: Operation | None = None
     if impossible:
         failing_cut = impossible[0][0]
@@ -637,7 +736,8 @@ def _check_key(key: str, ops: list[Operation], budget: _Budget) -> KeyResult:
         if outcome.verdict == "ok":
             return result("ok")
         if outcome.verdict == "unknown":
-            return result("unknown", explanation=f"key {key!r}: budget exhausted after {outcome.steps} steps")
+            return result("unknown", explanation=f"key {key!r}: {budget.reason} budget exhausted "
+                                                 f"after {outcome.steps} steps")
         hi = len(ok_ops)
         hint = outcome.furthest
         assert hi > 0, "a history without ok ops is always linearizable"
@@ -684,10 +784,15 @@ def _check_key(key: str, ops: list[Operation], budget: _Budget) -> KeyResult:
             probes.append(guess)
     culprit = ok_ops[hi - 1]
     prefix = _prefix(ops, culprit)
-    reason = dict((o.id, why) for o, why in impossible).get(
-        culprit.id, "no order of the operations before it makes its result possible"
-    )
-    involved = _involved(prefix, culprit)
+    reason = "no order of the operations before it makes its result possible"
+    proof: tuple[Operation, ...] = ()
+    for o, why, witnesses in impossible:
+        if o.id == culprit.id:
+            reason, proof = why, witnesses
+            break
+    original = {o.id: o for o in ops}
+    involved = [original[o.id] for o in _involved(prefix, culprit)]
+    involved = sorted({o.id: o for o in (*involved, *proof)}.values(), key=lambda o: (o.call, o.id))
     explanation = _explain(key, culprit, reason, prefix, involved, minimal)
     return result("violation", explanation=explanation, failing_op=culprit,
                   prefix_ops=len(prefix), minimal=minimal, involved=tuple(involved))
@@ -752,10 +857,12 @@ def check_history(
     *,
     time_budget_s: float | None = 60.0,
     step_budget: int | None = None,
+    memory_budget_bytes: int | None = MEMORY_BUDGET_BYTES_DEFAULT,
 ) -> CheckResult:
     """Decide whether a key-value history is linearizable.
 
-    ``time_budget_s`` and ``step_budget`` bound the whole check (``None``: no
+    ``time_budget_s`` and ``step_budget`` bound the whole check, and
+    ``memory_budget_bytes`` (roughly) the cache of any one search (``None``: no
     bound). Keys are checked smallest first; a key left undecided when the
     budget runs out is ``unknown``, and so is the verdict unless another key
     has a violation. Raises ``HistoryError`` on duplicate operation ids.
@@ -771,7 +878,7 @@ def check_history(
             raise HistoryError(f"duplicate operation id {o.id}")
         seen.add(o.id)
         by_key[o.key].append(o)
-    budget = _Budget(time_budget_s, step_budget)
+    budget = _Budget(time_budget_s, step_budget, memory_budget_bytes)
     results = [
         _check_key(key, key_ops, budget)
         for key, key_ops in sorted(by_key.items(), key=lambda kv: (len(kv[1]), kv[0]))
@@ -787,4 +894,5 @@ def check_history(
         steps=budget.steps_used,
         elapsed_s=time.monotonic() - start,
         budget_exhausted=budget.exhausted,
+        budget_reason=budget.reason,
     )
