@@ -197,10 +197,10 @@ def test_throughput_figure(capsys: pytest.CaptureFixture[str]) -> None:
             a = await started(stack, make_bus(1, addrs, send_queue_max=2_000))
             b = await started(stack, make_bus(2, addrs, send_queue_max=2_000))
             await connected(a)
-            small = await pump(a, b, lambda k: hb(1, 2, k), 30_000)
+            small = await pump(a, b, lambda k: hb(1, 2, k), 20_000)
             batch = tuple(bytes([i]) * 100 for i in range(100))
             big = await pump(
-                a, b, lambda k: Accept(frm=1, to=2, ballot=Ballot(2, 1), entries=((k, batch),), commit=k), 3_000
+                a, b, lambda k: Accept(frm=1, to=2, ballot=Ballot(2, 1), entries=((k, batch),), commit=k), 2_000
             )
             with capsys.disabled():
                 print(f"\nbus: loopback Heartbeat {small:,.0f} msgs/s; "
@@ -400,9 +400,20 @@ def test_black_hole_peer_gets_nothing_queued() -> None:
         try:
             hole.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             hole.bind(addrs[2])
-            hole.listen(16)  # never accepted, never answered
+            hole.listen(16)
+            hole.setblocking(False)
+            accepted: list[socket.socket] = []
+
+            def accept() -> bool:
+                try:
+                    accepted.append(hole.accept()[0])  # and then never answer
+                except BlockingIOError:
+                    return False
+                return True
+
             async with AsyncExitStack() as stack:
                 a = await started(stack, make_bus(1, addrs))
+                await until(accept, "node 1 to open a TCP connection to the black hole")
                 msg = hb(1, 2)
                 n = 10_000
                 for k in range(n):
@@ -411,6 +422,8 @@ def test_black_hole_peer_gets_nothing_queued() -> None:
                         await asyncio.sleep(0)  # let libzmq try its connection
                 assert a.stats.send_dropped == n and not a.peer_status()[2].writable
         finally:
+            for conn in accepted:
+                conn.close()
             hole.close()
 
     run(scenario)

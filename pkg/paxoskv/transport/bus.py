@@ -228,8 +228,8 @@ class PeerBus:
 
     async def start(self) -> None:
         """Bind the ROUTER and connect a DEALER to every peer."""
-        if self._started:
-            raise RuntimeError("bus already started")
+        if self._started or self._closed:
+            raise RuntimeError("a bus starts once, and not after close()")
         self._started = True
         self._ctx = zmq.asyncio.Context()
         try:
