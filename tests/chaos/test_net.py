@@ -60,7 +60,9 @@ def test_partitions_cut_exactly_the_pairs_asked_and_heal_restores_them():
         network.setup()
         for i in (2, 3):
             a = network.addresses[i]
-            listeners.append(subprocess.Popen(network.wrap(i, [sys.executable, "-c", LISTENER, a.host, str(a.port)])))
+            listeners.append(
+                subprocess.Popen(network.wrap(i, [sys.executable, "-c", LISTENER, a.host, str(a.port)]))
+            )
         deadline = time.monotonic() + 20
         while not (dial(network, 1, 2) == "hello" and dial(network, 1, 3) == "hello"):
             assert time.monotonic() < deadline, "listeners did not come up"

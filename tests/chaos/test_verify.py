@@ -10,10 +10,18 @@ from paxoskv.check import Operation
 _ids = iter(range(1_000_000))
 
 
-def op(kind: str, key: str, call: float, ret: float | None, outcome: str = "ok", value: str | None = None,
-       client: str = "c") -> Operation:
-    return Operation(id=next(_ids), client=client, op=kind, key=key, value=value, call=call, ret=ret,
-                     outcome=outcome)
+def op(
+    kind: str,
+    key: str,
+    call: float,
+    ret: float | None,
+    outcome: str = "ok",
+    value: str | None = None,
+    client: str = "c",
+) -> Operation:
+    return Operation(
+        id=next(_ids), client=client, op=kind, key=key, value=value, call=call, ret=ret, outcome=outcome
+    )
 
 
 def test_an_acknowledged_put_overwritten_by_nothing_later_is_lost():
@@ -68,8 +76,15 @@ def test_gets_do_not_matter():
 
 
 def status(applied: int, keys: int) -> NodeStatus:
-    return NodeStatus(at_s=0.0, role="follower", leader_id=1, ballot=(1, 1), commit_index=applied,
-                      applied_index=applied, keys=keys)
+    return NodeStatus(
+        at_s=0.0,
+        role="follower",
+        leader_id=1,
+        ballot=(1, 1),
+        commit_index=applied,
+        applied_index=applied,
+        keys=keys,
+    )
 
 
 def test_identical_nodes_compare_clean_and_any_difference_is_named():
@@ -89,6 +104,8 @@ def test_identical_nodes_compare_clean_and_any_difference_is_named():
 
 def test_a_stray_key_outside_the_workload_set_is_noticed():
     fs = FinalState(
-        linearizable={1: {"k0": "a"}}, serializable={1: {"k0": "a"}}, status={1: status(5, 2)},
+        linearizable={1: {"k0": "a"}},
+        serializable={1: {"k0": "a"}},
+        status={1: status(5, 2)},
     )
     assert compare_nodes(fs, [1], ["k0"]) == ["node 1 holds 2 keys, 1 of them from the workload's key set"]

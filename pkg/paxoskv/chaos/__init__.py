@@ -24,4 +24,11 @@ from paxoskv.chaos.campaign import CampaignConfig, CampaignResult, run_campaign
 from paxoskv.chaos.nemesis import FAULT_FAMILIES, NemesisConfig
 from paxoskv.chaos.workload import WorkloadConfig
 
-__all__ = ["FAULT_FAMILIES", "CampaignConfig", "CampaignResult", "NemesisConfig", "WorkloadConfig", "run_campaign"]
+__all__ = [
+    "FAULT_FAMILIES",
+    "CampaignConfig",
+    "CampaignResult",
+    "NemesisConfig",
+    "WorkloadConfig",
+    "run_campaign",
+]

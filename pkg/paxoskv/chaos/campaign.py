@@ -35,6 +35,7 @@ import asyncio
 import pathlib
 import secrets
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from paxoskv.chaos.cluster import Cluster, LogScan, scan_logs
@@ -74,6 +75,8 @@ class CampaignConfig:
     check_budget_s: float | None = 120.0
     network: str = "auto"  # "auto", "netns" (required), "loopback"
     node_command: tuple[str, ...] | None = None  # test hook (the CLI never sets it): None = paxoskv serve
+    progress: Callable[[str], None] | None = None  # called with a one-line status every ``progress_s``
+    progress_s: float = 10.0
 
     def __post_init__(self) -> None:
         assert self.nodes >= 1
@@ -141,8 +144,13 @@ async def _run(cfg: CampaignConfig) -> CampaignResult:
     try:
         await asyncio.to_thread(network.setup)
         cluster = Cluster(
-            cfg.nodes, network, cfg.out_dir, node_command=cfg.node_command, heartbeat_ms=cfg.heartbeat_ms,
-            election_ms=cfg.election_ms, clock=clock,
+            cfg.nodes,
+            network,
+            cfg.out_dir,
+            node_command=cfg.node_command,
+            heartbeat_ms=cfg.heartbeat_ms,
+            election_ms=cfg.election_ms,
+            clock=clock,
         )
         await _campaign(cfg, res, network, cluster, clock)
     except (Exception, asyncio.CancelledError) as exc:
@@ -154,7 +162,9 @@ async def _run(cfg: CampaignConfig) -> CampaignResult:
             cluster.check_exits()
             res.logs = scan_logs(cluster)
             for ev in cluster.unexpected_exits:
-                res.problems.append(f"node {ev.node_id} exited by itself (code {ev.returncode}) at t={ev.at_s:.2f}s")
+                res.problems.append(
+                    f"node {ev.node_id} exited by itself (code {ev.returncode}) at t={ev.at_s:.2f}s"
+                )
             for i, code in sorted(res.exit_codes.items()):
                 if code is None:
                     res.notes.append(f"node {i} did not stop within the grace on SIGTERM and was killed")
@@ -186,18 +196,28 @@ async def _campaign(cfg: CampaignConfig, res: CampaignResult, network, cluster: 
         t = clock()
         for i in cluster.ids:
             cluster.start(i)
-        conv = await wait_converged(monitor, cluster.ids, timeout_s=cfg.start_timeout_s, clock=clock, stable_polls=1)
+        conv = await wait_converged(
+            monitor, cluster.ids, timeout_s=cfg.start_timeout_s, clock=clock, stable_polls=1
+        )
         if not conv.ok:
             cluster.check_exits()
             raise RuntimeError(f"the cluster did not start: {conv.detail} (see {cfg.out_dir}/n*/node.log)")
         res.timings["startup_s"] = clock() - t
         nemesis = Nemesis(
-            cfg.nemesis or NemesisConfig(faults=frozenset(cfg.faults)), cluster, network, monitor, seed=cfg.seed,
+            cfg.nemesis or NemesisConfig(faults=frozenset(cfg.faults)),
+            cluster,
+            network,
+            monitor,
+            seed=cfg.seed,
             clock=clock,
         )
         res.notes.extend(n for n in nemesis.notes if n not in res.notes)
         workload = Workload(
-            cfg.workload, targets, seed=cfg.seed, clock=clock, run_tag=f"chaos{cfg.seed}-{secrets.token_hex(2)}",
+            cfg.workload,
+            targets,
+            seed=cfg.seed,
+            clock=clock,
+            run_tag=f"chaos{cfg.seed}-{secrets.token_hex(2)}",
             on_write=nemesis.on_write,
         )
         stop_monitor = asyncio.Event()
@@ -205,6 +225,7 @@ async def _campaign(cfg: CampaignConfig, res: CampaignResult, network, cluster: 
         monitor_task = asyncio.create_task(monitor.run(stop_monitor))
         watchdog = asyncio.create_task(_watch_exits(cluster, stop_monitor))
         workload.start()
+        reporter = asyncio.create_task(_progress(cfg, workload, nemesis, monitor, stop_monitor, clock))
         try:
             await asyncio.sleep(cfg.warmup_s)
             await nemesis.run(until_s=t_safety + cfg.duration_s - cfg.tail_s)
@@ -220,13 +241,16 @@ async def _campaign(cfg: CampaignConfig, res: CampaignResult, network, cluster: 
         stop_monitor.set()
         await monitor_task
         await watchdog
+        await reporter
         res.events = nemesis.events
         res.health = nemesis.health
         res.client_stats = workload.stats
         res.client_notes = dict(workload.notes)
         # Liveness phase.
         t = clock()
-        res.convergence = await wait_converged(monitor, cluster.ids, timeout_s=cfg.converge_timeout_s, clock=clock)
+        res.convergence = await wait_converged(
+            monitor, cluster.ids, timeout_s=cfg.converge_timeout_s, clock=clock
+        )
         res.timings["converge_s"] = clock() - t
         res.leaders = list(monitor.changes)
         res.workload_ops = len(workload.history())
@@ -245,6 +269,27 @@ async def _campaign(cfg: CampaignConfig, res: CampaignResult, network, cluster: 
         res.timings["check_s"] = time.monotonic() - t
     finally:
         await monitor.close()
+
+
+async def _progress(
+    cfg: CampaignConfig, workload: Workload, nemesis: Nemesis, monitor: Monitor, stop: asyncio.Event, clock
+) -> None:
+    if cfg.progress is None:
+        return
+    while not stop.is_set():
+        try:
+            await asyncio.wait_for(stop.wait(), cfg.progress_s)
+            return
+        except asyncio.TimeoutError:
+            pass
+        ops = workload.history()
+        ok = sum(1 for o in ops if o.outcome == "ok")
+        unknown = sum(1 for o in ops if o.outcome == "unknown")
+        last = nemesis.events[-1] if nemesis.events else None
+        cfg.progress(
+            f"t={clock():6.1f}s  ops {len(ops)} (ok {ok}, unknown {unknown})  faults {len(nemesis.events)}"
+            f"{f' (last: {last.kind})' if last else ''}  leader {monitor.leader() or '?'}"
+        )
 
 
 async def _watch_exits(cluster: Cluster, stop: asyncio.Event) -> None:

@@ -48,28 +48,54 @@ def parse_faults(text: str) -> frozenset[str]:
         return frozenset()
     unknown = names - set(FAULT_FAMILIES)
     if unknown:
-        raise click.BadParameter(f"unknown fault(s) {', '.join(sorted(unknown))}; choose from "
-                                 f"{', '.join(FAULT_FAMILIES)} or none")
+        raise click.BadParameter(
+            f"unknown fault(s) {', '.join(sorted(unknown))}; choose from "
+            f"{', '.join(FAULT_FAMILIES)} or none"
+        )
     return frozenset(names)
 
 
 @click.command("chaos", context_settings={"show_default": True})
 @click.option("--nodes", type=click.IntRange(1, 9), default=3, help="Cluster size.")
 @click.option("--duration", "duration", default="60s", help="Length of the faulty phase (90s, 10m, ...).")
-@click.option("--faults", default="kill,pause,partition", help="Comma list of kill, pause, partition (or none).")
-@click.option("--seed", type=int, default=None, help="Seed of the fault schedule and the clients (default: time).")
-@click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=pathlib.Path), default=None,
-              help="Directory for history, verdict, summary, node logs and data (default: ./chaos-<seed>).")
+@click.option(
+    "--faults", default="kill,pause,partition", help="Comma list of kill, pause, partition (or none)."
+)
+@click.option(
+    "--seed", type=int, default=None, help="Seed of the fault schedule and the clients (default: time)."
+)
+@click.option(
+    "--out",
+    "out_dir",
+    type=click.Path(file_okay=False, path_type=pathlib.Path),
+    default=None,
+    help="Directory for history, verdict, summary, node logs and data (default: ./chaos-<seed>).",
+)
 @click.option("--clients", type=click.IntRange(1, 1000), default=12, help="Concurrent clients.")
 @click.option("--keys", type=click.IntRange(1, 10_000), default=5, help="Size of the key set.")
 @click.option("--election-ms", type=click.IntRange(50, 60_000), default=500, help="Nodes' election timeout.")
 @click.option("--heartbeat-ms", type=click.IntRange(5, 10_000), default=50, help="Nodes' heartbeat interval.")
-@click.option("--check-budget", "check_budget", default="10m", help="Time budget of the linearizability check.")
-@click.option("--network", type=click.Choice(["auto", "netns", "loopback"]), default="auto",
-              help="auto: namespaces when partitions are asked for and possible; netns: require them.")
+@click.option(
+    "--check-budget", "check_budget", default="10m", help="Time budget of the linearizability check."
+)
+@click.option(
+    "--network",
+    type=click.Choice(["auto", "netns", "loopback"]),
+    default="auto",
+    help="auto: namespaces when partitions are asked for and possible; netns: require them.",
+)
 def chaos_cmd(
-    nodes: int, duration: str, faults: str, seed: int | None, out_dir: pathlib.Path | None, clients: int,
-    keys: int, election_ms: int, heartbeat_ms: int, check_budget: str, network: str,
+    nodes: int,
+    duration: str,
+    faults: str,
+    seed: int | None,
+    out_dir: pathlib.Path | None,
+    clients: int,
+    keys: int,
+    election_ms: int,
+    heartbeat_ms: int,
+    check_budget: str,
+    network: str,
 ) -> None:
     """Run real nodes under concurrent clients and a nemesis, then check everything.
 
@@ -87,18 +113,32 @@ def chaos_cmd(
         seed = int(time.time()) % 1_000_000
     if out_dir is None:
         out_dir = pathlib.Path(f"chaos-{seed}")
+    out_dir = out_dir.resolve()
     if out_dir.exists() and any(out_dir.iterdir()):
         raise click.UsageError(f"{out_dir} is not empty: pass another --out (nodes would reuse old data)")
     tail_s = 4.0
     if duration_s <= 1.0 + tail_s + 1.0:
         raise click.UsageError(f"--duration must be longer than {2.0 + tail_s:g}s")
     cfg = CampaignConfig(
-        out_dir=out_dir, nodes=nodes, duration_s=duration_s, faults=fault_set, seed=seed,
-        workload=WorkloadConfig(clients=clients, keys=keys), heartbeat_ms=heartbeat_ms, election_ms=election_ms,
-        tail_s=tail_s, check_budget_s=budget_s, network=network,
+        out_dir=out_dir,
+        nodes=nodes,
+        duration_s=duration_s,
+        faults=fault_set,
+        seed=seed,
+        workload=WorkloadConfig(clients=clients, keys=keys),
+        heartbeat_ms=heartbeat_ms,
+        election_ms=election_ms,
+        tail_s=tail_s,
+        check_budget_s=budget_s,
+        network=network,
+        progress=lambda line: click.echo(f"paxoskv chaos: {line}", err=True),
+        progress_s=max(5.0, min(30.0, duration_s / 10)),
     )
-    click.echo(f"paxoskv chaos: seed {seed}, {nodes} nodes, {duration_s:g}s, faults "
-               f"{','.join(sorted(fault_set)) or 'none'}; results in {out_dir}/", err=True)
+    click.echo(
+        f"paxoskv chaos: seed {seed}, {nodes} nodes, {duration_s:g}s, faults "
+        f"{','.join(sorted(fault_set)) or 'none'}; results in {out_dir}/",
+        err=True,
+    )
     try:
         res = run_campaign(cfg)
     except NetworkError as exc:
@@ -108,7 +148,9 @@ def chaos_cmd(
         click.echo("paxoskv chaos: interrupted; nodes stopped and the network removed", err=True)
         sys.exit(130)
     except Exception as exc:  # noqa: BLE001 - the summary was written; say where
-        click.echo((out_dir / "summary.txt").read_text() if (out_dir / "summary.txt").exists() else "", nl=False)
+        click.echo(
+            (out_dir / "summary.txt").read_text() if (out_dir / "summary.txt").exists() else "", nl=False
+        )
         click.echo(f"paxoskv chaos: the campaign stopped: {type(exc).__name__}: {exc}", err=True)
         sys.exit(EXIT_FAIL)
     click.echo((out_dir / "summary.txt").read_text(), nl=False)

@@ -100,9 +100,7 @@ class Cluster:
         self.heartbeat_ms = heartbeat_ms
         self.election_ms = election_ms
         self.clock = clock
-        self.nodes = {
-            i: NodeProcess(i, network.addresses[i], workdir / f"n{i}") for i in range(1, n + 1)
-        }
+        self.nodes = {i: NodeProcess(i, network.addresses[i], workdir / f"n{i}") for i in range(1, n + 1)}
         self.unexpected_exits: list[UnexpectedExit] = []
 
     @property
@@ -118,15 +116,24 @@ class Cluster:
         )
         args = [
             *self.node_command,
-            "--id", str(i),
-            "--cluster-id", self.cluster_id,
-            "--listen", node.address.host,
-            "--port", str(node.address.port),
-            "--bus-port", str(node.address.bus_port),
-            "--peers", peers,
-            "--data-dir", str(node.data_dir),
-            "--heartbeat-ms", str(self.heartbeat_ms),
-            "--election-ms", str(self.election_ms),
+            "--id",
+            str(i),
+            "--cluster-id",
+            self.cluster_id,
+            "--listen",
+            node.address.host,
+            "--port",
+            str(node.address.port),
+            "--bus-port",
+            str(node.address.bus_port),
+            "--peers",
+            peers,
+            "--data-dir",
+            str(node.data_dir),
+            "--heartbeat-ms",
+            str(self.heartbeat_ms),
+            "--election-ms",
+            str(self.election_ms),
         ]
         return self.network.wrap(i, args)
 

@@ -63,7 +63,10 @@ class Monitor:
         self.interval_s = interval_s
         self.fresh_s = fresh_s
         self.poll_timeout_s = poll_timeout_s
-        self.channels = {i: grpc.aio.insecure_channel(t, options=channel_options(f"monitor-n{i}")) for i, t in targets.items()}
+        self.channels = {
+            i: grpc.aio.insecure_channel(t, options=channel_options(f"monitor-n{i}"))
+            for i, t in targets.items()
+        }
         self.stubs = {i: kv_pb2_grpc.MaintenanceStub(ch) for i, ch in self.channels.items()}
         self.status: dict[int, NodeStatus] = {}
         self.changes: list[LeaderChange] = []

@@ -3,11 +3,15 @@
 Rules
 -----
 * The schedule is a sequence of *episodes*: one fault, held for a while,
-  then undone, then a quiet gap. Every random choice of an episode (its
-  kind, whether it aims at the leader, the fallback target, hold time, gap)
-  is drawn from the nemesis's own ``random.Random(seed)`` in a fixed order
-  before anything is looked at, so a seed always gives the same schedule of
-  choices. Which node *is* the leader at that moment depends on the run.
+  then undone, then a quiet gap. Kinds are dealt from a shuffled *deck*
+  holding every allowed kind (``EPISODES`` gives the copies of each), so
+  every kind comes up once per deck even in a short run. Every random choice
+  of an episode (its kind, whether it aims at the leader, the fallback
+  target, hold time, gap) is drawn from the nemesis's own
+  ``random.Random(seed)`` in a fixed order before anything is looked at, so
+  a seed always gives the same schedule of choices. Which node *is* the
+  leader at that moment depends on the run. Before each episode the nemesis
+  waits (a few seconds at most) until some node leads again.
 * Fault families (``--faults``) and the episodes they allow:
 
   ``kill``       ``kill``: SIGKILL a node (the leader with probability
@@ -46,15 +50,21 @@ from paxoskv.chaos.monitor import Monitor
 from paxoskv.chaos.net import LoopbackNetwork, NamespaceNetwork
 
 __all__ = [
-    "EPISODES", "FAULT_FAMILIES", "FaultEvent", "HealthPoint", "Nemesis", "NemesisConfig", "majority_connected",
+    "EPISODES",
+    "FAULT_FAMILIES",
+    "FaultEvent",
+    "HealthPoint",
+    "Nemesis",
+    "NemesisConfig",
+    "majority_connected",
 ]
 
 FAULT_FAMILIES = ("kill", "pause", "partition")
-# family -> (episode, weight)
+# family -> (episode, copies per deck)
 EPISODES: dict[str, tuple[tuple[str, int], ...]] = {
-    "kill": (("kill", 3), ("kill-fsync", 2), ("kill-election", 2)),
-    "pause": (("pause", 4),),
-    "partition": (("isolate-leader", 3), ("split", 2), ("bridge", 2)),
+    "kill": (("kill", 2), ("kill-fsync", 1), ("kill-election", 1)),
+    "pause": (("pause", 2),),
+    "partition": (("isolate-leader", 1), ("split", 1), ("bridge", 1)),
 }
 
 
@@ -62,9 +72,9 @@ EPISODES: dict[str, tuple[tuple[str, int], ...]] = {
 class NemesisConfig:
     faults: frozenset[str]
     p_leader: float = 0.7
-    hold_s: tuple[float, float] = (0.5, 4.0)  # how long a fault is held
-    down_s: tuple[float, float] = (0.1, 2.0)  # how long a killed node stays down
-    gap_s: tuple[float, float] = (0.3, 2.0)  # quiet time between episodes
+    hold_s: tuple[float, float] = (0.5, 3.0)  # how long a fault is held
+    down_s: tuple[float, float] = (0.1, 1.5)  # how long a killed node stays down
+    gap_s: tuple[float, float] = (0.2, 1.5)  # quiet time between episodes
     fsync_watch_s: float = 1.0  # kill-fsync: how long to wait for an fsync before killing anyway
     election_watch_s: float = 3.0  # kill-election: how long to watch for a candidate
     leader_wait_s: float = 5.0  # before an episode: wait this long at most for a known leader
@@ -84,8 +94,11 @@ class FaultEvent:
 
     def to_json(self) -> dict:
         return {
-            "kind": self.kind, "targets": list(self.targets), "start_s": round(self.start_s, 3),
-            "end_s": None if self.end_s is None else round(self.end_s, 3), "detail": self.detail,
+            "kind": self.kind,
+            "targets": list(self.targets),
+            "start_s": round(self.start_s, 3),
+            "end_s": None if self.end_s is None else round(self.end_s, 3),
+            "detail": self.detail,
         }
 
 
@@ -160,6 +173,7 @@ class Nemesis:
             self.notes.append(f"partition faults skipped: {network.why_unsupported}")
         self.menu: list[tuple[str, int]] = [e for f in FAULT_FAMILIES if f in families for e in EPISODES[f]]
         self._write_seen = asyncio.Event()
+        self._deck: list[str] = []
 
     # ---- Health bookkeeping -----------------------------------------------------------
 
@@ -180,9 +194,10 @@ class Nemesis:
 
     def draw(self) -> _Draw:
         r = self.rng
-        kinds = [k for k, _ in self.menu]
-        weights = [w for _, w in self.menu]
-        kind = r.choices(kinds, weights)[0] if kinds else "none"
+        if not self._deck:
+            self._deck = [k for k, copies in self.menu for _ in range(copies)]
+            r.shuffle(self._deck)
+        kind = self._deck.pop() if self._deck else "none"
         return _Draw(
             kind=kind,
             aim_leader=r.random() < self.cfg.p_leader,
@@ -255,7 +270,9 @@ class Nemesis:
                 pass
             ev = self._begin("kill-fsync", [t])
             caught = await asyncio.to_thread(self._kill_in_fsync, t, self.cfg.fsync_watch_s)
-            ev.detail = ("leader, " if was_leader else "") + ("inside fsync" if caught else "no fsync seen: killed anyway")
+            ev.detail = ("leader, " if was_leader else "") + (
+                "inside fsync" if caught else "no fsync seen: killed anyway"
+            )
             self.note_health()
             await asyncio.sleep(d.down_s)
             c.start(t)
@@ -309,7 +326,11 @@ class Nemesis:
         if d.kind == "split":
             minority = sorted(order[: len(ids) // 2])
             majority = sorted(order[len(ids) // 2 :])
-            return [(a, b) for a in minority for b in majority], f"{set(minority)} | {set(majority)}", minority
+            return (
+                [(a, b) for a in minority for b in majority],
+                f"{set(minority)} | {set(majority)}",
+                minority,
+            )
         # bridge: two sides that cannot talk to each other, one node in both
         bridge = order[0]
         rest = order[1:]

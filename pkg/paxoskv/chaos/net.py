@@ -80,7 +80,9 @@ def _run(argv: Sequence[str], *, stdin: str | None = None, check: bool = True) -
     except (OSError, subprocess.TimeoutExpired) as exc:
         raise NetworkError(f"{' '.join(argv)}: {exc}") from None
     if check and cp.returncode != 0:
-        raise NetworkError(f"{' '.join(argv)} failed ({cp.returncode}): {cp.stderr.strip() or cp.stdout.strip()}")
+        raise NetworkError(
+            f"{' '.join(argv)} failed ({cp.returncode}): {cp.stderr.strip() or cp.stdout.strip()}"
+        )
     return cp
 
 
@@ -200,7 +202,9 @@ class NamespaceNetwork:
         remove_stale()
         STATE_DIR.mkdir(parents=True, exist_ok=True)
         (STATE_DIR / f"{self.token}.json").write_text(
-            json.dumps({"pid": os.getpid(), "bridge": self.bridge, "ns": [self.ns(i) for i in range(1, self.n + 1)]})
+            json.dumps(
+                {"pid": os.getpid(), "bridge": self.bridge, "ns": [self.ns(i) for i in range(1, self.n + 1)]}
+            )
         )
         self._set_up = True
         _run(["ip", "link", "add", self.bridge, "type", "bridge"])
@@ -227,7 +231,9 @@ class NamespaceNetwork:
                 except ConnectionRefusedError:
                     continue
                 except OSError as exc:
-                    raise NetworkError(f"node {i}'s namespace address {addr.host} is unreachable: {exc}") from None
+                    raise NetworkError(
+                        f"node {i}'s namespace address {addr.host} is unreachable: {exc}"
+                    ) from None
                 raise NetworkError(f"something already listens on {addr.target} in a fresh namespace")
 
     def teardown(self) -> None:

@@ -83,7 +83,10 @@ def _outcomes(res: CampaignResult) -> dict[str, dict[str, int]]:
     for o in _workload_ops(res):
         table[o.op][o.outcome] += 1
         table["all"][o.outcome] += 1
-    return {k: {oc: c[oc] for oc in ("ok", "fail", "unknown")} | {"total": sum(c.values())} for k, c in table.items()}
+    return {
+        k: {oc: c[oc] for oc in ("ok", "fail", "unknown")} | {"total": sum(c.values())}
+        for k, c in table.items()
+    }
 
 
 def verdict_json(res: CampaignResult) -> dict[str, Any]:
@@ -94,9 +97,15 @@ def verdict_json(res: CampaignResult) -> dict[str, Any]:
     return {
         "verdict": res.verdict,
         "config": {
-            "nodes": cfg.nodes, "duration_s": cfg.duration_s, "faults": sorted(cfg.faults), "seed": cfg.seed,
-            "clients": cfg.workload.clients, "keys": cfg.workload.keys, "heartbeat_ms": cfg.heartbeat_ms,
-            "election_ms": cfg.election_ms, "node_command": list(cfg.node_command) if cfg.node_command else None,
+            "nodes": cfg.nodes,
+            "duration_s": cfg.duration_s,
+            "faults": sorted(cfg.faults),
+            "seed": cfg.seed,
+            "clients": cfg.workload.clients,
+            "keys": cfg.workload.keys,
+            "heartbeat_ms": cfg.heartbeat_ms,
+            "election_ms": cfg.election_ms,
+            "node_command": list(cfg.node_command) if cfg.node_command else None,
         },
         "network": res.network,
         "problems": res.problems,
@@ -121,24 +130,40 @@ def verdict_json(res: CampaignResult) -> dict[str, Any]:
         "faults": [e.to_json() for e in res.events],
         "fault_counts": dict(Counter(e.kind for e in res.events)),
         "leader_changes": changes,
-        "leaders": [{"at_s": round(c.at_s, 3), "leader": c.leader, "ballot": list(c.ballot)} for c in res.leaders],
-        "convergence": None if res.convergence is None else {
-            "ok": res.convergence.ok, "elapsed_s": round(res.convergence.elapsed_s, 3),
-            "leader": res.convergence.leader, "applied_index": res.convergence.applied_index,
-            "detail": res.convergence.detail,
-        },
+        "leaders": [
+            {"at_s": round(c.at_s, 3), "leader": c.leader, "ballot": list(c.ballot)} for c in res.leaders
+        ],
+        "convergence": (
+            None
+            if res.convergence is None
+            else {
+                "ok": res.convergence.ok,
+                "elapsed_s": round(res.convergence.elapsed_s, 3),
+                "leader": res.convergence.leader,
+                "applied_index": res.convergence.applied_index,
+                "detail": res.convergence.detail,
+            }
+        ),
         "lost_writes": [lw.to_json() for lw in res.lost],
         "node_diffs": res.node_diffs,
-        "checker": None if check is None else {
-            "verdict": check.verdict, "ops_total": check.ops_total, "ops_checked": check.ops_checked,
-            "steps": check.steps, "elapsed_s": round(check.elapsed_s, 3),
-            "budget_exhausted": check.budget_exhausted,
-            "keys": [k.to_json() for k in check.keys],
-        },
+        "checker": (
+            None
+            if check is None
+            else {
+                "verdict": check.verdict,
+                "ops_total": check.ops_total,
+                "ops_checked": check.ops_checked,
+                "steps": check.steps,
+                "elapsed_s": round(check.elapsed_s, 3),
+                "budget_exhausted": check.budget_exhausted,
+                "keys": [k.to_json() for k in check.keys],
+            }
+        ),
         "timings_s": {k: round(v, 3) for k, v in res.timings.items()},
         "exit_codes": {str(k): v for k, v in res.exit_codes.items()},
         "log_findings": [
-            {"node": f.node_id, "line_no": f.line_no, "line": f.line} for f in (res.logs.findings if res.logs else [])
+            {"node": f.node_id, "line_no": f.line_no, "line": f.line}
+            for f in (res.logs.findings if res.logs else [])
         ],
     }
 
@@ -148,24 +173,32 @@ def summary(res: CampaignResult) -> str:
     v = verdict_json(res)
     lines: list[str] = []
     add = lines.append
-    add(f"paxoskv chaos: {cfg.nodes} nodes, {cfg.duration_s:g}s, faults {','.join(sorted(cfg.faults)) or 'none'}, "
-        f"seed {cfg.seed}, {cfg.workload.clients} clients on {cfg.workload.keys} keys")
+    add(
+        f"paxoskv chaos: {cfg.nodes} nodes, {cfg.duration_s:g}s, faults {','.join(sorted(cfg.faults)) or 'none'}, "
+        f"seed {cfg.seed}, {cfg.workload.clients} clients on {cfg.workload.keys} keys"
+    )
     add(f"network: {res.network}")
     c = v["checks"]
-    add(f"VERDICT: {res.verdict.upper()}  (linearizable: {c['linearizable']}, lost acked writes: "
+    add(
+        f"VERDICT: {res.verdict.upper()}  (linearizable: {c['linearizable']}, lost acked writes: "
         f"{c['lost_acked_writes']}, nodes identical: {'yes' if c['nodes_identical'] else 'NO'}, converged: "
-        f"{'yes' if c['converged'] else 'NO'}, suspicious log lines: {c['log_findings']})")
+        f"{'yes' if c['converged'] else 'NO'}, suspicious log lines: {c['log_findings']})"
+    )
     add("")
     outc = v["operations"]
     total = outc["all"]["total"]
     span = res.timings.get("safety_s", 0.0)
-    add(f"operations: {total} by the workload in {span:.1f}s ({total / span if span else 0:.0f}/s), "
-        f"plus {v['final_reads']} final reads")
+    add(
+        f"operations: {total} by the workload in {span:.1f}s ({total / span if span else 0:.0f}/s), "
+        f"plus {v['final_reads']} final reads"
+    )
     add(f"  {'':8}{'ok':>8}{'fail':>8}{'unknown':>9}{'total':>8}")
     for kind in ("get", "put", "delete", "all"):
         row = outc[kind]
         add(f"  {kind:8}{row['ok']:>8}{row['fail']:>8}{row['unknown']:>9}{row['total']:>8}")
-    errs = ", ".join(f"{k} {n}" for k, n in sorted(v["client_errors"].items(), key=lambda kv: -kv[1])) or "none"
+    errs = (
+        ", ".join(f"{k} {n}" for k, n in sorted(v["client_errors"].items(), key=lambda kv: -kv[1])) or "none"
+    )
     add(f"  attempts {v['client_attempts']} (retries {v['client_retries']}); errors by code: {errs}")
     add("latency of ok operations (ms):")
     add(f"  {'':8}" + "".join(f"{h:>9}" for h in ("p50", "p90", "p99", "max")))
@@ -174,9 +207,11 @@ def summary(res: CampaignResult) -> str:
     if v["availability"] is None:
         add("availability: no operation was invoked while a majority was up")
     else:
-        add(f"availability: {100 * v['availability']:.1f}% of the {v['availability_ops']} operations invoked while a "
+        add(
+            f"availability: {100 * v['availability']:.1f}% of the {v['availability_ops']} operations invoked while a "
             f"majority was up and connected succeeded (a majority was up {100 * v['majority_up_share']:.0f}% of "
-            f"the time)")
+            f"the time)"
+        )
     counts = ", ".join(f"{k} {n}" for k, n in sorted(v["fault_counts"].items())) or "none"
     add(f"faults: {len(res.events)} ({counts})")
     for e in res.events:
@@ -185,20 +220,27 @@ def summary(res: CampaignResult) -> str:
         add(f"  {e.start_s:7.2f}s -{end}s  {e.kind:15} {tg:8} {e.detail}")
     add(f"leader changes: {v['leader_changes']}")
     if res.leaders:
-        add("  " + "  ".join(f"{ch.at_s:.2f}s:n{ch.leader}" for ch in res.leaders[:40])
-            + ("  ..." if len(res.leaders) > 40 else ""))
+        add(
+            "  "
+            + "  ".join(f"{ch.at_s:.2f}s:n{ch.leader}" for ch in res.leaders[:40])
+            + ("  ..." if len(res.leaders) > 40 else "")
+        )
     conv = res.convergence
     if conv is not None:
         if conv.ok:
             idx = sorted(set(conv.applied_index.values()))
-            add(f"convergence: {conv.elapsed_s:.1f}s after the run, leader n{conv.leader}, applied index {idx} on "
-                f"every node")
+            add(
+                f"convergence: {conv.elapsed_s:.1f}s after the run, leader n{conv.leader}, applied index {idx} on "
+                f"every node"
+            )
         else:
             add(f"convergence: FAILED after {conv.elapsed_s:.1f}s: {conv.detail}")
     if res.check is not None:
         ch = res.check
-        add(f"checker: {ch.verdict}, {ch.ops_checked} of {ch.ops_total} operations in {ch.elapsed_s:.1f}s "
-            f"({ch.steps} steps{', budget exhausted' if ch.budget_exhausted else ''})")
+        add(
+            f"checker: {ch.verdict}, {ch.ops_checked} of {ch.ops_total} operations in {ch.elapsed_s:.1f}s "
+            f"({ch.steps} steps{', budget exhausted' if ch.budget_exhausted else ''})"
+        )
         for k in ch.keys:
             if k.verdict != "ok":
                 add(f"  key {k.key}: {k.verdict}")
@@ -216,8 +258,10 @@ def summary(res: CampaignResult) -> str:
             add(f"  - {n}")
     add(f"files: {cfg.out_dir}/history.jsonl, verdict.json, faults.jsonl, summary.txt, n<i>/node.log")
     if res.verdict != "pass":
-        add(f"reproduce: paxoskv chaos --nodes {cfg.nodes} --duration {cfg.duration_s:g}s --faults "
-            f"{','.join(sorted(cfg.faults))} --seed {cfg.seed}")
+        add(
+            f"reproduce: paxoskv chaos --nodes {cfg.nodes} --duration {cfg.duration_s:g}s --faults "
+            f"{','.join(sorted(cfg.faults))} --seed {cfg.seed}"
+        )
     return "\n".join(lines) + "\n"
 
 

@@ -34,7 +34,15 @@ from paxoskv.chaos.workload import channel_options
 from paxoskv.check import Operation, Recorder
 from paxoskv.v1 import kv_pb2, kv_pb2_grpc
 
-__all__ = ["Convergence", "FinalState", "LostWrite", "compare_nodes", "final_reads", "lost_writes", "wait_converged"]
+__all__ = [
+    "Convergence",
+    "FinalState",
+    "LostWrite",
+    "compare_nodes",
+    "final_reads",
+    "lost_writes",
+    "wait_converged",
+]
 
 
 @dataclass(slots=True)
@@ -47,7 +55,12 @@ class Convergence:
 
 
 async def wait_converged(
-    monitor: Monitor, ids: Sequence[int], *, timeout_s: float, clock: Callable[[], float], stable_polls: int = 3,
+    monitor: Monitor,
+    ids: Sequence[int],
+    *,
+    timeout_s: float,
+    clock: Callable[[], float],
+    stable_polls: int = 3,
     interval_s: float = 0.2,
 ) -> Convergence:
     start = clock()
@@ -74,7 +87,9 @@ async def wait_converged(
         if sig is not None and sig == last_sig:
             stable += 1
             if stable >= stable_polls:
-                return Convergence(True, clock() - start, sig[0], {i: st.applied_index for i, st in seen.items()})
+                return Convergence(
+                    True, clock() - start, sig[0], {i: st.applied_index for i, st in seen.items()}
+                )
         else:
             stable = 1 if sig is not None else 0
         last_sig = sig
@@ -91,7 +106,12 @@ class FinalState:
 
 
 async def final_reads(
-    targets: dict[int, str], keys: Sequence[str], recorder: Recorder, monitor: Monitor, *, deadline_s: float = 15.0,
+    targets: dict[int, str],
+    keys: Sequence[str],
+    recorder: Recorder,
+    monitor: Monitor,
+    *,
+    deadline_s: float = 15.0,
 ) -> FinalState:
     fs = FinalState()
     loop = asyncio.get_running_loop()
@@ -109,7 +129,9 @@ async def final_reads(
                     except grpc.aio.AioRpcError as exc:
                         recorder.complete(op_id, "unknown")
                         if loop.time() > end:
-                            fs.errors.append(f"node {i}: linearizable get {key} failed: {exc.code().name} {exc.details()}")
+                            fs.errors.append(
+                                f"node {i}: linearizable get {key} failed: {exc.code().name} {exc.details()}"
+                            )
                             break
                         await asyncio.sleep(0.1)
                         continue
@@ -123,7 +145,9 @@ async def final_reads(
                 try:
                     resp = await stub.Get(kv_pb2.GetRequest(key=key.encode(), serializable=True), timeout=2.0)
                 except grpc.aio.AioRpcError as exc:
-                    fs.errors.append(f"node {i}: serializable get {key} failed: {exc.code().name} {exc.details()}")
+                    fs.errors.append(
+                        f"node {i}: serializable get {key} failed: {exc.code().name} {exc.details()}"
+                    )
                     continue
                 ser[key] = resp.value.decode() if resp.found else None
             fs.serializable[i] = ser
@@ -156,7 +180,9 @@ def compare_nodes(fs: FinalState, ids: Iterable[int], keys: Sequence[str]) -> li
         if i in counts and i in fs.serializable:
             present = sum(1 for v in fs.serializable[i].values() if v is not None)
             if present != counts[i]:
-                problems.append(f"node {i} holds {counts[i]} keys, {present} of them from the workload's key set")
+                problems.append(
+                    f"node {i} holds {counts[i]} keys, {present} of them from the workload's key set"
+                )
     return problems
 
 
@@ -183,18 +209,36 @@ def lost_writes(history: Iterable[Operation], final: dict[str, str | None]) -> l
         if fv is not None:
             producers = [w for w in ws if w.op == "put" and w.value == fv]
             if not producers:
-                lost.append(LostWrite(
-                    Operation(id=-1, client="?", op="put", key=key, value=fv, call=0.0, ret=None, outcome="unknown"),
-                    fv, f"final value {fv!r} of {key} was never written by any put",
-                ))
+                lost.append(
+                    LostWrite(
+                        Operation(
+                            id=-1,
+                            client="?",
+                            op="put",
+                            key=key,
+                            value=fv,
+                            call=0.0,
+                            ret=None,
+                            outcome="unknown",
+                        ),
+                        fv,
+                        f"final value {fv!r} of {key} was never written by any put",
+                    )
+                )
                 continue
             p = producers[0]
             if p.outcome != "ok":
                 continue  # an unknown put may take effect at any time after its call
             for w in acked:
                 if w is not p and p.ret < w.call:
-                    lost.append(LostWrite(w, fv, f"{key} holds {fv!r}, written by #{p.id} which returned before "
-                                                 f"#{w.id} was invoked"))
+                    lost.append(
+                        LostWrite(
+                            w,
+                            fv,
+                            f"{key} holds {fv!r}, written by #{p.id} which returned before "
+                            f"#{w.id} was invoked",
+                        )
+                    )
         else:
             deletes = [w for w in ws if w.op == "delete"]
             for w in acked:

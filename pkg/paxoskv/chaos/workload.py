@@ -109,7 +109,8 @@ class _Client:
         self.rng = rng
         self.seq = 0
         self.channels = {
-            i: grpc.aio.insecure_channel(t, options=channel_options(f"{self.name}-n{i}")) for i, t in targets.items()
+            i: grpc.aio.insecure_channel(t, options=channel_options(f"{self.name}-n{i}"))
+            for i, t in targets.items()
         }
         self.stubs = {i: kv_pb2_grpc.KVStub(ch) for i, ch in self.channels.items()}
 
@@ -136,7 +137,10 @@ class _Client:
         if kind == "put":
             value = f"{self.name}-{self.seq}"
             return await self._do(
-                kind, key, value, lambda: kv_pb2.PutRequest(request=hdr, key=key.encode(), value=value.encode())
+                kind,
+                key,
+                value,
+                lambda: kv_pb2.PutRequest(request=hdr, key=key.encode(), value=value.encode()),
             )
         return await self._do(kind, key, None, lambda: kv_pb2.DeleteRequest(request=hdr, key=key.encode()))
 
@@ -178,7 +182,9 @@ class _Client:
                     return wl.recorder.complete(op_id, "fail")
                 maybe_applied = maybe_applied or kind != "get"
                 node = self._next(node, exc)
-                await asyncio.sleep(min(cfg.backoff_s * (1 + self.rng.random()), max(0.0, deadline - clock())))
+                await asyncio.sleep(
+                    min(cfg.backoff_s * (1 + self.rng.random()), max(0.0, deadline - clock()))
+                )
                 continue
             if kind == "get":
                 out = resp.value.decode() if resp.found else None
@@ -229,7 +235,8 @@ class Workload:
         self.notes: Counter = Counter()
         self.on_write = on_write
         self.clients = [
-            _Client(self, c, targets, random.Random(f"{seed}/client/{c}"), run_tag) for c in range(cfg.clients)
+            _Client(self, c, targets, random.Random(f"{seed}/client/{c}"), run_tag)
+            for c in range(cfg.clients)
         ]
         self._stop = asyncio.Event()
         self._tasks: list[asyncio.Task] = []
