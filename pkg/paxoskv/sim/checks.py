@@ -19,6 +19,10 @@ Rules:
   have overwritten it explains the final value.
 - ``check_convergence``: at the end of the liveness phase all nodes have the
   same applied index and the same key-value map.
+- ``reference_state`` replays the agreed log through a model of the state
+  machine written independently of :mod:`paxoskv.kv` (a dict and the last
+  sequence per client), so a bug in the real state machine's apply or
+  exactly-once sessions shows as a difference from it.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from paxoskv.paxos.types import Value
+from paxoskv.v1 import kv_pb2
 from paxoskv.sim.history import DELETE, FAIL, OK, PUT, Operation
 
 
@@ -150,3 +155,23 @@ def check_convergence(applied_index: Mapping[int, int],
 def _short(value: Value) -> str:
     text = repr(value)
     return text if len(text) <= 120 else text[:117] + "..."
+
+
+def reference_state(log: Mapping[int, Value], through: int) -> dict[bytes, bytes]:
+    """The key-value map after applying slots ``1..through`` of ``log`` with
+    exactly-once sessions (a command whose sequence is not above its client's
+    last applied one has no effect)."""
+    kv: dict[bytes, bytes] = {}
+    last_sequence: dict[str, int] = {}
+    for slot in range(1, through + 1):
+        for data in log[slot]:
+            cmd = kv_pb2.Command.FromString(data)
+            if cmd.client_id:
+                if cmd.sequence <= last_sequence.get(cmd.client_id, 0):
+                    continue
+                last_sequence[cmd.client_id] = cmd.sequence
+            if cmd.HasField("put"):
+                kv[cmd.put.key] = cmd.put.value
+            else:
+                kv.pop(cmd.delete.key, None)
+    return kv

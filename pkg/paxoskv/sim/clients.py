@@ -59,6 +59,7 @@ class ClientEnv(Protocol):
     node_ids: tuple[int, ...]
     keys: tuple[bytes, ...]
     history: list[Operation]
+    trace: list[str] | None  # None: no trace is kept (skip formatting notes)
 
     def take_op(self) -> bool:
         """May a new operation start now? (consumes the run's operation budget)"""
@@ -71,6 +72,8 @@ class ClientEnv(Protocol):
     def client_idle(self, client: Client) -> None: ...
 
     def violation(self, kind: str, detail: str) -> None: ...
+
+    def note(self, text: str) -> None: ...
 
 
 class Client:
@@ -124,6 +127,8 @@ class Client:
             value=value, sequence=sequence, call_us=self._sched.now_us,
         )
         self.env.history.append(op)
+        if self.env.trace is not None:
+            self.env.note(f"{self.client_id} invoke: {op.describe()}")
         self.op = op
         self._failures = 0
         self._last_node = 0
@@ -192,5 +197,7 @@ class Client:
 
     def _finish(self, op: Operation, outcome: str) -> None:
         op.finish(outcome, self._sched.now_us)
+        if self.env.trace is not None:
+            self.env.note(f"{self.client_id} done: {op.describe()}")
         self.op = None
         self._sched.after(self._think_us(), self._next_op)

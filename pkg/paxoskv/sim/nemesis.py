@@ -10,9 +10,13 @@ Rules:
 - Partition actions *replace* the current cut set; ``heal`` clears it. A
   flapping node toggles its own cut set (the network's second layer) on a
   period until its flap ends, independent of the other partitions.
-- A crash loses the node's unsynced writes (the storage's crash model) and,
-  usually, schedules the node's restart after a random downtime; at most
-  ``down_max`` nodes are down at once (drawn per run, may be all of them).
+- A crash is a power loss (the node's unsynced writes are lost: the storage's
+  crash model) or a process kill (the OS keeps every write); either usually
+  schedules the node's restart after a random downtime; at most ``down_max``
+  nodes are down at once (drawn per run, may be all of them).
+- A full disk makes every write of one node fail for a while: the node stops
+  at its next write (as the real one must) and cannot start until the disk
+  has room again; then a supervisor restarts it.
 - A pause freezes a node (a GC pause, SIGSTOP): no ticks, and everything that
   reaches it waits in its inbox until it resumes. It keeps its memory.
 - ``stop`` ends everything (the liveness phase): no more actions, flaps end.
@@ -35,7 +39,7 @@ class FaultProfile:
     name: str
     lossy: bool  # message loss and duplication (delay and reordering are always on)
     partitions: bool  # symmetric, asymmetric, leader isolation, splits, flapping
-    crashes: bool  # crash (losing unsynced writes) and restart
+    crashes: bool  # power loss (losing unsynced writes), process kill, full disk, restart
     pauses: bool  # process pauses
 
 
@@ -62,7 +66,9 @@ class Cluster(Protocol):
 
     def leader_id(self) -> int | None: ...
 
-    def crash(self, node_id: int) -> None: ...
+    def crash(self, node_id: int, power_loss: bool) -> None: ...
+
+    def disk_full(self, node_id: int, duration_us: int) -> None: ...
 
     def restart(self, node_id: int) -> None: ...
 
@@ -101,6 +107,7 @@ class Nemesis:
                 ("crash", 2, self._crash),
                 ("crash_leader", 2, self._crash_leader),
                 ("restart", 1, self._restart),
+                ("disk_full", 1, self._disk_full),
             ]
         if profile.pauses:
             table += [("pause", 1, self._pause), ("pause_leader", 1, self._pause_leader)]
@@ -228,7 +235,7 @@ class Nemesis:
     def _crash_node(self, node: int) -> None:
         if not self.cluster.is_up(node) or len(self._down_nodes()) >= self.down_max:
             return
-        self.cluster.crash(node)
+        self.cluster.crash(node, power_loss=self.rng.random() < 0.7)
         if self.rng.random() < self.restart_probability:
             downtime = self.rng.randint(1_000, self.downtime_max_us)
             self.cluster.scheduler.after(downtime, self._restart_node, node)
@@ -249,6 +256,9 @@ class Nemesis:
         down = self._down_nodes()
         if down:
             self.cluster.restart(self.rng.choice(down))
+
+    def _disk_full(self) -> None:
+        self.cluster.disk_full(self.rng.choice(self.cluster.node_ids), self.rng.randint(1_000, 300_000))
 
     def _pause_node(self, node: int) -> None:
         if self.cluster.is_up(node):

@@ -18,6 +18,10 @@ Rules:
   ``flap_cuts`` toggled by a flapping node; a link is cut if either cuts it.
 - ``heal`` clears both and ``calm`` stops loss and duplication (the liveness
   phase); delays remain.
+- In ``wire`` mode (drawn per run) every message is encoded to its protobuf
+  ``Envelope`` and decoded back before it travels, exactly as the real bus
+  does; a message that does not survive the round trip unchanged is reported
+  to ``on_wire_error`` (and still dropped, as a real peer would).
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ import random
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
+from paxoskv.paxos import codec
 from paxoskv.paxos.types import Message
 from paxoskv.sim.scheduler import Scheduler
 
@@ -74,6 +79,8 @@ class Network:
         loss: float,
         duplicate: float,
         deliver: Callable[[Message], None],
+        wire: bool = False,
+        on_wire_error: Callable[[str], None] | None = None,
     ) -> None:
         assert 0.0 <= loss <= 0.3, loss
         assert 0.0 <= duplicate <= 0.5, duplicate
@@ -83,6 +90,8 @@ class Network:
         self.loss = loss
         self.duplicate = duplicate
         self._deliver = deliver
+        self.wire = wire
+        self._on_wire_error = on_wire_error
         self.cuts: frozenset[tuple[int, int]] = frozenset()
         self.flap_cuts: frozenset[tuple[int, int]] = frozenset()
         self._cut_all: frozenset[tuple[int, int]] = frozenset()
@@ -127,6 +136,20 @@ class Network:
         if self._cut_all and (msg.frm, msg.to) in self._cut_all:
             stats.cut += 1
             return
+        if self.wire:
+            try:
+                _, back = codec.decode(codec.encode(msg, "sim"))
+            except Exception as exc:  # noqa: BLE001 - reported, never raised
+                back = None
+                problem = f"{type(exc).__name__}: {exc}"
+            else:
+                problem = "" if back == msg else f"decoded as {back!r}"
+            if problem:
+                if self._on_wire_error is not None:
+                    self._on_wire_error(f"{msg!r} does not survive the wire: {problem}")
+                return
+            assert back is not None
+            msg = back
         rng = self._rng
         if self.loss and rng.random() < self.loss:
             stats.lost += 1

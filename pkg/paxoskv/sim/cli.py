@@ -1,0 +1,99 @@
+"""``paxoskv sim``: run the deterministic simulator from the command line.
+
+Rules:
+
+- ``--seed S`` runs one seed (a random one, printed, when omitted);
+  ``--seeds N`` runs ``S, S+1, ..., S+N-1``. Each seed is a whole run
+  (safety phase, liveness phase, every checker).
+- Every failing seed prints its violations and the exact command that replays
+  it; the replay is identical (same seed, same options, same run).
+- The summary at the end says how many seeds ran, how many failed, how many
+  client operations were simulated, and simulated operations per second of
+  real time, so growth (or loss) of speed is visible.
+- Exit status: 0 when every seed passed, 1 when any seed found a violation.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+import click
+
+from paxoskv.sim.nemesis import FAULT_PROFILES
+from paxoskv.sim.simulation import FAULTS_DEFAULT, OPS_DEFAULT, SimConfig, SimResult, Simulation
+
+
+def _print_failure(result: SimResult, violations_max: int = 10) -> None:
+    click.echo(f"FAIL {result.summary()}")
+    click.echo(f"  params: {result.params}")
+    for v in result.violations[:violations_max]:
+        text = str(v)
+        click.echo("  " + text.replace("\n", "\n    "))
+    if len(result.violations) > violations_max:
+        click.echo(f"  ... and {len(result.violations) - violations_max} more")
+    click.echo(f"  replay: {result.config.replay_command()}")
+
+
+@click.command("sim")
+@click.option("--seed", type=int, default=None, help="First (or only) seed; random if omitted.")
+@click.option("--seeds", "count", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Run this many consecutive seeds.")
+@click.option("--nodes", type=click.IntRange(min=1), default=3, show_default=True,
+              help="Cluster size.")
+@click.option("--ops", type=click.IntRange(min=0), default=OPS_DEFAULT, show_default=True,
+              help="Client operations per seed (at most).")
+@click.option("--faults", type=click.Choice(sorted(FAULT_PROFILES)), default=FAULTS_DEFAULT,
+              show_default=True, help="Which faults the nemesis and the network inject.")
+@click.option("--verbose", "-v", is_flag=True,
+              help="Print every seed's summary and parameters, and the full event trace.")
+@click.option("--history-out", type=click.Path(dir_okay=False), default=None,
+              help="Write the (last) seed's client history as JSON Lines for `paxoskv check`.")
+@click.option("--stop-on-failure/--no-stop-on-failure", default=True, show_default=True,
+              help="Stop at the first failing seed.")
+def sim_cmd(seed: int | None, count: int, nodes: int, ops: int, faults: str, verbose: bool,
+            history_out: str | None, stop_on_failure: bool) -> None:
+    """Run the deterministic cluster simulator; print a replay command on failure."""
+    if seed is None:
+        seed = int.from_bytes(os.urandom(4), "big")
+        click.echo(f"seed {seed} (random)")
+    started = time.perf_counter()
+    ops_total = 0
+    failed: list[SimResult] = []
+    undecided = 0
+    last: SimResult | None = None
+    for s in range(seed, seed + count):
+        config = SimConfig(seed=s, nodes=nodes, ops=ops, faults=faults, trace=verbose)
+        result = Simulation(config).run()
+        last = result
+        ops_total += result.ops
+        undecided += result.linearizability == "unknown"
+        if verbose:
+            click.echo(f"params: {result.params}")
+            for line in result.trace or ():
+                click.echo(line)
+            click.echo(result.summary())
+        if not result.ok:
+            failed.append(result)
+            _print_failure(result)
+            if stop_on_failure:
+                break
+    elapsed = time.perf_counter() - started
+    if history_out is not None and last is not None:
+        from paxoskv.check import dump_history  # noqa: PLC0415
+        from paxoskv.sim.simulation import to_check_operations  # noqa: PLC0415
+
+        dump_history(to_check_operations(last.history), history_out)
+        click.echo(f"history of seed {last.config.seed} written to {history_out}")
+    seeds_run = (last.config.seed - seed + 1) if last is not None else 0
+    rate = ops_total / elapsed if elapsed > 0 else 0.0
+    click.echo(
+        f"seeds: {seeds_run}  violations: {len(failed)}  simulated ops: {ops_total}  "
+        f"real time: {elapsed:.2f}s  simulated ops/s: {rate:.0f}"
+        + (f"  linearizability undecided (budget): {undecided}" if undecided else "")
+    )
+    if failed:
+        click.echo("replay:")
+        for result in failed:
+            click.echo(f"  {result.config.replay_command()}")
+        raise SystemExit(1)
