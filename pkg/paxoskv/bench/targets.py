@@ -91,28 +91,36 @@ def _rpc_failed(exc: grpc.aio.AioRpcError) -> OpFailed:
 
 
 class _PaxosSession:
-    """One ``KV.Session`` stream shared by the slots of one endpoint."""
+    """One ``KV.Session`` stream shared by the slots of one endpoint.
+
+    A writer task owns ``call.write`` (one write at a time, in order); a
+    reader task completes the futures. Either one ending fails every pending
+    operation and closes the stream; the next ``call`` opens a new one.
+    """
 
     def __init__(self, stub: kv_pb2_grpc.KVStub) -> None:
         self._stub = stub
-        self._queue: asyncio.Queue[kv_pb2.SessionRequest | None] = asyncio.Queue()
+        self._queue: asyncio.Queue[kv_pb2.SessionRequest] = asyncio.Queue()
         self._pending: dict[int, asyncio.Future[kv_pb2.ResponseOp]] = {}
         self._next_id = 0
         self._call: Any = None
-        self._reader: asyncio.Task | None = None
+        self._tasks: list[asyncio.Task] = []
 
     def _open(self) -> None:
+        call = self._stub.Session()
+        self._call = call
         self._queue = asyncio.Queue()
-        self._call = self._stub.Session(self._requests(self._queue))
-        self._reader = asyncio.create_task(self._read(self._call))
+        self._tasks = [asyncio.create_task(self._write(call, self._queue)), asyncio.create_task(self._read(call))]
 
-    @staticmethod
-    async def _requests(queue: asyncio.Queue):
-        while True:
-            req = await queue.get()
-            if req is None:
-                return
-            yield req
+    async def _write(self, call: Any, queue: asyncio.Queue) -> None:
+        try:
+            while True:
+                await call.write(await queue.get())
+        except (grpc.aio.AioRpcError, asyncio.InvalidStateError) as exc:
+            failure = _rpc_failed(exc) if isinstance(exc, grpc.aio.AioRpcError) else OpFailed("UNAVAILABLE", str(exc))
+            if call.done():  # a write after the RPC ended: report why it ended
+                failure = OpFailed((await call.code()).name, await call.details() or "")
+            self._broken(call, failure)
 
     async def _read(self, call: Any) -> None:
         failure = OpFailed("UNAVAILABLE", "session stream ended")
@@ -123,15 +131,20 @@ class _PaxosSession:
                     fut.set_result(resp.result)
         except grpc.aio.AioRpcError as exc:
             failure = _rpc_failed(exc)
-        except asyncio.CancelledError:
-            failure = OpFailed("CANCELLED", "session closed")
-        finally:
-            if self._call is call:
-                self._call = None
-            pending, self._pending = self._pending, {}
-            for fut in pending.values():
-                if not fut.done():
-                    fut.set_exception(failure)
+        self._broken(call, failure)
+
+    def _broken(self, call: Any, failure: OpFailed) -> None:
+        if self._call is not call:
+            return
+        self._call = None
+        call.cancel()
+        for task in self._tasks:
+            if task is not asyncio.current_task():
+                task.cancel()
+        pending, self._pending = self._pending, {}
+        for fut in pending.values():
+            if not fut.done():
+                fut.set_exception(failure)
 
     async def call(self, op: kv_pb2.RequestOp, timeout_s: float) -> kv_pb2.ResponseOp:
         if self._call is None:
@@ -150,11 +163,11 @@ class _PaxosSession:
 
     async def close(self) -> None:
         if self._call is not None:
-            self._queue.put_nowait(None)
-            self._call.cancel()
-        if self._reader is not None:
-            self._reader.cancel()
-            await asyncio.gather(self._reader, return_exceptions=True)
+            self._broken(self._call, OpFailed("CANCELLED", "session closed"))
+        tasks, self._tasks = self._tasks, []
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
 
 
 def _check_op(result: kv_pb2.ResponseOp) -> None:

@@ -1,0 +1,438 @@
+"""The side-by-side benchmark: paxoskv against etcd and PySyncObj, same box, same run.
+
+Run it as ``bench/compare`` from the repository root (that wrapper installs
+what is missing, then runs this file with the project's virtualenv).
+
+Theory of operation
+-------------------
+For each round, for each system in turn (paxoskv, etcd, pysyncobj, then
+again in the same order: A B C A B C ...), the harness starts a fresh
+3-node cluster of that system on 127.0.0.1 (free ports, data under one
+temporary directory, each system's default durability), waits until every
+node answers a read, pre-fills the keys, runs every workload against it with
+``paxoskv.bench.runner.run`` -- the code behind ``paxoskv bench``, so every
+system meets the same client -- and stops the cluster by PID before the
+next system starts. Only one system runs at a time, so none of them pays
+for another's idle heartbeats, and alternating rounds spreads slow drifts
+of the machine (other load, thermal, page cache) over all of them.
+
+The table shows, for each workload and figure, the median over the rounds
+of each system and the ratio paxoskv / peer (for throughput higher is
+better; for latency lower is better). ``server cores`` is the CPU the
+cluster's processes used during the measure window per second of it,
+``client cores`` the same for the load generator's processes: on a small
+box both share the same cores, which is part of the story.
+
+PySyncObj has no client protocol; ``bench/pysyncobj_node.py`` puts a small
+``paxoskv.v1.KV`` gRPC front on each node, so it is measured through the
+same client as paxoskv. Its ``in-process`` row is different: a closed loop
+inside each node process calling the replicated method directly (no gRPC,
+no client process), which is how the issue's reference figure was taken.
+PySyncObj never fsyncs; etcd and paxoskv fsync before acknowledging.
+
+Every process started here is stopped by PID in ``finally`` blocks, on
+success, on failure, on Ctrl-C and on SIGTERM.
+"""
+
+from __future__ import annotations
+
+import argparse
+import concurrent.futures
+import datetime
+import json
+import pathlib
+import shutil
+import signal
+import statistics
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, replace
+
+import grpc
+
+from paxoskv.bench import clusters, report
+from paxoskv.bench.runner import BenchConfig, BenchError, BenchResult, Progress, run
+from paxoskv.bench.workload import Workload
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+NODE_SCRIPT = ROOT / "bench" / "pysyncobj_node.py"
+SYSTEMS = ("paxoskv", "etcd", "pysyncobj")
+
+
+@dataclass(frozen=True)
+class Job:
+    key: str
+    title: str
+    mode: str = "unary"
+    read_share: float = 0.0
+    processes: int | None = None  # None: the run's --processes
+    concurrency: int | None = None  # None: the run's --concurrency
+    systems: tuple[str, ...] = SYSTEMS
+    baseline: str | None = None  # for a paxoskv-only job: the peers' job it is compared with
+
+
+JOBS: tuple[Job, ...] = (
+    Job("put", "put, unary"),
+    Job("get", "get, linearizable, unary", read_share=1.0),
+    Job("mix50", "50% get / 50% put, unary", read_share=0.5),
+    Job("mix95", "95% get / 5% put, unary", read_share=0.95),
+    Job("put1", "put, 1 client, 1 in flight", processes=1, concurrency=1),
+    Job("get1", "get, 1 client, 1 in flight", read_share=1.0, processes=1, concurrency=1),
+    Job("put-batch", "put, batch of 100 per RPC", mode="batch", concurrency=4, systems=("paxoskv",), baseline="put"),
+    Job("put-stream", "put, KV.Session stream", mode="stream", systems=("paxoskv",), baseline="put"),
+)
+
+
+def start(system: str, base: pathlib.Path) -> clusters.Cluster:
+    if system == "paxoskv":
+        return clusters.start_paxoskv(base)
+    if system == "etcd":
+        return clusters.start_etcd(base)
+    return clusters.start_pysyncobj(base, NODE_SCRIPT)
+
+
+def measure(cluster: clusters.Cluster, cfg: BenchConfig) -> tuple[BenchResult, float]:
+    """Run one workload; also the cluster's CPU cores during the measure window."""
+    marks: dict[str, tuple[float, float]] = {}
+
+    def on_progress(p: Progress) -> None:
+        if p.phase in ("measure", "drain") and p.phase not in marks:
+            marks[p.phase] = (time.monotonic(), cluster.cpu_s())
+
+    result = run(cfg, on_progress)
+    if "measure" in marks and "drain" in marks:
+        (t0, c0), (t1, c1) = marks["measure"], marks["drain"]
+        server_cores = (c1 - c0) / max(1e-9, t1 - t0)
+    else:
+        server_cores = float("nan")
+    return result, server_cores
+
+
+def in_process_pysyncobj(cluster: clusters.Cluster, args: argparse.Namespace) -> dict:
+    """The issue's way of loading PySyncObj: inside each node, no client. All nodes at once."""
+    spec = {
+        "inflight": args.pysyncobj_inflight,
+        "warmup_s": args.warmup_s,
+        "duration_s": args.duration_s,
+        "keys": args.keys,
+        "value_bytes": args.value_bytes,
+        "read_share": 0.0,
+    }
+
+    def one(i_ep: tuple[int, str]) -> dict:
+        i, ep = i_ep
+        with grpc.insecure_channel(ep, options=[("grpc.max_receive_message_length", 256 << 20)]) as ch:
+            call = ch.unary_unary("/pysyncobjbench.Load/Run")
+            return json.loads(call(json.dumps({**spec, "seed": i}).encode(), timeout=args.warmup_s + args.duration_s + 120))
+
+    c0 = cluster.cpu_s()
+    t0 = time.monotonic()
+    with concurrent.futures.ThreadPoolExecutor(len(cluster.endpoints)) as pool:
+        parts = list(pool.map(one, enumerate(cluster.endpoints)))
+    cores = (cluster.cpu_s() - c0) / (time.monotonic() - t0)
+    lat = sorted(x for p in parts for x in p["latencies_us"])
+
+    def q(f: float) -> float:
+        return lat[min(len(lat) - 1, int(f * len(lat)))] / 1000 if lat else 0.0
+
+    errors: dict[str, int] = {}
+    for p in parts:
+        for k, v in p["errors"].items():
+            errors[k] = errors.get(k, 0) + v
+    return {
+        "throughput_ops_s": len(lat) / args.duration_s,
+        "p50_ms": q(0.50),
+        "p99_ms": q(0.99),
+        "max_ms": lat[-1] / 1000 if lat else 0.0,
+        "errors": sum(errors.values()),
+        "server_cores": cores,
+        "client_cores": 0.0,
+    }
+
+
+def figures(result: BenchResult, server_cores: float) -> dict:
+    t = result.total
+    nan = float("nan")  # no successful operation: no latency to show
+    return {
+        "throughput_ops_s": t.throughput_ops_s,
+        "p50_ms": t.p50_ms if t.count else nan,
+        "p99_ms": t.p99_ms if t.count else nan,
+        "max_ms": t.max_ms if t.count else nan,
+        "errors": result.error_count,
+        "error_codes": result.errors,
+        "server_cores": server_cores,
+        "client_cores": result.client_cpu_cores,
+    }
+
+
+def _fresh_cluster(system: str, base: pathlib.Path, args: argparse.Namespace, base_cfg: dict) -> clusters.Cluster:
+    """Start a cluster, wait for it, pre-fill every key once (not measured)."""
+    cluster = start(system, base)
+    try:
+        cluster.wait_ready(timeout_s=60.0)
+        target = "etcd" if system == "etcd" else "paxoskv"
+        wl = Workload(read_share=1.0, keys=args.keys, value_bytes=args.value_bytes)
+        run(BenchConfig(target=target, endpoints=tuple(cluster.endpoints), workload=wl, label=system,
+                        **{**base_cfg, "warmup_s": 0.0, "duration_s": 0.1}))
+    except BaseException:
+        cluster.stop()
+        raise
+    return cluster
+
+
+def run_all(args: argparse.Namespace, work: pathlib.Path) -> dict:
+    """Every figure of every round: results[job][system] = [figures of round 1, ...].
+
+    A job that fails (the cluster stopped answering, a node died) is recorded
+    as ``{"failed": why}``; the cluster is then replaced by a fresh one for
+    the jobs after it, so one failure costs one cell, not the whole table.
+    """
+    base_cfg = dict(
+        processes=args.processes,
+        concurrency=args.concurrency,
+        warmup_s=args.warmup_s,
+        duration_s=args.duration_s,
+        timeout_s=args.timeout_s,
+        connect_timeout_s=30.0,
+        batch_size=args.batch_size,
+    )
+    jobs = [j for j in JOBS if not args.jobs or j.key in args.jobs]
+    results: dict[str, dict[str, list[dict]]] = {}
+    for rnd in range(args.rounds):
+        for system in args.systems:
+            print(f"== round {rnd + 1}/{args.rounds}: {system}, 3 nodes", file=sys.stderr, flush=True)
+            target = "etcd" if system == "etcd" else "paxoskv"
+            cluster: clusters.Cluster | None = None
+            starts = 0
+            try:
+                for job in jobs:
+                    if system not in job.systems:
+                        continue
+                    fig: dict | None = None
+                    try:
+                        if cluster is None:
+                            starts += 1
+                            cluster = _fresh_cluster(system, work / f"r{rnd + 1}-{system}-{starts}", args, base_cfg)
+                        cfg = BenchConfig(
+                            target=target,
+                            endpoints=tuple(cluster.endpoints),
+                            mode=job.mode,
+                            workload=Workload(read_share=job.read_share, keys=args.keys, value_bytes=args.value_bytes, seed=rnd + 1),
+                            label=system,
+                            prefill=False,
+                            **{
+                                **base_cfg,
+                                "processes": job.processes or args.processes,
+                                "concurrency": job.concurrency or args.concurrency,
+                            },
+                        )
+                        result, server_cores = measure(cluster, cfg)
+                        fig = figures(result, server_cores)
+                        cluster.check_alive()
+                        cluster.wait_ready(timeout_s=20.0)  # still serving after the load?
+                    except (BenchError, RuntimeError) as exc:
+                        why = str(exc).strip().splitlines()[-1][:200]
+                        fig = {"failed": why} if fig is None else {**fig, "failed_after": why}
+                        if cluster is not None:
+                            cluster.stop()
+                            cluster = None
+                    results.setdefault(job.key, {}).setdefault(system, []).append(fig)
+                    _say(job.title, fig)
+                if system == "pysyncobj" and args.pysyncobj_inflight > 0 and (not args.jobs or "inproc" in args.jobs):
+                    try:
+                        if cluster is None:
+                            starts += 1
+                            cluster = _fresh_cluster(system, work / f"r{rnd + 1}-{system}-{starts}", args, base_cfg)
+                        fig = in_process_pysyncobj(cluster, args)
+                    except (grpc.RpcError, RuntimeError, BenchError) as exc:
+                        fig = {"failed": str(exc).strip().splitlines()[-1][:200]}
+                    results.setdefault("inproc", {}).setdefault(system, []).append(fig)
+                    _say("put, in-process (no client)", fig)
+            finally:
+                if cluster is not None:
+                    cluster.stop()
+    return results
+
+
+def _say(title: str, fig: dict) -> None:
+    if "throughput_ops_s" in fig:
+        line = (f"   {title:34} {fig['throughput_ops_s']:>9,.0f} ops/s  p50 {fig['p50_ms']:7.2f} ms"
+                f"  p99 {fig['p99_ms']:7.2f} ms  errors {fig['errors']}")
+        if "failed_after" in fig:
+            line += f"  -- then the cluster stopped answering: {fig['failed_after']}"
+    else:
+        line = f"   {title:34} FAILED: {fig['failed']}"
+    print(line, file=sys.stderr, flush=True)
+
+
+def median(runs: list[dict], name: str) -> float | None:
+    """The median over the rounds that produced figures; None if none did."""
+    values = [r[name] for r in runs if name in r and r[name] == r[name]]  # not NaN
+    return statistics.median(values) if values else None
+
+
+def ratio(a: float | None, b: float | None) -> str:
+    if a is None or b is None or b == 0 or a != a or b != b:
+        return "-"
+    return f"{a / b:.2f}x"
+
+
+def fmt(v: float | None, name: str) -> str:
+    if v is None or v != v:
+        return "-"
+    if name == "throughput_ops_s":
+        return f"{v:,.0f}"
+    if name.endswith("_cores"):
+        return f"{v:.2f}"
+    if name == "errors":
+        return f"{v:,.0f}"
+    return f"{v:.2f}"
+
+
+FIGURES = (
+    ("throughput_ops_s", "ops/s"),
+    ("p50_ms", "p50 ms"),
+    ("p99_ms", "p99 ms"),
+    ("errors", "errors"),
+    ("server_cores", "server cores"),
+    ("client_cores", "client cores"),
+)
+
+
+COMPARABLE = ("throughput_ops_s", "p50_ms", "p99_ms")
+
+
+def cell(runs: list[dict] | None, value: float | None, name: str) -> str:
+    """A median, marked ``!`` when some rounds failed; ``failed`` when all did."""
+    if runs is None:
+        return "-"
+    if value is None:
+        return "failed"
+    broken = sum(1 for r in runs if "failed" in r or "failed_after" in r)
+    return fmt(value, name) + ("!" if broken else "")
+
+
+def failures(results: dict) -> list[str]:
+    out = []
+    for key, by_system in results.items():
+        for system, runs in by_system.items():
+            for i, r in enumerate(runs, 1):
+                why = r.get("failed") or r.get("failed_after")
+                if why:
+                    when = "failed" if "failed" in r else "measured, then stopped answering"
+                    out.append(f"! {system} {key} round {i}: {when}: {why}")
+    return out
+
+
+def table(results: dict, args: argparse.Namespace) -> str:
+    peers = [s for s in args.systems if s != "paxoskv"]
+    header = ["workload", "figure", "paxoskv"]
+    for p in peers:
+        header += [p, f"paxoskv/{p}"]
+    rows: list[list[str]] = []
+    titles = {j.key: j for j in JOBS}
+    for key, by_system in results.items():
+        job = titles.get(key)
+        title = job.title if job else "put, in-process load, no client (PySyncObj only)"
+        shown = False
+        for name, label in FIGURES:
+            if name in ("server_cores", "client_cores", "errors") and key == "inproc" and name != "server_cores":
+                continue
+            mine = median(by_system["paxoskv"], name) if "paxoskv" in by_system else None
+            row = [title if not shown else "", label, cell(by_system.get("paxoskv"), mine, name)]
+            shown = True
+            for p in peers:
+                if p in by_system:
+                    theirs: float | None = median(by_system[p], name)
+                    row += [cell(by_system[p], theirs, name), ratio(mine, theirs) if name in COMPARABLE else ""]
+                    continue
+                elif job is not None and job.baseline and p in results.get(job.baseline, {}) and name in ("throughput_ops_s",):
+                    theirs = median(results[job.baseline][p], name)
+                    note = "*"
+                else:
+                    theirs, note = None, ""
+                row += [fmt(theirs, name) + note, ratio(mine, theirs) if name in COMPARABLE else ""]
+            rows.append(row)
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+    out = []
+    for r in [header, *rows]:
+        out.append("  ".join([r[0].ljust(widths[0]), r[1].ljust(widths[1])] + [c.rjust(widths[i]) for i, c in enumerate(r) if i > 1]).rstrip())
+    return "\n".join(out)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description="paxoskv vs etcd vs PySyncObj, 3 nodes each on 127.0.0.1, one system at a time.")
+    ap.add_argument("--rounds", type=int, default=2, help="alternations A B C A B C ... (figures are medians)")
+    ap.add_argument("--duration-s", type=float, default=10.0)
+    ap.add_argument("--warmup-s", type=float, default=2.0)
+    ap.add_argument("--processes", type=int, default=2, help="client worker processes")
+    ap.add_argument("--concurrency", type=int, default=32, help="requests in flight per client process")
+    ap.add_argument("--batch-size", type=int, default=100)
+    ap.add_argument("--keys", type=int, default=10_000)
+    ap.add_argument("--value-bytes", type=int, default=100)
+    ap.add_argument("--timeout-s", type=float, default=10.0)
+    ap.add_argument("--systems", default=",".join(SYSTEMS), help="comma-separated subset of paxoskv,etcd,pysyncobj")
+    ap.add_argument("--jobs", default="", help=f"comma-separated subset of {','.join(j.key for j in JOBS)},inproc")
+    ap.add_argument("--pysyncobj-inflight", type=int, default=1000, help="in-process PySyncObj load per node (0: skip)")
+    ap.add_argument("--json", dest="json_out", default="", help="also write every figure of every round to this file")
+    ap.add_argument("--keep-data", action="store_true", help="keep the clusters' data directories and logs")
+    args = ap.parse_args()
+    args.systems = [s for s in args.systems.split(",") if s]
+    args.jobs = [j for j in args.jobs.split(",") if j]
+    unknown = set(args.systems) - set(SYSTEMS)
+    if unknown or "paxoskv" not in args.systems:
+        ap.error(f"--systems must include paxoskv and only name {', '.join(SYSTEMS)}")
+
+    def on_term(_sig, _frame):
+        raise KeyboardInterrupt  # unwinds through every finally: clusters are stopped
+
+    signal.signal(signal.SIGTERM, on_term)
+    started = datetime.datetime.now().astimezone()
+    work = pathlib.Path(tempfile.mkdtemp(prefix="paxoskv-compare-"))
+    try:
+        results = run_all(args, work)
+    except (BenchError, RuntimeError) as exc:
+        print(f"bench/compare: {exc}", file=sys.stderr)
+        print(f"logs and data kept in {work}", file=sys.stderr)
+        return 1
+    if args.keep_data:
+        print(f"logs and data kept in {work}", file=sys.stderr)
+    else:
+        shutil.rmtree(work, ignore_errors=True)
+    m = report.machine()
+    etcd_version = _etcd_version()
+    head = [
+        f"paxoskv vs peers, {started.isoformat(timespec='seconds')}",
+        f"machine: {m['nproc']} cores, {m['cpu_model']}, {m['kernel']}, Python {m['python']}",
+        f"systems: paxoskv (this tree, fsync on), etcd {etcd_version} (Debian, fsync on), "
+        f"PySyncObj 0.3.17 (no fsync; gRPC front bench/pysyncobj_node.py)",
+        f"each: 3 nodes on 127.0.0.1, load spread over all nodes; {args.rounds} rounds A B C ..., medians; "
+        f"{args.processes} client processes x {args.concurrency} in flight unless the workload says otherwise; "
+        f"{args.keys} keys, {args.value_bytes} B values; {args.duration_s:g} s measured after {args.warmup_s:g} s warmup",
+        "ratio = paxoskv / peer (throughput: higher is better; latency: lower is better);"
+        " * = the peer's unary put figure, for paxoskv's batch and stream rows",
+    ]
+    print("\n".join([*head, table(results, args), *failures(results)]))
+    if args.json_out:
+        pathlib.Path(args.json_out).write_text(
+            json.dumps({"started": started.isoformat(), "machine": m, "etcd": etcd_version, "args": vars(args), "results": results}, indent=2)
+        )
+    return 0
+
+
+def _etcd_version() -> str:
+    import subprocess
+
+    binary = clusters.etcd_binary()
+    if binary is None:
+        return "?"
+    out = subprocess.run([binary, "--version"], capture_output=True, text=True, check=False).stdout
+    for line in out.splitlines():
+        if line.startswith("etcd Version:"):
+            return line.split(":", 1)[1].strip()
+    return "?"
+
+
+if __name__ == "__main__":
+    sys.exit(main())
