@@ -26,13 +26,45 @@ Rules:
   what is wrong and what to do. ``NotWritable`` is also raised by a write
   that fails at run time (disk full): the node must stop, not go on.
 
-Chosen values are kept from ``log_start`` on; nothing compacts them yet, so
-``log_start`` is 1 (the snapshot work will move it).
+Log compaction and snapshots:
+
+- Chosen values are kept from ``log_start`` on (1 on a fresh store).
+  ``compact(through_slot)`` is ONE atomic batch, not synced on its own: it
+  deletes the chosen and accepted entries of slots ``<= through_slot`` and
+  records ``log_start = through_slot + 1``. Only applied slots may be
+  compacted (``through_slot <= applied_index``, asserted); ``log_start``
+  never goes back (a lower ``through_slot`` does nothing). ``persist``
+  ignores chosen values of slots below ``log_start`` (they are applied and
+  compacted; a late catch-up reply may still carry them).
+- ``reclaim()`` gives the space of deleted records back to the file system
+  (LevelDB: ``compact_range`` over the deleted ranges). It may take long and
+  does not block the other calls: run it in a worker thread, after
+  ``compact`` or ``begin_install().finish()``. It changes no record.
+- ``open_snapshot()`` returns a ``SnapshotSource``: a consistent view of the
+  applied state (keys, sessions, applied index) at the moment of the call,
+  taken without blocking writers. ``chunks(chunk_bytes)`` produces it in
+  the snapshot file format (:mod:`paxoskv.storage.snapshot`), lazily, and
+  may be called again; ``close()`` releases the view (``close`` of the
+  storage releases every view still open).
+- ``begin_install()`` returns a ``SnapshotInstaller``: ``write(chunk)`` takes
+  the snapshot's bytes in order (verifying as they come: a snapshot of
+  another cluster, or older than the applied index, is refused at its
+  header), ``finish()`` verifies the end and then, in ONE synced batch,
+  replaces the keys, sessions and applied index by the snapshot's, sets
+  ``log_start = index + 1`` and deletes the chosen and accepted entries
+  ``<= index``; the promise and the entries ``> index`` stay. It returns the
+  index. ``abort()`` drops what was staged. ``foreign_cluster_ok=True``
+  (only for ``paxoskv snapshot restore``, which seeds a new cluster from a
+  backup) takes a snapshot of any cluster id. Until ``finish()`` returns,
+  nothing of the snapshot is visible and a crash leaves the old state; once
+  it returned, the new state is durable. Errors in the snapshot itself are
+  ``SnapshotError`` (``SnapshotCorrupt``/``SnapshotRefused``), not
+  ``StorageError``: the transfer is retried, the node goes on.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
@@ -46,6 +78,8 @@ __all__ = [
     "LoadedState",
     "NotFound",
     "NotWritable",
+    "SnapshotInstaller",
+    "SnapshotSource",
     "Storage",
     "StorageError",
     "WrongCluster",
@@ -71,6 +105,47 @@ class LoadedState:
     sessions: dict[str, Session]
 
 
+class SnapshotSource(Protocol):
+    """A consistent view of the applied state; see ``Storage.open_snapshot``."""
+
+    @property
+    def applied_index(self) -> int: ...
+
+    @property
+    def cluster_id(self) -> str: ...
+
+    def chunks(self, chunk_bytes: int = ...) -> Iterator[bytes]: ...
+
+    def close(self) -> None: ...
+
+    def __enter__(self) -> SnapshotSource: ...
+
+    def __exit__(self, *exc: object) -> None: ...
+
+
+class SnapshotInstaller(Protocol):
+    """An install in progress; see ``Storage.begin_install``. As a context
+    manager it aborts unless ``finish()`` returned."""
+
+    @property
+    def applied_index(self) -> int | None:
+        """The snapshot's index, once its header was written (else None)."""
+        ...
+
+    @property
+    def bytes_written(self) -> int: ...
+
+    def write(self, chunk: bytes) -> None: ...
+
+    def finish(self) -> int: ...
+
+    def abort(self) -> None: ...
+
+    def __enter__(self) -> SnapshotInstaller: ...
+
+    def __exit__(self, *exc: object) -> None: ...
+
+
 @runtime_checkable
 class Storage(Protocol):
     def load(self) -> LoadedState: ...
@@ -84,6 +159,14 @@ class Storage(Protocol):
     ) -> None: ...
 
     def apply(self, changes: Changes, drop_accepted_through: int) -> None: ...
+
+    def compact(self, through_slot: int) -> None: ...
+
+    def reclaim(self) -> None: ...
+
+    def open_snapshot(self) -> SnapshotSource: ...
+
+    def begin_install(self, *, foreign_cluster_ok: bool = False) -> SnapshotInstaller: ...
 
     def close(self) -> None: ...
 

@@ -14,6 +14,9 @@ range of slots is a range of keys)::
     kv/<key>                  the value's bytes         the state machine's map
     session/<client_id utf8>  storage_pb2.Session       exactly-once sessions
     applied                   storage_pb2.AppliedState  the applied index
+    log_start                 storage_pb2.AppliedState  first slot kept (its
+                                                        applied_index field;
+                                                        absent: 1)
     probe                     (transient)               open-time write probe
 
 Every record is a protobuf message except a key's value in ``kv/``, which is
@@ -42,17 +45,58 @@ a crash during a write, is still dropped quietly: that batch never returned).
 
 Dropping accepted entries scans ``accepted/`` from the lowest slot that may
 still be present (tracked in memory) up to ``drop_accepted_through``, so it
-does not walk the tombstones of earlier drops again.
+does not walk the tombstones of earlier drops again. Compaction likewise
+scans ``chosen/`` from ``log_start`` only.
+
+Compaction and snapshots (the rules are in :mod:`paxoskv.storage.base`):
+
+- ``compact`` deletes records in one batch; LevelDB keeps their tombstones
+  and the old files until its own compaction merges them, so ``reclaim``
+  runs ``compact_range`` over ``chosen/`` and ``accepted/`` below
+  ``log_start`` (and, after an install, over ``kv/`` and ``session/``):
+  that rewrites the overlapping files without the deleted records and the
+  directory shrinks. It does NOT take the handle's lock (LevelDB is
+  thread-safe), so the node's writes go on while it runs; run it in a
+  worker thread.
+- ``open_snapshot`` takes a LevelDB snapshot under the lock (an instant)
+  and reads it without the lock: writers are never blocked. Its records are
+  read in batches of ``SOURCE_BATCH_RECORDS``. An open source pins the old
+  versions of what changes meanwhile: close it when done.
+- An installer stages the incoming bytes in a file
+  ``snapshot-incoming-*.tmp`` in the data directory (LevelDB ignores files
+  whose names it does not own), so a transfer of any size takes no memory.
+  Only the header is checked as the bytes come (another cluster, or an
+  older index, is refused at once). ``finish()`` then, under the lock, reads
+  the file in ONE pass that verifies everything (framing, order, counts,
+  checksum) while merging it with the stored keys and sessions, both in key
+  order, into ONE synced batch, written only if the pass ended verified: a
+  stored key the snapshot lacks is deleted, a key whose value differs or is
+  new is put, an equal one is left alone (a node slightly behind writes
+  little), plus the applied index, ``log_start`` and the deletion of the
+  chosen and accepted entries it covers. The batch holds at most the whole
+  state, which the node holds in memory anyway. The staging file is not
+  fsync'ed: the switch batch carries every byte, and a crash before it
+  leaves the old state whatever the file holds. A staging file left by a
+  crash is deleted by the next open. The lock is held while the batch is
+  built (about a second per 100,000 keys): the node applies nothing while
+  it installs a snapshot anyway.
+- ``close`` waits for a running ``reclaim`` or source batch to end, then
+  releases the open sources: LevelDB's calls run without the GIL, and a
+  database must not be closed under them.
 """
 
 from __future__ import annotations
 
+import contextlib
 import errno
+import itertools
 import os
 import re
 import struct
+import tempfile
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from typing import Any, BinaryIO
 
 import plyvel
 from google.protobuf.message import DecodeError
@@ -72,19 +116,31 @@ from paxoskv.storage.base import (
     WrongNode,
     check_identity,
 )
+from paxoskv.storage.snapshot import (
+    InstallerBase,
+    Items,
+    SnapshotReader,
+    SnapshotRefused,
+    SourceBase,
+    read_file,
+)
 from paxoskv.v1 import peer_pb2, storage_pb2
 
-__all__ = ["LevelDBStorage"]
+__all__ = ["LevelDBStorage", "data_dir_bytes"]
 
 K_META = b"meta"
 K_ACCEPTOR = b"acceptor"
 K_APPLIED = b"applied"
 K_PROBE = b"probe"
+K_LOG_START = b"log_start"
 P_ACCEPTED = b"accepted/"
 P_CHOSEN = b"chosen/"
 P_KV = b"kv/"
 P_SESSION = b"session/"
 SLOT_MAX = (1 << 64) - 1
+STAGING_PREFIX = "snapshot-incoming-"
+STAGING_SUFFIX = ".tmp"
+SOURCE_BATCH_RECORDS = 1024
 
 _SLOT = struct.Struct(">Q")
 # LevelDB's lock failures read "IO error: lock <path>/LOCK: <why>".
@@ -130,8 +186,16 @@ class LevelDBStorage:
         self.node_id = node_id
         self.cluster_id = cluster_id
         self._applied_index = self._read_applied_index()
+        self._log_start = self._read_log_start()
         self._accepted_scan_from = 0  # every accepted slot present is >= this
         self._failed: str | None = None  # why a write failed; no write after that
+        # Calls that run without the lock (reclaim, source reads) count
+        # themselves in _active; close waits for them.
+        self._cond = threading.Condition()
+        self._active = 0
+        self._closing = False
+        self._sources: set[_LevelDBSource] = set()
+        self._reclaim_state = False  # an install replaced kv/ and session/
 
     @classmethod
     def open(
@@ -170,6 +234,7 @@ class LevelDBStorage:
             batch.put(K_PROBE, b"")
             batch.delete(K_PROBE)
             batch.write()
+            _remove_staging_files(path)  # the lock is ours: no one else stages here
             return cls(db, path, node_id, cluster_id)
         except plyvel.Error as exc:
             db.close()
@@ -216,8 +281,16 @@ class LevelDBStorage:
                     accepted[slot] = Entry(
                         slot, self._ballot(pb.ballot, key), tuple(pb.value.commands)
                     )
+                raw = snap.get(K_LOG_START)
+                log_start = (
+                    1
+                    if raw is None
+                    else self._parse(storage_pb2.AppliedState, K_LOG_START, raw).applied_index
+                )
                 chosen: dict[int, Value] = {}
-                for key, raw in snap.iterator(prefix=P_CHOSEN):
+                for key, raw in snap.iterator(
+                    start=slot_key(P_CHOSEN, log_start), stop=_prefix_end(P_CHOSEN)
+                ):
                     chosen[self._slot_of(key, P_CHOSEN)] = tuple(
                         self._parse(peer_pb2.Value, key, raw).commands
                     )
@@ -242,7 +315,7 @@ class LevelDBStorage:
             promised=promised,
             accepted=accepted,
             chosen=chosen,
-            log_start=1,
+            log_start=log_start,
             applied_index=applied_index,
             kv=kv,
             sessions=sessions,
@@ -274,6 +347,8 @@ class LevelDBStorage:
             scan_from = min(scan_from, entry.slot)
         for slot, value in chosen:
             assert 1 <= slot <= SLOT_MAX, slot
+            if slot < self._log_start:
+                continue  # applied and compacted already
             batch.put(slot_key(P_CHOSEN, slot), peer_pb2.Value(commands=value).SerializeToString())
         self._write(batch)
         self._accepted_scan_from = scan_from
@@ -321,11 +396,156 @@ class LevelDBStorage:
         if through >= self._accepted_scan_from:
             self._accepted_scan_from = through + 1
 
+    def compact(self, through_slot: int) -> None:
+        with self._lock:
+            self._compact(through_slot)
+
+    def _compact(self, through_slot: int) -> None:
+        db = self._live()
+        assert 0 <= through_slot <= self._applied_index, (through_slot, self._applied_index)
+        assert through_slot < SLOT_MAX, through_slot
+        if through_slot < self._log_start:
+            return
+        batch = db.write_batch(sync=False)
+        self._delete_log_through(db, batch, through_slot)
+        self._write(batch)
+        self._log_start = through_slot + 1
+        self._accepted_scan_from = max(self._accepted_scan_from, through_slot + 1)
+
+    def _delete_log_through(self, db: plyvel.DB, batch: plyvel.WriteBatch, through: int) -> None:
+        """Add to ``batch``: delete chosen and accepted entries <= ``through``,
+        and set log_start to ``through + 1``."""
+        try:
+            if through >= self._log_start:
+                for key in db.iterator(
+                    start=slot_key(P_CHOSEN, self._log_start),
+                    stop=slot_key(P_CHOSEN, through + 1),
+                    include_value=False,
+                ):
+                    batch.delete(key)
+            if through >= self._accepted_scan_from:
+                for key in db.iterator(
+                    start=slot_key(P_ACCEPTED, self._accepted_scan_from),
+                    stop=slot_key(P_ACCEPTED, through + 1),
+                    include_value=False,
+                ):
+                    batch.delete(key)
+        except plyvel.Error as exc:
+            raise _storage_error(self.path, exc) from None
+        batch.put(
+            K_LOG_START,
+            storage_pb2.AppliedState(applied_index=through + 1).SerializeToString(),
+        )
+
+    def reclaim(self) -> None:
+        with self._using() as db:
+            ranges = [
+                (P_CHOSEN, slot_key(P_CHOSEN, self._log_start)),
+                (P_ACCEPTED, slot_key(P_ACCEPTED, self._accepted_scan_from)),
+            ]
+            reclaim_state, self._reclaim_state = self._reclaim_state, False
+            if reclaim_state:
+                ranges += [(P_KV, _prefix_end(P_KV)), (P_SESSION, _prefix_end(P_SESSION))]
+            try:
+                for start, stop in ranges:
+                    db.compact_range(start=start, stop=stop)
+            except plyvel.Error as exc:
+                self._reclaim_state = self._reclaim_state or reclaim_state
+                raise _storage_error(self.path, exc) from None
+
+    def open_snapshot(self) -> _LevelDBSource:
+        with self._lock:
+            db = self._live()
+            snap = db.snapshot()
+            try:
+                raw = snap.get(K_APPLIED)
+                applied_index = (
+                    0
+                    if raw is None
+                    else self._parse(storage_pb2.AppliedState, K_APPLIED, raw).applied_index
+                )
+            except BaseException:
+                snap.close()
+                raise
+            source = _LevelDBSource(self, snap, applied_index)
+            with self._cond:
+                self._sources.add(source)
+            return source
+
+    def begin_install(self, *, foreign_cluster_ok: bool = False) -> _LevelDBInstaller:
+        with self._lock:
+            self._live()
+            return _LevelDBInstaller(self, foreign_cluster_ok, self._applied_index)
+
+    def _install(self, staged: str, cluster_id: str | None) -> int:
+        """Switch to the verified snapshot in the file ``staged``: one synced batch."""
+        with self._lock:
+            db = self._live()
+            reader = SnapshotReader(cluster_id, min_applied_index=self._applied_index)
+            batch = db.write_batch(sync=True)
+            try:
+                with contextlib.ExitStack() as stack:
+                    old_kv = stack.enter_context(db.iterator(prefix=P_KV))
+                    old_sessions = stack.enter_context(db.iterator(prefix=P_SESSION))
+                    kv_merge = _Merge(batch, P_KV, old_kv)
+                    session_merge = _Merge(batch, P_SESSION, old_sessions)
+                    for kvs, sessions in read_file(staged, reader):
+                        for key, value in kvs:
+                            kv_merge.put(key, value)
+                        for client_id, session in sessions:
+                            session_merge.put(
+                                client_id.encode("utf-8"),
+                                session.to_proto().SerializeToString(),
+                            )
+                    kv_merge.end()
+                    session_merge.end()
+                info = reader.info
+                assert info is not None
+                index = info.applied_index
+                batch.put(
+                    K_APPLIED, storage_pb2.AppliedState(applied_index=index).SerializeToString()
+                )
+                self._delete_log_through(db, batch, index)
+            except plyvel.Error as exc:
+                raise _storage_error(self.path, exc) from None
+            self._write(batch)
+            self._applied_index = index
+            self._log_start = index + 1
+            self._accepted_scan_from = max(self._accepted_scan_from, index + 1)
+            self._reclaim_state = True
+            return index
+
     def close(self) -> None:
+        with self._cond:
+            self._closing = True
+            while self._active:
+                self._cond.wait()
+            sources = list(self._sources)
+        for source in sources:
+            source.close()
         with self._lock:
             if self._db is not None:
                 self._db.close()
                 self._db = None
+
+    @contextlib.contextmanager
+    def _using(self) -> Iterator[plyvel.DB]:
+        """The open database, for a call made without the lock; ``close``
+        waits until it ends."""
+        with self._cond:
+            if self._closing or self._db is None:
+                raise StorageError(
+                    f"data directory {self.path} was closed: retry against the running node",
+                    path=self.path,
+                )
+            self._active += 1
+            db = self._db
+        try:
+            yield db
+        finally:
+            with self._cond:
+                self._active -= 1
+                self._cond.notify_all()
 
     def __enter__(self) -> LevelDBStorage:
         return self
@@ -356,6 +576,12 @@ class LevelDBStorage:
         if raw is None:
             return 0
         return self._parse(storage_pb2.AppliedState, K_APPLIED, raw).applied_index
+
+    def _read_log_start(self) -> int:
+        raw = self._live().get(K_LOG_START)
+        if raw is None:
+            return 1
+        return self._parse(storage_pb2.AppliedState, K_LOG_START, raw).applied_index
 
     def _parse(self, cls: type, key: bytes, raw: bytes):  # type: ignore[no-untyped-def]
         return _parse(self.path, cls, key, raw)
@@ -406,3 +632,170 @@ def _check_or_write_meta(
         format_version=FORMAT_VERSION, node_id=node_id, cluster_id=cluster_id
     )
     db.put(K_META, meta.SerializeToString(), sync=True)
+
+
+def _prefix_end(prefix: bytes) -> bytes:
+    """The first key after every key that starts with ``prefix`` (which ends in '/')."""
+    assert prefix.endswith(b"/"), prefix
+    return prefix[:-1] + b"0"  # '0' follows '/'
+
+
+def _remove_staging_files(path: str) -> None:
+    for name in os.listdir(path):
+        if name.startswith(STAGING_PREFIX) and name.endswith(STAGING_SUFFIX):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(os.path.join(path, name))
+
+
+def data_dir_bytes(path: str | os.PathLike[str]) -> int:
+    """The bytes of every file under ``path`` (a data directory's size on disk)."""
+    total = 0
+    for root, _dirs, files in os.walk(path):
+        for name in files:
+            with contextlib.suppress(FileNotFoundError):  # LevelDB deletes files as it goes
+                total += os.lstat(os.path.join(root, name)).st_size
+    return total
+
+
+class _Merge:
+    """Merges the snapshot's records of one prefix (given in key order) with
+    the stored ones (an iterator in key order) into a write batch."""
+
+    def __init__(
+        self, batch: plyvel.WriteBatch, prefix: bytes, old: Iterator[tuple[bytes, bytes]]
+    ) -> None:
+        self._batch = batch
+        self._prefix = prefix
+        self._old = old
+        self._cur: tuple[bytes, bytes] | None = next(old, None)
+
+    def put(self, key: bytes, value: bytes) -> None:
+        full = self._prefix + key
+        batch, old, cur = self._batch, self._old, self._cur
+        while cur is not None and cur[0] < full:
+            batch.delete(cur[0])
+            cur = next(old, None)
+        if cur is not None and cur[0] == full:
+            if cur[1] != value:
+                batch.put(full, value)
+            cur = next(old, None)
+        else:
+            batch.put(full, value)
+        self._cur = cur
+
+    def end(self) -> None:
+        batch, old, cur = self._batch, self._old, self._cur
+        while cur is not None:
+            batch.delete(cur[0])
+            cur = next(old, None)
+        self._cur = None
+
+
+class _LevelDBSource(SourceBase):
+    def __init__(self, storage: LevelDBStorage, snap: plyvel.Snapshot, applied_index: int) -> None:
+        super().__init__(storage.cluster_id, applied_index)
+        self._storage = storage
+        self._snap = snap
+
+    def _batches(self, prefix: bytes, include_value: bool) -> Iterator[list[Any]]:
+        """The snapshot's records under ``prefix``, in batches read under the
+        storage's use count (never under its lock)."""
+        storage = self._storage
+        it = None
+        try:
+            while True:
+                with storage._using():
+                    assert not self._closed, "snapshot source is closed"
+                    try:
+                        if it is None:
+                            it = self._snap.iterator(prefix=prefix, include_value=include_value)
+                        batch = list(itertools.islice(it, SOURCE_BATCH_RECORDS))
+                    except plyvel.Error as exc:
+                        raise _storage_error(storage.path, exc) from None
+                if not batch:
+                    return
+                yield batch
+        finally:
+            if it is not None:
+                with contextlib.suppress(StorageError), storage._using():
+                    it.close()
+
+    def _counts(self) -> tuple[int, int]:
+        keys = sum(len(b) for b in self._batches(P_KV, include_value=False))
+        sessions = sum(len(b) for b in self._batches(P_SESSION, include_value=False))
+        return keys, sessions
+
+    def _kv_items(self) -> Iterator[tuple[bytes, bytes]]:
+        cut = len(P_KV)
+        for batch in self._batches(P_KV, include_value=True):
+            for key, value in batch:
+                yield key[cut:], value
+
+    def _session_items(self) -> Iterator[tuple[str, Session]]:
+        path = self._storage.path
+        cut = len(P_SESSION)
+        for batch in self._batches(P_SESSION, include_value=True):
+            for key, raw in batch:
+                try:
+                    client_id = key[cut:].decode("utf-8")
+                except UnicodeDecodeError:
+                    raise Corrupt(path, f"session key {key!r} is not UTF-8") from None
+                yield client_id, Session.from_proto(_parse(path, storage_pb2.Session, key, raw))
+
+    def _release(self) -> None:
+        storage = self._storage
+        with storage._cond:
+            storage._sources.discard(self)
+        with contextlib.suppress(StorageError), storage._using():
+            self._snap.close()
+
+
+class _LevelDBInstaller(InstallerBase):
+    def __init__(self, storage: LevelDBStorage, foreign_cluster_ok: bool, applied: int) -> None:
+        self._cluster_id = None if foreign_cluster_ok else storage.cluster_id
+        # Only the header is checked as the bytes come (a wrong cluster or an
+        # old snapshot is refused at once); finish() verifies everything in
+        # the one pass that builds the switch batch.
+        super().__init__(
+            SnapshotReader(self._cluster_id, min_applied_index=applied, keep_items=False),
+            check_on_write=False,
+        )
+        self._storage = storage
+        try:
+            fd, self._staged = tempfile.mkstemp(
+                prefix=STAGING_PREFIX, suffix=STAGING_SUFFIX, dir=storage.path
+            )
+        except OSError as exc:
+            raise NotWritable(storage.path, f"cannot stage a snapshot: {exc.strerror}") from None
+        self._file: BinaryIO | None = os.fdopen(fd, "wb")
+
+    def _stage(self, chunk: bytes, items: Items) -> None:
+        file = self._file
+        assert file is not None
+        try:
+            file.write(chunk)
+        except OSError as exc:
+            raise NotWritable(
+                self._storage.path, f"cannot stage a snapshot: {exc.strerror}"
+            ) from None
+
+    def _commit(self) -> int:
+        file = self._file
+        assert file is not None
+        self._file = None
+        try:
+            file.close()
+        except OSError as exc:
+            raise NotWritable(
+                self._storage.path, f"cannot stage a snapshot: {exc.strerror}"
+            ) from None
+        return self._storage._install(self._staged, self._cluster_id)
+
+    def _discard(self) -> None:
+        file = self._file
+        self._file = None
+        if file is not None:
+            with contextlib.suppress(OSError):
+                file.close()
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self._staged)

@@ -16,6 +16,16 @@ Rules (the same protocol and errors as :mod:`paxoskv.storage.leveldb`):
   surviving image and stays open, standing for the restarted process.
 - ``fault_full_disk = True`` makes every write raise ``NotWritable`` without
   changing anything, as a full disk would; ``False`` heals it.
+- Compaction is one unsynced batch; ``reclaim()`` has nothing to give back.
+  A snapshot source is a copy of the applied state (taken in O(keys), no
+  sort: the items are sorted when the chunks are made). An installer stages
+  the verified items in its own memory (the process's, which a crash
+  loses, as LevelDB's staging file is dropped at the next open) and
+  ``finish()`` writes ONE synced batch: reset, every key and session, the
+  applied index and a compaction through it. So the crash model covers the
+  install: before that batch, the old state; after it, the new one. A
+  ``crash`` invalidates the installers that were open (they belonged to the
+  dead process): their ``finish()`` fails an assertion.
 
 Theory of operation: a batch is a tuple of immutable operations. The disk
 keeps two images, ``current`` (every batch applied) and ``durable`` (only the
@@ -28,7 +38,7 @@ because both see the same batches in the same order.
 from __future__ import annotations
 
 import random
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
 from paxoskv.kv.state_machine import Changes, Session
@@ -43,6 +53,13 @@ from paxoskv.storage.base import (
     WrongNode,
     check_identity,
 )
+from paxoskv.storage.snapshot import (
+    InstallerBase,
+    Items,
+    SnapshotReader,
+    SnapshotRefused,
+    SourceBase,
+)
 
 __all__ = ["MemoryDisk", "MemoryStorage"]
 
@@ -52,6 +69,8 @@ __all__ = ["MemoryDisk", "MemoryStorage"]
 #   ("kv", key, value | None)            ("session", client_id, session | None)
 #   ("applied", index)                   ("drop_accepted", through)
 #   ("reset",)                           drop every key and session
+#   ("compact", through)                 drop chosen and accepted <= through,
+#                                        log_start = through + 1
 _Op = tuple[object, ...]
 _Batch = tuple[_Op, ...]
 
@@ -65,6 +84,7 @@ class _Image:
     kv: dict[bytes, bytes] = field(default_factory=dict)
     sessions: dict[str, Session] = field(default_factory=dict)
     applied_index: int = 0
+    log_start: int = 1
 
     def copy(self) -> _Image:
         return _Image(
@@ -75,6 +95,7 @@ class _Image:
             dict(self.kv),
             dict(self.sessions),
             self.applied_index,
+            self.log_start,
         )
 
     def replay(self, batch: _Batch) -> None:
@@ -105,6 +126,14 @@ class _Image:
             elif kind == "reset":
                 self.kv.clear()
                 self.sessions.clear()
+            elif kind == "compact":
+                through = op[1]
+                assert isinstance(through, int)
+                for slot in [s for s in self.chosen if s <= through]:
+                    del self.chosen[slot]
+                for slot in [s for s in self.accepted if s <= through]:
+                    del self.accepted[slot]
+                self.log_start = max(self.log_start, through + 1)
             elif kind == "promised":
                 self.promised = op[1]  # type: ignore[assignment]
             elif kind == "meta":
@@ -121,6 +150,7 @@ class MemoryDisk:
         self.full = False
         self.batches_written = 0
         self.syncs = 0
+        self.crashes = 0
         self._durable = _Image()
         self._current = _Image()
         self._pending: list[_Batch] = []
@@ -151,6 +181,7 @@ class MemoryDisk:
         lost = len(self._pending) - kept
         self._pending.clear()
         self._current = self._durable.copy()
+        self.crashes += 1
         return lost
 
 
@@ -221,7 +252,7 @@ class MemoryStorage:
             promised=image.promised,
             accepted=dict(image.accepted),
             chosen=dict(image.chosen),
-            log_start=1,
+            log_start=image.log_start,
             applied_index=image.applied_index,
             kv=dict(image.kv),
             sessions=dict(image.sessions),
@@ -243,9 +274,11 @@ class MemoryStorage:
             assert isinstance(entry, Entry) and entry.slot >= 1, entry
             assert _is_value(entry.value), entry
             batch.append(("accepted", entry))
+        log_start = self.disk._current.log_start
         for slot, value in chosen:
             assert slot >= 1 and _is_value(value), (slot, value)
-            batch.append(("chosen", slot, value))
+            if slot >= log_start:
+                batch.append(("chosen", slot, value))
         self.disk.write(tuple(batch), sync)
 
     def apply(self, changes: Changes, drop_accepted_through: int) -> None:
@@ -264,6 +297,28 @@ class MemoryStorage:
             batch.append(("drop_accepted", drop_accepted_through))
         self.disk.write(tuple(batch), sync=False)
 
+    def compact(self, through_slot: int) -> None:
+        assert not self._closed, "storage is closed"
+        image = self.disk._current
+        assert 0 <= through_slot <= image.applied_index, (through_slot, image.applied_index)
+        if through_slot < image.log_start:
+            return
+        self.disk.write((("compact", through_slot),), sync=False)
+
+    def reclaim(self) -> None:
+        assert not self._closed, "storage is closed"
+
+    def open_snapshot(self) -> _MemorySource:
+        assert not self._closed, "storage is closed"
+        image = self.disk._current
+        return _MemorySource(
+            self.cluster_id, image.applied_index, dict(image.kv), dict(image.sessions)
+        )
+
+    def begin_install(self, *, foreign_cluster_ok: bool = False) -> _MemoryInstaller:
+        assert not self._closed, "storage is closed"
+        return _MemoryInstaller(self, foreign_cluster_ok)
+
     def close(self) -> None:
         if not self._closed:
             self._closed = True
@@ -278,3 +333,71 @@ class MemoryStorage:
 
 def _is_value(value: object) -> bool:
     return isinstance(value, tuple) and all(isinstance(c, bytes) for c in value)
+
+
+class _MemorySource(SourceBase):
+    def __init__(
+        self,
+        cluster_id: str,
+        applied_index: int,
+        kv: dict[bytes, bytes],
+        sessions: dict[str, Session],
+    ) -> None:
+        super().__init__(cluster_id, applied_index)
+        self._kv = kv
+        self._sessions = sessions
+
+    def _counts(self) -> tuple[int, int]:
+        return len(self._kv), len(self._sessions)
+
+    def _kv_items(self) -> Iterator[tuple[bytes, bytes]]:
+        return iter(sorted(self._kv.items()))
+
+    def _session_items(self) -> Iterator[tuple[str, Session]]:
+        return iter(sorted(self._sessions.items()))
+
+    def _release(self) -> None:
+        self._kv = {}
+        self._sessions = {}
+
+
+class _MemoryInstaller(InstallerBase):
+    def __init__(self, storage: MemoryStorage, foreign_cluster_ok: bool) -> None:
+        super().__init__(
+            SnapshotReader(
+                None if foreign_cluster_ok else storage.cluster_id,
+                min_applied_index=storage.disk._current.applied_index,
+            ),
+            check_on_write=True,
+        )
+        self._storage = storage
+        self._crashes = storage.disk.crashes
+        self._ops: list[_Op] = [("reset",)]
+
+    def _stage(self, chunk: bytes, items: Items) -> None:
+        kvs, sessions = items
+        ops = self._ops
+        for key, value in kvs:
+            ops.append(("kv", key, value))
+        for client_id, session in sessions:
+            ops.append(("session", client_id, session))
+
+    def _commit(self) -> int:
+        info = self._reader.finish()
+        storage = self._storage
+        disk = storage.disk
+        assert not storage._closed, "storage is closed"
+        assert disk.crashes == self._crashes, "the installer did not survive the crash"
+        index = info.applied_index
+        current = disk._current.applied_index
+        if index < current:
+            raise SnapshotRefused(
+                f"snapshot at index {index} is older than the applied index {current}"
+            )
+        self._ops.append(("applied", index))
+        self._ops.append(("compact", index))
+        disk.write(tuple(self._ops), sync=True)
+        return index
+
+    def _discard(self) -> None:
+        self._ops = []
