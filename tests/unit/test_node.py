@@ -155,3 +155,28 @@ def test_bad_input_is_refused_and_no_leader_means_unavailable():
             await c.stop(1)
 
     run(main())
+
+
+def test_status_reports_role_indexes_and_the_peers_heard_from():
+    async def main():
+        c = Cluster()
+        for i in c.ids:
+            await c.start(i)
+        try:
+            leader = await c.leader()
+            await c.nodes[leader].submit(put("s", 1, b"k", b"v"), timeout_s=5)
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + 5
+            while loop.time() < deadline:
+                st = c.nodes[leader].status()
+                if st.applied_index >= 1 and all(p.connected for p in st.peers):
+                    break
+                await asyncio.sleep(0.01)
+            assert st.role == "leader" and st.leader_id == leader and st.keys == 1
+            assert sorted(p.node_id for p in st.peers) == [i for i in c.ids if i != leader]
+            assert all(p.connected and 0 <= p.last_heard_seconds < 1 for p in st.peers)
+        finally:
+            for i in list(c.nodes):
+                await c.stop(i)
+
+    run(main())

@@ -227,7 +227,7 @@ class Node:
         election_s = self.cfg.election_ms / 1000
         for pid, addr in sorted(self.cfg.peers.items()):
             ps = peer_status.get(pid)
-            last = getattr(ps, "last_received", None) if ps is not None else None
+            last = ps.last_recv_s if ps is not None else None
             ago = (now - last) if last is not None else -1.0
             st.peers.add(
                 node_id=pid,
