@@ -1,4 +1,5 @@
-"""Node storage: one protocol (base), LevelDB for real nodes, memory for tests."""
+"""Node storage: one protocol (base), LevelDB for real nodes, memory for tests,
+and the snapshot file format (snapshot)."""
 
 from paxoskv.storage.base import (
     FORMAT_VERSION,
@@ -7,14 +8,24 @@ from paxoskv.storage.base import (
     Locked,
     NotFound,
     NotWritable,
+    SnapshotInstaller,
+    SnapshotSource,
     Storage,
     StorageError,
     WrongCluster,
     WrongFormat,
     WrongNode,
 )
-from paxoskv.storage.leveldb import LevelDBStorage
+from paxoskv.storage.leveldb import LevelDBStorage, data_dir_bytes
 from paxoskv.storage.memory import MemoryDisk, MemoryStorage
+from paxoskv.storage.snapshot import (
+    SnapshotCorrupt,
+    SnapshotError,
+    SnapshotInfo,
+    SnapshotReader,
+    SnapshotRefused,
+    iter_snapshot,
+)
 
 __all__ = [
     "FORMAT_VERSION",
@@ -26,9 +37,18 @@ __all__ = [
     "MemoryStorage",
     "NotFound",
     "NotWritable",
+    "SnapshotCorrupt",
+    "SnapshotError",
+    "SnapshotInfo",
+    "SnapshotInstaller",
+    "SnapshotReader",
+    "SnapshotRefused",
+    "SnapshotSource",
     "Storage",
     "StorageError",
     "WrongCluster",
     "WrongFormat",
     "WrongNode",
+    "data_dir_bytes",
+    "iter_snapshot",
 ]

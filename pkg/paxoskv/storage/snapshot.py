@@ -72,6 +72,7 @@ __all__ = [
     "SnapshotRefused",
     "iter_snapshot",
     "read_file",
+    "snapshot_bytes",
     "snapshot_stream",
     "verify_file",
     "write_file",
