@@ -1,5 +1,9 @@
 """The storage contract (paxoskv.storage.base), run against every implementation.
 
+Compaction, snapshot sources and snapshot installs are part of it: both
+backends must give the same answers and even produce byte-identical
+snapshots of the same state.
+
 Each test gets a ``backend``: a place where a store lives across opens (a
 LevelDB directory, or a MemoryDisk), so "close and reopen" means the same
 thing for both. Tests that need a failing disk get a ``full_backend``, whose
@@ -30,10 +34,14 @@ from paxoskv.storage import (
     MemoryStorage,
     NotFound,
     NotWritable,
+    SnapshotCorrupt,
+    SnapshotReader,
+    SnapshotRefused,
     Storage,
     WrongCluster,
     WrongNode,
 )
+from paxoskv.storage.snapshot import snapshot_bytes
 from paxoskv.v1 import kv_pb2
 
 OK = kv_pb2.CommandResult.OK
@@ -408,6 +416,7 @@ apply_op = st.tuples(
     st.sampled_from([False, False, False, True]),  # reset
 )
 reopen_op = st.just(("reopen",))
+compact_op = st.tuples(st.just("compact"), st.integers(0, 4))  # how far below applied
 
 
 class Model:
@@ -421,8 +430,22 @@ class Model:
         self.state = LoadedState(
             promised if promised is not None else s.promised,
             {**s.accepted, **{e.slot: e for e in accepted}},
-            {**s.chosen, **dict(chosen)},
-            1,
+            {**s.chosen, **{slot: v for slot, v in chosen if slot >= s.log_start}},
+            s.log_start,
+            s.applied_index,
+            s.kv,
+            s.sessions,
+        )
+
+    def compact(self, through: int) -> None:
+        s = self.state
+        if through < s.log_start:
+            return
+        self.state = LoadedState(
+            s.promised,
+            {slot: e for slot, e in s.accepted.items() if slot > through},
+            {slot: v for slot, v in s.chosen.items() if slot > through},
+            through + 1,
             s.applied_index,
             s.kv,
             s.sessions,
@@ -443,13 +466,15 @@ class Model:
             else:
                 sess[c] = v2
         accepted = {slot: e for slot, e in s.accepted.items() if slot > through}
-        self.state = LoadedState(s.promised, accepted, s.chosen, 1, ch.applied_index, kv, sess)
+        self.state = LoadedState(
+            s.promised, accepted, s.chosen, s.log_start, ch.applied_index, kv, sess
+        )
 
 
 @settings(
     max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
 )
-@given(ops=st.lists(persist_op | apply_op | reopen_op, max_size=25))
+@given(ops=st.lists(persist_op | apply_op | reopen_op | compact_op, max_size=25))
 def test_matches_a_model(tmp_path_factory: pytest.TempPathFactory, ops: list[tuple]) -> None:  # type: ignore[type-arg]
     backends: list[Backend] = [LevelDBBackend(tmp_path_factory.mktemp("model")), MemoryBackend()]
     for backend in backends:
@@ -466,9 +491,294 @@ def test_matches_a_model(tmp_path_factory: pytest.TempPathFactory, ops: list[tup
                     ch = Changes(kv, sess, model.state.applied_index + step, reset)
                     storage.apply(ch, through)
                     model.apply(ch, through)
+                elif op[0] == "compact":
+                    through = max(0, model.state.applied_index - op[1])
+                    storage.compact(through)
+                    model.compact(through)
                 else:
                     storage.close()
                     storage = backend.open()
                 assert storage.load() == model.state
         finally:
             storage.close()
+
+
+# ---- compaction ------------------------------------------------------------------------
+
+
+def entry(slot: int, ballot: Ballot = Ballot(1, 1)) -> Entry:
+    return Entry(slot, ballot, (b"v%d" % slot,))
+
+
+def fill_log(storage: Storage, slots: range, applied: int) -> None:
+    """Accept and choose every slot of ``slots``; apply through ``applied``."""
+    storage.persist(
+        Ballot(2, 1), [entry(s) for s in slots], [(s, (b"v%d" % s,)) for s in slots], sync=True
+    )
+    storage.apply(changes(applied, {b"k%d" % applied: b"x"}), drop_accepted_through=0)
+
+
+def test_compact_drops_the_log_through_a_slot_and_moves_log_start(backend: Backend) -> None:
+    with opened(backend) as storage:
+        fill_log(storage, range(1, 21), applied=15)
+        storage.compact(10)
+        seen = storage.load()
+    with opened(backend) as storage:
+        reopened = storage.load()
+    for state in (seen, reopened):
+        assert state.log_start == 11
+        assert sorted(state.chosen) == list(range(11, 21))
+        assert sorted(state.accepted) == list(range(11, 21))
+        assert state.promised == Ballot(2, 1) and state.applied_index == 15
+        assert state.kv == {b"k15": b"x"}
+
+
+def test_compact_never_moves_log_start_back_nor_past_applied(backend: Backend) -> None:
+    with opened(backend) as storage:
+        fill_log(storage, range(1, 11), applied=8)
+        storage.compact(6)
+        storage.compact(3)  # lower: nothing
+        storage.compact(6)  # the same: nothing
+        state = storage.load()
+        assert state.log_start == 7 and sorted(state.chosen) == [7, 8, 9, 10]
+        with pytest.raises(AssertionError):
+            storage.compact(9)  # slot 9 is not applied
+        storage.compact(0)
+        assert storage.load() == state
+        storage.compact(8)
+        assert storage.load().log_start == 9
+
+
+def test_chosen_values_below_log_start_are_not_stored_again(backend: Backend) -> None:
+    """A late catch-up reply may carry slots that were compacted meanwhile."""
+    with opened(backend) as storage:
+        fill_log(storage, range(1, 6), applied=5)
+        storage.compact(5)
+        storage.persist(None, [], [(3, (b"late",)), (6, (b"new",))], sync=True)
+        assert storage.load().chosen == {6: (b"new",)}
+    with opened(backend) as storage:
+        assert storage.load().chosen == {6: (b"new",)}
+
+
+def test_reclaim_changes_no_record(backend: Backend) -> None:
+    with opened(backend) as storage:
+        fill_log(storage, range(1, 50), applied=40)
+        storage.compact(30)
+        before = storage.load()
+        storage.reclaim()
+        storage.reclaim()
+        assert storage.load() == before
+
+
+# ---- snapshot sources --------------------------------------------------------------------
+
+S1 = Session(2, result(4, existed=True), 4)
+S2 = Session(7, result(5, code=kv_pb2.CommandResult.INVALID, error="too big"), 5)
+
+
+def seed_state(storage: Storage) -> None:
+    storage.persist(
+        Ballot(3, 2), [entry(s) for s in range(1, 8)], [(s, (b"c",)) for s in range(1, 8)], True
+    )
+    storage.apply(
+        changes(5, {b"a": b"1", b"b": b"", b"\x00": b"\xff" * 3000}, {"c1": S1, "ü": S2}), 0
+    )
+
+
+def read_snapshot(data: bytes) -> tuple[int, dict[bytes, bytes], dict[str, Session]]:
+    reader = SnapshotReader()
+    kv, sessions = reader.feed(data)
+    info = reader.finish()
+    return info.applied_index, dict(kv), dict(sessions)
+
+
+def test_a_snapshot_source_is_the_applied_state_at_open(backend: Backend) -> None:
+    with opened(backend) as storage:
+        seed_state(storage)
+        source = storage.open_snapshot()
+        # Writers go on while the source is open, and it does not see them.
+        storage.apply(changes(6, {b"a": b"changed", b"new": b"x", b"b": None}, {"c1": None}), 5)
+        storage.compact(6)
+        try:
+            assert source.applied_index == 5 and source.cluster_id == "c1"
+            first = b"".join(source.chunks(100))
+            again = b"".join(source.chunks())  # may be read again, same bytes
+        finally:
+            source.close()
+        source.close()  # idempotent
+    assert first == again
+    assert read_snapshot(first) == (
+        5,
+        {b"a": b"1", b"b": b"", b"\x00": b"\xff" * 3000},
+        {"c1": S1, "ü": S2},
+    )
+    assert first == snapshot_bytes("c1", 5, *read_snapshot(first)[1:])  # canonical bytes
+
+
+def test_both_backends_write_the_same_bytes(tmp_path: pathlib.Path) -> None:
+    out = []
+    for backend in (LevelDBBackend(tmp_path), MemoryBackend()):
+        with opened(backend) as storage:
+            seed_state(storage)
+            with storage.open_snapshot() as source:
+                out.append(b"".join(source.chunks(4096)))
+    assert out[0] == out[1]
+
+
+def test_a_fresh_store_has_an_empty_snapshot(backend: Backend) -> None:
+    with opened(backend) as storage, storage.open_snapshot() as source:
+        assert read_snapshot(b"".join(source.chunks())) == (0, {}, {})
+
+
+def test_closing_the_storage_releases_open_sources(backend: Backend) -> None:
+    storage = backend.open()
+    seed_state(storage)
+    storage.open_snapshot()  # never closed by its user
+    storage.close()
+    with opened(backend) as storage:
+        assert storage.load().applied_index == 5
+
+
+# ---- snapshot installs -------------------------------------------------------------------
+
+NEW_KV = {b"a": b"1", b"b": b"now set", b"c": b"new", b"\x00": b"\xff" * 3000}  # b"" and kept
+NEW_SESSIONS = {"c1": Session(3, result(9), 9), "c9": S1}
+
+
+def install(storage: Storage, data: bytes, chunk_bytes: int = 1000, **kwargs: object) -> int:
+    with storage.begin_install(**kwargs) as installer:  # type: ignore[arg-type]
+        assert installer.applied_index is None
+        for start in range(0, len(data), chunk_bytes):
+            installer.write(data[start : start + chunk_bytes])
+        assert installer.applied_index is not None
+        assert installer.bytes_written == len(data)
+        return installer.finish()
+
+
+def test_install_replaces_the_applied_state_and_the_log_it_covers(backend: Backend) -> None:
+    with opened(backend) as storage:
+        storage.persist(
+            Ballot(4, 3),
+            [entry(s, Ballot(4, 3)) for s in range(3, 16)],
+            [(s, (b"c%d" % s,)) for s in range(1, 14)],
+            sync=True,
+        )
+        storage.apply(changes(2, {b"a": b"1", b"b": b"", b"gone": b"x"}, {"c1": S1, "old": S2}), 0)
+        assert install(storage, snapshot_bytes("c1", 10, NEW_KV, NEW_SESSIONS)) == 10
+        seen = storage.load()
+    with opened(backend) as storage:
+        reopened = storage.load()
+    for state in (seen, reopened):
+        assert state.kv == NEW_KV and state.sessions == NEW_SESSIONS
+        assert state.applied_index == 10 and state.log_start == 11
+        assert sorted(state.chosen) == [11, 12, 13]  # kept: beyond the snapshot
+        assert sorted(state.accepted) == [11, 12, 13, 14, 15]
+        assert state.promised == Ballot(4, 3)
+
+
+def test_after_an_install_the_node_goes_on_from_the_index(backend: Backend) -> None:
+    with opened(backend) as storage:
+        install(storage, snapshot_bytes("c1", 10, NEW_KV, {}))
+        with pytest.raises(AssertionError):
+            storage.apply(changes(9), drop_accepted_through=0)
+        storage.persist(None, [entry(11)], [(11, (b"v11",)), (9, (b"late",))], sync=True)
+        storage.apply(changes(11, {b"c": None}), drop_accepted_through=11)
+        storage.compact(11)
+        state = storage.load()
+    assert state.applied_index == 11 and state.log_start == 12
+    assert state.chosen == {} and state.accepted == {}
+    assert state.kv == {k: v for k, v in NEW_KV.items() if k != b"c"}
+
+
+def test_install_of_the_same_index_is_accepted(backend: Backend) -> None:
+    with opened(backend) as storage:
+        seed_state(storage)
+        with storage.open_snapshot() as source:
+            data = b"".join(source.chunks())
+        before = storage.load()
+        assert install(storage, data) == 5
+        after = storage.load()
+    assert (after.kv, after.sessions, after.applied_index) == (
+        before.kv,
+        before.sessions,
+        before.applied_index,
+    )
+    assert after.log_start == 6 and sorted(after.chosen) == [6, 7]
+
+
+def test_an_older_snapshot_is_refused_at_its_header(backend: Backend) -> None:
+    with opened(backend) as storage:
+        seed_state(storage)
+        before = storage.load()
+        data = snapshot_bytes("c1", 4, NEW_KV, {})
+        installer = storage.begin_install()
+        with pytest.raises(SnapshotRefused, match="index 4 is older than the applied index 5"):
+            installer.write(data)
+        with pytest.raises(AssertionError):  # the refusal aborted it
+            installer.finish()
+        assert storage.load() == before
+
+
+def test_a_snapshot_overtaken_while_it_arrived_is_refused_at_finish(backend: Backend) -> None:
+    with opened(backend) as storage:
+        seed_state(storage)
+        data = snapshot_bytes("c1", 6, NEW_KV, {})
+        installer = storage.begin_install()
+        installer.write(data)
+        storage.apply(changes(7, {b"z": b"z"}), drop_accepted_through=0)
+        before = storage.load()
+        with pytest.raises(SnapshotRefused, match="older than the applied index 7"):
+            installer.finish()
+        assert storage.load() == before
+
+
+def test_a_snapshot_of_another_cluster_is_refused_unless_restoring(backend: Backend) -> None:
+    with opened(backend) as storage:
+        seed_state(storage)
+        before = storage.load()
+        data = snapshot_bytes("other", 9, NEW_KV, {})
+        with pytest.raises(SnapshotRefused, match="cluster 'other' cannot be installed"):
+            install(storage, data)
+        assert storage.load() == before
+        assert install(storage, data, foreign_cluster_ok=True) == 9
+        assert storage.load().kv == NEW_KV
+
+
+@pytest.mark.parametrize("damage", ["flip", "cut", "garbage"])
+def test_a_damaged_snapshot_changes_nothing(backend: Backend, damage: str) -> None:
+    data = bytearray(snapshot_bytes("c1", 10, NEW_KV, NEW_SESSIONS))
+    if damage == "flip":
+        data[len(data) // 2] ^= 0x40
+    elif damage == "cut":
+        del data[-3:]
+    else:
+        data += b"\x00"
+    with opened(backend) as storage:
+        seed_state(storage)
+        before = storage.load()
+        with pytest.raises(SnapshotCorrupt):
+            install(storage, bytes(data))
+        assert storage.load() == before
+    with opened(backend) as storage:
+        assert storage.load() == before
+
+
+def test_an_aborted_install_changes_nothing(backend: Backend) -> None:
+    data = snapshot_bytes("c1", 10, NEW_KV, NEW_SESSIONS)
+    with opened(backend) as storage:
+        seed_state(storage)
+        before = storage.load()
+        installer = storage.begin_install()
+        installer.write(data[: len(data) // 2])
+        installer.abort()
+        installer.abort()  # idempotent
+        with pytest.raises(AssertionError):
+            installer.write(data[len(data) // 2 :])
+        with storage.begin_install() as other:  # leaving the block aborts
+            other.write(data)
+        assert storage.load() == before
+        installer = storage.begin_install()
+        installer.write(data)
+        assert installer.finish() == 10
+        installer.abort()  # after finish: nothing to undo
+        assert storage.load().kv == NEW_KV
