@@ -264,6 +264,8 @@ class Facade:
         try:
             req = _parse(kv_pb2.PutRequest, data)
             hdr = req.request
+            if hdr.sequence and not hdr.client_id:
+                raise _no_client_id(hdr.sequence)
             cmd = kv_pb2.Command(
                 client_id=hdr.client_id,
                 sequence=hdr.sequence,
@@ -279,6 +281,8 @@ class Facade:
         try:
             req = _parse(kv_pb2.DeleteRequest, data)
             hdr = req.request
+            if hdr.sequence and not hdr.client_id:
+                raise _no_client_id(hdr.sequence)
             cmd = kv_pb2.Command(
                 client_id=hdr.client_id, sequence=hdr.sequence, delete=kv_pb2.DeleteOp(key=req.key)
             )
@@ -313,6 +317,12 @@ class Facade:
 
 def _serialize(msg: object) -> bytes:
     return msg.SerializeToString()  # type: ignore[attr-defined]
+
+
+def _no_client_id(sequence: int) -> _Abort:
+    # The node gives a command without client_id a fresh one (and sequence 1),
+    # which would silently drop this caller's sequence: refuse it here.
+    return _Abort(_INVALID, f"sequence {sequence} given without a client_id")
 
 
 def _parse(cls: type, data: bytes):  # noqa: ANN202 - returns an instance of cls
