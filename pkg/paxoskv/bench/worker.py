@@ -40,7 +40,6 @@ from paxoskv.bench.workload import OpPicker, Workload, key_name
 
 PROGRESS_PERIOD_S = 0.2
 ERROR_PAUSE_S = 0.01
-PREFILL_ATTEMPTS_MAX = 5
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -160,20 +159,30 @@ async def _wait_ready(probe: SlotClient, endpoint: str, deadline: float) -> None
 
 
 async def _prefill(args: WorkerArgs, probes: list[SlotClient], value: bytes) -> None:
-    """Write this process's share of the keys (index % processes == process_index)."""
+    """Write this process's share of the keys (index % processes == process_index).
+
+    A failed write is retried (a leader change under load is normal) with a
+    growing pause, until it succeeds or ``connect_timeout_s`` has passed
+    since its first failure.
+    """
     mine = list(range(args.process_index, args.workload.keys, args.processes))
 
     async def filler(slot_index: int) -> None:
         probe = probes[slot_index % len(probes)]
         for i in mine[slot_index :: args.concurrency]:
-            for attempt in range(PREFILL_ATTEMPTS_MAX):
+            give_up_at: float | None = None
+            pause_s = 0.05
+            while True:
                 try:
                     await probe.put(key_name(i), value)
                     break
-                except OpFailed:
-                    if attempt == PREFILL_ATTEMPTS_MAX - 1:
-                        raise
-                    await asyncio.sleep(0.05 * (attempt + 1))
+                except OpFailed as exc:
+                    now = time.monotonic()
+                    give_up_at = give_up_at or now + args.connect_timeout_s
+                    if now >= give_up_at:
+                        raise RuntimeError(f"pre-fill of key {i} kept failing: {exc}") from None
+                    await asyncio.sleep(pause_s)
+                    pause_s = min(1.0, pause_s * 2)
 
     await asyncio.gather(*(filler(s) for s in range(min(args.concurrency, max(1, len(mine))))))
 

@@ -1,0 +1,79 @@
+"""A 10-second smoke of ``paxoskv bench`` against a real local 3-node paxoskv cluster.
+
+It checks that the command works end to end -- starts, loads every node,
+prints its table, and that ``--json`` is one parseable object -- and never
+asserts a figure: throughput and latency depend on the machine.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from paxoskv.bench import clusters
+
+BENCH = [sys.executable, "-c", "from paxoskv.cli import main; main()", "bench"]
+
+
+@pytest.fixture
+def paxoskv_cluster(tmp_path):
+    cluster = clusters.start_paxoskv(tmp_path / "cluster")
+    try:
+        cluster.wait_ready(timeout_s=60.0)
+        yield cluster
+    finally:
+        cluster.stop()
+    assert all(p.poll() is not None for p in cluster.procs)
+
+
+def test_bench_prints_its_table_and_json(paxoskv_cluster):
+    eps = ",".join(paxoskv_cluster.endpoints)
+    common = ["--endpoints", eps, "--processes", "2", "--concurrency", "4", "--keys", "200", "--timeout-s", "10"]
+    table = subprocess.run(
+        [*BENCH, *common, "--mix", "95-5", "--duration-s", "10", "--warmup-s", "1"],
+        capture_output=True, text=True, timeout=240, check=False,
+    )
+    assert table.returncode == 0, table.stderr
+    out = table.stdout
+    assert "target paxoskv (3 endpoints), mode unary, mix 95-5" in out
+    header = next(line for line in out.splitlines() if line.startswith("op "))
+    assert header.split() == ["op", "ops/s", "p50", "ms", "p95", "ms", "p99", "ms", "max", "ms", "errors"]
+    assert any(line.startswith("total ") for line in out.splitlines())
+    assert "client CPU:" in out and "machine:" in out
+
+    js = subprocess.run(
+        [*BENCH, *common, "--mix", "write-only", "--duration-s", "2", "--warmup-s", "0.5", "--json"],
+        capture_output=True, text=True, timeout=240, check=False,
+    )
+    assert js.returncode == 0, js.stderr
+    doc = json.loads(js.stdout)
+    assert doc["target"] == "paxoskv" and doc["mode"] == "unary" and doc["mix"] == "write-only"
+    assert doc["endpoints"] == paxoskv_cluster.endpoints
+    assert doc["in_flight"] == 8
+    assert set(doc["total"]) == {"count", "throughput_ops_s", "mean_ms", "p50_ms", "p95_ms", "p99_ms", "max_ms"}
+    assert doc["total"]["count"] == sum(v["count"] for v in doc["by_op"].values())
+    assert doc["error_count"] == sum(doc["errors"].values())
+    assert doc["total"]["count"] + doc["error_count"] > 0  # it sent load; how much is not asserted
+    assert doc["machine"]["nproc"] >= 1
+
+
+def test_bench_says_why_when_nothing_answers():
+    port = clusters.free_ports(1)[0]
+    res = subprocess.run(
+        [*BENCH, "--endpoints", f"127.0.0.1:{port}", "--processes", "1", "--connect-timeout-s", "1", "--duration-s", "1"],
+        capture_output=True, text=True, timeout=120, check=False,
+    )
+    assert res.returncode == 1
+    assert f"127.0.0.1:{port} did not answer a read before the connect timeout" in res.stderr
+
+
+def test_bench_rejects_a_mode_the_target_lacks():
+    res = subprocess.run(
+        [*BENCH, "--target", "etcd", "--mode", "batch", "--endpoints", "127.0.0.1:1"],
+        capture_output=True, text=True, timeout=60, check=False,
+    )
+    assert res.returncode == 2
+    assert "target etcd has no mode 'batch'" in res.stderr
