@@ -27,8 +27,9 @@ Dispatch is by two tables: ``_ENCODERS`` keyed by message type, and
 entry is a small function that fills (or reads) one oneof member in place, so
 encoding builds a single ``Envelope`` with no intermediate copies, and
 decoding does one ``ParseFromString`` plus one dataclass construction per
-message/ballot/entry.  Both are on the hot path: keep them free of
-reflection and per-field branching beyond the presence checks.
+message and entry (ballots come from a small bounded cache of value objects,
+since a leadership's messages all carry the same one).  Both are on the hot
+path: keep them free of reflection and of branching beyond the presence checks.
 """
 
 from __future__ import annotations

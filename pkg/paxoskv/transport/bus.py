@@ -16,7 +16,8 @@ Rules
   back.  Hence ``IMMEDIATE=1``: nothing is queued for a peer we are not
   connected to, and a connection that dies takes its queue with it.  Memory
   per peer is bounded by ``send_queue_max`` messages on the way out and
-  ``send_queue_max`` on the way in (``RCVHWM``) plus kernel buffers.
+  ``send_queue_max`` on the way in (``RCVHWM``) plus kernel buffers (a bound
+  in messages, not bytes: each is at most ``frame_bytes_max``).
 * Every received frame is validated and, if bad, counted in :attr:`PeerBus.stats`
   under a :class:`DropReason`, logged at most once per peer per
   ``drop_log_interval_s`` (by the injected clock) and dropped; the bus keeps
@@ -34,16 +35,22 @@ Rules
   ZMTP heartbeats (1 s, timeout 3 s) notice a peer that stopped answering
   (SIGSTOP, a cut cable) far sooner than TCP would; TCP keepalive is on too
   for the middleboxes.
+* The bus trusts its network: identities are not authenticated (ZeroMQ
+  CURVE would be the step beyond), so the checks above catch mistakes and
+  misconfiguration (a node of another cluster, a wrong peer table), not an
+  attacker.
 
 Theory of operation
 -------------------
 The ROUTER is a ``zmq.asyncio`` socket, used only to *wait* for input.
 :meth:`PeerBus.recv_batch` awaits readability once, then drains everything
 already queued through a plain synchronous shadow of the same socket
-(``recv_multipart(NOBLOCK)`` until ``zmq.Again``), so a burst of ten thousand
-messages costs one await, not ten thousand.  The DEALERs are plain
-synchronous sockets: ``send(NOBLOCK)`` either hands the frame to libzmq's I/O
-thread or raises ``zmq.Again`` at once.  Nothing here is thread-safe: one
+(``recv(NOBLOCK)`` frame by frame until ``zmq.Again``; the payload frame is
+decoded from a zero-copy view), so a burst of ten thousand messages costs one
+await, not ten thousand.  The DEALERs are plain synchronous sockets:
+``send(NOBLOCK)`` either hands the frame to libzmq's I/O thread or raises
+``zmq.Again`` at once; while a peer refuses, later sends ask the socket
+(``EVENTS``) first and drop without encoding.  Nothing here is thread-safe: one
 event loop owns the bus, and one task at a time may call ``recv_batch``.
 """
 
