@@ -27,6 +27,7 @@ import pathlib
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -102,6 +103,9 @@ class Cluster:
         self.clock = clock
         self.nodes = {i: NodeProcess(i, network.addresses[i], workdir / f"n{i}") for i in range(1, n + 1)}
         self.unexpected_exits: list[UnexpectedExit] = []
+        # kill() may run in a worker thread; it and check_exits() must not
+        # interleave (a kill seen half-done would look like a crash).
+        self._lock = threading.Lock()
 
     @property
     def ids(self) -> list[int]:
@@ -159,15 +163,16 @@ class Cluster:
         node.expected_exit = False
 
     def kill(self, i: int) -> None:
-        """SIGKILL (works on a paused node too) and reap."""
+        """SIGKILL (works on a paused node too) and reap. Safe from a worker thread."""
         node = self.nodes[i]
-        node.expected_exit = True
-        if node.proc is None:
-            return
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(node.proc.pid, signal.SIGKILL)
-        node.proc.wait()
-        node.paused = False
+        with self._lock:
+            node.expected_exit = True
+            if node.proc is None:
+                return
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(node.proc.pid, signal.SIGKILL)
+            node.proc.wait()
+            node.paused = False
 
     def pause(self, i: int) -> None:
         node = self.nodes[i]
@@ -212,6 +217,10 @@ class Cluster:
 
     def kill_all(self) -> None:
         """Every node, as close to the same instant as signals allow."""
+        with self._lock:
+            self._kill_all_locked()
+
+    def _kill_all_locked(self) -> None:
         procs = []
         for node in self.nodes.values():
             node.expected_exit = True
@@ -225,6 +234,16 @@ class Cluster:
 
     def check_exits(self) -> list[UnexpectedExit]:
         """Nodes that exited although nobody stopped them (noted once each)."""
+        found: list[UnexpectedExit] = []
+        if not self._lock.acquire(blocking=False):
+            return found  # a kill is in progress (in a worker thread): look next time
+        try:
+            found = self._check_exits_locked()
+        finally:
+            self._lock.release()
+        return found
+
+    def _check_exits_locked(self) -> list[UnexpectedExit]:
         found = []
         for node in self.nodes.values():
             if not node.expected_exit and node.proc is not None and node.proc.poll() is not None:
