@@ -1,8 +1,11 @@
 """paxoskv.storage.leveldb: what only a real LevelDB on a real disk can show.
 
-Other processes (a lock holder, a writer killed with SIGKILL), a read-only
-mount and a full file system (both need root: tests run as root), on-disk
-corruption, the key layout, and the throughput of synced batches.
+Other processes (a lock holder, a writer killed with SIGKILL, an installer
+killed with SIGKILL at every step of a snapshot install), a read-only mount
+and a full file system (both need root: tests run as root), on-disk
+corruption, the key layout, disk space given back by compaction, threads
+reading snapshots while others write or close, and the throughput of
+synced batches and of snapshots.
 """
 
 from __future__ import annotations
@@ -10,9 +13,12 @@ from __future__ import annotations
 import contextlib
 import os
 import pathlib
+import random
+import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 
@@ -24,13 +30,17 @@ from paxoskv.paxos.types import Ballot, Entry
 from paxoskv.storage import (
     Corrupt,
     LevelDBStorage,
+    LoadedState,
     Locked,
     NotFound,
     NotWritable,
+    SnapshotReader,
     StorageError,
     WrongFormat,
+    data_dir_bytes,
 )
-from paxoskv.storage.leveldb import _storage_error
+from paxoskv.storage.leveldb import STAGING_PREFIX, _storage_error
+from paxoskv.storage.snapshot import snapshot_bytes
 from paxoskv.v1 import kv_pb2, storage_pb2
 
 
@@ -383,3 +393,354 @@ def test_synced_persist_throughput(
             f"{batches * entries_per_batch * value_bytes / busy_s / 1e6:.1f} MB/s of values; "
             f"latency p50 {p50_ms:.2f} ms, p99 {p99_ms:.2f} ms"
         )
+
+
+def test_synced_install_throughput(
+    tmp_path: pathlib.Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Measured and printed, not asserted: a snapshot of 100,000 keys (100 B
+    values) read from one store and installed into another that holds half
+    of them, some changed."""
+    keys = 100_000
+    kv = {b"key%08d" % i: b"%0100d" % i for i in range(keys)}
+    sessions = {f"client-{i}": Session(i, kv_pb2.CommandResult(index=7), 7) for i in range(1000)}
+    with LevelDBStorage.open(tmp_path / "a", 1, "c") as a, LevelDBStorage.open(
+        tmp_path / "b", 2, "c"
+    ) as b:
+        a.apply(Changes(dict(kv), dict(sessions), 7), drop_accepted_through=0)
+        b.apply(
+            Changes(
+                {k: b"old" if i % 4 else v for i, (k, v) in enumerate(kv.items()) if i % 2}, {}, 3
+            ),
+            drop_accepted_through=0,
+        )
+        t0 = time.perf_counter()
+        with a.open_snapshot() as source:
+            chunks = list(source.chunks(1 << 20))
+        t1 = time.perf_counter()
+        with b.begin_install() as installer:
+            for chunk in chunks:
+                installer.write(chunk)
+            t2 = time.perf_counter()
+            assert installer.finish() == 7
+        t3 = time.perf_counter()
+        state = b.load()
+        assert state.kv == kv and state.sessions == sessions and state.applied_index == 7
+    size_mb = sum(map(len, chunks)) / 1e6
+    with capsys.disabled():
+        print(
+            f"\nLevelDB snapshot of {keys} keys + {len(sessions)} sessions, {size_mb:.1f} MB: "
+            f"read {t1 - t0:.2f} s ({size_mb / (t1 - t0):.1f} MB/s); install: staged "
+            f"{t2 - t1:.2f} s, verified and switched {t3 - t2:.2f} s, total {t3 - t1:.2f} s "
+            f"({size_mb / (t3 - t1):.1f} MB/s)"
+        )
+
+
+# ---- disk space --------------------------------------------------------------------------
+
+
+def test_compact_then_reclaim_gives_the_disk_space_back(tmp_path: pathlib.Path) -> None:
+    path = tmp_path / "db"
+    slots = 20_000
+    with LevelDBStorage.open(path, 1, "c") as storage:
+        for start in range(1, slots + 1, 1000):
+            batch = range(start, start + 1000)
+            storage.persist(
+                Ballot(1, 1),
+                [Entry(s, Ballot(1, 1), (os.urandom(300),)) for s in batch],
+                [(s, (os.urandom(300),)) for s in batch],
+                sync=False,
+            )
+        storage.apply(Changes({b"k": b"v"}, {}, slots), drop_accepted_through=0)
+        storage.persist(None, [], [], sync=True)
+        full = data_dir_bytes(path)
+        assert full > 2 * slots * 300
+        storage.compact(slots - 100)
+        storage.reclaim()
+        shrunk = data_dir_bytes(path)
+        state = storage.load()
+        assert state.log_start == slots - 99 and len(state.chosen) == 100
+    assert shrunk < full / 10, (full, shrunk)
+    with LevelDBStorage.open(path, 1, "c") as storage:
+        assert storage.load() == state
+
+
+def test_reclaim_after_an_install_gives_the_old_state_space_back(tmp_path: pathlib.Path) -> None:
+    path = tmp_path / "db"
+    with LevelDBStorage.open(path, 1, "c") as storage:
+        big = {b"key%06d" % i: os.urandom(500) for i in range(10_000)}
+        storage.apply(Changes(dict(big), {}, 1), drop_accepted_through=0)
+        storage.persist(None, [], [], sync=True)
+        full = data_dir_bytes(path)
+        data = snapshot_bytes("c", 5, {b"small": b"x"}, {})
+        with storage.begin_install() as installer:
+            installer.write(data)
+            installer.finish()
+        storage.reclaim()
+        assert storage.load().kv == {b"small": b"x"}
+        assert data_dir_bytes(path) < full / 10
+
+
+def test_data_dir_bytes_counts_every_file(tmp_path: pathlib.Path) -> None:
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "a").write_bytes(b"x" * 100)
+    (tmp_path / "sub" / "b").write_bytes(b"y" * 23)
+    assert data_dir_bytes(tmp_path) == 123
+    assert data_dir_bytes(tmp_path / "missing") == 0
+
+
+# ---- snapshots: staging, threads --------------------------------------------------------------
+
+
+def staging_files(path: pathlib.Path) -> list[str]:
+    return sorted(p.name for p in path.iterdir() if p.name.startswith(STAGING_PREFIX))
+
+
+def test_an_install_stages_in_the_data_dir_and_cleans_up(tmp_path: pathlib.Path) -> None:
+    path = tmp_path / "db"
+    data = snapshot_bytes("c", 5, {b"k%d" % i: b"v" * 100 for i in range(200)}, {})
+    with LevelDBStorage.open(path, 1, "c") as storage:
+        installer = storage.begin_install()
+        installer.write(data[:1000])
+        assert len(staging_files(path)) == 1
+        installer.abort()
+        assert staging_files(path) == []
+        installer = storage.begin_install()
+        installer.write(data)
+        assert len(staging_files(path)) == 1
+        installer.finish()
+        assert staging_files(path) == []
+        # A staging file left by a crash is removed by the next open; other
+        # files are left alone.
+        (path / f"{STAGING_PREFIX}leftover.tmp").write_bytes(data[:77])
+        (path / "operator-notes.txt").write_text("keep me")
+    with LevelDBStorage.open(path, 1, "c") as storage:
+        assert staging_files(path) == [] and (path / "operator-notes.txt").exists()
+        assert storage.load().applied_index == 5
+
+
+def test_a_refused_open_does_not_touch_staging_files(tmp_path: pathlib.Path) -> None:
+    path = tmp_path / "db"
+    with LevelDBStorage.open(path, 1, "c") as storage:
+        installer = storage.begin_install()
+        installer.write(b"partial")
+        with pytest.raises(Locked):  # another process would see this
+            LevelDBStorage.open(path, 1, "c")
+        assert len(staging_files(path)) == 1
+        installer.abort()
+
+
+def test_sources_are_read_while_other_threads_write(tmp_path: pathlib.Path) -> None:
+    path = tmp_path / "db"
+    with LevelDBStorage.open(path, 1, "c") as storage:
+        kv = {b"key%05d" % i: b"v0" for i in range(5000)}
+        storage.apply(Changes(dict(kv), {}, 1), drop_accepted_through=0)
+        stop = threading.Event()
+        written = []
+
+        def writer() -> None:
+            index = 1
+            while not stop.is_set():
+                index += 1
+                storage.apply(Changes({b"key%05d" % (index % 5000): b"v%d" % index}, {}, index), 0)
+                written.append(index)
+
+        thread = threading.Thread(target=writer)
+        thread.start()
+        try:
+            snapshots = []
+            for _ in range(3):
+                with storage.open_snapshot() as source:
+                    index = source.applied_index
+                    data = b"".join(source.chunks(10_000))
+                reader = SnapshotReader()
+                got = dict(reader.feed(data)[0])
+                assert reader.finish().applied_index == index
+                snapshots.append((index, got))
+        finally:
+            stop.set()
+            thread.join()
+        assert len(written) > 10
+    # Each snapshot is exactly the state at its index: every write up to it.
+    for index, got in snapshots:
+        expected = dict(kv)
+        for i in range(2, index + 1):
+            expected[b"key%05d" % (i % 5000)] = b"v%d" % i
+        assert got == expected
+
+
+def test_close_waits_for_a_reader_and_then_stops_it(tmp_path: pathlib.Path) -> None:
+    path = tmp_path / "db"
+    storage = LevelDBStorage.open(path, 1, "c")
+    storage.apply(Changes({b"key%05d" % i: b"v" * 100 for i in range(20_000)}, {}, 1), 0)
+    source = storage.open_snapshot()
+    chunks = source.chunks(1000)
+    next(chunks)  # a read is under way
+    storage.close()
+    with pytest.raises(StorageError, match="was closed"):
+        for _ in chunks:
+            pass
+    source.close()
+    with LevelDBStorage.open(path, 1, "c") as storage:
+        assert storage.load().applied_index == 1
+
+
+def test_reclaim_runs_beside_writes(tmp_path: pathlib.Path) -> None:
+    path = tmp_path / "db"
+    with LevelDBStorage.open(path, 1, "c") as storage:
+        for slot in range(1, 3001):
+            storage.persist(None, [], [(slot, (b"x" * 200,))], sync=False)
+        storage.apply(Changes({}, {}, 3000), drop_accepted_through=0)
+        storage.compact(2900)
+        thread = threading.Thread(target=storage.reclaim)
+        thread.start()
+        for index in range(3001, 3201):
+            storage.persist(None, [Entry(index, Ballot(1, 1), (b"y",))], [(index, (b"y",))], True)
+            storage.apply(Changes({b"k": b"%d" % index}, {}, index), drop_accepted_through=index)
+        thread.join()
+        state = storage.load()
+    assert state.applied_index == 3200 and state.kv == {b"k": b"3200"}
+    assert sorted(state.chosen) == list(range(2901, 3201)) and state.accepted == {}
+
+
+def test_a_corrupt_session_record_stops_the_source(tmp_path: pathlib.Path) -> None:
+    path = tmp_path / "db"
+    LevelDBStorage.open(path, 1, "c").close()
+    write_raw(path, b"session/c", b"\xff\xff")
+    with LevelDBStorage.open(path, 1, "c") as storage, storage.open_snapshot() as source:
+        with pytest.raises(Corrupt, match="is not a Session"):
+            b"".join(source.chunks())
+
+
+# ---- SIGKILL during a snapshot install -------------------------------------------------------
+
+INSTALLER = """
+import sys
+from paxoskv.storage import LevelDBStorage
+storage = LevelDBStorage.open(sys.argv[1], 1, "c")
+installer = storage.begin_install()
+print("begun", flush=True); sys.stdin.readline()
+with open(sys.argv[2], "rb") as snapshot:
+    while chunk := snapshot.read(256 * 1024):
+        installer.write(chunk)
+        print("chunk", flush=True); sys.stdin.readline()
+print("finishing", flush=True); sys.stdin.readline()
+print("done", installer.finish(), flush=True)
+sys.stdin.readline()
+"""
+
+
+def old_store(path: pathlib.Path) -> LoadedState:
+    """The state the installer starts from: keys the snapshot drops, changes
+    and keeps, sessions, a promise, and log entries on both sides of the
+    snapshot's index."""
+    with LevelDBStorage.open(path, 1, "c") as storage:
+        storage.persist(
+            Ballot(5, 2),
+            [Entry(s, Ballot(5, 2), (b"a%d" % s,)) for s in range(90, 110)],
+            [(s, (b"c%d" % s,)) for s in range(1, 105)],
+            sync=True,
+        )
+        kv = {b"key%06d" % i: b"old" if i % 3 else b"%060d" % i for i in range(0, 30_000, 2)}
+        kv[b"only-old"] = b"x"
+        sessions = {"c1": Session(1, kv_pb2.CommandResult(index=2), 2)}
+        storage.apply(Changes(kv, dict(sessions), 80), drop_accepted_through=0)
+        storage.persist(None, [], [], sync=True)
+        return storage.load()
+
+
+def test_sigkill_during_an_install_leaves_the_old_or_the_new_state(tmp_path: pathlib.Path) -> None:
+    template = tmp_path / "template"
+    old = old_store(template)
+    kv = {b"key%06d" % i: b"%060d" % i for i in range(30_000)}
+    sessions = {
+        "c1": Session(4, kv_pb2.CommandResult(index=99), 99),
+        "c2": Session(1, kv_pb2.CommandResult(index=3), 3),
+    }
+    snapshot = tmp_path / "snapshot"
+    snapshot.write_bytes(snapshot_bytes("c", 100, kv, sessions))
+    chunks = -(-snapshot.stat().st_size // (256 * 1024))
+    new = LoadedState(
+        promised=old.promised,
+        accepted={s: e for s, e in old.accepted.items() if s > 100},
+        chosen={s: v for s, v in old.chosen.items() if s > 100},
+        log_start=101,
+        applied_index=100,
+        kv=kv,
+        sessions=sessions,
+    )
+    rng = random.Random(5)
+    outcomes: list[tuple[str, str]] = []
+    finish_s = 0.5  # a first guess; then the longest finish seen
+    for run in range(20):
+        path = tmp_path / f"run{run}"
+        shutil.copytree(template, path)
+        where = ["begun", "chunk", "finishing", "finishing", "done"][run % 5]
+        kill_at_chunk = rng.randrange(1, chunks + 1)
+        with child(INSTALLER, str(path), str(snapshot)) as proc:
+            assert proc.stdin is not None and proc.stdout is not None
+            seen_chunks = 0
+            while True:
+                line = proc.stdout.readline()
+                assert line.endswith("\n"), proc.stderr.read() if proc.stderr else ""
+                step = line.split()[0]
+                seen_chunks += step == "chunk"
+                if step == where and (step != "chunk" or seen_chunks == kill_at_chunk):
+                    break
+                proc.stdin.write("go\n")
+                proc.stdin.flush()
+            if where == "finishing":  # let the finish run for a random part of its time
+                proc.stdin.write("go\n")
+                proc.stdin.flush()
+                started = time.monotonic()
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    proc.wait(timeout=rng.uniform(0, finish_s))
+                if proc.poll() is None:
+                    os.kill(proc.pid, signal.SIGKILL)
+                done = proc.stdout.readline()  # "done ..." if finish returned first
+                if done.startswith("done"):
+                    finish_s = max(finish_s, time.monotonic() - started)
+            else:
+                os.kill(proc.pid, signal.SIGKILL)
+            assert proc.wait(timeout=30) == -signal.SIGKILL
+        leftover = staging_files(path)
+        with LevelDBStorage.open(path, 1, "c") as storage:
+            state = storage.load()
+        assert staging_files(path) == []
+        if where in ("begun", "chunk"):
+            assert leftover and state == old, (run, where)
+        elif where == "done":
+            assert state == new, (run, where)
+        else:
+            assert state in (old, new), (run, where)
+        outcomes.append((where, "new" if state == new else "old"))
+        shutil.rmtree(path)
+    assert len(outcomes) == 20
+
+
+def test_a_torn_install_batch_is_lost_whole(tmp_path: pathlib.Path) -> None:
+    """A crash in the middle of writing the switch batch leaves a torn record
+    at the end of LevelDB's log: recovery drops it, so the old state is back,
+    never part of the new one."""
+    template = tmp_path / "template"
+    old = old_store(template)
+    path = tmp_path / "installed"
+    shutil.copytree(template, path)
+    logs_before = {p.name: p.stat().st_size for p in path.iterdir() if p.suffix == ".log"}
+    kv = {b"key%06d" % i: b"%060d" % i for i in range(5_000)}
+    with LevelDBStorage.open(path, 1, "c") as storage:
+        with storage.begin_install() as installer:
+            installer.write(snapshot_bytes("c", 100, kv, {}))
+            installer.finish()
+        new = storage.load()
+    assert new.kv == kv
+    [log] = [p for p in path.iterdir() if p.suffix == ".log" and p.name not in logs_before]
+    size = log.stat().st_size
+    assert size > 5_000 * 70  # the switch batch is in this log
+    for cut in [1, 100, 4096, size // 3, size // 2, size - 5_000 * 70 + 10]:
+        copy = tmp_path / f"cut{cut}"
+        shutil.copytree(path, copy)
+        os.truncate(copy / log.name, size - cut)
+        with LevelDBStorage.open(copy, 1, "c") as storage:
+            assert storage.load() == old, f"cut {cut}"
+        shutil.rmtree(copy)
