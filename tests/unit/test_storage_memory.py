@@ -162,3 +162,89 @@ def test_bad_values_are_caught_at_the_call() -> None:
         storage.persist(None, [], [(0, ())], sync=True)
     with pytest.raises(AssertionError):
         storage.apply(Changes({"str": b"v"}, {}, 1), drop_accepted_through=0)  # type: ignore[dict-item]
+
+
+# ---- crashes during a snapshot install ------------------------------------------------------
+
+
+def test_a_crash_at_any_step_of_an_install_leaves_the_old_or_the_new_state() -> None:
+    """Power loss after each step of an install (begin, every chunk, finish),
+    with an unsynced batch of the old state still pending: the store comes
+    back on a prefix of the old batches before ``finish`` returned, and on
+    the new state after."""
+    from paxoskv.storage.snapshot import snapshot_bytes
+
+    kv = {b"key%03d" % i: b"new%d" % i for i in range(0, 300, 3)}
+    sessions = {"c1": Session(5, kv_pb2.CommandResult(index=40), 40)}
+    data = snapshot_bytes("test", 50, kv, sessions)
+    chunk_bytes = 256
+    chunks = [data[i : i + chunk_bytes] for i in range(0, len(data), chunk_bytes)]
+    steps = len(chunks) + 2  # begin, each chunk, finish
+    outcomes: Counter[str] = Counter()
+    for step in range(steps):
+        for seed in range(6):
+            rng = random.Random(seed * 1000 + step)
+            storage = MemoryStorage(MemoryDisk(f"disk-{step}-{seed}"))
+            storage.persist(
+                Ballot(3, 1),
+                [Entry(s, Ballot(3, 1), (b"a",)) for s in range(45, 56)],
+                [(s, (b"c",)) for s in range(1, 54)],
+                sync=True,
+            )
+            storage.apply(Changes({b"key%03d" % i: b"old" for i in range(200)}, {}, 30), 0)
+            storage.persist(None, [], [], sync=True)
+            synced = storage.load()
+            storage.apply(Changes({b"unsynced": b"x"}, {}, 31), 0)
+            unsynced = storage.load()
+            installer = storage.begin_install()
+            for chunk in chunks[: step - 1] if step else []:
+                installer.write(chunk)
+            finished = step == steps - 1
+            if finished:
+                for chunk in chunks[step - 1 :]:
+                    installer.write(chunk)
+                assert installer.finish() == 50
+            storage.crash(rng)
+            state = storage.load()
+            if finished:
+                assert state.kv == kv and state.sessions == sessions
+                assert state.applied_index == 50 and state.log_start == 51
+                assert sorted(state.chosen) == [51, 52, 53]
+                assert sorted(state.accepted) == list(range(51, 56))
+                assert state.promised == Ballot(3, 1)
+                outcomes["new"] += 1
+            else:
+                assert state in (synced, unsynced), (step, seed)
+                outcomes["old"] += 1
+                # The installer belonged to the process that died.
+                with pytest.raises(AssertionError, match="did not survive the crash"):
+                    installer.finish()
+    assert outcomes["new"] == 6 and outcomes["old"] == 6 * (steps - 1)
+
+
+def test_the_install_is_one_synced_batch() -> None:
+    from paxoskv.storage.snapshot import snapshot_bytes
+
+    storage = MemoryStorage(cluster_id="test")
+    storage.apply(Changes({b"a": b"1"}, {}, 1), 0)
+    written, syncs = storage.disk.batches_written, storage.disk.syncs
+    with storage.begin_install() as installer:
+        installer.write(snapshot_bytes("test", 9, {b"b": b"2", b"c": b"3"}, {}))
+        installer.finish()
+    assert storage.disk.batches_written == written + 1 and storage.disk.syncs == syncs + 1
+    assert storage.disk.pending_batches == 0
+
+
+def test_compaction_is_not_synced_and_a_crash_may_lose_it() -> None:
+    kept = set()
+    for seed in range(30):
+        storage = MemoryStorage()
+        storage.persist(None, [], [(s, (b"c",)) for s in range(1, 11)], sync=True)
+        storage.apply(Changes({}, {}, 10), 0)
+        storage.persist(None, [], [], sync=True)
+        storage.compact(8)
+        storage.crash(random.Random(seed))
+        state = storage.load()
+        assert (state.log_start, sorted(state.chosen)) in ((1, list(range(1, 11))), (9, [9, 10]))
+        kept.add(state.log_start)
+    assert kept == {1, 9}

@@ -374,7 +374,14 @@ class _MemoryInstaller(InstallerBase):
         self._crashes = storage.disk.crashes
         self._ops: list[_Op] = [("reset",)]
 
+    def _check_alive(self) -> None:
+        assert not self._storage._closed, "storage is closed"
+        assert (
+            self._storage.disk.crashes == self._crashes
+        ), "the installer did not survive the crash"
+
     def _stage(self, chunk: bytes, items: Items) -> None:
+        self._check_alive()
         kvs, sessions = items
         ops = self._ops
         for key, value in kvs:
@@ -383,11 +390,9 @@ class _MemoryInstaller(InstallerBase):
             ops.append(("session", client_id, session))
 
     def _commit(self) -> int:
+        self._check_alive()
         info = self._reader.finish()
-        storage = self._storage
-        disk = storage.disk
-        assert not storage._closed, "storage is closed"
-        assert disk.crashes == self._crashes, "the installer did not survive the crash"
+        disk = self._storage.disk
         index = info.applied_index
         current = disk._current.applied_index
         if index < current:
