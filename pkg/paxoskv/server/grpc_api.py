@@ -52,6 +52,7 @@ the limits that matter for a key-value store.
 from __future__ import annotations
 
 import logging
+import socket
 from typing import Protocol
 
 import grpc
@@ -173,6 +174,7 @@ class Facade:
 
     def bind(self, address: str) -> int:
         """Bind ``host:port`` (port 0: any free one); return the port."""
+        _probe_bind(address)
         try:
             port = self.server.add_insecure_port(address)
         except RuntimeError as exc:
@@ -313,6 +315,32 @@ class Facade:
         except (NodeError, _Abort) as exc:
             await self._fail(context, exc)
             raise
+
+
+def _probe_bind(address: str) -> None:
+    """Raise ``BindError`` if ``address`` cannot be bound, before grpc tries.
+
+    grpc's C core logs its own multi-line complaint on a failed bind; this
+    check, made the way grpc binds (SO_REUSEADDR), keeps the message ours.
+    """
+    host, _, port_text = address.rpartition(":")
+    host = host.strip("[]")
+    try:
+        infos = socket.getaddrinfo(
+            host or None, int(port_text), type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )
+    except (OSError, ValueError) as exc:
+        raise BindError(f"cannot listen on {address} ({exc}): check --listen") from None
+    family, type_, proto, _, sockaddr = infos[0]
+    with socket.socket(family, type_, proto) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind(sockaddr)
+        except OSError as exc:
+            raise BindError(
+                f"cannot listen on {address} ({exc.strerror}): is another process using the "
+                f"port? pick another --port or --listen"
+            ) from None
 
 
 def _serialize(msg: object) -> bytes:
