@@ -4,7 +4,8 @@ CI runs, with fixed seeds and within about two and a half minutes of
 campaign time: a 3-node campaign with every fault family (at least 5,000
 operations, linearizable, no lost acknowledged write), a 5-node campaign,
 the weakened node (reads from local state) which must be caught, and the
-CLI end to end. ``PAXOSKV_LONG=1`` adds a ten-minute campaign.
+CLI end to end. With ``PAXOSKV_LONG=1`` the 3-node campaign lasts ten
+minutes, with a random seed (printed).
 
 Partition faults need root and network namespaces; where they are missing
 the campaigns run kill and pause only and say so (a warning in the test
@@ -32,6 +33,15 @@ ALL_FAULTS = frozenset({"kill", "pause", "partition"})
 KILL_KINDS = {"kill", "kill-fsync", "kill-election"}
 PARTITION_KINDS = {"isolate-leader", "split", "bridge"}
 LONG = os.environ.get("PAXOSKV_LONG") == "1"
+
+
+def campaign_seed(default: int) -> int:
+    """Fixed in CI (a failure is a replayable fact); random and printed in long runs."""
+    if LONG:
+        seed = int.from_bytes(os.urandom(3), "big")
+        print(f"PAXOSKV_LONG: chaos campaign seed {seed}")
+        return seed
+    return default
 
 
 def show(res: CampaignResult) -> str:
@@ -80,16 +90,17 @@ def assert_no_leftovers(res: CampaignResult) -> None:
         assert bridge not in links
 
 
-@pytest.mark.timeout(240)
+@pytest.mark.timeout(1500 if LONG else 240)
 def test_three_nodes_under_every_fault_stay_linearizable(tmp_path):
     res = run_campaign(
         CampaignConfig(
             out_dir=tmp_path / "campaign",
             nodes=3,
-            duration_s=45,
+            duration_s=600 if LONG else 45,
             faults=ALL_FAULTS,
-            seed=20240611,
+            seed=campaign_seed(20240611),
             workload=WorkloadConfig(clients=12, keys=5),
+            check_budget_s=600 if LONG else 120,
         )
     )
     assert_clean(res)
@@ -197,22 +208,3 @@ def test_the_cli_refuses_bad_usage(tmp_path):
     (tmp_path / "used" / "history.jsonl").write_text("")
     cp = run("--out", str(tmp_path / "used"))
     assert cp.returncode == 2 and "is not empty" in cp.stderr
-
-
-@pytest.mark.slow
-@pytest.mark.timeout(1200)
-@pytest.mark.skipif(not LONG, reason="long campaign: set PAXOSKV_LONG=1")
-def test_ten_minutes_under_every_fault(tmp_path):
-    res = run_campaign(
-        CampaignConfig(
-            out_dir=tmp_path / "long",
-            nodes=3,
-            duration_s=600,
-            faults=ALL_FAULTS,
-            seed=424242,
-            check_budget_s=600,
-        )
-    )
-    assert_clean(res)
-    assert_faults(res)
-    assert res.workload_ops >= 50_000
