@@ -4,6 +4,7 @@ are lost, everything else flows, and nothing is left behind."""
 from __future__ import annotations
 
 import json
+import signal
 import subprocess
 import sys
 import time
@@ -92,8 +93,10 @@ def test_partitions_cut_exactly_the_pairs_asked_and_heal_restores_them():
 
 def test_leftovers_of_a_dead_campaign_are_removed_by_the_next():
     network = NamespaceNetwork(2)
+    orphan: subprocess.Popen | None = None
     try:
         network.setup()
+        orphan = subprocess.Popen(network.wrap(1, ["sleep", "600"]))  # a node the dead campaign left
         dead = subprocess.Popen(["true"])
         dead.wait()
         state = net.STATE_DIR / f"{network.token}.json"
@@ -103,5 +106,9 @@ def test_leftovers_of_a_dead_campaign_are_removed_by_the_next():
         assert set(removed) == {network.bridge, network.ns(1), network.ns(2)}
         assert not state.exists()
         assert network.bridge not in links()
+        assert orphan.wait(timeout=10) == -signal.SIGKILL
     finally:
+        if orphan is not None and orphan.poll() is None:
+            orphan.kill()
+            orphan.wait()
         network.teardown()

@@ -17,10 +17,12 @@ Rules
   in Jepsen), so a client of an isolated node sees that node's behaviour.
   A partition replaces the previous one; ``heal`` removes every rule.
 * ``teardown`` removes the namespaces (which takes their veth ends, and so
-  the pairs) and the bridge. It is idempotent and runs even after a failed
-  setup. A campaign that was itself SIGKILLed leaves its devices behind:
-  ``remove_stale`` deletes those of dead campaigns, found by the PID recorded
-  under ``/run/paxoskv-chaos`` (the next campaign calls it).
+  the pairs) and the bridge, after SIGKILLing any process still inside a
+  namespace (``ip netns pids``: none, normally). It is idempotent and runs
+  even after a failed setup. A campaign that was itself SIGKILLed leaves its
+  devices and nodes behind: ``remove_stale`` removes those of dead
+  campaigns, found by the PID recorded under ``/run/paxoskv-chaos`` (the
+  next campaign calls it).
 * ``LoopbackNetwork`` is the fallback: every node on 127.0.0.1 with ports
   chosen free at run time; partitions are not possible there
   (``partitions_supported`` is False, and ``why_unsupported`` says why).
@@ -35,6 +37,7 @@ import os
 import pathlib
 import secrets
 import shutil
+import signal
 import socket
 import subprocess
 from collections.abc import Iterable, Sequence
@@ -240,6 +243,7 @@ class NamespaceNetwork:
         if not self._set_up:
             return
         for i in range(1, self.n + 1):
+            _kill_inside(self.ns(i))
             _run(["ip", "netns", "del", self.ns(i)], check=False)
         _run(["ip", "link", "del", self.bridge], check=False)
         with contextlib.suppress(FileNotFoundError):
@@ -289,6 +293,18 @@ class NamespaceNetwork:
         _run(["ip", "netns", "exec", self.ns(node_id), "nft", "-f", "-"], stdin="\n".join(lines) + "\n")
 
 
+def _kill_inside(ns: str) -> list[int]:
+    """SIGKILL every process still inside namespace ``ns`` (normally none: the
+    campaign stops its nodes first; this catches the orphans of a campaign
+    that was itself killed)."""
+    cp = _run(["ip", "netns", "pids", ns], check=False)
+    pids = [int(p) for p in cp.stdout.split() if p.isdigit()] if cp.returncode == 0 else []
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    return pids
+
+
 def remove_stale() -> list[str]:
     """Delete the namespaces and bridges of campaigns whose process is gone."""
     removed: list[str] = []
@@ -303,6 +319,7 @@ def remove_stale() -> list[str]:
         if _pid_alive(pid):
             continue
         for ns in state.get("ns", []):
+            _kill_inside(ns)
             if _run(["ip", "netns", "del", ns], check=False).returncode == 0:
                 removed.append(ns)
         if _run(["ip", "link", "del", state.get("bridge", "")], check=False).returncode == 0:
