@@ -143,10 +143,13 @@ class SimResult:
     applied_slots: int  # the highest slot applied anywhere
     nemesis_actions: dict[str, int]
     snapshots_installed: int
+    pending_at_heal: int  # client operations in flight when the liveness phase began
+    network: dict[str, int]  # sent, delivered, lost, cut, duplicated
     linearizability: str  # the checker's verdict: ok, violation, unknown, unchecked
     digest: str  # fingerprint of the whole run (history, logs, counters)
     trace: list[str] | None
     real_time_s: float = 0.0
+    cpu_time_s: float = 0.0  # this process's CPU time (what a shared machine does not inflate)
 
     @property
     def ok(self) -> bool:
@@ -163,7 +166,8 @@ class SimResult:
             f"(ok {self.ops_ok}, fail {self.ops_fail}, unknown {self.ops_unknown}) "
             f"slots={self.applied_slots} snapshots={self.snapshots_installed} sim={self.sim_time_us / 1e6:.2f}s "
             f"safety={self.safety_end_us / 1e6:.2f}s liveness={live} events={self.events} "
-            f"msgs={self.messages_sent} lin={self.linearizability} real={self.real_time_s:.2f}s"
+            f"msgs={self.messages_sent} lin={self.linearizability} real={self.real_time_s:.2f}s "
+            f"cpu={self.cpu_time_s:.2f}s"
         )
 
 
@@ -291,6 +295,7 @@ class Simulation:
         self.ops_left = config.ops
         self._next_read_id = 0
         self._safety_end_us = 0
+        self._pending_at_heal = 0
         self._liveness_done_us: int | None = None
         self._stop_reason = ""
         self.snapshots_installed = 0
@@ -609,6 +614,7 @@ class Simulation:
         self.phase = "liveness"
         now = self.scheduler.now_us
         self._safety_end_us = now
+        self._pending_at_heal = len(self._pending_ops())
         self.note("=== liveness phase: heal, restart, no more faults ===")
         self.nemesis.stop()
         self.network.heal()
@@ -677,6 +683,7 @@ class Simulation:
 
     def run(self) -> SimResult:
         started = time.perf_counter()
+        cpu_started = time.process_time()
         sched = self.scheduler
         for node in self.nodes.values():
             self._guard(node, self._start_node, node)
@@ -690,7 +697,9 @@ class Simulation:
         if self.phase != "done":
             self.violation("liveness", "the event queue ran dry")
         self._final_checks()
-        return self._result(time.perf_counter() - started)
+        result = self._result(time.perf_counter() - started)
+        result.cpu_time_s = time.process_time() - cpu_started
+        return result
 
     @contextlib.contextmanager
     def _logs_to_trace(self) -> Iterator[None]:
@@ -776,6 +785,9 @@ class Simulation:
             applied_slots=max(self.applied.chosen, default=0),
             nemesis_actions=dict(self.nemesis.actions_run),
             snapshots_installed=self.snapshots_installed,
+            pending_at_heal=self._pending_at_heal,
+            network={"sent": stats.sent, "delivered": stats.delivered, "lost": stats.lost,
+                     "cut": stats.cut, "duplicated": stats.duplicated},
             linearizability=self.linearizability,
             digest=h.hexdigest(),
             trace=self.trace,
