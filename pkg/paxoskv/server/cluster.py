@@ -126,18 +126,27 @@ async def _wait_ready(specs: list[_NodeSpec], procs: dict[int, asyncio.subproces
     return None
 
 
+def _paxoskv() -> str:
+    """How to run the ``paxoskv`` script from here: relative if below the cwd."""
+    script = os.path.join(os.path.dirname(sys.executable), "paxoskv")
+    if not os.path.exists(script):
+        return "paxoskv"
+    rel = os.path.relpath(script)
+    return rel if not rel.startswith("..") else script
+
+
 def _banner(specs: list[_NodeSpec], listen: str, leader: int, pids: dict[int, int]) -> None:
     host = "127.0.0.1" if listen in ("0.0.0.0", "::", "") else listen
     eps = ",".join(format_hostport(host, s.port) for s in specs)
+    pk = _paxoskv()
     _say(f"{len(specs)} nodes up; leader is node {leader}. Talk to them:")
-    click.echo(f"    export PAXOSKV_ENDPOINTS={eps}")
-    click.echo("    paxoskv put greeting hello")
-    click.echo("    paxoskv get greeting")
-    click.echo("    paxoskv status")
-    click.echo(f"    bin/client -server {format_hostport(host, specs[0].port)} -op get -key greeting")
+    click.echo(f"    {pk} put --endpoints {eps} greeting hello")
+    click.echo(f"    {pk} get --endpoints {eps} greeting")
+    click.echo(f"    {pk} status --endpoints {eps}")
+    click.echo(f"  (or export PAXOSKV_ENDPOINTS={eps} and leave out --endpoints)")
     click.echo("  Nodes (kill -9 a PID to test fault tolerance; restart it with its command):")
     for s in specs:
-        cmd = " ".join(shlex.quote(a) for a in ("paxoskv", "serve", *s.argv[4:]))
+        cmd = " ".join(shlex.quote(a) for a in (pk, "serve", *s.argv[3:]))
         click.echo(f"    {s.label}: pid {pids[s.node_id]}  gRPC {format_hostport(host, s.port)}  "
                    f"bus {s.bus_port}  data {s.data_dir}")
         click.echo(f"      {cmd}")
