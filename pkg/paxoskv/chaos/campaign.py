@@ -7,7 +7,8 @@ Theory of operation
    wait until one leader is known to every node.
 2. *Safety phase* (``duration_s``): the workload's clients and the monitor
    run from t=0; after ``warmup_s`` the nemesis runs its seeded episodes
-   until ``duration_s - tail_s``. Then it undoes everything (heal, SIGCONT,
+   until ``duration_s - tail_s`` (longer, up to ``duration_max_s``, while
+   fewer than ``ops_min`` operations were invoked). Then it undoes everything (heal, SIGCONT,
    restart the dead) and, when ``kill`` is among the faults, SIGKILLs the
    whole cluster at once and restarts it. The clients keep going until
    ``duration_s``, through the full restart, then finish their operations
@@ -62,6 +63,11 @@ class CampaignConfig:
     out_dir: pathlib.Path
     nodes: int = 3
     duration_s: float = 60.0
+    # Keep the faulty phase going past ``duration_s`` (up to ``duration_max_s``)
+    # until the workload has invoked ``ops_min`` operations: a slow machine
+    # still yields a history worth checking.
+    ops_min: int = 0
+    duration_max_s: float | None = None
     faults: frozenset[str] = frozenset(FAULT_FAMILIES)
     seed: int = 1
     workload: WorkloadConfig = field(default_factory=WorkloadConfig)
@@ -229,10 +235,19 @@ async def _campaign(cfg: CampaignConfig, res: CampaignResult, network, cluster: 
         try:
             await asyncio.sleep(cfg.warmup_s)
             await nemesis.run(until_s=t_safety + cfg.duration_s - cfg.tail_s)
+            hard_end = t_safety + max(cfg.duration_s, cfg.duration_max_s or 0.0) - cfg.tail_s
+            if workload.invoked < cfg.ops_min and clock() < hard_end:
+                res.notes.append(
+                    f"only {workload.invoked} operations after {cfg.duration_s:g}s: extending the run "
+                    f"until {cfg.ops_min} (at most {max(cfg.duration_s, cfg.duration_max_s or 0):g}s)"
+                )
+                while workload.invoked < cfg.ops_min and clock() < hard_end:
+                    await nemesis.run(until_s=min(hard_end, clock() + 5.0))
+            tail_end = clock() + cfg.tail_s
             await nemesis.heal_all()
             if "kill" in cfg.faults:
                 await nemesis.kill_all()
-            await asyncio.sleep(max(0.0, t_safety + cfg.duration_s - clock()))
+            await asyncio.sleep(max(0.0, tail_end - clock()))
         finally:
             await workload.stop()
             res.safety_end_s = clock()

@@ -151,6 +151,7 @@ class _Client:
         req = make()
         clock = wl.clock
         op_id = wl.recorder.invoke(self.name, kind, key, value)
+        wl.invoked += 1
         if kind == "put":
             wl.on_write()
         start = clock()
@@ -234,6 +235,7 @@ class Workload:
         self.stats = ClientStats()
         self.notes: Counter = Counter()
         self.on_write = on_write
+        self.invoked = 0  # operations invoked so far
         self.clients = [
             _Client(self, c, targets, random.Random(f"{seed}/client/{c}"), run_tag)
             for c in range(cfg.clients)
