@@ -391,3 +391,21 @@ def test_save_from_nowhere_is_unavailable(tmp_path: pathlib.Path) -> None:
 def test_save_needs_exactly_one_endpoint(tmp_path: pathlib.Path) -> None:
     result = run("save", str(tmp_path / "x"), "--endpoints", "127.0.0.1:1,127.0.0.1:2")
     assert result.exit_code == 2 and "exactly one endpoint" in result.stderr
+
+
+def test_a_stream_dropped_by_its_client_releases_the_storage_view(tmp_path: pathlib.Path) -> None:
+    storage = filled(LevelDBStorage.open(tmp_path / "db", 1, "prod"))
+    storage.apply(Changes({b"big%04d" % i: os.urandom(1000) for i in range(1500)}, {}, 43), 0)
+
+    async def first_then_drop() -> kv_pb2.SnapshotResponse:
+        stream = snapshot_stream(FakeNode(FakeReplica(storage)), kv_pb2.SnapshotRequest(), None)
+        first = await stream.__anext__()
+        await stream.aclose()  # what grpc does when the client goes away
+        return first
+
+    try:
+        first = asyncio.run(first_then_drop())
+        assert first.applied_index == 43 and not first.sha256
+        assert storage._sources == set()  # the LevelDB snapshot was released
+    finally:
+        storage.close()

@@ -438,19 +438,21 @@ class LevelDBStorage:
         )
 
     def reclaim(self) -> None:
-        with self._using() as db:
+        with self._lock:  # an instant: what was deleted
             ranges = [
                 (P_CHOSEN, slot_key(P_CHOSEN, self._log_start)),
                 (P_ACCEPTED, slot_key(P_ACCEPTED, self._accepted_scan_from)),
             ]
             reclaim_state, self._reclaim_state = self._reclaim_state, False
-            if reclaim_state:
-                ranges += [(P_KV, _prefix_end(P_KV)), (P_SESSION, _prefix_end(P_SESSION))]
+        if reclaim_state:
+            ranges += [(P_KV, _prefix_end(P_KV)), (P_SESSION, _prefix_end(P_SESSION))]
+        with self._using() as db:  # the long part, without the lock
             try:
                 for start, stop in ranges:
                     db.compact_range(start=start, stop=stop)
             except plyvel.Error as exc:
-                self._reclaim_state = self._reclaim_state or reclaim_state
+                with self._lock:
+                    self._reclaim_state = self._reclaim_state or reclaim_state
                 raise _storage_error(self.path, exc) from None
 
     def open_snapshot(self) -> _LevelDBSource:

@@ -613,6 +613,7 @@ async def snapshot_stream(
         await context.abort(grpc.StatusCode.UNAVAILABLE, "node is starting: retry shortly")
         return
     source = await asyncio.to_thread(replica.storage.open_snapshot)
+    chunks: Iterator[bytes] | None = None
     try:
         index = source.applied_index
         chunks = source.chunks(STREAM_CHUNK_BYTES)
@@ -630,7 +631,13 @@ async def snapshot_stream(
             yield response
             pending = following
     finally:
-        await asyncio.to_thread(source.close)
+        await asyncio.to_thread(_close_all, chunks, source)
+
+
+def _close_all(chunks: Iterator[bytes] | None, source: Any) -> None:
+    if chunks is not None and hasattr(chunks, "close"):
+        chunks.close()  # releases the storage iterators it holds, now
+    source.close()
 
 
 # ---- shared by the storage backends -----------------------------------------------------
