@@ -128,6 +128,8 @@ class Nemesis:
 
     def stop(self) -> None:
         self.active = False
+        if self._flapping is not None:
+            self.cluster.network.set_flap_cuts(())
         self._flapping = None
         self._flap_token += 1
 
