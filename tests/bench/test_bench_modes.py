@@ -8,6 +8,7 @@ sequences 1, 2, 3 ... in order, and failures are counted by code.
 
 from __future__ import annotations
 
+import re
 import threading
 from collections import defaultdict
 from concurrent import futures
@@ -109,7 +110,7 @@ def test_each_mode_runs_a_mixed_workload(fake_server, mode):
     assert 0 < result.total.p50_ms <= result.total.p99_ms <= result.total.max_ms
     _assert_sessions_in_order(fake)
     # one session per slot (2 processes x 4) and per endpoint for the pre-fill
-    assert len([c for c in fake.sequences if "-s" in c]) == 8
+    assert len([c for c in fake.sequences if re.search(r"-p\d+-s\d+$", c)]) == 8
 
 
 def test_write_only_sends_no_reads_after_setup_and_read_only_no_writes(fake_server):

@@ -158,17 +158,18 @@ async def _wait_ready(probe: SlotClient, endpoint: str, deadline: float) -> None
     raise RuntimeError(f"{endpoint} did not answer a read before the connect timeout: {last}")
 
 
-async def _prefill(args: WorkerArgs, probes: list[SlotClient], value: bytes) -> None:
+async def _prefill(args: WorkerArgs, endpoints: list[Endpoint], prefix: str, value: bytes) -> None:
     """Write this process's share of the keys (index % processes == process_index).
 
     A failed write is retried (a leader change under load is normal) with a
     growing pause, until it succeeds or ``connect_timeout_s`` has passed
-    since its first failure.
+    since its first failure. Each filler is its own client session, so its
+    writes carry sequences 1, 2, 3 ... in order.
     """
     mine = list(range(args.process_index, args.workload.keys, args.processes))
 
     async def filler(slot_index: int) -> None:
-        probe = probes[slot_index % len(probes)]
+        probe = endpoints[slot_index % len(endpoints)].slot(f"{prefix}-fill{slot_index}")
         for i in mine[slot_index :: args.concurrency]:
             give_up_at: float | None = None
             pause_s = 0.05
@@ -201,7 +202,7 @@ async def _run(args: WorkerArgs, events: Any, go: Any, start_at: Any) -> WorkerR
         await asyncio.gather(*(_wait_ready(p, ep, deadline) for p, ep in zip(probes, args.endpoints, strict=True)))
         value = os.urandom(args.workload.value_bytes)
         if args.prefill and args.workload.read_share > 0:
-            await _prefill(args, probes, value)
+            await _prefill(args, unary, prefix, value)
 
         events.put(("ready", args.process_index))
         loop = asyncio.get_running_loop()
