@@ -291,3 +291,33 @@ def test_a_node_behind_a_compacted_log_asks_for_a_snapshot_and_continues_after_i
     net.cores[lag].install_snapshot(25)
     net.tick(10)
     assert net.applied_values(lag) == [b"w%d" % k for k in range(30)]
+
+
+def test_has_ready_is_false_after_ready_even_when_commands_wait_for_a_full_pipeline():
+    """A runtime loops `while has_ready(): ready()`; a full pipeline must not
+    make that loop spin (it did: the node then starved its own heartbeats)."""
+    net = Net(3, inflight_slots_max=2, batch_commands_max=1)
+    leader = net.elect()
+    core = net.cores[leader]
+    for k in range(10):
+        core.propose(b"c%d" % k)
+    rounds = 0
+    while core.has_ready():
+        net.process(leader)
+        rounds += 1
+        assert rounds < 5, "has_ready() stays true with nothing to do"
+    assert len(core._queue) == 8
+    net.deliver_all()
+    net.tick(5)
+    assert net.applied_values(leader) == [b"c%d" % k for k in range(10)]
+
+
+def test_ready_with_pending_forwards_and_reads_always_drains():
+    net = Net(3)
+    leader = net.elect()
+    f = next(i for i in net.ids if i != leader)
+    for k in range(5):
+        net.cores[f].propose(b"f%d" % k)
+        net.cores[f].read(k)
+    net.process(f)
+    assert not net.cores[f].has_ready()

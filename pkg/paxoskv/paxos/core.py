@@ -289,6 +289,9 @@ class Core:
             self.applied_index = last
 
     def has_ready(self) -> bool:
+        """Whether ``ready()`` would return something. After ``ready()`` this is
+        False until a new input arrives: commands waiting for room in a full
+        pipeline do not count, so a runtime looping ``while has_ready()`` ends."""
         return bool(
             self._out_promised is not None
             or self._out_accepted
@@ -297,7 +300,14 @@ class Core:
             or self._out_reads
             or self._out_snapshot_from is not None
             or self.commit_index > self._emitted_index
-            or (self.role is Role.LEADER and (self._queue or self._reads_new_local or self._reads_new_remote))
+            or (
+                self.role is Role.LEADER
+                and (
+                    (self._queue and len(self._inflight) < self.config.inflight_slots_max)
+                    or self._reads_new_local
+                    or self._reads_new_remote
+                )
+            )
             or (self.leader_id is not None and (self._forward_queue or self._reads_forward))
         )
 
