@@ -287,6 +287,7 @@ class Node:
             while True:
                 await self._wake.wait()
                 self._wake.clear()
+                unyielded = 0
                 while True:
                     batch = replica.prepare()
                     if batch is None:
@@ -294,6 +295,12 @@ class Node:
                     rd = batch.ready
                     if rd.must_sync or rd.chosen:
                         await asyncio.to_thread(replica.write, batch)
+                        unyielded = 0
+                    else:
+                        unyielded += 1
+                        if unyielded >= 64:  # never starve the receiver and the ticker
+                            await asyncio.sleep(0)
+                            unyielded = 0
                     if rd.messages:
                         bus.send_many(rd.messages)
                     done = replica.apply(batch)
