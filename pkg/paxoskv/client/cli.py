@@ -139,9 +139,9 @@ def get_cmd(key: str, serializable: bool, endpoints: str, timeout_s: float) -> N
     if value is None:
         click.echo(f"paxoskv get: key not found: {key}", err=True)
         sys.exit(EXIT_NOT_FOUND)
-    out = click.get_binary_stream("stdout")
-    out.write(value + b"\n")
-    out.flush()
+    sys.stdout.flush()
+    sys.stdout.buffer.write(value + b"\n")  # the value's bytes as they are
+    sys.stdout.buffer.flush()
 
 
 @click.command("delete")
