@@ -123,6 +123,12 @@ def test_status_table_and_json(shared_cluster: LocalCluster) -> None:
         assert d["leader_id"] == leader
         assert d["cluster_id"] == c.cluster_id
         assert {p["node_id"] for p in d["peers"]} == set(c.nodes) - {d["node_id"]}
+        # Every node hears from the leader; the leader hears from everyone.
+        seen = {p["node_id"] for p in d["peers"] if p["connected"]}
+        if d["node_id"] == leader:
+            assert seen == set(c.nodes) - {leader}, d
+        else:
+            assert leader in seen, d
     assert sorted(d["node_id"] for d in data[:3]) == [1, 2, 3]
     assert "error" in data[3] and "node_id" not in data[3]
 
@@ -285,3 +291,22 @@ def test_serve_stops_on_signal_with_exit_0(tmp_path, sig: int) -> None:
         assert "node 1 stopped" in c.log_text(1)
     finally:
         c.close()
+
+
+def test_peer_and_endpoint_specs() -> None:
+    from paxoskv.server.config import ConfigError, parse_endpoints, parse_peers
+    from paxoskv.server.node import PeerAddr
+
+    assert parse_peers("2=10.0.0.2:50051, 3=h3:50052:6000", own_id=1) == {
+        2: PeerAddr("10.0.0.2", 50051, 51051),  # bus port: gRPC port + 1000
+        3: PeerAddr("h3", 50052, 6000),
+    }
+    assert parse_peers("2=[fd00::2]:50051:51000") == {2: PeerAddr("fd00::2", 50051, 51000)}
+    assert parse_peers("") == {}
+    assert parse_endpoints("localhost,h:1,[::1]:2,h:1") == ["localhost:50051", "h:1", "[::1]:2"]
+    for bad in ("2", "2=h", "x=h:1", "2=h:0", "2=h:1:2:3", "2=:1", "1=h:1", "2=h:1,2=h:2", "2=h:65000"):
+        with pytest.raises(ConfigError):
+            parse_peers(bad, own_id=1)
+    for bad in ("", ",", "h:x", "[::1:5"):
+        with pytest.raises(ConfigError):
+            parse_endpoints(bad)
