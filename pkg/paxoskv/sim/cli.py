@@ -62,6 +62,7 @@ def sim_cmd(seed: int | None, count: int, nodes: int, ops: int, faults: str, ver
     ops_total = 0
     failed: list[SimResult] = []
     undecided = 0
+    empty_ready = empty_ready_seeds = 0
     last: SimResult | None = None
     for s in range(seed, seed + count):
         config = SimConfig(seed=s, nodes=nodes, ops=ops, faults=faults, trace=verbose)
@@ -69,6 +70,8 @@ def sim_cmd(seed: int | None, count: int, nodes: int, ops: int, faults: str, ver
         last = result
         ops_total += result.ops
         undecided += result.linearizability == "unknown"
+        empty_ready += result.empty_ready_batches
+        empty_ready_seeds += result.empty_ready_batches > 0
         if verbose:
             click.echo(f"params: {result.params}")
             for line in result.trace or ():
@@ -96,6 +99,12 @@ def sim_cmd(seed: int | None, count: int, nodes: int, ops: int, faults: str, ver
         f"(per CPU second: {cpu_rate:.0f})"
         + (f"  linearizability undecided (budget): {undecided}" if undecided else "")
     )
+    if empty_ready:
+        click.echo(
+            f"note: {empty_ready} empty Ready batches in {empty_ready_seeds} seed(s): "
+            "core.has_ready() said yes and ready() had nothing (a runtime that drains "
+            "until None would spin)"
+        )
     if failed:
         click.echo("replay:")
         for result in failed:

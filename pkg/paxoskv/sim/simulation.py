@@ -143,6 +143,7 @@ class SimResult:
     applied_slots: int  # the highest slot applied anywhere
     nemesis_actions: dict[str, int]
     snapshots_installed: int
+    empty_ready_batches: int  # Replica.prepare() gave a batch with nothing in it
     pending_at_heal: int  # client operations in flight when the liveness phase began
     network: dict[str, int]  # sent, delivered, lost, cut, duplicated
     linearizability: str  # the checker's verdict: ok, violation, unknown, unchecked
@@ -168,6 +169,7 @@ class SimResult:
             f"safety={self.safety_end_us / 1e6:.2f}s liveness={live} events={self.events} "
             f"msgs={self.messages_sent} lin={self.linearizability} real={self.real_time_s:.2f}s "
             f"cpu={self.cpu_time_s:.2f}s"
+            + (f" empty_ready={self.empty_ready_batches}" if self.empty_ready_batches else "")
         )
 
 
@@ -299,6 +301,7 @@ class Simulation:
         self._liveness_done_us: int | None = None
         self._stop_reason = ""
         self.snapshots_installed = 0
+        self.empty_ready_batches = 0
         self.linearizability = "unchecked"  # ok, violation, unknown (budget spent), unchecked
 
     # ---- Tracing ----------------------------------------------------------------
@@ -467,8 +470,10 @@ class Simulation:
                 return
             rd = batch.ready
             if rd.empty():
-                # has_ready() may say yes while the leader's pipeline is full
-                # and nothing can move; apply() still releases waiting reads.
+                # core.has_ready() said yes, ready() had nothing (seen: a
+                # leader with queued commands and a full pipeline). A runtime
+                # that drains until None would spin here; we count it and stop.
+                self.empty_ready_batches += 1
                 self._answer_reads(node, r.apply(batch).reads)
                 return
             for m in rd.messages:
@@ -785,6 +790,7 @@ class Simulation:
             applied_slots=max(self.applied.chosen, default=0),
             nemesis_actions=dict(self.nemesis.actions_run),
             snapshots_installed=self.snapshots_installed,
+            empty_ready_batches=self.empty_ready_batches,
             pending_at_heal=self._pending_at_heal,
             network={"sent": stats.sent, "delivered": stats.delivered, "lost": stats.lost,
                      "cut": stats.cut, "duplicated": stats.duplicated},
