@@ -14,11 +14,13 @@ Rules:
   gives the same bytes and a second deploy copies nothing.
 
 Theory of operation: build into a fresh temporary directory (pip's cache
-makes the downloads cheap), compare the set of files and their hashes with
-DEST, and replace DEST's contents only when they differ. Print one JSON
-object: {"changed": bool, "dir": DEST, "files": [names], "manifest": text},
-where the manifest is "sha256  name" lines, sorted, which the role uses to
-decide whether a node must reinstall.
+makes the downloads cheap), compare the wheels' names and hashes with the
+manifest of DEST, and only when they differ replace DEST: a directory holding
+``wheelhouse.tar`` (the wheels, archived byte-for-byte reproducibly: sorted,
+fixed times and owners, so one file goes to each node) and ``MANIFEST``
+("sha256  name" lines, sorted), which the role compares with what a node
+installed last to decide whether it must reinstall. Prints one JSON object:
+{"changed": bool, "tarball": path, "files": [names], "manifest": text}.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tarfile
 import tempfile
 from pathlib import Path
 
@@ -87,6 +90,19 @@ def manifest_of(directory: Path) -> str:
     return "".join(line + "\n" for line in lines)
 
 
+def write_tarball(wheels: Path, tarball: Path) -> None:
+    with tarfile.open(tarball, "w", format=tarfile.PAX_FORMAT) as tar:
+        for path in sorted(wheels.glob("*.whl")):
+            info = tarfile.TarInfo(path.name)
+            info.size = path.stat().st_size
+            info.mtime = int(SOURCE_DATE_EPOCH)
+            info.mode = 0o644
+            info.uid = info.gid = 0
+            info.uname = info.gname = "root"
+            with open(path, "rb") as f:
+                tar.addfile(info, f)
+
+
 def build(args: argparse.Namespace, work: Path) -> Path:
     src = work / "src"
     copy_source(Path(args.source).resolve(), src)
@@ -119,13 +135,20 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="paxoskv-wheels-", dir=dest.parent) as tmp:
         built = build(args, Path(tmp))
         wanted = manifest_of(built)
-        changed = not dest.is_dir() or manifest_of(dest) != wanted
+        manifest = dest / "MANIFEST"
+        have = manifest.read_text() if manifest.is_file() and (dest / "wheelhouse.tar").is_file() else None
+        changed = have != wanted
         if changed:
+            fresh = Path(tmp) / "dest"
+            fresh.mkdir()
+            write_tarball(built, fresh / "wheelhouse.tar")
+            (fresh / "MANIFEST").write_text(wanted)
             if dest.exists():
                 shutil.rmtree(dest)
-            built.rename(dest)
-    files = sorted(p.name for p in dest.glob("*.whl"))
-    json.dump({"changed": changed, "dir": str(dest), "files": files, "manifest": wanted}, sys.stdout)
+            fresh.rename(dest)
+    files = sorted(line.split("  ", 1)[1] for line in wanted.splitlines())
+    result = {"changed": changed, "tarball": str(dest / "wheelhouse.tar"), "files": files, "manifest": wanted}
+    json.dump(result, sys.stdout)
     sys.stdout.write("\n")
 
 
