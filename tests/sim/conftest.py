@@ -13,6 +13,7 @@ import pytest
 
 from paxoskv.sim import SimResult
 
+
 @dataclass
 class Tally:
     seeds: int = 0

@@ -22,8 +22,16 @@ from paxoskv.paxos.types import Config, ReadState
 from paxoskv.replica import Batch, Replica
 from paxoskv.sim import SimResult, run_seed
 
-SAFETY_KINDS = {"agreement", "prefix", "exception", "snapshot", "state-machine",
-                "acknowledged-write", "linearizability", "convergence"}
+SAFETY_KINDS = {
+    "agreement",
+    "prefix",
+    "exception",
+    "snapshot",
+    "state-machine",
+    "acknowledged-write",
+    "linearizability",
+    "convergence",
+}
 
 
 def first_violation(seeds_max: int, tally, nodes: int = 3) -> SimResult:
@@ -76,8 +84,15 @@ def test_leader_ignoring_promised_values_is_caught_within_100_seeds(monkeypatch,
 
     def forget_accepted(self: Core) -> None:
         self._promises = {
-            frm: type(p)(frm=p.frm, to=p.to, ballot=p.ballot, accepted=(), chosen=p.chosen,
-                         commit=p.commit, log_start=p.log_start)
+            frm: type(p)(
+                frm=p.frm,
+                to=p.to,
+                ballot=p.ballot,
+                accepted=(),
+                chosen=p.chosen,
+                commit=p.commit,
+                log_start=p.log_start,
+            )
             for frm, p in self._promises.items()
         }
         become(self)

@@ -50,10 +50,25 @@ def test_prefixes_allow_a_gap_below_an_installed_snapshot() -> None:
     assert check_prefixes({1: {1: A, 2: B, 3: A}, 2: {3: A}}) != []
 
 
-def op(op_id: int, kind: str, key: bytes, value: bytes | None, call: int, ret: int | None,
-       outcome: str, existed: bool | None = None) -> Operation:
-    o = Operation(op_id=op_id, client_id=f"c{op_id}", kind=kind, key=key, value=value,
-                  sequence=1 if kind != GET else 0, call_us=call)
+def op(
+    op_id: int,
+    kind: str,
+    key: bytes,
+    value: bytes | None,
+    call: int,
+    ret: int | None,
+    outcome: str,
+    existed: bool | None = None,
+) -> Operation:
+    o = Operation(
+        op_id=op_id,
+        client_id=f"c{op_id}",
+        kind=kind,
+        key=key,
+        value=value,
+        sequence=1 if kind != GET else 0,
+        call_us=call,
+    )
     o.finish(outcome, ret if ret is not None else call)
     o.existed = existed
     return o
@@ -84,8 +99,11 @@ def test_concurrent_writes_may_end_either_way() -> None:
 
 
 def test_unknown_writes_may_or_may_not_have_happened() -> None:
-    h = [op(0, PUT, b"k", b"v0", 0, 10, OK), op(1, DELETE, b"k", None, 20, None, UNKNOWN),
-         op(2, PUT, b"k", b"v2", 30, None, UNKNOWN)]
+    h = [
+        op(0, PUT, b"k", b"v0", 0, 10, OK),
+        op(1, DELETE, b"k", None, 20, None, UNKNOWN),
+        op(2, PUT, b"k", b"v2", 30, None, UNKNOWN),
+    ]
     for final in ({b"k": b"v0"}, {}, {b"k": b"v2"}):
         assert check_acknowledged_writes(h, final) == [], final
 

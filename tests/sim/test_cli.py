@@ -18,8 +18,9 @@ def invoke(*args: str):
 def test_passing_seeds_print_a_summary_and_exit_0() -> None:
     res = invoke("--seed", "3", "--seeds", "3", "--nodes", "3")
     assert res.exit_code == 0, res.output
-    m = re.search(r"seeds: 3  violations: 0  simulated ops: (\d+) .*simulated ops/s: (\d+)",
-                  res.output)
+    m = re.search(
+        r"seeds: 3  violations: 0  simulated ops: (\d+) .*simulated ops/s: (\d+)", res.output
+    )
     assert m is not None, res.output
     assert int(m.group(1)) > 0 and int(m.group(2)) > 0
 

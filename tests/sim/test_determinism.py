@@ -53,8 +53,12 @@ def test_same_seed_same_run_across_processes_and_hash_seeds() -> None:
     for hash_seed in ("1", "4242"):
         env = dict(os.environ, PYTHONHASHSEED=hash_seed)
         proc = subprocess.run(
-            [sys.executable, "-c", DIGEST_SCRIPT, "3"], env=env, capture_output=True, text=True,
-            timeout=300, check=True,
+            [sys.executable, "-c", DIGEST_SCRIPT, "3"],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+            check=True,
         )
         outputs.append(proc.stdout)
     assert outputs[0].count("\n") == 2

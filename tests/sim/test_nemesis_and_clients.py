@@ -17,8 +17,14 @@ class FakeCluster:
     def __init__(self, n: int, leader: int | None = 1) -> None:
         self.scheduler = Scheduler()
         self.node_ids = tuple(range(1, n + 1))
-        self.network = Network(self.scheduler, random.Random(1), DelayProfile("d", 1, 1),
-                               loss=0.0, duplicate=0.0, deliver=lambda m: None)
+        self.network = Network(
+            self.scheduler,
+            random.Random(1),
+            DelayProfile("d", 1, 1),
+            loss=0.0,
+            duplicate=0.0,
+            deliver=lambda m: None,
+        )
         self.up = set(self.node_ids)
         self.leader = leader
         self.events: list[tuple[str, int]] = []
@@ -168,9 +174,17 @@ class FakeEnv:
 
 
 def params(give_up: int = 0, puts_only: bool = True) -> ClientParams:
-    return ClientParams(think_min_us=0, think_max_us=0, timeout_us=100_000,
-                        backoff_base_us=1_000, backoff_max_us=10_000, give_up_attempts=give_up,
-                        put_weight=1, get_weight=0 if puts_only else 1, delete_weight=0)
+    return ClientParams(
+        think_min_us=0,
+        think_max_us=0,
+        timeout_us=100_000,
+        backoff_base_us=1_000,
+        backoff_max_us=10_000,
+        give_up_attempts=give_up,
+        put_weight=1,
+        get_weight=0 if puts_only else 1,
+        delete_weight=0,
+    )
 
 
 def run_until(env: FakeEnv, cond: Any) -> None:

@@ -15,14 +15,26 @@ def hb(frm: int, to: int, commit: int = 0) -> Heartbeat:
     return Heartbeat(frm=frm, to=to, ballot=Ballot(1, frm), commit=commit, read_seq=0)
 
 
-def make(loss: float = 0.0, duplicate: float = 0.0, profile: DelayProfile = FIXED,
-         wire: bool = False, seed: int = 1):
+def make(
+    loss: float = 0.0,
+    duplicate: float = 0.0,
+    profile: DelayProfile = FIXED,
+    wire: bool = False,
+    seed: int = 1,
+):
     sched = Scheduler()
     got: list[tuple[int, Message]] = []
     errors: list[str] = []
-    net = Network(sched, random.Random(seed), profile, loss=loss, duplicate=duplicate,
-                  deliver=lambda m: got.append((sched.now_us, m)), wire=wire,
-                  on_wire_error=errors.append)
+    net = Network(
+        sched,
+        random.Random(seed),
+        profile,
+        loss=loss,
+        duplicate=duplicate,
+        deliver=lambda m: got.append((sched.now_us, m)),
+        wire=wire,
+        on_wire_error=errors.append,
+    )
     return sched, net, got, errors
 
 
@@ -120,8 +132,14 @@ def test_independent_delays_reorder_messages() -> None:
 
 
 def test_spikes_delay_some_messages_a_lot() -> None:
-    spiky = DelayProfile("spiky", min_us=100, mean_us=100, spike_probability=0.2,
-                         spike_min_us=50_000, spike_max_us=60_000)
+    spiky = DelayProfile(
+        "spiky",
+        min_us=100,
+        mean_us=100,
+        spike_probability=0.2,
+        spike_min_us=50_000,
+        spike_max_us=60_000,
+    )
     sched, net, got, _ = make(profile=spiky)
     for i in range(200):
         net.send(hb(1, 2, i))
@@ -136,7 +154,7 @@ def test_wire_mode_carries_a_decoded_copy() -> None:
     net.send(sent)
     sched.run()
     assert errors == []
-    (_, received), = got
+    ((_, received),) = got
     assert received == sent and received is not sent
 
 
@@ -150,8 +168,9 @@ def test_wire_mode_reports_a_message_the_codec_cannot_carry() -> None:
 def test_same_seed_same_delays() -> None:
     runs = []
     for _ in range(2):
-        sched, net, got, _ = make(loss=0.1, duplicate=0.1, seed=9,
-                                  profile=DelayProfile("x", min_us=10, mean_us=3_000))
+        sched, net, got, _ = make(
+            loss=0.1, duplicate=0.1, seed=9, profile=DelayProfile("x", min_us=10, mean_us=3_000)
+        )
         for i in range(300):
             net.send(hb(1, 2, i))
         sched.run()

@@ -73,13 +73,27 @@ def test_no_violation_under_faults(nodes: int, first: int, tally) -> None:
     # The liveness promise held in every seed (a miss is a violation above);
     # here, its figure.
     assert 0 < liveness_max_us <= LIVENESS_BOUND_US
-    print(f"{nodes} nodes, seeds {first}..{first + CHUNK_SEEDS - 1}: slowest liveness phase "
-          f"{liveness_max_us / 1000:.0f} ms (bound {LIVENESS_BOUND_US / 1000:.0f} ms)")
+    print(
+        f"{nodes} nodes, seeds {first}..{first + CHUNK_SEEDS - 1}: slowest liveness phase "
+        f"{liveness_max_us / 1000:.0f} ms (bound {LIVENESS_BOUND_US / 1000:.0f} ms)"
+    )
 
     # The campaign exercised what it claims to: every fault of the mix, and
     # every outcome a client can see.
-    for action in ("split", "minority", "isolate_leader", "one_way", "flap", "heal", "crash",
-                   "crash_leader", "restart", "disk_full", "pause", "pause_leader"):
+    for action in (
+        "split",
+        "minority",
+        "isolate_leader",
+        "one_way",
+        "flap",
+        "heal",
+        "crash",
+        "crash_leader",
+        "restart",
+        "disk_full",
+        "pause",
+        "pause_leader",
+    ):
         assert faults_seen[action] > 0, f"the nemesis never ran {action}: {faults_seen}"
     for what, count in coverage.items():
         assert count > 0, f"no {what} in {CHUNK_SEEDS} seeds: {dict(coverage)}"

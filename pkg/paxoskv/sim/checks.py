@@ -68,8 +68,9 @@ class AppliedLog:
         return None
 
 
-def check_prefixes(by_node: Mapping[int, Mapping[int, Value]],
-                   start_by_node: Mapping[int, int] | None = None) -> list[str]:
+def check_prefixes(
+    by_node: Mapping[int, Mapping[int, Value]], start_by_node: Mapping[int, int] | None = None
+) -> list[str]:
     """Each node's applied slots form a contiguous run, and any two nodes agree on
     the slots both applied, so the shorter sequence is a prefix of the longer.
 
@@ -87,7 +88,7 @@ def check_prefixes(by_node: Mapping[int, Mapping[int, Value]],
         seqs[node] = [slots.get(s, ()) for s in range(1, top + 1)]
     nodes = sorted(seqs)
     for i, a in enumerate(nodes):
-        for b in nodes[i + 1:]:
+        for b in nodes[i + 1 :]:
             sa, sb = seqs[a], seqs[b]
             lo_a = (start_by_node or {}).get(a, 0)
             lo_b = (start_by_node or {}).get(b, 0)
@@ -98,8 +99,9 @@ def check_prefixes(by_node: Mapping[int, Mapping[int, Value]],
     return problems
 
 
-def check_acknowledged_writes(history: Sequence[Operation],
-                              final: Mapping[bytes, bytes]) -> list[str]:
+def check_acknowledged_writes(
+    history: Sequence[Operation], final: Mapping[bytes, bytes]
+) -> list[str]:
     """Is every key's final value explained by a write no acknowledged write followed?"""
     problems: list[str] = []
     writes: dict[bytes, list[Operation]] = {}
@@ -110,6 +112,7 @@ def check_acknowledged_writes(history: Sequence[Operation],
     for key in sorted(set(writes) | set(final)):
         ops = writes.get(key, [])
         acked = [op for op in ops if op.outcome == OK]
+
         # A write w may be the last to take effect only if no acknowledged
         # write started after w returned (that one would come after w).
         def may_be_last(w: Operation) -> bool:
@@ -125,21 +128,29 @@ def check_acknowledged_writes(history: Sequence[Operation],
             elif w.outcome == FAIL:
                 problems.append(f"key {key!r} holds {value!r} from a failed write {w.describe()}")
             elif not may_be_last(w):
-                later = [a.describe() for a in acked if w.return_us is not None
-                         and a.call_us > w.return_us]
-                problems.append(f"key {key!r} holds {value!r} from {w.describe()}, but these "
-                                f"acknowledged writes came after it: {later[:3]}")
+                later = [
+                    a.describe()
+                    for a in acked
+                    if w.return_us is not None and a.call_us > w.return_us
+                ]
+                problems.append(
+                    f"key {key!r} holds {value!r} from {w.describe()}, but these "
+                    f"acknowledged writes came after it: {later[:3]}"
+                )
         else:
             deletes = [w for w in ops if w.kind == DELETE and w.outcome != FAIL]
             if acked and not any(may_be_last(d) for d in deletes):
                 last = max(acked, key=lambda a: a.call_us)
-                problems.append(f"key {key!r} is absent, but acknowledged {last.describe()} "
-                                f"was never overwritten by a delete")
+                problems.append(
+                    f"key {key!r} is absent, but acknowledged {last.describe()} "
+                    f"was never overwritten by a delete"
+                )
     return problems
 
 
-def check_convergence(applied_index: Mapping[int, int],
-                      states: Mapping[int, Mapping[bytes, bytes]]) -> list[str]:
+def check_convergence(
+    applied_index: Mapping[int, int], states: Mapping[int, Mapping[bytes, bytes]]
+) -> list[str]:
     problems: list[str] = []
     if len(set(applied_index.values())) > 1:
         problems.append(f"applied indexes differ: {dict(sorted(applied_index.items()))}")

@@ -37,22 +37,59 @@ def _print_failure(result: SimResult, violations_max: int = 10) -> None:
 
 @click.command("sim")
 @click.option("--seed", type=int, default=None, help="First (or only) seed; random if omitted.")
-@click.option("--seeds", "count", type=click.IntRange(min=1), default=1, show_default=True,
-              help="Run this many consecutive seeds.")
-@click.option("--nodes", type=click.IntRange(min=1), default=3, show_default=True,
-              help="Cluster size.")
-@click.option("--ops", type=click.IntRange(min=0), default=OPS_DEFAULT, show_default=True,
-              help="Client operations per seed (at most).")
-@click.option("--faults", type=click.Choice(sorted(FAULT_PROFILES)), default=FAULTS_DEFAULT,
-              show_default=True, help="Which faults the nemesis and the network inject.")
-@click.option("--verbose", "-v", is_flag=True,
-              help="Print every seed's summary and parameters, and the full event trace.")
-@click.option("--history-out", type=click.Path(dir_okay=False), default=None,
-              help="Write the (last) seed's client history as JSON Lines for `paxoskv check`.")
-@click.option("--stop-on-failure/--no-stop-on-failure", default=True, show_default=True,
-              help="Stop at the first failing seed.")
-def sim_cmd(seed: int | None, count: int, nodes: int, ops: int, faults: str, verbose: bool,
-            history_out: str | None, stop_on_failure: bool) -> None:
+@click.option(
+    "--seeds",
+    "count",
+    type=click.IntRange(min=1),
+    default=1,
+    show_default=True,
+    help="Run this many consecutive seeds.",
+)
+@click.option(
+    "--nodes", type=click.IntRange(min=1), default=3, show_default=True, help="Cluster size."
+)
+@click.option(
+    "--ops",
+    type=click.IntRange(min=0),
+    default=OPS_DEFAULT,
+    show_default=True,
+    help="Client operations per seed (at most).",
+)
+@click.option(
+    "--faults",
+    type=click.Choice(sorted(FAULT_PROFILES)),
+    default=FAULTS_DEFAULT,
+    show_default=True,
+    help="Which faults the nemesis and the network inject.",
+)
+@click.option(
+    "--verbose",
+    "-v",
+    is_flag=True,
+    help="Print every seed's summary and parameters, and the full event trace.",
+)
+@click.option(
+    "--history-out",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="Write the (last) seed's client history as JSON Lines for `paxoskv check`.",
+)
+@click.option(
+    "--stop-on-failure/--no-stop-on-failure",
+    default=True,
+    show_default=True,
+    help="Stop at the first failing seed.",
+)
+def sim_cmd(
+    seed: int | None,
+    count: int,
+    nodes: int,
+    ops: int,
+    faults: str,
+    verbose: bool,
+    history_out: str | None,
+    stop_on_failure: bool,
+) -> None:
     """Run the deterministic cluster simulator; print a replay command on failure."""
     if seed is None:
         seed = int.from_bytes(os.urandom(4), "big")

@@ -77,11 +77,22 @@ class ClientEnv(Protocol):
 
 
 class Client:
-    __slots__ = ("env", "client_id", "rng", "params", "sequence", "op", "_failures",
-                 "_last_node", "_sched", "_kinds")
+    __slots__ = (
+        "env",
+        "client_id",
+        "rng",
+        "params",
+        "sequence",
+        "op",
+        "_failures",
+        "_last_node",
+        "_sched",
+        "_kinds",
+    )
 
-    def __init__(self, env: ClientEnv, client_id: str, rng: random.Random,
-                 params: ClientParams) -> None:
+    def __init__(
+        self, env: ClientEnv, client_id: str, rng: random.Random, params: ClientParams
+    ) -> None:
         self.env = env
         self.client_id = client_id
         self.rng = rng
@@ -123,8 +134,13 @@ class Client:
             if kind == PUT:
                 value = f"{self.client_id}.{sequence}".encode()
         op = Operation(
-            op_id=len(self.env.history), client_id=self.client_id, kind=kind, key=key,
-            value=value, sequence=sequence, call_us=self._sched.now_us,
+            op_id=len(self.env.history),
+            client_id=self.client_id,
+            kind=kind,
+            key=key,
+            value=value,
+            sequence=sequence,
+            call_us=self._sched.now_us,
         )
         self.env.history.append(op)
         if self.env.trace is not None:

@@ -229,8 +229,9 @@ class Nemesis:
             self.cluster.note(f"flap node {node} ends")
             return
         net.set_flap_cuts(self._cut_between({node}) if cut else ())
-        self.cluster.scheduler.after(period_us, self._flap_toggle,
-                                     (token, node, end_us, period_us, not cut))
+        self.cluster.scheduler.after(
+            period_us, self._flap_toggle, (token, node, end_us, period_us, not cut)
+        )
 
     # ---- Crashes and pauses ----------------------------------------------------
 
@@ -260,7 +261,9 @@ class Nemesis:
             self.cluster.restart(self.rng.choice(down))
 
     def _disk_full(self) -> None:
-        self.cluster.disk_full(self.rng.choice(self.cluster.node_ids), self.rng.randint(1_000, 300_000))
+        self.cluster.disk_full(
+            self.rng.choice(self.cluster.node_ids), self.rng.randint(1_000, 300_000)
+        )
 
     def _pause_node(self, node: int) -> None:
         if self.cluster.is_up(node):

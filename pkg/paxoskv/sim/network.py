@@ -50,11 +50,23 @@ class DelayProfile:
 
 DELAY_PROFILES: tuple[DelayProfile, ...] = (
     DelayProfile("lan", min_us=100, mean_us=400),
-    DelayProfile("datacenter", min_us=300, mean_us=1_500, spike_probability=0.01,
-                 spike_min_us=5_000, spike_max_us=20_000),
+    DelayProfile(
+        "datacenter",
+        min_us=300,
+        mean_us=1_500,
+        spike_probability=0.01,
+        spike_min_us=5_000,
+        spike_max_us=20_000,
+    ),
     DelayProfile("wan", min_us=4_000, mean_us=8_000),
-    DelayProfile("jittery", min_us=200, mean_us=2_000, spike_probability=0.05,
-                 spike_min_us=30_000, spike_max_us=150_000),
+    DelayProfile(
+        "jittery",
+        min_us=200,
+        mean_us=2_000,
+        spike_probability=0.05,
+        spike_min_us=30_000,
+        spike_max_us=150_000,
+    ),
 )
 
 

@@ -177,9 +177,24 @@ class SimNode:
     """One simulated process and the disk that outlives it."""
 
     __slots__ = (
-        "node_id", "config", "storage", "rng", "crash_rng", "tick_us", "replica", "life",
-        "paused", "inbox", "write_waiters", "read_waiters", "applied_index", "crashes",
-        "disk_token", "stopped_by_disk", "installs_seen", "snapshot_floor",
+        "node_id",
+        "config",
+        "storage",
+        "rng",
+        "crash_rng",
+        "tick_us",
+        "replica",
+        "life",
+        "paused",
+        "inbox",
+        "write_waiters",
+        "read_waiters",
+        "applied_index",
+        "crashes",
+        "disk_token",
+        "stopped_by_disk",
+        "installs_seen",
+        "snapshot_floor",
     )
 
     def __init__(self, node_id: int, config: Config, rng: random.Random, tick_us: int) -> None:
@@ -271,8 +286,13 @@ class Simulation:
         # ---- Components, each with its own random stream.
         self.net_rng = _derive(root)
         self.network = Network(
-            self.scheduler, self.net_rng, delay, loss=loss, duplicate=duplicate,
-            deliver=self._deliver, wire=wire,
+            self.scheduler,
+            self.net_rng,
+            delay,
+            loss=loss,
+            duplicate=duplicate,
+            deliver=self._deliver,
+            wire=wire,
             on_wire_error=lambda text: self.violation("wire", text),
         )
         self.nemesis = Nemesis(self, _derive(root), profile)
@@ -280,8 +300,11 @@ class Simulation:
         self.nodes: dict[int, SimNode] = {}
         for i in self.node_ids:
             cfg = Config(
-                node_id=i, peers=self.node_ids, heartbeat_ticks=heartbeat_ticks,
-                election_ticks_min=election_ticks_min, inflight_slots_max=inflight_slots_max,
+                node_id=i,
+                peers=self.node_ids,
+                heartbeat_ticks=heartbeat_ticks,
+                election_ticks_min=election_ticks_min,
+                inflight_slots_max=inflight_slots_max,
                 batch_commands_max=batch_commands_max,
             )
             node_rng = _derive(root)
@@ -339,14 +362,19 @@ class Simulation:
         node.stopped_by_disk = False
         node.life += 1
         node.replica = Replica(
-            node.config, node.storage, _derive(node.rng), core_factory=self.config.core_factory,
+            node.config,
+            node.storage,
+            _derive(node.rng),
+            core_factory=self.config.core_factory,
             **self.replica_options,
         )
         node.installs_seen = 0
         node.applied_index = node.replica.sm.applied_index
         node.paused = False
-        self.note(f"n{node.node_id} start life {node.life} applied={node.applied_index} "
-                  f"promised={node.replica.core.promised}")
+        self.note(
+            f"n{node.node_id} start life {node.life} applied={node.applied_index} "
+            f"promised={node.replica.core.promised}"
+        )
         self._drain(node)
 
     def crash(self, node_id: int, power_loss: bool = True) -> None:
@@ -446,7 +474,9 @@ class Simulation:
             fn(arg)
         except NotWritable as exc:
             if not node.storage.fault_full_disk:
-                self.violation("exception", f"node {node.node_id}: NotWritable on a healthy disk: {exc}")
+                self.violation(
+                    "exception", f"node {node.node_id}: NotWritable on a healthy disk: {exc}"
+                )
             if node.replica is not None:
                 self._stop_process(node)
             node.stopped_by_disk = True
@@ -485,7 +515,9 @@ class Simulation:
                 for slot, value in rd.committed:
                     expected += 1
                     if slot != expected:
-                        self.violation("order", f"node {nid} applied slot {slot}, expected {expected}")
+                        self.violation(
+                            "order", f"node {nid} applied slot {slot}, expected {expected}"
+                        )
                         expected = slot
                     problem = record(nid, slot, value)
                     if problem is not None:
@@ -511,10 +543,15 @@ class Simulation:
         self.snapshots_installed += r.snapshots_installed - node.installs_seen
         node.installs_seen = r.snapshots_installed
         index = r.sm.applied_index
-        self.note(f"n{node.node_id} installed a snapshot at {index} (applied was {node.applied_index})")
+        self.note(
+            f"n{node.node_id} installed a snapshot at {index} (applied was {node.applied_index})"
+        )
         if index < node.applied_index:
-            self.violation("snapshot", f"node {node.node_id} installed a snapshot at {index}, "
-                           f"behind its applied index {node.applied_index}")
+            self.violation(
+                "snapshot",
+                f"node {node.node_id} installed a snapshot at {index}, "
+                f"behind its applied index {node.applied_index}",
+            )
         node.applied_index = index
         node.snapshot_floor = max(node.snapshot_floor, index)
         chosen = self.applied.chosen
@@ -522,9 +559,14 @@ class Simulation:
             expected = reference_state(chosen, index)
             state = dict(r.sm.items())
             if state != expected:
-                diff = sorted(k for k in set(expected) | set(state) if expected.get(k) != state.get(k))
-                self.violation("snapshot", f"node {node.node_id} installed a snapshot at {index} "
-                               f"that differs from the agreed log on keys {diff[:5]}")
+                diff = sorted(
+                    k for k in set(expected) | set(state) if expected.get(k) != state.get(k)
+                )
+                self.violation(
+                    "snapshot",
+                    f"node {node.node_id} installed a snapshot at {index} "
+                    f"that differs from the agreed log on keys {diff[:5]}",
+                )
 
     def _answer_reads(self, node: SimNode, reads: list[tuple[int, bool]]) -> None:
         r = node.replica
@@ -563,7 +605,9 @@ class Simulation:
 
     def send_request(self, req: Request) -> None:
         if self.trace is not None:
-            self.note(f"{req.op.client_id} -> n{req.node_id} attempt {req.token}: {req.op.describe()}")
+            self.note(
+                f"{req.op.client_id} -> n{req.node_id} attempt {req.token}: {req.op.describe()}"
+            )
         if self.client_loss and self.net_rng.random() < self.client_loss:
             return
         self.scheduler.after(self._client_link_us(), self._on_request, req)
@@ -573,7 +617,9 @@ class Simulation:
             payload = answer[3]
             if answer[2] == "applied":
                 payload = f"code={payload.code} index={payload.index} existed={payload.existed}"
-            self.note(f"-> {client.client_id} op #{answer[0]} attempt {answer[1]}: {answer[2]} {payload}")
+            self.note(
+                f"-> {client.client_id} op #{answer[0]} attempt {answer[1]}: {answer[2]} {payload}"
+            )
         if self.client_loss and self.net_rng.random() < self.client_loss:
             return
         self.scheduler.after(self._client_link_us(), client.on_answer, answer)
@@ -672,7 +718,8 @@ class Simulation:
             return
         pending = self._pending_ops()
         status = {
-            n.node_id: (n.replica.core.status() if n.replica else "down") for n in self.nodes.values()
+            n.node_id: (n.replica.core.status() if n.replica else "down")
+            for n in self.nodes.values()
         }
         self.violation(
             "liveness",
@@ -747,15 +794,22 @@ class Simulation:
             if all(s in self.applied.chosen for s in range(1, through + 1)):
                 expected = reference_state(self.applied.chosen, through)
                 if expected != final:
-                    diff = sorted(k for k in set(expected) | set(final)
-                                  if expected.get(k) != final.get(k))
-                    self.violation("state-machine", f"final state differs from the reference "
-                                   f"model of the agreed log on keys {diff[:5]}")
+                    diff = sorted(
+                        k for k in set(expected) | set(final) if expected.get(k) != final.get(k)
+                    )
+                    self.violation(
+                        "state-machine",
+                        f"final state differs from the reference "
+                        f"model of the agreed log on keys {diff[:5]}",
+                    )
             for node in up:
                 for slot in range(node.snapshot_floor + 1, applied[node.node_id] + 1):
                     if slot not in self.applied.by_node[node.node_id]:
-                        self.violation("prefix", f"node {node.node_id} at {applied[node.node_id]} "
-                                       f"never applied slot {slot}")
+                        self.violation(
+                            "prefix",
+                            f"node {node.node_id} at {applied[node.node_id]} "
+                            f"never applied slot {slot}",
+                        )
                         break
         if self.config.check_linearizability:
             self.linearizability, explanation = check_linearizable(self.history)
@@ -765,14 +819,40 @@ class Simulation:
     def _result(self, real_time_s: float) -> SimResult:
         h = hashlib.sha256()
         for op in self.history:
-            h.update(repr((op.op_id, op.client_id, op.kind, op.key, op.value, op.sequence,
-                           op.call_us, op.return_us, op.outcome, op.existed, op.attempts)).encode())
+            h.update(
+                repr(
+                    (
+                        op.op_id,
+                        op.client_id,
+                        op.kind,
+                        op.key,
+                        op.value,
+                        op.sequence,
+                        op.call_us,
+                        op.return_us,
+                        op.outcome,
+                        op.existed,
+                        op.attempts,
+                    )
+                ).encode()
+            )
         for nid in self.node_ids:
             h.update(repr(sorted(self.applied.by_node[nid].items())).encode())
         stats = self.network.stats
-        h.update(repr((self.scheduler.now_us, self.scheduler.events_run, stats.sent,
-                       stats.delivered, stats.lost, stats.cut, stats.duplicated,
-                       [str(v) for v in self.violations])).encode())
+        h.update(
+            repr(
+                (
+                    self.scheduler.now_us,
+                    self.scheduler.events_run,
+                    stats.sent,
+                    stats.delivered,
+                    stats.lost,
+                    stats.cut,
+                    stats.duplicated,
+                    [str(v) for v in self.violations],
+                )
+            ).encode()
+        )
         return SimResult(
             config=self.config,
             params=self.params,
@@ -783,8 +863,11 @@ class Simulation:
             ops_unknown=sum(1 for op in self.history if op.outcome == UNKNOWN),
             sim_time_us=self.scheduler.now_us,
             safety_end_us=self._safety_end_us,
-            liveness_us=(None if self._liveness_done_us is None
-                         else self._liveness_done_us - self._safety_end_us),
+            liveness_us=(
+                None
+                if self._liveness_done_us is None
+                else self._liveness_done_us - self._safety_end_us
+            ),
             events=self.scheduler.events_run,
             messages_sent=stats.sent,
             applied_slots=max(self.applied.chosen, default=0),
@@ -792,8 +875,13 @@ class Simulation:
             snapshots_installed=self.snapshots_installed,
             empty_ready_batches=self.empty_ready_batches,
             pending_at_heal=self._pending_at_heal,
-            network={"sent": stats.sent, "delivered": stats.delivered, "lost": stats.lost,
-                     "cut": stats.cut, "duplicated": stats.duplicated},
+            network={
+                "sent": stats.sent,
+                "delivered": stats.delivered,
+                "lost": stats.lost,
+                "cut": stats.cut,
+                "duplicated": stats.duplicated,
+            },
             linearizability=self.linearizability,
             digest=h.hexdigest(),
             trace=self.trace,
@@ -808,8 +896,9 @@ def check_linearizable(history: list[Operation]) -> tuple[str, str]:
     a fast and a slow machine; ``unknown`` (budget spent) is not a violation
     but is counted and reported.
     """
-    result = check_history(to_check_operations(history), time_budget_s=None,
-                           step_budget=LINEARIZABILITY_STEPS_MAX)
+    result = check_history(
+        to_check_operations(history), time_budget_s=None, step_budget=LINEARIZABILITY_STEPS_MAX
+    )
     return result.verdict, result.explanation
 
 
@@ -818,19 +907,22 @@ def to_check_operations(history: list[Operation]) -> list[Any]:
     out = []
     for op in history:
         ok = op.outcome == OK
-        out.append(CheckOp(
-            id=op.op_id,
-            client=op.client_id,
-            op=op.kind,
-            key=op.key.decode(),
-            value=op.value.decode() if op.kind == PUT and op.value is not None else None,
-            call=op.call_us / 1000,
-            ret=None if op.return_us is None else op.return_us / 1000,
-            outcome=op.outcome,
-            output_value=(op.value.decode() if ok and op.kind == GET and op.value is not None
-                          else None),
-            output_existed=op.existed if ok and op.kind != GET else None,
-        ))
+        out.append(
+            CheckOp(
+                id=op.op_id,
+                client=op.client_id,
+                op=op.kind,
+                key=op.key.decode(),
+                value=op.value.decode() if op.kind == PUT and op.value is not None else None,
+                call=op.call_us / 1000,
+                ret=None if op.return_us is None else op.return_us / 1000,
+                outcome=op.outcome,
+                output_value=(
+                    op.value.decode() if ok and op.kind == GET and op.value is not None else None
+                ),
+                output_existed=op.existed if ok and op.kind != GET else None,
+            )
+        )
     return out
 
 
