@@ -20,7 +20,7 @@ Rules
 
 Keeping unknown operations tractable
 ------------------------------------
-Under faults a key can have hundreds of unknown writes. Four sound reductions
+Under faults a key can have hundreds of unknown writes. Five sound reductions
 (each keeps the set of histories accepted unchanged) stop them from making the
 search exponential:
 
@@ -37,14 +37,19 @@ search exponential:
    linearization using a later member can use an earlier one instead, its
    constraints are weaker), and only when it changes the state (one that does
    not can be left out). Optional operations are tried only after every
-   required one failed at a node. Being optional, they are never *needed*: a
-   node whose first pending return belongs to an optional operation (their
-   returns are at +infinity) is a success.
+   required one failed at a node. Being optional, they are never *needed*:
+   once every required operation is linearized, the search succeeds.
+5. Dominance: two nodes with the same required set and state that differ
+   only in how many members of each optional class they used are ordered:
+   the one that used fewer can do everything the other can (its remaining
+   members are a superset, called earlier). So the cache keeps, per
+   (required set, state), the Pareto front of class-use vectors, and a node
+   dominated by a visited one is pruned. Without this, the count of unknown
+   ops used multiplies the nodes of an exhaustive search.
 
 Node identity for the cache: required operations are numbered by call order;
 ``low`` is the first one not linearized and ``win`` the bitset of the
-linearized ones above it (so the key stays small however long the history);
-optional classes contribute a mixed-radix count of members used.
+linearized ones above it (so the key stays small however long the history).
 
 Explanations
 ------------
@@ -60,7 +65,6 @@ operations concurrent with it are reported.
 from __future__ import annotations
 
 import bisect
-import gc
 import math
 import time
 from collections import defaultdict
@@ -81,6 +85,8 @@ _KIND = {"get": _GET, "put": _PUT, "delete": _DELETE}
 _CHECK_EVERY_STEPS = 2048
 _INVOLVED_MAX = 12
 MEMORY_BUDGET_BYTES_DEFAULT = 1 << 30
+_EXACT_FIRST_STEPS = 100_000  # exact search alone, before the relaxed one helps
+_EXACT_FIRST_STEPS_PER_ENTRY = 20
 _CACHE_ENTRY_BYTES = 200  # a cache entry (tuple, ints, set slot), measured roughly
 
 
@@ -256,7 +262,6 @@ class _Problem:
     existed: list[bool | None]
     rank: list[int]  # required ops: rank in call order; optional: -1
     cls_members: list[list[int]]  # class -> call entries, by call order
-    cls_radix: list[int]  # class -> mixed-radix weight in the class count key
     readers: list[int]  # state -> required gets expecting it
     writers: list[int]  # state -> ops (required or optional) producing it
 
@@ -350,15 +355,10 @@ def _prepare(ops: Sequence[Operation]) -> _Problem:
                 readers[arg[e]] += 1
             else:
                 writers[arg[e]] += 1
-    cls_radix = []
-    radix = 1
-    for members in cls_members:
-        cls_radix.append(radix)
-        radix *= len(members) + 1
     return _Problem(
         ops=ops, cut_of=cut_of, n_entries=n_entries, nxt=nxt, prv=prv, is_call=is_call,
         op_of=op_of, match=match, kind=kind, arg=arg, existed=existed, rank=rank,
-        cls_members=cls_members, cls_radix=cls_radix, readers=readers, writers=writers,
+        cls_members=cls_members, readers=readers, writers=writers,
     )
 
 
@@ -378,21 +378,16 @@ _ENTER, _BRANCH, _OPTIONAL, _BACKTRACK = 0, 1, 2, 3  # search modes
 _FORCED = 0  # frame kinds; _BRANCH and _OPTIONAL double as the other two
 
 
-def _search(p: _Problem, budget: _Budget) -> _SearchOutcome:
-    """Run ``_search_loop`` with the cyclic garbage collector paused: the cache
-    holds millions of small tuples, which the collector would scan again and
-    again for nothing (they hold no cycles)."""
-    enabled = gc.isenabled()
-    gc.disable()
-    try:
-        return _search_loop(p, budget)
-    finally:
-        if enabled:
-            gc.enable()
-
-
-def _search_loop(p: _Problem, budget: _Budget) -> _SearchOutcome:
+def _search(
+    p: _Problem, budget: _Budget, *, relaxed: bool = False, steps_max: int | None = None
+) -> _SearchOutcome:
     """Lowe's just-in-time linearization search; iterative.
+
+    ``relaxed``: optional ops are not used up (a class, once its first member
+    is called, can act any number of times). That model allows more, so its
+    "violation" is a proof for the real one, and its cache needs no class-use
+    vectors. ``steps_max`` stops this search (verdict ``"capped"``) without
+    exhausting the shared budget.
 
     At each node (entered in mode ``_ENTER``) the window is the required calls
     before the first pending return. If a get in it reads the current state,
@@ -415,30 +410,69 @@ def _search_loop(p: _Problem, budget: _Budget) -> _SearchOutcome:
     nxt, prv = list(p.nxt), list(p.prv)
     tail = p.n_entries - 1
     is_call, match, kind, arg, existed, rank = p.is_call, p.match, p.kind, p.arg, p.existed, p.rank
-    cls_members, cls_radix = p.cls_members, p.cls_radix
+    cls_members = p.cls_members
     n_classes = len(cls_members)
     cls_pos = [0] * n_classes
     readers, writers = list(p.readers), list(p.writers)
 
-    cache: set[tuple[int, int, int, int]] = set()
-    # frames: (kind, entry or class, state, low, win, clskey, first_ret) of the parent
-    stack: list[tuple[int, int, int, int, int, int, int]] = []
-    state, low, win, clskey = ABSENT, 0, 0, 0
+    # The cache, keyed by (low, win, state); with optional classes, each key
+    # keeps the Pareto front of class-use vectors seen (fewer used dominates).
+    cache: set[tuple[int, int, int]] = set()
+    fronts: dict[tuple[int, int, int], Any] = {}
+    nodes = 0
+
+    def visit_plain(key: tuple[int, int, int], vec: Any) -> bool:
+        if key in cache:
+            return False
+        cache.add(key)
+        return True
+
+    def visit_one(key: tuple[int, int, int], vec: Any) -> bool:
+        least = fronts.get(key)
+        if least is not None and least <= vec:
+            return False
+        fronts[key] = vec
+        return True
+
+    def visit_many(key: tuple[int, int, int], vec: Any) -> bool:
+        front = fronts.get(key)
+        if front is None:
+            fronts[key] = [vec]
+            return True
+        for seen in front:
+            if all(a <= b for a, b in zip(seen, vec)):
+                return False
+        front[:] = [seen for seen in front if not all(b <= a for a, b in zip(seen, vec))]
+        front.append(vec)
+        return True
+
+    single = n_classes == 1
+    consume = not relaxed
+    visit = visit_plain if n_classes == 0 or relaxed else visit_one if single else visit_many
+    vec: Any = 0 if single else (0,) * n_classes  # optional members used, per class
+    # frames: (kind, entry or class, state, low, win, vec, first_ret) of the parent
+    stack: list[tuple[int, int, int, int, int, Any, int]] = []
+    state, low, win = ABSENT, 0, 0
     mode = _ENTER
     scan = first_ret = ci = 0
     furthest = 0
     steps = 0
     left = budget.steps_left()
     steps_cap = math.inf if left is None else left
+    if steps_max is not None and steps_max < steps_cap:
+        steps_cap = steps_max
     next_check = min(_CHECK_EVERY_STEPS, steps_cap)
     verdict = ""
     while True:
         if steps >= next_check:
             if steps >= steps_cap:
+                if steps_max is not None and steps_cap == steps_max:
+                    verdict = "capped"
+                    break
                 budget.exhaust("steps")
             elif budget.out_of_time():
                 budget.exhaust("time")
-            elif len(cache) > budget.cache_entries_max:
+            elif nodes > budget.cache_entries_max:
                 budget.exhaust("memory")
             if budget.exhausted:
                 verdict = "unknown"
@@ -466,12 +500,11 @@ def _search_loop(p: _Problem, budget: _Budget) -> _SearchOutcome:
                     t = (w ^ (w + 1)).bit_length() - 1
                     w >>= t
                     lo += t
-                key = (lo, w, state, clskey)
-                if key in cache:
+                if not visit((lo, w, state), vec):
                     mode = _BACKTRACK
                     continue
-                cache.add(key)
-                stack.append((_FORCED, e, state, low, win, clskey, 0))
+                nodes += 1
+                stack.append((_FORCED, e, state, low, win, vec, 0))
                 low, win = lo, w
                 readers[state] -= 1
             elif e == tail:
@@ -504,10 +537,9 @@ def _search_loop(p: _Problem, budget: _Budget) -> _SearchOutcome:
                             t = (w ^ (w + 1)).bit_length() - 1
                             w >>= t
                             lo += t
-                        key = (lo, w, new, clskey)
-                        if key not in cache:
-                            cache.add(key)
-                            stack.append((_BRANCH, e, state, low, win, clskey, first_ret))
+                        if visit((lo, w, new), vec):
+                            nodes += 1
+                            stack.append((_BRANCH, e, state, low, win, vec, first_ret))
                             low, win, state = lo, w, new
                             writers[new] -= 1
                             break
@@ -528,14 +560,17 @@ def _search_loop(p: _Problem, budget: _Budget) -> _SearchOutcome:
                     e = members[pos]
                     new = arg[e]
                     if e < first_ret and new != state and (not readers[state] or writers[state]):
-                        ck = clskey + cls_radix[ci]
-                        key = (low, win, new, ck)
-                        if key not in cache:
-                            cache.add(key)
-                            stack.append((_OPTIONAL, ci, state, low, win, clskey, first_ret))
-                            cls_pos[ci] = pos + 1
-                            state, clskey = new, ck
-                            writers[new] -= 1
+                        if consume:
+                            nv = vec + 1 if single else vec[:ci] + (pos + 1,) + vec[ci + 1:]
+                        else:
+                            nv = vec
+                        if visit((low, win, new), nv):
+                            nodes += 1
+                            stack.append((_OPTIONAL, ci, state, low, win, vec, first_ret))
+                            if consume:
+                                cls_pos[ci] = pos + 1
+                                writers[new] -= 1
+                            state, vec = new, nv
                             lifted = True
                             break
                 ci += 1
@@ -549,10 +584,11 @@ def _search_loop(p: _Problem, budget: _Budget) -> _SearchOutcome:
         else:  # _BACKTRACK
             while stack:
                 steps += 1
-                frame_kind, x, state, low, win, clskey, first_ret = stack.pop()
+                frame_kind, x, state, low, win, vec, first_ret = stack.pop()
                 if frame_kind == _OPTIONAL:
-                    cls_pos[x] -= 1
-                    writers[arg[cls_members[x][cls_pos[x]]]] += 1
+                    if consume:
+                        cls_pos[x] -= 1
+                        writers[arg[cls_members[x][cls_pos[x]]]] += 1
                     ci = x + 1
                     mode = _OPTIONAL
                     break
@@ -582,7 +618,27 @@ def _search_loop(p: _Problem, budget: _Budget) -> _SearchOutcome:
         mode = _ENTER
     budget.steps_used += steps
     stuck = p.cut_of[p.op_of[furthest]] if furthest else None
-    return _SearchOutcome(verdict=verdict, steps=steps, furthest=stuck, nodes=len(cache))
+    return _SearchOutcome(verdict=verdict, steps=steps, furthest=stuck, nodes=nodes)
+
+
+def _decide(p: _Problem, budget: _Budget) -> _SearchOutcome:
+    """The exact search, helped by the relaxed one when optional ops exist.
+
+    Valid histories are usually proven quickly by the exact search. When it
+    drags on (an exhaustive search, as proving a violation needs), the counts
+    of optional ops used multiply its nodes; the relaxed search has no such
+    counts, and its "violation" is a proof. If it finds a (relaxed)
+    linearization instead, only the exact search can decide: it runs on.
+    """
+    if not p.cls_members:
+        return _search(p, budget)
+    exact = _search(p, budget, steps_max=_EXACT_FIRST_STEPS + _EXACT_FIRST_STEPS_PER_ENTRY * p.n_entries)
+    if exact.verdict != "capped":
+        return exact
+    relaxed = _search(p, budget, relaxed=True)
+    if relaxed.verdict != "ok":
+        return relaxed
+    return _search(p, budget)
 
 
 # ---- Per key ------------------------------------------------------------------
@@ -732,7 +788,7 @@ def _check_key(key: str, ops: list[Operation], budget: _Budget) -> KeyResult:
     else:
         if budget.spent():
             return result("unknown", explanation=f"key {key!r}: not checked, budget exhausted")
-        outcome = _search(_prepare(ops), budget)
+        outcome = _decide(_prepare(ops), budget)
         if outcome.verdict == "ok":
             return result("ok")
         if outcome.verdict == "unknown":
@@ -750,7 +806,7 @@ def _check_key(key: str, ops: list[Operation], budget: _Budget) -> KeyResult:
     def fails(c: int) -> bool | None:
         if budget.spent():
             return None
-        v = _search(_prepare(_prefix(ops, ok_ops[c - 1])), budget).verdict
+        v = _decide(_prepare(_prefix(ops, ok_ops[c - 1])), budget).verdict
         return None if v == "unknown" else v == "violation"
 
     # Probe order: the op the full search got stuck at and its neighbours
