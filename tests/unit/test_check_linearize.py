@@ -285,6 +285,29 @@ def test_generated_histories_with_faults_are_accepted():
     assert r.ops_total == 3000 and r.ops_checked < 3000
 
 
+def test_subtle_violation_after_a_long_faulty_history_is_found():
+    # Proving it means exhausting every linearization of the 1,500 ops
+    # before it, a tenth of them with unknown outcomes.
+    config = SynthConfig(clients=10, keys=1, ops=1500, p_unknown=0.1, p_fail=0.05)
+    ops = random_history(random.Random(5), config)
+    t = max(o.ret or o.call for o in ops) + 100
+    h = H()
+    h.ops = ops
+    first = len(ops) + 1
+    h.ops += [
+        Operation(id=first, client="w1", op="put", key="k0", value="A", call=t, ret=t + 50, outcome="ok"),
+        Operation(id=first + 1, client="w2", op="put", key="k0", value="B", call=t, ret=t + 50, outcome="ok"),
+    ]
+    h.get("r1", "k0", "A", t + 1, t + 2)
+    h.get("r1", "k0", "B", t + 3, t + 4)
+    h.get("r2", "k0", "B", t + 5, t + 6)
+    assert h.check().verdict == "ok"
+    bad = h.get("r2", "k0", "A", t + 7, t + 8)
+    r = h.check(time_budget_s=60)
+    assert r.verdict == "violation", r.summary()
+    assert r.violations[0].failing_op == bad and r.violations[0].minimal
+
+
 # ---- Budgets -------------------------------------------------------------------
 
 

@@ -5,24 +5,35 @@ Rules
 - A key-value history is linearizable iff each key's sub-history is
   (P-compositionality, Herlihy & Wing): keys are checked one by one, against a
   register model whose initial state is "absent".
-- Per key, the search is Lowe's just-in-time linearization ("Testing for
-  linearizability", 2017), the algorithm Porcupine uses: walk the time-ordered
-  list of call/return events; at each node, try to linearize any operation
-  whose call comes before the first pending return; reaching a return whose
-  operation is not linearized means backtracking. Each node reached is a
-  (linearized set, model state) pair, remembered in a cache so it is never
-  explored twice. The search is an explicit loop with an explicit stack.
 - ``fail`` operations are dropped. ``unknown`` operations may take effect at any
   time after their call, or never; their output is unconstrained.
-- Budgets (time and steps) are shared by all keys of one check. Running out
-  gives verdict ``unknown``, never a guess. A violation is only reported when
-  the search has proven that no linearization exists.
+- Budgets (time, steps, and memory per search) are shared by all keys of one
+  check. Running out gives verdict ``unknown``, never a guess. A violation is
+  reported only when it is proven: by a search that exhausted every
+  linearization, or by one of the cheap rules below, each a proof.
+- Equal times count as concurrent (``a`` precedes ``b`` iff ``a.ret < b.call``).
+
+Theory of operation
+-------------------
+Per key, cheap rules first catch the common violations without any search
+(``_obvious_violations``: a read of a value never written or not yet written,
+a stale read, a lost write). Then the search: Lowe's just-in-time
+linearization ("Testing for linearizability", 2017), the algorithm Porcupine
+uses. Walk the time-ordered list of call/return events; at each node, try to
+linearize an operation whose call comes before the first pending return;
+reaching a return whose operation is not linearized means backtracking. Each
+node is a (linearized set, model state) pair, kept in a cache so it is never
+explored twice. The search is an explicit loop with an explicit stack.
+Two prunings keep it small (details in ``_search``): a get that reads the
+current state is linearized at once without branching (*forced*), and a
+write that would leave a value some pending get still expects, with no op
+left that could write it again, is not tried (*dead value*).
 
 Keeping unknown operations tractable
 ------------------------------------
-Under faults a key can have hundreds of unknown writes. Five sound reductions
-(each keeps the set of histories accepted unchanged) stop them from making the
-search exponential:
+Under faults a key can have hundreds of unknown writes. These sound
+reductions (none changes the set of histories accepted) keep them from
+making the search exponential:
 
 1. An unknown get constrains nothing and changes nothing: it is dropped.
 2. Values never read by an ok get are indistinguishable to the model: the
@@ -44,8 +55,11 @@ search exponential:
    the one that used fewer can do everything the other can (its remaining
    members are a superset, called earlier). So the cache keeps, per
    (required set, state), the Pareto front of class-use vectors, and a node
-   dominated by a visited one is pruned. Without this, the count of unknown
-   ops used multiplies the nodes of an exhaustive search.
+   dominated by a visited one is pruned.
+6. Relaxation: an exhaustive search still revisits a node each time it is
+   reached with fewer optional ops used. When the exact search drags on, a
+   relaxed search runs, in which optional classes are never used up; it
+   allows more, so its "violation" is a proof, and it needs no use counts.
 
 Node identity for the cache: required operations are numbered by call order;
 ``low`` is the first one not linearized and ``win`` the bitset of the
@@ -69,7 +83,7 @@ import math
 import time
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from paxoskv.check.history import HistoryError, Operation
