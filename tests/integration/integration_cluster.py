@@ -264,9 +264,13 @@ class LocalCluster:
         return lid
 
     def wait_leader(self, among: list[int] | None = None, timeout_s: float = 15.0) -> int:
-        return wait_until("a leader all running nodes agree on", lambda: self.leader(among), timeout_s)
+        return wait_until(
+            "a leader all running nodes agree on", lambda: self.leader(among), timeout_s
+        )
 
-    def wait_applied(self, node_id: int, index: int, timeout_s: float = 15.0) -> kv_pb2.StatusResponse:
+    def wait_applied(
+        self, node_id: int, index: int, timeout_s: float = 15.0
+    ) -> kv_pb2.StatusResponse:
         def probe() -> kv_pb2.StatusResponse | None:
             st = self.status(node_id)
             return st if st is not None and st.applied_index >= index else None
@@ -283,12 +287,16 @@ class LocalCluster:
 
     def logs(self) -> str:
         return "\n".join(
-            f"---- node{i} ({n.log_path}) ----\n{self.log_text(i)[-4000:]}" for i, n in self.nodes.items()
+            f"---- node{i} ({n.log_path}) ----\n{self.log_text(i)[-4000:]}"
+            for i, n in self.nodes.items()
         )
 
 
 def run_cli(
-    *args: str, env: dict[str, str] | None = None, timeout_s: float = 30.0, cwd: os.PathLike | None = None
+    *args: str,
+    env: dict[str, str] | None = None,
+    timeout_s: float = 30.0,
+    cwd: os.PathLike | None = None,
 ) -> subprocess.CompletedProcess[str]:
     """Run ``paxoskv ARGS`` to completion; its exit code, stdout and stderr."""
     return subprocess.run(

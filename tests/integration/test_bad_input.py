@@ -48,7 +48,11 @@ def test_grpc_bad_requests_are_invalid_argument_and_write_nothing(
     big_value = b"v" * (LIMITS.value_bytes_max + 1)
     cases: list[tuple[str, str, bytes]] = [
         ("Put", "oversized key", kv_pb2.PutRequest(key=big_key, value=b"x").SerializeToString()),
-        ("Put", "oversized value", kv_pb2.PutRequest(key=b"big", value=big_value).SerializeToString()),
+        (
+            "Put",
+            "oversized value",
+            kv_pb2.PutRequest(key=b"big", value=big_value).SerializeToString(),
+        ),
         ("Put", "empty key", kv_pb2.PutRequest(key=b"", value=b"x").SerializeToString()),
         ("Delete", "empty key", kv_pb2.DeleteRequest(key=b"").SerializeToString()),
         ("Get", "empty key", kv_pb2.GetRequest(key=b"").SerializeToString()),
@@ -68,14 +72,24 @@ def test_grpc_bad_requests_are_invalid_argument_and_write_nothing(
             ).SerializeToString(),
         ),
         ("Put", "garbage body", b"\xff\xfe\xfd\xfc this is not protobuf \x00\x01"),
-        ("Get", "garbage body", bytes(random.Random(7).randrange(256) for _ in range(64)) + b"\xff"),
-        ("Put", "truncated body", kv_pb2.PutRequest(key=b"t", value=b"x" * 100).SerializeToString()[:50]),
+        (
+            "Get",
+            "garbage body",
+            bytes(random.Random(7).randrange(256) for _ in range(64)) + b"\xff",
+        ),
+        (
+            "Put",
+            "truncated body",
+            kv_pb2.PutRequest(key=b"t", value=b"x" * 100).SerializeToString()[:50],
+        ),
         # key (field 2) sent as a varint: a wrong wire type for a bytes field
         ("Put", "key of the wrong type", b"\x10" + _varint(12345) + b"\x1a\x01x"),
         # client_id (RequestHeader field 1, a string) holding invalid UTF-8
         ("Put", "client id not UTF-8", b"\x0a\x06\x0a\x02\xff\xfe\x10\x01" + b"\x12\x01k\x1a\x01v"),
     ]
-    with grpc.insecure_channel(c.endpoint(1), options=[("grpc.max_send_message_length", 64 << 20)]) as ch:
+    with grpc.insecure_channel(
+        c.endpoint(1), options=[("grpc.max_send_message_length", 64 << 20)]
+    ) as ch:
         for method, what, body in cases:
             call = ch.unary_unary(f"/paxoskv.v1.KV/{method}")
             with pytest.raises(grpc.RpcError) as ei:
@@ -108,7 +122,11 @@ def _fill(msg, rng: random.Random, ballot: peer_pb2.Ballot, depth: int = 0) -> N
             if field.message_type is not None:
                 if depth > 3:
                     continue
-                sub = getattr(msg, field.name).add() if field.is_repeated else getattr(msg, field.name)
+                sub = (
+                    getattr(msg, field.name).add()
+                    if field.is_repeated
+                    else getattr(msg, field.name)
+                )
                 if field.message_type.name == "Ballot":
                     sub.CopyFrom(ballot)
                 else:

@@ -156,7 +156,18 @@ def test_serve_refuses_wrong_and_locked_data_dirs_and_keeps_the_data(tmp_path) -
 
         # Locked: node 1 is running on it.
         port, bus = _ports()
-        p = _serve("--id", "1", "--cluster-id", "alpha", "--port", port, "--bus-port", bus, "--data-dir", data)
+        p = _serve(
+            "--id",
+            "1",
+            "--cluster-id",
+            "alpha",
+            "--port",
+            port,
+            "--bus-port",
+            bus,
+            "--data-dir",
+            data,
+        )
         assert p.returncode == 2
         assert "open in another process" in _one_line_error(p)
         with c.client() as client:
@@ -164,10 +175,32 @@ def test_serve_refuses_wrong_and_locked_data_dirs_and_keeps_the_data(tmp_path) -
 
         assert c.kill(1, signal.SIGTERM) == 0
         # Another node's directory, another cluster's directory.
-        p = _serve("--id", "2", "--cluster-id", "alpha", "--port", port, "--bus-port", bus, "--data-dir", data)
+        p = _serve(
+            "--id",
+            "2",
+            "--cluster-id",
+            "alpha",
+            "--port",
+            port,
+            "--bus-port",
+            bus,
+            "--data-dir",
+            data,
+        )
         assert p.returncode == 2
         assert "belongs to node 1" in _one_line_error(p)
-        p = _serve("--id", "1", "--cluster-id", "beta", "--port", port, "--bus-port", bus, "--data-dir", data)
+        p = _serve(
+            "--id",
+            "1",
+            "--cluster-id",
+            "beta",
+            "--port",
+            port,
+            "--bus-port",
+            bus,
+            "--data-dir",
+            data,
+        )
         assert p.returncode == 2
         assert "belongs to cluster 'alpha'" in _one_line_error(p)
 
@@ -199,11 +232,15 @@ def test_serve_refuses_unusable_data_dirs_busy_ports_and_bad_flags(tmp_path) -> 
     try:
         c.start_all()
         busy = str(c.nodes[1].port)
-        p = _serve("--id", "1", "--port", busy, "--bus-port", bus, "--data-dir", str(tmp_path / "d1"))
+        p = _serve(
+            "--id", "1", "--port", busy, "--bus-port", bus, "--data-dir", str(tmp_path / "d1")
+        )
         assert p.returncode == 2
         assert "cannot listen" in _one_line_error(p)
         busy_bus = str(c.nodes[1].bus_port)
-        p = _serve("--id", "1", "--port", port, "--bus-port", busy_bus, "--data-dir", str(tmp_path / "d2"))
+        p = _serve(
+            "--id", "1", "--port", port, "--bus-port", busy_bus, "--data-dir", str(tmp_path / "d2")
+        )
         assert p.returncode == 2
         assert "bus" in _one_line_error(p)
         # The failed start left its fresh data directory usable.
@@ -304,7 +341,17 @@ def test_peer_and_endpoint_specs() -> None:
     assert parse_peers("2=[fd00::2]:50051:51000") == {2: PeerAddr("fd00::2", 50051, 51000)}
     assert parse_peers("") == {}
     assert parse_endpoints("localhost,h:1,[::1]:2,h:1") == ["localhost:50051", "h:1", "[::1]:2"]
-    for bad in ("2", "2=h", "x=h:1", "2=h:0", "2=h:1:2:3", "2=:1", "1=h:1", "2=h:1,2=h:2", "2=h:65000"):
+    for bad in (
+        "2",
+        "2=h",
+        "x=h:1",
+        "2=h:0",
+        "2=h:1:2:3",
+        "2=:1",
+        "1=h:1",
+        "2=h:1,2=h:2",
+        "2=h:65000",
+    ):
         with pytest.raises(ConfigError):
             parse_peers(bad, own_id=1)
     for bad in ("", ",", "h:x", "[::1:5"):

@@ -76,7 +76,9 @@ class FakeNode:
         return self.kv.get(key), self.index
 
     def status(self) -> kv_pb2.StatusResponse:
-        return kv_pb2.StatusResponse(node_id=self.node_id, role="leader", leader_id=self.leader_id or 0)
+        return kv_pb2.StatusResponse(
+            node_id=self.node_id, role="leader", leader_id=self.leader_id or 0
+        )
 
 
 class Servers:
@@ -124,7 +126,10 @@ def test_put_get_delete_round_trip_and_headers() -> None:
             assert await c.get("k") is None
         # one session, sequences 1, 2, 3, 4 in order
         assert [(cid, seq) for cid, seq, _ in node.submits] == [
-            (c.client_id, 1), (c.client_id, 2), (c.client_id, 3), (c.client_id, 4)
+            (c.client_id, 1),
+            (c.client_id, 2),
+            (c.client_id, 3),
+            (c.client_id, 4),
         ]
 
     run(body)
@@ -151,7 +156,9 @@ def test_status_codes_and_leader_hint_metadata() -> None:
             with pytest.raises(grpc.aio.AioRpcError) as ei:
                 await stub.Put(put, timeout=5)
             assert ei.value.code() == grpc.StatusCode.UNAVAILABLE
-            assert not [k for k, _ in ei.value.trailing_metadata() or () if k == LEADER_METADATA_KEY]
+            assert not [
+                k for k, _ in ei.value.trailing_metadata() or () if k == LEADER_METADATA_KEY
+            ]
 
             for exc, code in (
                 (errors.InvalidArgument("key is empty"), grpc.StatusCode.INVALID_ARGUMENT),
@@ -171,13 +178,16 @@ def test_status_codes_and_leader_hint_metadata() -> None:
             assert ei.value.code() == grpc.StatusCode.FAILED_PRECONDITION
 
             async def invalid(cmd: kv_pb2.Command, timeout_s: float) -> kv_pb2.CommandResult:
-                return kv_pb2.CommandResult(code=kv_pb2.CommandResult.INVALID, error="value too big")
+                return kv_pb2.CommandResult(
+                    code=kv_pb2.CommandResult.INVALID, error="value too big"
+                )
 
             node.behaviour = invalid
             with pytest.raises(grpc.aio.AioRpcError) as ei:
                 await stub.Put(put, timeout=5)
             assert (ei.value.code(), ei.value.details()) == (
-                grpc.StatusCode.INVALID_ARGUMENT, "value too big"
+                grpc.StatusCode.INVALID_ARGUMENT,
+                "value too big",
             )
 
             # A body that is not a PutRequest at all: INVALID_ARGUMENT, the node never sees it.

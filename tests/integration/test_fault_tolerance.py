@@ -99,7 +99,9 @@ def test_leader_killed_during_a_stream_of_writes(tmp_path) -> None:
                 await asyncio.to_thread(c.kill, leader)
                 killed_at.append(time.monotonic())
                 n_at_kill = len(acked)
-                await wait_async(lambda: len(acked) >= n_at_kill + 300, 30, "300 writes after the kill")
+                await wait_async(
+                    lambda: len(acked) >= n_at_kill + 300, 30, "300 writes after the kill"
+                )
                 stop.set()
                 await asyncio.gather(*writers)
                 after = [t for t in ack_times if t > killed_at[0]]
@@ -172,7 +174,9 @@ def test_node_down_during_10000_writes_catches_up_after_restart(cluster: LocalCl
     t0 = time.monotonic()
     cluster.start(down)
     caught = cluster.wait_applied(down, target, timeout_s=60)
-    print(f"\nnode {down} caught up to index {target} in {time.monotonic() - t0:.2f}s after restart")
+    print(
+        f"\nnode {down} caught up to index {target} in {time.monotonic() - t0:.2f}s after restart"
+    )
     assert caught.keys >= WRITES
 
     async def read() -> dict[str, bytes | None]:

@@ -14,7 +14,7 @@ import sys
 
 from integration_cluster import LocalCluster
 
-GENERIC_CLIENT = r'''
+GENERIC_CLIENT = r"""
 import json, sys
 import grpc
 from google.protobuf import descriptor_pool, json_format, message_factory
@@ -47,7 +47,7 @@ with grpc.insecure_channel(endpoint) as channel:
     out["results"] = results
 assert not [m for m in sys.modules if m.startswith("paxoskv")], "a paxoskv module was imported"
 print(json.dumps(out))
-'''
+"""
 
 
 def _b64(text: str) -> str:

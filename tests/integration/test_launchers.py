@@ -72,7 +72,9 @@ def _fresh_checkout(dest: pathlib.Path) -> pathlib.Path:
     shutil.copytree(REPO / "bin", dest / "bin")
     shutil.copytree(REPO / "docs", dest / "docs")
     (dest / ".venv").symlink_to(REPO / ".venv")
-    digest = hashlib.sha256((REPO / "setup.cfg").read_bytes() + (REPO / "pyproject.toml").read_bytes())
+    digest = hashlib.sha256(
+        (REPO / "setup.cfg").read_bytes() + (REPO / "pyproject.toml").read_bytes()
+    )
     want = f"{digest.hexdigest()[:16]} {os.environ.get('PAXOSKV_EXTRAS', 'test,ansible')}"
     stamp = REPO / ".venv" / ".paxoskv-setup"
     assert stamp.read_text().strip() == want, "the virtualenv is stale: run bin/setup first"
@@ -140,8 +142,13 @@ def test_readme_first_command_and_client_examples_from_a_fresh_checkout(tmp_path
             for doc, port in ports.items():
                 real = real.replace(str(doc), str(port))
             p = subprocess.run(  # stdout and stderr interleaved, as on a terminal
-                ["bash", "-c", real], cwd=checkout, env=env, stdout=subprocess.PIPE,
-                stderr=subprocess.STDOUT, text=True, timeout=60,
+                ["bash", "-c", real],
+                cwd=checkout,
+                env=env,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+                timeout=60,
             )
             assert p.stdout == expected, f"README example {cmd!r} printed {p.stdout!r}"
         p = run_cli("status", "--endpoints", ",".join(f"localhost:{p}" for p in ports.values()))
@@ -178,7 +185,11 @@ def test_cluster_command_prefixes_logs_reports_a_killed_node_and_stops_all(tmp_p
         eps = ",".join(f"{HOST}:{base + i}" for i in range(3))
         assert run_cli("put", "--endpoints", eps, "a", "1").returncode == 0
         os.kill(pids[3], signal.SIGKILL)  # fault tolerance by hand
-        wait_until("the cluster to report node3's death", lambda: "node3 exited with code -9" in out_path.read_text(), 30)
+        wait_until(
+            "the cluster to report node3's death",
+            lambda: "node3 exited with code -9" in out_path.read_text(),
+            30,
+        )
         p = run_cli("put", "--endpoints", eps, "b", "2")
         assert p.returncode == 0, p.stderr
         assert run_cli("get", "--endpoints", eps, "a").stdout == "1\n"
@@ -202,7 +213,15 @@ def test_bin_server_and_bin_client_as_the_original(tmp_path) -> None:
             peers = ",".join(f"{j}={HOST}:{p}" for j, p in enumerate(ports, start=1) if j != i)
             with open(tmp_path / f"server{i}.log", "wb") as log:
                 procs[i] = subprocess.Popen(
-                    [str(REPO / "bin" / "server"), "-id", str(i), "-port", str(port), "-peers", peers],
+                    [
+                        str(REPO / "bin" / "server"),
+                        "-id",
+                        str(i),
+                        "-port",
+                        str(port),
+                        "-peers",
+                        peers,
+                    ],
                     cwd=tmp_path,
                     env=env,
                     stdin=subprocess.DEVNULL,
@@ -222,7 +241,9 @@ def test_bin_server_and_bin_client_as_the_original(tmp_path) -> None:
         def agreed_leader() -> int | None:
             st = [node_status(f"{HOST}:{p}") for p in ports]
             leaders = {s.leader_id for s in st if s is not None}
-            return leaders.pop() if None not in st and len(leaders) == 1 and 0 not in leaders else None
+            return (
+                leaders.pop() if None not in st and len(leaders) == 1 and 0 not in leaders else None
+            )
 
         wait_until("a leader", agreed_leader, 30)
 
@@ -233,12 +254,16 @@ def test_bin_server_and_bin_client_as_the_original(tmp_path) -> None:
 
         s1, s2, s3 = (f"{HOST}:{p}" for p in ports)
         assert client("-server", s1, "-op", "put", "-key", "lang", "-val", "go").stdout == "OK\n"
-        assert client("-server", s2, "-op", "put", "-key", "lang", "-val", "python").stdout == "OK\n"
+        assert (
+            client("-server", s2, "-op", "put", "-key", "lang", "-val", "python").stdout == "OK\n"
+        )
         got = client("-server", s3, "-op", "get", "-key", "lang")
         assert (got.returncode, got.stdout) == (0, "Value: python\n")
         assert client("-server", s3, "-op=delete", "-key=lang").stdout == "OK\n"
         missing = client("-server", s1, "-op", "get", "-key", "lang")
-        assert missing.returncode == 1 and "key not found" in missing.stderr and missing.stdout == ""
+        assert (
+            missing.returncode == 1 and "key not found" in missing.stderr and missing.stdout == ""
+        )
         empty_val = client("-server", s1, "-op", "put", "-key", "e", "-val", "")
         assert empty_val.stdout == "OK\n"
         assert client("-server", s2, "-op", "get", "-key", "e").stdout == "Value: \n"

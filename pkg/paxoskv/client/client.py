@@ -349,7 +349,9 @@ class Client:
             await self.read(key, serializable=serializable, timeout_s=timeout_s, endpoint=endpoint)
         ).value
 
-    async def status(self, endpoint: str, *, timeout_s: float | None = None) -> kv_pb2.StatusResponse:
+    async def status(
+        self, endpoint: str, *, timeout_s: float | None = None
+    ) -> kv_pb2.StatusResponse:
         """One node's status (no failover: it is that node's view)."""
         timeout = self.timeout_s if timeout_s is None else timeout_s
         try:
@@ -440,8 +442,10 @@ class Client:
                 self._current = target
             return resp
         if last is None:
-            raise DeadlineExceeded(f"no attempt fit in the deadline of {total_s:.3f}s",
-                                   grpc.StatusCode.DEADLINE_EXCEEDED)
+            raise DeadlineExceeded(
+                f"no attempt fit in the deadline of {total_s:.3f}s",
+                grpc.StatusCode.DEADLINE_EXCEEDED,
+            )
         detail = last.details() or last.code().name
         if last.code() == grpc.StatusCode.UNAVAILABLE:
             raise Unavailable(

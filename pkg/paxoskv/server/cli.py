@@ -148,24 +148,75 @@ class _Help:
 
 
 @click.command("serve", context_settings={"show_default": True})
-@click.option("--id", "node_id", type=int, required=True, envvar="PAXOSKV_ID", show_envvar=True, help=_Help.id)
-@click.option("--cluster-id", default="paxoskv", envvar="PAXOSKV_CLUSTER_ID", show_envvar=True, help=_Help.cluster_id)
-@click.option("--listen", default="0.0.0.0", envvar="PAXOSKV_LISTEN", show_envvar=True, help=_Help.listen)
-@click.option("--port", type=int, default=50051, envvar="PAXOSKV_PORT", show_envvar=True, help=_Help.port)
-@click.option("--bus-port", type=int, default=None, envvar="PAXOSKV_BUS_PORT", show_envvar=True, help=_Help.bus_port)
+@click.option(
+    "--id", "node_id", type=int, required=True, envvar="PAXOSKV_ID", show_envvar=True, help=_Help.id
+)
+@click.option(
+    "--cluster-id",
+    default="paxoskv",
+    envvar="PAXOSKV_CLUSTER_ID",
+    show_envvar=True,
+    help=_Help.cluster_id,
+)
+@click.option(
+    "--listen", default="0.0.0.0", envvar="PAXOSKV_LISTEN", show_envvar=True, help=_Help.listen
+)
+@click.option(
+    "--port", type=int, default=50051, envvar="PAXOSKV_PORT", show_envvar=True, help=_Help.port
+)
+@click.option(
+    "--bus-port",
+    type=int,
+    default=None,
+    envvar="PAXOSKV_BUS_PORT",
+    show_envvar=True,
+    help=_Help.bus_port,
+)
 @click.option("--peers", default="", envvar="PAXOSKV_PEERS", show_envvar=True, help=_Help.peers)
-@click.option("--data-dir", default=None, envvar="PAXOSKV_DATA_DIR", show_envvar=True, help=_Help.data_dir)
-@click.option("--heartbeat-ms", type=int, default=50, envvar="PAXOSKV_HEARTBEAT_MS", show_envvar=True,
-              help="Leader heartbeat interval.")
-@click.option("--election-ms", type=int, default=500, envvar="PAXOSKV_ELECTION_MS", show_envvar=True,
-              help="Election timeout: a follower that hears no leader this long (plus jitter) runs for it.")
-@click.option("--tick-ms", type=int, default=10, envvar="PAXOSKV_TICK_MS", show_envvar=True,
-              help="Logical clock tick of the consensus core.")
-@click.option("--request-timeout", "request_timeout_s", type=float, default=10.0,
-              envvar="PAXOSKV_REQUEST_TIMEOUT", show_envvar=True,
-              help="Longest a client call may take, in seconds (a shorter client deadline wins).")
-@click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"], case_sensitive=False),
-              default="info", envvar="PAXOSKV_LOG_LEVEL", show_envvar=True, help="Log verbosity.")
+@click.option(
+    "--data-dir", default=None, envvar="PAXOSKV_DATA_DIR", show_envvar=True, help=_Help.data_dir
+)
+@click.option(
+    "--heartbeat-ms",
+    type=int,
+    default=50,
+    envvar="PAXOSKV_HEARTBEAT_MS",
+    show_envvar=True,
+    help="Leader heartbeat interval.",
+)
+@click.option(
+    "--election-ms",
+    type=int,
+    default=500,
+    envvar="PAXOSKV_ELECTION_MS",
+    show_envvar=True,
+    help="Election timeout: a follower that hears no leader this long (plus jitter) runs for it.",
+)
+@click.option(
+    "--tick-ms",
+    type=int,
+    default=10,
+    envvar="PAXOSKV_TICK_MS",
+    show_envvar=True,
+    help="Logical clock tick of the consensus core.",
+)
+@click.option(
+    "--request-timeout",
+    "request_timeout_s",
+    type=float,
+    default=10.0,
+    envvar="PAXOSKV_REQUEST_TIMEOUT",
+    show_envvar=True,
+    help="Longest a client call may take, in seconds (a shorter client deadline wins).",
+)
+@click.option(
+    "--log-level",
+    type=click.Choice(["debug", "info", "warning", "error"], case_sensitive=False),
+    default="info",
+    envvar="PAXOSKV_LOG_LEVEL",
+    show_envvar=True,
+    help="Log verbosity.",
+)
 def serve_cmd(
     node_id: int,
     cluster_id: str,

@@ -73,7 +73,9 @@ def _plan(
     for i in range(1, nodes + 1):
         port = base_port + i - 1
         peers = ",".join(
-            f"{j}={format_hostport(peer_host, base_port + j - 1)}" for j in range(1, nodes + 1) if j != i
+            f"{j}={format_hostport(peer_host, base_port + j - 1)}"
+            for j in range(1, nodes + 1)
+            if j != i
         )
         node_dir = os.path.join(data_dir, f"node{i}")
         argv = (
@@ -107,7 +109,9 @@ async def _pump_output(spec: _NodeSpec, proc: asyncio.subprocess.Process) -> Non
         click.echo(prefix + line.decode("utf-8", "replace").rstrip("\n"))
 
 
-async def _wait_ready(specs: list[_NodeSpec], procs: dict[int, asyncio.subprocess.Process]) -> int | None:
+async def _wait_ready(
+    specs: list[_NodeSpec], procs: dict[int, asyncio.subprocess.Process]
+) -> int | None:
     """The leader's id once every live node knows it; None if a node died or time ran out."""
     from paxoskv.client.client import Client
 
@@ -120,7 +124,11 @@ async def _wait_ready(specs: list[_NodeSpec], procs: dict[int, asyncio.subproces
                 return None
             answers = await client.status_all(timeout_s=0.5)
             leaders = {a.status.leader_id for a in answers if a.status is not None}
-            if all(a.status is not None for a in answers) and len(leaders) == 1 and 0 not in leaders:
+            if (
+                all(a.status is not None for a in answers)
+                and len(leaders) == 1
+                and 0 not in leaders
+            ):
                 return leaders.pop()
             await asyncio.sleep(0.1)
     return None
@@ -147,8 +155,10 @@ def _banner(specs: list[_NodeSpec], listen: str, leader: int, pids: dict[int, in
     click.echo("  Nodes (kill -9 a PID to test fault tolerance; restart it with its command):")
     for s in specs:
         cmd = " ".join(shlex.quote(a) for a in (pk, "serve", *s.argv[3:]))
-        click.echo(f"    {s.label}: pid {pids[s.node_id]}  gRPC {format_hostport(host, s.port)}  "
-                   f"bus {s.bus_port}  data {s.data_dir}")
+        click.echo(
+            f"    {s.label}: pid {pids[s.node_id]}  gRPC {format_hostport(host, s.port)}  "
+            f"bus {s.bus_port}  data {s.data_dir}"
+        )
         click.echo(f"      {cmd}")
     click.echo("  Ctrl-C stops them all.")
 
@@ -183,7 +193,9 @@ async def _run(specs: list[_NodeSpec], listen: str) -> int:
         else:
             leader = ready.result()
             if leader is None:
-                failed = {i: p.returncode for i, p in procs.items() if p.returncode not in (None, 0)}
+                failed = {
+                    i: p.returncode for i, p in procs.items() if p.returncode not in (None, 0)
+                }
                 if failed:
                     node, code = next(iter(failed.items()))
                     _say(f"node{node} failed to start (exit code {code}); stopping the others")
@@ -236,22 +248,62 @@ async def _stop_all(procs: dict[int, asyncio.subprocess.Process]) -> None:
 
 
 @click.command("cluster", context_settings={"show_default": True})
-@click.option("--nodes", type=int, default=3, envvar="PAXOSKV_NODES", show_envvar=True,
-              help="How many nodes.")
-@click.option("--base-port", type=int, default=50051, envvar="PAXOSKV_BASE_PORT", show_envvar=True,
-              help="gRPC port of node 1; node i gets base + i - 1, its bus port that + 1000.")
-@click.option("--data-dir", default="./data", envvar="PAXOSKV_CLUSTER_DATA_DIR", show_envvar=True,
-              help="Parent directory: node i keeps its data in DATA_DIR/node<i>.")
-@click.option("--listen", default="127.0.0.1", envvar="PAXOSKV_CLUSTER_LISTEN", show_envvar=True,
-              help="Address every node binds.")
-@click.option("--cluster-id", default="paxoskv", envvar="PAXOSKV_CLUSTER_ID", show_envvar=True,
-              help="Cluster name.")
-@click.option("--heartbeat-ms", type=int, default=50, envvar="PAXOSKV_HEARTBEAT_MS", show_envvar=True,
-              help="Leader heartbeat interval.")
-@click.option("--election-ms", type=int, default=500, envvar="PAXOSKV_ELECTION_MS", show_envvar=True,
-              help="Election timeout.")
-@click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"], case_sensitive=False),
-              default="info", envvar="PAXOSKV_LOG_LEVEL", show_envvar=True, help="Nodes' log verbosity.")
+@click.option(
+    "--nodes", type=int, default=3, envvar="PAXOSKV_NODES", show_envvar=True, help="How many nodes."
+)
+@click.option(
+    "--base-port",
+    type=int,
+    default=50051,
+    envvar="PAXOSKV_BASE_PORT",
+    show_envvar=True,
+    help="gRPC port of node 1; node i gets base + i - 1, its bus port that + 1000.",
+)
+@click.option(
+    "--data-dir",
+    default="./data",
+    envvar="PAXOSKV_CLUSTER_DATA_DIR",
+    show_envvar=True,
+    help="Parent directory: node i keeps its data in DATA_DIR/node<i>.",
+)
+@click.option(
+    "--listen",
+    default="127.0.0.1",
+    envvar="PAXOSKV_CLUSTER_LISTEN",
+    show_envvar=True,
+    help="Address every node binds.",
+)
+@click.option(
+    "--cluster-id",
+    default="paxoskv",
+    envvar="PAXOSKV_CLUSTER_ID",
+    show_envvar=True,
+    help="Cluster name.",
+)
+@click.option(
+    "--heartbeat-ms",
+    type=int,
+    default=50,
+    envvar="PAXOSKV_HEARTBEAT_MS",
+    show_envvar=True,
+    help="Leader heartbeat interval.",
+)
+@click.option(
+    "--election-ms",
+    type=int,
+    default=500,
+    envvar="PAXOSKV_ELECTION_MS",
+    show_envvar=True,
+    help="Election timeout.",
+)
+@click.option(
+    "--log-level",
+    type=click.Choice(["debug", "info", "warning", "error"], case_sensitive=False),
+    default="info",
+    envvar="PAXOSKV_LOG_LEVEL",
+    show_envvar=True,
+    help="Nodes' log verbosity.",
+)
 def cluster_cmd(
     nodes: int,
     base_port: int,
@@ -264,7 +316,9 @@ def cluster_cmd(
 ) -> None:
     """Run N local nodes in the foreground with prefixed logs; Ctrl-C stops them all."""
     try:
-        specs = _plan(nodes, base_port, data_dir, listen, cluster_id, heartbeat_ms, election_ms, log_level)
+        specs = _plan(
+            nodes, base_port, data_dir, listen, cluster_id, heartbeat_ms, election_ms, log_level
+        )
     except ConfigError as exc:
         raise click.UsageError(str(exc)) from None
     sys.exit(asyncio.run(_run(specs, listen)))

@@ -157,10 +157,14 @@ def parse_peers(text: str, own_id: int | None = None) -> dict[int, PeerAddr]:
             raise ConfigError(f"peer {item!r}: expected ID=HOST:PORT[:BUSPORT]")
         port = parse_port(parts[0], f"port in {item!r}")
         bus_port = (
-            parse_port(parts[1], f"bus port in {item!r}") if len(parts) == 2 else default_bus_port(port)
+            parse_port(parts[1], f"bus port in {item!r}")
+            if len(parts) == 2
+            else default_bus_port(port)
         )
         if node_id == own_id:
-            raise ConfigError(f"peer {item!r} has this node's own id {own_id}: list only the other nodes")
+            raise ConfigError(
+                f"peer {item!r} has this node's own id {own_id}: list only the other nodes"
+            )
         if node_id in peers:
             raise ConfigError(f"peer id {node_id} is given twice in {text!r}")
         peers[node_id] = PeerAddr(host=host, port=port, bus_port=bus_port)
