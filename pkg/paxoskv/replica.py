@@ -144,6 +144,8 @@ class Replica:
         self._receiving: _Receiving | None = None
         self.snapshots_installed = 0
         self.snapshots_sent = 0
+        self.compactions = 0
+        self.last_snapshot_index = 0  # of the last snapshot installed here or served to a peer
 
     # ---- Inputs ----------------------------------------------------------------
 
@@ -238,6 +240,14 @@ class Replica:
         through = core.applied_index - self.retain_entries
         core.compact(through)
         self.storage.compact(through)
+        self.compactions += 1
+
+    def close(self) -> None:
+        """Abort a snapshot being received and release the ones being sent
+        (before the storage is closed)."""
+        self._abort_receiving()
+        for peer in list(self._sending):
+            self._close_sending(peer)
 
     # ---- Snapshot transfer: receiving ------------------------------------------
 
@@ -285,6 +295,7 @@ class Replica:
         self.sm = KVStateMachine(state.kv, state.sessions, state.applied_index, self._limits, self._sessions_max)
         self.core.install_snapshot(index)
         self.snapshots_installed += 1
+        self.last_snapshot_index = index
         log.info("node %d: installed a snapshot at index %d", self.core.id, index)
 
     def _abort_receiving(self, keep: bool = False) -> None:
@@ -314,6 +325,7 @@ class Replica:
         tx.activity_tick = self._ticks
         if msg.done:
             self.snapshots_sent += 1
+            self.last_snapshot_index = max(self.last_snapshot_index, tx.index)
             self._close_sending(peer)
         elif msg.offset == tx.offset:
             self._send_chunk(peer, tx)  # the last one was lost: again

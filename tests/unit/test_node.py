@@ -27,7 +27,8 @@ def free_ports(n: int) -> list[int]:
 
 
 class Cluster:
-    def __init__(self, n: int = 3) -> None:
+    def __init__(self, n: int = 3, **extra) -> None:
+        self.extra = extra
         self.ids = list(range(1, n + 1))
         ports = free_ports(2 * n)
         self.addrs = {i: PeerAddr("127.0.0.1", ports[2 * (i - 1)], ports[2 * (i - 1) + 1]) for i in self.ids}
@@ -39,7 +40,7 @@ class Cluster:
         return NodeConfig(
             node_id=i, cluster_id="t", listen_host="127.0.0.1", port=a.port, bus_port=a.bus_port,
             peers={j: self.addrs[j] for j in self.ids if j != i}, data_dir=pathlib.Path("/nonexistent"),
-            tick_ms=5, heartbeat_ms=20, election_ms=150,
+            tick_ms=5, heartbeat_ms=20, election_ms=150, **self.extra,
         )
 
     async def start(self, i: int) -> None:
@@ -175,6 +176,44 @@ def test_status_reports_role_indexes_and_the_peers_heard_from():
             assert st.role == "leader" and st.leader_id == leader and st.keys == 1
             assert sorted(p.node_id for p in st.peers) == [i for i in c.ids if i != leader]
             assert all(p.connected and 0 <= p.last_heard_seconds < 1 for p in st.peers)
+        finally:
+            for i in list(c.nodes):
+                await c.stop(i)
+
+    run(main())
+
+
+def test_a_node_behind_the_compacted_log_catches_up_by_snapshot_while_writes_continue():
+    async def main():
+        c = Cluster(retain_entries=20, compact_step_entries=10, snapshot_chunk_bytes=512)
+        for i in c.ids:
+            await c.start(i)
+        try:
+            leader = await c.leader()
+            lag = next(i for i in c.ids if i != leader)
+            await c.stop(lag)
+            for k in range(300):  # one at a time: one slot each
+                await c.nodes[leader].submit(put(f"a{k}", 1, b"k%d" % (k % 40), b"v%d" % k), timeout_s=5)
+            assert c.nodes[leader].replica.core.log_start > 200, "the leader compacted its log"
+            await c.start(lag)
+            writer = asyncio.ensure_future(
+                asyncio.gather(*[
+                    c.nodes[leader].submit(put(f"b{k}", 1, b"k%d" % (k % 40), b"w%d" % k), timeout_s=10)
+                    for k in range(200)
+                ])
+            )
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + 20
+            node = c.nodes[lag]
+            while loop.time() < deadline and node.replica.snapshots_installed == 0:
+                await asyncio.sleep(0.01)
+            assert node.replica.snapshots_installed >= 1
+            await writer
+            want = c.nodes[leader].replica.sm.applied_index
+            while loop.time() < deadline and node.replica.sm.applied_index < want:
+                await asyncio.sleep(0.01)
+            assert dict(node.replica.sm.items()) == dict(c.nodes[leader].replica.sm.items())
+            assert node.status().snapshot_index > 0
         finally:
             for i in list(c.nodes):
                 await c.stop(i)

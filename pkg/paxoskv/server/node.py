@@ -69,6 +69,9 @@ class NodeConfig:
     inflight_slots_max: int = 16
     batch_commands_max: int = 1024
     sessions_max: int = 100_000
+    retain_entries: int = 10_000  # chosen entries kept after compaction
+    compact_step_entries: int = 1_000
+    snapshot_chunk_bytes: int = 256 << 10
 
     def core_config(self) -> Config:
         hb = max(1, round(self.heartbeat_ms / self.tick_ms))
@@ -98,6 +101,8 @@ class Node:
         self._leader_seen: int | None = None
         self._started_at = time.monotonic()
         self._stopping = False
+        self._reclaimed = 0
+        self._reclaim_task: asyncio.Task | None = None
 
     # ---- Lifecycle -------------------------------------------------------------
 
@@ -113,6 +118,10 @@ class Node:
             random.Random(),
             limits=cfg.limits,
             sessions_max=cfg.sessions_max,
+            retain_entries=cfg.retain_entries,
+            compact_step_entries=cfg.compact_step_entries,
+            snapshot_chunk_bytes=cfg.snapshot_chunk_bytes,
+            snapshot_timeout_ticks=max(50, round(4 * cfg.election_ms / cfg.tick_ms)),
         )
         self.bus = PeerBus(
             cfg.node_id,
@@ -147,9 +156,14 @@ class Node:
         for t in self._tasks:
             with contextlib.suppress(asyncio.CancelledError, BusClosed, Exception):
                 await t
+        if self._reclaim_task is not None:
+            with contextlib.suppress(Exception):
+                await self._reclaim_task
         self._fail_all(Unavailable("node is shutting down"))
         if self.bus is not None:
             await self.bus.close()
+        if self.replica is not None:
+            self.replica.close()
         if self._storage is not None:
             self._storage.close()
 
@@ -218,7 +232,7 @@ class Node:
             commit_index=core.commit_index,
             applied_index=replica.sm.applied_index,
             log_start=core.log_start,
-            snapshot_index=0,
+            snapshot_index=replica.last_snapshot_index,
             keys=len(replica.sm),
             version=__version__,
         )
@@ -306,6 +320,9 @@ class Node:
                     done = replica.apply(batch)
                     self._complete(done)
                 self._watch_leader()
+                if replica.compactions > self._reclaimed and self._reclaim_task is None:
+                    self._reclaimed = replica.compactions
+                    self._reclaim_task = asyncio.create_task(self._reclaim())
         except asyncio.CancelledError:
             raise
         except BaseException as exc:  # a failed write: stop rather than lie
@@ -314,6 +331,16 @@ class Node:
             if self.fatal is not None and not self.fatal.done():
                 self.fatal.set_result(exc)
             raise
+
+    async def _reclaim(self) -> None:
+        """Give the disk space of compacted entries back (LevelDB compact_range),
+        off the loop; writers are not blocked."""
+        try:
+            await asyncio.to_thread(self.replica.storage.reclaim)
+        except Exception as exc:  # noqa: BLE001 - space is reclaimed next time
+            log.warning("node %d: reclaiming disk space failed: %s", self.cfg.node_id, exc)
+        finally:
+            self._reclaim_task = None
 
     # ---- Helpers ---------------------------------------------------------------
 
