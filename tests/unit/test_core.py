@@ -321,3 +321,12 @@ def test_ready_with_pending_forwards_and_reads_always_drains():
         net.cores[f].read(k)
     net.process(f)
     assert not net.cores[f].has_ready()
+
+
+def test_a_single_node_cluster_commits_past_its_pipeline_depth():
+    net = Net(1, inflight_slots_max=4)
+    leader = net.elect()
+    for k in range(20):
+        net.cores[leader].propose(b"s%d" % k)
+        net.deliver_all()
+    assert net.applied_values(leader) == [b"s%d" % k for k in range(20)]

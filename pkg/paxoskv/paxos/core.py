@@ -592,6 +592,7 @@ class Core:
             self._next_slot = max(self._next_slot, slot + 1)
         if self.quorum == 1:
             for slot, value in entries:
+                del self._inflight[slot]
                 self._choose(slot, value)
         batch = tuple(entries)
         for peer in self.others:

@@ -173,6 +173,8 @@ class Node:
         """Propose ``cmd`` and return its result once applied on this node."""
         replica = self._ready_replica()
         if not cmd.client_id:
+            if cmd.sequence:
+                raise InvalidArgument("a sequence number needs a client_id")
             cmd.client_id = "anon-" + uuid.uuid4().hex
             cmd.sequence = 1
         err = commands.validate(cmd, self.cfg.limits)
