@@ -54,3 +54,7 @@ class LazyGroup(click.Group):
 @click.version_option(__version__, prog_name="paxoskv")
 def main() -> None:
     """paxoskv: a replicated, linearizable key-value store on Multi-Paxos."""
+
+
+if __name__ == "__main__":
+    main()

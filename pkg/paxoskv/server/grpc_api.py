@@ -51,9 +51,10 @@ the limits that matter for a key-value store.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import socket
-from typing import Protocol
+from typing import AsyncIterator, Protocol
 
 import grpc
 from google.protobuf.message import DecodeError
@@ -209,9 +210,12 @@ class Facade:
             "Get": grpc.unary_unary_rpc_method_handler(self._get, None, ser),
             "Put": grpc.unary_unary_rpc_method_handler(self._put, None, ser),
             "Delete": grpc.unary_unary_rpc_method_handler(self._delete, None, ser),
+            "Batch": grpc.unary_unary_rpc_method_handler(self._batch, None, ser),
+            "Session": grpc.stream_stream_rpc_method_handler(self._session, None, ser),
         }
         maint_handlers = {
             "Status": grpc.unary_unary_rpc_method_handler(self._status, None, ser),
+            "Snapshot": grpc.unary_stream_rpc_method_handler(self._snapshot, None, ser),
         }
         for name, handlers in ((KV_SERVICE, kv_handlers), (MAINTENANCE_SERVICE, maint_handlers)):
             self.server.add_generic_rpc_handlers(
@@ -295,9 +299,11 @@ class Facade:
         return kv_pb2.DeleteResponse(header=self._header(result.index), deleted=result.existed)
 
     async def _submit(
-        self, cmd: kv_pb2.Command, context: grpc.aio.ServicerContext
+        self, cmd: kv_pb2.Command, context: grpc.aio.ServicerContext | None, timeout_s: float = 0.0
     ) -> kv_pb2.CommandResult:
-        result = await self.node.submit(cmd, timeout_s=self._timeout_s(context))
+        if context is not None:
+            timeout_s = self._timeout_s(context)
+        result = await self.node.submit(cmd, timeout_s=timeout_s)
         if result.code == _RESULT_OK:
             return result
         if result.code == _RESULT_STALE:
@@ -307,6 +313,107 @@ class Facade:
                 f"applied for it: use a new client_id, or continue after its last sequence",
             )
         raise _Abort(_INVALID, result.error or "the command was rejected")
+
+    # ---- many operations per call ----------------------------------------------
+
+    async def _op(self, op: kv_pb2.RequestOp, timeout_s: float) -> kv_pb2.ResponseOp:
+        """Run one operation of a batch or session; failures become its code."""
+        try:
+            kind = op.WhichOneof("op")
+            if kind == "get":
+                value, index = await self.node.get(
+                    op.get.key, serializable=op.get.serializable, timeout_s=timeout_s
+                )
+                resp = kv_pb2.GetResponse(header=self._header(index), found=value is not None)
+                if value is not None:
+                    resp.value = value
+                return kv_pb2.ResponseOp(get=resp)
+            if kind in ("put", "delete"):
+                req = op.put if kind == "put" else op.delete
+                hdr = req.request
+                if hdr.sequence and not hdr.client_id:
+                    raise _no_client_id(hdr.sequence)
+                cmd = kv_pb2.Command(client_id=hdr.client_id, sequence=hdr.sequence)
+                if kind == "put":
+                    cmd.put.key = req.key
+                    cmd.put.value = req.value
+                    result = await self._submit(cmd, None, timeout_s)
+                    return kv_pb2.ResponseOp(
+                        put=kv_pb2.PutResponse(header=self._header(result.index), existed=result.existed)
+                    )
+                cmd.delete.key = req.key
+                result = await self._submit(cmd, None, timeout_s)
+                return kv_pb2.ResponseOp(
+                    delete=kv_pb2.DeleteResponse(header=self._header(result.index), deleted=result.existed)
+                )
+            raise _Abort(_INVALID, "operation has no get, put or delete")
+        except (NodeError, _Abort) as exc:
+            err = exc if isinstance(exc, _Abort) else _error_of(exc)
+            return kv_pb2.ResponseOp(code=err.code.value[0], error=err.details)
+
+    async def _batch(self, data: bytes, context: grpc.aio.ServicerContext) -> object:
+        try:
+            req = _parse(kv_pb2.BatchRequest, data)
+        except _Abort as exc:
+            await self._fail(context, exc)
+            raise
+        timeout_s = self._timeout_s(context)
+        results = await asyncio.gather(*(self._op(op, timeout_s) for op in req.ops))
+        return kv_pb2.BatchResponse(header=self._header(0), results=results)
+
+    async def _session(
+        self, requests: AsyncIterator[bytes], context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[bytes]:
+        """Answer each SessionRequest as it completes (out of order, by id)."""
+        out: asyncio.Queue[kv_pb2.SessionResponse | None] = asyncio.Queue()
+        running: set[asyncio.Task] = set()
+        timeout_s = self.request_timeout_s
+
+        async def one(req: kv_pb2.SessionRequest) -> None:
+            out.put_nowait(kv_pb2.SessionResponse(id=req.id, result=await self._op(req.op, timeout_s)))
+
+        async def read() -> None:
+            try:
+                async for data in requests:
+                    try:
+                        req = kv_pb2.SessionRequest.FromString(data)
+                    except (DecodeError, ValueError, TypeError) as exc:
+                        out.put_nowait(
+                            kv_pb2.SessionResponse(
+                                result=kv_pb2.ResponseOp(code=_INVALID.value[0], error=f"malformed request: {exc}")
+                            )
+                        )
+                        continue
+                    task = asyncio.create_task(one(req))
+                    running.add(task)
+                    task.add_done_callback(running.discard)
+                if running:
+                    await asyncio.gather(*list(running))
+            finally:
+                out.put_nowait(None)
+
+        reader = asyncio.create_task(read())
+        try:
+            while True:
+                resp = await out.get()
+                if resp is None:
+                    break
+                yield resp
+        finally:
+            reader.cancel()
+            for task in list(running):
+                task.cancel()
+
+    async def _snapshot(self, data: bytes, context: grpc.aio.ServicerContext) -> AsyncIterator[object]:
+        from paxoskv.storage.snapshot import snapshot_stream
+
+        try:
+            request = _parse(kv_pb2.SnapshotRequest, data)
+        except _Abort as exc:
+            await self._fail(context, exc)
+            raise
+        async for resp in snapshot_stream(self.node, request, context):
+            yield resp
 
     async def _status(self, data: bytes, context: grpc.aio.ServicerContext) -> object:
         try:
