@@ -210,6 +210,14 @@ class _Help:
     help="Longest a client call may take, in seconds (a shorter client deadline wins).",
 )
 @click.option(
+    "--retain-entries",
+    type=int,
+    default=10_000,
+    envvar="PAXOSKV_RETAIN_ENTRIES",
+    show_envvar=True,
+    help="Log entries kept after compaction; a peer further behind catches up by snapshot.",
+)
+@click.option(
     "--log-level",
     type=click.Choice(["debug", "info", "warning", "error"], case_sensitive=False),
     default="info",
@@ -229,6 +237,7 @@ def serve_cmd(
     election_ms: int,
     tick_ms: int,
     request_timeout_s: float,
+    retain_entries: int,
     log_level: str,
 ) -> None:
     """Run one paxoskv node in the foreground (stop it with Ctrl-C or SIGTERM)."""
@@ -245,6 +254,7 @@ def serve_cmd(
             election_ms=election_ms,
             tick_ms=tick_ms,
             request_timeout_s=request_timeout_s,
+            retain_entries=retain_entries,
         )
     except ConfigError as exc:
         raise click.UsageError(str(exc)) from None
