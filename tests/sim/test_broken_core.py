@@ -5,11 +5,12 @@ from 0 until the simulator reports a violation, and asserts that it did so
 within a stated number of seeds and with the expected kind of violation. A
 checker that never caught a bug proves nothing.
 
-Figures when written (first failing seed, 3 nodes, out of 100 seeds tried):
-quorum of one: seed 0 (79/100); a leader that skips phase 1: seed 7 (6/100);
-a leader that ignores the values promises report: seed 12 (14/100); no fsync:
-seed 4 (7/100); reads without a quorum check: seed 0 (66/100); no
-exactly-once sessions: seed 0 (40/100); a core that drops proposals: seed 0.
+Figures when written (3 nodes, first 100 seeds): quorum of one caught in 88
+of them (first: seed 0); a leader that skips phase 1 in 6 (first: 14); a
+leader that ignores the values promises report in 15 (first: 3); no fsync in
+10 (first: 10); reads without a quorum check in 71 (first: 2); no
+exactly-once sessions in 34 (first: 1). The stated bounds leave room for the
+core to change (which reshuffles every run) without the test going stale.
 """
 
 from __future__ import annotations
@@ -60,7 +61,7 @@ def test_quorum_of_one_is_caught_on_five_nodes_within_5_seeds(monkeypatch, tally
     assert "agreement" in kinds(r), r.violations
 
 
-def test_leader_skipping_phase_1_is_caught_within_100_seeds(monkeypatch, tally) -> None:
+def test_leader_skipping_phase_1_is_caught_within_200_seeds(monkeypatch, tally) -> None:
     """After winning the pre-vote, the candidate leads at once: it counts its
     own promise as a quorum, sends no Prepare and learns nothing from peers."""
     start = Core._start_candidacy
@@ -73,11 +74,11 @@ def test_leader_skipping_phase_1_is_caught_within_100_seeds(monkeypatch, tally) 
             self.quorum = quorum
 
     monkeypatch.setattr(Core, "_start_candidacy", lead_without_phase_1)
-    r = first_violation(100, tally)
+    r = first_violation(200, tally)
     assert kinds(r) & {"agreement", "exception", "linearizability"}, r.violations
 
 
-def test_leader_ignoring_promised_values_is_caught_within_100_seeds(monkeypatch, tally) -> None:
+def test_leader_ignoring_promised_values_is_caught_within_200_seeds(monkeypatch, tally) -> None:
     """Phase 1 runs, but the new leader drops the accepted values the promises
     report, so it fills those slots with no-ops or new commands."""
     become = Core._become_leader
@@ -98,11 +99,11 @@ def test_leader_ignoring_promised_values_is_caught_within_100_seeds(monkeypatch,
         become(self)
 
     monkeypatch.setattr(Core, "_become_leader", forget_accepted)
-    r = first_violation(100, tally)
+    r = first_violation(200, tally)
     assert kinds(r) & {"agreement", "exception"}, r.violations
 
 
-def test_missing_fsync_is_caught_within_100_seeds(monkeypatch, tally) -> None:
+def test_missing_fsync_is_caught_within_200_seeds(monkeypatch, tally) -> None:
     """Promises and acceptances written without sync: a power loss forgets them."""
 
     def write_without_sync(self: Replica, batch: Batch) -> None:
@@ -111,24 +112,24 @@ def test_missing_fsync_is_caught_within_100_seeds(monkeypatch, tally) -> None:
             self.storage.persist(rd.promised, rd.accepted, rd.chosen, sync=False)
 
     monkeypatch.setattr(Replica, "write", write_without_sync)
-    r = first_violation(100, tally)
+    r = first_violation(200, tally)
     assert kinds(r) & SAFETY_KINDS, r.violations
 
 
-def test_reads_without_quorum_check_are_caught_within_10_seeds(monkeypatch, tally) -> None:
+def test_reads_without_quorum_check_are_caught_within_20_seeds(monkeypatch, tally) -> None:
     """Every node serves reads at its own commit index, right away."""
 
     def local_read(self: Core, read_id: int) -> None:
         self._out_reads.append(ReadState(read_id, self.commit_index, True))
 
     monkeypatch.setattr(Core, "read", local_read)
-    r = first_violation(10, tally)
+    r = first_violation(20, tally)
     assert "linearizability" in kinds(r), r.violations
     lin = next(v for v in r.violations if v.kind == "linearizability")
     assert "cannot linearize" in lin.detail
 
 
-def test_state_machine_without_sessions_is_caught_within_10_seeds(monkeypatch, tally) -> None:
+def test_state_machine_without_sessions_is_caught_within_20_seeds(monkeypatch, tally) -> None:
     """Retried commands are applied again (no exactly-once)."""
     apply_one = KVStateMachine._apply_one
 
@@ -137,7 +138,7 @@ def test_state_machine_without_sessions_is_caught_within_10_seeds(monkeypatch, t
         return apply_one(self, index, data)
 
     monkeypatch.setattr(KVStateMachine, "_apply_one", forgetful)
-    r = first_violation(10, tally)
+    r = first_violation(20, tally)
     assert kinds(r) & {"state-machine", "snapshot", "linearizability"}, r.violations
 
 

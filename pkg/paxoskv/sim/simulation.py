@@ -55,7 +55,7 @@ from paxoskv.check import check_history
 from paxoskv.kv.commands import encode_delete, encode_put
 from paxoskv.paxos.core import Core
 from paxoskv.paxos.types import Config, Message, Role
-from paxoskv.replica import Replica
+from paxoskv.replica import Batch, Replica
 from paxoskv.sim.checks import (
     AppliedLog,
     Violation,
@@ -91,6 +91,7 @@ LIVENESS_BOUND_US = 5_000_000
 SAFETY_PHASE_US_MIN = 1_000_000  # the safety phase's length is drawn in this range,
 SAFETY_PHASE_US_MAX = 3_000_000  # and ends earlier once every operation was invoked
 CONVERGENCE_POLL_US = 5_000
+COALESCE_US_MAX = 300  # a woken pump runs within this much time when inputs are coalesced
 CLUSTER_ID = "sim"
 OPS_DEFAULT = 200
 FAULTS_DEFAULT = "full"
@@ -195,6 +196,8 @@ class SimNode:
         "stopped_by_disk",
         "installs_seen",
         "snapshot_floor",
+        "writing",
+        "wake_pending",
     )
 
     def __init__(self, node_id: int, config: Config, rng: random.Random, tick_us: int) -> None:
@@ -218,6 +221,8 @@ class SimNode:
         self.stopped_by_disk = False
         self.installs_seen = 0  # the replica's snapshots_installed we have checked
         self.snapshot_floor = 0  # highest snapshot index ever installed here
+        self.writing = False  # the pump awaits a storage write (inputs still reach the core)
+        self.wake_pending = False  # the pump will run a moment later (coalesced inputs)
 
     @property
     def up(self) -> bool:
@@ -249,6 +254,11 @@ class Simulation:
         inflight_slots_max = root.choice((1, 4, 16))
         batch_commands_max = root.choice((1, 4, 64))
         wire = root.random() < 0.25
+        # The node's runtime: how long a storage write takes (the pump awaits
+        # it while inputs keep reaching the core), and how often inputs are
+        # coalesced before the pump runs.
+        self.fsync_us_max = root.choice((0, 300, 3_000, 12_000))
+        self.coalesce_probability = root.choice((0.0, 0.5, 0.9))
         # Compaction and snapshots: small logs in most runs, so they happen.
         retain_entries = root.choice((4, 16, 10_000))
         self.replica_options = dict(
@@ -275,7 +285,8 @@ class Simulation:
         self.safety_us_max = root.randint(SAFETY_PHASE_US_MIN, SAFETY_PHASE_US_MAX)
         self.params = (
             f"nodes={n} net={delay.name} loss={loss:.3f} dup={duplicate:.2f} "
-            f"wire={int(wire)} retain={retain_entries} "
+            f"wire={int(wire)} fsync_max={self.fsync_us_max}us "
+            f"coalesce={self.coalesce_probability} retain={retain_entries} "
             f"chunk={self.replica_options['snapshot_chunk_bytes']} hb={heartbeat_ticks} election_min={election_ticks_min} "
             f"inflight={inflight_slots_max} batch={batch_commands_max} clients={n_clients} "
             f"keys={n_keys} think_max={client_params.think_max_us // 1000}ms "
@@ -285,6 +296,7 @@ class Simulation:
 
         # ---- Components, each with its own random stream.
         self.net_rng = _derive(root)
+        self.runtime_rng = _derive(root)
         self.network = Network(
             self.scheduler,
             self.net_rng,
@@ -375,7 +387,7 @@ class Simulation:
             f"n{node.node_id} start life {node.life} applied={node.applied_index} "
             f"promised={node.replica.core.promised}"
         )
-        self._drain(node)
+        self._wake(node)
 
     def crash(self, node_id: int, power_loss: bool = True) -> None:
         node = self.nodes[node_id]
@@ -390,6 +402,8 @@ class Simulation:
 
     def _stop_process(self, node: SimNode) -> None:
         node.replica = None
+        node.writing = False
+        node.wake_pending = False
         node.crashes += 1
         node.paused = False
         node.inbox.clear()
@@ -447,7 +461,7 @@ class Simulation:
 
     def _tick_now(self, node: SimNode) -> None:
         node.replica.tick()  # type: ignore[union-attr]
-        self._drain(node)
+        self._wake(node)
 
     # ---- Inputs -----------------------------------------------------------------
 
@@ -465,7 +479,7 @@ class Simulation:
     def _step_now(self, arg: tuple[SimNode, Message]) -> None:
         node, msg = arg
         node.replica.step(msg)  # type: ignore[union-attr]
-        self._drain(node)
+        self._wake(node)
 
     def _guard(self, node: SimNode, fn: Any, arg: Any) -> None:
         """Run ``fn(arg)``; an exception from the system under test is a violation
@@ -486,16 +500,43 @@ class Simulation:
             if node.replica is not None:
                 self.crash(node.node_id)
 
-    def _drain(self, node: SimNode) -> None:
-        """Handle Ready batches until the node has nothing to do: persist, send, apply."""
+    def _wake(self, node: SimNode) -> None:
+        """An input reached the replica (tick, message, request): note a snapshot
+        it installed, and wake the pump (now, or a moment later to coalesce
+        inputs, as the server's event loop does)."""
         r = node.replica
         assert r is not None
         if r.snapshots_installed != node.installs_seen:
             self._installed(node)
-        send = self.network.send
-        trace = self.trace
+        if node.writing or node.wake_pending:
+            return  # the pump is busy (awaiting a write) or already woken
+        rng = self.runtime_rng
+        if self.coalesce_probability and rng.random() < self.coalesce_probability:
+            node.wake_pending = True
+            self.scheduler.after(
+                rng.randint(0, COALESCE_US_MAX), self._pump_later, (node, node.life)
+            )
+        else:
+            self._pump(node)
+
+    def _pump_later(self, arg: tuple[SimNode, int]) -> None:
+        node, life = arg
+        if node.life != life or node.replica is None:
+            return
+        if node.paused:
+            node.inbox.append((self._pump_later, arg))
+            return
+        node.wake_pending = False
+        if not node.writing:
+            self._guard(node, self._pump, node)
+
+    def _pump(self, node: SimNode) -> None:
+        """The server's pump: prepare a batch, write it (awaiting the disk, while
+        inputs keep reaching the core), send, apply, answer; until None."""
+        r = node.replica
+        assert r is not None and not node.writing
         while True:
-            batch = r.persist()
+            batch = r.prepare()
             if batch is None:
                 return
             rd = batch.ready
@@ -506,35 +547,69 @@ class Simulation:
                 self.empty_ready_batches += 1
                 self._answer_reads(node, r.apply(batch).reads)
                 return
-            for m in rd.messages:
-                send(m)
-            if rd.committed:
-                nid = node.node_id
-                record = self.applied.record
-                expected = node.applied_index
-                for slot, value in rd.committed:
-                    expected += 1
-                    if slot != expected:
-                        self.violation(
-                            "order", f"node {nid} applied slot {slot}, expected {expected}"
-                        )
-                        expected = slot
-                    problem = record(nid, slot, value)
-                    if problem is not None:
-                        self.violation("agreement", problem)
-                node.applied_index = expected
-                if trace is not None:
-                    self.note(f"n{nid} apply {rd.committed[0][0]}..{rd.committed[-1][0]}")
-            done = r.apply(batch)
-            if done.results:
-                waiters = node.write_waiters
-                for a in done.results:
-                    ws = waiters.pop((a.client_id, a.sequence), None)
-                    if ws:
-                        for client, op_id, token in ws:
-                            self._answer(client, (op_id, token, "applied", a.result))
-            if done.reads:
-                self._answer_reads(node, done.reads)
+            if (rd.must_sync or rd.chosen) and self.fsync_us_max:
+                # The write runs off the event loop; the pump awaits it.
+                rng = self.runtime_rng
+                delay = rng.randint(self.fsync_us_max // 10, self.fsync_us_max)
+                if not rd.must_sync:
+                    delay //= 10  # no fsync: only the write
+                node.writing = True
+                self.scheduler.after(delay, self._write_done, (node, node.life, batch))
+                return
+            r.write(batch)
+            self._finish_batch(node, batch)
+
+    def _write_done(self, arg: tuple[SimNode, int, Batch]) -> None:
+        node, life, batch = arg
+        if node.life != life or node.replica is None:
+            return  # the process died while writing: the write never happened
+        if node.paused:
+            node.inbox.append((self._write_done, arg))
+            return
+        self._guard(node, self._write_done_now, (node, batch))
+
+    def _write_done_now(self, arg: tuple[SimNode, Batch]) -> None:
+        node, batch = arg
+        r = node.replica
+        assert r is not None and node.writing
+        r.write(batch)
+        node.writing = False
+        self._finish_batch(node, batch)
+        self._pump(node)
+
+    def _finish_batch(self, node: SimNode, batch: Batch) -> None:
+        """The batch is durable: send its messages, apply, answer the clients."""
+        r = node.replica
+        assert r is not None
+        rd = batch.ready
+        send = self.network.send
+        for m in rd.messages:
+            send(m)
+        if rd.committed:
+            nid = node.node_id
+            record = self.applied.record
+            expected = node.applied_index
+            for slot, value in rd.committed:
+                expected += 1
+                if slot != expected:
+                    self.violation("order", f"node {nid} applied slot {slot}, expected {expected}")
+                    expected = slot
+                problem = record(nid, slot, value)
+                if problem is not None:
+                    self.violation("agreement", problem)
+            node.applied_index = expected
+            if self.trace is not None:
+                self.note(f"n{nid} apply {rd.committed[0][0]}..{rd.committed[-1][0]}")
+        done = r.apply(batch)
+        if done.results:
+            waiters = node.write_waiters
+            for a in done.results:
+                ws = waiters.pop((a.client_id, a.sequence), None)
+                if ws:
+                    for client, op_id, token in ws:
+                        self._answer(client, (op_id, token, "applied", a.result))
+        if done.reads:
+            self._answer_reads(node, done.reads)
 
     def _installed(self, node: SimNode) -> None:
         """The node installed a snapshot: its applied index jumps; check the state."""
@@ -655,7 +730,7 @@ class Simulation:
                 self._answer(req.client, (op.op_id, req.token, "refused", None))
                 return
             node.write_waiters.setdefault((op.client_id, op.sequence), []).append(token)
-        self._drain(node)
+        self._wake(node)
 
     # ---- Phases -----------------------------------------------------------------
 
