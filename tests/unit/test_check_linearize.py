@@ -101,7 +101,8 @@ def test_two_readers_see_two_writes_in_different_orders():
     h.get("r1", "k", "y", 3, 4)
     h.get("r2", "k", "y", 5, 6)
     g = h.get("r2", "k", "x", 7, 8)
-    assert_violation(h, g, "no order of the operations before it")
+    r = assert_violation(h, g, "no order of the operations before it")
+    assert [o.id for o in r.violations[0].involved] == [1, 2, 3, 4, 5, 6]
 
 
 def test_delete_says_absent_when_the_key_surely_existed():

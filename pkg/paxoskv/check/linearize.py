@@ -870,7 +870,8 @@ def _check_key(key: str, ops: list[Operation], budget: _Budget) -> KeyResult:
 
 def _involved(prefix: Sequence[Operation], x: Operation) -> list[Operation]:
     """The failing op, the writes that could still be visible when it was
-    invoked, the writers of the value it read, and the ops concurrent with it."""
+    invoked, the writers of the value it read, the last ops that completed
+    before it was invoked, and the ops concurrent with it."""
     chosen: dict[int, Operation] = {x.id: x}
     writes = [o for o in prefix if o.op != "get" and o.id != x.id]
     # An ok write w is surely overwritten before x's call if some ok write q
@@ -887,6 +888,10 @@ def _involved(prefix: Sequence[Operation], x: Operation) -> list[Operation]:
     if x.op == "get" and x.output_value is not None:
         for w in [o for o in writes if o.value == x.output_value][:_INVOLVED_MAX]:
             chosen.setdefault(w.id, w)
+    before = [o for o in prefix if o.outcome == "ok" and o.ret < x.call]  # type: ignore[operator]
+    before.sort(key=lambda o: (o.ret, o.id), reverse=True)
+    for o in before[:_INVOLVED_MAX // 2]:
+        chosen.setdefault(o.id, o)
     concurrent = [o for o in prefix if o.id != x.id and o.call <= x.ret  # type: ignore[operator]
                   and (o.outcome != "ok" or o.ret >= x.call)]  # type: ignore[operator]
     concurrent.sort(key=lambda o: (o.call, o.id), reverse=True)
