@@ -186,14 +186,19 @@ class Operation:
             what = f"put {self.key}={self.value!r}"
         else:
             what = f"{self.op} {self.key}"
-        ret = "?" if self.ret is None or self.outcome == "unknown" else f"{self.ret:g}"
-        text = f"#{self.id} {self.client} {what} [{self.call:g}, {ret}] {self.outcome}"
+        ret = "?" if self.ret is None or self.outcome == "unknown" else _fmt_time(self.ret)
+        text = f"#{self.id} {self.client} {what} [{_fmt_time(self.call)}, {ret}] {self.outcome}"
         if self.outcome == "ok":
             if self.op == "get":
                 text += " -> " + ("absent" if self.output_value is None else repr(self.output_value))
             elif self.output_existed is not None:
                 text += f" existed={str(self.output_existed).lower()}"
         return text
+
+
+def _fmt_time(t: float) -> str:
+    """A time to microseconds without noise: 12.5, 14, 1732420000.123456."""
+    return f"{t:.6f}".rstrip("0").rstrip(".")
 
 
 def _is_time(x: object) -> bool:
