@@ -35,17 +35,9 @@ DOC_PORTS = (50051, 50052, 50053)
 
 
 def _readme_examples() -> list[tuple[str, str]]:
-    """(command, expected output) of the README's tested client examples.
-
-    README.md holds them once the node's sections are merged into it; until
-    then docs/README-node.md (the draft) does.
-    """
-    for name in ("README.md", "docs/README-node.md"):
-        text = (REPO / name).read_text()
-        if MARKER in text:
-            break
-    else:
-        raise AssertionError("no README holds the tested client examples")
+    """(command, expected output) of the README's tested client examples."""
+    text = (REPO / "README.md").read_text()
+    assert MARKER in text, "the README lost its tested client examples"
     block = text.split(MARKER, 1)[1].split("```console\n", 1)[1].split("```", 1)[0]
     examples: list[tuple[str, str]] = []
     for line in block.splitlines():
