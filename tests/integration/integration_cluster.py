@@ -34,6 +34,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from paxoskv.client import SyncClient
 from paxoskv.v1 import kv_pb2, kv_pb2_grpc
+from paxoskv.procutil import die_with_parent
 
 T = TypeVar("T")
 
@@ -191,6 +192,7 @@ class LocalCluster:
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
+                preexec_fn=die_with_parent,
                 env=dict(os.environ, PYTHONUNBUFFERED="1"),
             )
         if wait:

@@ -38,6 +38,7 @@ from dataclasses import dataclass, field
 import grpc
 
 from paxoskv.v1 import kv_pb2, kv_pb2_grpc
+from paxoskv.procutil import die_with_parent
 
 STOP_GRACE_S = 10.0
 
@@ -91,6 +92,7 @@ class Cluster:
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
+                preexec_fn=die_with_parent,
                 env=env,
             )
         self.procs.append(proc)

@@ -32,6 +32,7 @@ from dataclasses import dataclass
 import click
 
 from paxoskv.server.config import BUS_PORT_OFFSET, ConfigError, format_hostport, parse_port
+from paxoskv.procutil import die_with_parent
 
 __all__ = ["cluster_cmd"]
 
@@ -181,6 +182,7 @@ async def _run(specs: list[_NodeSpec], listen: str) -> int:
                 stderr=asyncio.subprocess.STDOUT,
                 env=env,
                 start_new_session=True,
+                preexec_fn=die_with_parent,
             )
             procs[s.node_id] = proc
             pumps.append(asyncio.create_task(_pump_output(s, proc)))
