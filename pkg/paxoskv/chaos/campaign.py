@@ -74,6 +74,7 @@ class CampaignConfig:
     nemesis: NemesisConfig | None = None  # None: defaults for ``faults``
     heartbeat_ms: int = 50
     election_ms: int = 500
+    retain_entries: int | None = None  # serve --retain-entries (small: lagging nodes catch up by snapshot)
     warmup_s: float = 1.0
     tail_s: float = 4.0  # clients run this long after the full-cluster restart
     start_timeout_s: float = 30.0
@@ -110,6 +111,9 @@ class CampaignResult:
     events: list[FaultEvent] = field(default_factory=list)
     health: list[HealthPoint] = field(default_factory=list)
     leaders: list[LeaderChange] = field(default_factory=list)
+    snapshots: dict[int, tuple[int, int]] = field(
+        default_factory=dict
+    )  # node -> (times seen rising, max index)
     client_stats: ClientStats | None = None
     client_notes: dict[str, int] = field(default_factory=dict)
     safety_end_s: float = 0.0
@@ -156,6 +160,7 @@ async def _run(cfg: CampaignConfig) -> CampaignResult:
             node_command=cfg.node_command,
             heartbeat_ms=cfg.heartbeat_ms,
             election_ms=cfg.election_ms,
+            extra_args=() if cfg.retain_entries is None else ("--retain-entries", str(cfg.retain_entries)),
             clock=clock,
         )
         await _campaign(cfg, res, network, cluster, clock)
@@ -268,6 +273,7 @@ async def _campaign(cfg: CampaignConfig, res: CampaignResult, network, cluster: 
         )
         res.timings["converge_s"] = clock() - t
         res.leaders = list(monitor.changes)
+        res.snapshots = {i: (monitor.snapshot_changes[i], m) for i, m in sorted(monitor.snapshot_max.items())}
         res.workload_ops = len(workload.history())
         keys = [f"k{k}" for k in range(cfg.workload.keys)]
         res.final = await final_reads(targets, keys, workload.recorder, monitor)

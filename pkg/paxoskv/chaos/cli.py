@@ -76,6 +76,13 @@ def parse_faults(text: str) -> frozenset[str]:
 @click.option("--election-ms", type=click.IntRange(50, 60_000), default=500, help="Nodes' election timeout.")
 @click.option("--heartbeat-ms", type=click.IntRange(5, 10_000), default=50, help="Nodes' heartbeat interval.")
 @click.option(
+    "--retain-entries",
+    type=click.IntRange(1, None),
+    default=None,
+    help="Passed to serve: log entries kept after compaction (small values make lagging nodes catch up "
+    "by snapshot). Default: serve's own.",
+)
+@click.option(
     "--check-budget", "check_budget", default="10m", help="Time budget of the linearizability check."
 )
 @click.option(
@@ -94,6 +101,7 @@ def chaos_cmd(
     keys: int,
     election_ms: int,
     heartbeat_ms: int,
+    retain_entries: int | None,
     check_budget: str,
     network: str,
 ) -> None:
@@ -128,6 +136,7 @@ def chaos_cmd(
         workload=WorkloadConfig(clients=clients, keys=keys),
         heartbeat_ms=heartbeat_ms,
         election_ms=election_ms,
+        retain_entries=retain_entries,
         tail_s=tail_s,
         check_budget_s=budget_s,
         network=network,

@@ -91,6 +91,7 @@ class Cluster:
         cluster_id: str = "chaos",
         heartbeat_ms: int = 50,
         election_ms: int = 500,
+        extra_args: Sequence[str] = (),
         clock=time.monotonic,
     ) -> None:
         self.n = n
@@ -100,6 +101,7 @@ class Cluster:
         self.cluster_id = cluster_id
         self.heartbeat_ms = heartbeat_ms
         self.election_ms = election_ms
+        self.extra_args = list(extra_args)
         self.clock = clock
         self.nodes = {i: NodeProcess(i, network.addresses[i], workdir / f"n{i}") for i in range(1, n + 1)}
         self.unexpected_exits: list[UnexpectedExit] = []
@@ -138,6 +140,7 @@ class Cluster:
             str(self.heartbeat_ms),
             "--election-ms",
             str(self.election_ms),
+            *self.extra_args,
         ]
         return self.network.wrap(i, args)
 

@@ -38,6 +38,7 @@ class NodeStatus:
     commit_index: int
     applied_index: int
     keys: int
+    snapshot_index: int = 0  # of the last snapshot installed on or served by the node (0: none)
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,6 +72,8 @@ class Monitor:
         self.status: dict[int, NodeStatus] = {}
         self.changes: list[LeaderChange] = []
         self.polls = 0
+        self.snapshot_max: dict[int, int] = {}  # node -> highest snapshot index seen
+        self.snapshot_changes: dict[int, int] = {}  # node -> how often it rose (snapshots seen)
 
     async def close(self) -> None:
         for ch in self.channels.values():
@@ -91,8 +94,12 @@ class Monitor:
             commit_index=st.commit_index,
             applied_index=st.applied_index,
             keys=st.keys,
+            snapshot_index=st.snapshot_index,
         )
         self.status[i] = ns
+        if ns.snapshot_index > self.snapshot_max.get(i, 0):
+            self.snapshot_max[i] = ns.snapshot_index
+            self.snapshot_changes[i] = self.snapshot_changes.get(i, 0) + 1
         return ns
 
     async def poll_once(self, ids: Iterable[int] | None = None) -> dict[int, NodeStatus]:

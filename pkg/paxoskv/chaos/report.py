@@ -105,6 +105,7 @@ def verdict_json(res: CampaignResult) -> dict[str, Any]:
             "keys": cfg.workload.keys,
             "heartbeat_ms": cfg.heartbeat_ms,
             "election_ms": cfg.election_ms,
+            "retain_entries": cfg.retain_entries,
             "node_command": list(cfg.node_command) if cfg.node_command else None,
         },
         "network": res.network,
@@ -130,6 +131,7 @@ def verdict_json(res: CampaignResult) -> dict[str, Any]:
         "faults": [e.to_json() for e in res.events],
         "fault_counts": dict(Counter(e.kind for e in res.events)),
         "leader_changes": changes,
+        "snapshots": {str(i): {"seen": n, "max_index": m} for i, (n, m) in res.snapshots.items()},
         "leaders": [
             {"at_s": round(c.at_s, 3), "leader": c.leader, "ballot": list(c.ballot)} for c in res.leaders
         ],
@@ -224,6 +226,11 @@ def summary(res: CampaignResult) -> str:
             "  "
             + "  ".join(f"{ch.at_s:.2f}s:n{ch.leader}" for ch in res.leaders[:40])
             + ("  ..." if len(res.leaders) > 40 else "")
+        )
+    if res.snapshots:
+        add(
+            "snapshots (installed or served, as Status showed them): "
+            + ", ".join(f"n{i} {n}x up to index {m}" for i, (n, m) in res.snapshots.items())
         )
     conv = res.convergence
     if conv is not None:
