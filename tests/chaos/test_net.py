@@ -12,7 +12,7 @@ import time
 import pytest
 
 from paxoskv.chaos import net
-from paxoskv.chaos.net import NamespaceNetwork, namespace_support
+from paxoskv.chaos.net import FIREWALLS, NamespaceNetwork, firewall_backends, namespace_support
 
 pytestmark = pytest.mark.root
 
@@ -54,8 +54,12 @@ def namespaces() -> str:
     return subprocess.run(["ip", "netns", "list"], capture_output=True, text=True, check=True).stdout
 
 
-def test_partitions_cut_exactly_the_pairs_asked_and_heal_restores_them():
-    network = NamespaceNetwork(3)
+USABLE, _ = firewall_backends()
+
+
+@pytest.mark.parametrize("firewall", [f for f in FIREWALLS if f in USABLE])
+def test_partitions_cut_exactly_the_pairs_asked_and_heal_restores_them(firewall):
+    network = NamespaceNetwork(3, firewall)
     listeners: list[subprocess.Popen] = []
     try:
         network.setup()

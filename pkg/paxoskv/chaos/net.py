@@ -2,7 +2,7 @@
 
 Rules
 -----
-* ``NamespaceNetwork`` (needs root, ``ip`` and ``nft``): every node runs in
+* ``NamespaceNetwork`` (needs root, ``ip``, and ``nft`` or ``iptables``): every node runs in
   its own network namespace ``pkv-<token>-n<i>`` with its own address
   ``10.213.<s>.<i>/24`` on a veth pair whose other end is a port of one
   bridge ``pkv<token>br`` in the root namespace. The bridge holds
@@ -10,8 +10,10 @@ Rules
   every node through it. ``<s>`` is a /24 that no interface uses yet and
   ``<token>`` is random, so two campaigns on one machine do not collide.
 * A partition is a set of cut node pairs. Cutting is done inside each node's
-  namespace by one nftables table (``inet pkvchaos``) that drops every packet
-  to or from the addresses of the nodes it is cut from. Packets are lost, not
+  namespace by one nftables table (``inet pkvchaos``), or where ``nft`` is
+  missing by one iptables chain (``PKVCHAOS``, jumped to first from INPUT
+  and OUTPUT), that drops every packet to or from the addresses of the
+  nodes it is cut from. Packets are lost, not
   refused, exactly like a pulled cable: connections stall and time out.
   The clients' address is never cut (the clients sit on the control node, as
   in Jepsen), so a client of an isolated node sees that node's behaviour.
@@ -55,6 +57,7 @@ __all__ = [
 STATE_DIR = pathlib.Path("/run/paxoskv-chaos")
 SUBNET_PREFIX = "10.213"
 NFT_TABLE = "pkvchaos"
+IPT_CHAIN = "PKVCHAOS"
 NODE_PORT = 7000  # gRPC port of every node inside its namespace (each has its own address)
 NODE_BUS_PORT = 8000
 COMMAND_TIMEOUT_S = 20.0
@@ -89,25 +92,44 @@ def _run(argv: Sequence[str], *, stdin: str | None = None, check: bool = True) -
     return cp
 
 
-def namespace_support() -> str | None:
-    """None when namespaces and nftables can be used here, else why not."""
+FIREWALLS = ("nft", "iptables")
+
+
+def _firewall_works(tool: str, ns: str) -> str | None:
+    argv = ["nft", "list", "ruleset"] if tool == "nft" else ["iptables", "-w", "-S"]
+    try:
+        _run(["ip", "netns", "exec", ns, *argv])
+    except NetworkError as exc:
+        return f"{tool} does not work inside a namespace: {exc}"
+    return None
+
+
+def firewall_backends() -> tuple[list[str], str | None]:
+    """The packet filters usable inside a namespace here (preferred first),
+    and, when there is none, why."""
     if os.geteuid() != 0:
-        return "network namespaces need root (this process is not root)"
-    for tool in ("ip", "nft"):
-        if shutil.which(tool) is None:
-            return f"the {tool!r} command is not installed"
+        return [], "network namespaces need root (this process is not root)"
+    if shutil.which("ip") is None:
+        return [], "the 'ip' command (iproute2) is not installed"
+    present = [t for t in FIREWALLS if shutil.which(t) is not None]
+    if not present:
+        return [], "neither 'nft' (nftables) nor 'iptables' is installed"
     probe = f"pkv-probe-{secrets.token_hex(3)}"
     try:
         _run(["ip", "netns", "add", probe])
     except NetworkError as exc:
-        return f"cannot create a network namespace: {exc}"
+        return [], f"cannot create a network namespace: {exc}"
     try:
-        _run(["ip", "netns", "exec", probe, "nft", "list", "ruleset"])
-    except NetworkError as exc:
-        return f"nftables does not work inside a namespace: {exc}"
+        reasons = {t: _firewall_works(t, probe) for t in present}
     finally:
         _run(["ip", "netns", "del", probe], check=False)
-    return None
+    usable = [t for t in present if reasons[t] is None]
+    return usable, None if usable else "; ".join(r for r in reasons.values() if r)
+
+
+def namespace_support() -> str | None:
+    """None when namespaces and a packet filter can be used here, else why not."""
+    return firewall_backends()[1]
 
 
 def _pid_alive(pid: int) -> bool:
@@ -166,13 +188,15 @@ def _free_ports(n: int) -> list[int]:
 
 
 class NamespaceNetwork:
-    """One network namespace per node, bridged; partitions by nftables."""
+    """One network namespace per node, bridged; partitions by nftables (or iptables)."""
 
     kind = "netns"
     partitions_supported = True
     why_unsupported = ""
 
-    def __init__(self, n: int) -> None:
+    def __init__(self, n: int, firewall: str = "nft") -> None:
+        assert firewall in FIREWALLS, firewall
+        self.firewall = firewall
         self.n = n
         self.token = secrets.token_hex(3)
         self.bridge = f"pkv{self.token}br"
@@ -221,6 +245,14 @@ class NamespaceNetwork:
             _run(["ip", "-n", ns, "addr", "add", f"{addr.host}/24", "dev", "eth0"])
             _run(["ip", "-n", ns, "link", "set", "eth0", "up"])
             _run(["ip", "-n", ns, "link", "set", "lo", "up"])
+            if self.firewall == "iptables":
+                # a chain of our own, consulted first on the way in and out
+                for argv in (
+                    ["-N", IPT_CHAIN],
+                    ["-I", "INPUT", "-j", IPT_CHAIN],
+                    ["-I", "OUTPUT", "-j", IPT_CHAIN],
+                ):
+                    _run(["ip", "netns", "exec", ns, "iptables", "-w", *argv])
         self._probe()
 
     def _probe(self) -> None:
@@ -256,7 +288,10 @@ class NamespaceNetwork:
         return ["ip", "netns", "exec", self.ns(node_id), *argv]
 
     def describe(self) -> str:
-        return f"network namespaces on {self.subnet} (bridge {self.bridge}, clients at {self.client_host})"
+        return (
+            f"network namespaces on {self.subnet} (bridge {self.bridge}, clients at {self.client_host}, "
+            f"partitions by {self.firewall})"
+        )
 
     # ---- Partitions ----------------------------------------------------------------
 
@@ -273,6 +308,28 @@ class NamespaceNetwork:
             self.partition(())
 
     def _apply(self, node_id: int, hosts: list[str]) -> None:
+        if self.firewall == "iptables":
+            ns = self.ns(node_id)
+            _run(["ip", "netns", "exec", ns, "iptables", "-w", "-F", IPT_CHAIN])
+            for h in hosts:
+                for direction in ("-s", "-d"):
+                    _run(
+                        [
+                            "ip",
+                            "netns",
+                            "exec",
+                            ns,
+                            "iptables",
+                            "-w",
+                            "-A",
+                            IPT_CHAIN,
+                            direction,
+                            h,
+                            "-j",
+                            "DROP",
+                        ]
+                    )
+            return
         # Declaring the table first makes the delete valid when it does not exist
         # yet; the whole script is one atomic nftables transaction.
         lines = [f"table inet {NFT_TABLE}", f"delete table inet {NFT_TABLE}"]
@@ -333,7 +390,7 @@ def make_network(n: int, *, want_partitions: bool) -> NamespaceNetwork | Loopbac
     """Namespaces when partitions are wanted and possible, else loopback."""
     if not want_partitions:
         return LoopbackNetwork(n, "partition faults were not asked for")
-    why = namespace_support()
-    if why is not None:
-        return LoopbackNetwork(n, why)
-    return NamespaceNetwork(n)
+    usable, why = firewall_backends()
+    if not usable:
+        return LoopbackNetwork(n, why or "no packet filter")
+    return NamespaceNetwork(n, usable[0])
