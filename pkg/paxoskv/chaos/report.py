@@ -124,6 +124,7 @@ def verdict_json(res: CampaignResult) -> dict[str, Any]:
         "client_attempts": res.client_stats.attempts if res.client_stats else 0,
         "client_retries": res.client_stats.retries if res.client_stats else 0,
         "client_errors": dict(res.client_stats.errors) if res.client_stats else {},
+        "client_notes": res.client_notes,
         "availability": None if avail is None else round(avail, 4),
         "availability_ops": avail_ops,
         "majority_up_share": round(up_share, 4),

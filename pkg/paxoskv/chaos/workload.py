@@ -106,7 +106,8 @@ class _Client:
         ids = sorted(targets)
         self.home = ids[index % len(ids)]
         self.ids = ids
-        self.rng = rng
+        self.rng = rng  # what to do: the same operations for the same seed
+        self.jitter = random.Random(rng.random())  # backoff: how often it retries must not shift the ops
         self.seq = 0
         self.channels = {
             i: grpc.aio.insecure_channel(t, options=channel_options(f"{self.name}-n{i}"))
@@ -184,7 +185,7 @@ class _Client:
                 maybe_applied = maybe_applied or kind != "get"
                 node = self._next(node, exc)
                 await asyncio.sleep(
-                    min(cfg.backoff_s * (1 + self.rng.random()), max(0.0, deadline - clock()))
+                    min(cfg.backoff_s * (1 + self.jitter.random()), max(0.0, deadline - clock()))
                 )
                 continue
             if kind == "get":
