@@ -123,6 +123,14 @@ class NodeLike(Protocol):
         self, key: bytes, *, serializable: bool = False, timeout_s: float
     ) -> tuple[bytes | None, int]: ...
 
+    async def submit_many(
+        self, cmds: list[kv_pb2.Command], *, timeout_s: float
+    ) -> list[kv_pb2.CommandResult | NodeError]: ...
+
+    async def get_many(
+        self, keys: list[bytes], *, serializable: bool = False, timeout_s: float
+    ) -> list[tuple[bytes | None, int] | NodeError]: ...
+
     def status(self) -> kv_pb2.StatusResponse: ...
 
 
@@ -316,40 +324,81 @@ class Facade:
 
     # ---- many operations per call ----------------------------------------------
 
-    async def _op(self, op: kv_pb2.RequestOp, timeout_s: float) -> kv_pb2.ResponseOp:
-        """Run one operation of a batch or session; failures become its code."""
-        try:
+    def _op_error(self, exc: Exception) -> kv_pb2.ResponseOp:
+        err = exc if isinstance(exc, _Abort) else _error_of(exc)  # type: ignore[arg-type]
+        return kv_pb2.ResponseOp(code=err.code.value[0], error=err.details)
+
+    def _write_response(self, kind: str, cmd: kv_pb2.Command, result: object) -> kv_pb2.ResponseOp:
+        if isinstance(result, Exception):
+            return self._op_error(result)
+        if result.code != _RESULT_OK:  # type: ignore[attr-defined]
+            if result.code == _RESULT_STALE:  # type: ignore[attr-defined]
+                return kv_pb2.ResponseOp(
+                    code=grpc.StatusCode.FAILED_PRECONDITION.value[0],
+                    error=f"sequence {cmd.sequence} of client {cmd.client_id!r} is older than its last one",
+                )
+            return kv_pb2.ResponseOp(code=_INVALID.value[0], error=result.error or "rejected")  # type: ignore[attr-defined]
+        header = self._header(result.index)  # type: ignore[attr-defined]
+        if kind == "put":
+            return kv_pb2.ResponseOp(put=kv_pb2.PutResponse(header=header, existed=result.existed))  # type: ignore[attr-defined]
+        return kv_pb2.ResponseOp(delete=kv_pb2.DeleteResponse(header=header, deleted=result.existed))  # type: ignore[attr-defined]
+
+    async def _run_ops(self, ops: list[kv_pb2.RequestOp], timeout_s: float) -> list[kv_pb2.ResponseOp]:
+        """Answer each operation, in order. Writes go to the node together
+        (one call: one deadline, one group commit), and so do reads (one read
+        index round); a bad operation fails alone."""
+        out: list[kv_pb2.ResponseOp | None] = [None] * len(ops)
+        writes: list[tuple[int, str, kv_pb2.Command]] = []
+        reads: dict[bool, list[tuple[int, bytes]]] = {False: [], True: []}
+        for i, op in enumerate(ops):
             kind = op.WhichOneof("op")
             if kind == "get":
-                value, index = await self.node.get(
-                    op.get.key, serializable=op.get.serializable, timeout_s=timeout_s
-                )
-                resp = kv_pb2.GetResponse(header=self._header(index), found=value is not None)
-                if value is not None:
-                    resp.value = value
-                return kv_pb2.ResponseOp(get=resp)
-            if kind in ("put", "delete"):
+                reads[op.get.serializable].append((i, op.get.key))
+            elif kind in ("put", "delete"):
                 req = op.put if kind == "put" else op.delete
                 hdr = req.request
                 if hdr.sequence and not hdr.client_id:
-                    raise _no_client_id(hdr.sequence)
+                    out[i] = self._op_error(_no_client_id(hdr.sequence))
+                    continue
                 cmd = kv_pb2.Command(client_id=hdr.client_id, sequence=hdr.sequence)
                 if kind == "put":
                     cmd.put.key = req.key
                     cmd.put.value = req.value
-                    result = await self._submit(cmd, None, timeout_s)
-                    return kv_pb2.ResponseOp(
-                        put=kv_pb2.PutResponse(header=self._header(result.index), existed=result.existed)
-                    )
-                cmd.delete.key = req.key
-                result = await self._submit(cmd, None, timeout_s)
-                return kv_pb2.ResponseOp(
-                    delete=kv_pb2.DeleteResponse(header=self._header(result.index), deleted=result.existed)
-                )
-            raise _Abort(_INVALID, "operation has no get, put or delete")
-        except (NodeError, _Abort) as exc:
-            err = exc if isinstance(exc, _Abort) else _error_of(exc)
-            return kv_pb2.ResponseOp(code=err.code.value[0], error=err.details)
+                else:
+                    cmd.delete.key = req.key
+                writes.append((i, kind, cmd))
+            else:
+                out[i] = kv_pb2.ResponseOp(code=_INVALID.value[0], error="operation has no get, put or delete")
+        jobs = []
+        if writes:
+            jobs.append(self.node.submit_many([w[2] for w in writes], timeout_s=timeout_s))
+        for serializable in (False, True):
+            if reads[serializable]:
+                keys = [k for _, k in reads[serializable]]
+                jobs.append(self.node.get_many(keys, serializable=serializable, timeout_s=timeout_s))
+        try:
+            answers = await asyncio.gather(*jobs)
+        except NodeError as exc:  # the node refused the whole call (not running)
+            return [o if o is not None else self._op_error(exc) for o in out]
+        pos = 0
+        if writes:
+            for (i, kind, cmd), result in zip(writes, answers[pos]):
+                out[i] = self._write_response(kind, cmd, result)
+            pos += 1
+        for serializable in (False, True):
+            if not reads[serializable]:
+                continue
+            for (i, _), got in zip(reads[serializable], answers[pos]):
+                if isinstance(got, Exception):
+                    out[i] = self._op_error(got)
+                else:
+                    value, index = got
+                    resp = kv_pb2.GetResponse(header=self._header(index), found=value is not None)
+                    if value is not None:
+                        resp.value = value
+                    out[i] = kv_pb2.ResponseOp(get=resp)
+            pos += 1
+        return out  # type: ignore[return-value]
 
     async def _batch(self, data: bytes, context: grpc.aio.ServicerContext) -> object:
         try:
@@ -357,20 +406,31 @@ class Facade:
         except _Abort as exc:
             await self._fail(context, exc)
             raise
-        timeout_s = self._timeout_s(context)
-        results = await asyncio.gather(*(self._op(op, timeout_s) for op in req.ops))
+        results = await self._run_ops(list(req.ops), self._timeout_s(context))
         return kv_pb2.BatchResponse(header=self._header(0), results=results)
 
     async def _session(
         self, requests: AsyncIterator[bytes], context: grpc.aio.ServicerContext
     ) -> AsyncIterator[bytes]:
-        """Answer each SessionRequest as it completes (out of order, by id)."""
+        """Answer each SessionRequest as it completes, paired by id. Requests
+        that arrive within one turn of the event loop go to the node together."""
+        loop = asyncio.get_running_loop()
         out: asyncio.Queue[kv_pb2.SessionResponse | None] = asyncio.Queue()
         running: set[asyncio.Task] = set()
+        pending: list[kv_pb2.SessionRequest] = []
         timeout_s = self.request_timeout_s
 
-        async def one(req: kv_pb2.SessionRequest) -> None:
-            out.put_nowait(kv_pb2.SessionResponse(id=req.id, result=await self._op(req.op, timeout_s)))
+        async def run(group: list[kv_pb2.SessionRequest]) -> None:
+            results = await self._run_ops([r.op for r in group], timeout_s)
+            for r, res in zip(group, results):
+                out.put_nowait(kv_pb2.SessionResponse(id=r.id, result=res))
+
+        def flush() -> None:
+            group = pending[:]
+            pending.clear()
+            task = asyncio.create_task(run(group))
+            running.add(task)
+            task.add_done_callback(running.discard)
 
         async def read() -> None:
             try:
@@ -384,10 +444,11 @@ class Facade:
                             )
                         )
                         continue
-                    task = asyncio.create_task(one(req))
-                    running.add(task)
-                    task.add_done_callback(running.discard)
-                if running:
+                    if not pending:
+                        loop.call_soon(flush)
+                    pending.append(req)
+                await asyncio.sleep(0)  # let a scheduled flush run
+                while running:
                     await asyncio.gather(*list(running))
             finally:
                 out.put_nowait(None)

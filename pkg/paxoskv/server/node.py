@@ -39,7 +39,7 @@ from paxoskv.kv import commands
 from paxoskv.kv.commands import Limits
 from paxoskv.paxos.types import Config, Role
 from paxoskv.replica import Done, Replica
-from paxoskv.server.errors import DeadlineExceeded, InvalidArgument, Unavailable
+from paxoskv.server.errors import DeadlineExceeded, InvalidArgument, NodeError, Unavailable
 from paxoskv.transport.bus import BusClosed, PeerBus
 from paxoskv.v1 import kv_pb2
 
@@ -86,6 +86,27 @@ class NodeConfig:
         )
 
 
+class _Wait:
+    """The answers one client call is waiting for: slot ``i`` of ``results``
+    is filled by ``set(i, value)`` (a result, or a NodeError to raise); the
+    future completes when every slot is filled. One future and one deadline
+    per call, however many operations it carries."""
+
+    __slots__ = ("results", "pending", "future")
+
+    def __init__(self, n: int, future: asyncio.Future) -> None:
+        self.results: list = [None] * n
+        self.pending = n
+        self.future = future
+
+    def set(self, i: int, value: object) -> None:
+        if self.results[i] is None and not self.future.done():
+            self.results[i] = value
+            self.pending -= 1
+            if self.pending == 0:
+                self.future.set_result(None)
+
+
 class Node:
     def __init__(self, cfg: NodeConfig, *, storage=None) -> None:
         self.cfg = cfg
@@ -95,8 +116,10 @@ class Node:
         self.fatal: asyncio.Future[BaseException] | None = None
         self._tasks: list[asyncio.Task] = []
         self._wake = asyncio.Event()
-        self._waiters: dict[tuple[str, int], list[asyncio.Future]] = {}
-        self._reads: dict[int, tuple[bytes, asyncio.Future]] = {}
+        # (client_id, sequence) -> the calls waiting for that command, with the op index
+        self._waiters: dict[tuple[str, int], list[tuple[_Wait, int]]] = {}
+        # read id -> (key, call, op index)
+        self._reads: dict[int, tuple[bytes, _Wait, int]] = {}
         self._read_ids = 0
         self._leader_seen: int | None = None
         self._started_at = time.monotonic()
@@ -171,54 +194,99 @@ class Node:
 
     async def submit(self, cmd: kv_pb2.Command, *, timeout_s: float) -> kv_pb2.CommandResult:
         """Propose ``cmd`` and return its result once applied on this node."""
+        (result,) = await self.submit_many([cmd], timeout_s=timeout_s)
+        if isinstance(result, Exception):
+            raise result
+        return result
+
+    async def submit_many(
+        self, cmds: list[kv_pb2.Command], *, timeout_s: float
+    ) -> list[kv_pb2.CommandResult | NodeError]:
+        """Propose every command; return, in order, each one's result once
+        applied on this node, or the error for it (InvalidArgument,
+        Unavailable, DeadlineExceeded). Nothing raises for a single command."""
         replica = self._ready_replica()
-        if not cmd.client_id:
-            if cmd.sequence:
-                raise InvalidArgument("a sequence number needs a client_id")
-            cmd.client_id = "anon-" + uuid.uuid4().hex
-            cmd.sequence = 1
-        err = commands.validate(cmd, self.cfg.limits)
-        if err is not None:
-            raise InvalidArgument(err)
-        if not replica.propose(commands.encode(cmd)):
-            raise self._unavailable("no leader is known")
-        key = (cmd.client_id, cmd.sequence)
-        fut = asyncio.get_running_loop().create_future()
-        self._waiters.setdefault(key, []).append(fut)
-        self._wake.set()
-        try:
-            return await asyncio.wait_for(fut, timeout_s)
-        except asyncio.TimeoutError:
-            raise DeadlineExceeded(f"no answer within {timeout_s:.3f}s; the command may still be applied") from None
-        finally:
-            lst = self._waiters.get(key)
-            if lst is not None:
-                with contextlib.suppress(ValueError):
-                    lst.remove(fut)
-                if not lst:
-                    del self._waiters[key]
+        call = _Wait(len(cmds), asyncio.get_running_loop().create_future())
+        limits = self.cfg.limits
+        waiters = self._waiters
+        registered: list[tuple[str, int]] = []
+        for i, cmd in enumerate(cmds):
+            if not cmd.client_id:
+                if cmd.sequence:
+                    call.set(i, InvalidArgument("a sequence number needs a client_id"))
+                    continue
+                cmd.client_id = "anon-" + uuid.uuid4().hex
+                cmd.sequence = 1
+            err = commands.validate(cmd, limits)
+            if err is not None:
+                call.set(i, InvalidArgument(err))
+                continue
+            if not replica.propose(commands.encode(cmd)):
+                call.set(i, self._unavailable("no leader is known"))
+                continue
+            key = (cmd.client_id, cmd.sequence)
+            waiters.setdefault(key, []).append((call, i))
+            registered.append(key)
+        if registered:
+            self._wake.set()
+        if call.pending:
+            try:
+                await asyncio.wait_for(asyncio.shield(call.future), timeout_s)
+            except asyncio.TimeoutError:
+                late = DeadlineExceeded(f"no answer within {timeout_s:.3f}s; the command may still be applied")
+                for i in range(len(cmds)):
+                    call.set(i, late)
+            finally:
+                for key in registered:
+                    lst = waiters.get(key)
+                    if lst is not None:
+                        lst[:] = [w for w in lst if w[0] is not call]
+                        if not lst:
+                            del waiters[key]
+        return call.results
 
     async def get(self, key: bytes, *, serializable: bool = False, timeout_s: float) -> tuple[bytes | None, int]:
         """Read ``key``: linearizable (read index) unless ``serializable``."""
+        (result,) = await self.get_many([key], serializable=serializable, timeout_s=timeout_s)
+        if isinstance(result, Exception):
+            raise result
+        return result
+
+    async def get_many(
+        self, keys: list[bytes], *, serializable: bool = False, timeout_s: float
+    ) -> list[tuple[bytes | None, int] | NodeError]:
+        """Read every key, linearizably (one read index round serves them all)
+        unless ``serializable``; per key a (value, index) or an error."""
         replica = self._ready_replica()
-        if not key:
-            raise InvalidArgument("key must not be empty")
-        if len(key) > self.cfg.limits.key_bytes_max:
-            raise InvalidArgument(f"key is {len(key)} bytes, over the limit of {self.cfg.limits.key_bytes_max}")
-        if serializable:
-            return replica.sm.get(key), replica.sm.applied_index
-        self._read_ids += 1
-        rid = self._read_ids
-        fut = asyncio.get_running_loop().create_future()
-        self._reads[rid] = (key, fut)
-        replica.read(rid)
-        self._wake.set()
-        try:
-            return await asyncio.wait_for(fut, timeout_s)
-        except asyncio.TimeoutError:
-            raise DeadlineExceeded(f"read not confirmed within {timeout_s:.3f}s") from None
-        finally:
-            self._reads.pop(rid, None)
+        call = _Wait(len(keys), asyncio.get_running_loop().create_future())
+        key_max = self.cfg.limits.key_bytes_max
+        rids: list[int] = []
+        for i, key in enumerate(keys):
+            if not key:
+                call.set(i, InvalidArgument("key must not be empty"))
+            elif len(key) > key_max:
+                call.set(i, InvalidArgument(f"key is {len(key)} bytes, over the limit of {key_max}"))
+            elif serializable:
+                call.set(i, (replica.sm.get(key), replica.sm.applied_index))
+            else:
+                self._read_ids += 1
+                rid = self._read_ids
+                self._reads[rid] = (key, call, i)
+                replica.read(rid)
+                rids.append(rid)
+        if rids:
+            self._wake.set()
+        if call.pending:
+            try:
+                await asyncio.wait_for(asyncio.shield(call.future), timeout_s)
+            except asyncio.TimeoutError:
+                late = DeadlineExceeded(f"read not confirmed within {timeout_s:.3f}s")
+                for i in range(len(keys)):
+                    call.set(i, late)
+            finally:
+                for rid in rids:
+                    self._reads.pop(rid, None)
+        return call.results
 
     def status(self) -> kv_pb2.StatusResponse:
         replica = self.replica
@@ -350,25 +418,23 @@ class Node:
         waiters = self._waiters
         if waiters:
             for a in done.results:
-                futs = waiters.pop((a.client_id, a.sequence), None)
-                if futs:
-                    for f in futs:
-                        if not f.done():
-                            f.set_result(a.result)
+                ws = waiters.pop((a.client_id, a.sequence), None)
+                if ws:
+                    for call, i in ws:
+                        call.set(i, a.result)
         if done.reads:
             sm = self.replica.sm
             index = sm.applied_index
+            reads = self._reads
             for rid, ok in done.reads:
-                entry = self._reads.get(rid)
+                entry = reads.pop(rid, None)
                 if entry is None:
                     continue
-                key, fut = entry
-                if fut.done():
-                    continue
+                key, call, i = entry
                 if ok:
-                    fut.set_result((sm.get(key), index))
+                    call.set(i, (sm.get(key), index))
                 else:
-                    fut.set_exception(self._unavailable("read could not be confirmed by a quorum"))
+                    call.set(i, self._unavailable("read could not be confirmed by a quorum"))
 
     def _watch_leader(self) -> None:
         leader = self.replica.core.leader_id
@@ -379,16 +445,15 @@ class Node:
                 self._fail_all(self._unavailable("leader changed"), reads=False)
             self._leader_seen = leader
 
-    def _fail_all(self, exc: Exception, *, reads: bool = True) -> None:
-        for futs in self._waiters.values():
-            for f in futs:
-                if not f.done():
-                    f.set_exception(exc)
+    def _fail_all(self, exc: NodeError, *, reads: bool = True) -> None:
+        for ws in self._waiters.values():
+            for call, i in ws:
+                call.set(i, exc)
         self._waiters.clear()
         if reads:
-            for _, f in self._reads.values():
-                if not f.done():
-                    f.set_exception(exc)
+            for _, call, i in self._reads.values():
+                call.set(i, exc)
+            self._reads.clear()
 
     def _unavailable(self, why: str) -> Unavailable:
         lid = self.leader_id
