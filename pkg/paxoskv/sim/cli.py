@@ -99,7 +99,6 @@ def sim_cmd(
     ops_total = 0
     failed: list[SimResult] = []
     undecided = 0
-    empty_ready = empty_ready_seeds = 0
     last: SimResult | None = None
     for s in range(seed, seed + count):
         config = SimConfig(seed=s, nodes=nodes, ops=ops, faults=faults, trace=verbose)
@@ -107,8 +106,6 @@ def sim_cmd(
         last = result
         ops_total += result.ops
         undecided += result.linearizability == "unknown"
-        empty_ready += result.empty_ready_batches
-        empty_ready_seeds += result.empty_ready_batches > 0
         if verbose:
             click.echo(f"params: {result.params}")
             for line in result.trace or ():
@@ -136,12 +133,6 @@ def sim_cmd(
         f"(per CPU second: {cpu_rate:.0f})"
         + (f"  linearizability undecided (budget): {undecided}" if undecided else "")
     )
-    if empty_ready:
-        click.echo(
-            f"note: {empty_ready} empty Ready batches in {empty_ready_seeds} seed(s): "
-            "core.has_ready() said yes and ready() had nothing (a runtime that drains "
-            "until None would spin)"
-        )
     if failed:
         click.echo("replay:")
         for result in failed:

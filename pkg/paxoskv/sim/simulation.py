@@ -541,10 +541,15 @@ class Simulation:
                 return
             rd = batch.ready
             if rd.empty():
-                # core.has_ready() said yes, ready() had nothing (seen: a
-                # leader with queued commands and a full pipeline). A runtime
-                # that drains until None would spin here; we count it and stop.
+                # core.has_ready() said yes and ready() had nothing: a pump
+                # that drains until None would spin (and starve the node).
                 self.empty_ready_batches += 1
+                if self.empty_ready_batches == 1:
+                    self.violation(
+                        "ready-contract",
+                        f"node {node.node_id}: has_ready() was true, ready() was empty "
+                        f"({r.core.status()})",
+                    )
                 self._answer_reads(node, r.apply(batch).reads)
                 return
             if (rd.must_sync or rd.chosen) and self.fsync_us_max:
