@@ -67,3 +67,15 @@ def test_random_seed_is_printed(monkeypatch) -> None:
 def test_fault_profiles_are_choices() -> None:
     res = CliRunner().invoke(main, ["sim", "--faults", "meteor"])
     assert res.exit_code == 2 and "meteor" in res.output
+
+
+def test_minimize_shrinks_a_failing_seed_to_fewer_operations(monkeypatch) -> None:
+    monkeypatch.setattr(Config, "quorum", property(lambda self: 1))
+    res = invoke("--seed", "0", "--minimize")
+    assert res.exit_code == 1, res.output
+    m = re.search(r"minimized to (\d+) operations", res.output)
+    assert m is not None and int(m.group(1)) < 200, res.output
+    replay = re.findall(r"replay: (paxoskv sim --seed 0 --nodes 3 --ops \d+)", res.output)
+    assert replay, res.output
+    again = invoke(*replay[-1].split()[2:])
+    assert again.exit_code == 1 and "agreement" in again.output

@@ -10,11 +10,16 @@ Rules:
 - The summary at the end says how many seeds ran, how many failed, how many
   client operations were simulated, and simulated operations per second of
   real time, so growth (or loss) of speed is visible.
+- ``--minimize`` shrinks a failing seed: the same seed with a smaller
+  operation budget is the same run up to the moment the budget runs out, so a
+  bisection on ``--ops`` finds a shorter run that fails the same way, and
+  prints its replay command.
 - Exit status: 0 when every seed passed, 1 when any seed found a violation.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import time
 
@@ -33,6 +38,22 @@ def _print_failure(result: SimResult, violations_max: int = 10) -> None:
     if len(result.violations) > violations_max:
         click.echo(f"  ... and {len(result.violations) - violations_max} more")
     click.echo(f"  replay: {result.config.replay_command()}")
+
+
+def minimize_ops(result: SimResult) -> SimResult:
+    """The smallest ``ops`` (by bisection) at which the seed still fails with the
+    same kind of violation as ``result``; ``result`` itself if none is smaller."""
+    kind = result.violations[0].kind
+    best = result
+    lo, hi = 0, result.config.ops  # lo passes (no operations: nothing to break), hi fails
+    while lo + 1 < hi:
+        mid = (lo + hi) // 2
+        r = Simulation(dataclasses.replace(result.config, ops=mid, trace=False)).run()
+        if any(v.kind == kind for v in r.violations):
+            hi, best = mid, r
+        else:
+            lo = mid
+    return best
 
 
 @click.command("sim")
@@ -80,6 +101,11 @@ def _print_failure(result: SimResult, violations_max: int = 10) -> None:
     show_default=True,
     help="Stop at the first failing seed.",
 )
+@click.option(
+    "--minimize",
+    is_flag=True,
+    help="Shrink each failing seed's operation budget to the smallest that still fails.",
+)
 def sim_cmd(
     seed: int | None,
     count: int,
@@ -89,6 +115,7 @@ def sim_cmd(
     verbose: bool,
     history_out: str | None,
     stop_on_failure: bool,
+    minimize: bool,
 ) -> None:
     """Run the deterministic cluster simulator; print a replay command on failure."""
     if seed is None:
@@ -112,8 +139,14 @@ def sim_cmd(
                 click.echo(line)
             click.echo(result.summary())
         if not result.ok:
-            failed.append(result)
             _print_failure(result)
+            if minimize:
+                small = minimize_ops(result)
+                if small.ops < result.ops:
+                    click.echo(f"  minimized to {small.ops} operations:")
+                    _print_failure(small)
+                result = small
+            failed.append(result)
             if stop_on_failure:
                 break
     elapsed = time.perf_counter() - started
