@@ -35,6 +35,7 @@ from __future__ import annotations
 import asyncio
 import pathlib
 import secrets
+import signal
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -173,9 +174,14 @@ async def _run(cfg: CampaignConfig) -> CampaignResult:
             cluster.check_exits()
             res.logs = scan_logs(cluster)
             for ev in cluster.unexpected_exits:
-                res.problems.append(
-                    f"node {ev.node_id} exited by itself (code {ev.returncode}) at t={ev.at_s:.2f}s"
+                how = (
+                    f"killed by {signal.Signals(-ev.returncode).name}"
+                    if ev.returncode is not None
+                    and ev.returncode < 0
+                    and -ev.returncode in signal.valid_signals()
+                    else f"code {ev.returncode}"
                 )
+                res.problems.append(f"node {ev.node_id} exited by itself ({how}) at t={ev.at_s:.2f}s")
             for i, code in sorted(res.exit_codes.items()):
                 if code is None:
                     res.notes.append(f"node {i} did not stop within the grace on SIGTERM and was killed")
