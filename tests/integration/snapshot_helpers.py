@@ -153,7 +153,9 @@ class BulkWriter:
     def start(self) -> None:
         self._started = time.monotonic()
         for lane in range(self.lanes):
-            t = threading.Thread(target=self._lane_main, args=(lane,), daemon=True, name=f"lane{lane}")
+            t = threading.Thread(
+                target=self._lane_main, args=(lane,), daemon=True, name=f"lane{lane}"
+            )
             self._threads.append(t)
             t.start()
 
@@ -175,6 +177,12 @@ class BulkWriter:
             return self.stats.acked
 
     @property
+    def next_op(self) -> int:
+        """The first op number this writer has not used."""
+        with self._lock:
+            return self._next_op
+
+    @property
     def failed(self) -> BaseException | None:
         return self._failure
 
@@ -192,7 +200,9 @@ class BulkWriter:
         lid = self._leader
         if lid is None or not self.cluster.nodes[lid].running:
             lid = wait_until(
-                "a leader for the writer", lambda: find_leader(self.cluster, self.among), self.give_up_s
+                "a leader for the writer",
+                lambda: find_leader(self.cluster, self.among),
+                self.give_up_s,
             )
             self._leader = lid
         return self.cluster.endpoint(lid)
@@ -226,11 +236,18 @@ class BulkWriter:
                 sizes = []
                 for op in pending:
                     sequence += 1
-                    r = put_op(client_id, sequence, key_of(op % self.keys), value_of(op, self.value_bytes, rng))
+                    r = put_op(
+                        client_id,
+                        sequence,
+                        key_of(op % self.keys),
+                        value_of(op, self.value_bytes, rng),
+                    )
                     req.ops.append(r)
                     sizes.append(
                         kv_pb2.Command(
-                            client_id=client_id, sequence=sequence, put=kv_pb2.PutOp(key=r.put.key, value=r.put.value)
+                            client_id=client_id,
+                            sequence=sequence,
+                            put=kv_pb2.PutOp(key=r.put.key, value=r.put.value),
                         ).ByteSize()
                     )
                 try:
@@ -255,7 +272,9 @@ class BulkWriter:
                     now = time.monotonic()
                     failing_since = failing_since or now
                     if now - failing_since > self.give_up_s:
-                        raise AssertionError(f"lane {lane}: writes failing for {self.give_up_s}s: {errors[:3]}")
+                        raise AssertionError(
+                            f"lane {lane}: writes failing for {self.give_up_s}s: {errors[:3]}"
+                        )
                 else:
                     failing_since = None
                 pending = failed
@@ -267,7 +286,9 @@ class BulkWriter:
 # ---- state comparison ---------------------------------------------------------------
 
 
-def read_all(endpoint: str, keys: list[bytes], *, serializable: bool = True, timeout_s: float = 30.0) -> dict[bytes, bytes | None]:
+def read_all(
+    endpoint: str, keys: list[bytes], *, serializable: bool = True, timeout_s: float = 30.0
+) -> dict[bytes, bytes | None]:
     """Every key's value on ``endpoint`` (one Batch of Gets per 1,000 keys)."""
     out: dict[bytes, bytes | None] = {}
     with grpc.insecure_channel(endpoint, options=CHANNEL_OPTIONS) as ch:
@@ -275,7 +296,10 @@ def read_all(endpoint: str, keys: list[bytes], *, serializable: bool = True, tim
         for start in range(0, len(keys), 1000):
             part = keys[start : start + 1000]
             req = kv_pb2.BatchRequest(
-                ops=[kv_pb2.RequestOp(get=kv_pb2.GetRequest(key=k, serializable=serializable)) for k in part]
+                ops=[
+                    kv_pb2.RequestOp(get=kv_pb2.GetRequest(key=k, serializable=serializable))
+                    for k in part
+                ]
             )
             resp = stub.Batch(req, timeout=timeout_s)
             for k, res in zip(part, resp.results):
@@ -325,7 +349,9 @@ def stored_state(cluster: LocalCluster, node_id: int):  # -> paxoskv.storage.bas
         return st.load()
 
 
-def count_in_log(cluster: LocalCluster, node_id: int, text: str, *, since_start: int | None = None) -> int:
+def count_in_log(
+    cluster: LocalCluster, node_id: int, text: str, *, since_start: int | None = None
+) -> int:
     """Occurrences of ``text`` in a node's log (only after its start number
     ``since_start`` when given)."""
     log = cluster.log_text(node_id)
@@ -376,7 +402,9 @@ def start_and_time_first_read(
                 return None
         return time.monotonic() - started, resp
 
-    return wait_until(f"node {node_id} to answer a linearizable get", probe, timeout_s, interval_s=0.005)
+    return wait_until(
+        f"node {node_id} to answer a linearizable get", probe, timeout_s, interval_s=0.005
+    )
 
 
 def settled_sizes(cluster: LocalCluster, ids: list[int], timeout_s: float = 20.0) -> dict[int, int]:
@@ -409,5 +437,30 @@ def stored_bytes(state) -> tuple[int, int, int]:  # state: LoadedState
 
     live = sum(len(k) + len(v) for k, v in state.kv.items())
     live += sum(len(cid.encode()) + s.to_proto().ByteSize() for cid, s in state.sessions.items())
-    tail = sum(len(b"chosen/") + 8 + peer_pb2.Value(commands=v).ByteSize() for v in state.chosen.values())
+    tail = sum(
+        len(b"chosen/") + 8 + peer_pb2.Value(commands=v).ByteSize() for v in state.chosen.values()
+    )
     return live, tail, len(state.chosen)
+
+
+def snapshot_size(endpoint: str, timeout_s: float = 60.0) -> tuple[int, int]:
+    """(applied index, total bytes) of the snapshot ``endpoint`` serves now
+    (``Maintenance.Snapshot``; the bytes are those a peer transfer carries)."""
+    total = 0
+    index = 0
+    with grpc.insecure_channel(endpoint, options=CHANNEL_OPTIONS) as ch:
+        for resp in kv_pb2_grpc.MaintenanceStub(ch).Snapshot(
+            kv_pb2.SnapshotRequest(), timeout=timeout_s
+        ):
+            total += len(resp.data)
+            index = resp.applied_index
+            if resp.sha256:
+                assert resp.total_bytes == total, (resp.total_bytes, total)
+    return index, total
+
+
+def file_bytes(path: pathlib.Path) -> int | None:
+    try:
+        return os.stat(path).st_size
+    except FileNotFoundError:
+        return None
