@@ -464,3 +464,154 @@ def file_bytes(path: pathlib.Path) -> int | None:
         return os.stat(path).st_size
     except FileNotFoundError:
         return None
+
+
+def assert_same_state(
+    c: LocalCluster, ids: list[int], keys: list[bytes], leader: int
+) -> dict[bytes, bytes | None]:
+    """Every key read from every node (serializable) and from the leader
+    (linearizable) is the same; the map."""
+    maps = {i: read_all(c.endpoint(i), keys) for i in ids}
+    ref = read_all(c.endpoint(leader), keys, serializable=False)
+    for i, m in maps.items():
+        diff = [k for k in keys if m[k] != ref[k]]
+        assert not diff, f"node {i} differs from the leader on {len(diff)} keys, e.g. {diff[:3]}"
+    return ref
+
+
+# ---- the bounded-disk and restart figures ---------------------------------------------
+
+
+@dataclass
+class DiskFigures:
+    """What ``disk_and_restart_figures`` measured (bytes unless named)."""
+
+    stats: WriteStats
+    index: int  # the applied index every node reached
+    live: int  # key + value bytes of the map + client id + session bytes
+    keys: int
+    sessions: int
+    entry_bytes: float  # average stored size of a kept log entry
+    sizes: dict[int, int]  # data directory per node, settled, while running
+    kept: dict[int, int]  # entries kept per node (applied_index - log_start + 1)
+    kept_stored: int  # entries found in the stopped node's store
+    victim: int
+    restart_s: float  # process spawn -> linearizable Get answered
+
+    def tail(self, node_id: int) -> float:
+        return self.kept[node_id] * self.entry_bytes
+
+    def ratio(self, node_id: int) -> float:
+        """data dir / (live + tail): the bound is ``ratio <= 3``."""
+        return self.sizes[node_id] / (self.live + self.tail(node_id))
+
+    def report(self) -> str:
+        st = self.stats
+        lines = [
+            f"{st.acked} writes in {st.elapsed_s:.1f}s ({st.ops_per_s:.0f}/s), {st.batches} batches, "
+            f"{st.resent} resent {st.errors}; {st.command_bytes} B of commands",
+            f"applied index {self.index}; live data {self.live} B ({self.keys} keys, "
+            f"{self.sessions} sessions); average kept entry {self.entry_bytes:.0f} B",
+        ]
+        for i in sorted(self.sizes):
+            lines.append(
+                f"node {i}: data dir {self.sizes[i]} B; kept {self.kept[i]} entries "
+                f"(tail {self.tail(i):.0f} B); live + tail {self.live + self.tail(i):.0f} B; "
+                f"ratio {self.ratio(i):.2f}"
+            )
+        lines.append(
+            f"node {self.victim}: SIGKILL, restart, linearizable get answered {self.restart_s:.3f}s "
+            f"after the process was spawned"
+        )
+        return "\n".join(lines)
+
+
+def disk_and_restart_figures(
+    c: LocalCluster,
+    *,
+    writes: int,
+    keys: int,
+    value_bytes: int,
+    lanes: int = 8,
+    batch_ops: int = 250,
+) -> DiskFigures:
+    """On a started cluster: ``writes`` puts over ``keys`` keys; every node
+    ends with the same map; the settled data directory sizes; then a
+    follower is SIGKILLed, its store measured (live data, kept entries) and
+    it is restarted and timed to its first linearizable Get."""
+    ids = sorted(c.nodes)
+    stats = BulkWriter(
+        c, total=writes, keys=keys, value_bytes=value_bytes, lanes=lanes, batch_ops=batch_ops
+    ).run()
+    assert stats.acked == writes, stats
+    index = wait_same_applied(c, ids, 120)
+    leader = c.wait_leader()
+    key_list = [key_of(i) for i in range(keys)]
+    final = assert_same_state(c, ids, key_list, leader)
+    assert all(v is not None and len(v) == value_bytes for v in final.values())
+
+    sizes = settled_sizes(c, ids)
+    statuses = {i: status_or_fail(c.endpoint(i)) for i in ids}
+    assert {s.applied_index for s in statuses.values()} == {index}, statuses
+
+    victim = next(i for i in ids if i != leader)
+    c.kill(victim)
+    state = stored_state(c, victim)
+    assert state.applied_index == index, (state.applied_index, index)
+    live, tail, kept = stored_bytes(state)
+    assert kept == index - state.log_start + 1, (kept, index, state.log_start)
+    restart_s, resp = start_and_time_first_read(c, victim, key_list[7])
+    assert resp.found and resp.value == final[key_list[7]]
+    return DiskFigures(
+        stats=stats,
+        index=index,
+        live=live,
+        keys=len(state.kv),
+        sessions=len(state.sessions),
+        entry_bytes=tail / kept if kept else 0.0,
+        sizes=sizes,
+        kept={i: s.applied_index - s.log_start + 1 for i, s in statuses.items()},
+        kept_stored=kept,
+        victim=victim,
+        restart_s=restart_s,
+    )
+
+
+def main() -> None:
+    """The figures outside CI: ``python tests/integration/snapshot_helpers.py
+    --writes 1000000 [--retain-entries N]`` (a 3-node cluster in a temporary
+    directory, removed at the end)."""
+    import argparse
+    import tempfile
+
+    ap = argparse.ArgumentParser(description=main.__doc__)
+    ap.add_argument("--writes", type=int, default=1_000_000)
+    ap.add_argument("--keys", type=int, default=1_000)
+    ap.add_argument("--value-bytes", type=int, default=100)
+    ap.add_argument("--retain-entries", type=int, default=50)
+    ap.add_argument("--lanes", type=int, default=8)
+    ap.add_argument("--batch-ops", type=int, default=250)
+    args = ap.parse_args()
+    with tempfile.TemporaryDirectory(prefix="paxoskv-figures-") as root:
+        c = LocalCluster(
+            pathlib.Path(root),
+            heartbeat_ms=50,
+            election_ms=1000,
+            extra_args=("--retain-entries", str(args.retain_entries)),
+        )
+        with running(c):
+            c.start_all()
+            figures = disk_and_restart_figures(
+                c,
+                writes=args.writes,
+                keys=args.keys,
+                value_bytes=args.value_bytes,
+                lanes=args.lanes,
+                batch_ops=args.batch_ops,
+            )
+            print(f"--retain-entries {args.retain_entries}")
+            print(figures.report())
+
+
+if __name__ == "__main__":
+    main()
