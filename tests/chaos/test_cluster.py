@@ -42,10 +42,15 @@ def test_a_node_that_dies_by_itself_is_noticed_once_and_its_log_is_scanned(tmp_p
 
 
 def test_kill_pause_resume_and_stop_act_on_the_started_pid(tmp_path):
-    c = cluster(tmp_path, 'trap "exit 0" TERM; while :; do sleep 0.05; done')
+    c = cluster(tmp_path, 'trap "exit 0" TERM; echo ready; while :; do sleep 0.05; done')
+
+    def ready(i: int, starts: int) -> bool:  # the trap is installed
+        return c.nodes[i].log_path.read_text().count("\nready\n") == starts
+
     try:
         c.start(1)
         c.start(2)
+        wait_for(lambda: ready(1, 1) and ready(2, 1))
         pid = c.nodes[1].pid
         c.pause(1)
         assert not c.up(1) and c.up(2)
@@ -56,6 +61,7 @@ def test_kill_pause_resume_and_stop_act_on_the_started_pid(tmp_path):
         assert not c.nodes[1].running and c.check_exits() == []
         c.start(1)
         assert c.nodes[1].pid != pid and c.nodes[1].starts == 2
+        wait_for(lambda: ready(1, 2))
         c.pause(2)
         codes = c.shutdown()  # SIGCONT then SIGTERM, even for a paused node
         assert codes == {1: 0, 2: 0}
