@@ -12,9 +12,16 @@ Rules:
   strings or bytes where the order could change what happens (hash seeds
   differ between processes; the determinism test runs two processes).
 - Each node is a :class:`paxoskv.replica.Replica` over a
-  :class:`paxoskv.storage.memory.MemoryStorage`, driven exactly as the real
-  server drives it: after every input (tick, message, client request) the node
-  drains its Ready batches: persist, then send, then apply, then answer.
+  :class:`paxoskv.storage.memory.MemoryStorage`, driven as the real server
+  (``paxoskv.server.node``) drives it. Inputs (tick, message, client request)
+  reach the replica at once; they wake the *pump*, which loops: ``prepare``,
+  write (awaiting the disk for a drawn fsync latency, during which further
+  inputs keep reaching the core, exactly as the server's event loop lets
+  them), send, ``apply``, answer; until ``prepare`` has nothing. A woken pump
+  may run a moment later, so several inputs are coalesced into one batch, as
+  the server's batched receive does.
+- Snapshots and compaction run with small retained logs in most runs; every
+  installed snapshot is checked against the agreed log.
 - A crashed node loses its process (core, state machine, waiting clients,
   inbox) and, on a power loss, by the storage's crash model, a random suffix
   of its unsynced writes (a killed process loses none: the OS has them); it
@@ -30,7 +37,7 @@ Rules:
   converges to the same applied index and state within ``LIVENESS_BOUND_US``.
 - Checked continuously: agreement and in-order application of every slot on
   every node, across crashes; messages survive the wire codec (in the runs
-  drawn to use it). Checked at the end: prefixes, acknowledged writes against
+  drawn to use it); a Ready is never empty when ``has_ready()`` said yes. Checked at the end: prefixes, acknowledged writes against
   the final state, the final state against an independent model replaying
   the agreed log, linearizability of the client history (``paxoskv.check``),
   convergence, liveness.
