@@ -135,6 +135,8 @@ def _assert_provisioned(ec2: Any, key_name: str) -> list[dict[str, Any]]:
             ("tcp", BUS_PORT, BUS_PORT, "group", group["GroupId"]),
         ]
     ), f"ingress rules: {rules}"
+    egress = [(p["IpProtocol"], [r["CidrIp"] for r in p.get("IpRanges", [])]) for p in group["IpPermissionsEgress"]]
+    assert egress == [("-1", ["0.0.0.0/0"])], egress
 
     (key,) = ec2.describe_key_pairs(KeyNames=[key_name])["KeyPairs"]
     assert _tags(key).get("paxoskv-cluster") == CLUSTER
