@@ -261,6 +261,13 @@ class PeerBus:
                 sock.setsockopt(zmq.RECONNECT_IVL, RECONNECT_IVL_MS)
                 sock.setsockopt(zmq.RECONNECT_IVL_MAX, RECONNECT_IVL_MAX_MS)
                 sock.setsockopt(zmq.CONNECT_TIMEOUT, CONNECT_TIMEOUT_MS)
+                # ZMTP heartbeats on the DEALERs only: they notice a dead or
+                # paused peer. On the ROUTER, libzmq 4.3.5 aborts the process
+                # (stream_engine_base.cpp:310, !_io_error) when a peer
+                # disconnects while the ROUTER's input is stopped at RCVHWM
+                # (tests/unit/test_transport_bus.py has the reproduction).
+                sock.setsockopt(zmq.HEARTBEAT_IVL, HEARTBEAT_IVL_MS)
+                sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, HEARTBEAT_TIMEOUT_MS)
                 sock.connect(_endpoint(*peer.address))
         except BaseException:
             await self.close()
@@ -272,8 +279,6 @@ class PeerBus:
         if ":" in host:
             sock.setsockopt(zmq.IPV6, 1)
         sock.setsockopt(zmq.HANDSHAKE_IVL, HANDSHAKE_IVL_MS)
-        sock.setsockopt(zmq.HEARTBEAT_IVL, HEARTBEAT_IVL_MS)
-        sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, HEARTBEAT_TIMEOUT_MS)
         sock.setsockopt(zmq.TCP_KEEPALIVE, 1)
         sock.setsockopt(zmq.TCP_KEEPALIVE_IDLE, TCP_KEEPALIVE_IDLE_S)
         sock.setsockopt(zmq.TCP_KEEPALIVE_INTVL, TCP_KEEPALIVE_INTVL_S)
