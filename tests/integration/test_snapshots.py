@@ -30,6 +30,7 @@ from __future__ import annotations
 import pathlib
 import random
 import signal
+import statistics
 import time
 
 from integration_cluster import LocalCluster, wait_until
@@ -200,8 +201,8 @@ def test_sigkill_of_the_receiver_during_transfer_and_install_20_times(tmp_path):
     the leader's state at a known index (and of a known size); the receiver
     starts and, once its transfer has begun (a new staging file appears), is
     SIGKILLed at an instant drawn from a seeded RNG: in odd rounds over the
-    calibrated length of the transfer, in even rounds over the install that
-    follows the last chunk (the staging file is whole). Its store must then
+    length of a transfer (the mean of those timed so far), in even rounds over
+    the install that follows the last chunk (the staging file is whole). Its store must then
     hold exactly its old state or exactly the leader's, and at the end it
     catches up and is identical to the others."""
     rng = random.Random(SEED_3)
@@ -301,6 +302,7 @@ def test_sigkill_of_the_receiver_during_transfer_and_install_20_times(tmp_path):
         )
 
         outcomes: dict[tuple[str, str], int] = {}
+        transfer_samples = [transfer_s]
         for round_no in range(1, KILLS_3 + 1):
             if c.nodes[victim].running:
                 c.kill(victim, signal.SIGKILL)
@@ -309,9 +311,10 @@ def test_sigkill_of_the_receiver_during_transfer_and_install_20_times(tmp_path):
             assert target > old.applied_index + RETAIN_3
             began_at, staged, installs = start_until_transfer()
             if round_no % 2:
-                aim, t0, span_s = "transfer", began_at, 1.1 * transfer_s
+                aim, t0, span_s = "transfer", began_at, 1.1 * statistics.mean(transfer_samples)
             else:
                 aim, t0, span_s = "install", whole_at(staged, total, installs), 1.5 * install_s
+                transfer_samples.append(t0 - began_at)  # the load changes: keep the aim current
             delay_s = rng.uniform(0.0, span_s)
             # The kill instant is drawn at random: this wait is the nemesis's
             # aim, not a synchronisation.
