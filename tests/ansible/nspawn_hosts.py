@@ -30,7 +30,6 @@ banner.
 
 from __future__ import annotations
 
-import contextlib
 import fcntl
 import hashlib
 import json
@@ -356,7 +355,9 @@ class HostSet:
         path.write_text(json.dumps(doc, indent=2))  # JSON is YAML
         return path
 
-    def ssh(self, host: Host, command: str, known_hosts: Path, timeout_s: float = 60.0) -> subprocess.CompletedProcess[str]:
+    def ssh(
+        self, host: Host, command: str, known_hosts: Path, timeout_s: float = 60.0
+    ) -> subprocess.CompletedProcess[str]:
         """Run ``command`` on ``host`` as root (through sudo), the way Ansible does."""
         cmd = [
             "ssh",
@@ -396,14 +397,16 @@ class HostSet:
                 errors.append(f"{host.name} did not power off within 30 s; killed")
         for host in self.hosts:
             if host.mounted:
-                for attempt in range(50):
+                deadline = time.monotonic() + 10.0
+                while True:
                     proc = subprocess.run(["umount", str(host.merged)], capture_output=True, text=True)
                     if proc.returncode == 0:
                         host.mounted = False
                         break
+                    if time.monotonic() > deadline:
+                        errors.append(f"cannot unmount {host.merged}: {proc.stderr.strip()}")
+                        break
                     time.sleep(0.1)  # a just-exited container can hold the mount for a moment
-                else:
-                    errors.append(f"cannot unmount {host.merged}: {proc.stderr.strip()}")
             subprocess.run(["ip", "netns", "del", host.netns], capture_output=True)
             subprocess.run(["ip", "link", "del", host.veth], capture_output=True)
         if self._bridge_made:
@@ -462,8 +465,3 @@ def _wait_for_sshd(host: Host, deadline: float) -> None:
 def _shell_quote(s: str) -> str:
     return "'" + s.replace("'", "'\"'\"'") + "'"
 
-
-@contextlib.contextmanager
-def booted_hosts(count: int, workdir: Path, login_key: Path):  # type: ignore[no-untyped-def]
-    with HostSet(count=count, workdir=workdir, login_key=login_key) as hs:
-        yield hs

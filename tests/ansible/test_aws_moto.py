@@ -23,7 +23,6 @@ from typing import Any
 
 import boto3
 import pytest
-
 from ansible_harness import UBUNTU_NOBLE_AMI, MotoServer, PlaybookRun, base_env, run_playbook
 
 CLUSTER = "paxoskv"

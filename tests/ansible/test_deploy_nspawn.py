@@ -35,7 +35,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
 from ansible_harness import VENV_BIN, PlaybookRun, run_playbook, snapshot_source
 from nspawn_hosts import Host, HostSet, ensure_rootfs, unavailable_reason
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-
 from ansible_harness import ANSIBLE_DIR, PLAYBOOKS, run_playbook
 
 
@@ -44,3 +43,27 @@ def test_ansible_lint_production_profile(ansible_env: dict[str, str], ansible_ho
 
 def test_every_playbook_is_checked() -> None:
     assert sorted(PLAYBOOKS) == sorted(p.name for p in ANSIBLE_DIR.glob("*.yml"))
+
+
+def _unit_check(unit_text: str, tmp_path: Path) -> int:
+    """Run the role's unit check (the template task's ``validate``) on ``unit_text``, as Ansible does."""
+    import shlex
+    import subprocess
+
+    import yaml
+
+    tasks = yaml.safe_load((ANSIBLE_DIR / "roles/paxoskv_node/tasks/configure.yml").read_text())
+    (validate,) = [t["ansible.builtin.template"]["validate"] for t in tasks if "systemd unit" in t["name"]]
+    command = validate.replace("{{ paxoskv_node_service }}", "paxoskv")
+    candidate = tmp_path / "candidate"  # Ansible's temp file has no .service suffix either
+    candidate.write_text(unit_text)
+    return subprocess.run(shlex.split(command % str(candidate)), capture_output=True, timeout=60).returncode
+
+
+def test_unit_check_rejects_what_systemd_would_ignore_or_refuse(tmp_path: Path) -> None:
+    good = "[Service]\nExecStart=/bin/true\nNoNewPrivileges=yes\nProtectSystem=strict\n"
+    assert _unit_check(good, tmp_path) == 0
+    # A misspelt hardening directive: systemd only warns and runs the unit without it.
+    assert _unit_check(good.replace("NoNewPrivileges", "NoNewPrivilege"), tmp_path) != 0
+    # A program that is not there.
+    assert _unit_check(good.replace("/bin/true", "/nonexistent/paxoskv"), tmp_path) != 0
