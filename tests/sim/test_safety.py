@@ -8,7 +8,7 @@ completes and every node converges within ``LIVENESS_BOUND_US``. Every run is
 checked for agreement, prefixes, acknowledged writes, the state machine
 against a reference model, snapshots, convergence, liveness and
 linearizability. CI runs 2 x 1,000 seeds (3 and 5 nodes); ``PAXOSKV_LONG=1``
-runs 2 x 10,000 seeds with three times the operations.
+runs 2 x 10,000 seeds with three times the operations and time.
 
 A failure prints, for every failing seed, the command that replays it.
 """
@@ -26,6 +26,7 @@ from simtest_support import LONG, seed_base
 SEEDS_PER_SIZE = 10_000 if LONG else 1_000
 CHUNK_SEEDS = 500
 OPS = 3 * OPS_DEFAULT if LONG else OPS_DEFAULT
+SCALE = 3 if LONG else 1  # long runs: three times the operations and the time for them
 BASE = seed_base(0)
 # 3-node seeds start at BASE, 5-node seeds at BASE + 1,000,000 (disjoint draws).
 CHUNKS = [
@@ -52,7 +53,7 @@ def test_no_violation_under_faults(nodes: int, first: int, tally) -> None:
     coverage: Counter[str] = Counter()
     liveness_max_us = 0
     for seed in range(first, first + CHUNK_SEEDS):
-        r = run_seed(seed, nodes=nodes, ops=OPS)
+        r = run_seed(seed, nodes=nodes, ops=OPS, scale=SCALE)
         tally(r)
         if not r.ok:
             failures.append(r)

@@ -84,6 +84,13 @@ def minimize_ops(result: SimResult) -> SimResult:
     help="Which faults the nemesis and the network inject.",
 )
 @click.option(
+    "--scale",
+    type=click.IntRange(min=1),
+    default=1,
+    show_default=True,
+    help="Let the safety phase last up to this many times longer (use with more --ops).",
+)
+@click.option(
     "--verbose",
     "-v",
     is_flag=True,
@@ -112,6 +119,7 @@ def sim_cmd(
     nodes: int,
     ops: int,
     faults: str,
+    scale: int,
     verbose: bool,
     history_out: str | None,
     stop_on_failure: bool,
@@ -128,7 +136,7 @@ def sim_cmd(
     undecided = 0
     last: SimResult | None = None
     for s in range(seed, seed + count):
-        config = SimConfig(seed=s, nodes=nodes, ops=ops, faults=faults, trace=verbose)
+        config = SimConfig(seed=s, nodes=nodes, ops=ops, faults=faults, scale=scale, trace=verbose)
         result = Simulation(config).run()
         last = result
         ops_total += result.ops

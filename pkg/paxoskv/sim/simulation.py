@@ -95,8 +95,8 @@ TICK_US = 10_000  # nominal tick period of a node (each node's clock drifts +-10
 # within this much simulated time. (Election timeouts are at most
 # 2 * election_ticks_min ticks = 0.4 s; client timeouts at most 0.4 s.)
 LIVENESS_BOUND_US = 5_000_000
-SAFETY_PHASE_US_MIN = 1_000_000  # the safety phase's length is drawn in this range,
-SAFETY_PHASE_US_MAX = 3_000_000  # and ends earlier once every operation was invoked
+SAFETY_PHASE_US_MIN = 1_000_000  # the safety phase's length is drawn in this range (times
+SAFETY_PHASE_US_MAX = 3_000_000  # SimConfig.scale), and ends earlier once every op was invoked
 CONVERGENCE_POLL_US = 5_000
 COALESCE_US_MAX = 300  # a woken pump runs within this much time when inputs are coalesced
 CLUSTER_ID = "sim"
@@ -113,6 +113,7 @@ class SimConfig:
     nodes: int = 3
     ops: int = OPS_DEFAULT  # client operations invoked in the safety phase (at most)
     faults: str = FAULTS_DEFAULT
+    scale: int = 1  # the safety phase may last this many times longer (long campaigns)
     trace: bool = False  # keep a human-readable trace of every event
     check_linearizability: bool = True
     core_factory: type[Core] = Core  # the tests swap in a deliberately broken core
@@ -122,6 +123,8 @@ class SimConfig:
             raise ValueError(f"nodes must be >= 1, not {self.nodes}")
         if self.ops < 0:
             raise ValueError(f"ops must be >= 0, not {self.ops}")
+        if self.scale < 1:
+            raise ValueError(f"scale must be >= 1, not {self.scale}")
         if self.faults not in FAULT_PROFILES:
             raise ValueError(f"faults must be one of {sorted(FAULT_PROFILES)}, not {self.faults!r}")
 
@@ -131,6 +134,8 @@ class SimConfig:
             cmd += f" --ops {self.ops}"
         if self.faults != FAULTS_DEFAULT:
             cmd += f" --faults {self.faults}"
+        if self.scale != 1:
+            cmd += f" --scale {self.scale}"
         return cmd
 
 
@@ -289,7 +294,7 @@ class Simulation:
             delete_weight=root.randint(0, 2),
         )
         self.client_loss = loss / 3
-        self.safety_us_max = root.randint(SAFETY_PHASE_US_MIN, SAFETY_PHASE_US_MAX)
+        self.safety_us_max = root.randint(SAFETY_PHASE_US_MIN, SAFETY_PHASE_US_MAX) * config.scale
         self.params = (
             f"nodes={n} net={delay.name} loss={loss:.3f} dup={duplicate:.2f} "
             f"wire={int(wire)} fsync_max={self.fsync_us_max}us "
