@@ -16,7 +16,6 @@ wait_for_ssh.yml against real hosts.
 from __future__ import annotations
 
 import json
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -59,10 +58,16 @@ def ec2(aws_env: dict[str, str]) -> Any:
 
 @pytest.fixture(scope="module")
 def operator_key(ansible_home: Path) -> Path:
-    key = ansible_home / "operator_ed25519"
-    if not key.exists():
-        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True)
-    return Path(f"{key}.pub")
+    """The operator's public key (OpenSSH format); the private half is never needed here."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    public = Ed25519PrivateKey.generate().public_key().public_bytes(
+        serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH
+    )
+    path = ansible_home / "operator_ed25519.pub"
+    path.write_bytes(public + b" operator@paxoskv-test\n")
+    return path
 
 
 def _provision(env: dict[str, str], home: Path, key: Path, log: str, *extra: str) -> PlaybookRun:
