@@ -146,6 +146,10 @@ class Replica:
         self.snapshots_sent = 0
         self.compactions = 0
         self.last_snapshot_index = 0  # of the last snapshot installed here or served to a peer
+        # A batch between prepare() and apply(): a snapshot finishing meanwhile
+        # waits, so the state machine is not replaced under its entries.
+        self._batch_outstanding = False
+        self._install_waiting: _Receiving | None = None
 
     # ---- Inputs ----------------------------------------------------------------
 
@@ -182,6 +186,7 @@ class Replica:
         if not (self.core.has_ready() or self._outbox):
             return None
         rd = self.core.ready()
+        self._batch_outstanding = True
         if rd.snapshot_from is not None:
             self._want_snapshot(rd.snapshot_from)
         if self._outbox:
@@ -219,6 +224,10 @@ class Replica:
         waiting = self._reads_waiting
         while waiting and waiting[0][0] <= applied:
             done.reads.append((heapq.heappop(waiting)[1], True))
+        self._batch_outstanding = False
+        if self._install_waiting is not None:
+            rx, self._install_waiting = self._install_waiting, None
+            self._finish_install(rx)
         return done
 
     def run_once(self, send) -> Done | None:
@@ -276,18 +285,31 @@ class Replica:
         try:
             rx.installer.write(msg.data)
             rx.offset += len(msg.data)
-            if not msg.last:
-                self._send(SnapshotAck(frm=me, to=msg.frm, snapshot_index=rx.index, offset=rx.offset, done=False))
-                return
-            index = rx.installer.finish()
         except Exception as exc:  # a corrupt or refused snapshot: start over later
             log.warning("node %d: snapshot from node %d refused: %s", me, msg.frm, exc)
+            self._abort_receiving()
+            return
+        if not msg.last:
+            self._send(SnapshotAck(frm=me, to=msg.frm, snapshot_index=rx.index, offset=rx.offset, done=False))
+        elif self._batch_outstanding:
+            self._install_waiting = rx  # after the batch in flight is applied
+        else:
+            self._finish_install(rx)
+
+    def _finish_install(self, rx: _Receiving) -> None:
+        me = self.core.id
+        if self._receiving is not rx or rx.installer is None:
+            return  # aborted meanwhile (a timeout or a newer snapshot)
+        try:
+            index = rx.installer.finish()
+        except Exception as exc:  # a corrupt or refused snapshot: start over later
+            log.warning("node %d: snapshot from node %d refused: %s", me, rx.peer, exc)
             self._abort_receiving()
             return
         rx.installer = None
         self._receiving = None
         self._reload_after_install(index)
-        self._send(SnapshotAck(frm=me, to=msg.frm, snapshot_index=index, offset=rx.offset, done=True))
+        self._send(SnapshotAck(frm=me, to=rx.peer, snapshot_index=index, offset=rx.offset, done=True))
 
     def _reload_after_install(self, index: int) -> None:
         state = self.storage.load()

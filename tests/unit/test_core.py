@@ -7,7 +7,7 @@ import pathlib
 
 import pytest
 
-from paxoskv.paxos.types import Accept, Accepted, Ballot, Entry, Promise, Role
+from paxoskv.paxos.types import Accept, Accepted, Ballot, CatchupReply, CatchupRequest, Entry, Promise, Role
 
 from core_net import Net
 
@@ -330,3 +330,32 @@ def test_a_single_node_cluster_commits_past_its_pipeline_depth():
         net.cores[leader].propose(b"s%d" % k)
         net.deliver_all()
     assert net.applied_values(leader) == [b"s%d" % k for k in range(20)]
+
+
+def test_a_follower_answers_accepts_for_compacted_slots_with_its_log_start():
+    net = Net(3)
+    leader = net.elect()
+    f = next(i for i in net.ids if i != leader)
+    for k in range(10):
+        net.cores[leader].propose(b"w%d" % k)
+        net.deliver_all()
+    net.tick(3)
+    net.cores[f].compact(net.cores[f].applied_index)
+    sent = len(net.sent)
+    net.cores[f].step(Accept(frm=leader, to=f, ballot=net.cores[leader].ballot, entries=((5, (b"w4",)),), commit=5))
+    net.process(f)
+    replies = [m for m in net.sent[sent:] if isinstance(m, CatchupReply)]
+    assert replies and replies[0].to == leader and replies[0].log_start == net.cores[f].log_start
+
+
+def test_a_leader_behind_a_peers_compacted_log_steps_down_and_catches_up():
+    net = Net(3)
+    leader = net.elect()
+    f = next(i for i in net.ids if i != leader)
+    core = net.cores[leader]
+    assert core.commit_index < 50
+    sent = len(net.sent)
+    core.step(CatchupReply(frm=f, to=leader, chosen=(), commit=60, log_start=50))
+    net.process(leader)
+    assert core.role is not Role.LEADER
+    assert any(isinstance(m, CatchupRequest) and m.to == f for m in net.sent[sent:])

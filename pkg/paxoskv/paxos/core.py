@@ -620,8 +620,10 @@ class Core:
             self._set_promised(msg.ballot)
         self._follow(msg.ballot, msg.frm)
         acked: list[int] = []
+        compacted = False
         for slot, value in msg.entries:
             if slot < self.log_start:
+                compacted = True  # chosen, applied and dropped here: cannot vouch for a value
                 continue
             known = self.chosen.get(slot)
             if known is not None:
@@ -634,6 +636,12 @@ class Core:
             acked.append(slot)
         if acked:
             self._send(Accepted(frm=self.id, to=msg.frm, ballot=msg.ballot, slots=tuple(acked)))
+        if compacted:
+            # Tell the leader it is behind our compacted log (it cannot get our
+            # votes for those slots); it steps down and catches up.
+            self._send(
+                CatchupReply(frm=self.id, to=msg.frm, chosen=(), commit=self.commit_index, log_start=self.log_start)
+            )
         self._learn_commit(msg.ballot, msg.commit, msg.frm)
 
     def _on_accepted(self, msg: Accepted) -> None:
@@ -730,7 +738,15 @@ class Core:
 
     def _on_catchup_reply(self, msg: CatchupReply) -> None:
         if self.role is Role.LEADER:
-            return  # a leader learns only from its own quorum (see module docstring)
+            # A leader learns chosen values only from its own quorum (see the
+            # module docstring). But a peer whose log was compacted past our
+            # commit point cannot accept the slots we recover: step down and
+            # catch up (by snapshot), as phase 1 does for such a promise.
+            if msg.log_start > self.commit_index + 1:
+                self._known_commit = max(self._known_commit, msg.commit)
+                self._step_down(None)
+                self._request_catchup(msg.frm)
+            return
         if not msg.chosen and msg.log_start > self.commit_index + 1:
             self._out_snapshot_from = msg.frm  # the peer compacted what we miss
             return

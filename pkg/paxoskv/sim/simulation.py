@@ -618,6 +618,8 @@ class Simulation:
             if self.trace is not None:
                 self.note(f"n{nid} apply {rd.committed[0][0]}..{rd.committed[-1][0]}")
         done = r.apply(batch)
+        if r.snapshots_installed != node.installs_seen:
+            self._installed(node)  # a snapshot that waited for this batch was installed
         if done.results:
             waiters = node.write_waiters
             for a in done.results:
