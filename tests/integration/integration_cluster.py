@@ -187,12 +187,11 @@ class LocalCluster:
             log.write(f"==== start #{n.starts} ====\n".encode())
             log.flush()
             n.proc = subprocess.Popen(
-                self.argv(node_id),
+                die_with_parent(self.argv(node_id)),
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
-                preexec_fn=die_with_parent,
                 env=dict(os.environ, PYTHONUNBUFFERED="1"),
             )
         if wait:

@@ -34,8 +34,6 @@ import os
 import pathlib
 import random
 import re
-import shutil
-import subprocess
 import threading
 import time
 from collections.abc import Iterable, Iterator
@@ -43,7 +41,7 @@ from dataclasses import dataclass, field
 
 import grpc
 
-from integration_cluster import LocalCluster, NodeProc, node_status, wait_until
+from integration_cluster import LocalCluster, node_status, wait_until
 from paxoskv.v1 import kv_pb2, kv_pb2_grpc
 
 CHANNEL_OPTIONS = (
@@ -287,48 +285,6 @@ class BulkWriter:
 
 
 # ---- the cluster -------------------------------------------------------------------
-
-_SETPRIV = shutil.which("setpriv")
-
-
-class SnapshotCluster(LocalCluster):
-    """``LocalCluster`` whose nodes are spawned without Python code between
-    fork and exec.
-
-    ``LocalCluster.start`` passes ``preexec_fn`` (to set PR_SET_PDEATHSIG),
-    which makes CPython fork() instead of vfork(); fork() runs gRPC's fork
-    handlers, and these hang for good when gRPC core is shutting down in its
-    background thread because this process just closed its last channel
-    (grpc/grpc#37259; these tests open and close many channels and restart
-    nodes 20+ times, and hung in one run of three). Here the node is started
-    through ``setpriv --pdeathsig KILL`` (util-linux), which sets the same
-    death signal in the child and execs the node in the same process (same
-    PID), and Popen can use vfork(). Without setpriv the node simply has no
-    death signal; ``close`` still stops it by PID.
-    """
-
-    def start(self, node_id: int, *, wait: bool = True) -> NodeProc:
-        n = self.nodes[node_id]
-        assert not n.running, f"node {node_id} is already running"
-        n.starts += 1
-        argv = self.argv(node_id)
-        if _SETPRIV is not None:
-            argv = [_SETPRIV, "--pdeathsig", "KILL", "--", *argv]
-        with open(n.log_path, "ab") as log:
-            log.write(f"==== start #{n.starts} ====\n".encode())
-            log.flush()
-            n.proc = subprocess.Popen(
-                argv,
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-                env=dict(os.environ, PYTHONUNBUFFERED="1"),
-            )
-        if wait:
-            self.wait_serving(node_id)
-        return n
-
 
 # ---- state comparison ---------------------------------------------------------------
 
@@ -640,7 +596,7 @@ def main() -> None:
     ap.add_argument("--batch-ops", type=int, default=250)
     args = ap.parse_args()
     with tempfile.TemporaryDirectory(prefix="paxoskv-figures-") as root:
-        c = SnapshotCluster(
+        c = LocalCluster(
             pathlib.Path(root),
             heartbeat_ms=50,
             election_ms=1000,

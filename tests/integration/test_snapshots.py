@@ -50,7 +50,6 @@ import time
 from integration_cluster import LocalCluster, wait_until
 from snapshot_helpers import (
     BulkWriter,
-    SnapshotCluster,
     assert_same_state,
     bad_log_lines,
     count_in_log,
@@ -72,7 +71,7 @@ ELECTION_MS = 1000
 
 
 def _cluster(tmp_path, retain_entries: int) -> LocalCluster:
-    return SnapshotCluster(
+    return LocalCluster(
         tmp_path / "cluster",
         heartbeat_ms=HEARTBEAT_MS,
         election_ms=ELECTION_MS,

@@ -1,4 +1,4 @@
-"""A child started with die_with_parent does not outlive a SIGKILLed parent."""
+"""A child started through die_with_parent does not outlive a SIGKILLed parent."""
 
 import os
 import signal
@@ -6,14 +6,19 @@ import subprocess
 import sys
 import time
 
+import pytest
 
+from paxoskv.procutil import _SETPRIV, die_with_parent
+
+
+@pytest.mark.skipif(_SETPRIV is None, reason="setpriv (util-linux) is not installed")
 def test_the_child_dies_with_its_killed_parent(tmp_path):
     pidfile = tmp_path / "child.pid"
     parent = subprocess.Popen(
         [sys.executable, "-c", (
             "import subprocess, sys, pathlib\n"
             "from paxoskv.procutil import die_with_parent\n"
-            "c = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(600)'], preexec_fn=die_with_parent)\n"
+            "c = subprocess.Popen(die_with_parent([sys.executable, '-c', 'import time; time.sleep(600)']))\n"
             f"pathlib.Path({str(pidfile)!r}).write_text(str(c.pid))\n"
             "import time; time.sleep(600)\n"
         )],
@@ -33,10 +38,16 @@ def test_the_child_dies_with_its_killed_parent(tmp_path):
             os.kill(child, 0)
         except ProcessLookupError:
             return
-        try:  # reap if it became our zombie (it will not: its parent was init)
-            os.waitpid(child, os.WNOHANG)
-        except ChildProcessError:
-            pass
         time.sleep(0.02)
     os.kill(child, signal.SIGKILL)
     raise AssertionError("the child outlived its parent")
+
+
+def test_the_wrapped_command_is_the_same_process():
+    """setpriv execs the command: the PID a starter stops is the node's own."""
+    out = subprocess.run(
+        die_with_parent([sys.executable, "-c", "import os; print(os.getpid(), os.getppid())"]),
+        capture_output=True, text=True, check=True,
+    )
+    pid, ppid = map(int, out.stdout.split())
+    assert ppid == os.getpid()

@@ -87,12 +87,11 @@ class Cluster:
         self.logs.append(log_path)
         with open(log_path, "ab") as log:
             proc = subprocess.Popen(
-                argv,
+                die_with_parent(argv),
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
-                preexec_fn=die_with_parent,
                 env=env,
             )
         self.procs.append(proc)

@@ -176,13 +176,12 @@ async def _run(specs: list[_NodeSpec], listen: str) -> int:
     try:
         for s in specs:
             proc = await asyncio.create_subprocess_exec(
-                *s.argv,
+                *die_with_parent(s.argv),
                 stdin=asyncio.subprocess.DEVNULL,
                 stdout=asyncio.subprocess.PIPE,
                 stderr=asyncio.subprocess.STDOUT,
                 env=env,
                 start_new_session=True,
-                preexec_fn=die_with_parent,
             )
             procs[s.node_id] = proc
             pumps.append(asyncio.create_task(_pump_output(s, proc)))
