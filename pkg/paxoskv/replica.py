@@ -19,9 +19,11 @@ their read index. The replica owns no clock, socket or thread.
 Compaction and snapshots
 ------------------------
 After applying, once more than ``retain_entries + compact_step_entries``
-chosen entries are kept, the oldest are dropped (core and storage), keeping
-``retain_entries`` so that a briefly lagging peer still catches up from the
-log. A peer that needs what was dropped is told so by its catch-up reply; its
+chosen entries, or more than ``retain_bytes_max`` (plus a tenth) of their
+commands, are kept, the oldest are dropped (core and storage), keeping at
+most ``retain_entries`` entries and ``retain_bytes_max`` bytes so that a
+briefly lagging peer still catches up from the log while the disk stays
+bounded by the data (a slot can hold a thousand commands). A peer that needs what was dropped is told so by its catch-up reply; its
 core then asks (``Ready.snapshot_from``) and the replicas transfer a snapshot:
 
 * receiver -> sender ``SnapshotAck(snapshot_index=0, offset=0)``: "send me one";
@@ -42,6 +44,7 @@ from __future__ import annotations
 import heapq
 import logging
 import random
+from collections import deque
 from dataclasses import dataclass, field
 from typing import Iterator
 
@@ -116,6 +119,7 @@ class Replica:
         core_factory: type[Core] = Core,
         retain_entries: int = 10_000,
         compact_step_entries: int = 1_000,
+        retain_bytes_max: int = 64 << 20,
         snapshot_chunk_bytes: int = 256 << 10,
         snapshot_timeout_ticks: int = 200,
     ) -> None:
@@ -136,6 +140,14 @@ class Replica:
         self._reads_waiting: list[tuple[int, int]] = []  # heap of (read index, read id)
         self.retain_entries = retain_entries
         self.compact_step_entries = compact_step_entries
+        self.retain_bytes_max = retain_bytes_max
+        # (slot, command bytes) of every chosen entry still kept, oldest first.
+        self._kept: deque[tuple[int, int]] = deque(
+            (slot, sum(map(len, value)))
+            for slot, value in sorted(self.core.chosen.items())
+            if slot <= self.core.applied_index
+        )
+        self._kept_bytes = sum(size for _, size in self._kept)
         self.snapshot_chunk_bytes = snapshot_chunk_bytes
         self.snapshot_timeout_ticks = snapshot_timeout_ticks
         self._ticks = 0
@@ -212,6 +224,11 @@ class Replica:
             self.storage.apply(sm.take_changes(), drop_accepted_through=rd.committed[-1][0])
         self.core.advance(rd)
         if rd.committed:
+            kept = self._kept
+            for slot, value in rd.committed:
+                size = sum(map(len, value))
+                kept.append((slot, size))
+                self._kept_bytes += size
             self._maybe_compact()
         applied = self.sm.applied_index
         for rs in rd.reads:
@@ -244,11 +261,24 @@ class Replica:
     def _maybe_compact(self) -> None:
         core = self.core
         kept = core.applied_index - core.log_start + 1
-        if kept <= self.retain_entries + self.compact_step_entries:
+        too_many = kept > self.retain_entries + self.compact_step_entries
+        too_big = self._kept_bytes > self.retain_bytes_max + self.retain_bytes_max // 10
+        if not (too_many or too_big):
             return
         through = core.applied_index - self.retain_entries
+        queue = self._kept
+        size = self._kept_bytes
+        for slot, slot_bytes in queue:  # oldest first: drop until within the byte bound
+            if size <= self.retain_bytes_max or slot > core.applied_index:
+                break
+            through = max(through, slot)
+            size -= slot_bytes
+        if through < core.log_start:
+            return
         core.compact(through)
         self.storage.compact(through)
+        while queue and queue[0][0] <= through:
+            self._kept_bytes -= queue.popleft()[1]
         self.compactions += 1
 
     def close(self) -> None:
@@ -316,6 +346,8 @@ class Replica:
         assert state.applied_index == index, f"installed snapshot at {index}, storage says {state.applied_index}"
         self.sm = KVStateMachine(state.kv, state.sessions, state.applied_index, self._limits, self._sessions_max)
         self.core.install_snapshot(index)
+        while self._kept and self._kept[0][0] <= index:
+            self._kept_bytes -= self._kept.popleft()[1]
         self.snapshots_installed += 1
         self.last_snapshot_index = index
         log.info("node %d: installed a snapshot at index %d", self.core.id, index)

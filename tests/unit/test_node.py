@@ -219,3 +219,25 @@ def test_a_node_behind_the_compacted_log_catches_up_by_snapshot_while_writes_con
                 await c.stop(i)
 
     run(main())
+
+
+def test_the_kept_log_is_bounded_in_bytes_as_well_as_in_entries():
+    async def main():
+        c = Cluster(retain_entries=100_000, retain_bytes_max=20_000)
+        for i in c.ids:
+            await c.start(i)
+        try:
+            leader = await c.leader()
+            node = c.nodes[leader]
+            for k in range(300):  # one slot each, ~1 KiB of command per slot
+                await node.submit(put(f"r{k}", 1, b"k%d" % (k % 10), b"x" * 1000), timeout_s=5)
+            r = node.replica
+            kept = r.core.applied_index - r.core.log_start + 1
+            assert r.compactions > 0 and kept < 300
+            assert r._kept_bytes <= 20_000 * 1.1 + 1200
+            assert len(r._kept) == kept
+        finally:
+            for i in list(c.nodes):
+                await c.stop(i)
+
+    run(main())

@@ -218,6 +218,14 @@ class _Help:
     help="Log entries kept after compaction; a peer further behind catches up by snapshot.",
 )
 @click.option(
+    "--retain-mb",
+    type=int,
+    default=64,
+    envvar="PAXOSKV_RETAIN_MB",
+    show_envvar=True,
+    help="At most this many MiB of commands in the kept log entries (a slot holds a batch).",
+)
+@click.option(
     "--log-level",
     type=click.Choice(["debug", "info", "warning", "error"], case_sensitive=False),
     default="info",
@@ -238,6 +246,7 @@ def serve_cmd(
     tick_ms: int,
     request_timeout_s: float,
     retain_entries: int,
+    retain_mb: int,
     log_level: str,
 ) -> None:
     """Run one paxoskv node in the foreground (stop it with Ctrl-C or SIGTERM)."""
@@ -255,6 +264,7 @@ def serve_cmd(
             tick_ms=tick_ms,
             request_timeout_s=request_timeout_s,
             retain_entries=retain_entries,
+            retain_mb=retain_mb,
         )
     except ConfigError as exc:
         raise click.UsageError(str(exc)) from None

@@ -197,6 +197,7 @@ def build_serve_options(
     tick_ms: int = 10,
     request_timeout_s: float = 10.0,
     retain_entries: int = 10_000,
+    retain_mb: int = 64,
 ) -> ServeOptions:
     """Validate the flags of ``serve`` together; raise ``ConfigError``."""
     from paxoskv.server.node import NodeConfig
@@ -226,6 +227,8 @@ def build_serve_options(
         raise ConfigError(f"--request-timeout must be > 0, not {request_timeout_s}")
     if retain_entries < 1:
         raise ConfigError(f"--retain-entries must be >= 1, not {retain_entries}")
+    if retain_mb < 1:
+        raise ConfigError(f"--retain-mb must be >= 1, not {retain_mb}")
     path = pathlib.Path(data_dir) if data_dir else pathlib.Path("data") / f"node{node_id}"
     cfg = NodeConfig(
         node_id=node_id,
@@ -239,6 +242,7 @@ def build_serve_options(
         heartbeat_ms=heartbeat_ms,
         election_ms=election_ms,
         retain_entries=retain_entries,
+        retain_bytes_max=retain_mb << 20,
         compact_step_entries=max(1, min(1_000, retain_entries // 10)),
     )
     return ServeOptions(node=cfg, request_timeout_s=request_timeout_s)

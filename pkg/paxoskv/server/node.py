@@ -70,6 +70,7 @@ class NodeConfig:
     batch_commands_max: int = 1024
     sessions_max: int = 100_000
     retain_entries: int = 10_000  # chosen entries kept after compaction
+    retain_bytes_max: int = 64 << 20  # and at most this many bytes of their commands
     compact_step_entries: int = 1_000
     snapshot_chunk_bytes: int = 256 << 10
 
@@ -143,6 +144,7 @@ class Node:
             sessions_max=cfg.sessions_max,
             retain_entries=cfg.retain_entries,
             compact_step_entries=cfg.compact_step_entries,
+            retain_bytes_max=cfg.retain_bytes_max,
             snapshot_chunk_bytes=cfg.snapshot_chunk_bytes,
             snapshot_timeout_ticks=max(50, round(4 * cfg.election_ms / cfg.tick_ms)),
         )
