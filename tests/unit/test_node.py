@@ -4,6 +4,7 @@ with in-memory storage: the event loop, group commit and forwarding."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import pathlib
 import socket
 
@@ -62,6 +63,19 @@ class Cluster:
         raise AssertionError("no leader")
 
 
+@contextlib.asynccontextmanager
+async def running(n: int = 3, **extra):
+    """A started cluster of ``n`` nodes, every node stopped at the end."""
+    c = Cluster(n, **extra)
+    try:
+        for i in c.ids:
+            await c.start(i)
+        yield c
+    finally:
+        for i in list(c.nodes):
+            await c.stop(i)
+
+
 def put(client: str, seq: int, key: bytes, value: bytes):
     return commands.decode(commands.encode_put(client, seq, key, value))
 
@@ -72,10 +86,7 @@ def run(coro):
 
 def test_writes_through_any_node_are_read_linearizably_from_every_node():
     async def main():
-        c = Cluster()
-        for i in c.ids:
-            await c.start(i)
-        try:
+        async with running() as c:
             leader = await c.leader()
             follower = next(i for i in c.ids if i != leader)
             r = await c.nodes[follower].submit(put("c1", 1, b"k", b"v1"), timeout_s=5)
@@ -85,19 +96,13 @@ def test_writes_through_any_node_are_read_linearizably_from_every_node():
             for i in c.ids:
                 value, index = await c.nodes[i].get(b"k", timeout_s=5)
                 assert value == b"v2" and index >= 2
-        finally:
-            for i in list(c.nodes):
-                await c.stop(i)
 
     run(main())
 
 
 def test_a_retried_command_is_applied_once_and_answered_with_its_first_result():
     async def main():
-        c = Cluster()
-        for i in c.ids:
-            await c.start(i)
-        try:
+        async with running() as c:
             await c.leader()
             n = c.nodes[1]
             first = await n.submit(put("cx", 1, b"a", b"1"), timeout_s=5)
@@ -105,19 +110,13 @@ def test_a_retried_command_is_applied_once_and_answered_with_its_first_result():
             assert first.index == again.index and not again.existed
             r = await n.submit(put("cx", 2, b"a", b"2"), timeout_s=5)
             assert r.existed and r.index > first.index
-        finally:
-            for i in list(c.nodes):
-                await c.stop(i)
 
     run(main())
 
 
 def test_many_concurrent_writes_share_synced_batches_and_survive_a_full_restart():
     async def main():
-        c = Cluster()
-        for i in c.ids:
-            await c.start(i)
-        try:
+        async with running() as c:
             await c.leader()
             writes = [
                 c.nodes[1 + k % 3].submit(put(f"w{k}", 1, b"k%d" % k, b"v%d" % k), timeout_s=20)
@@ -126,9 +125,6 @@ def test_many_concurrent_writes_share_synced_batches_and_survive_a_full_restart(
             results = await asyncio.gather(*writes)
             assert [r.code for r in results] == [0] * 2000
             assert len({r.index for r in results}) < 2000 / 4, "commands share slots (batching)"
-        finally:
-            for i in list(c.nodes):
-                await c.stop(i)
         for i in c.ids:
             await c.start(i)
         try:
@@ -160,10 +156,7 @@ def test_bad_input_is_refused_and_no_leader_means_unavailable():
 
 def test_status_reports_role_indexes_and_the_peers_heard_from():
     async def main():
-        c = Cluster()
-        for i in c.ids:
-            await c.start(i)
-        try:
+        async with running() as c:
             leader = await c.leader()
             await c.nodes[leader].submit(put("s", 1, b"k", b"v"), timeout_s=5)
             loop = asyncio.get_running_loop()
@@ -176,19 +169,13 @@ def test_status_reports_role_indexes_and_the_peers_heard_from():
             assert st.role == "leader" and st.leader_id == leader and st.keys == 1
             assert sorted(p.node_id for p in st.peers) == [i for i in c.ids if i != leader]
             assert all(p.connected and 0 <= p.last_heard_seconds < 1 for p in st.peers)
-        finally:
-            for i in list(c.nodes):
-                await c.stop(i)
 
     run(main())
 
 
 def test_a_node_behind_the_compacted_log_catches_up_by_snapshot_while_writes_continue():
     async def main():
-        c = Cluster(retain_entries=20, compact_step_entries=10, snapshot_chunk_bytes=512)
-        for i in c.ids:
-            await c.start(i)
-        try:
+        async with running(retain_entries=20, compact_step_entries=10, snapshot_chunk_bytes=512) as c:
             leader = await c.leader()
             lag = next(i for i in c.ids if i != leader)
             await c.stop(lag)
@@ -214,19 +201,13 @@ def test_a_node_behind_the_compacted_log_catches_up_by_snapshot_while_writes_con
                 await asyncio.sleep(0.01)
             assert dict(node.replica.sm.items()) == dict(c.nodes[leader].replica.sm.items())
             assert node.status().snapshot_index > 0
-        finally:
-            for i in list(c.nodes):
-                await c.stop(i)
 
     run(main())
 
 
 def test_the_kept_log_is_bounded_in_bytes_as_well_as_in_entries():
     async def main():
-        c = Cluster(retain_entries=100_000, retain_bytes_max=20_000)
-        for i in c.ids:
-            await c.start(i)
-        try:
+        async with running(retain_entries=100_000, retain_bytes_max=20_000) as c:
             leader = await c.leader()
             node = c.nodes[leader]
             for k in range(300):  # one slot each, ~1 KiB of command per slot
@@ -236,8 +217,5 @@ def test_the_kept_log_is_bounded_in_bytes_as_well_as_in_entries():
             assert r.compactions > 0 and kept < 300
             assert r._kept_bytes <= 20_000 * 1.1 + 1200
             assert len(r._kept) == kept
-        finally:
-            for i in list(c.nodes):
-                await c.stop(i)
 
     run(main())

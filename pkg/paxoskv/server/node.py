@@ -107,6 +107,16 @@ class _Wait:
             if self.pending == 0:
                 self.future.set_result(None)
 
+    async def wait(self, timeout_s: float, late: NodeError) -> list:
+        """The results once all are in, or ``late`` for those missing at the deadline."""
+        if self.pending:
+            try:
+                await asyncio.wait_for(asyncio.shield(self.future), timeout_s)
+            except asyncio.TimeoutError:
+                for i in range(len(self.results)):
+                    self.set(i, late)
+        return self.results
+
 
 class Node:
     def __init__(self, cfg: NodeConfig, *, storage=None) -> None:
@@ -231,21 +241,16 @@ class Node:
             registered.append(key)
         if registered:
             self._wake.set()
-        if call.pending:
-            try:
-                await asyncio.wait_for(asyncio.shield(call.future), timeout_s)
-            except asyncio.TimeoutError:
-                late = DeadlineExceeded(f"no answer within {timeout_s:.3f}s; the command may still be applied")
-                for i in range(len(cmds)):
-                    call.set(i, late)
-            finally:
-                for key in registered:
-                    lst = waiters.get(key)
-                    if lst is not None:
-                        lst[:] = [w for w in lst if w[0] is not call]
-                        if not lst:
-                            del waiters[key]
-        return call.results
+        late = DeadlineExceeded(f"no answer within {timeout_s:.3f}s; the command may still be applied")
+        try:
+            return await call.wait(timeout_s, late)
+        finally:
+            for key in registered:
+                lst = waiters.get(key)
+                if lst is not None:
+                    lst[:] = [w for w in lst if w[0] is not call]
+                    if not lst:
+                        del waiters[key]
 
     async def get(self, key: bytes, *, serializable: bool = False, timeout_s: float) -> tuple[bytes | None, int]:
         """Read ``key``: linearizable (read index) unless ``serializable``."""
@@ -278,17 +283,11 @@ class Node:
                 rids.append(rid)
         if rids:
             self._wake.set()
-        if call.pending:
-            try:
-                await asyncio.wait_for(asyncio.shield(call.future), timeout_s)
-            except asyncio.TimeoutError:
-                late = DeadlineExceeded(f"read not confirmed within {timeout_s:.3f}s")
-                for i in range(len(keys)):
-                    call.set(i, late)
-            finally:
-                for rid in rids:
-                    self._reads.pop(rid, None)
-        return call.results
+        try:
+            return await call.wait(timeout_s, DeadlineExceeded(f"read not confirmed within {timeout_s:.3f}s"))
+        finally:
+            for rid in rids:
+                self._reads.pop(rid, None)
 
     def status(self) -> kv_pb2.StatusResponse:
         replica = self.replica
