@@ -73,3 +73,23 @@ def test_snapshot_save_from_a_running_node_restores_into_a_new_data_dir(shared_c
         state = st.load()
     assert state.kv[b"snap-key"] == b"snap-value"
     assert state.log_start == state.applied_index + 1
+
+
+def test_the_python_client_batches_with_per_op_results_and_exactly_once_retries(cluster):
+    from paxoskv.client import Client
+    from paxoskv.client.client import InvalidArgument, WriteResult
+
+    async def main():
+        async with Client(cluster.endpoints, timeout_s=20) as c:
+            ops = [("put", f"pk{k}", f"v{k}") for k in range(100)] + [("put", "", "x"), ("get", "pk5")]
+            res = await c.batch(ops)
+            assert all(isinstance(r, WriteResult) for r in res[:100])
+            assert isinstance(res[100], InvalidArgument)
+            assert res[101].value == b"v5"
+            # The leader dies; the next batch still completes on the survivors.
+            cluster.kill(cluster.wait_leader())
+            res = await c.batch([("delete", f"pk{k}") for k in range(50)] + [("get", "pk70")])
+            assert [r.existed for r in res[:50]] == [True] * 50
+            assert res[50].value == b"v70"
+
+    asyncio.run(main())

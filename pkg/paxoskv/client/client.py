@@ -43,7 +43,7 @@ import asyncio
 import random
 import time
 import uuid
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 import grpc
@@ -78,6 +78,7 @@ CHANNEL_OPTIONS: tuple[tuple[str, int], ...] = (
 )
 
 _RETRYABLE = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED})
+_CODE_BY_NUMBER = {c.value[0]: c for c in grpc.StatusCode}
 _UNSPECIFIED_HOSTS = frozenset({"0.0.0.0", "::", "[::]", ""})
 
 
@@ -156,7 +157,7 @@ class _Session:
 class _Channel:
     """One node's channel and its method callables."""
 
-    __slots__ = ("target", "channel", "get", "put", "delete", "status")
+    __slots__ = ("target", "channel", "get", "put", "delete", "batch", "status")
 
     def __init__(self, target: str) -> None:
         self.target = target
@@ -176,6 +177,11 @@ class _Channel:
             "/paxoskv.v1.KV/Delete",
             request_serializer=kv_pb2.DeleteRequest.SerializeToString,
             response_deserializer=kv_pb2.DeleteResponse.FromString,
+        )
+        self.batch = ch.unary_unary(
+            "/paxoskv.v1.KV/Batch",
+            request_serializer=kv_pb2.BatchRequest.SerializeToString,
+            response_deserializer=kv_pb2.BatchResponse.FromString,
         )
         self.status = ch.unary_unary(
             "/paxoskv.v1.Maintenance/Status",
@@ -349,6 +355,79 @@ class Client:
             await self.read(key, serializable=serializable, timeout_s=timeout_s, endpoint=endpoint)
         ).value
 
+    async def batch(
+        self, ops: Sequence[tuple], *, timeout_s: float | None = None
+    ) -> list[WriteResult | GetResult | ClientError]:
+        """Many operations in one call per attempt: ``("put", key, value)``,
+        ``("delete", key)``, ``("get", key)`` or ``("get", key, True)`` (a
+        serializable read). Each write is exactly-once (its own session), so
+        a retry resends only the operations still undecided, with their same
+        (client_id, sequence). Returns, in order, each one's result or its
+        error (InvalidArgument, StaleSequence, Unavailable, DeadlineExceeded)."""
+        total_s = self.timeout_s if timeout_s is None else timeout_s
+        deadline = time.monotonic() + total_s
+        reqs: list[kv_pb2.RequestOp] = []
+        sessions: list[_Session] = []
+        try:
+            for op in ops:
+                kind = op[0]
+                if kind == "get":
+                    serializable = bool(op[2]) if len(op) > 2 else False
+                    reqs.append(kv_pb2.RequestOp(get=kv_pb2.GetRequest(key=_as_bytes(op[1], "key"), serializable=serializable)))
+                    continue
+                if kind not in ("put", "delete"):
+                    raise ValueError(f"unknown operation {kind!r}: put, delete or get")
+                session = self._acquire()
+                sessions.append(session)
+                header = kv_pb2.RequestHeader(client_id=session.client_id, sequence=session.next_sequence)
+                session.next_sequence += 1
+                if kind == "put":
+                    put = kv_pb2.PutRequest(request=header, key=_as_bytes(op[1], "key"), value=_as_bytes(op[2], "value"))
+                    reqs.append(kv_pb2.RequestOp(put=put))
+                else:
+                    reqs.append(kv_pb2.RequestOp(delete=kv_pb2.DeleteRequest(request=header, key=_as_bytes(op[1], "key"))))
+            results: list[WriteResult | GetResult | ClientError | None] = [None] * len(reqs)
+            pending = list(range(len(reqs)))
+            failures = 0
+            last_error = ""
+            while pending:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    break
+                try:
+                    resp = await self._call("batch", kv_pb2.BatchRequest(ops=[reqs[i] for i in pending]), remaining, None)
+                except ClientError as exc:
+                    for i in pending:
+                        results[i] = exc
+                    pending = []
+                    break
+                still: list[int] = []
+                for i, r in zip(pending, resp.results):
+                    if r.code == 0:
+                        results[i] = _op_result(r)
+                        continue
+                    code = _CODE_BY_NUMBER.get(r.code, grpc.StatusCode.UNKNOWN)
+                    if code in _RETRYABLE:
+                        still.append(i)
+                        last_error = r.error
+                    else:
+                        results[i] = _op_error(code, r.error)
+                pending = still
+                if pending:
+                    failures += 1
+                    delay = min(self.backoff_s_max, self.backoff_s * 2 ** (failures - 1))
+                    delay = min(delay * (0.5 + 0.5 * self._rng.random()), deadline - time.monotonic())
+                    if delay > 0:
+                        await asyncio.sleep(delay)
+            for i in pending:
+                results[i] = Unavailable(
+                    f"no answer within {total_s:.3g}s ({last_error}); a write may still be applied",
+                    grpc.StatusCode.UNAVAILABLE,
+                )
+            return results  # type: ignore[return-value]
+        finally:
+            self._free_sessions.extend(sessions)
+
     async def status(
         self, endpoint: str, *, timeout_s: float | None = None
     ) -> kv_pb2.StatusResponse:
@@ -458,6 +537,26 @@ class Client:
             f"still be applied",
             last.code(),
         )
+
+
+def _op_result(r: kv_pb2.ResponseOp) -> WriteResult | GetResult:
+    kind = r.WhichOneof("op")
+    if kind == "get":
+        h = r.get.header
+        return GetResult(r.get.value if r.get.found else None, h.index, h.node_id, h.leader_id)
+    if kind == "put":
+        h = r.put.header
+        return WriteResult(r.put.existed, h.index, h.node_id, h.leader_id)
+    h = r.delete.header
+    return WriteResult(r.delete.deleted, h.index, h.node_id, h.leader_id)
+
+
+def _op_error(code: grpc.StatusCode, detail: str) -> ClientError:
+    if code == grpc.StatusCode.INVALID_ARGUMENT:
+        return InvalidArgument(detail, code)
+    if code == grpc.StatusCode.FAILED_PRECONDITION:
+        return StaleSequence(detail, code)
+    return ClientError(f"{code.name}: {detail}", code)
 
 
 def _final_error(err: grpc.aio.AioRpcError, target: str) -> ClientError:

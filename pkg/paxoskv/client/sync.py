@@ -54,6 +54,9 @@ class SyncClient:
     def read(self, key: bytes | str, **kw: object) -> GetResult:
         return self._run(self._client.read(key, **kw))
 
+    def batch(self, ops, **kw: object) -> list:  # noqa: ANN001 - see Client.batch
+        return self._run(self._client.batch(ops, **kw))
+
     def status(self, endpoint: str, **kw: object) -> kv_pb2.StatusResponse:
         return self._run(self._client.status(endpoint, **kw))
 
