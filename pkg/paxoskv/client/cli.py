@@ -186,7 +186,9 @@ def _status_json(ns: NodeStatus) -> dict[str, Any]:
     }
 
 
-_COLUMNS = ("ENDPOINT", "ID", "ROLE", "LEADER", "BALLOT", "COMMIT", "APPLIED", "LOG", "PEERS SEEN")
+_COLUMNS = (
+    "ENDPOINT", "ID", "ROLE", "LEADER", "BALLOT", "COMMIT", "APPLIED", "LOG", "SNAPSHOT", "PEERS SEEN"
+)
 
 
 def _status_row(ns: NodeStatus) -> tuple[str, ...]:
@@ -202,7 +204,8 @@ def _status_row(ns: NodeStatus) -> tuple[str, ...]:
         f"{s.ballot_round}.{s.ballot_node}",
         str(s.commit_index),
         str(s.applied_index),
-        f"{s.log_start}-{s.commit_index}",
+        f"{s.log_start}-{s.commit_index}" if s.commit_index >= s.log_start else "-",
+        str(s.snapshot_index) if s.snapshot_index else "-",
         seen,
     )
 
