@@ -98,6 +98,11 @@ class Batch:
     def messages(self) -> list[Message]:
         return self.ready.messages
 
+    @property
+    def messages_early(self) -> list[Message]:
+        """Messages that may leave before the write (the leader's Accepts)."""
+        return self.ready.messages_early
+
 
 @dataclass(slots=True)
 class Done:
@@ -249,9 +254,12 @@ class Replica:
 
     def run_once(self, send) -> Done | None:
         """persist -> send -> apply, for callers that send synchronously."""
-        batch = self.persist()
+        batch = self.prepare()
         if batch is None:
             return None
+        if batch.messages_early:
+            send(batch.messages_early)
+        self.write(batch)
         if batch.messages:
             send(batch.messages)
         return self.apply(batch)

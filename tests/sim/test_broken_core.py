@@ -35,11 +35,12 @@ SAFETY_KINDS = {
 }
 
 
-def first_violation(seeds_max: int, tally, nodes: int = 3) -> SimResult:
+def first_violation(seeds_max: int, tally, nodes: int = 3, of_kinds: set[str] | None = None) -> SimResult:
+    """The first seed that violates an invariant (of ``of_kinds``, if given)."""
     for seed in range(seeds_max):
         r = run_seed(seed, nodes=nodes)
         tally(r)
-        if not r.ok:
+        if not r.ok and (of_kinds is None or kinds(r) & of_kinds):
             return r
     raise AssertionError(f"no violation found in {seeds_max} seeds: the simulator missed the bug")
 
@@ -74,7 +75,9 @@ def test_leader_skipping_phase_1_is_caught_within_200_seeds(monkeypatch, tally) 
             self.quorum = quorum
 
     monkeypatch.setattr(Core, "_start_candidacy", lead_without_phase_1)
-    r = first_violation(200, tally)
+    # Such a leader can also just stall (a liveness violation); what matters is
+    # that the simulator finds the unsafe runs within the bound.
+    r = first_violation(200, tally, of_kinds={"agreement", "exception", "linearizability"})
     assert kinds(r) & {"agreement", "exception", "linearizability"}, r.violations
 
 

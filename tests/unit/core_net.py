@@ -61,8 +61,17 @@ class Net:
         self.cut_links.clear()
 
     def process(self, i: int) -> None:
+        """Handle Readys as a runtime's pump does: until has_ready() is False."""
+        self._process_one(i)
+        while self.cores[i].has_ready():
+            self._process_one(i)
+
+    def _process_one(self, i: int) -> None:
         core = self.cores[i]
         rd = core.ready()
+        for m in rd.messages_early:  # may leave before the write
+            self.sent.append(m)
+            self.queue.append(m)
         d = self.disks[i]
         if rd.promised is not None:
             d.promised = rd.promised

@@ -91,6 +91,7 @@ def test_nothing_leaves_before_the_state_it_depends_on_is_in_the_same_ready():
                         violations.append(m)
         # hand the ready back to the normal path
         core._out_messages[:0] = rd.messages
+        core._out_early[:0] = rd.messages_early
         core._out_accepted[:0] = rd.accepted
         core._out_chosen[:0] = rd.chosen
         core._out_reads[:0] = rd.reads
@@ -275,6 +276,7 @@ def test_a_node_behind_a_compacted_log_asks_for_a_snapshot_and_continues_after_i
             if rd.snapshot_from is not None:
                 asked.append(rd.snapshot_from)
             core._out_messages[:0] = rd.messages
+            core._out_early[:0] = rd.messages_early
             core._out_accepted[:0] = rd.accepted
             core._out_chosen[:0] = rd.chosen
             core._emitted_index -= len(rd.committed)

@@ -178,6 +178,7 @@ class Core:
         self._out_accepted: list[Entry] = []
         self._out_chosen: list[tuple[int, Value]] = []
         self._out_messages: list[Message] = []
+        self._out_early: list[Message] = []
         self._out_reads: list[ReadState] = []
         self._out_snapshot_from: int | None = None
 
@@ -267,6 +268,7 @@ class Core:
             accepted=self._out_accepted,
             chosen=self._out_chosen,
             messages=self._out_messages,
+            messages_early=self._out_early,
             committed=committed,
             reads=self._out_reads,
             snapshot_from=self._out_snapshot_from,
@@ -276,11 +278,22 @@ class Core:
         self._out_accepted = []
         self._out_chosen = []
         self._out_messages = []
+        self._out_early = []
         self._out_reads = []
         return rd
 
     def advance(self, ready: Ready) -> None:
         """The runtime has persisted, sent and applied ``ready``."""
+        if self.role is Role.LEADER and ready.accepted:
+            # Our own acceptances are durable now: they count toward quorums.
+            b = self.ballot
+            for e in ready.accepted:
+                p = self._inflight.get(e.slot)
+                if p is not None and e.ballot == b:
+                    p.acks.add(self.id)
+                    if len(p.acks) >= self.quorum:
+                        del self._inflight[e.slot]
+                        self._choose(e.slot, p.value)
         if ready.committed:
             last = ready.committed[-1][0]
             assert last == self.applied_index + len(ready.committed), "applied out of order"
@@ -297,6 +310,7 @@ class Core:
             or self._out_accepted
             or self._out_chosen
             or self._out_messages
+            or self._out_early
             or self._out_reads
             or self._out_snapshot_from is not None
             or self.commit_index > self._emitted_index
@@ -588,15 +602,13 @@ class Core:
             e = Entry(slot, b, value)
             self.accepted[slot] = e
             self._out_accepted.append(e)
-            self._inflight[slot] = _Proposal(value, {self.id}, self._now)
+            # Our own acceptance counts once it is durable (advance()); the
+            # Accepts go out at once, in parallel with our own write.
+            self._inflight[slot] = _Proposal(value, set(), self._now)
             self._next_slot = max(self._next_slot, slot + 1)
-        if self.quorum == 1:
-            for slot, value in entries:
-                del self._inflight[slot]
-                self._choose(slot, value)
         batch = tuple(entries)
         for peer in self.others:
-            self._send(Accept(frm=self.id, to=peer, ballot=b, entries=batch, commit=self.commit_index))
+            self._out_early.append(Accept(frm=self.id, to=peer, ballot=b, entries=batch, commit=self.commit_index))
         self._commit_sent = self.commit_index
 
     def _retransmit_accepts(self) -> None:
@@ -607,7 +619,9 @@ class Core:
         for peer in self.others:
             entries = tuple((s, p.value) for s, p in stale if peer not in p.acks)
             if entries:
-                self._send(Accept(frm=self.id, to=peer, ballot=self.ballot, entries=entries, commit=self.commit_index))
+                self._out_early.append(
+                    Accept(frm=self.id, to=peer, ballot=self.ballot, entries=entries, commit=self.commit_index)
+                )
         for _, p in stale:
             p.sent_tick = self._now
 

@@ -209,6 +209,9 @@ class ReadState:
 class Ready:
     """What the runtime must do, in this order.
 
+    0. ``messages_early`` may be sent at once, before the write: the leader's
+       Accepts, which vouch for nothing on this node's disk (the leader counts
+       its own acceptance only in ``advance``, after the write).
     1. Persist ``promised`` (if not None) and ``accepted`` in one synced write
        (``must_sync``), and record ``chosen`` entries (they need no sync).
     2. Only then send ``messages``.
@@ -221,6 +224,7 @@ class Ready:
     accepted: list[Entry] = field(default_factory=list)
     chosen: list[tuple[int, Value]] = field(default_factory=list)
     messages: list[Message] = field(default_factory=list)
+    messages_early: list[Message] = field(default_factory=list)
     committed: list[tuple[int, Value]] = field(default_factory=list)
     reads: list[ReadState] = field(default_factory=list)
     # Catch-up hit a peer that compacted the entries we need: fetch a snapshot
@@ -237,6 +241,7 @@ class Ready:
             or self.accepted
             or self.chosen
             or self.messages
+            or self.messages_early
             or self.committed
             or self.reads
             or self.snapshot_from is not None

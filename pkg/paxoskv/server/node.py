@@ -378,6 +378,8 @@ class Node:
                     if batch is None:
                         break
                     rd = batch.ready
+                    if rd.messages_early:
+                        bus.send_many(rd.messages_early)  # the leader's Accepts: in parallel with its fsync
                     if rd.must_sync or rd.chosen:
                         await asyncio.to_thread(replica.write, batch)
                         unyielded = 0

@@ -564,6 +564,8 @@ class Simulation:
                     )
                 self._answer_reads(node, r.apply(batch).reads)
                 return
+            for m in rd.messages_early:  # before the write, as the server does
+                self.network.send(m)
             if (rd.must_sync or rd.chosen) and self.fsync_us_max:
                 # The write runs off the event loop; the pump awaits it.
                 rng = self.runtime_rng
