@@ -48,6 +48,8 @@ the node from writing, and the chunks are produced in a worker thread.
 
 from __future__ import annotations
 
+import abc
+
 import asyncio
 import hashlib
 import os
@@ -643,7 +645,7 @@ def _close_all(chunks: Iterator[bytes] | None, source: Any) -> None:
 # ---- shared by the storage backends -----------------------------------------------------
 
 
-class SourceBase:
+class SourceBase(abc.ABC):
     """A ``SnapshotSource`` made of three hooks: the counts, the key-value
     items in key order, the sessions in client id order."""
 
@@ -684,20 +686,24 @@ class SourceBase:
         self.close()
 
     # hooks
+    @abc.abstractmethod
     def _counts(self) -> tuple[int, int]:
-        raise NotImplementedError
+        """Implemented by each store."""
 
+    @abc.abstractmethod
     def _kv_items(self) -> Iterator[tuple[bytes, bytes]]:
-        raise NotImplementedError
+        """Implemented by each store."""
 
+    @abc.abstractmethod
     def _session_items(self) -> Iterator[tuple[str, Session]]:
-        raise NotImplementedError
+        """Implemented by each store."""
 
+    @abc.abstractmethod
     def _release(self) -> None:
-        raise NotImplementedError
+        """Implemented by each store."""
 
 
-class InstallerBase:
+class InstallerBase(abc.ABC):
     """A ``SnapshotInstaller`` made of hooks: ``_stage`` keeps each chunk,
     ``_commit`` verifies the whole snapshot and does the one atomic switch,
     ``_discard`` drops what was staged. ``reader`` verifies the chunks as
@@ -757,11 +763,14 @@ class InstallerBase:
         self.abort()
 
     # hooks
+    @abc.abstractmethod
     def _stage(self, chunk: bytes, items: Items) -> None:
-        raise NotImplementedError
+        """Implemented by each store."""
 
+    @abc.abstractmethod
     def _commit(self) -> int:
-        raise NotImplementedError
+        """Implemented by each store."""
 
+    @abc.abstractmethod
     def _discard(self) -> None:
-        raise NotImplementedError
+        """Implemented by each store."""
