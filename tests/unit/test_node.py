@@ -27,6 +27,19 @@ def free_ports(n: int) -> list[int]:
     return ports
 
 
+async def until(cond, timeout_s: float, what: str):
+    """Poll ``cond`` (the loop keeps running the nodes) until it returns a truthy
+    value, which is returned; fail after ``timeout_s``."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout_s
+    while True:
+        got = cond()
+        if got:
+            return got
+        assert loop.time() < deadline, f"not within {timeout_s}s: {what}"
+        await asyncio.sleep(0.01)
+
+
 class Cluster:
     def __init__(self, n: int = 3, **extra) -> None:
         self.extra = extra
@@ -53,14 +66,13 @@ class Cluster:
         await self.nodes.pop(i).stop()
 
     async def leader(self, timeout_s: float = 5.0) -> int:
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout_s
-        while loop.time() < deadline:
+        def one_leader() -> int | None:
             leaders = [i for i, n in self.nodes.items() if n.role is Role.LEADER]
             if len(leaders) == 1 and all(n.leader_id == leaders[0] for n in self.nodes.values()):
                 return leaders[0]
-            await asyncio.sleep(0.01)
-        raise AssertionError("no leader")
+            return None
+
+        return await until(one_leader, timeout_s, "one leader that every node follows")
 
 
 @contextlib.asynccontextmanager
@@ -159,13 +171,11 @@ def test_status_reports_role_indexes_and_the_peers_heard_from():
         async with running() as c:
             leader = await c.leader()
             await c.nodes[leader].submit(put("s", 1, b"k", b"v"), timeout_s=5)
-            loop = asyncio.get_running_loop()
-            deadline = loop.time() + 5
-            while loop.time() < deadline:
-                st = c.nodes[leader].status()
-                if st.applied_index >= 1 and all(p.connected for p in st.peers):
-                    break
-                await asyncio.sleep(0.01)
+            await until(
+                lambda: (s := c.nodes[leader].status()).applied_index >= 1 and all(p.connected for p in s.peers),
+                5, "the write applied and every peer heard from",
+            )
+            st = c.nodes[leader].status()
             assert st.role == "leader" and st.leader_id == leader and st.keys == 1
             assert sorted(p.node_id for p in st.peers) == [i for i in c.ids if i != leader]
             assert all(p.connected and 0 <= p.last_heard_seconds < 1 for p in st.peers)
@@ -189,16 +199,11 @@ def test_a_node_behind_the_compacted_log_catches_up_by_snapshot_while_writes_con
                     for k in range(200)
                 ])
             )
-            loop = asyncio.get_running_loop()
-            deadline = loop.time() + 20
             node = c.nodes[lag]
-            while loop.time() < deadline and node.replica.snapshots_installed == 0:
-                await asyncio.sleep(0.01)
-            assert node.replica.snapshots_installed >= 1
+            await until(lambda: node.replica.snapshots_installed >= 1, 20, "a snapshot installed")
             await writer
             want = c.nodes[leader].replica.sm.applied_index
-            while loop.time() < deadline and node.replica.sm.applied_index < want:
-                await asyncio.sleep(0.01)
+            await until(lambda: node.replica.sm.applied_index >= want, 20, "caught up")
             assert dict(node.replica.sm.items()) == dict(c.nodes[leader].replica.sm.items())
             assert node.status().snapshot_index > 0
 
