@@ -382,3 +382,86 @@ def test_restore_refuses_a_snapshot_behind_the_state() -> None:
     sm.apply(2, ())
     with pytest.raises(ValueError, match="behind"):
         sm.restore(1, {}, {})
+
+
+# ---- batch commands (KV.Batch / KV.Session writes as one log command) -------------
+
+
+def _batch(ops: list[tuple[str, str, int, bytes, bytes]], waiter: bytes = b"w") -> bytes:
+    """A batch command of (kind, client_id, sequence, key, value) ops."""
+    cmd = kv_pb2.Command()
+    cmd.batch.waiter = waiter
+    for kind, client_id, sequence, key, value in ops:
+        op = cmd.batch.ops.add()
+        hdr = kv_pb2.RequestHeader(client_id=client_id, sequence=sequence)
+        if kind == "put":
+            op.put.request.CopyFrom(hdr)
+            op.put.key, op.put.value = key, value
+        elif kind == "delete":
+            op.delete.request.CopyFrom(hdr)
+            op.delete.key = key
+        else:
+            op.get.key = key
+    return cmd.SerializeToString()
+
+
+def _single(kind: str, client_id: str, sequence: int, key: bytes, value: bytes) -> bytes:
+    if kind == "put":
+        return encode_put(client_id, sequence, key, value)
+    return encode_delete(client_id, sequence, key)
+
+
+batch_op = st.tuples(
+    st.sampled_from(["put", "put", "delete"]),
+    st.sampled_from(["", "a", "b"]),
+    st.integers(0, 4),
+    st.sampled_from([b"", b"k1", b"k2"]),
+    st.binary(max_size=3),
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(slots=st.lists(st.lists(batch_op, min_size=1, max_size=6), min_size=1, max_size=8))
+def test_a_batch_applies_exactly_like_its_ops_one_by_one(slots) -> None:
+    """Each op of a batch keeps its own identity, validation and
+    exactly-once result: applying the batch gives the same results, state,
+    sessions and change sets as applying its ops as separate commands."""
+    batched, single = fresh(), fresh()
+    for index, ops in enumerate(slots, start=1):
+        [one] = batched.apply(index, (_batch(ops, waiter=b"\x01" + bytes([index])),))
+        assert (one.client_id, one.sequence) == ("\0batch:01" + f"{index:02x}", 0)
+        each = single.apply(index, tuple(_single(*op) for op in ops))
+        assert [(r.code, r.index, r.existed) for r in one.result] == [
+            (a.result.code, a.result.index, a.result.existed) for a in each
+        ]
+        assert batched.take_changes() == single.take_changes()
+    assert dict(batched.items()) == dict(single.items())
+    assert dict(batched.sessions) == dict(single.sessions)
+
+
+def test_a_batch_retried_in_a_later_slot_is_answered_with_the_first_results() -> None:
+    sm = fresh()
+    ops = [("put", "c", 1, b"k", b"v1"), ("delete", "d", 7, b"k", b"")]
+    [first] = sm.apply(1, (_batch(ops),))
+    assert [(r.code, r.index, r.existed) for r in first.result] == [(OK, 1, False), (OK, 1, True)]
+    [again] = sm.apply(2, (_batch(ops),))
+    assert [(r.code, r.index, r.existed) for r in again.result] == [(OK, 1, False), (OK, 1, True)]
+    assert sm.get(b"k") is None
+    [older] = sm.apply(3, (_batch([("put", "c", 1, b"k", b"x"), ("put", "d", 6, b"k", b"y")]),))
+    assert [r.code for r in older.result] == [OK, STALE]  # c/1 is the same request; d/6 is older
+    assert sm.get(b"k") is None
+
+
+def test_a_bad_op_fails_alone_and_a_bad_batch_changes_nothing() -> None:
+    sm = fresh()
+    [a] = sm.apply(1, (_batch([("put", "c", 1, b"", b"v"), ("get", "", 0, b"k", b""), ("put", "c", 2, b"k", b"v")]),))
+    assert [r.code for r in a.result] == [INVALID, INVALID, OK]
+    assert "key is empty" in a.result[0].error and "only put and delete" in a.result[1].error
+    assert sm.get(b"k") == b"v" and sm.session("c").sequence == 2  # type: ignore[union-attr]
+    sm.take_changes()
+    empty = kv_pb2.Command()
+    empty.batch.waiter = b"w"
+    [b] = sm.apply(2, (empty.SerializeToString(),))
+    assert [r.code for r in b.result] == [INVALID] and "no ops" in b.result[0].error
+    changes = sm.take_changes()
+    assert (changes.kv, changes.sessions, changes.applied_index) == ({}, {}, 2)

@@ -37,6 +37,8 @@ __all__ = [
     "encode_delete",
     "encode_put",
     "validate",
+    "validate_identity",
+    "validate_op",
 ]
 
 
@@ -87,28 +89,49 @@ def decode(data: bytes) -> kv_pb2.Command:
 
 
 def validate(cmd: kv_pb2.Command, limits: Limits) -> str | None:
-    """``None`` if the state machine will apply ``cmd``, else why not (one line)."""
-    client_id_bytes = len(cmd.client_id.encode("utf-8"))
-    if client_id_bytes == 0 and cmd.sequence != 0:
-        return f"sequence {cmd.sequence} given without a client_id"
-    if client_id_bytes > 0 and cmd.sequence == 0:
-        return "client_id given without a sequence (sequences start at 1)"
-    if client_id_bytes > limits.client_id_bytes_max:
-        return (
-            f"client_id is {client_id_bytes} bytes, more than the limit of "
-            f"{limits.client_id_bytes_max}"
-        )
+    """``None`` if the state machine will apply ``cmd``, else why not (one line).
+    A batch is valid as a whole when it has ops and no identity of its own;
+    its ops are checked one by one when applied (``validate_op``)."""
     op = cmd.WhichOneof("op")
+    if op == "batch":
+        if cmd.client_id or cmd.sequence:
+            return "a batch command has no client_id or sequence of its own (its ops have)"
+        if not cmd.batch.ops:
+            return "a batch command has no ops"
+        return None
     if op is None:
-        return "command has no operation (put or delete)"
-    key = cmd.put.key if op == "put" else cmd.delete.key
+        err = validate_identity(cmd.client_id, cmd.sequence, limits)
+        return err if err is not None else "command has no operation (put or delete)"
+    if op == "put":
+        return validate_op(cmd.client_id, cmd.sequence, cmd.put.key, cmd.put.value, limits)
+    return validate_op(cmd.client_id, cmd.sequence, cmd.delete.key, b"", limits)
+
+
+def validate_identity(client_id: str, sequence: int, limits: Limits) -> str | None:
+    if not client_id:
+        return f"sequence {sequence} given without a client_id" if sequence else None
+    if sequence == 0:
+        return "client_id given without a sequence (sequences start at 1)"
+    if len(client_id) * 4 > limits.client_id_bytes_max:  # maybe over: count the bytes
+        client_id_bytes = len(client_id.encode("utf-8"))
+        if client_id_bytes > limits.client_id_bytes_max:
+            return (
+                f"client_id is {client_id_bytes} bytes, more than the limit of "
+                f"{limits.client_id_bytes_max}"
+            )
+    return None
+
+
+def validate_op(client_id: str, sequence: int, key: bytes, value: bytes, limits: Limits) -> str | None:
+    """``None`` if a put of ``value`` (a delete: ``b""``) to ``key`` with this
+    identity is applicable, else why not (one line)."""
+    err = validate_identity(client_id, sequence, limits)
+    if err is not None:
+        return err
     if not key:
         return "key is empty"
     if len(key) > limits.key_bytes_max:
         return f"key is {len(key)} bytes, more than the limit of {limits.key_bytes_max}"
-    if op == "put" and len(cmd.put.value) > limits.value_bytes_max:
-        return (
-            f"value is {len(cmd.put.value)} bytes, more than the limit of "
-            f"{limits.value_bytes_max}"
-        )
+    if len(value) > limits.value_bytes_max:
+        return f"value is {len(value)} bytes, more than the limit of {limits.value_bytes_max}"
     return None

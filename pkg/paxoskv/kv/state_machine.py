@@ -55,10 +55,14 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
 
-from paxoskv.kv.commands import DecodeError, Limits, decode, validate
+from paxoskv.kv.commands import DecodeError, Limits, decode, validate, validate_op
 from paxoskv.v1 import kv_pb2, storage_pb2
 
-__all__ = ["Applied", "Changes", "KVStateMachine", "Session"]
+__all__ = ["BATCH_WAITER_PREFIX", "Applied", "Changes", "KVStateMachine", "Session"]
+
+# The ``client_id`` of the one ``Applied`` a batch command yields: this prefix
+# and the hex of its ``waiter`` (a client_id never starts with a NUL).
+BATCH_WAITER_PREFIX = "\0batch:"
 
 _OK = kv_pb2.CommandResult.OK
 _INVALID = kv_pb2.CommandResult.INVALID
@@ -99,7 +103,7 @@ class Applied:
 
     client_id: str
     sequence: int
-    result: kv_pb2.CommandResult
+    result: kv_pb2.CommandResult | tuple[kv_pb2.CommandResult, ...]
 
 
 @dataclass(frozen=True, slots=True)
@@ -202,6 +206,8 @@ class KVStateMachine:
         except DecodeError as exc:
             return Applied("", 0, kv_pb2.CommandResult(code=_INVALID, index=index, error=str(exc)))
         client_id, sequence = cmd.client_id, cmd.sequence
+        if cmd.HasField("batch"):
+            return self._apply_batch(index, cmd)
         error = validate(cmd, self._limits)
         if error is not None:
             return Applied(
@@ -228,6 +234,71 @@ class KVStateMachine:
         if client_id:
             self._remember(client_id, Session(sequence, _copy_result(result), index))
         return Applied(client_id, sequence, result)
+
+    def _apply_batch(self, index: int, cmd: kv_pb2.Command) -> Applied:
+        """Every op of a batch command, in order, each exactly as if it were a
+        command of its own (its identity, its validation, its result); one
+        ``Applied`` carries the tuple of their results. A result is shared with
+        the session that remembers it: results are never mutated."""
+        error = validate(cmd, self._limits)
+        waiter = BATCH_WAITER_PREFIX + cmd.batch.waiter.hex()
+        if error is not None:
+            return Applied(waiter, 0, (kv_pb2.CommandResult(code=_INVALID, index=index, error=error),))
+        limits = self._limits
+        sessions = self._sessions
+        kv = self._kv
+        kv_changes = self._kv_changes
+        Result = kv_pb2.CommandResult
+        results: list[kv_pb2.CommandResult] = []
+        for op in cmd.batch.ops:
+            kind = op.WhichOneof("op")
+            if kind == "put":
+                req = op.put
+                value = req.value
+            elif kind == "delete":
+                req = op.delete
+                value = b""
+            else:
+                results.append(Result(code=_INVALID, index=index, error="only put and delete ops can be in the log"))
+                continue
+            hdr = req.request
+            client_id = hdr.client_id
+            sequence = hdr.sequence
+            key = req.key
+            error = validate_op(client_id, sequence, key, value, limits)
+            if error is not None:
+                results.append(Result(code=_INVALID, index=index, error=error))
+                continue
+            if client_id:
+                session = sessions.get(client_id)
+                if session is not None and sequence <= session.sequence:
+                    if sequence == session.sequence:
+                        results.append(session.result)
+                    else:
+                        results.append(
+                            Result(
+                                code=_STALE,
+                                index=index,
+                                error=(
+                                    f"sequence {sequence} of client {client_id!r} is older than its "
+                                    f"last applied sequence {session.sequence}"
+                                ),
+                            )
+                        )
+                    continue
+            if kind == "put":
+                existed = key in kv
+                kv[key] = value
+                kv_changes[key] = value
+            else:
+                existed = kv.pop(key, None) is not None
+                if existed:
+                    kv_changes[key] = None
+            result = Result(code=_OK, index=index, existed=existed)
+            if client_id:
+                self._remember(client_id, Session(sequence, result, index))
+            results.append(result)
+        return Applied(waiter, 0, tuple(results))
 
     def _execute(self, index: int, cmd: kv_pb2.Command) -> kv_pb2.CommandResult:
         op = cmd.WhichOneof("op")

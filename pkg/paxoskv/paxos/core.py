@@ -173,6 +173,8 @@ class Core:
         self._read_acks: dict[int, int] = {}
         self._reads_forward: list[int] = []
         self._reads_remote_pending: dict[int, int] = {}  # read id -> tick forwarded
+        # tick our outstanding ReadIndexRequest was sent (None: none is): one at a time
+        self._read_request_at: int | None = None
         # Output buffers.
         self._out_promised: Ballot | None = None
         self._out_accepted: list[Entry] = []
@@ -212,6 +214,7 @@ class Core:
         self._now += 1
         self._tick_by_role[self.role]()
         self._expire_remote_reads()
+        self._retry_read_request()
         self._retry_catchup()
 
     def step(self, msg: Message) -> None:
@@ -318,11 +321,13 @@ class Core:
                 self.role is Role.LEADER
                 and (
                     (self._queue and len(self._inflight) < self.config.inflight_slots_max)
-                    or self._reads_new_local
-                    or self._reads_new_remote
+                    or ((self._reads_new_local or self._reads_new_remote) and not self._read_rounds)
                 )
             )
-            or (self.leader_id is not None and (self._forward_queue or self._reads_forward))
+            or (
+                self.leader_id is not None
+                and (self._forward_queue or (self._reads_forward and self._read_request_at is None))
+            )
         )
 
     def install_snapshot(self, index: int) -> None:
@@ -802,7 +807,10 @@ class Core:
             self._release_reads()
 
     def _start_read_round(self) -> None:
-        if not (self._reads_new_local or self._reads_new_remote):
+        # One round at a time: reads arriving meanwhile wait for the next one
+        # (started when this one is confirmed), so under load a round serves
+        # many reads instead of every loop turn sending one.
+        if self._read_rounds or not (self._reads_new_local or self._reads_new_remote):
             return
         self._read_seq += 1
         rnd = _ReadRound(max(self.commit_index, self.recovery_end), self._reads_new_local, self._reads_new_remote)
@@ -846,6 +854,7 @@ class Core:
             self._out_reads.append(ReadState(rid, 0, False))
         self._reads_forward = []
         self._reads_remote_pending = {}
+        self._read_request_at = None
 
     def _expire_remote_reads(self) -> None:
         if not self._reads_remote_pending:
@@ -863,6 +872,8 @@ class Core:
         self._reads_new_remote.setdefault(msg.frm, []).extend(msg.read_ids)
 
     def _on_read_index_reply(self, msg: ReadIndexReply) -> None:
+        if msg.frm == self.leader_id:
+            self._read_request_at = None
         for rid in msg.read_ids:
             if self._reads_remote_pending.pop(rid, None) is not None:
                 self._out_reads.append(ReadState(rid, msg.index, msg.ok))
@@ -880,11 +891,32 @@ class Core:
         for i in range(0, len(q), step):
             self._send(Forward(frm=self.id, to=leader, commands=tuple(q[i : i + step])))
         self._forward_queue = []
-        if self._reads_forward:
+        if self._reads_forward and self._read_request_at is None:
+            # One request at a time: reads arriving meanwhile go in the next.
             self._send(ReadIndexRequest(frm=self.id, to=leader, read_ids=tuple(self._reads_forward)))
             for rid in self._reads_forward:
                 self._reads_remote_pending[rid] = self._now
             self._reads_forward = []
+            self._read_request_at = self._now
+
+    def _retry_read_request(self) -> None:
+        """The request or its reply was lost (or is slow): ask again for every
+        read still waiting. A reply to either serves them (a later round is
+        still a round started after each read arrived)."""
+        at = self._read_request_at
+        if at is None or self._now - at < 2 * self.config.heartbeat_ticks:
+            return
+        leader = self.leader_id
+        if leader is None or self.role is not Role.FOLLOWER:
+            self._read_request_at = None
+            return
+        ids = [*self._reads_remote_pending, *self._reads_forward]
+        for rid in self._reads_forward:
+            self._reads_remote_pending[rid] = self._now
+        self._reads_forward = []
+        self._read_request_at = self._now
+        if ids:
+            self._send(ReadIndexRequest(frm=self.id, to=leader, read_ids=tuple(ids)))
 
     # ---- Helpers ---------------------------------------------------------------
 

@@ -131,6 +131,10 @@ class NodeLike(Protocol):
         self, keys: list[bytes], *, serializable: bool = False, timeout_s: float
     ) -> list[tuple[bytes | None, int] | NodeError]: ...
 
+    async def submit_batch(
+        self, cmd: kv_pb2.Command, *, timeout_s: float
+    ) -> tuple[kv_pb2.CommandResult, ...] | NodeError: ...
+
     def status(self) -> kv_pb2.StatusResponse: ...
 
 
@@ -324,54 +328,40 @@ class Facade:
 
     # ---- many operations per call ----------------------------------------------
 
-    def _op_error(self, exc: Exception) -> kv_pb2.ResponseOp:
+    def _op_error(self, exc: Exception) -> bytes:
         err = exc if isinstance(exc, _Abort) else _error_of(exc)  # type: ignore[arg-type]
-        return kv_pb2.ResponseOp(code=err.code.value[0], error=err.details)
+        return kv_pb2.ResponseOp(code=err.code.value[0], error=err.details).SerializeToString()
 
-    def _write_response(self, kind: str, cmd: kv_pb2.Command, result: object) -> kv_pb2.ResponseOp:
-        if isinstance(result, Exception):
-            return self._op_error(result)
-        if result.code != _RESULT_OK:  # type: ignore[attr-defined]
-            if result.code == _RESULT_STALE:  # type: ignore[attr-defined]
-                return kv_pb2.ResponseOp(
-                    code=grpc.StatusCode.FAILED_PRECONDITION.value[0],
-                    error=f"sequence {cmd.sequence} of client {cmd.client_id!r} is older than its last one",
-                )
-            return kv_pb2.ResponseOp(code=_INVALID.value[0], error=result.error or "rejected")  # type: ignore[attr-defined]
-        header = self._header(result.index)  # type: ignore[attr-defined]
-        if kind == "put":
-            return kv_pb2.ResponseOp(put=kv_pb2.PutResponse(header=header, existed=result.existed))  # type: ignore[attr-defined]
-        return kv_pb2.ResponseOp(delete=kv_pb2.DeleteResponse(header=header, deleted=result.existed))  # type: ignore[attr-defined]
-
-    async def _run_ops(self, ops: list[kv_pb2.RequestOp], timeout_s: float) -> list[kv_pb2.ResponseOp]:
-        """Answer each operation, in order. Writes go to the node together
-        (one call: one deadline, one group commit), and so do reads (one read
-        index round); a bad operation fails alone."""
-        out: list[kv_pb2.ResponseOp | None] = [None] * len(ops)
-        writes: list[tuple[int, str, kv_pb2.Command]] = []
+    async def _run_ops(self, ops, timeout_s: float, raw: bytes | None = None) -> list[bytes]:  # noqa: ANN001
+        """Answer each operation (``RequestOp``s), in order, as encoded
+        ``ResponseOp``s. The writes go to the log together as ONE batch command
+        (one proposal, one waiter, one decode per replica; each op keeps its own
+        exactly-once identity and result) and the reads together (one read
+        index round); a bad operation fails alone. ``raw``: the encoded
+        ``BatchRequest`` holding exactly ``ops``, parsed straight into the
+        batch command when every op is a write."""
+        out: list[bytes | None] = [None] * len(ops)
+        writes: list[tuple[int, bool]] = []  # (position, is a put)
         reads: dict[bool, list[tuple[int, bytes]]] = {False: [], True: []}
         for i, op in enumerate(ops):
             kind = op.WhichOneof("op")
-            if kind == "get":
-                reads[op.get.serializable].append((i, op.get.key))
-            elif kind in ("put", "delete"):
-                req = op.put if kind == "put" else op.delete
-                hdr = req.request
-                if hdr.sequence and not hdr.client_id:
-                    out[i] = self._op_error(_no_client_id(hdr.sequence))
-                    continue
-                cmd = kv_pb2.Command(client_id=hdr.client_id, sequence=hdr.sequence)
-                if kind == "put":
-                    cmd.put.key = req.key
-                    cmd.put.value = req.value
-                else:
-                    cmd.delete.key = req.key
-                writes.append((i, kind, cmd))
+            if kind == "put":
+                writes.append((i, True))
+            elif kind == "delete":
+                writes.append((i, False))
+            elif kind == "get":
+                get = op.get
+                reads[get.serializable].append((i, get.key))
             else:
-                out[i] = kv_pb2.ResponseOp(code=_INVALID.value[0], error="operation has no get, put or delete")
+                out[i] = _NO_OP_BYTES
         jobs = []
         if writes:
-            jobs.append(self.node.submit_many([w[2] for w in writes], timeout_s=timeout_s))
+            cmd = kv_pb2.Command()
+            if raw is not None and len(writes) == len(ops):
+                cmd.batch.MergeFromString(raw)
+            else:
+                cmd.batch.ops.extend(ops[i] for i, _ in writes)
+            jobs.append(self.node.submit_batch(cmd, timeout_s=timeout_s))
         for serializable in (False, True):
             if reads[serializable]:
                 keys = [k for _, k in reads[serializable]]
@@ -379,12 +369,20 @@ class Facade:
         try:
             answers = await asyncio.gather(*jobs)
         except NodeError as exc:  # the node refused the whole call (not running)
-            return [o if o is not None else self._op_error(exc) for o in out]
+            failed = self._op_error(exc)
+            return [o if o is not None else failed for o in out]
         pos = 0
         if writes:
-            for (i, kind, cmd), result in zip(writes, answers[pos]):
-                out[i] = self._write_response(kind, cmd, result)
+            results = answers[pos]
             pos += 1
+            if isinstance(results, Exception) or len(results) != len(writes):
+                failed = self._op_error(
+                    results if isinstance(results, Exception) else _Abort(grpc.StatusCode.INTERNAL, "batch lost its results")
+                )
+                for i, _ in writes:
+                    out[i] = failed
+            else:
+                self._write_responses(ops, writes, results, out)
         for serializable in (False, True):
             if not reads[serializable]:
                 continue
@@ -396,9 +394,38 @@ class Facade:
                     resp = kv_pb2.GetResponse(header=self._header(index), found=value is not None)
                     if value is not None:
                         resp.value = value
-                    out[i] = kv_pb2.ResponseOp(get=resp)
+                    out[i] = kv_pb2.ResponseOp(get=resp).SerializeToString()
             pos += 1
         return out  # type: ignore[return-value]
+
+    def _write_responses(self, ops, writes, results, out: list) -> None:  # noqa: ANN001
+        """The encoded ResponseOp of each write. Successful ones of one slot
+        differ only in kind and ``existed``: each variant is encoded once."""
+        made: dict[tuple[bool, int, bool], bytes] = {}
+        node_id = self.node_id
+        leader_id = self.node.leader_id or 0
+        for (i, is_put), r in zip(writes, results):
+            code = r.code
+            if code == _RESULT_OK:
+                key = (is_put, r.index, r.existed)
+                data = made.get(key)
+                if data is None:
+                    header = kv_pb2.ResponseHeader(node_id=node_id, leader_id=leader_id, index=r.index)
+                    if is_put:
+                        msg = kv_pb2.ResponseOp(put=kv_pb2.PutResponse(header=header, existed=r.existed))
+                    else:
+                        msg = kv_pb2.ResponseOp(delete=kv_pb2.DeleteResponse(header=header, deleted=r.existed))
+                    data = made[key] = msg.SerializeToString()
+                out[i] = data
+            elif code == _RESULT_STALE:
+                op = ops[i]
+                hdr = (op.put if is_put else op.delete).request
+                out[i] = kv_pb2.ResponseOp(
+                    code=grpc.StatusCode.FAILED_PRECONDITION.value[0],
+                    error=f"sequence {hdr.sequence} of client {hdr.client_id!r} is older than its last one",
+                ).SerializeToString()
+            else:
+                out[i] = kv_pb2.ResponseOp(code=_INVALID.value[0], error=r.error or "rejected").SerializeToString()
 
     async def _batch(self, data: bytes, context: grpc.aio.ServicerContext) -> object:
         try:
@@ -406,8 +433,11 @@ class Facade:
         except _Abort as exc:
             await self._fail(context, exc)
             raise
-        results = await self._run_ops(list(req.ops), self._timeout_s(context))
-        return kv_pb2.BatchResponse(header=self._header(0), results=results)
+        results = await self._run_ops(req.ops, self._timeout_s(context), raw=data)
+        # BatchResponse, encoded by hand: header (field 1), then each result (field 2).
+        parts = [_len_field(b"\x0a", self._header(0).SerializeToString())]
+        parts.extend(_len_field(b"\x12", r) for r in results)
+        return b"".join(parts)
 
     async def _session(
         self, requests: AsyncIterator[bytes], context: grpc.aio.ServicerContext
@@ -415,7 +445,7 @@ class Facade:
         """Answer each SessionRequest as it completes, paired by id. Requests
         that arrive within one turn of the event loop go to the node together."""
         loop = asyncio.get_running_loop()
-        out: asyncio.Queue[kv_pb2.SessionResponse | None] = asyncio.Queue()
+        out: asyncio.Queue[bytes | None] = asyncio.Queue()
         running: set[asyncio.Task] = set()
         pending: list[kv_pb2.SessionRequest] = []
         timeout_s = self.request_timeout_s
@@ -423,7 +453,7 @@ class Facade:
         async def run(group: list[kv_pb2.SessionRequest]) -> None:
             results = await self._run_ops([r.op for r in group], timeout_s)
             for r, res in zip(group, results):
-                out.put_nowait(kv_pb2.SessionResponse(id=r.id, result=res))
+                out.put_nowait(_session_response(r.id, res))
 
         def flush() -> None:
             group = pending[:]
@@ -439,8 +469,11 @@ class Facade:
                         req = kv_pb2.SessionRequest.FromString(data)
                     except (DecodeError, ValueError, TypeError) as exc:
                         out.put_nowait(
-                            kv_pb2.SessionResponse(
-                                result=kv_pb2.ResponseOp(code=_INVALID.value[0], error=f"malformed request: {exc}")
+                            _session_response(
+                                0,
+                                kv_pb2.ResponseOp(
+                                    code=_INVALID.value[0], error=f"malformed request: {exc}"
+                                ).SerializeToString(),
                             )
                         )
                         continue
@@ -512,7 +545,32 @@ def _probe_bind(address: str) -> None:
 
 
 def _serialize(msg: object) -> bytes:
+    if type(msg) is bytes:  # encoded by hand already (Batch, Session)
+        return msg
     return msg.SerializeToString()  # type: ignore[attr-defined]
+
+
+def _varint(n: int) -> bytes:
+    out = bytearray()
+    while n > 0x7F:
+        out.append((n & 0x7F) | 0x80)
+        n >>= 7
+    out.append(n)
+    return bytes(out)
+
+
+def _len_field(tag: bytes, payload: bytes) -> bytes:
+    """One length-delimited protobuf field: ``tag`` (one byte) + length + payload."""
+    return tag + _varint(len(payload)) + payload
+
+
+def _session_response(rid: int, result: bytes) -> bytes:
+    """An encoded SessionResponse: id (field 1, omitted when 0) + result (field 2)."""
+    head = b"\x08" + _varint(rid) if rid else b""
+    return head + _len_field(b"\x12", result)
+
+
+_NO_OP_BYTES = kv_pb2.ResponseOp(code=_INVALID.value[0], error="operation has no get, put or delete").SerializeToString()
 
 
 def _no_client_id(sequence: int) -> _Abort:

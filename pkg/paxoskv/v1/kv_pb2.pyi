@@ -22,16 +22,26 @@ class DeleteOp(_message.Message):
     def __init__(self, key: _Optional[bytes] = ...) -> None: ...
 
 class Command(_message.Message):
-    __slots__ = ("client_id", "sequence", "put", "delete")
+    __slots__ = ("client_id", "sequence", "put", "delete", "batch")
     CLIENT_ID_FIELD_NUMBER: _ClassVar[int]
     SEQUENCE_FIELD_NUMBER: _ClassVar[int]
     PUT_FIELD_NUMBER: _ClassVar[int]
     DELETE_FIELD_NUMBER: _ClassVar[int]
+    BATCH_FIELD_NUMBER: _ClassVar[int]
     client_id: str
     sequence: int
     put: PutOp
     delete: DeleteOp
-    def __init__(self, client_id: _Optional[str] = ..., sequence: _Optional[int] = ..., put: _Optional[_Union[PutOp, _Mapping]] = ..., delete: _Optional[_Union[DeleteOp, _Mapping]] = ...) -> None: ...
+    batch: BatchOp
+    def __init__(self, client_id: _Optional[str] = ..., sequence: _Optional[int] = ..., put: _Optional[_Union[PutOp, _Mapping]] = ..., delete: _Optional[_Union[DeleteOp, _Mapping]] = ..., batch: _Optional[_Union[BatchOp, _Mapping]] = ...) -> None: ...
+
+class BatchOp(_message.Message):
+    __slots__ = ("ops", "waiter")
+    OPS_FIELD_NUMBER: _ClassVar[int]
+    WAITER_FIELD_NUMBER: _ClassVar[int]
+    ops: _containers.RepeatedCompositeFieldContainer[RequestOp]
+    waiter: bytes
+    def __init__(self, ops: _Optional[_Iterable[_Union[RequestOp, _Mapping]]] = ..., waiter: _Optional[bytes] = ...) -> None: ...
 
 class CommandResult(_message.Message):
     __slots__ = ("code", "index", "existed", "error")
