@@ -181,6 +181,20 @@ def start_paxoskv(base_dir: pathlib.Path, nodes: int = 3, *, extra_args: tuple[s
     return cluster
 
 
+def start_echo(base_dir: pathlib.Path, node_script: pathlib.Path, nodes: int = 3) -> Cluster:
+    """``nodes`` do-nothing KV servers (``bench/echo_node.py``): the gRPC ceiling."""
+    base_dir.mkdir(parents=True, exist_ok=True)
+    cluster = Cluster("grpc-echo", base_dir, "paxoskv")
+    try:
+        for i, port in enumerate(free_ports(nodes), start=1):
+            cluster._spawn([sys.executable, str(node_script), "--port", str(port)], f"node{i}.log")
+            cluster.endpoints.append(f"127.0.0.1:{port}")
+    except BaseException:
+        cluster.stop()
+        raise
+    return cluster
+
+
 def etcd_binary() -> str | None:
     return shutil.which("etcd")
 

@@ -354,20 +354,38 @@ class Facade:
                 reads[get.serializable].append((i, get.key))
             else:
                 out[i] = _NO_OP_BYTES
-        jobs = []
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
+        write_job = None
         if writes:
             cmd = kv_pb2.Command()
             if raw is not None and len(writes) == len(ops):
                 cmd.batch.MergeFromString(raw)
             else:
                 cmd.batch.ops.extend(ops[i] for i, _ in writes)
-            jobs.append(self.node.submit_batch(cmd, timeout_s=timeout_s))
-        for serializable in (False, True):
-            if reads[serializable]:
-                keys = [k for _, k in reads[serializable]]
-                jobs.append(self.node.get_many(keys, serializable=serializable, timeout_s=timeout_s))
+            write_job = self.node.submit_batch(cmd, timeout_s=timeout_s)
+
+        def read_jobs() -> list:
+            left = max(0.0, deadline - loop.time())
+            return [
+                self.node.get_many([k for _, k in reads[s]], serializable=s, timeout_s=left)
+                for s in (False, True)
+                if reads[s]
+            ]
+
+        # A get placed after a write of the same call is read once the call's
+        # writes are applied here, so it sees them; when every get comes
+        # before every write, they run together (concurrent: a get may or
+        # may not see them).
+        first_write = writes[0][0] if writes else len(ops)
+        ordered = any(i > first_write for s in (False, True) for i, _ in reads[s])
         try:
-            answers = await asyncio.gather(*jobs)
+            if write_job is None:
+                answers = await asyncio.gather(*read_jobs())
+            elif ordered:
+                answers = [await write_job, *await asyncio.gather(*read_jobs())]
+            else:
+                answers = await asyncio.gather(write_job, *read_jobs())
         except NodeError as exc:  # the node refused the whole call (not running)
             failed = self._op_error(exc)
             return [o if o is not None else failed for o in out]

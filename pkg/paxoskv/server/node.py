@@ -10,7 +10,8 @@ Three tasks share the loop:
 * the *ticker* calls ``tick()`` every ``tick_ms``;
 * the *pump* turns the core's output into effects, strictly in order:
   ``prepare`` (collect a Ready), ``write`` (one LevelDB batch, fsync'ed when
-  it holds a promise or accepted entries; run in a worker thread), send the
+  it holds a promise or accepted entries; run in a worker thread unless it
+  is small, see ``INLINE_SYNC_BYTES_MAX``), send the
   messages, ``apply`` (the state machine's changes and applied index in one
   atomic batch), then answer clients.
 
@@ -47,10 +48,30 @@ from paxoskv.v1 import kv_pb2
 
 log = logging.getLogger("paxoskv.node")
 
-# A Ready that needs no fsync but records this many chosen slots or fewer is
-# written on the loop (LevelDB without sync is a memtable append); more (a
-# catch-up) go to the worker thread like synced writes.
+# Where the pump runs a Ready's write. A worker thread lets the loop go on
+# feeding the core while the disk works (group commit), but the hop costs two
+# thread switches and a self-pipe wake-up: more than a small fsync'ed LevelDB
+# write itself (0.15-0.3 ms here). So a write runs on the loop when it is
+# small -- at most INLINE_CHOSEN_MAX chosen slots and at most
+# INLINE_SYNC_BYTES_MAX bytes of accepted commands (what light load and
+# single-request latency produce) -- and in the thread otherwise (batches
+# under load, catch-up). Unsynced writes are memtable appends.
 INLINE_CHOSEN_MAX = 64
+INLINE_SYNC_BYTES_MAX = 16 << 10
+
+
+def _runs_inline(rd) -> bool:  # noqa: ANN001 - a Ready
+    if len(rd.chosen) > INLINE_CHOSEN_MAX:
+        return False
+    if not rd.must_sync:
+        return True
+    size = 0
+    for entry in rd.accepted:
+        for command in entry.value:
+            size += len(command)
+        if size > INLINE_SYNC_BYTES_MAX:
+            return False
+    return True
 
 
 @dataclass(frozen=True)
@@ -423,14 +444,12 @@ class Node:
                     rd = batch.ready
                     if rd.messages_early:
                         bus.send_many(rd.messages_early)  # the leader's Accepts: in parallel with its fsync
-                    if rd.must_sync or len(rd.chosen) > INLINE_CHOSEN_MAX:
+                    if not _runs_inline(rd):
                         await asyncio.to_thread(replica.write, batch)
                         unyielded = 0
                     else:
-                        if rd.chosen:
-                            # Not synced (chosen values are facts, not promises):
-                            # a memtable write, cheaper here than a thread hop.
-                            replica.write(batch)
+                        if rd.must_sync or rd.chosen:
+                            replica.write(batch)  # small: cheaper here than a thread hop
                         unyielded += 1
                         if unyielded >= 64:  # never starve the receiver and the ticker
                             await asyncio.sleep(0)

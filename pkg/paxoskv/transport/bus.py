@@ -87,6 +87,8 @@ ZERO_COPY_BYTES_MIN = 64 << 10  # below this libzmq copies anyway
 # Plain ints skip pyzmq's enum conversions on the hot path.
 _NOBLOCK = int(zmq.NOBLOCK)
 _EVENTS = int(zmq.EVENTS)
+_POLLIN = int(zmq.POLLIN)
+_EVENTS = int(zmq.EVENTS)
 _POLLOUT = int(zmq.POLLOUT)
 
 
@@ -225,6 +227,9 @@ class PeerBus:
         self._peer_by_identity: dict[bytes, _Peer] = {p.identity: p for p in self._peers.values()}
         self._ctx: zmq.asyncio.Context | None = None
         self._router: zmq.asyncio.Socket | None = None
+        self._router_fd: int | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._rx_waiter: asyncio.Future | None = None
         self._router_sync: zmq.Socket | None = None
         self._port: int | None = None
         self._started = False
@@ -249,6 +254,9 @@ class PeerBus:
             last = self._router.getsockopt(zmq.LAST_ENDPOINT).decode()
             self._port = int(last.rsplit(":", 1)[1])
             self._router_sync = zmq.Socket.shadow(self._router.underlying)
+            self._router_fd = self._router_sync.get(zmq.FD)
+            self._loop = asyncio.get_running_loop()
+            self._loop.add_reader(self._router_fd, self._on_router_fd)
             for peer in self._peers.values():
                 sock = zmq.Socket(self._ctx, zmq.DEALER)
                 peer.sock = sock
@@ -295,6 +303,12 @@ class PeerBus:
         for peer in self._peers.values():
             if peer.sock is not None:
                 peer.sock.close(linger=0)
+        if self._router_fd is not None and self._loop is not None and not self._loop.is_closed():
+            self._loop.remove_reader(self._router_fd)
+        self._router_fd = None
+        waiter = self._rx_waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)  # the receiver wakes and raises BusClosed
         self._router_sync = None  # a shadow: closing the router closes what it shadows
         if self._router is not None:
             self._router.close(linger=0)
@@ -397,21 +411,41 @@ class PeerBus:
             self._receiving = False
 
     async def _wait_readable(self) -> None:
-        router = self._router
-        assert router is not None
+        """Return once the ROUTER has input. libzmq's ``FD`` is edge-like: it
+        signals that ``EVENTS`` may have changed, and reading ``EVENTS``
+        rearms it, so the reader installed in ``start`` reads it on every
+        signal and wakes the one waiter. (zmq.asyncio's ``poll`` does the same
+        with a Poller, several futures and flag enums per wait: a tenth of a
+        millisecond a message on this path.)"""
+        sock = self._router_sync
+        assert sock is not None
+        if sock.get(_EVENTS) & _POLLIN:
+            return
+        waiter = asyncio.get_running_loop().create_future()
+        self._rx_waiter = waiter
         try:
-            await router.poll(timeout=None, flags=zmq.POLLIN)
+            await waiter
         except asyncio.CancelledError:
             task = asyncio.current_task()
             if self._closed and (task is None or task.cancelling() == 0):
                 raise BusClosed("bus closed while receiving") from None
             raise
-        except zmq.ZMQError:
-            if self._closed:
-                raise BusClosed("bus closed while receiving") from None
-            raise
+        finally:
+            self._rx_waiter = None
         if self._closed:
             raise BusClosed("bus closed while receiving")
+
+    def _on_router_fd(self) -> None:
+        sock = self._router_sync
+        if sock is None:
+            return
+        try:
+            readable = sock.get(_EVENTS) & _POLLIN
+        except zmq.ZMQError:
+            readable = True  # closing: let the waiter find out
+        waiter = self._rx_waiter
+        if readable and waiter is not None and not waiter.done():
+            waiter.set_result(None)
 
     def _drain(self, out: list[Message], max_messages: int) -> None:
         # recv_multipart asks libzmq for RCVMORE through the option enums on every
