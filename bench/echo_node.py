@@ -1,0 +1,68 @@
+#!/usr/bin/env python3
+"""A do-nothing ``paxoskv.v1.KV`` server, for ``bench/compare``: the ceiling
+of a Python grpc.aio front end on this machine.
+
+Rules of this node: Get, Put and Delete answer at once with a constant
+response (Get: found, a 100-byte value); nothing is stored, replicated or
+synced. It is served exactly as a paxoskv node serves its public port
+(grpc.aio, raw-bytes handlers registered by hand, the same server options),
+so the gap between this row and paxoskv's is what consensus, storage and
+the node cost, and the gap between this row and etcd's is what the Python
+gRPC layer alone costs. Binds 127.0.0.1 only; stops on SIGTERM/SIGINT.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import signal
+
+import grpc
+
+from paxoskv.server.grpc_api import KV_SERVICE, SERVER_OPTIONS
+from paxoskv.v1 import kv_pb2
+
+_HEADER = kv_pb2.ResponseHeader(node_id=1, leader_id=1, index=1)
+PUT = kv_pb2.PutResponse(header=_HEADER).SerializeToString()
+DELETE = kv_pb2.DeleteResponse(header=_HEADER, deleted=True).SerializeToString()
+GET = kv_pb2.GetResponse(header=_HEADER, found=True, value=b"v" * 100).SerializeToString()
+
+
+async def serve(port: int) -> None:
+    async def put(_data: bytes, _context: object) -> bytes:
+        return PUT
+
+    async def delete(_data: bytes, _context: object) -> bytes:
+        return DELETE
+
+    async def get(_data: bytes, _context: object) -> bytes:
+        return GET
+
+    def raw(b: bytes) -> bytes:
+        return b
+
+    handlers = {
+        name: grpc.unary_unary_rpc_method_handler(fn, None, raw)
+        for name, fn in (("Put", put), ("Delete", delete), ("Get", get))
+    }
+    server = grpc.aio.server(options=SERVER_OPTIONS)
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(KV_SERVICE, handlers),))
+    server.add_registered_method_handlers(KV_SERVICE, handlers)
+    server.add_insecure_port(f"127.0.0.1:{port}")
+    await server.start()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    await server.stop(0.5)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--port", type=int, required=True)
+    asyncio.run(serve(ap.parse_args().port))
+
+
+if __name__ == "__main__":
+    main()
