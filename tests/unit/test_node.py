@@ -234,8 +234,8 @@ def test_small_writes_run_on_the_loop_and_large_ones_in_the_worker_thread() -> N
     small = Ready(accepted=[Entry(1, b, (b"x" * 100,) * 10)])
     assert node_mod._runs_inline(small)
     assert node_mod._runs_inline(Ready(promised=b))  # a promise alone: tiny
-    big = Ready(accepted=[Entry(s, b, (b"x" * 1000,) * 10) for s in range(1, 4)])
-    assert not node_mod._runs_inline(big)  # 30 KB of commands: the thread
+    big = Ready(accepted=[Entry(s, b, (b"x" * 1000,) * 5) for s in range(1, 2)])
+    assert not node_mod._runs_inline(big)  # 5 KB of commands: the thread
     catchup = Ready(chosen=[(s, (b"c",)) for s in range(1, node_mod.INLINE_CHOSEN_MAX + 2)])
     assert not node_mod._runs_inline(catchup)
     assert node_mod._runs_inline(Ready(chosen=[(1, (b"c",))]))

@@ -57,7 +57,7 @@ log = logging.getLogger("paxoskv.node")
 # single-request latency produce) -- and in the thread otherwise (batches
 # under load, catch-up). Unsynced writes are memtable appends.
 INLINE_CHOSEN_MAX = 64
-INLINE_SYNC_BYTES_MAX = 16 << 10
+INLINE_SYNC_BYTES_MAX = 4 << 10
 
 
 def _runs_inline(rd) -> bool:  # noqa: ANN001 - a Ready
