@@ -413,20 +413,24 @@ def _single(kind: str, client_id: str, sequence: int, key: bytes, value: bytes) 
 
 batch_op = st.tuples(
     st.sampled_from(["put", "put", "delete"]),
-    st.sampled_from(["", "a", "b"]),
+    st.sampled_from(["", "a", "b", "é" * 100, "x" * 300]),  # the last two: over 256 bytes
     st.integers(0, 4),
-    st.sampled_from([b"", b"k1", b"k2"]),
+    st.sampled_from([b"", b"k1", b"k2", b"K" * 4097]),
     st.binary(max_size=3),
 )
 
 
 @settings(max_examples=200, deadline=None)
-@given(slots=st.lists(st.lists(batch_op, min_size=1, max_size=6), min_size=1, max_size=8))
-def test_a_batch_applies_exactly_like_its_ops_one_by_one(slots) -> None:
+@given(
+    slots=st.lists(st.lists(batch_op, min_size=1, max_size=6), min_size=1, max_size=8),
+    sessions_max=st.sampled_from([1, 2, 100_000]),
+)
+def test_a_batch_applies_exactly_like_its_ops_one_by_one(slots, sessions_max) -> None:
     """Each op of a batch keeps its own identity, validation and
     exactly-once result: applying the batch gives the same results, state,
-    sessions and change sets as applying its ops as separate commands."""
-    batched, single = fresh(), fresh()
+    sessions (evictions included) and change sets as applying its ops as
+    separate commands."""
+    batched, single = fresh(sessions_max=sessions_max), fresh(sessions_max=sessions_max)
     for index, ops in enumerate(slots, start=1):
         [one] = batched.apply(index, (_batch(ops, waiter=b"\x01" + bytes([index])),))
         assert (one.client_id, one.sequence) == ("\0batch:01" + f"{index:02x}", 0)
@@ -465,3 +469,22 @@ def test_a_bad_op_fails_alone_and_a_bad_batch_changes_nothing() -> None:
     assert [r.code for r in b.result] == [INVALID] and "no ops" in b.result[0].error
     changes = sm.take_changes()
     assert (changes.kv, changes.sessions, changes.applied_index) == ({}, {}, 2)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    sequence=st.integers(0, 2**64 - 1),
+    last_index=st.integers(0, 2**64 - 1),
+    code=st.sampled_from([OK, INVALID, STALE]),
+    index=st.integers(0, 2**64 - 1),
+    existed=st.booleans(),
+    error=st.text(max_size=20),
+)
+def test_session_encode_is_the_protobuf_encoding(sequence, last_index, code, index, existed, error) -> None:
+    result = kv_pb2.CommandResult(code=code, index=index, existed=existed, error=error)
+    session = Session(sequence, result, last_index)
+    expected = session.to_proto().SerializeToString()
+    assert session.encode() == expected
+    cache: dict[int, bytes] = {}
+    assert session.encode(cache) == expected and session.encode(cache) == expected
+    assert Session.from_proto(storage_pb2.Session.FromString(session.encode())) == session

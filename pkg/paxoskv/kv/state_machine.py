@@ -69,6 +69,17 @@ _INVALID = kv_pb2.CommandResult.INVALID
 _STALE = kv_pb2.CommandResult.STALE_SEQUENCE
 
 
+def _varint(n: int) -> bytes:
+    if n < 0x80:
+        return bytes((n,))
+    out = bytearray()
+    while n > 0x7F:
+        out.append((n & 0x7F) | 0x80)
+        n >>= 7
+    out.append(n)
+    return bytes(out)
+
+
 def _copy_result(result: kv_pb2.CommandResult) -> kv_pb2.CommandResult:
     out = kv_pb2.CommandResult()
     out.CopyFrom(result)
@@ -87,6 +98,24 @@ class Session:
         return storage_pb2.Session(
             sequence=self.sequence, result=self.result, last_index=self.last_index
         )
+
+    def encode(self, results: dict[int, bytes] | None = None) -> bytes:
+        """``to_proto().SerializeToString()``, byte for byte, built by hand:
+        this runs once per applied write. ``results``: a cache of encoded
+        results by ``id`` (the ops of one batch share their result objects),
+        valid while those objects live."""
+        result = self.result
+        if results is None:
+            body = result.SerializeToString()
+        else:
+            body = results.get(id(result))
+            if body is None:
+                body = results[id(result)] = result.SerializeToString()
+        parts = [b"\x08" + _varint(self.sequence)] if self.sequence else []
+        parts.append(b"\x12" + _varint(len(body)) + body)
+        if self.last_index:
+            parts.append(b"\x18" + _varint(self.last_index))
+        return b"".join(parts)
 
     @classmethod
     def from_proto(cls, pb: storage_pb2.Session) -> Session:
@@ -245,11 +274,19 @@ class KVStateMachine:
         if error is not None:
             return Applied(waiter, 0, (kv_pb2.CommandResult(code=_INVALID, index=index, error=error),))
         limits = self._limits
+        key_max, value_max = limits.key_bytes_max, limits.value_bytes_max
+        client_id_chars_max = limits.client_id_bytes_max // 4  # this many chars fit in any UTF-8
         sessions = self._sessions
+        session_changes = self._session_changes
+        sessions_max = self._sessions_max
         kv = self._kv
         kv_changes = self._kv_changes
         Result = kv_pb2.CommandResult
+        # The successful results of one slot differ only in ``existed``: one
+        # object each, shared by the ops and their sessions (never mutated).
+        ok = (Result(code=_OK, index=index, existed=False), Result(code=_OK, index=index, existed=True))
         results: list[kv_pb2.CommandResult] = []
+        append = results.append
         for op in cmd.batch.ops:
             kind = op.WhichOneof("op")
             if kind == "put":
@@ -259,23 +296,32 @@ class KVStateMachine:
                 req = op.delete
                 value = b""
             else:
-                results.append(Result(code=_INVALID, index=index, error="only put and delete ops can be in the log"))
+                append(Result(code=_INVALID, index=index, error="only put and delete ops can be in the log"))
                 continue
             hdr = req.request
             client_id = hdr.client_id
             sequence = hdr.sequence
             key = req.key
-            error = validate_op(client_id, sequence, key, value, limits)
-            if error is not None:
-                results.append(Result(code=_INVALID, index=index, error=error))
-                continue
+            # The common case checked inline; anything else by validate_op.
+            if not (
+                client_id
+                and sequence
+                and key
+                and len(key) <= key_max
+                and len(value) <= value_max
+                and len(client_id) <= client_id_chars_max
+            ):
+                error = validate_op(client_id, sequence, key, value, limits)
+                if error is not None:
+                    append(Result(code=_INVALID, index=index, error=error))
+                    continue
             if client_id:
                 session = sessions.get(client_id)
                 if session is not None and sequence <= session.sequence:
                     if sequence == session.sequence:
-                        results.append(session.result)
+                        append(session.result)
                     else:
-                        results.append(
+                        append(
                             Result(
                                 code=_STALE,
                                 index=index,
@@ -294,10 +340,15 @@ class KVStateMachine:
                 existed = kv.pop(key, None) is not None
                 if existed:
                     kv_changes[key] = None
-            result = Result(code=_OK, index=index, existed=existed)
-            if client_id:
-                self._remember(client_id, Session(sequence, result, index))
-            results.append(result)
+            result = ok[existed]
+            if client_id:  # _remember, inline
+                remembered = Session(sequence, result, index)
+                sessions[client_id] = remembered
+                sessions.move_to_end(client_id)
+                session_changes[client_id] = remembered
+                while len(sessions) > sessions_max:
+                    self._evict_one()
+            append(result)
         return Applied(waiter, 0, tuple(results))
 
     def _execute(self, index: int, cmd: kv_pb2.Command) -> kv_pb2.CommandResult:

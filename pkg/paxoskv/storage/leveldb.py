@@ -372,12 +372,13 @@ class LevelDBStorage:
                 batch.delete(P_KV + key)
             else:
                 batch.put(P_KV + key, value)
+        encoded: dict[int, bytes] = {}  # results shared by the sessions of a batch
         for client_id, session in changes.sessions.items():
             key = P_SESSION + client_id.encode("utf-8")
             if session is None:
                 batch.delete(key)
             else:
-                batch.put(key, session.to_proto().SerializeToString())
+                batch.put(key, session.encode(encoded))
         batch.put(
             K_APPLIED,
             storage_pb2.AppliedState(applied_index=changes.applied_index).SerializeToString(),
