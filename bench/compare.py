@@ -58,7 +58,7 @@ from paxoskv.bench.workload import Workload
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 NODE_SCRIPT = ROOT / "bench" / "pysyncobj_node.py"
 ECHO_SCRIPT = ROOT / "bench" / "echo_node.py"
-SYSTEMS = ("paxoskv", "etcd", "pysyncobj", "grpc-echo")
+SYSTEMS = ("paxoskv", "etcd", "pysyncobj", "grpc-echo", "grpc-echo-sync")
 
 
 @dataclass(frozen=True)
@@ -90,8 +90,8 @@ def start(system: str, base: pathlib.Path) -> clusters.Cluster:
         return clusters.start_paxoskv(base)
     if system == "etcd":
         return clusters.start_etcd(base)
-    if system == "grpc-echo":
-        return clusters.start_echo(base, ECHO_SCRIPT)
+    if system in ("grpc-echo", "grpc-echo-sync"):
+        return clusters.start_echo(base, ECHO_SCRIPT, sync=system == "grpc-echo-sync")
     return clusters.start_pysyncobj(base, NODE_SCRIPT)
 
 
@@ -375,7 +375,7 @@ def main() -> int:
     ap.add_argument("--keys", type=int, default=10_000)
     ap.add_argument("--value-bytes", type=int, default=100)
     ap.add_argument("--timeout-s", type=float, default=10.0)
-    ap.add_argument("--systems", default=",".join(SYSTEMS), help="comma-separated subset of paxoskv,etcd,pysyncobj,grpc-echo")
+    ap.add_argument("--systems", default=",".join(SYSTEMS), help="comma-separated subset of " + ",".join(SYSTEMS))
     ap.add_argument("--jobs", default="", help=f"comma-separated subset of {','.join(j.key for j in JOBS)},inproc")
     ap.add_argument("--pysyncobj-inflight", type=int, default=1000, help="in-process PySyncObj load per node (0: skip)")
     ap.add_argument("--json", dest="json_out", default="", help="also write every figure of every round to this file")
@@ -410,7 +410,8 @@ def main() -> int:
         f"machine: {m['nproc']} cores, {m['cpu_model']}, {m['kernel']}, Python {m['python']}",
         f"systems: paxoskv (this tree, fsync on), etcd {etcd_version} (Debian, fsync on), "
         f"PySyncObj 0.3.17 (no fsync; gRPC front bench/pysyncobj_node.py), "
-        f"grpc-echo (bench/echo_node.py: answers at once, stores nothing: the Python gRPC ceiling)",
+        f"grpc-echo / grpc-echo-sync (bench/echo_node.py: answers at once, stores nothing: "
+        f"the Python gRPC ceiling, grpc.aio / threaded server)",
         f"each: 3 nodes on 127.0.0.1, load spread over all nodes; {args.rounds} rounds A B C ..., medians; "
         f"{args.processes} client processes x {args.concurrency} in flight unless the workload says otherwise; "
         f"{args.keys} keys, {args.value_bytes} B values; {args.duration_s:g} s measured after {args.warmup_s:g} s warmup",

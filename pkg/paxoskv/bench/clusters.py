@@ -181,13 +181,15 @@ def start_paxoskv(base_dir: pathlib.Path, nodes: int = 3, *, extra_args: tuple[s
     return cluster
 
 
-def start_echo(base_dir: pathlib.Path, node_script: pathlib.Path, nodes: int = 3) -> Cluster:
-    """``nodes`` do-nothing KV servers (``bench/echo_node.py``): the gRPC ceiling."""
+def start_echo(base_dir: pathlib.Path, node_script: pathlib.Path, nodes: int = 3, *, sync: bool = False) -> Cluster:
+    """``nodes`` do-nothing KV servers (``bench/echo_node.py``, grpc.aio or
+    with ``sync`` grpcio's threaded server): the Python gRPC ceiling."""
     base_dir.mkdir(parents=True, exist_ok=True)
-    cluster = Cluster("grpc-echo", base_dir, "paxoskv")
+    cluster = Cluster("grpc-echo-sync" if sync else "grpc-echo", base_dir, "paxoskv")
     try:
         for i, port in enumerate(free_ports(nodes), start=1):
-            cluster._spawn([sys.executable, str(node_script), "--port", str(port)], f"node{i}.log")
+            argv = [sys.executable, str(node_script), "--port", str(port), *(["--sync"] if sync else [])]
+            cluster._spawn(argv, f"node{i}.log")
             cluster.endpoints.append(f"127.0.0.1:{port}")
     except BaseException:
         cluster.stop()
