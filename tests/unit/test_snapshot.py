@@ -29,12 +29,12 @@ from paxoskv.storage.snapshot import (
     SnapshotRefused,
     _frame,
     _kv_frame,
-    _varint,
     iter_snapshot,
     snapshot_bytes,
     verify_file,
     write_file,
 )
+from paxoskv.protowire import varint as _varint
 from paxoskv.v1 import kv_pb2, storage_pb2
 
 

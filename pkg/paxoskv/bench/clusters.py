@@ -33,6 +33,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import grpc
@@ -96,6 +97,15 @@ class Cluster:
             )
         self.procs.append(proc)
         return proc
+
+    @contextlib.contextmanager
+    def starting(self) -> Iterator[Cluster]:
+        """Around the spawns of a start: if one fails, stop those already started."""
+        try:
+            yield self
+        except BaseException:
+            self.stop()
+            raise
 
     def pids(self) -> list[int]:
         return [p.pid for p in self.procs]
@@ -161,7 +171,7 @@ def start_paxoskv(base_dir: pathlib.Path, nodes: int = 3, *, extra_args: tuple[s
     cluster = Cluster("paxoskv", base_dir, "paxoskv")
     ports = free_ports(2 * nodes)
     grpc_ports, bus_ports = ports[:nodes], ports[nodes:]
-    try:
+    with cluster.starting():
         for i in range(1, nodes + 1):
             peers = ",".join(
                 f"{j}=127.0.0.1:{grpc_ports[j - 1]}:{bus_ports[j - 1]}" for j in range(1, nodes + 1) if j != i
@@ -175,9 +185,6 @@ def start_paxoskv(base_dir: pathlib.Path, nodes: int = 3, *, extra_args: tuple[s
             ]
             cluster._spawn(argv, f"node{i}.log")
             cluster.endpoints.append(f"127.0.0.1:{grpc_ports[i - 1]}")
-    except BaseException:
-        cluster.stop()
-        raise
     return cluster
 
 
@@ -186,14 +193,11 @@ def start_echo(base_dir: pathlib.Path, node_script: pathlib.Path, nodes: int = 3
     with ``sync`` grpcio's threaded server): the Python gRPC ceiling."""
     base_dir.mkdir(parents=True, exist_ok=True)
     cluster = Cluster("grpc-echo-sync" if sync else "grpc-echo", base_dir, "paxoskv")
-    try:
+    with cluster.starting():
         for i, port in enumerate(free_ports(nodes), start=1):
             argv = [sys.executable, str(node_script), "--port", str(port), *(["--sync"] if sync else [])]
             cluster._spawn(argv, f"node{i}.log")
             cluster.endpoints.append(f"127.0.0.1:{port}")
-    except BaseException:
-        cluster.stop()
-        raise
     return cluster
 
 
@@ -211,7 +215,7 @@ def start_etcd(base_dir: pathlib.Path, nodes: int = 3) -> Cluster:
     client_ports, peer_ports = ports[:nodes], ports[nodes:]
     initial = ",".join(f"m{i}=http://127.0.0.1:{peer_ports[i - 1]}" for i in range(1, nodes + 1))
     env = {k: v for k, v in os.environ.items() if not k.startswith("ETCD")}
-    try:
+    with cluster.starting():
         for i in range(1, nodes + 1):
             client_url = f"http://127.0.0.1:{client_ports[i - 1]}"
             peer_url = f"http://127.0.0.1:{peer_ports[i - 1]}"
@@ -224,9 +228,6 @@ def start_etcd(base_dir: pathlib.Path, nodes: int = 3) -> Cluster:
             ]
             cluster._spawn(argv, f"m{i}.log", env=env)
             cluster.endpoints.append(f"127.0.0.1:{client_ports[i - 1]}")
-    except BaseException:
-        cluster.stop()
-        raise
     return cluster
 
 
@@ -236,7 +237,7 @@ def start_pysyncobj(base_dir: pathlib.Path, node_script: pathlib.Path, nodes: in
     ports = free_ports(2 * nodes)
     grpc_ports, raft_ports = ports[:nodes], ports[nodes:]
     raft_addrs = [f"127.0.0.1:{p}" for p in raft_ports]
-    try:
+    with cluster.starting():
         for i in range(nodes):
             partners = ",".join(a for j, a in enumerate(raft_addrs) if j != i)
             argv = [
@@ -245,7 +246,4 @@ def start_pysyncobj(base_dir: pathlib.Path, node_script: pathlib.Path, nodes: in
             ]
             cluster._spawn(argv, f"node{i + 1}.log")
             cluster.endpoints.append(f"127.0.0.1:{grpc_ports[i]}")
-    except BaseException:
-        cluster.stop()
-        raise
     return cluster

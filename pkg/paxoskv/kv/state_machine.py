@@ -56,6 +56,7 @@ from dataclasses import dataclass
 from types import MappingProxyType
 
 from paxoskv.kv.commands import DecodeError, Limits, decode, validate, validate_op
+from paxoskv.protowire import len_field, varint
 from paxoskv.v1 import kv_pb2, storage_pb2
 
 __all__ = ["BATCH_WAITER_PREFIX", "Applied", "Changes", "KVStateMachine", "Session"]
@@ -67,17 +68,6 @@ BATCH_WAITER_PREFIX = "\0batch:"
 _OK = kv_pb2.CommandResult.OK
 _INVALID = kv_pb2.CommandResult.INVALID
 _STALE = kv_pb2.CommandResult.STALE_SEQUENCE
-
-
-def _varint(n: int) -> bytes:
-    if n < 0x80:
-        return bytes((n,))
-    out = bytearray()
-    while n > 0x7F:
-        out.append((n & 0x7F) | 0x80)
-        n >>= 7
-    out.append(n)
-    return bytes(out)
 
 
 def _copy_result(result: kv_pb2.CommandResult) -> kv_pb2.CommandResult:
@@ -111,10 +101,10 @@ class Session:
             body = results.get(id(result))
             if body is None:
                 body = results[id(result)] = result.SerializeToString()
-        parts = [b"\x08" + _varint(self.sequence)] if self.sequence else []
-        parts.append(b"\x12" + _varint(len(body)) + body)
+        parts = [b"\x08" + varint(self.sequence)] if self.sequence else []
+        parts.append(len_field(b"\x12", body))
         if self.last_index:
-            parts.append(b"\x18" + _varint(self.last_index))
+            parts.append(b"\x18" + varint(self.last_index))
         return b"".join(parts)
 
     @classmethod

@@ -62,6 +62,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
 
+from paxoskv.protowire import len_field, varint
 from paxoskv.server.errors import DeadlineExceeded, InvalidArgument, NodeError, Unavailable
 from paxoskv.v1 import kv_pb2
 
@@ -453,8 +454,8 @@ class Facade:
             raise
         results = await self._run_ops(req.ops, self._timeout_s(context), raw=data)
         # BatchResponse, encoded by hand: header (field 1), then each result (field 2).
-        parts = [_len_field(b"\x0a", self._header(0).SerializeToString())]
-        parts.extend(_len_field(b"\x12", r) for r in results)
+        parts = [len_field(b"\x0a", self._header(0).SerializeToString())]
+        parts.extend(len_field(b"\x12", r) for r in results)
         return b"".join(parts)
 
     async def _session(
@@ -568,24 +569,10 @@ def _serialize(msg: object) -> bytes:
     return msg.SerializeToString()  # type: ignore[attr-defined]
 
 
-def _varint(n: int) -> bytes:
-    out = bytearray()
-    while n > 0x7F:
-        out.append((n & 0x7F) | 0x80)
-        n >>= 7
-    out.append(n)
-    return bytes(out)
-
-
-def _len_field(tag: bytes, payload: bytes) -> bytes:
-    """One length-delimited protobuf field: ``tag`` (one byte) + length + payload."""
-    return tag + _varint(len(payload)) + payload
-
-
 def _session_response(rid: int, result: bytes) -> bytes:
     """An encoded SessionResponse: id (field 1, omitted when 0) + result (field 2)."""
-    head = b"\x08" + _varint(rid) if rid else b""
-    return head + _len_field(b"\x12", result)
+    head = b"\x08" + varint(rid) if rid else b""
+    return head + len_field(b"\x12", result)
 
 
 _NO_OP_BYTES = kv_pb2.ResponseOp(code=_INVALID.value[0], error="operation has no get, put or delete").SerializeToString()

@@ -60,6 +60,7 @@ from typing import Any
 from google.protobuf.message import DecodeError
 
 from paxoskv.kv.state_machine import Session
+from paxoskv.protowire import varint
 from paxoskv.v1 import kv_pb2, storage_pb2
 
 __all__ = [
@@ -123,30 +124,19 @@ class SnapshotInfo:
 # ---- writing ------------------------------------------------------------------------
 
 
-def _varint(n: int) -> bytes:
-    if n < 0x80:
-        return bytes((n,))
-    out = bytearray()
-    while n >= 0x80:
-        out.append((n & 0x7F) | 0x80)
-        n >>= 7
-    out.append(n)
-    return bytes(out)
-
-
 def _frame(record: storage_pb2.SnapshotRecord) -> bytes:
     data = record.SerializeToString(deterministic=True)
-    return _varint(len(data)) + data
+    return varint(len(data)) + data
 
 
 def _kv_frame(key: bytes, value: bytes) -> bytes:
     """``_frame(SnapshotRecord(kv=KeyValue(key=key, value=value)))``, encoded by
     hand (the hot path; the tests check it is byte for byte the same)."""
-    inner = (b"\x0a" + _varint(len(key)) + key if key else b"") + (
-        b"\x12" + _varint(len(value)) + value if value else b""
+    inner = (b"\x0a" + varint(len(key)) + key if key else b"") + (
+        b"\x12" + varint(len(value)) + value if value else b""
     )
-    record = b"\x12" + _varint(len(inner)) + inner
-    return _varint(len(record)) + record
+    record = b"\x12" + varint(len(inner)) + inner
+    return varint(len(record)) + record
 
 
 def iter_snapshot(
