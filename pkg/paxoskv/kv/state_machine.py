@@ -70,6 +70,14 @@ _INVALID = kv_pb2.CommandResult.INVALID
 _STALE = kv_pb2.CommandResult.STALE_SEQUENCE
 
 
+def _stale(index: int, client_id: str, sequence: int, session: Session) -> kv_pb2.CommandResult:
+    return kv_pb2.CommandResult(
+        code=_STALE,
+        index=index,
+        error=f"sequence {sequence} of client {client_id!r} is older than its last applied sequence {session.sequence}",
+    )
+
+
 def _copy_result(result: kv_pb2.CommandResult) -> kv_pb2.CommandResult:
     out = kv_pb2.CommandResult()
     out.CopyFrom(result)
@@ -237,18 +245,7 @@ class KVStateMachine:
             if session is not None and sequence == session.sequence:
                 return Applied(client_id, sequence, _copy_result(session.result))
             if session is not None and sequence < session.sequence:
-                return Applied(
-                    client_id,
-                    sequence,
-                    kv_pb2.CommandResult(
-                        code=_STALE,
-                        index=index,
-                        error=(
-                            f"sequence {sequence} of client {client_id!r} is older than its "
-                            f"last applied sequence {session.sequence}"
-                        ),
-                    ),
-                )
+                return Applied(client_id, sequence, _stale(index, client_id, sequence, session))
         result = self._execute(index, cmd)
         if client_id:
             self._remember(client_id, Session(sequence, _copy_result(result), index))
@@ -267,8 +264,6 @@ class KVStateMachine:
         key_max, value_max = limits.key_bytes_max, limits.value_bytes_max
         client_id_chars_max = limits.client_id_bytes_max // 4  # this many chars fit in any UTF-8
         sessions = self._sessions
-        session_changes = self._session_changes
-        sessions_max = self._sessions_max
         kv = self._kv
         kv_changes = self._kv_changes
         Result = kv_pb2.CommandResult
@@ -311,16 +306,7 @@ class KVStateMachine:
                     if sequence == session.sequence:
                         append(session.result)
                     else:
-                        append(
-                            Result(
-                                code=_STALE,
-                                index=index,
-                                error=(
-                                    f"sequence {sequence} of client {client_id!r} is older than its "
-                                    f"last applied sequence {session.sequence}"
-                                ),
-                            )
-                        )
+                        append(_stale(index, client_id, sequence, session))
                     continue
             if kind == "put":
                 existed = key in kv
@@ -331,13 +317,8 @@ class KVStateMachine:
                 if existed:
                     kv_changes[key] = None
             result = ok[existed]
-            if client_id:  # _remember, inline
-                remembered = Session(sequence, result, index)
-                sessions[client_id] = remembered
-                sessions.move_to_end(client_id)
-                session_changes[client_id] = remembered
-                while len(sessions) > sessions_max:
-                    self._evict_one()
+            if client_id:
+                self._remember(client_id, Session(sequence, result, index))
             append(result)
         return Applied(waiter, 0, tuple(results))
 

@@ -319,13 +319,7 @@ class Facade:
         result = await self.node.submit(cmd, timeout_s=timeout_s)
         if result.code == _RESULT_OK:
             return result
-        if result.code == _RESULT_STALE:
-            raise _Abort(
-                grpc.StatusCode.FAILED_PRECONDITION,
-                f"sequence {cmd.sequence} of client {cmd.client_id!r} is older than the last one "
-                f"applied for it: use a new client_id, or continue after its last sequence",
-            )
-        raise _Abort(_INVALID, result.error or "the command was rejected")
+        raise _refused(result)
 
     # ---- many operations per call ----------------------------------------------
 
@@ -401,7 +395,7 @@ class Facade:
                 for i, _ in writes:
                     out[i] = failed
             else:
-                self._write_responses(ops, writes, results, out)
+                self._write_responses(writes, results, out)
         for serializable in (False, True):
             if not reads[serializable]:
                 continue
@@ -417,7 +411,7 @@ class Facade:
             pos += 1
         return out  # type: ignore[return-value]
 
-    def _write_responses(self, ops, writes, results, out: list) -> None:  # noqa: ANN001
+    def _write_responses(self, writes, results, out: list) -> None:  # noqa: ANN001
         """The encoded ResponseOp of each write. Successful ones of one slot
         differ only in kind and ``existed``: each variant is encoded once."""
         made: dict[tuple[bool, int, bool], bytes] = {}
@@ -436,15 +430,8 @@ class Facade:
                         msg = kv_pb2.ResponseOp(delete=kv_pb2.DeleteResponse(header=header, deleted=r.existed))
                     data = made[key] = msg.SerializeToString()
                 out[i] = data
-            elif code == _RESULT_STALE:
-                op = ops[i]
-                hdr = (op.put if is_put else op.delete).request
-                out[i] = kv_pb2.ResponseOp(
-                    code=grpc.StatusCode.FAILED_PRECONDITION.value[0],
-                    error=f"sequence {hdr.sequence} of client {hdr.client_id!r} is older than its last one",
-                ).SerializeToString()
             else:
-                out[i] = kv_pb2.ResponseOp(code=_INVALID.value[0], error=r.error or "rejected").SerializeToString()
+                out[i] = self._op_error(_refused(r))
 
     async def _batch(self, data: bytes, context: grpc.aio.ServicerContext) -> object:
         try:
@@ -576,6 +563,17 @@ def _session_response(rid: int, result: bytes) -> bytes:
 
 
 _NO_OP_BYTES = kv_pb2.ResponseOp(code=_INVALID.value[0], error="operation has no get, put or delete").SerializeToString()
+
+
+def _refused(result: kv_pb2.CommandResult) -> _Abort:
+    """The status of a command the state machine refused (its own words)."""
+    if result.code == _RESULT_STALE:
+        return _Abort(
+            grpc.StatusCode.FAILED_PRECONDITION,
+            f"{result.error or 'the sequence is older than the last one applied for its client'}: "
+            f"use a new client_id, or continue after its last sequence",
+        )
+    return _Abort(_INVALID, result.error or "the command was rejected")
 
 
 def _no_client_id(sequence: int) -> _Abort:
