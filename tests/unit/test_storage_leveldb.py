@@ -41,7 +41,7 @@ from paxoskv.storage import (
 )
 from paxoskv.storage.leveldb import STAGING_PREFIX, _storage_error
 from paxoskv.storage.snapshot import snapshot_bytes
-from paxoskv.v1 import kv_pb2, storage_pb2
+from paxoskv.v1 import kv_pb2, peer_pb2, storage_pb2
 
 
 @contextlib.contextmanager
@@ -275,7 +275,9 @@ def test_key_layout(tmp_path: pathlib.Path) -> None:
         b"session/cli",
     ]
     meta = storage_pb2.NodeMeta.FromString(records[b"meta"])
-    assert (meta.format_version, meta.node_id, meta.cluster_id) == (1, 7, "prod")
+    assert (meta.format_version, meta.node_id, meta.cluster_id) == (2, 7, "prod")
+    # Slot 2 was chosen with a value this store did not accept: stored in full.
+    assert peer_pb2.Value.FromString(records[b"chosen/\x00\x00\x00\x00\x00\x00\x00\x02"]).commands == [b"a", b"b"]
     assert storage_pb2.AppliedState.FromString(records[b"applied"]).applied_index == 2
     assert storage_pb2.AcceptorState.FromString(records[b"acceptor"]).promised.round == 3
     assert records[b"kv/key"] == b"val"
@@ -324,10 +326,98 @@ def test_records_without_identity_are_corrupt(tmp_path: pathlib.Path) -> None:
 def test_another_format_version_is_refused(tmp_path: pathlib.Path) -> None:
     path = tmp_path / "db"
     LevelDBStorage.open(path, 1, "c").close()
-    meta = storage_pb2.NodeMeta(format_version=2, node_id=1, cluster_id="c")
+    meta = storage_pb2.NodeMeta(format_version=3, node_id=1, cluster_id="c")
     write_raw(path, b"meta", meta.SerializeToString())
-    with pytest.raises(WrongFormat, match="format version 2"):
+    with pytest.raises(WrongFormat, match="format version 3, this paxoskv reads 1, 2"):
         LevelDBStorage.open(path, 1, "c")
+
+
+def read_raw(path: pathlib.Path) -> dict[bytes, bytes]:
+    db = plyvel.DB(str(path))
+    try:
+        return dict(db.iterator())
+    finally:
+        db.close()
+
+
+def chosen_key(slot: int) -> bytes:
+    return b"chosen/" + slot.to_bytes(8, "big")
+
+
+def accepted_key(slot: int) -> bytes:
+    return b"accepted/" + slot.to_bytes(8, "big")
+
+
+def test_a_version_1_store_is_read_and_marked_version_2(tmp_path: pathlib.Path) -> None:
+    """Version 1 stored every chosen value in full: still read as is; the
+    store is marked version 2 before anything else is written."""
+    path = tmp_path / "db"
+    with LevelDBStorage.open(path, 1, "c") as storage:
+        storage.persist(None, [Entry(1, Ballot(1, 1), (b"a",))], [], sync=True)
+    write_raw(path, b"meta", storage_pb2.NodeMeta(format_version=1, node_id=1, cluster_id="c").SerializeToString())
+    write_raw(path, chosen_key(1), peer_pb2.Value(commands=[b"a"]).SerializeToString())
+    with LevelDBStorage.open(path, 1, "c") as storage:
+        state = storage.load()
+    assert state.chosen == {1: (b"a",)} and state.accepted[1].value == (b"a",)
+    assert storage_pb2.NodeMeta.FromString(read_raw(path)[b"meta"]).format_version == 2
+
+
+def test_a_chosen_value_it_accepted_is_stored_once(tmp_path: pathlib.Path) -> None:
+    """Chosen with the value of its accepted record: a marker, the accepted
+    record kept as the copy through apply, both deleted by compaction; a value
+    learned otherwise is stored in full."""
+    path = tmp_path / "db"
+    big = (b"x" * 5000, b"y" * 3000)
+    with LevelDBStorage.open(path, 1, "c") as storage:
+        storage.persist(None, [Entry(1, Ballot(1, 1), big)], [], sync=True)
+        storage.persist(None, [Entry(2, Ballot(1, 1), (b"b",))], [(1, big), (2, (b"b",))], sync=True)
+        storage.persist(None, [Entry(3, Ballot(1, 1), (b"old",))], [(3, (b"new",))], sync=True)
+        storage.apply(Changes({}, {}, 3), drop_accepted_through=3)
+        records = read_raw_open(storage)
+    assert records[chosen_key(1)] == records[chosen_key(2)] == b"\x00"
+    assert peer_pb2.Value.FromString(records[chosen_key(3)]).commands == [b"new"]
+    assert accepted_key(1) in records and accepted_key(2) in records  # the copies
+    assert accepted_key(3) not in records  # not the chosen value: dropped
+    for _ in range(2):  # as written, and reopened
+        with LevelDBStorage.open(path, 1, "c") as storage:
+            state = storage.load()
+        assert state.chosen == {1: big, 2: (b"b",), 3: (b"new",)}
+        assert state.accepted == {}
+    with LevelDBStorage.open(path, 1, "c") as storage:
+        storage.compact(2)
+        assert storage.load().chosen == {3: (b"new",)}
+    records = read_raw(path)
+    assert not any(k.startswith((b"accepted/", b"chosen/")) and k != chosen_key(3) for k in records)
+
+
+def read_raw_open(storage: LevelDBStorage) -> dict[bytes, bytes]:
+    with storage._using() as db:  # noqa: SLF001 - the raw records of an open store
+        return dict(db.iterator())
+
+
+def test_a_marked_record_overwritten_with_another_value_keeps_the_chosen_one(tmp_path: pathlib.Path) -> None:
+    """Paxos never does it, the storage protocol allows it: the chosen record
+    then gets the value itself."""
+    path = tmp_path / "db"
+    with LevelDBStorage.open(path, 1, "c") as storage:
+        storage.persist(None, [Entry(1, Ballot(1, 1), (b"a",))], [(1, (b"a",))], sync=True)
+        storage.persist(None, [Entry(1, Ballot(2, 1), (b"z",))], [], sync=True)
+    with LevelDBStorage.open(path, 1, "c") as storage:
+        state = storage.load()
+    assert state.chosen == {1: (b"a",)} and state.accepted[1].value == (b"z",)
+
+
+def test_a_marker_without_its_accepted_record_is_corrupt(tmp_path: pathlib.Path) -> None:
+    path = tmp_path / "db"
+    with LevelDBStorage.open(path, 1, "c") as storage:
+        storage.persist(None, [Entry(4, Ballot(1, 1), (b"a",))], [(4, (b"a",))], sync=True)
+    db = plyvel.DB(str(path))
+    try:
+        db.delete(accepted_key(4), sync=True)
+    finally:
+        db.close()
+    with LevelDBStorage.open(path, 1, "c") as storage, pytest.raises(Corrupt, match="chosen marker but slot 4 has no accepted entry"):
+        storage.load()
 
 
 def test_open_without_create_does_not_create(tmp_path: pathlib.Path) -> None:

@@ -20,7 +20,10 @@ Rules:
   ``changes.reset`` (a snapshot was installed) every stored key and session
   is dropped first, in the same batch. Because the applied state and the
   applied index change together, a restart never applies a slot twice.
-- ``load()`` shows everything written through this handle (synced or not).
+- ``load()`` shows everything written through this handle (synced or not),
+  except accepted entries of slots that are chosen and applied (``<=`` the
+  applied index): they are no acceptance still in play (a store may keep
+  one as the chosen value's only copy, as LevelDB does).
   After a crash, only a prefix of the batches survives, each batch whole.
 - Errors are ``StorageError`` subclasses; each message is one line that says
   what is wrong and what to do. ``NotWritable`` is also raised by a write
@@ -73,6 +76,7 @@ from paxoskv.paxos.types import Ballot, Entry, Value
 
 __all__ = [
     "FORMAT_VERSION",
+    "READABLE_FORMAT_VERSIONS",
     "Corrupt",
     "Locked",
     "LoadedState",
@@ -88,7 +92,10 @@ __all__ = [
     "check_identity",
 ]
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+# Versions this paxoskv opens (an older one is marked as FORMAT_VERSION on
+# open). 2: LevelDB chosen records may be markers (see paxoskv.storage.leveldb).
+READABLE_FORMAT_VERSIONS = (1, 2)
 NODE_ID_MAX = (1 << 32) - 1
 
 
@@ -209,7 +216,7 @@ class WrongFormat(StorageError):
     def __init__(self, path: str, stored: int) -> None:
         super().__init__(
             f"data directory {path} has format version {stored}, this paxoskv reads "
-            f"{FORMAT_VERSION}: run a paxoskv that supports it",
+            f"{', '.join(map(str, READABLE_FORMAT_VERSIONS))}: run a paxoskv that supports it",
             path=path,
         )
         self.format_version = stored

@@ -10,7 +10,9 @@ range of slots is a range of keys)::
     meta                      storage_pb2.NodeMeta      identity, written once
     acceptor                  storage_pb2.AcceptorState the promised ballot
     accepted/<slot u64be>     peer_pb2.Entry            accepted, maybe not chosen
-    chosen/<slot u64be>       peer_pb2.Value            chosen value
+    chosen/<slot u64be>       peer_pb2.Value, or the    chosen value
+                              marker b"\x00": the value
+                              is the accepted entry's
     kv/<key>                  the value's bytes         the state machine's map
     session/<client_id utf8>  storage_pb2.Session       exactly-once sessions
     applied                   storage_pb2.AppliedState  the applied index
@@ -21,7 +23,24 @@ range of slots is a range of keys)::
 
 Every record is a protobuf message except a key's value in ``kv/``, which is
 stored as is (the user's opaque bytes; a wrapper would copy up to a MiB per
-put for nothing).
+put for nothing), and the chosen marker.
+
+Chosen markers (format version 2). A slot chosen with the value this store
+already holds in ``accepted/<slot>`` (the common case: a node learns that
+what it accepted is chosen) is recorded as ``chosen/<slot>`` = ``b"\x00"``
+(no protobuf message encodes to it: field number 0 does not exist) instead
+of a second copy of the value: a batch of writes is stored once, not twice,
+which is a third of the bytes LevelDB writes and compacts on the write path.
+The accepted record is then the value's only copy: ``apply`` does not delete
+it with the other accepted entries of applied slots (``load`` no longer
+reports it as accepted: it is chosen and applied), and ``compact`` deletes
+both records. The marker is written only when the accepted record holding
+that value is in the same batch or an earlier one (so a crash keeps either
+both or the accepted record alone), and the store refuses (AssertionError) to
+overwrite such a record with another value: Paxos never chooses two values
+for a slot. A value learned in any other way (catch-up) is stored in full.
+A version 1 store (full copies only) is read as is and marked version 2 on
+open, so an older paxoskv refuses it instead of misreading a marker.
 
 Opening: plyvel's "lock ... already held" IOError becomes ``Locked``; an
 IOError for a read-only file system, missing permission or full disk becomes
@@ -105,6 +124,7 @@ from paxoskv.kv.state_machine import Changes, Session
 from paxoskv.paxos.types import ZERO_BALLOT, Ballot, Entry, Value
 from paxoskv.storage.base import (
     FORMAT_VERSION,
+    READABLE_FORMAT_VERSIONS,
     Corrupt,
     Locked,
     LoadedState,
@@ -134,6 +154,7 @@ K_APPLIED = b"applied"
 K_PROBE = b"probe"
 K_LOG_START = b"log_start"
 P_ACCEPTED = b"accepted/"
+CHOSEN_MARKER = b"\x00"  # chosen/<slot>: the value is that of accepted/<slot>
 P_CHOSEN = b"chosen/"
 P_KV = b"kv/"
 P_SESSION = b"session/"
@@ -187,7 +208,15 @@ class LevelDBStorage:
         self.cluster_id = cluster_id
         self._applied_index = self._read_applied_index()
         self._log_start = self._read_log_start()
-        self._accepted_scan_from = 0  # every accepted slot present is >= this
+        # Every accepted record present is of a slot >= _accepted_scan_from,
+        # or a marked one (in _marked) >= log_start.
+        self._accepted_scan_from = 0
+        # The value of each accepted record present (as far as this handle
+        # knows it: written through it, or loaded), and the slots whose chosen
+        # record is a marker (their accepted record is the value's copy).
+        # None until the first load (or the first call that needs them).
+        self._values: dict[int, Value] | None = None
+        self._marked: set[int] | None = None
         self._failed: str | None = None  # why a write failed; no write after that
         # Calls that run without the lock (reclaim, source reads) count
         # themselves in _active; close waits for them.
@@ -272,28 +301,7 @@ class LevelDBStorage:
                 if raw is not None:
                     state = self._parse(storage_pb2.AcceptorState, K_ACCEPTOR, raw)
                     promised = self._ballot(state.promised, K_ACCEPTOR)
-                accepted: dict[int, Entry] = {}
-                for key, raw in snap.iterator(prefix=P_ACCEPTED):
-                    slot = self._slot_of(key, P_ACCEPTED)
-                    pb = self._parse(peer_pb2.Entry, key, raw)
-                    if pb.slot != slot:
-                        raise Corrupt(self.path, f"record {key!r} holds slot {pb.slot}")
-                    accepted[slot] = Entry(
-                        slot, self._ballot(pb.ballot, key), tuple(pb.value.commands)
-                    )
-                raw = snap.get(K_LOG_START)
-                log_start = (
-                    1
-                    if raw is None
-                    else self._parse(storage_pb2.AppliedState, K_LOG_START, raw).applied_index
-                )
-                chosen: dict[int, Value] = {}
-                for key, raw in snap.iterator(
-                    start=slot_key(P_CHOSEN, log_start), stop=_prefix_end(P_CHOSEN)
-                ):
-                    chosen[self._slot_of(key, P_CHOSEN)] = tuple(
-                        self._parse(peer_pb2.Value, key, raw).commands
-                    )
+                accepted, chosen, marked, log_start = self._read_log(snap)
                 kv = {key[len(P_KV) :]: value for key, value in snap.iterator(prefix=P_KV)}
                 sessions: dict[str, Session] = {}
                 for key, raw in snap.iterator(prefix=P_SESSION):
@@ -311,15 +319,58 @@ class LevelDBStorage:
                 )
         except plyvel.Error as exc:
             raise _storage_error(self.path, exc) from None
+        self._values = {slot: e.value for slot, e in accepted.items()}
+        self._marked = marked
         return LoadedState(
             promised=promised,
-            accepted=accepted,
+            # The entry of a chosen, applied slot is no acceptance still in
+            # play (a marked one is the chosen value's copy).
+            accepted={
+                slot: e for slot, e in accepted.items() if not (slot <= applied_index and slot in chosen)
+            },
             chosen=chosen,
             log_start=log_start,
             applied_index=applied_index,
             kv=kv,
             sessions=sessions,
         )
+
+    def _read_log(self, snap: Any) -> tuple[dict[int, Entry], dict[int, Value], set[int], int]:  # noqa: ANN401 - a plyvel DB or snapshot
+        """The accepted entries, the chosen values from ``log_start`` on, the
+        slots whose chosen record is a marker, and ``log_start``."""
+        accepted: dict[int, Entry] = {}
+        for key, raw in snap.iterator(prefix=P_ACCEPTED):
+            slot = self._slot_of(key, P_ACCEPTED)
+            pb = self._parse(peer_pb2.Entry, key, raw)
+            if pb.slot != slot:
+                raise Corrupt(self.path, f"record {key!r} holds slot {pb.slot}")
+            accepted[slot] = Entry(slot, self._ballot(pb.ballot, key), tuple(pb.value.commands))
+        raw = snap.get(K_LOG_START)
+        log_start = 1 if raw is None else self._parse(storage_pb2.AppliedState, K_LOG_START, raw).applied_index
+        chosen: dict[int, Value] = {}
+        marked: set[int] = set()
+        for key, raw in snap.iterator(start=slot_key(P_CHOSEN, log_start), stop=_prefix_end(P_CHOSEN)):
+            slot = self._slot_of(key, P_CHOSEN)
+            if raw == CHOSEN_MARKER:
+                entry = accepted.get(slot)
+                if entry is None:
+                    raise Corrupt(self.path, f"record {key!r} is a chosen marker but slot {slot} has no accepted entry")
+                chosen[slot] = entry.value
+                marked.add(slot)
+            else:
+                chosen[slot] = tuple(self._parse(peer_pb2.Value, key, raw).commands)
+        return accepted, chosen, marked, log_start
+
+    def _index(self) -> tuple[dict[int, Value], set[int]]:
+        """The accepted values and marked slots, read from the store on first use."""
+        if self._values is None or self._marked is None:
+            try:
+                accepted, _, marked, _ = self._read_log(self._live())
+            except plyvel.Error as exc:
+                raise _storage_error(self.path, exc) from None
+            self._values = {slot: e.value for slot, e in accepted.items()}
+            self._marked = marked
+        return self._values, self._marked
 
     def _persist(
         self,
@@ -335,22 +386,45 @@ class LevelDBStorage:
                 promised=peer_pb2.Ballot(round=promised.round, node=promised.node)
             )
             batch.put(K_ACCEPTOR, state.SerializeToString())
+        values, marked = self._index()
         scan_from = self._accepted_scan_from
+        written: dict[int, Value] = {}
+        unmarked: list[int] = []
         for entry in accepted:
-            assert 1 <= entry.slot <= SLOT_MAX, entry
+            slot = entry.slot
+            assert 1 <= slot <= SLOT_MAX, entry
+            if slot in marked and values[slot] != entry.value:
+                # This record is the chosen value's only copy (Paxos accepts
+                # no other value there; the storage protocol allows it): the
+                # chosen record gets the value itself first.
+                batch.put(slot_key(P_CHOSEN, slot), peer_pb2.Value(commands=values[slot]).SerializeToString())
+                unmarked.append(slot)
             pb = peer_pb2.Entry(
-                slot=entry.slot,
+                slot=slot,
                 ballot=peer_pb2.Ballot(round=entry.ballot.round, node=entry.ballot.node),
                 value=peer_pb2.Value(commands=entry.value),
             )
-            batch.put(slot_key(P_ACCEPTED, entry.slot), pb.SerializeToString())
-            scan_from = min(scan_from, entry.slot)
+            batch.put(slot_key(P_ACCEPTED, slot), pb.SerializeToString())
+            written[slot] = entry.value
+            scan_from = min(scan_from, slot)
+        new_marks: list[int] = []
         for slot, value in chosen:
             assert 1 <= slot <= SLOT_MAX, slot
             if slot < self._log_start:
                 continue  # applied and compacted already
-            batch.put(slot_key(P_CHOSEN, slot), peer_pb2.Value(commands=value).SerializeToString())
+            held = written.get(slot)
+            if held is None:
+                held = values.get(slot)
+            if held is not None and (held is value or held == value):
+                batch.put(slot_key(P_CHOSEN, slot), CHOSEN_MARKER)
+                new_marks.append(slot)
+            else:
+                batch.put(slot_key(P_CHOSEN, slot), peer_pb2.Value(commands=value).SerializeToString())
+                unmarked.append(slot)
         self._write(batch)
+        values.update(written)
+        marked.difference_update(unmarked)
+        marked.update(new_marks)
         self._accepted_scan_from = scan_from
 
     def _apply(self, changes: Changes, drop_accepted_through: int) -> None:
@@ -384,18 +458,37 @@ class LevelDBStorage:
             storage_pb2.AppliedState(applied_index=changes.applied_index).SerializeToString(),
         )
         through = min(drop_accepted_through, SLOT_MAX)
-        if through >= self._accepted_scan_from:
+        dropped: list[int] = []
+        unmarked: list[int] = []
+        values, marked = self._index()
+        drops = through >= self._accepted_scan_from
+        if drops:
             stop = slot_key(P_ACCEPTED, through + 1) if through < SLOT_MAX else b"accepted0"
             start = slot_key(P_ACCEPTED, self._accepted_scan_from)
             try:
                 for key in db.iterator(start=start, stop=stop, include_value=False):
+                    slot = self._slot_of(key, P_ACCEPTED)
+                    if slot in marked:
+                        if slot <= changes.applied_index:
+                            continue  # the chosen value's copy: kept until compaction
+                        # Not applied yet (only a caller that drops ahead does
+                        # this): the chosen record gets the value itself.
+                        batch.put(
+                            slot_key(P_CHOSEN, slot),
+                            peer_pb2.Value(commands=values[slot]).SerializeToString(),
+                        )
+                        unmarked.append(slot)
                     batch.delete(key)
+                    dropped.append(slot)
             except plyvel.Error as exc:
                 raise _storage_error(self.path, exc) from None
         self._write(batch)
         self._applied_index = changes.applied_index
-        if through >= self._accepted_scan_from:
+        if drops:
             self._accepted_scan_from = through + 1
+            for slot in dropped:
+                values.pop(slot, None)
+            marked.difference_update(unmarked)
 
     def compact(self, through_slot: int) -> None:
         with self._lock:
@@ -412,6 +505,15 @@ class LevelDBStorage:
         self._write(batch)
         self._log_start = through_slot + 1
         self._accepted_scan_from = max(self._accepted_scan_from, through_slot + 1)
+        self._forget_through(through_slot)
+
+    def _forget_through(self, through: int) -> None:
+        """The accepted and chosen records of slots <= ``through`` are deleted."""
+        if self._values is not None:
+            for slot in [s for s in self._values if s <= through]:
+                del self._values[slot]
+        if self._marked is not None:
+            self._marked.difference_update([s for s in self._marked if s <= through])
 
     def _delete_log_through(self, db: plyvel.DB, batch: plyvel.WriteBatch, through: int) -> None:
         """Add to ``batch``: delete chosen and accepted entries <= ``through``,
@@ -424,9 +526,12 @@ class LevelDBStorage:
                     include_value=False,
                 ):
                     batch.delete(key)
-            if through >= self._accepted_scan_from:
+            # From log_start: the marked records of applied slots lie below
+            # _accepted_scan_from.
+            first = min(self._log_start, self._accepted_scan_from)
+            if through >= first:
                 for key in db.iterator(
-                    start=slot_key(P_ACCEPTED, self._accepted_scan_from),
+                    start=slot_key(P_ACCEPTED, first),
                     stop=slot_key(P_ACCEPTED, through + 1),
                     include_value=False,
                 ):
@@ -442,7 +547,7 @@ class LevelDBStorage:
         with self._lock:  # an instant: what was deleted
             ranges = [
                 (P_CHOSEN, slot_key(P_CHOSEN, self._log_start)),
-                (P_ACCEPTED, slot_key(P_ACCEPTED, self._accepted_scan_from)),
+                (P_ACCEPTED, slot_key(P_ACCEPTED, self._log_start)),
             ]
             reclaim_state, self._reclaim_state = self._reclaim_state, False
         if reclaim_state:
@@ -515,6 +620,7 @@ class LevelDBStorage:
             self._applied_index = index
             self._log_start = index + 1
             self._accepted_scan_from = max(self._accepted_scan_from, index + 1)
+            self._forget_through(index)
             self._reclaim_state = True
             return index
 
@@ -618,12 +724,18 @@ def _check_or_write_meta(
     raw = db.get(K_META)
     if raw is not None:
         meta = _parse(path, storage_pb2.NodeMeta, K_META, raw)
-        if meta.format_version != FORMAT_VERSION:
+        if meta.format_version not in READABLE_FORMAT_VERSIONS:
             raise WrongFormat(path, meta.format_version)
         if meta.node_id != node_id:
             raise WrongNode(path, meta.node_id, node_id)
         if meta.cluster_id != cluster_id:
             raise WrongCluster(path, meta.cluster_id, cluster_id)
+        if meta.format_version != FORMAT_VERSION:
+            # Version 1 has no chosen markers: readable as is. Marked as the
+            # current version before anything else is written, so an older
+            # paxoskv refuses this store once it may hold markers.
+            meta.format_version = FORMAT_VERSION
+            db.put(K_META, meta.SerializeToString(), sync=True)
         return
     with db.iterator(include_value=False) as it:
         first = next(it, None)

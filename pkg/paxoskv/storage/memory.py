@@ -248,9 +248,14 @@ class MemoryStorage:
     def load(self) -> LoadedState:
         assert not self._closed, "storage is closed"
         image = self.disk._current
+        applied = image.applied_index
+        chosen = image.chosen
         return LoadedState(
             promised=image.promised,
-            accepted=dict(image.accepted),
+            # As in every store: an accepted entry of a chosen, applied slot
+            # is not an acceptance still in play (LevelDB keeps it as the
+            # chosen value's copy).
+            accepted={s: e for s, e in image.accepted.items() if not (s <= applied and s in chosen)},
             chosen=dict(image.chosen),
             log_start=image.log_start,
             applied_index=image.applied_index,
