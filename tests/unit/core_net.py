@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import random
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from paxoskv.paxos.core import Core
@@ -31,6 +32,7 @@ class Net:
             self.start(i)
         self.queue: deque[Message] = deque()
         self.cut_links: set[tuple[int, int]] = set()
+        self.drop: Callable[[Message], bool] = lambda m: False  # messages lost on the way
         self.down: set[int] = set()
         self.reads: dict[int, list[ReadState]] = {i: [] for i in self.ids}
         self.sent: list[Message] = []
@@ -94,7 +96,7 @@ class Net:
         while self.queue and n < limit:
             m = self.queue.popleft()
             n += 1
-            if m.to in self.down or m.frm in self.down or (m.frm, m.to) in self.cut_links:
+            if m.to in self.down or m.frm in self.down or (m.frm, m.to) in self.cut_links or self.drop(m):
                 continue
             self.cores[m.to].step(m)
             self.process(m.to)

@@ -195,6 +195,59 @@ def test_a_restarted_node_keeps_its_promise_and_accepted_entries():
     assert net.applied_values(f) == [b"a"]
 
 
+def test_in_three_nodes_followers_learn_a_slot_from_the_leaders_accepted():
+    """A follower that accepted a slot and hears the leader's own Accepted
+    knows a quorum accepted it: it applies the slot though the leader never
+    heard a follower's Accepted (nor sent a commit point)."""
+    net = Net(3)
+    leader = net.elect()
+    net.drop = lambda m: isinstance(m, Accepted) and m.to == leader
+    propose(net, leader, b"a")
+    followers = [i for i in net.ids if i != leader]
+    for f in followers:
+        assert net.applied_values(f) == [b"a"]
+    assert net.applied_values(leader) == [] and net.cores[leader].commit_index < net.cores[followers[0]].commit_index
+    # A read at the leader now must cover the slot a follower may have answered
+    # a client for: its read index is past its own commit point.
+    net.cores[leader].read(5)
+    net.deliver_all()
+    (rs,) = net.reads[leader]
+    assert rs.ok and rs.index >= net.cores[followers[0]].commit_index > net.cores[leader].commit_index
+
+
+def test_a_follower_learns_nothing_from_an_accepted_at_another_ballot_or_for_another_value():
+    """Accepted counts only at the ballot the follower promised, for a slot it
+    accepted at that ballot."""
+    net = Net(3)
+    leader = net.elect()
+    f = next(i for i in net.ids if i != leader)
+    core = net.cores[f]
+    b = core.promised
+    slot = core.commit_index + 1
+    core.step(Accepted(frm=leader, to=f, ballot=b, slots=(slot,)))  # nothing accepted here: no value known
+    net.process(f)
+    assert core.commit_index == slot - 1
+    core.step(Accept(frm=leader, to=f, ballot=b, entries=((slot, (b"v",)),), commit=slot - 1))
+    net.process(f)  # accepted and durable: own ack
+    other = next(i for i in net.ids if i not in (leader, f))
+    core.step(Accepted(frm=other, to=f, ballot=Ballot(b.round + 1, other), slots=(slot,)))
+    net.process(f)
+    assert core.commit_index == slot - 1, "an Accepted at another ballot does not count"
+    core.step(Accepted(frm=leader, to=f, ballot=b, slots=(slot,)))
+    net.process(f)
+    assert core.commit_index == slot and core.chosen[slot] == (b"v",)
+
+
+@pytest.mark.parametrize("n", [5])
+def test_in_larger_clusters_the_leader_sends_the_commit_point_and_no_accepted(n):
+    net = Net(n)
+    leader = net.elect()
+    net.sent.clear()
+    propose(net, leader, b"a")
+    assert not any(isinstance(m, Accepted) and m.frm == leader for m in net.sent)
+    assert all(net.applied_values(i) == [b"a"] for i in net.ids)
+
+
 def test_a_linearizable_read_is_confirmed_by_a_quorum_round():
     net = Net(3)
     leader = net.elect()

@@ -29,7 +29,20 @@ apart from the acceptor's ``accepted`` map: a slot becomes chosen here when
 (b) a leader's commit point covers the slot *and* the local accepted entry was
 accepted at that same leader's ballot (a leader proposes exactly one value
 per slot per ballot, and never commits a slot it proposed with a different
-value), (c) a promise reported it chosen, or (d) a catch-up reply carried it.
+value), (c) a promise reported it chosen, (d) a catch-up reply carried it, or
+(e) it accepted the slot at ballot ``b`` and knows that a quorum accepted it
+durably at ``b``: ``Accepted(b)`` from peers, and itself once its write is
+durable (the value is that of its own entry: one value per slot per
+ballot). In a cluster whose quorum is two (three nodes) the leader sends its
+own ``Accepted`` to every follower once its acceptance is durable, so a
+follower learns a slot when it has accepted it and heard the leader's: one
+hop after the Accept, instead of waiting for a follower's Accepted to reach
+the leader and the commit point to come back. There, the leader does not
+broadcast each new commit point at once (it rides on the next Accept or
+heartbeat); in larger clusters it does, and sends no such Accepted. A
+follower may thus answer a client before the leader knows the slot is
+chosen: a read index is never below the last slot the leader sent its own
+Accepted for.
 ``commit_index`` is the end of the contiguous chosen prefix. Agreement is
 asserted whenever a chosen value is learned twice.
 
@@ -124,6 +137,9 @@ class Core:
         self.id = config.node_id
         self.others: tuple[int, ...] = tuple(p for p in config.peers if p != config.node_id)
         self.quorum = config.quorum
+        # A follower learns from the leader's Accepted (rule (e) above) when
+        # its own acceptance and the leader's make a quorum.
+        self._notify_learners = self.quorum == 2 and len(config.peers) > 1
         self._retransmit_ticks = 2 * config.heartbeat_ticks
         self._rng = rng
 
@@ -161,6 +177,13 @@ class Core:
         self._last_heard: dict[int, int] = {}
         self._quorum_check_tick = 0
         self._commit_sent = 0
+        # Learner acks (rule (e)): slot -> the nodes known to have accepted it
+        # durably at ``promised``, for slots accepted here at that ballot.
+        self._learner_acks: dict[int, set[int]] = {}
+        # Leader: the highest slot it sent its own Accepted for. A follower
+        # may answer a client for such a slot before this leader knows it is
+        # chosen, so a read index is never below it.
+        self._notified_through = 0
         # Catch-up (follower).
         self._known_commit = self.commit_index
         self._catchup_peer: int | None = None
@@ -257,7 +280,7 @@ class Core:
         if self.role is Role.LEADER:
             self._flush_proposals()
             self._start_read_round()
-            if self.commit_index > self._commit_sent:
+            if self.commit_index > self._commit_sent and not self._notify_learners:
                 self._broadcast_heartbeat()
         elif self.leader_id is not None:
             self._flush_forwards()
@@ -287,21 +310,38 @@ class Core:
 
     def advance(self, ready: Ready) -> None:
         """The runtime has persisted, sent and applied ``ready``."""
-        if self.role is Role.LEADER and ready.accepted:
-            # Our own acceptances are durable now: they count toward quorums.
-            b = self.ballot
-            for e in ready.accepted:
-                p = self._inflight.get(e.slot)
-                if p is not None and e.ballot == b:
-                    p.acks.add(self.id)
-                    if len(p.acks) >= self.quorum:
-                        del self._inflight[e.slot]
-                        self._choose(e.slot, p.value)
+        if ready.accepted:
+            if self.role is Role.LEADER:
+                # Our own acceptances are durable now: they count toward quorums.
+                b = self.ballot
+                notify: list[int] = []
+                for e in ready.accepted:
+                    if e.ballot != b:
+                        continue
+                    notify.append(e.slot)
+                    p = self._inflight.get(e.slot)
+                    if p is not None:
+                        p.acks.add(self.id)
+                        if len(p.acks) >= self.quorum:
+                            del self._inflight[e.slot]
+                            self._choose(e.slot, p.value)
+                if notify and self._notify_learners:
+                    slots = tuple(notify)
+                    self._notified_through = max(self._notified_through, *slots)
+                    # About durable state only: they may leave before the
+                    # next Ready's write.
+                    for peer in self.others:
+                        self._out_early.append(Accepted(frm=self.id, to=peer, ballot=b, slots=slots))
+            elif self.role is Role.FOLLOWER:
+                for e in ready.accepted:
+                    self._learner_ack(e.slot, e.ballot, self.id)
+                self._advance_commit()
         if ready.committed:
             last = ready.committed[-1][0]
             assert last == self.applied_index + len(ready.committed), "applied out of order"
             for slot, _ in ready.committed:
                 self.accepted.pop(slot, None)
+                self._learner_acks.pop(slot, None)
             self.applied_index = last
 
     def has_ready(self) -> bool:
@@ -339,6 +379,8 @@ class Core:
             del self.chosen[s]
         for s in [s for s in self.accepted if s <= index]:
             del self.accepted[s]
+        for s in [s for s in self._learner_acks if s <= index]:
+            del self._learner_acks[s]
         self.applied_index = index
         self._emitted_index = max(self._emitted_index, index)
         self.commit_index = max(self.commit_index, index)
@@ -538,6 +580,7 @@ class Core:
         self._quorum_check_tick = self._now
         self._read_acks = {}
         self._commit_sent = 0
+        self._notified_through = 0  # recovery_end covers what earlier leaders sent
         entries: list[tuple[int, Value]] = []
         for slot in range(self.commit_index + 1, max_slot + 1):
             if slot in self.chosen:
@@ -664,6 +707,11 @@ class Core:
         self._learn_commit(msg.ballot, msg.commit, msg.frm)
 
     def _on_accepted(self, msg: Accepted) -> None:
+        if self.role is Role.FOLLOWER:
+            for slot in msg.slots:
+                self._learner_ack(slot, msg.ballot, msg.frm)
+            self._advance_commit()
+            return
         if self.role is not Role.LEADER or msg.ballot != self.ballot:
             return
         self._last_heard[msg.frm] = self._now
@@ -676,6 +724,23 @@ class Core:
                 del self._inflight[slot]
                 self._choose(slot, p.value)
         self._advance_commit()
+
+    def _learner_ack(self, slot: int, ballot: Ballot, node: int) -> None:
+        """``node`` has durably accepted ``slot`` at ``ballot`` (rule (e)).
+        Counted only at the ballot this node has promised and for a slot it
+        accepted at that ballot: then the value is that of its own entry."""
+        if ballot != self.promised or slot <= self.commit_index or slot in self.chosen:
+            return
+        e = self.accepted.get(slot)
+        if e is None or e.ballot != ballot:
+            return
+        acks = self._learner_acks.get(slot)
+        if acks is None:
+            acks = self._learner_acks[slot] = set()
+        acks.add(node)
+        if len(acks) >= self.quorum:
+            del self._learner_acks[slot]
+            self._learn_chosen(slot, e.value)
 
     def _choose(self, slot: int, value: Value) -> None:
         self._learn_chosen(slot, value)
@@ -813,7 +878,11 @@ class Core:
         if self._read_rounds or not (self._reads_new_local or self._reads_new_remote):
             return
         self._read_seq += 1
-        rnd = _ReadRound(max(self.commit_index, self.recovery_end), self._reads_new_local, self._reads_new_remote)
+        # The read index covers every write a client may have been answered
+        # for: the commit point, what a follower may have learned from our own
+        # Accepted (rule (e)), and what an earlier leader may have had chosen.
+        index = max(self.commit_index, self.recovery_end, self._notified_through)
+        rnd = _ReadRound(index, self._reads_new_local, self._reads_new_remote)
         self._reads_new_local = []
         self._reads_new_remote = {}
         self._read_rounds[self._read_seq] = rnd
@@ -926,6 +995,7 @@ class Core:
     def _set_promised(self, ballot: Ballot) -> None:
         assert ballot >= self.promised, "a promise never goes back"
         self.promised = ballot
+        self._learner_acks.clear()  # they count at the promised ballot only
         self._out_promised = ballot
 
     def _see_round(self, round_: int) -> None:

@@ -211,7 +211,9 @@ class Ready:
 
     0. ``messages_early`` may be sent at once, before the write: the leader's
        Accepts, which vouch for nothing on this node's disk (the leader counts
-       its own acceptance only in ``advance``, after the write).
+       its own acceptance only in ``advance``, after the write), and the
+       leader's own Accepted, which vouch for acceptances an earlier Ready
+       made durable.
     1. Persist ``promised`` (if not None) and ``accepted`` in one synced write
        (``must_sync``), and record ``chosen`` entries (they need no sync).
     2. Only then send ``messages``.
