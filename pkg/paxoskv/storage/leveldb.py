@@ -36,9 +36,11 @@ it with the other accepted entries of applied slots (``load`` no longer
 reports it as accepted: it is chosen and applied), and ``compact`` deletes
 both records. The marker is written only when the accepted record holding
 that value is in the same batch or an earlier one (so a crash keeps either
-both or the accepted record alone), and the store refuses (AssertionError) to
-overwrite such a record with another value: Paxos never chooses two values
-for a slot. A value learned in any other way (catch-up) is stored in full.
+both or the accepted record alone). Whenever such a record would go while
+its slot stays (another value accepted over it, which Paxos never does; or
+``apply`` dropping an entry ahead of the applied index), the chosen record
+gets the value in full in the same batch. A value learned in any other way
+(catch-up) is stored in full.
 A version 1 store (full copies only) is read as is and marked version 2 on
 open, so an older paxoskv refuses it instead of misreading a marker.
 
@@ -397,7 +399,7 @@ class LevelDBStorage:
                 # This record is the chosen value's only copy (Paxos accepts
                 # no other value there; the storage protocol allows it): the
                 # chosen record gets the value itself first.
-                batch.put(slot_key(P_CHOSEN, slot), peer_pb2.Value(commands=values[slot]).SerializeToString())
+                _put_chosen(batch, slot, values[slot])
                 unmarked.append(slot)
             pb = peer_pb2.Entry(
                 slot=slot,
@@ -419,7 +421,7 @@ class LevelDBStorage:
                 batch.put(slot_key(P_CHOSEN, slot), CHOSEN_MARKER)
                 new_marks.append(slot)
             else:
-                batch.put(slot_key(P_CHOSEN, slot), peer_pb2.Value(commands=value).SerializeToString())
+                _put_chosen(batch, slot, value)
                 unmarked.append(slot)
         self._write(batch)
         values.update(written)
@@ -473,10 +475,7 @@ class LevelDBStorage:
                             continue  # the chosen value's copy: kept until compaction
                         # Not applied yet (only a caller that drops ahead does
                         # this): the chosen record gets the value itself.
-                        batch.put(
-                            slot_key(P_CHOSEN, slot),
-                            peer_pb2.Value(commands=values[slot]).SerializeToString(),
-                        )
+                        _put_chosen(batch, slot, values[slot])
                         unmarked.append(slot)
                     batch.delete(key)
                     dropped.append(slot)
@@ -706,6 +705,11 @@ class LevelDBStorage:
             return Ballot(pb.round, pb.node)
         except ValueError as exc:
             raise Corrupt(self.path, f"record {key!r}: {exc}") from None
+
+
+def _put_chosen(batch: plyvel.WriteBatch, slot: int, value: Value) -> None:
+    """Add to ``batch``: the chosen value of ``slot`` in full (not a marker)."""
+    batch.put(slot_key(P_CHOSEN, slot), peer_pb2.Value(commands=value).SerializeToString())
 
 
 def _parse(path: str, cls: type, key: bytes, raw: bytes):  # type: ignore[no-untyped-def]
