@@ -479,12 +479,170 @@ def test_a_bad_op_fails_alone_and_a_bad_batch_changes_nothing() -> None:
     index=st.integers(0, 2**64 - 1),
     existed=st.booleans(),
     error=st.text(max_size=20),
+    batch=st.binary(max_size=300),
 )
-def test_session_encode_is_the_protobuf_encoding(sequence, last_index, code, index, existed, error) -> None:
+def test_session_encode_is_the_protobuf_encoding(sequence, last_index, code, index, existed, error, batch) -> None:
     result = kv_pb2.CommandResult(code=code, index=index, existed=existed, error=error)
-    session = Session(sequence, result, last_index)
+    session = Session(sequence, result, last_index, batch)
     expected = session.to_proto().SerializeToString()
     assert session.encode() == expected
     cache: dict[int, bytes] = {}
     assert session.encode(cache) == expected and session.encode(cache) == expected
     assert Session.from_proto(storage_pb2.Session.FromString(session.encode())) == session
+
+
+# ---- packed batches (one identity for the whole batch: BatchOp.request) ------------
+
+
+def _packed(
+    client_id: str, first: int, ops: list[tuple[str, bytes, bytes]], waiter: bytes = b"w", headers: bool = False
+) -> bytes:
+    """A packed batch command of (kind, key, value) ops, sequences first, first+1, ..."""
+    cmd = kv_pb2.Command()
+    cmd.batch.waiter = waiter
+    cmd.batch.request.client_id = client_id
+    cmd.batch.request.sequence = first
+    for kind, key, value in ops:
+        op = cmd.batch.ops.add()
+        if kind == "put":
+            op.put.key, op.put.value = key, value
+            if headers:
+                op.put.request.client_id = client_id
+        elif kind == "delete":
+            op.delete.key = key
+        else:
+            op.get.key = key
+    return cmd.SerializeToString()
+
+
+def _outcomes(results) -> list[tuple[int, int, bool]]:  # noqa: ANN001
+    return [(r.code, r.index, r.existed) for r in results]
+
+
+packed_op = st.tuples(
+    st.sampled_from(["put", "put", "delete", "get"]),
+    st.sampled_from([b"", b"k1", b"k2", b"K" * 4097]),
+    st.binary(max_size=3),
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(slots=st.lists(st.lists(packed_op, min_size=1, max_size=6), min_size=1, max_size=8))
+def test_a_packed_batch_applies_like_its_ops_one_by_one(slots) -> None:
+    """Each op of a packed batch is validated and applied exactly as if it
+    were a command of its own with sequence first+k: the same results, keys
+    and key changes; its session ends at the batch's last sequence."""
+    packed, single = fresh(), fresh()
+    first = 1
+    for index, ops in enumerate(slots, start=1):
+        [one] = packed.apply(index, (_packed("c", first, ops),))
+        each = single.apply(
+            index,
+            tuple(
+                _batch([(kind, "c", first + k, key, value)]) if kind == "get" else _single(kind, "c", first + k, key, value)
+                for k, (kind, key, value) in enumerate(ops)
+            ),
+        )
+        expected = [
+            (a.result[0] if isinstance(a.result, tuple) else a.result) for a in each
+        ]  # a get alone in a batch: INVALID, like a get in a packed one
+        assert _outcomes(one.result) == _outcomes(expected)
+        assert [bool(r.error) for r in one.result] == [bool(r.error) for r in expected]
+        assert packed.take_changes().kv == single.take_changes().kv
+        session = packed.session("c")
+        assert session is not None and (session.sequence, session.last_index) == (first + len(ops) - 1, index)
+        assert len(session.batch) == len(ops)
+        first += len(ops)
+    assert dict(packed.items()) == dict(single.items())
+
+
+def test_a_packed_batch_retried_later_gets_its_first_results_and_applies_nothing() -> None:
+    sm = fresh()
+    ops = [("put", b"k", b"v1"), ("put", b"", b"bad"), ("delete", b"k", b""), ("put", b"j", b"v2")]
+    [first] = sm.apply(1, (_packed("c", 5, ops),))
+    assert _outcomes(first.result) == [(OK, 1, False), (INVALID, 1, False), (OK, 1, True), (OK, 1, False)]
+    assert "key is empty" in first.result[1].error
+    sm.take_changes()
+    sm.apply(2, (encode_put("other", 1, b"k", b"x"),))  # the key changes meanwhile
+    sm.take_changes()
+    for index in (3, 4):  # a retry, and its retry
+        [again] = sm.apply(index, (_packed("c", 5, ops),))
+        assert _outcomes(again.result) == _outcomes(first.result)
+        assert [r.error for r in again.result] == [r.error for r in first.result]
+        changes = sm.take_changes()
+        assert (changes.kv, changes.sessions) == ({}, {})
+    assert sm.get(b"k") == b"x" and sm.get(b"j") == b"v2"
+
+
+def test_the_retry_survives_a_restart_from_stored_sessions() -> None:
+    sm = fresh()
+    ops = [("put", b"k", b"v"), ("put", b"k", b"w")]
+    [first] = sm.apply(1, (_packed("c", 1, ops),))
+    stored = {
+        cid: Session.from_proto(storage_pb2.Session.FromString(s.encode()))
+        for cid, s in sm.take_changes().sessions.items()
+        if s is not None
+    }
+    restarted = KVStateMachine(kv=dict(sm.items()), sessions=stored, applied_index=1)
+    [again] = restarted.apply(2, (_packed("c", 1, ops),))
+    assert _outcomes(again.result) == _outcomes(first.result) == [(OK, 1, False), (OK, 1, True)]
+    assert restarted.take_changes().kv == {}
+
+
+@pytest.mark.parametrize(
+    "first, ops",
+    [
+        (3, [("put", b"k", b"x")]),  # inside the applied batch (1..3), not the same batch
+        (2, [("put", b"k", b"x"), ("put", b"k", b"y")]),  # ends at the session, but starts inside it
+        (1, [("put", b"k", b"x")] * 4),  # overlaps and goes past it
+        (1, [("put", b"k", b"x")] * 2),  # older
+    ],
+)
+def test_a_packed_batch_overlapping_its_session_is_stale_and_changes_nothing(first, ops) -> None:
+    sm = fresh()
+    sm.apply(1, (_packed("c", 1, [("put", b"k", b"v")] * 3),))
+    sm.take_changes()
+    [a] = sm.apply(2, (_packed("c", first, ops),))
+    assert [r.code for r in a.result] == [STALE] * len(ops)
+    assert all("older than its last applied sequence 3" in r.error for r in a.result)
+    changes = sm.take_changes()
+    assert (changes.kv, changes.sessions) == ({}, {})
+    assert sm.get(b"k") == b"v"
+
+
+def test_a_packed_batch_after_a_unary_command_of_its_client() -> None:
+    sm = fresh()
+    sm.apply(1, (encode_put("c", 4, b"k", b"v"),))
+    [same_last] = sm.apply(2, (_packed("c", 4, [("put", b"k", b"x")]),))  # sequence 4 was the unary put
+    assert [r.code for r in same_last.result] == [STALE]
+    [after] = sm.apply(3, (_packed("c", 5, [("put", b"k", b"x"), ("delete", b"k", b"")]),))
+    assert _outcomes(after.result) == [(OK, 3, True), (OK, 3, True)]
+    [unary_retry] = sm.apply(4, (encode_delete("c", 6, b"k"),))  # the packed batch's last sequence
+    assert _outcomes([unary_retry.result]) == [(OK, 3, True)]
+    [next_one] = sm.apply(5, (encode_put("c", 7, b"k", b"z"),))
+    assert _outcomes([next_one.result]) == [(OK, 5, False)]
+
+
+def test_an_op_of_a_packed_batch_with_a_header_of_its_own_fails_alone() -> None:
+    sm = fresh()
+    [a] = sm.apply(1, (_packed("c", 1, [("put", b"k", b"v"), ("delete", b"j", b"")], headers=True),))
+    assert [r.code for r in a.result] == [INVALID, OK]
+    assert "no request header of its own" in a.result[0].error
+    assert sm.get(b"k") is None and sm.session("c").batch == bytes([2, 0])  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize(
+    "client_id, first, error",
+    [
+        ("", 1, "needs a client_id and a sequence"),
+        ("c", 0, "needs a client_id and a sequence"),
+        ("c", 2**64 - 1, "do not fit in 64 bits"),
+        ("x" * 300, 1, "client_id is 300 bytes"),
+    ],
+)
+def test_a_packed_batch_with_a_bad_identity_is_invalid_and_changes_nothing(client_id, first, error) -> None:
+    sm = fresh()
+    [a] = sm.apply(1, (_packed(client_id, first, [("put", b"k", b"v"), ("put", b"j", b"v")]),))
+    assert [r.code for r in a.result] == [INVALID] and error in a.result[0].error
+    changes = sm.take_changes()
+    assert (changes.kv, changes.sessions, len(sm)) == ({}, {}, 0)

@@ -28,6 +28,7 @@ import pytest
 from paxoskv.kv import Changes, Session
 from paxoskv.paxos.types import Ballot, Entry
 from paxoskv.storage import (
+    FORMAT_VERSION,
     Corrupt,
     LevelDBStorage,
     LoadedState,
@@ -275,7 +276,7 @@ def test_key_layout(tmp_path: pathlib.Path) -> None:
         b"session/cli",
     ]
     meta = storage_pb2.NodeMeta.FromString(records[b"meta"])
-    assert (meta.format_version, meta.node_id, meta.cluster_id) == (2, 7, "prod")
+    assert (meta.format_version, meta.node_id, meta.cluster_id) == (FORMAT_VERSION, 7, "prod")
     # Slot 2 was chosen with a value this store did not accept: stored in full.
     assert peer_pb2.Value.FromString(records[b"chosen/\x00\x00\x00\x00\x00\x00\x00\x02"]).commands == [b"a", b"b"]
     assert storage_pb2.AppliedState.FromString(records[b"applied"]).applied_index == 2
@@ -326,9 +327,9 @@ def test_records_without_identity_are_corrupt(tmp_path: pathlib.Path) -> None:
 def test_another_format_version_is_refused(tmp_path: pathlib.Path) -> None:
     path = tmp_path / "db"
     LevelDBStorage.open(path, 1, "c").close()
-    meta = storage_pb2.NodeMeta(format_version=3, node_id=1, cluster_id="c")
+    meta = storage_pb2.NodeMeta(format_version=4, node_id=1, cluster_id="c")
     write_raw(path, b"meta", meta.SerializeToString())
-    with pytest.raises(WrongFormat, match="format version 3, this paxoskv reads 1, 2"):
+    with pytest.raises(WrongFormat, match="format version 4, this paxoskv reads 1, 2, 3"):
         LevelDBStorage.open(path, 1, "c")
 
 
@@ -348,18 +349,22 @@ def accepted_key(slot: int) -> bytes:
     return b"accepted/" + slot.to_bytes(8, "big")
 
 
-def test_a_version_1_store_is_read_and_marked_version_2(tmp_path: pathlib.Path) -> None:
-    """Version 1 stored every chosen value in full: still read as is; the
-    store is marked version 2 before anything else is written."""
+@pytest.mark.parametrize("old_version", [1, 2])
+def test_an_older_store_is_read_and_marked_the_current_version(tmp_path: pathlib.Path, old_version: int) -> None:
+    """Version 1 stored every chosen value in full, versions 1 and 2 hold no
+    packed batch: still read as is; the store is marked the current version
+    before anything else is written, so an older paxoskv refuses it."""
+    assert FORMAT_VERSION == 3
     path = tmp_path / "db"
     with LevelDBStorage.open(path, 1, "c") as storage:
         storage.persist(None, [Entry(1, Ballot(1, 1), (b"a",))], [], sync=True)
-    write_raw(path, b"meta", storage_pb2.NodeMeta(format_version=1, node_id=1, cluster_id="c").SerializeToString())
+    meta = storage_pb2.NodeMeta(format_version=old_version, node_id=1, cluster_id="c")
+    write_raw(path, b"meta", meta.SerializeToString())
     write_raw(path, chosen_key(1), peer_pb2.Value(commands=[b"a"]).SerializeToString())
     with LevelDBStorage.open(path, 1, "c") as storage:
         state = storage.load()
     assert state.chosen == {1: (b"a",)} and state.accepted[1].value == (b"a",)
-    assert storage_pb2.NodeMeta.FromString(read_raw(path)[b"meta"]).format_version == 2
+    assert storage_pb2.NodeMeta.FromString(read_raw(path)[b"meta"]).format_version == FORMAT_VERSION
 
 
 def test_a_chosen_value_it_accepted_is_stored_once(tmp_path: pathlib.Path) -> None:

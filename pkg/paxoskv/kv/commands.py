@@ -18,7 +18,9 @@ Rules:
 
 Exactly-once identity: ``client_id`` empty means "no session" and then
 ``sequence`` must be 0. A non-empty ``client_id`` needs ``sequence >= 1``
-(sequences of one client start at 1 and grow by one per new request).
+(sequences of one client start at 1 and grow by one per new request). A
+packed batch (``BatchOp.request`` set) has one identity for all its ops: op
+k has sequence ``request.sequence + k`` and no header of its own.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from paxoskv.v1 import kv_pb2
 __all__ = [
     "DecodeError",
     "Limits",
+    "SEQUENCE_MAX",
     "decode",
     "encode",
     "encode_delete",
@@ -39,6 +42,8 @@ __all__ = [
     "validate",
     "validate_identity",
     "validate_op",
+    "validate_packed",
+    "validate_packed_op",
 ]
 
 
@@ -88,16 +93,23 @@ def decode(data: bytes) -> kv_pb2.Command:
     return cmd
 
 
+SEQUENCE_MAX = (1 << 64) - 1
+
+
 def validate(cmd: kv_pb2.Command, limits: Limits) -> str | None:
     """``None`` if the state machine will apply ``cmd``, else why not (one line).
-    A batch is valid as a whole when it has ops and no identity of its own;
-    its ops are checked one by one when applied (``validate_op``)."""
+    A batch is valid as a whole when it has ops and no identity of its own
+    (a packed batch: the identity of its ``request``); its ops are checked
+    one by one when applied (``validate_op``, ``validate_packed_op``)."""
     op = cmd.WhichOneof("op")
     if op == "batch":
         if cmd.client_id or cmd.sequence:
             return "a batch command has no client_id or sequence of its own (its ops have)"
-        if not cmd.batch.ops:
+        batch = cmd.batch
+        if not batch.ops:
             return "a batch command has no ops"
+        if batch.HasField("request"):
+            return validate_packed(batch.request.client_id, batch.request.sequence, len(batch.ops), limits)
         return None
     if op is None:
         err = validate_identity(cmd.client_id, cmd.sequence, limits)
@@ -120,6 +132,26 @@ def validate_identity(client_id: str, sequence: int, limits: Limits) -> str | No
                 f"{limits.client_id_bytes_max}"
             )
     return None
+
+
+def validate_packed(client_id: str, sequence: int, writes: int, limits: Limits) -> str | None:
+    """``None`` if ``(client_id, sequence)`` can be the identity of a packed
+    batch of ``writes`` writes (sequences ``sequence .. sequence+writes-1``)."""
+    if not client_id or not sequence:
+        return "a packed batch (request set) needs a client_id and a sequence >= 1"
+    err = validate_identity(client_id, sequence, limits)
+    if err is not None:
+        return err
+    if sequence + writes - 1 > SEQUENCE_MAX:
+        return f"the {writes} sequences from {sequence} do not fit in 64 bits"
+    return None
+
+
+def validate_packed_op(has_header: bool, key: bytes, value: bytes, limits: Limits) -> str | None:
+    """``None`` if an op of a packed batch is applicable, else why not."""
+    if has_header:
+        return "an op of a packed batch carries no request header of its own (the batch's request is its identity)"
+    return validate_op("", 0, key, value, limits)
 
 
 def validate_op(client_id: str, sequence: int, key: bytes, value: bytes, limits: Limits) -> str | None:

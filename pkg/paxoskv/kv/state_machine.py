@@ -26,7 +26,12 @@ Rules:
   ============================  ==============================================
 
   A command with an empty ``client_id`` is applied with no session and no
-  deduplication.
+  deduplication. A packed batch (``BatchOp.request``) is one command of its
+  client for this table, with the sequences ``request.sequence`` ..
+  ``request.sequence + len(ops) - 1``: applied when the session is below the
+  first; the same batch again (the session ends at its last sequence and
+  holds one outcome per op) gets its first results back; anything else is
+  ``STALE_SEQUENCE`` for every op.
 - Bounded sessions. When a new session makes the table larger than
   ``sessions_max``, the session with the smallest ``last_index`` is evicted
   (ties: the smallest ``client_id``). A client whose session was evicted and
@@ -55,7 +60,7 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
 
-from paxoskv.kv.commands import DecodeError, Limits, decode, validate, validate_op
+from paxoskv.kv.commands import DecodeError, Limits, decode, validate, validate_op, validate_packed_op
 from paxoskv.protowire import len_field, varint
 from paxoskv.v1 import kv_pb2, storage_pb2
 
@@ -68,6 +73,8 @@ BATCH_WAITER_PREFIX = "\0batch:"
 _OK = kv_pb2.CommandResult.OK
 _INVALID = kv_pb2.CommandResult.INVALID
 _STALE = kv_pb2.CommandResult.STALE_SEQUENCE
+# Session.batch: 0 and 1 are an applied op's ``existed``; this one is INVALID.
+_PACKED_INVALID = 2
 
 
 def _stale(index: int, client_id: str, sequence: int, session: Session) -> kv_pb2.CommandResult:
@@ -91,10 +98,12 @@ class Session:
     sequence: int
     result: kv_pb2.CommandResult
     last_index: int
+    # A packed batch's outcome per op (storage.proto Session.batch): b"" otherwise.
+    batch: bytes = b""
 
     def to_proto(self) -> storage_pb2.Session:
         return storage_pb2.Session(
-            sequence=self.sequence, result=self.result, last_index=self.last_index
+            sequence=self.sequence, result=self.result, last_index=self.last_index, batch=self.batch
         )
 
     def encode(self, results: dict[int, bytes] | None = None) -> bytes:
@@ -113,11 +122,15 @@ class Session:
         parts.append(len_field(b"\x12", body))
         if self.last_index:
             parts.append(b"\x18" + varint(self.last_index))
+        if self.batch:
+            parts.append(len_field(b"\x22", self.batch))
         return b"".join(parts)
 
     @classmethod
     def from_proto(cls, pb: storage_pb2.Session) -> Session:
-        return cls(sequence=pb.sequence, result=_copy_result(pb.result), last_index=pb.last_index)
+        return cls(
+            sequence=pb.sequence, result=_copy_result(pb.result), last_index=pb.last_index, batch=pb.batch
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -260,6 +273,8 @@ class KVStateMachine:
         waiter = BATCH_WAITER_PREFIX + cmd.batch.waiter.hex()
         if error is not None:
             return Applied(waiter, 0, (kv_pb2.CommandResult(code=_INVALID, index=index, error=error),))
+        if cmd.batch.HasField("request"):
+            return Applied(waiter, 0, self._apply_packed(index, cmd.batch))
         limits = self._limits
         key_max, value_max = limits.key_bytes_max, limits.value_bytes_max
         client_id_chars_max = limits.client_id_bytes_max // 4  # this many chars fit in any UTF-8
@@ -321,6 +336,80 @@ class KVStateMachine:
                 self._remember(client_id, Session(sequence, result, index))
             append(result)
         return Applied(waiter, 0, tuple(results))
+
+    def _apply_packed(self, index: int, batch: kv_pb2.BatchOp) -> tuple[kv_pb2.CommandResult, ...]:
+        """A packed batch (validated): one session check for all its ops, and
+        the session remembers each op's outcome (``Session.batch``), so a
+        retry of the same batch gets the same results and applies nothing."""
+        client_id = batch.request.client_id
+        first = batch.request.sequence
+        ops = batch.ops
+        last = first + len(ops) - 1
+        session = self._sessions.get(client_id)
+        if session is not None and first <= session.sequence:
+            if session.sequence == last and len(session.batch) == len(ops):
+                return self._replay_packed(session, ops)
+            return tuple(_stale(index, client_id, first + k, session) for k in range(len(ops)))
+        limits = self._limits
+        key_max, value_max = limits.key_bytes_max, limits.value_bytes_max
+        kv = self._kv
+        kv_changes = self._kv_changes
+        Result = kv_pb2.CommandResult
+        ok = (Result(code=_OK, index=index, existed=False), Result(code=_OK, index=index, existed=True))
+        results: list[kv_pb2.CommandResult] = []
+        append = results.append
+        codes = bytearray(len(ops))
+        for k, op in enumerate(ops):
+            kind = op.WhichOneof("op")
+            if kind == "put":
+                req = op.put
+                value = req.value
+            elif kind == "delete":
+                req = op.delete
+                value = b""
+            else:
+                codes[k] = _PACKED_INVALID
+                append(Result(code=_INVALID, index=index, error="only put and delete ops can be in the log"))
+                continue
+            key = req.key
+            if not key or len(key) > key_max or len(value) > value_max or req.HasField("request"):
+                error = validate_packed_op(req.HasField("request"), key, value, limits)
+                if error is not None:
+                    codes[k] = _PACKED_INVALID
+                    append(Result(code=_INVALID, index=index, error=error))
+                    continue
+            if kind == "put":
+                existed = key in kv
+                kv[key] = value
+                kv_changes[key] = value
+            else:
+                existed = kv.pop(key, None) is not None
+                if existed:
+                    kv_changes[key] = None
+            codes[k] = existed
+            append(ok[existed])
+        self._remember(client_id, Session(last, results[-1], index, bytes(codes)))
+        return tuple(results)
+
+    def _replay_packed(self, session: Session, ops) -> tuple[kv_pb2.CommandResult, ...]:  # noqa: ANN001
+        """The results a packed batch got when it was applied, from its session."""
+        index = session.last_index
+        Result = kv_pb2.CommandResult
+        ok = (Result(code=_OK, index=index, existed=False), Result(code=_OK, index=index, existed=True))
+        out: list[kv_pb2.CommandResult] = []
+        for code, op in zip(session.batch, ops):
+            if code != _PACKED_INVALID:
+                out.append(ok[code])
+                continue
+            kind = op.WhichOneof("op")
+            req = op.put if kind == "put" else op.delete if kind == "delete" else None
+            error = (
+                "only put and delete ops can be in the log"
+                if req is None
+                else validate_packed_op(req.HasField("request"), req.key, req.value if kind == "put" else b"", self._limits)
+            )
+            out.append(Result(code=_INVALID, index=index, error=error or "rejected when this batch was first applied"))
+        return tuple(out)
 
     def _execute(self, index: int, cmd: kv_pb2.Command) -> kv_pb2.CommandResult:
         op = cmd.WhichOneof("op")

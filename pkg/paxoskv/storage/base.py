@@ -92,10 +92,12 @@ __all__ = [
     "check_identity",
 ]
 
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
 # Versions this paxoskv opens (an older one is marked as FORMAT_VERSION on
 # open). 2: LevelDB chosen records may be markers (see paxoskv.storage.leveldb).
-READABLE_FORMAT_VERSIONS = (1, 2)
+# 3: sessions and log entries may hold packed batches (kv.proto BatchOp.request),
+# which a paxoskv before version 3 would apply without their exactly-once identity.
+READABLE_FORMAT_VERSIONS = (1, 2, 3)
 NODE_ID_MAX = (1 << 32) - 1
 
 

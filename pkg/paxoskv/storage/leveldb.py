@@ -41,8 +41,9 @@ its slot stays (another value accepted over it, which Paxos never does; or
 ``apply`` dropping an entry ahead of the applied index), the chosen record
 gets the value in full in the same batch. A value learned in any other way
 (catch-up) is stored in full.
-A version 1 store (full copies only) is read as is and marked version 2 on
-open, so an older paxoskv refuses it instead of misreading a marker.
+A version 1 store (full copies only) or 2 (no packed batches) is read as is
+and marked version 3 on open, so an older paxoskv refuses it instead of
+misreading a marker or applying a packed batch without its session.
 
 Opening: plyvel's "lock ... already held" IOError becomes ``Locked``; an
 IOError for a read-only file system, missing permission or full disk becomes
@@ -735,9 +736,10 @@ def _check_or_write_meta(
         if meta.cluster_id != cluster_id:
             raise WrongCluster(path, meta.cluster_id, cluster_id)
         if meta.format_version != FORMAT_VERSION:
-            # Version 1 has no chosen markers: readable as is. Marked as the
-            # current version before anything else is written, so an older
-            # paxoskv refuses this store once it may hold markers.
+            # Versions 1 and 2 have no chosen markers (1) and no packed
+            # batches (1, 2): readable as is. Marked as the current version
+            # before anything else is written, so an older paxoskv refuses
+            # this store once it may hold them.
             meta.format_version = FORMAT_VERSION
             db.put(K_META, meta.SerializeToString(), sync=True)
         return

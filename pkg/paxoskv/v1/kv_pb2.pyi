@@ -36,12 +36,14 @@ class Command(_message.Message):
     def __init__(self, client_id: _Optional[str] = ..., sequence: _Optional[int] = ..., put: _Optional[_Union[PutOp, _Mapping]] = ..., delete: _Optional[_Union[DeleteOp, _Mapping]] = ..., batch: _Optional[_Union[BatchOp, _Mapping]] = ...) -> None: ...
 
 class BatchOp(_message.Message):
-    __slots__ = ("ops", "waiter")
+    __slots__ = ("ops", "request", "waiter")
     OPS_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_FIELD_NUMBER: _ClassVar[int]
     WAITER_FIELD_NUMBER: _ClassVar[int]
     ops: _containers.RepeatedCompositeFieldContainer[RequestOp]
+    request: RequestHeader
     waiter: bytes
-    def __init__(self, ops: _Optional[_Iterable[_Union[RequestOp, _Mapping]]] = ..., waiter: _Optional[bytes] = ...) -> None: ...
+    def __init__(self, ops: _Optional[_Iterable[_Union[RequestOp, _Mapping]]] = ..., request: _Optional[_Union[RequestHeader, _Mapping]] = ..., waiter: _Optional[bytes] = ...) -> None: ...
 
 class CommandResult(_message.Message):
     __slots__ = ("code", "index", "existed", "error")
@@ -158,10 +160,12 @@ class ResponseOp(_message.Message):
     def __init__(self, get: _Optional[_Union[GetResponse, _Mapping]] = ..., put: _Optional[_Union[PutResponse, _Mapping]] = ..., delete: _Optional[_Union[DeleteResponse, _Mapping]] = ..., code: _Optional[int] = ..., error: _Optional[str] = ...) -> None: ...
 
 class BatchRequest(_message.Message):
-    __slots__ = ("ops",)
+    __slots__ = ("ops", "request")
     OPS_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_FIELD_NUMBER: _ClassVar[int]
     ops: _containers.RepeatedCompositeFieldContainer[RequestOp]
-    def __init__(self, ops: _Optional[_Iterable[_Union[RequestOp, _Mapping]]] = ...) -> None: ...
+    request: RequestHeader
+    def __init__(self, ops: _Optional[_Iterable[_Union[RequestOp, _Mapping]]] = ..., request: _Optional[_Union[RequestHeader, _Mapping]] = ...) -> None: ...
 
 class BatchResponse(_message.Message):
     __slots__ = ("header", "results")

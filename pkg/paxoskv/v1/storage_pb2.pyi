@@ -24,14 +24,16 @@ class AcceptorState(_message.Message):
     def __init__(self, promised: _Optional[_Union[_peer_pb2.Ballot, _Mapping]] = ...) -> None: ...
 
 class Session(_message.Message):
-    __slots__ = ("sequence", "result", "last_index")
+    __slots__ = ("sequence", "result", "last_index", "batch")
     SEQUENCE_FIELD_NUMBER: _ClassVar[int]
     RESULT_FIELD_NUMBER: _ClassVar[int]
     LAST_INDEX_FIELD_NUMBER: _ClassVar[int]
+    BATCH_FIELD_NUMBER: _ClassVar[int]
     sequence: int
     result: _kv_pb2.CommandResult
     last_index: int
-    def __init__(self, sequence: _Optional[int] = ..., result: _Optional[_Union[_kv_pb2.CommandResult, _Mapping]] = ..., last_index: _Optional[int] = ...) -> None: ...
+    batch: bytes
+    def __init__(self, sequence: _Optional[int] = ..., result: _Optional[_Union[_kv_pb2.CommandResult, _Mapping]] = ..., last_index: _Optional[int] = ..., batch: _Optional[bytes] = ...) -> None: ...
 
 class AppliedState(_message.Message):
     __slots__ = ("applied_index",)
