@@ -7,6 +7,7 @@ import subprocess
 import sys
 
 import grpc
+import pytest
 
 from paxoskv.v1 import kv_pb2, kv_pb2_grpc
 
@@ -32,6 +33,43 @@ def test_a_batch_answers_each_op_and_a_retried_batch_applies_nothing_twice(share
         assert [r.put.header.index for r in again.results] == [r.put.header.index for r in first.results[:200]]
         got = kv.Get(kv_pb2.GetRequest(key=b"bk199"), timeout=5)
         assert got.found and got.value == b"v199"
+
+
+def test_a_packed_batch_is_one_identity_and_its_retry_gets_the_first_results(shared_cluster):
+    ep = shared_cluster.endpoint(3)
+    with grpc.insecure_channel(ep) as ch:
+        kv = kv_pb2_grpc.KVStub(ch)
+        ops = [kv_pb2.RequestOp(put=kv_pb2.PutRequest(key=b"pk%d" % k, value=b"v%d" % k)) for k in range(200)]
+        ops.insert(100, kv_pb2.RequestOp(get=kv_pb2.GetRequest(key=b"pk7")))  # a get: not counted in the sequences
+        ops.append(kv_pb2.RequestOp(put=kv_pb2.PutRequest(key=b"", value=b"x")))
+        call = kv_pb2.BatchRequest(ops=ops, request=kv_pb2.RequestHeader(client_id="packed-1", sequence=1))
+        first = kv.Batch(call, timeout=20)
+        writes = [r for i, r in enumerate(first.results) if i != 100]
+        assert [r.code for r in writes[:200]] == [0] * 200
+        assert len({r.put.header.index for r in writes[:200]}) == 1  # one log index for the whole batch
+        assert first.results[100].get.found and first.results[100].get.value == b"v7"  # after the writes before it
+        assert writes[200].code == grpc.StatusCode.INVALID_ARGUMENT.value[0] and "key is empty" in writes[200].error
+        kv.Put(kv_pb2.PutRequest(key=b"pk0", value=b"changed"), timeout=10)
+        again = kv.Batch(call, timeout=20)  # a retry (the answer lost, say): nothing applied again
+        assert [(r.code, r.put.header.index) for r in again.results] == [(r.code, r.put.header.index) for r in first.results]
+        assert kv.Get(kv_pb2.GetRequest(key=b"pk0"), timeout=5).value == b"changed"
+        # The next sequences of the client continue after the batch's last one (201).
+        older = kv_pb2.BatchRequest(ops=ops[:3], request=kv_pb2.RequestHeader(client_id="packed-1", sequence=150))
+        assert {r.code for r in kv.Batch(older, timeout=20).results} == {grpc.StatusCode.FAILED_PRECONDITION.value[0]}
+        later = kv.Put(
+            kv_pb2.PutRequest(request=kv_pb2.RequestHeader(client_id="packed-1", sequence=202), key=b"pk1", value=b"u"),
+            timeout=10,
+        )
+        assert later.header.index > writes[0].put.header.index
+        # A packed batch without a client_id is refused as a whole, and nothing is applied.
+        bad = kv_pb2.BatchRequest(ops=ops[:2], request=kv_pb2.RequestHeader(sequence=1))
+        try:
+            kv.Batch(bad, timeout=10)
+        except grpc.RpcError as exc:
+            assert exc.code() == grpc.StatusCode.INVALID_ARGUMENT and "needs a client_id" in exc.details()
+        else:
+            raise AssertionError("a packed batch without a client_id was accepted")
+        assert kv.Get(kv_pb2.GetRequest(key=b"pk0"), timeout=5).value == b"changed"
 
 
 def test_a_session_streams_answers_paired_by_id(shared_cluster):
@@ -75,21 +113,25 @@ def test_snapshot_save_from_a_running_node_restores_into_a_new_data_dir(shared_c
     assert state.log_start == state.applied_index + 1
 
 
-def test_the_python_client_batches_with_per_op_results_and_exactly_once_retries(cluster):
+@pytest.mark.parametrize("packed", [True, False], ids=["packed", "per-op"])
+def test_the_python_client_batches_with_per_op_results_and_exactly_once_retries(cluster, packed):
     from paxoskv.client import Client
     from paxoskv.client.client import InvalidArgument, WriteResult
 
     async def main():
         async with Client(cluster.endpoints, timeout_s=20) as c:
             ops = [("put", f"pk{k}", f"v{k}") for k in range(100)] + [("put", "", "x"), ("get", "pk5")]
-            res = await c.batch(ops)
+            res = await c.batch(ops, packed=packed)
             assert all(isinstance(r, WriteResult) for r in res[:100])
+            assert len({r.index for r in res[:100]}) == 1
             assert isinstance(res[100], InvalidArgument)
             assert res[101].value == b"v5"
             # The leader dies; the next batch still completes on the survivors.
             cluster.kill(cluster.wait_leader())
-            res = await c.batch([("delete", f"pk{k}") for k in range(50)] + [("get", "pk70")])
+            res = await c.batch([("delete", f"pk{k}") for k in range(50)] + [("get", "pk70")], packed=packed)
             assert [r.existed for r in res[:50]] == [True] * 50
             assert res[50].value == b"v70"
+            # Sessions go on: a unary write after the batches is applied once.
+            assert (await c.put("pk0", "again")).existed is False
 
     asyncio.run(main())

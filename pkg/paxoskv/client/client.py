@@ -356,18 +356,23 @@ class Client:
         ).value
 
     async def batch(
-        self, ops: Sequence[tuple], *, timeout_s: float | None = None
+        self, ops: Sequence[tuple], *, timeout_s: float | None = None, packed: bool = True
     ) -> list[WriteResult | GetResult | ClientError]:
         """Many operations in one call per attempt: ``("put", key, value)``,
         ``("delete", key)``, ``("get", key)`` or ``("get", key, True)`` (a
-        serializable read). Each write is exactly-once (its own session), so
-        a retry resends only the operations still undecided, with their same
-        (client_id, sequence). Returns, in order, each one's result or its
-        error (InvalidArgument, StaleSequence, Unavailable, DeadlineExceeded)."""
+        serializable read). The writes are exactly-once: ``packed`` (the
+        default, and the cheaper form) as one packed batch of one session,
+        applied at one log index, all or none; otherwise each with a session
+        of its own. A retry resends the operations still undecided (the writes
+        of a packed batch all together) with their same identities. Returns,
+        in order, each one's result or its error (InvalidArgument,
+        StaleSequence, Unavailable, DeadlineExceeded)."""
         total_s = self.timeout_s if timeout_s is None else timeout_s
         deadline = time.monotonic() + total_s
         reqs: list[kv_pb2.RequestOp] = []
         sessions: list[_Session] = []
+        packed_header: kv_pb2.RequestHeader | None = None
+        writes: list[int] = []  # positions of the writes
         try:
             for op in ops:
                 kind = op[0]
@@ -377,15 +382,23 @@ class Client:
                     continue
                 if kind not in ("put", "delete"):
                     raise ValueError(f"unknown operation {kind!r}: put, delete or get")
-                session = self._acquire()
-                sessions.append(session)
-                header = kv_pb2.RequestHeader(client_id=session.client_id, sequence=session.next_sequence)
-                session.next_sequence += 1
+                writes.append(len(reqs))
+                header = None
+                if not packed:
+                    session = self._acquire()
+                    sessions.append(session)
+                    header = kv_pb2.RequestHeader(client_id=session.client_id, sequence=session.next_sequence)
+                    session.next_sequence += 1
                 if kind == "put":
                     put = kv_pb2.PutRequest(request=header, key=_as_bytes(op[1], "key"), value=_as_bytes(op[2], "value"))
                     reqs.append(kv_pb2.RequestOp(put=put))
                 else:
                     reqs.append(kv_pb2.RequestOp(delete=kv_pb2.DeleteRequest(request=header, key=_as_bytes(op[1], "key"))))
+            if packed and writes:
+                session = self._acquire()
+                sessions.append(session)
+                packed_header = kv_pb2.RequestHeader(client_id=session.client_id, sequence=session.next_sequence)
+                session.next_sequence += len(writes)
             results: list[WriteResult | GetResult | ClientError | None] = [None] * len(reqs)
             pending = list(range(len(reqs)))
             failures = 0
@@ -394,8 +407,14 @@ class Client:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     break
+                request = kv_pb2.BatchRequest(ops=[reqs[i] for i in pending])
+                if packed_header is not None and any(results[i] is None for i in writes):
+                    # The sequences of a packed batch follow from the order of
+                    # its writes: a retry resends every one of them.
+                    pending = sorted(set(pending) | set(writes))
+                    request = kv_pb2.BatchRequest(ops=[reqs[i] for i in pending], request=packed_header)
                 try:
-                    resp = await self._call("batch", kv_pb2.BatchRequest(ops=[reqs[i] for i in pending]), remaining, None)
+                    resp = await self._call("batch", request, remaining, None)
                 except ClientError as exc:
                     for i in pending:
                         results[i] = exc

@@ -327,14 +327,18 @@ class Facade:
         err = exc if isinstance(exc, _Abort) else _error_of(exc)  # type: ignore[arg-type]
         return kv_pb2.ResponseOp(code=err.code.value[0], error=err.details).SerializeToString()
 
-    async def _run_ops(self, ops, timeout_s: float, raw: bytes | None = None) -> list[bytes]:  # noqa: ANN001
+    async def _run_ops(  # noqa: ANN001
+        self, ops, timeout_s: float, raw: bytes | None = None, request: kv_pb2.RequestHeader | None = None
+    ) -> list[bytes]:
         """Answer each operation (``RequestOp``s), in order, as encoded
         ``ResponseOp``s. The writes go to the log together as ONE batch command
         (one proposal, one waiter, one decode per replica; each op keeps its own
         exactly-once identity and result) and the reads together (one read
         index round); a bad operation fails alone. ``raw``: the encoded
-        ``BatchRequest`` holding exactly ``ops``, parsed straight into the
-        batch command when every op is a write."""
+        ``BatchRequest`` holding exactly ``ops`` (and ``request``), parsed
+        straight into the batch command when every op is a write.
+        ``request``: the identity of a packed batch (the writes' sequences
+        follow from it); a bad one fails the whole call (``_Abort``)."""
         out: list[bytes | None] = [None] * len(ops)
         writes: list[tuple[int, bool]] = []  # (position, is a put)
         reads: dict[bool, list[tuple[int, bytes]]] = {False: [], True: []}
@@ -358,6 +362,8 @@ class Facade:
                 cmd.batch.MergeFromString(raw)
             else:
                 cmd.batch.ops.extend(ops[i] for i, _ in writes)
+                if request is not None:
+                    cmd.batch.request.CopyFrom(request)
             write_job = self.node.submit_batch(cmd, timeout_s=timeout_s)
 
         def read_jobs() -> list:
@@ -388,6 +394,10 @@ class Facade:
         if writes:
             results = answers[pos]
             pos += 1
+            if request is not None and isinstance(results, InvalidArgument):
+                # A packed batch whose identity the node refused before
+                # proposing it: the call fails as a whole.
+                raise _Abort(_INVALID, str(results))
             if isinstance(results, Exception) or len(results) != len(writes):
                 failed = self._op_error(
                     results if isinstance(results, Exception) else _Abort(grpc.StatusCode.INTERNAL, "batch lost its results")
@@ -439,7 +449,13 @@ class Facade:
         except _Abort as exc:
             await self._fail(context, exc)
             raise
-        results = await self._run_ops(req.ops, self._timeout_s(context), raw=data)
+        try:
+            results = await self._run_ops(
+                req.ops, self._timeout_s(context), raw=data, request=req.request if req.HasField("request") else None
+            )
+        except _Abort as exc:
+            await self._fail(context, exc)
+            raise
         # BatchResponse, encoded by hand: header (field 1), then each result (field 2).
         parts = [len_field(b"\x0a", self._header(0).SerializeToString())]
         parts.extend(len_field(b"\x12", r) for r in results)
