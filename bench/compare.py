@@ -81,6 +81,14 @@ JOBS: tuple[Job, ...] = (
     Job("put1", "put, 1 client, 1 in flight", processes=1, concurrency=1),
     Job("get1", "get, 1 client, 1 in flight", read_share=1.0, processes=1, concurrency=1),
     Job("put-batch", "put, batch of 100 per RPC", mode="batch", concurrency=4, systems=("paxoskv",), baseline="put"),
+    Job(
+        "put-batch-per-op",
+        "put, batch of 100, a header per op",
+        mode="batch-per-op",
+        concurrency=4,
+        systems=("paxoskv",),
+        baseline="put",
+    ),
     Job("put-stream", "put, KV.Session stream", mode="stream", systems=("paxoskv",), baseline="put"),
 )
 

@@ -26,11 +26,15 @@ class FakeKV(kv_pb2_grpc.KVServicer):
         self.lock = threading.Lock()
         self.sequences: dict[str, list[int]] = defaultdict(list)
         self.gets = 0
+        self.packed_calls = 0
         self.fail_puts = fail_puts
 
-    def _put(self, req: kv_pb2.PutRequest) -> kv_pb2.ResponseOp:
+    def _put(self, req: kv_pb2.PutRequest, identity: tuple[str, int] | None = None) -> kv_pb2.ResponseOp:
+        client_id, sequence = identity or (req.request.client_id, req.request.sequence)
+        if identity is not None:
+            assert not req.HasField("request"), "a put of a packed batch has no header of its own"
         with self.lock:
-            self.sequences[req.request.client_id].append(req.request.sequence)
+            self.sequences[client_id].append(sequence)
         if self.fail_puts:
             return kv_pb2.ResponseOp(code=grpc.StatusCode.UNAVAILABLE.value[0], error="no leader (fake)")
         return kv_pb2.ResponseOp(put=kv_pb2.PutResponse())
@@ -53,7 +57,17 @@ class FakeKV(kv_pb2_grpc.KVServicer):
         return result.put
 
     def Batch(self, request, context):
-        return kv_pb2.BatchResponse(results=[self._op(op) for op in request.ops])
+        if not request.HasField("request"):
+            return kv_pb2.BatchResponse(results=[self._op(op) for op in request.ops])
+        self.packed_calls += 1  # packed: the k-th put has sequence request.sequence + k
+        results, k = [], 0
+        for op in request.ops:
+            if op.HasField("get"):
+                results.append(self._get(op.get))
+            else:
+                results.append(self._put(op.put, (request.request.client_id, request.request.sequence + k)))
+                k += 1
+        return kv_pb2.BatchResponse(results=results)
 
     def Session(self, request_iterator, context):
         for req in request_iterator:
@@ -99,7 +113,7 @@ def _assert_sessions_in_order(fake: FakeKV) -> None:
         assert seqs == list(range(1, len(seqs) + 1)), client_id
 
 
-@pytest.mark.parametrize("mode", ["unary", "batch", "stream"])
+@pytest.mark.parametrize("mode", ["unary", "batch", "batch-per-op", "stream"])
 def test_each_mode_runs_a_mixed_workload(fake_server, mode):
     fake, ep = fake_server()
     result = run(_cfg(ep, mode=mode, workload=Workload(read_share=0.5, keys=100)))
@@ -109,6 +123,7 @@ def test_each_mode_runs_a_mixed_workload(fake_server, mode):
     assert result.total.count == result.by_op["get"].count + result.by_op["put"].count
     assert 0 < result.total.p50_ms <= result.total.p99_ms <= result.total.max_ms
     _assert_sessions_in_order(fake)
+    assert (fake.packed_calls > 0) == (mode == "batch")
     # one session per slot (2 processes x 4) and per endpoint for the pre-fill
     assert len([c for c in fake.sequences if re.search(r"-p\d+-s\d+$", c)]) == 8
 
@@ -123,10 +138,10 @@ def test_write_only_sends_no_reads_after_setup_and_read_only_no_writes(fake_serv
     assert fake.gets > gets_before
 
 
-@pytest.mark.parametrize("mode", ["unary", "batch", "stream"])
+@pytest.mark.parametrize("mode", ["unary", "batch", "batch-per-op", "stream"])
 def test_failed_operations_are_counted_by_code(fake_server, mode):
     _fake, ep = fake_server(fail_puts=True)
     result = run(_cfg(ep, mode=mode, processes=1, workload=Workload(read_share=0.0)))
     assert result.total.count == 0
     assert set(result.errors) == {"UNAVAILABLE"} and result.errors["UNAVAILABLE"] > 0
-    assert "no leader (fake)" in result.error_samples["UNAVAILABLE"] or mode == "batch"
+    assert "no leader (fake)" in result.error_samples["UNAVAILABLE"] or mode.startswith("batch")

@@ -43,8 +43,9 @@ def _mix(_ctx, _param, value: str) -> float:
               help="Protocol of the servers: paxoskv.v1.KV or etcd's v3 KV API.")
 @click.option("--endpoints", "-e", required=True, callback=_endpoints, envvar="PAXOSKV_BENCH_ENDPOINTS",
               help="Comma-separated host:port of the servers' client ports; load is spread over all of them.")
-@click.option("--mode", type=click.Choice(["unary", "batch", "stream"]), default="unary", show_default=True,
-              help="One RPC per operation, --batch-size operations per RPC, or messages of a KV.Session stream.")
+@click.option("--mode", type=click.Choice(["unary", "batch", "batch-per-op", "stream"]), default="unary", show_default=True,
+              help="One RPC per operation; --batch-size operations per RPC (batch: one exactly-once header per call, "
+                   "batch-per-op: one per write); or messages of a KV.Session stream.")
 @click.option("--mix", default="write-only", show_default=True, callback=_mix,
               help=f"Read share: {', '.join(MIXES)} (95-5 = 95% reads), or a number in [0, 1].")
 @click.option("--keys", type=click.IntRange(min=1), default=10_000, show_default=True, help="Distinct keys, chosen uniformly.")

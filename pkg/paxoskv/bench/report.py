@@ -42,7 +42,7 @@ def describe(result: BenchResult) -> str:
     w = cfg.workload
     parts = [
         f"target {cfg.name} ({len(cfg.endpoints)} endpoint{'s' if len(cfg.endpoints) != 1 else ''})",
-        f"mode {cfg.mode}" + (f" x{cfg.batch_size}" if cfg.mode == "batch" else ""),
+        f"mode {cfg.mode}" + (f" x{cfg.batch_size}" if cfg.mode.startswith("batch") else ""),
         f"mix {mix_name(w.read_share)}" + (" (serializable reads)" if w.serializable and w.read_share else ""),
         f"{w.keys} keys",
         f"{w.value_bytes} B values",
@@ -93,7 +93,7 @@ def to_json(result: BenchResult) -> dict[str, Any]:
         "target": cfg.target,
         "label": cfg.name,
         "mode": cfg.mode,
-        "batch_size": cfg.batch_size if cfg.mode == "batch" else None,
+        "batch_size": cfg.batch_size if cfg.mode.startswith("batch") else None,
         "endpoints": list(cfg.endpoints),
         "mix": mix_name(cfg.workload.read_share),
         "read_share": cfg.workload.read_share,

@@ -14,7 +14,9 @@ Rules:
 - paxoskv writes are exactly-once: each slot is its own client session
   (``client_id``, ``sequence`` + 1 per write), as a real client would be. A
   failed write is not retried by the benchmark; the next one simply takes
-  the next sequence. etcd has no such header.
+  the next sequence. etcd has no such header. Mode ``batch`` sends a packed
+  batch (one ``BatchRequest.request`` for the call, the k-th put has
+  sequence first + k), mode ``batch-per-op`` a header in every put.
 - Reads are linearizable unless the workload says ``serializable`` (paxoskv
   ``GetRequest.serializable``, etcd ``RangeRequest.serializable``).
 - Mode ``stream`` (paxoskv only): every slot of a process that uses the same
@@ -213,14 +215,30 @@ class _PaxosSlot:
 
     async def batch(self, ops: list[tuple[bool, bytes]], value: bytes) -> list[str | None]:
         ep = self._ep
-        req = kv_pb2.BatchRequest(
-            ops=[
-                kv_pb2.RequestOp(get=kv_pb2.GetRequest(key=key, serializable=ep.serializable))
-                if is_read
-                else kv_pb2.RequestOp(put=self._put_request(key, value))
-                for is_read, key in ops
-            ]
-        )
+        if ep.packed:  # one header for the call: the k-th put has sequence first + k
+            first = self._seq + 1
+            req = kv_pb2.BatchRequest(
+                ops=[
+                    kv_pb2.RequestOp(get=kv_pb2.GetRequest(key=key, serializable=ep.serializable))
+                    if is_read
+                    else kv_pb2.RequestOp(put=kv_pb2.PutRequest(key=key, value=value))
+                    for is_read, key in ops
+                ]
+            )
+            writes = sum(1 for is_read, _ in ops if not is_read)
+            if writes:
+                req.request.client_id = self._client_id
+                req.request.sequence = first
+                self._seq += writes
+        else:
+            req = kv_pb2.BatchRequest(
+                ops=[
+                    kv_pb2.RequestOp(get=kv_pb2.GetRequest(key=key, serializable=ep.serializable))
+                    if is_read
+                    else kv_pb2.RequestOp(put=self._put_request(key, value))
+                    for is_read, key in ops
+                ]
+            )
         try:
             resp = await ep.stub.Batch(req, timeout=ep.timeout_s)
         except grpc.aio.AioRpcError as exc:
@@ -236,6 +254,7 @@ class _PaxosEndpoint:
         self.serializable = serializable
         self.timeout_s = timeout_s
         self.session = _PaxosSession(self.stub) if mode == "stream" else None
+        self.packed = mode == "batch"  # batch-per-op: a header per write
 
     def slot(self, client_id: str) -> _PaxosSlot:
         return _PaxosSlot(self, client_id)
@@ -247,7 +266,7 @@ class _PaxosEndpoint:
 
 class PaxosKVTarget:
     name = "paxoskv"
-    modes = frozenset({"unary", "batch", "stream"})
+    modes = frozenset({"unary", "batch", "batch-per-op", "stream"})
 
     def connect(self, channel: grpc.aio.Channel, *, mode: str, serializable: bool, timeout_s: float) -> Endpoint:
         return _PaxosEndpoint(channel, mode=mode, serializable=serializable, timeout_s=timeout_s)

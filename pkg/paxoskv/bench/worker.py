@@ -141,8 +141,14 @@ async def _batch_loop(slot: SlotClient, picker: OpPicker, value: bytes, rec: _Re
 LoopFn = Callable[[SlotClient, OpPicker, bytes, _Recorder, int, int], Awaitable[None]]
 
 # mode -> the closed loop one slot runs. ``stream`` is the unary loop over
-# slots whose target sends each operation as a message of a shared stream.
-MODE_LOOPS: dict[str, LoopFn] = {"unary": _unary_loop, "stream": _unary_loop, "batch": _batch_loop}
+# slots whose target sends each operation as a message of a shared stream;
+# ``batch-per-op`` the batch loop whose target gives each write its own header.
+MODE_LOOPS: dict[str, LoopFn] = {
+    "unary": _unary_loop,
+    "stream": _unary_loop,
+    "batch": _batch_loop,
+    "batch-per-op": _batch_loop,
+}
 
 
 async def _wait_ready(probe: SlotClient, endpoint: str, deadline: float) -> None:
