@@ -49,6 +49,13 @@ def show(res: CampaignResult) -> str:
     return (res.config.out_dir / "summary.txt").read_text()
 
 
+def assert_batches_retried(res: CampaignResult) -> None:
+    """Packed batches ran, and some were retried (the case exactly-once is about)."""
+    stats = res.client_stats
+    assert stats is not None and stats.batches >= 200, stats
+    assert stats.batch_retries >= 1, stats
+
+
 def assert_clean(res: CampaignResult) -> None:
     summary = show(res)
     print(summary)
@@ -59,6 +66,7 @@ def assert_clean(res: CampaignResult) -> None:
     assert res.logs is not None and res.logs.findings == [], summary
     assert res.problems == [], summary
     assert res.verdict == "pass", summary
+    assert not [n for n in res.client_notes if "should never happen" in n], res.client_notes
     # the files a person inspects afterwards
     out = res.config.out_dir
     verdict = json.loads((out / "verdict.json").read_text())
@@ -102,7 +110,7 @@ def test_three_nodes_under_every_fault_stay_linearizable(tmp_path):
             duration_max_s=100,  # only on a machine so slow that 45 s gave fewer than 6,000 operations
             faults=ALL_FAULTS,
             seed=campaign_seed(20240611),
-            workload=WorkloadConfig(clients=12, keys=5),
+            workload=WorkloadConfig(clients=12, keys=5, p_batch=0.2),
             check_budget_s=600 if LONG else 120,
         )
     )
@@ -113,6 +121,7 @@ def test_three_nodes_under_every_fault_stay_linearizable(tmp_path):
         assert PARTITION_KINDS <= kinds, kinds
     assert res.workload_ops >= 5000, res.workload_ops
     assert len(res.leaders) >= 3, "the leader should have changed under these faults"
+    assert_batches_retried(res)
     assert_no_leftovers(res)
 
 
@@ -125,7 +134,7 @@ def test_five_nodes_under_every_fault_stay_linearizable(tmp_path):
             duration_s=30,
             faults=ALL_FAULTS,
             seed=5150,
-            workload=WorkloadConfig(clients=15, keys=6),
+            workload=WorkloadConfig(clients=15, keys=6, p_batch=0.2),
             retain_entries=100,  # compaction all the time: lagging nodes catch up by snapshot
         )
     )

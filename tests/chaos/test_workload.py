@@ -41,8 +41,26 @@ class ScriptedKV(kv_pb2_grpc.KVServicer):
     async def Delete(self, req, ctx):
         return await self._step("delete", req, ctx, kv_pb2.DeleteResponse(deleted=False))
 
+    async def Batch(self, req, ctx):
+        step = self.script[0] if self.script else None
+        if isinstance(step, tuple) and step[0] == "results":  # per-op codes in one answer
+            self.seen.append(("batch", req))
+            self.script.popleft()
+            return kv_pb2.BatchResponse(results=[kv_pb2.ResponseOp(code=c.value[0], error="scripted") for c in step[1]])
+        ok = kv_pb2.BatchResponse(
+            results=[
+                kv_pb2.ResponseOp(put=kv_pb2.PutResponse(existed=True))
+                if op.HasField("put")
+                else kv_pb2.ResponseOp(delete=kv_pb2.DeleteResponse(deleted=True))
+                for op in req.ops
+            ]
+        )
+        return await self._step("batch", req, ctx, ok)
 
-def run_ops(script, *, p_get: float, p_delete: float, count: int = 1, op_timeout_s: float = 1.0):
+
+def run_ops(
+    script, *, p_get: float, p_delete: float, count: int = 1, op_timeout_s: float = 1.0, p_batch: float = 0.0
+):
     async def main():
         servicer = ScriptedKV()
         servicer.script.extend(script)
@@ -59,10 +77,11 @@ def run_ops(script, *, p_get: float, p_delete: float, count: int = 1, op_timeout
                 op_timeout_s=op_timeout_s,
                 attempt_timeout_s=min(0.5, op_timeout_s),
                 backoff_s=0.001,
+                p_batch=p_batch,
             )
             wl = Workload(cfg, {1: f"127.0.0.1:{port}"}, seed=1)
             client = wl.clients[0]
-            ops = [await client.one() for _ in range(count)]
+            ops = [await client.batch() if p_batch else await client.one() for _ in range(count)]
             await wl.stop()
             return ops, servicer.seen, wl
         finally:
@@ -140,3 +159,47 @@ def test_a_retry_follows_the_leader_hint(hint):
     assert op.outcome == "ok"
     # client c0's home is node 1; the hint sends the retry to node 3, else the next node (2)
     assert calls == ({1: 1, 2: 0, 3: 1} if hint else {1: 1, 2: 1, 3: 0})
+
+
+def test_a_packed_batch_retried_resends_the_same_call_and_records_each_write():
+    batches, seen, wl = run_ops([UNAVAILABLE, DEADLINE, None], p_get=0, p_delete=0.3, p_batch=1)
+    (ops,) = batches
+    assert len(ops) == 3 and all(o.outcome == "ok" and o.output_existed is True for o in ops)
+    assert len(seen) == 3 and len({r.SerializeToString() for _, r in seen}) == 1  # the same call each time
+    req = seen[0][1]
+    assert (req.request.client_id, req.request.sequence) == ("chaos-c0", 1)
+    assert all(not op.put.HasField("request") and not op.delete.HasField("request") for op in req.ops)
+    puts = [o for o in ops if o.op == "put"]
+    assert puts and all(o.value.startswith("c0-") for o in puts)
+    assert wl.stats.retries == 2
+
+
+def test_the_next_packed_batch_starts_after_the_last_sequence():
+    _, seen, _ = run_ops([], p_get=0, p_delete=0, p_batch=1, count=2)
+    assert [r.request.sequence for _, r in seen] == [1, 4]
+
+
+def test_a_packed_batch_refused_on_its_first_attempt_fails_and_after_a_retry_is_unknown():
+    (ops,), _, _ = run_ops([INVALID], p_get=0, p_delete=0, p_batch=1)
+    assert [o.outcome for o in ops] == ["fail"] * 3
+    (ops,), _, _ = run_ops([UNAVAILABLE, INVALID], p_get=0, p_delete=0, p_batch=1)
+    assert [o.outcome for o in ops] == ["unknown"] * 3
+
+
+def test_per_op_answers_of_a_packed_batch():
+    ok, invalid, unavailable, stale = (
+        grpc.StatusCode.OK,
+        grpc.StatusCode.INVALID_ARGUMENT,
+        grpc.StatusCode.UNAVAILABLE,
+        grpc.StatusCode.FAILED_PRECONDITION,
+    )
+    # The node refused the writes together (UNAVAILABLE in every result): retried, then ok.
+    (ops,), seen, _ = run_ops([("results", [unavailable] * 3), None], p_get=0, p_delete=0, p_batch=1)
+    assert [o.outcome for o in ops] == ["ok"] * 3 and len(seen) == 2
+    # A bad op fails alone.
+    (ops,), _, _ = run_ops([("results", [ok, invalid, ok])], p_get=0, p_delete=0, p_batch=1)
+    assert [o.outcome for o in ops] == ["ok", "fail", "ok"]
+    # STALE after a retry cannot say whether the write was applied, and is noted.
+    (ops,), _, wl = run_ops([UNAVAILABLE, ("results", [stale] * 3)], p_get=0, p_delete=0, p_batch=1)
+    assert [o.outcome for o in ops] == ["unknown"] * 3
+    assert wl.notes["batch STALE_SEQUENCE after a retry (should never happen)"] == 3

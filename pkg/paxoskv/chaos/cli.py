@@ -73,6 +73,13 @@ def parse_faults(text: str) -> frozenset[str]:
 )
 @click.option("--clients", type=click.IntRange(1, 1000), default=12, help="Concurrent clients.")
 @click.option("--keys", type=click.IntRange(1, 10_000), default=5, help="Size of the key set.")
+@click.option(
+    "--p-batch",
+    type=click.FloatRange(0.0, 1.0),
+    default=0.2,
+    show_default=True,
+    help="Share of a client's steps that are one packed Batch call of 3 writes (exactly-once retries of a batch).",
+)
 @click.option("--election-ms", type=click.IntRange(50, 60_000), default=500, help="Nodes' election timeout.")
 @click.option("--heartbeat-ms", type=click.IntRange(5, 10_000), default=50, help="Nodes' heartbeat interval.")
 @click.option(
@@ -99,6 +106,7 @@ def chaos_cmd(
     out_dir: pathlib.Path | None,
     clients: int,
     keys: int,
+    p_batch: float,
     election_ms: int,
     heartbeat_ms: int,
     retain_entries: int | None,
@@ -133,7 +141,7 @@ def chaos_cmd(
         duration_s=duration_s,
         faults=fault_set,
         seed=seed,
-        workload=WorkloadConfig(clients=clients, keys=keys),
+        workload=WorkloadConfig(clients=clients, keys=keys, p_batch=p_batch),
         heartbeat_ms=heartbeat_ms,
         election_ms=election_ms,
         retain_entries=retain_entries,

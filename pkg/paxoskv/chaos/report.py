@@ -123,6 +123,8 @@ def verdict_json(res: CampaignResult) -> dict[str, Any]:
         "final_reads": len(res.history) - len(_workload_ops(res)),
         "client_attempts": res.client_stats.attempts if res.client_stats else 0,
         "client_retries": res.client_stats.retries if res.client_stats else 0,
+        "client_batches": res.client_stats.batches if res.client_stats else 0,
+        "client_batch_retries": res.client_stats.batch_retries if res.client_stats else 0,
         "client_errors": dict(res.client_stats.errors) if res.client_stats else {},
         "client_notes": res.client_notes,
         "availability": None if avail is None else round(avail, 4),
@@ -203,6 +205,8 @@ def summary(res: CampaignResult) -> str:
         ", ".join(f"{k} {n}" for k, n in sorted(v["client_errors"].items(), key=lambda kv: -kv[1])) or "none"
     )
     add(f"  attempts {v['client_attempts']} (retries {v['client_retries']}); errors by code: {errs}")
+    if v["client_batches"]:
+        add(f"  packed Batch calls {v['client_batches']} (of the writes above), {v['client_batch_retries']} sent more than once")
     add("latency of ok operations (ms):")
     add(f"  {'':8}" + "".join(f"{h:>9}" for h in ("p50", "p90", "p99", "max")))
     for kind, row in v["latency_ms"].items():

@@ -30,6 +30,14 @@ Rules
   (``attempt_timeout_s``), so a paused node costs one attempt, not the op.
 * Times are the campaign clock (seconds since the campaign started), taken
   immediately before the first attempt and immediately after the answer.
+* ``p_batch``: that share of a client's steps is one packed ``Batch`` call
+  of ``batch_ops`` writes (puts and deletes on random keys, one
+  ``BatchRequest.request`` for all: the k-th has sequence first + k). Each
+  write is recorded as an operation of its own over the call's interval. A
+  retry resends the same call, so a batch applied twice (its retry applied
+  again instead of answered from the session) puts an old value back and
+  the checker sees it. A write refused STALE_SEQUENCE after a retry is
+  recorded unknown and counted in ``notes`` (it should never happen).
 """
 
 from __future__ import annotations
@@ -58,6 +66,7 @@ _RETRYABLE = {
     grpc.StatusCode.RESOURCE_EXHAUSTED,
 }
 _SURELY_NOT_APPLIED = {grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.FAILED_PRECONDITION}
+_CODE_BY_NUMBER = {c.value[0]: c for c in grpc.StatusCode}
 
 
 def channel_options(tag: str) -> list[tuple[str, object]]:
@@ -82,10 +91,13 @@ class WorkloadConfig:
     attempt_timeout_s: float = 1.0
     backoff_s: float = 0.02
     think_s_max: float = 0.0  # pause between one client's operations, uniform in [0, max]
+    p_batch: float = 0.0  # share of steps that are a packed batch of batch_ops writes
+    batch_ops: int = 3
 
     def __post_init__(self) -> None:
         assert self.clients >= 1 and self.keys >= 1
         assert 0 <= self.p_get and 0 <= self.p_delete and self.p_get + self.p_delete <= 1
+        assert 0 <= self.p_batch <= 1 and self.batch_ops >= 1
         assert 0 < self.attempt_timeout_s <= self.op_timeout_s
 
 
@@ -93,6 +105,8 @@ class WorkloadConfig:
 class ClientStats:
     attempts: int = 0
     retries: int = 0
+    batches: int = 0  # packed Batch calls
+    batch_retries: int = 0  # of them, those sent more than once
     errors: Counter = field(default_factory=Counter)  # status code name -> attempts
 
 
@@ -128,6 +142,8 @@ class _Client:
 
     async def one(self) -> Operation:
         cfg = self.wl.cfg
+        if cfg.p_batch > 0 and self.rng.random() < cfg.p_batch:
+            return (await self.batch())[-1]
         key = f"k{self.rng.randrange(cfg.keys)}"
         r = self.rng.random()
         kind = "get" if r < cfg.p_get else "delete" if r < cfg.p_get + cfg.p_delete else "put"
@@ -195,6 +211,92 @@ class _Client:
             return wl.recorder.complete(op_id, "ok", output_existed=bool(existed))
         wl.notes[f"{kind} unknown (last error {last_code or 'none'})"] += 1
         return wl.recorder.complete(op_id, "unknown")
+
+    async def batch(self) -> list[Operation]:
+        """One packed Batch call of ``batch_ops`` writes; one operation each."""
+        cfg = self.wl.cfg
+        writes: list[tuple[str, str, str | None]] = []
+        req = kv_pb2.BatchRequest(request=kv_pb2.RequestHeader(client_id=self.client_id, sequence=self.seq + 1))
+        for _ in range(cfg.batch_ops):
+            key = f"k{self.rng.randrange(cfg.keys)}"
+            self.seq += 1
+            if self.rng.random() < cfg.p_delete:
+                writes.append(("delete", key, None))
+                req.ops.add().delete.key = key.encode()
+            else:
+                value = f"{self.name}-{self.seq}"
+                writes.append(("put", key, value))
+                put = req.ops.add().put
+                put.key, put.value = key.encode(), value.encode()
+        wl = self.wl
+        stats = wl.stats
+        clock = wl.clock
+        op_ids = [wl.recorder.invoke(self.name, kind, key, value) for kind, key, value in writes]
+        wl.invoked += len(writes)
+        stats.batches += 1
+        wl.on_write()
+        start = clock()
+        deadline = start + cfg.op_timeout_s
+        node = self.home
+        tried = 0
+        maybe_applied = False
+        last_code = ""
+        while True:
+            remaining = deadline - clock()
+            if remaining <= 0:
+                break
+            stats.attempts += 1
+            if tried:
+                stats.retries += 1
+                stats.batch_retries += tried == 1
+            tried += 1
+            retry_code = ""
+            try:
+                resp = await self.stubs[node].Batch(req, timeout=min(cfg.attempt_timeout_s, remaining))
+            except grpc.aio.AioRpcError as exc:
+                code = exc.code()
+                stats.errors[code.name] += 1
+                if code in _SURELY_NOT_APPLIED:
+                    if maybe_applied:
+                        last_code = code.name
+                        break  # an earlier attempt may have been applied: unknown
+                    wl.notes[f"batch {code.name}: {exc.details()}"] += 1
+                    return [wl.recorder.complete(i, "fail") for i in op_ids]
+                retry_code = code.name
+                next_node = self._next(node, exc)
+            else:
+                codes = {_CODE_BY_NUMBER.get(r.code, grpc.StatusCode.UNKNOWN) for r in resp.results}
+                if len(resp.results) == len(writes) and codes <= {grpc.StatusCode.OK} | _RETRYABLE and codes & _RETRYABLE:
+                    retry_code = next(iter(codes & _RETRYABLE)).name  # the call's writes were refused together
+                    stats.errors[retry_code] += 1
+                    next_node = self.ids[(self.ids.index(node) + 1) % len(self.ids)]
+                else:
+                    return self._batch_outcomes(op_ids, writes, resp, maybe_applied)
+            last_code = retry_code
+            maybe_applied = True
+            node = next_node
+            await asyncio.sleep(min(cfg.backoff_s * (1 + self.jitter.random()), max(0.0, deadline - clock())))
+        wl.notes[f"batch unknown (last error {last_code or 'none'})"] += 1
+        return [wl.recorder.complete(i, "unknown") for i in op_ids]
+
+    def _batch_outcomes(self, op_ids, writes, resp, maybe_applied: bool) -> list[Operation]:  # noqa: ANN001
+        wl = self.wl
+        out = []
+        if len(resp.results) != len(writes):
+            wl.notes["batch answered with the wrong number of results"] += 1
+            return [wl.recorder.complete(i, "unknown") for i in op_ids]
+        for op_id, (kind, _key, _value), r in zip(op_ids, writes, resp.results):
+            if r.code == 0:
+                existed = r.put.existed if kind == "put" else r.delete.deleted
+                out.append(wl.recorder.complete(op_id, "ok", output_existed=bool(existed)))
+            elif (code := _CODE_BY_NUMBER.get(r.code, grpc.StatusCode.UNKNOWN)) in _SURELY_NOT_APPLIED and not maybe_applied:
+                wl.notes[f"batch {kind} {code.name}: {r.error}"] += 1
+                out.append(wl.recorder.complete(op_id, "fail"))
+            else:
+                if r.code == grpc.StatusCode.FAILED_PRECONDITION.value[0]:
+                    wl.notes["batch STALE_SEQUENCE after a retry (should never happen)"] += 1
+                out.append(wl.recorder.complete(op_id, "unknown"))
+        return out
 
     def _next(self, node: int, exc: grpc.aio.AioRpcError) -> int:
         hint = _leader_hint(exc)
