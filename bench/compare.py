@@ -69,6 +69,7 @@ class Job:
     read_share: float = 0.0
     processes: int | None = None  # None: the run's --processes
     concurrency: int | None = None  # None: the run's --concurrency
+    batch_size: int | None = None  # None: the run's --batch-size
     systems: tuple[str, ...] = SYSTEMS
     baseline: str | None = None  # for a paxoskv-only job: the peers' job it is compared with
 
@@ -86,6 +87,15 @@ JOBS: tuple[Job, ...] = (
         "put, batch of 100, a header per op",
         mode="batch-per-op",
         concurrency=4,
+        systems=("paxoskv",),
+        baseline="put",
+    ),
+    Job(
+        "put-batch-400",
+        "put, batch of 400, 8 per process",
+        mode="batch",
+        concurrency=8,
+        batch_size=400,
         systems=("paxoskv",),
         baseline="put",
     ),
@@ -236,6 +246,7 @@ def run_all(args: argparse.Namespace, work: pathlib.Path) -> dict:
                                 **base_cfg,
                                 "processes": job.processes or args.processes,
                                 "concurrency": job.concurrency or args.concurrency,
+                                "batch_size": job.batch_size or args.batch_size,
                             },
                         )
                         result, server_cores = measure(cluster, cfg)
