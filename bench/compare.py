@@ -99,6 +99,15 @@ JOBS: tuple[Job, ...] = (
         systems=("paxoskv",),
         baseline="put",
     ),
+    Job(
+        "put-batch-1000",
+        "put, batch of 1000, 8 per process",
+        mode="batch",
+        concurrency=8,
+        batch_size=1000,
+        systems=("paxoskv",),
+        baseline="put",
+    ),
     Job("put-stream", "put, KV.Session stream", mode="stream", systems=("paxoskv",), baseline="put"),
 )
 
