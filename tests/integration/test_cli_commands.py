@@ -266,6 +266,7 @@ def test_serve_refuses_unusable_data_dirs_busy_ports_and_bad_flags(tmp_path) -> 
         ("--id", "1", "--peers", "2=h:1,2=h:2", "--data-dir", d),
         ("--id", "1", "--heartbeat-ms", "100", "--election-ms", "150", "--data-dir", d),
         ("--id", "1", "--cluster-id", "", "--data-dir", d),
+        ("--id", "1", "--leveldb-compression", "zstd", "--data-dir", d),
     ]
     # One for real, the rest through click in-process (the same code, no start-up cost).
     p = _serve(*bad[0])

@@ -226,6 +226,15 @@ class _Help:
     help="At most this many MiB of commands in the kept log entries (a slot holds a batch).",
 )
 @click.option(
+    "--leveldb-compression",
+    type=click.Choice(["none", "snappy"]),
+    default="none",
+    envvar="PAXOSKV_LEVELDB_COMPRESSION",
+    show_envvar=True,
+    show_default=True,
+    help="How LevelDB compresses what it writes from now on (a store may switch: old blocks stay readable).",
+)
+@click.option(
     "--log-level",
     type=click.Choice(["debug", "info", "warning", "error"], case_sensitive=False),
     default="info",
@@ -247,6 +256,7 @@ def serve_cmd(
     request_timeout_s: float,
     retain_entries: int,
     retain_mb: int,
+    leveldb_compression: str,
     log_level: str,
 ) -> None:
     """Run one paxoskv node in the foreground (stop it with Ctrl-C or SIGTERM)."""
@@ -265,6 +275,7 @@ def serve_cmd(
             request_timeout_s=request_timeout_s,
             retain_entries=retain_entries,
             retain_mb=retain_mb,
+            leveldb_compression=leveldb_compression,
         )
     except ConfigError as exc:
         raise click.UsageError(str(exc)) from None

@@ -198,6 +198,7 @@ def build_serve_options(
     request_timeout_s: float = 10.0,
     retain_entries: int = 10_000,
     retain_mb: int = 64,
+    leveldb_compression: str = "none",
 ) -> ServeOptions:
     """Validate the flags of ``serve`` together; raise ``ConfigError``."""
     from paxoskv.server.node import NodeConfig
@@ -229,6 +230,8 @@ def build_serve_options(
         raise ConfigError(f"--retain-entries must be >= 1, not {retain_entries}")
     if retain_mb < 1:
         raise ConfigError(f"--retain-mb must be >= 1, not {retain_mb}")
+    if leveldb_compression not in ("none", "snappy"):
+        raise ConfigError(f"--leveldb-compression must be none or snappy, not {leveldb_compression!r}")
     path = pathlib.Path(data_dir) if data_dir else pathlib.Path("data") / f"node{node_id}"
     cfg = NodeConfig(
         node_id=node_id,
@@ -244,5 +247,6 @@ def build_serve_options(
         retain_entries=retain_entries,
         retain_bytes_max=retain_mb << 20,
         compact_step_entries=max(1, min(1_000, retain_entries // 10)),
+        leveldb_compression=None if leveldb_compression == "none" else leveldb_compression,
     )
     return ServeOptions(node=cfg, request_timeout_s=request_timeout_s)

@@ -101,6 +101,7 @@ class NodeConfig:
     retain_bytes_max: int = 64 << 20  # and at most this many bytes of their commands
     compact_step_entries: int = 1_000
     snapshot_chunk_bytes: int = 256 << 10
+    leveldb_compression: str | None = None  # storage.leveldb.COMPRESSIONS
 
     def core_config(self) -> Config:
         hb = max(1, round(self.heartbeat_ms / self.tick_ms))
@@ -181,7 +182,9 @@ class Node:
         if self._storage is None:
             from paxoskv.storage.leveldb import LevelDBStorage
 
-            self._storage = LevelDBStorage.open(str(cfg.data_dir), cfg.node_id, cfg.cluster_id, create=True)
+            self._storage = LevelDBStorage.open(
+                str(cfg.data_dir), cfg.node_id, cfg.cluster_id, create=True, compression=cfg.leveldb_compression
+            )
         self.replica = Replica(
             cfg.core_config(),
             self._storage,

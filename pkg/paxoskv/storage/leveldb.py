@@ -149,7 +149,7 @@ from paxoskv.storage.snapshot import (
 )
 from paxoskv.v1 import peer_pb2, storage_pb2
 
-__all__ = ["LevelDBStorage", "data_dir_bytes"]
+__all__ = ["COMPRESSIONS", "LevelDBStorage", "data_dir_bytes"]
 
 K_META = b"meta"
 K_ACCEPTOR = b"acceptor"
@@ -200,6 +200,15 @@ def _storage_error(path: str, exc: plyvel.Error) -> StorageError:
     return StorageError(f"data directory {path}: {text}: check the path and the disk", path=path)
 
 
+# LevelDB block compression. None is the default, as etcd's bbolt does not
+# compress either: with the machine saturated by batch writes (3 nodes on 2
+# cores, batches of 1000), 5 of 6 alternating runs were faster without snappy
+# (about 83k against 73k writes/s, 3-6 us less node CPU per write); unary and
+# 100-op batches showed no difference within noise. It costs disk space for
+# compressible values.
+COMPRESSIONS = (None, "snappy")
+
+
 class LevelDBStorage:
     """The storage protocol on one plyvel database. Use :meth:`open`."""
 
@@ -231,9 +240,20 @@ class LevelDBStorage:
 
     @classmethod
     def open(
-        cls, path: str | os.PathLike[str], node_id: int, cluster_id: str, create: bool = True
+        cls,
+        path: str | os.PathLike[str],
+        node_id: int,
+        cluster_id: str,
+        create: bool = True,
+        *,
+        compression: str | None = None,
     ) -> LevelDBStorage:
-        """Open (and with ``create``, initialise) the node's data directory."""
+        """Open (and with ``create``, initialise) the node's data directory.
+        ``compression``: how LevelDB compresses the blocks it writes from now
+        on (``None`` or ``"snappy"``); blocks already written are read either
+        way, so a store may switch between the two."""
+        if compression not in COMPRESSIONS:
+            raise ValueError(f"compression must be one of {COMPRESSIONS}, not {compression!r}")
         check_identity(node_id, cluster_id)
         path = os.fspath(path)
         if not create and not os.path.exists(os.path.join(path, "CURRENT")):
@@ -257,7 +277,7 @@ class LevelDBStorage:
                     raise NotWritable(path, detail) from None
                 raise StorageError(f"data directory {detail}: check the path", path=path) from None
         try:
-            db = plyvel.DB(path, create_if_missing=create, paranoid_checks=True)
+            db = plyvel.DB(path, create_if_missing=create, paranoid_checks=True, compression=compression)
         except plyvel.Error as exc:
             raise _storage_error(path, exc) from None
         try:
