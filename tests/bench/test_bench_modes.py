@@ -57,8 +57,11 @@ class FakeKV(kv_pb2_grpc.KVServicer):
         return result.put
 
     def Batch(self, request, context):
-        if not request.HasField("request"):
-            return kv_pb2.BatchResponse(results=[self._op(op) for op in request.ops])
+        assert not request.HasField("request"), "a packed batch sent to KV.Batch"
+        return kv_pb2.BatchResponse(results=[self._op(op) for op in request.ops])
+
+    def PackedBatch(self, request, context):
+        assert request.HasField("request"), "KV.PackedBatch without its header"
         self.packed_calls += 1  # packed: the k-th put has sequence request.sequence + k
         results, k = [], 0
         for op in request.ops:

@@ -41,7 +41,7 @@ class ScriptedKV(kv_pb2_grpc.KVServicer):
     async def Delete(self, req, ctx):
         return await self._step("delete", req, ctx, kv_pb2.DeleteResponse(deleted=False))
 
-    async def Batch(self, req, ctx):
+    async def PackedBatch(self, req, ctx):
         step = self.script[0] if self.script else None
         if isinstance(step, tuple) and step[0] == "results":  # per-op codes in one answer
             self.seen.append(("batch", req))

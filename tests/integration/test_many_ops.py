@@ -43,32 +43,37 @@ def test_a_packed_batch_is_one_identity_and_its_retry_gets_the_first_results(sha
         ops.insert(100, kv_pb2.RequestOp(get=kv_pb2.GetRequest(key=b"pk7")))  # a get: not counted in the sequences
         ops.append(kv_pb2.RequestOp(put=kv_pb2.PutRequest(key=b"", value=b"x")))
         call = kv_pb2.BatchRequest(ops=ops, request=kv_pb2.RequestHeader(client_id="packed-1", sequence=1))
-        first = kv.Batch(call, timeout=20)
+        first = kv.PackedBatch(call, timeout=20)
         writes = [r for i, r in enumerate(first.results) if i != 100]
         assert [r.code for r in writes[:200]] == [0] * 200
         assert len({r.put.header.index for r in writes[:200]}) == 1  # one log index for the whole batch
         assert first.results[100].get.found and first.results[100].get.value == b"v7"  # after the writes before it
         assert writes[200].code == grpc.StatusCode.INVALID_ARGUMENT.value[0] and "key is empty" in writes[200].error
         kv.Put(kv_pb2.PutRequest(key=b"pk0", value=b"changed"), timeout=10)
-        again = kv.Batch(call, timeout=20)  # a retry (the answer lost, say): nothing applied again
+        again = kv.PackedBatch(call, timeout=20)  # a retry (the answer lost, say): nothing applied again
         assert [(r.code, r.put.header.index) for r in again.results] == [(r.code, r.put.header.index) for r in first.results]
         assert kv.Get(kv_pb2.GetRequest(key=b"pk0"), timeout=5).value == b"changed"
         # The next sequences of the client continue after the batch's last one (201).
         older = kv_pb2.BatchRequest(ops=ops[:3], request=kv_pb2.RequestHeader(client_id="packed-1", sequence=150))
-        assert {r.code for r in kv.Batch(older, timeout=20).results} == {grpc.StatusCode.FAILED_PRECONDITION.value[0]}
+        assert {r.code for r in kv.PackedBatch(older, timeout=20).results} == {grpc.StatusCode.FAILED_PRECONDITION.value[0]}
         later = kv.Put(
             kv_pb2.PutRequest(request=kv_pb2.RequestHeader(client_id="packed-1", sequence=202), key=b"pk1", value=b"u"),
             timeout=10,
         )
         assert later.header.index > writes[0].put.header.index
-        # A packed batch without a client_id is refused as a whole, and nothing is applied.
-        bad = kv_pb2.BatchRequest(ops=ops[:2], request=kv_pb2.RequestHeader(sequence=1))
-        try:
-            kv.Batch(bad, timeout=10)
-        except grpc.RpcError as exc:
-            assert exc.code() == grpc.StatusCode.INVALID_ARGUMENT and "needs a client_id" in exc.details()
-        else:
-            raise AssertionError("a packed batch without a client_id was accepted")
+        # Refused as a whole, nothing applied: a packed batch without a client_id,
+        # a packed batch sent to KV.Batch, KV.PackedBatch without its header.
+        for method, bad, why in [
+            (kv.PackedBatch, kv_pb2.BatchRequest(ops=ops[:2], request=kv_pb2.RequestHeader(sequence=1)), "needs a client_id"),
+            (kv.Batch, kv_pb2.BatchRequest(ops=ops[:2], request=kv_pb2.RequestHeader(client_id="x", sequence=1)), "goes to KV.PackedBatch"),
+            (kv.PackedBatch, kv_pb2.BatchRequest(ops=ops[:2]), "needs `request`"),
+        ]:
+            try:
+                method(bad, timeout=10)
+            except grpc.RpcError as exc:
+                assert exc.code() == grpc.StatusCode.INVALID_ARGUMENT and why in exc.details(), exc
+            else:
+                raise AssertionError(f"accepted: {bad}")
         assert kv.Get(kv_pb2.GetRequest(key=b"pk0"), timeout=5).value == b"changed"
 
 

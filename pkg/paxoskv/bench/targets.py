@@ -14,9 +14,10 @@ Rules:
 - paxoskv writes are exactly-once: each slot is its own client session
   (``client_id``, ``sequence`` + 1 per write), as a real client would be. A
   failed write is not retried by the benchmark; the next one simply takes
-  the next sequence. etcd has no such header. Mode ``batch`` sends a packed
-  batch (one ``BatchRequest.request`` for the call, the k-th put has
-  sequence first + k), mode ``batch-per-op`` a header in every put.
+  the next sequence. etcd has no such header. Mode ``batch`` sends packed
+  batches (``KV.PackedBatch``: one ``BatchRequest.request`` for the call,
+  the k-th put has sequence first + k), mode ``batch-per-op`` ``KV.Batch``
+  with a header in every put.
 - Reads are linearizable unless the workload says ``serializable`` (paxoskv
   ``GetRequest.serializable``, etcd ``RangeRequest.serializable``).
 - Mode ``stream`` (paxoskv only): every slot of a process that uses the same
@@ -240,7 +241,8 @@ class _PaxosSlot:
                 ]
             )
         try:
-            resp = await ep.stub.Batch(req, timeout=ep.timeout_s)
+            call = ep.stub.PackedBatch if req.HasField("request") else ep.stub.Batch
+            resp = await call(req, timeout=ep.timeout_s)
         except grpc.aio.AioRpcError as exc:
             return [exc.code().name] * len(ops)
         if len(resp.results) != len(ops):

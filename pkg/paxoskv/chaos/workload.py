@@ -30,7 +30,7 @@ Rules
   (``attempt_timeout_s``), so a paused node costs one attempt, not the op.
 * Times are the campaign clock (seconds since the campaign started), taken
   immediately before the first attempt and immediately after the answer.
-* ``p_batch``: that share of a client's steps is one packed ``Batch`` call
+* ``p_batch``: that share of a client's steps is one ``PackedBatch`` call
   of ``batch_ops`` writes (puts and deletes on random keys, one
   ``BatchRequest.request`` for all: the k-th has sequence first + k). Each
   write is recorded as an operation of its own over the call's interval. A
@@ -252,7 +252,7 @@ class _Client:
             tried += 1
             retry_code = ""
             try:
-                resp = await self.stubs[node].Batch(req, timeout=min(cfg.attempt_timeout_s, remaining))
+                resp = await self.stubs[node].PackedBatch(req, timeout=min(cfg.attempt_timeout_s, remaining))
             except grpc.aio.AioRpcError as exc:
                 code = exc.code()
                 stats.errors[code.name] += 1

@@ -86,11 +86,13 @@ _UNSPECIFIED_HOSTS = frozenset({"0.0.0.0", "::", "[::]", ""})
 
 
 class ClientError(Exception):
-    """A request failed; ``str(err)`` is one line; ``code`` the last gRPC status."""
+    """A request failed; ``str(err)`` is one line; ``code`` the last gRPC status;
+    ``attempts`` how many calls were made (0: not counted)."""
 
     def __init__(self, message: str, code: grpc.StatusCode | None = None) -> None:
         super().__init__(message)
         self.code = code
+        self.attempts = 0
 
 
 class InvalidArgument(ClientError):
@@ -157,7 +159,7 @@ class _Session:
 class _Channel:
     """One node's channel and its method callables."""
 
-    __slots__ = ("target", "channel", "get", "put", "delete", "batch", "status")
+    __slots__ = ("target", "channel", "get", "put", "delete", "batch", "packed_batch", "status")
 
     def __init__(self, target: str) -> None:
         self.target = target
@@ -180,6 +182,11 @@ class _Channel:
         )
         self.batch = ch.unary_unary(
             "/paxoskv.v1.KV/Batch",
+            request_serializer=kv_pb2.BatchRequest.SerializeToString,
+            response_deserializer=kv_pb2.BatchResponse.FromString,
+        )
+        self.packed_batch = ch.unary_unary(
+            "/paxoskv.v1.KV/PackedBatch",
             request_serializer=kv_pb2.BatchRequest.SerializeToString,
             response_deserializer=kv_pb2.BatchResponse.FromString,
         )
@@ -253,6 +260,7 @@ class Client:
         self._free_sessions: list[_Session] = []
         self._sessions_made = 0
         self._first_sequence = first_sequence
+        self._packed_batches = True  # False once a server answered KV.PackedBatch UNIMPLEMENTED
         self._closed = False
 
     # ---- lifecycle ---------------------------------------------------------------
@@ -361,12 +369,16 @@ class Client:
         """Many operations in one call per attempt: ``("put", key, value)``,
         ``("delete", key)``, ``("get", key)`` or ``("get", key, True)`` (a
         serializable read). The writes are exactly-once: ``packed`` (the
-        default, and the cheaper form) as one packed batch of one session,
-        applied at one log index, all or none; otherwise each with a session
-        of its own. A retry resends the operations still undecided (the writes
-        of a packed batch all together) with their same identities. Returns,
-        in order, each one's result or its error (InvalidArgument,
-        StaleSequence, Unavailable, DeadlineExceeded)."""
+        default, and the cheaper form) as one packed batch of one session
+        (``KV.PackedBatch``), applied at one log index, all or none; otherwise
+        each with a session of its own (``KV.Batch``). A server without
+        packed batches answers UNIMPLEMENTED, having applied nothing: this
+        client then sends the per-op form, from then on. A retry resends the
+        operations still undecided (the writes of a packed batch all
+        together) with their same identities. Returns, in order, each one's
+        result or its error (InvalidArgument, StaleSequence, Unavailable,
+        DeadlineExceeded)."""
+        packed = packed and self._packed_batches
         total_s = self.timeout_s if timeout_s is None else timeout_s
         deadline = time.monotonic() + total_s
         reqs: list[kv_pb2.RequestOp] = []
@@ -414,8 +426,18 @@ class Client:
                     pending = sorted(set(pending) | set(writes))
                     request = kv_pb2.BatchRequest(ops=[reqs[i] for i in pending], request=packed_header)
                 try:
-                    resp = await self._call("batch", request, remaining, None)
+                    resp = await self._call("packed_batch" if request.HasField("request") else "batch", request, remaining, None)
                 except ClientError as exc:
+                    if (
+                        exc.code == grpc.StatusCode.UNIMPLEMENTED
+                        and request.HasField("request")
+                        and failures == 0
+                        and exc.attempts == 1
+                    ):
+                        # An older server, on the call's first attempt: nothing
+                        # can have been applied, so the per-op form is safe.
+                        self._packed_batches = False
+                        return await self.batch(ops, timeout_s=max(0.0, deadline - time.monotonic()), packed=False)
                     for i in pending:
                         results[i] = exc
                     pending = []
@@ -515,7 +537,9 @@ class Client:
             except grpc.aio.AioRpcError as err:
                 code = err.code()
                 if code not in _RETRYABLE:
-                    raise _final_error(err, target) from None
+                    final = _final_error(err, target)
+                    final.attempts = failures + 1
+                    raise final from None
                 last, last_target = err, target
                 failures += 1
                 hint = _leader_hint(err) if pinned is None else None

@@ -224,6 +224,7 @@ class Facade:
             "Put": grpc.unary_unary_rpc_method_handler(self._put, None, ser),
             "Delete": grpc.unary_unary_rpc_method_handler(self._delete, None, ser),
             "Batch": grpc.unary_unary_rpc_method_handler(self._batch, None, ser),
+            "PackedBatch": grpc.unary_unary_rpc_method_handler(self._packed_batch, None, ser),
             "Session": grpc.stream_stream_rpc_method_handler(self._session, None, ser),
         }
         maint_handlers = {
@@ -443,9 +444,19 @@ class Facade:
             else:
                 out[i] = self._op_error(_refused(r))
 
-    async def _batch(self, data: bytes, context: grpc.aio.ServicerContext) -> object:
+    async def _packed_batch(self, data: bytes, context: grpc.aio.ServicerContext) -> object:
+        return await self._batch(data, context, packed=True)
+
+    async def _batch(self, data: bytes, context: grpc.aio.ServicerContext, packed: bool = False) -> object:
         try:
             req = _parse(kv_pb2.BatchRequest, data)
+            if req.HasField("request") != packed:
+                raise _Abort(
+                    _INVALID,
+                    "KV.PackedBatch needs `request` (the call's client_id and first sequence)"
+                    if packed
+                    else "a packed batch (`request` set) goes to KV.PackedBatch, not KV.Batch",
+                )
         except _Abort as exc:
             await self._fail(context, exc)
             raise

@@ -54,6 +54,11 @@ class KVStub:
                 request_serializer=paxoskv_dot_v1_dot_kv__pb2.BatchRequest.SerializeToString,
                 response_deserializer=paxoskv_dot_v1_dot_kv__pb2.BatchResponse.FromString,
                 _registered_method=True)
+        self.PackedBatch = channel.unary_unary(
+                '/paxoskv.v1.KV/PackedBatch',
+                request_serializer=paxoskv_dot_v1_dot_kv__pb2.BatchRequest.SerializeToString,
+                response_deserializer=paxoskv_dot_v1_dot_kv__pb2.BatchResponse.FromString,
+                _registered_method=True)
         self.Session = channel.stream_stream(
                 '/paxoskv.v1.KV/Session',
                 request_serializer=paxoskv_dot_v1_dot_kv__pb2.SessionRequest.SerializeToString,
@@ -88,6 +93,15 @@ class KVServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def PackedBatch(self, request, context):
+        """A packed batch (see BatchRequest). A method of its own, so that a server
+        without packed batches answers UNIMPLEMENTED instead of ignoring
+        `request` and applying the writes without their exactly-once identity.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def Session(self, request_iterator, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
@@ -114,6 +128,11 @@ def add_KVServicer_to_server(servicer, server):
             ),
             'Batch': grpc.unary_unary_rpc_method_handler(
                     servicer.Batch,
+                    request_deserializer=paxoskv_dot_v1_dot_kv__pb2.BatchRequest.FromString,
+                    response_serializer=paxoskv_dot_v1_dot_kv__pb2.BatchResponse.SerializeToString,
+            ),
+            'PackedBatch': grpc.unary_unary_rpc_method_handler(
+                    servicer.PackedBatch,
                     request_deserializer=paxoskv_dot_v1_dot_kv__pb2.BatchRequest.FromString,
                     response_serializer=paxoskv_dot_v1_dot_kv__pb2.BatchResponse.SerializeToString,
             ),
@@ -229,6 +248,33 @@ class KV:
             request,
             target,
             '/paxoskv.v1.KV/Batch',
+            paxoskv_dot_v1_dot_kv__pb2.BatchRequest.SerializeToString,
+            paxoskv_dot_v1_dot_kv__pb2.BatchResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PackedBatch(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/paxoskv.v1.KV/PackedBatch',
             paxoskv_dot_v1_dot_kv__pb2.BatchRequest.SerializeToString,
             paxoskv_dot_v1_dot_kv__pb2.BatchResponse.FromString,
             options,
