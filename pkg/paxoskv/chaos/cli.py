@@ -78,7 +78,7 @@ def parse_faults(text: str) -> frozenset[str]:
     type=click.FloatRange(0.0, 1.0),
     default=0.2,
     show_default=True,
-    help="Share of a client's steps that are one packed Batch call of 3 writes (exactly-once retries of a batch).",
+    help="Share of a client's steps that are one PackedBatch call of 3 writes (exactly-once retries of a batch).",
 )
 @click.option("--election-ms", type=click.IntRange(50, 60_000), default=500, help="Nodes' election timeout.")
 @click.option("--heartbeat-ms", type=click.IntRange(5, 10_000), default=50, help="Nodes' heartbeat interval.")

@@ -206,7 +206,7 @@ def summary(res: CampaignResult) -> str:
     )
     add(f"  attempts {v['client_attempts']} (retries {v['client_retries']}); errors by code: {errs}")
     if v["client_batches"]:
-        add(f"  packed Batch calls {v['client_batches']} (of the writes above), {v['client_batch_retries']} sent more than once")
+        add(f"  PackedBatch calls {v['client_batches']} (of the writes above), {v['client_batch_retries']} sent more than once")
     add("latency of ok operations (ms):")
     add(f"  {'':8}" + "".join(f"{h:>9}" for h in ("p50", "p90", "p99", "max")))
     for kind, row in v["latency_ms"].items():

@@ -105,7 +105,7 @@ class WorkloadConfig:
 class ClientStats:
     attempts: int = 0
     retries: int = 0
-    batches: int = 0  # packed Batch calls
+    batches: int = 0  # PackedBatch calls
     batch_retries: int = 0  # of them, those sent more than once
     errors: Counter = field(default_factory=Counter)  # status code name -> attempts
 
@@ -213,7 +213,7 @@ class _Client:
         return wl.recorder.complete(op_id, "unknown")
 
     async def batch(self) -> list[Operation]:
-        """One packed Batch call of ``batch_ops`` writes; one operation each."""
+        """One PackedBatch call of ``batch_ops`` writes; one operation each."""
         cfg = self.wl.cfg
         writes: list[tuple[str, str, str | None]] = []
         req = kv_pb2.BatchRequest(request=kv_pb2.RequestHeader(client_id=self.client_id, sequence=self.seq + 1))
