@@ -1,8 +1,8 @@
 """The Python client against servers without KV.PackedBatch (an older paxoskv).
 
 Such a server answers UNIMPLEMENTED having applied nothing, so on a call's
-first attempt the client may send the per-op form instead, and does so from
-then on. After an attempt that may have been applied (UNAVAILABLE at
+first attempt the client may send the per-op form instead, and does so for
+``PACKED_RETRY_AFTER_S``. After an attempt that may have been applied (UNAVAILABLE at
 another node first), it must not: the per-op form would apply the writes a
 second time under new sessions. Fake servers on 127.0.0.1 record the calls.
 """
@@ -51,7 +51,7 @@ async def _serve(servicer) -> tuple[grpc.aio.Server, str]:
     return server, f"127.0.0.1:{port}"
 
 
-def test_an_older_server_gets_the_per_op_form_from_the_first_attempt_on() -> None:
+def test_an_older_server_gets_the_per_op_form_after_one_packed_attempt() -> None:
     async def main() -> None:
         old = OldKV()
         server, ep = await _serve(old)
@@ -63,7 +63,7 @@ def test_an_older_server_gets_the_per_op_form_from_the_first_attempt_on() -> Non
                 per_op = old.calls[1][1]
                 assert not per_op.HasField("request")
                 assert all(op.put.request.client_id and op.put.request.sequence for op in per_op.ops)
-                await c.batch([("put", "c", "3")])  # from then on: the per-op form at once
+                await c.batch([("put", "c", "3")])  # for a while: the per-op form at once
                 assert [name for name, _ in old.calls] == ["PackedBatch", "Batch", "Batch"]
         finally:
             await server.stop(None)

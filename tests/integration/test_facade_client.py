@@ -381,3 +381,51 @@ def test_sync_client_wraps_the_async_one() -> None:
         await asyncio.to_thread(use)
 
     run(body)
+
+
+@dataclass
+class GateClosedNode(FakeNode):
+    """Refuses packed batches as a node does before every member is known to
+    take them; applies per-op batches."""
+
+    batches: list[bool] = field(default_factory=list)  # packed or not, per call
+
+    async def submit_batch(self, cmd: kv_pb2.Command, *, timeout_s: float):
+        packed = cmd.batch.HasField("request")
+        self.batches.append(packed)
+        if packed:
+            return errors.Unimplemented("not every node of the cluster is known to take packed batches (fake)")
+        out = []
+        for op in cmd.batch.ops:
+            hdr = op.put.request
+            out.append(self.apply(kv_pb2.Command(client_id=hdr.client_id, sequence=hdr.sequence, put=kv_pb2.PutOp(key=op.put.key, value=op.put.value))))
+        return tuple(out)
+
+
+def test_a_cluster_not_known_to_take_packed_batches_answers_unimplemented_and_the_client_goes_per_op(monkeypatch):
+    import paxoskv.client.client as client_module
+
+    async def body(servers: Servers) -> None:
+        node = GateClosedNode(1)
+        ep = await servers.add(node)
+        async with grpc.aio.insecure_channel(ep) as ch:
+            stub = kv_pb2_grpc.KVStub(ch)
+            req = kv_pb2.BatchRequest(
+                ops=[kv_pb2.RequestOp(put=kv_pb2.PutRequest(key=b"k", value=b"v"))],
+                request=kv_pb2.RequestHeader(client_id="c", sequence=1),
+            )
+            with pytest.raises(grpc.aio.AioRpcError) as info:
+                await stub.PackedBatch(req, timeout=5)
+            assert info.value.code() == grpc.StatusCode.UNIMPLEMENTED
+            assert "known to take packed batches" in info.value.details()
+        assert node.kv == {}
+        node.batches.clear()
+        monkeypatch.setattr(client_module, "PACKED_RETRY_AFTER_S", 0.0)  # try packed again at once
+        async with Client([ep], timeout_s=5) as c:
+            for key in ("a", "b"):
+                [res] = await c.batch([("put", key, "1")])
+                assert res.index > 0
+        assert node.batches == [True, False, True, False]  # each call: packed refused, then per op
+        assert node.kv == {b"a": b"1", b"b": b"1"}
+
+    run(body)

@@ -22,9 +22,10 @@ class Disk:
 
 
 class Net:
-    def __init__(self, n: int = 3, seed: int = 1, **cfg) -> None:
+    def __init__(self, n: int = 3, seed: int = 1, node_cfg: dict[int, dict] | None = None, **cfg) -> None:
         self.ids = list(range(1, n + 1))
         self.cfg = cfg
+        self.node_cfg = node_cfg or {}  # per node: Config fields over ``cfg``
         self.disks = {i: Disk() for i in self.ids}
         self.cores: dict[int, Core] = {}
         self.rngs = {i: random.Random(seed * 100 + i) for i in self.ids}
@@ -38,7 +39,7 @@ class Net:
         self.sent: list[Message] = []
 
     def config(self, i: int) -> Config:
-        return Config(node_id=i, peers=tuple(self.ids), **self.cfg)
+        return Config(node_id=i, peers=tuple(self.ids), **{**self.cfg, **self.node_cfg.get(i, {})})
 
     def start(self, i: int) -> None:
         d = self.disks[i]

@@ -7,7 +7,7 @@ import pathlib
 
 import pytest
 
-from paxoskv.paxos.types import Accept, Accepted, Ballot, CatchupReply, CatchupRequest, Entry, Promise, Role
+from paxoskv.paxos.types import FEATURES, Accept, Accepted, Ballot, CatchupReply, CatchupRequest, Entry, Promise, Role
 
 from core_net import Net
 
@@ -414,3 +414,63 @@ def test_a_leader_behind_a_peers_compacted_log_steps_down_and_catches_up():
     net.process(leader)
     assert core.role is not Role.LEADER
     assert any(isinstance(m, CatchupRequest) and m.to == f for m in net.sent[sent:])
+
+
+# ---- cluster features (what a packed batch needs from every member) ---------------
+
+
+def test_cluster_features_are_known_once_every_member_has_said_so():
+    fresh = Net(3)
+    assert all(fresh.cores[i].cluster_features == 0 for i in fresh.ids)  # nobody heard of yet
+    net = Net(3)
+    net.elect()
+    net.tick(3)  # heartbeats and their acks
+    assert {i: net.cores[i].cluster_features for i in net.ids} == dict.fromkeys(net.ids, FEATURES)
+
+
+@pytest.mark.parametrize("n", [3, 5])
+def test_one_member_of_an_older_version_closes_the_gate_on_every_node(n):
+    net = Net(n, node_cfg={n: {"features": 0}})
+    net.elect()
+    net.tick(3)
+    assert [net.cores[i].cluster_features for i in net.ids] == [0] * n
+
+
+def _a_follower_down(net: Net) -> tuple[int, int]:
+    """Elect, let heartbeats go round, crash a follower: (leader, follower)."""
+    leader = net.elect()
+    net.tick(3)
+    follower = next(i for i in net.ids if i != leader)
+    net.crash(follower)
+    return leader, follower
+
+
+def test_a_member_down_keeps_the_gate_open_and_a_new_leader_inherits_it():
+    net = Net(3)
+    leader, follower = _a_follower_down(net)
+    net.tick(5)
+    assert net.cores[leader].cluster_features == FEATURES  # what it said before still holds
+    net.restart(follower)
+    assert net.cores[follower].cluster_features == 0  # restarted: knows nothing yet
+    net.tick(3)  # it hears the leader's heartbeat: every member has the bits
+    assert net.cores[follower].cluster_features == FEATURES
+    net.crash(leader)  # the other two elect a leader without an ack from the old one
+    new = net.elect()
+    assert new != leader
+    net.tick(3)
+    assert net.cores[new].cluster_features == FEATURES
+
+
+def test_a_member_restarted_as_an_older_version_closes_the_gate_at_its_next_ack():
+    net = Net(3)
+    _, follower = _a_follower_down(net)
+    net.node_cfg[follower] = {"features": 0}
+    net.restart(follower)
+    assert net.cores[follower].cluster_features == 0  # a fresh start knows nothing
+    net.tick(3)
+    assert [net.cores[i].cluster_features for i in net.ids] == [0, 0, 0]
+    net.crash(follower)
+    net.node_cfg[follower] = {}
+    net.restart(follower)  # upgraded again
+    net.tick(3)
+    assert [net.cores[i].cluster_features for i in net.ids] == [FEATURES] * 3

@@ -5,16 +5,18 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import pathlib
 import socket
 
 import pytest
 
 from paxoskv.kv import commands
-from paxoskv.paxos.types import Role
-from paxoskv.server.errors import InvalidArgument, Unavailable
+from paxoskv.paxos.types import FEATURES, Role
+from paxoskv.server.errors import InvalidArgument, Unavailable, Unimplemented
 from paxoskv.server.node import Node, NodeConfig, PeerAddr
 from paxoskv.storage.memory import MemoryDisk, MemoryStorage
+from paxoskv.v1 import kv_pb2
 
 
 def free_ports(n: int) -> list[int]:
@@ -239,3 +241,46 @@ def test_small_writes_run_on_the_loop_and_large_ones_in_the_worker_thread() -> N
     catchup = Ready(chosen=[(s, (b"c",)) for s in range(1, node_mod.INLINE_CHOSEN_MAX + 2)])
     assert not node_mod._runs_inline(catchup)
     assert node_mod._runs_inline(Ready(chosen=[(1, (b"c",))]))
+
+
+def _packed(client: str, first: int, *keys: bytes):
+    cmd = kv_pb2.Command()
+    cmd.batch.request.client_id = client
+    cmd.batch.request.sequence = first
+    for k in keys:
+        op = cmd.batch.ops.add()
+        op.put.key, op.put.value = k, b"v"
+    return cmd
+
+
+def test_a_packed_batch_is_refused_until_every_member_is_known_to_take_them():
+    """A member of an older version (features 0) would apply a packed batch's
+    writes without their session: every node refuses them, having proposed
+    nothing, until that member runs this version."""
+
+    async def main():
+        async with running() as c:
+            old_config = c.config
+            c.config = lambda i: dataclasses.replace(old_config(i), features=0) if i == 3 else old_config(i)
+            await c.stop(3)
+            await c.start(3)  # node 3 "downgraded"
+            leader = await c.leader()
+            await until(lambda: c.nodes[leader].replica.core.cluster_features == 0, 5, "the leader to hear node 3")
+            await until(
+                lambda: all(n.replica.core.cluster_features == 0 for n in c.nodes.values()), 5, "every node to know"
+            )
+            for i in c.ids:
+                got = await c.nodes[i].submit_batch(_packed("pk", 1, b"a", b"b"), timeout_s=5)
+                assert isinstance(got, Unimplemented) and "packed batches" in str(got), (i, got)
+            value, _ = await c.nodes[1].get(b"a", timeout_s=5)
+            assert value is None  # nothing was proposed
+            c.config = old_config
+            await c.stop(3)
+            await c.start(3)  # upgraded
+            await until(
+                lambda: all(n.replica.core.cluster_features == FEATURES for n in c.nodes.values()), 5, "the gate to open"
+            )
+            results = await c.nodes[3].submit_batch(_packed("pk", 1, b"a", b"b"), timeout_s=5)
+            assert [r.code for r in results] == [0, 0]
+
+    run(main())

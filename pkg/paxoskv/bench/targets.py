@@ -214,37 +214,40 @@ class _PaxosSlot:
         except grpc.aio.AioRpcError as exc:
             raise _rpc_failed(exc) from None
 
+    def _batch_request(self, ops: list[tuple[bool, bytes]], value: bytes, packed: bool) -> kv_pb2.BatchRequest:
+        """``packed``: one header for the call, the k-th put has sequence
+        first + k (KV.PackedBatch); else a header in every put (KV.Batch)."""
+        serializable = self._ep.serializable
+        req = kv_pb2.BatchRequest(
+            ops=[
+                kv_pb2.RequestOp(get=kv_pb2.GetRequest(key=key, serializable=serializable))
+                if is_read
+                else kv_pb2.RequestOp(put=kv_pb2.PutRequest(key=key, value=value) if packed else self._put_request(key, value))
+                for is_read, key in ops
+            ]
+        )
+        writes = sum(1 for is_read, _ in ops if not is_read) if packed else 0
+        if writes:
+            req.request.client_id = self._client_id
+            req.request.sequence = self._seq + 1
+            self._seq += writes
+        return req
+
     async def batch(self, ops: list[tuple[bool, bytes]], value: bytes) -> list[str | None]:
         ep = self._ep
-        if ep.packed:  # one header for the call: the k-th put has sequence first + k
-            first = self._seq + 1
-            req = kv_pb2.BatchRequest(
-                ops=[
-                    kv_pb2.RequestOp(get=kv_pb2.GetRequest(key=key, serializable=ep.serializable))
-                    if is_read
-                    else kv_pb2.RequestOp(put=kv_pb2.PutRequest(key=key, value=value))
-                    for is_read, key in ops
-                ]
-            )
-            writes = sum(1 for is_read, _ in ops if not is_read)
-            if writes:
-                req.request.client_id = self._client_id
-                req.request.sequence = first
-                self._seq += writes
-        else:
-            req = kv_pb2.BatchRequest(
-                ops=[
-                    kv_pb2.RequestOp(get=kv_pb2.GetRequest(key=key, serializable=ep.serializable))
-                    if is_read
-                    else kv_pb2.RequestOp(put=self._put_request(key, value))
-                    for is_read, key in ops
-                ]
-            )
+        req = self._batch_request(ops, value, ep.packed)
         try:
             call = ep.stub.PackedBatch if req.HasField("request") else ep.stub.Batch
             resp = await call(req, timeout=ep.timeout_s)
         except grpc.aio.AioRpcError as exc:
-            return [exc.code().name] * len(ops)
+            if exc.code() != grpc.StatusCode.UNIMPLEMENTED or not req.HasField("request"):
+                return [exc.code().name] * len(ops)
+            # Nothing was applied (a cluster not known to take packed batches
+            # everywhere yet, e.g. just after an election): this call per op.
+            try:
+                resp = await ep.stub.Batch(self._batch_request(ops, value, False), timeout=ep.timeout_s)
+            except grpc.aio.AioRpcError as exc2:
+                return [exc2.code().name] * len(ops)
         if len(resp.results) != len(ops):
             return ["PROTOCOL"] * len(ops)
         return [None if r.code == 0 else code_name(r.code) for r in resp.results]

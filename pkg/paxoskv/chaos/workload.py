@@ -38,6 +38,8 @@ Rules
   again instead of answered from the session) puts an old value back and
   the checker sees it. A write refused STALE_SEQUENCE after a retry is
   recorded unknown and counted in ``notes`` (it should never happen).
+  UNIMPLEMENTED (a cluster not known to take packed batches everywhere yet)
+  means nothing was proposed: the call is tried again.
 """
 
 from __future__ import annotations
@@ -251,11 +253,17 @@ class _Client:
                 stats.batch_retries += tried == 1
             tried += 1
             retry_code = ""
+            applied = True  # whether this attempt may have been applied
             try:
                 resp = await self.stubs[node].PackedBatch(req, timeout=min(cfg.attempt_timeout_s, remaining))
             except grpc.aio.AioRpcError as exc:
                 code = exc.code()
                 stats.errors[code.name] += 1
+                if code == grpc.StatusCode.UNIMPLEMENTED:
+                    # Refused before anything was proposed: a cluster not known
+                    # to take packed batches everywhere yet (a leader that has
+                    # not heard every member since it started). Try again.
+                    applied = False
                 if code in _SURELY_NOT_APPLIED:
                     if maybe_applied:
                         last_code = code.name
@@ -273,7 +281,7 @@ class _Client:
                 else:
                     return self._batch_outcomes(op_ids, writes, resp, maybe_applied)
             last_code = retry_code
-            maybe_applied = True
+            maybe_applied = maybe_applied or applied
             node = next_node
             await asyncio.sleep(min(cfg.backoff_s * (1 + self.jitter.random()), max(0.0, deadline - clock())))
         wl.notes[f"batch unknown (last error {last_code or 'none'})"] += 1

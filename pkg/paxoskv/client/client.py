@@ -85,6 +85,10 @@ _UNSPECIFIED_HOSTS = frozenset({"0.0.0.0", "::", "[::]", ""})
 # ---- errors ------------------------------------------------------------------------
 
 
+# After a KV.PackedBatch answered UNIMPLEMENTED (an older server, or a cluster
+# not known to take packed batches everywhere yet), batches go per op this long.
+PACKED_RETRY_AFTER_S = 30.0
+
 class ClientError(Exception):
     """A request failed; ``str(err)`` is one line; ``code`` the last gRPC status;
     ``attempts`` how many calls were made (0: not counted)."""
@@ -260,7 +264,7 @@ class Client:
         self._free_sessions: list[_Session] = []
         self._sessions_made = 0
         self._first_sequence = first_sequence
-        self._packed_batches = True  # False once a server answered KV.PackedBatch UNIMPLEMENTED
+        self._packed_retry_at = 0.0  # monotonic time from which batches go packed again
         self._closed = False
 
     # ---- lifecycle ---------------------------------------------------------------
@@ -372,13 +376,15 @@ class Client:
         default, and the cheaper form) as one packed batch of one session
         (``KV.PackedBatch``), applied at one log index, all or none; otherwise
         each with a session of its own (``KV.Batch``). A server without
-        packed batches answers UNIMPLEMENTED, having applied nothing: this
-        client then sends the per-op form, from then on. A retry resends the
+        packed batches, or a cluster not known to take them everywhere yet,
+        answers UNIMPLEMENTED having applied nothing: this client then sends
+        the per-op form, and tries packed again after
+        ``PACKED_RETRY_AFTER_S``. A retry resends the
         operations still undecided (the writes of a packed batch all
         together) with their same identities. Returns, in order, each one's
         result or its error (InvalidArgument, StaleSequence, Unavailable,
         DeadlineExceeded)."""
-        packed = packed and self._packed_batches
+        packed = packed and time.monotonic() >= self._packed_retry_at
         total_s = self.timeout_s if timeout_s is None else timeout_s
         deadline = time.monotonic() + total_s
         reqs: list[kv_pb2.RequestOp] = []
@@ -436,7 +442,7 @@ class Client:
                     ):
                         # An older server, on the call's first attempt: nothing
                         # can have been applied, so the per-op form is safe.
-                        self._packed_batches = False
+                        self._packed_retry_at = time.monotonic() + PACKED_RETRY_AFTER_S
                         return await self.batch(ops, timeout_s=max(0.0, deadline - time.monotonic()), packed=False)
                     for i in pending:
                         results[i] = exc

@@ -170,12 +170,14 @@ def _enc_heartbeat(m: Heartbeat, env: peer_pb2.Envelope) -> None:
     _put_ballot(p.ballot, m.ballot)
     p.commit = m.commit
     p.read_seq = m.read_seq
+    p.features = m.features
 
 
 def _enc_heartbeat_ack(m: HeartbeatAck, env: peer_pb2.Envelope) -> None:
     p = env.heartbeat_ack
     _put_ballot(p.ballot, m.ballot)
     p.read_seq = m.read_seq
+    p.features = m.features
 
 
 def _enc_catchup_request(m: CatchupRequest, env: peer_pb2.Envelope) -> None:
@@ -389,13 +391,14 @@ def _dec_heartbeat(env: peer_pb2.Envelope, frm: int, to: int) -> Heartbeat:
         ballot=_ballot(p, "ballot", "heartbeat"),
         commit=p.commit,
         read_seq=p.read_seq,
+        features=p.features,
     )
 
 
 def _dec_heartbeat_ack(env: peer_pb2.Envelope, frm: int, to: int) -> HeartbeatAck:
     p = env.heartbeat_ack
     return HeartbeatAck(
-        frm=frm, to=to, ballot=_ballot(p, "ballot", "heartbeat_ack"), read_seq=p.read_seq
+        frm=frm, to=to, ballot=_ballot(p, "ballot", "heartbeat_ack"), read_seq=p.read_seq, features=p.features
     )
 
 

@@ -184,6 +184,12 @@ class Core:
         # may answer a client for such a slot before this leader knows it is
         # chosen, so a read index is never below it.
         self._notified_through = 0
+        # The feature bits of each other member, as far as this node knows:
+        # from its own HeartbeatAck (at a leader, the member's word), else from
+        # the leader's Heartbeat (the bits every member has). Kept across
+        # terms, memory only: a member's bits change only when it restarts,
+        # and then its next ack says so.
+        self._member_features: dict[int, int] = {}
         # Catch-up (follower).
         self._known_commit = self.commit_index
         self._catchup_peer: int | None = None
@@ -403,6 +409,17 @@ class Core:
     @property
     def is_leader(self) -> bool:
         return self.role is Role.LEADER
+
+    @property
+    def cluster_features(self) -> int:
+        """The feature bits every member of the cluster is known to have (this
+        node's own included). 0 for a member not heard of yet: after a start,
+        a leader needs one ack from every member (a follower one heartbeat)."""
+        features = self.config.features
+        known = self._member_features
+        for peer in self.others:
+            features &= known.get(peer, 0)
+        return features
 
     def status(self) -> dict[str, object]:
         return {
@@ -849,9 +866,17 @@ class Core:
     def _broadcast_heartbeat(self) -> None:
         self._heartbeat_elapsed = 0
         self._commit_sent = self.commit_index
+        features = self.cluster_features
         for peer in self.others:
             self._send(
-                Heartbeat(frm=self.id, to=peer, ballot=self.ballot, commit=self.commit_index, read_seq=self._read_seq)
+                Heartbeat(
+                    frm=self.id,
+                    to=peer,
+                    ballot=self.ballot,
+                    commit=self.commit_index,
+                    read_seq=self._read_seq,
+                    features=features,
+                )
             )
 
     def _on_heartbeat(self, msg: Heartbeat) -> None:
@@ -860,10 +885,18 @@ class Core:
             self._send(Nack(frm=self.id, to=msg.frm, ballot=msg.ballot, promised=self.promised))
             return
         self._follow(msg.ballot, msg.frm)
-        self._send(HeartbeatAck(frm=self.id, to=msg.frm, ballot=msg.ballot, read_seq=msg.read_seq))
+        # The leader's word for every member; its own acks are direct.
+        self._member_features = dict.fromkeys(self.others, msg.features)
+        self._send(
+            HeartbeatAck(
+                frm=self.id, to=msg.frm, ballot=msg.ballot, read_seq=msg.read_seq, features=self.config.features
+            )
+        )
         self._learn_commit(msg.ballot, msg.commit, msg.frm)
 
     def _on_heartbeat_ack(self, msg: HeartbeatAck) -> None:
+        if msg.frm in self.others:
+            self._member_features[msg.frm] = msg.features  # the member's own word, whatever the ballot
         if self.role is not Role.LEADER or msg.ballot != self.ballot:
             return
         self._last_heard[msg.frm] = self._now

@@ -114,12 +114,14 @@ class Heartbeat(Message):
     ballot: Ballot
     commit: int
     read_seq: int
+    features: int = 0  # the features every member has, as the leader knows them
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class HeartbeatAck(Message):
     ballot: Ballot
     read_seq: int
+    features: int = 0  # the sender's own (Config.features)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -250,6 +252,13 @@ class Ready:
         )
 
 
+# Features a node's binary may support, announced in HeartbeatAck and
+# aggregated by the leader into Heartbeat.features (see Core.cluster_features).
+# A node of an older version announces none (the field is absent: 0).
+FEATURE_PACKED_BATCHES = 1  # kv.proto BatchOp.request: one exactly-once identity per batch
+FEATURES = FEATURE_PACKED_BATCHES
+
+
 @dataclass(frozen=True, slots=True)
 class Config:
     """Static configuration of one core. Units go last in names."""
@@ -264,6 +273,7 @@ class Config:
     catchup_entries_max: int = 512  # chosen entries per CatchupReply
     forward_commands_max: int = 1024  # commands per Forward message
     queue_commands_max: int = 100_000  # commands waiting for a slot (backpressure)
+    features: int = FEATURES  # what this node's binary supports (FEATURE_* bits)
 
     def __post_init__(self) -> None:
         if self.node_id not in self.peers:

@@ -26,3 +26,9 @@ class DeadlineExceeded(NodeError):
 
 class InvalidArgument(NodeError):
     """The request is malformed or over a limit (INVALID_ARGUMENT); nothing was written."""
+
+
+class Unimplemented(NodeError):
+    """This request needs something the cluster cannot do (yet) (UNIMPLEMENTED):
+    nothing was written. A packed batch before every member is known to take
+    them: send the per-op form."""

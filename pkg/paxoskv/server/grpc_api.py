@@ -63,7 +63,7 @@ from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
 
 from paxoskv.protowire import len_field, varint
-from paxoskv.server.errors import DeadlineExceeded, InvalidArgument, NodeError, Unavailable
+from paxoskv.server.errors import DeadlineExceeded, InvalidArgument, NodeError, Unavailable, Unimplemented
 from paxoskv.v1 import kv_pb2
 
 __all__ = [
@@ -159,6 +159,8 @@ def _error_of(exc: NodeError) -> _Abort:
         return _Abort(_UNAVAILABLE, str(exc), md)
     if isinstance(exc, DeadlineExceeded):
         return _Abort(_DEADLINE, str(exc))
+    if isinstance(exc, Unimplemented):
+        return _Abort(grpc.StatusCode.UNIMPLEMENTED, str(exc))
     return _Abort(grpc.StatusCode.INTERNAL, f"{type(exc).__name__}: {exc}")
 
 
@@ -395,10 +397,11 @@ class Facade:
         if writes:
             results = answers[pos]
             pos += 1
-            if request is not None and isinstance(results, InvalidArgument):
-                # A packed batch whose identity the node refused before
-                # proposing it: the call fails as a whole.
-                raise _Abort(_INVALID, str(results))
+            if request is not None and isinstance(results, (InvalidArgument, Unimplemented)):
+                # A packed batch the node refused before proposing it (a bad
+                # identity, or a cluster not known to take them): the call
+                # fails as a whole, nothing written.
+                raise _error_of(results)
             if isinstance(results, Exception) or len(results) != len(writes):
                 failed = self._op_error(
                     results if isinstance(results, Exception) else _Abort(grpc.StatusCode.INTERNAL, "batch lost its results")

@@ -40,9 +40,9 @@ from paxoskv import __version__
 from paxoskv.kv import commands
 from paxoskv.kv.commands import Limits
 from paxoskv.kv.state_machine import BATCH_WAITER_PREFIX
-from paxoskv.paxos.types import Config, Role
+from paxoskv.paxos.types import FEATURE_PACKED_BATCHES, FEATURES, Config, Role
 from paxoskv.replica import Done, Replica
-from paxoskv.server.errors import DeadlineExceeded, InvalidArgument, NodeError, Unavailable
+from paxoskv.server.errors import DeadlineExceeded, InvalidArgument, NodeError, Unavailable, Unimplemented
 from paxoskv.transport.bus import BusClosed, PeerBus
 from paxoskv.v1 import kv_pb2
 
@@ -102,6 +102,7 @@ class NodeConfig:
     compact_step_entries: int = 1_000
     snapshot_chunk_bytes: int = 256 << 10
     leveldb_compression: str | None = None  # storage.leveldb.COMPRESSIONS
+    features: int = FEATURES  # announced to the peers; tests lower it to act as an older node
 
     def core_config(self) -> Config:
         hb = max(1, round(self.heartbeat_ms / self.tick_ms))
@@ -113,6 +114,7 @@ class NodeConfig:
             election_ticks_min=election,
             inflight_slots_max=self.inflight_slots_max,
             batch_commands_max=self.batch_commands_max,
+            features=self.features,
         )
 
 
@@ -305,6 +307,12 @@ class Node:
         err = commands.validate(cmd, self.cfg.limits)
         if err is not None:
             return InvalidArgument(err)
+        if cmd.batch.HasField("request") and not replica.core.cluster_features & FEATURE_PACKED_BATCHES:
+            # A member of an older version would apply its writes without their
+            # session (or one not heard from since this node started).
+            return Unimplemented(
+                "not every node of the cluster is known to take packed batches (yet): send KV.Batch"
+            )
         if not replica.propose(commands.encode(cmd)):
             return self._unavailable("no leader is known")
         call = _Wait(1, asyncio.get_running_loop().create_future())

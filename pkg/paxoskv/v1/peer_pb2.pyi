@@ -105,22 +105,26 @@ class Accepted(_message.Message):
     def __init__(self, ballot: _Optional[_Union[Ballot, _Mapping]] = ..., slots: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class Heartbeat(_message.Message):
-    __slots__ = ("ballot", "commit", "read_seq")
+    __slots__ = ("ballot", "commit", "read_seq", "features")
     BALLOT_FIELD_NUMBER: _ClassVar[int]
     COMMIT_FIELD_NUMBER: _ClassVar[int]
     READ_SEQ_FIELD_NUMBER: _ClassVar[int]
+    FEATURES_FIELD_NUMBER: _ClassVar[int]
     ballot: Ballot
     commit: int
     read_seq: int
-    def __init__(self, ballot: _Optional[_Union[Ballot, _Mapping]] = ..., commit: _Optional[int] = ..., read_seq: _Optional[int] = ...) -> None: ...
+    features: int
+    def __init__(self, ballot: _Optional[_Union[Ballot, _Mapping]] = ..., commit: _Optional[int] = ..., read_seq: _Optional[int] = ..., features: _Optional[int] = ...) -> None: ...
 
 class HeartbeatAck(_message.Message):
-    __slots__ = ("ballot", "read_seq")
+    __slots__ = ("ballot", "read_seq", "features")
     BALLOT_FIELD_NUMBER: _ClassVar[int]
     READ_SEQ_FIELD_NUMBER: _ClassVar[int]
+    FEATURES_FIELD_NUMBER: _ClassVar[int]
     ballot: Ballot
     read_seq: int
-    def __init__(self, ballot: _Optional[_Union[Ballot, _Mapping]] = ..., read_seq: _Optional[int] = ...) -> None: ...
+    features: int
+    def __init__(self, ballot: _Optional[_Union[Ballot, _Mapping]] = ..., read_seq: _Optional[int] = ..., features: _Optional[int] = ...) -> None: ...
 
 class CatchupRequest(_message.Message):
     __slots__ = ("from_slot", "to_slot")
