@@ -14,6 +14,8 @@ Rules:
   by a hash of everything that goes into it, so a change of the package list
   makes a new one. Each session unpacks it once and gives every host an
   overlay of its own, so hosts start clean and the cache is never written.
+- Each container runs in a cgroup of its own (``paxoskv-test-<machine>`` at
+  the root of each hierarchy), so the three systemds never share one tree.
 - Whatever a ``HostSet`` makes it removes: containers are stopped by PID
   (SIGTERM asks systemd for an orderly halt; a second SIGTERM, nspawn's
   "terminate now", when the halt itself fails; SIGKILL after a deadline),
@@ -231,6 +233,7 @@ class Host:
     console_log: Path
     process: subprocess.Popen[bytes] | None = None
     mounted: bool = False
+    cgroups: list[Path] = field(default_factory=list)  # its own, one per hierarchy
 
 
 @dataclass
@@ -327,6 +330,24 @@ class HostSet:
             os.chown(p, uid, gid)
 
     def _boot(self, host: Host) -> None:
+        # A cgroup of its own in every hierarchy, entered by nspawn before it
+        # execs: with --keep-unit and no host systemd, the three containers
+        # otherwise shared one cgroup tree (<ours>/payload), their systemds
+        # creating and removing the same unit cgroups, and a unit could fail
+        # at random with status=219/CGROUP (seen: systemd-user-sessions, so
+        # sshd refused logins; systemd-halt, so a container never halted).
+        host.cgroups = []
+        for root in _cgroup_roots():
+            path = root / f"paxoskv-test-{host.machine}"
+            path.mkdir(exist_ok=True)
+            host.cgroups.append(path)
+        procs = [str(p / "cgroup.procs") for p in host.cgroups]
+
+        def enter_cgroups() -> None:  # in the child, before exec
+            for f in procs:
+                with open(f, "w") as out:
+                    out.write("0")
+
         cmd = [
             "systemd-nspawn",
             "--quiet",
@@ -343,7 +364,9 @@ class HostSet:
             "--timezone=off",
         ]
         with open(host.console_log, "wb") as out:
-            host.process = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT)
+            host.process = subprocess.Popen(
+                cmd, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, preexec_fn=enter_cgroups
+            )
 
     # -- use --
 
@@ -437,6 +460,10 @@ class HostSet:
                     time.sleep(0.1)  # a just-exited container can hold the mount for a moment
             subprocess.run(["ip", "netns", "del", host.netns], capture_output=True)
             subprocess.run(["ip", "link", "del", host.veth], capture_output=True)
+            for cg in host.cgroups:
+                if not _remove_cgroup(cg):
+                    errors.append(f"cannot remove the cgroup {cg} of {host.name}: processes left in it")
+            host.cgroups = []
         if self._bridge_made:
             subprocess.run(["ip", "link", "del", self.bridge], capture_output=True)
             self._bridge_made = False
@@ -446,6 +473,29 @@ class HostSet:
                 shutil.rmtree(host.upper, ignore_errors=True)
         if errors:
             raise RuntimeError("; ".join(errors))
+
+
+def _cgroup_roots() -> list[Path]:
+    """The root of every cgroup hierarchy systemd uses here: the named
+    ``systemd`` one (cgroup v1/hybrid) and the unified one (v2)."""
+    base = Path("/sys/fs/cgroup")
+    roots = [p for p in (base / "systemd", base / "unified") if (p / "cgroup.procs").exists()]
+    if not roots and (base / "cgroup.controllers").exists():  # a pure cgroup v2 host
+        roots = [base]
+    return roots
+
+
+def _remove_cgroup(path: Path) -> bool:
+    """Remove ``path`` and the cgroups the container's systemd made below it
+    (children first); False if a process is still in one."""
+    if not path.exists():
+        return True
+    for dirpath, _dirs, _files in os.walk(path, topdown=False):
+        try:
+            os.rmdir(dirpath)
+        except OSError:
+            return False
+    return True
 
 
 def _halt_failures(console_log: Path) -> str:

@@ -143,6 +143,21 @@ def deployed(lab: Lab) -> PlaybookRun:
     return run
 
 
+def test_every_host_has_a_cgroup_tree_of_its_own(lab: Lab) -> None:
+    """Three systemds sharing one cgroup tree failed units at random
+    (status=219/CGROUP): each container's init is in a tree of its own."""
+    trees = set()
+    for h in lab.hosts.hosts:
+        assert h.process is not None
+        init = subprocess.run(["pgrep", "-P", str(h.process.pid)], capture_output=True, text=True).stdout.split()
+        assert init, f"{h.name}: no container init under nspawn {h.process.pid}"
+        lines = Path(f"/proc/{init[0]}/cgroup").read_text().splitlines()
+        systemd_path = next(ln.split(":", 2)[2] for ln in lines if ln.split(":")[1] in ("name=systemd", ""))
+        assert f"paxoskv-test-{h.machine}/" in systemd_path, (h.name, lines)
+        trees.add(systemd_path)
+    assert len(trees) == 3, trees
+
+
 def test_deploy_installs_a_hardened_running_unit_on_every_host(lab: Lab, deployed: PlaybookRun) -> None:
     assert deployed.changed() > 0, deployed.tail()
     addresses = {h.name: h.address for h in lab.hosts.hosts}

@@ -17,7 +17,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from nspawn_hosts import Host, HostSet, _halt_failures
+from nspawn_hosts import Host, HostSet, _halt_failures, _remove_cgroup
 
 # Exits on the n-th SIGTERM (0: never); says "ready" once its handler is set.
 CHILD = """
@@ -98,3 +98,15 @@ def test_a_container_that_halts_needs_nothing_more(tmp_path: Path, recwarn: pyte
     hs.close()
     assert proc.returncode == 0
     assert not [w for w in recwarn.list if "did not halt" in str(w.message)]
+
+
+def test_a_container_cgroup_goes_with_what_its_systemd_made_below_it(tmp_path: Path) -> None:
+    tree = tmp_path / "paxoskv-test-x"
+    (tree / "payload" / "system.slice" / "ssh.service").mkdir(parents=True)
+    (tree / "payload" / "init.scope").mkdir()
+    assert _remove_cgroup(tree) and not tree.exists()
+    assert _remove_cgroup(tree)  # already gone
+    busy = tmp_path / "busy"
+    (busy / "payload").mkdir(parents=True)
+    (busy / "payload" / "cgroup.procs").write_text("123")  # a plain directory stands for a non-empty cgroup
+    assert not _remove_cgroup(busy)
