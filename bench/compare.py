@@ -82,31 +82,10 @@ JOBS: tuple[Job, ...] = (
     Job("put1", "put, 1 client, 1 in flight", processes=1, concurrency=1),
     Job("get1", "get, 1 client, 1 in flight", read_share=1.0, processes=1, concurrency=1),
     Job("put-batch", "put, batch of 100 per RPC", mode="batch", concurrency=4, systems=("paxoskv",), baseline="put"),
-    Job(
-        "put-batch-per-op",
-        "put, batch of 100, a header per op",
-        mode="batch-per-op",
-        concurrency=4,
-        systems=("paxoskv",),
-        baseline="put",
-    ),
-    Job(
-        "put-batch-400",
-        "put, batch of 400, 8 per process",
-        mode="batch",
-        concurrency=8,
-        batch_size=400,
-        systems=("paxoskv",),
-        baseline="put",
-    ),
-    Job(
-        "put-batch-1000",
-        "put, batch of 1000, 8 per process",
-        mode="batch",
-        concurrency=8,
-        batch_size=1000,
-        systems=("paxoskv",),
-        baseline="put",
+    Job("put-batch-per-op", "put, batch of 100, a header per op", mode="batch-per-op", concurrency=4, systems=("paxoskv",), baseline="put"),
+    *(
+        Job(f"put-batch-{n}", f"put, batch of {n}, 8 per process", mode="batch", concurrency=8, batch_size=n, systems=("paxoskv",), baseline="put")
+        for n in (400, 1000)
     ),
     Job("put-stream", "put, KV.Session stream", mode="stream", systems=("paxoskv",), baseline="put"),
 )

@@ -48,7 +48,7 @@ import asyncio
 import random
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 
 import grpc
@@ -165,32 +165,20 @@ class _Client:
 
     async def _do(self, kind: str, key: str, value: str | None, make) -> Operation:
         wl = self.wl
-        cfg = wl.cfg
         stats = wl.stats
         req = make()
-        clock = wl.clock
         op_id = wl.recorder.invoke(self.name, kind, key, value)
         wl.invoked += 1
         if kind == "put":
             wl.on_write()
-        start = clock()
-        deadline = start + cfg.op_timeout_s
         node = self.home
-        tried = 0
         maybe_applied = False
         last_code: str = ""
-        while True:
-            remaining = deadline - clock()
-            if remaining <= 0:
-                break
+        async for timeout_s in self._attempts():
             stub = self.stubs[node]
             method = {"get": stub.Get, "put": stub.Put, "delete": stub.Delete}[kind]
-            stats.attempts += 1
-            if tried:
-                stats.retries += 1
-            tried += 1
             try:
-                resp = await method(req, timeout=min(cfg.attempt_timeout_s, remaining))
+                resp = await method(req, timeout=timeout_s)
             except grpc.aio.AioRpcError as exc:
                 code = exc.code()
                 last_code = code.name
@@ -202,9 +190,6 @@ class _Client:
                     return wl.recorder.complete(op_id, "fail")
                 maybe_applied = maybe_applied or kind != "get"
                 node = self._next(node, exc)
-                await asyncio.sleep(
-                    min(cfg.backoff_s * (1 + self.jitter.random()), max(0.0, deadline - clock()))
-                )
                 continue
             if kind == "get":
                 out = resp.value.decode() if resp.found else None
@@ -232,30 +217,21 @@ class _Client:
                 put.key, put.value = key.encode(), value.encode()
         wl = self.wl
         stats = wl.stats
-        clock = wl.clock
         op_ids = [wl.recorder.invoke(self.name, kind, key, value) for kind, key, value in writes]
         wl.invoked += len(writes)
         stats.batches += 1
         wl.on_write()
-        start = clock()
-        deadline = start + cfg.op_timeout_s
         node = self.home
-        tried = 0
+        attempt = 0
         maybe_applied = False
         last_code = ""
-        while True:
-            remaining = deadline - clock()
-            if remaining <= 0:
-                break
-            stats.attempts += 1
-            if tried:
-                stats.retries += 1
-                stats.batch_retries += tried == 1
-            tried += 1
+        async for timeout_s in self._attempts():
+            attempt += 1
+            stats.batch_retries += attempt == 2  # a call sent more than once
             retry_code = ""
             applied = True  # whether this attempt may have been applied
             try:
-                resp = await self.stubs[node].PackedBatch(req, timeout=min(cfg.attempt_timeout_s, remaining))
+                resp = await self.stubs[node].PackedBatch(req, timeout=timeout_s)
             except grpc.aio.AioRpcError as exc:
                 code = exc.code()
                 stats.errors[code.name] += 1
@@ -283,7 +259,6 @@ class _Client:
             last_code = retry_code
             maybe_applied = maybe_applied or applied
             node = next_node
-            await asyncio.sleep(min(cfg.backoff_s * (1 + self.jitter.random()), max(0.0, deadline - clock())))
         wl.notes[f"batch unknown (last error {last_code or 'none'})"] += 1
         return [wl.recorder.complete(i, "unknown") for i in op_ids]
 
@@ -305,6 +280,27 @@ class _Client:
                     wl.notes["batch STALE_SEQUENCE after a retry (should never happen)"] += 1
                 out.append(wl.recorder.complete(op_id, "unknown"))
         return out
+
+    async def _attempts(self) -> AsyncIterator[float]:
+        """The timeout of each attempt of one operation until its deadline
+        (``op_timeout_s`` from now), each at most ``attempt_timeout_s``;
+        counts attempts and retries, and backs off with jitter between them."""
+        wl = self.wl
+        cfg = wl.cfg
+        clock = wl.clock
+        deadline = clock() + cfg.op_timeout_s
+        tried = 0
+        while True:
+            if tried:
+                await asyncio.sleep(min(cfg.backoff_s * (1 + self.jitter.random()), max(0.0, deadline - clock())))
+            remaining = deadline - clock()
+            if remaining <= 0:
+                return
+            wl.stats.attempts += 1
+            if tried:
+                wl.stats.retries += 1
+            tried += 1
+            yield min(cfg.attempt_timeout_s, remaining)
 
     def _next(self, node: int, exc: grpc.aio.AioRpcError) -> int:
         hint = _leader_hint(exc)
