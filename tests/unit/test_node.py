@@ -241,6 +241,47 @@ def test_small_writes_run_on_the_loop_and_large_ones_in_the_worker_thread() -> N
     catchup = Ready(chosen=[(s, (b"c",)) for s in range(1, node_mod.INLINE_CHOSEN_MAX + 2)])
     assert not node_mod._runs_inline(catchup)
     assert node_mod._runs_inline(Ready(chosen=[(1, (b"c",))]))
+    # A busy node: its synced writes leave the loop, so gRPC calls keep arriving.
+    calls = node_mod.INLINE_CALLS_MAX
+    assert node_mod._runs_inline(small, calls)
+    assert not node_mod._runs_inline(small, calls + 1)
+    assert node_mod._runs_inline(Ready(chosen=[(1, (b"c",))]), calls + 1)  # unsynced: a memtable append
+
+
+def test_a_node_with_several_calls_waiting_writes_in_the_worker_thread() -> None:
+    """One call at a time: the leader's synced writes run on the loop. Eight
+    calls at once: the write leaves the loop (where grpc.aio takes one new
+    call per iteration), and the calls share a slot."""
+    import threading
+
+    async def main():
+        async with running() as c:
+            leader = c.nodes[await c.leader()]
+            replica = leader.replica
+            write = replica.write
+            synced_on_loop: list[bool] = []
+
+            def recording_write(batch):
+                if batch.ready.must_sync:
+                    synced_on_loop.append(threading.current_thread() is threading.main_thread())
+                return write(batch)
+
+            replica.write = recording_write
+            for seq in range(1, 6):
+                r = await leader.submit(put("one", seq, b"k", b"v%d" % seq), timeout_s=5)
+                assert r.code == 0
+            assert synced_on_loop and all(synced_on_loop), synced_on_loop
+            assert leader._calls_active == 0
+            synced_on_loop.clear()
+            results = await asyncio.gather(
+                *(leader.submit(put(f"many{k}", 1, b"k%d" % k, b"v"), timeout_s=5) for k in range(8))
+            )
+            assert [r.code for r in results] == [0] * 8
+            assert synced_on_loop and not synced_on_loop[0], synced_on_loop
+            assert len({r.index for r in results}) < 8, "the waiting calls share slots"
+            assert leader._calls_active == 0
+
+    run(main())
 
 
 def _packed(client: str, first: int, *keys: bytes):

@@ -56,15 +56,25 @@ log = logging.getLogger("paxoskv.node")
 # INLINE_SYNC_BYTES_MAX bytes of accepted commands (what light load and
 # single-request latency produce) -- and in the thread otherwise (batches
 # under load, catch-up). Unsynced writes are memtable appends.
+#
+# A synced write also goes to the thread while more than INLINE_CALLS_MAX
+# client calls are in flight on this node: grpc.aio's server takes one new
+# call per loop iteration, so an fsync on the loop caps a busy node's intake
+# at about one call per fsync (and its slots at a few commands); off the
+# loop, calls keep arriving while the disk works and the next slot carries
+# all of them. One call alone keeps the cheaper write on the loop.
 INLINE_CHOSEN_MAX = 64
 INLINE_SYNC_BYTES_MAX = 4 << 10
+INLINE_CALLS_MAX = 1
 
 
-def _runs_inline(rd) -> bool:  # noqa: ANN001 - a Ready
+def _runs_inline(rd, calls_active: int = 0) -> bool:  # noqa: ANN001 - a Ready
     if len(rd.chosen) > INLINE_CHOSEN_MAX:
         return False
     if not rd.must_sync:
         return True
+    if calls_active > INLINE_CALLS_MAX:
+        return False
     size = 0
     for entry in rd.accepted:
         for command in entry.value:
@@ -176,6 +186,7 @@ class Node:
         self._stopping = False
         self._reclaimed = 0
         self._reclaim_task: asyncio.Task | None = None
+        self._calls_active = 0  # client calls waiting on this node (where the pump writes)
 
     # ---- Lifecycle -------------------------------------------------------------
 
@@ -283,9 +294,11 @@ class Node:
         if registered:
             self._wake.set()
         late = DeadlineExceeded(f"no answer within {timeout_s:.3f}s; the command may still be applied")
+        self._calls_active += 1
         try:
             return await call.wait(timeout_s, late)
         finally:
+            self._calls_active -= 1
             for key in registered:
                 lst = waiters.get(key)
                 if lst is not None:
@@ -319,11 +332,13 @@ class Node:
         key = (BATCH_WAITER_PREFIX + waiter.hex(), 0)
         self._waiters[key] = [(call, 0)]
         self._wake.set()
+        self._calls_active += 1
         try:
             (result,) = await call.wait(
                 timeout_s, DeadlineExceeded(f"no answer within {timeout_s:.3f}s; the writes may still be applied")
             )
         finally:
+            self._calls_active -= 1
             self._waiters.pop(key, None)
         return result
 
@@ -358,9 +373,11 @@ class Node:
                 rids.append(rid)
         if rids:
             self._wake.set()
+        self._calls_active += 1
         try:
             return await call.wait(timeout_s, DeadlineExceeded(f"read not confirmed within {timeout_s:.3f}s"))
         finally:
+            self._calls_active -= 1
             for rid in rids:
                 self._reads.pop(rid, None)
 
@@ -455,7 +472,7 @@ class Node:
                     rd = batch.ready
                     if rd.messages_early:
                         bus.send_many(rd.messages_early)  # the leader's Accepts: in parallel with its fsync
-                    if not _runs_inline(rd):
+                    if not _runs_inline(rd, self._calls_active):
                         await asyncio.to_thread(replica.write, batch)
                         unyielded = 0
                     else:
