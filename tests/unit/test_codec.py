@@ -71,7 +71,7 @@ MESSAGE_STRATEGIES: dict[type[Message], st.SearchStrategy] = {
     CatchupRequest: _msg(CatchupRequest, from_slot=u64, to_slot=u64),
     CatchupReply: _msg(CatchupReply, chosen=slot_values, commit=u64, log_start=u64),
     Forward: _msg(Forward, commands=st.lists(commands, max_size=5).map(tuple)),
-    ReadIndexRequest: _msg(ReadIndexRequest, read_ids=u64s),
+    ReadIndexRequest: _msg(ReadIndexRequest, read_ids=u64s, ballot=ballots),
     ReadIndexReply: _msg(ReadIndexReply, read_ids=u64s, index=u64, ok=st.booleans()),
     SnapshotChunk: _msg(
         SnapshotChunk,

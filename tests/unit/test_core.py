@@ -7,7 +7,21 @@ import pathlib
 
 import pytest
 
-from paxoskv.paxos.types import FEATURES, Accept, Accepted, Ballot, CatchupReply, CatchupRequest, Entry, Promise, Role
+from paxoskv.paxos.types import (
+    FEATURES,
+    ZERO_BALLOT,
+    Accept,
+    Accepted,
+    Ballot,
+    CatchupReply,
+    CatchupRequest,
+    Entry,
+    Heartbeat,
+    Promise,
+    ReadIndexReply,
+    ReadIndexRequest,
+    Role,
+)
 
 from core_net import Net
 
@@ -270,6 +284,57 @@ def test_a_read_on_a_follower_gets_its_index_from_the_leader():
     net.deliver_all()
     (rs,) = net.reads[f]
     assert rs.ok and rs.read_id == 9 and rs.index == net.cores[leader].commit_index
+
+
+def test_in_three_nodes_a_followers_read_request_is_the_confirming_round():
+    """Where a quorum is two, a follower's request at the leader's ballot and
+    the leader itself are a quorum: the leader answers it at once, and sends
+    no heartbeat round for it."""
+    net = Net(3)
+    leader = net.elect()
+    propose(net, leader, b"a")
+    f = next(i for i in net.ids if i != leader)
+    net.sent.clear()
+    net.cores[f].read(9)
+    net.deliver_all()
+    (rs,) = net.reads[f]
+    assert rs.ok and rs.read_id == 9 and rs.index == net.cores[leader].commit_index
+    (req,) = [m for m in net.sent if isinstance(m, ReadIndexRequest)]
+    assert req.ballot == net.cores[leader].ballot
+    assert [type(m) for m in net.sent if m.frm == leader] == [ReadIndexReply]
+
+
+def test_a_read_request_at_another_ballot_waits_for_a_quorum_round():
+    """From an older node (no ballot) or from a follower of another leader:
+    not a confirmation, so the leader runs a round first."""
+    for ballot in (ZERO_BALLOT, Ballot(10**6, 9)):
+        net = Net(3)
+        leader = net.elect()
+        f = next(i for i in net.ids if i != leader)
+        net.sent.clear()
+        net.cores[leader].step(ReadIndexRequest(frm=f, to=leader, read_ids=(3,), ballot=ballot))
+        net.process(leader)
+        out = [m for m in net.sent if m.frm == leader]
+        assert out and all(isinstance(m, Heartbeat) for m in out), out
+        net.deliver_all()
+        (reply,) = [m for m in net.sent if isinstance(m, ReadIndexReply)]
+        assert reply.ok and reply.read_ids == (3,)
+
+
+def test_in_five_nodes_a_leader_and_one_follower_cannot_confirm_a_read():
+    """{leader, follower} is no quorum of five: cut off from the other three,
+    the follower's read is refused, never served from the leader's word."""
+    net = Net(5, election_ticks_min=10)
+    leader = net.elect()
+    propose(net, leader, b"a")
+    f = next(i for i in net.ids if i != leader)
+    for a in (leader, f):
+        for b in net.ids:
+            if b not in (leader, f):
+                net.cut_links |= {(a, b), (b, a)}
+    net.cores[f].read(4)
+    net.tick(60)
+    assert [(r.read_id, r.ok) for r in net.reads[f]] == [(4, False)]
 
 
 def test_an_isolated_leader_cannot_confirm_a_read():

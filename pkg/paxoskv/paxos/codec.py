@@ -205,6 +205,8 @@ def _enc_read_index_request(m: ReadIndexRequest, env: peer_pb2.Envelope) -> None
     p = env.read_index_request
     p.SetInParent()
     p.read_ids.extend(m.read_ids)
+    if m.ballot != ZERO_BALLOT:
+        _put_ballot(p.ballot, m.ballot)
 
 
 def _enc_read_index_reply(m: ReadIndexReply, env: peer_pb2.Envelope) -> None:
@@ -423,7 +425,9 @@ def _dec_forward(env: peer_pb2.Envelope, frm: int, to: int) -> Forward:
 
 
 def _dec_read_index_request(env: peer_pb2.Envelope, frm: int, to: int) -> ReadIndexRequest:
-    return ReadIndexRequest(frm=frm, to=to, read_ids=tuple(env.read_index_request.read_ids))
+    p = env.read_index_request
+    ballot = _ballot(p, "ballot", "read_index_request") if p.HasField("ballot") else ZERO_BALLOT
+    return ReadIndexRequest(frm=frm, to=to, read_ids=tuple(p.read_ids), ballot=ballot)
 
 
 def _dec_read_index_reply(env: peer_pb2.Envelope, frm: int, to: int) -> ReadIndexReply:

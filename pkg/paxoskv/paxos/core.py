@@ -68,7 +68,12 @@ index (at least ``recovery_end``) at a moment after the read arrived, once a
 quorum acknowledged a heartbeat round started after that moment, proving no
 higher ballot had been accepted by a quorum. One round serves every read
 waiting at its start. Followers ask the leader for a read index and serve
-locally once they have applied up to it.
+locally once they have applied up to it. A request carries the ballot its
+sender had promised when it sent it, after its reads arrived; where a quorum
+is two, a request at the leader's own ballot is that round: every quorum
+holds the sender or the leader, neither had promised a higher ballot at a
+moment after those reads arrived, so no other leader can have had a write
+chosen before them. The leader answers it at once with the read index.
 """
 
 from __future__ import annotations
@@ -911,16 +916,18 @@ class Core:
         if self._read_rounds or not (self._reads_new_local or self._reads_new_remote):
             return
         self._read_seq += 1
-        # The read index covers every write a client may have been answered
-        # for: the commit point, what a follower may have learned from our own
-        # Accepted (rule (e)), and what an earlier leader may have had chosen.
-        index = max(self.commit_index, self.recovery_end, self._notified_through)
-        rnd = _ReadRound(index, self._reads_new_local, self._reads_new_remote)
+        rnd = _ReadRound(self._read_index(), self._reads_new_local, self._reads_new_remote)
         self._reads_new_local = []
         self._reads_new_remote = {}
         self._read_rounds[self._read_seq] = rnd
         self._broadcast_heartbeat()
         self._release_reads()
+
+    def _read_index(self) -> int:
+        """Every write a client may have been answered for: the commit point,
+        what a follower may have learned from our own Accepted (rule (e)),
+        and what an earlier leader may have had chosen."""
+        return max(self.commit_index, self.recovery_end, self._notified_through)
 
     def _release_reads(self) -> None:
         if not self._read_rounds:
@@ -971,6 +978,16 @@ class Core:
         if self.role is not Role.LEADER:
             self._send(ReadIndexReply(frm=self.id, to=msg.frm, read_ids=msg.read_ids, index=0, ok=False))
             return
+        if self.quorum == 2 and msg.ballot == self.ballot:
+            # The request is the round: the sender had promised no higher
+            # ballot when it sent it, after its reads arrived, and neither have
+            # we now; every quorum of two holds one of us, so no other leader
+            # can have had a write chosen before those reads that we miss.
+            self._last_heard[msg.frm] = self._now
+            self._send(
+                ReadIndexReply(frm=self.id, to=msg.frm, read_ids=msg.read_ids, index=self._read_index(), ok=True)
+            )
+            return
         self._reads_new_remote.setdefault(msg.frm, []).extend(msg.read_ids)
 
     def _on_read_index_reply(self, msg: ReadIndexReply) -> None:
@@ -995,7 +1012,9 @@ class Core:
         self._forward_queue = []
         if self._reads_forward and self._read_request_at is None:
             # One request at a time: reads arriving meanwhile go in the next.
-            self._send(ReadIndexRequest(frm=self.id, to=leader, read_ids=tuple(self._reads_forward)))
+            self._send(
+                ReadIndexRequest(frm=self.id, to=leader, read_ids=tuple(self._reads_forward), ballot=self.promised)
+            )
             for rid in self._reads_forward:
                 self._reads_remote_pending[rid] = self._now
             self._reads_forward = []
@@ -1018,7 +1037,7 @@ class Core:
         self._reads_forward = []
         self._read_request_at = self._now
         if ids:
-            self._send(ReadIndexRequest(frm=self.id, to=leader, read_ids=tuple(ids)))
+            self._send(ReadIndexRequest(frm=self.id, to=leader, read_ids=tuple(ids), ballot=self.promised))
 
     # ---- Helpers ---------------------------------------------------------------
 

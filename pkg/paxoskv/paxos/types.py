@@ -145,6 +145,7 @@ class Forward(Message):
 @dataclass(frozen=True, slots=True, kw_only=True)
 class ReadIndexRequest(Message):
     read_ids: tuple[int, ...]
+    ballot: Ballot = ZERO_BALLOT  # what the sender had promised when it sent this
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -151,10 +151,12 @@ class Forward(_message.Message):
     def __init__(self, commands: _Optional[_Iterable[bytes]] = ...) -> None: ...
 
 class ReadIndexRequest(_message.Message):
-    __slots__ = ("read_ids",)
+    __slots__ = ("read_ids", "ballot")
     READ_IDS_FIELD_NUMBER: _ClassVar[int]
+    BALLOT_FIELD_NUMBER: _ClassVar[int]
     read_ids: _containers.RepeatedScalarFieldContainer[int]
-    def __init__(self, read_ids: _Optional[_Iterable[int]] = ...) -> None: ...
+    ballot: Ballot
+    def __init__(self, read_ids: _Optional[_Iterable[int]] = ..., ballot: _Optional[_Union[Ballot, _Mapping]] = ...) -> None: ...
 
 class ReadIndexReply(_message.Message):
     __slots__ = ("read_ids", "index", "ok")
