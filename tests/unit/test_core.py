@@ -337,6 +337,34 @@ def test_in_five_nodes_a_leader_and_one_follower_cannot_confirm_a_read():
     assert [(r.read_id, r.ok) for r in net.reads[f]] == [(4, False)]
 
 
+@pytest.mark.parametrize("n", [3, 5])
+def test_reads_at_every_tick_do_not_hold_back_resending_a_lost_accept(n):
+    """A minority down and the one Accept a quorum needed lost: read rounds
+    all the time must not put off the periodic heartbeat that resends it."""
+    net = Net(n, heartbeat_ticks=5, election_ticks_min=50)
+    leader = net.elect()
+    others = [i for i in net.ids if i != leader]
+    for f in others[: n // 2]:
+        net.crash(f)
+    live = set(others[n // 2 :])
+    lost: list[Accept] = []
+
+    def drop(m):
+        if isinstance(m, Accept) and m.to in live and m.entries and not lost:
+            lost.append(m)
+            return True
+        return False
+
+    net.drop = drop
+    propose(net, leader, b"x")
+    assert lost and net.applied_values(leader) == []
+    for rid in range(1, 31):
+        net.cores[leader].read(rid)
+        net.tick()
+    assert net.applied_values(leader) == [b"x"]
+    assert all(r.ok for r in net.reads[leader]) and len(net.reads[leader]) == 30
+
+
 def test_an_isolated_leader_cannot_confirm_a_read():
     net = Net(3, election_ticks_min=10)
     leader = net.elect()

@@ -463,6 +463,9 @@ class Core:
         cfg = self.config
         self._heartbeat_elapsed += 1
         if self._heartbeat_elapsed >= cfg.heartbeat_ticks:
+            # On its own clock: read rounds and commit broadcasts do not put it
+            # off, so a lost Accept is resent however busy reads keep us.
+            self._heartbeat_elapsed = 0
             self._broadcast_heartbeat()
             self._retransmit_accepts()
         if self._now - self._quorum_check_tick >= cfg.election_ticks_min:
@@ -869,10 +872,12 @@ class Core:
     # ---- Heartbeats and reads --------------------------------------------------
 
     def _broadcast_heartbeat(self) -> None:
-        self._heartbeat_elapsed = 0
         self._commit_sent = self.commit_index
+        self._send_heartbeats(self.others)
+
+    def _send_heartbeats(self, peers: Iterable[int]) -> None:
         features = self.cluster_features
-        for peer in self.others:
+        for peer in peers:
             self._send(
                 Heartbeat(
                     frm=self.id,
