@@ -338,6 +338,45 @@ def test_in_five_nodes_a_leader_and_one_follower_cannot_confirm_a_read():
 
 
 @pytest.mark.parametrize("n", [3, 5])
+def test_a_read_round_asks_only_as_many_followers_as_a_quorum_needs(n):
+    net = Net(n)
+    leader = net.elect()
+    propose(net, leader, b"a")
+    net.sent.clear()
+    net.cores[leader].read(7)
+    net.process(leader)
+    asked = [m.to for m in net.sent if isinstance(m, Heartbeat) and m.frm == leader]
+    assert len(asked) == n // 2 == len(set(asked))
+    net.deliver_all()
+    assert [(r.read_id, r.ok) for r in net.reads[leader]] == [(7, True)]
+
+
+@pytest.mark.parametrize("n", [3, 5])
+def test_a_read_round_asked_of_a_follower_gone_quiet_asks_every_follower_two_ticks_later(n):
+    net = Net(n, heartbeat_ticks=5, election_ticks_min=50)
+    leader = net.elect()
+    propose(net, leader, b"a")
+    net.sent.clear()
+    net.cores[leader].read(1)
+    net.process(leader)
+    asked = {m.to for m in net.sent if isinstance(m, Heartbeat)}
+    for f in asked:
+        net.crash(f)  # the leader does not know yet
+    net.deliver_all()
+    net.tick(1)
+    assert net.reads[leader] == []
+    net.tick(1)  # not the periodic heartbeat (every 5 ticks): the round widens
+    assert [(r.read_id, r.ok) for r in net.reads[leader]] == [(1, True)]
+    # From then on the next round asks the followers that answered.
+    net.sent.clear()
+    net.cores[leader].read(2)
+    net.process(leader)
+    assert {m.to for m in net.sent if isinstance(m, Heartbeat)}.isdisjoint(asked)
+    net.deliver_all()
+    assert [(r.read_id, r.ok) for r in net.reads[leader]][-1] == (2, True)
+
+
+@pytest.mark.parametrize("n", [3, 5])
 def test_reads_at_every_tick_do_not_hold_back_resending_a_lost_accept(n):
     """A minority down and the one Accept a quorum needed lost: read rounds
     all the time must not put off the periodic heartbeat that resends it."""

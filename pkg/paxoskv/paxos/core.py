@@ -67,8 +67,10 @@ another peer on retry. A leader that has not heard from a quorum within
 index (at least ``recovery_end``) at a moment after the read arrived, once a
 quorum acknowledged a heartbeat round started after that moment, proving no
 higher ballot had been accepted by a quorum. One round serves every read
-waiting at its start. Followers ask the leader for a read index and serve
-locally once they have applied up to it. A request carries the ballot its
+waiting at its start; it asks only as many followers as the quorum needs
+besides the leader, those that answered the latest round first, and asks
+every follower when it is not confirmed two ticks later. Followers ask the
+leader for a read index and serve locally once they have applied up to it. A request carries the ballot its
 sender had promised when it sent it, after its reads arrived; where a quorum
 is two, a request at the leader's own ballot is that round: every quorum
 holds the sender or the leader, neither had promised a higher ballot at a
@@ -209,6 +211,7 @@ class Core:
         self._reads_remote_pending: dict[int, int] = {}  # read id -> tick forwarded
         # tick our outstanding ReadIndexRequest was sent (None: none is): one at a time
         self._read_request_at: int | None = None
+        self._read_round_tick: int | None = None  # when a round asked only some followers
         # Output buffers.
         self._out_promised: Ballot | None = None
         self._out_accepted: list[Entry] = []
@@ -468,6 +471,11 @@ class Core:
             self._heartbeat_elapsed = 0
             self._broadcast_heartbeat()
             self._retransmit_accepts()
+        asked_at = self._read_round_tick
+        if asked_at is not None and self._now - asked_at >= 2:
+            self._read_round_tick = None
+            if self._read_rounds:  # those asked went quiet: ask everyone
+                self._send_heartbeats(self.others)
         if self._now - self._quorum_check_tick >= cfg.election_ticks_min:
             since = self._now - cfg.election_ticks_min
             live = sum(1 for p in self.others if self._last_heard.get(p, -1) >= since)
@@ -889,6 +897,21 @@ class Core:
                 )
             )
 
+    def _send_read_round(self) -> None:
+        """Ask only as many followers as a quorum needs besides us: those that
+        acknowledged the latest round first (then the last heard from). A
+        round still unconfirmed two ticks later asks every follower
+        (``_tick_leader``), so one asked of a follower that went quiet is
+        confirmed by the others, and they are asked first from then on."""
+        need = self.quorum - 1
+        if need <= 0:
+            return
+        acks = self._read_acks
+        heard = self._last_heard
+        ranked = sorted(self.others, key=lambda p: (acks.get(p, 0), heard.get(p, -1), -p), reverse=True)
+        self._send_heartbeats(ranked[:need])
+        self._read_round_tick = self._now
+
     def _on_heartbeat(self, msg: Heartbeat) -> None:
         self._see_round(msg.ballot.round)
         if msg.ballot < self.promised:
@@ -925,7 +948,7 @@ class Core:
         self._reads_new_local = []
         self._reads_new_remote = {}
         self._read_rounds[self._read_seq] = rnd
-        self._broadcast_heartbeat()
+        self._send_read_round()
         self._release_reads()
 
     def _read_index(self) -> int:
