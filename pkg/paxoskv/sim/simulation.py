@@ -35,6 +35,9 @@ Rules:
   loss and duplication, resume and restart every node, stop the nemesis, and
   demand that every pending client operation completes and every node
   converges to the same applied index and state within ``LIVENESS_BOUND_US``.
+  In a share of the runs (``READ_STORM_SHARE``) the leader also gets a read
+  every half tick throughout the liveness phase, answered to nobody: reads
+  must not starve what the leader does on a timer.
 - Checked continuously: agreement and in-order application of every slot on
   every node, across crashes; messages survive the wire codec (in the runs
   drawn to use it); a Ready is never empty when ``has_ready()`` said yes. Checked at the end: prefixes, acknowledged writes against
@@ -98,6 +101,12 @@ LIVENESS_BOUND_US = 5_000_000
 SAFETY_PHASE_US_MIN = 1_000_000  # the safety phase's length is drawn in this range (times
 SAFETY_PHASE_US_MAX = 3_000_000  # SimConfig.scale), and ends earlier once every op was invoked
 CONVERGENCE_POLL_US = 5_000
+# In a share of the runs (drawn apart from the seed's main stream, so other
+# runs replay as before), the leader gets a linearizable read every half tick
+# from the start of the liveness phase until the run is done: work that must
+# not starve anything the leader does on a timer (resending lost Accepts).
+READ_STORM_SHARE = 0.5
+READ_STORM_EVERY_US = TICK_US // 2
 COALESCE_US_MAX = 300  # a woken pump runs within this much time when inputs are coalesced
 CLUSTER_ID = "sim"
 OPS_DEFAULT = 200
@@ -343,6 +352,8 @@ class Simulation:
         self.phase = "safety"
         self.ops_left = config.ops
         self._next_read_id = 0
+        self.read_storm = random.Random(f"read-storm-{config.seed}").random() < READ_STORM_SHARE
+        self.params += f" read_storm={int(self.read_storm)}"
         self._safety_end_us = 0
         self._pending_at_heal = 0
         self._liveness_done_us: int | None = None
@@ -778,6 +789,20 @@ class Simulation:
                 self._resume((node.node_id, node.life))
         self.scheduler.after(LIVENESS_BOUND_US, self._liveness_deadline)
         self.scheduler.after(CONVERGENCE_POLL_US, self._poll_done)
+        if self.read_storm:
+            self.scheduler.after(READ_STORM_EVERY_US, self._read_storm)
+
+    def _read_storm(self, _: Any = None) -> None:
+        """A read at every running leader (answered to nobody), and again."""
+        if self.phase != "liveness":
+            return
+        for node in self.nodes.values():
+            r = node.replica
+            if r is not None and not node.paused and r.core.role is Role.LEADER:
+                self._next_read_id += 1
+                self._guard(node, r.read, self._next_read_id)
+                self._wake(node)
+        self.scheduler.after(READ_STORM_EVERY_US, self._read_storm)
 
     def _pending_ops(self) -> list[Operation]:
         return [c.op for c in self.clients if c.op is not None]
