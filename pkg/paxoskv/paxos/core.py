@@ -70,7 +70,8 @@ higher ballot had been accepted by a quorum. One round serves every read
 waiting at its start; it asks only as many followers as the quorum needs
 besides the leader, those that answered the latest round first, and asks
 every follower when it is not confirmed two ticks later. Followers ask the
-leader for a read index and serve locally once they have applied up to it. A request carries the ballot its
+leader for a read index and serve locally once they have applied up to it.
+A request carries the ballot its
 sender had promised when it sent it, after its reads arrived; where a quorum
 is two, a request at the leader's own ballot is that round: every quorum
 holds the sender or the leader, neither had promised a higher ballot at a
@@ -881,6 +882,7 @@ class Core:
 
     def _broadcast_heartbeat(self) -> None:
         self._commit_sent = self.commit_index
+        self._read_round_tick = None  # every follower now has the current round
         self._send_heartbeats(self.others)
 
     def _send_heartbeats(self, peers: Iterable[int]) -> None:
