@@ -112,10 +112,14 @@ class Floor:
             raise SystemExit(f"floor: replicas applied different prefixes: {applied}")
         first = self.replicas[IDS[0]].sm
         keys = [b"key%05d" % j for j in range(min(KEYS, self.proposed))]
-        for i in IDS[1:]:
+        for i in IDS:
             sm = self.replicas[i].sm
             if len(sm) != len(first) or any(sm.get(k) != first.get(k) for k in keys):
                 raise SystemExit(f"floor: node {i}'s state differs from node {IDS[0]}'s")
+            for n, sequence in enumerate(self.sequences):
+                session = sm.session(f"floor-{n}")
+                if sequence and (session is None or session.sequence != sequence):
+                    raise SystemExit(f"floor: node {i} has not applied put {sequence} of session {n}")
 
     def close(self) -> None:
         for replica in self.replicas.values():

@@ -45,16 +45,22 @@ def test_floor_prints_a_row_per_slot_size_and_checks_the_replicas(extra):
     assert lines[-1].endswith("hold the same state")
 
 
-def test_floor_refuses_replicas_that_disagree():
+def test_floor_refuses_replicas_that_disagree_or_missed_a_put():
     floor = _load()
     f = floor.Floor(storage="memory", wire=False, base_dir=None)
     try:
         f.elect()
         f.round(7, b"v")
         f.check()  # they agree
-        follower = next(r for r in f.replicas.values() if r.core.leader_id != r.core.id)
+        leader = next(r for r in f.replicas.values() if r.core.leader_id == r.core.id)
+        follower = next(r for r in f.replicas.values() if r is not leader)
         follower.sm._kv[b"key00003"] = b"tampered"
         with pytest.raises(SystemExit, match="state differs"):
+            f.check()
+        follower.sm._kv[b"key00003"] = leader.sm.get(b"key00003")
+        f.check()
+        f.sequences[5] += 1  # a put that was never proposed, so never applied
+        with pytest.raises(SystemExit, match="has not applied put 2 of session 5"):
             f.check()
     finally:
         f.close()
