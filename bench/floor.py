@@ -27,7 +27,10 @@ them and its gRPC front end. Options add what a node really does:
 * ``--storage leveldb``: each replica keeps its log and state in LevelDB in
   a temporary directory, with the synced writes a node makes (``fsync``
   included, with the kernel's part of it, as far as it is charged to this
-  process).
+  process);
+* ``--reads``: then as many linearizable reads per round, spread the same
+  way (a read at a follower asks the leader for a read index; one at the
+  leader waits for a heartbeat round), each looked up once served.
 
 At the end the three state machines must hold the same keys and values and
 have applied every command; the run fails (exit 1) otherwise, so a figure is
@@ -69,21 +72,31 @@ class Floor:
             self.replicas[i] = Replica(cfg, store, random.Random(i))
         self.sequences = [0] * SESSIONS
         self.proposed = 0
+        self.read_ids = 0
 
-    def settle(self) -> None:
-        """persist -> send -> apply on every replica until none has work."""
+    def settle(self) -> int:
+        """persist -> send -> apply on every replica until none has work;
+        return how many reads were served (each looked up, as a node does)."""
+        served = 0
         busy = True
         while busy:
             busy = False
             for replica in self.replicas.values():
                 out: list = []
-                if replica.run_once(out.extend) is None:
+                done = replica.run_once(out.extend)
+                if done is None:
                     continue
                 busy = True
+                for read_id, ok in done.reads:
+                    if not ok:
+                        raise SystemExit(f"floor: read {read_id} was refused")
+                    replica.sm.get(b"key%05d" % (read_id % KEYS))
+                    served += 1
                 for msg in out:
                     if self.wire:
                         msg = codec.decode(codec.encode(msg, "floor"))[1]
                     self.replicas[msg.to].step(msg)
+        return served
 
     def elect(self) -> int:
         for _ in range(1000):
@@ -105,6 +118,16 @@ class Floor:
             if not self.replicas[IDS[n % 3]].propose(cmd):
                 raise SystemExit("floor: a replica refused a proposal (no leader known)")
         self.settle()
+
+    def read_round(self, reads: int) -> None:
+        """``reads`` linearizable reads, two in three at a follower (a
+        read-index request to the leader), the rest at the leader (a round)."""
+        for _ in range(reads):
+            self.read_ids += 1
+            self.replicas[IDS[self.read_ids % 3]].read(self.read_ids)
+        served = self.settle()
+        if served != reads:
+            raise SystemExit(f"floor: {served} of {reads} reads served")
 
     def check(self) -> None:
         applied = {i: r.sm.applied_index for i, r in self.replicas.items()}
@@ -133,6 +156,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--value-bytes", type=int, default=100)
     ap.add_argument("--codec", action="store_true", help="every message through the wire codec")
     ap.add_argument("--storage", choices=("memory", "leveldb"), default="memory")
+    ap.add_argument("--reads", action="store_true", help="also linearizable reads, the same numbers per round")
     args = ap.parse_args(argv)
     slots = args.slot or [1, 7, 64]
     if any(s < 1 for s in slots) or args.puts < 1 or args.value_bytes < 0:
@@ -156,6 +180,16 @@ def main(argv: list[str] | None = None) -> int:
             puts = rounds * slot
             per_slot = puts / max(1, sm.applied_index - applied)
             print(f"{slot:>14}  {puts:>7}  {per_slot:>13.1f}  {cpu / puts * 1e6:>28.1f}  {puts / cpu:>13,.0f}")
+        if args.reads:
+            print(f"{'reads per round':>14}  {'reads':>7}  {'':>13}  {'us CPU per read (3 replicas)':>28}  {'reads/s of CPU':>13}")
+            for slot in slots:
+                rounds = max(1, args.puts // slot)
+                t0 = time.process_time()
+                for _ in range(rounds):
+                    floor.read_round(slot)
+                cpu = time.process_time() - t0
+                reads = rounds * slot
+                print(f"{slot:>14}  {reads:>7}  {'':>13}  {cpu / reads * 1e6:>28.1f}  {reads / cpu:>13,.0f}")
         floor.check()
         print(f"checked: all three replicas applied {floor.replicas[leader].sm.applied_index} slots and hold the same state")
     finally:

@@ -25,7 +25,9 @@ def _load():
     return module
 
 
-@pytest.mark.parametrize("extra", [[], ["--codec", "--storage", "leveldb"]], ids=["memory", "codec-leveldb"])
+@pytest.mark.parametrize(
+    "extra", [["--reads"], ["--codec", "--storage", "leveldb"]], ids=["memory-reads", "codec-leveldb"]
+)
 def test_floor_prints_a_row_per_slot_size_and_checks_the_replicas(extra):
     run = subprocess.run(
         [sys.executable, str(SCRIPT), "--puts", "140", "--slot", "1", "--slot", "7", *extra],
@@ -34,10 +36,16 @@ def test_floor_prints_a_row_per_slot_size_and_checks_the_replicas(extra):
     assert run.returncode == 0, run.stderr
     lines = run.stdout.splitlines()
     rows = [line.split() for line in lines if line.strip() and line.split()[0].isdigit()]
-    assert [r[0] for r in rows] == ["1", "7"]
-    assert [int(r[1]) for r in rows] == [140, 140]
-    assert all(1.0 <= float(r[2]) <= int(r[0]) for r in rows)  # puts per slot
-    assert all(float(r[3]) > 0 for r in rows)
+    puts, reads = rows[:2], rows[2:]
+    assert [r[0] for r in puts] == ["1", "7"]
+    assert [int(r[1]) for r in puts] == [140, 140]
+    assert all(1.0 <= float(r[2]) <= int(r[0]) for r in puts)  # puts per slot
+    assert all(float(r[3]) > 0 for r in puts)
+    if "--reads" in extra:  # every read was served (the run fails otherwise)
+        assert [(r[0], int(r[1])) for r in reads] == [("1", 140), ("7", 140)]
+        assert all(float(r[2]) > 0 for r in reads)
+    else:
+        assert reads == []
     # 140 puts of one slot each, then 20 rounds of 7 (a slot each, at most:
     # the leader may pack a round into fewer), plus the leader's first slot.
     applied = int(lines[-1].split("applied ")[1].split()[0])
@@ -62,6 +70,10 @@ def test_floor_refuses_replicas_that_disagree_or_missed_a_put():
         f.sequences[5] += 1  # a put that was never proposed, so never applied
         with pytest.raises(SystemExit, match="has not applied put 2 of session 5"):
             f.check()
+        f.read_round(3)  # one read at each node, all served
+        follower.read = lambda read_id: None  # a read that is never asked for
+        with pytest.raises(SystemExit, match="2 of 3 reads served"):
+            f.read_round(3)
     finally:
         f.close()
 
