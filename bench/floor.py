@@ -168,28 +168,22 @@ def main(argv: list[str] | None = None) -> int:
         value = b"v" * args.value_bytes
         extras = ", ".join(x for x in ("wire codec" if args.codec else "", f"{args.storage} storage") if x)
         print(f"paxoskv floor: 3 replicas in one process, no sockets or threads; leader node {leader}; {extras}")
-        print(f"{'puts per round':>14}  {'puts':>7}  {'puts per slot':>13}  {'us CPU per put (3 replicas)':>28}  {'puts/s of CPU':>13}")
         sm = floor.replicas[leader].sm
-        for slot in slots:
-            rounds = max(1, args.puts // slot)
-            applied = sm.applied_index
-            t0 = time.process_time()
-            for _ in range(rounds):
-                floor.round(slot, value)
-            cpu = time.process_time() - t0
-            puts = rounds * slot
-            per_slot = puts / max(1, sm.applied_index - applied)
-            print(f"{slot:>14}  {puts:>7}  {per_slot:>13.1f}  {cpu / puts * 1e6:>28.1f}  {puts / cpu:>13,.0f}")
-        if args.reads:
-            print(f"{'reads per round':>14}  {'reads':>7}  {'':>13}  {'us CPU per read (3 replicas)':>28}  {'reads/s of CPU':>13}")
+        kinds = [("puts", lambda n: floor.round(n, value))] + ([("reads", floor.read_round)] if args.reads else [])
+        for kind, one_round in kinds:
+            per_slot_head = "puts per slot" if kind == "puts" else ""
+            head = f"us CPU per {kind[:-1]} (3 replicas)"
+            print(f"{kind + ' per round':>15}  {kind:>7}  {per_slot_head:>13}  {head:>28}  {kind + '/s of CPU':>14}")
             for slot in slots:
                 rounds = max(1, args.puts // slot)
+                applied = sm.applied_index
                 t0 = time.process_time()
                 for _ in range(rounds):
-                    floor.read_round(slot)
+                    one_round(slot)
                 cpu = time.process_time() - t0
-                reads = rounds * slot
-                print(f"{slot:>14}  {reads:>7}  {'':>13}  {cpu / reads * 1e6:>28.1f}  {reads / cpu:>13,.0f}")
+                ops = rounds * slot
+                per_slot = f"{ops / max(1, sm.applied_index - applied):.1f}" if kind == "puts" else ""
+                print(f"{slot:>15}  {ops:>7}  {per_slot:>13}  {cpu / ops * 1e6:>28.1f}  {ops / cpu:>14,.0f}")
         floor.check()
         print(f"checked: all three replicas applied {floor.replicas[leader].sm.applied_index} slots and hold the same state")
     finally:

@@ -11,8 +11,8 @@ leader that ignores the values promises report in 15 (first: 3); no fsync in
 10 (first: 10); reads without a quorum check in 71 (first: 2); no
 exactly-once sessions in 34 (first: 1); with the liveness phase's read storm
 (added later), read rounds that put off the leader's heartbeat in 3 of 200
-(first: 113). The stated bounds leave room for the
-core to change (which reshuffles every run) without the test going stale.
+(first: 113). The stated bounds leave room for the core to change (which
+reshuffles every run) without the test going stale.
 """
 
 from __future__ import annotations

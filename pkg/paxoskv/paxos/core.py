@@ -71,12 +71,12 @@ waiting at its start; it asks only as many followers as the quorum needs
 besides the leader, those that answered the latest round first, and asks
 every follower when it is not confirmed two ticks later. Followers ask the
 leader for a read index and serve locally once they have applied up to it.
-A request carries the ballot its
-sender had promised when it sent it, after its reads arrived; where a quorum
-is two, a request at the leader's own ballot is that round: every quorum
-holds the sender or the leader, neither had promised a higher ballot at a
-moment after those reads arrived, so no other leader can have had a write
-chosen before them. The leader answers it at once with the read index.
+A request carries the ballot its sender had promised when it sent it, after
+its reads arrived; where a quorum is two, a request at the leader's own
+ballot is that round: every quorum holds the sender or the leader, neither
+had promised a higher ballot at a moment after those reads arrived, so no
+other leader can have had a write chosen before them. The leader answers it
+at once with the read index.
 """
 
 from __future__ import annotations
