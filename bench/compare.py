@@ -58,7 +58,8 @@ from paxoskv.bench.workload import Workload
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 NODE_SCRIPT = ROOT / "bench" / "pysyncobj_node.py"
 ECHO_SCRIPT = ROOT / "bench" / "echo_node.py"
-SYSTEMS = ("paxoskv", "etcd", "pysyncobj", "grpc-echo", "grpc-echo-sync")
+QUORUM_ECHO_SCRIPT = ROOT / "bench" / "quorum_echo_node.py"
+SYSTEMS = ("paxoskv", "etcd", "pysyncobj", "grpc-echo", "grpc-echo-sync", "quorum-echo", "quorum-echo-thrifty")
 
 
 @dataclass(frozen=True)
@@ -98,6 +99,8 @@ def start(system: str, base: pathlib.Path) -> clusters.Cluster:
         return clusters.start_etcd(base)
     if system in ("grpc-echo", "grpc-echo-sync"):
         return clusters.start_echo(base, ECHO_SCRIPT, sync=system == "grpc-echo-sync")
+    if system in ("quorum-echo", "quorum-echo-thrifty"):
+        return clusters.start_quorum_echo(base, QUORUM_ECHO_SCRIPT, fanout="all" if system == "quorum-echo" else "thrifty")
     return clusters.start_pysyncobj(base, NODE_SCRIPT)
 
 
@@ -418,7 +421,9 @@ def main() -> int:
         f"systems: paxoskv (this tree, fsync on), etcd {etcd_version} (Debian, fsync on), "
         f"PySyncObj 0.3.17 (no fsync; gRPC front bench/pysyncobj_node.py), "
         f"grpc-echo / grpc-echo-sync (bench/echo_node.py: answers at once, stores nothing: "
-        f"the Python gRPC ceiling, grpc.aio / threaded server)",
+        f"the Python gRPC ceiling, grpc.aio / threaded server), "
+        f"quorum-echo / quorum-echo-thrifty (bench/quorum_echo_node.py: answers once a majority fsync'ed the "
+        f"request, no consensus: the floor of a quorum write, sent to all peers / to a majority only)",
         f"each: 3 nodes on 127.0.0.1, load spread over all nodes; {args.rounds} rounds A B C ..., medians; "
         f"{args.processes} client processes x {args.concurrency} in flight unless the workload says otherwise; "
         f"{args.keys} keys, {args.value_bytes} B values; {args.duration_s:g} s measured after {args.warmup_s:g} s warmup",
