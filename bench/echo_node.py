@@ -23,13 +23,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 import grpc
 
+from paxoskv.bench.standin import DELETE, GET, PUT, serve_kv
 from paxoskv.server.grpc_api import KV_SERVICE, SERVER_OPTIONS
-from paxoskv.v1 import kv_pb2
-
-_HEADER = kv_pb2.ResponseHeader(node_id=1, leader_id=1, index=1)
-PUT = kv_pb2.PutResponse(header=_HEADER).SerializeToString()
-DELETE = kv_pb2.DeleteResponse(header=_HEADER, deleted=True).SerializeToString()
-GET = kv_pb2.GetResponse(header=_HEADER, found=True, value=b"v" * 100).SerializeToString()
 
 
 async def serve(port: int) -> None:
@@ -42,24 +37,7 @@ async def serve(port: int) -> None:
     async def get(_data: bytes, _context: object) -> bytes:
         return GET
 
-    def raw(b: bytes) -> bytes:
-        return b
-
-    handlers = {
-        name: grpc.unary_unary_rpc_method_handler(fn, None, raw)
-        for name, fn in (("Put", put), ("Delete", delete), ("Get", get))
-    }
-    server = grpc.aio.server(options=SERVER_OPTIONS)
-    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(KV_SERVICE, handlers),))
-    server.add_registered_method_handlers(KV_SERVICE, handlers)
-    server.add_insecure_port(f"127.0.0.1:{port}")
-    await server.start()
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    await stop.wait()
-    await server.stop(0.5)
+    await serve_kv(port, put=put, delete=delete, get=get)
 
 
 def serve_sync(port: int) -> None:

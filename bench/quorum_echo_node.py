@@ -30,19 +30,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import itertools
-import signal
 
-import grpc
 import plyvel
 import zmq
 
-from paxoskv.server.grpc_api import KV_SERVICE, SERVER_OPTIONS
-from paxoskv.v1 import kv_pb2
-
-_HEADER = kv_pb2.ResponseHeader(node_id=1, leader_id=1, index=1)
-PUT = kv_pb2.PutResponse(header=_HEADER).SerializeToString()
-DELETE = kv_pb2.DeleteResponse(header=_HEADER, deleted=True).SerializeToString()
-GET = kv_pb2.GetResponse(header=_HEADER, found=True, value=b"v" * 100).SerializeToString()
+from paxoskv.bench.standin import DELETE, GET, PUT, serve_kv
 
 _NOBLOCK = zmq.NOBLOCK
 _WRITE, _READ = b"w", b"r"
@@ -139,26 +131,11 @@ async def serve(args: argparse.Namespace) -> None:
         await quorum.replicate(_READ, data)
         return GET
 
-    def raw(b: bytes) -> bytes:
-        return b
-
-    handlers = {
-        name: grpc.unary_unary_rpc_method_handler(fn, None, raw)
-        for name, fn in (("Put", put), ("Delete", delete), ("Get", get))
-    }
-    server = grpc.aio.server(options=SERVER_OPTIONS)
-    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(KV_SERVICE, handlers),))
-    server.add_registered_method_handlers(KV_SERVICE, handlers)
-    server.add_insecure_port(f"127.0.0.1:{args.port}")
-    await server.start()
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    await stop.wait()
-    await server.stop(0.5)
-    quorum.close()
-    db.close()
+    try:
+        await serve_kv(args.port, put=put, delete=delete, get=get)
+    finally:
+        quorum.close()
+        db.close()
 
 
 def _ports(text: str) -> list[int]:

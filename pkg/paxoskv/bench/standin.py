@@ -1,0 +1,46 @@
+"""The front end of ``bench/compare``'s stand-in servers (``bench/echo_node.py``,
+``bench/quorum_echo_node.py``): ``paxoskv.v1.KV`` served exactly as a node
+serves its public port (grpc.aio, raw-bytes handlers registered by hand, the
+same server options), with constant answers, on 127.0.0.1 only."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+from collections.abc import Awaitable, Callable
+
+import grpc
+
+from paxoskv.server.grpc_api import KV_SERVICE, SERVER_OPTIONS
+from paxoskv.v1 import kv_pb2
+
+_HEADER = kv_pb2.ResponseHeader(node_id=1, leader_id=1, index=1)
+PUT = kv_pb2.PutResponse(header=_HEADER).SerializeToString()
+DELETE = kv_pb2.DeleteResponse(header=_HEADER, deleted=True).SerializeToString()
+GET = kv_pb2.GetResponse(header=_HEADER, found=True, value=b"v" * 100).SerializeToString()
+
+Handler = Callable[[bytes, object], Awaitable[bytes]]
+
+
+async def serve_kv(port: int, *, put: Handler, delete: Handler, get: Handler) -> None:
+    """Serve Put, Delete and Get with these handlers (request bytes in,
+    response bytes out) until SIGTERM or SIGINT."""
+
+    def raw(b: bytes) -> bytes:
+        return b
+
+    handlers = {
+        name: grpc.unary_unary_rpc_method_handler(fn, None, raw)
+        for name, fn in (("Put", put), ("Delete", delete), ("Get", get))
+    }
+    server = grpc.aio.server(options=SERVER_OPTIONS)
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(KV_SERVICE, handlers),))
+    server.add_registered_method_handlers(KV_SERVICE, handlers)
+    server.add_insecure_port(f"127.0.0.1:{port}")
+    await server.start()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    await server.stop(0.5)
