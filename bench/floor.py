@@ -5,14 +5,14 @@ Run it from the repository root as ``.venv/bin/python bench/floor.py``.
 
 Theory of operation
 -------------------
-Three ``Replica`` objects -- the same consensus core, state machine and
-storage code a node runs -- live in this one process. A message one of them
-sends is handed straight to ``step`` of the one it is for: no ZeroMQ, no
-sockets, no threads, no event loop, no gRPC, no client. One replica is made
-leader, then, round after round, ``--slot`` puts are proposed (two in three
-of them at a follower, which forwards them, as load spread over all nodes
-is) and the replicas run ``persist -> send -> apply`` until nothing is left
-to do. A round's puts enter at three nodes, so they make up to three slots
+Three ``ReplicaNode`` objects -- the node layer a server runs: consensus
+core, state machine, storage and the table of waiting calls -- live in this
+one process. A message one of them sends is handed straight to ``step`` of
+the one it is for: no ZeroMQ, no sockets, no threads, no event loop, no
+gRPC front end. One node is made leader, then, round after round, ``--slot``
+puts are called (two in three of them at a follower, which forwards them,
+as load spread over all nodes is) and the nodes run ``prepare -> write ->
+finish`` until nothing is left to do. A round's puts enter at three nodes, so they make up to three slots
 (the leader's own and each follower's forwarded batch): the table shows the
 puts per slot that resulted. Every put is a real client command: 64 client sessions, each with
 its own rising sequence number, 100-byte values (``--value-bytes``) over
@@ -46,21 +46,27 @@ import sys
 import tempfile
 import time
 
-from paxoskv.kv import commands
 from paxoskv.paxos import codec
-from paxoskv.paxos.types import Config, Role
-from paxoskv.replica import Replica
+from paxoskv.paxos.types import Config, Message, Role
+from paxoskv.replica import Call, Replica, ReplicaNode
 from paxoskv.storage.memory import MemoryStorage
+from paxoskv.v1 import kv_pb2
 
 IDS = (1, 2, 3)
 SESSIONS = 64
 KEYS = 10_000
 
 
+def _ignore(_: Call) -> None:
+    pass  # the floor reads each call's answers once the nodes settle
+
+
 class Floor:
     def __init__(self, *, storage: str, wire: bool, base_dir: str | None) -> None:
         self.wire = wire
+        self.nodes: dict[int, ReplicaNode] = {}
         self.replicas: dict[int, Replica] = {}
+        self._outbox: list[Message] = []
         for i in IDS:
             if storage == "leveldb":
                 from paxoskv.storage.leveldb import LevelDBStorage
@@ -69,65 +75,80 @@ class Floor:
             else:
                 store = MemoryStorage()
             cfg = Config(node_id=i, peers=IDS, heartbeat_ticks=5, election_ticks_min=50)
-            self.replicas[i] = Replica(cfg, store, random.Random(i))
+            node = ReplicaNode(cfg, store, random.Random(i), send=self._outbox.extend)
+            self.nodes[i] = node
+            self.replicas[i] = node.replica
         self.sequences = [0] * SESSIONS
         self.proposed = 0
         self.read_ids = 0
 
-    def settle(self) -> int:
-        """persist -> send -> apply on every replica until none has work;
-        return how many reads were served (each looked up, as a node does)."""
-        served = 0
+    def settle(self) -> None:
+        """prepare -> write -> finish on every node, and deliver what they
+        send, until none has work."""
         busy = True
         while busy:
             busy = False
-            for replica in self.replicas.values():
-                out: list = []
-                done = replica.run_once(out.extend)
-                if done is None:
+            for node in self.nodes.values():
+                batch = node.prepare()
+                if batch is None:
                     continue
                 busy = True
-                for read_id, ok in done.reads:
-                    if not ok:
-                        raise SystemExit(f"floor: read {read_id} was refused")
-                    replica.sm.get(b"key%05d" % (read_id % KEYS))
-                    served += 1
-                for msg in out:
-                    if self.wire:
-                        msg = codec.decode(codec.encode(msg, "floor"))[1]
-                    self.replicas[msg.to].step(msg)
-        return served
+                node.write(batch)
+                node.finish(batch)
+            out, self._outbox[:] = list(self._outbox), []
+            for msg in out:
+                busy = True
+                if self.wire:
+                    msg = codec.decode(codec.encode(msg, "floor"))[1]
+                self.nodes[msg.to].step(msg)
 
     def elect(self) -> int:
         for _ in range(1000):
-            for replica in self.replicas.values():
-                replica.tick()
+            for node in self.nodes.values():
+                node.tick()
             self.settle()
             for i, replica in self.replicas.items():
                 if replica.core.role is Role.LEADER and not replica.core.has_ready():
                     return i
         raise SystemExit("floor: no leader after 1000 ticks")
 
+    def _take(self, calls: list[Call], what: str) -> None:
+        for call in calls:
+            if not call.done:
+                raise SystemExit(f"floor: a {what} was never answered")
+            (result,) = call.results
+            if isinstance(result, Exception):
+                raise SystemExit(f"floor: a {what} was refused: {result}")
+
     def round(self, slot: int, value: bytes) -> None:
+        calls = []
         for _ in range(slot):
             n = self.proposed
             self.proposed += 1
             session = n % SESSIONS
             self.sequences[session] += 1
-            cmd = commands.encode_put(f"floor-{session}", self.sequences[session], b"key%05d" % (n % KEYS), value)
-            if not self.replicas[IDS[n % 3]].propose(cmd):
-                raise SystemExit("floor: a replica refused a proposal (no leader known)")
+            req = kv_pb2.PutRequest(
+                request=kv_pb2.RequestHeader(client_id=f"floor-{session}", sequence=self.sequences[session]),
+                key=b"key%05d" % (n % KEYS),
+                value=value,
+            )
+            calls.append(self.nodes[IDS[n % 3]].put(req, 60.0, _ignore))
         self.settle()
+        self._take(calls, "put")
 
     def read_round(self, reads: int) -> None:
         """``reads`` linearizable reads, two in three at a follower (a
         read-index request to the leader), the rest at the leader (a round)."""
+        calls = []
         for _ in range(reads):
             self.read_ids += 1
-            self.replicas[IDS[self.read_ids % 3]].read(self.read_ids)
-        served = self.settle()
+            req = kv_pb2.GetRequest(key=b"key%05d" % (self.read_ids % KEYS))
+            calls.append(self.nodes[IDS[self.read_ids % 3]].get(req, 60.0, _ignore))
+        self.settle()
+        served = sum(1 for c in calls if c.done)
         if served != reads:
             raise SystemExit(f"floor: {served} of {reads} reads served")
+        self._take(calls, "read")
 
     def check(self) -> None:
         applied = {i: r.sm.applied_index for i, r in self.replicas.items()}
@@ -145,8 +166,8 @@ class Floor:
                     raise SystemExit(f"floor: node {i} has not applied put {sequence} of session {n}")
 
     def close(self) -> None:
-        for replica in self.replicas.values():
-            replica.close()
+        for node in self.nodes.values():
+            node.stop("floor done")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -167,12 +188,12 @@ def main(argv: list[str] | None = None) -> int:
         leader = floor.elect()
         value = b"v" * args.value_bytes
         extras = ", ".join(x for x in ("wire codec" if args.codec else "", f"{args.storage} storage") if x)
-        print(f"paxoskv floor: 3 replicas in one process, no sockets or threads; leader node {leader}; {extras}")
+        print(f"paxoskv floor: 3 nodes in one process, no sockets or threads; leader node {leader}; {extras}")
         sm = floor.replicas[leader].sm
         kinds = [("puts", lambda n: floor.round(n, value))] + ([("reads", floor.read_round)] if args.reads else [])
         for kind, one_round in kinds:
             per_slot_head = "puts per slot" if kind == "puts" else ""
-            head = f"us CPU per {kind[:-1]} (3 replicas)"
+            head = f"us CPU per {kind[:-1]} (3 nodes)"
             print(f"{kind + ' per round':>15}  {kind:>7}  {per_slot_head:>13}  {head:>28}  {kind + '/s of CPU':>14}")
             for slot in slots:
                 rounds = max(1, args.puts // slot)
@@ -185,7 +206,7 @@ def main(argv: list[str] | None = None) -> int:
                 per_slot = f"{ops / max(1, sm.applied_index - applied):.1f}" if kind == "puts" else ""
                 print(f"{slot:>15}  {ops:>7}  {per_slot:>13}  {cpu / ops * 1e6:>28.1f}  {ops / cpu:>14,.0f}")
         floor.check()
-        print(f"checked: all three replicas applied {floor.replicas[leader].sm.applied_index} slots and hold the same state")
+        print(f"checked: all three nodes applied {floor.replicas[leader].sm.applied_index} slots and hold the same state")
     finally:
         floor.close()
         if base_dir is not None:

@@ -11,17 +11,17 @@ Run as ``python weak_serve.py <paxoskv serve flags>``.
 
 from __future__ import annotations
 
-from paxoskv.server.node import Node
+from paxoskv.replica.node import ReplicaNode
 
-_linearizable_get = Node.get
+_read = ReplicaNode._read
 
 
-async def _local_get(self: Node, key: bytes, *, serializable: bool = False, timeout_s: float):
-    return await _linearizable_get(self, key, serializable=True, timeout_s=timeout_s)
+def _local_read(self: ReplicaNode, call, keys, serializable: bool) -> None:  # noqa: ANN001
+    _read(self, call, keys, True)
 
 
 def main() -> None:
-    Node.get = _local_get  # type: ignore[method-assign]
+    ReplicaNode._read = _local_read  # type: ignore[method-assign]
     from paxoskv.server.cli import serve_cmd
 
     serve_cmd(prog_name="weak-serve")

@@ -414,7 +414,7 @@ def settled_sizes(cluster: LocalCluster, ids: list[int], timeout_s: float = 20.0
     """Each node's data directory size once it stopped changing (the reclaim
     of compacted entries runs in the background): two samples 0.5 s apart
     agree, or the last samples at the deadline."""
-    from paxoskv.storage import data_dir_bytes
+    from paxoskv.storage.leveldb import data_dir_bytes
 
     last: dict[int, int] = {}
 

@@ -25,7 +25,8 @@ from paxoskv.client import (
     SyncClient,
     Unavailable,
 )
-from paxoskv.server import errors
+from paxoskv.replica import errors
+from paxoskv.replica.node import result_or_error
 from paxoskv.server.grpc_api import LEADER_METADATA_KEY, BindError, Facade
 from paxoskv.v1 import kv_pb2, kv_pb2_grpc
 
@@ -68,12 +69,47 @@ class FakeNode:
             existed = self.kv.pop(cmd.delete.key, None) is not None
         return kv_pb2.CommandResult(index=self.index, existed=existed)
 
-    async def get(self, key: bytes, *, serializable: bool = False, timeout_s: float):
-        if not key:
+    async def _write(self, cmd: kv_pb2.Command, timeout_s: float) -> kv_pb2.CommandResult:
+        out = result_or_error(await self.submit(cmd, timeout_s=timeout_s))
+        if isinstance(out, Exception):
+            raise out
+        return out
+
+    async def put(self, req: kv_pb2.PutRequest, *, timeout_s: float) -> kv_pb2.CommandResult:
+        hdr = req.request
+        put = kv_pb2.PutOp(key=req.key, value=req.value)
+        return await self._write(kv_pb2.Command(client_id=hdr.client_id, sequence=hdr.sequence, put=put), timeout_s)
+
+    async def delete(self, req: kv_pb2.DeleteRequest, *, timeout_s: float) -> kv_pb2.CommandResult:
+        hdr = req.request
+        delete = kv_pb2.DeleteOp(key=req.key)
+        return await self._write(kv_pb2.Command(client_id=hdr.client_id, sequence=hdr.sequence, delete=delete), timeout_s)
+
+    async def get(self, req: kv_pb2.GetRequest, *, timeout_s: float):
+        if not req.key:
             raise errors.InvalidArgument("key must not be empty")
         if self.fail_next:
             raise self.fail_next.pop(0)
-        return self.kv.get(key), self.index
+        return self.kv.get(req.key), self.index
+
+    async def ops(self, ops, *, timeout_s: float, request=None, raw=None) -> list:  # noqa: ANN001
+        """Each op in turn (a fake: no batching), each answered alone."""
+        out: list = []
+        for op in ops:
+            kind = op.WhichOneof("op")
+            try:
+                if kind == "get":
+                    out.append(await self.get(op.get, timeout_s=timeout_s))
+                elif kind == "put":
+                    out.append(await self.put(op.put, timeout_s=timeout_s))
+                else:
+                    out.append(await self.delete(op.delete, timeout_s=timeout_s))
+            except errors.NodeError as exc:
+                out.append(exc)
+        return out
+
+    def open_snapshot(self):  # noqa: ANN201
+        raise errors.Unavailable("a fake node has no storage")
 
     def status(self) -> kv_pb2.StatusResponse:
         return kv_pb2.StatusResponse(
@@ -390,16 +426,15 @@ class GateClosedNode(FakeNode):
 
     batches: list[bool] = field(default_factory=list)  # packed or not, per call
 
-    async def submit_batch(self, cmd: kv_pb2.Command, *, timeout_s: float):
-        packed = cmd.batch.HasField("request")
-        self.batches.append(packed)
-        if packed:
-            return errors.Unimplemented("not every node of the cluster is known to take packed batches (fake)")
+    async def ops(self, ops, *, timeout_s: float, request=None, raw=None) -> list:  # noqa: ANN001
+        self.batches.append(request is not None)
+        if request is not None:
+            raise errors.Unimplemented("not every node of the cluster is known to take packed batches (fake)")
         out = []
-        for op in cmd.batch.ops:
+        for op in ops:
             hdr = op.put.request
             out.append(self.apply(kv_pb2.Command(client_id=hdr.client_id, sequence=hdr.sequence, put=kv_pb2.PutOp(key=op.put.key, value=op.put.value))))
-        return tuple(out)
+        return out
 
 
 def test_a_cluster_not_known_to_take_packed_batches_answers_unimplemented_and_the_client_goes_per_op(monkeypatch):

@@ -115,6 +115,7 @@ def test_missing_fsync_is_caught_within_200_seeds(monkeypatch, tally) -> None:
         rd = batch.ready
         if rd.must_sync or rd.chosen:
             self.storage.persist(rd.promised, rd.accepted, rd.chosen, sync=False)
+        batch.written = True
 
     monkeypatch.setattr(Replica, "write", write_without_sync)
     r = first_violation(200, tally)

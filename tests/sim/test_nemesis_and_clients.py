@@ -5,6 +5,8 @@ from __future__ import annotations
 import random
 from typing import Any
 
+from paxoskv.replica.calls import Call
+from paxoskv.replica.errors import DeadlineExceeded, FailedPrecondition, InvalidArgument, Unavailable, Unimplemented
 from paxoskv.sim.clients import Client, ClientParams, Request
 from paxoskv.sim.history import FAIL, GET, OK, PUT, UNKNOWN, Operation
 from paxoskv.sim.nemesis import FAULT_PROFILES, Nemesis
@@ -173,8 +175,8 @@ class FakeEnv:
         pass
 
 
-def params(give_up: int = 0, puts_only: bool = True) -> ClientParams:
-    return ClientParams(
+def params(give_up: int = 0, puts_only: bool = True, **more: Any) -> ClientParams:
+    fields: dict[str, Any] = dict(
         think_min_us=0,
         think_max_us=0,
         timeout_us=100_000,
@@ -185,6 +187,26 @@ def params(give_up: int = 0, puts_only: bool = True) -> ClientParams:
         get_weight=0 if puts_only else 1,
         delete_weight=0,
     )
+    fields.update(more)
+    return ClientParams(**fields)
+
+
+def answer(*results: object) -> Call:
+    """The node layer's finished call with these answers."""
+    call = Call(len(results), lambda _: None, DeadlineExceeded("late"))
+    for i, r in enumerate(results):
+        call.set(i, r)
+    return call
+
+
+def failed(error: Exception) -> Call:
+    call = Call(1, lambda _: None, DeadlineExceeded("late"))
+    call.fail(error)  # type: ignore[arg-type]
+    return call
+
+
+OK_RESULT = kv_pb2.CommandResult(code=kv_pb2.CommandResult.OK, index=3, existed=True)
+REFUSED = Unavailable("no leader is known; no leader known", proposed=False)
 
 
 def run_until(env: FakeEnv, cond: Any) -> None:
@@ -198,12 +220,13 @@ def test_retries_keep_the_sequence_and_go_elsewhere_after_a_refusal() -> None:
     c.start()
     run_until(env, lambda: len(env.requests) == 1)
     first = env.requests[0]
-    c.on_answer((first.op.op_id, first.token, "refused", None))
+    c.on_answer((first.call_id, first.token, answer(REFUSED)))
     run_until(env, lambda: len(env.requests) == 2)
     second = env.requests[1]
-    assert second.op is first.op and second.op.sequence == 1
+    assert second.call_id == first.call_id and second.payload is first.payload
+    assert second.payload.request.sequence == 1 and env.history[0].sequence == 1
     assert second.node_id != first.node_id and second.token == 2
-    assert not first.op.maybe_applied  # a refusal means it never entered a log
+    assert not env.history[0].maybe_applied  # a refusal means it never entered a log
 
 
 def test_a_timeout_marks_the_write_maybe_applied_and_an_old_answer_completes_it() -> None:
@@ -211,10 +234,9 @@ def test_a_timeout_marks_the_write_maybe_applied_and_an_old_answer_completes_it(
     c = Client(env, "c1", random.Random(1), params())
     c.start()
     run_until(env, lambda: len(env.requests) == 2)  # the first attempt timed out
-    op = env.requests[0].op
+    op = env.history[0]
     assert op.maybe_applied
-    result = kv_pb2.CommandResult(code=kv_pb2.CommandResult.OK, index=3, existed=True)
-    c.on_answer((op.op_id, 1, "applied", result))  # the answer to attempt 1, late
+    c.on_answer((env.requests[0].call_id, 1, answer(OK_RESULT)))  # the answer to attempt 1, late
     assert op.outcome == OK and op.existed is True and op.return_us is not None
 
 
@@ -223,8 +245,8 @@ def test_refusals_from_stale_attempts_are_ignored() -> None:
     c = Client(env, "c1", random.Random(1), params())
     c.start()
     run_until(env, lambda: len(env.requests) == 2)
-    op = env.requests[0].op
-    c.on_answer((op.op_id, 1, "refused", None))  # attempt 1 is over already
+    op = env.history[0]
+    c.on_answer((env.requests[0].call_id, 1, answer(REFUSED)))  # attempt 1 is over already
     pending = env.scheduler.pending()
     assert op.attempts == 2 and env.scheduler.pending() == pending
 
@@ -243,7 +265,7 @@ def test_giving_up_gives_unknown_or_fail_and_a_new_sequence() -> None:
     for _ in range(2):
         run_until(env2, lambda n=len(env2.requests): len(env2.requests) > n)
         r = env2.requests[-1]
-        c2.on_answer((r.op.op_id, r.token, "refused", None))
+        c2.on_answer((r.call_id, r.token, answer(REFUSED)))
     assert env2.history[0].outcome == FAIL  # refused everywhere: certainly no effect
 
 
@@ -257,13 +279,14 @@ def test_no_giving_up_in_the_liveness_phase() -> None:
 
 def test_reads_answer_with_the_value() -> None:
     env = FakeEnv(ops=20)
-    c = Client(env, "c1", random.Random(4), params(puts_only=False))
+    c = Client(env, "c1", random.Random(4), params(puts_only=False, put_weight=0))
     c.start()
-    run_until(env, lambda: any(r.op.kind == GET for r in env.requests))
-    r = next(r for r in env.requests if r.op.kind == GET)
-    c.on_answer((r.op.op_id, r.token, "value", b"v"))
-    assert r.op.outcome == OK and r.op.value == b"v"
-    assert all(o.kind in (PUT, GET) for o in env.history)
+    run_until(env, lambda: len(env.requests) == 1)
+    r = env.requests[0]
+    assert r.form == "get" and r.payload.key == b"k"
+    c.on_answer((r.call_id, r.token, answer((b"v", 7))))
+    op = env.history[0]
+    assert op.kind == GET and op.outcome == OK and op.value == b"v"
 
 
 def test_stale_sequence_for_the_current_write_is_a_violation() -> None:
@@ -272,6 +295,75 @@ def test_stale_sequence_for_the_current_write_is_a_violation() -> None:
     c.start()
     run_until(env, lambda: len(env.requests) == 1)
     r = env.requests[0]
-    stale = kv_pb2.CommandResult(code=kv_pb2.CommandResult.STALE_SEQUENCE, index=4)
-    c.on_answer((r.op.op_id, r.token, "applied", stale))
+    c.on_answer((r.call_id, r.token, answer(FailedPrecondition("sequence 1 of client 'c1' is older"))))
     assert env.violations == ["exactly-once"]
+
+
+def test_a_packed_batch_is_one_identity_and_a_retry_resends_every_write() -> None:
+    for seed in range(100):  # a first call that packs writes and gets
+        env = FakeEnv(ops=1)
+        c = Client(env, "c1", random.Random(seed), params(puts_only=False, packed_weight=1000, ops_max=4))
+        c.start()
+        run_until(env, lambda: len(env.requests) == 1)
+        first = env.requests[0]
+        kinds = {o.kind for o in env.history}
+        if first.form == "packed" and kinds == {PUT, GET}:
+            break
+    else:
+        raise AssertionError("no packed call of puts and gets in 100 seeds")
+    ops, header = first.payload
+    writes = [o for o in env.history if o.kind != GET]
+    assert first.form == "packed" and header.client_id == "c1" and header.sequence == 1
+    assert [o.sequence for o in writes] == list(range(1, len(writes) + 1))
+    assert all(not op.put.HasField("request") for op in ops if op.WhichOneof("op") == "put")
+    # Only the gets are answered; every write waits: the retry carries all of them.
+    results = [(b"x", 1) if op.WhichOneof("op") == "get" else REFUSED for op in ops]
+    c.on_answer((first.call_id, first.token, answer(*results)))
+    run_until(env, lambda: len(env.requests) == 2)
+    again_ops, again_header = env.requests[1].payload
+    assert again_header == header and len(again_ops) == len(writes)
+
+
+def test_a_packed_batch_refused_unimplemented_at_first_goes_per_op_with_a_session_each() -> None:
+    env = FakeEnv(ops=1)
+    c = Client(env, "c1", random.Random(3), params(put_weight=1, packed_weight=1000, ops_max=3))
+    c.start()
+    run_until(env, lambda: len(env.requests) == 1)
+    first = env.requests[0]
+    assert first.form == "packed"
+    c.on_answer((first.call_id, first.token, failed(Unimplemented("not every node takes packed batches"))))
+    run_until(env, lambda: len(env.requests) == 2)
+    second = env.requests[1]
+    ops, header = second.payload
+    assert second.form == "ops" and header is None
+    ids = [op.put.request.client_id for op in ops]
+    assert len(set(ids)) == len(ids) and all(op.put.request.sequence == 1 for op in ops)
+
+
+def test_an_invalid_request_drawn_on_purpose_must_be_refused() -> None:
+    env = FakeEnv(ops=1)
+    c = Client(env, "c1", random.Random(1), params(invalid_share=1.0))
+    c.start()
+    run_until(env, lambda: len(env.requests) == 1)
+    r = env.requests[0]
+    c.on_answer((r.call_id, r.token, answer(OK_RESULT)))
+    assert env.violations == ["invalid"]
+    env2 = FakeEnv(ops=1)
+    c2 = Client(env2, "c1", random.Random(1), params(invalid_share=1.0))
+    c2.start()
+    run_until(env2, lambda: len(env2.requests) == 1)
+    r = env2.requests[0]
+    c2.on_answer((r.call_id, r.token, answer(InvalidArgument("key is empty"))))
+    assert env2.violations == [] and env2.history[0].outcome == FAIL
+
+
+def test_an_anonymous_write_is_never_retried_once_it_may_have_been_proposed() -> None:
+    env = FakeEnv(ops=1)
+    c = Client(env, "c1", random.Random(1), params(anonymous_share=1.0))
+    assert c.anonymous
+    c.start()
+    run_until(env, lambda: len(env.requests) == 1)
+    r = env.requests[0]
+    assert not r.payload.HasField("request")
+    c.on_answer((r.call_id, r.token, answer(Unavailable("leader changed; no leader known"))))
+    assert env.history[0].outcome == UNKNOWN and not c.busy

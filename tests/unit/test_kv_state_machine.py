@@ -433,7 +433,7 @@ def test_a_batch_applies_exactly_like_its_ops_one_by_one(slots, sessions_max) ->
     batched, single = fresh(sessions_max=sessions_max), fresh(sessions_max=sessions_max)
     for index, ops in enumerate(slots, start=1):
         [one] = batched.apply(index, (_batch(ops, waiter=b"\x01" + bytes([index])),))
-        assert (one.client_id, one.sequence) == ("\0batch:01" + f"{index:02x}", 0)
+        assert (one.client_id, one.sequence, one.waiter) == ("", 0, b"\x01" + bytes([index]))
         each = single.apply(index, tuple(_single(*op) for op in ops))
         assert [(r.code, r.index, r.existed) for r in one.result] == [
             (a.result.code, a.result.index, a.result.existed) for a in each

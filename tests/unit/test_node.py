@@ -11,9 +11,8 @@ import socket
 
 import pytest
 
-from paxoskv.kv import commands
 from paxoskv.paxos.types import FEATURES, Role
-from paxoskv.server.errors import InvalidArgument, Unavailable, Unimplemented
+from paxoskv.replica.errors import InvalidArgument, Unavailable, Unimplemented
 from paxoskv.server.node import Node, NodeConfig, PeerAddr
 from paxoskv.storage.memory import MemoryDisk, MemoryStorage
 from paxoskv.v1 import kv_pb2
@@ -90,8 +89,12 @@ async def running(n: int = 3, **extra):
             await c.stop(i)
 
 
-def put(client: str, seq: int, key: bytes, value: bytes):
-    return commands.decode(commands.encode_put(client, seq, key, value))
+def put(client: str, seq: int, key: bytes, value: bytes) -> kv_pb2.PutRequest:
+    return kv_pb2.PutRequest(request=kv_pb2.RequestHeader(client_id=client, sequence=seq), key=key, value=value)
+
+
+def get(key: bytes) -> kv_pb2.GetRequest:
+    return kv_pb2.GetRequest(key=key)
 
 
 def run(coro):
@@ -103,12 +106,12 @@ def test_writes_through_any_node_are_read_linearizably_from_every_node():
         async with running() as c:
             leader = await c.leader()
             follower = next(i for i in c.ids if i != leader)
-            r = await c.nodes[follower].submit(put("c1", 1, b"k", b"v1"), timeout_s=5)
+            r = await c.nodes[follower].put(put("c1", 1, b"k", b"v1"), timeout_s=5)
             assert r.code == 0 and not r.existed
-            r = await c.nodes[leader].submit(put("c1", 2, b"k", b"v2"), timeout_s=5)
+            r = await c.nodes[leader].put(put("c1", 2, b"k", b"v2"), timeout_s=5)
             assert r.existed
             for i in c.ids:
-                value, index = await c.nodes[i].get(b"k", timeout_s=5)
+                value, index = await c.nodes[i].get(get(b"k"), timeout_s=5)
                 assert value == b"v2" and index >= 2
 
     run(main())
@@ -119,10 +122,10 @@ def test_a_retried_command_is_applied_once_and_answered_with_its_first_result():
         async with running() as c:
             await c.leader()
             n = c.nodes[1]
-            first = await n.submit(put("cx", 1, b"a", b"1"), timeout_s=5)
-            again = await c.nodes[2].submit(put("cx", 1, b"a", b"1"), timeout_s=5)
+            first = await n.put(put("cx", 1, b"a", b"1"), timeout_s=5)
+            again = await c.nodes[2].put(put("cx", 1, b"a", b"1"), timeout_s=5)
             assert first.index == again.index and not again.existed
-            r = await n.submit(put("cx", 2, b"a", b"2"), timeout_s=5)
+            r = await n.put(put("cx", 2, b"a", b"2"), timeout_s=5)
             assert r.existed and r.index > first.index
 
     run(main())
@@ -133,7 +136,7 @@ def test_many_concurrent_writes_share_synced_batches_and_survive_a_full_restart(
         async with running() as c:
             await c.leader()
             writes = [
-                c.nodes[1 + k % 3].submit(put(f"w{k}", 1, b"k%d" % k, b"v%d" % k), timeout_s=20)
+                c.nodes[1 + k % 3].put(put(f"w{k}", 1, b"k%d" % k, b"v%d" % k), timeout_s=20)
                 for k in range(2000)
             ]
             results = await asyncio.gather(*writes)
@@ -144,7 +147,7 @@ def test_many_concurrent_writes_share_synced_batches_and_survive_a_full_restart(
         try:
             await c.leader()
             for k in range(0, 2000, 97):
-                value, _ = await c.nodes[2].get(b"k%d" % k, timeout_s=5)
+                value, _ = await c.nodes[2].get(get(b"k%d" % k), timeout_s=5)
                 assert value == b"v%d" % k
         finally:
             for i in list(c.nodes):
@@ -159,9 +162,9 @@ def test_bad_input_is_refused_and_no_leader_means_unavailable():
         await c.start(1)
         try:
             with pytest.raises(InvalidArgument):
-                await c.nodes[1].submit(put("c", 1, b"", b"x"), timeout_s=1)
+                await c.nodes[1].put(put("c", 1, b"", b"x"), timeout_s=1)
             with pytest.raises(Unavailable, match="no leader"):
-                await c.nodes[1].submit(put("c", 1, b"k", b"x"), timeout_s=1)
+                await c.nodes[1].put(put("c", 1, b"k", b"x"), timeout_s=1)
         finally:
             await c.stop(1)
 
@@ -172,7 +175,7 @@ def test_status_reports_role_indexes_and_the_peers_heard_from():
     async def main():
         async with running() as c:
             leader = await c.leader()
-            await c.nodes[leader].submit(put("s", 1, b"k", b"v"), timeout_s=5)
+            await c.nodes[leader].put(put("s", 1, b"k", b"v"), timeout_s=5)
             await until(
                 lambda: (s := c.nodes[leader].status()).applied_index >= 1 and all(p.connected for p in s.peers),
                 5, "the write applied and every peer heard from",
@@ -192,21 +195,21 @@ def test_a_node_behind_the_compacted_log_catches_up_by_snapshot_while_writes_con
             lag = next(i for i in c.ids if i != leader)
             await c.stop(lag)
             for k in range(300):  # one at a time: one slot each
-                await c.nodes[leader].submit(put(f"a{k}", 1, b"k%d" % (k % 40), b"v%d" % k), timeout_s=5)
-            assert c.nodes[leader].replica.core.log_start > 200, "the leader compacted its log"
+                await c.nodes[leader].put(put(f"a{k}", 1, b"k%d" % (k % 40), b"v%d" % k), timeout_s=5)
+            assert c.nodes[leader].layer.replica.core.log_start > 200, "the leader compacted its log"
             await c.start(lag)
             writer = asyncio.ensure_future(
                 asyncio.gather(*[
-                    c.nodes[leader].submit(put(f"b{k}", 1, b"k%d" % (k % 40), b"w%d" % k), timeout_s=10)
+                    c.nodes[leader].put(put(f"b{k}", 1, b"k%d" % (k % 40), b"w%d" % k), timeout_s=10)
                     for k in range(200)
                 ])
             )
             node = c.nodes[lag]
-            await until(lambda: node.replica.snapshots_installed >= 1, 20, "a snapshot installed")
+            await until(lambda: node.layer.replica.snapshots_installed >= 1, 20, "a snapshot installed")
             await writer
-            want = c.nodes[leader].replica.sm.applied_index
-            await until(lambda: node.replica.sm.applied_index >= want, 20, "caught up")
-            assert dict(node.replica.sm.items()) == dict(c.nodes[leader].replica.sm.items())
+            want = c.nodes[leader].layer.replica.sm.applied_index
+            await until(lambda: node.layer.replica.sm.applied_index >= want, 20, "caught up")
+            assert dict(node.layer.replica.sm.items()) == dict(c.nodes[leader].layer.replica.sm.items())
             assert node.status().snapshot_index > 0
 
     run(main())
@@ -218,8 +221,8 @@ def test_the_kept_log_is_bounded_in_bytes_as_well_as_in_entries():
             leader = await c.leader()
             node = c.nodes[leader]
             for k in range(300):  # one slot each, ~1 KiB of command per slot
-                await node.submit(put(f"r{k}", 1, b"k%d" % (k % 10), b"x" * 1000), timeout_s=5)
-            r = node.replica
+                await node.put(put(f"r{k}", 1, b"k%d" % (k % 10), b"x" * 1000), timeout_s=5)
+            r = node.layer.replica
             kept = r.core.applied_index - r.core.log_start + 1
             assert r.compactions > 0 and kept < 300
             assert r._kept_bytes <= 20_000 * 1.1 + 1200
@@ -257,7 +260,7 @@ def test_a_node_with_several_calls_waiting_writes_in_the_worker_thread() -> None
     async def main():
         async with running() as c:
             leader = c.nodes[await c.leader()]
-            replica = leader.replica
+            replica = leader.layer.replica
             write = replica.write
             synced_on_loop: list[bool] = []
 
@@ -268,30 +271,25 @@ def test_a_node_with_several_calls_waiting_writes_in_the_worker_thread() -> None
 
             replica.write = recording_write
             for seq in range(1, 6):
-                r = await leader.submit(put("one", seq, b"k", b"v%d" % seq), timeout_s=5)
+                r = await leader.put(put("one", seq, b"k", b"v%d" % seq), timeout_s=5)
                 assert r.code == 0
             assert synced_on_loop and all(synced_on_loop), synced_on_loop
-            assert leader._calls_active == 0
+            assert leader.layer.calls.pending == 0
             synced_on_loop.clear()
             results = await asyncio.gather(
-                *(leader.submit(put(f"many{k}", 1, b"k%d" % k, b"v"), timeout_s=5) for k in range(8))
+                *(leader.put(put(f"many{k}", 1, b"k%d" % k, b"v"), timeout_s=5) for k in range(8))
             )
             assert [r.code for r in results] == [0] * 8
             assert synced_on_loop and not synced_on_loop[0], synced_on_loop
             assert len({r.index for r in results}) < 8, "the waiting calls share slots"
-            assert leader._calls_active == 0
+            assert leader.layer.calls.pending == 0
 
     run(main())
 
 
-def _packed(client: str, first: int, *keys: bytes):
-    cmd = kv_pb2.Command()
-    cmd.batch.request.client_id = client
-    cmd.batch.request.sequence = first
-    for k in keys:
-        op = cmd.batch.ops.add()
-        op.put.key, op.put.value = k, b"v"
-    return cmd
+def _packed(node: Node, client: str, first: int, *keys: bytes):
+    ops = [kv_pb2.RequestOp(put=kv_pb2.PutRequest(key=k, value=b"v")) for k in keys]
+    return node.ops(ops, request=kv_pb2.RequestHeader(client_id=client, sequence=first), timeout_s=5)
 
 
 def test_a_packed_batch_is_refused_until_every_member_is_known_to_take_them():
@@ -306,22 +304,22 @@ def test_a_packed_batch_is_refused_until_every_member_is_known_to_take_them():
             await c.stop(3)
             await c.start(3)  # node 3 "downgraded"
             leader = await c.leader()
-            await until(lambda: c.nodes[leader].replica.core.cluster_features == 0, 5, "the leader to hear node 3")
+            await until(lambda: c.nodes[leader].layer.replica.core.cluster_features == 0, 5, "the leader to hear node 3")
             await until(
-                lambda: all(n.replica.core.cluster_features == 0 for n in c.nodes.values()), 5, "every node to know"
+                lambda: all(n.layer.replica.core.cluster_features == 0 for n in c.nodes.values()), 5, "every node to know"
             )
             for i in c.ids:
-                got = await c.nodes[i].submit_batch(_packed("pk", 1, b"a", b"b"), timeout_s=5)
-                assert isinstance(got, Unimplemented) and "packed batches" in str(got), (i, got)
-            value, _ = await c.nodes[1].get(b"a", timeout_s=5)
+                with pytest.raises(Unimplemented, match="packed batches"):
+                    await _packed(c.nodes[i], "pk", 1, b"a", b"b")
+            value, _ = await c.nodes[1].get(get(b"a"), timeout_s=5)
             assert value is None  # nothing was proposed
             c.config = old_config
             await c.stop(3)
             await c.start(3)  # upgraded
             await until(
-                lambda: all(n.replica.core.cluster_features == FEATURES for n in c.nodes.values()), 5, "the gate to open"
+                lambda: all(n.layer.replica.core.cluster_features == FEATURES for n in c.nodes.values()), 5, "the gate to open"
             )
-            results = await c.nodes[3].submit_batch(_packed("pk", 1, b"a", b"b"), timeout_s=5)
+            results = await _packed(c.nodes[3], "pk", 1, b"a", b"b")
             assert [r.code for r in results] == [0, 0]
 
     run(main())

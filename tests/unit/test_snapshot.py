@@ -31,9 +31,8 @@ from paxoskv.storage.snapshot import (
     _kv_frame,
     iter_snapshot,
     snapshot_bytes,
-    verify_file,
-    write_file,
 )
+from paxoskv.storage.snapshot_files import verify_file, write_file
 from paxoskv.protowire import varint as _varint
 from paxoskv.v1 import kv_pb2, storage_pb2
 

@@ -28,8 +28,11 @@ from paxoskv.cli import main
 from paxoskv.kv import Changes, Session
 from paxoskv.paxos.types import Ballot, Entry
 from paxoskv.server.snapshot_cli import restore_snapshot
-from paxoskv.storage import LevelDBStorage, MemoryStorage, SnapshotReader, Storage
-from paxoskv.storage.snapshot import snapshot_bytes, snapshot_stream
+from paxoskv.storage import MemoryStorage, SnapshotReader, Storage
+from paxoskv.storage.leveldb import LevelDBStorage
+from paxoskv.replica.errors import Unavailable
+from paxoskv.server.grpc_api import snapshot_stream
+from paxoskv.storage.snapshot import snapshot_bytes
 from paxoskv.v1 import kv_pb2
 
 KV = {b"key%04d" % i: b"value %d" % i for i in range(500)}
@@ -207,13 +210,16 @@ def test_restore_function_returns_the_info(
 
 
 @dataclass
-class FakeReplica:
-    storage: Storage
-
-
-@dataclass
 class FakeNode:
-    replica: FakeReplica | None
+    """What the stream needs of a node: ``open_snapshot`` of its storage
+    (a node not started refuses, as the server's does)."""
+
+    storage: Storage | None
+
+    def open_snapshot(self):  # noqa: ANN201
+        if self.storage is None:
+            raise Unavailable("node is not running")
+        return self.storage.open_snapshot()
 
 
 class Aborted(Exception):
@@ -248,7 +254,7 @@ def test_snapshot_stream_serves_the_applied_state(tmp_path: pathlib.Path, backen
     big = {b"big%04d" % i: os.urandom(1000) for i in range(1500)}  # > one 512 KiB message
     storage.apply(Changes(dict(big), {}, 43), drop_accepted_through=0)
     try:
-        node = FakeNode(FakeReplica(storage))
+        node = FakeNode(storage)
         responses = asyncio.run(
             collect(snapshot_stream(node, kv_pb2.SnapshotRequest(), FakeContext()))
         )
@@ -333,7 +339,7 @@ def test_save_streams_a_node_snapshot_into_a_file(
 ) -> None:
     storage = filled(LevelDBStorage.open(tmp_path / "db", 1, "prod"))
     try:
-        node = FakeNode(FakeReplica(storage))
+        node = FakeNode(storage)
         server = serve(lambda request, context: snapshot_stream(node, request, context))
         target = tmp_path / "out.snap"
         target.write_bytes(b"an older backup")
@@ -398,7 +404,7 @@ def test_a_stream_dropped_by_its_client_releases_the_storage_view(tmp_path: path
     storage.apply(Changes({b"big%04d" % i: os.urandom(1000) for i in range(1500)}, {}, 43), 0)
 
     async def first_then_drop() -> kv_pb2.SnapshotResponse:
-        stream = snapshot_stream(FakeNode(FakeReplica(storage)), kv_pb2.SnapshotRequest(), None)
+        stream = snapshot_stream(FakeNode(storage), kv_pb2.SnapshotRequest(), None)
         first = await stream.__anext__()
         await stream.aclose()  # what grpc does when the client goes away
         return first

@@ -27,8 +27,8 @@ from hypothesis import strategies as st
 
 from paxoskv.kv import Changes, Session
 from paxoskv.paxos.types import ZERO_BALLOT, Ballot, Entry, Value
+from paxoskv.storage.leveldb import LevelDBStorage
 from paxoskv.storage import (
-    LevelDBStorage,
     LoadedState,
     Locked,
     MemoryDisk,

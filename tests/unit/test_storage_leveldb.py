@@ -30,7 +30,6 @@ from paxoskv.paxos.types import Ballot, Entry
 from paxoskv.storage import (
     FORMAT_VERSION,
     Corrupt,
-    LevelDBStorage,
     LoadedState,
     Locked,
     NotFound,
@@ -38,9 +37,8 @@ from paxoskv.storage import (
     SnapshotReader,
     StorageError,
     WrongFormat,
-    data_dir_bytes,
 )
-from paxoskv.storage.leveldb import STAGING_PREFIX, _storage_error
+from paxoskv.storage.leveldb import STAGING_PREFIX, LevelDBStorage, _storage_error, data_dir_bytes
 from paxoskv.storage.snapshot import snapshot_bytes
 from paxoskv.v1 import kv_pb2, peer_pb2, storage_pb2
 
@@ -107,7 +105,7 @@ def child(script: str, *args: str) -> Iterator[subprocess.Popen[str]]:
 HOLDER = """
 import sys
 from paxoskv.paxos.types import Ballot
-from paxoskv.storage import LevelDBStorage
+from paxoskv.storage.leveldb import LevelDBStorage
 storage = LevelDBStorage.open(sys.argv[1], 1, "c")
 storage.persist(Ballot(4, 1), [], [], sync=True)
 print("ready", flush=True)
@@ -135,7 +133,7 @@ WRITER = """
 import sys, time
 from paxoskv.kv import Changes
 from paxoskv.paxos.types import Ballot, Entry
-from paxoskv.storage import LevelDBStorage
+from paxoskv.storage.leveldb import LevelDBStorage
 storage = LevelDBStorage.open(sys.argv[1], 1, "c")
 deadline = time.monotonic() + 120
 slot = 0
@@ -711,7 +709,7 @@ def test_a_corrupt_session_record_stops_the_source(tmp_path: pathlib.Path) -> No
 
 INSTALLER = """
 import sys
-from paxoskv.storage import LevelDBStorage
+from paxoskv.storage.leveldb import LevelDBStorage
 storage = LevelDBStorage.open(sys.argv[1], 1, "c")
 installer = storage.begin_install()
 print("begun", flush=True); sys.stdin.readline()

@@ -64,11 +64,7 @@ from paxoskv.kv.commands import DecodeError, Limits, decode, validate, validate_
 from paxoskv.protowire import len_field, varint
 from paxoskv.v1 import kv_pb2, storage_pb2
 
-__all__ = ["BATCH_WAITER_PREFIX", "Applied", "Changes", "KVStateMachine", "Session"]
-
-# The ``client_id`` of the one ``Applied`` a batch command yields: this prefix
-# and the hex of its ``waiter`` (a client_id never starts with a NUL).
-BATCH_WAITER_PREFIX = "\0batch:"
+__all__ = ["Applied", "Changes", "KVStateMachine", "Session"]
 
 _OK = kv_pb2.CommandResult.OK
 _INVALID = kv_pb2.CommandResult.INVALID
@@ -148,12 +144,15 @@ class Applied:
     """The answer to one command of a slot, for the client waiting on it.
 
     ``client_id`` and ``sequence`` are empty/0 for a command without a session
-    and for an undecodable one.
+    and for an undecodable one. A batch command's answer is the tuple of its
+    ops' results, with the proposing node's ``waiter`` handle (its
+    ``BatchOp.waiter``) and no identity.
     """
 
     client_id: str
     sequence: int
     result: kv_pb2.CommandResult | tuple[kv_pb2.CommandResult, ...]
+    waiter: bytes = b""
 
 
 @dataclass(frozen=True, slots=True)
@@ -280,11 +279,11 @@ class KVStateMachine:
         ``Applied`` carries the tuple of their results. A result is shared with
         the session that remembers it: results are never mutated."""
         error = validate(cmd, self._limits)
-        waiter = BATCH_WAITER_PREFIX + cmd.batch.waiter.hex()
+        waiter = cmd.batch.waiter
         if error is not None:
-            return Applied(waiter, 0, (kv_pb2.CommandResult(code=_INVALID, index=index, error=error),))
+            return Applied("", 0, (kv_pb2.CommandResult(code=_INVALID, index=index, error=error),), waiter)
         if cmd.batch.HasField("request"):
-            return Applied(waiter, 0, self._apply_packed(index, cmd.batch))
+            return Applied("", 0, self._apply_packed(index, cmd.batch), waiter)
         limits = self._limits
         key_max, value_max = limits.key_bytes_max, limits.value_bytes_max
         client_id_chars_max = limits.client_id_bytes_max // 4  # this many chars fit in any UTF-8
@@ -344,7 +343,7 @@ class KVStateMachine:
             if client_id:
                 self._remember(client_id, Session(sequence, result, index))
             append(result)
-        return Applied(waiter, 0, tuple(results))
+        return Applied("", 0, tuple(results), waiter)
 
     def _apply_packed(self, index: int, batch: kv_pb2.BatchOp) -> tuple[kv_pb2.CommandResult, ...]:
         """A packed batch (validated): one session check for all its ops, and

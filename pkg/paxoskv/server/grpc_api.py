@@ -54,7 +54,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
-from typing import AsyncIterator, Protocol
+import hashlib
+from collections.abc import AsyncIterator, Iterator, Sequence
+from typing import Any, Protocol
 
 import grpc
 from google.protobuf.message import DecodeError
@@ -63,11 +65,19 @@ from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
 
 from paxoskv.protowire import len_field, varint
-from paxoskv.server.errors import DeadlineExceeded, InvalidArgument, NodeError, Unavailable, Unimplemented
+from paxoskv.replica.errors import (
+    DeadlineExceeded,
+    FailedPrecondition,
+    InvalidArgument,
+    NodeError,
+    Unavailable,
+    Unimplemented,
+)
 from paxoskv.v1 import kv_pb2
 
 __all__ = [
     "KV_SERVICE",
+    "snapshot_stream",
     "LEADER_METADATA_KEY",
     "MAINTENANCE_SERVICE",
     "BindError",
@@ -104,8 +114,6 @@ SERVER_OPTIONS: tuple[tuple[str, int], ...] = (
 _INVALID = grpc.StatusCode.INVALID_ARGUMENT
 _UNAVAILABLE = grpc.StatusCode.UNAVAILABLE
 _DEADLINE = grpc.StatusCode.DEADLINE_EXCEEDED
-_RESULT_OK = kv_pb2.CommandResult.OK
-_RESULT_STALE = kv_pb2.CommandResult.STALE_SEQUENCE
 
 
 class BindError(Exception):
@@ -113,28 +121,28 @@ class BindError(Exception):
 
 
 class NodeLike(Protocol):
-    """What the facade needs of a node (``paxoskv.server.node.Node`` has it)."""
+    """What the facade needs of a node (``paxoskv.server.node.Node`` has it).
+    Each call answers with results or raises a ``NodeError``."""
 
     @property
     def leader_id(self) -> int | None: ...
 
-    async def submit(self, cmd: kv_pb2.Command, *, timeout_s: float) -> kv_pb2.CommandResult: ...
+    async def put(self, req: kv_pb2.PutRequest, *, timeout_s: float) -> kv_pb2.CommandResult: ...
 
-    async def get(
-        self, key: bytes, *, serializable: bool = False, timeout_s: float
-    ) -> tuple[bytes | None, int]: ...
+    async def delete(self, req: kv_pb2.DeleteRequest, *, timeout_s: float) -> kv_pb2.CommandResult: ...
 
-    async def submit_many(
-        self, cmds: list[kv_pb2.Command], *, timeout_s: float
-    ) -> list[kv_pb2.CommandResult | NodeError]: ...
+    async def get(self, req: kv_pb2.GetRequest, *, timeout_s: float) -> tuple[bytes | None, int]: ...
 
-    async def get_many(
-        self, keys: list[bytes], *, serializable: bool = False, timeout_s: float
-    ) -> list[tuple[bytes | None, int] | NodeError]: ...
+    async def ops(
+        self,
+        ops: Sequence[kv_pb2.RequestOp],
+        *,
+        timeout_s: float,
+        request: kv_pb2.RequestHeader | None = None,
+        raw: bytes | None = None,
+    ) -> list[object]: ...
 
-    async def submit_batch(
-        self, cmd: kv_pb2.Command, *, timeout_s: float
-    ) -> tuple[kv_pb2.CommandResult, ...] | NodeError: ...
+    def open_snapshot(self) -> Any: ...
 
     def status(self) -> kv_pb2.StatusResponse: ...
 
@@ -159,6 +167,8 @@ def _error_of(exc: NodeError) -> _Abort:
         return _Abort(_UNAVAILABLE, str(exc), md)
     if isinstance(exc, DeadlineExceeded):
         return _Abort(_DEADLINE, str(exc))
+    if isinstance(exc, FailedPrecondition):
+        return _Abort(grpc.StatusCode.FAILED_PRECONDITION, str(exc))
     if isinstance(exc, Unimplemented):
         return _Abort(grpc.StatusCode.UNIMPLEMENTED, str(exc))
     return _Abort(grpc.StatusCode.INTERNAL, f"{type(exc).__name__}: {exc}")
@@ -272,9 +282,7 @@ class Facade:
     async def _get(self, data: bytes, context: grpc.aio.ServicerContext) -> object:
         try:
             req = _parse(kv_pb2.GetRequest, data)
-            value, index = await self.node.get(
-                req.key, serializable=req.serializable, timeout_s=self._timeout_s(context)
-            )
+            value, index = await self.node.get(req, timeout_s=self._timeout_s(context))
         except (NodeError, _Abort) as exc:
             await self._fail(context, exc)
             raise
@@ -285,15 +293,7 @@ class Facade:
     async def _put(self, data: bytes, context: grpc.aio.ServicerContext) -> object:
         try:
             req = _parse(kv_pb2.PutRequest, data)
-            hdr = req.request
-            if hdr.sequence and not hdr.client_id:
-                raise _no_client_id(hdr.sequence)
-            cmd = kv_pb2.Command(
-                client_id=hdr.client_id,
-                sequence=hdr.sequence,
-                put=kv_pb2.PutOp(key=req.key, value=req.value),
-            )
-            result = await self._submit(cmd, context)
+            result = await self.node.put(req, timeout_s=self._timeout_s(context))
         except (NodeError, _Abort) as exc:
             await self._fail(context, exc)
             raise
@@ -302,27 +302,11 @@ class Facade:
     async def _delete(self, data: bytes, context: grpc.aio.ServicerContext) -> object:
         try:
             req = _parse(kv_pb2.DeleteRequest, data)
-            hdr = req.request
-            if hdr.sequence and not hdr.client_id:
-                raise _no_client_id(hdr.sequence)
-            cmd = kv_pb2.Command(
-                client_id=hdr.client_id, sequence=hdr.sequence, delete=kv_pb2.DeleteOp(key=req.key)
-            )
-            result = await self._submit(cmd, context)
+            result = await self.node.delete(req, timeout_s=self._timeout_s(context))
         except (NodeError, _Abort) as exc:
             await self._fail(context, exc)
             raise
         return kv_pb2.DeleteResponse(header=self._header(result.index), deleted=result.existed)
-
-    async def _submit(
-        self, cmd: kv_pb2.Command, context: grpc.aio.ServicerContext | None, timeout_s: float = 0.0
-    ) -> kv_pb2.CommandResult:
-        if context is not None:
-            timeout_s = self._timeout_s(context)
-        result = await self.node.submit(cmd, timeout_s=timeout_s)
-        if result.code == _RESULT_OK:
-            return result
-        raise _refused(result)
 
     # ---- many operations per call ----------------------------------------------
 
@@ -333,119 +317,49 @@ class Facade:
     async def _run_ops(  # noqa: ANN001
         self, ops, timeout_s: float, raw: bytes | None = None, request: kv_pb2.RequestHeader | None = None
     ) -> list[bytes]:
-        """Answer each operation (``RequestOp``s), in order, as encoded
-        ``ResponseOp``s. The writes go to the log together as ONE batch command
-        (one proposal, one waiter, one decode per replica; each op keeps its own
-        exactly-once identity and result) and the reads together (one read
-        index round); a bad operation fails alone. ``raw``: the encoded
-        ``BatchRequest`` holding exactly ``ops`` (and ``request``), parsed
-        straight into the batch command when every op is a write.
-        ``request``: the identity of a packed batch (the writes' sequences
-        follow from it); a bad one fails the whole call (``_Abort``)."""
-        out: list[bytes | None] = [None] * len(ops)
-        writes: list[tuple[int, bool]] = []  # (position, is a put)
-        reads: dict[bool, list[tuple[int, bytes]]] = {False: [], True: []}
-        for i, op in enumerate(ops):
-            kind = op.WhichOneof("op")
-            if kind == "put":
-                writes.append((i, True))
-            elif kind == "delete":
-                writes.append((i, False))
-            elif kind == "get":
-                get = op.get
-                reads[get.serializable].append((i, get.key))
-            else:
-                out[i] = _NO_OP_BYTES
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout_s
-        write_job = None
-        if writes:
-            cmd = kv_pb2.Command()
-            if raw is not None and len(writes) == len(ops):
-                cmd.batch.MergeFromString(raw)
-            else:
-                cmd.batch.ops.extend(ops[i] for i, _ in writes)
-                if request is not None:
-                    cmd.batch.request.CopyFrom(request)
-            write_job = self.node.submit_batch(cmd, timeout_s=timeout_s)
-
-        def read_jobs() -> list:
-            left = max(0.0, deadline - loop.time())
-            return [
-                self.node.get_many([k for _, k in reads[s]], serializable=s, timeout_s=left)
-                for s in (False, True)
-                if reads[s]
-            ]
-
-        # A get placed after a write of the same call is read once the call's
-        # writes are applied here, so it sees them; when every get comes
-        # before every write, they run together (concurrent: a get may or
-        # may not see them).
-        first_write = writes[0][0] if writes else len(ops)
-        ordered = any(i > first_write for s in (False, True) for i, _ in reads[s])
+        """Each operation's encoded ``ResponseOp``, in order (the node layer's
+        ``ops`` decides; this only encodes). A call the node refused as a
+        whole raises ``_Abort``."""
         try:
-            if write_job is None:
-                answers = await asyncio.gather(*read_jobs())
-            elif ordered:
-                answers = [await write_job, *await asyncio.gather(*read_jobs())]
-            else:
-                answers = await asyncio.gather(write_job, *read_jobs())
-        except NodeError as exc:  # the node refused the whole call (not running)
+            outcomes = await self.node.ops(ops, timeout_s=timeout_s, request=request, raw=raw)
+        except NodeError as exc:
+            if request is not None and isinstance(exc, (InvalidArgument, Unimplemented)):
+                raise _error_of(exc) from None
             failed = self._op_error(exc)
-            return [o if o is not None else failed for o in out]
-        pos = 0
-        if writes:
-            results = answers[pos]
-            pos += 1
-            if request is not None and isinstance(results, (InvalidArgument, Unimplemented)):
-                # A packed batch the node refused before proposing it (a bad
-                # identity, or a cluster not known to take them): the call
-                # fails as a whole, nothing written.
-                raise _error_of(results)
-            if isinstance(results, Exception) or len(results) != len(writes):
-                failed = self._op_error(
-                    results if isinstance(results, Exception) else _Abort(grpc.StatusCode.INTERNAL, "batch lost its results")
-                )
-                for i, _ in writes:
-                    out[i] = failed
-            else:
-                self._write_responses(writes, results, out)
-        for serializable in (False, True):
-            if not reads[serializable]:
-                continue
-            for (i, _), got in zip(reads[serializable], answers[pos]):
-                if isinstance(got, Exception):
-                    out[i] = self._op_error(got)
-                else:
-                    value, index = got
-                    resp = kv_pb2.GetResponse(header=self._header(index), found=value is not None)
-                    if value is not None:
-                        resp.value = value
-                    out[i] = kv_pb2.ResponseOp(get=resp).SerializeToString()
-            pos += 1
-        return out  # type: ignore[return-value]
+            return [failed] * len(ops)
+        return self._responses(ops, outcomes)
 
-    def _write_responses(self, writes, results, out: list) -> None:  # noqa: ANN001
-        """The encoded ResponseOp of each write. Successful ones of one slot
+    def _responses(self, ops, outcomes) -> list[bytes]:  # noqa: ANN001
+        """The encoded ResponseOp of each op. Successful writes of one slot
         differ only in kind and ``existed``: each variant is encoded once."""
         made: dict[tuple[bool, int, bool], bytes] = {}
         node_id = self.node_id
         leader_id = self.node.leader_id or 0
-        for (i, is_put), r in zip(writes, results):
-            code = r.code
-            if code == _RESULT_OK:
-                key = (is_put, r.index, r.existed)
-                data = made.get(key)
-                if data is None:
-                    header = kv_pb2.ResponseHeader(node_id=node_id, leader_id=leader_id, index=r.index)
-                    if is_put:
-                        msg = kv_pb2.ResponseOp(put=kv_pb2.PutResponse(header=header, existed=r.existed))
-                    else:
-                        msg = kv_pb2.ResponseOp(delete=kv_pb2.DeleteResponse(header=header, deleted=r.existed))
-                    data = made[key] = msg.SerializeToString()
-                out[i] = data
-            else:
-                out[i] = self._op_error(_refused(r))
+        out: list[bytes] = []
+        for op, r in zip(ops, outcomes):
+            if isinstance(r, Exception):
+                out.append(self._op_error(r))
+                continue
+            kind = op.WhichOneof("op")
+            if kind == "get":
+                value, index = r
+                resp = kv_pb2.GetResponse(header=self._header(index), found=value is not None)
+                if value is not None:
+                    resp.value = value
+                out.append(kv_pb2.ResponseOp(get=resp).SerializeToString())
+                continue
+            is_put = kind == "put"
+            key = (is_put, r.index, r.existed)
+            data = made.get(key)
+            if data is None:
+                header = kv_pb2.ResponseHeader(node_id=node_id, leader_id=leader_id, index=r.index)
+                if is_put:
+                    msg = kv_pb2.ResponseOp(put=kv_pb2.PutResponse(header=header, existed=r.existed))
+                else:
+                    msg = kv_pb2.ResponseOp(delete=kv_pb2.DeleteResponse(header=header, deleted=r.existed))
+                data = made[key] = msg.SerializeToString()
+            out.append(data)
+        return out
 
     async def _packed_batch(self, data: bytes, context: grpc.aio.ServicerContext) -> object:
         return await self._batch(data, context, packed=True)
@@ -535,8 +449,6 @@ class Facade:
                 task.cancel()
 
     async def _snapshot(self, data: bytes, context: grpc.aio.ServicerContext) -> AsyncIterator[object]:
-        from paxoskv.storage.snapshot import snapshot_stream
-
         try:
             request = _parse(kv_pb2.SnapshotRequest, data)
         except _Abort as exc:
@@ -592,26 +504,6 @@ def _session_response(rid: int, result: bytes) -> bytes:
     return head + len_field(b"\x12", result)
 
 
-_NO_OP_BYTES = kv_pb2.ResponseOp(code=_INVALID.value[0], error="operation has no get, put or delete").SerializeToString()
-
-
-def _refused(result: kv_pb2.CommandResult) -> _Abort:
-    """The status of a command the state machine refused (its own words)."""
-    if result.code == _RESULT_STALE:
-        return _Abort(
-            grpc.StatusCode.FAILED_PRECONDITION,
-            f"{result.error or 'the sequence is older than the last one applied for its client'}: "
-            f"use a new client_id, or continue after its last sequence",
-        )
-    return _Abort(_INVALID, result.error or "the command was rejected")
-
-
-def _no_client_id(sequence: int) -> _Abort:
-    # The node gives a command without client_id a fresh one (and sequence 1),
-    # which would silently drop this caller's sequence: refuse it here.
-    return _Abort(_INVALID, f"sequence {sequence} given without a client_id")
-
-
 def _parse(cls: type, data: bytes):  # noqa: ANN202 - returns an instance of cls
     try:
         return cls.FromString(data)
@@ -619,3 +511,48 @@ def _parse(cls: type, data: bytes):  # noqa: ANN202 - returns an instance of cls
         raise _Abort(
             _INVALID, f"malformed {cls.DESCRIPTOR.full_name} ({len(data)} bytes): {exc}"
         ) from None
+
+
+# ---- Maintenance.Snapshot ---------------------------------------------------------
+
+STREAM_CHUNK_BYTES = 512 << 10  # under gRPC's default 4 MiB message limit
+
+
+async def snapshot_stream(
+    node: NodeLike, request: kv_pb2.SnapshotRequest, context: Any
+) -> AsyncIterator[kv_pb2.SnapshotResponse]:
+    """Stream a consistent snapshot of ``node``'s applied state. Every
+    response carries the applied index; the last one also ``total_bytes``
+    and ``sha256`` of the whole stream. The node keeps serving and writing
+    meanwhile: the view is a storage snapshot, the chunks are produced in a
+    worker thread."""
+    try:
+        source = await asyncio.to_thread(node.open_snapshot)
+    except NodeError as exc:
+        await context.abort(_UNAVAILABLE, f"{exc}: retry shortly")
+        return
+    chunks: Iterator[bytes] | None = None
+    try:
+        index = source.applied_index
+        chunks = source.chunks(STREAM_CHUNK_BYTES)
+        digest = hashlib.sha256()
+        total = 0
+        pending = await asyncio.to_thread(next, chunks, None)
+        while pending is not None:
+            following = await asyncio.to_thread(next, chunks, None)
+            digest.update(pending)
+            total += len(pending)
+            response = kv_pb2.SnapshotResponse(data=pending, applied_index=index)
+            if following is None:
+                response.total_bytes = total
+                response.sha256 = digest.digest()
+            yield response
+            pending = following
+    finally:
+        await asyncio.to_thread(_close_all, chunks, source)
+
+
+def _close_all(chunks: Iterator[bytes] | None, source: Any) -> None:
+    if chunks is not None and hasattr(chunks, "close"):
+        chunks.close()  # releases the storage iterators it holds, now
+    source.close()

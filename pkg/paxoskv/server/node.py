@@ -1,27 +1,21 @@
-"""A paxoskv node: one asyncio event loop driving a Replica over LevelDB and
-the ZeroMQ peer bus.
+"""The asyncio driver of a node: the ZeroMQ bus, LevelDB, a worker thread for
+fsync and the timers around one runtime-free ``ReplicaNode``.
 
-Theory of operation
--------------------
-Three tasks share the loop:
+Rules:
 
-* the *receiver* drains the bus (``recv_batch``: every queued message, one
-  await) and steps each message into the core;
-* the *ticker* calls ``tick()`` every ``tick_ms``;
-* the *pump* turns the core's output into effects, strictly in order:
-  ``prepare`` (collect a Ready), ``write`` (one LevelDB batch, fsync'ed when
-  it holds a promise or accepted entries; run in a worker thread unless it
-  is small, see ``INLINE_SYNC_BYTES_MAX``), send the
-  messages, ``apply`` (the state machine's changes and applied index in one
-  atomic batch), then answer clients.
-
-Client calls (``submit``, ``get``) propose or read and wake the pump. While
-one write is being fsync'ed, the receiver and the clients keep feeding the
-core, so the next Ready carries everything that arrived meanwhile in one
-synced write: group commit, with no timer.
-
-A failed write leaves the node unable to promise anything it said before,
-so the pump stops the node (``fatal`` is set) instead of carrying on.
+- Nothing here decides what happens to a client call: that is the node
+  layer's (``paxoskv.replica.node``). This file owns the sockets, the clock
+  and the threads.
+- Three tasks share the loop: the *receiver* drains the bus and steps each
+  message, the *ticker* ticks every ``tick_ms``, the *pump* runs
+  ``prepare -> write -> finish`` while there is work. A write runs in a worker
+  thread unless it is small (``_runs_inline``); meanwhile inputs keep
+  reaching the node, so the next batch carries all of them in one synced
+  write (group commit).
+- A client call waits on one future and one deadline timer; at the deadline
+  the node layer is told (``expire``).
+- A failed write leaves the node unable to promise anything it said before:
+  the pump stops the node (``fatal`` is set) instead of carrying on.
 """
 
 from __future__ import annotations
@@ -29,40 +23,37 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 import pathlib
 import random
 import time
-import uuid
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from paxoskv import __version__
-from paxoskv.kv import commands
 from paxoskv.kv.commands import Limits
-from paxoskv.kv.state_machine import BATCH_WAITER_PREFIX
-from paxoskv.paxos.types import FEATURE_PACKED_BATCHES, FEATURES, Config, Role
-from paxoskv.replica import Done, Replica
-from paxoskv.server.errors import DeadlineExceeded, InvalidArgument, NodeError, Unavailable, Unimplemented
+from paxoskv.paxos.core import Core
+from paxoskv.paxos.types import FEATURES, Config, Role
+from paxoskv.replica.calls import Call
+from paxoskv.replica.errors import NodeError, Unavailable
+from paxoskv.replica.node import ReplicaNode
 from paxoskv.transport.bus import BusClosed, PeerBus
 from paxoskv.v1 import kv_pb2
 
 log = logging.getLogger("paxoskv.node")
 
-# Where the pump runs a Ready's write. A worker thread lets the loop go on
-# feeding the core while the disk works (group commit), but the hop costs two
-# thread switches and a self-pipe wake-up: more than a small fsync'ed LevelDB
-# write itself (0.15-0.3 ms here). So a write runs on the loop when it is
-# small -- at most INLINE_CHOSEN_MAX chosen slots and at most
-# INLINE_SYNC_BYTES_MAX bytes of accepted commands (what light load and
-# single-request latency produce) -- and in the thread otherwise (batches
-# under load, catch-up). Unsynced writes are memtable appends.
+# Where the pump runs a write. A worker thread lets the loop go on feeding
+# the node while the disk works (group commit), but the hop costs two thread
+# switches and a self-pipe wake-up: more than a small fsync'ed LevelDB write
+# itself (0.15-0.3 ms here). So a write runs on the loop when it is small --
+# at most INLINE_CHOSEN_MAX chosen slots and at most INLINE_SYNC_BYTES_MAX
+# bytes of accepted commands (light load, single-request latency) -- and in
+# the thread otherwise (batches under load, catch-up). Unsynced writes are
+# memtable appends.
 #
 # A synced write also goes to the thread while more than INLINE_CALLS_MAX
-# client calls are in flight on this node: grpc.aio's server takes one new
-# call per loop iteration, so an fsync on the loop caps a busy node's intake
-# at about one call per fsync (and its slots at a few commands); off the
-# loop, calls keep arriving while the disk works and the next slot carries
-# all of them. One call alone keeps the cheaper write on the loop.
+# client calls wait on this node: grpc.aio's server takes one new call per
+# loop iteration, so an fsync on the loop caps a busy node's intake at about
+# one call per fsync (and its slots at a few commands).
 INLINE_CHOSEN_MAX = 64
 INLINE_SYNC_BYTES_MAX = 4 << 10
 INLINE_CALLS_MAX = 1
@@ -127,66 +118,29 @@ class NodeConfig:
             features=self.features,
         )
 
-
-class _Wait:
-    """The answers one client call is waiting for: slot ``i`` of ``results``
-    is filled by ``set(i, value)`` (a result, or a NodeError to raise); the
-    future completes when every slot is filled. One future and one deadline
-    per call, however many operations it carries."""
-
-    __slots__ = ("results", "pending", "future")
-
-    def __init__(self, n: int, future: asyncio.Future) -> None:
-        self.results: list = [None] * n
-        self.pending = n
-        self.future = future
-
-    def set(self, i: int, value: object) -> None:
-        if self.results[i] is None and not self.future.done():
-            self.results[i] = value
-            self.pending -= 1
-            if self.pending == 0:
-                self.future.set_result(None)
-
-    def _expire(self, late: NodeError) -> None:
-        for i in range(len(self.results)):
-            self.set(i, late)
-
-    async def wait(self, timeout_s: float, late: NodeError) -> list:
-        """The results once all are in, or ``late`` for those missing at the
-        deadline. One timer on the loop, no extra task (this is every call's
-        path: ``wait_for`` + ``shield`` cost a task and two futures more)."""
-        if self.pending:
-            timer = self.future.get_loop().call_later(timeout_s, self._expire, late)
-            try:
-                await self.future
-            finally:
-                timer.cancel()
-        return self.results
+    def client_addrs(self) -> dict[int, str]:
+        """Each node's public gRPC address (leader hints name them)."""
+        addrs = {pid: f"{p.host}:{p.port}" for pid, p in self.peers.items()}
+        addrs[self.node_id] = f"{self.listen_host}:{self.port}"
+        return addrs
 
 
 class Node:
-    def __init__(self, cfg: NodeConfig, *, storage=None) -> None:
+    """A node on asyncio. ``start()``, the client calls, ``stop()``."""
+
+    def __init__(self, cfg: NodeConfig, *, storage=None, core_factory: type[Core] = Core) -> None:
         self.cfg = cfg
         self._storage = storage
-        self.replica: Replica | None = None
+        self._core_factory = core_factory
+        self.layer: ReplicaNode | None = None
         self.bus: PeerBus | None = None
         self.fatal: asyncio.Future[BaseException] | None = None
         self._tasks: list[asyncio.Task] = []
         self._wake = asyncio.Event()
-        # (client_id, sequence) -> the calls waiting for that command, with the op index
-        self._waiters: dict[tuple[str, int], list[tuple[_Wait, int]]] = {}
-        # read id -> (key, call, op index)
-        self._reads: dict[int, tuple[bytes, _Wait, int]] = {}
-        self._read_ids = 0
-        self._batch_prefix = os.urandom(8)  # batch waiter handles: this prefix + a counter
-        self._batch_seq = 0
-        self._leader_seen: int | None = None
         self._started_at = time.monotonic()
         self._stopping = False
         self._reclaimed = 0
         self._reclaim_task: asyncio.Task | None = None
-        self._calls_active = 0  # client calls waiting on this node (where the pump writes)
 
     # ---- Lifecycle -------------------------------------------------------------
 
@@ -198,24 +152,27 @@ class Node:
             self._storage = LevelDBStorage.open(
                 str(cfg.data_dir), cfg.node_id, cfg.cluster_id, create=True, compression=cfg.leveldb_compression
             )
-        self.replica = Replica(
-            cfg.core_config(),
-            self._storage,
-            random.Random(),
-            limits=cfg.limits,
-            sessions_max=cfg.sessions_max,
-            retain_entries=cfg.retain_entries,
-            compact_step_entries=cfg.compact_step_entries,
-            retain_bytes_max=cfg.retain_bytes_max,
-            snapshot_chunk_bytes=cfg.snapshot_chunk_bytes,
-            snapshot_timeout_ticks=max(50, round(4 * cfg.election_ms / cfg.tick_ms)),
-        )
         self.bus = PeerBus(
             cfg.node_id,
             cfg.cluster_id,
             cfg.listen_host,
             cfg.bus_port,
             {pid: (p.host, p.bus_port) for pid, p in cfg.peers.items()},
+        )
+        self.layer = ReplicaNode(
+            cfg.core_config(),
+            self._storage,
+            random.Random(),
+            send=self.bus.send_many,
+            client_addrs=cfg.client_addrs(),
+            limits=cfg.limits,
+            core_factory=self._core_factory,
+            sessions_max=cfg.sessions_max,
+            retain_entries=cfg.retain_entries,
+            compact_step_entries=cfg.compact_step_entries,
+            retain_bytes_max=cfg.retain_bytes_max,
+            snapshot_chunk_bytes=cfg.snapshot_chunk_bytes,
+            snapshot_timeout_ticks=max(50, round(4 * cfg.election_ms / cfg.tick_ms)),
         )
         try:
             await self.bus.start()
@@ -231,7 +188,7 @@ class Node:
         ]
         log.info(
             "node %d of cluster %r: bus on %s:%d, applied index %d",
-            cfg.node_id, cfg.cluster_id, cfg.listen_host, self.bus.port, self.replica.sm.applied_index,
+            cfg.node_id, cfg.cluster_id, cfg.listen_host, self.bus.port, self.layer.status().applied_index,
         )
 
     async def stop(self) -> None:
@@ -246,157 +203,98 @@ class Node:
         if self._reclaim_task is not None:
             with contextlib.suppress(Exception):
                 await self._reclaim_task
-        self._fail_all(Unavailable("node is shutting down"))
+        if self.layer is not None:
+            self.layer.stop("node is shutting down")
         if self.bus is not None:
             await self.bus.close()
-        if self.replica is not None:
-            self.replica.close()
         if self._storage is not None:
             self._storage.close()
 
-    # ---- Client API ------------------------------------------------------------
+    # ---- Client calls ------------------------------------------------------------
 
-    async def submit(self, cmd: kv_pb2.Command, *, timeout_s: float) -> kv_pb2.CommandResult:
-        """Propose ``cmd`` and return its result once applied on this node."""
-        (result,) = await self.submit_many([cmd], timeout_s=timeout_s)
-        if isinstance(result, Exception):
+    def _running(self) -> ReplicaNode:
+        if self.layer is None or self._stopping:
+            raise Unavailable("node is not running")
+        if self.fatal is not None and self.fatal.done():
+            raise Unavailable("node has failed; see its log")
+        return self.layer
+
+    async def _call(self, start: Callable[[ReplicaNode, float, Callable[[Call], None]], Call], timeout_s: float) -> Call:
+        """Start a node-layer call, wake the pump, await its end (or its deadline)."""
+        layer = self._running()
+        fut = asyncio.get_running_loop().create_future()
+
+        def on_done(_: Call) -> None:
+            if not fut.done():
+                fut.set_result(None)
+
+        call = start(layer, timeout_s, on_done)
+        if not call.done:
+            self._wake.set()
+            timer = fut.get_loop().call_later(timeout_s, layer.expire, call)
+            try:
+                await fut
+            finally:
+                timer.cancel()
+                layer.expire(call)  # a cancelled wait leaves nothing registered
+        if call.error is not None:
+            raise call.error
+        return call
+
+    @staticmethod
+    def _one(call: Call) -> object:
+        (result,) = call.results
+        if isinstance(result, NodeError):
             raise result
         return result
 
-    async def submit_many(
-        self, cmds: list[kv_pb2.Command], *, timeout_s: float
-    ) -> list[kv_pb2.CommandResult | NodeError]:
-        """Propose every command; return, in order, each one's result once
-        applied on this node, or the error for it (InvalidArgument,
-        Unavailable, DeadlineExceeded). Nothing raises for a single command."""
-        replica = self._ready_replica()
-        call = _Wait(len(cmds), asyncio.get_running_loop().create_future())
-        limits = self.cfg.limits
-        waiters = self._waiters
-        registered: list[tuple[str, int]] = []
-        for i, cmd in enumerate(cmds):
-            if not cmd.client_id:
-                if cmd.sequence:
-                    call.set(i, InvalidArgument("a sequence number needs a client_id"))
-                    continue
-                cmd.client_id = "anon-" + uuid.uuid4().hex
-                cmd.sequence = 1
-            err = commands.validate(cmd, limits)
-            if err is not None:
-                call.set(i, InvalidArgument(err))
-                continue
-            if not replica.propose(commands.encode(cmd)):
-                call.set(i, self._unavailable("no leader is known"))
-                continue
-            key = (cmd.client_id, cmd.sequence)
-            waiters.setdefault(key, []).append((call, i))
-            registered.append(key)
-        if registered:
-            self._wake.set()
-        late = DeadlineExceeded(f"no answer within {timeout_s:.3f}s; the command may still be applied")
-        self._calls_active += 1
-        try:
-            return await call.wait(timeout_s, late)
-        finally:
-            self._calls_active -= 1
-            for key in registered:
-                lst = waiters.get(key)
-                if lst is not None:
-                    lst[:] = [w for w in lst if w[0] is not call]
-                    if not lst:
-                        del waiters[key]
+    async def put(self, req: kv_pb2.PutRequest, *, timeout_s: float) -> kv_pb2.CommandResult:
+        return self._one(await self._call(lambda n, t, d: n.put(req, t, d), timeout_s))
 
-    async def submit_batch(
-        self, cmd: kv_pb2.Command, *, timeout_s: float
-    ) -> tuple[kv_pb2.CommandResult, ...] | NodeError:
-        """Propose a batch command (``cmd.batch``: many writes as one log
-        command) and return each op's result, in order, once applied on this
-        node; or one error for the whole call (InvalidArgument, Unavailable,
-        DeadlineExceeded), in which case any op may or may not be applied."""
-        replica = self._ready_replica()
-        self._batch_seq += 1
-        waiter = self._batch_prefix + self._batch_seq.to_bytes(8, "big")
-        cmd.batch.waiter = waiter
-        err = commands.validate(cmd, self.cfg.limits)
-        if err is not None:
-            return InvalidArgument(err)
-        if cmd.batch.HasField("request") and not replica.core.cluster_features & FEATURE_PACKED_BATCHES:
-            # A member of an older version would apply its writes without their
-            # session (or one not heard from since this node started).
-            return Unimplemented(
-                "not every node of the cluster is known to take packed batches (yet): send KV.Batch"
-            )
-        if not replica.propose(commands.encode(cmd)):
-            return self._unavailable("no leader is known")
-        call = _Wait(1, asyncio.get_running_loop().create_future())
-        key = (BATCH_WAITER_PREFIX + waiter.hex(), 0)
-        self._waiters[key] = [(call, 0)]
-        self._wake.set()
-        self._calls_active += 1
-        try:
-            (result,) = await call.wait(
-                timeout_s, DeadlineExceeded(f"no answer within {timeout_s:.3f}s; the writes may still be applied")
-            )
-        finally:
-            self._calls_active -= 1
-            self._waiters.pop(key, None)
-        return result
+    async def delete(self, req: kv_pb2.DeleteRequest, *, timeout_s: float) -> kv_pb2.CommandResult:
+        return self._one(await self._call(lambda n, t, d: n.delete(req, t, d), timeout_s))
 
-    async def get(self, key: bytes, *, serializable: bool = False, timeout_s: float) -> tuple[bytes | None, int]:
-        """Read ``key``: linearizable (read index) unless ``serializable``."""
-        (result,) = await self.get_many([key], serializable=serializable, timeout_s=timeout_s)
-        if isinstance(result, Exception):
-            raise result
-        return result
+    async def get(self, req: kv_pb2.GetRequest, *, timeout_s: float) -> tuple[bytes | None, int]:
+        return self._one(await self._call(lambda n, t, d: n.get(req, t, d), timeout_s))
 
-    async def get_many(
-        self, keys: list[bytes], *, serializable: bool = False, timeout_s: float
-    ) -> list[tuple[bytes | None, int] | NodeError]:
-        """Read every key, linearizably (one read index round serves them all)
-        unless ``serializable``; per key a (value, index) or an error."""
-        replica = self._ready_replica()
-        call = _Wait(len(keys), asyncio.get_running_loop().create_future())
-        key_max = self.cfg.limits.key_bytes_max
-        rids: list[int] = []
-        for i, key in enumerate(keys):
-            if not key:
-                call.set(i, InvalidArgument("key must not be empty"))
-            elif len(key) > key_max:
-                call.set(i, InvalidArgument(f"key is {len(key)} bytes, over the limit of {key_max}"))
-            elif serializable:
-                call.set(i, (replica.sm.get(key), replica.sm.applied_index))
-            else:
-                self._read_ids += 1
-                rid = self._read_ids
-                self._reads[rid] = (key, call, i)
-                replica.read(rid)
-                rids.append(rid)
-        if rids:
-            self._wake.set()
-        self._calls_active += 1
-        try:
-            return await call.wait(timeout_s, DeadlineExceeded(f"read not confirmed within {timeout_s:.3f}s"))
-        finally:
-            self._calls_active -= 1
-            for rid in rids:
-                self._reads.pop(rid, None)
+    async def submit(self, cmds: Sequence[kv_pb2.Command], *, timeout_s: float) -> list:
+        """Each command's result or NodeError (the node layer's ``submit``)."""
+        return (await self._call(lambda n, t, d: n.submit(cmds, t, d), timeout_s)).results
+
+    async def ops(
+        self,
+        ops: Sequence[kv_pb2.RequestOp],
+        *,
+        timeout_s: float,
+        request: kv_pb2.RequestHeader | None = None,
+        raw: bytes | None = None,
+    ) -> list:
+        """Each op's result or NodeError; raises a NodeError when the call
+        failed as a whole (see ``ReplicaNode.ops``)."""
+        call = await self._call(lambda n, t, d: n.ops(ops, t, d, request=request, raw=raw), timeout_s)
+        return call.results
+
+    def open_snapshot(self):  # noqa: ANN201 - a storage SnapshotSource; any thread
+        return self._running().open_snapshot()
+
+    # ---- Status ----------------------------------------------------------------
 
     def status(self) -> kv_pb2.StatusResponse:
-        replica = self.replica
-        assert replica is not None and self.bus is not None
-        core = replica.core
+        layer = self._running()
+        assert self.bus is not None
+        s = layer.status()
         st = kv_pb2.StatusResponse(
-            node_id=self.cfg.node_id,
+            node_id=s.node_id,
             cluster_id=self.cfg.cluster_id,
-            role=core.role.value,
-            leader_id=core.leader_id or 0,
-            ballot_round=core.ballot.round,
-            ballot_node=core.ballot.node,
-            commit_index=core.commit_index,
-            applied_index=replica.sm.applied_index,
-            log_start=core.log_start,
-            snapshot_index=replica.last_snapshot_index,
-            keys=len(replica.sm),
+            role=s.role,
+            leader_id=s.leader_id or 0,
+            ballot_round=s.ballot_round,
+            ballot_node=s.ballot_node,
+            commit_index=s.commit_index,
+            applied_index=s.applied_index,
+            log_start=s.log_start,
+            snapshot_index=s.snapshot_index,
+            keys=s.keys,
             version=__version__,
         )
         now = time.monotonic()
@@ -416,33 +314,27 @@ class Node:
 
     @property
     def leader_id(self) -> int | None:
-        return self.replica.core.leader_id if self.replica else None
+        return self.layer.leader_id if self.layer else None
 
-    def leader_addr(self) -> str | None:
-        lid = self.leader_id
-        if lid is None:
-            return None
-        if lid == self.cfg.node_id:
-            return f"{self.cfg.listen_host}:{self.cfg.port}"
-        p = self.cfg.peers.get(lid)
-        return f"{p.host}:{p.port}" if p else None
+    @property
+    def role(self) -> Role:
+        return self.layer.role if self.layer else Role.FOLLOWER
 
     # ---- Tasks -----------------------------------------------------------------
 
     async def _receiver(self) -> None:
         bus = self.bus
-        replica = self.replica
-        assert bus is not None and replica is not None
-        step = replica.step
+        layer = self.layer
+        assert bus is not None and layer is not None
+        step = layer.step
         while True:
-            msgs = await bus.recv_batch()
-            for m in msgs:
+            for m in await bus.recv_batch():
                 step(m)
             self._wake.set()
 
     async def _ticker(self) -> None:
-        replica = self.replica
-        assert replica is not None
+        layer = self.layer
+        assert layer is not None
         interval_s = self.cfg.tick_ms / 1000
         loop = asyncio.get_running_loop()
         next_at = loop.time()
@@ -453,118 +345,49 @@ class Node:
                 next_at = loop.time()  # we fell far behind (a pause): do not burst
                 delay = 0
             await asyncio.sleep(max(delay, 0))
-            replica.tick()
+            layer.tick()
             self._wake.set()
 
     async def _pump(self) -> None:
-        replica = self.replica
-        bus = self.bus
-        assert replica is not None and bus is not None
+        layer = self.layer
+        assert layer is not None
+        calls = layer.calls
         try:
             while True:
                 await self._wake.wait()
                 self._wake.clear()
                 unyielded = 0
                 while True:
-                    batch = replica.prepare()
+                    batch = layer.prepare()
                     if batch is None:
                         break
-                    rd = batch.ready
-                    if rd.messages_early:
-                        bus.send_many(rd.messages_early)  # the leader's Accepts: in parallel with its fsync
-                    if not _runs_inline(rd, self._calls_active):
-                        await asyncio.to_thread(replica.write, batch)
+                    if not _runs_inline(batch.ready, calls.pending):
+                        await asyncio.to_thread(layer.write, batch)
                         unyielded = 0
                     else:
-                        if rd.must_sync or rd.chosen:
-                            replica.write(batch)  # small: cheaper here than a thread hop
+                        layer.write(batch)  # small: cheaper here than a thread hop
                         unyielded += 1
                         if unyielded >= 64:  # never starve the receiver and the ticker
                             await asyncio.sleep(0)
                             unyielded = 0
-                    if rd.messages:
-                        bus.send_many(rd.messages)
-                    done = replica.apply(batch)
-                    self._complete(done)
-                self._watch_leader()
-                if replica.compactions > self._reclaimed and self._reclaim_task is None:
-                    self._reclaimed = replica.compactions
+                    layer.finish(batch)
+                if layer.compactions > self._reclaimed and self._reclaim_task is None:
+                    self._reclaimed = layer.compactions
                     self._reclaim_task = asyncio.create_task(self._reclaim())
         except asyncio.CancelledError:
             raise
         except BaseException as exc:  # a failed write: stop rather than lie
             log.critical("node %d stopping: %s", self.cfg.node_id, exc)
-            self._fail_all(Unavailable(f"node failed: {exc}"))
+            layer.stop(f"node failed: {exc}")
             if self.fatal is not None and not self.fatal.done():
                 self.fatal.set_result(exc)
             raise
 
     async def _reclaim(self) -> None:
-        """Give the disk space of compacted entries back (LevelDB compact_range),
-        off the loop; writers are not blocked."""
+        """Give the disk space of compacted entries back, off the loop."""
         try:
-            await asyncio.to_thread(self.replica.storage.reclaim)
+            await asyncio.to_thread(self.layer.reclaim)
         except Exception as exc:  # noqa: BLE001 - space is reclaimed next time
             log.warning("node %d: reclaiming disk space failed: %s", self.cfg.node_id, exc)
         finally:
             self._reclaim_task = None
-
-    # ---- Helpers ---------------------------------------------------------------
-
-    def _complete(self, done: Done) -> None:
-        waiters = self._waiters
-        if waiters:
-            for a in done.results:
-                ws = waiters.pop((a.client_id, a.sequence), None)
-                if ws:
-                    for call, i in ws:
-                        call.set(i, a.result)
-        if done.reads:
-            sm = self.replica.sm
-            index = sm.applied_index
-            reads = self._reads
-            for rid, ok in done.reads:
-                entry = reads.pop(rid, None)
-                if entry is None:
-                    continue
-                key, call, i = entry
-                if ok:
-                    call.set(i, (sm.get(key), index))
-                else:
-                    call.set(i, self._unavailable("read could not be confirmed by a quorum"))
-
-    def _watch_leader(self) -> None:
-        leader = self.replica.core.leader_id
-        if leader != self._leader_seen:
-            if self._leader_seen is not None and self._waiters:
-                # Commands handed to the old leader may be lost; let clients retry
-                # (with the same sequence, so nothing is applied twice).
-                self._fail_all(self._unavailable("leader changed"), reads=False)
-            self._leader_seen = leader
-
-    def _fail_all(self, exc: NodeError, *, reads: bool = True) -> None:
-        for ws in self._waiters.values():
-            for call, i in ws:
-                call.set(i, exc)
-        self._waiters.clear()
-        if reads:
-            for _, call, i in self._reads.values():
-                call.set(i, exc)
-            self._reads.clear()
-
-    def _unavailable(self, why: str) -> Unavailable:
-        lid = self.leader_id
-        addr = self.leader_addr()
-        hint = f"; leader is node {lid} at {addr}" if lid is not None else "; no leader known"
-        return Unavailable(why + hint, leader_id=lid, leader_addr=addr)
-
-    def _ready_replica(self) -> Replica:
-        if self.replica is None or self._stopping:
-            raise Unavailable("node is not running")
-        if self.fatal is not None and self.fatal.done():
-            raise Unavailable("node has failed; see its log")
-        return self.replica
-
-    @property
-    def role(self) -> Role:
-        return self.replica.core.role if self.replica else Role.FOLLOWER

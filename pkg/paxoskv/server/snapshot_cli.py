@@ -43,9 +43,8 @@ from paxoskv.storage.snapshot import (
     SnapshotCorrupt,
     SnapshotError,
     SnapshotInfo,
-    verify_file,
-    write_file,
 )
+from paxoskv.storage.snapshot_files import verify_file, write_file
 
 __all__ = [
     "EXIT_CORRUPT",

@@ -30,6 +30,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
+from paxoskv.kv.commands import Limits
 from paxoskv.paxos.types import Value
 from paxoskv.v1 import kv_pb2
 from paxoskv.sim.history import DELETE, FAIL, OK, PUT, Operation
@@ -168,21 +169,76 @@ def _short(value: Value) -> str:
     return text if len(text) <= 120 else text[:117] + "..."
 
 
-def reference_state(log: Mapping[int, Value], through: int) -> dict[bytes, bytes]:
-    """The key-value map after applying slots ``1..through`` of ``log`` with
-    exactly-once sessions (a command whose sequence is not above its client's
-    last applied one has no effect)."""
+def reference_state(log: Mapping[int, Value], through: int, limits: Limits = Limits()) -> dict[bytes, bytes]:
+    """The key-value map after applying slots ``1..through`` of ``log``, by
+    the rules of the state machine written out again, simply: a command
+    whose sequence is not above its client's last applied one has no effect,
+    an invalid one neither; a batch applies its ops in order, each with its
+    own identity, a packed batch with one identity for all of them."""
     kv: dict[bytes, bytes] = {}
-    last_sequence: dict[str, int] = {}
+    last: dict[str, int] = {}
+
+    def valid(key: bytes, value: bytes) -> bool:
+        return 0 < len(key) <= limits.key_bytes_max and len(value) <= limits.value_bytes_max
+
+    def write(op: kv_pb2.PutOp | kv_pb2.DeleteOp | kv_pb2.PutRequest | kv_pb2.DeleteRequest, is_put: bool) -> None:
+        if is_put:
+            kv[op.key] = op.value
+        else:
+            kv.pop(op.key, None)
+
+    def fresh(client_id: str, first: int, last_seq: int) -> bool:
+        if not client_id:
+            return True
+        if first <= last.get(client_id, 0):
+            return False
+        last[client_id] = last_seq
+        return True
+
     for slot in range(1, through + 1):
         for data in log[slot]:
             cmd = kv_pb2.Command.FromString(data)
-            if cmd.client_id:
-                if cmd.sequence <= last_sequence.get(cmd.client_id, 0):
+            kind = cmd.WhichOneof("op")
+            if kind in ("put", "delete"):
+                body = getattr(cmd, kind)
+                if valid(body.key, body.value if kind == "put" else b"") and fresh(cmd.client_id, cmd.sequence, cmd.sequence):
+                    write(body, kind == "put")
+                continue
+            if kind != "batch":
+                continue
+            batch = cmd.batch
+            ops = [(op.WhichOneof("op"), op) for op in batch.ops]
+            if batch.HasField("request"):
+                req = batch.request
+                if not fresh(req.client_id, req.sequence, req.sequence + len(ops) - 1):
                     continue
-                last_sequence[cmd.client_id] = cmd.sequence
-            if cmd.HasField("put"):
-                kv[cmd.put.key] = cmd.put.value
-            else:
-                kv.pop(cmd.delete.key, None)
+                for k, op in ops:
+                    if k in ("put", "delete"):
+                        body = getattr(op, k)
+                        if valid(body.key, body.value if k == "put" else b"") and not body.HasField("request"):
+                            write(body, k == "put")
+                continue
+            for k, op in ops:
+                if k not in ("put", "delete"):
+                    continue
+                body = getattr(op, k)
+                hdr = body.request
+                if valid(body.key, body.value if k == "put" else b"") and fresh(hdr.client_id, hdr.sequence, hdr.sequence):
+                    write(body, k == "put")
     return kv
+
+
+def check_serializable_reads(history: Sequence[Operation]) -> list[str]:
+    """A serializable get may be stale, never invented: the value it read
+    (if any) was written by a put on that key called before the get returned."""
+    problems: list[str] = []
+    by_value = {op.value: op for op in history if op.kind == PUT and op.value is not None}
+    for op in history:
+        if not (op.serializable and op.outcome == OK and op.value is not None):
+            continue
+        w = by_value.get(op.value)
+        if w is None or w.key != op.key:
+            problems.append(f"{op.describe()} read a value no put on that key wrote")
+        elif op.return_us is not None and w.call_us > op.return_us:
+            problems.append(f"{op.describe()} read the value of {w.describe()}, called after it returned")
+    return problems

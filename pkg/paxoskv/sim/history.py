@@ -9,8 +9,10 @@ Rules:
   or may not have taken effect, at any time after its call).
 - Times are simulated microseconds. ``return_us`` is None unless ``ok`` or
   ``fail``.
-- Values written are unique per run (``<client>.<sequence>``), so a value read
+- Values written are unique per run (``<client>.<n>``), so a value read
   names the write that produced it.
+- A serializable get may be stale: it is not part of the linearizable
+  history, only checked to read a value some write had already sent.
 """
 
 from __future__ import annotations
@@ -43,6 +45,7 @@ class Operation:
     existed: bool | None = None  # PUT/DELETE ok: the key had a value before
     attempts: int = 0
     maybe_applied: bool = False  # some attempt may have entered the log
+    serializable: bool = False  # GET: served from one node's state, no quorum (may be stale)
 
     def finish(self, outcome: str, now_us: int) -> None:
         assert self.outcome == PENDING, self
@@ -56,7 +59,7 @@ class Operation:
         what = {
             PUT: f"put({self.key!r}, {self.value!r})",
             DELETE: f"delete({self.key!r})",
-            GET: f"get({self.key!r})",
+            GET: f"get({self.key!r}{', serializable' if self.serializable else ''})",
         }[self.kind]
         if self.outcome == OK:
             res = repr(self.value) if self.kind == GET else f"existed={self.existed}"

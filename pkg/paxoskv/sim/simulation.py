@@ -11,15 +11,17 @@ Rules:
   (:mod:`paxoskv.sim.scheduler`). Nothing iterates an unordered container of
   strings or bytes where the order could change what happens (hash seeds
   differ between processes; the determinism test runs two processes).
-- Each node is a :class:`paxoskv.replica.Replica` over a
+- Each node is the node layer the server ships, a
+  :class:`paxoskv.replica.ReplicaNode` over a
   :class:`paxoskv.storage.memory.MemoryStorage`, driven as the real server
-  (``paxoskv.server.node``) drives it. Inputs (tick, message, client request)
-  reach the replica at once; they wake the *pump*, which loops: ``prepare``,
-  write (awaiting the disk for a drawn fsync latency, during which further
-  inputs keep reaching the core, exactly as the server's event loop lets
-  them), send, ``apply``, answer; until ``prepare`` has nothing. A woken pump
-  may run a moment later, so several inputs are coalesced into one batch, as
-  the server's batched receive does.
+  (``paxoskv.server.node``) drives it: inputs (tick, message, client call)
+  reach it at once; they wake the *pump*, which loops ``prepare``, write
+  (awaiting the disk for a drawn fsync latency, during which further inputs
+  keep reaching it, as the server's event loop lets them), ``finish``; until
+  ``prepare`` has nothing. A woken pump may run a moment later, so several
+  inputs are coalesced into one batch, as the server's batched receive does.
+  Client calls are the facade's (``paxoskv.sim.clients``); each expires at
+  its deadline, as the server's timer makes it.
 - Snapshots and compaction run with small retained logs in most runs; every
   installed snapshot is checked against the agreed log.
 - A crashed node loses its process (core, state machine, waiting clients,
@@ -62,20 +64,22 @@ from typing import Any
 
 from paxoskv.check import Operation as CheckOp
 from paxoskv.check import check_history
-from paxoskv.kv.commands import encode_delete, encode_put
 from paxoskv.paxos.core import Core
 from paxoskv.paxos.types import Config, Message, Role
-from paxoskv.replica import Batch, Replica
+from paxoskv.v1 import kv_pb2
+from paxoskv.replica import Batch, Replica, ReplicaNode
+from paxoskv.replica.calls import Call
 from paxoskv.sim.checks import (
     AppliedLog,
     Violation,
     check_acknowledged_writes,
     check_convergence,
     check_prefixes,
+    check_serializable_reads,
     reference_state,
 )
-from paxoskv.sim.clients import Client, ClientParams, Request
-from paxoskv.sim.history import DELETE, GET, OK, PENDING, PUT, UNKNOWN, Operation
+from paxoskv.sim.clients import SIM_LIMITS, Client, ClientParams, Request
+from paxoskv.sim.history import GET, OK, PENDING, PUT, UNKNOWN, Operation
 from paxoskv.sim.nemesis import FAULT_PROFILES, Nemesis
 from paxoskv.sim.network import DELAY_PROFILES, Network
 from paxoskv.sim.scheduler import Scheduler
@@ -108,6 +112,7 @@ CONVERGENCE_POLL_US = 5_000
 READ_STORM_SHARE = 0.5
 READ_STORM_EVERY_US = TICK_US // 2
 COALESCE_US_MAX = 300  # a woken pump runs within this much time when inputs are coalesced
+DEADLINE_MARGIN_US_MAX = 50_000  # the facade answers this much before a call's deadline (5%, capped)
 CLUSTER_ID = "sim"
 OPS_DEFAULT = 200
 FAULTS_DEFAULT = "full"
@@ -205,12 +210,10 @@ class SimNode:
         "rng",
         "crash_rng",
         "tick_us",
-        "replica",
+        "layer",
         "life",
         "paused",
         "inbox",
-        "write_waiters",
-        "read_waiters",
         "applied_index",
         "crashes",
         "disk_token",
@@ -228,14 +231,10 @@ class SimNode:
         self.rng = rng  # seeds each life's core rng
         self.crash_rng = random.Random(rng.getrandbits(64))
         self.tick_us = tick_us
-        self.replica: Replica | None = None
+        self.layer: ReplicaNode | None = None
         self.life = 0
         self.paused = False
         self.inbox: list[tuple[Any, Any]] = []
-        # (client_id, sequence) -> [(client, op_id, token)] waiting for an Applied
-        self.write_waiters: dict[tuple[str, int], list[tuple[Client, int, int]]] = {}
-        # read id -> (client, op_id, token, key)
-        self.read_waiters: dict[int, tuple[Client, int, int, bytes]] = {}
         self.applied_index = 0
         self.crashes = 0
         self.disk_token = 0  # the latest disk-full fault; older heal events are stale
@@ -247,7 +246,16 @@ class SimNode:
 
     @property
     def up(self) -> bool:
-        return self.replica is not None
+        return self.layer is not None
+
+    @property
+    def replica(self) -> Replica | None:
+        """The layer's replica (what the checks look at)."""
+        return None if self.layer is None else self.layer.replica
+
+
+def _ignore(_: Call) -> None:
+    pass
 
 
 def _derive(rng: random.Random) -> random.Random:
@@ -301,6 +309,12 @@ class Simulation:
             put_weight=root.randint(2, 5),
             get_weight=root.randint(1, 4),
             delete_weight=root.randint(0, 2),
+            ops_weight=root.choice((0, 1, 2)),
+            packed_weight=root.choice((0, 1, 2)),
+            ops_max=root.choice((2, 4)),
+            serializable_share=root.choice((0.0, 0.2)),
+            invalid_share=root.choice((0.0, 0.03)),
+            anonymous_share=root.choice((0.0, 0.25)),
         )
         self.client_loss = loss / 3
         self.safety_us_max = root.randint(SAFETY_PHASE_US_MIN, SAFETY_PHASE_US_MAX) * config.scale
@@ -312,6 +326,9 @@ class Simulation:
             f"inflight={inflight_slots_max} batch={batch_commands_max} clients={n_clients} "
             f"keys={n_keys} think_max={client_params.think_max_us // 1000}ms "
             f"timeout={client_params.timeout_us // 1000}ms give_up={client_params.give_up_attempts} "
+            f"forms=ops{client_params.ops_weight}/packed{client_params.packed_weight} "
+            f"serializable={client_params.serializable_share} invalid={client_params.invalid_share} "
+            f"anonymous={client_params.anonymous_share} "
             f"safety_max={self.safety_us_max / 1e6:.2f}s"
         )
 
@@ -351,7 +368,6 @@ class Simulation:
         self.applied = AppliedLog(self.node_ids)
         self.phase = "safety"
         self.ops_left = config.ops
-        self._next_read_id = 0
         self.read_storm = random.Random(f"read-storm-{config.seed}").random() < READ_STORM_SHARE
         self.params += f" read_storm={int(self.read_storm)}"
         self._safety_end_us = 0
@@ -396,10 +412,13 @@ class Simulation:
             return
         node.stopped_by_disk = False
         node.life += 1
-        node.replica = Replica(
+        node.layer = ReplicaNode(
             node.config,
             node.storage,
             _derive(node.rng),
+            send=self._send_all,
+            client_addrs={i: f"n{i}" for i in self.node_ids},
+            limits=SIM_LIMITS,
             core_factory=self.config.core_factory,
             **self.replica_options,
         )
@@ -408,13 +427,13 @@ class Simulation:
         node.paused = False
         self.note(
             f"n{node.node_id} start life {node.life} applied={node.applied_index} "
-            f"promised={node.replica.core.promised}"
+            f"promised={node.replica.core.promised}"  # type: ignore[union-attr]
         )
         self._wake(node)
 
     def crash(self, node_id: int, power_loss: bool = True) -> None:
         node = self.nodes[node_id]
-        if node.replica is None:
+        if node.layer is None:
             return
         self._stop_process(node)
         if power_loss:
@@ -424,14 +443,14 @@ class Simulation:
             self.note(f"n{node_id} CRASH process killed")
 
     def _stop_process(self, node: SimNode) -> None:
-        node.replica = None
+        """The process dies with everything in its memory: its waiting calls
+        are never answered (their clients time out)."""
+        node.layer = None
         node.writing = False
         node.wake_pending = False
         node.crashes += 1
         node.paused = False
         node.inbox.clear()
-        node.write_waiters.clear()
-        node.read_waiters.clear()
 
     def disk_full(self, node_id: int, duration_us: int) -> None:
         node = self.nodes[node_id]
@@ -447,17 +466,17 @@ class Simulation:
             return
         node.storage.fault_full_disk = False
         self.note(f"n{node_id} disk has room again")
-        if node.replica is None and node.stopped_by_disk:
+        if node.layer is None and node.stopped_by_disk:
             self.restart(node_id)  # the supervisor starts it again
 
     def restart(self, node_id: int) -> None:
         node = self.nodes[node_id]
-        if node.replica is None:
+        if node.layer is None:
             self._guard(node, self._start_node, node)
 
     def pause(self, node_id: int, duration_us: int) -> None:
         node = self.nodes[node_id]
-        if node.replica is None or node.paused:
+        if node.layer is None or node.paused:
             return
         node.paused = True
         self.note(f"n{node_id} PAUSE {duration_us / 1000:.1f}ms")
@@ -472,25 +491,30 @@ class Simulation:
         self.note(f"n{node_id} resume, {len(node.inbox)} waiting")
         inbox, node.inbox = node.inbox, []
         for fn, a in inbox:
-            if node.replica is None or node.paused:
+            if node.layer is None or node.paused:
                 break
             fn(a)
 
     def _tick(self, node: SimNode) -> None:
         self.scheduler.after(node.tick_us, self._tick, node)
-        if node.replica is None or node.paused:
+        if node.layer is None or node.paused:
             return
         self._guard(node, self._tick_now, node)
 
     def _tick_now(self, node: SimNode) -> None:
-        node.replica.tick()  # type: ignore[union-attr]
+        node.layer.tick()  # type: ignore[union-attr]
         self._wake(node)
 
     # ---- Inputs -----------------------------------------------------------------
 
+    def _send_all(self, msgs: list[Message]) -> None:
+        send = self.network.send
+        for m in msgs:
+            send(m)
+
     def _deliver(self, msg: Message) -> None:
         node = self.nodes[msg.to]
-        if node.replica is None:
+        if node.layer is None:
             return
         if node.paused:
             node.inbox.append((self._deliver, msg))
@@ -501,7 +525,7 @@ class Simulation:
 
     def _step_now(self, arg: tuple[SimNode, Message]) -> None:
         node, msg = arg
-        node.replica.step(msg)  # type: ignore[union-attr]
+        node.layer.step(msg)  # type: ignore[union-attr]
         self._wake(node)
 
     def _guard(self, node: SimNode, fn: Any, arg: Any) -> None:
@@ -514,18 +538,18 @@ class Simulation:
                 self.violation(
                     "exception", f"node {node.node_id}: NotWritable on a healthy disk: {exc}"
                 )
-            if node.replica is not None:
+            if node.layer is not None:
                 self._stop_process(node)
             node.stopped_by_disk = True
             self.note(f"n{node.node_id} stops: {exc}")
         except Exception as exc:  # noqa: BLE001 - the run must report, not raise
             self.violation("exception", f"node {node.node_id}: {type(exc).__name__}: {exc}")
-            if node.replica is not None:
+            if node.layer is not None:
                 self.crash(node.node_id)
 
     def _wake(self, node: SimNode) -> None:
-        """An input reached the replica (tick, message, request): note a snapshot
-        it installed, and wake the pump (now, or a moment later to coalesce
+        """An input reached the node (tick, message, call): note a snapshot it
+        installed, and wake the pump (now, or a moment later to coalesce
         inputs, as the server's event loop does)."""
         r = node.replica
         assert r is not None
@@ -544,7 +568,7 @@ class Simulation:
 
     def _pump_later(self, arg: tuple[SimNode, int]) -> None:
         node, life = arg
-        if node.life != life or node.replica is None:
+        if node.life != life or node.layer is None:
             return
         if node.paused:
             node.inbox.append((self._pump_later, arg))
@@ -554,12 +578,12 @@ class Simulation:
             self._guard(node, self._pump, node)
 
     def _pump(self, node: SimNode) -> None:
-        """The server's pump: prepare a batch, write it (awaiting the disk, while
-        inputs keep reaching the core), send, apply, answer; until None."""
-        r = node.replica
-        assert r is not None and not node.writing
+        """The server's pump: prepare a batch, write it (awaiting the disk,
+        while inputs keep reaching the node), finish it; until None."""
+        layer = node.layer
+        assert layer is not None and not node.writing
         while True:
-            batch = r.prepare()
+            batch = layer.prepare()
             if batch is None:
                 return
             rd = batch.ready
@@ -571,12 +595,11 @@ class Simulation:
                     self.violation(
                         "ready-contract",
                         f"node {node.node_id}: has_ready() was true, ready() was empty "
-                        f"({r.core.status()})",
+                        f"({layer.replica.core.status()})",
                     )
-                self._answer_reads(node, r.apply(batch).reads)
+                layer.write(batch)
+                layer.finish(batch)
                 return
-            for m in rd.messages_early:  # before the write, as the server does
-                self.network.send(m)
             if (rd.must_sync or rd.chosen) and self.fsync_us_max:
                 # The write runs off the event loop; the pump awaits it.
                 rng = self.runtime_rng
@@ -586,12 +609,12 @@ class Simulation:
                 node.writing = True
                 self.scheduler.after(delay, self._write_done, (node, node.life, batch))
                 return
-            r.write(batch)
+            layer.write(batch)
             self._finish_batch(node, batch)
 
     def _write_done(self, arg: tuple[SimNode, int, Batch]) -> None:
         node, life, batch = arg
-        if node.life != life or node.replica is None:
+        if node.life != life or node.layer is None:
             return  # the process died while writing: the write never happened
         if node.paused:
             node.inbox.append((self._write_done, arg))
@@ -600,21 +623,19 @@ class Simulation:
 
     def _write_done_now(self, arg: tuple[SimNode, Batch]) -> None:
         node, batch = arg
-        r = node.replica
-        assert r is not None and node.writing
-        r.write(batch)
+        layer = node.layer
+        assert layer is not None and node.writing
+        layer.write(batch)
         node.writing = False
         self._finish_batch(node, batch)
         self._pump(node)
 
     def _finish_batch(self, node: SimNode, batch: Batch) -> None:
-        """The batch is durable: send its messages, apply, answer the clients."""
-        r = node.replica
-        assert r is not None
+        """The batch is durable: check what it applies, then the node layer
+        sends, applies and answers."""
+        layer = node.layer
+        assert layer is not None
         rd = batch.ready
-        send = self.network.send
-        for m in rd.messages:
-            send(m)
         if rd.committed:
             nid = node.node_id
             record = self.applied.record
@@ -630,18 +651,9 @@ class Simulation:
             node.applied_index = expected
             if self.trace is not None:
                 self.note(f"n{nid} apply {rd.committed[0][0]}..{rd.committed[-1][0]}")
-        done = r.apply(batch)
-        if r.snapshots_installed != node.installs_seen:
+        layer.finish(batch)
+        if layer.replica.snapshots_installed != node.installs_seen:
             self._installed(node)  # a snapshot that waited for this batch was installed
-        if done.results:
-            waiters = node.write_waiters
-            for a in done.results:
-                ws = waiters.pop((a.client_id, a.sequence), None)
-                if ws:
-                    for client, op_id, token in ws:
-                        self._answer(client, (op_id, token, "applied", a.result))
-        if done.reads:
-            self._answer_reads(node, done.reads)
 
     def _installed(self, node: SimNode) -> None:
         """The node installed a snapshot: its applied index jumps; check the state."""
@@ -663,7 +675,7 @@ class Simulation:
         node.snapshot_floor = max(node.snapshot_floor, index)
         chosen = self.applied.chosen
         if all(s in chosen for s in range(1, index + 1)):
-            expected = reference_state(chosen, index)
+            expected = reference_state(chosen, index, SIM_LIMITS)
             state = dict(r.sm.items())
             if state != expected:
                 diff = sorted(
@@ -674,20 +686,6 @@ class Simulation:
                     f"node {node.node_id} installed a snapshot at {index} "
                     f"that differs from the agreed log on keys {diff[:5]}",
                 )
-
-    def _answer_reads(self, node: SimNode, reads: list[tuple[int, bool]]) -> None:
-        r = node.replica
-        assert r is not None
-        read_waiters = node.read_waiters
-        for read_id, ok in reads:
-            w = read_waiters.pop(read_id, None)
-            if w is None:
-                continue
-            client, op_id, token, key = w
-            if ok:
-                self._answer(client, (op_id, token, "value", r.sm.get(key)))
-            else:
-                self._answer(client, (op_id, token, "refused", None))
 
     # ---- Clients ----------------------------------------------------------------
 
@@ -712,28 +710,22 @@ class Simulation:
 
     def send_request(self, req: Request) -> None:
         if self.trace is not None:
-            self.note(
-                f"{req.op.client_id} -> n{req.node_id} attempt {req.token}: {req.op.describe()}"
-            )
+            self.note(f"{req.describe()} -> n{req.node_id}")
         if self.client_loss and self.net_rng.random() < self.client_loss:
             return
         self.scheduler.after(self._client_link_us(), self._on_request, req)
 
-    def _answer(self, client: Client, answer: tuple[int, int, str, Any]) -> None:
+    def _answer(self, req: Request, call: Call) -> None:
         if self.trace is not None:
-            payload = answer[3]
-            if answer[2] == "applied":
-                payload = f"code={payload.code} index={payload.index} existed={payload.existed}"
-            self.note(
-                f"-> {client.client_id} op #{answer[0]} attempt {answer[1]}: {answer[2]} {payload}"
-            )
+            what = f"error {call.error!r}" if call.error is not None else repr(call.results)[:300]
+            self.note(f"-> {req.describe()}: {what}")
         if self.client_loss and self.net_rng.random() < self.client_loss:
             return
-        self.scheduler.after(self._client_link_us(), client.on_answer, answer)
+        self.scheduler.after(self._client_link_us(), req.client.on_answer, (req.call_id, req.token, call))
 
     def _on_request(self, req: Request) -> None:
         node = self.nodes[req.node_id]
-        if node.replica is None:
+        if node.layer is None:
             return  # nobody listens: the client times out
         if node.paused:
             node.inbox.append((self._on_request, req))
@@ -741,28 +733,39 @@ class Simulation:
         self._guard(node, self._request_now, req)
 
     def _request_now(self, req: Request) -> None:
+        """The facade's part: hand the call to the node layer with the
+        deadline the server would give it (the client's, less a margin)."""
         node = self.nodes[req.node_id]
-        r = node.replica
-        assert r is not None
-        op = req.op
-        token = (req.client, op.op_id, req.token)
-        if op.kind == GET:
-            self._next_read_id += 1
-            rid = self._next_read_id
-            node.read_waiters[rid] = (req.client, op.op_id, req.token, op.key)
-            r.read(rid)
+        layer = node.layer
+        assert layer is not None
+        timeout_us = req.timeout_us - min(DEADLINE_MARGIN_US_MAX, req.timeout_us // 20)
+        timeout_s = timeout_us / 1e6
+
+        def on_done(call: Call) -> None:
+            self._answer(req, call)
+
+        form, payload = req.form, req.payload
+        if form == "put":
+            call = layer.put(payload, timeout_s, on_done)
+        elif form == "delete":
+            call = layer.delete(payload, timeout_s, on_done)
+        elif form == "get":
+            call = layer.get(payload, timeout_s, on_done)
         else:
-            if op.kind == PUT:
-                assert op.value is not None
-                cmd = encode_put(op.client_id, op.sequence, op.key, op.value)
-            else:
-                assert op.kind == DELETE
-                cmd = encode_delete(op.client_id, op.sequence, op.key)
-            if not r.propose(cmd):
-                self._answer(req.client, (op.op_id, req.token, "refused", None))
-                return
-            node.write_waiters.setdefault((op.client_id, op.sequence), []).append(token)
+            ops, request = payload
+            call = layer.ops(ops, timeout_s, on_done, request=request)
+        if not call.done:
+            self.scheduler.after(timeout_us, self._expire, (node, node.life, call))
         self._wake(node)
+
+    def _expire(self, arg: tuple[SimNode, int, Call]) -> None:
+        node, life, call = arg
+        if node.life != life or node.layer is None:
+            return  # the process died: nobody answers
+        if node.paused:
+            node.inbox.append((self._expire, arg))
+            return
+        self._guard(node, node.layer.expire, call)
 
     # ---- Phases -----------------------------------------------------------------
 
@@ -797,15 +800,17 @@ class Simulation:
         if self.phase != "liveness":
             return
         for node in self.nodes.values():
-            r = node.replica
-            if r is not None and not node.paused and r.core.role is Role.LEADER:
-                self._next_read_id += 1
-                self._guard(node, r.read, self._next_read_id)
+            layer = node.layer
+            if layer is not None and not node.paused and layer.role is Role.LEADER:
+                self._guard(node, self._storm_read, layer)
                 self._wake(node)
         self.scheduler.after(READ_STORM_EVERY_US, self._read_storm)
 
+    def _storm_read(self, layer: ReplicaNode) -> None:
+        layer.get(kv_pb2.GetRequest(key=self.keys[0]), LIVENESS_BOUND_US / 1e6, _ignore)
+
     def _pending_ops(self) -> list[Operation]:
-        return [c.op for c in self.clients if c.op is not None]
+        return [op for c in self.clients for op in c.pending_ops()]
 
     def _converged(self) -> bool:
         target = None
@@ -913,7 +918,7 @@ class Simulation:
                 self.violation("acknowledged-write", problem)
             through = applied[up[0].node_id]
             if all(s in self.applied.chosen for s in range(1, through + 1)):
-                expected = reference_state(self.applied.chosen, through)
+                expected = reference_state(self.applied.chosen, through, SIM_LIMITS)
                 if expected != final:
                     diff = sorted(
                         k for k in set(expected) | set(final) if expected.get(k) != final.get(k)
@@ -932,6 +937,8 @@ class Simulation:
                             f"never applied slot {slot}",
                         )
                         break
+        for problem in check_serializable_reads(self.history):
+            self.violation("serializable-read", problem)
         if self.config.check_linearizability:
             self.linearizability, explanation = check_linearizable(self.history)
             if self.linearizability == "violation":
@@ -1027,6 +1034,8 @@ def to_check_operations(history: list[Operation]) -> list[Any]:
     """The history in ``paxoskv.check``'s format (simulated milliseconds)."""
     out = []
     for op in history:
+        if op.serializable:
+            continue  # may be stale by definition: check_serializable_reads
         ok = op.outcome == OK
         out.append(
             CheckOp(

@@ -1,5 +1,7 @@
-"""Node storage: one protocol (base), LevelDB for real nodes, memory for tests,
-and the snapshot file format (snapshot)."""
+"""Node storage: one protocol (base), LevelDB for real nodes
+(``paxoskv.storage.leveldb``, imported by name only, so that the pure layers
+above can name the protocol without loading plyvel), memory for tests, and
+the snapshot file format (snapshot)."""
 
 from paxoskv.storage.base import (
     FORMAT_VERSION,
@@ -16,7 +18,6 @@ from paxoskv.storage.base import (
     WrongFormat,
     WrongNode,
 )
-from paxoskv.storage.leveldb import LevelDBStorage, data_dir_bytes
 from paxoskv.storage.memory import MemoryDisk, MemoryStorage
 from paxoskv.storage.snapshot import (
     SnapshotCorrupt,
@@ -30,7 +31,6 @@ from paxoskv.storage.snapshot import (
 __all__ = [
     "FORMAT_VERSION",
     "Corrupt",
-    "LevelDBStorage",
     "LoadedState",
     "Locked",
     "MemoryDisk",
@@ -49,6 +49,6 @@ __all__ = [
     "WrongCluster",
     "WrongFormat",
     "WrongNode",
-    "data_dir_bytes",
     "iter_snapshot",
 ]
+

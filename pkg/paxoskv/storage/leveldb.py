@@ -139,14 +139,13 @@ from paxoskv.storage.base import (
     WrongNode,
     check_identity,
 )
+from paxoskv.storage.snapshot_base import InstallerBase, SourceBase
 from paxoskv.storage.snapshot import (
-    InstallerBase,
     Items,
     SnapshotReader,
     SnapshotRefused,
-    SourceBase,
-    read_file,
 )
+from paxoskv.storage.snapshot_files import read_file
 from paxoskv.v1 import peer_pb2, storage_pb2
 
 __all__ = ["COMPRESSIONS", "LevelDBStorage", "data_dir_bytes"]

@@ -53,12 +53,11 @@ from paxoskv.storage.base import (
     WrongNode,
     check_identity,
 )
+from paxoskv.storage.snapshot_base import InstallerBase, SourceBase
 from paxoskv.storage.snapshot import (
-    InstallerBase,
     Items,
     SnapshotReader,
     SnapshotRefused,
-    SourceBase,
 )
 
 __all__ = ["MemoryDisk", "MemoryStorage"]

@@ -40,20 +40,12 @@ Every byte is covered: the records before the trailer by the checksum, and
 the trailer by its own shape (a damaged trailer either fails to parse, is
 not a trailer, holds another digest, or ends the stream early or late). The
 tests flip every byte of a small snapshot and cut it at every offset.
-
-``snapshot_stream`` serves ``Maintenance.Snapshot`` from a node's storage:
-the storage's ``open_snapshot()`` gives a consistent view that does not stop
-the node from writing, and the chunks are produced in a worker thread.
 """
 
 from __future__ import annotations
 
-import abc
-
-import asyncio
 import hashlib
-import os
-from collections.abc import AsyncIterator, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -61,7 +53,7 @@ from google.protobuf.message import DecodeError
 
 from paxoskv.kv.state_machine import Session
 from paxoskv.protowire import varint
-from paxoskv.v1 import kv_pb2, storage_pb2
+from paxoskv.v1 import storage_pb2
 
 __all__ = [
     "CHUNK_BYTES",
@@ -74,11 +66,7 @@ __all__ = [
     "SnapshotReader",
     "SnapshotRefused",
     "iter_snapshot",
-    "read_file",
     "snapshot_bytes",
-    "snapshot_stream",
-    "verify_file",
-    "write_file",
 ]
 
 SNAPSHOT_FORMAT_VERSION = 1
@@ -525,242 +513,3 @@ class SnapshotReader:
 
 
 # ---- files --------------------------------------------------------------------------
-
-
-def read_file(
-    path: str | os.PathLike[str], reader: SnapshotReader, chunk_bytes: int = CHUNK_BYTES
-) -> Iterator[Items]:
-    """Feed the file at ``path`` to ``reader``, yielding the items of each
-    chunk; at the end ``reader.finish()`` runs, so a loop that completes
-    without an exception has read a whole, verified snapshot."""
-    with open(path, "rb") as file:
-        while chunk := file.read(chunk_bytes):
-            yield reader.feed(chunk)
-    reader.finish()
-
-
-def verify_file(
-    path: str | os.PathLike[str], cluster_id: str | None = None, chunk_bytes: int = CHUNK_BYTES
-) -> SnapshotInfo:
-    """Verify the snapshot file at ``path``; return what it holds."""
-    reader = SnapshotReader(cluster_id, keep_items=False)
-    for _ in read_file(path, reader, chunk_bytes):
-        pass
-    info = reader.info
-    assert info is not None
-    return info
-
-
-def write_file(path: str | os.PathLike[str], chunks: Iterable[bytes]) -> SnapshotInfo:
-    """Write ``chunks`` to ``path`` durably and only whole: to ``path.tmp``,
-    verified, fsync'ed, renamed over ``path``, directory fsync'ed. On any
-    failure the temporary file is removed and ``path`` is untouched."""
-    path = os.fspath(path)
-    tmp = path + ".tmp"
-    reader = SnapshotReader(keep_items=False)
-    try:
-        with open(tmp, "wb") as file:
-            for chunk in chunks:
-                reader.feed(chunk)
-                file.write(chunk)
-            info = reader.finish()
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
-    fsync_dir(os.path.dirname(os.path.abspath(path)))
-    return info
-
-
-def fsync_dir(path: str) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-# ---- serving Maintenance.Snapshot -----------------------------------------------------
-
-STREAM_CHUNK_BYTES = 512 << 10  # under gRPC's default 4 MiB message limit
-
-
-async def snapshot_stream(
-    node: Any, request: kv_pb2.SnapshotRequest, context: Any
-) -> AsyncIterator[kv_pb2.SnapshotResponse]:
-    """``Maintenance.Snapshot``: stream a consistent snapshot of ``node``'s
-    applied state (``node.replica.storage``). Every response carries the
-    applied index; the last one also ``total_bytes`` and ``sha256`` of the
-    whole stream. The node keeps serving and writing meanwhile: the view is
-    a storage snapshot and the chunks are produced in a worker thread."""
-    replica = getattr(node, "replica", None)
-    if replica is None:
-        import grpc
-
-        await context.abort(grpc.StatusCode.UNAVAILABLE, "node is starting: retry shortly")
-        return
-    source = await asyncio.to_thread(replica.storage.open_snapshot)
-    chunks: Iterator[bytes] | None = None
-    try:
-        index = source.applied_index
-        chunks = source.chunks(STREAM_CHUNK_BYTES)
-        digest = hashlib.sha256()
-        total = 0
-        pending = await asyncio.to_thread(next, chunks, None)
-        while pending is not None:
-            following = await asyncio.to_thread(next, chunks, None)
-            digest.update(pending)
-            total += len(pending)
-            response = kv_pb2.SnapshotResponse(data=pending, applied_index=index)
-            if following is None:
-                response.total_bytes = total
-                response.sha256 = digest.digest()
-            yield response
-            pending = following
-    finally:
-        await asyncio.to_thread(_close_all, chunks, source)
-
-
-def _close_all(chunks: Iterator[bytes] | None, source: Any) -> None:
-    if chunks is not None and hasattr(chunks, "close"):
-        chunks.close()  # releases the storage iterators it holds, now
-    source.close()
-
-
-# ---- shared by the storage backends -----------------------------------------------------
-
-
-class SourceBase(abc.ABC):
-    """A ``SnapshotSource`` made of three hooks: the counts, the key-value
-    items in key order, the sessions in client id order."""
-
-    def __init__(self, cluster_id: str, applied_index: int) -> None:
-        self._cluster_id = cluster_id
-        self._applied_index = applied_index
-        self._closed = False
-
-    @property
-    def applied_index(self) -> int:
-        return self._applied_index
-
-    @property
-    def cluster_id(self) -> str:
-        return self._cluster_id
-
-    def chunks(self, chunk_bytes: int = CHUNK_BYTES) -> Iterator[bytes]:
-        assert not self._closed, "snapshot source is closed"
-        keys, sessions = self._counts()
-        header = storage_pb2.SnapshotHeader(
-            format_version=SNAPSHOT_FORMAT_VERSION,
-            cluster_id=self._cluster_id,
-            applied_index=self._applied_index,
-            keys=keys,
-            sessions=sessions,
-        )
-        return iter_snapshot(header, self._kv_items(), self._session_items(), chunk_bytes)
-
-    def close(self) -> None:
-        if not self._closed:
-            self._closed = True
-            self._release()
-
-    def __enter__(self) -> SourceBase:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    # hooks
-    @abc.abstractmethod
-    def _counts(self) -> tuple[int, int]:
-        """Implemented by each store."""
-
-    @abc.abstractmethod
-    def _kv_items(self) -> Iterator[tuple[bytes, bytes]]:
-        """Implemented by each store."""
-
-    @abc.abstractmethod
-    def _session_items(self) -> Iterator[tuple[str, Session]]:
-        """Implemented by each store."""
-
-    @abc.abstractmethod
-    def _release(self) -> None:
-        """Implemented by each store."""
-
-
-class InstallerBase(abc.ABC):
-    """A ``SnapshotInstaller`` made of hooks: ``_stage`` keeps each chunk,
-    ``_commit`` verifies the whole snapshot and does the one atomic switch,
-    ``_discard`` drops what was staged. ``reader`` verifies the chunks as
-    they come when ``check_on_write`` (else only up to the header, and
-    ``_commit`` verifies everything). A failure of any step aborts."""
-
-    _OPEN, _FINISHED, _ABORTED = "open", "finished", "aborted"
-
-    def __init__(self, reader: SnapshotReader, *, check_on_write: bool) -> None:
-        self._reader = reader
-        self._check_on_write = check_on_write
-        self._bytes = 0
-        self._state = self._OPEN
-
-    @property
-    def applied_index(self) -> int | None:
-        header = self._reader.header
-        return None if header is None else header.applied_index
-
-    @property
-    def bytes_written(self) -> int:
-        return self._bytes
-
-    def write(self, chunk: bytes) -> None:
-        assert self._state == self._OPEN, f"write to an installer that is {self._state}"
-        try:
-            if self._check_on_write or self._reader.header is None:
-                items = self._reader.feed(chunk)
-            else:
-                items = ([], [])
-            self._stage(chunk, items)
-            self._bytes += len(chunk)
-        except BaseException:
-            self.abort()
-            raise
-
-    def finish(self) -> int:
-        assert self._state == self._OPEN, f"finish of an installer that is {self._state}"
-        try:
-            index = self._commit()
-        except BaseException:
-            self.abort()
-            raise
-        self._state = self._FINISHED
-        self._discard()
-        return index
-
-    def abort(self) -> None:
-        if self._state == self._OPEN:
-            self._state = self._ABORTED
-            self._discard()
-
-    def __enter__(self) -> InstallerBase:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.abort()
-
-    # hooks
-    @abc.abstractmethod
-    def _stage(self, chunk: bytes, items: Items) -> None:
-        """Implemented by each store."""
-
-    @abc.abstractmethod
-    def _commit(self) -> int:
-        """Implemented by each store."""
-
-    @abc.abstractmethod
-    def _discard(self) -> None:
-        """Implemented by each store."""

@@ -1,0 +1,401 @@
+"""The runtime-free node: a Replica, the table of waiting client calls, and
+every rule about what happens to a client call.
+
+Rules:
+
+- Two drivers run this same object: the asyncio server (``paxoskv.server.node``:
+  sockets, a worker thread for fsync, timers) and the simulator
+  (``paxoskv.sim``: simulated network, disk and time). A driver feeds inputs
+  (``tick``, ``step``, client calls), and while ``has_work()`` runs the pump:
+  ``batch = prepare()``; ``write(batch)`` (it may run in another thread);
+  ``finish(batch)``. ``prepare`` sends the messages that may leave before the
+  write, ``finish`` those that may leave only after it, so no driver can send
+  one too early; ``finish`` refuses a batch that was not written.
+- A client call returns a ``Call`` at once; ``on_done(call)`` runs when every
+  answer is in (``call.results``) or the call failed as a whole
+  (``call.error``), possibly before the method returns. Each answer is a
+  result or a ``NodeError``. The driver calls ``expire(call)`` at the call's
+  deadline; the error it then gets says so.
+- Writes are answered once applied on this node; a write waiting when this
+  node's view of the leader changes is failed UNAVAILABLE (its command may
+  be lost with the old leader; a retry with the same identity is safe).
+- A write without a client id gets a fresh one (not exactly-once across
+  retries); a packed batch is refused UNIMPLEMENTED, proposing nothing,
+  until every member is known to take them.
+- Nothing here touches a clock, a socket, a thread or the global random
+  module (tests/unit/test_purity.py).
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from paxoskv.kv import commands
+from paxoskv.kv.commands import Limits
+from paxoskv.paxos.core import Core
+from paxoskv.paxos.types import FEATURE_PACKED_BATCHES, Config, Message, Role
+from paxoskv.replica.calls import Call, CallTable
+from paxoskv.replica.errors import (
+    DeadlineExceeded,
+    FailedPrecondition,
+    InvalidArgument,
+    NodeError,
+    Unavailable,
+    Unimplemented,
+)
+from paxoskv.replica.replica import Batch, Done, Replica
+from paxoskv.storage.base import Storage
+from paxoskv.v1 import kv_pb2
+
+__all__ = ["NodeStatus", "ReplicaNode", "result_or_error"]
+
+_OK = kv_pb2.CommandResult.OK
+_STALE = kv_pb2.CommandResult.STALE_SEQUENCE
+
+
+@dataclass(frozen=True, slots=True)
+class NodeStatus:
+    node_id: int
+    role: str
+    leader_id: int | None
+    ballot_round: int
+    ballot_node: int
+    commit_index: int
+    applied_index: int
+    log_start: int
+    snapshot_index: int
+    keys: int
+
+
+def result_or_error(result: kv_pb2.CommandResult) -> kv_pb2.CommandResult | NodeError:
+    """A write's answer: its result when applied, else why it was refused."""
+    if result.code == _OK:
+        return result
+    if result.code == _STALE:
+        return FailedPrecondition(
+            f"{result.error or 'the sequence is older than the last one applied for its client'}: "
+            f"use a new client_id, or continue after its last sequence"
+        )
+    return InvalidArgument(result.error or "the command was rejected")
+
+
+class ReplicaNode:
+    """One node, runtime-free. See the module docstring."""
+
+    def __init__(
+        self,
+        config: Config,
+        storage: Storage,
+        rng: random.Random,
+        *,
+        send: Callable[[list[Message]], object],
+        client_addrs: Mapping[int, str] | None = None,
+        limits: Limits | None = None,
+        core_factory: type[Core] = Core,
+        **replica_options: Any,
+    ) -> None:
+        self._ids = random.Random(rng.getrandbits(64))  # anonymous client ids, batch handles
+        self.replica = Replica(config, storage, rng, limits=limits, core_factory=core_factory, **replica_options)
+        self.node_id = config.node_id
+        self._send = send
+        self._client_addrs = dict(client_addrs or {})
+        self._limits = self.replica.sm.limits
+        self.calls = CallTable()
+        self._read_ids = 0
+        self._batch_prefix = self._ids.getrandbits(64).to_bytes(8, "big")  # this life's handles
+        self._batch_seq = 0
+        self._leader_seen: int | None = None
+        self._stopped: str | None = None
+
+    # ---- Inputs ----------------------------------------------------------------
+
+    def tick(self) -> None:
+        self.replica.tick()
+
+    def step(self, msg: Message) -> None:
+        self.replica.step(msg)
+
+    # ---- The pump ----------------------------------------------------------------
+
+    def has_work(self) -> bool:
+        return self.replica.has_work()
+
+    def prepare(self) -> Batch | None:
+        """Collect a batch; the messages that may precede its write leave now."""
+        batch = self.replica.prepare()
+        if batch is not None and batch.messages_early:
+            self._send(batch.messages_early)
+        return batch
+
+    def write(self, batch: Batch) -> None:
+        """The batch's storage write (touches only the storage: any thread)."""
+        self.replica.write(batch)
+
+    def finish(self, batch: Batch) -> Done:
+        """After ``write``: send, apply, answer the calls it completes."""
+        if batch.messages:
+            self._send(batch.messages)
+        done = self.replica.apply(batch)
+        calls = self.calls
+        if done.results:
+            for a in done.results:
+                if a.waiter:
+                    calls.batch_applied(a.waiter, a.result)
+                elif a.client_id:
+                    calls.write_applied((a.client_id, a.sequence), result_or_error(a.result))
+        if done.reads:
+            refused = self._read_refused
+            for rid, ok in done.reads:
+                calls.read_released(rid, ok, refused)
+        self._watch_leader()
+        return done
+
+    def _watch_leader(self) -> None:
+        leader = self.replica.core.leader_id
+        if leader != self._leader_seen:
+            if self._leader_seen is not None and self.calls.writes_waiting:
+                # Commands handed to the old leader may be lost; let clients retry
+                # (with the same sequence, so nothing is applied twice).
+                self.calls.fail_writes(self._unavailable("leader changed"))
+            self._leader_seen = leader
+
+    # ---- Client calls ------------------------------------------------------------
+
+    def _call(self, n: int, on_done: Callable[[Call], None], late: str, timeout_s: float) -> Call:
+        return Call(n, on_done, DeadlineExceeded(f"no answer within {timeout_s:.3f}s; {late}"))
+
+    def expire(self, call: Call) -> None:
+        """The call's deadline passed (the driver keeps the clock)."""
+        self.calls.expire(call)
+
+    def put(self, req: kv_pb2.PutRequest, timeout_s: float, on_done: Callable[[Call], None]) -> Call:
+        hdr = req.request
+        cmd = kv_pb2.Command(client_id=hdr.client_id, sequence=hdr.sequence, put=kv_pb2.PutOp(key=req.key, value=req.value))
+        return self.submit([cmd], timeout_s, on_done)
+
+    def delete(self, req: kv_pb2.DeleteRequest, timeout_s: float, on_done: Callable[[Call], None]) -> Call:
+        hdr = req.request
+        cmd = kv_pb2.Command(client_id=hdr.client_id, sequence=hdr.sequence, delete=kv_pb2.DeleteOp(key=req.key))
+        return self.submit([cmd], timeout_s, on_done)
+
+    def submit(self, cmds: Sequence[kv_pb2.Command], timeout_s: float, on_done: Callable[[Call], None]) -> Call:
+        """Propose every command; answer each with its result once applied
+        here (or why not)."""
+        call = self._call(len(cmds), on_done, "the command may still be applied", timeout_s)
+        if self._stopped is not None:
+            call.fail(Unavailable(self._stopped, proposed=False))
+            return call
+        replica = self.replica
+        limits = self._limits
+        for i, cmd in enumerate(cmds):
+            if not cmd.client_id:
+                if cmd.sequence:
+                    call.set(i, InvalidArgument(f"sequence {cmd.sequence} given without a client_id"))
+                    continue
+                cmd.client_id = "anon-%032x" % self._ids.getrandbits(128)
+                cmd.sequence = 1
+            err = commands.validate(cmd, limits)
+            if err is not None:
+                call.set(i, InvalidArgument(err))
+                continue
+            if not replica.propose(commands.encode(cmd)):
+                call.set(i, self._unavailable("no leader is known", proposed=False))
+                continue
+            self.calls.add_write((cmd.client_id, cmd.sequence), call, i)
+        return call
+
+    def get(self, req: kv_pb2.GetRequest, timeout_s: float, on_done: Callable[[Call], None]) -> Call:
+        """Read ``req.key``: linearizable (read index) unless ``serializable``;
+        the answer is ``(value or None, applied index)``."""
+        call = self._call(1, on_done, "read not confirmed", timeout_s)
+        if self._stopped is not None:
+            call.fail(Unavailable(self._stopped, proposed=False))
+            return call
+        self._read(call, [(0, req.key)], req.serializable)
+        return call
+
+    def ops(
+        self,
+        ops: Sequence[kv_pb2.RequestOp],
+        timeout_s: float,
+        on_done: Callable[[Call], None],
+        *,
+        request: kv_pb2.RequestHeader | None = None,
+        raw: bytes | None = None,
+    ) -> Call:
+        """Many operations in one call (``KV.Batch``, ``KV.PackedBatch``, a
+        group of ``KV.Session`` requests), each answered alone, in order. The
+        writes go to the log as ONE batch command, the linearizable reads
+        share one read index round. A get placed after a write is read once
+        the call's writes are applied here, so it sees them. ``request``: a
+        packed batch's identity (the writes' sequences follow from it); a
+        packed batch refused before it was proposed fails the call as a whole.
+        ``raw``: the encoded BatchRequest holding exactly ``ops`` (and
+        ``request``), parsed straight into the batch command when every op is
+        a write."""
+        call = self._call(len(ops), on_done, "the writes may still be applied", timeout_s)
+        if self._stopped is not None:
+            call.fail(Unavailable(self._stopped, proposed=False))
+            return call
+        writes: list[tuple[int, bool]] = []  # (position, is a put)
+        reads: dict[bool, list[tuple[int, bytes]]] = {False: [], True: []}
+        for i, op in enumerate(ops):
+            kind = op.WhichOneof("op")
+            if kind == "put":
+                writes.append((i, True))
+            elif kind == "delete":
+                writes.append((i, False))
+            elif kind == "get":
+                get = op.get
+                reads[get.serializable].append((i, get.key))
+            else:
+                call.set(i, InvalidArgument("operation has no get, put or delete"))
+        first_write = writes[0][0] if writes else len(ops)
+        ordered = any(i > first_write for s in (False, True) for i, _ in reads[s])
+
+        def issue_reads() -> None:
+            for serializable in (False, True):
+                if reads[serializable]:
+                    self._read(call, reads[serializable], serializable)
+
+        if not writes:
+            issue_reads()
+            return call
+        cmd = kv_pb2.Command()
+        if raw is not None and len(writes) == len(ops):
+            cmd.batch.MergeFromString(raw)
+        else:
+            cmd.batch.ops.extend(ops[i] for i, _ in writes)
+            if request is not None:
+                cmd.batch.request.CopyFrom(request)
+        positions = [i for i, _ in writes]
+
+        def on_results(results: object) -> None:
+            if isinstance(results, NodeError):
+                for i in positions:
+                    call.set(i, results)
+            elif not isinstance(results, tuple) or len(results) != len(positions):
+                lost = NodeError("the batch lost its results")
+                for i in positions:
+                    call.set(i, lost)
+            else:
+                for i, r in zip(positions, results):
+                    call.set(i, result_or_error(r))
+            if ordered:
+                issue_reads()
+
+        refused = self._propose_batch(cmd, call, on_results)
+        if refused is not None:
+            if request is not None and isinstance(refused, (InvalidArgument, Unimplemented)):
+                call.fail(refused)  # nothing was proposed: the call fails as a whole
+                return call
+            on_results(refused)
+        if not ordered:
+            issue_reads()
+        return call
+
+    def _propose_batch(self, cmd: kv_pb2.Command, call: Call, on_results: Callable[[object], None]) -> NodeError | None:
+        """Propose a batch command and register ``on_results`` for its result
+        tuple; or why it was not proposed."""
+        self._batch_seq += 1
+        waiter = self._batch_prefix + self._batch_seq.to_bytes(8, "big")
+        cmd.batch.waiter = waiter
+        err = commands.validate(cmd, self._limits)
+        if err is not None:
+            return InvalidArgument(err)
+        replica = self.replica
+        if cmd.batch.HasField("request") and not replica.core.cluster_features & FEATURE_PACKED_BATCHES:
+            # A member of an older version would apply its writes without their
+            # session (or one not heard from since this node started).
+            return Unimplemented("not every node of the cluster is known to take packed batches (yet): send KV.Batch")
+        if not replica.propose(commands.encode(cmd)):
+            return self._unavailable("no leader is known", proposed=False)
+        self.calls.add_batch(waiter, call, on_results)
+        return None
+
+    def _read(self, call: Call, keys: list[tuple[int, bytes]], serializable: bool) -> None:
+        if call.done:
+            return  # expired meanwhile (reads after a batch's writes)
+        key_max = self._limits.key_bytes_max
+        replica = self.replica
+        for i, key in keys:
+            if not key:
+                call.set(i, InvalidArgument("key must not be empty"))
+            elif len(key) > key_max:
+                call.set(i, InvalidArgument(f"key is {len(key)} bytes, over the limit of {key_max}"))
+            elif serializable:
+                sm = replica.sm
+                call.set(i, (sm.get(key), sm.applied_index))
+            else:
+                self._read_ids += 1
+                rid = self._read_ids
+                self.calls.add_read(rid, call, i, lambda key=key: self._serve_get(key))
+                replica.read(rid)
+
+    def _serve_get(self, key: bytes) -> tuple[bytes | None, int]:
+        sm = self.replica.sm  # the current one: a snapshot install replaces it
+        return sm.get(key), sm.applied_index
+
+    def _read_refused(self) -> NodeError:
+        return self._unavailable("read could not be confirmed by a quorum")
+
+    # ---- Errors and status -------------------------------------------------------
+
+    @property
+    def leader_id(self) -> int | None:
+        return self.replica.core.leader_id
+
+    @property
+    def role(self) -> Role:
+        return self.replica.core.role
+
+    def leader_addr(self) -> str | None:
+        lid = self.leader_id
+        return None if lid is None else self._client_addrs.get(lid)
+
+    def _unavailable(self, why: str, *, proposed: bool = True) -> Unavailable:
+        lid = self.leader_id
+        addr = self.leader_addr()
+        hint = f"; leader is node {lid} at {addr}" if lid is not None else "; no leader known"
+        return Unavailable(why + hint, leader_id=lid, leader_addr=addr, proposed=proposed)
+
+    def status(self) -> NodeStatus:
+        r = self.replica
+        core = r.core
+        return NodeStatus(
+            node_id=self.node_id,
+            role=core.role.value,
+            leader_id=core.leader_id,
+            ballot_round=core.ballot.round,
+            ballot_node=core.ballot.node,
+            commit_index=core.commit_index,
+            applied_index=r.sm.applied_index,
+            log_start=core.log_start,
+            snapshot_index=r.last_snapshot_index,
+            keys=len(r.sm),
+        )
+
+    @property
+    def compactions(self) -> int:
+        return self.replica.compactions
+
+    def reclaim(self) -> None:
+        """Give the space of compacted entries back (long: any thread)."""
+        self.replica.storage.reclaim()
+
+    def open_snapshot(self):  # noqa: ANN201 - a storage SnapshotSource
+        """A consistent view of the applied state (any thread)."""
+        return self.replica.storage.open_snapshot()
+
+    # ---- Stopping ----------------------------------------------------------------
+
+    def stop(self, reason: str) -> None:
+        """Fail every waiting call and every later one UNAVAILABLE with
+        ``reason``; release snapshot transfers (the storage stays open)."""
+        if self._stopped is None:
+            self._stopped = reason
+            self.calls.fail_all(Unavailable(reason))
+            self.replica.close()

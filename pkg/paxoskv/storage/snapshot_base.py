@@ -1,0 +1,150 @@
+"""Base classes of the storage backends' ``SnapshotSource`` and
+``SnapshotInstaller`` (the protocols are in :mod:`paxoskv.storage.base`):
+each backend fills in a few hooks, the rules live here once."""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Iterator
+
+from paxoskv.kv.state_machine import Session
+from paxoskv.storage.snapshot import (
+    CHUNK_BYTES,
+    SNAPSHOT_FORMAT_VERSION,
+    Items,
+    SnapshotReader,
+    iter_snapshot,
+)
+from paxoskv.v1 import storage_pb2
+
+__all__ = ["InstallerBase", "SourceBase"]
+
+class SourceBase(abc.ABC):
+    """A ``SnapshotSource`` made of three hooks: the counts, the key-value
+    items in key order, the sessions in client id order."""
+
+    def __init__(self, cluster_id: str, applied_index: int) -> None:
+        self._cluster_id = cluster_id
+        self._applied_index = applied_index
+        self._closed = False
+
+    @property
+    def applied_index(self) -> int:
+        return self._applied_index
+
+    @property
+    def cluster_id(self) -> str:
+        return self._cluster_id
+
+    def chunks(self, chunk_bytes: int = CHUNK_BYTES) -> Iterator[bytes]:
+        assert not self._closed, "snapshot source is closed"
+        keys, sessions = self._counts()
+        header = storage_pb2.SnapshotHeader(
+            format_version=SNAPSHOT_FORMAT_VERSION,
+            cluster_id=self._cluster_id,
+            applied_index=self._applied_index,
+            keys=keys,
+            sessions=sessions,
+        )
+        return iter_snapshot(header, self._kv_items(), self._session_items(), chunk_bytes)
+
+    def close(self) -> None:
+        if not self._closed:
+            self._closed = True
+            self._release()
+
+    def __enter__(self) -> SourceBase:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # hooks
+    @abc.abstractmethod
+    def _counts(self) -> tuple[int, int]:
+        """Implemented by each store."""
+
+    @abc.abstractmethod
+    def _kv_items(self) -> Iterator[tuple[bytes, bytes]]:
+        """Implemented by each store."""
+
+    @abc.abstractmethod
+    def _session_items(self) -> Iterator[tuple[str, Session]]:
+        """Implemented by each store."""
+
+    @abc.abstractmethod
+    def _release(self) -> None:
+        """Implemented by each store."""
+
+
+class InstallerBase(abc.ABC):
+    """A ``SnapshotInstaller`` made of hooks: ``_stage`` keeps each chunk,
+    ``_commit`` verifies the whole snapshot and does the one atomic switch,
+    ``_discard`` drops what was staged. ``reader`` verifies the chunks as
+    they come when ``check_on_write`` (else only up to the header, and
+    ``_commit`` verifies everything). A failure of any step aborts."""
+
+    _OPEN, _FINISHED, _ABORTED = "open", "finished", "aborted"
+
+    def __init__(self, reader: SnapshotReader, *, check_on_write: bool) -> None:
+        self._reader = reader
+        self._check_on_write = check_on_write
+        self._bytes = 0
+        self._state = self._OPEN
+
+    @property
+    def applied_index(self) -> int | None:
+        header = self._reader.header
+        return None if header is None else header.applied_index
+
+    @property
+    def bytes_written(self) -> int:
+        return self._bytes
+
+    def write(self, chunk: bytes) -> None:
+        assert self._state == self._OPEN, f"write to an installer that is {self._state}"
+        try:
+            if self._check_on_write or self._reader.header is None:
+                items = self._reader.feed(chunk)
+            else:
+                items = ([], [])
+            self._stage(chunk, items)
+            self._bytes += len(chunk)
+        except BaseException:
+            self.abort()
+            raise
+
+    def finish(self) -> int:
+        assert self._state == self._OPEN, f"finish of an installer that is {self._state}"
+        try:
+            index = self._commit()
+        except BaseException:
+            self.abort()
+            raise
+        self._state = self._FINISHED
+        self._discard()
+        return index
+
+    def abort(self) -> None:
+        if self._state == self._OPEN:
+            self._state = self._ABORTED
+            self._discard()
+
+    def __enter__(self) -> InstallerBase:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.abort()
+
+    # hooks
+    @abc.abstractmethod
+    def _stage(self, chunk: bytes, items: Items) -> None:
+        """Implemented by each store."""
+
+    @abc.abstractmethod
+    def _commit(self) -> int:
+        """Implemented by each store."""
+
+    @abc.abstractmethod
+    def _discard(self) -> None:
+        """Implemented by each store."""
