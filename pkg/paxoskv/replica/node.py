@@ -19,9 +19,10 @@ Rules:
 - Writes are answered once applied on this node; a write waiting when this
   node's view of the leader changes is failed UNAVAILABLE (its command may
   be lost with the old leader; a retry with the same identity is safe).
-- A write without a client id gets a fresh one (not exactly-once across
-  retries); a packed batch is refused UNIMPLEMENTED, proposing nothing,
-  until every member is known to take them.
+- A write without a client id (alone or in a per-op batch) gets a fresh
+  one, so it is applied once however often its command reaches the log
+  (but not exactly-once across client retries); a packed batch is refused
+  UNIMPLEMENTED, proposing nothing, until every member is known to take them.
 - Nothing here touches a clock, a socket, a thread or the global random
   module (tests/unit/test_purity.py).
 """
@@ -271,6 +272,8 @@ class ReplicaNode:
             cmd.batch.ops.extend(ops[i] for i, _ in writes)
             if request is not None:
                 cmd.batch.request.CopyFrom(request)
+        if request is None:
+            self._name_anonymous(cmd.batch.ops)
         positions = [i for i, _ in writes]
 
         def on_results(results: object) -> None:
@@ -296,6 +299,17 @@ class ReplicaNode:
         if not ordered:
             issue_reads()
         return call
+
+    def _name_anonymous(self, ops: Sequence[kv_pb2.RequestOp]) -> None:
+        """A write of a per-op batch without identity gets a fresh one, as a
+        unary one does: a batch that reaches the log twice (a duplicated
+        message) then applies it once."""
+        for op in ops:
+            body = op.put if op.HasField("put") else op.delete
+            hdr = body.request
+            if not hdr.client_id and not hdr.sequence:
+                hdr.client_id = "anon-%032x" % self._ids.getrandbits(128)
+                hdr.sequence = 1
 
     def _propose_batch(self, cmd: kv_pb2.Command, call: Call, on_results: Callable[[object], None]) -> NodeError | None:
         """Propose a batch command and register ``on_results`` for its result

@@ -47,6 +47,7 @@ __all__ = ["Client", "ClientParams", "Request", "SIM_LIMITS"]
 SIM_LIMITS = Limits(key_bytes_max=16, value_bytes_max=48, client_id_bytes_max=64)
 
 UNARY, OPS, PACKED = "unary", "ops", "packed"
+CALL_BUDGET_US_MAX = 5_000_000  # the deadline of a call that never gives up
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,7 +83,7 @@ class Request:
     node_id: int
     form: str
     payload: Any
-    timeout_us: int
+    timeout_us: int  # the call's deadline at the node, from when it arrives
 
     def describe(self) -> str:
         return f"{self.client.client_id} call #{self.call_id} attempt {self.token} ({self.form})"
@@ -311,9 +312,16 @@ class Client:
         else:
             payload = ([call.reqs[i] for i in positions], call.packed)
             form = call.form
-        timeout_us = self.params.timeout_us
-        self.env.send_request(Request(self, call.call_id, call.attempts, node_id, form, payload, timeout_us))
-        self._sched.after(timeout_us, self._timeout, (call.call_id, call.attempts))
+        p = self.params
+        # The call's deadline, as a real client's gRPC deadline: what is left
+        # of its budget (the attempts it may still make), not this attempt's
+        # timeout, after which it only tries elsewhere too.
+        if p.give_up_attempts and self.env.may_give_up():
+            budget_us = (p.give_up_attempts - call.attempts + 1) * p.timeout_us
+        else:
+            budget_us = CALL_BUDGET_US_MAX
+        self.env.send_request(Request(self, call.call_id, call.attempts, node_id, form, payload, budget_us))
+        self._sched.after(p.timeout_us, self._timeout, (call.call_id, call.attempts))
 
     def _timeout(self, arg: tuple[int, int]) -> None:
         call_id, token = arg
