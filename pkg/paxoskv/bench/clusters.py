@@ -156,9 +156,9 @@ def _probe(target: str, endpoint: str) -> bool:
     with grpc.insecure_channel(endpoint) as ch:
         try:
             if target == "etcd":
-                from paxoskv.bench.etcdpb import etcd_rpc_pb2, etcd_rpc_pb2_grpc
+                from paxoskv.etcdpb import rpc_pb2, rpc_pb2_grpc
 
-                etcd_rpc_pb2_grpc.KVStub(ch).Range(etcd_rpc_pb2.RangeRequest(key=b"probe"), timeout=2.0)
+                rpc_pb2_grpc.KVStub(ch).Range(rpc_pb2.RangeRequest(key=b"probe"), timeout=2.0)
             else:
                 kv_pb2_grpc.KVStub(ch).Get(kv_pb2.GetRequest(key=b"probe"), timeout=2.0)
         except grpc.RpcError:
