@@ -106,3 +106,10 @@ MAINTENANCE = Case("maintenance", (
 ))
 
 ALL = (KV, LEASE, MAINTENANCE)
+
+# A minute of 150 puts/s from 50 clients; PASS needs > 135/s, the slowest
+# put under 0.5 s and a stddev under 0.1 s (etcdctl/ctlv3/command/check.go).
+CHECK_PERF = Case("check-perf", (
+    Step(("check", "perf", "--load=s"), timeout_s=150.0),
+    Step(("get", "/etcdctl-check-perf/", "--prefix", "--keys-only"), note="check perf deletes its keys"),
+))

@@ -9,6 +9,10 @@ on one cluster must show as a difference, so it hides nothing real.
 
 from __future__ import annotations
 
+import os
+
+import pytest
+
 import etcdctl_cases
 from etcdctl_compat import Case, Step, Target, compare, etcdctl, render_markdown, rows_from
 
@@ -73,3 +77,14 @@ def test_the_normaliser_shows_a_write_only_one_cluster_saw(etcd_clusters, tmp_pa
     assert [s.same for s in after.steps] == [False, False, False, True, True], after.render()
     assert "-/extra" in after.steps[0].diff()
     assert '"revision": 3' in after.steps[1].normalised[0] and '"revision": 2' in after.steps[1].normalised[1]
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(os.environ.get("PAXOSKV_LONG") != "1", reason="two minutes of check perf: PAXOSKV_LONG=1")
+def test_check_perf_passes_on_both_and_agrees_after_normalisation(etcd_clusters, tmp_path):
+    a, b = _targets(etcd_clusters, tmp_path)
+    report = compare(etcdctl_cases.CHECK_PERF, a, b)
+    assert report.all_same, report.render()
+    perf = report.steps[0]
+    assert perf.runs[0].code == 0 and perf.normalised[0].split("--- stdout\n")[1].startswith(
+        "PASS: Throughput is <n> writes/s\nPASS: Slowest request took <seconds>\n"), perf.normalised[0]
