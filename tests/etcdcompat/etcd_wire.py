@@ -170,9 +170,8 @@ class _Handler(grpc.GenericRpcHandler):
             return grpc.unary_unary_rpc_method_handler(self._unary(ch.unary_unary(method), method))
         if not cs and ss:
             return grpc.unary_stream_rpc_method_handler(self._server_stream(ch.unary_stream(method), method))
-        if cs and ss:
-            return grpc.stream_stream_rpc_method_handler(self._bidi(ch.stream_stream(method), method))
-        return grpc.stream_unary_rpc_method_handler(self._client_stream(ch.stream_unary(method), method))
+        assert cs and ss, f"{method}: etcd has no client-streaming method"
+        return grpc.stream_stream_rpc_method_handler(self._bidi(ch.stream_stream(method), method))
 
     def _start(self, method: str, context: grpc.ServicerContext) -> tuple[Call, list[tuple[str, str]]]:
         md = [(k, v) for k, v in context.invocation_metadata() if not k.startswith(_FORWARDED_METADATA_SKIP)]
@@ -197,45 +196,29 @@ class _Handler(grpc.GenericRpcHandler):
             return resp
         return handle
 
-    def _client_stream(self, upstream: Any, method: str) -> Any:
-        def handle(requests: Iterator[bytes], context: grpc.ServicerContext) -> bytes:
-            call, md = self._start(method, context)
-            try:
-                resp = upstream(_tee(requests, call.requests), metadata=md)
-            except grpc.RpcError as exc:
-                self._fail(call, exc, context)
-            call.responses.append(resp)
-            return resp
-        return handle
-
     def _server_stream(self, upstream: Any, method: str) -> Any:
         def handle(request: bytes, context: grpc.ServicerContext) -> Iterator[bytes]:
             call, md = self._start(method, context)
             call.requests.append(request)
-            stream = upstream(request, metadata=md)
-            context.add_callback(stream.cancel)
-            try:
-                for resp in stream:
-                    call.responses.append(resp)
-                    yield resp
-            except grpc.RpcError as exc:
-                if exc.code() != grpc.StatusCode.CANCELLED:
-                    self._fail(call, exc, context)
+            yield from self._relay(upstream(request, metadata=md), call, context)
         return handle
 
     def _bidi(self, upstream: Any, method: str) -> Any:
         def handle(requests: Iterator[bytes], context: grpc.ServicerContext) -> Iterator[bytes]:
             call, md = self._start(method, context)
-            stream = upstream(_tee(requests, call.requests), metadata=md)
-            context.add_callback(stream.cancel)
-            try:
-                for resp in stream:
-                    call.responses.append(resp)
-                    yield resp
-            except grpc.RpcError as exc:
-                if exc.code() != grpc.StatusCode.CANCELLED:
-                    self._fail(call, exc, context)
+            yield from self._relay(upstream(_tee(requests, call.requests), metadata=md), call, context)
         return handle
+
+    def _relay(self, stream: Any, call: Call, context: grpc.ServicerContext) -> Iterator[bytes]:
+        """Upstream's responses to the client; the client's end cancels upstream."""
+        context.add_callback(stream.cancel)
+        try:
+            for resp in stream:
+                call.responses.append(resp)
+                yield resp
+        except grpc.RpcError as exc:
+            if exc.code() != grpc.StatusCode.CANCELLED:
+                self._fail(call, exc, context)
 
 
 def _timeout(context: grpc.ServicerContext) -> float | None:

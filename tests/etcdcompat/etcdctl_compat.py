@@ -107,30 +107,36 @@ def _collect(proc: subprocess.Popen, deadline: float, until_lines: int | None) -
     """Read both pipes until the process ends, ``until_lines`` lines arrived
     on stdout, or the deadline passed; says which stop it was (None: it ended)."""
     assert proc.stdout is not None and proc.stderr is not None
-    bufs = {proc.stdout: bytearray(), proc.stderr: bytearray()}
-    open_pipes = set(bufs)
+    out_fd, err_fd = proc.stdout.fileno(), proc.stderr.fileno()
+    bufs = {out_fd: bytearray(), err_fd: bytearray()}
+
+    def result(stop: str | None) -> tuple[bytes, bytes, str | None]:
+        return bytes(bufs[out_fd]), bytes(bufs[err_fd]), stop
+
     with selectors.DefaultSelector() as sel:
-        for pipe in bufs:
-            os.set_blocking(pipe.fileno(), False)
-            sel.register(pipe, selectors.EVENT_READ)
-        while open_pipes:
-            if until_lines is not None and bufs[proc.stdout].count(b"\n") >= until_lines:
-                return bytes(bufs[proc.stdout]), bytes(bufs[proc.stderr]), "until"
+        for fd in bufs:
+            os.set_blocking(fd, False)
+            sel.register(fd, selectors.EVENT_READ)
+        while sel.get_map():
+            if until_lines is not None and bufs[out_fd].count(b"\n") >= until_lines:
+                return result("until")
             left = deadline - time.monotonic()
             if left <= 0:
-                return bytes(bufs[proc.stdout]), bytes(bufs[proc.stderr]), "timeout"
+                return result("timeout")
             for key, _ in sel.select(timeout=left):
-                chunk = key.fileobj.read(65536)  # type: ignore[union-attr]
+                try:
+                    chunk = os.read(key.fd, 65536)
+                except BlockingIOError:
+                    continue
                 if chunk:
-                    bufs[key.fileobj].extend(chunk)  # type: ignore[index]
-                elif chunk is not None:  # EOF
-                    sel.unregister(key.fileobj)
-                    open_pipes.discard(key.fileobj)  # type: ignore[arg-type]
+                    bufs[key.fd].extend(chunk)
+                else:  # EOF
+                    sel.unregister(key.fd)
     try:
         proc.wait(timeout=max(0.1, deadline - time.monotonic()))
     except subprocess.TimeoutExpired:
-        return bytes(bufs[proc.stdout]), bytes(bufs[proc.stderr]), "timeout"
-    return bytes(bufs[proc.stdout]), bytes(bufs[proc.stderr]), None
+        return result("timeout")
+    return result(None)
 
 
 def _stop(proc: subprocess.Popen) -> None:
@@ -916,13 +922,8 @@ def render_markdown(rows: Iterable[Row]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def encode_key(s: bytes) -> str:
-    """How etcdctl -w json prints bytes (base64), for asserting on json outputs."""
-    return base64.b64encode(s).decode()
-
-
 __all__ = [
     "Case", "CaseReport", "Identities", "Member", "Row", "Run", "Step", "StepReport", "Target",
-    "command_of", "compare", "encode_key", "etcdctl", "etcdctl_binary", "normalise", "output_format",
+    "command_of", "compare", "etcdctl", "etcdctl_binary", "normalise", "output_format",
     "render_markdown", "rows_from", "run_step", "unknown_fields",
 ]
