@@ -63,12 +63,12 @@ def test_etcd_target_reads_and_writes_through_etcds_kv_api(etcd_cluster):
     assert set(doc["by_op"]) == {"get", "put"}
     assert doc["errors"] == {}
     # The pre-fill and the puts really went to etcd: every key holds a 33-byte value.
-    from paxoskv.bench.etcdpb import etcd_rpc_pb2, etcd_rpc_pb2_grpc
+    from paxoskv.etcdpb import rpc_pb2, rpc_pb2_grpc
 
     with grpc.insecure_channel(etcd_cluster.endpoints[1]) as ch:
-        kv = etcd_rpc_pb2_grpc.KVStub(ch)
+        kv = rpc_pb2_grpc.KVStub(ch)
         for i in (0, 17, 49):
-            got = kv.Range(etcd_rpc_pb2.RangeRequest(key=key_name(i)), timeout=5)
+            got = kv.Range(rpc_pb2.RangeRequest(key=key_name(i)), timeout=5)
             assert len(got.kvs) == 1 and len(got.kvs[0].value) == 33
             assert got.header.revision > 0
 

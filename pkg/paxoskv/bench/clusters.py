@@ -6,7 +6,8 @@ Rules:
   127.0.0.1 only, every node keeps its data and its log under the cluster's
   directory.
 - A cluster owns the processes it started and nothing else: ``stop()``
-  sends SIGTERM to each by its PID, waits, then SIGKILL for any left. It is
+  sends ``stop_signal`` (SIGTERM; etcd: SIGKILL, see ``start_etcd``) to
+  each by its PID, waits, then SIGKILL for any left. It is
   safe to call twice and is what ``with cluster:`` does on the way out, so
   nodes are stopped on failure too. Nodes run in their own session, so a
   Ctrl-C at the terminal reaches the harness, which then stops them.
@@ -81,6 +82,7 @@ class Cluster:
     target: str  # the bench target that speaks its client protocol
     endpoints: list[str] = field(default_factory=list)
     procs: list[subprocess.Popen] = field(default_factory=list)
+    stop_signal: int = signal.SIGTERM
     logs: list[pathlib.Path] = field(default_factory=list)
 
     def _spawn(self, argv: list[str], log_name: str, env: dict[str, str] | None = None) -> subprocess.Popen:
@@ -134,7 +136,7 @@ class Cluster:
         for p in self.procs:
             if p.poll() is None:
                 with contextlib.suppress(ProcessLookupError):
-                    os.kill(p.pid, signal.SIGTERM)
+                    os.kill(p.pid, self.stop_signal)
         deadline = time.monotonic() + STOP_GRACE_S
         for p in self.procs:
             try:
@@ -156,9 +158,9 @@ def _probe(target: str, endpoint: str) -> bool:
     with grpc.insecure_channel(endpoint) as ch:
         try:
             if target == "etcd":
-                from paxoskv.bench.etcdpb import etcd_rpc_pb2, etcd_rpc_pb2_grpc
+                from paxoskv.etcdpb import rpc_pb2, rpc_pb2_grpc
 
-                etcd_rpc_pb2_grpc.KVStub(ch).Range(etcd_rpc_pb2.RangeRequest(key=b"probe"), timeout=2.0)
+                rpc_pb2_grpc.KVStub(ch).Range(rpc_pb2.RangeRequest(key=b"probe"), timeout=2.0)
             else:
                 kv_pb2_grpc.KVStub(ch).Get(kv_pb2.GetRequest(key=b"probe"), timeout=2.0)
         except grpc.RpcError:
@@ -227,15 +229,26 @@ def etcd_binary() -> str | None:
     return shutil.which("etcd")
 
 
-def start_etcd(base_dir: pathlib.Path, nodes: int = 3) -> Cluster:
+def start_etcd(base_dir: pathlib.Path, nodes: int = 3, *, extra_args: tuple[str, ...] = ()) -> Cluster:
+    """``nodes`` etcd members (named m1, m2, ...) forming one new cluster;
+    ``endpoints`` are their client addresses (host:port, the form etcdctl's
+    ``--endpoints`` takes). ``extra_args`` go to every member (for example
+    ``--max-txn-ops``). The initial-cluster token is unique to ``base_dir``,
+    so two clusters started side by side never share a cluster id.
+
+    ``stop()`` kills the members: on SIGTERM etcd's leader tries to hand
+    its leadership to a follower, and with every follower stopping at the
+    same time it waits out its request timeout (7 s) first. etcd's WAL makes
+    a kill safe, and the data directory is thrown away."""
     binary = etcd_binary()
     if binary is None:
         raise RuntimeError("etcd is not installed (apt-get install etcd-server)")
     base_dir.mkdir(parents=True, exist_ok=True)
-    cluster = Cluster("etcd", base_dir, "etcd")
+    cluster = Cluster("etcd", base_dir, "etcd", stop_signal=signal.SIGKILL)
     ports = free_ports(2 * nodes)
     client_ports, peer_ports = ports[:nodes], ports[nodes:]
     initial = ",".join(f"m{i}=http://127.0.0.1:{peer_ports[i - 1]}" for i in range(1, nodes + 1))
+    token = f"paxoskv-{os.getpid()}-{base_dir.resolve()}"
     env = {k: v for k, v in os.environ.items() if not k.startswith("ETCD")}
     with cluster.starting():
         for i in range(1, nodes + 1):
@@ -246,7 +259,8 @@ def start_etcd(base_dir: pathlib.Path, nodes: int = 3) -> Cluster:
                 "--listen-client-urls", client_url, "--advertise-client-urls", client_url,
                 "--listen-peer-urls", peer_url, "--initial-advertise-peer-urls", peer_url,
                 "--initial-cluster", initial, "--initial-cluster-state", "new",
-                "--initial-cluster-token", f"bench-{os.getpid()}", "--logger", "zap", "--log-level", "warn",
+                "--initial-cluster-token", token, "--logger", "zap", "--log-level", "warn",
+                *extra_args,
             ]
             cluster._spawn(argv, f"m{i}.log", env=env)
             cluster.endpoints.append(f"127.0.0.1:{client_ports[i - 1]}")

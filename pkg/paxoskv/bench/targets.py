@@ -306,10 +306,10 @@ class _EtcdSlot:
 
 class _EtcdEndpoint:
     def __init__(self, channel: grpc.aio.Channel, *, serializable: bool, timeout_s: float) -> None:
-        from paxoskv.bench.etcdpb import etcd_rpc_pb2, etcd_rpc_pb2_grpc
+        from paxoskv.etcdpb import rpc_pb2, rpc_pb2_grpc
 
-        self.pb = etcd_rpc_pb2
-        self.stub = etcd_rpc_pb2_grpc.KVStub(channel)
+        self.pb = rpc_pb2
+        self.stub = rpc_pb2_grpc.KVStub(channel)
         self.serializable = serializable
         self.timeout_s = timeout_s
 
