@@ -196,7 +196,7 @@ class ReplicaNode:
                 if cmd.sequence:
                     call.set(i, InvalidArgument(f"sequence {cmd.sequence} given without a client_id"))
                     continue
-                cmd.client_id = "anon-%032x" % self._ids.getrandbits(128)
+                cmd.client_id = commands.node_assigned_id(self._ids.getrandbits(128))
                 cmd.sequence = 1
             err = commands.validate(cmd, limits)
             if err is not None:
@@ -308,7 +308,7 @@ class ReplicaNode:
             body = op.put if op.HasField("put") else op.delete
             hdr = body.request
             if not hdr.client_id and not hdr.sequence:
-                hdr.client_id = "anon-%032x" % self._ids.getrandbits(128)
+                hdr.client_id = commands.node_assigned_id(self._ids.getrandbits(128))
                 hdr.sequence = 1
 
     def _propose_batch(self, cmd: kv_pb2.Command, call: Call, on_results: Callable[[object], None]) -> NodeError | None:
