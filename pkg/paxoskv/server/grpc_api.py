@@ -24,6 +24,8 @@ Rules:
                           with the same (client_id, sequence).
   DEADLINE_EXCEEDED       the deadline passed before the answer was known; a
                           write may still be applied later.
+  RESOURCE_EXHAUSTED      a put while the space quota's NOSPACE alarm is
+                          raised (``etcdctl alarm disarm`` clears it).
   ======================  ===================================================
 
 - Deadlines: the time the node may spend on a call is the caller's remaining
@@ -70,6 +72,7 @@ from paxoskv.replica.errors import (
     FailedPrecondition,
     InvalidArgument,
     NodeError,
+    ResourceExhausted,
     Unavailable,
     Unimplemented,
 )
@@ -171,6 +174,8 @@ def _error_of(exc: NodeError) -> _Abort:
         return _Abort(grpc.StatusCode.FAILED_PRECONDITION, str(exc))
     if isinstance(exc, Unimplemented):
         return _Abort(grpc.StatusCode.UNIMPLEMENTED, str(exc))
+    if isinstance(exc, ResourceExhausted):
+        return _Abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc))
     return _Abort(grpc.StatusCode.INTERNAL, f"{type(exc).__name__}: {exc}")
 
 
