@@ -52,10 +52,12 @@ __all__ = [
     "DEFAULT_QUOTA_BYTES",
     "EtcdCalls",
     "EtcdStatus",
+    "ERR_MEMBERSHIP_STATIC",
     "as_etcd",
     "cluster_uid",
     "failure",
     "hash_kv",
+    "member_change",
     "member_id",
     "raft_term",
 ]
@@ -498,6 +500,28 @@ class EtcdCalls:
 
         self._propose("compaction", rpc_pb2.CompactionRequest(revision=rev), self._internal_call(done))
 
+    # ---- membership and leadership ------------------------------------------------
+
+    @property
+    def members(self) -> tuple[int, ...]:
+        """The node ids of the cluster (static)."""
+        return tuple(self._node.replica.core.config.peers)
+
+    def member_change(self, method: str, target: int) -> EtcdFailure:
+        return member_change(self.cluster_id, self.members, method, target)
+
+    def move_leader(self, target: int) -> EtcdFailure | None:
+        """etcd's MoveLeader: only the leader takes it; a target that is no
+        member is etcd's bad transferee; the leader itself is done already;
+        moving to another member paxoskv cannot do (etcd's not capable)."""
+        if not self._node.replica.core.is_leader:
+            return failure(etcd.ERR_NOT_LEADER)
+        if target not in {member_id(self.cluster_id, n) for n in self.members}:
+            return failure(etcd.ERR_BAD_LEADER_TRANSFEREE)
+        if target == self.member_id:
+            return None
+        return failure(etcd.ERR_NOT_CAPABLE)
+
     # ---- long reads (any thread) ----------------------------------------------------
 
     def hash_kv(self, revision: int) -> rpc_pb2.HashKVResponse | EtcdFailure:
@@ -508,3 +532,23 @@ class EtcdCalls:
     def defragment(self) -> None:
         """Give the space of every deleted record back (long: any thread)."""
         self._node.replica.storage.defragment()
+
+
+# ---- membership (static) -----------------------------------------------------------------
+
+ERR_MEMBERSHIP_STATIC = etcd.EtcdError(
+    "FAILED_PRECONDITION",
+    "etcdserver: membership is static: paxoskv members are the nodes named by --peers at start",
+)
+
+
+def member_change(cluster_id: str, members: tuple[int, ...], method: str, target: int) -> EtcdFailure:
+    """What ``MemberAdd``/``Remove``/``Update``/``Promote`` answer: etcd's
+    error where etcd has one for the request (an unknown member; promoting a
+    member that is no learner), else that membership is static."""
+    known = {member_id(cluster_id, n) for n in members}
+    if method != "MemberAdd" and target not in known:
+        return failure(etcd.ERR_MEMBER_NOT_FOUND)
+    if method == "MemberPromote":
+        return failure(etcd.ERR_MEMBER_NOT_LEARNER)  # every paxoskv member votes
+    return failure(ERR_MEMBERSHIP_STATIC)

@@ -57,7 +57,7 @@ import asyncio
 import logging
 import socket
 import hashlib
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from typing import Any, Protocol
 
 import grpc
@@ -80,6 +80,7 @@ from paxoskv.v1 import kv_pb2
 
 __all__ = [
     "KV_SERVICE",
+    "call_timeout_s",
     "snapshot_stream",
     "LEADER_METADATA_KEY",
     "MAINTENANCE_SERVICE",
@@ -189,7 +190,10 @@ class Facade:
         *,
         request_timeout_s: float = 10.0,
         maximum_concurrent_rpcs: int | None = 10_000,
+        extra_services: Mapping[str, Mapping[str, grpc.RpcMethodHandler]] | None = None,
     ) -> None:
+        """``extra_services``: more services on the same server and port
+        (name -> method handlers: the etcd API), in reflection and health too."""
         assert request_timeout_s > 0, request_timeout_s
         self.node = node
         self.node_id = node_id
@@ -199,6 +203,8 @@ class Facade:
             options=SERVER_OPTIONS, maximum_concurrent_rpcs=maximum_concurrent_rpcs
         )
         self.port: int | None = None
+        self._extra = dict(extra_services or {})
+        self._services = (KV_SERVICE, MAINTENANCE_SERVICE, *self._extra)
         self._register()
 
     # ---- lifecycle ----------------------------------------------------------
@@ -219,12 +225,12 @@ class Facade:
         return port
 
     async def start(self) -> None:
-        for service in ("", KV_SERVICE, MAINTENANCE_SERVICE):
+        for service in ("", *self._services):
             await self.health.set(service, health_pb2.HealthCheckResponse.NOT_SERVING)
         await self.server.start()
 
     async def mark_serving(self) -> None:
-        for service in ("", KV_SERVICE, MAINTENANCE_SERVICE):
+        for service in ("", *self._services):
             await self.health.set(service, health_pb2.HealthCheckResponse.SERVING)
 
     async def shutdown(self, grace_s: float = 1.0) -> None:
@@ -248,16 +254,16 @@ class Facade:
             "Status": grpc.unary_unary_rpc_method_handler(self._status, None, ser),
             "Snapshot": grpc.unary_stream_rpc_method_handler(self._snapshot, None, ser),
         }
-        for name, handlers in ((KV_SERVICE, kv_handlers), (MAINTENANCE_SERVICE, maint_handlers)):
+        services = {KV_SERVICE: kv_handlers, MAINTENANCE_SERVICE: maint_handlers, **self._extra}
+        for name, handlers in services.items():
             self.server.add_generic_rpc_handlers(
                 (grpc.method_handlers_generic_handler(name, handlers),)
             )
-            self.server.add_registered_method_handlers(name, handlers)
+            self.server.add_registered_method_handlers(name, dict(handlers))
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         reflection.enable_server_reflection(
             (
-                KV_SERVICE,
-                MAINTENANCE_SERVICE,
+                *self._services,
                 health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
                 reflection.SERVICE_NAME,
             ),
@@ -267,11 +273,7 @@ class Facade:
     # ---- handlers ---------------------------------------------------------------
 
     def _timeout_s(self, context: grpc.aio.ServicerContext) -> float:
-        remaining = context.time_remaining()
-        if remaining is None:
-            return self.request_timeout_s
-        remaining -= min(DEADLINE_MARGIN_S_MAX, remaining * DEADLINE_MARGIN_FRACTION)
-        return max(0.0, min(remaining, self.request_timeout_s))
+        return call_timeout_s(context, self.request_timeout_s)
 
     def _header(self, index: int) -> kv_pb2.ResponseHeader:
         return kv_pb2.ResponseHeader(
@@ -469,6 +471,16 @@ class Facade:
         except (NodeError, _Abort) as exc:
             await self._fail(context, exc)
             raise
+
+
+def call_timeout_s(context: grpc.aio.ServicerContext, request_timeout_s: float) -> float:
+    """The time a node may spend on a call: the caller's remaining deadline
+    less the margin, never more than ``request_timeout_s``."""
+    remaining = context.time_remaining()
+    if remaining is None:
+        return request_timeout_s
+    remaining -= min(DEADLINE_MARGIN_S_MAX, remaining * DEADLINE_MARGIN_FRACTION)
+    return max(0.0, min(remaining, request_timeout_s))
 
 
 def _probe_bind(address: str) -> None:
