@@ -104,7 +104,9 @@ def test_the_request_size_limit_is_etcds_and_configurable() -> None:
     net = Net()
     node = net.nodes[net.leader()]
     node.etcd.limits = etcd.EtcdLimits(request_bytes_max=1000)
-    largest = max(n for n in range(900, 1000) if etcd.request_bytes(put(b"k", b"x" * n).ByteSize()) <= 1000)
+    largest = max(
+        n for n in range(900, 1000) if etcd.request_bytes(put(b"k", b"x" * n).ByteSize(), node.etcd.member_id) <= 1000
+    )
     at = node.etcd_write(put(b"k", b"x" * largest), 5.0, lambda c: None)
     over = node.etcd_write(put(b"k", b"x" * (largest + 1)), 5.0, lambda c: None)
     net.settle()

@@ -278,11 +278,16 @@ def check_structure(op_kind: str, req: object) -> EtcdError | None:
     return None
 
 
-def request_bytes(size: int) -> int:
+def request_bytes(size: int, member_id: int) -> int:
     """The size etcd compares with --max-request-bytes for a request of
-    ``size`` bytes: its InternalRaftRequest, i.e. the request as a field of
-    it plus a header with a 64-bit request id (about 14 bytes)."""
-    return 1 + _varint_len(size) + size + 14
+    ``size`` bytes received by member ``member_id``: its InternalRaftRequest,
+    i.e. the request as a field of it, plus a header (field 100) holding the
+    request id, whose top 16 bits are the member id's low 16 bits and whose
+    next 40 the clock's milliseconds (pkg/idutil), so its varint is as long
+    as the member id makes it."""
+    request_id = ((member_id & 0xFFFF) << 48) | (1 << 47)
+    header = 2 + 1 + 1 + _varint_len(request_id)  # tag 100, length, tag 1, the id
+    return 1 + _varint_len(size) + size + header
 
 
 def _varint_len(n: int) -> int:

@@ -249,6 +249,7 @@ _FIELDS = {
     rpc_pb2.AlarmRequest: "alarm",
 }
 DEFAULT_QUOTA_BYTES = 2 << 30  # etcd's --quota-backend-bytes default
+GRPC_OVERHEAD_BYTES = 512 << 10  # etcd's gRPC limit: --max-request-bytes + this (v3rpc/grpc.go)
 _INTERNAL_WAIT_TICKS = 3000  # a call of the node's own unanswered this long is given up
 
 
@@ -305,6 +306,16 @@ class EtcdCalls:
     @property
     def revision(self) -> int:
         return self._sm.revision
+
+    def check_message_bytes(self, size: int) -> EtcdFailure | None:
+        """etcd's gRPC server takes messages up to --max-request-bytes plus
+        512 KiB, and refuses larger ones in grpc-go's words (before etcd sees
+        them); paxoskv's port takes more for its own API, so the etcd API
+        draws etcd's line itself."""
+        limit = self.limits.request_bytes_max + GRPC_OVERHEAD_BYTES
+        if size > limit:
+            return EtcdFailure("RESOURCE_EXHAUSTED", f"grpc: received message larger than max ({size} vs. {limit})")
+        return None
 
     def leader_member_id(self) -> int:
         lid = self._node.leader_id
@@ -365,7 +376,7 @@ class EtcdCalls:
         if field == "alarm" and request.action == rpc_pb2.AlarmRequest.GET:
             self._read(call, lambda: etcd.apply_alarm(self._sm.alarms, request)[1], False)
             return call
-        if etcd.request_bytes(request.ByteSize()) > self.limits.request_bytes_max:
+        if etcd.request_bytes(request.ByteSize(), self.member_id) > self.limits.request_bytes_max:
             call.set(0, failure(etcd.ERR_REQUEST_TOO_LARGE))
             return call
         cost = etcd.put_cost(request) if field == "put" else etcd.txn_cost(request) if field == "txn" else 0
@@ -513,14 +524,16 @@ class EtcdCalls:
     def move_leader(self, target: int) -> EtcdFailure | None:
         """etcd's MoveLeader: only the leader takes it; a target that is no
         member is etcd's bad transferee; the leader itself is done already;
-        moving to another member paxoskv cannot do (etcd's not capable)."""
+        moving to another member paxoskv does not do (FAILED_PRECONDITION,
+        which clients do not retry, as they would etcd's UNAVAILABLE "not
+        capable")."""
         if not self._node.replica.core.is_leader:
             return failure(etcd.ERR_NOT_LEADER)
         if target not in {member_id(self.cluster_id, n) for n in self.members}:
             return failure(etcd.ERR_BAD_LEADER_TRANSFEREE)
         if target == self.member_id:
             return None
-        return failure(etcd.ERR_NOT_CAPABLE)
+        return failure(ERR_NO_LEADER_TRANSFER)
 
     # ---- long reads (any thread) ----------------------------------------------------
 
@@ -536,6 +549,10 @@ class EtcdCalls:
 
 # ---- membership (static) -----------------------------------------------------------------
 
+ERR_NO_LEADER_TRANSFER = etcd.EtcdError(
+    "FAILED_PRECONDITION",
+    "etcdserver: leader transfer is not supported: a paxoskv leader changes only by election",
+)
 ERR_MEMBERSHIP_STATIC = etcd.EtcdError(
     "FAILED_PRECONDITION",
     "etcdserver: membership is static: paxoskv members are the nodes named by --peers at start",

@@ -184,9 +184,12 @@ class Replica:
         done = Done()
         if rd.committed:
             sm = self.sm
+            compacted = sm.compact_revision
             for slot, value in rd.committed:
                 done.results.extend(sm.apply(slot, value))
             self.storage.apply(sm.take_changes(), drop_accepted_through=rd.committed[-1][0])
+            if sm.compact_revision != compacted:
+                self.compactions += 1  # history rows were deleted: the driver reclaims their space
         self.core.advance(rd)
         if rd.committed:
             kept = self._kept

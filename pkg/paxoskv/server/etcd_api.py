@@ -97,8 +97,11 @@ class EtcdFacade:
     def _wrap(self, handler: Any, request_type: type) -> Any:  # noqa: ANN401
         async def call(data: bytes, context: grpc.aio.ServicerContext) -> object:
             try:
-                request = _parse(request_type, data)
                 layer = self.node.etcd_layer()
+                too_big = layer.etcd.check_message_bytes(len(data))
+                if too_big is not None:
+                    raise too_big
+                request = _parse(request_type, data)
                 if _wants_leader(context):
                     refused = layer.etcd.require_leader()
                     if refused is not None:

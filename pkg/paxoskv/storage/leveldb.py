@@ -90,7 +90,8 @@ Compaction and snapshots (the rules are in :mod:`paxoskv.storage.base`):
 - ``compact`` deletes records in one batch; LevelDB keeps their tombstones
   and the old files until its own compaction merges them, so ``reclaim``
   runs ``compact_range`` over ``chosen/`` and ``accepted/`` below
-  ``log_start`` (and, after an install, over ``kv/`` and ``session/``):
+  ``log_start``, over ``rev/`` below an MVCC compaction (and, after an
+  install, over ``rev/`` and ``session/``):
   that rewrites the overlapping files without the deleted records and the
   directory shrinks. It does NOT take the handle's lock (LevelDB is
   thread-safe), so the node's writes go on while it runs; run it in a
@@ -138,7 +139,7 @@ from typing import Any, BinaryIO
 import plyvel
 from google.protobuf.message import DecodeError
 
-from paxoskv.kv.mvcc import ROW_KEY_BYTES, legacy_rows
+from paxoskv.kv.mvcc import ROW_KEY_BYTES, legacy_rows, row_key
 from paxoskv.kv.state_machine import Changes, Session
 from paxoskv.paxos.types import ZERO_BALLOT, Ballot, Entry, Value
 from paxoskv.storage.base import (
@@ -253,6 +254,9 @@ class LevelDBStorage:
         self._closing = False
         self._sources: set[_LevelDBSource] = set()
         self._reclaim_state = False  # an install replaced kv/ and session/
+        # MVCC compaction deleted the rows below this revision: reclaim rev/ up to it
+        self._rev_reclaim_through = 0
+        self._rev_reclaimed = 0
 
     @classmethod
     def open(
@@ -518,6 +522,7 @@ class LevelDBStorage:
                 raise _storage_error(self.path, exc) from None
         self._write(batch)
         self._applied_index = changes.applied_index
+        self._rev_reclaim_through = max(self._rev_reclaim_through, changes.compact_revision)
         if drops:
             self._accepted_scan_from = through + 1
             for slot in dropped:
@@ -611,6 +616,10 @@ class LevelDBStorage:
                 (P_ACCEPTED, slot_key(P_ACCEPTED, self._log_start)),
             ]
             reclaim_state, self._reclaim_state = self._reclaim_state, False
+            rev_through = self._rev_reclaim_through
+            if rev_through > self._rev_reclaimed:  # the rows an MVCC compaction deleted
+                ranges.append((P_REV, P_REV + row_key(rev_through + 1, 0)))
+                self._rev_reclaimed = rev_through
         if reclaim_state:
             ranges += [(P_KV, _prefix_end(P_KV)), (P_REV, _prefix_end(P_REV)), (P_SESSION, _prefix_end(P_SESSION))]
         with self._using() as db:  # the long part, without the lock
