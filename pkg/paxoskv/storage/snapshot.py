@@ -370,15 +370,6 @@ class SnapshotReader:
         """What the snapshot holds, once ``finish()`` verified it."""
         return self._info
 
-    @property
-    def revision(self) -> int:
-        """The store's revision (once the header was read)."""
-        return self._revision
-
-    @property
-    def compact_revision(self) -> int:
-        return self._compact_revision
-
     def feed(self, data: bytes | bytearray | memoryview) -> Items:
         """Take the next bytes of the stream; return the items they completed."""
         self._raise_if_failed()
