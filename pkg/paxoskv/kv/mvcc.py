@@ -257,6 +257,7 @@ class MVCCStore:
         for key, row in sorted(rows.items() if isinstance(rows, Mapping) else rows):
             self._load_row(key, row)
         self._keys = SortedList(self._index)
+        self._new_keys: list[bytes] = []  # new keys not in _keys yet: sorted in when a range needs them
 
     def _load_row(self, key: bytes, row: bytes) -> None:
         main, sub = split_row_key(key)
@@ -352,7 +353,7 @@ class MVCCStore:
         lst = self._index.get(key)
         if lst is None:
             self._index[key] = [enc]
-            self._keys.add(key)
+            self._new_keys.append(key)
         else:
             lst.append(enc)
             self._messy.add(key)
@@ -363,6 +364,15 @@ class MVCCStore:
         self._live[key] = KeyRecord(value, create, main, sub, version, lease)
         self._values[key] = value
         self._pending[_ROW.pack(main, sub)] = encode_row(key, create, main, version, value, lease)
+        return prev
+
+    def put_alone(self, key: bytes, value: bytes) -> KeyRecord | None:
+        """``begin(); put(key, value); end()``: a command of one put."""
+        self._main = self.revision + 1
+        self._sub = 0
+        prev = self.put(key, value)
+        self.revision = self._main
+        self._main = self._sub = 0
         return prev
 
     def delete(self, key: bytes) -> KeyRecord | None:
@@ -392,7 +402,14 @@ class MVCCStore:
             return
         if end and end <= key:
             return
-        yield from self._keys.irange(key, end or None, inclusive=(True, False))
+        yield from self._sorted_keys().irange(key, end or None, inclusive=(True, False))
+
+    def _sorted_keys(self) -> SortedList:
+        """Every indexed key in order (new ones sorted in now, in one go)."""
+        if self._new_keys:
+            self._keys.update(self._new_keys)
+            self._new_keys = []
+        return self._keys
 
     def live_in(self, key: bytes, end: bytes | None) -> Iterator[tuple[bytes, KeyRecord]]:
         """The live keys of a range (as ``keys_in``), with their records."""
@@ -447,6 +464,7 @@ class MVCCStore:
         bound = (rev << 32) | _LOW
         pending = self._pending
         index = self._index
+        keys = self._sorted_keys()
         dropped = 0
         settled: list[bytes] = []
         for key in sorted(self._messy):
@@ -462,7 +480,7 @@ class MVCCStore:
                 dropped += cut
             if not lst:
                 del index[key]
-                self._keys.remove(key)
+                keys.remove(key)
                 settled.append(key)
             elif len(lst) == 1 and not lst[0] & 1:
                 settled.append(key)

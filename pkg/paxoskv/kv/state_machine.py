@@ -248,6 +248,7 @@ class KVStateMachine:
             (cid, s) for cid, s in ordered if cid.startswith(NODE_ASSIGNED_PREFIX)
         )
         self._alarms: tuple[Alarm, ...] = tuple(sorted(set(alarms)))
+        self._nospace = any(a == etcd.ALARM_NOSPACE for _, a in self._alarms)  # read per put: kept, not computed
         self._leases = leases
         self._applied_index = applied_index
         self._limits = limits
@@ -304,7 +305,8 @@ class KVStateMachine:
 
     @property
     def nospace(self) -> bool:
-        return any(a == etcd.ALARM_NOSPACE for _, a in self._alarms)
+        """The NOSPACE alarm is raised (by any member): puts are refused."""
+        return self._nospace
 
     def get(self, key: bytes) -> bytes | None:  # replaced by the store's get in __init__
         return self._store.get(key)
@@ -359,12 +361,13 @@ class KVStateMachine:
                 client_id, sequence, kv_pb2.CommandResult(code=_INVALID, index=index, error=error)
             )
         if client_id:
-            session = self.session(client_id)
+            pool = self._node_sessions if client_id.startswith(NODE_ASSIGNED_PREFIX) else self._sessions
+            session = pool.get(client_id)
             if session is not None and sequence == session.sequence:
                 return Applied(client_id, sequence, _copy_result(session.result))
             if session is not None and sequence < session.sequence:
                 return Applied(client_id, sequence, _stale(index, client_id, sequence, session))
-        if kind == "put" and self.nospace:
+        if kind == "put" and self._nospace:
             return Applied(client_id, sequence, kv_pb2.CommandResult(code=_NO_SPACE, index=index, error=_NO_SPACE_ERROR))
         result = self._execute(index, cmd)
         if client_id:
@@ -395,7 +398,7 @@ class KVStateMachine:
         key_max, value_max = limits.key_bytes_max, limits.value_bytes_max
         client_id_chars_max = limits.client_id_bytes_max // 4  # this many chars fit in any UTF-8
         store = self._store
-        nospace = self.nospace
+        nospace = self._nospace
         Result = kv_pb2.CommandResult
         ok = _ok_pair(index)
         results: list[kv_pb2.CommandResult] = []
@@ -466,7 +469,7 @@ class KVStateMachine:
         key_max, value_max = limits.key_bytes_max, limits.value_bytes_max
         store = self._store
         put, delete = store.put, store.delete
-        nospace = self.nospace
+        nospace = self._nospace
         Result = kv_pb2.CommandResult
         ok = _ok_pair(index)
         results: list[kv_pb2.CommandResult] = []
@@ -529,12 +532,12 @@ class KVStateMachine:
 
     def _execute(self, index: int, cmd: kv_pb2.Command) -> kv_pb2.CommandResult:
         store = self._store
-        store.begin()
         if cmd.WhichOneof("op") == "put":
-            existed = store.put(cmd.put.key, cmd.put.value) is not None
+            existed = store.put_alone(cmd.put.key, cmd.put.value) is not None
         else:
+            store.begin()
             existed = store.delete(cmd.delete.key) is not None
-        store.end()
+            store.end()
         return kv_pb2.CommandResult(code=_OK, index=index, existed=existed)
 
     def _apply_etcd(self, index: int, cmd: kv_pb2.Command) -> Applied:
@@ -556,15 +559,16 @@ class KVStateMachine:
                 return Applied(client_id, sequence, DUPLICATE, waiter)
         store = self._store
         if kind == "put":
-            result: object = etcd.apply_put(store, req, self._leases, self.nospace)
+            result: object = etcd.apply_put(store, req, self._leases, self._nospace)
         elif kind == "delete_range":
             result = etcd.apply_delete_range(store, req)
         elif kind == "txn":
-            result = etcd.apply_txn(store, req, self._leases, self.nospace)
+            result = etcd.apply_txn(store, req, self._leases, self._nospace)
         elif kind == "compaction":
             result = etcd.apply_compaction(store, req)
         else:
             self._alarms, result = etcd.apply_alarm(self._alarms, req)
+            self._nospace = any(a == etcd.ALARM_NOSPACE for _, a in self._alarms)
         if client_id:
             self._remember(client_id, Session(sequence, _EMPTY_RESULT, index))
         return Applied(client_id, sequence, result, waiter)

@@ -106,11 +106,11 @@ Compaction and snapshots (the rules are in :mod:`paxoskv.storage.base`):
   Only the header is checked as the bytes come (another cluster, or an
   older index, is refused at once). ``finish()`` then, under the lock, reads
   the file in ONE pass that verifies everything (framing, order, counts,
-  checksum) while merging it with the stored keys and sessions, both in key
-  order, into ONE synced batch, written only if the pass ended verified: a
-  stored key the snapshot lacks is deleted, a key whose value differs or is
-  new is put, an equal one is left alone (a node slightly behind writes
-  little), plus the applied index, ``log_start`` and the deletion of the
+  checksum) while merging it with the stored history rows and sessions, both
+  in key order, into ONE synced batch, written only if the pass ended
+  verified: a stored row the snapshot lacks is deleted, a row that differs
+  or is new is put, an equal one is left alone (a node slightly behind
+  writes little), plus the applied record, ``log_start`` and the deletion of the
   chosen and accepted entries it covers. The batch holds at most the whole
   state, which the node holds in memory anyway. The staging file is not
   fsync'ed: the switch batch carries every byte, and a crash before it
