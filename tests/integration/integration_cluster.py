@@ -7,27 +7,19 @@ Rules:
   log in a file (``log_text``), started in a session of its own.
 - Every process started here is stopped here, by PID: ``kill`` (SIGKILL by
   default) waits for the exit; ``close`` stops whatever still runs.
-- Nothing sleeps to synchronise: ``wait_until`` polls a condition against a
-  deadline, and every wait says what it waited for when it gives up.
-
-Ports: random candidates in 20000-31999, below Linux's ephemeral range, so
-the kernel never hands one of them to another process's port-0 socket; a
-candidate is used only if both it and its bus port bind right now.
+- Nothing sleeps to synchronise: ``paxoskv.util.wait.wait_until`` polls a
+  condition against a deadline, and every wait says what it waited for when
+  it gives up. Ports come from ``paxoskv.util.ports.free_ports``.
 """
 
 from __future__ import annotations
 
 import os
 import pathlib
-import random
 import signal
-import socket
 import subprocess
 import sys
-import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TypeVar
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -35,51 +27,12 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from paxoskv.client import SyncClient
 from paxoskv.v1 import kv_pb2, kv_pb2_grpc
 from paxoskv.procutil import die_with_parent
-
-T = TypeVar("T")
+from paxoskv.util.ports import free_ports
+from paxoskv.util.wait import wait_until
 
 HOST = "127.0.0.1"
 REPO = pathlib.Path(__file__).resolve().parents[2]
 PAXOSKV = pathlib.Path(sys.executable).parent / "paxoskv"
-_PORT_LOW, _PORT_HIGH = 20000, 31999
-_rng = random.Random()
-
-
-def wait_until(
-    what: str, probe: Callable[[], T | None], timeout_s: float, interval_s: float = 0.02
-) -> T:
-    """Poll ``probe`` until it returns something truthy; fail after ``timeout_s``."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        value = probe()
-        if value:
-            return value
-        if time.monotonic() >= deadline:
-            raise AssertionError(f"timed out after {timeout_s}s waiting for {what}")
-        time.sleep(interval_s)  # polling interval of a deadline-bounded wait, not a synchronisation
-
-
-def _bindable(port: int) -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        try:
-            s.bind((HOST, port))
-        except OSError:
-            return False
-    return True
-
-
-def free_ports(n: int, *, offset: int | None = None, consecutive: bool = False) -> list[int]:
-    """``n`` free ports; with ``offset``, each ``p + offset`` is free too."""
-    for _ in range(1000):
-        if consecutive:
-            base = _rng.randint(_PORT_LOW, _PORT_HIGH - n)
-            cand = list(range(base, base + n))
-        else:
-            cand = _rng.sample(range(_PORT_LOW, _PORT_HIGH), n)
-        need = cand + ([p + offset for p in cand] if offset else [])
-        if len(set(need)) == len(need) and all(_bindable(p) for p in need):
-            return cand
-    raise AssertionError("no free ports found")
 
 
 def health_status(endpoint: str, timeout_s: float = 1.0) -> int | None:

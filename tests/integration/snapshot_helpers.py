@@ -18,7 +18,7 @@ Rules:
   number, so the final map's size is known without reading it back, and every
   key's value is checked against the nodes' answers, never trusted.
 - Nothing sleeps to synchronise; waits poll against a deadline
-  (``integration_cluster.wait_until``).
+  (``paxoskv.util.wait.wait_until``).
 
 Theory of operation: a ``BulkWriter`` runs ``lanes`` threads, each a loop of
 synchronous ``Batch`` calls to the current leader (gRPC releases the GIL while
@@ -41,7 +41,8 @@ from dataclasses import dataclass, field
 
 import grpc
 
-from integration_cluster import LocalCluster, node_status, wait_until
+from integration_cluster import LocalCluster, node_status
+from paxoskv.util.wait import WaitTimeout, wait_until
 from paxoskv.v1 import kv_pb2, kv_pb2_grpc
 
 CHANNEL_OPTIONS = (
@@ -427,7 +428,7 @@ def settled_sizes(cluster: LocalCluster, ids: list[int], timeout_s: float = 20.0
 
     try:
         return wait_until("data directories to stop changing", probe, timeout_s, interval_s=0.5)
-    except AssertionError:
+    except WaitTimeout:
         return last
 
 

@@ -22,13 +22,14 @@ from integration_cluster import (
     HOST,
     PAXOSKV,
     REPO,
-    free_ports,
     health_status,
     node_status,
     run_cli,
-    wait_until,
 )
 from grpc_health.v1 import health_pb2
+
+from paxoskv.util.ports import free_ports
+from paxoskv.util.wait import wait_until
 
 MARKER = "<!-- tested: client-examples"
 DOC_PORTS = (50051, 50052, 50053)

@@ -40,6 +40,7 @@ import grpc
 
 from paxoskv.v1 import kv_pb2, kv_pb2_grpc
 from paxoskv.procutil import die_with_parent
+from paxoskv.util.wait import wait_until
 
 STOP_GRACE_S = 10.0
 
@@ -120,15 +121,15 @@ class Cluster:
                 raise RuntimeError(f"{self.name}: process {p.pid} exited with {p.returncode}; log {log}:\n{tail}")
 
     def wait_ready(self, timeout_s: float = 60.0) -> None:
+        """Until every endpoint answers a read; ``WaitTimeout`` (a RuntimeError) if not in time."""
         deadline = time.monotonic() + timeout_s
         for ep in self.endpoints:
-            while True:
+
+            def answers(ep: str = ep) -> bool:
                 self.check_alive()
-                if _probe(self.target, ep):
-                    break
-                if time.monotonic() > deadline:
-                    raise RuntimeError(f"{self.name}: {ep} did not answer within {timeout_s:g} s")
-                time.sleep(0.1)
+                return _probe(self.target, ep)
+
+            wait_until(f"{self.name}: {ep} to answer a read", answers, deadline - time.monotonic(), interval_s=0.1)
 
     def stop(self) -> None:
         for p in self.procs:

@@ -33,6 +33,7 @@ import click
 
 from paxoskv.server.config import BUS_PORT_OFFSET, ConfigError, format_hostport, parse_port
 from paxoskv.procutil import die_with_parent
+from paxoskv.util.wait import WaitTimeout, wait_until_async
 
 __all__ = ["cluster_cmd"]
 
@@ -118,21 +119,25 @@ async def _wait_ready(
 
     host = "127.0.0.1"
     eps = [format_hostport(host, s.port) for s in specs]
-    deadline = time.monotonic() + READY_TIMEOUT_S
     async with Client(eps, timeout_s=1.0) as client:
-        while time.monotonic() < deadline:
+
+        async def leader() -> int | None:
             if any(p.returncode is not None for p in procs.values()):
-                return None
+                raise _NodeExited
             answers = await client.status_all(timeout_s=0.5)
             leaders = {a.status.leader_id for a in answers if a.status is not None}
-            if (
-                all(a.status is not None for a in answers)
-                and len(leaders) == 1
-                and 0 not in leaders
-            ):
+            if all(a.status is not None for a in answers) and len(leaders) == 1 and 0 not in leaders:
                 return leaders.pop()
-            await asyncio.sleep(0.1)
-    return None
+            return None
+
+        try:
+            return await wait_until_async("a leader", leader, READY_TIMEOUT_S, interval_s=0.1)
+        except (WaitTimeout, _NodeExited):
+            return None
+
+
+class _NodeExited(Exception):
+    """A node ended while the cluster waited for a leader."""
 
 
 def _paxoskv() -> str:
