@@ -2,7 +2,7 @@
 
 Rules:
 
-- Every port is chosen free at run time (``free_ports``), every node binds
+- Every port is chosen free at run time (``paxoskv.util.ports``), every node binds
   127.0.0.1 only, every node keeps its data and its log under the cluster's
   directory.
 - A cluster owns the processes it started and nothing else: ``stop()``
@@ -29,7 +29,6 @@ import os
 import pathlib
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -40,23 +39,10 @@ import grpc
 
 from paxoskv.v1 import kv_pb2, kv_pb2_grpc
 from paxoskv.procutil import die_with_parent
+from paxoskv.util.ports import free_ports
 from paxoskv.util.wait import wait_until
 
 STOP_GRACE_S = 10.0
-
-
-def free_ports(n: int) -> list[int]:
-    """``n`` distinct TCP ports free on 127.0.0.1 right now."""
-    socks = []
-    try:
-        for _ in range(n):
-            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            s.bind(("127.0.0.1", 0))
-            socks.append(s)
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for s in socks:
-            s.close()
 
 
 def _clock_ticks() -> int:

@@ -45,6 +45,8 @@ import subprocess
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
+from paxoskv.util.ports import free_ports
+
 __all__ = [
     "LoopbackNetwork",
     "NamespaceNetwork",
@@ -150,7 +152,7 @@ class LoopbackNetwork:
 
     def __init__(self, n: int, why_unsupported: str) -> None:
         self.why_unsupported = why_unsupported
-        ports = _free_ports(2 * n)
+        ports = free_ports(2 * n)
         self.addresses = {
             i: NodeAddress("127.0.0.1", ports[2 * (i - 1)], ports[2 * (i - 1) + 1]) for i in range(1, n + 1)
         }
@@ -172,19 +174,6 @@ class LoopbackNetwork:
 
     def describe(self) -> str:
         return f"loopback 127.0.0.1 (no partitions: {self.why_unsupported})"
-
-
-def _free_ports(n: int) -> list[int]:
-    socks = []
-    try:
-        for _ in range(n):
-            s = socket.socket()
-            s.bind(("127.0.0.1", 0))
-            socks.append(s)
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for s in socks:
-            s.close()
 
 
 class NamespaceNetwork:
