@@ -41,7 +41,8 @@ from dataclasses import dataclass, field
 
 import grpc
 
-from integration_cluster import LocalCluster, node_status
+from integration_cluster import LocalCluster
+from paxoskv.launch import node_status
 from paxoskv.util.wait import WaitTimeout, wait_until
 from paxoskv.v1 import kv_pb2, kv_pb2_grpc
 
@@ -360,7 +361,7 @@ def count_in_log(
     ``since_start`` when given)."""
     log = cluster.log_text(node_id)
     if since_start is not None:
-        marker = f"==== start #{since_start} ===="
+        marker = f"=== start #{since_start} of node {node_id} ==="
         at = log.find(marker)
         log = log[at:] if at >= 0 else ""
     return log.count(text)

@@ -43,9 +43,8 @@ import signal
 import socket
 import subprocess
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
 
-from paxoskv.util.ports import free_ports
+from paxoskv.launch import NodeAddress, local_addresses
 
 __all__ = [
     "LoopbackNetwork",
@@ -67,17 +66,6 @@ COMMAND_TIMEOUT_S = 20.0
 
 class NetworkError(RuntimeError):
     """Setting up or changing the network failed; the message says which command."""
-
-
-@dataclass(frozen=True, slots=True)
-class NodeAddress:
-    host: str
-    port: int
-    bus_port: int
-
-    @property
-    def target(self) -> str:
-        return f"{self.host}:{self.port}"
 
 
 def _run(argv: Sequence[str], *, stdin: str | None = None, check: bool = True) -> subprocess.CompletedProcess:
@@ -152,10 +140,7 @@ class LoopbackNetwork:
 
     def __init__(self, n: int, why_unsupported: str) -> None:
         self.why_unsupported = why_unsupported
-        ports = free_ports(2 * n)
-        self.addresses = {
-            i: NodeAddress("127.0.0.1", ports[2 * (i - 1)], ports[2 * (i - 1) + 1]) for i in range(1, n + 1)
-        }
+        self.addresses = local_addresses(n)
 
     def setup(self) -> None:
         pass
