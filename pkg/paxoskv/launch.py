@@ -36,8 +36,9 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 from paxoskv.procutil import die_with_parent
-from paxoskv.server.config import BUS_PORT_OFFSET, format_hostport
+from paxoskv.server.config import BUS_PORT_OFFSET
 from paxoskv.util.ports import free_ports
+from paxoskv.wire import format_hostport
 
 __all__ = [
     "HOST",

@@ -45,10 +45,11 @@ from integration_cluster import LocalCluster
 from paxoskv.launch import node_status
 from paxoskv.util.wait import WaitTimeout, wait_until
 from paxoskv.v1 import kv_pb2, kv_pb2_grpc
+from paxoskv.wire import MESSAGE_BYTES_MAX
 
 CHANNEL_OPTIONS = (
-    ("grpc.max_receive_message_length", 64 << 20),
-    ("grpc.max_send_message_length", 64 << 20),
+    ("grpc.max_receive_message_length", MESSAGE_BYTES_MAX),
+    ("grpc.max_send_message_length", MESSAGE_BYTES_MAX),
     ("grpc.use_local_subchannel_pool", 1),
 )
 

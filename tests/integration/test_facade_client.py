@@ -26,8 +26,9 @@ from paxoskv.client import (
     Unavailable,
 )
 from paxoskv.server import errors
-from paxoskv.server.grpc_api import LEADER_METADATA_KEY, BindError, Facade
+from paxoskv.server.grpc_api import BindError, Facade
 from paxoskv.util.ports import free_ports
+from paxoskv.wire import LEADER_METADATA_KEY, method_path
 from paxoskv.v1 import kv_pb2, kv_pb2_grpc
 
 Behaviour = Callable[[kv_pb2.Command, float], Awaitable[kv_pb2.CommandResult]]
@@ -192,7 +193,7 @@ def test_status_codes_and_leader_hint_metadata() -> None:
             )
 
             # A body that is not a PutRequest at all: INVALID_ARGUMENT, the node never sees it.
-            raw = ch.unary_unary("/paxoskv.v1.KV/Put")
+            raw = ch.unary_unary(method_path("KV", "Put"))
             before = len(node.submits)
             with pytest.raises(grpc.aio.AioRpcError) as ei:
                 await raw(b"\xff\xff\xff\xff garbage", timeout=5)

@@ -11,8 +11,9 @@ from collections.abc import Awaitable, Callable
 
 import grpc
 
-from paxoskv.server.grpc_api import KV_SERVICE, SERVER_OPTIONS
+from paxoskv.server.grpc_api import SERVER_OPTIONS
 from paxoskv.v1 import kv_pb2
+from paxoskv.wire import KV_SERVICE
 
 _HEADER = kv_pb2.ResponseHeader(node_id=1, leader_id=1, index=1)
 PUT = kv_pb2.PutResponse(header=_HEADER).SerializeToString()

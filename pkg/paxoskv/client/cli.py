@@ -40,7 +40,7 @@ from paxoskv.client.client import (
     Unavailable,
 )
 from paxoskv.client.sync import SyncClient
-from paxoskv.server.config import ConfigError, parse_endpoints
+from paxoskv.wire import ConfigError, parse_endpoints
 
 __all__ = [
     "EXIT_INVALID",

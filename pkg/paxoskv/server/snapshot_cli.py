@@ -36,7 +36,7 @@ from typing import Any, NoReturn
 
 import click
 
-from paxoskv.server.config import ConfigError, parse_endpoints
+from paxoskv.wire import MESSAGE_BYTES_MAX, ConfigError, parse_endpoints
 from paxoskv.storage.base import StorageError
 from paxoskv.storage.snapshot import (
     CHUNK_BYTES,
@@ -62,9 +62,6 @@ EXIT_CORRUPT = 1
 EXIT_USAGE = 2
 EXIT_UNAVAILABLE = 3
 EXIT_OTHER = 4
-
-GRPC_MESSAGE_BYTES_MAX = 64 << 20
-
 
 def _fail(cmd: str, message: str, rc: int) -> NoReturn:
     click.echo(f"paxoskv snapshot {cmd}: error: {message}", err=True)
@@ -105,7 +102,7 @@ def _stream(endpoint: str, timeout_s: float) -> Iterator[bytes]:
 
     from paxoskv.v1 import kv_pb2, kv_pb2_grpc
 
-    options = [("grpc.max_receive_message_length", GRPC_MESSAGE_BYTES_MAX)]
+    options = [("grpc.max_receive_message_length", MESSAGE_BYTES_MAX)]
     with grpc.insecure_channel(endpoint, options=options) as channel:
         stub = kv_pb2_grpc.MaintenanceStub(channel)
         digest = hashlib.sha256()
