@@ -36,6 +36,7 @@ from dataclasses import dataclass
 
 import click
 
+from paxoskv.cli_options import option
 from paxoskv.launch import STOP_GRACE_S, agreed_leader, local_addresses, node_status, serve_args
 from paxoskv.procutil import die_with_parent
 from paxoskv.server.config import BUS_PORT_OFFSET, ConfigError, format_hostport, parse_port
@@ -248,9 +249,7 @@ async def _stop_all(procs: dict[int, asyncio.subprocess.Process]) -> None:
 
 
 @click.command("cluster", context_settings={"show_default": True})
-@click.option(
-    "--nodes", type=int, default=3, envvar="PAXOSKV_NODES", show_envvar=True, help="How many nodes."
-)
+@option("--nodes")
 @click.option(
     "--base-port",
     type=int,
@@ -273,37 +272,10 @@ async def _stop_all(procs: dict[int, asyncio.subprocess.Process]) -> None:
     show_envvar=True,
     help="Address every node binds.",
 )
-@click.option(
-    "--cluster-id",
-    default="paxoskv",
-    envvar="PAXOSKV_CLUSTER_ID",
-    show_envvar=True,
-    help="Cluster name.",
-)
-@click.option(
-    "--heartbeat-ms",
-    type=int,
-    default=50,
-    envvar="PAXOSKV_HEARTBEAT_MS",
-    show_envvar=True,
-    help="Leader heartbeat interval.",
-)
-@click.option(
-    "--election-ms",
-    type=int,
-    default=500,
-    envvar="PAXOSKV_ELECTION_MS",
-    show_envvar=True,
-    help="Election timeout.",
-)
-@click.option(
-    "--log-level",
-    type=click.Choice(["debug", "info", "warning", "error"], case_sensitive=False),
-    default="info",
-    envvar="PAXOSKV_LOG_LEVEL",
-    show_envvar=True,
-    help="Nodes' log verbosity.",
-)
+@option("--cluster-id")
+@option("--heartbeat-ms")
+@option("--election-ms")
+@option("--log-level")
 def cluster_cmd(
     nodes: int,
     base_port: int,

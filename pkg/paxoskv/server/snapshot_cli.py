@@ -36,7 +36,7 @@ from typing import Any, NoReturn
 
 import click
 
-from paxoskv.wire import MESSAGE_BYTES_MAX, ConfigError, parse_endpoints
+from paxoskv.cli_options import option
 from paxoskv.storage.base import StorageError
 from paxoskv.storage.snapshot import (
     CHUNK_BYTES,
@@ -46,6 +46,7 @@ from paxoskv.storage.snapshot import (
     verify_file,
     write_file,
 )
+from paxoskv.wire import MESSAGE_BYTES_MAX, ConfigError, parse_endpoints
 
 __all__ = [
     "EXIT_CORRUPT",
@@ -134,24 +135,8 @@ def _stream(endpoint: str, timeout_s: float) -> Iterator[bytes]:
 
 @snapshot_cmd.command("save")
 @click.argument("file", type=click.Path(dir_okay=False))
-@click.option(
-    "--endpoints",
-    default="localhost:50051",
-    show_default=True,
-    envvar="PAXOSKV_ENDPOINTS",
-    show_envvar=True,
-    help="HOST:PORT of the ONE node to back up.",
-)
-@click.option(
-    "--timeout",
-    "timeout_s",
-    type=click.FloatRange(min=0.001),
-    default=300.0,
-    show_default=True,
-    envvar="PAXOSKV_TIMEOUT",
-    show_envvar=True,
-    help="Deadline in seconds for the whole transfer.",
-)
+@option("--endpoints", help="HOST:PORT of the ONE node to back up.")
+@option("--timeout", default=300.0, help="Deadline in seconds for the whole transfer.")
 def save_cmd(file: str, endpoints: str, timeout_s: float) -> None:
     """Stream a consistent snapshot of a running node into FILE."""
     import grpc
@@ -274,22 +259,8 @@ def restore_snapshot(
     show_envvar=True,
     help="The NEW data directory to create (must not exist, or be empty).",
 )
-@click.option(
-    "--id",
-    "node_id",
-    type=int,
-    required=True,
-    envvar="PAXOSKV_ID",
-    show_envvar=True,
-    help="The node id that will run on it.",
-)
-@click.option(
-    "--cluster-id",
-    default=None,
-    envvar="PAXOSKV_CLUSTER_ID",
-    show_envvar=True,
-    help="The new cluster's id (default: the snapshot's).",
-)
+@option("--id")
+@option("--cluster-id", default=None, help="The new cluster's id (default: the snapshot's).")
 def restore_cmd(file: str, data_dir: str, node_id: int, cluster_id: str | None) -> None:
     """Seed a new node's data directory from FILE (offline)."""
     if cluster_id == "":
