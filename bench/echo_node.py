@@ -23,7 +23,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 import grpc
 
-from paxoskv.bench.standin import DELETE, GET, PUT, serve_kv
+from standin import DELETE, GET, PUT, serve_kv  # bench/standin.py, beside this script
+
 from paxoskv.server.grpc_api import SERVER_OPTIONS
 from paxoskv.wire import KV_SERVICE
 

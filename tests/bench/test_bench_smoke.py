@@ -13,7 +13,7 @@ import sys
 
 import pytest
 
-from paxoskv.bench import clusters
+import clusters  # bench/clusters.py (setup.cfg puts bench/ on sys.path)
 from paxoskv.util.ports import free_port
 
 BENCH = [sys.executable, "-c", "from paxoskv.cli import main; main()", "bench"]

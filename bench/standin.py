@@ -1,7 +1,8 @@
 """The front end of ``bench/compare``'s stand-in servers (``bench/echo_node.py``,
-``bench/quorum_echo_node.py``): ``paxoskv.v1.KV`` served exactly as a node
-serves its public port (grpc.aio, raw-bytes handlers registered by hand, the
-same server options), with constant answers, on 127.0.0.1 only."""
+``bench/quorum_echo_node.py``, which import it from beside them):
+``paxoskv.v1.KV`` served exactly as a node serves its public port (grpc.aio,
+raw-bytes handlers registered by hand, the same server options), with
+constant answers, on 127.0.0.1 only."""
 
 from __future__ import annotations
 
