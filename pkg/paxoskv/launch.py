@@ -35,9 +35,12 @@ import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
+import grpc
+
 from paxoskv.procutil import die_with_parent
 from paxoskv.server.config import BUS_PORT_OFFSET
 from paxoskv.util.ports import free_ports
+from paxoskv.v1 import kv_pb2, kv_pb2_grpc
 from paxoskv.wire import format_hostport
 
 __all__ = [
@@ -316,27 +319,23 @@ class ServeCluster:
         return p.read_text(errors="replace") if p.exists() else ""
 
 
-def node_status(endpoint: str, timeout_s: float = 1.0):  # -> kv_pb2.StatusResponse | None
+def node_status(endpoint: str, timeout_s: float = 1.0) -> kv_pb2.StatusResponse | None:
     """``endpoint``'s answer to ``Maintenance.Status``; None if it did not answer."""
-    import grpc
-
-    from paxoskv.v1 import kv_pb2, kv_pb2_grpc
-
     with grpc.insecure_channel(endpoint) as ch:
         with contextlib.suppress(grpc.RpcError):
             return kv_pb2_grpc.MaintenanceStub(ch).Status(kv_pb2.StatusRequest(), timeout=timeout_s)
     return None
 
 
-def agreed_leader(statuses: Iterable[object]) -> int | None:
-    """The leader all of ``statuses`` (``StatusResponse`` or None) name, if
-    none is None, they name one, and it is among them saying it leads."""
+def agreed_leader(statuses: Iterable[kv_pb2.StatusResponse | None]) -> int | None:
+    """The leader all of ``statuses`` name, if none is None (no answer), they
+    name one, and it is among them saying it leads."""
     answers = list(statuses)
     if not answers or any(s is None for s in answers):
         return None
-    named = {s.leader_id for s in answers}  # type: ignore[union-attr]
+    named = {s.leader_id for s in answers if s is not None}
     if len(named) != 1:
         return None
     lid = named.pop()
-    own = [s for s in answers if s.node_id == lid]  # type: ignore[union-attr]
+    own = [s for s in answers if s is not None and s.node_id == lid]
     return lid if lid != 0 and own and own[0].role == "leader" else None
