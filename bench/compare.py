@@ -51,7 +51,9 @@ from dataclasses import dataclass, replace
 
 import grpc
 
-from paxoskv.bench import clusters, report
+import clusters  # bench/clusters.py: this file runs as a script from bench/
+
+from paxoskv.bench import report
 from paxoskv.bench.runner import BenchConfig, BenchError, BenchResult, Progress, run
 from paxoskv.bench.workload import Workload
 

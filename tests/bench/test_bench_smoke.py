@@ -13,7 +13,8 @@ import sys
 
 import pytest
 
-from paxoskv.bench import clusters
+import clusters  # bench/clusters.py (setup.cfg puts bench/ on sys.path)
+from paxoskv.util.ports import free_port
 
 BENCH = [sys.executable, "-c", "from paxoskv.cli import main; main()", "bench"]
 
@@ -61,7 +62,7 @@ def test_bench_prints_its_table_and_json(paxoskv_cluster):
 
 
 def test_bench_says_why_when_nothing_answers():
-    port = clusters.free_ports(1)[0]
+    port = free_port()
     res = subprocess.run(
         [*BENCH, "--endpoints", f"127.0.0.1:{port}", "--processes", "1", "--connect-timeout-s", "1", "--duration-s", "1"],
         capture_output=True, text=True, timeout=120, check=False,

@@ -15,7 +15,7 @@ import sys
 import grpc
 import pytest
 
-from paxoskv.bench import clusters
+import clusters  # bench/clusters.py (setup.cfg puts bench/ on sys.path)
 from paxoskv.bench.workload import key_name
 
 BENCH = [sys.executable, "-c", "from paxoskv.cli import main; main()", "bench"]

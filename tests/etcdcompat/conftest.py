@@ -1,7 +1,7 @@
 """Fixtures of the etcd compatibility tests: real etcd 3.4 clusters.
 
 ``etcd_clusters(n)`` starts ``n`` independent 3-member etcd clusters at once
-(``paxoskv.bench.clusters.start_etcd``: 127.0.0.1, free ports, data under
+(``bench/clusters.py start_etcd``: 127.0.0.1, free ports, data under
 the test's tmp dir), waits until each answers, and stops them by PID when
 the test ends. The tests are skipped when etcd or etcdctl is missing
 (``bin/setup`` installs Debian's etcd-server and etcd-client).
@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterator
 import pytest
 
 from etcdctl_compat import etcdctl_binary
-from paxoskv.bench import clusters
+import clusters
 
 CLUSTER_READY_S = 60.0
 

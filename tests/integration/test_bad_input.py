@@ -21,6 +21,7 @@ from integration_cluster import HOST, LocalCluster
 from paxoskv.client import SyncClient
 from paxoskv.kv.commands import Limits
 from paxoskv.v1 import kv_pb2, kv_pb2_grpc, peer_pb2
+from paxoskv.wire import MESSAGE_BYTES_MAX, method_path
 
 LIMITS = Limits()  # the nodes run with the defaults
 
@@ -88,17 +89,17 @@ def test_grpc_bad_requests_are_invalid_argument_and_write_nothing(
         ("Put", "client id not UTF-8", b"\x0a\x06\x0a\x02\xff\xfe\x10\x01" + b"\x12\x01k\x1a\x01v"),
     ]
     with grpc.insecure_channel(
-        c.endpoint(1), options=[("grpc.max_send_message_length", 64 << 20)]
+        c.endpoint(1), options=[("grpc.max_send_message_length", 2 * MESSAGE_BYTES_MAX)]
     ) as ch:
         for method, what, body in cases:
-            call = ch.unary_unary(f"/paxoskv.v1.KV/{method}")
+            call = ch.unary_unary(method_path("KV", method))
             with pytest.raises(grpc.RpcError) as ei:
                 call(body, timeout=5)
             assert ei.value.code() == grpc.StatusCode.INVALID_ARGUMENT, (what, ei.value.details())
             assert ei.value.details(), what
         # Over gRPC's own message limit: refused before any parsing.
-        call = ch.unary_unary("/paxoskv.v1.KV/Put")
-        huge = kv_pb2.PutRequest(key=b"huge", value=b"v" * (9 << 20)).SerializeToString()
+        call = ch.unary_unary(method_path("KV", "Put"))
+        huge = kv_pb2.PutRequest(key=b"huge", value=b"v" * (MESSAGE_BYTES_MAX + (1 << 20))).SerializeToString()
         with pytest.raises(grpc.RpcError) as ei:
             call(huge, timeout=10)
         assert ei.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED

@@ -22,9 +22,10 @@ from dataclasses import dataclass
 import pytest
 from click.testing import CliRunner
 
-from integration_cluster import HOST, PAXOSKV, LocalCluster, free_ports, run_cli
+from integration_cluster import HOST, PAXOSKV, LocalCluster, run_cli
 from paxoskv.cli import main as paxoskv_main
 from paxoskv.server.cli import serve_cmd
+from paxoskv.util.ports import free_ports
 
 
 @dataclass(frozen=True)

@@ -18,17 +18,12 @@ import shutil
 import signal
 import subprocess
 
-from integration_cluster import (
-    HOST,
-    PAXOSKV,
-    REPO,
-    free_ports,
-    health_status,
-    node_status,
-    run_cli,
-    wait_until,
-)
+from integration_cluster import PAXOSKV, REPO, health_status, run_cli
 from grpc_health.v1 import health_pb2
+
+from paxoskv.launch import HOST, agreed_leader, node_status
+from paxoskv.util.ports import free_ports
+from paxoskv.util.wait import wait_until
 
 MARKER = "<!-- tested: client-examples"
 DOC_PORTS = (50051, 50052, 50053)
@@ -230,14 +225,7 @@ def test_bin_server_and_bin_client_as_the_original(tmp_path) -> None:
             )
             assert procs[i].poll() is None, (tmp_path / f"server{i}.log").read_text()
 
-        def agreed_leader() -> int | None:
-            st = [node_status(f"{HOST}:{p}") for p in ports]
-            leaders = {s.leader_id for s in st if s is not None}
-            return (
-                leaders.pop() if None not in st and len(leaders) == 1 and 0 not in leaders else None
-            )
-
-        wait_until("a leader", agreed_leader, 30)
+        wait_until("a leader", lambda: agreed_leader(node_status(f"{HOST}:{p}") for p in ports), 30)
 
         def client(*args: str) -> subprocess.CompletedProcess[str]:
             return subprocess.run(

@@ -20,6 +20,8 @@ import zmq
 from paxoskv.paxos.codec import encode
 from paxoskv.paxos.types import Accept, Accepted, Ballot, Forward, Heartbeat, Message
 from paxoskv.transport import BusClosed, DropReason, PeerBus
+from paxoskv.util.ports import free_ports
+from paxoskv.util.wait import wait_until_async
 
 CLUSTER = "test-cluster"
 DEADLINE_S = 15.0
@@ -31,18 +33,6 @@ class FakeClock:
 
     def __call__(self) -> float:
         return self.now
-
-
-def free_ports(n: int) -> list[int]:
-    """Ports free right now: bind n sockets to port 0 at once, read them back."""
-    socks = [socket.socket(socket.AF_INET, socket.SOCK_STREAM) for _ in range(n)]
-    try:
-        for s in socks:
-            s.bind(("127.0.0.1", 0))
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for s in socks:
-            s.close()
 
 
 def addresses(ids: list[int]) -> dict[int, tuple[str, int]]:
@@ -59,18 +49,10 @@ async def started(stack: AsyncExitStack, bus: PeerBus) -> PeerBus:
     return bus
 
 
-async def until(cond: Callable[[], bool], what: str, deadline_s: float = DEADLINE_S) -> None:
-    end = time.monotonic() + deadline_s
-    while not cond():
-        if time.monotonic() > end:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.002)
-
-
 async def connected(*buses: PeerBus) -> None:
     for bus in buses:
-        await until(lambda b=bus: all(s.writable for s in b.peer_status().values()),
-                    f"node {bus.node_id} connected to its peers")
+        await wait_until_async(f"node {bus.node_id} connected to its peers",
+                               lambda b=bus: all(s.writable for s in b.peer_status().values()), DEADLINE_S)
 
 
 async def recv_within(bus: PeerBus, deadline_s: float = DEADLINE_S) -> list[Message]:
@@ -262,23 +244,26 @@ def test_each_kind_of_bad_frame_is_dropped_and_counted(caplog: pytest.LogCapture
                 # without our seeing it; the sender reconnects and gets through.
                 before = dict(b.stats.dropped)
                 as3.send(b"y" * (3 * frame_bytes_max))
-                end = time.monotonic() + DEADLINE_S
-                got = []
-                k = 0
-                while not got:  # retransmit, as Paxos would, until one gets through
-                    assert time.monotonic() < end, "node 3 never got through after its monstrous frame"
-                    as3.send(encode(hb(3, 2, 1000 + k), CLUSTER))
-                    k += 1
+                sent = 0
+
+                async def retransmit() -> list[Message]:  # as Paxos would, until one gets through
+                    nonlocal sent
+                    as3.send(encode(hb(3, 2, 1000 + sent), CLUSTER))
+                    sent += 1
                     try:
-                        got = await asyncio.wait_for(b.recv_batch(), 0.1)
+                        return await asyncio.wait_for(b.recv_batch(), 0.1)
                     except TimeoutError:
-                        pass
+                        return []
+
+                got = await wait_until_async(
+                    "node 3 to get through after its monstrous frame", retransmit, DEADLINE_S, interval_s=0
+                )
                 assert all(m.frm == 3 and m.commit >= 1000 for m in got)
                 assert b.stats.dropped == before
 
                 # Real traffic from a real bus still flows (node 3's last
                 # retransmissions may still trickle in around it).
-                await until(lambda: a.peer_status()[2].writable, "node 1 connected to node 2")
+                await wait_until_async("node 1 connected to node 2", lambda: a.peer_status()[2].writable, DEADLINE_S)
                 assert a.send(hb(1, 2, 5))
                 from_1: list[Message] = []
                 while not from_1:
@@ -360,7 +345,7 @@ def test_restarted_peer_is_reached_again() -> None:
 
             await b.close()
             await b.close()  # idempotent
-            await until(lambda: not a.peer_status()[2].writable, "node 1 to notice node 2 is gone")
+            await wait_until_async("node 1 to notice node 2 is gone", lambda: not a.peer_status()[2].writable, DEADLINE_S)
             dropped = a.stats.send_dropped
             assert not a.send(hb(1, 2, 2))
             assert a.stats.send_dropped == dropped + 1
@@ -420,7 +405,7 @@ def test_black_hole_peer_gets_nothing_queued() -> None:
 
             async with AsyncExitStack() as stack:
                 a = await started(stack, make_bus(1, addrs))
-                await until(accept, "node 1 to open a TCP connection to the black hole")
+                await wait_until_async("node 1 to open a TCP connection to the black hole", accept, DEADLINE_S)
                 msg = hb(1, 2)
                 n = 10_000
                 for k in range(n):
@@ -477,7 +462,7 @@ def test_close_wakes_a_waiting_receiver_and_later_calls_are_safe() -> None:
         with pytest.raises(RuntimeError):
             await bus.start()
         waiter = asyncio.ensure_future(bus.recv_batch())
-        await until(lambda: bus._receiving, "recv_batch to wait")
+        await wait_until_async("recv_batch to wait", lambda: bus._receiving, DEADLINE_S)
         with pytest.raises(RuntimeError):
             await bus.recv_batch()  # one receiver at a time
         await bus.close()
@@ -501,7 +486,7 @@ def test_cancelling_a_receiver_is_plain_cancellation() -> None:
             a = await started(stack, make_bus(1, addrs))
             b = await started(stack, make_bus(2, addrs))
             waiter = asyncio.ensure_future(b.recv_batch())
-            await until(lambda: b._receiving, "recv_batch to wait")
+            await wait_until_async("recv_batch to wait", lambda: b._receiving, DEADLINE_S)
             waiter.cancel()
             with pytest.raises(asyncio.CancelledError):
                 await waiter

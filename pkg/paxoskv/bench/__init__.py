@@ -25,5 +25,14 @@ many per RPC, or as messages of one bidirectional stream per endpoint.
 
 Modules: ``workload`` (mixes, keys, values), ``histogram`` (latencies),
 ``targets`` (paxoskv, etcd), ``worker`` (one process), ``runner`` (the
-processes and the merged result), ``report`` (table and JSON), ``cli``.
+processes and the merged result), ``report`` (table and JSON), ``cli``;
+``etcdpb`` (etcd's client stubs, for ``--target etcd``).
+
+Two folders, one rule: this package is what ``paxoskv bench`` ships, the
+load generator and what it needs to reach a server, and it imports nothing
+from ``bench/``. The repository's ``bench/`` is the comparison harness, run
+from a checkout and never installed: ``compare`` and the clusters it starts
+(``clusters.py``: paxoskv, etcd, PySyncObj, the stand-ins), the stand-in
+servers and their shared front end (``standin.py``), and ``floor.py``. A
+module that only the harness uses lives in ``bench/``.
 """

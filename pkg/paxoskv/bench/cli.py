@@ -18,17 +18,16 @@ from paxoskv.bench import report
 from paxoskv.bench.runner import BenchConfig, BenchError, Progress, run
 from paxoskv.bench.targets import TARGETS
 from paxoskv.bench.workload import MIXES, Workload, parse_mix
+from paxoskv.wire import ConfigError, parse_endpoints
 
 
 def _endpoints(_ctx, _param, value: str) -> tuple[str, ...]:
-    eps = tuple(e.strip() for e in value.split(",") if e.strip())
-    for ep in eps:
-        host, _, port = ep.rpartition(":")
-        if not host or not port.isdigit():
-            raise click.BadParameter(f"{ep!r} is not host:port")
-    if not eps:
-        raise click.BadParameter("give at least one host:port")
-    return eps
+    """HOST:PORT,... as every command reads endpoints, but with the port
+    required (any server: etcd too) and repeats kept (each gets its share)."""
+    try:
+        return tuple(parse_endpoints(value, default_port=None, unique=False))
+    except ConfigError as exc:
+        raise click.BadParameter(str(exc)) from None
 
 
 def _mix(_ctx, _param, value: str) -> float:

@@ -37,6 +37,7 @@ import grpc.aio
 from paxoskv.bench.histogram import Histogram
 from paxoskv.bench.targets import CHANNEL_OPTIONS, TARGETS, Endpoint, OpFailed, SlotClient
 from paxoskv.bench.workload import OpPicker, Workload, key_name
+from paxoskv.util.wait import WaitTimeout, wait_until_async
 
 PROGRESS_PERIOD_S = 0.2
 ERROR_PAUSE_S = 0.01
@@ -151,17 +152,23 @@ MODE_LOOPS: dict[str, LoopFn] = {
 }
 
 
-async def _wait_ready(probe: SlotClient, endpoint: str, deadline: float) -> None:
+async def _wait_ready(probe: SlotClient, endpoint: str, timeout_s: float) -> None:
     """Until a read of one key through ``endpoint`` succeeds (the target has a leader)."""
     last: OpFailed | None = None
-    while time.monotonic() < deadline:
+
+    async def answers() -> bool:
+        nonlocal last
         try:
             await probe.get(key_name(0))
-            return
         except OpFailed as exc:
             last = exc
-        await asyncio.sleep(0.05)
-    raise RuntimeError(f"{endpoint} did not answer a read before the connect timeout: {last}")
+            return False
+        return True
+
+    try:
+        await wait_until_async(f"{endpoint} to answer a read", answers, timeout_s, interval_s=0.05)
+    except WaitTimeout:
+        raise RuntimeError(f"{endpoint} did not answer a read before the connect timeout: {last}") from None
 
 
 async def _prefill(args: WorkerArgs, endpoints: list[Endpoint], prefix: str, value: bytes) -> None:
@@ -204,8 +211,9 @@ async def _run(args: WorkerArgs, events: Any, go: Any, start_at: Any) -> WorkerR
         endpoints = [target.connect(ch, mode=args.mode, **kw) for ch in channels]
         prefix = f"{args.client_prefix}-p{args.process_index}"
         probes = [ep.slot(f"{prefix}-setup{i}") for i, ep in enumerate(unary)]
-        deadline = time.monotonic() + args.connect_timeout_s
-        await asyncio.gather(*(_wait_ready(p, ep, deadline) for p, ep in zip(probes, args.endpoints, strict=True)))
+        await asyncio.gather(
+            *(_wait_ready(p, ep, args.connect_timeout_s) for p, ep in zip(probes, args.endpoints, strict=True))
+        )
         value = os.urandom(args.workload.value_bytes)
         if args.prefill and args.workload.read_share > 0:
             await _prefill(args, unary, prefix, value)

@@ -39,8 +39,9 @@ from paxoskv.client.client import (
     StaleSequence,
     Unavailable,
 )
+from paxoskv.cli_options import option
 from paxoskv.client.sync import SyncClient
-from paxoskv.server.config import ConfigError, parse_endpoints
+from paxoskv.wire import ConfigError, parse_endpoints
 
 __all__ = [
     "EXIT_INVALID",
@@ -64,25 +65,7 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 
 def _common(f: F) -> F:
-    f = click.option(
-        "--timeout",
-        "timeout_s",
-        type=click.FloatRange(min=0.001),
-        default=5.0,
-        show_default=True,
-        envvar="PAXOSKV_TIMEOUT",
-        show_envvar=True,
-        help="Overall deadline in seconds, retries included.",
-    )(f)
-    f = click.option(
-        "--endpoints",
-        default="localhost:50051",
-        show_default=True,
-        envvar="PAXOSKV_ENDPOINTS",
-        show_envvar=True,
-        help="Comma-separated HOST:PORT of cluster nodes (any of them).",
-    )(f)
-    return f
+    return option("--endpoints")(option("--timeout")(f))
 
 
 def _endpoints(text: str) -> list[str]:

@@ -48,7 +48,8 @@ from dataclasses import dataclass
 
 import grpc
 
-from paxoskv.v1 import kv_pb2
+from paxoskv import wire
+from paxoskv.v1 import kv_pb2, kv_pb2_grpc
 
 __all__ = [
     "Client",
@@ -63,23 +64,18 @@ __all__ = [
     "WriteResult",
 ]
 
-LEADER_METADATA_KEY = "paxoskv-leader"
-MESSAGE_BYTES_MAX = 8 << 20
+LEADER_METADATA_KEY = wire.LEADER_METADATA_KEY
 
 CHANNEL_OPTIONS: tuple[tuple[str, int], ...] = (
     ("grpc.enable_retries", 0),
-    ("grpc.max_receive_message_length", MESSAGE_BYTES_MAX),
-    ("grpc.max_send_message_length", MESSAGE_BYTES_MAX),
+    ("grpc.max_receive_message_length", wire.MESSAGE_BYTES_MAX),
+    ("grpc.max_send_message_length", wire.MESSAGE_BYTES_MAX),
     ("grpc.initial_reconnect_backoff_ms", 100),
     ("grpc.min_reconnect_backoff_ms", 100),
     ("grpc.max_reconnect_backoff_ms", 1000),
     ("grpc.keepalive_time_ms", 30_000),
     ("grpc.keepalive_timeout_ms", 10_000),
 )
-
-_RETRYABLE = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED})
-_CODE_BY_NUMBER = {c.value[0]: c for c in grpc.StatusCode}
-_UNSPECIFIED_HOSTS = frozenset({"0.0.0.0", "::", "[::]", ""})
 
 
 # ---- errors ------------------------------------------------------------------------
@@ -161,7 +157,7 @@ class _Session:
 
 
 class _Channel:
-    """One node's channel and its method callables."""
+    """One node's channel and its method callables (the generated stubs')."""
 
     __slots__ = ("target", "channel", "get", "put", "delete", "batch", "packed_batch", "status")
 
@@ -169,36 +165,13 @@ class _Channel:
         self.target = target
         ch = grpc.aio.insecure_channel(target, options=CHANNEL_OPTIONS)
         self.channel = ch
-        self.get = ch.unary_unary(
-            "/paxoskv.v1.KV/Get",
-            request_serializer=kv_pb2.GetRequest.SerializeToString,
-            response_deserializer=kv_pb2.GetResponse.FromString,
-        )
-        self.put = ch.unary_unary(
-            "/paxoskv.v1.KV/Put",
-            request_serializer=kv_pb2.PutRequest.SerializeToString,
-            response_deserializer=kv_pb2.PutResponse.FromString,
-        )
-        self.delete = ch.unary_unary(
-            "/paxoskv.v1.KV/Delete",
-            request_serializer=kv_pb2.DeleteRequest.SerializeToString,
-            response_deserializer=kv_pb2.DeleteResponse.FromString,
-        )
-        self.batch = ch.unary_unary(
-            "/paxoskv.v1.KV/Batch",
-            request_serializer=kv_pb2.BatchRequest.SerializeToString,
-            response_deserializer=kv_pb2.BatchResponse.FromString,
-        )
-        self.packed_batch = ch.unary_unary(
-            "/paxoskv.v1.KV/PackedBatch",
-            request_serializer=kv_pb2.BatchRequest.SerializeToString,
-            response_deserializer=kv_pb2.BatchResponse.FromString,
-        )
-        self.status = ch.unary_unary(
-            "/paxoskv.v1.Maintenance/Status",
-            request_serializer=kv_pb2.StatusRequest.SerializeToString,
-            response_deserializer=kv_pb2.StatusResponse.FromString,
-        )
+        kv = kv_pb2_grpc.KVStub(ch)
+        self.get = kv.Get
+        self.put = kv.Put
+        self.delete = kv.Delete
+        self.batch = kv.Batch
+        self.packed_batch = kv.PackedBatch
+        self.status = kv_pb2_grpc.MaintenanceStub(ch).Status
 
 
 def _as_bytes(data: bytes | str, what: str) -> bytes:
@@ -211,20 +184,8 @@ def _as_bytes(data: bytes | str, what: str) -> bytes:
 
 def _leader_hint(err: grpc.aio.AioRpcError) -> str | None:
     """The ``host:port`` the trailing metadata names as leader, if usable."""
-    md = err.trailing_metadata()
-    if not md:
-        return None
-    for key, value in md:
-        if key != LEADER_METADATA_KEY:
-            continue
-        if isinstance(value, bytes):
-            value = value.decode("utf-8", "replace")
-        _, _, addr = value.partition("=")
-        host = addr.rpartition(":")[0]
-        if not addr or host in _UNSPECIFIED_HOSTS:
-            return None
-        return addr
-    return None
+    hint = wire.parse_leader_hint(err.trailing_metadata())
+    return hint[1] if hint is not None else None
 
 
 class Client:
@@ -435,7 +396,7 @@ class Client:
                     resp = await self._call("packed_batch" if request.HasField("request") else "batch", request, remaining, None)
                 except ClientError as exc:
                     if (
-                        exc.code == grpc.StatusCode.UNIMPLEMENTED
+                        exc.code == wire.UNIMPLEMENTED
                         and request.HasField("request")
                         and failures == 0
                         and exc.attempts == 1
@@ -453,8 +414,8 @@ class Client:
                     if r.code == 0:
                         results[i] = _op_result(r)
                         continue
-                    code = _CODE_BY_NUMBER.get(r.code, grpc.StatusCode.UNKNOWN)
-                    if code in _RETRYABLE:
+                    code = wire.status_code(r.code)
+                    if code in wire.RETRYABLE:
                         still.append(i)
                         last_error = r.error
                     else:
@@ -469,7 +430,7 @@ class Client:
             for i in pending:
                 results[i] = Unavailable(
                     f"no answer within {total_s:.3g}s ({last_error}); a write may still be applied",
-                    grpc.StatusCode.UNAVAILABLE,
+                    wire.UNAVAILABLE,
                 )
             return results  # type: ignore[return-value]
         finally:
@@ -542,7 +503,7 @@ class Client:
                 resp = await getattr(self._channel(target), method)(req, timeout=attempt_s)
             except grpc.aio.AioRpcError as err:
                 code = err.code()
-                if code not in _RETRYABLE:
+                if code not in wire.RETRYABLE:
                     final = _final_error(err, target)
                     final.attempts = failures + 1
                     raise final from None
@@ -572,10 +533,10 @@ class Client:
         if last is None:
             raise DeadlineExceeded(
                 f"no attempt fit in the deadline of {total_s:.3f}s",
-                grpc.StatusCode.DEADLINE_EXCEEDED,
+                wire.DEADLINE,
             )
         detail = last.details() or last.code().name
-        if last.code() == grpc.StatusCode.UNAVAILABLE:
+        if last.code() == wire.UNAVAILABLE:
             raise Unavailable(
                 f"no node could serve the request within {total_s:.3g}s "
                 f"(last: {last_target}: {detail})",
@@ -601,9 +562,9 @@ def _op_result(r: kv_pb2.ResponseOp) -> WriteResult | GetResult:
 
 
 def _op_error(code: grpc.StatusCode, detail: str) -> ClientError:
-    if code == grpc.StatusCode.INVALID_ARGUMENT:
+    if code == wire.INVALID:
         return InvalidArgument(detail, code)
-    if code == grpc.StatusCode.FAILED_PRECONDITION:
+    if code == wire.STALE:
         return StaleSequence(detail, code)
     return ClientError(f"{code.name}: {detail}", code)
 
@@ -611,14 +572,14 @@ def _op_error(code: grpc.StatusCode, detail: str) -> ClientError:
 def _final_error(err: grpc.aio.AioRpcError, target: str) -> ClientError:
     code = err.code()
     detail = err.details() or code.name
-    if code == grpc.StatusCode.INVALID_ARGUMENT:
+    if code == wire.INVALID:
         return InvalidArgument(detail, code)
-    if code == grpc.StatusCode.RESOURCE_EXHAUSTED and "message" in detail.lower():
+    if wire.is_too_large(code, detail):
         return InvalidArgument(f"request too large: {detail}", code)
-    if code == grpc.StatusCode.FAILED_PRECONDITION:
+    if code == wire.STALE:
         return StaleSequence(detail, code)
-    if code == grpc.StatusCode.UNAVAILABLE:
+    if code == wire.UNAVAILABLE:
         return Unavailable(f"{target}: {detail}", code)
-    if code == grpc.StatusCode.DEADLINE_EXCEEDED:
+    if code == wire.DEADLINE:
         return DeadlineExceeded(f"{target}: {detail}", code)
     return ClientError(f"{target}: {code.name}: {detail}", code)

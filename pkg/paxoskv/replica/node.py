@@ -24,7 +24,7 @@ Rules:
   (but not exactly-once across client retries); a packed batch is refused
   UNIMPLEMENTED, proposing nothing, until every member is known to take them.
 - Nothing here touches a clock, a socket, a thread or the global random
-  module (tests/unit/test_purity.py).
+  module (tests/unit/test_layers.py).
 """
 
 from __future__ import annotations

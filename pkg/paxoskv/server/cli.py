@@ -31,6 +31,7 @@ import click
 import zmq
 
 from paxoskv import __version__
+from paxoskv.cli_options import option
 from paxoskv.server.config import ConfigError, ServeOptions, build_serve_options
 from paxoskv.storage.base import StorageError
 
@@ -133,10 +134,9 @@ def run_serve(opts: ServeOptions, log_level: str = "info") -> int:
 
 
 class _Help:
-    """Option help texts, shared with ``bin/server``'s documentation."""
+    """Help texts of the options only ``serve`` takes (the shared ones are
+    ``paxoskv.cli_options``')."""
 
-    id = "This node's id (1, 2, ...): unique in the cluster."
-    cluster_id = "Cluster name; every node of a cluster must use the same."
     listen = "Address to bind the gRPC and bus ports on."
     port = "Public gRPC port."
     bus_port = "Peer-bus (ZeroMQ) port. Default: --port + 1000."
@@ -148,16 +148,8 @@ class _Help:
 
 
 @click.command("serve", context_settings={"show_default": True})
-@click.option(
-    "--id", "node_id", type=int, required=True, envvar="PAXOSKV_ID", show_envvar=True, help=_Help.id
-)
-@click.option(
-    "--cluster-id",
-    default="paxoskv",
-    envvar="PAXOSKV_CLUSTER_ID",
-    show_envvar=True,
-    help=_Help.cluster_id,
-)
+@option("--id")
+@option("--cluster-id")
 @click.option(
     "--listen", default="0.0.0.0", envvar="PAXOSKV_LISTEN", show_envvar=True, help=_Help.listen
 )
@@ -176,22 +168,8 @@ class _Help:
 @click.option(
     "--data-dir", default=None, envvar="PAXOSKV_DATA_DIR", show_envvar=True, help=_Help.data_dir
 )
-@click.option(
-    "--heartbeat-ms",
-    type=int,
-    default=50,
-    envvar="PAXOSKV_HEARTBEAT_MS",
-    show_envvar=True,
-    help="Leader heartbeat interval.",
-)
-@click.option(
-    "--election-ms",
-    type=int,
-    default=500,
-    envvar="PAXOSKV_ELECTION_MS",
-    show_envvar=True,
-    help="Election timeout: a follower that hears no leader this long (plus jitter) runs for it.",
-)
+@option("--heartbeat-ms")
+@option("--election-ms")
 @click.option(
     "--tick-ms",
     type=int,
@@ -234,14 +212,7 @@ class _Help:
     show_default=True,
     help="How LevelDB compresses what it writes from now on (a store may switch: old blocks stay readable).",
 )
-@click.option(
-    "--log-level",
-    type=click.Choice(["debug", "info", "warning", "error"], case_sensitive=False),
-    default="info",
-    envvar="PAXOSKV_LOG_LEVEL",
-    show_envvar=True,
-    help="Log verbosity.",
-)
+@option("--log-level")
 def serve_cmd(
     node_id: int,
     cluster_id: str,

@@ -17,6 +17,11 @@ Rules:
   keep running; the command ends when every node has ended.
 - A node that fails to start (port in use, data directory refused) ends the
   whole command with that node's exit code.
+
+The addresses, the ``serve`` flags and the leader check are
+``paxoskv.launch``'s, as for every local cluster; what is this command's own
+is that its nodes are asyncio subprocesses whose output it pipes and
+prefixes, and that it says what it does while stopping them.
 """
 
 from __future__ import annotations
@@ -31,13 +36,16 @@ from dataclasses import dataclass
 
 import click
 
-from paxoskv.server.config import BUS_PORT_OFFSET, ConfigError, format_hostport, parse_port
+from paxoskv.cli_options import option
+from paxoskv.launch import STOP_GRACE_S, agreed_leader, local_addresses, node_status, serve_args
 from paxoskv.procutil import die_with_parent
+from paxoskv.server.config import BUS_PORT_OFFSET, ConfigError, format_hostport, parse_port
+from paxoskv.util.wait import WaitTimeout, wait_until_async
 
 __all__ = ["cluster_cmd"]
 
-STOP_GRACE_S = 10.0
 READY_TIMEOUT_S = 30.0
+_SERVE = (sys.executable, "-m", "paxoskv.server.cli")  # the banner shows "paxoskv serve" instead
 COLOURS = ("cyan", "green", "yellow", "magenta", "blue", "red", "bright_cyan", "bright_green")
 
 
@@ -70,29 +78,22 @@ def _plan(
     last = base_port + nodes - 1 + BUS_PORT_OFFSET
     parse_port(last, f"the last bus port (--base-port + {nodes - 1} + {BUS_PORT_OFFSET})")
     peer_host = "127.0.0.1" if listen in ("0.0.0.0", "::", "") else listen
+    addresses = local_addresses(nodes, host=peer_host, base_port=base_port)
     specs = []
-    for i in range(1, nodes + 1):
-        port = base_port + i - 1
-        peers = ",".join(
-            f"{j}={format_hostport(peer_host, base_port + j - 1)}"
-            for j in range(1, nodes + 1)
-            if j != i
-        )
+    for i, a in addresses.items():
         node_dir = os.path.join(data_dir, f"node{i}")
-        argv = (
-            sys.executable, "-m", "paxoskv.server.cli",
-            "--id", str(i),
-            "--cluster-id", cluster_id,
-            "--listen", listen,
-            "--port", str(port),
-            "--bus-port", str(port + BUS_PORT_OFFSET),
-            "--peers", peers,
-            "--data-dir", node_dir,
-            "--heartbeat-ms", str(heartbeat_ms),
-            "--election-ms", str(election_ms),
-            "--log-level", log_level,
-        )  # fmt: skip
-        specs.append(_NodeSpec(i, port, port + BUS_PORT_OFFSET, node_dir, argv))
+        args = serve_args(
+            i,
+            addresses,
+            cluster_id=cluster_id,
+            data_dir=node_dir,
+            listen=listen,
+            heartbeat_ms=heartbeat_ms,
+            election_ms=election_ms,
+            log_level=log_level,
+        )
+        argv = (*_SERVE, *args)
+        specs.append(_NodeSpec(i, a.port, a.bus_port, node_dir, argv))
     return specs
 
 
@@ -114,25 +115,24 @@ async def _wait_ready(
     specs: list[_NodeSpec], procs: dict[int, asyncio.subprocess.Process]
 ) -> int | None:
     """The leader's id once every live node knows it; None if a node died or time ran out."""
-    from paxoskv.client.client import Client
+    eps = [format_hostport("127.0.0.1", s.port) for s in specs]
 
-    host = "127.0.0.1"
-    eps = [format_hostport(host, s.port) for s in specs]
-    deadline = time.monotonic() + READY_TIMEOUT_S
-    async with Client(eps, timeout_s=1.0) as client:
-        while time.monotonic() < deadline:
-            if any(p.returncode is not None for p in procs.values()):
-                return None
-            answers = await client.status_all(timeout_s=0.5)
-            leaders = {a.status.leader_id for a in answers if a.status is not None}
-            if (
-                all(a.status is not None for a in answers)
-                and len(leaders) == 1
-                and 0 not in leaders
-            ):
-                return leaders.pop()
-            await asyncio.sleep(0.1)
-    return None
+    def leader() -> int | None:  # in a worker thread: the loop keeps printing the nodes' output
+        return agreed_leader(node_status(ep, 0.5) for ep in eps)
+
+    async def probe() -> int | None:
+        if any(p.returncode is not None for p in procs.values()):
+            raise _NodeExited
+        return await asyncio.to_thread(leader)
+
+    try:
+        return await wait_until_async("a leader", probe, READY_TIMEOUT_S, interval_s=0.1)
+    except (WaitTimeout, _NodeExited):
+        return None
+
+
+class _NodeExited(Exception):
+    """A node ended while the cluster waited for a leader."""
 
 
 def _paxoskv() -> str:
@@ -155,7 +155,7 @@ def _banner(specs: list[_NodeSpec], listen: str, leader: int, pids: dict[int, in
     click.echo(f"  (or export PAXOSKV_ENDPOINTS={eps} and leave out --endpoints)")
     click.echo("  Nodes (kill -9 a PID to test fault tolerance; restart it with its command):")
     for s in specs:
-        cmd = " ".join(shlex.quote(a) for a in (pk, "serve", *s.argv[3:]))
+        cmd = " ".join(shlex.quote(a) for a in (pk, "serve", *s.argv[len(_SERVE) :]))
         click.echo(
             f"    {s.label}: pid {pids[s.node_id]}  gRPC {format_hostport(host, s.port)}  "
             f"bus {s.bus_port}  data {s.data_dir}"
@@ -249,9 +249,7 @@ async def _stop_all(procs: dict[int, asyncio.subprocess.Process]) -> None:
 
 
 @click.command("cluster", context_settings={"show_default": True})
-@click.option(
-    "--nodes", type=int, default=3, envvar="PAXOSKV_NODES", show_envvar=True, help="How many nodes."
-)
+@option("--nodes")
 @click.option(
     "--base-port",
     type=int,
@@ -274,37 +272,10 @@ async def _stop_all(procs: dict[int, asyncio.subprocess.Process]) -> None:
     show_envvar=True,
     help="Address every node binds.",
 )
-@click.option(
-    "--cluster-id",
-    default="paxoskv",
-    envvar="PAXOSKV_CLUSTER_ID",
-    show_envvar=True,
-    help="Cluster name.",
-)
-@click.option(
-    "--heartbeat-ms",
-    type=int,
-    default=50,
-    envvar="PAXOSKV_HEARTBEAT_MS",
-    show_envvar=True,
-    help="Leader heartbeat interval.",
-)
-@click.option(
-    "--election-ms",
-    type=int,
-    default=500,
-    envvar="PAXOSKV_ELECTION_MS",
-    show_envvar=True,
-    help="Election timeout.",
-)
-@click.option(
-    "--log-level",
-    type=click.Choice(["debug", "info", "warning", "error"], case_sensitive=False),
-    default="info",
-    envvar="PAXOSKV_LOG_LEVEL",
-    show_envvar=True,
-    help="Nodes' log verbosity.",
-)
+@option("--cluster-id")
+@option("--heartbeat-ms")
+@option("--election-ms")
+@option("--log-level")
 def cluster_cmd(
     nodes: int,
     base_port: int,

@@ -64,7 +64,9 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
 
+from paxoskv import wire
 from paxoskv.protowire import len_field, varint
+from paxoskv.wire import KV_SERVICE, MAINTENANCE_SERVICE, MESSAGE_BYTES_MAX
 from paxoskv.replica.errors import (
     DeadlineExceeded,
     FailedPrecondition,
@@ -76,10 +78,7 @@ from paxoskv.replica.errors import (
 from paxoskv.v1 import kv_pb2
 
 __all__ = [
-    "KV_SERVICE",
     "snapshot_stream",
-    "LEADER_METADATA_KEY",
-    "MAINTENANCE_SERVICE",
     "BindError",
     "Facade",
     "NodeLike",
@@ -88,16 +87,12 @@ __all__ = [
 
 log = logging.getLogger("paxoskv.grpc")
 
-KV_SERVICE = "paxoskv.v1.KV"
-MAINTENANCE_SERVICE = "paxoskv.v1.Maintenance"
-LEADER_METADATA_KEY = "paxoskv-leader"
 
 # Answer this much before the caller's deadline (fraction of what remains,
 # capped), so even a failure arrives while the caller still listens.
 DEADLINE_MARGIN_FRACTION = 0.05
 DEADLINE_MARGIN_S_MAX = 0.05
 
-MESSAGE_BYTES_MAX = 8 << 20  # > Limits.value_bytes_max + key: those get INVALID_ARGUMENT
 
 SERVER_OPTIONS: tuple[tuple[str, int], ...] = (
     ("grpc.so_reuseport", 0),
@@ -111,9 +106,9 @@ SERVER_OPTIONS: tuple[tuple[str, int], ...] = (
     ("grpc.http2.max_pings_without_data", 0),
 )
 
-_INVALID = grpc.StatusCode.INVALID_ARGUMENT
-_UNAVAILABLE = grpc.StatusCode.UNAVAILABLE
-_DEADLINE = grpc.StatusCode.DEADLINE_EXCEEDED
+_INVALID = wire.INVALID
+_UNAVAILABLE = wire.UNAVAILABLE
+_DEADLINE = wire.DEADLINE
 
 
 class BindError(Exception):
@@ -163,14 +158,14 @@ def _error_of(exc: NodeError) -> _Abort:
     if isinstance(exc, Unavailable):
         md: tuple = ()
         if exc.leader_id and exc.leader_addr:
-            md = ((LEADER_METADATA_KEY, f"{exc.leader_id}={exc.leader_addr}"),)
+            md = wire.leader_hint(exc.leader_id, exc.leader_addr)
         return _Abort(_UNAVAILABLE, str(exc), md)
     if isinstance(exc, DeadlineExceeded):
         return _Abort(_DEADLINE, str(exc))
     if isinstance(exc, FailedPrecondition):
-        return _Abort(grpc.StatusCode.FAILED_PRECONDITION, str(exc))
+        return _Abort(wire.STALE, str(exc))
     if isinstance(exc, Unimplemented):
-        return _Abort(grpc.StatusCode.UNIMPLEMENTED, str(exc))
+        return _Abort(wire.UNIMPLEMENTED, str(exc))
     return _Abort(grpc.StatusCode.INTERNAL, f"{type(exc).__name__}: {exc}")
 
 

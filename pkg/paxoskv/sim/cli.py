@@ -25,6 +25,7 @@ import time
 
 import click
 
+from paxoskv.cli_options import option
 from paxoskv.sim.nemesis import FAULT_PROFILES
 from paxoskv.sim.simulation import FAULTS_DEFAULT, OPS_DEFAULT, SimConfig, SimResult, Simulation
 
@@ -66,9 +67,7 @@ def minimize_ops(result: SimResult) -> SimResult:
     show_default=True,
     help="Run this many consecutive seeds.",
 )
-@click.option(
-    "--nodes", type=click.IntRange(min=1), default=3, show_default=True, help="Cluster size."
-)
+@option("--nodes", type=click.IntRange(min=1), envvar=None)  # simulated: no environment
 @click.option(
     "--ops",
     type=click.IntRange(min=0),
