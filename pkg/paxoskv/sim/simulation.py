@@ -27,7 +27,7 @@ Rules:
 - A crashed node loses its process (core, state machine, waiting clients,
   inbox) and, on a power loss, by the storage's crash model, a random suffix
   of its unsynced writes (a killed process loses none: the OS has them); it
-  sends and receives nothing until it restarts as a new Replica on what
+  sends and receives nothing until it restarts as a new ReplicaNode on what
   survived. A write to a full disk raises ``NotWritable``: the node stops
   there, as the real one must, and starts again once the disk has room. A
   paused node keeps its memory but runs nothing; messages and requests that
@@ -42,10 +42,13 @@ Rules:
   must not starve what the leader does on a timer.
 - Checked continuously: agreement and in-order application of every slot on
   every node, across crashes; messages survive the wire codec (in the runs
-  drawn to use it); a Ready is never empty when ``has_ready()`` said yes. Checked at the end: prefixes, acknowledged writes against
-  the final state, the final state against an independent model replaying
-  the agreed log, linearizability of the client history (``paxoskv.check``),
-  convergence, liveness.
+  drawn to use it); a Ready is never empty when ``has_ready()`` said yes;
+  every answer a client gets fits what it asked (an invalid request is
+  refused, a valid one never; no stale sequence). Checked at the end:
+  prefixes, acknowledged writes against the final state, the final state
+  against an independent model replaying the agreed log, linearizability of
+  the client history (``paxoskv.check``), serializable reads, convergence,
+  liveness.
 - A run never raises for a bug it finds in the system under test: an
   exception escaping the core, replica or state machine is a violation too,
   reported with the seed.
