@@ -130,10 +130,10 @@ def test_burst_of_10k_drains_in_few_batches(capsys: pytest.CaptureFixture[str]) 
             b = await started(stack, make_bus(2, addrs, send_queue_max=20_000))
             await connected(a)
             n = 10_000
-            sent = a.send_many(Accepted(frm=1, to=2, ballot=Ballot(3, 1), slots=(k,)) for k in range(n))
+            sent = a.send_many(Accepted(frm=1, to=2, ballot=Ballot(3, 1), slots=(k,)) for k in range(1, n + 1))
             assert sent == n and a.stats.sent == n
             got, calls = await recv_n(b, n)
-            assert [m.slots[0] for m in got] == list(range(n))  # one pipe: FIFO
+            assert [m.slots[0] for m in got] == list(range(1, n + 1))  # one pipe: FIFO
             with capsys.disabled():
                 print(f"\nbus: 10k burst drained in {calls} recv_batch calls")
             assert calls <= 100, f"{calls} recv_batch calls for {n} messages"
@@ -182,7 +182,7 @@ def test_throughput_figure(capsys: pytest.CaptureFixture[str]) -> None:
             small = await pump(a, b, lambda k: hb(1, 2, k), 20_000)
             batch = tuple(bytes([i]) * 100 for i in range(100))
             big = await pump(
-                a, b, lambda k: Accept(frm=1, to=2, ballot=Ballot(2, 1), entries=((k, batch),), commit=k), 2_000
+                a, b, lambda k: Accept(frm=1, to=2, ballot=Ballot(2, 1), entries=((k + 1, batch),), commit=k), 2_000
             )
             with capsys.disabled():
                 print(f"\nbus: loopback Heartbeat {small:,.0f} msgs/s; "

@@ -12,13 +12,17 @@ Rules
   a ``reason``), and nothing else, whatever the bytes; a local caller handing
   :func:`encode` something that cannot be encoded gets ``ValueError`` /
   ``TypeError`` (a bug here, never the peer's fault).
-* "Well-formed" is structural: parsable protobuf, a oneof member set, node ids
-  ``>= 1``, every ballot, entry value and slot value the dataclass needs present
-  on the wire (proto3 cannot tell an absent submessage from a default one, so
-  :func:`encode` always marks them present, and :func:`decode` refuses a
-  message that lacks one rather than guessing a default), and a ballot's node
-  ``>= 1`` unless the ballot is the zero ballot.  Protocol meaning (is this
-  ballot current, is this slot range sane) is the core's business, not ours.
+* "Well-formed" is structural: at most ``ENVELOPE_BYTES_MAX`` bytes, parsable
+  protobuf, a oneof member set, node ids ``>= 1``, every ballot, entry value
+  and slot value the dataclass needs present on the wire (proto3 cannot tell
+  an absent submessage from a default one, so :func:`encode` always marks
+  them present, and :func:`decode` refuses a message that lacks one rather
+  than guessing a default), a ballot's node ``>= 1`` unless the ballot is the
+  zero ballot, and every number within the stated maxima of
+  :mod:`paxoskv.paxos.bounds` (:func:`~paxoskv.paxos.bounds.check`: a ballot
+  round or slot past them is refused here, before the core sees it).
+  Protocol meaning that depends on a node's state (is this ballot current,
+  is this slot within the window) is the core's business, not ours.
 
 Theory of operation
 -------------------
@@ -38,6 +42,7 @@ from collections.abc import Callable
 
 from google.protobuf.message import DecodeError
 
+from paxoskv.paxos.bounds import ENVELOPE_BYTES_MAX, NODE_ID_MAX, check
 from paxoskv.paxos.types import (
     MESSAGE_TYPES,
     ZERO_BALLOT,
@@ -65,8 +70,6 @@ from paxoskv.paxos.types import (
 from paxoskv.v1 import peer_pb2
 
 __all__ = ["CodecError", "decode", "encode"]
-
-NODE_ID_MAX = (1 << 32) - 1  # from_node / to_node / Ballot.node are uint32 on the wire
 
 
 class CodecError(Exception):
@@ -268,6 +271,8 @@ def decode(data: bytes | memoryview) -> tuple[str, Message]:
     Raises :class:`CodecError`, and only that, when ``data`` is not a
     well-formed peer message.
     """
+    if len(data) > ENVELOPE_BYTES_MAX:
+        raise CodecError(f"envelope of {len(data)} B > ENVELOPE_BYTES_MAX ({ENVELOPE_BYTES_MAX})")
     env = peer_pb2.Envelope()
     try:
         env.ParseFromString(data)
@@ -282,7 +287,11 @@ def decode(data: bytes | memoryview) -> tuple[str, Message]:
     to = env.to_node
     if frm == 0 or to == 0:
         raise CodecError(f"node ids must be >= 1: from={frm} to={to}")
-    return env.cluster_id, _DECODERS[which](env, frm, to)
+    msg = _DECODERS[which](env, frm, to)
+    reason = check(msg)
+    if reason is not None:
+        raise CodecError(reason)
+    return env.cluster_id, msg
 
 
 # Nearly every message of a leadership carries the same ballot: reuse the value
