@@ -159,12 +159,14 @@ def test_deploy_installs_a_hardened_running_unit_on_every_host(lab: Lab, deploye
             line.split("=", 1)
             for line in lab.ssh(
                 host,
-                "systemctl show paxoskv -p User -p Restart -p NoNewPrivileges -p ProtectSystem -p ProtectHome"
+                "systemctl show paxoskv -p User -p Restart -p RestartPreventExitStatus -p NoNewPrivileges"
+                " -p ProtectSystem -p ProtectHome"
                 " -p PrivateTmp -p PrivateDevices -p ReadWritePaths -p CapabilityBoundingSet",
             ).splitlines()
         )
         assert props["User"] == "paxoskv"
         assert props["Restart"] == "on-failure"
+        assert props["RestartPreventExitStatus"] == "2"  # a refused start is not retried forever
         assert props["NoNewPrivileges"] == "yes"
         assert props["ProtectSystem"] == "strict"
         assert props["ProtectHome"] == "yes"

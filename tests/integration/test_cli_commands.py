@@ -215,6 +215,27 @@ def test_serve_refuses_wrong_and_locked_data_dirs_and_keeps_the_data(tmp_path) -
         c.close()
 
 
+def test_serve_refuses_a_data_dir_holding_a_value_past_the_maxima_with_exit_2(tmp_path) -> None:
+    """A promise at round 2**64-1 (what one forged Accept left on every node
+    before input checks): not a crash at the next election and again at
+    every restart, but one line that says how to recover, and exit code 2."""
+    from paxoskv.paxos.types import Ballot
+    from paxoskv.storage import OutOfRange
+    from paxoskv.storage.leveldb import LevelDBStorage
+
+    data = tmp_path / "d1"
+    with LevelDBStorage.open(data, 1, "alpha") as storage:
+        storage.persist(Ballot((1 << 64) - 1, 3), [], [], sync=True)
+    port, bus = _ports()
+    p = _serve("--id", "1", "--cluster-id", "alpha", "--port", port, "--bus-port", bus, "--data-dir", str(data))
+    assert p.returncode == 2
+    line = _one_line_error(p)
+    assert "a promise at ballot 18446744073709551615.3" in line and str(data) in line
+    assert "move the directory away" in line
+    with LevelDBStorage.open(data, 1, "alpha") as storage, pytest.raises(OutOfRange):
+        storage.load()  # left as it was, for the operator to move away
+
+
 def test_serve_refuses_unusable_data_dirs_busy_ports_and_bad_flags(tmp_path) -> None:
     port, bus = _ports()
     a_file = tmp_path / "file"

@@ -138,6 +138,7 @@ from paxoskv.storage.base import (
     WrongFormat,
     WrongNode,
     check_identity,
+    check_loaded,
 )
 from paxoskv.storage.snapshot_base import InstallerBase, SourceBase
 from paxoskv.storage.snapshot import (
@@ -343,7 +344,7 @@ class LevelDBStorage:
             raise _storage_error(self.path, exc) from None
         self._values = {slot: e.value for slot, e in accepted.items()}
         self._marked = marked
-        return LoadedState(
+        loaded = LoadedState(
             promised=promised,
             # The entry of a chosen, applied slot is no acceptance still in
             # play (a marked one is the chosen value's copy).
@@ -356,6 +357,7 @@ class LevelDBStorage:
             kv=kv,
             sessions=sessions,
         )
+        return check_loaded(self.path, loaded)
 
     def _read_log(self, snap: Any) -> tuple[dict[int, Entry], dict[int, Value], set[int], int]:  # noqa: ANN401 - a plyvel DB or snapshot
         """The accepted entries, the chosen values from ``log_start`` on, the

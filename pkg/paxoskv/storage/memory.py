@@ -52,6 +52,7 @@ from paxoskv.storage.base import (
     WrongCluster,
     WrongNode,
     check_identity,
+    check_loaded,
 )
 from paxoskv.storage.snapshot_base import InstallerBase, SourceBase
 from paxoskv.storage.snapshot import (
@@ -249,7 +250,7 @@ class MemoryStorage:
         image = self.disk._current
         applied = image.applied_index
         chosen = image.chosen
-        return LoadedState(
+        loaded = LoadedState(
             promised=image.promised,
             # As in every store: an accepted entry of a chosen, applied slot
             # is not an acceptance still in play (LevelDB keeps it as the
@@ -261,6 +262,7 @@ class MemoryStorage:
             kv=dict(image.kv),
             sessions=dict(image.sessions),
         )
+        return check_loaded(self.disk.name, loaded)
 
     def persist(
         self,
