@@ -279,38 +279,27 @@ def _check_accepted(m: Accepted) -> str | None:
     return None
 
 
-def _check_heartbeat(m: Heartbeat) -> str | None:
+def _round_trip(m: Heartbeat | HeartbeatAck, where: str) -> str | None:
+    """The fields a Heartbeat and its ack share (the fast path: four comparisons)."""
     b = m.ballot
     if (
         b.round > BALLOT_ROUND_MAX
         or b.node > NODE_ID_MAX
-        or not 0 <= m.commit <= SLOT_MAX
         or not 0 <= m.read_seq <= READ_SEQ_MAX
         or not 0 <= m.features <= FEATURES_MAX
     ):
-        return (
-            _ballot(b, "heartbeat")
-            or _index(m.commit, "commit", "heartbeat")
-            or _read_seq(m.read_seq, "heartbeat")
-            or _features(m.features, "heartbeat")
-        )
+        return _ballot(b, where) or _read_seq(m.read_seq, where) or _features(m.features, where)
     return None
+
+
+def _check_heartbeat(m: Heartbeat) -> str | None:
+    if 0 <= m.commit <= SLOT_MAX:
+        return _round_trip(m, "heartbeat")
+    return _index(m.commit, "commit", "heartbeat")
 
 
 def _check_heartbeat_ack(m: HeartbeatAck) -> str | None:
-    b = m.ballot
-    if (
-        b.round > BALLOT_ROUND_MAX
-        or b.node > NODE_ID_MAX
-        or not 0 <= m.read_seq <= READ_SEQ_MAX
-        or not 0 <= m.features <= FEATURES_MAX
-    ):
-        return (
-            _ballot(b, "heartbeat_ack")
-            or _read_seq(m.read_seq, "heartbeat_ack")
-            or _features(m.features, "heartbeat_ack")
-        )
-    return None
+    return _round_trip(m, "heartbeat_ack")
 
 
 def _check_catchup_request(m: CatchupRequest) -> str | None:

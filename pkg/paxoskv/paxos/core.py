@@ -820,18 +820,29 @@ class Core:
         for _, p in stale:
             p.sent_tick = self._now
 
-    def _on_accept(self, msg: Accept) -> None:
+    def _heed_leader(self, msg: Accept | Heartbeat) -> bool:
+        """An Accept or Heartbeat: from a leader at its own ballot, at or
+        above the promise? Then promise it (a Heartbeat above the promise
+        is an Accept without entries: a leader at that ballot had a quorum
+        promise it; only the promised ballot's commit point counts) and
+        follow it. Else Nack it, or drop it (counted), and say False."""
         ballot = msg.ballot
         if ballot.node != msg.frm:
             self.refused[Refusal.FOREIGN_BALLOT] += 1
-            return
+            return False
         self._see_round(ballot.round)
         if ballot < self.promised:
             self._send(Nack(frm=self.id, to=msg.frm, ballot=ballot, promised=self.promised))
-            return
+            return False
         if ballot > self.promised:
             self._set_promised(ballot)
         self._follow(ballot, msg.frm)
+        return True
+
+    def _on_accept(self, msg: Accept) -> None:
+        if not self._heed_leader(msg):
+            return
+        ballot = msg.ballot
         acked: list[int] = []
         compacted = False
         window_end = self.commit_index + bounds.ACCEPT_WINDOW_SLOTS
@@ -1058,20 +1069,8 @@ class Core:
         self._read_round_tick = self._now
 
     def _on_heartbeat(self, msg: Heartbeat) -> None:
-        ballot = msg.ballot
-        if ballot.node != msg.frm:
-            self.refused[Refusal.FOREIGN_BALLOT] += 1
+        if not self._heed_leader(msg):
             return
-        self._see_round(ballot.round)
-        if ballot < self.promised:
-            self._send(Nack(frm=self.id, to=msg.frm, ballot=ballot, promised=self.promised))
-            return
-        if ballot > self.promised:
-            # As an Accept without entries does: a leader at this ballot had a
-            # quorum promise it. Only the promised ballot's commit point counts
-            # (and the ack leaves after the promise is durable).
-            self._set_promised(ballot)
-        self._follow(ballot, msg.frm)
         # The leader's word for every member; its own acks are direct.
         self._member_features = dict.fromkeys(self.others, msg.features)
         self._send(
