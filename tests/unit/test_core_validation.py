@@ -547,15 +547,9 @@ def test_random_hostile_messages_never_break_agreement_raise_or_grow_state(seed:
                 net.isolate(rng.choice(net.ids))
         else:
             victim = rng.choice(net.ids)
-            frm = rng.choice(others(net, victim))
-            msg = hostile.forge(rng, net.cores[victim], frm)
-            if rng.random() < 0.5:
-                try:
-                    _, msg = codec.decode(codec.encode(msg, "c"))
-                except codec.CodecError:
-                    codec_dropped += 1
-                    continue
-            net.cores[victim].step(msg)
+            if hostile.inject(rng, net.cores[victim], net.cores[victim].step) == "codec":
+                codec_dropped += 1
+                continue
             net.process(victim)
             net.deliver_all()
         for i in net.ids:

@@ -32,8 +32,10 @@ entry is a small function that fills (or reads) one oneof member in place, so
 encoding builds a single ``Envelope`` with no intermediate copies, and
 decoding does one ``ParseFromString`` plus one dataclass construction per
 message and entry (ballots come from a small bounded cache of value objects,
-since a leadership's messages all carry the same one).  Both are on the hot
-path: keep them free of reflection and of branching beyond the presence checks.
+since a leadership's messages all carry the same one); ``_DECODE`` pairs each
+decoder with its message type's range check (``bounds.CHECKS``: a comparison
+per field).  Both are on the hot path: keep them free of reflection and of
+branching beyond the presence and range checks.
 """
 
 from __future__ import annotations
@@ -42,7 +44,7 @@ from collections.abc import Callable
 
 from google.protobuf.message import DecodeError
 
-from paxoskv.paxos.bounds import ENVELOPE_BYTES_MAX, NODE_ID_MAX, check
+from paxoskv.paxos.bounds import CHECKS, ENVELOPE_BYTES_MAX, NODE_ID_MAX
 from paxoskv.paxos.types import (
     MESSAGE_TYPES,
     ZERO_BALLOT,
@@ -287,8 +289,9 @@ def decode(data: bytes | memoryview) -> tuple[str, Message]:
     to = env.to_node
     if frm == 0 or to == 0:
         raise CodecError(f"node ids must be >= 1: from={frm} to={to}")
-    msg = _DECODERS[which](env, frm, to)
-    reason = check(msg)
+    decoder, out_of_range = _DECODE[which]
+    msg = decoder(env, frm, to)
+    reason = out_of_range(msg)
     if reason is not None:
         raise CodecError(reason)
     return env.cluster_id, msg
@@ -480,6 +483,12 @@ _DECODERS: dict[str, Callable[[peer_pb2.Envelope, int, int], Message]] = {
     "read_index_reply": _dec_read_index_reply,
     "snapshot_chunk": _dec_snapshot_chunk,
     "snapshot_ack": _dec_snapshot_ack,
+}
+
+# Each oneof member's decoder with the range check of its message type.
+_TYPES_BY_MEMBER = {encoder.__name__.removeprefix("_enc_"): t for t, encoder in _ENCODERS.items()}
+_DECODE: dict[str, tuple[Callable[[peer_pb2.Envelope, int, int], Message], Callable[[Message], str | None]]] = {
+    name: (decoder, CHECKS[_TYPES_BY_MEMBER[name]]) for name, decoder in _DECODERS.items()
 }
 
 # Every core message type has an encoder, and every oneof member a decoder.

@@ -407,7 +407,7 @@ class Core:
             or (
                 self.role is Role.LEADER
                 and (
-                    (self._pipeline_room() and (self._queue or self._recovery_next <= self.recovery_end))
+                    ((self._queue or self._recovery_next <= self.recovery_end) and self._pipeline_room())
                     or ((self._reads_new_local or self._reads_new_remote) and not self._read_rounds)
                 )
             )

@@ -19,6 +19,10 @@ Rules
   ballots, its read round), from the injected ``random.Random`` only. It is
   meant to be stepped at once, as the victim's state at that moment makes
   it refusable (a read-index answer from a non-leader, say).
+* :func:`inject` is the hook for a driver (the simulator, the tests): it
+  forges from a random other member, passes the message through the wire
+  codec half the time (as the bus would: a ``CodecError`` drops it), and
+  steps what is left into the victim at once.
 """
 
 from __future__ import annotations
@@ -27,7 +31,7 @@ import random
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from paxoskv.paxos import bounds
+from paxoskv.paxos import bounds, codec
 from paxoskv.paxos.types import (
     Accept,
     Accepted,
@@ -53,7 +57,7 @@ from paxoskv.paxos.types import (
 if TYPE_CHECKING:
     from paxoskv.paxos.core import Core
 
-__all__ = ["forge", "past_the_counts", "past_the_maxima"]
+__all__ = ["forge", "inject", "past_the_counts", "past_the_maxima"]
 
 U64_MAX = (1 << 64) - 1
 _ROUND = bounds.BALLOT_ROUND_MAX + 1
@@ -177,6 +181,22 @@ def past_the_counts(frm: int = 2, to: int = 1) -> list[tuple[str, Message]]:
 # ---- forge ----------------------------------------------------------------------
 
 
+def inject(rng: random.Random, victim: Core, step: Callable[[Message], None]) -> str:
+    """Forge one hostile message for ``victim`` from a random other member
+    and hand it to ``step`` (the victim's ``Replica.step`` or ``Core.step``);
+    half the time through the codec first, as the bus would. Returns what
+    became of it: ``"codec"`` (refused by the codec) or ``"stepped"``."""
+    frm = rng.choice([p for p in victim.config.peers if p != victim.id])
+    msg = forge(rng, victim, frm)
+    if rng.random() < 0.5:
+        try:
+            _, msg = codec.decode(codec.encode(msg, "hostile"))
+        except codec.CodecError:
+            return "codec"
+    step(msg)
+    return "stepped"
+
+
 def forge(rng: random.Random, victim: Core, frm: int) -> Message:
     """One hostile message for the core ``victim`` (read only) from member
     ``frm``; see the module docstring."""
@@ -190,8 +210,9 @@ def _huge(rng: random.Random, limit: int) -> int:
 
 
 def _out_of_range(rng: random.Random, victim: Core, frm: int) -> Message:
-    _, msg = rng.choice(past_the_maxima(frm, victim.id))
-    return msg
+    # Not the snapshot messages: the replica handles those, after the codec.
+    cases = [m for _, m in past_the_maxima(frm, victim.id) if not isinstance(m, (SnapshotChunk, SnapshotAck))]
+    return rng.choice(cases)
 
 
 def _huge_round(rng: random.Random, victim: Core, frm: int) -> Message:
