@@ -740,8 +740,10 @@ class Core:
         slot past its own window (the bound every acceptor holds to)."""
         room = self.config.inflight_slots_max - len(self._inflight)
         if self._recovery_next > self.recovery_end:
-            room = min(room, self.commit_index + bounds.ACCEPT_WINDOW_SLOTS - self._next_slot + 1)
-        return max(room, 0)
+            window_room = self.commit_index + bounds.ACCEPT_WINDOW_SLOTS - self._next_slot + 1
+            if window_room < room:
+                room = window_room
+        return room if room > 0 else 0
 
     def _propose_recovery(self) -> None:
         """Propose the next recovery slots the pipeline has room for."""
@@ -948,11 +950,11 @@ class Core:
         self.commit_index = c
 
     def _learn_commit(self, ballot: Ballot, commit: int, frm: int) -> None:
-        """The leader at ``ballot``, the ballot this node has promised, says
+        """The leader at ``ballot``, the ballot this node has promised (the
+        callers, Accept and Heartbeat, heeded it: ``_heed_leader``), says
         every slot up to ``commit`` is chosen. Its word replaces any hint of
         a higher commit point from elsewhere (a catch-up reply, a promise),
         so a false one drives catch-up at most until the leader speaks."""
-        assert ballot == self.promised, "commit points only from the promised ballot"
         self._known_commit = commit
         if commit <= self.commit_index:
             return
