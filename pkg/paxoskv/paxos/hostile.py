@@ -57,11 +57,15 @@ from paxoskv.paxos.types import (
 if TYPE_CHECKING:
     from paxoskv.paxos.core import Core
 
-__all__ = ["forge", "inject", "past_the_counts", "past_the_maxima"]
+__all__ = ["FORGED", "forge", "inject", "past_the_counts", "past_the_maxima"]
 
 U64_MAX = (1 << 64) - 1
 _ROUND = bounds.BALLOT_ROUND_MAX + 1
 _SLOT = bounds.SLOT_MAX + 1
+
+
+# The command every forged value carries: a driver checks none is ever applied.
+FORGED = b"forged"
 
 
 def past_the_maxima(frm: int = 2, to: int = 1) -> list[tuple[str, Message]]:
@@ -222,7 +226,7 @@ def _huge_round(rng: random.Random, victim: Core, frm: int) -> Message:
     slot = victim.commit_index + 1
     return rng.choice(
         (
-            Accept(frm=frm, to=to, ballot=ballot, entries=((slot, (b"forged",)),), commit=slot),
+            Accept(frm=frm, to=to, ballot=ballot, entries=((slot, (FORGED,)),), commit=slot),
             Prepare(frm=frm, to=to, ballot=ballot, from_slot=slot),
             PreVote(frm=frm, to=to, ballot=ballot, commit=_huge(rng, bounds.SLOT_MAX)),
             Heartbeat(frm=frm, to=to, ballot=ballot, commit=slot, read_seq=0),
@@ -242,7 +246,7 @@ def _foreign_ballot(rng: random.Random, victim: Core, frm: int) -> Message:
     slot = victim.commit_index + 1
     return rng.choice(
         (
-            Accept(frm=frm, to=to, ballot=b, entries=((slot, (b"forged",)),), commit=slot + rng.randint(0, 3)),
+            Accept(frm=frm, to=to, ballot=b, entries=((slot, (FORGED,)),), commit=slot + rng.randint(0, 3)),
             Heartbeat(frm=frm, to=to, ballot=b, commit=slot + rng.randint(0, 3), read_seq=0),
             Prepare(frm=frm, to=to, ballot=Ballot(b.round + 1, b.node), from_slot=1),
             PreVote(frm=frm, to=to, ballot=Ballot(b.round + 1, b.node), commit=slot),
@@ -269,8 +273,8 @@ def _beyond_window(rng: random.Random, victim: Core, frm: int) -> Message:
     commit = rng.choice((slot, bounds.SLOT_MAX, victim.commit_index))
     if rng.random() < 0.7:
         ballot = Ballot(max(victim.promised.round, victim.ballot.round) + rng.randint(1, 3), frm)
-        return Accept(frm=frm, to=victim.id, ballot=ballot, entries=((slot, (b"forged",)),), commit=commit)
-    return CatchupReply(frm=frm, to=victim.id, chosen=((slot, (b"forged",)),), commit=commit, log_start=1)
+        return Accept(frm=frm, to=victim.id, ballot=ballot, entries=((slot, (FORGED,)),), commit=commit)
+    return CatchupReply(frm=frm, to=victim.id, chosen=((slot, (FORGED,)),), commit=commit, log_start=1)
 
 
 def _read_seq_ahead(rng: random.Random, victim: Core, frm: int) -> Message:
@@ -294,10 +298,10 @@ def _unsolicited_catchup(rng: random.Random, victim: Core, frm: int) -> Message:
     known = [s for s in victim.chosen if s > victim.applied_index]
     if known and rng.random() < 0.5:
         slot = rng.choice(known)
-        value = (*victim.chosen[slot], b"forged")
+        value = (*victim.chosen[slot], FORGED)
     else:
         slot = victim.commit_index + bounds.ACCEPT_WINDOW_SLOTS + rng.randint(1, 100)
-        value = (b"forged",)
+        value = (FORGED,)
     commit = rng.choice((slot, bounds.SLOT_MAX))
     return CatchupReply(frm=frm, to=victim.id, chosen=((slot, value),), commit=commit, log_start=1)
 

@@ -90,6 +90,14 @@ def minimize_ops(result: SimResult) -> SimResult:
     help="Let the safety phase last up to this many times longer (use with more --ops).",
 )
 @click.option(
+    "--hostile",
+    "hostile_rate",
+    type=click.FloatRange(0.0, 1.0),
+    default=0.0,
+    show_default=True,
+    help="Hostile members: before this share of deliveries a member also sends a message breaking a rule (nothing forged may apply).",
+)
+@click.option(
     "--verbose",
     "-v",
     is_flag=True,
@@ -119,6 +127,7 @@ def sim_cmd(
     ops: int,
     faults: str,
     scale: int,
+    hostile_rate: float,
     verbose: bool,
     history_out: str | None,
     stop_on_failure: bool,
@@ -135,7 +144,9 @@ def sim_cmd(
     undecided = 0
     last: SimResult | None = None
     for s in range(seed, seed + count):
-        config = SimConfig(seed=s, nodes=nodes, ops=ops, faults=faults, scale=scale, trace=verbose)
+        config = SimConfig(
+            seed=s, nodes=nodes, ops=ops, faults=faults, scale=scale, trace=verbose, hostile_rate=hostile_rate
+        )
         result = Simulation(config).run()
         last = result
         ops_total += result.ops

@@ -67,6 +67,7 @@ from typing import Any
 
 from paxoskv.check import Operation as CheckOp
 from paxoskv.check import check_history
+from paxoskv.paxos import hostile
 from paxoskv.paxos.core import Core
 from paxoskv.paxos.types import Config, Message, Role
 from paxoskv.v1 import kv_pb2
@@ -134,6 +135,9 @@ class SimConfig:
     trace: bool = False  # keep a human-readable trace of every event
     check_linearizability: bool = True
     core_factory: type[Core] = Core  # the tests swap in a deliberately broken core
+    # Hostile members: before this share of deliveries a member also sends the
+    # node a message breaking a rule it enforces (paxoskv.paxos.hostile).
+    hostile_rate: float = 0.0
 
     def __post_init__(self) -> None:
         if self.nodes < 1:
@@ -142,6 +146,8 @@ class SimConfig:
             raise ValueError(f"ops must be >= 0, not {self.ops}")
         if self.scale < 1:
             raise ValueError(f"scale must be >= 1, not {self.scale}")
+        if not 0.0 <= self.hostile_rate <= 1.0:
+            raise ValueError(f"hostile_rate must be in [0, 1], not {self.hostile_rate}")
         if self.faults not in FAULT_PROFILES:
             raise ValueError(f"faults must be one of {sorted(FAULT_PROFILES)}, not {self.faults!r}")
 
@@ -153,6 +159,8 @@ class SimConfig:
             cmd += f" --faults {self.faults}"
         if self.scale != 1:
             cmd += f" --scale {self.scale}"
+        if self.hostile_rate:
+            cmd += f" --hostile {self.hostile_rate:g}"
         return cmd
 
 
@@ -174,6 +182,7 @@ class SimResult:
     nemesis_actions: dict[str, int]
     snapshots_installed: int
     empty_ready_batches: int  # Replica.prepare() gave a batch with nothing in it
+    hostile: dict[str, int]  # hostile messages sent: refused by the codec, stepped
     pending_at_heal: int  # client operations in flight when the liveness phase began
     network: dict[str, int]  # sent, delivered, lost, cut, duplicated
     linearizability: str  # the checker's verdict: ok, violation, unknown, unchecked
@@ -379,6 +388,9 @@ class Simulation:
         self._stop_reason = ""
         self.snapshots_installed = 0
         self.empty_ready_batches = 0
+        # Drawn apart from the seed's main stream: other runs replay as before.
+        self._hostile_rng = random.Random(f"hostile-{config.seed}")
+        self.hostile_outcomes: dict[str, int] = {"codec": 0, "stepped": 0}
         self.linearizability = "unchecked"  # ok, violation, unknown (budget spent), unchecked
 
     # ---- Tracing ----------------------------------------------------------------
@@ -528,7 +540,12 @@ class Simulation:
 
     def _step_now(self, arg: tuple[SimNode, Message]) -> None:
         node, msg = arg
-        node.layer.step(msg)  # type: ignore[union-attr]
+        layer = node.layer
+        assert layer is not None
+        rate = self.config.hostile_rate
+        if rate and self._hostile_rng.random() < rate:
+            self.hostile_outcomes[hostile.inject(self._hostile_rng, layer.replica.core, layer.step)] += 1
+        layer.step(msg)
         self._wake(node)
 
     def _guard(self, node: SimNode, fn: Any, arg: Any) -> None:
@@ -942,6 +959,9 @@ class Simulation:
                         break
         for problem in check_serializable_reads(self.history):
             self.violation("serializable-read", problem)
+        forged = sorted(s for s, value in self.applied.chosen.items() if any(hostile.FORGED in c for c in value))
+        if forged:
+            self.violation("forged", f"a hostile member's command was applied at slots {forged[:5]}")
         if self.config.check_linearizability:
             self.linearizability, explanation = check_linearizable(self.history)
             if self.linearizability == "violation":
@@ -1005,6 +1025,7 @@ class Simulation:
             nemesis_actions=dict(self.nemesis.actions_run),
             snapshots_installed=self.snapshots_installed,
             empty_ready_batches=self.empty_ready_batches,
+            hostile=dict(self.hostile_outcomes),
             pending_at_heal=self._pending_at_heal,
             network={
                 "sent": stats.sent,
