@@ -163,6 +163,7 @@ def test_non_utf8_arguments_are_a_usage_error_of_one_line(shared_cluster: LocalC
         [b"get", b"--endpoints", eps.encode(), b"\xff"],
         [b"delete", b"--endpoints", eps.encode(), b"\xff"],
         [b"get", b"--endpoints", b"h\xff:1", b"k"],
+        [b"status", b"--endpoints", b"h\xff:1"],
     ):
         p = subprocess.run([bytes(PAXOSKV), *argv], capture_output=True, timeout=60)
         assert p.returncode == 2, (argv, p.stderr)

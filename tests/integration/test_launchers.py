@@ -402,6 +402,9 @@ def test_bin_server_and_bin_client_as_the_original(tmp_path) -> None:
         assert (
             missing.returncode == 1 and "key not found" in missing.stderr and missing.stdout == ""
         )
+        dash = client("-server", s1, "-op", "put", "-key", "d", "-val", "-")  # a value, not stdin
+        assert dash.stdout == "OK\n"
+        assert client("-server", s2, "-op", "get", "-key", "d").stdout == "Value: -\n"
         empty_val = client("-server", s1, "-op", "put", "-key", "e", "-val", "")
         assert empty_val.stdout == "OK\n"
         assert client("-server", s2, "-op", "get", "-key", "e").stdout == "Value: \n"

@@ -400,9 +400,14 @@ def status_cmd(as_json: bool, endpoints: str, timeout_s: float) -> None:
 
     Exit 0 when every endpoint answered, 3 otherwise.
     """
-    eps = _endpoints(endpoints)
-    with SyncClient(eps, timeout_s=timeout_s) as c:
-        nodes = c.status_all(eps)
+    nodes: list[NodeStatus] = []
+
+    def body() -> None:
+        eps = _endpoints(endpoints)
+        with SyncClient(eps, timeout_s=timeout_s) as c:
+            nodes.extend(c.status_all(eps))
+
+    _run_command("status", {"endpoints": endpoints}, body)
     if as_json:
         click.echo(json.dumps([_status_json(ns) for ns in nodes], indent=2))
     else:
