@@ -11,12 +11,14 @@ Rules:
 - The environment variable names are part of the CLI: they never change.
 
 Who takes what: ``--endpoints`` and ``--timeout`` the client commands
-(``put``, ``get``, ``delete``, ``status``) and ``snapshot save``;
+(``put``, ``get``, ``delete``, ``status``; ``grpc`` calls the first endpoint
+only and says so in its help) and ``snapshot save``;
 ``--cluster-id`` ``serve``, ``cluster`` and ``snapshot restore``; ``--id``
 ``serve`` and ``snapshot restore``; ``--heartbeat-ms``, ``--election-ms``
 and ``--log-level`` ``serve`` and ``cluster`` (and the first two ``chaos``);
 ``--nodes`` ``cluster``, ``chaos`` and ``sim``. ``bench --endpoints`` is its
-own option (any server, etcd too; env ``PAXOSKV_BENCH_ENDPOINTS``), as are
+own option (any server, etcd too; env ``PAXOSKV_BENCH_ENDPOINTS``, and
+against paxoskv ``PAXOSKV_ENDPOINTS`` when that is unset), as are
 ``bench --timeout-s`` (one RPC's deadline) and the three ``--data-dir``
 (a node's directory, a new one to restore into, the parent of a local
 cluster's).

@@ -25,6 +25,10 @@ Rules:
   with a code's number (``ResponseOp.code``): ``status_code`` maps it back.
   gRPC's own refusal of a message over its limit (RESOURCE_EXHAUSTED) counts
   as INVALID (``is_too_large``).
+- A call that reached no server (the connection was refused, the host
+  name did not resolve, no address could be connected) fails UNAVAILABLE
+  with gRPC's own details; ``unreachable_reason`` tells it from an
+  UNAVAILABLE a node answered, and says why in a few words.
 - Endpoints, as people type them (flags, environment): ``HOST:PORT``,
   ``[V6HOST]:PORT``, or a bare ``HOST`` meaning ``DEFAULT_PORT``; a list is
   comma-separated, kept in order, without duplicates. Every parser raises
@@ -63,6 +67,7 @@ __all__ = [
     "parse_port",
     "split_host",
     "status_code",
+    "unreachable_reason",
 ]
 
 KV_SERVICE = kv_pb2.DESCRIPTOR.services_by_name["KV"].full_name  # "paxoskv.v1.KV"
@@ -103,6 +108,21 @@ def status_code(number: int) -> grpc.StatusCode:
 def is_too_large(code: grpc.StatusCode, details: str) -> bool:
     """Whether gRPC itself refused a message over its size limit."""
     return code == grpc.StatusCode.RESOURCE_EXHAUSTED and "message" in details.lower()
+
+
+def unreachable_reason(code: grpc.StatusCode, details: str | None) -> str | None:
+    """Why a call reached no server ("connection refused", ...), or None if a
+    server answered it."""
+    if code != UNAVAILABLE or not details:
+        return None
+    text = details.lower()
+    if "connection refused" in text:
+        return "connection refused"
+    if "errors resolving" in text or "dns resolution failed" in text:
+        return "host name not found"
+    if "failed to connect to all addresses" in text:
+        return "cannot connect"
+    return None
 
 
 def leader_hint(node_id: int, address: str) -> tuple[tuple[str, str], ...]:

@@ -51,7 +51,7 @@ __all__ = [
 
 REPO = Path(__file__).resolve().parents[2]
 ANSIBLE_DIR = REPO / "ansible"
-PLAYBOOKS = ("provision.yml", "deploy.yml", "destroy.yml", "wait_for_ssh.yml")
+PLAYBOOKS = ("provision.yml", "deploy.yml", "destroy.yml", "wait_for_ssh.yml", "endpoints.yml")
 VENV_BIN = Path(os.environ.get("VIRTUAL_ENV", REPO / ".venv")) / "bin"
 if not (VENV_BIN / "ansible-playbook").exists():
     VENV_BIN = REPO / ".venv" / "bin"

@@ -8,6 +8,7 @@ asserts a figure: throughput and latency depend on the machine.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
@@ -78,3 +79,36 @@ def test_bench_rejects_a_mode_the_target_lacks():
     )
     assert res.returncode == 2
     assert "target etcd has no mode 'batch'" in res.stderr
+
+
+def test_bench_takes_its_endpoints_from_paxoskv_endpoints_as_the_client_commands_do():
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if k != "PAXOSKV_BENCH_ENDPOINTS"}
+    res = subprocess.run(
+        [*BENCH, "--processes", "1", "--connect-timeout-s", "1", "--duration-s", "1"],
+        capture_output=True, text=True, timeout=120, check=False, env={**env, "PAXOSKV_ENDPOINTS": f"127.0.0.1:{port}"},
+    )  # fmt: skip
+    assert res.returncode == 1, res.stderr
+    assert f"127.0.0.1:{port} did not answer a read before the connect timeout" in res.stderr
+    # etcd is not paxoskv: its endpoints must be given.
+    res = subprocess.run(
+        [*BENCH, "--target", "etcd"], capture_output=True, text=True, timeout=60, check=False,
+        env={**env, "PAXOSKV_ENDPOINTS": f"127.0.0.1:{port}"},
+    )  # fmt: skip
+    assert res.returncode == 2 and "required for --target etcd" in res.stderr
+
+
+def test_bench_counts_failed_operations_per_op_in_batch_mode(paxoskv_cluster):
+    eps = ",".join(paxoskv_cluster.endpoints)
+    res = subprocess.run(
+        [*BENCH, "--endpoints", eps, "--mode", "batch", "--batch-size", "2", "--mix", "50-50", "--no-prefill",
+         "--value-bytes", str((1 << 20) + 1), "--keys", "10", "--processes", "1", "--concurrency", "1",
+         "--duration-s", "1", "--warmup-s", "0", "--json"],
+        capture_output=True, text=True, timeout=240, check=False,
+    )  # fmt: skip
+    assert res.returncode == 0, res.stderr
+    doc = json.loads(res.stdout)
+    # Every put is over the value limit; the reads around them succeed.
+    assert doc["errors_by_op"]["put"] == doc["errors"]["INVALID_ARGUMENT"] > 0
+    assert doc["errors_by_op"]["get"] == 0 and doc["by_op"]["put"]["count"] == 0
+    assert "more than the limit of 1048576" in doc["error_samples"]["INVALID_ARGUMENT"]

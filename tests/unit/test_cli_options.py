@@ -12,6 +12,7 @@ from paxoskv.cli_options import OPTIONS
 # (command, flag) -> what differs, and why
 OVERRIDES = {
     ("snapshot save", "--endpoints"): "help",  # exactly one node
+    ("grpc", "--endpoints"): "help",  # the first node only
     ("snapshot save", "--timeout"): "help",  # the whole transfer, default 300 s
     ("snapshot restore", "--cluster-id"): "help",  # default: the snapshot's
     ("chaos", "--nodes"): "envvar",  # a campaign reads its flags only
@@ -54,10 +55,10 @@ def test_shared_options_have_one_help_text_and_one_environment_variable():
     assert seen == {
         "--cluster-id": ["cluster", "serve", "snapshot restore"],
         "--election-ms": ["chaos", "cluster", "serve"],
-        "--endpoints": ["delete", "get", "put", "snapshot save", "status"],
+        "--endpoints": ["delete", "get", "grpc", "put", "snapshot save", "status"],
         "--heartbeat-ms": ["chaos", "cluster", "serve"],
         "--id": ["serve", "snapshot restore"],
         "--log-level": ["cluster", "serve"],
         "--nodes": ["chaos", "cluster", "sim"],
-        "--timeout": ["delete", "get", "put", "snapshot save", "status"],
+        "--timeout": ["delete", "get", "grpc", "put", "snapshot save", "status"],
     }

@@ -66,3 +66,18 @@ def test_endpoints_as_people_type_them():
     for bad in ("", ",", "h:x", "[::1:5", "h:0", "h:1:2", ":1"):
         with pytest.raises(wire.ConfigError):
             wire.parse_endpoints(bad)
+
+
+def test_unreachable_reason_tells_a_call_that_reached_no_server() -> None:
+    import grpc
+
+    from paxoskv.wire import unreachable_reason
+
+    refused = "failed to connect to all addresses; last error: UNKNOWN: ipv4:127.0.0.1:1: Failed to connect to remote host: Connection refused"
+    assert unreachable_reason(grpc.StatusCode.UNAVAILABLE, refused) == "connection refused"
+    resolving = "errors resolving nohost.invalid:50051: [field:hostname lookup error:address lookup failed]"
+    assert unreachable_reason(grpc.StatusCode.UNAVAILABLE, resolving) == "host name not found"
+    # A node's own UNAVAILABLE, and other codes, reached a server.
+    assert unreachable_reason(grpc.StatusCode.UNAVAILABLE, "no leader is known") is None
+    assert unreachable_reason(grpc.StatusCode.DEADLINE_EXCEEDED, refused) is None
+    assert unreachable_reason(grpc.StatusCode.UNAVAILABLE, None) is None

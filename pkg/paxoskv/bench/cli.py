@@ -10,6 +10,7 @@ failed), 2 for a bad option.
 from __future__ import annotations
 
 import json
+import os
 import sys
 
 import click
@@ -18,14 +19,22 @@ from paxoskv.bench import report
 from paxoskv.bench.runner import BenchConfig, BenchError, Progress, run
 from paxoskv.bench.targets import TARGETS
 from paxoskv.bench.workload import MIXES, Workload, parse_mix
-from paxoskv.wire import ConfigError, parse_endpoints
+from paxoskv.wire import DEFAULT_PORT, ConfigError, parse_endpoints
 
 
-def _endpoints(_ctx, _param, value: str) -> tuple[str, ...]:
-    """HOST:PORT,... as every command reads endpoints, but with the port
-    required (any server: etcd too) and repeats kept (each gets its share)."""
+def _endpoints(ctx: click.Context, _param, value: str | None) -> tuple[str, ...]:
+    """HOST:PORT,... as every command reads endpoints, but with repeats kept
+    (each gets its share). Given (or PAXOSKV_BENCH_ENDPOINTS), the port is
+    required: any server, etcd too. Against paxoskv it falls back, as every
+    client command does, to PAXOSKV_ENDPOINTS and then localhost:50051."""
+    default_port = None
+    if value is None:
+        if ctx.params.get("target", "paxoskv") != "paxoskv":
+            raise click.BadParameter("required for --target etcd (or set PAXOSKV_BENCH_ENDPOINTS)")
+        value = os.environ.get("PAXOSKV_ENDPOINTS") or f"localhost:{DEFAULT_PORT}"
+        default_port = DEFAULT_PORT
     try:
-        return tuple(parse_endpoints(value, default_port=None, unique=False))
+        return tuple(parse_endpoints(value, default_port=default_port, unique=False))
     except ConfigError as exc:
         raise click.BadParameter(str(exc)) from None
 
@@ -40,8 +49,9 @@ def _mix(_ctx, _param, value: str) -> float:
 @click.command("bench")
 @click.option("--target", type=click.Choice(sorted(TARGETS)), default="paxoskv", show_default=True,
               help="Protocol of the servers: paxoskv.v1.KV or etcd's v3 KV API.")
-@click.option("--endpoints", "-e", required=True, callback=_endpoints, envvar="PAXOSKV_BENCH_ENDPOINTS",
-              help="Comma-separated host:port of the servers' client ports; load is spread over all of them.")
+@click.option("--endpoints", "-e", default=None, callback=_endpoints, envvar="PAXOSKV_BENCH_ENDPOINTS", show_envvar=True,
+              help="Comma-separated host:port of the servers' client ports; load is spread over all of them. "
+                   "Default for --target paxoskv: $PAXOSKV_ENDPOINTS, else localhost:50051.")
 @click.option("--mode", type=click.Choice(["unary", "batch", "batch-per-op", "stream"]), default="unary", show_default=True,
               help="One RPC per operation; --batch-size operations per RPC (batch: one exactly-once header per call, "
                    "batch-per-op: one per write); or messages of a KV.Session stream.")

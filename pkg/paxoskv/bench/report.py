@@ -75,7 +75,7 @@ def format_table(rows: list[list[str]], header: list[str]) -> str:
 
 def table(result: BenchResult) -> str:
     header = ["op", "ops/s", "p50 ms", "p95 ms", "p99 ms", "max ms", "errors"]
-    rows = [_row(kind, s) for kind, s in result.by_op.items()]
+    rows = [_row(kind, s, f"{result.errors_by_op.get(kind, 0):,}") for kind, s in result.by_op.items()]
     rows.append(_row("total", result.total, f"{result.error_count:,}"))
     out = [describe(result), "", format_table(rows, header), ""]
     for code, n in result.errors.items():
@@ -109,6 +109,7 @@ def to_json(result: BenchResult) -> dict[str, Any]:
         "total": dataclasses.asdict(result.total),
         "by_op": {k: dataclasses.asdict(v) for k, v in result.by_op.items()},
         "errors": result.errors,
+        "errors_by_op": result.errors_by_op,
         "error_count": result.error_count,
         "error_samples": result.error_samples,
         "client_cpu_s": result.client_cpu_s,

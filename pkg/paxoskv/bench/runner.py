@@ -98,8 +98,9 @@ class OpStats:
 class BenchResult:
     config: BenchConfig
     total: OpStats
-    by_op: dict[str, OpStats]
+    by_op: dict[str, OpStats]  # every kind that completed or failed in the window
     errors: dict[str, int]
+    errors_by_op: dict[str, int]
     error_samples: dict[str, str]
     client_cpu_s: float
     started_unix_s: float
@@ -234,24 +235,27 @@ def _await_done(cfg: BenchConfig, procs, events, notify: ProgressFn, start_s: fl
 def _merge(cfg: BenchConfig, results: list[WorkerResult], started_unix_s: float) -> BenchResult:
     hists = {"get": Histogram(), "put": Histogram()}
     errors: Counter = Counter()
+    errors_by_op: Counter = Counter()
     samples: dict[str, str] = {}
     cpu_s = 0.0
     for r in results:
         for kind, h in r.histograms.items():
             hists[kind].merge(h)
         errors.update(r.errors)
+        errors_by_op.update(r.errors_by_op)
         for code, text in r.error_samples.items():
             samples.setdefault(code, text)
         cpu_s += r.cpu_s
     total = Histogram()
     for h in hists.values():
         total.merge(h)
-    by_op = {kind: OpStats.of(h, cfg.duration_s) for kind, h in hists.items() if h.count}
+    by_op = {kind: OpStats.of(h, cfg.duration_s) for kind, h in hists.items() if h.count or errors_by_op[kind]}
     return BenchResult(
         config=cfg,
         total=OpStats.of(total, cfg.duration_s),
         by_op=by_op,
         errors=dict(sorted(errors.items())),
+        errors_by_op={kind: errors_by_op[kind] for kind in by_op},
         error_samples=samples,
         client_cpu_s=cpu_s,
         started_unix_s=started_unix_s,

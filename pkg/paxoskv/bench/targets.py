@@ -70,7 +70,7 @@ class SlotClient(Protocol):
 
     async def put(self, key: bytes, value: bytes) -> None: ...
 
-    async def batch(self, ops: list[tuple[bool, bytes]], value: bytes) -> list[str | None]: ...
+    async def batch(self, ops: list[tuple[bool, bytes]], value: bytes) -> list[OpFailed | None]: ...
 
 
 class Endpoint(Protocol):
@@ -233,7 +233,8 @@ class _PaxosSlot:
             self._seq += writes
         return req
 
-    async def batch(self, ops: list[tuple[bool, bytes]], value: bytes) -> list[str | None]:
+    async def batch(self, ops: list[tuple[bool, bytes]], value: bytes) -> list[OpFailed | None]:
+        """Each op's error (its code and the server's message), None for a success."""
         ep = self._ep
         req = self._batch_request(ops, value, ep.packed)
         try:
@@ -241,16 +242,16 @@ class _PaxosSlot:
             resp = await call(req, timeout=ep.timeout_s)
         except grpc.aio.AioRpcError as exc:
             if exc.code() != grpc.StatusCode.UNIMPLEMENTED or not req.HasField("request"):
-                return [exc.code().name] * len(ops)
+                return [_rpc_failed(exc)] * len(ops)
             # Nothing was applied (a cluster not known to take packed batches
             # everywhere yet, e.g. just after an election): this call per op.
             try:
                 resp = await ep.stub.Batch(self._batch_request(ops, value, False), timeout=ep.timeout_s)
             except grpc.aio.AioRpcError as exc2:
-                return [exc2.code().name] * len(ops)
+                return [_rpc_failed(exc2)] * len(ops)
         if len(resp.results) != len(ops):
-            return ["PROTOCOL"] * len(ops)
-        return [None if r.code == 0 else code_name(r.code) for r in resp.results]
+            return [OpFailed("PROTOCOL", f"{len(resp.results)} results for {len(ops)} operations")] * len(ops)
+        return [None if r.code == 0 else OpFailed(code_name(r.code), r.error) for r in resp.results]
 
 
 class _PaxosEndpoint:
@@ -300,7 +301,7 @@ class _EtcdSlot:
         except grpc.aio.AioRpcError as exc:
             raise _rpc_failed(exc) from None
 
-    async def batch(self, ops: list[tuple[bool, bytes]], value: bytes) -> list[str | None]:
+    async def batch(self, ops: list[tuple[bool, bytes]], value: bytes) -> list[OpFailed | None]:
         raise OpFailed("UNIMPLEMENTED", "the etcd target has no batch mode")
 
 

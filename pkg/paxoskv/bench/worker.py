@@ -64,7 +64,8 @@ class WorkerArgs:
 @dataclass(slots=True)
 class WorkerResult:
     histograms: dict[str, Histogram] = field(default_factory=lambda: {"get": Histogram(), "put": Histogram()})
-    errors: Counter = field(default_factory=Counter)
+    errors: Counter = field(default_factory=Counter)  # by status code
+    errors_by_op: Counter = field(default_factory=Counter)  # by op kind ("get", "put")
     error_samples: dict[str, str] = field(default_factory=dict)
     cpu_s: float = 0.0
     completed: int = 0
@@ -94,6 +95,7 @@ class _Recorder:
             self.result.histograms[kind].record(latency_ns)
         else:
             self.result.errors[error.code] += 1
+            self.result.errors_by_op[kind] += 1
             self.result.error_samples.setdefault(error.code, str(error)[:300])
 
 
@@ -126,13 +128,12 @@ async def _batch_loop(slot: SlotClient, picker: OpPicker, value: bytes, rec: _Re
             return
         ops = [picker.next() for _ in range(batch_size)]
         try:
-            codes = await slot.batch(ops, value)
+            errors = await slot.batch(ops, value)
         except OpFailed as exc:
-            codes = [exc.code] * len(ops)
+            errors = [exc] * len(ops)
         t1 = clock()
         failed = False
-        for (is_read, _key), code in zip(ops, codes, strict=True):
-            error = None if code is None else OpFailed(code, "in a batch")
+        for (is_read, _key), error in zip(ops, errors, strict=True):
             failed = failed or error is not None
             rec.done("get" if is_read else "put", t1 - t0, error, t1)
         if failed:

@@ -12,6 +12,10 @@ Rules:
   call's overall deadline (``timeout_s``). Every other status is final.
   Each attempt gets at most ``attempt_timeout_s`` of the time left, so one
   node that hangs (paused, cut off) costs one attempt, not the whole deadline.
+  With ``retry_unreachable=False`` (the CLI's choice) a call gives up at once
+  when every endpoint it may use has just refused the connection (or has a
+  name that does not resolve): no other endpoint and no leader change can
+  help then; the default keeps trying until the deadline (a node restarting).
 - Exactly-once: every Put and Delete carries ``(client_id, sequence)``; all
   attempts of ONE logical request carry the SAME pair, so the cluster applies
   it once however many attempts reached it, and answers retries with the
@@ -31,6 +35,7 @@ Rules:
   serve the request: a write may or may not have been applied),
   ``DeadlineExceeded`` (the deadline passed while a node was working on the
   request; a write may be applied later), ``ClientError`` for anything else.
+  A message says "may still be applied" at most once, and only for a write.
 
 Theory of operation: one ``grpc.aio`` channel per node address, made on
 first use, with grpc's own retries off (this module decides) and a short
@@ -61,6 +66,7 @@ __all__ = [
     "NodeStatus",
     "StaleSequence",
     "Unavailable",
+    "Unreachable",
     "WriteResult",
 ]
 
@@ -106,6 +112,11 @@ class StaleSequence(ClientError):
 class Unavailable(ClientError):
     """No node could serve the request before the deadline. A write may or may
     not have been applied (retrying it with a new sequence may apply it twice)."""
+
+
+class Unreachable(Unavailable):
+    """Every endpoint refused the connection (or its host name did not
+    resolve), so no request reached a node: nothing was written by it."""
 
 
 class DeadlineExceeded(ClientError):
@@ -205,6 +216,7 @@ class Client:
         attempt_timeout_s: float = 2.0,
         backoff_s: float = 0.02,
         backoff_s_max: float = 0.5,
+        retry_unreachable: bool = True,
         rng: random.Random | None = None,
     ) -> None:
         self.endpoints = list(dict.fromkeys(endpoints))
@@ -219,6 +231,7 @@ class Client:
         self.attempt_timeout_s = attempt_timeout_s
         self.backoff_s = backoff_s
         self.backoff_s_max = backoff_s_max
+        self.retry_unreachable = retry_unreachable
         self._rng = rng or random.Random()
         self._channels: dict[str, _Channel] = {}
         self._current = self.endpoints[0]
@@ -428,10 +441,8 @@ class Client:
                     if delay > 0:
                         await asyncio.sleep(delay)
             for i in pending:
-                results[i] = Unavailable(
-                    f"no answer within {total_s:.3g}s ({last_error}); a write may still be applied",
-                    wire.UNAVAILABLE,
-                )
+                caveat = "; a write may still be applied" if i in writes and _CAVEAT not in last_error else ""
+                results[i] = Unavailable(f"no answer within {total_s:.3g}s ({last_error}){caveat}", wire.UNAVAILABLE)
             return results  # type: ignore[return-value]
         finally:
             self._free_sessions.extend(sessions)
@@ -494,6 +505,8 @@ class Client:
         last: grpc.aio.AioRpcError | None = None
         last_target = target
         tried_hint: set[str] = set()
+        unreachable: dict[str, str] = {}  # endpoint -> why its last attempt reached no server
+        usable = [pinned] if pinned is not None else self.endpoints
         while True:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
@@ -509,6 +522,15 @@ class Client:
                     raise final from None
                 last, last_target = err, target
                 failures += 1
+                reason = wire.unreachable_reason(code, err.details())
+                if reason is None:
+                    unreachable.pop(target, None)
+                else:
+                    unreachable[target] = reason
+                    if not self.retry_unreachable and all(ep in unreachable for ep in usable):
+                        error = Unreachable(_unreachable_text(unreachable, usable), code)
+                        error.attempts = failures
+                        raise error from None
                 hint = _leader_hint(err) if pinned is None else None
                 if hint is not None and hint != target and hint not in tried_hint:
                     tried_hint.add(hint)
@@ -542,11 +564,22 @@ class Client:
                 f"(last: {last_target}: {detail})",
                 last.code(),
             )
+        caveat = "; a write may still be applied" if method in _WRITES and _CAVEAT not in detail else ""
         raise DeadlineExceeded(
-            f"no answer within {total_s:.3g}s (last: {last_target}: {detail}); a write may "
-            f"still be applied",
+            f"no answer within {total_s:.3g}s (last: {last_target}: {detail}){caveat}",
             last.code(),
         )
+
+
+_WRITES = frozenset({"put", "delete", "batch", "packed_batch"})
+_CAVEAT = "may still be applied"
+
+
+def _unreachable_text(unreachable: dict[str, str], endpoints: Sequence[str]) -> str:
+    if len(endpoints) == 1:
+        ep = endpoints[0]
+        return f"cannot reach {ep} ({unreachable[ep]}): is a node running there?"
+    return "cannot reach any endpoint: " + ", ".join(f"{ep} ({unreachable[ep]})" for ep in endpoints)
 
 
 def _op_result(r: kv_pb2.ResponseOp) -> WriteResult | GetResult:

@@ -1,5 +1,6 @@
 """The public gRPC facade of a node: ``paxoskv.v1.KV``, ``paxoskv.v1.Maintenance``,
-standard health checking and server reflection, on one ``grpc.aio`` server.
+standard health checking and server reflection (v1 and v1alpha), on one
+``grpc.aio`` server.
 
 Rules:
 
@@ -62,7 +63,7 @@ import grpc
 from google.protobuf.message import DecodeError
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
-from grpc_reflection.v1alpha import reflection
+from grpc_reflection.v1alpha import reflection, reflection_pb2, reflection_pb2_grpc
 
 from paxoskv import wire
 from paxoskv.protowire import len_field, varint
@@ -75,6 +76,7 @@ from paxoskv.replica.errors import (
     Unavailable,
     Unimplemented,
 )
+from paxoskv.reflection.v1 import reflection_pb2 as reflection_v1_pb2
 from paxoskv.v1 import kv_pb2
 
 __all__ = [
@@ -109,6 +111,27 @@ SERVER_OPTIONS: tuple[tuple[str, int], ...] = (
 _INVALID = wire.INVALID
 _UNAVAILABLE = wire.UNAVAILABLE
 _DEADLINE = wire.DEADLINE
+
+
+REFLECTION_V1_SERVICE = reflection_v1_pb2.DESCRIPTOR.services_by_name["ServerReflection"].full_name
+
+
+def _add_reflection(server: grpc.aio.Server, services: Sequence[str]) -> None:
+    """Server reflection, v1 and v1alpha: one grpcio-reflection servicer behind
+    both paths (v1's messages are v1alpha's on the wire,
+    tests/unit/test_reflection_v1.py); the generated v1 module puts v1's
+    descriptor in the pool, so a client can describe it too."""
+    names = (*services, REFLECTION_V1_SERVICE, reflection.SERVICE_NAME)
+    servicer = reflection.aio.ReflectionServicer(names)
+    reflection_pb2_grpc.add_ServerReflectionServicer_to_server(servicer, server)
+    v1 = {
+        "ServerReflectionInfo": grpc.stream_stream_rpc_method_handler(
+            servicer.ServerReflectionInfo,
+            request_deserializer=reflection_pb2.ServerReflectionRequest.FromString,
+            response_serializer=reflection_pb2.ServerReflectionResponse.SerializeToString,
+        )
+    }
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(REFLECTION_V1_SERVICE, v1),))
 
 
 class BindError(Exception):
@@ -244,14 +267,9 @@ class Facade:
             )
             self.server.add_registered_method_handlers(name, handlers)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
-        reflection.enable_server_reflection(
-            (
-                KV_SERVICE,
-                MAINTENANCE_SERVICE,
-                health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
-                reflection.SERVICE_NAME,
-            ),
+        _add_reflection(
             self.server,
+            (KV_SERVICE, MAINTENANCE_SERVICE, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name),
         )
 
     # ---- handlers ---------------------------------------------------------------

@@ -303,13 +303,10 @@ class Node:
         for pid, addr in sorted(self.cfg.peers.items()):
             ps = peer_status.get(pid)
             last = ps.last_recv_s if ps is not None else None
-            ago = (now - last) if last is not None else -1.0
-            st.peers.add(
-                node_id=pid,
-                address=f"{addr.host}:{addr.port}",
-                connected=last is not None and ago <= election_s,
-                last_heard_seconds=ago,
-            )
+            peer = st.peers.add(node_id=pid, address=f"{addr.host}:{addr.port}")
+            if last is not None:  # never heard from: the field stays absent
+                peer.last_heard_seconds = now - last
+                peer.connected = peer.last_heard_seconds <= election_s
         return st
 
     @property

@@ -14,6 +14,9 @@ Rules:
   has been given), so two clusters set up before either binds do not collide.
 - A free port is also a closed one: nothing listens there, and a connection
   to it is refused.
+- ``bindable(host, port, reuse_addr=True)`` asks about one given port as a
+  server about to bind it would (SO_REUSEADDR, as gRPC and ZeroMQ set it: a
+  port held only by connections closing after a stop counts as free).
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ from __future__ import annotations
 import random
 import socket
 
-__all__ = ["PORT_LOW", "free_port", "free_ports", "port_high"]
+__all__ = ["PORT_LOW", "bindable", "free_port", "free_ports", "port_high"]
 
 PORT_LOW = 20000
 _PORT_HIGH_MAX = 31999  # without /proc: Linux's default ephemeral range starts at 32768
@@ -41,9 +44,12 @@ def port_high() -> int:
     return first - 1 if first - 1 > PORT_LOW + 2000 else _PORT_HIGH_MAX
 
 
-def _bindable(host: str, port: int) -> bool:
+def bindable(host: str, port: int, *, reuse_addr: bool = True) -> bool:
+    """Whether a TCP socket can bind ``host:port`` now (see the module rules)."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     with socket.socket(family, socket.SOCK_STREAM) as s:
+        if reuse_addr:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             s.bind((host, port))
         except OSError:
@@ -71,7 +77,7 @@ def free_ports(
         need = cand + ([p + offset for p in cand] if offset else [])
         if len(set(need)) < len(need) or _given.intersection(need):
             continue
-        if all(_bindable(host, p) for p in need):
+        if all(bindable(host, p, reuse_addr=False) for p in need):
             _given.update(need)
             return cand
     raise RuntimeError(f"no {n} free ports found on {host} in {_ATTEMPTS} attempts")
