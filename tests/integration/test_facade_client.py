@@ -89,7 +89,7 @@ class FakeNode:
 
     async def get(self, req: kv_pb2.GetRequest, *, timeout_s: float):
         if not req.key:
-            raise errors.InvalidArgument("key must not be empty")
+            raise errors.InvalidArgument("key is empty")
         if self.fail_next:
             raise self.fail_next.pop(0)
         return self.kv.get(req.key), self.index
