@@ -7,7 +7,10 @@ Rules:
   target answered and its share of the keys is pre-filled; ``("progress",
   index, completed, errors, measured)`` every ``PROGRESS_PERIOD_S``;
   ``("done", index, WorkerResult)`` at the end, or ``("failed", index,
-  text)`` if it could not run. It then exits.
+  text)`` if it could not run. It then exits. An endpoint that answers
+  UNIMPLEMENTED to the setup read does not serve the target's service: the
+  worker fails at once with ``UNIMPLEMENTED: <endpoint> does not serve
+  <service>``, it does not wait out the connect timeout.
 - After "ready" it waits for ``go`` and reads the shared start time; every
   process uses the same phase boundaries on the same clock
   (``time.monotonic_ns``, system-wide on Linux).
@@ -18,8 +21,9 @@ Rules:
   flooded by a spinning client.
 - After the window no slot starts a new operation; those in flight get
   ``timeout_s`` plus a second to finish and are then cancelled.
-- ``cpu_s`` is this process's user+system CPU time during the window, all
-  its threads (gRPC's included): what the client side cost.
+- CPU is not measured here: the runner samples every worker's and every
+  server's CPU at the window's boundaries (``cpu.CpuWindow``), so a slow
+  event loop cannot move the instants it is read at.
 """
 
 from __future__ import annotations
@@ -36,7 +40,7 @@ import grpc.aio
 
 from paxoskv.bench.histogram import Histogram
 from paxoskv.bench.targets import CHANNEL_OPTIONS, TARGETS, Endpoint, OpFailed, SlotClient
-from paxoskv.bench.workload import OpPicker, Workload, key_name
+from paxoskv.bench.workload import OpPicker, Workload
 from paxoskv.util.wait import WaitTimeout, wait_until_async
 
 PROGRESS_PERIOD_S = 0.2
@@ -66,7 +70,6 @@ class WorkerResult:
     histograms: dict[str, Histogram] = field(default_factory=lambda: {"get": Histogram(), "put": Histogram()})
     errors: Counter = field(default_factory=Counter)
     error_samples: dict[str, str] = field(default_factory=dict)
-    cpu_s: float = 0.0
     completed: int = 0
 
 
@@ -96,9 +99,28 @@ class _Recorder:
             self.result.errors[error.code] += 1
             self.result.error_samples.setdefault(error.code, str(error)[:300])
 
+    def done_batch(self, ops: list[tuple[bool, int]], codes: list[str | None], latency_ns: int, end_ns: int,
+                   failure: OpFailed | None) -> bool:
+        """The ops of one batch call, answered together; True if one failed."""
+        n = len(ops)
+        self.completed += n
+        bad = sum(1 for c in codes if c is not None)
+        self.failed += bad
+        if self.measure_start_ns <= end_ns < self.measure_end_ns:
+            self.measured += n
+            res = self.result
+            for (is_read, _i), code in zip(ops, codes, strict=True):
+                if code is None:
+                    res.histograms["get" if is_read else "put"].record(latency_ns)
+                else:
+                    res.errors[code] += 1
+                    res.error_samples.setdefault(code, str(failure or OpFailed(code, "an op of a batch"))[:300])
+        return bad > 0
 
-async def _unary_loop(slot: SlotClient, picker: OpPicker, value: bytes, rec: _Recorder, end_ns: int, batch_size: int) -> None:
+
+async def _unary_loop(slot: SlotClient, picker: OpPicker, rec: _Recorder, end_ns: int, batch_size: int) -> None:
     clock = time.monotonic_ns
+    get, put = slot.get, slot.put
     while True:
         t0 = clock()
         if t0 >= end_ns:
@@ -107,9 +129,9 @@ async def _unary_loop(slot: SlotClient, picker: OpPicker, value: bytes, rec: _Re
         error: OpFailed | None = None
         try:
             if is_read:
-                await slot.get(key)
+                await get(key)
             else:
-                await slot.put(key, value)
+                await put(key)
         except OpFailed as exc:
             error = exc
         t1 = clock()
@@ -118,28 +140,25 @@ async def _unary_loop(slot: SlotClient, picker: OpPicker, value: bytes, rec: _Re
             await asyncio.sleep(ERROR_PAUSE_S)
 
 
-async def _batch_loop(slot: SlotClient, picker: OpPicker, value: bytes, rec: _Recorder, end_ns: int, batch_size: int) -> None:
+async def _batch_loop(slot: SlotClient, picker: OpPicker, rec: _Recorder, end_ns: int, batch_size: int) -> None:
     clock = time.monotonic_ns
     while True:
         t0 = clock()
         if t0 >= end_ns:
             return
-        ops = [picker.next() for _ in range(batch_size)]
+        ops = picker.batch(batch_size)
+        failure: OpFailed | None = None
         try:
-            codes = await slot.batch(ops, value)
+            codes = await slot.batch(ops)
         except OpFailed as exc:
+            failure = exc
             codes = [exc.code] * len(ops)
         t1 = clock()
-        failed = False
-        for (is_read, _key), code in zip(ops, codes, strict=True):
-            error = None if code is None else OpFailed(code, "in a batch")
-            failed = failed or error is not None
-            rec.done("get" if is_read else "put", t1 - t0, error, t1)
-        if failed:
+        if rec.done_batch(ops, codes, t1 - t0, t1, failure):
             await asyncio.sleep(ERROR_PAUSE_S)
 
 
-LoopFn = Callable[[SlotClient, OpPicker, bytes, _Recorder, int, int], Awaitable[None]]
+LoopFn = Callable[[SlotClient, OpPicker, _Recorder, int, int], Awaitable[None]]
 
 # mode -> the closed loop one slot runs. ``stream`` is the unary loop over
 # slots whose target sends each operation as a message of a shared stream;
@@ -152,15 +171,22 @@ MODE_LOOPS: dict[str, LoopFn] = {
 }
 
 
-async def _wait_ready(probe: SlotClient, endpoint: str, timeout_s: float) -> None:
-    """Until a read of one key through ``endpoint`` succeeds (the target has a leader)."""
+class NotServed(RuntimeError):
+    """The endpoint does not serve the target's service at all."""
+
+
+async def _wait_ready(probe: SlotClient, endpoint: str, service: str, timeout_s: float) -> None:
+    """Until a read of one key through ``endpoint`` succeeds (the target has
+    a leader). UNIMPLEMENTED is final: the server lacks the service."""
     last: OpFailed | None = None
 
     async def answers() -> bool:
         nonlocal last
         try:
-            await probe.get(key_name(0))
+            await probe.get(0)
         except OpFailed as exc:
+            if exc.code == "UNIMPLEMENTED":
+                raise NotServed(f"UNIMPLEMENTED: {endpoint} does not serve {service} ({exc})") from None
             last = exc
             return False
         return True
@@ -171,7 +197,7 @@ async def _wait_ready(probe: SlotClient, endpoint: str, timeout_s: float) -> Non
         raise RuntimeError(f"{endpoint} did not answer a read before the connect timeout: {last}") from None
 
 
-async def _prefill(args: WorkerArgs, endpoints: list[Endpoint], prefix: str, value: bytes) -> None:
+async def _prefill(args: WorkerArgs, endpoints: list[Endpoint], codec: Any, prefix: str) -> None:
     """Write this process's share of the keys (index % processes == process_index).
 
     A failed write is retried (a leader change under load is normal) with a
@@ -181,14 +207,16 @@ async def _prefill(args: WorkerArgs, endpoints: list[Endpoint], prefix: str, val
     """
     mine = list(range(args.process_index, args.workload.keys, args.processes))
 
+    target = TARGETS[args.target]
+
     async def filler(slot_index: int) -> None:
-        probe = endpoints[slot_index % len(endpoints)].slot(f"{prefix}-fill{slot_index}")
+        probe = target.slot(endpoints, codec, f"{prefix}-fill{slot_index}", first=slot_index, timeout_s=args.timeout_s)
         for i in mine[slot_index :: args.concurrency]:
             give_up_at: float | None = None
             pause_s = 0.05
             while True:
                 try:
-                    await probe.put(key_name(i), value)
+                    await probe.put(i)
                     break
                 except OpFailed as exc:
                     now = time.monotonic()
@@ -206,17 +234,18 @@ async def _run(args: WorkerArgs, events: Any, go: Any, start_at: Any) -> WorkerR
     channels = [grpc.aio.insecure_channel(ep, options=CHANNEL_OPTIONS) for ep in args.endpoints]
     endpoints: list[Endpoint] = []
     try:
-        kw = {"serializable": args.workload.serializable, "timeout_s": args.timeout_s}
-        unary = [target.connect(ch, mode="unary", **kw) for ch in channels]
-        endpoints = [target.connect(ch, mode=args.mode, **kw) for ch in channels]
+        codec = target.codec(args.workload, os.urandom(args.workload.value_bytes))
+        unary = [target.connect(ch, mode="unary") for ch in channels]
+        endpoints = [target.connect(ch, mode=args.mode) for ch in channels]
         prefix = f"{args.client_prefix}-p{args.process_index}"
-        probes = [ep.slot(f"{prefix}-setup{i}") for i, ep in enumerate(unary)]
+        probes = [
+            target.slot([ep], codec, f"{prefix}-setup{i}", first=0, timeout_s=args.timeout_s) for i, ep in enumerate(unary)
+        ]
         await asyncio.gather(
-            *(_wait_ready(p, ep, args.connect_timeout_s) for p, ep in zip(probes, args.endpoints, strict=True))
+            *(_wait_ready(p, ep, target.service, args.connect_timeout_s) for p, ep in zip(probes, args.endpoints, strict=True))
         )
-        value = os.urandom(args.workload.value_bytes)
         if args.prefill and args.workload.read_share > 0:
-            await _prefill(args, unary, prefix, value)
+            await _prefill(args, unary, codec, prefix)
 
         events.put(("ready", args.process_index))
         loop = asyncio.get_running_loop()
@@ -230,13 +259,6 @@ async def _run(args: WorkerArgs, events: Any, go: Any, start_at: Any) -> WorkerR
         async def until(t_ns: int) -> None:
             await asyncio.sleep(max(0.0, (t_ns - time.monotonic_ns()) / 1e9))
 
-        async def cpu_meter() -> None:
-            await until(measure_start_ns)
-            t0 = os.times()
-            await until(measure_end_ns)
-            t1 = os.times()
-            rec.result.cpu_s = (t1.user - t0.user) + (t1.system - t0.system)
-
         async def progress() -> None:
             while True:
                 events.put(("progress", args.process_index, rec.completed, rec.failed, rec.measured))
@@ -247,9 +269,8 @@ async def _run(args: WorkerArgs, events: Any, go: Any, start_at: Any) -> WorkerR
         slots = [
             asyncio.create_task(
                 loop_fn(
-                    endpoints[(args.process_index + s) % len(endpoints)].slot(f"{prefix}-s{s}"),
+                    target.slot(endpoints, codec, f"{prefix}-s{s}", first=args.process_index + s, timeout_s=args.timeout_s),
                     args.workload.picker(args.process_index, s),
-                    value,
                     rec,
                     measure_end_ns,
                     args.batch_size,
@@ -257,9 +278,8 @@ async def _run(args: WorkerArgs, events: Any, go: Any, start_at: Any) -> WorkerR
             )
             for s in range(args.concurrency)
         ]
-        meter = asyncio.create_task(cpu_meter())
         reporter = asyncio.create_task(progress())
-        await meter
+        await until(measure_end_ns)
         _done, pending = await asyncio.wait(slots, timeout=args.timeout_s + 1.0)
         for task in pending:
             task.cancel()
@@ -283,6 +303,9 @@ def worker_main(args: WorkerArgs, events: Any, go: Any, start_at: Any) -> None:
     """Entry point of a worker process."""
     try:
         result = asyncio.run(_run(args, events, go, start_at))
+    except NotServed as exc:  # says it all: no traceback
+        events.put(("failed", args.process_index, str(exc)))
+        return
     except BaseException:  # report anything, even KeyboardInterrupt, to the parent
         events.put(("failed", args.process_index, traceback.format_exc(limit=8)))
         return
