@@ -481,6 +481,9 @@ def main() -> int:
     unknown = set(args.systems) - set(SYSTEMS)
     if unknown or "paxoskv" not in args.systems:
         ap.error(f"--systems must include paxoskv and only name {', '.join(SYSTEMS)}")
+    unknown = set(args.jobs) - {j.key for j in JOBS} - {"inproc"}
+    if unknown:
+        ap.error(f"unknown --jobs {', '.join(sorted(unknown))}: use {', '.join(j.key for j in JOBS)}, inproc")
 
     def on_term(_sig, _frame):
         raise KeyboardInterrupt  # unwinds through every finally: clusters are stopped
