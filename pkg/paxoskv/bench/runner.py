@@ -73,7 +73,9 @@ class BenchConfig:
         if self.duration_s <= 0 or self.warmup_s < 0 or self.timeout_s <= 0:
             raise ValueError("duration and timeout must be > 0, warmup >= 0")
         if self.mode.startswith("batch") and self.batch_size > self.workload.keys:
-            raise ValueError(f"a batch of {self.batch_size} distinct keys needs at least that many keys, not {self.workload.keys}")
+            raise ValueError(
+                f"a batch of {self.batch_size} distinct keys needs at least that many keys, not {self.workload.keys}"
+            )
 
     @property
     def name(self) -> str:

@@ -146,6 +146,32 @@ class _Table:
         return b
 
 
+class _KeyBodies:
+    """A target's per-key request bytes: a read's body (``read_cls(key,
+    serializable)``), a write's (``write_cls(key, value)``), and each as one
+    entry of a batch's repeated op field. The only thing that differs
+    between targets is which messages and tags these are."""
+
+    __slots__ = ("read", "write", "read_entry", "write_entry")
+
+    def __init__(
+        self, workload: Workload, value: bytes, read_cls: Any, write_cls: Any,
+        read_entry: tuple[bytes, bytes], write_entry: tuple[bytes, bytes],
+    ) -> None:
+        """``*_entry``: (tag of the batch's op field, tag of the op's oneof
+        field): the entry is the body wrapped in both."""
+        ser, keys = workload.serializable, workload.keys
+        self.read = _Table(keys, lambda i: read_cls(key=key_name(i), serializable=ser).SerializeToString())
+        self.write = _Table(keys, lambda i: write_cls(key=key_name(i), value=value).SerializeToString())
+        self.read_entry = _Table(keys, lambda i: len_field(read_entry[0], len_field(read_entry[1], self.read[i])))
+        self.write_entry = _Table(keys, lambda i: len_field(write_entry[0], len_field(write_entry[1], self.write[i])))
+
+    def entries(self, ops: list[tuple[bool, int]]) -> bytes:
+        """The batch's op field, one entry per op, in order."""
+        rd, wr = self.read_entry, self.write_entry
+        return b"".join([rd[i] if is_read else wr[i] for is_read, i in ops])
+
+
 async def _call(method: Any, body: bytes, timeout_s: float) -> bytes:
     try:
         return await method(body, timeout=timeout_s)
@@ -175,14 +201,11 @@ class _PaxosCodec:
     """paxoskv.v1 request bytes of one process (see the module's rules)."""
 
     def __init__(self, workload: Workload, value: bytes) -> None:
-        ser = workload.serializable
-        n = workload.keys
-        self.get = _Table(n, lambda i: kv_pb2.GetRequest(key=key_name(i), serializable=ser).SerializeToString())
-        # PutRequest's key and value (fields 2, 3): the header goes in front
-        self.kv = _Table(n, lambda i: kv_pb2.PutRequest(key=key_name(i), value=value).SerializeToString())
-        # one BatchRequest.ops entry: a get, a put without a header (packed)
-        self.get_op = _Table(n, lambda i: len_field(_T1_LEN, len_field(_T1_LEN, self.get[i])))
-        self.packed_put_op = _Table(n, lambda i: len_field(_T1_LEN, len_field(_T2_LEN, self.kv[i])))
+        # A write's body is PutRequest's key and value (fields 2, 3): the
+        # header goes in front. Entries: BatchRequest.ops of RequestOp.get /
+        # RequestOp.put (a packed batch's put: no header).
+        self.keys = _KeyBodies(workload, value, kv_pb2.GetRequest, kv_pb2.PutRequest, (_T1_LEN, _T1_LEN), (_T1_LEN, _T2_LEN))
+        self.get = self.keys.read
 
     @staticmethod
     def client_field(client_id: str) -> bytes:
@@ -195,13 +218,12 @@ class _PaxosCodec:
 
     def put_body(self, client_field: bytes, seq: int, i: int) -> bytes:
         """A PutRequest with its header."""
-        return len_field(_T1_LEN, self.header(client_field, seq)) + self.kv[i]
+        return len_field(_T1_LEN, self.header(client_field, seq)) + self.keys.write[i]
 
     def packed_batch(self, ops: list[tuple[bool, int]], client_field: bytes, first_seq: int) -> bytes:
         """BatchRequest of ``ops``, its puts headerless, the call's header
         (``first_seq``) last; no header when the batch has no put."""
-        get_op, put_op = self.get_op, self.packed_put_op
-        body = b"".join([get_op[i] if is_read else put_op[i] for is_read, i in ops])
+        body = self.keys.entries(ops)
         if any(not is_read for is_read, _ in ops):
             body += len_field(_T2_LEN, self.header(client_field, first_seq))
         return body
@@ -212,7 +234,7 @@ class _PaxosCodec:
         seq = first_seq
         for is_read, i in ops:
             if is_read:
-                parts.append(self.get_op[i])
+                parts.append(self.keys.read_entry[i])
             else:
                 parts.append(len_field(_T1_LEN, len_field(_T2_LEN, self.put_body(client_field, seq, i))))
                 seq += 1
@@ -346,7 +368,9 @@ def _batch_codes(raw: bytes, n: int) -> list[str | None]:
 class _PaxosSlot:
     __slots__ = ("_next", "_codec", "_client", "_seq", "_timeout_s")
 
-    def __init__(self, endpoints: Sequence[_PaxosEndpoint], codec: _PaxosCodec, client_id: str, first: int, timeout_s: float) -> None:
+    def __init__(
+        self, endpoints: Sequence[_PaxosEndpoint], codec: _PaxosCodec, client_id: str, first: int, timeout_s: float
+    ) -> None:
         self._next = _rotation(endpoints, first)
         self._codec = codec
         self._client = codec.client_field(client_id)
@@ -411,7 +435,7 @@ class PaxosKVTarget:
 
 # ---- etcd ---------------------------------------------------------------------
 
-_T2_OP = b"\x12"  # TxnRequest.success (field 2, bytes)
+_T2_SUCCESS = b"\x12"  # TxnRequest.success (field 2, bytes)
 
 
 class _EtcdCodec:
@@ -420,18 +444,16 @@ class _EtcdCodec:
     def __init__(self, workload: Workload, value: bytes) -> None:
         from paxoskv.etcdpb import rpc_pb2
 
-        ser = workload.serializable
-        n = workload.keys
-        self.range = _Table(n, lambda i: rpc_pb2.RangeRequest(key=key_name(i), serializable=ser).SerializeToString())
-        self.put = _Table(n, lambda i: rpc_pb2.PutRequest(key=key_name(i), value=value).SerializeToString())
-        # one TxnRequest.success entry: RequestOp{request_range | request_put}
-        self.txn_range = _Table(n, lambda i: len_field(_T2_OP, len_field(b"\x0a", self.range[i])))
-        self.txn_put = _Table(n, lambda i: len_field(_T2_OP, len_field(b"\x12", self.put[i])))
+        # Entries: TxnRequest.success of RequestOp.request_range (field 1) /
+        # RequestOp.request_put (field 2).
+        self.keys = _KeyBodies(
+            workload, value, rpc_pb2.RangeRequest, rpc_pb2.PutRequest, (_T2_SUCCESS, b"\x0a"), (_T2_SUCCESS, b"\x12")
+        )
+        self.range, self.put = self.keys.read, self.keys.write
 
     def txn(self, ops: list[tuple[bool, int]]) -> bytes:
         """TxnRequest: no compares, ``ops`` in its success branch."""
-        rng, put = self.txn_range, self.txn_put
-        return b"".join([rng[i] if is_read else put[i] for is_read, i in ops])
+        return self.keys.entries(ops)
 
 
 def _etcd_paths() -> dict[str, str]:
