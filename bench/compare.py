@@ -307,7 +307,7 @@ def run_all(args: argparse.Namespace, work: pathlib.Path) -> dict:
                         fig = run_job(job, system, cluster, args, base_cfg, rnd)
                         cluster.check_alive()
                         cluster.wait_ready(timeout_s=20.0)  # still serving after the load?
-                    except (BenchError, RuntimeError) as exc:
+                    except (BenchError, RuntimeError, ValueError) as exc:  # ValueError: a job the options cannot make
                         why = _why(system, exc)
                         if why == NOT_SERVED:
                             not_served = why
