@@ -109,6 +109,13 @@ class _Recorder:
         if self.measure_start_ns <= end_ns < self.measure_end_ns:
             self.measured += n
             res = self.result
+            if not bad:
+                reads = sum(1 for is_read, _i in ops if is_read)
+                if reads:
+                    res.histograms["get"].record(latency_ns, reads)
+                if n - reads:
+                    res.histograms["put"].record(latency_ns, n - reads)
+                return False
             for (is_read, _i), code in zip(ops, codes, strict=True):
                 if code is None:
                     res.histograms["get" if is_read else "put"].record(latency_ns)
