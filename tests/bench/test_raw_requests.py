@@ -111,3 +111,31 @@ def test_a_batch_larger_than_the_key_space_is_refused():
     with pytest.raises(ValueError, match="a batch of 101 distinct keys needs at least that many keys"):
         BenchConfig(target="etcd", endpoints=("127.0.0.1:1",), mode="batch", batch_size=101, workload=Workload(keys=100))
     BenchConfig(target="etcd", endpoints=("127.0.0.1:1",), mode="unary", batch_size=101, workload=Workload(keys=100))
+
+
+def _worker_args(processes: int, concurrency: int, index: int):
+    from paxoskv.bench.worker import WorkerArgs
+
+    return WorkerArgs(
+        target="paxoskv", mode="unary", endpoints=("a:1", "b:1", "c:1"), workload=Workload(), concurrency=concurrency,
+        batch_size=1, process_index=index, processes=processes, prefill=False, warmup_s=0.0, duration_s=1.0,
+        timeout_s=1.0, connect_timeout_s=1.0, client_prefix="t",
+    )
+
+
+def test_slots_keep_to_one_member_dealt_evenly_and_rotate_only_when_fewer_than_members():
+    from collections import Counter
+
+    from paxoskv.bench.worker import _slot_endpoints
+
+    eps = ["a", "b", "c"]
+    held = Counter()
+    for p in range(2):
+        for s in range(32):
+            got = _slot_endpoints(eps, _worker_args(2, 32, p), s)
+            assert len(got) == 1
+            held[got[0]] += 1
+    assert sorted(held.values()) == [21, 21, 22]
+    assert _slot_endpoints(eps, _worker_args(1, 1, 0), 0) == ["a", "b", "c"]  # 1 in flight: every member in turn
+    two = [_slot_endpoints(eps, _worker_args(1, 2, 0), s) for s in range(2)]
+    assert two == [["a", "b", "c"], ["b", "c", "a"]]

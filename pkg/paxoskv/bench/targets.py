@@ -19,9 +19,8 @@ Rules:
   ``Target.connect(channel, mode=...)`` an ``Endpoint`` (the raw methods of
   one channel), and ``Target.slot(endpoints, codec, client_id, ...)`` the
   ``SlotClient`` one closed-loop slot drives.
-- A slot sends its calls to its endpoints in turn (round robin per call,
-  starting at ``first``), so every member of every system takes the same
-  share of every slot's load, the 1-in-flight jobs included.
+- A slot sends its calls to the endpoints it is given in turn, from
+  ``endpoints[first]`` (which endpoints: ``worker._slot_endpoints``).
 - A ``SlotClient`` has ``get(i)``, ``put(i)`` (``i`` a key index, see
   ``workload.key_name``) and ``batch(ops)`` (``ops``: ``(is_read, i)``
   pairs). A failed operation raises ``OpFailed`` with the gRPC status code's
