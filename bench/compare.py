@@ -101,6 +101,7 @@ class Job:
 
 
 JOBS: tuple[Job, ...] = (
+    # idle: paxoskv-etcdapi runs the same servers as paxoskv, and no load means no API
     Job("idle", "idle, no load", mode="idle", systems=tuple(s for s in SYSTEMS if s != "paxoskv-etcdapi")),
     Job("put", "put, unary"),
     Job("get", "get, linearizable, unary", read_share=1.0),
