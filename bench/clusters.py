@@ -16,8 +16,9 @@ Rules:
 - ``wait_ready`` polls (with a deadline) until every endpoint answers a read
   through the cluster's client protocol, i.e. the cluster has a leader.
 - ``cpu_s()`` is the user+system CPU time the nodes have used so far (from
-  /proc, all threads): sampled before and after a run it tells what the
-  servers cost.
+  /proc, all threads and child processes: ``paxoskv.bench.cpu``), and
+  ``node_cpu_s()`` the same per node: sampled before and after a window
+  they tell what the servers cost.
 
 etcd: the Debian ``etcd-server`` binary, default settings (so its WAL is
 fsync'ed before a write is acknowledged). PySyncObj: ``bench/pysyncobj_node.py``
@@ -40,24 +41,11 @@ from dataclasses import dataclass, field
 
 import grpc
 
+from paxoskv.bench.cpu import tree_cpu_s
 from paxoskv.launch import local_addresses, serve_args, serve_command, spawn, stop_procs
 from paxoskv.util.ports import free_ports
 from paxoskv.util.wait import wait_until
 from paxoskv.v1 import kv_pb2, kv_pb2_grpc
-
-def _clock_ticks() -> int:
-    return os.sysconf("SC_CLK_TCK")
-
-
-def process_cpu_s(pid: int) -> float:
-    """User + system CPU seconds of a live process (0.0 if it is gone)."""
-    try:
-        with open(f"/proc/{pid}/stat", encoding="ascii") as f:
-            fields = f.read().rsplit(")", 1)[1].split()
-    except OSError:
-        return 0.0
-    return (int(fields[11]) + int(fields[12])) / _clock_ticks()  # utime, stime
-
 
 @dataclass
 class Cluster:
@@ -90,8 +78,15 @@ class Cluster:
     def pids(self) -> list[int]:
         return [p.pid for p in self.procs]
 
+    def live_pids(self) -> list[int]:
+        return [p.pid for p in self.procs if p.poll() is None]
+
     def cpu_s(self) -> float:
-        return sum(process_cpu_s(p.pid) for p in self.procs if p.poll() is None)
+        return tree_cpu_s(self.live_pids())
+
+    def node_cpu_s(self) -> list[float]:
+        """Per node, in start order (0.0 for a node that is gone)."""
+        return [tree_cpu_s([p.pid]) if p.poll() is None else 0.0 for p in self.procs]
 
     def check_alive(self) -> None:
         for p, log in zip(self.procs, self.logs, strict=True):

@@ -53,8 +53,9 @@ def _mix(_ctx, _param, value: str) -> float:
               help="Comma-separated host:port of the servers' client ports; load is spread over all of them. "
                    "Default for --target paxoskv: $PAXOSKV_ENDPOINTS, else localhost:50051.")
 @click.option("--mode", type=click.Choice(["unary", "batch", "batch-per-op", "stream"]), default="unary", show_default=True,
-              help="One RPC per operation; --batch-size operations per RPC (batch: one exactly-once header per call, "
-                   "batch-per-op: one per write); or messages of a KV.Session stream.")
+              help="One RPC per operation; --batch-size operations on distinct keys per RPC (batch: paxoskv's "
+                   "PackedBatch, one exactly-once header per call, or etcd's Txn; batch-per-op: paxoskv's Batch, "
+                   "a header per write); or messages of a KV.Session stream.")
 @click.option("--mix", default="write-only", show_default=True, callback=_mix,
               help=f"Read share: {', '.join(MIXES)} (95-5 = 95% reads), or a number in [0, 1].")
 @click.option("--keys", type=click.IntRange(min=1), default=10_000, show_default=True, help="Distinct keys, chosen uniformly.")
@@ -73,6 +74,9 @@ def _mix(_ctx, _param, value: str) -> float:
               help="How long to wait for every endpoint to answer before the run.")
 @click.option("--seed", type=int, default=1, show_default=True, help="Seed of the key and operation choices.")
 @click.option("--label", default="", help="Name of the system in the output (default: the target).")
+@click.option("--server-pid", "server_pids", type=click.IntRange(min=1), multiple=True,
+              help="A local server process (repeat for each): report the CPU it and its children used "
+                   "in the window, per operation.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of the table.")
 def bench_cmd(
     target: str,
@@ -92,6 +96,7 @@ def bench_cmd(
     connect_timeout_s: float,
     seed: int,
     label: str,
+    server_pids: tuple[int, ...],
     as_json: bool,
 ) -> None:
     """Closed-loop load against a paxoskv (or etcd) cluster: throughput and latency."""
@@ -110,6 +115,7 @@ def bench_cmd(
             timeout_s=timeout_s,
             connect_timeout_s=connect_timeout_s,
             label=label,
+            server_pids=server_pids,
         )
     except ValueError as exc:
         raise click.UsageError(str(exc)) from None
