@@ -5,6 +5,8 @@ Rules:
 - Every node is a ``paxoskv serve`` subprocess (the installed console
   script) binding 127.0.0.1 only, on ports chosen free at run time, with its
   log in a file (``log_text``), started in a session of its own.
+- The peer bus runs CURVE (keys made once in ``<root>/keys``) unless the
+  cluster is made with ``curve=False`` (``--insecure-peer-bus``).
 - Every process started here is stopped here, by PID: ``kill`` (SIGKILL by
   default) waits for the exit; ``close`` stops whatever still runs.
 - Nothing sleeps to synchronise: ``wait_until`` polls a condition against a
@@ -33,6 +35,7 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from paxoskv.client import SyncClient
+from paxoskv.transport.keys import ensure_key_pairs
 from paxoskv.v1 import kv_pb2, kv_pb2_grpc
 from paxoskv.procutil import die_with_parent
 
@@ -131,10 +134,13 @@ class LocalCluster:
     heartbeat_ms: int = 20
     election_ms: int = 200
     extra_args: tuple[str, ...] = ()
+    curve: bool = True
     nodes: dict[int, NodeProc] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.root.mkdir(parents=True, exist_ok=True)
+        if self.curve:
+            ensure_key_pairs(self.keys_dir, range(1, self.size + 1))
         ports = free_ports(2 * self.size)
         for i in range(1, self.size + 1):
             self.nodes[i] = NodeProc(
@@ -146,6 +152,15 @@ class LocalCluster:
             )
 
     # ---- addresses ------------------------------------------------------------------
+
+    @property
+    def keys_dir(self) -> pathlib.Path:
+        return self.root / "keys"
+
+    @property
+    def bus_args(self) -> list[str]:
+        """How this cluster's nodes run their bus: with its keys, or insecure."""
+        return ["--peer-public-keys", str(self.keys_dir)] if self.curve else ["--insecure-peer-bus"]
 
     @property
     def endpoints(self) -> list[str]:
@@ -174,6 +189,7 @@ class LocalCluster:
             "--data-dir", str(n.data_dir),
             "--heartbeat-ms", str(self.heartbeat_ms),
             "--election-ms", str(self.election_ms),
+            *self.bus_args,
             *self.extra_args,
         ]  # fmt: skip
 

@@ -44,6 +44,7 @@ from paxoskv.paxos.types import FEATURE_PACKED_BATCHES, FEATURES, Config, Role
 from paxoskv.replica import Done, Replica
 from paxoskv.server.errors import DeadlineExceeded, InvalidArgument, NodeError, Unavailable, Unimplemented
 from paxoskv.transport.bus import BusClosed, PeerBus
+from paxoskv.transport.keys import BusKeys
 from paxoskv.v1 import kv_pb2
 
 log = logging.getLogger("paxoskv.node")
@@ -113,6 +114,7 @@ class NodeConfig:
     snapshot_chunk_bytes: int = 256 << 10
     leveldb_compression: str | None = None  # storage.leveldb.COMPRESSIONS
     features: int = FEATURES  # announced to the peers; tests lower it to act as an older node
+    bus_keys: BusKeys | None = None  # CURVE keys of the peer bus; None: the insecure bus
 
     def core_config(self) -> Config:
         hb = max(1, round(self.heartbeat_ms / self.tick_ms))
@@ -216,6 +218,7 @@ class Node:
             cfg.listen_host,
             cfg.bus_port,
             {pid: (p.host, p.bus_port) for pid, p in cfg.peers.items()},
+            keys=cfg.bus_keys,
         )
         try:
             await self.bus.start()
