@@ -25,6 +25,7 @@ from click.testing import CliRunner
 from integration_cluster import HOST, PAXOSKV, LocalCluster, free_ports, run_cli
 from paxoskv.cli import main as paxoskv_main
 from paxoskv.server.cli import serve_cmd
+from paxoskv.transport.keys import ensure_key_pairs
 
 
 @dataclass(frozen=True)
@@ -137,7 +138,8 @@ def test_status_table_and_json(shared_cluster: LocalCluster) -> None:
 
 
 def _serve(*args: str, timeout_s: float = 30.0, env: dict[str, str] | None = None):
-    return run_cli("serve", "--listen", HOST, *args, timeout_s=timeout_s, env=env)
+    """A ``serve`` expected to be refused (the bus mode is not what these test)."""
+    return run_cli("serve", "--listen", HOST, "--insecure-peer-bus", *args, timeout_s=timeout_s, env=env)
 
 
 def _ports() -> list[str]:
@@ -291,7 +293,9 @@ def test_serve_from_environment_variables_and_clean_sigterm(tmp_path) -> None:
         "PAXOSKV_DATA_DIR": str(tmp_path / "env-data"),
         "PAXOSKV_HEARTBEAT_MS": "20",
         "PAXOSKV_ELECTION_MS": "200",
+        "PAXOSKV_PEER_PUBLIC_KEYS": str(tmp_path / "keys"),  # its secret: node5.key_secret there
     }
+    ensure_key_pairs(tmp_path / "keys", [5])
     proc = subprocess.Popen(
         [str(PAXOSKV), "serve"],
         env=dict(os.environ, **env),
@@ -307,7 +311,7 @@ def test_serve_from_environment_variables_and_clean_sigterm(tmp_path) -> None:
             seen.append(line)
             if "serving gRPC on" in line:
                 break
-        assert f"serving gRPC on {HOST}:{port}" in "".join(seen), "".join(seen)
+        assert f"serving gRPC on {HOST}:{port} (bus port {bus}, CURVE" in "".join(seen), "".join(seen)
         p = run_cli("put", "--endpoints", f"{HOST}:{port}", "e", "nv")
         assert p.returncode == 0, p.stderr
         st = json.loads(run_cli("status", "--json", "--endpoints", f"{HOST}:{port}").stdout)[0]

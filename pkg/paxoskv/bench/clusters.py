@@ -19,7 +19,7 @@ Rules:
 etcd: the Debian ``etcd-server`` binary, default settings (so its WAL is
 fsync'ed before a write is acknowledged). PySyncObj: ``bench/pysyncobj_node.py``
 (a PySyncObj KV behind a small ``paxoskv.v1.KV`` gRPC front). paxoskv:
-``paxoskv serve`` per node, with its defaults (fsync on).
+``paxoskv serve`` per node, with its defaults (fsync on, CURVE on the peer bus).
 """
 
 from __future__ import annotations
@@ -166,8 +166,17 @@ def _probe(target: str, endpoint: str) -> bool:
     return True
 
 
-def start_paxoskv(base_dir: pathlib.Path, nodes: int = 3, *, extra_args: tuple[str, ...] = ()) -> Cluster:
+def start_paxoskv(
+    base_dir: pathlib.Path, nodes: int = 3, *, extra_args: tuple[str, ...] = (), curve: bool = True
+) -> Cluster:
+    """``nodes`` paxoskv nodes; the peer bus runs CURVE (keys in ``base_dir/keys``) unless ``curve`` is False."""
+    from paxoskv.transport.keys import ensure_key_pairs
+
     base_dir.mkdir(parents=True, exist_ok=True)
+    keys_dir = base_dir / "keys"
+    if curve:
+        ensure_key_pairs(keys_dir, range(1, nodes + 1))
+    bus_args = ["--peer-public-keys", str(keys_dir)] if curve else ["--insecure-peer-bus"]
     cluster = Cluster("paxoskv", base_dir, "paxoskv")
     ports = free_ports(2 * nodes)
     grpc_ports, bus_ports = ports[:nodes], ports[nodes:]
@@ -181,7 +190,7 @@ def start_paxoskv(base_dir: pathlib.Path, nodes: int = 3, *, extra_args: tuple[s
                 "--id", str(i), "--cluster-id", "bench", "--listen", "127.0.0.1",
                 "--port", str(grpc_ports[i - 1]), "--bus-port", str(bus_ports[i - 1]),
                 "--peers", peers, "--data-dir", str(base_dir / f"node{i}"), "--log-level", "warning",
-                *extra_args,
+                *bus_args, *extra_args,
             ]
             cluster._spawn(argv, f"node{i}.log")
             cluster.endpoints.append(f"127.0.0.1:{grpc_ports[i - 1]}")

@@ -6,7 +6,8 @@ Rules
   passes as ``node_command``), run through the network's ``wrap`` (inside its
   namespace). Its stdout and stderr go, appended across restarts, to
   ``<workdir>/n<i>/node.log``; its data directory is ``<workdir>/n<i>/data``
-  and survives kills, as a disk would.
+  and survives kills, as a disk would. The peer bus runs CURVE with key
+  pairs made once in ``<workdir>/keys`` (``curve=False``: the insecure bus).
 * Every signal goes to the PID this object started, never to a name: SIGKILL
   (then the zombie is reaped), SIGSTOP, SIGCONT, and SIGTERM for the final
   graceful stop. Nodes run in their own session, so a Ctrl-C meant for the
@@ -33,6 +34,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from paxoskv.chaos.net import LoopbackNetwork, NamespaceNetwork, NodeAddress
+from paxoskv.transport.keys import ensure_key_pairs
 
 __all__ = ["Cluster", "NodeProcess", "default_node_command"]
 
@@ -92,6 +94,7 @@ class Cluster:
         heartbeat_ms: int = 50,
         election_ms: int = 500,
         extra_args: Sequence[str] = (),
+        curve: bool = True,
         clock=time.monotonic,
     ) -> None:
         self.n = n
@@ -102,6 +105,9 @@ class Cluster:
         self.heartbeat_ms = heartbeat_ms
         self.election_ms = election_ms
         self.extra_args = list(extra_args)
+        self.curve = curve
+        self.keys_dir = workdir / "keys"
+        self._keys_made = False
         self.clock = clock
         self.nodes = {i: NodeProcess(i, network.addresses[i], workdir / f"n{i}") for i in range(1, n + 1)}
         self.unexpected_exits: list[UnexpectedExit] = []
@@ -140,6 +146,7 @@ class Cluster:
             str(self.heartbeat_ms),
             "--election-ms",
             str(self.election_ms),
+            *(["--peer-public-keys", str(self.keys_dir)] if self.curve else ["--insecure-peer-bus"]),
             *self.extra_args,
         ]
         return self.network.wrap(i, args)
@@ -149,6 +156,9 @@ class Cluster:
     def start(self, i: int) -> None:
         node = self.nodes[i]
         assert not node.running, f"node {i} is already running (pid {node.pid})"
+        if self.curve and not self._keys_made:
+            ensure_key_pairs(self.keys_dir, self.ids)
+            self._keys_made = True
         node.dir.mkdir(parents=True, exist_ok=True)
         node.starts += 1
         with open(node.log_path, "ab") as log:

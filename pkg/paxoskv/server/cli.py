@@ -14,7 +14,7 @@ Rules:
   refuses a wrong or locked directory before writing anything) and binds its
   bus, and only then does the gRPC server start answering.
 - One log line at INFO says where the node listens; stopping says so too.
-  A node on the insecure peer bus says so at WARNING when it starts.
+  A node on the insecure peer bus says so at WARNING right after.
 
 Theory of operation: ``asyncio.run`` of ``_serve``, which waits for the
 first of a stop signal and the node's ``fatal`` future, then shuts the gRPC
@@ -63,12 +63,6 @@ async def _serve(opts: ServeOptions) -> int:
     from paxoskv.transport.bus import DuplicateNode
 
     cfg = opts.node
-    if cfg.bus_keys is None:
-        log.warning(
-            "*** INSECURE PEER BUS (--insecure-peer-bus): anyone who can reach bus port %d can act as any "
-            "node of this cluster and read its traffic; to turn CURVE on, %s ***",
-            cfg.bus_port, NO_KEYS_HINT,
-        )
     node = Node(cfg)
     facade = Facade(node, cfg.node_id, request_timeout_s=opts.request_timeout_s)
     try:
@@ -114,6 +108,12 @@ async def _serve(opts: ServeOptions) -> int:
             cfg.data_dir,
             peers or "none",
         )
+        if cfg.bus_keys is None:
+            log.warning(
+                "*** INSECURE PEER BUS (--insecure-peer-bus): anyone who can reach bus port %d can act as "
+                "any node of this cluster and read its traffic; to turn CURVE on, %s ***",
+                cfg.bus_port, NO_KEYS_HINT,
+            )
         stopper = asyncio.create_task(stop.wait())
         assert node.fatal is not None
         done, _ = await asyncio.wait({stopper, node.fatal}, return_when=asyncio.FIRST_COMPLETED)

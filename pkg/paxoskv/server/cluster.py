@@ -4,7 +4,9 @@ Rules:
 
 - Node ``i`` (1..N) serves gRPC on ``--listen`` : ``base_port + i - 1``, its
   peer bus on that port + 1000 (the default rule of ``serve``), and keeps its
-  data in ``<data-dir>/node<i>``. Each is a ``paxoskv serve`` child process in
+  data in ``<data-dir>/node<i>``. The peer bus runs CURVE with the key pairs
+  in ``<data-dir>/keys`` (made on the first run, kept for the next: secrets
+  0600). Each is a ``paxoskv serve`` child process in
   a session of its own, so a Ctrl-C in the terminal reaches only this
   command, which then stops the nodes itself.
 - Every line a node writes is printed here, prefixed with ``[node<i>]`` in a
@@ -54,6 +56,10 @@ class _NodeSpec:
         return f"node{self.node_id}"
 
 
+def _keys_dir(data_dir: str) -> str:
+    return os.path.join(data_dir, "keys")
+
+
 def _plan(
     nodes: int,
     base_port: int,
@@ -70,6 +76,7 @@ def _plan(
     last = base_port + nodes - 1 + BUS_PORT_OFFSET
     parse_port(last, f"the last bus port (--base-port + {nodes - 1} + {BUS_PORT_OFFSET})")
     peer_host = "127.0.0.1" if listen in ("0.0.0.0", "::", "") else listen
+    keys_dir = _keys_dir(data_dir)
     specs = []
     for i in range(1, nodes + 1):
         port = base_port + i - 1
@@ -88,6 +95,7 @@ def _plan(
             "--bus-port", str(port + BUS_PORT_OFFSET),
             "--peers", peers,
             "--data-dir", node_dir,
+            "--peer-public-keys", keys_dir,
             "--heartbeat-ms", str(heartbeat_ms),
             "--election-ms", str(election_ms),
             "--log-level", log_level,
@@ -322,4 +330,13 @@ def cluster_cmd(
         )
     except ConfigError as exc:
         raise click.UsageError(str(exc)) from None
+    from paxoskv.transport.keys import KeyFileError, ensure_key_pairs
+
+    try:
+        made = ensure_key_pairs(_keys_dir(data_dir), range(1, nodes + 1))
+    except (KeyFileError, OSError) as exc:
+        click.echo(f"paxoskv cluster: error: {exc}", err=True)
+        sys.exit(2)
+    if any(made.values()):
+        _say(f"made CURVE key pairs for the peer bus in {_keys_dir(data_dir)}")
     sys.exit(asyncio.run(_run(specs, listen)))

@@ -86,7 +86,7 @@ import zmq.asyncio
 from paxoskv.paxos.codec import CodecError, decode, encode
 from paxoskv.paxos.types import Accept, CatchupReply, Forward, Message
 from paxoskv.transport.keys import BusKeys
-from paxoskv.transport.zap import ZAP_DOMAIN, MemberAuthenticator
+from paxoskv.transport.zap import ZAP_DOMAIN, MemberZap
 from paxoskv.v1 import bus_pb2
 
 __all__ = [
@@ -313,7 +313,7 @@ class PeerBus:
         self._peer_by_identity: dict[bytes, _Peer] = {p.identity: p for p in self._peers.values()}
         self._peer_by_user: dict[str, _Peer] = {p.user_id: p for p in self._peers.values()}
         self._ctx: zmq.asyncio.Context | None = None
-        self._auth: MemberAuthenticator | None = None
+        self._auth: MemberZap | None = None
         self._router: zmq.asyncio.Socket | None = None
         self._router_fd: int | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -343,7 +343,7 @@ class PeerBus:
         try:
             keys = self._keys
             if keys is not None:
-                self._auth = MemberAuthenticator(self._ctx, keys.members, self._on_refused)
+                self._auth = MemberZap(self._ctx, keys.members, self._on_refused)
                 self._auth.start()  # the ZAP handler exists before the first connection can
             self._router = self._ctx.socket(zmq.ROUTER)
             self._configure_common(self._router, self.bind_host)
