@@ -294,6 +294,16 @@ class LocalCluster:
 
         return wait_until(f"node {node_id} to apply index {index}", probe, timeout_s)
 
+    def rss_bytes(self, node_id: int) -> int:
+        """The resident memory of a running node's process (/proc)."""
+        n = self.nodes[node_id]
+        assert n.proc is not None and n.running, f"node {node_id} is not running"
+        with open(f"/proc/{n.proc.pid}/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) << 10
+        raise AssertionError(f"no VmRSS for node {node_id}")
+
     def log_text(self, node_id: int) -> str:
         p = self.nodes[node_id].log_path
         return p.read_text(errors="replace") if p.exists() else ""

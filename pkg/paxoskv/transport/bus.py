@@ -53,9 +53,12 @@ Rules
 * Every received frame is validated; a bad one is counted under a
   :class:`DropReason`, logged at most once per sender per
   ``drop_log_interval_s`` (by the injected clock) and dropped.
-* Reconnecting is libzmq's job (``RECONNECT_IVL`` 50 ms backing off to 1 s);
-  ZMTP heartbeats on the DEALERs (1 s, timeout 3 s) notice a peer that
-  stopped answering; TCP keepalive is on for the middleboxes.
+* Reconnecting is libzmq's job (``RECONNECT_IVL`` 50 ms backing off to 1 s).
+  A DEALER whose data goes unacknowledged for 5 s (``TCP_MAXRT``) or whose
+  idle connection fails TCP keepalive drops the connection and reconnects.
+  No ZMTP heartbeats: with them libzmq 4.3.5 can abort a node whose ROUTER
+  input is stopped at RCVHWM (see ``_dealer``); any peer that sends PING
+  commands anyway can do that -- on the CURVE bus only a member.
 
 Theory of operation
 -------------------
@@ -118,8 +121,7 @@ RECONNECT_IVL_MS = 50
 RECONNECT_IVL_MAX_MS = 1000
 CONNECT_TIMEOUT_MS = 1000  # a SYN into a black hole must not stall reconnects for minutes
 HANDSHAKE_IVL_MS = 5000  # a connection that has not finished its handshake by then is closed
-HEARTBEAT_IVL_MS = 1000
-HEARTBEAT_TIMEOUT_MS = 3000
+TCP_MAXRT_MS = 5000  # TCP_USER_TIMEOUT of a DEALER: a peer that acknowledges nothing this long is gone
 TCP_KEEPALIVE_IDLE_S = 10
 TCP_KEEPALIVE_INTVL_S = 5
 TCP_KEEPALIVE_CNT = 3
@@ -409,13 +411,13 @@ class PeerBus:
             sock.setsockopt(zmq.RECONNECT_IVL, RECONNECT_IVL_MS)
             sock.setsockopt(zmq.RECONNECT_IVL_MAX, RECONNECT_IVL_MAX_MS)
             sock.setsockopt(zmq.CONNECT_TIMEOUT, CONNECT_TIMEOUT_MS)
-            # ZMTP heartbeats on the DEALERs only: they notice a dead or
-            # paused peer. On the ROUTER, libzmq 4.3.5 aborts the process
-            # (stream_engine_base.cpp:310, !_io_error) when a peer
-            # disconnects while the ROUTER's input is stopped at RCVHWM
-            # (tests/unit/test_transport_bus.py has the reproduction).
-            sock.setsockopt(zmq.HEARTBEAT_IVL, HEARTBEAT_IVL_MS)
-            sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, HEARTBEAT_TIMEOUT_MS)
+            # No ZMTP heartbeats, anywhere: libzmq 4.3.5 aborts the process
+            # (stream_engine_base.cpp:310, !_io_error) when a ROUTER whose
+            # input is stopped at RCVHWM has a PING buffered from a peer that
+            # then dies -- its PONG is written on a dead engine (the ROUTER's
+            # own heartbeats do the same). A dead peer is found by the kernel
+            # instead: data unacknowledged for TCP_MAXRT closes the connection.
+            sock.setsockopt(zmq.TCP_MAXRT, TCP_MAXRT_MS)
             sock.connect(_endpoint(*address))
         except BaseException:
             sock.close(linger=0)
