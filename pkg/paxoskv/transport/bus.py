@@ -22,11 +22,13 @@ Rules
 * **Without keys (insecure)** nothing is authenticated or encrypted. The
   DEALER routing id is the node id and must match ``from``
   (IDENTITY_MISMATCH), which catches misconfiguration, not attackers: anyone
-  who reaches the bus port can send as any member, take a member's link over
-  by connecting with its routing id (``ROUTER_HANDOVER``), and make the node
-  hold unbounded memory with one multipart message that never ends (libzmq
-  bounds each frame and counts whole messages, not the parts of one). Only
-  for a network that nobody but the members can reach.
+  who reaches the bus port can send as any member; take a member's link over
+  by connecting with its routing id (``ROUTER_HANDOVER``: the member's frames
+  go nowhere until its unacknowledged data times out, ``TCP_MAXRT``); make
+  the node hold unbounded memory with one multipart message that never ends
+  (libzmq bounds each frame and counts whole messages, not the parts of
+  one); abort it with ZMTP PINGs (see the last rule). Only for a network
+  that nobody but the members can reach.
 * **Byte bounds** (defaults; F = :data:`FRAME_BYTES_MAX` = 16 MiB):
   a frame over F is never read -- libzmq cuts the connection on its header
   (``MAXMSGSIZE`` = F). Inbound, per connection: at most
