@@ -22,6 +22,7 @@ from zmq.utils.monitor import recv_monitor_message
 from paxoskv.paxos.codec import encode
 from paxoskv.paxos.types import Accept, Accepted, Ballot, CatchupReply, Forward, Heartbeat, Message, Promise
 from paxoskv.transport import BusClosed, BusKeys, DropReason, DuplicateNode, PeerBus
+from paxoskv.transport.bus import RECV_QUEUE_MESSAGES_MAX
 
 CLUSTER = "test-cluster"
 DEADLINE_S = 15.0
@@ -157,7 +158,9 @@ def test_burst_of_10k_drains_in_few_batches(capsys: pytest.CaptureFixture[str]) 
             assert [m.slots[0] for m in got] == list(range(n))  # one pipe: FIFO
             with capsys.disabled():
                 print(f"\nbus: 10k burst drained in {calls} recv_batch calls")
-            assert calls <= 100, f"{calls} recv_batch calls for {n} messages"
+            # The ROUTER queues RCVHWM messages per connection (the rest waits in the
+            # kernel): a drain reads at least about that many.
+            assert calls <= n // RECV_QUEUE_MESSAGES_MAX, f"{calls} recv_batch calls for {n} messages"
 
             # max_messages caps one drain.
             assert a.send_many(hb(1, 2, k) for k in range(50)) == 50
@@ -170,46 +173,17 @@ def test_burst_of_10k_drains_in_few_batches(capsys: pytest.CaptureFixture[str]) 
 
 
 def test_throughput_figure(capsys: pytest.CaptureFixture[str]) -> None:
-    """Messages per second over loopback, one sender to one receiver (printed, not asserted)."""
+    """Messages per second and round trips over loopback, with CURVE and
+    without (printed, not asserted: ``python -m paxoskv.bench.bus_curve``
+    measures them properly)."""
+    from paxoskv.bench.bus_curve import measure
 
-    async def pump(a: PeerBus, b: PeerBus, make: Callable[[int], Message], n: int) -> float:
-        received = 0
-        start = time.perf_counter()
-
-        async def sender() -> None:
-            k = 0
-            while k < n:
-                if a.send(make(k)):
-                    k += 1
-                else:  # queue full: let the receiver run
-                    await asyncio.sleep(0)
-                if k % 500 == 0:
-                    await asyncio.sleep(0)
-
-        async def receiver() -> None:
-            nonlocal received
-            while received < n:
-                received += len(await b.recv_batch())
-
-        await asyncio.wait_for(asyncio.gather(sender(), receiver()), 60)
-        return n / (time.perf_counter() - start)
-
-    async def scenario() -> None:
-        addrs = addresses([1, 2])
-        async with AsyncExitStack() as stack:
-            a = await started(stack, make_bus(1, addrs, send_queue_max=2_000))
-            b = await started(stack, make_bus(2, addrs, send_queue_max=2_000))
-            await connected(a)
-            small = await pump(a, b, lambda k: hb(1, 2, k), 20_000)
-            batch = tuple(bytes([i]) * 100 for i in range(100))
-            big = await pump(
-                a, b, lambda k: Accept(frm=1, to=2, ballot=Ballot(2, 1), entries=((k, batch),), commit=k), 2_000
-            )
-            with capsys.disabled():
-                print(f"\nbus: loopback Heartbeat {small:,.0f} msgs/s; "
-                      f"Accept(100 x 100 B) {big:,.0f} msgs/s ({big * 10_232 / 1e6:,.0f} MB/s)")
-
-    run(scenario)
+    for secure in (False, True):
+        m = asyncio.run(asyncio.wait_for(measure(secure, 20_000, 2_000, 500), 120))
+        with capsys.disabled():
+            print(f"\nbus {'CURVE' if secure else 'insecure'}: loopback Heartbeat {m['hb']:,.0f} msgs/s; "
+                  f"Accept(100 x 100 B) {m['accept']:,.0f} msgs/s ({m['accept'] * 10_232 / 1e6:,.0f} MB/s); "
+                  f"round trip p50 {m['p50']:.0f} us, p99 {m['p99']:.0f} us")
 
 
 # ---- bad frames: counted, logged, dropped; the bus goes on ----------------------
@@ -888,7 +862,7 @@ def test_a_peer_that_does_not_read_costs_at_most_send_bytes_max_of_large_message
     async def scenario() -> None:
         addrs = addresses([1, 2])
         async with AsyncExitStack() as stack:
-            a = await started(stack, make_bus(1, addrs, send_bytes_max=8 << 20))
+            a = await started(stack, make_bus(1, addrs, send_bytes_max=8 << 20, frame_bytes_max=1 << 20))
             b = await started(stack, make_bus(2, addrs))  # never calls recv_batch
             await connected(a)
             msg = Forward(frm=1, to=2, commands=(os.urandom(256 << 10),))

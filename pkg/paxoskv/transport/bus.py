@@ -29,16 +29,17 @@ Rules
   (libzmq bounds each frame and counts whole messages, not the parts of
   one); abort it with ZMTP PINGs (see the last rule). Only for a network
   that nobody but the members can reach.
-* **Byte bounds** (defaults; F = :data:`FRAME_BYTES_MAX` = 16 MiB):
+* **Byte bounds** (defaults; F = :data:`FRAME_BYTES_MAX` = 32 MiB):
   a frame over F is never read -- libzmq cuts the connection on its header
   (``MAXMSGSIZE`` = F). Inbound, per connection: at most
   :data:`RECV_QUEUE_MESSAGES_MAX` whole messages queued plus one pending and
-  one being read, (16 + 2) x F = 288 MiB; in CURVE mode only members get that
-  far. Outbound, per peer: ``SNDHWM`` = ``send_queue_max`` (1,000) messages
-  under :data:`ZERO_COPY_BYTES_MIN` (64 KiB), at most 62.5 MiB, plus
-  ``send_bytes_max`` (32 MiB) of larger ones, tracked until libzmq lets go
-  of them, plus one in its encoder. A send over a bound is dropped and
-  counted, never queued. A message that encodes larger than F is split when
+  one being read, (8 + 2) x F = 320 MiB; in CURVE mode only members get that
+  far (and a member can open several connections). Outbound, per peer:
+  ``SNDHWM`` = ``send_queue_max`` (1,000) messages under
+  :data:`ZERO_COPY_BYTES_MIN` (64 KiB), at most 62.5 MiB, plus
+  ``send_bytes_max`` (2 F = 64 MiB) of larger ones, tracked until libzmq lets
+  go of them, plus one frame in its encoder: 160 MiB. A send over a bound is
+  dropped and counted, never queued. A message that encodes larger than F is split when
   its type allows (Accept, Forward: into several of the same type, in
   order; CatchupReply: its longest prefix that fits, the receiver asks for
   the rest), else dropped and counted (``send_oversized``).
@@ -108,10 +109,13 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-FRAME_BYTES_MAX = 16 << 20  # largest frame a bus reads or sends; the core's messages must fit (or split)
-RECV_QUEUE_MESSAGES_MAX = 16  # RCVHWM: whole messages queued per inbound connection
+# The largest frame a bus reads or sends: twice a full pipeline of slots at the
+# core's defaults (inflight_slots_max 16 x batch_bytes_max 1 MiB), so an Accept
+# or a Promise carrying all of them fits. What cannot fit is split or dropped.
+FRAME_BYTES_MAX = 32 << 20
+RECV_QUEUE_MESSAGES_MAX = 8  # RCVHWM: whole messages queued per inbound connection
 SEND_QUEUE_MESSAGES_MAX = 1000  # SNDHWM: messages queued per peer
-SEND_LARGE_BYTES_MAX = 32 << 20  # bytes of messages >= ZERO_COPY_BYTES_MIN in flight per peer
+SEND_LARGE_BYTES_MAX = 2 * FRAME_BYTES_MAX  # bytes of messages >= ZERO_COPY_BYTES_MIN in flight per peer
 ZERO_COPY_BYTES_MIN = 64 << 10  # below this libzmq copies anyway; at or above, sends are tracked
 CONTROL_TAG = b"paxoskv.bus/1"
 CONTROL_BYTES_MAX = 1024  # a BusControl is a few dozen bytes
@@ -280,6 +284,8 @@ class PeerBus:
             raise ValueError(f"node id must be >= 1: {node_id}")
         if min(send_queue_max, send_bytes_max, recv_queue_max, frame_bytes_max) < 1:
             raise ValueError("queue and frame limits must be >= 1")
+        if send_bytes_max < frame_bytes_max:
+            raise ValueError(f"send_bytes_max {send_bytes_max} cannot hold one frame of {frame_bytes_max}")
         if any(p < 1 for p in peers):
             raise ValueError(f"peer ids must be >= 1: {sorted(peers)}")
         if keys is not None:

@@ -1,7 +1,8 @@
 """What CURVE costs on the peer bus: two ``PeerBus`` in one process, on loopback,
 with and without keys.
 
-Run it from the repository root as ``.venv/bin/python bench/bus_curve.py``.
+Run it as ``.venv/bin/python -m paxoskv.bench.bus_curve`` (``--help``); the
+unit test of the bus prints one round of it.
 
 Three figures per mode, measured in rounds that alternate the modes (so a
 noisy neighbour on the machine hits both alike), the median of the rounds:
@@ -19,27 +20,17 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
-import socket
 import statistics
 import time
 import timeit
 
 import zmq
 
+from paxoskv.bench.clusters import free_ports
 from paxoskv.paxos.types import Accept, Ballot, Heartbeat
 from paxoskv.transport.bus import PeerBus
 from paxoskv.transport.keys import BusKeys
 from paxoskv.transport.zap import ZAP_DOMAIN, MemberZap
-
-
-def _ports(n: int) -> list[int]:
-    socks = [socket.socket() for _ in range(n)]
-    for s in socks:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in socks]
-    for s in socks:
-        s.close()
-    return ports
 
 
 def _keys() -> dict[int, BusKeys]:
@@ -85,8 +76,9 @@ async def _round_trips(a: PeerBus, b: PeerBus, n: int) -> list[float]:
     return out
 
 
-async def _one_round(secure: bool, n_small: int, n_big: int, n_rtt: int) -> dict[str, float]:
-    p1, p2 = _ports(2)
+async def measure(secure: bool, n_small: int, n_big: int, n_rtt: int) -> dict[str, float]:
+    """One round: Heartbeat and Accept messages/s (``hb``, ``accept``) and round trip p50/p99 in us."""
+    p1, p2 = free_ports(2)
     addrs = {1: ("127.0.0.1", p1), 2: ("127.0.0.1", p2)}
     keys = _keys() if secure else {}
     a = PeerBus(1, "bench", "127.0.0.1", p1, addrs, keys=keys.get(1), probe_timeout_s=0.2)
@@ -143,7 +135,7 @@ def main() -> None:
     got: dict[bool, list[dict[str, float]]] = {True: [], False: []}
     for r in range(args.rounds):
         for secure in ((False, True) if r % 2 == 0 else (True, False)):
-            got[secure].append(asyncio.run(_one_round(secure, args.small, args.big, args.rtt)))
+            got[secure].append(asyncio.run(measure(secure, args.small, args.big, args.rtt)))
     print(f"{'':10} {'Heartbeat msg/s':>16} {'Accept 10 KB msg/s':>19} {'RTT p50 us':>11} {'RTT p99 us':>11}")
     med = {s: {k: statistics.median(x[k] for x in got[s]) for k in got[s][0]} for s in got}
     for secure in (False, True):
