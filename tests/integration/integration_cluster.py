@@ -35,7 +35,7 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from paxoskv.client import SyncClient
-from paxoskv.transport.keys import ensure_key_pairs
+from paxoskv.transport.keys import local_bus_args
 from paxoskv.v1 import kv_pb2, kv_pb2_grpc
 from paxoskv.procutil import die_with_parent
 
@@ -136,11 +136,11 @@ class LocalCluster:
     extra_args: tuple[str, ...] = ()
     curve: bool = True
     nodes: dict[int, NodeProc] = field(default_factory=dict)
+    bus_args: list[str] = field(default_factory=list)  # how its nodes run their bus (set at init)
 
     def __post_init__(self) -> None:
         self.root.mkdir(parents=True, exist_ok=True)
-        if self.curve:
-            ensure_key_pairs(self.keys_dir, range(1, self.size + 1))
+        self.bus_args = local_bus_args(self.keys_dir, range(1, self.size + 1), curve=self.curve)
         ports = free_ports(2 * self.size)
         for i in range(1, self.size + 1):
             self.nodes[i] = NodeProc(
@@ -156,11 +156,6 @@ class LocalCluster:
     @property
     def keys_dir(self) -> pathlib.Path:
         return self.root / "keys"
-
-    @property
-    def bus_args(self) -> list[str]:
-        """How this cluster's nodes run their bus: with its keys, or insecure."""
-        return ["--peer-public-keys", str(self.keys_dir)] if self.curve else ["--insecure-peer-bus"]
 
     @property
     def endpoints(self) -> list[str]:

@@ -170,13 +170,10 @@ def start_paxoskv(
     base_dir: pathlib.Path, nodes: int = 3, *, extra_args: tuple[str, ...] = (), curve: bool = True
 ) -> Cluster:
     """``nodes`` paxoskv nodes; the peer bus runs CURVE (keys in ``base_dir/keys``) unless ``curve`` is False."""
-    from paxoskv.transport.keys import ensure_key_pairs
+    from paxoskv.transport.keys import local_bus_args
 
     base_dir.mkdir(parents=True, exist_ok=True)
-    keys_dir = base_dir / "keys"
-    if curve:
-        ensure_key_pairs(keys_dir, range(1, nodes + 1))
-    bus_args = ["--peer-public-keys", str(keys_dir)] if curve else ["--insecure-peer-bus"]
+    bus_args = local_bus_args(base_dir / "keys", range(1, nodes + 1), curve=curve)
     cluster = Cluster("paxoskv", base_dir, "paxoskv")
     ports = free_ports(2 * nodes)
     grpc_ports, bus_ports = ports[:nodes], ports[nodes:]

@@ -34,7 +34,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from paxoskv.chaos.net import LoopbackNetwork, NamespaceNetwork, NodeAddress
-from paxoskv.transport.keys import ensure_key_pairs
+from paxoskv.transport.keys import local_bus_args
 
 __all__ = ["Cluster", "NodeProcess", "default_node_command"]
 
@@ -106,8 +106,7 @@ class Cluster:
         self.election_ms = election_ms
         self.extra_args = list(extra_args)
         self.curve = curve
-        self.keys_dir = workdir / "keys"
-        self._keys_made = False
+        self._bus_args: list[str] | None = None  # made by the first argv(): the keys are files
         self.clock = clock
         self.nodes = {i: NodeProcess(i, network.addresses[i], workdir / f"n{i}") for i in range(1, n + 1)}
         self.unexpected_exits: list[UnexpectedExit] = []
@@ -121,6 +120,8 @@ class Cluster:
 
     def argv(self, i: int) -> list[str]:
         node = self.nodes[i]
+        if self._bus_args is None:
+            self._bus_args = local_bus_args(self.workdir / "keys", self.ids, curve=self.curve)
         peers = ",".join(
             f"{j}={p.address.host}:{p.address.port}:{p.address.bus_port}"
             for j, p in sorted(self.nodes.items())
@@ -146,7 +147,7 @@ class Cluster:
             str(self.heartbeat_ms),
             "--election-ms",
             str(self.election_ms),
-            *(["--peer-public-keys", str(self.keys_dir)] if self.curve else ["--insecure-peer-bus"]),
+            *self._bus_args,
             *self.extra_args,
         ]
         return self.network.wrap(i, args)
@@ -156,9 +157,6 @@ class Cluster:
     def start(self, i: int) -> None:
         node = self.nodes[i]
         assert not node.running, f"node {i} is already running (pid {node.pid})"
-        if self.curve and not self._keys_made:
-            ensure_key_pairs(self.keys_dir, self.ids)
-            self._keys_made = True
         node.dir.mkdir(parents=True, exist_ok=True)
         node.starts += 1
         with open(node.log_path, "ab") as log:

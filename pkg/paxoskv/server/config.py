@@ -17,8 +17,8 @@ Rules:
   the same id twice, or an id < 1 is refused.
 - The peer bus runs CURVE with the keys of ``--peer-public-keys`` (and
   ``--peer-secret-key``), loaded and checked here, or without authentication
-  only when ``--insecure-peer-bus`` says so; neither is ``StartRefused``, one
-  line on stderr and exit code 2, like a bad key file.
+  only when ``--insecure-peer-bus`` says so. Neither given, or a bad key
+  file, is ``StartRefused``: one line on stderr and exit code 2.
 
 Theory of operation: plain string splitting, no regular-expression magic, so
 each error can say precisely which part is wrong.

@@ -39,6 +39,7 @@ __all__ = [
     "KeyFileError",
     "create_key_pair",
     "ensure_key_pairs",
+    "local_bus_args",
     "load_bus_keys",
     "public_key_path",
     "secret_key_path",
@@ -79,7 +80,8 @@ def secret_key_path(directory: os.PathLike | str, node_id: int) -> pathlib.Path:
 
 def _z85_key(text: bytes | None, path: pathlib.Path, what: str) -> bytes:
     if not text:
-        raise KeyFileError(f"{path}: no {what} in it: is it a {'secret' if 'secret' in what else 'public'} key file?")
+        hint = " (node<ID>.key holds the public key only; the secret is in node<ID>.key_secret)" if "secret" in what else ""
+        raise KeyFileError(f"{path}: no {what} in it{hint}")
     try:
         raw = z85.decode(text)
     except Exception:  # noqa: BLE001 - z85 raises several kinds on garbage
@@ -219,3 +221,13 @@ def create_key_pair(directory: os.PathLike | str, node_id: int) -> tuple[pathlib
 def ensure_key_pairs(directory: os.PathLike | str, node_ids: Iterable[int]) -> dict[int, bool]:
     """``create_key_pair`` for each node; per node, whether its pair was made now."""
     return {node_id: create_key_pair(directory, node_id)[2] for node_id in node_ids}
+
+
+def local_bus_args(directory: os.PathLike | str, node_ids: Iterable[int], *, curve: bool = True) -> list[str]:
+    """The ``paxoskv serve`` flags of a local cluster's bus: with ``curve``, the
+    key pairs of ``node_ids`` are made (or kept) in ``directory`` and the flags
+    point at them; without, the flag of the insecure bus."""
+    if not curve:
+        return ["--insecure-peer-bus"]
+    ensure_key_pairs(directory, node_ids)
+    return ["--peer-public-keys", str(directory)]
