@@ -12,7 +12,7 @@ import logging
 import os
 import socket
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from contextlib import AsyncExitStack
 
 import pytest
@@ -637,6 +637,14 @@ def test_the_bus_sends_no_zmtp_heartbeats() -> None:
 # ---- CURVE: the ZAP allow-list, keys bound to member ids ----------------------------
 
 
+@pytest.fixture
+def zctx() -> Iterator[zmq.Context]:
+    """A context for a test's raw sockets, destroyed after it (after its buses)."""
+    ctx = zmq.Context()
+    yield ctx
+    ctx.destroy(linger=0)
+
+
 def curve_keys(ids: list[int]) -> dict[int, BusKeys]:
     """In-memory key pairs of a cluster: each node's BusKeys."""
     pairs = {i: zmq.curve_keypair() for i in ids}
@@ -727,36 +735,32 @@ def test_curve_buses_exchange_messages() -> None:
     run(scenario)
 
 
-def test_zap_admits_exactly_the_member_keys(caplog: pytest.LogCaptureFixture) -> None:
+def test_zap_admits_exactly_the_member_keys(caplog: pytest.LogCaptureFixture, zctx: zmq.Context) -> None:
     """No key, or a valid CURVE key that is not a member's: refused in the
     handshake, nothing it sends reaches the node; a member's key gets in."""
 
     async def scenario() -> None:
         addrs = addresses([1, 2, 3])
         keys = curve_keys([1, 2, 3])
-        ctx = zmq.Context()
-        try:
-            async with AsyncExitStack() as stack:
-                bus = await started(stack, make_bus(1, addrs, keys=keys[1]))
-                port, server = addrs[1][1], keys[1].public
-                stranger = Dealer(ctx, port, pair=zmq.curve_keypair(), server_key=server, routing_id=b"3")
-                plain = Dealer(ctx, port, routing_id=b"3")
-                member = Dealer(ctx, port, pair=(keys[3].public, keys[3].secret), server_key=server)
-                assert await stranger.handshake() == zmq.EVENT_HANDSHAKE_FAILED_AUTH
-                assert await plain.handshake() != zmq.EVENT_HANDSHAKE_SUCCEEDED
-                assert await member.handshake() == zmq.EVENT_HANDSHAKE_SUCCEEDED
-                assert bus.stats.refused_handshakes >= 1
-                for d in (stranger, plain):  # queued at best, on a connection that will never be
-                    with contextlib.suppress(zmq.Again):
-                        d.sock.send(encode(hb(3, 1, 666), CLUSTER), zmq.NOBLOCK)
-                member.sock.send(encode(hb(3, 1, 7), CLUSTER))
-                got = await recv_within(bus)
-                assert [(m.frm, m.commit) for m in got] == [(3, 7)]
-                assert not any(bus.stats.dropped.values())  # not one frame of theirs was even read
-                for d in (stranger, plain, member):
-                    d.close()
-        finally:
-            ctx.destroy(linger=0)
+        async with AsyncExitStack() as stack:
+            bus = await started(stack, make_bus(1, addrs, keys=keys[1]))
+            port, server = addrs[1][1], keys[1].public
+            stranger = Dealer(zctx, port, pair=zmq.curve_keypair(), server_key=server, routing_id=b"3")
+            plain = Dealer(zctx, port, routing_id=b"3")
+            member = Dealer(zctx, port, pair=(keys[3].public, keys[3].secret), server_key=server)
+            assert await stranger.handshake() == zmq.EVENT_HANDSHAKE_FAILED_AUTH
+            assert await plain.handshake() != zmq.EVENT_HANDSHAKE_SUCCEEDED
+            assert await member.handshake() == zmq.EVENT_HANDSHAKE_SUCCEEDED
+            assert bus.stats.refused_handshakes >= 1
+            for d in (stranger, plain):  # queued at best, on a connection that will never be
+                with contextlib.suppress(zmq.Again):
+                    d.sock.send(encode(hb(3, 1, 666), CLUSTER), zmq.NOBLOCK)
+            member.sock.send(encode(hb(3, 1, 7), CLUSTER))
+            got = await recv_within(bus)
+            assert [(m.frm, m.commit) for m in got] == [(3, 7)]
+            assert not any(bus.stats.dropped.values())  # not one frame of theirs was even read
+            for d in (stranger, plain, member):
+                d.close()
 
     with caplog.at_level(logging.WARNING, logger="paxoskv.transport.bus"):
         run(scenario)
@@ -764,57 +768,49 @@ def test_zap_admits_exactly_the_member_keys(caplog: pytest.LogCaptureFixture) ->
     assert refused and "is not a member's" in refused[0], refused
 
 
-def test_a_bus_whose_zap_handler_is_gone_admits_nobody() -> None:
+def test_a_bus_whose_zap_handler_is_gone_admits_nobody(zctx: zmq.Context) -> None:
     """libzmq admits every CURVE client when no ZAP handler answers; the bus
     sets ZAP_ENFORCE_DOMAIN, so losing the handler shuts the door instead."""
 
     async def scenario() -> None:
         addrs = addresses([1, 2])
         keys = curve_keys([1, 2])
-        ctx = zmq.Context()
-        try:
-            async with AsyncExitStack() as stack:
-                bus = await started(stack, make_bus(1, addrs, keys=keys[1]))
-                assert bus._auth is not None
-                bus._auth.stop()
-                member = Dealer(ctx, addrs[1][1], pair=(keys[2].public, keys[2].secret), server_key=keys[1].public)
-                assert await member.handshake() != zmq.EVENT_HANDSHAKE_SUCCEEDED
-                member.close()
-        finally:
-            ctx.destroy(linger=0)
+        async with AsyncExitStack() as stack:
+            bus = await started(stack, make_bus(1, addrs, keys=keys[1]))
+            assert bus._auth is not None
+            bus._auth.stop()
+            member = Dealer(zctx, addrs[1][1], pair=(keys[2].public, keys[2].secret), server_key=keys[1].public)
+            assert await member.handshake() != zmq.EVENT_HANDSHAKE_SUCCEEDED
+            member.close()
 
     run(scenario)
 
 
 def test_a_member_key_cannot_speak_for_another_member_nor_take_its_link(
-    caplog: pytest.LogCaptureFixture,
+    caplog: pytest.LogCaptureFixture, zctx: zmq.Context
 ) -> None:
     async def scenario() -> None:
         addrs = addresses([1, 2, 3])
         keys = curve_keys([1, 2, 3])
-        ctx = zmq.Context()
-        try:
-            async with AsyncExitStack() as stack:
-                b1 = await started(stack, make_bus(1, addrs, keys=keys[1]))
-                b2 = await started(stack, make_bus(2, addrs, keys=keys[2]))
-                await until(lambda: b2.peer_status()[1].writable, "node 2 connected to node 1")
-                link_lost = monitor_disconnects(stack, b2._peers[1].sock)
-                # Node 3's key, claiming node 2 in the Envelope and in its routing id.
-                liar = Dealer(ctx, addrs[1][1], pair=(keys[3].public, keys[3].secret),
-                              server_key=keys[1].public, routing_id=b"2")
-                assert await liar.handshake() == zmq.EVENT_HANDSHAKE_SUCCEEDED
-                liar.sock.send(encode(hb(2, 1, 666), CLUSTER))
-                liar.sock.send(encode(hb(3, 1, 3), CLUSTER))  # as itself: fine
-                assert b2.send(hb(2, 1, 2))  # the real node 2, on its own link
-                got, _ = await recv_n(b1, 2)
-                assert sorted((m.frm, m.commit) for m in got) == [(2, 2), (3, 3)]
-                assert b1.stats.dropped[DropReason.KEY_MISMATCH] == 1
-                assert sum(b1.stats.dropped.values()) == 1
-                assert link_lost() == 0, "node 2's link was taken over"
-                assert b1.peer_status()[2].received == 1 and b1.peer_status()[3].received == 1
-                liar.close()
-        finally:
-            ctx.destroy(linger=0)
+        async with AsyncExitStack() as stack:
+            b1 = await started(stack, make_bus(1, addrs, keys=keys[1]))
+            b2 = await started(stack, make_bus(2, addrs, keys=keys[2]))
+            await until(lambda: b2.peer_status()[1].writable, "node 2 connected to node 1")
+            link_lost = monitor_disconnects(stack, b2._peers[1].sock)
+            # Node 3's key, claiming node 2 in the Envelope and in its routing id.
+            liar = Dealer(zctx, addrs[1][1], pair=(keys[3].public, keys[3].secret),
+                          server_key=keys[1].public, routing_id=b"2")
+            assert await liar.handshake() == zmq.EVENT_HANDSHAKE_SUCCEEDED
+            liar.sock.send(encode(hb(2, 1, 666), CLUSTER))
+            liar.sock.send(encode(hb(3, 1, 3), CLUSTER))  # as itself: fine
+            assert b2.send(hb(2, 1, 2))  # the real node 2, on its own link
+            got, _ = await recv_n(b1, 2)
+            assert sorted((m.frm, m.commit) for m in got) == [(2, 2), (3, 3)]
+            assert b1.stats.dropped[DropReason.KEY_MISMATCH] == 1
+            assert sum(b1.stats.dropped.values()) == 1
+            assert link_lost() == 0, "node 2's link was taken over"
+            assert b1.peer_status()[2].received == 1 and b1.peer_status()[3].received == 1
+            liar.close()
 
     with caplog.at_level(logging.WARNING, logger="paxoskv.transport.bus"):
         run(scenario)
@@ -822,7 +818,7 @@ def test_a_member_key_cannot_speak_for_another_member_nor_take_its_link(
     assert drops == ["peer bus: dropped a frame from node 3: key_mismatch: claims to be node 2"], drops
 
 
-def test_insecure_bus_lets_anyone_speak_for_a_member_and_take_its_link_over() -> None:
+def test_insecure_bus_lets_anyone_speak_for_a_member_and_take_its_link_over(zctx: zmq.Context) -> None:
     """What the insecure bus allows (documented, not wanted): a DEALER with
     node 2's routing id is believed to be node 2, and takes node 2's link
     over (ROUTER_HANDOVER): node 2's frames go nowhere until its unread data
@@ -831,26 +827,22 @@ def test_insecure_bus_lets_anyone_speak_for_a_member_and_take_its_link_over() ->
 
     async def scenario() -> None:
         addrs = addresses([1, 2])
-        ctx = zmq.Context()
-        try:
-            async with AsyncExitStack() as stack:
-                b1 = await started(stack, make_bus(1, addrs))
-                b2 = await started(stack, make_bus(2, addrs))
-                await connected(b2)
-                link_lost = monitor_disconnects(stack, b2._peers[1].sock)
-                thief = Dealer(ctx, addrs[1][1], routing_id=b"2")
-                assert await thief.handshake() == zmq.EVENT_HANDSHAKE_SUCCEEDED
-                thief.sock.send(encode(hb(2, 1, 666), CLUSTER))
-                assert [(m.frm, m.commit) for m in await recv_within(b1)] == [(2, 666)]  # forged, believed
-                receiving(stack, b1)
-                bulk = Forward(frm=2, to=1, commands=(b"z" * 60_000,))
-                await until(lambda: b2.send(bulk) is None or link_lost() >= 1,
-                            "node 2 to find its link dead and reconnect", 60)
-                await until(lambda: b2.send(hb(2, 1, 7)) and b1.peer_status()[2].received > 1,
-                            "node 2 heard again", 30)
-                thief.close()
-        finally:
-            ctx.destroy(linger=0)
+        async with AsyncExitStack() as stack:
+            b1 = await started(stack, make_bus(1, addrs))
+            b2 = await started(stack, make_bus(2, addrs))
+            await connected(b2)
+            link_lost = monitor_disconnects(stack, b2._peers[1].sock)
+            thief = Dealer(zctx, addrs[1][1], routing_id=b"2")
+            assert await thief.handshake() == zmq.EVENT_HANDSHAKE_SUCCEEDED
+            thief.sock.send(encode(hb(2, 1, 666), CLUSTER))
+            assert [(m.frm, m.commit) for m in await recv_within(b1)] == [(2, 666)]  # forged, believed
+            receiving(stack, b1)
+            bulk = Forward(frm=2, to=1, commands=(b"z" * 60_000,))
+            await until(lambda: b2.send(bulk) is None or link_lost() >= 1,
+                        "node 2 to find its link dead and reconnect", 60)
+            await until(lambda: b2.send(hb(2, 1, 7)) and b1.peer_status()[2].received > 1,
+                        "node 2 heard again", 30)
+            thief.close()
 
     run(scenario)
 
