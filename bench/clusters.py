@@ -23,7 +23,7 @@ Rules:
 etcd: the Debian ``etcd-server`` binary, default settings (so its WAL is
 fsync'ed before a write is acknowledged). PySyncObj: ``bench/pysyncobj_node.py``
 (a PySyncObj KV behind a small ``paxoskv.v1.KV`` gRPC front). paxoskv:
-``paxoskv serve`` per node, with its defaults (fsync on).
+``paxoskv serve`` per node, with its defaults (fsync on, CURVE on the peer bus).
 """
 
 from __future__ import annotations
@@ -130,14 +130,21 @@ def _probe(target: str, endpoint: str) -> bool:
     return True
 
 
-def start_paxoskv(base_dir: pathlib.Path, nodes: int = 3, *, extra_args: tuple[str, ...] = ()) -> Cluster:
+def start_paxoskv(
+    base_dir: pathlib.Path, nodes: int = 3, *, extra_args: tuple[str, ...] = (), curve: bool = True
+) -> Cluster:
+    """``nodes`` paxoskv nodes; the peer bus runs CURVE (keys in ``base_dir/keys``) unless ``curve`` is False."""
+    from paxoskv.transport.keys import local_bus_args
+
     base_dir.mkdir(parents=True, exist_ok=True)
+    bus_args = local_bus_args(base_dir / "keys", range(1, nodes + 1), curve=curve)
     cluster = Cluster("paxoskv", base_dir, "paxoskv")
     addresses = local_addresses(nodes)
     with cluster.starting():
         for i, a in addresses.items():
             args = serve_args(
-                i, addresses, cluster_id="bench", data_dir=base_dir / f"node{i}", log_level="warning", extra=extra_args
+                i, addresses, cluster_id="bench", data_dir=base_dir / f"node{i}", log_level="warning",
+                extra=(*bus_args, *extra_args),
             )
             cluster._spawn([*serve_command(), *args], f"node{i}.log")
             cluster.endpoints.append(a.target)

@@ -26,6 +26,7 @@ SUBCOMMANDS: dict[str, str] = {
     "chaos": "paxoskv.chaos.cli:chaos_cmd",
     "bench": "paxoskv.bench.cli:bench_cmd",
     "snapshot": "paxoskv.server.snapshot_cli:snapshot_cmd",
+    "keys": "paxoskv.server.keys_cli:keys_cmd",
 }
 
 

@@ -5,6 +5,8 @@ Rules:
 - Every node is a ``paxoskv serve`` subprocess (the installed console
   script) binding 127.0.0.1 only, on ports chosen free at run time, with its
   log in a file (``log_text``), started by ``paxoskv.launch`` (its rules hold).
+- The peer bus runs CURVE (keys made once in ``<root>/keys``) unless the
+  cluster is made with ``curve=False`` (``--insecure-peer-bus``).
 - Every process started here is stopped here, by PID: ``kill`` (SIGKILL by
   default) waits for the exit; ``close`` stops whatever still runs.
 - Nothing sleeps to synchronise: ``paxoskv.util.wait.wait_until`` polls a
@@ -25,6 +27,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from paxoskv.client import SyncClient
 from paxoskv.launch import HOST, ServeCluster, ServeNode, agreed_leader, local_addresses, node_status
+from paxoskv.transport.keys import local_bus_args
 from paxoskv.util.wait import wait_until
 from paxoskv.v1 import kv_pb2
 
@@ -56,10 +59,14 @@ class LocalCluster(ServeCluster):
         heartbeat_ms: int = 20,
         election_ms: int = 200,
         extra_args: tuple[str, ...] = (),
+        curve: bool = True,
     ) -> None:
         root.mkdir(parents=True, exist_ok=True)
         self.root = root
         self.size = size
+        self.curve = curve
+        # How its nodes run their bus: CURVE with keys in root/keys, or insecure.
+        self.bus_args = local_bus_args(self.keys_dir, range(1, size + 1), curve=curve)
         nodes = {
             i: ServeNode(i, a, root / f"node{i}", root / f"node{i}.log")
             for i, a in local_addresses(size, host=HOST).items()
@@ -70,8 +77,12 @@ class LocalCluster(ServeCluster):
             command=[str(PAXOSKV), "serve"],
             heartbeat_ms=heartbeat_ms,
             election_ms=election_ms,
-            extra_args=extra_args,
+            extra_args=(*self.bus_args, *extra_args),
         )
+
+    @property
+    def keys_dir(self) -> pathlib.Path:
+        return self.root / "keys"
 
     # ---- processes --------------------------------------------------------------------
 
@@ -134,6 +145,16 @@ class LocalCluster(ServeCluster):
             return st if st is not None and st.applied_index >= index else None
 
         return wait_until(f"node {node_id} to apply index {index}", probe, timeout_s)
+
+    def rss_bytes(self, node_id: int) -> int:
+        """The resident memory of a running node's process (/proc)."""
+        n = self.nodes[node_id]
+        assert n.proc is not None and n.running, f"node {node_id} is not running"
+        with open(f"/proc/{n.proc.pid}/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) << 10
+        raise AssertionError(f"no VmRSS for node {node_id}")
 
     def client(self, **kw: object) -> SyncClient:
         kw.setdefault("timeout_s", 10.0)

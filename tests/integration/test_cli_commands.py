@@ -29,6 +29,7 @@ from paxoskv.cli import main as paxoskv_main
 from paxoskv.server.cli import serve_cmd
 from paxoskv.util.ports import free_ports
 from paxoskv.util.wait import wait_until
+from paxoskv.transport.keys import ensure_key_pairs
 
 
 @dataclass(frozen=True)
@@ -280,7 +281,8 @@ def test_status_json_says_null_for_a_peer_never_heard_from(tmp_path) -> None:
 
 
 def _serve(*args: str, timeout_s: float = 30.0, env: dict[str, str] | None = None):
-    return run_cli("serve", "--listen", HOST, *args, timeout_s=timeout_s, env=env)
+    """A ``serve`` expected to be refused (the bus mode is not what these test)."""
+    return run_cli("serve", "--listen", HOST, "--insecure-peer-bus", *args, timeout_s=timeout_s, env=env)
 
 
 def _ports() -> list[str]:
@@ -455,7 +457,9 @@ def test_serve_from_environment_variables_and_clean_sigterm(tmp_path) -> None:
         "PAXOSKV_DATA_DIR": str(tmp_path / "env-data"),
         "PAXOSKV_HEARTBEAT_MS": "20",
         "PAXOSKV_ELECTION_MS": "200",
+        "PAXOSKV_PEER_PUBLIC_KEYS": str(tmp_path / "keys"),  # its secret: node5.key_secret there
     }
+    ensure_key_pairs(tmp_path / "keys", [5])
     proc = subprocess.Popen(
         [str(PAXOSKV), "serve"],
         env=dict(os.environ, **env),
@@ -471,7 +475,7 @@ def test_serve_from_environment_variables_and_clean_sigterm(tmp_path) -> None:
             seen.append(line)
             if "serving gRPC on" in line:
                 break
-        assert f"serving gRPC on {HOST}:{port}" in "".join(seen), "".join(seen)
+        assert f"serving gRPC on {HOST}:{port} (bus port {bus}, CURVE" in "".join(seen), "".join(seen)
         p = run_cli("put", "--endpoints", f"{HOST}:{port}", "e", "nv")
         assert p.returncode == 0, p.stderr
         st = json.loads(run_cli("status", "--json", "--endpoints", f"{HOST}:{port}").stdout)[0]

@@ -205,7 +205,8 @@ def test_readme_first_command_and_every_tested_example_from_a_fresh_checkout(tmp
         assert any(cmd.startswith("grpcurl ") for cmd in ran) or not _grpcurl_runs()
         p = run_cli("status", "--endpoints", ",".join(f"localhost:{p}" for p in ports.values()))
         assert p.returncode == 0 and len(p.stdout.strip().splitlines()) == 4, p.stdout + p.stderr
-        assert sorted(os.listdir(checkout / "data")) == ["node1", "node2", "node3"]
+        assert sorted(os.listdir(checkout / "data")) == ["keys", "node1", "node2", "node3"]
+        _assert_local_keys(checkout / "data" / "keys", 3)
 
         # A second bin/run_cluster.sh while this one runs: refused, this one untouched.
         second = subprocess.run(
@@ -232,8 +233,17 @@ def test_readme_first_command_and_every_tested_example_from_a_fresh_checkout(tmp
     text = out_path.read_text()
     assert rc == 0, text
     assert "all nodes stopped" in text
+    for i in (1, 2, 3):  # every node ran the CURVE bus
+        assert re.search(rf"\[node{i}\] .*serving gRPC on .*\(bus port \d+, CURVE,", text), text
     for pid in pids.values():
         assert _gone(pid)
+
+
+def _assert_local_keys(keys: pathlib.Path, n: int) -> None:
+    """The key pairs a local cluster made: one per node, secrets readable by their owner only."""
+    assert sorted(os.listdir(keys)) == sorted(f"node{i}.{k}" for i in range(1, n + 1) for k in ("key", "key_secret"))
+    for i in range(1, n + 1):
+        assert (keys / f"node{i}.key_secret").stat().st_mode & 0o777 == 0o600
 
 
 def _start_cluster(tmp_path: pathlib.Path, base: int, *args: str) -> tuple[subprocess.Popen, pathlib.Path]:
@@ -295,6 +305,8 @@ def test_cluster_command_prefixes_logs_restarts_a_killed_node_under_itself_and_e
     assert "exit code 1: node3 died unexpectedly (killed by SIGKILL)" in text
     assert all(_gone(pid) for pid in pids.values())
     assert restarted is not None and _gone(restarted)  # Ctrl-C stopped the restarted node too
+    _assert_local_keys(tmp_path / "data" / "keys", 3)
+    assert text.count(", CURVE, data ") >= 3
 
 
 def test_cluster_command_ends_with_exit_1_when_its_nodes_are_killed(tmp_path) -> None:
@@ -422,6 +434,10 @@ def test_bin_server_and_bin_client_as_the_original(tmp_path) -> None:
         for p in procs.values():
             _stop(p, signal.SIGTERM)
     assert [p.returncode for p in procs.values()] == [0, 0, 0]
+    for i in (1, 2, 3):  # without keys: the unauthenticated bus, and a warning saying how to turn CURVE on
+        log_text = (tmp_path / f"server{i}.log").read_text()
+        assert "bin/server: WARNING: no peer keys given" in log_text and "--peer-public-keys" in log_text
+        assert "*** INSECURE PEER BUS" in log_text and ", INSECURE, data " in log_text
 
 
 def test_bin_server_refuses_bad_flags() -> None:

@@ -7,7 +7,8 @@ Rules
   namespace) and started by ``paxoskv.launch`` (argv, spawn, stop: the rules
   there hold). Its stdout and stderr go, appended across restarts, to
   ``<workdir>/n<i>/node.log``; its data directory is ``<workdir>/n<i>/data``
-  and survives kills, as a disk would.
+  and survives kills, as a disk would. The peer bus runs CURVE with key
+  pairs made once in ``<workdir>/keys`` (``curve=False``: the insecure bus).
 * Every signal goes to the PID this object started, never to a name: SIGKILL
   (then the zombie is reaped), SIGSTOP, SIGCONT, and SIGTERM for the final
   graceful stop of every node at once (``shutdown``).
@@ -35,6 +36,7 @@ from dataclasses import dataclass, field
 
 from paxoskv.chaos.net import LoopbackNetwork, NamespaceNetwork
 from paxoskv.launch import ServeCluster, ServeNode, send_signal, serve_command
+from paxoskv.transport.keys import local_bus_args
 
 __all__ = ["Cluster", "NodeProcess", "default_node_command"]
 
@@ -73,21 +75,25 @@ class Cluster(ServeCluster):
         heartbeat_ms: int = 50,
         election_ms: int = 500,
         extra_args: Sequence[str] = (),
+        curve: bool = True,
         clock=time.monotonic,
     ) -> None:
         nodes = {
             i: NodeProcess(i, network.addresses[i], workdir / f"n{i}" / "data", workdir / f"n{i}" / "node.log")
             for i in range(1, n + 1)
         }
+        # The peer bus runs CURVE (keys made once in workdir/keys) unless ``curve`` is False.
+        bus_args = local_bus_args(workdir / "keys", nodes, curve=curve)
         super().__init__(
             nodes,
             cluster_id=cluster_id,
             command=node_command,
             heartbeat_ms=heartbeat_ms,
             election_ms=election_ms,
-            extra_args=extra_args,
+            extra_args=(*bus_args, *extra_args),
             wrap=network.wrap,
         )
+        self.curve = curve
         self.n = n
         self.network = network
         self.workdir = workdir

@@ -4,7 +4,9 @@ Rules:
 
 - Node ``i`` (1..N) serves gRPC on ``--listen`` : ``base_port + i - 1``, its
   peer bus on that port + 1000 (the default rule of ``serve``), and keeps its
-  data in ``<data-dir>/node<i>``. Each is a ``paxoskv serve`` child process in
+  data in ``<data-dir>/node<i>``. The peer bus runs CURVE with the key pairs
+  in ``<data-dir>/keys`` (made on the first run, kept for the next: secrets
+  0600). Each is a ``paxoskv serve`` child process in
   a session of its own, so a Ctrl-C in the terminal reaches only this
   command, which then stops the nodes itself.
 - Every line a node writes is printed here, prefixed with ``[node<i>]`` in a
@@ -74,6 +76,10 @@ class _NodeSpec:
         return f"node{self.node_id}"
 
 
+def _keys_dir(data_dir: str) -> str:
+    return os.path.join(data_dir, "keys")
+
+
 def _plan(
     nodes: int,
     base_port: int,
@@ -91,6 +97,7 @@ def _plan(
     parse_port(last, f"the last bus port (--base-port + {nodes - 1} + {BUS_PORT_OFFSET})")
     peer_host = "127.0.0.1" if listen in ("0.0.0.0", "::", "") else listen
     addresses = local_addresses(nodes, host=peer_host, base_port=base_port)
+    keys_dir = _keys_dir(data_dir)
     specs = []
     for i, a in addresses.items():
         node_dir = os.path.join(data_dir, f"node{i}")
@@ -103,6 +110,7 @@ def _plan(
             heartbeat_ms=heartbeat_ms,
             election_ms=election_ms,
             log_level=log_level,
+            extra=("--peer-public-keys", keys_dir),
         )
         argv = (*_SERVE, *args)
         specs.append(_NodeSpec(i, a.port, a.bus_port, node_dir, argv))
@@ -438,7 +446,15 @@ def cluster_cmd(
         control = cluster_control.claim(data_dir)
     except cluster_control.InUse:
         _fail(f"data directory {data_dir} is in use by another paxoskv cluster (stop it first, or pick another --data-dir)")
+    from paxoskv.transport.keys import KeyFileError, ensure_key_pairs
+
     try:
+        try:
+            made = ensure_key_pairs(_keys_dir(data_dir), range(1, nodes + 1))
+        except (KeyFileError, OSError) as exc:
+            _fail(str(exc))
+        if any(made.values()):
+            _say(f"made CURVE key pairs for the peer bus in {_keys_dir(data_dir)}")
         refusal = _preflight(specs, listen)
         if refusal is not None:
             _fail(refusal)

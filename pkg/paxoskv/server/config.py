@@ -17,6 +17,10 @@ Rules:
   with the client; they are imported here for the server's flags.
 - The peers of a node are the OTHER nodes: a spec naming the node's own id,
   the same id twice, or an id < 1 is refused.
+- The peer bus runs CURVE with the keys of ``--peer-public-keys`` (and
+  ``--peer-secret-key``), loaded and checked here, or without authentication
+  only when ``--insecure-peer-bus`` says so. Neither given, or a bad key
+  file, is ``StartRefused``: one line on stderr and exit code 2.
 
 Theory of operation: plain string splitting, no regular-expression magic, so
 each error can say precisely which part is wrong.
@@ -41,12 +45,14 @@ from paxoskv.wire import (
 
 if TYPE_CHECKING:  # the node module is heavy (zmq, plyvel): clients never import it
     from paxoskv.server.node import NodeConfig, PeerAddr
+    from paxoskv.transport.keys import BusKeys
 
 __all__ = [
     "BUS_PORT_OFFSET",
     "DEFAULT_PORT",
     "ConfigError",
     "ServeOptions",
+    "StartRefused",
     "default_bus_port",
     "format_hostport",
     "parse_endpoint",
@@ -60,6 +66,17 @@ __all__ = [
 
 BUS_PORT_OFFSET = 1000
 NODE_ID_MAX = (1 << 32) - 1
+
+
+class StartRefused(ConfigError):
+    """The flags are well-formed but the node must not start (no bus keys, a
+    bad key file): the CLI prints ``str(err)``, one line, and exits 2."""
+
+
+NO_KEYS_HINT = (
+    "make keys with `paxoskv keys --dir DIR --nodes N` and pass --peer-public-keys DIR "
+    "(PAXOSKV_PEER_PUBLIC_KEYS)"
+)
 
 
 def default_bus_port(port: int) -> int:
@@ -143,6 +160,9 @@ def build_serve_options(
     retain_entries: int = 10_000,
     retain_mb: int = 64,
     leveldb_compression: str = "none",
+    peer_public_keys: str | None = None,
+    peer_secret_key: str | None = None,
+    insecure_peer_bus: bool = False,
 ) -> ServeOptions:
     """Validate the flags of ``serve`` together; raise ``ConfigError``."""
     from paxoskv.server.node import NodeConfig
@@ -177,6 +197,7 @@ def build_serve_options(
     if leveldb_compression not in ("none", "snappy"):
         raise ConfigError(f"--leveldb-compression must be none or snappy, not {leveldb_compression!r}")
     path = pathlib.Path(data_dir) if data_dir else pathlib.Path("data") / f"node{node_id}"
+    bus_keys = _bus_keys(node_id, peer_map, peer_public_keys, peer_secret_key, insecure_peer_bus)
     cfg = NodeConfig(
         node_id=node_id,
         cluster_id=cluster_id,
@@ -192,5 +213,33 @@ def build_serve_options(
         retain_bytes_max=retain_mb << 20,
         compact_step_entries=max(1, min(1_000, retain_entries // 10)),
         leveldb_compression=None if leveldb_compression == "none" else leveldb_compression,
+        bus_keys=bus_keys,
     )
     return ServeOptions(node=cfg, request_timeout_s=request_timeout_s)
+
+
+def _bus_keys(
+    node_id: int,
+    peers: dict[int, PeerAddr],
+    public_dir: str | None,
+    secret_file: str | None,
+    insecure: bool,
+) -> BusKeys | None:
+    """The CURVE keys of the bus, loaded and checked; None with --insecure-peer-bus."""
+    from paxoskv.transport.keys import KeyFileError, load_bus_keys
+
+    if insecure:
+        if public_dir or secret_file:
+            raise ConfigError("--insecure-peer-bus excludes --peer-public-keys and --peer-secret-key")
+        return None
+    if not public_dir:
+        if secret_file:
+            raise ConfigError("--peer-secret-key needs --peer-public-keys (the members' public keys)")
+        raise StartRefused(
+            f"the peer bus needs CURVE keys: {NO_KEYS_HINT}; "
+            f"or run it unauthenticated with --insecure-peer-bus"
+        )
+    try:
+        return load_bus_keys(node_id, peers, public_dir, secret_file)
+    except KeyFileError as exc:
+        raise StartRefused(str(exc)) from None

@@ -37,6 +37,7 @@ from paxoskv.replica.calls import Call
 from paxoskv.replica.errors import NodeError, Unavailable
 from paxoskv.replica.node import ReplicaNode
 from paxoskv.transport.bus import BusClosed, PeerBus
+from paxoskv.transport.keys import BusKeys
 from paxoskv.v1 import kv_pb2
 
 log = logging.getLogger("paxoskv.node")
@@ -104,6 +105,7 @@ class NodeConfig:
     snapshot_chunk_bytes: int = 256 << 10
     leveldb_compression: str | None = None  # storage.leveldb.COMPRESSIONS
     features: int = FEATURES  # announced to the peers; tests lower it to act as an older node
+    bus_keys: BusKeys | None = None  # CURVE keys of the peer bus; None: the insecure bus
 
     def core_config(self) -> Config:
         hb = max(1, round(self.heartbeat_ms / self.tick_ms))
@@ -158,6 +160,7 @@ class Node:
             cfg.listen_host,
             cfg.bus_port,
             {pid: (p.host, p.bus_port) for pid, p in cfg.peers.items()},
+            keys=cfg.bus_keys,
         )
         self.layer = ReplicaNode(
             cfg.core_config(),
