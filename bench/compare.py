@@ -18,10 +18,26 @@ of the machine (other load, thermal, page cache) over all of them.
 
 The table shows, for each workload and figure, the median over the rounds
 of each system and the ratio paxoskv / peer (for throughput higher is
-better; for latency lower is better). ``server cores`` is the CPU the
-cluster's processes used during the measure window per second of it,
-``client cores`` the same for the load generator's processes: on a small
-box both share the same cores, which is part of the story.
+better; for latency and CPU lower is better). CPU is sampled by the runner
+at the measure window's boundaries (``paxoskv.bench.cpu``: utime + stime of
+every node process, all threads, and of their children): ``server us/op``
+is the cluster's CPU in the window divided by the operations that succeeded
+in it, the figure that carries over to a machine per node; ``server
+cores`` the same CPU per second of the window; ``client us/op`` and
+``client cores`` the same for the load generator's worker processes, so a
+reader sees how heavy the client is (on a small box both share the same
+cores). The ``idle`` job loads nothing: each node's CPU over ``--idle-s``
+seconds after a settle of ``--warmup-s``, in % of one core.
+
+Batches compare like with like: paxoskv's ``KV.PackedBatch`` of N puts
+against etcd's ``Txn`` of N puts (distinct keys, no compares: one revision,
+as a packed batch is one log slot), for N = 10 and 100, within etcd's
+default ``--max-txn-ops`` of 128; paxoskv's per-op ``KV.Batch`` of 100 is
+set beside etcd's Txn of 100 (``*``), and N = 1000 is paxoskv's alone
+(beyond etcd's default). ``paxoskv-etcdapi`` is a paxoskv cluster loaded
+through etcd's API (the generator's etcd target against paxoskv's port); a
+paxoskv that does not serve ``etcdserverpb.KV`` fails its cells with
+``UNIMPLEMENTED: paxoskv does not serve etcdserverpb.KV yet``.
 
 PySyncObj has no client protocol; ``bench/pysyncobj_node.py`` puts a small
 ``paxoskv.v1.KV`` gRPC front on each node, so it is measured through the
@@ -47,19 +63,28 @@ import statistics
 import sys
 import tempfile
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import grpc
 
-from paxoskv.bench import clusters, report
-from paxoskv.bench.runner import BenchConfig, BenchError, BenchResult, Progress, run
+import clusters  # bench/clusters.py: this file runs as a script from bench/
+
+from paxoskv.bench import report
+from paxoskv.bench.cpu import CpuWindow
+from paxoskv.bench.runner import BenchConfig, BenchError, BenchResult, run
 from paxoskv.bench.workload import Workload
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 NODE_SCRIPT = ROOT / "bench" / "pysyncobj_node.py"
 ECHO_SCRIPT = ROOT / "bench" / "echo_node.py"
 QUORUM_ECHO_SCRIPT = ROOT / "bench" / "quorum_echo_node.py"
-SYSTEMS = ("paxoskv", "etcd", "pysyncobj", "grpc-echo", "grpc-echo-sync", "quorum-echo", "quorum-echo-thrifty")
+SYSTEMS = (
+    "paxoskv", "etcd", "pysyncobj", "grpc-echo", "grpc-echo-sync", "quorum-echo", "quorum-echo-thrifty", "paxoskv-etcdapi",
+)
+DEFAULT_SYSTEMS = tuple(s for s in SYSTEMS if s != "paxoskv-etcdapi")  # until paxoskv serves etcd's API
+ETCD_API = ("etcd", "paxoskv-etcdapi")  # the systems loaded through etcd's v3 API
+BATCHING = ("paxoskv", *ETCD_API)  # the systems with a batch: PackedBatch, Txn
+NOT_SERVED = "UNIMPLEMENTED: paxoskv does not serve etcdserverpb.KV yet"
 
 
 @dataclass(frozen=True)
@@ -76,24 +101,33 @@ class Job:
 
 
 JOBS: tuple[Job, ...] = (
+    # idle: paxoskv-etcdapi runs the same servers as paxoskv, and no load means no API
+    Job("idle", "idle, no load", mode="idle", systems=tuple(s for s in SYSTEMS if s != "paxoskv-etcdapi")),
     Job("put", "put, unary"),
     Job("get", "get, linearizable, unary", read_share=1.0),
     Job("mix50", "50% get / 50% put, unary", read_share=0.5),
     Job("mix95", "95% get / 5% put, unary", read_share=0.95),
     Job("put1", "put, 1 client, 1 in flight", processes=1, concurrency=1),
     Job("get1", "get, 1 client, 1 in flight", read_share=1.0, processes=1, concurrency=1),
-    Job("put-batch", "put, batch of 100 per RPC", mode="batch", concurrency=4, systems=("paxoskv",), baseline="put"),
-    Job("put-batch-per-op", "put, batch of 100, a header per op", mode="batch-per-op", concurrency=4, systems=("paxoskv",), baseline="put"),
     *(
-        Job(f"put-batch-{n}", f"put, batch of {n}, 8 per process", mode="batch", concurrency=8, batch_size=n, systems=("paxoskv",), baseline="put")
-        for n in (400, 1000)
+        Job(f"put-batch-{n}", f"put, {n} per call: PackedBatch / Txn", mode="batch", concurrency=8, batch_size=n, systems=BATCHING)
+        for n in (10, 100)
     ),
+    Job("put-batch-per-op", "put, 100 per call, a header per op (Batch)", mode="batch-per-op", concurrency=8, batch_size=100,
+        systems=("paxoskv",), baseline="put-batch-100"),
+    Job("put-batch-1000", "put, 1000 per call (beyond etcd's default --max-txn-ops 128)", mode="batch", concurrency=8,
+        batch_size=1000, systems=("paxoskv",)),
     Job("put-stream", "put, KV.Session stream", mode="stream", systems=("paxoskv",), baseline="put"),
 )
 
 
+def target_of(system: str) -> str:
+    """The generator's target: the API a system is loaded through."""
+    return "etcd" if system in ETCD_API else "paxoskv"
+
+
 def start(system: str, base: pathlib.Path) -> clusters.Cluster:
-    if system == "paxoskv":
+    if system in ("paxoskv", "paxoskv-etcdapi"):
         return clusters.start_paxoskv(base)
     if system == "etcd":
         return clusters.start_etcd(base)
@@ -104,21 +138,23 @@ def start(system: str, base: pathlib.Path) -> clusters.Cluster:
     return clusters.start_pysyncobj(base, NODE_SCRIPT)
 
 
-def measure(cluster: clusters.Cluster, cfg: BenchConfig) -> tuple[BenchResult, float]:
-    """Run one workload; also the cluster's CPU cores during the measure window."""
-    marks: dict[str, tuple[float, float]] = {}
-
-    def on_progress(p: Progress) -> None:
-        if p.phase in ("measure", "drain") and p.phase not in marks:
-            marks[p.phase] = (time.monotonic(), cluster.cpu_s())
-
-    result = run(cfg, on_progress)
-    if "measure" in marks and "drain" in marks:
-        (t0, c0), (t1, c1) = marks["measure"], marks["drain"]
-        server_cores = (c1 - c0) / max(1e-9, t1 - t0)
-    else:
-        server_cores = float("nan")
-    return result, server_cores
+def idle(cluster: clusters.Cluster, settle_s: float, idle_s: float) -> dict:
+    """Each node's CPU over ``idle_s`` with no load, after ``settle_s``, in % of a core."""
+    t_start = time.monotonic() + settle_s
+    window = CpuWindow(
+        {f"node{i}": (lambda pid=pid: [pid]) for i, pid in enumerate(cluster.live_pids(), 1)}, t_start, t_start + idle_s
+    )
+    window.run()
+    cpu = window.result()
+    if cpu is None:
+        raise RuntimeError("the idle window did not complete")
+    pct = [100.0 * c / idle_s for c in cpu.values()]
+    return {
+        "idle_pct_mean": statistics.fmean(pct),
+        "idle_pct_max": max(pct),
+        "idle_pct_nodes": pct,
+        "idle_s": idle_s,
+    }
 
 
 def in_process_pysyncobj(cluster: clusters.Cluster, args: argparse.Namespace) -> dict:
@@ -142,7 +178,8 @@ def in_process_pysyncobj(cluster: clusters.Cluster, args: argparse.Namespace) ->
     t0 = time.monotonic()
     with concurrent.futures.ThreadPoolExecutor(len(cluster.endpoints)) as pool:
         parts = list(pool.map(one, enumerate(cluster.endpoints)))
-    cores = (cluster.cpu_s() - c0) / (time.monotonic() - t0)
+    cpu_s = cluster.cpu_s() - c0  # the whole call: warmup and all, the nodes' own load loop
+    cores = cpu_s / (time.monotonic() - t0)
     lat = sorted(x for p in parts for x in p["latencies_us"])
 
     def q(f: float) -> float:
@@ -159,13 +196,16 @@ def in_process_pysyncobj(cluster: clusters.Cluster, args: argparse.Namespace) ->
         "max_ms": lat[-1] / 1000 if lat else 0.0,
         "errors": sum(errors.values()),
         "server_cores": cores,
-        "client_cores": 0.0,
     }
 
 
-def figures(result: BenchResult, server_cores: float) -> dict:
+def figures(result: BenchResult) -> dict:
     t = result.total
-    nan = float("nan")  # no successful operation: no latency to show
+    nan = float("nan")  # no successful operation: no latency (or CPU per op) to show
+
+    def num(v: float | None) -> float:
+        return nan if v is None else v
+
     return {
         "throughput_ops_s": t.throughput_ops_s,
         "p50_ms": t.p50_ms if t.count else nan,
@@ -173,7 +213,12 @@ def figures(result: BenchResult, server_cores: float) -> dict:
         "max_ms": t.max_ms if t.count else nan,
         "errors": result.error_count,
         "error_codes": result.errors,
-        "server_cores": server_cores,
+        "ops": t.count,
+        "server_cpu_s": num(result.server_cpu_s),
+        "server_us_per_op": num(result.server_cpu_us_per_op),
+        "server_cores": num(result.server_cpu_cores),
+        "client_cpu_s": result.client_cpu_s,
+        "client_us_per_op": num(result.client_cpu_us_per_op),
         "client_cores": result.client_cpu_cores,
     }
 
@@ -183,14 +228,44 @@ def _fresh_cluster(system: str, base: pathlib.Path, args: argparse.Namespace, ba
     cluster = start(system, base)
     try:
         cluster.wait_ready(timeout_s=60.0)
-        target = "etcd" if system == "etcd" else "paxoskv"
         wl = Workload(read_share=1.0, keys=args.keys, value_bytes=args.value_bytes)
-        run(BenchConfig(target=target, endpoints=tuple(cluster.endpoints), workload=wl, label=system,
+        run(BenchConfig(target=target_of(system), endpoints=tuple(cluster.endpoints), workload=wl, label=system,
                         **{**base_cfg, "warmup_s": 0.0, "duration_s": 0.1}))
     except BaseException:
         cluster.stop()
         raise
     return cluster
+
+
+def _why(system: str, exc: BaseException) -> str:
+    """One line for a failed cell. paxoskv loaded through etcd's API that
+    says it has no such service gets the sentence the table is known by."""
+    text = str(exc)
+    if system == "paxoskv-etcdapi" and "UNIMPLEMENTED" in text and "does not serve etcdserverpb.KV" in text:
+        return NOT_SERVED
+    return text.strip().splitlines()[-1][:200]
+
+
+def run_job(job: Job, system: str, cluster: clusters.Cluster, args: argparse.Namespace, base_cfg: dict, rnd: int) -> dict:
+    """One job against a running cluster: its figures."""
+    if job.mode == "idle":
+        return idle(cluster, args.warmup_s, args.idle_s)
+    cfg = BenchConfig(
+        target=target_of(system),
+        endpoints=tuple(cluster.endpoints),
+        mode=job.mode,
+        workload=Workload(read_share=job.read_share, keys=args.keys, value_bytes=args.value_bytes, seed=rnd + 1),
+        label=system,
+        prefill=False,
+        server_pids=tuple(cluster.live_pids()),
+        **{
+            **base_cfg,
+            "processes": job.processes or args.processes,
+            "concurrency": job.concurrency or args.concurrency,
+            "batch_size": job.batch_size or args.batch_size,
+        },
+    )
+    return figures(run(cfg))
 
 
 def run_all(args: argparse.Namespace, work: pathlib.Path) -> dict:
@@ -199,6 +274,8 @@ def run_all(args: argparse.Namespace, work: pathlib.Path) -> dict:
     A job that fails (the cluster stopped answering, a node died) is recorded
     as ``{"failed": why}``; the cluster is then replaced by a fresh one for
     the jobs after it, so one failure costs one cell, not the whole table.
+    A system that does not serve the API it is loaded through fails every
+    job of the round with that reason, without starting more clusters.
     """
     base_cfg = dict(
         processes=args.processes,
@@ -214,38 +291,27 @@ def run_all(args: argparse.Namespace, work: pathlib.Path) -> dict:
     for rnd in range(args.rounds):
         for system in args.systems:
             print(f"== round {rnd + 1}/{args.rounds}: {system}, 3 nodes", file=sys.stderr, flush=True)
-            target = "etcd" if system == "etcd" else "paxoskv"
             cluster: clusters.Cluster | None = None
             starts = 0
+            not_served: str | None = None
             try:
                 for job in jobs:
                     if system not in job.systems:
                         continue
                     fig: dict | None = None
                     try:
+                        if not_served:
+                            raise RuntimeError(not_served)
                         if cluster is None:
                             starts += 1
                             cluster = _fresh_cluster(system, work / f"r{rnd + 1}-{system}-{starts}", args, base_cfg)
-                        cfg = BenchConfig(
-                            target=target,
-                            endpoints=tuple(cluster.endpoints),
-                            mode=job.mode,
-                            workload=Workload(read_share=job.read_share, keys=args.keys, value_bytes=args.value_bytes, seed=rnd + 1),
-                            label=system,
-                            prefill=False,
-                            **{
-                                **base_cfg,
-                                "processes": job.processes or args.processes,
-                                "concurrency": job.concurrency or args.concurrency,
-                                "batch_size": job.batch_size or args.batch_size,
-                            },
-                        )
-                        result, server_cores = measure(cluster, cfg)
-                        fig = figures(result, server_cores)
+                        fig = run_job(job, system, cluster, args, base_cfg, rnd)
                         cluster.check_alive()
                         cluster.wait_ready(timeout_s=20.0)  # still serving after the load?
-                    except (BenchError, RuntimeError) as exc:
-                        why = str(exc).strip().splitlines()[-1][:200]
+                    except (BenchError, RuntimeError, ValueError) as exc:  # ValueError: a job the options cannot make
+                        why = _why(system, exc)
+                        if why == NOT_SERVED:
+                            not_served = why
                         fig = {"failed": why} if fig is None else {**fig, "failed_after": why}
                         if cluster is not None:
                             cluster.stop()
@@ -269,13 +335,20 @@ def run_all(args: argparse.Namespace, work: pathlib.Path) -> dict:
 
 
 def _say(title: str, fig: dict) -> None:
-    if "throughput_ops_s" in fig:
+    if "idle_pct_mean" in fig:
+        nodes = " ".join(f"{v:.1f}" for v in fig["idle_pct_nodes"])
+        line = f"   {title:34} {fig['idle_pct_mean']:5.1f}% of a core per node (nodes: {nodes})"
+    elif "throughput_ops_s" in fig:
         line = (f"   {title:34} {fig['throughput_ops_s']:>9,.0f} ops/s  p50 {fig['p50_ms']:7.2f} ms"
                 f"  p99 {fig['p99_ms']:7.2f} ms  errors {fig['errors']}")
-        if "failed_after" in fig:
-            line += f"  -- then the cluster stopped answering: {fig['failed_after']}"
-    else:
+        if "server_us_per_op" in fig:
+            line += f"  server {fmt(fig['server_us_per_op'], 'server_us_per_op')} us/op"
+        if "client_us_per_op" in fig:
+            line += f"  client {fmt(fig['client_us_per_op'], 'client_us_per_op')} us/op"
+    if "failed" in fig:
         line = f"   {title:34} FAILED: {fig['failed']}"
+    elif "failed_after" in fig:
+        line += f"  -- then the cluster stopped answering: {fig['failed_after']}"
     print(line, file=sys.stderr, flush=True)
 
 
@@ -294,26 +367,37 @@ def ratio(a: float | None, b: float | None) -> str:
 def fmt(v: float | None, name: str) -> str:
     if v is None or v != v:
         return "-"
-    if name == "throughput_ops_s":
+    if name in ("throughput_ops_s", "errors") or name.endswith("_us_per_op"):
         return f"{v:,.0f}"
-    if name.endswith("_cores"):
-        return f"{v:.2f}"
-    if name == "errors":
-        return f"{v:,.0f}"
+    if name.startswith("idle_pct"):
+        return f"{v:.1f}%"
     return f"{v:.2f}"
 
 
-FIGURES = (
+LOAD_FIGURES = (
     ("throughput_ops_s", "ops/s"),
     ("p50_ms", "p50 ms"),
     ("p99_ms", "p99 ms"),
     ("errors", "errors"),
+    ("server_us_per_op", "server us/op"),
+    ("client_us_per_op", "client us/op"),
     ("server_cores", "server cores"),
     ("client_cores", "client cores"),
 )
+IDLE_FIGURES = (
+    ("idle_pct_mean", "% core per node"),
+    ("idle_pct_max", "% core, busiest node"),
+)
+INPROC_FIGURES = (
+    ("throughput_ops_s", "ops/s"),
+    ("p50_ms", "p50 ms"),
+    ("p99_ms", "p99 ms"),
+    ("server_cores", "server cores"),
+)
 
-
-COMPARABLE = ("throughput_ops_s", "p50_ms", "p99_ms")
+# the figures a ratio paxoskv / peer is shown for (throughput: higher is
+# better; latency, CPU per op and idle CPU: lower is better)
+COMPARABLE = ("throughput_ops_s", "p50_ms", "p99_ms", "server_us_per_op", "idle_pct_mean", "idle_pct_max")
 
 
 def cell(runs: list[dict] | None, value: float | None, name: str) -> str:
@@ -347,11 +431,12 @@ def table(results: dict, args: argparse.Namespace) -> str:
     titles = {j.key: j for j in JOBS}
     for key, by_system in results.items():
         job = titles.get(key)
-        title = job.title if job else "put, in-process load, no client (PySyncObj only)"
+        if job is None:
+            title, names = "put, in-process load, no client (PySyncObj only)", INPROC_FIGURES
+        else:
+            title, names = job.title, IDLE_FIGURES if job.mode == "idle" else LOAD_FIGURES
         shown = False
-        for name, label in FIGURES:
-            if name in ("server_cores", "client_cores", "errors") and key == "inproc" and name != "server_cores":
-                continue
+        for name, label in names:
             mine = median(by_system["paxoskv"], name) if "paxoskv" in by_system else None
             row = [title if not shown else "", label, cell(by_system.get("paxoskv"), mine, name)]
             shown = True
@@ -360,9 +445,9 @@ def table(results: dict, args: argparse.Namespace) -> str:
                     theirs: float | None = median(by_system[p], name)
                     row += [cell(by_system[p], theirs, name), ratio(mine, theirs) if name in COMPARABLE else ""]
                     continue
-                elif job is not None and job.baseline and p in results.get(job.baseline, {}) and name in ("throughput_ops_s",):
+                if job is not None and job.baseline and p in results.get(job.baseline, {}) and name in COMPARABLE:
                     theirs = median(results[job.baseline][p], name)
-                    note = "*"
+                    note = "*" if theirs is not None else ""
                 else:
                     theirs, note = None, ""
                 row += [fmt(theirs, name) + note, ratio(mine, theirs) if name in COMPARABLE else ""]
@@ -385,7 +470,8 @@ def main() -> int:
     ap.add_argument("--keys", type=int, default=10_000)
     ap.add_argument("--value-bytes", type=int, default=100)
     ap.add_argument("--timeout-s", type=float, default=10.0)
-    ap.add_argument("--systems", default=",".join(SYSTEMS), help="comma-separated subset of " + ",".join(SYSTEMS))
+    ap.add_argument("--idle-s", type=float, default=10.0, help="length of the idle job's window (after --warmup-s of settling)")
+    ap.add_argument("--systems", default=",".join(DEFAULT_SYSTEMS), help="comma-separated subset of " + ",".join(SYSTEMS))
     ap.add_argument("--jobs", default="", help=f"comma-separated subset of {','.join(j.key for j in JOBS)},inproc")
     ap.add_argument("--pysyncobj-inflight", type=int, default=1000, help="in-process PySyncObj load per node (0: skip)")
     ap.add_argument("--json", dest="json_out", default="", help="also write every figure of every round to this file")
@@ -396,6 +482,9 @@ def main() -> int:
     unknown = set(args.systems) - set(SYSTEMS)
     if unknown or "paxoskv" not in args.systems:
         ap.error(f"--systems must include paxoskv and only name {', '.join(SYSTEMS)}")
+    unknown = set(args.jobs) - {j.key for j in JOBS} - {"inproc"}
+    if unknown:
+        ap.error(f"unknown --jobs {', '.join(sorted(unknown))}: use {', '.join(j.key for j in JOBS)}, inproc")
 
     def on_term(_sig, _frame):
         raise KeyboardInterrupt  # unwinds through every finally: clusters are stopped
@@ -423,12 +512,17 @@ def main() -> int:
         f"grpc-echo / grpc-echo-sync (bench/echo_node.py: answers at once, stores nothing: "
         f"the Python gRPC ceiling, grpc.aio / threaded server), "
         f"quorum-echo / quorum-echo-thrifty (bench/quorum_echo_node.py: answers once a majority fsync'ed the "
-        f"request, no consensus: the floor of a quorum write, sent to all peers / to a majority only)",
+        f"request, no consensus: the floor of a quorum write, sent to all peers / to a majority only), "
+        f"paxoskv-etcdapi (paxoskv loaded through etcd's v3 API on its own port)",
         f"each: 3 nodes on 127.0.0.1, load spread over all nodes; {args.rounds} rounds A B C ..., medians; "
         f"{args.processes} client processes x {args.concurrency} in flight unless the workload says otherwise; "
         f"{args.keys} keys, {args.value_bytes} B values; {args.duration_s:g} s measured after {args.warmup_s:g} s warmup",
-        "ratio = paxoskv / peer (throughput: higher is better; latency: lower is better);"
-        " * = the peer's unary put figure, for paxoskv's batch and stream rows",
+        "ratio = paxoskv / peer (throughput: higher is better; latency and CPU: lower is better);"
+        " batch rows: paxoskv's PackedBatch of N puts vs etcd's Txn of N puts; * = the peer's figure of the row"
+        " paxoskv's is compared with (per-op Batch: the Txn of 100; stream: the unary put)",
+        "CPU: utime+stime of all processes, threads and children, from /proc, over the measured window;"
+        " us/op = that / operations succeeded in the window (a batch: per put); idle: % of one core per node"
+        f" over {args.idle_s:g} s with no load",
     ]
     print("\n".join([*head, table(results, args), *failures(results)]))
     if args.json_out:

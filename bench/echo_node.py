@@ -23,8 +23,10 @@ from concurrent.futures import ThreadPoolExecutor
 
 import grpc
 
-from paxoskv.bench.standin import DELETE, GET, PUT, serve_kv
-from paxoskv.server.grpc_api import KV_SERVICE, SERVER_OPTIONS
+from standin import DELETE, GET, PUT, serve_kv  # bench/standin.py, beside this script
+
+from paxoskv.server.grpc_api import SERVER_OPTIONS
+from paxoskv.wire import KV_SERVICE
 
 
 async def serve(port: int) -> None:

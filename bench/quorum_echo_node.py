@@ -34,7 +34,7 @@ import itertools
 import plyvel
 import zmq
 
-from paxoskv.bench.standin import DELETE, GET, PUT, serve_kv
+from standin import DELETE, GET, PUT, serve_kv  # bench/standin.py, beside this script
 
 _NOBLOCK = zmq.NOBLOCK
 _WRITE, _READ = b"w", b"r"

@@ -21,10 +21,12 @@ SUBCOMMANDS: dict[str, str] = {
     "get": "paxoskv.client.cli:get_cmd",
     "delete": "paxoskv.client.cli:delete_cmd",
     "status": "paxoskv.client.cli:status_cmd",
+    "grpc": "paxoskv.client.grpc_cli:grpc_cmd",
     "cluster": "paxoskv.server.cluster:cluster_cmd",
     "chaos": "paxoskv.chaos.cli:chaos_cmd",
     "bench": "paxoskv.bench.cli:bench_cmd",
     "snapshot": "paxoskv.server.snapshot_cli:snapshot_cmd",
+    "keys": "paxoskv.server.keys_cli:keys_cmd",
 }
 
 

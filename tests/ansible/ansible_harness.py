@@ -27,13 +27,15 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import time
 import urllib.error
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
+
+from paxoskv.util.ports import free_port
+from paxoskv.util.wait import WaitTimeout, wait_until
 
 __all__ = [
     "ANSIBLE_DIR",
@@ -49,7 +51,7 @@ __all__ = [
 
 REPO = Path(__file__).resolve().parents[2]
 ANSIBLE_DIR = REPO / "ansible"
-PLAYBOOKS = ("provision.yml", "deploy.yml", "destroy.yml", "wait_for_ssh.yml")
+PLAYBOOKS = ("provision.yml", "deploy.yml", "destroy.yml", "wait_for_ssh.yml", "endpoints.yml")
 VENV_BIN = Path(os.environ.get("VIRTUAL_ENV", REPO / ".venv")) / "bin"
 if not (VENV_BIN / "ansible-playbook").exists():
     VENV_BIN = REPO / ".venv" / "bin"
@@ -76,7 +78,7 @@ def base_env(home: Path, aws_endpoint: str | None = None) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "ANSIBLE_", "PAXOSKV_"))}
     env.update(DUMMY_AWS)
     # A closed local port unless a moto server is in use: nothing leaves the machine.
-    env["AWS_ENDPOINT_URL"] = aws_endpoint or f"http://127.0.0.1:{_closed_port()}"
+    env["AWS_ENDPOINT_URL"] = aws_endpoint or f"http://127.0.0.1:{free_port()}"  # nothing listens: refused
     env["PATH"] = f"{VENV_BIN}{os.pathsep}{env.get('PATH', '')}"
     env["ANSIBLE_NOCOLOR"] = "1"
     env["ANSIBLE_FORCE_COLOR"] = "0"
@@ -85,12 +87,6 @@ def base_env(home: Path, aws_endpoint: str | None = None) -> dict[str, str]:
     env["ANSIBLE_DEPRECATION_WARNINGS"] = "0"
     env["PYTHONUNBUFFERED"] = "1"
     return env
-
-
-def _closed_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])  # closed again on return: connections are refused
 
 
 @dataclass(frozen=True, slots=True)
@@ -205,7 +201,7 @@ class MotoServer:
         env["MOTO_AMIS_PATH"] = str(amis)
         log = open(self.workdir / "moto.log", "wb")
         for _ in range(5):
-            self.port = _free_port()
+            self.port = free_port()
             self.process = subprocess.Popen(
                 [str(VENV_BIN / "moto_server"), "-H", "127.0.0.1", "-p", str(self.port)],
                 env=env,
@@ -213,26 +209,34 @@ class MotoServer:
                 stdout=log,
                 stderr=subprocess.STDOUT,
             )
-            if self._wait_ready(deadline=time.monotonic() + 30.0):
+            if self._wait_ready(timeout_s=30.0):
                 log.close()
                 return self
             self._stop()
         log.close()
         raise RuntimeError(f"moto_server did not start: {(self.workdir / 'moto.log').read_text()[-2000:]}")
 
-    def _wait_ready(self, deadline: float) -> bool:
+    def _wait_ready(self, timeout_s: float) -> bool:
+        """True once moto answers; False if it exited (say, the port was taken
+        in between: try another) or did not answer in time."""
         assert self.process is not None
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                return False  # e.g. the port was taken in between: try another
+        process = self.process
+
+        def probe() -> str | None:
+            if process.poll() is not None:
+                return "exited"
             try:
                 with urllib.request.urlopen(f"{self.endpoint}/moto-api/", timeout=1.0):
-                    return True
+                    return "answers"
             except urllib.error.HTTPError:
-                return True  # it answers
+                return "answers"
             except OSError:
-                time.sleep(0.1)  # polling interval until the deadline
-        return False
+                return None
+
+        try:
+            return wait_until("moto_server to answer", probe, timeout_s, interval_s=0.1) == "answers"
+        except WaitTimeout:
+            return False
 
     def _stop(self) -> None:
         if self.process is None:
@@ -249,8 +253,3 @@ class MotoServer:
     def __exit__(self, *exc: object) -> None:
         self._stop()
 
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])

@@ -49,6 +49,8 @@ import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from paxoskv.util.wait import WaitTimeout, wait_until
+
 __all__ = [
     "APT_PACKAGES",
     "Host",
@@ -448,16 +450,18 @@ class HostSet:
                     warnings.warn(message, stacklevel=2)
         for host in self.hosts:
             if host.mounted:
-                deadline = time.monotonic() + 10.0
-                while True:
-                    proc = subprocess.run(["umount", str(host.merged)], capture_output=True, text=True)
-                    if proc.returncode == 0:
-                        host.mounted = False
-                        break
-                    if time.monotonic() > deadline:
-                        errors.append(f"cannot unmount {host.merged}: {proc.stderr.strip()}")
-                        break
-                    time.sleep(0.1)  # a just-exited container can hold the mount for a moment
+                # a just-exited container can hold the mount for a moment
+                tried: list[subprocess.CompletedProcess[str]] = []
+
+                def unmounted(merged: Path = host.merged) -> bool:
+                    tried.append(subprocess.run(["umount", str(merged)], capture_output=True, text=True))
+                    return tried[-1].returncode == 0
+
+                try:
+                    wait_until(f"{host.merged} to unmount", unmounted, 10.0, interval_s=0.1)
+                    host.mounted = False
+                except WaitTimeout:
+                    errors.append(f"cannot unmount {host.merged}: {tried[-1].stderr.strip()}")
             subprocess.run(["ip", "netns", "del", host.netns], capture_output=True)
             subprocess.run(["ip", "link", "del", host.veth], capture_output=True)
             for cg in host.cgroups:
@@ -534,7 +538,9 @@ def _passwd_ids(root: Path, user: str) -> tuple[int, int]:
 
 def _wait_for_sshd(host: Host, deadline: float) -> None:
     last = ""
-    while time.monotonic() < deadline:
+
+    def answers() -> bool:
+        nonlocal last
         if host.process is not None and host.process.poll() is not None:
             raise RuntimeError(
                 f"{host.name}: systemd-nspawn exited ({host.process.returncode}):\n"
@@ -545,14 +551,18 @@ def _wait_for_sshd(host: Host, deadline: float) -> None:
                 sock.settimeout(2.0)
                 banner = sock.recv(64)
                 if banner.startswith(b"SSH-"):
-                    return
+                    return True
                 last = f"banner {banner!r}"
         except OSError as exc:
             last = str(exc)
-        time.sleep(0.2)  # polling interval, not synchronisation: the loop ends on the condition
-    raise RuntimeError(
-        f"{host.name} ({host.address}): sshd did not answer within the deadline ({last}):\n"
-        + host.console_log.read_text(errors="replace")[-3000:]
+        return False
+
+    wait_until(
+        lambda: f"sshd of {host.name} ({host.address}) ({last}):\n"
+        + host.console_log.read_text(errors="replace")[-3000:],
+        answers,
+        max(0.0, deadline - time.monotonic()),
+        interval_s=0.2,
     )
 
 

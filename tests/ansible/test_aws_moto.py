@@ -166,6 +166,27 @@ def test_provision_refuses_to_run_without_the_access_cidrs(
     assert ec2.describe_key_pairs()["KeyPairs"] == []
 
 
+def test_without_aws_credentials_provision_and_destroy_say_so_before_any_aws_call(
+    ansible_home: Path, operator_key: Path, tmp_path: Path
+) -> None:
+    env = base_env(ansible_home)  # AWS_ENDPOINT_URL: a closed local port
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN"):
+        env.pop(name)
+    empty = tmp_path / "empty"
+    empty.write_text("")
+    env.update(AWS_SHARED_CREDENTIALS_FILE=str(empty), AWS_CONFIG_FILE=str(empty))  # and no instance role
+    cidrs = ["-e", f"paxoskv_aws_admin_cidr={ADMIN_CIDR}"]
+    for args, log in (
+        (["provision.yml", "--skip-tags", "ssh", "-e", f"paxoskv_aws_public_key_path={operator_key}", *cidrs], "nocreds-provision.log"),
+        (["destroy.yml"], "nocreds-destroy.log"),
+    ):
+        run = run_playbook(args, env, ansible_home / "logs" / log, timeout_s=300)
+        assert run.returncode != 0, run.tail()
+        assert "no AWS credentials found" in run.output, run.tail()
+        # The check came first: no task that calls AWS ran.
+        assert "Find the default VPC" not in run.output and "Terminate the cluster" not in run.output, run.tail()
+
+
 def test_provision_inventory_destroy(aws_env: dict[str, str], ansible_home: Path, operator_key: Path, ec2: Any) -> None:
     cidrs = ["-e", f"paxoskv_aws_admin_cidr={ADMIN_CIDR}", "-e", f"paxoskv_aws_client_cidr={CLIENT_CIDR}"]
     bystanders = _bystanders(ec2)
@@ -192,6 +213,14 @@ def test_provision_inventory_destroy(aws_env: dict[str, str], ansible_home: Path
         assert hv["ansible_host"] == inst["PublicIpAddress"]
         assert hv["paxoskv_node_advertise_address"] == inst["PrivateIpAddress"]
         assert hv["ansible_user"] == "ubuntu"
+
+    # How ansible/README.md says to reach the cluster: the inventory's nodes, and their endpoints.
+    graph = run_playbook(["--graph", "paxoskv"], aws_env, ansible_home / "logs" / "graph.log", cmd="ansible-inventory")
+    assert graph.returncode == 0 and all(f"{NAME}-{i}" in graph.output for i in (1, 2, 3)), graph.tail()
+    printed = run_playbook(["endpoints.yml"], aws_env, ansible_home / "logs" / "endpoints.log")
+    printed.assert_ok()
+    public = ",".join(f"{by_id[str(i)]['PublicIpAddress']}:{GRPC_PORT}" for i in (1, 2, 3))
+    assert f"export PAXOSKV_ENDPOINTS={public}" in printed.output, printed.tail()
 
     gone = run_playbook(["destroy.yml"], aws_env, ansible_home / "logs" / "destroy-1.log", timeout_s=600)
     gone.assert_ok()

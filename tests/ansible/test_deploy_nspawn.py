@@ -38,6 +38,8 @@ import pytest
 from ansible_harness import VENV_BIN, PlaybookRun, run_playbook, snapshot_source
 from nspawn_hosts import Host, HostSet, ensure_rootfs, unavailable_reason
 
+from paxoskv.util.wait import wait_until
+
 pytestmark = pytest.mark.root
 
 GRPC_PORT = 50051
@@ -95,17 +97,6 @@ def paxoskv(*args: str, timeout_s: float = 60.0) -> subprocess.CompletedProcess[
 def statuses(endpoints: list[str]) -> list[dict[str, Any]]:
     proc = paxoskv("status", "--endpoints", ",".join(endpoints), "--json", "--timeout", "5")
     return list(json.loads(proc.stdout))
-
-
-def wait_for(condition: Any, what: str, timeout_s: float = 120.0) -> Any:
-    deadline = time.monotonic() + timeout_s
-    last: Any = None
-    while time.monotonic() < deadline:
-        last = condition()
-        if last:
-            return last
-        time.sleep(0.5)  # polling interval until the deadline
-    raise AssertionError(f"timed out after {timeout_s} s waiting for {what}; last: {last!r}")
 
 
 @pytest.fixture(scope="module")
@@ -168,12 +159,14 @@ def test_deploy_installs_a_hardened_running_unit_on_every_host(lab: Lab, deploye
             line.split("=", 1)
             for line in lab.ssh(
                 host,
-                "systemctl show paxoskv -p User -p Restart -p NoNewPrivileges -p ProtectSystem -p ProtectHome"
+                "systemctl show paxoskv -p User -p Restart -p RestartPreventExitStatus -p NoNewPrivileges"
+                " -p ProtectSystem -p ProtectHome"
                 " -p PrivateTmp -p PrivateDevices -p ReadWritePaths -p CapabilityBoundingSet",
             ).splitlines()
         )
         assert props["User"] == "paxoskv"
         assert props["Restart"] == "on-failure"
+        assert props["RestartPreventExitStatus"] == "2"  # a refused start is not retried forever
         assert props["NoNewPrivileges"] == "yes"
         assert props["ProtectSystem"] == "strict"
         assert props["ProtectHome"] == "yes"
@@ -202,12 +195,14 @@ def test_deploy_installs_a_hardened_running_unit_on_every_host(lab: Lab, deploye
 
 
 def test_cluster_has_one_leader_and_any_node_serves(lab: Lab, deployed: PlaybookRun) -> None:
-    views = wait_for(
+    views = wait_until(
+        "all three nodes to agree on a leader",
         lambda: (v := statuses(lab.endpoints))
         and all("error" not in s for s in v)
         and len({s["leader_id"] for s in v}) == 1
         and v,
-        "all three nodes to agree on a leader",
+        120,
+        interval_s=0.5,
     )
     assert sorted(s["role"] for s in views) == ["follower", "follower", "leader"]
     assert {s["cluster_id"] for s in views} == {"paxoskv"}
@@ -276,7 +271,7 @@ def test_upgrade_restarts_one_node_at_a_time_and_no_write_fails(lab: Lab, deploy
     thread = threading.Thread(target=writer.run, name="writer")
     thread.start()
     try:
-        wait_for(lambda: len(writer.acknowledged) >= 5 or writer.failures, "the writer to get going", 60)
+        wait_until("the writer to get going", lambda: len(writer.acknowledged) >= 5 or writer.failures, 60, interval_s=0.5)
         run = lab.deploy("deploy-upgrade.log")
     finally:
         writer.stop.set()
@@ -301,8 +296,11 @@ def test_upgrade_restarts_one_node_at_a_time_and_no_write_fails(lab: Lab, deploy
 
 
 def test_cluster_stays_writable_with_the_leaders_service_stopped(lab: Lab, deployed: PlaybookRun) -> None:
-    views = wait_for(
-        lambda: (v := statuses(lab.endpoints)) and all("error" not in s for s in v) and v, "every node to answer"
+    views = wait_until(
+        "every node to answer",
+        lambda: (v := statuses(lab.endpoints)) and all("error" not in s for s in v) and v,
+        120,
+        interval_s=0.5,
     )
     leader_id = next(s["node_id"] for s in views if s["role"] == "leader")
     leader = lab.hosts.hosts[leader_id - 1]
@@ -317,12 +315,14 @@ def test_cluster_stays_writable_with_the_leaders_service_stopped(lab: Lab, deplo
     finally:
         lab.ssh(leader, "systemctl start paxoskv")
     # Back in, the node catches up with what it missed.
-    wait_for(
+    wait_until(
+        "the restarted node to rejoin",
         lambda: (v := statuses([f"{leader.address}:{GRPC_PORT}"]))
         and "error" not in v[0]
         and v[0]["role"] in ("leader", "follower")
         and v[0]["leader_id"] != 0,
-        "the restarted node to rejoin",
+        120,
+        interval_s=0.5,
     )
     got = paxoskv("get", "--endpoints", f"{leader.address}:{GRPC_PORT}", "--timeout", "15", "one-down/key")
     assert got.returncode == 0 and got.stdout.rstrip("\n") == "still-writable", got

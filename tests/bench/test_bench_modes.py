@@ -8,8 +8,10 @@ sequences 1, 2, 3 ... in order, and failures are counted by code.
 
 from __future__ import annotations
 
+import os
 import re
 import threading
+import time
 from collections import defaultdict
 from concurrent import futures
 
@@ -148,3 +150,26 @@ def test_failed_operations_are_counted_by_code(fake_server, mode):
     assert result.total.count == 0
     assert set(result.errors) == {"UNAVAILABLE"} and result.errors["UNAVAILABLE"] > 0
     assert "no leader (fake)" in result.error_samples["UNAVAILABLE"] or mode.startswith("batch")
+
+
+def test_the_runner_samples_cpu_at_the_measured_windows_bounds(fake_server, monkeypatch):
+    from paxoskv.bench import runner
+
+    _fake, ep = fake_server()
+    seen = []
+
+    class Recording(runner.CpuWindow):
+        def __init__(self, groups, start_s, end_s, **kw):
+            seen.append((set(groups), start_s, end_s))
+            super().__init__(groups, start_s, end_s, **kw)
+
+    monkeypatch.setattr(runner, "CpuWindow", Recording)
+    called = time.monotonic()
+    # the fake serves from this process: its CPU is the "server" here
+    result = run(_cfg(ep, warmup_s=0.5, duration_s=1.0, processes=1, server_pids=(os.getpid(),)))
+    [(names, start, end)] = seen
+    assert names == {"client", "server"}
+    assert start >= called + 0.5 + runner.START_MARGIN_S  # after the warmup
+    assert end - start == pytest.approx(1.0)  # the window, not the drain
+    assert result.total.count > 0 and result.server_cpu_s > 0 and result.client_cpu_s > 0
+    assert result.server_cpu_us_per_op == pytest.approx(result.server_cpu_s / result.total.count * 1e6)

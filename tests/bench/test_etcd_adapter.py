@@ -15,8 +15,9 @@ import sys
 import grpc
 import pytest
 
-from paxoskv.bench import clusters
-from paxoskv.bench.workload import key_name
+import clusters  # bench/clusters.py (setup.cfg puts bench/ on sys.path)
+from paxoskv.bench.targets import TARGETS, method_paths
+from paxoskv.bench.workload import Workload, key_name
 
 BENCH = [sys.executable, "-c", "from paxoskv.cli import main; main()", "bench"]
 
@@ -82,3 +83,60 @@ def test_etcd_serializable_reads(etcd_cluster):
     assert res.returncode == 0, res.stderr
     doc = json.loads(res.stdout)
     assert doc["serializable"] is True and set(doc["by_op"]) == {"get"} and doc["errors"] == {}
+
+
+def _txn_call(endpoint: str, body: bytes):
+    from paxoskv.etcdpb import rpc_pb2
+
+    with grpc.insecure_channel(endpoint) as ch:
+        raw = ch.unary_unary(method_paths(rpc_pb2, "KV")["Txn"])(body, timeout=10)
+    return rpc_pb2.TxnResponse.FromString(raw)
+
+
+@pytest.mark.parametrize("n", [10, 100])
+def test_the_generators_txn_is_one_revision_of_n_puts(etcd_cluster, n):
+    """The batch peer: the generator's own Txn bytes, sent raw, are accepted
+    by etcd 3.4 and apply N puts at one revision."""
+    from paxoskv.etcdpb import rpc_pb2, rpc_pb2_grpc
+
+    value = os.urandom(40)
+    codec = TARGETS["etcd"].codec(Workload(keys=5000), value)
+    keys = list(range(1000 + n, 1000 + 2 * n))  # not touched by the other tests
+    ep = etcd_cluster.endpoints[0]
+    with grpc.insecure_channel(etcd_cluster.endpoints[2]) as ch:
+        kv = rpc_pb2_grpc.KVStub(ch)
+        before = kv.Range(rpc_pb2.RangeRequest(key=b"nothing"), timeout=5).header.revision
+        resp = _txn_call(ep, codec.txn([(False, i) for i in keys]))
+        assert resp.succeeded and len(resp.responses) == n
+        assert resp.header.revision == before + 1
+        for i in keys:
+            got = kv.Range(rpc_pb2.RangeRequest(key=key_name(i)), timeout=5)
+            assert len(got.kvs) == 1
+            assert got.kvs[0].value == value and got.kvs[0].mod_revision == before + 1
+
+
+def test_etcd_refuses_a_txn_beyond_its_default_ops_limit(etcd_cluster):
+    """Why the 1000-op batch is paxoskv's alone: --max-txn-ops is 128."""
+    codec = TARGETS["etcd"].codec(Workload(keys=5000), b"v")
+    with pytest.raises(grpc.RpcError) as info:
+        _txn_call(etcd_cluster.endpoints[0], codec.txn([(False, i) for i in range(129)]))
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert info.value.details() == "etcdserver: too many operations in txn request"
+
+
+def test_etcd_batch_mode_is_txns_with_server_cpu_per_op(etcd_cluster):
+    args = [f"--server-pid={pid}" for pid in etcd_cluster.pids()]
+    res = subprocess.run(
+        [*BENCH, "--target", "etcd", "--endpoints", ",".join(etcd_cluster.endpoints), "--mode", "batch",
+         "--batch-size", "10", "--keys", "500", "--processes", "1", "--concurrency", "2", "--duration-s", "2",
+         "--warmup-s", "0.5", "--json", *args],
+        capture_output=True, text=True, timeout=180, check=False,
+    )
+    assert res.returncode == 0, res.stderr
+    doc = json.loads(res.stdout)
+    assert doc["mode"] == "batch" and doc["batch_size"] == 10 and doc["errors"] == {}
+    count = doc["by_op"]["put"]["count"]
+    assert count > 0 and count % 10 == 0  # whole Txns only
+    assert doc["server_pids"] == etcd_cluster.pids()
+    assert doc["server_cpu_us_per_op"] == pytest.approx(doc["server_cpu_s"] / count * 1e6)
+    assert doc["server_cpu_s"] > 0 and doc["client_cpu_s"] > 0

@@ -56,3 +56,12 @@ def test_merge_is_the_histogram_of_the_union():
     empty = Histogram()
     empty.merge(Histogram())
     assert empty.count == 0 and empty.quantile(0.5) == 0
+
+
+def test_a_value_recorded_many_times_is_that_many_records():
+    once, many = Histogram(), Histogram()
+    for v in (5, 900, 77_000):
+        for _ in range(100):
+            once.record(v)
+        many.record(v, 100)
+    assert many == once

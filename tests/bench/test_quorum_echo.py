@@ -16,7 +16,7 @@ import grpc
 import plyvel
 import pytest
 
-from paxoskv.bench import clusters
+import clusters  # bench/clusters.py (setup.cfg puts bench/ on sys.path)
 from paxoskv.v1 import kv_pb2, kv_pb2_grpc
 
 SCRIPT = pathlib.Path(__file__).resolve().parents[2] / "bench" / "quorum_echo_node.py"

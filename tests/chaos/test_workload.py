@@ -12,6 +12,7 @@ import pytest
 
 from paxoskv.chaos.workload import Workload, WorkloadConfig
 from paxoskv.v1 import kv_pb2, kv_pb2_grpc
+from paxoskv.wire import leader_hint
 
 
 class ScriptedKV(kv_pb2_grpc.KVServicer):
@@ -29,7 +30,7 @@ class ScriptedKV(kv_pb2_grpc.KVServicer):
             return ok
         code, leader = step
         if leader is not None:
-            ctx.set_trailing_metadata((("paxoskv-leader", f"{leader}=127.0.0.1:1"),))
+            ctx.set_trailing_metadata(leader_hint(leader, "127.0.0.1:1"))
         await ctx.abort(code, f"scripted {code.name}")
 
     async def Get(self, req, ctx):

@@ -2,7 +2,7 @@
 paxoskv clusters to compare with them.
 
 ``etcd_clusters(n)`` starts ``n`` independent 3-member etcd clusters at once
-(``paxoskv.bench.clusters.start_etcd``: 127.0.0.1, free ports, data under
+(``bench/clusters.py start_etcd``: 127.0.0.1, free ports, data under
 the test's tmp dir), waits until each answers, and stops them by PID when
 the test ends. ``paxoskv_clusters(...)`` starts 3-node paxoskv clusters
 (``tests/integration/integration_cluster.LocalCluster``: ``paxoskv serve``
@@ -14,16 +14,13 @@ etcd-server and etcd-client).
 from __future__ import annotations
 
 import pathlib
-import sys
 from collections.abc import Callable, Iterator
 
 import pytest
 
 from etcdctl_compat import etcdctl_binary
-from paxoskv.bench import clusters
-
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "integration"))
-from integration_cluster import LocalCluster  # noqa: E402
+import clusters
+from integration_cluster import LocalCluster
 
 CLUSTER_READY_S = 60.0
 

@@ -20,7 +20,7 @@ from google.protobuf import descriptor_pb2
 
 from etcd_wire import RecordingProxy, compiled_descriptors, request_type, response_type, shape
 from etcdctl_compat import etcdctl, unknown_fields
-from paxoskv.bench import clusters
+import clusters
 from paxoskv.etcdpb import auth_pb2, kv_pb2, rpc_pb2, rpc_pb2_grpc
 
 # etcd's file name for each of ours

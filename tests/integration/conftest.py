@@ -1,6 +1,7 @@
 """Fixtures of the integration tests: real 3-node clusters on 127.0.0.1.
 
-``cluster``: a fresh cluster per test (tests that kill nodes use it).
+``cluster``: a fresh cluster per test (tests that kill nodes use it);
+``insecure_cluster``: the same with ``--insecure-peer-bus``.
 ``shared_cluster``: one cluster per module, for tests that leave it healthy.
 When a test fails, the nodes' log tails are printed in its report.
 """
@@ -33,14 +34,23 @@ def _finish(request: pytest.FixtureRequest, c: LocalCluster) -> None:
             print(c.logs())
 
 
-@pytest.fixture
-def cluster(request: pytest.FixtureRequest, tmp_path) -> Iterator[LocalCluster]:
-    c = LocalCluster(tmp_path / "cluster")
+def _fresh(request: pytest.FixtureRequest, tmp_path, **kw: object) -> Iterator[LocalCluster]:
+    c = LocalCluster(tmp_path / "cluster", **kw)
     try:
         c.start_all()
         yield c
     finally:
         _finish(request, c)
+
+
+@pytest.fixture
+def cluster(request: pytest.FixtureRequest, tmp_path) -> Iterator[LocalCluster]:
+    yield from _fresh(request, tmp_path)
+
+
+@pytest.fixture
+def insecure_cluster(request: pytest.FixtureRequest, tmp_path) -> Iterator[LocalCluster]:
+    yield from _fresh(request, tmp_path, curve=False)
 
 
 @pytest.fixture(scope="module")

@@ -18,7 +18,7 @@ Rules:
   number, so the final map's size is known without reading it back, and every
   key's value is checked against the nodes' answers, never trusted.
 - Nothing sleeps to synchronise; waits poll against a deadline
-  (``integration_cluster.wait_until``).
+  (``paxoskv.util.wait.wait_until``).
 
 Theory of operation: a ``BulkWriter`` runs ``lanes`` threads, each a loop of
 synchronous ``Batch`` calls to the current leader (gRPC releases the GIL while
@@ -41,12 +41,15 @@ from dataclasses import dataclass, field
 
 import grpc
 
-from integration_cluster import LocalCluster, node_status, wait_until
+from integration_cluster import LocalCluster
+from paxoskv.launch import node_status
+from paxoskv.util.wait import WaitTimeout, wait_until
 from paxoskv.v1 import kv_pb2, kv_pb2_grpc
+from paxoskv.wire import MESSAGE_BYTES_MAX
 
 CHANNEL_OPTIONS = (
-    ("grpc.max_receive_message_length", 64 << 20),
-    ("grpc.max_send_message_length", 64 << 20),
+    ("grpc.max_receive_message_length", MESSAGE_BYTES_MAX),
+    ("grpc.max_send_message_length", MESSAGE_BYTES_MAX),
     ("grpc.use_local_subchannel_pool", 1),
 )
 
@@ -374,7 +377,7 @@ def count_in_log(
     ``since_start`` when given)."""
     log = cluster.log_text(node_id)
     if since_start is not None:
-        marker = f"==== start #{since_start} ===="
+        marker = f"=== start #{since_start} of node {node_id} ==="
         at = log.find(marker)
         log = log[at:] if at >= 0 else ""
     return log.count(text)
@@ -442,7 +445,7 @@ def settled_sizes(cluster: LocalCluster, ids: list[int], timeout_s: float = 20.0
 
     try:
         return wait_until("data directories to stop changing", probe, timeout_s, interval_s=0.5)
-    except AssertionError:
+    except WaitTimeout:
         return last
 
 

@@ -6,7 +6,8 @@ client id, bodies that are not the method's message at all, fields of the
 wrong wire type, invalid UTF-8 in a string field, a message over gRPC's size
 limit. Peer bus: garbage frames, random protobuf envelopes, a foreign
 cluster id, a sender id that does not exist, a sender claiming another
-node's id, a multi-frame message -- sent with a raw ZeroMQ DEALER.
+node's id, a multi-frame message -- sent with a raw ZeroMQ DEALER to nodes on
+the insecure bus (test_bus_attacks.py sends them with CURVE keys).
 """
 
 from __future__ import annotations
@@ -18,9 +19,11 @@ import pytest
 import zmq
 
 from integration_cluster import HOST, LocalCluster
+from rogue_peer import garbage_envelopes
 from paxoskv.client import SyncClient
 from paxoskv.kv.commands import Limits
 from paxoskv.v1 import kv_pb2, kv_pb2_grpc, peer_pb2
+from paxoskv.wire import MESSAGE_BYTES_MAX, method_path
 
 LIMITS = Limits()  # the nodes run with the defaults
 
@@ -88,17 +91,17 @@ def test_grpc_bad_requests_are_invalid_argument_and_write_nothing(
         ("Put", "client id not UTF-8", b"\x0a\x06\x0a\x02\xff\xfe\x10\x01" + b"\x12\x01k\x1a\x01v"),
     ]
     with grpc.insecure_channel(
-        c.endpoint(1), options=[("grpc.max_send_message_length", 64 << 20)]
+        c.endpoint(1), options=[("grpc.max_send_message_length", 2 * MESSAGE_BYTES_MAX)]
     ) as ch:
         for method, what, body in cases:
-            call = ch.unary_unary(f"/paxoskv.v1.KV/{method}")
+            call = ch.unary_unary(method_path("KV", method))
             with pytest.raises(grpc.RpcError) as ei:
                 call(body, timeout=5)
             assert ei.value.code() == grpc.StatusCode.INVALID_ARGUMENT, (what, ei.value.details())
             assert ei.value.details(), what
         # Over gRPC's own message limit: refused before any parsing.
-        call = ch.unary_unary("/paxoskv.v1.KV/Put")
-        huge = kv_pb2.PutRequest(key=b"huge", value=b"v" * (9 << 20)).SerializeToString()
+        call = ch.unary_unary(method_path("KV", "Put"))
+        huge = kv_pb2.PutRequest(key=b"huge", value=b"v" * (MESSAGE_BYTES_MAX + (1 << 20))).SerializeToString()
         with pytest.raises(grpc.RpcError) as ei:
             call(huge, timeout=10)
         assert ei.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
@@ -114,75 +117,10 @@ def test_grpc_bad_requests_are_invalid_argument_and_write_nothing(
         assert c.nodes[i].running
 
 
-def _fill(msg, rng: random.Random, ballot: peer_pb2.Ballot, depth: int = 0) -> None:  # noqa: ANN001
-    """Give every field of ``msg`` a random value (ballots: ``ballot``), recursively."""
-    for field in msg.DESCRIPTOR.fields:
-        n = rng.randrange(1, 3) if field.is_repeated else 1
-        for _ in range(n):
-            if field.message_type is not None:
-                if depth > 3:
-                    continue
-                sub = (
-                    getattr(msg, field.name).add()
-                    if field.is_repeated
-                    else getattr(msg, field.name)
-                )
-                if field.message_type.name == "Ballot":
-                    sub.CopyFrom(ballot)
-                else:
-                    _fill(sub, rng, ballot, depth + 1)
-                    sub.SetInParent()
-                continue
-            if field.type in (field.TYPE_UINT64, field.TYPE_UINT32):
-                value = rng.randrange(2**64 if field.type == field.TYPE_UINT64 else 2**32)
-            elif field.type == field.TYPE_BYTES:
-                value = rng.randbytes(rng.randrange(40))
-            elif field.type == field.TYPE_STRING:
-                value = "".join(chr(rng.randrange(32, 0x2FF)) for _ in range(rng.randrange(10)))
-            elif field.type == field.TYPE_BOOL:
-                value = rng.random() < 0.5
-            elif field.type == field.TYPE_DOUBLE:
-                value = rng.uniform(-1e9, 1e9)
-            else:
-                continue
-            if field.is_repeated:
-                getattr(msg, field.name).append(value)
-            else:
-                setattr(msg, field.name, value)
-
-
-def _garbage_envelopes(rng: random.Random, cluster_id: str) -> list[list[bytes]]:
-    """Multipart messages a node must drop: (frames) for one DEALER send."""
-    out: list[list[bytes]] = []
-    for _ in range(50):  # random bytes
-        out.append([bytes(rng.randrange(256) for _ in range(rng.randrange(1, 200)))])
-    out.append([b""])
-    out.append([b"a", b"b", b"c"])  # several frames
-    kinds = [f.name for f in peer_pb2.Envelope.DESCRIPTOR.oneofs_by_name["msg"].fields]
-    huge_ballot = peer_pb2.Ballot(round=10**12, node=99)
-    for i in range(200):  # random envelopes, every kind, senders that are not peers
-        env = peer_pb2.Envelope(
-            cluster_id=rng.choice([cluster_id, "", "other", "\u00e9t\u00e9"]),
-            from_node=rng.choice([0, 1, 2, 3, 4, 99, 2**32 - 1]),  # real ids: identity mismatch
-            to_node=rng.choice([0, 1, 2, 3, 77]),
-        )
-        kind = kinds[i % len(kinds)]
-        sub = getattr(env, kind)
-        _fill(sub, rng, huge_ballot)
-        sub.SetInParent()
-        out.append([env.SerializeToString()])
-    # A well-formed Prepare with a huge ballot from another cluster, and from
-    # a node that does not exist: a node must not promise it.
-    for cid, frm in (("another-cluster", 2), (cluster_id, 99)):
-        env = peer_pb2.Envelope(cluster_id=cid, from_node=frm, to_node=1)
-        env.prepare.ballot.CopyFrom(huge_ballot)
-        env.prepare.from_slot = 1
-        out.append([env.SerializeToString()])
-    return out
-
-
-def test_bus_garbage_foreign_and_unknown_senders_are_dropped(cluster: LocalCluster) -> None:
-    c = cluster
+def test_bus_garbage_foreign_and_unknown_senders_are_dropped(insecure_cluster: LocalCluster) -> None:
+    """On the insecure bus, where such frames reach the node at all (with CURVE
+    they are refused in the handshake, or bound to a member's key: test_bus_attacks)."""
+    c = insecure_cluster
     leader = c.wait_leader()
     before = c.status(leader)
     with c.client() as client:
@@ -204,7 +142,7 @@ def test_bus_garbage_foreign_and_unknown_senders_are_dropped(cluster: LocalClust
         with SyncClient(c.endpoints, timeout_s=10.0) as client:
             for round_ in range(3):
                 for s in senders:
-                    for frames in _garbage_envelopes(rng, c.cluster_id):
+                    for frames in garbage_envelopes(rng, c.cluster_id):
                         s.send_multipart(frames)
                         frames_sent += 1
                 # the cluster keeps serving while garbage arrives

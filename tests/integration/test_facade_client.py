@@ -27,7 +27,9 @@ from paxoskv.client import (
 )
 from paxoskv.replica import errors
 from paxoskv.replica.node import result_or_error
-from paxoskv.server.grpc_api import LEADER_METADATA_KEY, BindError, Facade
+from paxoskv.server.grpc_api import BindError, Facade
+from paxoskv.util.ports import free_ports
+from paxoskv.wire import LEADER_METADATA_KEY, method_path
 from paxoskv.v1 import kv_pb2, kv_pb2_grpc
 
 Behaviour = Callable[[kv_pb2.Command, float], Awaitable[kv_pb2.CommandResult]]
@@ -87,7 +89,7 @@ class FakeNode:
 
     async def get(self, req: kv_pb2.GetRequest, *, timeout_s: float):
         if not req.key:
-            raise errors.InvalidArgument("key must not be empty")
+            raise errors.InvalidArgument("key is empty")
         if self.fail_next:
             raise self.fail_next.pop(0)
         return self.kv.get(req.key), self.index
@@ -227,7 +229,7 @@ def test_status_codes_and_leader_hint_metadata() -> None:
             )
 
             # A body that is not a PutRequest at all: INVALID_ARGUMENT, the node never sees it.
-            raw = ch.unary_unary("/paxoskv.v1.KV/Put")
+            raw = ch.unary_unary(method_path("KV", "Put"))
             before = len(node.submits)
             with pytest.raises(grpc.aio.AioRpcError) as ei:
                 await raw(b"\xff\xff\xff\xff garbage", timeout=5)
@@ -355,7 +357,7 @@ def test_client_errors_and_deadline_when_nothing_answers() -> None:
             assert time.monotonic() - t0 < 1.0
 
         # Nobody listens at all: Unavailable once the deadline is spent, not before.
-        dead = [f"127.0.0.1:{p}" for p in _closed_ports(2)]
+        dead = [f"127.0.0.1:{p}" for p in free_ports(2)]  # free: nothing listens
         async with Client(dead, timeout_s=0.6, backoff_s=0.01) as c:
             t0 = time.monotonic()
             with pytest.raises(Unavailable):
@@ -363,19 +365,6 @@ def test_client_errors_and_deadline_when_nothing_answers() -> None:
             assert 0.5 < time.monotonic() - t0 < 1.5
 
     run(body)
-
-
-def _closed_ports(n: int) -> list[int]:
-    import socket
-
-    socks = [socket.socket() for _ in range(n)]
-    try:
-        for s in socks:
-            s.bind(("127.0.0.1", 0))
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for s in socks:
-            s.close()
 
 
 def test_health_reflection_listed_and_bind_conflict() -> None:

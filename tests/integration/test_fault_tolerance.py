@@ -16,8 +16,9 @@ import time
 import grpc
 import pytest
 
-from integration_cluster import REPO, LocalCluster, wait_until
+from integration_cluster import REPO, LocalCluster
 from paxoskv.client import Client, Unavailable
+from paxoskv.util.wait import wait_until, wait_until_async
 from paxoskv.v1 import kv_pb2, kv_pb2_grpc
 
 WRITES = 10_000
@@ -95,12 +96,12 @@ def test_leader_killed_during_a_stream_of_writes(tmp_path) -> None:
                         i += 1
 
                 writers = [asyncio.create_task(writer(w)) for w in range(8)]
-                await wait_async(lambda: len(acked) >= 300, 30, "300 writes before the kill")
+                await wait_until_async("300 writes before the kill", lambda: len(acked) >= 300, 30)
                 await asyncio.to_thread(c.kill, leader)
                 killed_at.append(time.monotonic())
                 n_at_kill = len(acked)
-                await wait_async(
-                    lambda: len(acked) >= n_at_kill + 300, 30, "300 writes after the kill"
+                await wait_until_async(
+                    "300 writes after the kill", lambda: len(acked) >= n_at_kill + 300, 30
                 )
                 stop.set()
                 await asyncio.gather(*writers)
@@ -122,14 +123,6 @@ def test_leader_killed_during_a_stream_of_writes(tmp_path) -> None:
         assert c.wait_leader() != leader
     finally:
         c.close()
-
-
-async def wait_async(cond, timeout_s: float, what: str) -> None:  # noqa: ANN001
-    deadline = time.monotonic() + timeout_s
-    while not cond():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout_s}s waiting for {what}")
-        await asyncio.sleep(0.01)
 
 
 def test_all_killed_after_10000_acked_writes_then_restarted(cluster: LocalCluster) -> None:

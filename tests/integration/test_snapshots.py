@@ -50,7 +50,8 @@ import signal
 import statistics
 import time
 
-from integration_cluster import LocalCluster, wait_until
+from integration_cluster import LocalCluster
+from paxoskv.util.wait import wait_until
 from snapshot_helpers import (
     BulkWriter,
     assert_same_state,
@@ -287,7 +288,7 @@ def test_sigkill_of_the_receiver_during_transfer_and_install_20_times(tmp_path):
                 return None
 
             at, staged = wait_until(
-                f"node {victim} to begin receiving a snapshot", began, 60, 0.002
+                f"node {victim} to begin receiving a snapshot", began, 60, interval_s=0.002
             )
             return at, staged, installs
 
@@ -300,7 +301,7 @@ def test_sigkill_of_the_receiver_during_transfer_and_install_20_times(tmp_path):
                     return time.monotonic()
                 return None
 
-            return wait_until("the last chunk", probe, 60, 0.001)
+            return wait_until("the last chunk", probe, 60, interval_s=0.001)
 
         # Calibration: one whole transfer and install, timed.
         c.kill(victim, signal.SIGKILL)
@@ -312,7 +313,7 @@ def test_sigkill_of_the_receiver_during_transfer_and_install_20_times(tmp_path):
             "the calibration install",
             lambda: count_in_log(c, victim, INSTALLED) > installs,
             60,
-            0.002,
+            interval_s=0.002,
         )
         done = time.monotonic()
         transfer_s, install_s = whole - began_at, done - whole

@@ -1,5 +1,5 @@
-"""Helpers shared by the simulator tests (imported by module name: pytest puts
-this directory on ``sys.path``)."""
+"""Helpers shared by the simulator tests (imported by module name: setup.cfg's
+``[tool:pytest] pythonpath`` puts this directory on ``sys.path``)."""
 
 from __future__ import annotations
 

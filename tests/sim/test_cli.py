@@ -80,3 +80,16 @@ def test_minimize_shrinks_a_failing_seed_to_fewer_operations(monkeypatch) -> Non
     assert replay, res.output
     again = invoke(*replay[-1].split()[2:])
     assert again.exit_code == 1 and "agreement" in again.output
+
+
+def test_a_campaign_prints_progress_on_stderr_and_keeps_stdout_for_the_summary() -> None:
+    res = CliRunner().invoke(main, ["sim", "--seed", "11", "--seeds", "20", "--ops", "10"], catch_exceptions=False)
+    assert res.exit_code == 0, res.output
+    progress = [line for line in res.stderr.splitlines() if line.startswith("progress: ")]
+    assert [line.split(",")[0] for line in progress] == [
+        f"progress: {n} of 20 seeds ({5 * n}%)" for n in range(2, 21, 2)
+    ]
+    assert all(", 0 failed, " in line for line in progress)
+    assert "progress" not in res.stdout and "seeds: 20  violations: 0" in res.stdout
+    one = CliRunner().invoke(main, ["sim", "--seed", "11", "--ops", "10"], catch_exceptions=False)
+    assert "progress" not in one.output  # one seed: nothing to report

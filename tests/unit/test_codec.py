@@ -9,7 +9,15 @@ from google.protobuf.descriptor import Descriptor, FieldDescriptor
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from paxoskv.paxos import codec
+from paxoskv.paxos import codec, hostile
+from paxoskv.paxos.bounds import (
+    BALLOT_ROUND_MAX,
+    COMMANDS_PER_MESSAGE_MAX,
+    ENVELOPE_BYTES_MAX,
+    READ_SEQ_MAX,
+    SLOT_MAX,
+    SNAPSHOT_BYTES_MAX,
+)
 from paxoskv.paxos.codec import CodecError, decode, encode
 from paxoskv.paxos.types import (
     MESSAGE_TYPES,
@@ -41,14 +49,21 @@ U32 = (1 << 32) - 1
 
 # ---- strategies -----------------------------------------------------------------
 
+# Every value the protocol allows (paxoskv.paxos.bounds), edges included.
 u64 = st.integers(0, U64)
 node_ids = st.integers(1, U32)
-ballots = st.one_of(st.just(ZERO_BALLOT), st.builds(Ballot, u64, node_ids))
+rounds = st.one_of(st.integers(1, 3), st.integers(1, BALLOT_ROUND_MAX), st.just(BALLOT_ROUND_MAX))
+ballots = st.one_of(st.just(ZERO_BALLOT), st.builds(Ballot, rounds, node_ids))
+slots = st.one_of(st.integers(1, 3), st.integers(1, SLOT_MAX), st.just(SLOT_MAX))
+indexes = st.one_of(st.just(0), slots)  # commit, from/to slot, read index
 commands = st.binary(max_size=64)
 values = st.lists(commands, max_size=5).map(tuple)  # () is the no-op
-slot_values = st.lists(st.tuples(u64, values), max_size=5).map(tuple)
-entries = st.lists(st.builds(Entry, u64, ballots, values), max_size=5).map(tuple)
+slot_values = st.lists(st.tuples(slots, values), max_size=5).map(tuple)
+entries = st.lists(st.builds(Entry, slots, ballots, values), max_size=5).map(tuple)
+slot_lists = st.lists(slots, max_size=8).map(tuple)
 u64s = st.lists(u64, max_size=8).map(tuple)
+read_seqs = st.integers(0, READ_SEQ_MAX)
+snapshot_bytes = st.integers(0, SNAPSHOT_BYTES_MAX - 256)
 cluster_ids = st.text(max_size=20)
 
 
@@ -56,33 +71,39 @@ def _msg(cls: type[Message], **fields: st.SearchStrategy) -> st.SearchStrategy:
     return st.builds(cls, frm=node_ids, to=node_ids, **fields)
 
 
+@st.composite
+def _with_log_start(draw: st.DrawFn, cls: type[Message], **fields: st.SearchStrategy) -> Message:
+    """A Promise or CatchupReply: its log starts at most one past its commit."""
+    commit = draw(indexes)
+    log_start = draw(st.one_of(st.integers(0, commit + 1), st.just(commit + 1)))
+    return draw(_msg(cls, commit=st.just(commit), log_start=st.just(log_start), **fields))
+
+
 MESSAGE_STRATEGIES: dict[type[Message], st.SearchStrategy] = {
-    PreVote: _msg(PreVote, ballot=ballots, commit=u64),
+    PreVote: _msg(PreVote, ballot=ballots, commit=indexes),
     PreVoteReply: _msg(PreVoteReply, ballot=ballots, granted=st.booleans(), promised=ballots),
-    Prepare: _msg(Prepare, ballot=ballots, from_slot=u64),
-    Promise: _msg(
-        Promise, ballot=ballots, accepted=entries, chosen=slot_values, commit=u64, log_start=u64
-    ),
+    Prepare: _msg(Prepare, ballot=ballots, from_slot=indexes),
+    Promise: _with_log_start(Promise, ballot=ballots, accepted=entries, chosen=slot_values),
     Nack: _msg(Nack, ballot=ballots, promised=ballots),
-    Accept: _msg(Accept, ballot=ballots, entries=slot_values, commit=u64),
-    Accepted: _msg(Accepted, ballot=ballots, slots=u64s),
-    Heartbeat: _msg(Heartbeat, ballot=ballots, commit=u64, read_seq=u64),
-    HeartbeatAck: _msg(HeartbeatAck, ballot=ballots, read_seq=u64),
-    CatchupRequest: _msg(CatchupRequest, from_slot=u64, to_slot=u64),
-    CatchupReply: _msg(CatchupReply, chosen=slot_values, commit=u64, log_start=u64),
+    Accept: _msg(Accept, ballot=ballots, entries=slot_values, commit=indexes),
+    Accepted: _msg(Accepted, ballot=ballots, slots=slot_lists),
+    Heartbeat: _msg(Heartbeat, ballot=ballots, commit=indexes, read_seq=read_seqs, features=st.integers(0, U32)),
+    HeartbeatAck: _msg(HeartbeatAck, ballot=ballots, read_seq=read_seqs, features=st.integers(0, U32)),
+    CatchupRequest: _msg(CatchupRequest, from_slot=indexes, to_slot=indexes),
+    CatchupReply: _with_log_start(CatchupReply, chosen=slot_values),
     Forward: _msg(Forward, commands=st.lists(commands, max_size=5).map(tuple)),
     ReadIndexRequest: _msg(ReadIndexRequest, read_ids=u64s, ballot=ballots),
-    ReadIndexReply: _msg(ReadIndexReply, read_ids=u64s, index=u64, ok=st.booleans()),
+    ReadIndexReply: _msg(ReadIndexReply, read_ids=u64s, index=indexes, ok=st.booleans()),
     SnapshotChunk: _msg(
         SnapshotChunk,
-        snapshot_index=u64,
-        offset=u64,
+        snapshot_index=indexes,
+        offset=snapshot_bytes,
         data=st.binary(max_size=256),
         last=st.booleans(),
-        total_size=u64,
-        sha256=st.binary(max_size=32),
+        total_size=snapshot_bytes,
+        sha256=st.one_of(st.just(b""), st.binary(min_size=32, max_size=32)),
     ),
-    SnapshotAck: _msg(SnapshotAck, snapshot_index=u64, offset=u64, done=st.booleans()),
+    SnapshotAck: _msg(SnapshotAck, snapshot_index=indexes, offset=snapshot_bytes, done=st.booleans()),
 }
 any_message = st.one_of(*MESSAGE_STRATEGIES.values())
 
@@ -149,10 +170,10 @@ def test_round_trip_of_defaults_keeps_presence() -> None:
     for msg in (
         PreVoteReply(frm=1, to=2, ballot=ZERO_BALLOT, granted=False, promised=ZERO_BALLOT),
         Promise(
-            frm=1, to=2, ballot=ZERO_BALLOT, accepted=(Entry(0, ZERO_BALLOT, ()),),
-            chosen=((0, ()),), commit=0, log_start=0,
+            frm=1, to=2, ballot=ZERO_BALLOT, accepted=(Entry(1, ZERO_BALLOT, ()),),
+            chosen=((1, ()),), commit=0, log_start=0,
         ),
-        Accept(frm=1, to=2, ballot=ZERO_BALLOT, entries=((0, ()), (1, (b"",))), commit=0),
+        Accept(frm=1, to=2, ballot=ZERO_BALLOT, entries=((1, ()), (2, (b"",))), commit=0),
         CatchupRequest(frm=1, to=2, from_slot=0, to_slot=0),
         CatchupReply(frm=1, to=2, chosen=(), commit=0, log_start=0),
         Forward(frm=1, to=2, commands=()),
@@ -265,6 +286,42 @@ def test_decode_rejects_malformed(case: str) -> None:
         decode(data)
     assert reason in exc.value.reason
     assert str(exc.value) == exc.value.reason
+
+
+@pytest.mark.parametrize(("field", "msg"), hostile.past_the_maxima(), ids=[f for f, _ in hostile.past_the_maxima()])
+def test_a_field_past_its_stated_maximum_is_refused(field: str, msg: Message) -> None:
+    """Every numeric field of every message type: one past its maximum (and
+    still a uint64 on the wire) is a CodecError that names the message."""
+    with pytest.raises(CodecError) as exc:
+        decode(encode(msg, "c"))
+    assert exc.value.reason.startswith(field.split(".")[0]), exc.value.reason
+
+
+def test_the_maxima_themselves_are_accepted() -> None:
+    top = Ballot(BALLOT_ROUND_MAX, 3)
+    for msg in (
+        Accept(frm=3, to=1, ballot=top, entries=((SLOT_MAX, (b"x",) * COMMANDS_PER_MESSAGE_MAX),), commit=SLOT_MAX),
+        Promise(frm=3, to=1, ballot=top, accepted=(Entry(SLOT_MAX, top, ()),), chosen=((SLOT_MAX, ()),),
+                commit=SLOT_MAX, log_start=SLOT_MAX + 1),
+        Heartbeat(frm=3, to=1, ballot=top, commit=SLOT_MAX, read_seq=READ_SEQ_MAX, features=U32),
+        SnapshotChunk(frm=3, to=1, snapshot_index=SLOT_MAX, offset=SNAPSHOT_BYTES_MAX - 1, data=b"x",
+                      last=True, total_size=SNAPSHOT_BYTES_MAX, sha256=b"\x01" * 32),
+    ):
+        assert decode(encode(msg, "c")) == ("c", msg)
+
+
+def test_a_count_past_its_maximum_per_message_is_refused() -> None:
+    for field, msg in hostile.past_the_counts():
+        with pytest.raises(CodecError) as exc:
+            decode(encode(msg, "c"))
+        assert exc.value.reason.startswith(field.split(".")[0]), (field, exc.value.reason)
+        assert "_PER_MESSAGE_MAX (" in exc.value.reason, exc.value.reason
+
+
+def test_an_envelope_past_envelope_bytes_max_is_refused_before_parsing() -> None:
+    data = b"\x00" * (ENVELOPE_BYTES_MAX + 1)
+    with pytest.raises(CodecError, match="ENVELOPE_BYTES_MAX"):
+        decode(memoryview(data))
 
 
 def test_unknown_fields_are_ignored() -> None:

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-
 import pytest
 
+from paxoskv.paxos.bounds import Refusal
 from paxoskv.paxos.types import (
     FEATURES,
     ZERO_BALLOT,
@@ -411,13 +411,28 @@ def test_an_isolated_leader_cannot_confirm_a_read():
     assert [(r.read_id, r.ok) for r in net.reads[leader]] == [(1, False)]
 
 
-def test_agreement_is_asserted_when_a_slot_is_learned_twice():
+def test_agreement_is_asserted_when_the_leaders_own_quorum_contradicts_a_chosen_value():
     net = Net(3)
     net.elect()
     core = net.cores[1]
     core.chosen[99] = (b"x",)
     with pytest.raises(AssertionError, match="agreement"):
-        core._learn_chosen(99, (b"y",))
+        core._choose(99, (b"y",))
+
+
+def test_a_peers_word_against_a_chosen_value_is_counted_not_believed():
+    """A catch-up reply (or a promise) naming another value for a slot known
+    chosen is a lie or a bit flip: the known value stays, nothing raises."""
+    net = Net(3)
+    leader = net.elect()
+    f = next(i for i in net.ids if i != leader)
+    core = net.cores[f]
+    slot = core.commit_index + 3  # learned ahead of the commit point (rule (e))
+    core.chosen[slot] = (b"x",)
+    core._catchup_sent_tick = core._now  # catching up, so a reply is wanted
+    core.step(CatchupReply(frm=leader, to=f, chosen=((slot, (b"forged",)),), commit=slot, log_start=1))
+    assert core.chosen[slot] == (b"x",)
+    assert core.refused[Refusal.CONFLICT] == 1
 
 
 def test_a_node_behind_a_compacted_log_asks_for_a_snapshot_and_continues_after_it():

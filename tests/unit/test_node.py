@@ -7,7 +7,6 @@ import asyncio
 import contextlib
 import dataclasses
 import pathlib
-import socket
 
 import pytest
 
@@ -15,30 +14,9 @@ from paxoskv.paxos.types import FEATURES, Role
 from paxoskv.replica.errors import InvalidArgument, Unavailable, Unimplemented
 from paxoskv.server.node import Node, NodeConfig, PeerAddr
 from paxoskv.storage.memory import MemoryDisk, MemoryStorage
+from paxoskv.util.ports import free_ports
+from paxoskv.util.wait import wait_until_async
 from paxoskv.v1 import kv_pb2
-
-
-def free_ports(n: int) -> list[int]:
-    socks = [socket.socket() for _ in range(n)]
-    for s in socks:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in socks]
-    for s in socks:
-        s.close()
-    return ports
-
-
-async def until(cond, timeout_s: float, what: str):
-    """Poll ``cond`` (the loop keeps running the nodes) until it returns a truthy
-    value, which is returned; fail after ``timeout_s``."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout_s
-    while True:
-        got = cond()
-        if got:
-            return got
-        assert loop.time() < deadline, f"not within {timeout_s}s: {what}"
-        await asyncio.sleep(0.01)
 
 
 class Cluster:
@@ -73,7 +51,7 @@ class Cluster:
                 return leaders[0]
             return None
 
-        return await until(one_leader, timeout_s, "one leader that every node follows")
+        return await wait_until_async("one leader that every node follows", one_leader, timeout_s)
 
 
 @contextlib.asynccontextmanager
@@ -176,9 +154,10 @@ def test_status_reports_role_indexes_and_the_peers_heard_from():
         async with running() as c:
             leader = await c.leader()
             await c.nodes[leader].put(put("s", 1, b"k", b"v"), timeout_s=5)
-            await until(
+            await wait_until_async(
+                "the write applied and every peer heard from",
                 lambda: (s := c.nodes[leader].status()).applied_index >= 1 and all(p.connected for p in s.peers),
-                5, "the write applied and every peer heard from",
+                5,
             )
             st = c.nodes[leader].status()
             assert st.role == "leader" and st.leader_id == leader and st.keys == 1
@@ -205,10 +184,10 @@ def test_a_node_behind_the_compacted_log_catches_up_by_snapshot_while_writes_con
                 ])
             )
             node = c.nodes[lag]
-            await until(lambda: node.layer.replica.snapshots_installed >= 1, 20, "a snapshot installed")
+            await wait_until_async("a snapshot installed", lambda: node.layer.replica.snapshots_installed >= 1, 20)
             await writer
             want = c.nodes[leader].layer.replica.sm.applied_index
-            await until(lambda: node.layer.replica.sm.applied_index >= want, 20, "caught up")
+            await wait_until_async("caught up", lambda: node.layer.replica.sm.applied_index >= want, 20)
             assert dict(node.layer.replica.sm.items()) == dict(c.nodes[leader].layer.replica.sm.items())
             assert node.status().snapshot_index > 0
 
@@ -304,9 +283,9 @@ def test_a_packed_batch_is_refused_until_every_member_is_known_to_take_them():
             await c.stop(3)
             await c.start(3)  # node 3 "downgraded"
             leader = await c.leader()
-            await until(lambda: c.nodes[leader].layer.replica.core.cluster_features == 0, 5, "the leader to hear node 3")
-            await until(
-                lambda: all(n.layer.replica.core.cluster_features == 0 for n in c.nodes.values()), 5, "every node to know"
+            await wait_until_async("the leader to hear node 3", lambda: c.nodes[leader].layer.replica.core.cluster_features == 0, 5)
+            await wait_until_async(
+                "every node to know", lambda: all(n.layer.replica.core.cluster_features == 0 for n in c.nodes.values()), 5
             )
             for i in c.ids:
                 with pytest.raises(Unimplemented, match="packed batches"):
@@ -316,8 +295,8 @@ def test_a_packed_batch_is_refused_until_every_member_is_known_to_take_them():
             c.config = old_config
             await c.stop(3)
             await c.start(3)  # upgraded
-            await until(
-                lambda: all(n.layer.replica.core.cluster_features == FEATURES for n in c.nodes.values()), 5, "the gate to open"
+            await wait_until_async(
+                "the gate to open", lambda: all(n.layer.replica.core.cluster_features == FEATURES for n in c.nodes.values()), 5
             )
             results = await _packed(c.nodes[3], "pk", 1, b"a", b"b")
             assert [r.code for r in results] == [0, 0]

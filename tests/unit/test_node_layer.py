@@ -240,3 +240,16 @@ def test_a_write_without_identity_in_a_batch_is_applied_once_when_its_command_ar
     for node in net.nodes.values():
         assert node.replica.sm.get(b"k") == b"after"
     assert any(cid.startswith("anon-") for cid in net.nodes[leader].replica.sm.node_sessions)
+
+
+def test_a_snapshot_message_out_of_range_is_dropped_and_counted_on_a_direct_step() -> None:
+    from paxoskv.paxos import bounds
+    from paxoskv.paxos.types import SnapshotAck, SnapshotChunk
+
+    net = Net()
+    node = net.nodes[1]
+    huge = bounds.SLOT_MAX + 1
+    node.step(SnapshotChunk(frm=2, to=1, snapshot_index=huge, offset=0, data=b"x", last=True, total_size=0, sha256=b""))
+    node.step(SnapshotAck(frm=2, to=1, snapshot_index=huge, offset=0, done=False))
+    assert node.replica.core.refused[bounds.Refusal.OUT_OF_RANGE] == 2
+    assert node.prepare() is None  # nothing was started: no snapshot sent, no install staged

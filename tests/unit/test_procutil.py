@@ -4,11 +4,11 @@ import os
 import signal
 import subprocess
 import sys
-import time
 
 import pytest
 
 from paxoskv.procutil import _SETPRIV, die_with_parent
+from paxoskv.util.wait import WaitTimeout, wait_until
 
 
 @pytest.mark.skipif(_SETPRIV is None, reason="setpriv (util-linux) is not installed")
@@ -24,23 +24,23 @@ def test_the_child_dies_with_its_killed_parent(tmp_path):
         )],
     )
     try:
-        deadline = time.monotonic() + 30
-        while not (pidfile.exists() and pidfile.read_text()) and time.monotonic() < deadline:
-            time.sleep(0.02)
-        child = int(pidfile.read_text())
+        child = int(wait_until("the child's pid", lambda: pidfile.exists() and pidfile.read_text(), 30))
         os.kill(child, 0)  # alive
     finally:
         parent.kill()
         parent.wait()
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
+    def gone() -> bool:
         try:
             os.kill(child, 0)
         except ProcessLookupError:
-            return
-        time.sleep(0.02)
-    os.kill(child, signal.SIGKILL)
-    raise AssertionError("the child outlived its parent")
+            return True
+        return False
+
+    try:
+        wait_until("the child to die with its parent", gone, 10)
+    except WaitTimeout:
+        os.kill(child, signal.SIGKILL)
+        raise
 
 
 def test_the_wrapped_command_is_the_same_process():

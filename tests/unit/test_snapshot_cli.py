@@ -14,7 +14,6 @@ import hashlib
 import json
 import os
 import pathlib
-import socket
 import threading
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
@@ -28,11 +27,12 @@ from paxoskv.cli import main
 from paxoskv.kv import Session
 from paxoskv.paxos.types import Ballot, Entry
 from paxoskv.server.snapshot_cli import restore_snapshot
-from paxoskv.storage import MemoryStorage, SnapshotReader, Storage
-from paxoskv.storage.leveldb import LevelDBStorage
 from paxoskv.replica.errors import Unavailable
 from paxoskv.server.grpc_api import snapshot_stream
+from paxoskv.storage import MemoryStorage, SnapshotReader, Storage
+from paxoskv.storage.leveldb import LevelDBStorage
 from paxoskv.storage.snapshot import etcd_envelope
+from paxoskv.util.ports import free_port
 from paxoskv.v1 import kv_pb2
 
 from kv_rows import kv_changes as Changes, kv_of, snapshot_of
@@ -406,12 +406,6 @@ def test_save_refuses_a_bad_stream_and_keeps_the_old_file(
         assert "bad snapshot" in result.stderr and result.stderr.count("\n") == 1
         assert target.read_bytes() == b"an older backup"
         assert sorted(p.name for p in tmp_path.iterdir()) == ["out.snap"]
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def test_save_from_nowhere_is_unavailable(tmp_path: pathlib.Path) -> None:

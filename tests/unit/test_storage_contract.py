@@ -26,6 +26,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from paxoskv.kv import Changes, Session
+from paxoskv.paxos.bounds import BALLOT_ROUND_MAX, SLOT_MAX
 from paxoskv.paxos.types import ZERO_BALLOT, Ballot, Entry, Value
 from paxoskv.storage.leveldb import LevelDBStorage
 from paxoskv.storage import (
@@ -35,6 +36,7 @@ from paxoskv.storage import (
     MemoryStorage,
     NotFound,
     NotWritable,
+    OutOfRange,
     SnapshotCorrupt,
     SnapshotReader,
     SnapshotRefused,
@@ -175,9 +177,9 @@ VALUES: list[Value] = [
 
 def test_persist_round_trip(backend: Backend) -> None:
     accepted = [Entry(slot, Ballot(slot, 3), value) for slot, value in enumerate(VALUES, 1)]
-    accepted.append(Entry((1 << 64) - 1, Ballot((1 << 64) - 1, (1 << 32) - 1), (b"max",)))
+    accepted.append(Entry(SLOT_MAX, Ballot(BALLOT_ROUND_MAX, (1 << 32) - 1), (b"max",)))
     chosen = [(slot + 10, value) for slot, value in enumerate(VALUES, 1)]
-    chosen.append(((1 << 63) + 1, (b"big",)))
+    chosen.append((SLOT_MAX - 1, (b"big",)))
     with opened(backend) as storage:
         storage.persist(Ballot(7, 2), accepted, chosen, sync=True)
         seen = storage.load()
@@ -189,6 +191,36 @@ def test_persist_round_trip(backend: Backend) -> None:
         assert state.chosen == dict(chosen)
         assert state.log_start == 1 and state.applied_index == 0
         assert all(type(v) is tuple for v in state.chosen.values())
+
+
+# What a paxoskv before input checks may have saved from one peer message.
+IMPOSSIBLE: dict[str, tuple[Ballot | None, list[Entry], list[tuple[int, Value]], str]] = {
+    "promise round 2**64-1": (Ballot((1 << 64) - 1, 2), [], [], "a promise at ballot 18446744073709551615.2"),
+    "promise round past the maximum": (Ballot(BALLOT_ROUND_MAX + 1, 2), [], [], "BALLOT_ROUND_MAX"),
+    "accepted ballot round": (None, [Entry(4, Ballot((1 << 64) - 1, 2), (b"x",))], [], "entry of slot 4"),
+    "accepted slot": (None, [Entry(SLOT_MAX + 1, Ballot(3, 2), (b"x",))], [], "SLOT_MAX"),
+    "chosen slot": (None, [], [((1 << 64) - 1, (b"x",))], "a value chosen at slot 18446744073709551615"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(IMPOSSIBLE))
+def test_a_value_past_the_maxima_on_disk_refuses_the_load_and_says_how_to_recover(
+    backend: Backend, case: str
+) -> None:
+    """A node that finds such a value would fail at its next election, and
+    again at every restart: it refuses to start instead, in one line that
+    says what it found and what to do, and changes nothing."""
+    promised, accepted, chosen, what = IMPOSSIBLE[case]
+    with opened(backend) as storage:
+        storage.persist(promised, accepted, chosen, sync=True)
+    for _ in range(2):
+        with opened(backend) as storage:
+            with pytest.raises(OutOfRange) as exc:
+                storage.load()
+        message = str(exc.value)
+        assert "\n" not in message and what in message, message
+        assert "move the directory away and restart the node with an empty one" in message
+        assert "paxoskv snapshot restore" in message
 
 
 def test_persist_without_promise_keeps_the_old_one_and_replaces_entries(backend: Backend) -> None:

@@ -17,13 +17,27 @@ mergeable latency histogram per operation kind) and *drain* (no new request;
 the ones in flight are awaited and not recorded). Throughput is operations
 completed in the window divided by its length.
 
-The same worker code drives every target: a target (``targets.py``) only
-says how to turn "get key" / "put key value" / "this batch" into its own
-gRPC messages, so paxoskv and etcd are measured on equal terms. A *mode*
+The same worker code drives every target, and it is raw: methods called as
+bytes in, bytes out, request bodies encoded once per key. A target
+(``targets.py``) only gives the method paths and the bytes of "get key" /
+"put key value" / "this batch", so paxoskv and etcd are measured on equal
+terms and the client costs as little as Python's gRPC lets it. A *mode*
 (``unary``, ``batch``, ``stream``) says how operations travel: one RPC each,
-many per RPC, or as messages of one bidirectional stream per endpoint.
+many per RPC (paxoskv's PackedBatch, etcd's Txn), or as messages of one
+bidirectional stream per endpoint. The runner samples CPU at the window's
+boundaries: the workers' (client) and, given their PIDs, the servers'.
 
 Modules: ``workload`` (mixes, keys, values), ``histogram`` (latencies),
 ``targets`` (paxoskv, etcd), ``worker`` (one process), ``runner`` (the
-processes and the merged result), ``report`` (table and JSON), ``cli``.
+processes and the merged result), ``cpu`` (CPU of process trees over a
+window), ``report`` (table and JSON), ``cli``; ``etcdpb`` (etcd's
+generated messages, for ``--target etcd``).
+
+Two folders, one rule: this package is what ``paxoskv bench`` ships, the
+load generator and what it needs to reach a server, and it imports nothing
+from ``bench/``. The repository's ``bench/`` is the comparison harness, run
+from a checkout and never installed: ``compare`` and the clusters it starts
+(``clusters.py``: paxoskv, etcd, PySyncObj, the stand-ins), the stand-in
+servers and their shared front end (``standin.py``), and ``floor.py``. A
+module that only the harness uses lives in ``bench/``.
 """

@@ -10,6 +10,7 @@ failed), 2 for a bad option.
 from __future__ import annotations
 
 import json
+import os
 import sys
 
 import click
@@ -18,17 +19,24 @@ from paxoskv.bench import report
 from paxoskv.bench.runner import BenchConfig, BenchError, Progress, run
 from paxoskv.bench.targets import TARGETS
 from paxoskv.bench.workload import MIXES, Workload, parse_mix
+from paxoskv.wire import DEFAULT_PORT, ConfigError, parse_endpoints
 
 
-def _endpoints(_ctx, _param, value: str) -> tuple[str, ...]:
-    eps = tuple(e.strip() for e in value.split(",") if e.strip())
-    for ep in eps:
-        host, _, port = ep.rpartition(":")
-        if not host or not port.isdigit():
-            raise click.BadParameter(f"{ep!r} is not host:port")
-    if not eps:
-        raise click.BadParameter("give at least one host:port")
-    return eps
+def _endpoints(ctx: click.Context, _param, value: str | None) -> tuple[str, ...]:
+    """HOST:PORT,... as every command reads endpoints, but with repeats kept
+    (each gets its share). Given (or PAXOSKV_BENCH_ENDPOINTS), the port is
+    required: any server, etcd too. Against paxoskv it falls back, as every
+    client command does, to PAXOSKV_ENDPOINTS and then localhost:50051."""
+    default_port = None
+    if value is None:
+        if ctx.params.get("target", "paxoskv") != "paxoskv":
+            raise click.BadParameter("required for --target etcd (or set PAXOSKV_BENCH_ENDPOINTS)")
+        value = os.environ.get("PAXOSKV_ENDPOINTS") or f"localhost:{DEFAULT_PORT}"
+        default_port = DEFAULT_PORT
+    try:
+        return tuple(parse_endpoints(value, default_port=default_port, unique=False))
+    except ConfigError as exc:
+        raise click.BadParameter(str(exc)) from None
 
 
 def _mix(_ctx, _param, value: str) -> float:
@@ -41,11 +49,13 @@ def _mix(_ctx, _param, value: str) -> float:
 @click.command("bench")
 @click.option("--target", type=click.Choice(sorted(TARGETS)), default="paxoskv", show_default=True,
               help="Protocol of the servers: paxoskv.v1.KV or etcd's v3 KV API.")
-@click.option("--endpoints", "-e", required=True, callback=_endpoints, envvar="PAXOSKV_BENCH_ENDPOINTS",
-              help="Comma-separated host:port of the servers' client ports; load is spread over all of them.")
+@click.option("--endpoints", "-e", default=None, callback=_endpoints, envvar="PAXOSKV_BENCH_ENDPOINTS", show_envvar=True,
+              help="Comma-separated host:port of the servers' client ports; load is spread over all of them. "
+                   "Default for --target paxoskv: $PAXOSKV_ENDPOINTS, else localhost:50051.")
 @click.option("--mode", type=click.Choice(["unary", "batch", "batch-per-op", "stream"]), default="unary", show_default=True,
-              help="One RPC per operation; --batch-size operations per RPC (batch: one exactly-once header per call, "
-                   "batch-per-op: one per write); or messages of a KV.Session stream.")
+              help="One RPC per operation; --batch-size operations on distinct keys per RPC (batch: paxoskv's "
+                   "PackedBatch, one exactly-once header per call, or etcd's Txn; batch-per-op: paxoskv's Batch, "
+                   "a header per write); or messages of a KV.Session stream.")
 @click.option("--mix", default="write-only", show_default=True, callback=_mix,
               help=f"Read share: {', '.join(MIXES)} (95-5 = 95% reads), or a number in [0, 1].")
 @click.option("--keys", type=click.IntRange(min=1), default=10_000, show_default=True, help="Distinct keys, chosen uniformly.")
@@ -64,6 +74,9 @@ def _mix(_ctx, _param, value: str) -> float:
               help="How long to wait for every endpoint to answer before the run.")
 @click.option("--seed", type=int, default=1, show_default=True, help="Seed of the key and operation choices.")
 @click.option("--label", default="", help="Name of the system in the output (default: the target).")
+@click.option("--server-pid", "server_pids", type=click.IntRange(min=1), multiple=True,
+              help="A local server process (repeat for each): report the CPU it and its children used "
+                   "in the window, per operation.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of the table.")
 def bench_cmd(
     target: str,
@@ -83,6 +96,7 @@ def bench_cmd(
     connect_timeout_s: float,
     seed: int,
     label: str,
+    server_pids: tuple[int, ...],
     as_json: bool,
 ) -> None:
     """Closed-loop load against a paxoskv (or etcd) cluster: throughput and latency."""
@@ -101,6 +115,7 @@ def bench_cmd(
             timeout_s=timeout_s,
             connect_timeout_s=connect_timeout_s,
             label=label,
+            server_pids=server_pids,
         )
     except ValueError as exc:
         raise click.UsageError(str(exc)) from None

@@ -45,15 +45,16 @@ class Histogram:
     min: int = 0
     max: int = 0
 
-    def record(self, value: int) -> None:
+    def record(self, value: int, times: int = 1) -> None:
+        """``value``, seen ``times`` times (the ops of one batch share a latency)."""
         b = bucket_of(value)
-        self.counts[b] = self.counts.get(b, 0) + 1
+        self.counts[b] = self.counts.get(b, 0) + times
         if self.count == 0 or value < self.min:
             self.min = value
         if value > self.max:
             self.max = value
-        self.count += 1
-        self.total += value
+        self.count += times
+        self.total += value * times
 
     def merge(self, other: Histogram) -> None:
         for b, n in other.counts.items():

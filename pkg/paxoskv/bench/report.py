@@ -1,10 +1,13 @@
 """Turn a ``BenchResult`` into the table a person reads or the JSON a machine reads.
 
 Rules: the table and the JSON carry the same figures. Throughput is in
-operations per second, latencies in milliseconds, client CPU in cores (CPU
-seconds the worker processes used per second of the window; on a small box
-the client and the servers share the same cores, so read it beside the
-figures). ``machine()`` names what the figures were measured on.
+operations per second, latencies in milliseconds. CPU (``cpu.py``, sampled
+at the window's boundaries) is given two ways: in cores (CPU seconds per
+second of the window; on a small box the client and the servers share the
+same cores, so read it beside the figures) and in microseconds per
+operation that succeeded in the window. Client CPU is the worker processes',
+server CPU that of ``--server-pid`` and their descendants, when given.
+``machine()`` names what the figures were measured on.
 """
 
 from __future__ import annotations
@@ -73,16 +76,25 @@ def format_table(rows: list[list[str]], header: list[str]) -> str:
     return "\n".join(lines)
 
 
+def cpu_line(cores: float | None, us_per_op: float | None) -> str:
+    per_op = "-" if us_per_op is None else f"{us_per_op:,.0f}"
+    return f"{cores or 0.0:.2f} cores, {per_op} us per op"
+
+
 def table(result: BenchResult) -> str:
     header = ["op", "ops/s", "p50 ms", "p95 ms", "p99 ms", "max ms", "errors"]
-    rows = [_row(kind, s) for kind, s in result.by_op.items()]
+    rows = [_row(kind, s, f"{result.errors_by_op.get(kind, 0):,}") for kind, s in result.by_op.items()]
     rows.append(_row("total", result.total, f"{result.error_count:,}"))
     out = [describe(result), "", format_table(rows, header), ""]
     for code, n in result.errors.items():
         out.append(f"error {code}: {n:,} (e.g. {result.error_samples.get(code, '')})")
     m = machine()
     when = datetime.datetime.fromtimestamp(result.started_unix_s).astimezone().isoformat(timespec="seconds")
-    out.append(f"client CPU: {result.client_cpu_cores:.2f} cores over {result.config.processes} processes")
+    out.append(f"client CPU: {cpu_line(result.client_cpu_cores, result.client_cpu_us_per_op)} "
+               f"over {result.config.processes} processes")
+    if result.server_cpu_s is not None:
+        out.append(f"server CPU: {cpu_line(result.server_cpu_cores, result.server_cpu_us_per_op)} "
+                   f"(pids {', '.join(map(str, result.config.server_pids))} and their children)")
     out.append(f"machine: {m['nproc']} cores, {m['cpu_model']}, {m['kernel']}; started {when}")
     return "\n".join(out)
 
@@ -109,9 +121,15 @@ def to_json(result: BenchResult) -> dict[str, Any]:
         "total": dataclasses.asdict(result.total),
         "by_op": {k: dataclasses.asdict(v) for k, v in result.by_op.items()},
         "errors": result.errors,
+        "errors_by_op": result.errors_by_op,
         "error_count": result.error_count,
         "error_samples": result.error_samples,
         "client_cpu_s": result.client_cpu_s,
         "client_cpu_cores": result.client_cpu_cores,
+        "client_cpu_us_per_op": result.client_cpu_us_per_op,
+        "server_pids": list(cfg.server_pids),
+        "server_cpu_s": result.server_cpu_s,
+        "server_cpu_cores": result.server_cpu_cores,
+        "server_cpu_us_per_op": result.server_cpu_us_per_op,
         "machine": machine(),
     }

@@ -11,6 +11,12 @@ Rules:
   for it, not racing it.
 - Throughput is operations completed in the window divided by its length;
   latency quantiles come from the merged histograms, in milliseconds.
+- CPU: a ``cpu.CpuWindow`` thread of the runner samples the workers
+  (client CPU) and ``server_pids`` with their descendants (server CPU) at
+  the window's start and end instants, on the clock the workers use. Per
+  operation means divided by the operations that succeeded in the window
+  (for a batch, each op of it); ``server_cpu_s`` is None without
+  ``server_pids``.
 """
 
 from __future__ import annotations
@@ -23,6 +29,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Callable
 
+from paxoskv.bench.cpu import CpuWindow, per_op_us
 from paxoskv.bench.histogram import Histogram
 from paxoskv.bench.targets import TARGETS
 from paxoskv.bench.worker import WorkerArgs, WorkerResult, worker_main
@@ -51,6 +58,7 @@ class BenchConfig:
     timeout_s: float = 5.0
     connect_timeout_s: float = 30.0
     label: str = ""
+    server_pids: tuple[int, ...] = ()  # local server processes whose CPU to report
 
     def __post_init__(self) -> None:
         if self.target not in TARGETS:
@@ -64,6 +72,10 @@ class BenchConfig:
             raise ValueError("processes, concurrency and batch size must be >= 1")
         if self.duration_s <= 0 or self.warmup_s < 0 or self.timeout_s <= 0:
             raise ValueError("duration and timeout must be > 0, warmup >= 0")
+        if self.mode.startswith("batch") and self.batch_size > self.workload.keys:
+            raise ValueError(
+                f"a batch of {self.batch_size} distinct keys needs at least that many keys, not {self.workload.keys}"
+            )
 
     @property
     def name(self) -> str:
@@ -98,11 +110,13 @@ class OpStats:
 class BenchResult:
     config: BenchConfig
     total: OpStats
-    by_op: dict[str, OpStats]
+    by_op: dict[str, OpStats]  # every kind that completed or failed in the window
     errors: dict[str, int]
+    errors_by_op: dict[str, int]
     error_samples: dict[str, str]
     client_cpu_s: float
     started_unix_s: float
+    server_cpu_s: float | None = None  # None: no server_pids
 
     @property
     def error_count(self) -> int:
@@ -111,6 +125,18 @@ class BenchResult:
     @property
     def client_cpu_cores(self) -> float:
         return self.client_cpu_s / self.config.duration_s
+
+    @property
+    def client_cpu_us_per_op(self) -> float | None:
+        return per_op_us(self.client_cpu_s, self.total.count)
+
+    @property
+    def server_cpu_cores(self) -> float | None:
+        return None if self.server_cpu_s is None else self.server_cpu_s / self.config.duration_s
+
+    @property
+    def server_cpu_us_per_op(self) -> float | None:
+        return per_op_us(self.server_cpu_s, self.total.count)
 
 
 @dataclass(frozen=True, slots=True)
@@ -152,17 +178,28 @@ def run(cfg: BenchConfig, on_progress: ProgressFn | None = None) -> BenchResult:
         )
         procs.append(ctx.Process(target=worker_main, args=(args, events, go, start_at), name=f"bench-worker-{i}", daemon=True))
     notify = on_progress or (lambda _p: None)
+    window: CpuWindow | None = None
     try:
         for p in procs:
             p.start()
         _await_ready(cfg, procs, events, notify)
         started_unix_s = time.time()
         start_at.value = time.monotonic() + START_MARGIN_S
+        measure_start = start_at.value + cfg.warmup_s
+        groups = {"client": lambda: [p.pid for p in procs]}
+        if cfg.server_pids:
+            groups["server"] = lambda: cfg.server_pids
+        window = CpuWindow(groups, measure_start, measure_start + cfg.duration_s).start()
         go.set()
         results = _await_done(cfg, procs, events, notify, start_at.value)
+        cpu = window.result(timeout_s=10.0)
+        if cpu is None:
+            raise BenchError("the CPU sampler did not reach the end of the window")
         for p in procs:
             p.join(timeout=10)
     finally:
+        if window is not None:
+            window.cancel()
         for p in procs:
             if p.is_alive():
                 p.terminate()
@@ -171,7 +208,7 @@ def run(cfg: BenchConfig, on_progress: ProgressFn | None = None) -> BenchResult:
                 p.kill()
                 p.join()
         events.close()
-    return _merge(cfg, results, started_unix_s)
+    return _merge(cfg, results, started_unix_s, cpu)
 
 
 def _next_event(events, procs, timeout_s: float):
@@ -231,28 +268,30 @@ def _await_done(cfg: BenchConfig, procs, events, notify: ProgressFn, start_s: fl
     return [results[i] for i in sorted(results)]
 
 
-def _merge(cfg: BenchConfig, results: list[WorkerResult], started_unix_s: float) -> BenchResult:
+def _merge(cfg: BenchConfig, results: list[WorkerResult], started_unix_s: float, cpu: dict[str, float]) -> BenchResult:
     hists = {"get": Histogram(), "put": Histogram()}
     errors: Counter = Counter()
+    errors_by_op: Counter = Counter()
     samples: dict[str, str] = {}
-    cpu_s = 0.0
     for r in results:
         for kind, h in r.histograms.items():
             hists[kind].merge(h)
         errors.update(r.errors)
+        errors_by_op.update(r.errors_by_op)
         for code, text in r.error_samples.items():
             samples.setdefault(code, text)
-        cpu_s += r.cpu_s
     total = Histogram()
     for h in hists.values():
         total.merge(h)
-    by_op = {kind: OpStats.of(h, cfg.duration_s) for kind, h in hists.items() if h.count}
+    by_op = {kind: OpStats.of(h, cfg.duration_s) for kind, h in hists.items() if h.count or errors_by_op[kind]}
     return BenchResult(
         config=cfg,
         total=OpStats.of(total, cfg.duration_s),
         by_op=by_op,
         errors=dict(sorted(errors.items())),
+        errors_by_op={kind: errors_by_op[kind] for kind in by_op},
         error_samples=samples,
-        client_cpu_s=cpu_s,
+        client_cpu_s=cpu["client"],
         started_unix_s=started_unix_s,
+        server_cpu_s=cpu.get("server"),
     )

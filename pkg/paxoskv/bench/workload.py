@@ -8,7 +8,10 @@ Rules:
 - Keys are ``bench/`` plus a zero-padded number in ``[0, keys)``, chosen
   uniformly by each slot's own ``random.Random`` (seeded from the run seed,
   the process and the slot), so a run's sequence of requests is reproducible
-  even though their timing is not.
+  even though their timing is not. The picker gives key *indices*
+  (``key_name`` makes the key); the ops of one batch have distinct keys
+  (etcd refuses a Txn that writes a key twice, and a batch should not be
+  cheaper for repeating itself).
 - A value is ``value_bytes`` random bytes made once per process (the bytes
   do not matter to either store; their length does).
 - Reads are linearizable unless ``serializable`` is set, for every target.
@@ -83,7 +86,18 @@ class OpPicker:
         self._keys = workload.keys
         self._read_share = workload.read_share
 
-    def next(self) -> tuple[bool, bytes]:
+    def next(self) -> tuple[bool, int]:
         rng = self._rng
         is_read = self._read_share >= 1.0 or (self._read_share > 0.0 and rng.random() < self._read_share)
-        return is_read, key_name(rng.randrange(self._keys))
+        return is_read, rng.randrange(self._keys)
+
+    def batch(self, n: int) -> list[tuple[bool, int]]:
+        """``n`` operations on ``n`` distinct keys (``n`` <= keys)."""
+        rng = self._rng
+        share = self._read_share
+        keys = rng.sample(range(self._keys), n)
+        if share <= 0.0:
+            return [(False, k) for k in keys]
+        if share >= 1.0:
+            return [(True, k) for k in keys]
+        return [(rng.random() < share, k) for k in keys]

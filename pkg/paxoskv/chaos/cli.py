@@ -24,6 +24,7 @@ import time
 
 import click
 
+from paxoskv.cli_options import option
 from paxoskv.chaos.campaign import CampaignConfig, run_campaign
 from paxoskv.chaos.nemesis import FAULT_FAMILIES
 from paxoskv.chaos.net import NetworkError
@@ -56,7 +57,7 @@ def parse_faults(text: str) -> frozenset[str]:
 
 
 @click.command("chaos", context_settings={"show_default": True})
-@click.option("--nodes", type=click.IntRange(1, 9), default=3, help="Cluster size.")
+@option("--nodes", type=click.IntRange(1, 9), envvar=None)  # a campaign is its flags only
 @click.option("--duration", "duration", default="60s", help="Length of the faulty phase (90s, 10m, ...).")
 @click.option(
     "--faults", default="kill,pause,partition", help="Comma list of kill, pause, partition (or none)."
@@ -80,8 +81,8 @@ def parse_faults(text: str) -> frozenset[str]:
     show_default=True,
     help="Share of a client's steps that are one PackedBatch call of 3 writes (exactly-once retries of a batch).",
 )
-@click.option("--election-ms", type=click.IntRange(50, 60_000), default=500, help="Nodes' election timeout.")
-@click.option("--heartbeat-ms", type=click.IntRange(5, 10_000), default=50, help="Nodes' heartbeat interval.")
+@option("--election-ms", type=click.IntRange(50, 60_000), envvar=None)
+@option("--heartbeat-ms", type=click.IntRange(5, 10_000), envvar=None)
 @click.option(
     "--retain-entries",
     type=click.IntRange(1, None),

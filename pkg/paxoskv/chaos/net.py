@@ -43,7 +43,8 @@ import signal
 import socket
 import subprocess
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+
+from paxoskv.launch import NodeAddress, local_addresses
 
 __all__ = [
     "LoopbackNetwork",
@@ -65,17 +66,6 @@ COMMAND_TIMEOUT_S = 20.0
 
 class NetworkError(RuntimeError):
     """Setting up or changing the network failed; the message says which command."""
-
-
-@dataclass(frozen=True, slots=True)
-class NodeAddress:
-    host: str
-    port: int
-    bus_port: int
-
-    @property
-    def target(self) -> str:
-        return f"{self.host}:{self.port}"
 
 
 def _run(argv: Sequence[str], *, stdin: str | None = None, check: bool = True) -> subprocess.CompletedProcess:
@@ -150,10 +140,7 @@ class LoopbackNetwork:
 
     def __init__(self, n: int, why_unsupported: str) -> None:
         self.why_unsupported = why_unsupported
-        ports = _free_ports(2 * n)
-        self.addresses = {
-            i: NodeAddress("127.0.0.1", ports[2 * (i - 1)], ports[2 * (i - 1) + 1]) for i in range(1, n + 1)
-        }
+        self.addresses = local_addresses(n)
 
     def setup(self) -> None:
         pass
@@ -172,19 +159,6 @@ class LoopbackNetwork:
 
     def describe(self) -> str:
         return f"loopback 127.0.0.1 (no partitions: {self.why_unsupported})"
-
-
-def _free_ports(n: int) -> list[int]:
-    socks = []
-    try:
-        for _ in range(n):
-            s = socket.socket()
-            s.bind(("127.0.0.1", 0))
-            socks.append(s)
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for s in socks:
-            s.close()
 
 
 class NamespaceNetwork:

@@ -32,6 +32,7 @@ import grpc
 from paxoskv.chaos.monitor import Monitor, NodeStatus
 from paxoskv.chaos.workload import channel_options
 from paxoskv.check import Operation, Recorder
+from paxoskv.util.wait import WaitTimeout, wait_until_async
 from paxoskv.v1 import kv_pb2, kv_pb2_grpc
 
 __all__ = [
@@ -114,31 +115,34 @@ async def final_reads(
     deadline_s: float = 15.0,
 ) -> FinalState:
     fs = FinalState()
-    loop = asyncio.get_running_loop()
     for i, target in sorted(targets.items()):
         ch = grpc.aio.insecure_channel(target, options=channel_options(f"final-n{i}"))
         stub = kv_pb2_grpc.KVStub(ch)
         try:
             lin: dict[str, str | None] = {}
             for key in keys:
-                end = loop.time() + deadline_s
-                while True:
+                failed: list[grpc.aio.AioRpcError] = []
+
+                async def read(key: str = key) -> tuple[str | None] | None:
+                    """One recorded attempt: (value,), or None after a failure."""
                     op_id = recorder.invoke(f"final-n{i}", "get", key)
                     try:
                         resp = await stub.Get(kv_pb2.GetRequest(key=key.encode()), timeout=2.0)
                     except grpc.aio.AioRpcError as exc:
                         recorder.complete(op_id, "unknown")
-                        if loop.time() > end:
-                            fs.errors.append(
-                                f"node {i}: linearizable get {key} failed: {exc.code().name} {exc.details()}"
-                            )
-                            break
-                        await asyncio.sleep(0.1)
-                        continue
+                        failed[:] = [exc]
+                        return None
                     value = resp.value.decode() if resp.found else None
                     recorder.complete(op_id, "ok", output_value=value)
-                    lin[key] = value
-                    break
+                    return (value,)
+
+                try:
+                    (lin[key],) = await wait_until_async(
+                        f"node {i} to answer a linearizable get of {key}", read, deadline_s, interval_s=0.1
+                    )
+                except WaitTimeout:
+                    exc = failed[-1]
+                    fs.errors.append(f"node {i}: linearizable get {key} failed: {exc.code().name} {exc.details()}")
             fs.linearizable[i] = lin
             ser: dict[str, str | None] = {}
             for key in keys:

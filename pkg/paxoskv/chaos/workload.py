@@ -54,11 +54,11 @@ from dataclasses import dataclass, field
 import grpc
 
 from paxoskv.check import Operation, Recorder
+from paxoskv.wire import INVALID, STALE, parse_leader_hint, status_code
 from paxoskv.v1 import kv_pb2, kv_pb2_grpc
 
 __all__ = ["ClientStats", "Workload", "WorkloadConfig", "channel_options"]
 
-LEADER_METADATA_KEY = "paxoskv-leader"
 _RETRYABLE = {
     grpc.StatusCode.UNAVAILABLE,
     grpc.StatusCode.DEADLINE_EXCEEDED,
@@ -67,8 +67,7 @@ _RETRYABLE = {
     grpc.StatusCode.INTERNAL,
     grpc.StatusCode.RESOURCE_EXHAUSTED,
 }
-_SURELY_NOT_APPLIED = {grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.FAILED_PRECONDITION}
-_CODE_BY_NUMBER = {c.value[0]: c for c in grpc.StatusCode}
+_SURELY_NOT_APPLIED = {INVALID, STALE}
 
 
 def channel_options(tag: str) -> list[tuple[str, object]]:
@@ -249,7 +248,7 @@ class _Client:
                 retry_code = code.name
                 next_node = self._next(node, exc)
             else:
-                codes = {_CODE_BY_NUMBER.get(r.code, grpc.StatusCode.UNKNOWN) for r in resp.results}
+                codes = {status_code(r.code) for r in resp.results}
                 if len(resp.results) == len(writes) and codes <= {grpc.StatusCode.OK} | _RETRYABLE and codes & _RETRYABLE:
                     retry_code = next(iter(codes & _RETRYABLE)).name  # the call's writes were refused together
                     stats.errors[retry_code] += 1
@@ -272,11 +271,11 @@ class _Client:
             if r.code == 0:
                 existed = r.put.existed if kind == "put" else r.delete.deleted
                 out.append(wl.recorder.complete(op_id, "ok", output_existed=bool(existed)))
-            elif (code := _CODE_BY_NUMBER.get(r.code, grpc.StatusCode.UNKNOWN)) in _SURELY_NOT_APPLIED and not maybe_applied:
+            elif (code := status_code(r.code)) in _SURELY_NOT_APPLIED and not maybe_applied:
                 wl.notes[f"batch {kind} {code.name}: {r.error}"] += 1
                 out.append(wl.recorder.complete(op_id, "fail"))
             else:
-                if r.code == grpc.StatusCode.FAILED_PRECONDITION.value[0]:
+                if status_code(r.code) == STALE:
                     wl.notes["batch STALE_SEQUENCE after a retry (should never happen)"] += 1
                 out.append(wl.recorder.complete(op_id, "unknown"))
         return out
@@ -314,13 +313,8 @@ def _leader_hint(exc: grpc.aio.AioRpcError) -> int | None:
         md = exc.trailing_metadata() or ()
     except Exception:  # noqa: BLE001 - a broken call may have no metadata
         return None
-    for k, v in md:
-        if k == LEADER_METADATA_KEY:
-            text = v.decode() if isinstance(v, bytes) else str(v)
-            head = text.split("=", 1)[0]
-            if head.isdigit():
-                return int(head)
-    return None
+    hint = parse_leader_hint(md)
+    return hint[0] if hint is not None else None
 
 
 class Workload:

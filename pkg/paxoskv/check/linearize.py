@@ -10,70 +10,12 @@ Rules
 - Budgets (time, steps, and memory per search) are shared by all keys of one
   check. Running out gives verdict ``unknown``, never a guess. A violation is
   reported only when it is proven: by a search that exhausted every
-  linearization, or by one of the cheap rules below, each a proof.
+  linearization, or by one of the cheap rules (_obvious_violations), each a proof.
 - Equal times count as concurrent (``a`` precedes ``b`` iff ``a.ret < b.call``).
 
-Theory of operation
--------------------
-Per key, cheap rules first catch the common violations without any search
-(``_obvious_violations``: a read of a value never written or not yet written,
-a stale read, a lost write). Then the search: Lowe's just-in-time
-linearization ("Testing for linearizability", 2017), the algorithm Porcupine
-uses. Walk the time-ordered list of call/return events; at each node, try to
-linearize an operation whose call comes before the first pending return;
-reaching a return whose operation is not linearized means backtracking. Each
-node is a (linearized set, model state) pair, kept in a cache so it is never
-explored twice. The search is an explicit loop with an explicit stack.
-Two prunings keep it small (details in ``_search``): a get that reads the
-current state is linearized at once without branching (*forced*), and a
-write that would leave a value some pending get still expects, with no op
-left that could write it again, is not tried (*dead value*).
-
-Keeping unknown operations tractable
-------------------------------------
-Under faults a key can have hundreds of unknown writes. These sound
-reductions (none changes the set of histories accepted) keep them from
-making the search exponential:
-
-1. An unknown get constrains nothing and changes nothing: it is dropped.
-2. Values never read by an ok get are indistinguishable to the model: the
-   state is just "present, holding an unread value" (``UNREAD``).
-3. If a value read by an ok get has exactly one writer and that writer is an
-   unknown put, the put surely happened, before every such read: it becomes a
-   *required* operation (output still unconstrained) whose return is the
-   earliest return of those reads.
-4. The remaining unknown ("optional") operations fall into classes of
-   interchangeable ones (same kind, same resulting state). Within a class, the
-   search only ever linearizes the earliest-called member not yet used (any
-   linearization using a later member can use an earlier one instead, its
-   constraints are weaker), and only when it changes the state (one that does
-   not can be left out). Optional operations are tried only after every
-   required one failed at a node. Being optional, they are never *needed*:
-   once every required operation is linearized, the search succeeds.
-5. Dominance: two nodes with the same required set and state that differ
-   only in how many members of each optional class they used are ordered:
-   the one that used fewer can do everything the other can (its remaining
-   members are a superset, called earlier). So the cache keeps, per
-   (required set, state), the Pareto front of class-use vectors, and a node
-   dominated by a visited one is pruned.
-6. Relaxation: an exhaustive search still revisits a node each time it is
-   reached with fewer optional ops used. When the exact search drags on, a
-   relaxed search runs, in which optional classes are never used up; it
-   allows more, so its "violation" is a proof, and it needs no use counts.
-
-Node identity for the cache: required operations are numbered by call order;
-``low`` is the first one not linearized and ``win`` the bitset of the
-linearized ones above it (so the key stays small however long the history).
-
-Explanations
-------------
-For a violating key the checker looks for the shortest failing prefix:
-the prefix "up to the return of op X" holds every operation invoked before X
-returned, those not yet returned counting as unknown. Linearizability is
-prefix-closed, so a bisection over the ok operations (ordered by return)
-finds the first operation X whose completion makes the history
-non-linearizable; X, the writes that could be visible to it and the
-operations concurrent with it are reported.
+How the search works, the reductions that keep unknown operations tractable
+and how a violation is explained: docs/design.md, "The linearizability
+checker".
 """
 
 from __future__ import annotations

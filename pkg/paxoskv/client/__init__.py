@@ -15,6 +15,7 @@ from paxoskv.client.client import (
     NodeStatus,
     StaleSequence,
     Unavailable,
+    Unreachable,
     WriteResult,
 )
 from paxoskv.client.sync import SyncClient
@@ -29,5 +30,6 @@ __all__ = [
     "StaleSequence",
     "SyncClient",
     "Unavailable",
+    "Unreachable",
     "WriteResult",
 ]

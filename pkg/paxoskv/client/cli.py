@@ -6,8 +6,17 @@ Rules:
   default ``localhost:50051``): any node or several; the client finds the
   leader and retries on its own until ``--timeout`` seconds (env
   ``PAXOSKV_TIMEOUT``, default 5) have passed.
-- Keys and values on the command line are UTF-8 text; ``get`` writes the
-  value's bytes as they are, then a newline.
+- Bytes: KEY and VALUE arguments are UTF-8 text, or with ``--hex`` /
+  ``--base64`` the hex / base64 of any bytes (then ``get`` prints the value
+  that way too). ``put KEY -`` reads the value from stdin and ``put KEY
+  --value-file PATH`` from a file, as raw bytes, never decoded. ``get``
+  writes the value's bytes as they are, then a newline; ``get --raw`` the
+  bytes alone (``get --raw KEY > file`` gives back what ``put KEY - < file``
+  stored). An argument that is not valid UTF-8 (or not valid hex or base64)
+  is a usage error: one line, exit 2.
+- Each error has one wording whichever command meets it: the key and value
+  checks are ``paxoskv.kv.commands.validate_op``'s, made here before any
+  call (the cluster makes them too).
 - Output a script can rely on: ``put`` prints ``OK``; ``delete`` prints ``1``
   if the key existed and ``0`` if not (both succeed); ``get`` prints the
   value; ``status`` prints a table (``--json``: a JSON list).
@@ -24,10 +33,13 @@ Rules:
 
 from __future__ import annotations
 
+import base64
+import binascii
+import contextlib
 import json
 import sys
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any, NoReturn, TypeVar
 
 import click
 
@@ -38,9 +50,13 @@ from paxoskv.client.client import (
     NodeStatus,
     StaleSequence,
     Unavailable,
+    Unreachable,
 )
+from paxoskv.cli_options import option
+from paxoskv.client.diagnose import quorum_report
 from paxoskv.client.sync import SyncClient
-from paxoskv.server.config import ConfigError, parse_endpoints
+from paxoskv.kv.commands import Limits, validate_op
+from paxoskv.wire import ConfigError, parse_endpoints
 
 __all__ = [
     "EXIT_INVALID",
@@ -61,28 +77,12 @@ EXIT_UNAVAILABLE = 3
 EXIT_OTHER = 4
 
 F = TypeVar("F", bound=Callable[..., Any])
+LIMITS = Limits()  # the cluster's (they are the same on every node)
+DIAGNOSE_TIMEOUT_S = 0.5  # the Status round that says why a request failed
 
 
 def _common(f: F) -> F:
-    f = click.option(
-        "--timeout",
-        "timeout_s",
-        type=click.FloatRange(min=0.001),
-        default=5.0,
-        show_default=True,
-        envvar="PAXOSKV_TIMEOUT",
-        show_envvar=True,
-        help="Overall deadline in seconds, retries included.",
-    )(f)
-    f = click.option(
-        "--endpoints",
-        default="localhost:50051",
-        show_default=True,
-        envvar="PAXOSKV_ENDPOINTS",
-        show_envvar=True,
-        help="Comma-separated HOST:PORT of cluster nodes (any of them).",
-    )(f)
-    return f
+    return option("--endpoints")(option("--timeout")(f))
 
 
 def _endpoints(text: str) -> list[str]:
@@ -92,33 +92,174 @@ def _endpoints(text: str) -> list[str]:
         raise click.BadParameter(str(exc), param_hint="--endpoints") from None
 
 
-def _fail(cmd: str, exc: ClientError) -> None:
+def _client(endpoints: str, timeout_s: float) -> SyncClient:
+    # A refused connection fails at once: retrying cannot make a node appear.
+    return SyncClient(_endpoints(endpoints), timeout_s=timeout_s, retry_unreachable=False)
+
+
+def _fail(cmd: str, exc: ClientError, client: SyncClient, *, write: bool) -> NoReturn:
+    """One line on stderr for ``exc`` and its exit code. When the cluster could
+    not serve the request, the members' Status answers say why if they can
+    (``quorum_report``)."""
     if isinstance(exc, (InvalidArgument, StaleSequence)):
         rc = EXIT_INVALID
     elif isinstance(exc, (Unavailable, DeadlineExceeded)):
         rc = EXIT_UNAVAILABLE
     else:
         rc = EXIT_OTHER
-    click.echo(f"paxoskv {cmd}: error: {exc}", err=True)
+    message = str(exc)
+    if rc == EXIT_UNAVAILABLE and not isinstance(exc, Unreachable):
+        report = quorum_report(client.status_all(timeout_s=DIAGNOSE_TIMEOUT_S))
+        if report is not None:
+            late = write and isinstance(exc, DeadlineExceeded)
+            message = report + ("; the write may still be applied" if late else "")
+    click.echo(f"paxoskv {cmd}: error: {message}", err=True)
     sys.exit(rc)
 
 
-def _client(endpoints: str, timeout_s: float) -> SyncClient:
-    return SyncClient(_endpoints(endpoints), timeout_s=timeout_s)
+def _encoding(f: F) -> F:
+    """``--hex`` / ``--base64``: how KEY and VALUE arguments (and get's output) are written."""
+    f = click.option(
+        "--base64", "b64", is_flag=True, help="KEY and VALUE arguments (and get's output) are base64."
+    )(f)
+    return click.option(
+        "--hex", "hex_", is_flag=True, help="KEY and VALUE arguments (and get's output) are hex."
+    )(f)
+
+
+class _Usage(Exception):
+    """A usage error: one line, exit 2."""
+
+
+def _usage_exit(cmd: str, message: str) -> NoReturn:
+    click.echo(f"paxoskv {cmd}: error: {message}", err=True)
+    sys.exit(EXIT_INVALID)
+
+
+def _check_text(values: dict[str, object]) -> None:
+    """Every text argument is valid UTF-8 (argv and the environment arrive as
+    str with lone surrogates standing for the bytes that were not)."""
+    for name, value in values.items():
+        if isinstance(value, str):
+            try:
+                value.encode("utf-8")
+            except UnicodeEncodeError:
+                what = name.upper() if name in ("key", "value") else "--" + name.replace("_", "-")
+                raise _Usage(
+                    f"{what} is not valid UTF-8 (give binary keys and values with --hex or --base64, "
+                    f"or a value with --value-file or - for stdin)"
+                ) from None
+
+
+def _mode(hex_: bool, b64: bool) -> str:
+    if hex_ and b64:
+        raise _Usage("--hex and --base64 exclude each other")
+    return "hex" if hex_ else "base64" if b64 else "text"
+
+
+def _decode(text: str, mode: str, what: str) -> bytes:
+    if mode == "hex":
+        try:
+            return bytes.fromhex(text)
+        except ValueError:
+            raise _Usage(f"{what} is not valid hex: {text!r}") from None
+    if mode == "base64":
+        try:
+            return base64.b64decode(text.encode("ascii"), validate=True)
+        except (ValueError, binascii.Error):
+            raise _Usage(f"{what} is not valid base64: {text!r}") from None
+    return text.encode("utf-8")
+
+
+def _encode(data: bytes, mode: str) -> bytes:
+    if mode == "hex":
+        return data.hex().encode()
+    if mode == "base64":
+        return base64.b64encode(data)
+    return data
+
+
+def _read_value(source: str, limit: int) -> bytes:
+    """A value from a file or (``-``) stdin, as raw bytes; over ``limit`` is refused
+    with the byte count, without holding more than ``limit`` bytes."""
+    try:
+        f = sys.stdin.buffer if source == "-" else open(source, "rb")  # noqa: SIM115
+    except OSError as exc:
+        raise _Usage(f"--value-file {source}: {exc.strerror}") from None
+    with contextlib.ExitStack() as stack:
+        if f is not sys.stdin.buffer:
+            stack.enter_context(f)
+        data = f.read(limit + 1)
+        if len(data) <= limit:
+            return data
+        total = len(data)
+        while chunk := f.read(1 << 20):
+            total += len(chunk)
+    raise _Usage(f"value is {total} bytes, more than the limit of {limit}")
+
+
+def _validate(key: bytes, value: bytes = b"") -> None:
+    err = validate_op("", 0, key, value, LIMITS)
+    if err is not None:
+        raise _Usage(err)
+
+
+def _run_command(cmd: str, params: dict[str, object], body: Callable[[], None]) -> None:
+    """``body()`` after the text checks; a usage error becomes one line and exit 2."""
+    try:
+        _check_text(params)
+        body()
+    except _Usage as exc:
+        _usage_exit(cmd, str(exc))
 
 
 @click.command("put")
 @click.argument("key")
-@click.argument("value")
+@click.argument("value", required=False)
+@click.option(
+    "--value-file",
+    type=click.Path(dir_okay=False, allow_dash=True),
+    default=None,
+    help="Read the value from this file (raw bytes; - for stdin) instead of VALUE.",
+)
+@_encoding
 @_common
-def put_cmd(key: str, value: str, endpoints: str, timeout_s: float) -> None:
-    """Set KEY to VALUE (prints OK)."""
-    with _client(endpoints, timeout_s) as c:
-        try:
-            c.put(key, value)
-        except ClientError as exc:
-            _fail("put", exc)
-    click.echo("OK")
+def put_cmd(
+    key: str,
+    value: str | None,
+    value_file: str | None,
+    hex_: bool,
+    b64: bool,
+    endpoints: str,
+    timeout_s: float,
+) -> None:
+    """Set KEY to VALUE (prints OK).
+
+    VALUE is text, or with --hex / --base64 any bytes written so; "-" reads
+    the value from stdin, --value-file PATH from a file (raw bytes, not
+    decoded, up to 1 MiB).
+    """
+
+    def body() -> None:
+        mode = _mode(hex_, b64)
+        key_b = _decode(key, mode, "KEY")
+        if (value is None) == (value_file is None):
+            raise _Usage("give the value as VALUE, as - (stdin) or with --value-file PATH (one of them)")
+        if value_file is not None:
+            value_b = _read_value(value_file, LIMITS.value_bytes_max)
+        elif value == "-":
+            value_b = _read_value("-", LIMITS.value_bytes_max)
+        else:
+            value_b = _decode(value, mode, "VALUE")
+        _validate(key_b, value_b)
+        with _client(endpoints, timeout_s) as c:
+            try:
+                c.put(key_b, value_b)
+            except ClientError as exc:
+                _fail("put", exc, c, write=True)
+        click.echo("OK")
+
+    _run_command("put", {"key": key, "value": value, "endpoints": endpoints}, body)
 
 
 @click.command("get")
@@ -128,33 +269,61 @@ def put_cmd(key: str, value: str, endpoints: str, timeout_s: float) -> None:
     is_flag=True,
     help="Read the answering node's own state without a quorum check (may be stale).",
 )
+@click.option(
+    "--raw",
+    is_flag=True,
+    help="Write the value's bytes alone, without the newline (for binary values: > FILE).",
+)
+@_encoding
 @_common
-def get_cmd(key: str, serializable: bool, endpoints: str, timeout_s: float) -> None:
-    """Print the value of KEY (exit 1 if it has none)."""
-    with _client(endpoints, timeout_s) as c:
-        try:
-            value = c.get(key, serializable=serializable)
-        except ClientError as exc:
-            _fail("get", exc)
-    if value is None:
-        click.echo(f"paxoskv get: key not found: {key}", err=True)
-        sys.exit(EXIT_NOT_FOUND)
-    sys.stdout.flush()
-    sys.stdout.buffer.write(value + b"\n")  # the value's bytes as they are
-    sys.stdout.buffer.flush()
+def get_cmd(
+    key: str, serializable: bool, raw: bool, hex_: bool, b64: bool, endpoints: str, timeout_s: float
+) -> None:
+    """Print the value of KEY, then a newline (exit 1 if it has none).
+
+    --raw writes the value's bytes alone; --hex / --base64 take KEY so and
+    print the value so.
+    """
+
+    def body() -> None:
+        mode = _mode(hex_, b64)
+        if raw and mode != "text":
+            raise _Usage("--raw writes raw bytes: it excludes --hex and --base64")
+        key_b = _decode(key, mode, "KEY")
+        _validate(key_b)
+        with _client(endpoints, timeout_s) as c:
+            try:
+                value = c.get(key_b, serializable=serializable)
+            except ClientError as exc:
+                _fail("get", exc, c, write=False)
+        if value is None:
+            click.echo(f"paxoskv get: key not found: {key}", err=True)
+            sys.exit(EXIT_NOT_FOUND)
+        sys.stdout.flush()
+        sys.stdout.buffer.write(_encode(value, mode) + (b"" if raw else b"\n"))
+        sys.stdout.buffer.flush()
+
+    _run_command("get", {"key": key, "endpoints": endpoints}, body)
 
 
 @click.command("delete")
 @click.argument("key")
+@_encoding
 @_common
-def delete_cmd(key: str, endpoints: str, timeout_s: float) -> None:
-    """Delete KEY (prints 1 if it existed, 0 if not)."""
-    with _client(endpoints, timeout_s) as c:
-        try:
-            result = c.delete(key)
-        except ClientError as exc:
-            _fail("delete", exc)
-    click.echo("1" if result.existed else "0")
+def delete_cmd(key: str, hex_: bool, b64: bool, endpoints: str, timeout_s: float) -> None:
+    """Delete KEY (prints 1 if it existed, 0 if not); --hex / --base64 take KEY so."""
+
+    def body() -> None:
+        key_b = _decode(key, _mode(hex_, b64), "KEY")
+        _validate(key_b)
+        with _client(endpoints, timeout_s) as c:
+            try:
+                result = c.delete(key_b)
+            except ClientError as exc:
+                _fail("delete", exc, c, write=True)
+        click.echo("1" if result.existed else "0")
+
+    _run_command("delete", {"key": key, "endpoints": endpoints}, body)
 
 
 def _status_json(ns: NodeStatus) -> dict[str, Any]:
@@ -179,7 +348,7 @@ def _status_json(ns: NodeStatus) -> dict[str, Any]:
                 "node_id": p.node_id,
                 "address": p.address,
                 "connected": p.connected,
-                "last_heard_seconds": p.last_heard_seconds,
+                "last_heard_seconds": p.last_heard_seconds if p.HasField("last_heard_seconds") else None,
             }
             for p in s.peers
         ],
@@ -231,9 +400,14 @@ def status_cmd(as_json: bool, endpoints: str, timeout_s: float) -> None:
 
     Exit 0 when every endpoint answered, 3 otherwise.
     """
-    eps = _endpoints(endpoints)
-    with SyncClient(eps, timeout_s=timeout_s) as c:
-        nodes = c.status_all(eps)
+    nodes: list[NodeStatus] = []
+
+    def body() -> None:
+        eps = _endpoints(endpoints)
+        with SyncClient(eps, timeout_s=timeout_s) as c:
+            nodes.extend(c.status_all(eps))
+
+    _run_command("status", {"endpoints": endpoints}, body)
     if as_json:
         click.echo(json.dumps([_status_json(ns) for ns in nodes], indent=2))
     else:

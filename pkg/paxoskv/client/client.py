@@ -12,6 +12,10 @@ Rules:
   call's overall deadline (``timeout_s``). Every other status is final.
   Each attempt gets at most ``attempt_timeout_s`` of the time left, so one
   node that hangs (paused, cut off) costs one attempt, not the whole deadline.
+  With ``retry_unreachable=False`` (the CLI's choice) a call gives up at once
+  when every endpoint it may use has just refused the connection (or has a
+  name that does not resolve): no other endpoint and no leader change can
+  help then; the default keeps trying until the deadline (a node restarting).
 - Exactly-once: every Put and Delete carries ``(client_id, sequence)``; all
   attempts of ONE logical request carry the SAME pair, so the cluster applies
   it once however many attempts reached it, and answers retries with the
@@ -31,6 +35,7 @@ Rules:
   serve the request: a write may or may not have been applied),
   ``DeadlineExceeded`` (the deadline passed while a node was working on the
   request; a write may be applied later), ``ClientError`` for anything else.
+  A message says "may still be applied" at most once, and only for a write.
 
 Theory of operation: one ``grpc.aio`` channel per node address, made on
 first use, with grpc's own retries off (this module decides) and a short
@@ -48,7 +53,8 @@ from dataclasses import dataclass
 
 import grpc
 
-from paxoskv.v1 import kv_pb2
+from paxoskv import wire
+from paxoskv.v1 import kv_pb2, kv_pb2_grpc
 
 __all__ = [
     "Client",
@@ -60,26 +66,22 @@ __all__ = [
     "NodeStatus",
     "StaleSequence",
     "Unavailable",
+    "Unreachable",
     "WriteResult",
 ]
 
-LEADER_METADATA_KEY = "paxoskv-leader"
-MESSAGE_BYTES_MAX = 8 << 20
+LEADER_METADATA_KEY = wire.LEADER_METADATA_KEY
 
 CHANNEL_OPTIONS: tuple[tuple[str, int], ...] = (
     ("grpc.enable_retries", 0),
-    ("grpc.max_receive_message_length", MESSAGE_BYTES_MAX),
-    ("grpc.max_send_message_length", MESSAGE_BYTES_MAX),
+    ("grpc.max_receive_message_length", wire.MESSAGE_BYTES_MAX),
+    ("grpc.max_send_message_length", wire.MESSAGE_BYTES_MAX),
     ("grpc.initial_reconnect_backoff_ms", 100),
     ("grpc.min_reconnect_backoff_ms", 100),
     ("grpc.max_reconnect_backoff_ms", 1000),
     ("grpc.keepalive_time_ms", 30_000),
     ("grpc.keepalive_timeout_ms", 10_000),
 )
-
-_RETRYABLE = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED})
-_CODE_BY_NUMBER = {c.value[0]: c for c in grpc.StatusCode}
-_UNSPECIFIED_HOSTS = frozenset({"0.0.0.0", "::", "[::]", ""})
 
 
 # ---- errors ------------------------------------------------------------------------
@@ -110,6 +112,11 @@ class StaleSequence(ClientError):
 class Unavailable(ClientError):
     """No node could serve the request before the deadline. A write may or may
     not have been applied (retrying it with a new sequence may apply it twice)."""
+
+
+class Unreachable(Unavailable):
+    """Every endpoint refused the connection (or its host name did not
+    resolve), so no request reached a node: nothing was written by it."""
 
 
 class DeadlineExceeded(ClientError):
@@ -161,7 +168,7 @@ class _Session:
 
 
 class _Channel:
-    """One node's channel and its method callables."""
+    """One node's channel and its method callables (the generated stubs')."""
 
     __slots__ = ("target", "channel", "get", "put", "delete", "batch", "packed_batch", "status")
 
@@ -169,36 +176,13 @@ class _Channel:
         self.target = target
         ch = grpc.aio.insecure_channel(target, options=CHANNEL_OPTIONS)
         self.channel = ch
-        self.get = ch.unary_unary(
-            "/paxoskv.v1.KV/Get",
-            request_serializer=kv_pb2.GetRequest.SerializeToString,
-            response_deserializer=kv_pb2.GetResponse.FromString,
-        )
-        self.put = ch.unary_unary(
-            "/paxoskv.v1.KV/Put",
-            request_serializer=kv_pb2.PutRequest.SerializeToString,
-            response_deserializer=kv_pb2.PutResponse.FromString,
-        )
-        self.delete = ch.unary_unary(
-            "/paxoskv.v1.KV/Delete",
-            request_serializer=kv_pb2.DeleteRequest.SerializeToString,
-            response_deserializer=kv_pb2.DeleteResponse.FromString,
-        )
-        self.batch = ch.unary_unary(
-            "/paxoskv.v1.KV/Batch",
-            request_serializer=kv_pb2.BatchRequest.SerializeToString,
-            response_deserializer=kv_pb2.BatchResponse.FromString,
-        )
-        self.packed_batch = ch.unary_unary(
-            "/paxoskv.v1.KV/PackedBatch",
-            request_serializer=kv_pb2.BatchRequest.SerializeToString,
-            response_deserializer=kv_pb2.BatchResponse.FromString,
-        )
-        self.status = ch.unary_unary(
-            "/paxoskv.v1.Maintenance/Status",
-            request_serializer=kv_pb2.StatusRequest.SerializeToString,
-            response_deserializer=kv_pb2.StatusResponse.FromString,
-        )
+        kv = kv_pb2_grpc.KVStub(ch)
+        self.get = kv.Get
+        self.put = kv.Put
+        self.delete = kv.Delete
+        self.batch = kv.Batch
+        self.packed_batch = kv.PackedBatch
+        self.status = kv_pb2_grpc.MaintenanceStub(ch).Status
 
 
 def _as_bytes(data: bytes | str, what: str) -> bytes:
@@ -211,20 +195,8 @@ def _as_bytes(data: bytes | str, what: str) -> bytes:
 
 def _leader_hint(err: grpc.aio.AioRpcError) -> str | None:
     """The ``host:port`` the trailing metadata names as leader, if usable."""
-    md = err.trailing_metadata()
-    if not md:
-        return None
-    for key, value in md:
-        if key != LEADER_METADATA_KEY:
-            continue
-        if isinstance(value, bytes):
-            value = value.decode("utf-8", "replace")
-        _, _, addr = value.partition("=")
-        host = addr.rpartition(":")[0]
-        if not addr or host in _UNSPECIFIED_HOSTS:
-            return None
-        return addr
-    return None
+    hint = wire.parse_leader_hint(err.trailing_metadata())
+    return hint[1] if hint is not None else None
 
 
 class Client:
@@ -244,6 +216,7 @@ class Client:
         attempt_timeout_s: float = 2.0,
         backoff_s: float = 0.02,
         backoff_s_max: float = 0.5,
+        retry_unreachable: bool = True,
         rng: random.Random | None = None,
     ) -> None:
         self.endpoints = list(dict.fromkeys(endpoints))
@@ -258,6 +231,7 @@ class Client:
         self.attempt_timeout_s = attempt_timeout_s
         self.backoff_s = backoff_s
         self.backoff_s_max = backoff_s_max
+        self.retry_unreachable = retry_unreachable
         self._rng = rng or random.Random()
         self._channels: dict[str, _Channel] = {}
         self._current = self.endpoints[0]
@@ -435,7 +409,7 @@ class Client:
                     resp = await self._call("packed_batch" if request.HasField("request") else "batch", request, remaining, None)
                 except ClientError as exc:
                     if (
-                        exc.code == grpc.StatusCode.UNIMPLEMENTED
+                        exc.code == wire.UNIMPLEMENTED
                         and request.HasField("request")
                         and failures == 0
                         and exc.attempts == 1
@@ -453,8 +427,8 @@ class Client:
                     if r.code == 0:
                         results[i] = _op_result(r)
                         continue
-                    code = _CODE_BY_NUMBER.get(r.code, grpc.StatusCode.UNKNOWN)
-                    if code in _RETRYABLE:
+                    code = wire.status_code(r.code)
+                    if code in wire.RETRYABLE:
                         still.append(i)
                         last_error = r.error
                     else:
@@ -467,10 +441,8 @@ class Client:
                     if delay > 0:
                         await asyncio.sleep(delay)
             for i in pending:
-                results[i] = Unavailable(
-                    f"no answer within {total_s:.3g}s ({last_error}); a write may still be applied",
-                    grpc.StatusCode.UNAVAILABLE,
-                )
+                caveat = "; a write may still be applied" if i in writes and _CAVEAT not in last_error else ""
+                results[i] = Unavailable(f"no answer within {total_s:.3g}s ({last_error}){caveat}", wire.UNAVAILABLE)
             return results  # type: ignore[return-value]
         finally:
             self._free_sessions.extend(sessions)
@@ -533,6 +505,8 @@ class Client:
         last: grpc.aio.AioRpcError | None = None
         last_target = target
         tried_hint: set[str] = set()
+        unreachable: dict[str, str] = {}  # endpoint -> why its last attempt reached no server
+        usable = [pinned] if pinned is not None else self.endpoints
         while True:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
@@ -542,12 +516,21 @@ class Client:
                 resp = await getattr(self._channel(target), method)(req, timeout=attempt_s)
             except grpc.aio.AioRpcError as err:
                 code = err.code()
-                if code not in _RETRYABLE:
+                if code not in wire.RETRYABLE:
                     final = _final_error(err, target)
                     final.attempts = failures + 1
                     raise final from None
                 last, last_target = err, target
                 failures += 1
+                reason = wire.unreachable_reason(code, err.details())
+                if reason is None:
+                    unreachable.pop(target, None)
+                else:
+                    unreachable[target] = reason
+                    if not self.retry_unreachable and all(ep in unreachable for ep in usable):
+                        error = Unreachable(_unreachable_text(unreachable, usable), code)
+                        error.attempts = failures
+                        raise error from None
                 hint = _leader_hint(err) if pinned is None else None
                 if hint is not None and hint != target and hint not in tried_hint:
                     tried_hint.add(hint)
@@ -572,20 +555,31 @@ class Client:
         if last is None:
             raise DeadlineExceeded(
                 f"no attempt fit in the deadline of {total_s:.3f}s",
-                grpc.StatusCode.DEADLINE_EXCEEDED,
+                wire.DEADLINE,
             )
         detail = last.details() or last.code().name
-        if last.code() == grpc.StatusCode.UNAVAILABLE:
+        if last.code() == wire.UNAVAILABLE:
             raise Unavailable(
                 f"no node could serve the request within {total_s:.3g}s "
                 f"(last: {last_target}: {detail})",
                 last.code(),
             )
+        caveat = "; a write may still be applied" if method in _WRITES and _CAVEAT not in detail else ""
         raise DeadlineExceeded(
-            f"no answer within {total_s:.3g}s (last: {last_target}: {detail}); a write may "
-            f"still be applied",
+            f"no answer within {total_s:.3g}s (last: {last_target}: {detail}){caveat}",
             last.code(),
         )
+
+
+_WRITES = frozenset({"put", "delete", "batch", "packed_batch"})
+_CAVEAT = "may still be applied"
+
+
+def _unreachable_text(unreachable: dict[str, str], endpoints: Sequence[str]) -> str:
+    if len(endpoints) == 1:
+        ep = endpoints[0]
+        return f"cannot reach {ep} ({unreachable[ep]}): is a node running there?"
+    return "cannot reach any endpoint: " + ", ".join(f"{ep} ({unreachable[ep]})" for ep in endpoints)
 
 
 def _op_result(r: kv_pb2.ResponseOp) -> WriteResult | GetResult:
@@ -601,9 +595,9 @@ def _op_result(r: kv_pb2.ResponseOp) -> WriteResult | GetResult:
 
 
 def _op_error(code: grpc.StatusCode, detail: str) -> ClientError:
-    if code == grpc.StatusCode.INVALID_ARGUMENT:
+    if code == wire.INVALID:
         return InvalidArgument(detail, code)
-    if code == grpc.StatusCode.FAILED_PRECONDITION:
+    if code == wire.STALE:
         return StaleSequence(detail, code)
     return ClientError(f"{code.name}: {detail}", code)
 
@@ -611,14 +605,14 @@ def _op_error(code: grpc.StatusCode, detail: str) -> ClientError:
 def _final_error(err: grpc.aio.AioRpcError, target: str) -> ClientError:
     code = err.code()
     detail = err.details() or code.name
-    if code == grpc.StatusCode.INVALID_ARGUMENT:
+    if code == wire.INVALID:
         return InvalidArgument(detail, code)
-    if code == grpc.StatusCode.RESOURCE_EXHAUSTED and "message" in detail.lower():
+    if wire.is_too_large(code, detail):
         return InvalidArgument(f"request too large: {detail}", code)
-    if code == grpc.StatusCode.FAILED_PRECONDITION:
+    if code == wire.STALE:
         return StaleSequence(detail, code)
-    if code == grpc.StatusCode.UNAVAILABLE:
+    if code == wire.UNAVAILABLE:
         return Unavailable(f"{target}: {detail}", code)
-    if code == grpc.StatusCode.DEADLINE_EXCEEDED:
+    if code == wire.DEADLINE:
         return DeadlineExceeded(f"{target}: {detail}", code)
     return ClientError(f"{target}: {code.name}: {detail}", code)

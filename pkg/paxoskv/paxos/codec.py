@@ -12,13 +12,17 @@ Rules
   a ``reason``), and nothing else, whatever the bytes; a local caller handing
   :func:`encode` something that cannot be encoded gets ``ValueError`` /
   ``TypeError`` (a bug here, never the peer's fault).
-* "Well-formed" is structural: parsable protobuf, a oneof member set, node ids
-  ``>= 1``, every ballot, entry value and slot value the dataclass needs present
-  on the wire (proto3 cannot tell an absent submessage from a default one, so
-  :func:`encode` always marks them present, and :func:`decode` refuses a
-  message that lacks one rather than guessing a default), and a ballot's node
-  ``>= 1`` unless the ballot is the zero ballot.  Protocol meaning (is this
-  ballot current, is this slot range sane) is the core's business, not ours.
+* "Well-formed" is structural: at most ``ENVELOPE_BYTES_MAX`` bytes, parsable
+  protobuf, a oneof member set, node ids ``>= 1``, every ballot, entry value
+  and slot value the dataclass needs present on the wire (proto3 cannot tell
+  an absent submessage from a default one, so :func:`encode` always marks
+  them present, and :func:`decode` refuses a message that lacks one rather
+  than guessing a default), a ballot's node ``>= 1`` unless the ballot is the
+  zero ballot, and every number within the stated maxima of
+  :mod:`paxoskv.paxos.bounds` (:func:`~paxoskv.paxos.bounds.check`: a ballot
+  round or slot past them is refused here, before the core sees it).
+  Protocol meaning that depends on a node's state (is this ballot current,
+  is this slot within the window) is the core's business, not ours.
 
 Theory of operation
 -------------------
@@ -28,8 +32,10 @@ entry is a small function that fills (or reads) one oneof member in place, so
 encoding builds a single ``Envelope`` with no intermediate copies, and
 decoding does one ``ParseFromString`` plus one dataclass construction per
 message and entry (ballots come from a small bounded cache of value objects,
-since a leadership's messages all carry the same one).  Both are on the hot
-path: keep them free of reflection and of branching beyond the presence checks.
+since a leadership's messages all carry the same one); ``_DECODE`` pairs each
+decoder with its message type's range check (``bounds.CHECKS``: a comparison
+per field).  Both are on the hot path: keep them free of reflection and of
+branching beyond the presence and range checks.
 """
 
 from __future__ import annotations
@@ -38,6 +44,7 @@ from collections.abc import Callable
 
 from google.protobuf.message import DecodeError
 
+from paxoskv.paxos.bounds import CHECKS, ENVELOPE_BYTES_MAX, NODE_ID_MAX
 from paxoskv.paxos.types import (
     MESSAGE_TYPES,
     ZERO_BALLOT,
@@ -65,8 +72,6 @@ from paxoskv.paxos.types import (
 from paxoskv.v1 import peer_pb2
 
 __all__ = ["CodecError", "decode", "encode"]
-
-NODE_ID_MAX = (1 << 32) - 1  # from_node / to_node / Ballot.node are uint32 on the wire
 
 
 class CodecError(Exception):
@@ -268,6 +273,8 @@ def decode(data: bytes | memoryview) -> tuple[str, Message]:
     Raises :class:`CodecError`, and only that, when ``data`` is not a
     well-formed peer message.
     """
+    if len(data) > ENVELOPE_BYTES_MAX:
+        raise CodecError(f"envelope of {len(data)} B > ENVELOPE_BYTES_MAX ({ENVELOPE_BYTES_MAX})")
     env = peer_pb2.Envelope()
     try:
         env.ParseFromString(data)
@@ -282,7 +289,12 @@ def decode(data: bytes | memoryview) -> tuple[str, Message]:
     to = env.to_node
     if frm == 0 or to == 0:
         raise CodecError(f"node ids must be >= 1: from={frm} to={to}")
-    return env.cluster_id, _DECODERS[which](env, frm, to)
+    decoder, out_of_range = _DECODE[which]
+    msg = decoder(env, frm, to)
+    reason = out_of_range(msg)
+    if reason is not None:
+        raise CodecError(reason)
+    return env.cluster_id, msg
 
 
 # Nearly every message of a leadership carries the same ballot: reuse the value
@@ -471,6 +483,12 @@ _DECODERS: dict[str, Callable[[peer_pb2.Envelope, int, int], Message]] = {
     "read_index_reply": _dec_read_index_reply,
     "snapshot_chunk": _dec_snapshot_chunk,
     "snapshot_ack": _dec_snapshot_ack,
+}
+
+# Each oneof member's decoder with the range check of its message type.
+_TYPES_BY_MEMBER = {encoder.__name__.removeprefix("_enc_"): t for t, encoder in _ENCODERS.items()}
+_DECODE: dict[str, tuple[Callable[[peer_pb2.Envelope, int, int], Message], Callable[[Message], str | None]]] = {
+    name: (decoder, CHECKS[_TYPES_BY_MEMBER[name]]) for name, decoder in _DECODERS.items()
 }
 
 # Every core message type has an encoder, and every oneof member a decoder.

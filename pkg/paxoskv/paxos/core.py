@@ -12,6 +12,11 @@ Rules
   ``accepted`` the runtime persists *before* sending. There is no other way
   for a message to leave.
 * Randomness (election jitter) comes from the injected ``random.Random``.
+* Peers are hostile until checked, members too: ``step`` drops a message
+  outside the maxima of :mod:`paxoskv.paxos.bounds`, the handlers drop what
+  contradicts this node's state (a ballot not its sender's, a slot past
+  ``commit_index + ACCEPT_WINDOW_SLOTS``, a commit point of a ballot not
+  promised, ...), each counted in ``refused``; no peer message raises.
 
 Theory of operation
 -------------------
@@ -44,7 +49,8 @@ follower may thus answer a client before the leader knows the slot is
 chosen: a read index is never below the last slot the leader sent its own
 Accepted for.
 ``commit_index`` is the end of the contiguous chosen prefix. Agreement is
-asserted whenever a chosen value is learned twice.
+asserted when this leader's own quorum chooses against a value known
+chosen; a peer's word against one is counted (``Refusal.CONFLICT``).
 
 *Proposer.* A follower that hears no leader for a randomized election
 timeout first runs a *pre-vote* (no state changes anywhere): peers agree only
@@ -55,7 +61,8 @@ heard from a live leader recently do not promise (leader stickiness), so a
 node rejoining with a high ballot cannot unseat a healthy leader. On a quorum
 of promises the new leader adopts reported chosen values, re-proposes for
 each other slot the value with the highest ballot, and fills holes with
-no-ops; ``recovery_end`` is the last such slot. Then it runs phase 2 per batch:
+no-ops, through the pipeline and within its window; ``recovery_end`` is the
+last such slot. Then it runs phase 2 per batch:
 queued commands are cut into a slot value whenever the pipeline has room
 (``inflight_slots_max``), so batches grow with load instead of waiting on a
 timer. The commit point rides on every Accept and Heartbeat; followers fetch
@@ -85,6 +92,8 @@ import random
 from dataclasses import dataclass, field
 from typing import Callable, Iterable, Mapping
 
+from paxoskv.paxos import bounds
+from paxoskv.paxos.bounds import BALLOT_ROUND_MAX, CHECKS, READ_IDS_PENDING_PER_PEER_MAX, Refusal
 from paxoskv.paxos.types import (
     NOOP,
     ZERO_BALLOT,
@@ -141,9 +150,14 @@ class Core:
         log_start: int = 1,
         applied_index: int = 0,
     ) -> None:
+        if promised.round > BALLOT_ROUND_MAX:
+            raise ValueError(f"promised ballot {promised} is past BALLOT_ROUND_MAX ({BALLOT_ROUND_MAX})")
         self.config = config
         self.id = config.node_id
         self.others: tuple[int, ...] = tuple(p for p in config.peers if p != config.node_id)
+        self._members = frozenset(config.peers)
+        # What was dropped from peers' messages, and why (see paxos/bounds.py).
+        self.refused: dict[Refusal, int] = dict.fromkeys(Refusal, 0)
         self.quorum = config.quorum
         # A follower learns from the leader's Accepted (rule (e) above) when
         # its own acceptance and the leader's make a quorum.
@@ -181,7 +195,14 @@ class Core:
         self._next_slot = 0
         self._inflight: dict[int, _Proposal] = {}
         self._queue: list[bytes] = []
+        self._queue_bytes = 0
         self._forward_queue: list[bytes] = []
+        self._forward_queue_bytes = 0
+        # Leader recovery (phase 1's outcome), proposed through the pipeline:
+        # slots _recovery_next..recovery_end not yet proposed, and the value
+        # a promise reported for each (a hole gets a no-op).
+        self._recovery_next = 1
+        self._recovery_values: dict[int, Value] = {}
         self._last_heard: dict[int, int] = {}
         self._quorum_check_tick = 0
         self._commit_sent = 0
@@ -222,7 +243,7 @@ class Core:
         self._out_reads: list[ReadState] = []
         self._out_snapshot_from: int | None = None
 
-        self._handlers: dict[type, Callable[[Message], None]] = {
+        handlers: dict[type, Callable[[Message], None]] = {
             PreVote: self._on_pre_vote,
             PreVoteReply: self._on_pre_vote_reply,
             Prepare: self._on_prepare,
@@ -238,6 +259,8 @@ class Core:
             ReadIndexRequest: self._on_read_index_request,
             ReadIndexReply: self._on_read_index_reply,
         }
+        # Each handler with the range check of its message type (bounds.py).
+        self._steps = {t: (CHECKS[t], handler) for t, handler in handlers.items()}
         self._tick_by_role: dict[Role, Callable[[], None]] = {
             Role.FOLLOWER: self._tick_follower,
             Role.PRECANDIDATE: self._tick_follower,
@@ -258,24 +281,33 @@ class Core:
     def step(self, msg: Message) -> None:
         """A peer message arrived. Messages for another node are a bug of the runtime."""
         assert msg.to == self.id, f"message for {msg.to} stepped into node {self.id}"
-        if msg.frm == self.id or msg.frm not in self.config.peers:
+        if msg.frm == self.id or msg.frm not in self._members:
             return
-        handler = self._handlers.get(type(msg))
-        if handler is not None:
+        step = self._steps.get(type(msg))
+        if step is not None:
+            out_of_range, handler = step
+            if out_of_range(msg) is not None:
+                self.refused[Refusal.OUT_OF_RANGE] += 1
+                return
             handler(msg)
 
     def propose(self, command: bytes) -> bool:
         """Queue a client command for the log. False: no leader is known (or
         the queue is full), so the caller should answer UNAVAILABLE now."""
+        cfg = self.config
         if self.role in (Role.LEADER, Role.CANDIDATE):
-            if len(self._queue) >= self.config.queue_commands_max:
+            size = self._queue_bytes + len(command)
+            if len(self._queue) >= cfg.queue_commands_max or size > cfg.queue_bytes_max:
                 return False
             self._queue.append(command)
+            self._queue_bytes = size
             return True
         if self.leader_id is not None:
-            if len(self._forward_queue) >= self.config.queue_commands_max:
+            size = self._forward_queue_bytes + len(command)
+            if len(self._forward_queue) >= cfg.queue_commands_max or size > cfg.queue_bytes_max:
                 return False
             self._forward_queue.append(command)
+            self._forward_queue_bytes = size
             return True
         return False
 
@@ -375,7 +407,7 @@ class Core:
             or (
                 self.role is Role.LEADER
                 and (
-                    (self._queue and len(self._inflight) < self.config.inflight_slots_max)
+                    ((self._queue or self._recovery_next <= self.recovery_end) and self._pipeline_room())
                     or ((self._reads_new_local or self._reads_new_remote) and not self._read_rounds)
                 )
             )
@@ -487,14 +519,19 @@ class Core:
     # ---- Elections -------------------------------------------------------------
 
     def _start_prevote(self) -> None:
+        round_ = max(self.max_round_seen, self.promised.round) + 1
+        self._election_elapsed = 0
+        self._timeout = self._random_timeout()
+        if round_ > BALLOT_ROUND_MAX:
+            # Only a peer that sent the maximum itself gets us here: a ballot
+            # past it would be refused by every node (and is not encodable
+            # near 2**64). Stay a follower; a leader at lower rounds is none.
+            self.refused[Refusal.ROUNDS_EXHAUSTED] += 1
+            return
         self._fail_reads()
         self.role = Role.PRECANDIDATE
         self.leader_id = None
-        self._queue.clear()
-        self._forward_queue.clear()
-        self._election_elapsed = 0
-        self._timeout = self._random_timeout()
-        round_ = max(self.max_round_seen, self.promised.round) + 1
+        self._clear_queues()
         self._prevote_ballot = Ballot(round_, self.id)
         self._prevotes = {self.id}
         if len(self._prevotes) >= self.quorum:
@@ -509,6 +546,9 @@ class Core:
         return self.leader_id is not None and self._election_elapsed < self.config.election_ticks_min
 
     def _on_pre_vote(self, msg: PreVote) -> None:
+        if msg.ballot.node != msg.frm:
+            self.refused[Refusal.FOREIGN_BALLOT] += 1
+            return
         self._see_round(msg.ballot.round)
         granted = (
             msg.ballot > self.promised
@@ -520,6 +560,8 @@ class Core:
         )
 
     def _on_pre_vote_reply(self, msg: PreVoteReply) -> None:
+        if not self._names_member(msg.promised):
+            return
         self._see_round(msg.promised.round)
         if self.role is not Role.PRECANDIDATE or msg.ballot != self._prevote_ballot:
             return
@@ -530,6 +572,10 @@ class Core:
 
     def _start_candidacy(self) -> None:
         round_ = max(self.max_round_seen, self.promised.round) + 1
+        if round_ > BALLOT_ROUND_MAX:
+            self.refused[Refusal.ROUNDS_EXHAUSTED] += 1
+            self._step_down(None)
+            return
         self.role = Role.CANDIDATE
         self.leader_id = None
         self.ballot = Ballot(round_, self.id)
@@ -561,6 +607,9 @@ class Core:
         )
 
     def _on_prepare(self, msg: Prepare) -> None:
+        if msg.ballot.node != msg.frm:
+            self.refused[Refusal.FOREIGN_BALLOT] += 1
+            return
         self._see_round(msg.ballot.round)
         if msg.ballot < self.promised:
             self._send(Nack(frm=self.id, to=msg.frm, ballot=msg.ballot, promised=self.promised))
@@ -585,19 +634,46 @@ class Core:
             self._become_leader()
 
     def _become_leader(self) -> None:
-        best: dict[int, Entry] = {}
+        promises = self._promises.values()
+        # Chosen values first, in slot order, so that the window moves with
+        # the commit point they extend: every value a correct promiser knows
+        # chosen lies within it (docs/design.md, "Hostile input").
+        reported = sorted((pair for p in promises for pair in p.chosen), key=lambda pair: pair[0])
         max_slot = self.commit_index
-        for promise in self._promises.values():
-            for slot, value in promise.chosen:
-                self._learn_chosen(slot, value)
-                max_slot = max(max_slot, slot)
+        window = bounds.ACCEPT_WINDOW_SLOTS
+        beyond = 0
+        for slot, value in reported:
+            if slot > self.commit_index + window:
+                beyond += 1
+                continue
+            self._learn_chosen(slot, value)
+            self._advance_commit()
+            max_slot = max(max_slot, slot)
+        self._advance_commit()
+        # Then the highest-ballot accepted value of every other slot, within
+        # the window of the commit point now known: past it nothing can have
+        # been chosen, as no correct acceptor accepts there.
+        window_end = self.commit_index + window
+        members = self._members
+        best: dict[int, Entry] = {}
+        for promise in promises:
             for e in promise.accepted:
+                if e.slot > window_end:
+                    beyond += 1
+                    continue
+                if e.ballot > promise.ballot:
+                    self.refused[Refusal.INCONSISTENT] += 1
+                    continue
+                if e.ballot.node not in members:
+                    self.refused[Refusal.NOT_A_MEMBER] += 1
+                    continue
                 cur = best.get(e.slot)
                 if cur is None or e.ballot > cur.ballot:
                     best[e.slot] = e
                 max_slot = max(max_slot, e.slot)
-        self._advance_commit()
-        behind = [p for p in self._promises.values() if p.log_start > self.commit_index + 1]
+        if beyond:
+            self.refused[Refusal.BEYOND_WINDOW] += beyond
+        behind = [p for p in promises if p.log_start > self.commit_index + 1]
         if behind:
             # A promiser compacted chosen slots we do not know: leading now could
             # fill them with no-ops. Catch up (log or snapshot) first.
@@ -610,18 +686,18 @@ class Core:
         self._inflight = {}
         self._next_slot = max_slot + 1
         self.recovery_end = max_slot
+        # Every slot up to max_slot is re-proposed (or filled with a no-op)
+        # through the pipeline, before any new command: at most
+        # inflight_slots_max at a time, never one object per missing slot
+        # up front.
+        self._recovery_next = self.commit_index + 1
+        self._recovery_values = {slot: e.value for slot, e in best.items() if slot not in self.chosen}
         self._heartbeat_elapsed = 0
         self._quorum_check_tick = self._now
         self._read_acks = {}
         self._commit_sent = 0
         self._notified_through = 0  # recovery_end covers what earlier leaders sent
-        entries: list[tuple[int, Value]] = []
-        for slot in range(self.commit_index + 1, max_slot + 1):
-            if slot in self.chosen:
-                continue
-            e = best.get(slot)
-            entries.append((slot, e.value if e is not None else NOOP))
-        self._propose_entries(entries)
+        self._propose_recovery()
         self._broadcast_heartbeat()
 
     def _step_down(self, leader: int | None) -> None:
@@ -630,6 +706,9 @@ class Core:
         self.leader_id = leader
         self._inflight = {}
         self._queue.clear()
+        self._queue_bytes = 0
+        self._recovery_next = self.recovery_end + 1
+        self._recovery_values = {}
         self._promises = {}
         self._election_elapsed = 0
         self._timeout = self._random_timeout()
@@ -648,30 +727,66 @@ class Core:
         self._last_heard[leader] = self._now
 
     def _on_nack(self, msg: Nack) -> None:
+        if not self._names_member(msg.promised):
+            return
         self._see_round(msg.promised.round)
         if self.role in (Role.CANDIDATE, Role.LEADER) and msg.promised > self.ballot:
             self._step_down(None)
 
     # ---- Phase 2 ---------------------------------------------------------------
 
+    def _pipeline_room(self) -> int:
+        """Slots the leader may propose now: the pipeline's room, and never a
+        slot past its own window (the bound every acceptor holds to)."""
+        room = self.config.inflight_slots_max - len(self._inflight)
+        if self._recovery_next > self.recovery_end:
+            window_room = self.commit_index + bounds.ACCEPT_WINDOW_SLOTS - self._next_slot + 1
+            if window_room < room:
+                room = window_room
+        return room if room > 0 else 0
+
+    def _propose_recovery(self) -> None:
+        """Propose the next recovery slots the pipeline has room for."""
+        room = self._pipeline_room()
+        slot = self._recovery_next
+        end = self.recovery_end
+        chosen = self.chosen
+        values = self._recovery_values
+        entries: list[tuple[int, Value]] = []
+        while slot <= end and len(entries) < room:
+            if slot not in chosen:
+                entries.append((slot, values.pop(slot, NOOP)))
+            slot += 1
+        self._recovery_next = slot
+        self._propose_entries(entries)
+
     def _flush_proposals(self) -> None:
+        if self._recovery_next <= self.recovery_end:
+            self._propose_recovery()
+            if self._recovery_next <= self.recovery_end:
+                return  # new commands go after every recovered slot
         cfg = self.config
         entries: list[tuple[int, Value]] = []
         queue = self._queue
         start = 0
-        while start < len(queue) and len(self._inflight) + len(entries) < cfg.inflight_slots_max:
+        taken = 0
+        room = self._pipeline_room()
+        while start < len(queue) and len(entries) < room:
             end = start
             size = 0
             while end < len(queue) and end - start < cfg.batch_commands_max:
-                size += len(queue[end])
-                if size > cfg.batch_bytes_max and end > start:
+                n = len(queue[end])
+                if size + n > cfg.batch_bytes_max and end > start:
                     break
+                size += n
                 end += 1
             entries.append((self._next_slot, tuple(queue[start:end])))
             self._next_slot += 1
             start = end
+            taken += size
         if start:
             del queue[:start]
+            self._queue_bytes -= taken
         if entries:
             self._propose_entries(entries)
 
@@ -707,38 +822,60 @@ class Core:
         for _, p in stale:
             p.sent_tick = self._now
 
+    def _heed_leader(self, msg: Accept | Heartbeat) -> bool:
+        """An Accept or Heartbeat: from a leader at its own ballot, at or
+        above the promise? Then promise it (a Heartbeat above the promise
+        is an Accept without entries: a leader at that ballot had a quorum
+        promise it; only the promised ballot's commit point counts) and
+        follow it. Else Nack it, or drop it (counted), and say False."""
+        ballot = msg.ballot
+        if ballot.node != msg.frm:
+            self.refused[Refusal.FOREIGN_BALLOT] += 1
+            return False
+        self._see_round(ballot.round)
+        if ballot < self.promised:
+            self._send(Nack(frm=self.id, to=msg.frm, ballot=ballot, promised=self.promised))
+            return False
+        if ballot > self.promised:
+            self._set_promised(ballot)
+        self._follow(ballot, msg.frm)
+        return True
+
     def _on_accept(self, msg: Accept) -> None:
-        self._see_round(msg.ballot.round)
-        if msg.ballot < self.promised:
-            self._send(Nack(frm=self.id, to=msg.frm, ballot=msg.ballot, promised=self.promised))
+        if not self._heed_leader(msg):
             return
-        if msg.ballot > self.promised:
-            self._set_promised(msg.ballot)
-        self._follow(msg.ballot, msg.frm)
+        ballot = msg.ballot
         acked: list[int] = []
         compacted = False
+        window_end = self.commit_index + bounds.ACCEPT_WINDOW_SLOTS
+        beyond = 0
         for slot, value in msg.entries:
             if slot < self.log_start:
                 compacted = True  # chosen, applied and dropped here: cannot vouch for a value
+                continue
+            if slot > window_end:
+                beyond += 1  # refused until this node has caught up (docs/design.md)
                 continue
             known = self.chosen.get(slot)
             if known is not None:
                 if known == value:
                     acked.append(slot)
                 continue
-            e = Entry(slot, msg.ballot, value)
+            e = Entry(slot, ballot, value)
             self.accepted[slot] = e
             self._out_accepted.append(e)
             acked.append(slot)
+        if beyond:
+            self.refused[Refusal.BEYOND_WINDOW] += beyond
         if acked:
-            self._send(Accepted(frm=self.id, to=msg.frm, ballot=msg.ballot, slots=tuple(acked)))
+            self._send(Accepted(frm=self.id, to=msg.frm, ballot=ballot, slots=tuple(acked)))
         if compacted:
             # Tell the leader it is behind our compacted log (it cannot get our
             # votes for those slots); it steps down and catches up.
             self._send(
                 CatchupReply(frm=self.id, to=msg.frm, chosen=(), commit=self.commit_index, log_start=self.log_start)
             )
-        self._learn_commit(msg.ballot, msg.commit, msg.frm)
+        self._learn_commit(ballot, msg.commit, msg.frm)
 
     def _on_accepted(self, msg: Accepted) -> None:
         if self.role is Role.FOLLOWER:
@@ -777,6 +914,11 @@ class Core:
             self._learn_chosen(slot, e.value)
 
     def _choose(self, slot: int, value: Value) -> None:
+        """This leader's own quorum chose ``value``: a different value known
+        chosen here is a bug of this node (no peer's word is involved), and
+        agreement is asserted, in production too."""
+        known = self.chosen.get(slot)
+        assert known is None or known == value, f"agreement violated at slot {slot}: {known!r} != {value!r}"
         self._learn_chosen(slot, value)
         self._advance_commit()
 
@@ -785,9 +927,15 @@ class Core:
     def _learn_chosen(self, slot: int, value: Value) -> None:
         if slot < self.log_start or slot <= self.applied_index:
             return
+        if slot > self.commit_index + bounds.ACCEPT_WINDOW_SLOTS:
+            self.refused[Refusal.BEYOND_WINDOW] += 1
+            return
         known = self.chosen.get(slot)
         if known is not None:
-            assert known == value, f"agreement violated at slot {slot}: {known!r} != {value!r}"
+            if known != value:
+                # Two values chosen for one slot: a peer's word against what
+                # this node knows. Counted, never believed, never a crash.
+                self.refused[Refusal.CONFLICT] += 1
             return
         p = self._inflight.get(slot)
         assert p is None or p.value == value, f"slot {slot} chosen with a value this leader did not propose"
@@ -802,9 +950,12 @@ class Core:
         self.commit_index = c
 
     def _learn_commit(self, ballot: Ballot, commit: int, frm: int) -> None:
-        """A leader at ``ballot`` says every slot up to ``commit`` is chosen."""
-        if commit > self._known_commit:
-            self._known_commit = commit
+        """The leader at ``ballot``, the ballot this node has promised (the
+        callers, Accept and Heartbeat, heeded it: ``_heed_leader``), says
+        every slot up to ``commit`` is chosen. Its word replaces any hint of
+        a higher commit point from elsewhere (a catch-up reply, a promise),
+        so a false one drives catch-up at most until the leader speaks."""
+        self._known_commit = commit
         if commit <= self.commit_index:
             return
         lo = self.commit_index + 1
@@ -865,18 +1016,23 @@ class Core:
                 self._step_down(None)
                 self._request_catchup(msg.frm)
             return
+        if self._catchup_sent_tick is None:
+            # Not catching up: nothing was asked (or it was answered already).
+            self.refused[Refusal.UNSOLICITED] += 1
+            return
         if not msg.chosen and msg.log_start > self.commit_index + 1:
             self._out_snapshot_from = msg.frm  # the peer compacted what we miss
             return
+        before = self.commit_index
         for slot, value in msg.chosen:
             self._learn_chosen(slot, value)
         self._advance_commit()
         if msg.commit > self._known_commit:
             self._known_commit = msg.commit
-        if self.commit_index < self._known_commit and msg.chosen:
-            self._request_catchup(msg.frm)
-        elif self.commit_index >= self._known_commit:
+        if self.commit_index >= self._known_commit:
             self._catchup_sent_tick = None
+        elif self.commit_index > before:
+            self._request_catchup(msg.frm)  # progress: ask for the next part at once
 
     # ---- Heartbeats and reads --------------------------------------------------
 
@@ -915,11 +1071,8 @@ class Core:
         self._read_round_tick = self._now
 
     def _on_heartbeat(self, msg: Heartbeat) -> None:
-        self._see_round(msg.ballot.round)
-        if msg.ballot < self.promised:
-            self._send(Nack(frm=self.id, to=msg.frm, ballot=msg.ballot, promised=self.promised))
+        if not self._heed_leader(msg):
             return
-        self._follow(msg.ballot, msg.frm)
         # The leader's word for every member; its own acks are direct.
         self._member_features = dict.fromkeys(self.others, msg.features)
         self._send(
@@ -933,6 +1086,10 @@ class Core:
         if msg.frm in self.others:
             self._member_features[msg.frm] = msg.features  # the member's own word, whatever the ballot
         if self.role is not Role.LEADER or msg.ballot != self.ballot:
+            return
+        if msg.read_seq > self._read_seq:
+            # It would confirm read rounds not started yet, forever after.
+            self.refused[Refusal.READ_SEQ_AHEAD] += 1
             return
         self._last_heard[msg.frm] = self._now
         if msg.read_seq > self._read_acks.get(msg.frm, 0):
@@ -1018,19 +1175,44 @@ class Core:
                 ReadIndexReply(frm=self.id, to=msg.frm, read_ids=msg.read_ids, index=self._read_index(), ok=True)
             )
             return
-        self._reads_new_remote.setdefault(msg.frm, []).extend(msg.read_ids)
+        waiting = self._reads_new_remote.setdefault(msg.frm, [])
+        if len(waiting) + len(msg.read_ids) > READ_IDS_PENDING_PER_PEER_MAX:
+            self.refused[Refusal.READS_OVER_LIMIT] += len(msg.read_ids)
+            self._send(ReadIndexReply(frm=self.id, to=msg.frm, read_ids=msg.read_ids, index=0, ok=False))
+            return
+        waiting.extend(msg.read_ids)
 
     def _on_read_index_reply(self, msg: ReadIndexReply) -> None:
-        if msg.frm == self.leader_id:
-            self._read_request_at = None
+        if msg.frm != self.leader_id:
+            # Every read waiting here was asked of the leader (a new leader
+            # fails them): an answer from anyone else would serve stale data.
+            self.refused[Refusal.UNSOLICITED] += 1
+            return
+        self._read_request_at = None
         for rid in msg.read_ids:
             if self._reads_remote_pending.pop(rid, None) is not None:
                 self._out_reads.append(ReadState(rid, msg.index, msg.ok))
 
     def _on_forward(self, msg: Forward) -> None:
-        if self.role in (Role.LEADER, Role.CANDIDATE):
-            room = self.config.queue_commands_max - len(self._queue)
-            self._queue.extend(msg.commands[: max(room, 0)])
+        if self.role not in (Role.LEADER, Role.CANDIDATE):
+            return
+        cfg = self.config
+        commands = msg.commands
+        size = sum(map(len, commands))
+        fits = len(self._queue) + len(commands) <= cfg.queue_commands_max
+        if fits and self._queue_bytes + size <= cfg.queue_bytes_max:
+            self._queue.extend(commands)
+            self._queue_bytes += size
+            return
+        taken = 0
+        for command in commands:  # the queue is full: as many as fit, in order
+            n = len(command)
+            if len(self._queue) >= cfg.queue_commands_max or self._queue_bytes + n > cfg.queue_bytes_max:
+                break
+            self._queue.append(command)
+            self._queue_bytes += n
+            taken += 1
+        self.refused[Refusal.QUEUE_FULL] += len(commands) - taken
 
     def _flush_forwards(self) -> None:
         leader = self.leader_id
@@ -1040,6 +1222,7 @@ class Core:
         for i in range(0, len(q), step):
             self._send(Forward(frm=self.id, to=leader, commands=tuple(q[i : i + step])))
         self._forward_queue = []
+        self._forward_queue_bytes = 0
         if self._reads_forward and self._read_request_at is None:
             # One request at a time: reads arriving meanwhile go in the next.
             self._send(
@@ -1083,3 +1266,17 @@ class Core:
     def _see_round(self, round_: int) -> None:
         if round_ > self.max_round_seen:
             self.max_round_seen = round_
+
+    def _names_member(self, ballot: Ballot) -> bool:
+        """Whether a ballot a peer reports as promised is the zero ballot or
+        a member's; otherwise it is counted and the message dropped."""
+        if ballot.node in self._members or ballot == ZERO_BALLOT:
+            return True
+        self.refused[Refusal.NOT_A_MEMBER] += 1
+        return False
+
+    def _clear_queues(self) -> None:
+        self._queue.clear()
+        self._queue_bytes = 0
+        self._forward_queue.clear()
+        self._forward_queue_bytes = 0

@@ -274,6 +274,7 @@ class Config:
     catchup_entries_max: int = 512  # chosen entries per CatchupReply
     forward_commands_max: int = 1024  # commands per Forward message
     queue_commands_max: int = 100_000  # commands waiting for a slot (backpressure)
+    queue_bytes_max: int = 64 << 20  # their bytes (a peer's Forwards fill it too)
     features: int = FEATURES  # what this node's binary supports (FEATURE_* bits)
 
     def __post_init__(self) -> None:
@@ -283,6 +284,14 @@ class Config:
             raise ValueError(f"peers must be distinct ids >= 1: {self.peers}")
         if self.heartbeat_ticks < 1 or self.election_ticks_min <= 2 * self.heartbeat_ticks:
             raise ValueError("need 1 <= heartbeat_ticks and election_ticks_min > 2*heartbeat_ticks")
+        from paxoskv.paxos import bounds  # it imports this module: not at the top
+
+        # The pipeline stays far inside the window every acceptor holds to.
+        if not 1 <= self.inflight_slots_max <= bounds.ACCEPT_WINDOW_SLOTS // 4:
+            raise ValueError(f"inflight_slots_max must be in [1, {bounds.ACCEPT_WINDOW_SLOTS // 4}]")
+        for name in ("batch_commands_max", "forward_commands_max"):
+            if not 1 <= getattr(self, name) <= bounds.COMMANDS_PER_MESSAGE_MAX:
+                raise ValueError(f"{name} must be in [1, {bounds.COMMANDS_PER_MESSAGE_MAX}]")
 
     @property
     def quorum(self) -> int:

@@ -27,7 +27,7 @@ Rules:
   ``paxoskv.replica.etcd`` (``self.etcd``): the same waiter table, the same
   read index, the same log.
 - Nothing here touches a clock, a socket, a thread or the global random
-  module (tests/unit/test_purity.py).
+  module (tests/unit/test_layers.py).
 """
 
 from __future__ import annotations
@@ -360,13 +360,12 @@ class ReplicaNode:
     def _read(self, call: Call, keys: list[tuple[int, bytes]], serializable: bool) -> None:
         if call.done:
             return  # expired meanwhile (reads after a batch's writes)
-        key_max = self._limits.key_bytes_max
+        limits = self._limits
+        key_max = limits.key_bytes_max
         replica = self.replica
         for i, key in keys:
-            if not key:
-                call.set(i, InvalidArgument("key must not be empty"))
-            elif len(key) > key_max:
-                call.set(i, InvalidArgument(f"key is {len(key)} bytes, over the limit of {key_max}"))
+            if not key or len(key) > key_max:  # the writes' wording (kv.commands)
+                call.set(i, InvalidArgument(commands.validate_op("", 0, key, b"", limits) or "bad key"))
             elif serializable:
                 sm = replica.sm
                 call.set(i, (sm.get(key), sm.applied_index))

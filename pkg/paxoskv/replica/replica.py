@@ -35,6 +35,7 @@ from google.protobuf.message import DecodeError
 
 from paxoskv.kv.commands import Limits
 from paxoskv.kv.state_machine import Applied, KVStateMachine
+from paxoskv.paxos import bounds
 from paxoskv.paxos.core import Core
 from paxoskv.paxos.types import Config, Message, Ready, SnapshotAck, SnapshotChunk
 from paxoskv.replica.transfer import SnapshotTransfer
@@ -138,10 +139,18 @@ class Replica:
         self.transfer.tick()
 
     def step(self, msg: Message) -> None:
-        if isinstance(msg, SnapshotChunk):
-            self.transfer.on_chunk(msg)
-        elif isinstance(msg, SnapshotAck):
-            self.transfer.on_ack(msg)
+        if isinstance(msg, (SnapshotChunk, SnapshotAck)):
+            # The core's rules for a message it does not see: a member's, in range.
+            core = self.core
+            if msg.to != core.id or msg.frm == core.id or msg.frm not in core.config.peers:
+                return
+            if bounds.check(msg) is not None:
+                core.refused[bounds.Refusal.OUT_OF_RANGE] += 1
+                return
+            if isinstance(msg, SnapshotChunk):
+                self.transfer.on_chunk(msg)
+            else:
+                self.transfer.on_ack(msg)
         else:
             self.core.step(msg)
 

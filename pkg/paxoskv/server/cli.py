@@ -6,13 +6,15 @@ Rules:
   (``PAXOSKV_ID``, ``PAXOSKV_PEERS``, ...); a flag on the command line wins.
 - Exit codes: 0 after a clean stop (SIGTERM or SIGINT), 2 when the node
   cannot start (a bad flag, a wrong/locked/unwritable data directory, a port
-  in use) with ONE line on stderr saying what to do, 1 when a running node
+  in use, no or bad peer-bus keys, another live node answering with this id)
+  with ONE line on stderr saying what to do, 1 when a running node
   fails (its storage stopped accepting writes) -- the log says why.
 - Start-up order keeps a refused start harmless: the public port is bound
   first (a port in use costs nothing), then the node opens its storage (it
   refuses a wrong or locked directory before writing anything) and binds its
   bus, and only then does the gRPC server start answering.
 - One log line at INFO says where the node listens; stopping says so too.
+  A node on the insecure peer bus says so at WARNING right after.
 
 Theory of operation: ``asyncio.run`` of ``_serve``, which waits for the
 first of a stop signal and the node's ``fatal`` future, then shuts the gRPC
@@ -31,7 +33,8 @@ import click
 import zmq
 
 from paxoskv import __version__
-from paxoskv.server.config import ConfigError, ServeOptions, build_serve_options
+from paxoskv.cli_options import option
+from paxoskv.server.config import NO_KEYS_HINT, ConfigError, ServeOptions, StartRefused, build_serve_options
 from paxoskv.storage.base import StorageError
 
 __all__ = ["serve_cmd", "main"]
@@ -59,6 +62,7 @@ async def _serve(opts: ServeOptions) -> int:
     from paxoskv.server.etcd_api import EtcdFacade
     from paxoskv.server.grpc_api import BindError, Facade
     from paxoskv.server.node import Node
+    from paxoskv.transport.bus import DuplicateNode
 
     cfg = opts.node
     node = Node(cfg)
@@ -79,7 +83,7 @@ async def _serve(opts: ServeOptions) -> int:
         ) from None
     try:
         await node.start()
-    except StorageError as exc:
+    except (StorageError, DuplicateNode) as exc:
         raise StartError(str(exc)) from None
     except zmq.ZMQError as exc:
         raise StartError(
@@ -99,15 +103,22 @@ async def _serve(opts: ServeOptions) -> int:
         await facade.mark_serving()
         peers = ", ".join(f"{pid}={p.host}:{p.port}" for pid, p in sorted(cfg.peers.items()))
         log.info(
-            "paxoskv %s node %d of cluster %r serving gRPC on %s (bus port %d, data %s, peers: %s)",
+            "paxoskv %s node %d of cluster %r serving gRPC on %s (bus port %d, %s, data %s, peers: %s)",
             __version__,
             cfg.node_id,
             cfg.cluster_id,
             opts.grpc_address,
             cfg.bus_port,
+            "CURVE" if cfg.bus_keys is not None else "INSECURE",
             cfg.data_dir,
             peers or "none",
         )
+        if cfg.bus_keys is None:
+            log.warning(
+                "*** INSECURE PEER BUS (--insecure-peer-bus): anyone who can reach bus port %d can act as "
+                "any node of this cluster and read its traffic; to turn CURVE on, %s ***",
+                cfg.bus_port, NO_KEYS_HINT,
+            )
         stopper = asyncio.create_task(stop.wait())
         assert node.fatal is not None
         done, _ = await asyncio.wait({stopper, node.fatal}, return_when=asyncio.FIRST_COMPLETED)
@@ -137,10 +148,9 @@ def run_serve(opts: ServeOptions, log_level: str = "info") -> int:
 
 
 class _Help:
-    """Option help texts, shared with ``bin/server``'s documentation."""
+    """Help texts of the options only ``serve`` takes (the shared ones are
+    ``paxoskv.cli_options``')."""
 
-    id = "This node's id (1, 2, ...): unique in the cluster."
-    cluster_id = "Cluster name; every node of a cluster must use the same."
     listen = "Address to bind the gRPC and bus ports on."
     port = "Public gRPC port."
     bus_port = "Peer-bus (ZeroMQ) port. Default: --port + 1000."
@@ -149,19 +159,20 @@ class _Help:
         "BUSPORT: their bus port, default PORT+1000)."
     )
     data_dir = "Data directory (LevelDB). Default: ./data/node<ID>."
+    peer_public_keys = (
+        "Directory holding node<ID>.key, the CURVE public key of every member (this node's too): "
+        "the peer bus admits exactly these keys. Turns CURVE on (`paxoskv keys` makes keys)."
+    )
+    peer_secret_key = "This node's CURVE secret key file. Default: node<ID>.key_secret in --peer-public-keys."
+    insecure_peer_bus = (
+        "Run the peer bus without authentication or encryption: only where nobody but the members "
+        "can reach the bus port."
+    )
 
 
 @click.command("serve", context_settings={"show_default": True})
-@click.option(
-    "--id", "node_id", type=int, required=True, envvar="PAXOSKV_ID", show_envvar=True, help=_Help.id
-)
-@click.option(
-    "--cluster-id",
-    default="paxoskv",
-    envvar="PAXOSKV_CLUSTER_ID",
-    show_envvar=True,
-    help=_Help.cluster_id,
-)
+@option("--id")
+@option("--cluster-id")
 @click.option(
     "--listen", default="0.0.0.0", envvar="PAXOSKV_LISTEN", show_envvar=True, help=_Help.listen
 )
@@ -181,21 +192,29 @@ class _Help:
     "--data-dir", default=None, envvar="PAXOSKV_DATA_DIR", show_envvar=True, help=_Help.data_dir
 )
 @click.option(
-    "--heartbeat-ms",
-    type=int,
-    default=50,
-    envvar="PAXOSKV_HEARTBEAT_MS",
+    "--peer-public-keys",
+    default=None,
+    envvar="PAXOSKV_PEER_PUBLIC_KEYS",
     show_envvar=True,
-    help="Leader heartbeat interval.",
+    help=_Help.peer_public_keys,
 )
 @click.option(
-    "--election-ms",
-    type=int,
-    default=500,
-    envvar="PAXOSKV_ELECTION_MS",
+    "--peer-secret-key",
+    default=None,
+    envvar="PAXOSKV_PEER_SECRET_KEY",
     show_envvar=True,
-    help="Election timeout: a follower that hears no leader this long (plus jitter) runs for it.",
+    help=_Help.peer_secret_key,
 )
+@click.option(
+    "--insecure-peer-bus",
+    is_flag=True,
+    default=False,
+    envvar="PAXOSKV_INSECURE_PEER_BUS",
+    show_envvar=True,
+    help=_Help.insecure_peer_bus,
+)
+@option("--heartbeat-ms")
+@option("--election-ms")
 @click.option(
     "--tick-ms",
     type=int,
@@ -291,14 +310,7 @@ class _Help:
     show_envvar=True,
     help="This node's host in etcd member lists (default: --listen, or the host name if that is a wildcard).",
 )
-@click.option(
-    "--log-level",
-    type=click.Choice(["debug", "info", "warning", "error"], case_sensitive=False),
-    default="info",
-    envvar="PAXOSKV_LOG_LEVEL",
-    show_envvar=True,
-    help="Log verbosity.",
-)
+@option("--log-level")
 def serve_cmd(
     node_id: int,
     cluster_id: str,
@@ -307,6 +319,9 @@ def serve_cmd(
     bus_port: int | None,
     peers: str,
     data_dir: str | None,
+    peer_public_keys: str | None,
+    peer_secret_key: str | None,
+    insecure_peer_bus: bool,
     heartbeat_ms: int,
     election_ms: int,
     tick_ms: int,
@@ -347,7 +362,13 @@ def serve_cmd(
             auto_compaction_retention=auto_compaction_retention,
             auto_compaction_interval=auto_compaction_interval,
             advertise_host=advertise_host,
+            peer_public_keys=peer_public_keys,
+            peer_secret_key=peer_secret_key,
+            insecure_peer_bus=insecure_peer_bus,
         )
+    except StartRefused as exc:
+        click.echo(f"paxoskv serve: error: {exc}", err=True)
+        sys.exit(EXIT_START_FAILED)
     except ConfigError as exc:
         raise click.UsageError(str(exc)) from None
     sys.exit(run_serve(opts, log_level))

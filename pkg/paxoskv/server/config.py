@@ -12,9 +12,15 @@ Rules:
   every node of a cluster must agree on, since the bus port is how nodes find
   each other. An IPv6 host is written in brackets: ``2=[::1]:50051``.
 - An endpoint (what clients dial) is ``HOST:PORT`` or ``[V6HOST]:PORT``; a bare
-  ``HOST`` means port ``DEFAULT_PORT``.
+  ``HOST`` means port ``DEFAULT_PORT``. That syntax, ``ConfigError`` and the
+  host and port parsers are the wire contract's (``paxoskv.wire``), shared
+  with the client; they are imported here for the server's flags.
 - The peers of a node are the OTHER nodes: a spec naming the node's own id,
   the same id twice, or an id < 1 is refused.
+- The peer bus runs CURVE with the keys of ``--peer-public-keys`` (and
+  ``--peer-secret-key``), loaded and checked here, or without authentication
+  only when ``--insecure-peer-bus`` says so. Neither given, or a bad key
+  file, is ``StartRefused``: one line on stderr and exit code 2.
 
 Theory of operation: plain string splitting, no regular-expression magic, so
 each error can say precisely which part is wrong.
@@ -26,8 +32,20 @@ import pathlib
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from paxoskv.wire import (
+    DEFAULT_PORT,
+    ConfigError,
+    format_hostport,
+    parse_endpoint,
+    parse_endpoints,
+    parse_hostport,
+    parse_port,
+    split_host,
+)
+
 if TYPE_CHECKING:  # the node module is heavy (zmq, plyvel): clients never import it
     from paxoskv.server.node import NodeConfig, PeerAddr
+    from paxoskv.transport.keys import BusKeys
 
 __all__ = [
     "BUS_PORT_OFFSET",
@@ -36,6 +54,7 @@ __all__ = [
     "DEFAULT_PORT",
     "ConfigError",
     "ServeOptions",
+    "StartRefused",
     "default_bus_port",
     "format_hostport",
     "parse_endpoint",
@@ -47,23 +66,19 @@ __all__ = [
     "parse_port",
 ]
 
-DEFAULT_PORT = 50051
 BUS_PORT_OFFSET = 1000
 NODE_ID_MAX = (1 << 32) - 1
 
 
-class ConfigError(ValueError):
-    """A flag's value is wrong; ``str(err)`` is one line for a person."""
+class StartRefused(ConfigError):
+    """The flags are well-formed but the node must not start (no bus keys, a
+    bad key file): the CLI prints ``str(err)``, one line, and exits 2."""
 
 
-def parse_port(text: str | int, what: str = "port") -> int:
-    try:
-        port = int(text)
-    except (TypeError, ValueError):
-        raise ConfigError(f"{what} {text!r} is not a number") from None
-    if not 1 <= port <= 65535:
-        raise ConfigError(f"{what} {port} is not in 1..65535")
-    return port
+NO_KEYS_HINT = (
+    "make keys with `paxoskv keys --dir DIR --nodes N` and pass --peer-public-keys DIR "
+    "(PAXOSKV_PEER_PUBLIC_KEYS)"
+)
 
 
 def default_bus_port(port: int) -> int:
@@ -75,60 +90,6 @@ def default_bus_port(port: int) -> int:
             f"choose a lower port or give the bus port explicitly"
         )
     return bus
-
-
-def _split_host(text: str) -> tuple[str, list[str]]:
-    """``HOST:a:b`` or ``[V6]:a:b`` -> (host, [a, b])."""
-    if text.startswith("["):
-        end = text.find("]")
-        if end < 0:
-            raise ConfigError(f"{text!r}: missing ']' after the IPv6 address")
-        host, rest = text[1:end], text[end + 1 :]
-        if rest and not rest.startswith(":"):
-            raise ConfigError(f"{text!r}: expected ':' after ']'")
-        parts = rest[1:].split(":") if rest else []
-    else:
-        host, *parts = text.split(":")
-    if not host:
-        raise ConfigError(f"{text!r}: the host is empty")
-    return host, parts
-
-
-def format_hostport(host: str, port: int) -> str:
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-
-
-def parse_hostport(text: str, default_port: int | None = None) -> tuple[str, int]:
-    """``HOST:PORT`` / ``[V6]:PORT`` (or ``HOST`` when ``default_port`` is given)."""
-    text = text.strip()
-    host, parts = _split_host(text)
-    if not parts:
-        if default_port is None:
-            raise ConfigError(f"{text!r}: expected HOST:PORT")
-        return host, default_port
-    if len(parts) != 1:
-        raise ConfigError(f"{text!r}: expected HOST:PORT (write IPv6 hosts as [::1]:PORT)")
-    return host, parse_port(parts[0], f"port in {text!r}")
-
-
-def parse_endpoint(text: str) -> str:
-    """A client endpoint, normalised to ``host:port``."""
-    host, port = parse_hostport(text, DEFAULT_PORT)
-    return format_hostport(host, port)
-
-
-def parse_endpoints(text: str) -> list[str]:
-    """Comma-separated endpoints, in order, without duplicates; at least one."""
-    out: list[str] = []
-    for item in text.split(","):
-        if not item.strip():
-            continue
-        ep = parse_endpoint(item)
-        if ep not in out:
-            out.append(ep)
-    if not out:
-        raise ConfigError("no endpoint given: expected HOST:PORT[,HOST:PORT...]")
-    return out
 
 
 def parse_node_id(text: str | int, what: str = "node id") -> int:
@@ -154,7 +115,7 @@ def parse_peers(text: str, own_id: int | None = None) -> dict[int, PeerAddr]:
         if not sep:
             raise ConfigError(f"peer {item!r}: expected ID=HOST:PORT[:BUSPORT]")
         node_id = parse_node_id(id_text.strip(), f"peer id in {item!r}")
-        host, parts = _split_host(addr.strip())
+        host, parts = split_host(addr.strip())
         if len(parts) not in (1, 2):
             raise ConfigError(f"peer {item!r}: expected ID=HOST:PORT[:BUSPORT]")
         port = parse_port(parts[0], f"port in {item!r}")
@@ -261,6 +222,9 @@ def build_serve_options(
     auto_compaction_retention: str = "0",
     auto_compaction_interval: str = "5m",
     advertise_host: str = "",
+    peer_public_keys: str | None = None,
+    peer_secret_key: str | None = None,
+    insecure_peer_bus: bool = False,
 ) -> ServeOptions:
     """Validate the flags of ``serve`` together; raise ``ConfigError``."""
     from paxoskv.kv.etcd import EtcdLimits
@@ -309,6 +273,7 @@ def build_serve_options(
 
         advertise = socket.gethostname()
     path = pathlib.Path(data_dir) if data_dir else pathlib.Path("data") / f"node{node_id}"
+    bus_keys = _bus_keys(node_id, peer_map, peer_public_keys, peer_secret_key, insecure_peer_bus)
     cfg = NodeConfig(
         node_id=node_id,
         cluster_id=cluster_id,
@@ -328,5 +293,33 @@ def build_serve_options(
         quota_bytes=None if quota_backend_bytes < 0 else (quota_backend_bytes or DEFAULT_QUOTA_BYTES),
         auto_compaction=auto_compaction if auto_compaction.enabled else None,
         advertise_host=advertise,
+        bus_keys=bus_keys,
     )
     return ServeOptions(node=cfg, request_timeout_s=request_timeout_s)
+
+
+def _bus_keys(
+    node_id: int,
+    peers: dict[int, PeerAddr],
+    public_dir: str | None,
+    secret_file: str | None,
+    insecure: bool,
+) -> BusKeys | None:
+    """The CURVE keys of the bus, loaded and checked; None with --insecure-peer-bus."""
+    from paxoskv.transport.keys import KeyFileError, load_bus_keys
+
+    if insecure:
+        if public_dir or secret_file:
+            raise ConfigError("--insecure-peer-bus excludes --peer-public-keys and --peer-secret-key")
+        return None
+    if not public_dir:
+        if secret_file:
+            raise ConfigError("--peer-secret-key needs --peer-public-keys (the members' public keys)")
+        raise StartRefused(
+            f"the peer bus needs CURVE keys: {NO_KEYS_HINT}; "
+            f"or run it unauthenticated with --insecure-peer-bus"
+        )
+    try:
+        return load_bus_keys(node_id, peers, public_dir, secret_file)
+    except KeyFileError as exc:
+        raise StartRefused(str(exc)) from None

@@ -1,5 +1,6 @@
 """The public gRPC facade of a node: ``paxoskv.v1.KV``, ``paxoskv.v1.Maintenance``,
-standard health checking and server reflection, on one ``grpc.aio`` server.
+standard health checking and server reflection (v1 and v1alpha), on one
+``grpc.aio`` server.
 
 Rules:
 
@@ -64,9 +65,11 @@ import grpc
 from google.protobuf.message import DecodeError
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
-from grpc_reflection.v1alpha import reflection
+from grpc_reflection.v1alpha import reflection, reflection_pb2, reflection_pb2_grpc
 
+from paxoskv import wire
 from paxoskv.protowire import len_field, varint
+from paxoskv.wire import KV_SERVICE, MAINTENANCE_SERVICE, MESSAGE_BYTES_MAX
 from paxoskv.replica.errors import (
     DeadlineExceeded,
     FailedPrecondition,
@@ -76,14 +79,12 @@ from paxoskv.replica.errors import (
     Unavailable,
     Unimplemented,
 )
+from paxoskv.reflection.v1 import reflection_pb2 as reflection_v1_pb2
 from paxoskv.v1 import kv_pb2
 
 __all__ = [
-    "KV_SERVICE",
     "call_timeout_s",
     "snapshot_stream",
-    "LEADER_METADATA_KEY",
-    "MAINTENANCE_SERVICE",
     "BindError",
     "Facade",
     "NodeLike",
@@ -92,16 +93,12 @@ __all__ = [
 
 log = logging.getLogger("paxoskv.grpc")
 
-KV_SERVICE = "paxoskv.v1.KV"
-MAINTENANCE_SERVICE = "paxoskv.v1.Maintenance"
-LEADER_METADATA_KEY = "paxoskv-leader"
 
 # Answer this much before the caller's deadline (fraction of what remains,
 # capped), so even a failure arrives while the caller still listens.
 DEADLINE_MARGIN_FRACTION = 0.05
 DEADLINE_MARGIN_S_MAX = 0.05
 
-MESSAGE_BYTES_MAX = 8 << 20  # > Limits.value_bytes_max + key: those get INVALID_ARGUMENT
 
 SERVER_OPTIONS: tuple[tuple[str, int], ...] = (
     ("grpc.so_reuseport", 0),
@@ -115,9 +112,30 @@ SERVER_OPTIONS: tuple[tuple[str, int], ...] = (
     ("grpc.http2.max_pings_without_data", 0),
 )
 
-_INVALID = grpc.StatusCode.INVALID_ARGUMENT
-_UNAVAILABLE = grpc.StatusCode.UNAVAILABLE
-_DEADLINE = grpc.StatusCode.DEADLINE_EXCEEDED
+_INVALID = wire.INVALID
+_UNAVAILABLE = wire.UNAVAILABLE
+_DEADLINE = wire.DEADLINE
+
+
+REFLECTION_V1_SERVICE = reflection_v1_pb2.DESCRIPTOR.services_by_name["ServerReflection"].full_name
+
+
+def _add_reflection(server: grpc.aio.Server, services: Sequence[str]) -> None:
+    """Server reflection, v1 and v1alpha: one grpcio-reflection servicer behind
+    both paths (v1's messages are v1alpha's on the wire,
+    tests/unit/test_reflection_v1.py); the generated v1 module puts v1's
+    descriptor in the pool, so a client can describe it too."""
+    names = (*services, REFLECTION_V1_SERVICE, reflection.SERVICE_NAME)
+    servicer = reflection.aio.ReflectionServicer(names)
+    reflection_pb2_grpc.add_ServerReflectionServicer_to_server(servicer, server)
+    v1 = {
+        "ServerReflectionInfo": grpc.stream_stream_rpc_method_handler(
+            servicer.ServerReflectionInfo,
+            request_deserializer=reflection_pb2.ServerReflectionRequest.FromString,
+            response_serializer=reflection_pb2.ServerReflectionResponse.SerializeToString,
+        )
+    }
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(REFLECTION_V1_SERVICE, v1),))
 
 
 class BindError(Exception):
@@ -167,14 +185,14 @@ def _error_of(exc: NodeError) -> _Abort:
     if isinstance(exc, Unavailable):
         md: tuple = ()
         if exc.leader_id and exc.leader_addr:
-            md = ((LEADER_METADATA_KEY, f"{exc.leader_id}={exc.leader_addr}"),)
+            md = wire.leader_hint(exc.leader_id, exc.leader_addr)
         return _Abort(_UNAVAILABLE, str(exc), md)
     if isinstance(exc, DeadlineExceeded):
         return _Abort(_DEADLINE, str(exc))
     if isinstance(exc, FailedPrecondition):
-        return _Abort(grpc.StatusCode.FAILED_PRECONDITION, str(exc))
+        return _Abort(wire.STALE, str(exc))
     if isinstance(exc, Unimplemented):
-        return _Abort(grpc.StatusCode.UNIMPLEMENTED, str(exc))
+        return _Abort(wire.UNIMPLEMENTED, str(exc))
     if isinstance(exc, ResourceExhausted):
         return _Abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc))
     return _Abort(grpc.StatusCode.INTERNAL, f"{type(exc).__name__}: {exc}")
@@ -261,13 +279,9 @@ class Facade:
             )
             self.server.add_registered_method_handlers(name, dict(handlers))
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
-        reflection.enable_server_reflection(
-            (
-                *self._services,
-                health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
-                reflection.SERVICE_NAME,
-            ),
+        _add_reflection(
             self.server,
+            (*self._services, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name),
         )
 
     # ---- handlers ---------------------------------------------------------------

@@ -42,6 +42,7 @@ from paxoskv.replica.errors import EtcdFailure, NodeError, Unavailable
 from paxoskv.replica.etcd import AutoCompaction, as_etcd
 from paxoskv.replica.node import ReplicaNode
 from paxoskv.transport.bus import BusClosed, PeerBus
+from paxoskv.transport.keys import BusKeys
 from paxoskv.v1 import kv_pb2
 
 log = logging.getLogger("paxoskv.node")
@@ -115,6 +116,7 @@ class NodeConfig:
     quota_bytes: int | None = 2 << 30  # None: no space quota
     auto_compaction: AutoCompaction | None = None
     advertise_host: str = ""  # how clients reach this node (member lists); "": listen_host
+    bus_keys: BusKeys | None = None  # CURVE keys of the peer bus; None: the insecure bus
 
     def core_config(self) -> Config:
         hb = max(1, round(self.heartbeat_ms / self.tick_ms))
@@ -174,6 +176,7 @@ class Node:
             cfg.listen_host,
             cfg.bus_port,
             {pid: (p.host, p.bus_port) for pid, p in cfg.peers.items()},
+            keys=cfg.bus_keys,
         )
         self.layer = ReplicaNode(
             cfg.core_config(),
@@ -356,13 +359,10 @@ class Node:
         for pid, addr in sorted(self.cfg.peers.items()):
             ps = peer_status.get(pid)
             last = ps.last_recv_s if ps is not None else None
-            ago = (now - last) if last is not None else -1.0
-            st.peers.add(
-                node_id=pid,
-                address=f"{addr.host}:{addr.port}",
-                connected=last is not None and ago <= election_s,
-                last_heard_seconds=ago,
-            )
+            peer = st.peers.add(node_id=pid, address=f"{addr.host}:{addr.port}")
+            if last is not None:  # never heard from: the field stays absent
+                peer.last_heard_seconds = now - last
+                peer.connected = peer.last_heard_seconds <= election_s
         return st
 
     @property

@@ -39,7 +39,7 @@ from typing import Any, NoReturn
 
 import click
 
-from paxoskv.server.config import ConfigError, parse_endpoints
+from paxoskv.cli_options import option
 from paxoskv.storage.base import StorageError
 from paxoskv.storage.snapshot import (
     CHUNK_BYTES,
@@ -48,6 +48,7 @@ from paxoskv.storage.snapshot import (
     SnapshotInfo,
 )
 from paxoskv.storage.snapshot_files import verify_file, write_file
+from paxoskv.wire import MESSAGE_BYTES_MAX, ConfigError, parse_endpoints
 
 __all__ = [
     "EXIT_CORRUPT",
@@ -64,9 +65,6 @@ EXIT_CORRUPT = 1
 EXIT_USAGE = 2
 EXIT_UNAVAILABLE = 3
 EXIT_OTHER = 4
-
-GRPC_MESSAGE_BYTES_MAX = 64 << 20
-
 
 def _fail(cmd: str, message: str, rc: int) -> NoReturn:
     click.echo(f"paxoskv snapshot {cmd}: error: {message}", err=True)
@@ -110,7 +108,7 @@ def _stream(endpoint: str, timeout_s: float) -> Iterator[bytes]:
 
     from paxoskv.v1 import kv_pb2, kv_pb2_grpc
 
-    options = [("grpc.max_receive_message_length", GRPC_MESSAGE_BYTES_MAX)]
+    options = [("grpc.max_receive_message_length", MESSAGE_BYTES_MAX)]
     with grpc.insecure_channel(endpoint, options=options) as channel:
         stub = kv_pb2_grpc.MaintenanceStub(channel)
         digest = hashlib.sha256()
@@ -142,24 +140,8 @@ def _stream(endpoint: str, timeout_s: float) -> Iterator[bytes]:
 
 @snapshot_cmd.command("save")
 @click.argument("file", type=click.Path(dir_okay=False))
-@click.option(
-    "--endpoints",
-    default="localhost:50051",
-    show_default=True,
-    envvar="PAXOSKV_ENDPOINTS",
-    show_envvar=True,
-    help="HOST:PORT of the ONE node to back up.",
-)
-@click.option(
-    "--timeout",
-    "timeout_s",
-    type=click.FloatRange(min=0.001),
-    default=300.0,
-    show_default=True,
-    envvar="PAXOSKV_TIMEOUT",
-    show_envvar=True,
-    help="Deadline in seconds for the whole transfer.",
-)
+@option("--endpoints", help="HOST:PORT of the ONE node to back up.")
+@option("--timeout", default=300.0, help="Deadline in seconds for the whole transfer.")
 def save_cmd(file: str, endpoints: str, timeout_s: float) -> None:
     """Stream a consistent snapshot of a running node into FILE."""
     import grpc
@@ -286,22 +268,8 @@ def restore_snapshot(
     show_envvar=True,
     help="The NEW data directory to create (must not exist, or be empty).",
 )
-@click.option(
-    "--id",
-    "node_id",
-    type=int,
-    required=True,
-    envvar="PAXOSKV_ID",
-    show_envvar=True,
-    help="The node id that will run on it.",
-)
-@click.option(
-    "--cluster-id",
-    default=None,
-    envvar="PAXOSKV_CLUSTER_ID",
-    show_envvar=True,
-    help="The new cluster's id (default: the snapshot's).",
-)
+@option("--id")
+@option("--cluster-id", default=None, help="The new cluster's id (default: the snapshot's).")
 def restore_cmd(file: str, data_dir: str, node_id: int, cluster_id: str | None) -> None:
     """Seed a new node's data directory from FILE (offline)."""
     if cluster_id == "":

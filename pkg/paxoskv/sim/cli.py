@@ -14,6 +14,9 @@ Rules:
   operation budget is the same run up to the moment the budget runs out, so a
   bisection on ``--ops`` finds a shorter run that fails the same way, and
   prints its replay command.
+- A campaign (``--seeds`` above 1) prints a progress line on stderr after
+  each tenth of its seeds: how many ran, the failures so far, the elapsed
+  time, so a long one is never silent (stdout keeps the summary alone).
 - Exit status: 0 when every seed passed, 1 when any seed found a violation.
 """
 
@@ -25,8 +28,11 @@ import time
 
 import click
 
+from paxoskv.cli_options import option
 from paxoskv.sim.nemesis import FAULT_PROFILES
 from paxoskv.sim.simulation import FAULTS_DEFAULT, OPS_DEFAULT, SimConfig, SimResult, Simulation
+
+PROGRESS_STEPS = 10  # a campaign reports after each tenth of its seeds
 
 
 def _print_failure(result: SimResult, violations_max: int = 10) -> None:
@@ -66,9 +72,7 @@ def minimize_ops(result: SimResult) -> SimResult:
     show_default=True,
     help="Run this many consecutive seeds.",
 )
-@click.option(
-    "--nodes", type=click.IntRange(min=1), default=3, show_default=True, help="Cluster size."
-)
+@option("--nodes", type=click.IntRange(min=1), envvar=None)  # simulated: no environment
 @click.option(
     "--ops",
     type=click.IntRange(min=0),
@@ -89,6 +93,14 @@ def minimize_ops(result: SimResult) -> SimResult:
     default=1,
     show_default=True,
     help="Let the safety phase last up to this many times longer (use with more --ops).",
+)
+@click.option(
+    "--hostile",
+    "hostile_rate",
+    type=click.FloatRange(0.0, 1.0),
+    default=0.0,
+    show_default=True,
+    help="Hostile members: before this share of deliveries a member also sends a message breaking a rule (nothing forged may apply).",
 )
 @click.option(
     "--verbose",
@@ -120,6 +132,7 @@ def sim_cmd(
     ops: int,
     faults: str,
     scale: int,
+    hostile_rate: float,
     verbose: bool,
     history_out: str | None,
     stop_on_failure: bool,
@@ -135,9 +148,19 @@ def sim_cmd(
     failed: list[SimResult] = []
     undecided = 0
     last: SimResult | None = None
+    progress_every = max(1, count // PROGRESS_STEPS) if count > 1 else 0
     for s in range(seed, seed + count):
-        config = SimConfig(seed=s, nodes=nodes, ops=ops, faults=faults, scale=scale, trace=verbose)
+        config = SimConfig(
+            seed=s, nodes=nodes, ops=ops, faults=faults, scale=scale, trace=verbose, hostile_rate=hostile_rate
+        )
         result = Simulation(config).run()
+        done = s - seed + 1
+        if progress_every and (done % progress_every == 0 or done == count):
+            click.echo(
+                f"progress: {done} of {count} seeds ({100 * done // count}%), "
+                f"{len(failed) + (not result.ok)} failed, {time.perf_counter() - started:.1f}s",
+                err=True,
+            )
         last = result
         ops_total += result.ops
         undecided += result.linearizability == "unknown"

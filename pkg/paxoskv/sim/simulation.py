@@ -27,7 +27,7 @@ Rules:
 - A crashed node loses its process (core, state machine, waiting clients,
   inbox) and, on a power loss, by the storage's crash model, a random suffix
   of its unsynced writes (a killed process loses none: the OS has them); it
-  sends and receives nothing until it restarts as a new Replica on what
+  sends and receives nothing until it restarts as a new ReplicaNode on what
   survived. A write to a full disk raises ``NotWritable``: the node stops
   there, as the real one must, and starts again once the disk has room. A
   paused node keeps its memory but runs nothing; messages and requests that
@@ -42,10 +42,13 @@ Rules:
   must not starve what the leader does on a timer.
 - Checked continuously: agreement and in-order application of every slot on
   every node, across crashes; messages survive the wire codec (in the runs
-  drawn to use it); a Ready is never empty when ``has_ready()`` said yes. Checked at the end: prefixes, acknowledged writes against
-  the final state, the final state against an independent model replaying
-  the agreed log, linearizability of the client history (``paxoskv.check``),
-  convergence, liveness.
+  drawn to use it); a Ready is never empty when ``has_ready()`` said yes;
+  every answer a client gets fits what it asked (an invalid request is
+  refused, a valid one never; no stale sequence). Checked at the end:
+  prefixes, acknowledged writes against the final state, the final state
+  against an independent model replaying the agreed log, linearizability of
+  the client history (``paxoskv.check``), serializable reads, convergence,
+  liveness.
 - A run never raises for a bug it finds in the system under test: an
   exception escaping the core, replica or state machine is a violation too,
   reported with the seed.
@@ -64,6 +67,7 @@ from typing import Any
 
 from paxoskv.check import Operation as CheckOp
 from paxoskv.check import check_history
+from paxoskv.paxos import hostile
 from paxoskv.paxos.core import Core
 from paxoskv.paxos.types import Config, Message, Role
 from paxoskv.v1 import kv_pb2
@@ -131,6 +135,9 @@ class SimConfig:
     trace: bool = False  # keep a human-readable trace of every event
     check_linearizability: bool = True
     core_factory: type[Core] = Core  # the tests swap in a deliberately broken core
+    # Hostile members: before this share of deliveries a member also sends the
+    # node a message breaking a rule it enforces (paxoskv.paxos.hostile).
+    hostile_rate: float = 0.0
 
     def __post_init__(self) -> None:
         if self.nodes < 1:
@@ -139,6 +146,8 @@ class SimConfig:
             raise ValueError(f"ops must be >= 0, not {self.ops}")
         if self.scale < 1:
             raise ValueError(f"scale must be >= 1, not {self.scale}")
+        if not 0.0 <= self.hostile_rate <= 1.0:
+            raise ValueError(f"hostile_rate must be in [0, 1], not {self.hostile_rate}")
         if self.faults not in FAULT_PROFILES:
             raise ValueError(f"faults must be one of {sorted(FAULT_PROFILES)}, not {self.faults!r}")
 
@@ -150,6 +159,8 @@ class SimConfig:
             cmd += f" --faults {self.faults}"
         if self.scale != 1:
             cmd += f" --scale {self.scale}"
+        if self.hostile_rate:
+            cmd += f" --hostile {self.hostile_rate:g}"
         return cmd
 
 
@@ -171,6 +182,7 @@ class SimResult:
     nemesis_actions: dict[str, int]
     snapshots_installed: int
     empty_ready_batches: int  # Replica.prepare() gave a batch with nothing in it
+    hostile: dict[str, int]  # hostile messages sent: refused by the codec, stepped
     pending_at_heal: int  # client operations in flight when the liveness phase began
     network: dict[str, int]  # sent, delivered, lost, cut, duplicated
     linearizability: str  # the checker's verdict: ok, violation, unknown, unchecked
@@ -376,6 +388,9 @@ class Simulation:
         self._stop_reason = ""
         self.snapshots_installed = 0
         self.empty_ready_batches = 0
+        # Drawn apart from the seed's main stream: other runs replay as before.
+        self._hostile_rng = random.Random(f"hostile-{config.seed}")
+        self.hostile_outcomes: dict[str, int] = {"codec": 0, "stepped": 0}
         self.linearizability = "unchecked"  # ok, violation, unknown (budget spent), unchecked
 
     # ---- Tracing ----------------------------------------------------------------
@@ -525,7 +540,12 @@ class Simulation:
 
     def _step_now(self, arg: tuple[SimNode, Message]) -> None:
         node, msg = arg
-        node.layer.step(msg)  # type: ignore[union-attr]
+        layer = node.layer
+        assert layer is not None
+        rate = self.config.hostile_rate
+        if rate and self._hostile_rng.random() < rate:
+            self.hostile_outcomes[hostile.inject(self._hostile_rng, layer.replica.core, layer.step)] += 1
+        layer.step(msg)
         self._wake(node)
 
     def _guard(self, node: SimNode, fn: Any, arg: Any) -> None:
@@ -939,6 +959,9 @@ class Simulation:
                         break
         for problem in check_serializable_reads(self.history):
             self.violation("serializable-read", problem)
+        forged = sorted(s for s, value in self.applied.chosen.items() if any(hostile.FORGED in c for c in value))
+        if forged:
+            self.violation("forged", f"a hostile member's command was applied at slots {forged[:5]}")
         if self.config.check_linearizability:
             self.linearizability, explanation = check_linearizable(self.history)
             if self.linearizability == "violation":
@@ -1002,6 +1025,7 @@ class Simulation:
             nemesis_actions=dict(self.nemesis.actions_run),
             snapshots_installed=self.snapshots_installed,
             empty_ready_batches=self.empty_ready_batches,
+            hostile=dict(self.hostile_outcomes),
             pending_at_heal=self._pending_at_heal,
             network={
                 "sent": stats.sent,

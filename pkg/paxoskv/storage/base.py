@@ -31,6 +31,12 @@ Rules:
 - Errors are ``StorageError`` subclasses; each message is one line that says
   what is wrong and what to do. ``NotWritable`` is also raised by a write
   that fails at run time (disk full): the node must stop, not go on.
+- ``load()`` refuses, with ``OutOfRange``, a store holding a value past the
+  stated maxima of :mod:`paxoskv.paxos.bounds` (a promise or an accepted
+  ballot above ``BALLOT_ROUND_MAX``, a slot or index above ``SLOT_MAX``):
+  one a paxoskv from before those checks took from a peer. The node would
+  fail at its next election, and again at every restart; instead it does
+  not start, and says how to recover (``check_loaded``).
 
 Log compaction and snapshots:
 
@@ -78,6 +84,7 @@ from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
 from paxoskv.kv.state_machine import Changes, Session
+from paxoskv.paxos.bounds import BALLOT_ROUND_MAX, NODE_ID_MAX, SLOT_MAX
 from paxoskv.paxos.types import Ballot, Entry, Value
 
 __all__ = [
@@ -88,6 +95,7 @@ __all__ = [
     "LoadedState",
     "NotFound",
     "NotWritable",
+    "OutOfRange",
     "SnapshotInstaller",
     "SnapshotSource",
     "Storage",
@@ -96,6 +104,7 @@ __all__ = [
     "WrongFormat",
     "WrongNode",
     "check_identity",
+    "check_loaded",
 ]
 
 FORMAT_VERSION = 4
@@ -106,7 +115,6 @@ FORMAT_VERSION = 4
 # 4: the applied state is an MVCC history (rev/ rows, revisions in the applied
 # record); a store of 1-3 holds plain kv/ values, which become revision-2 rows.
 READABLE_FORMAT_VERSIONS = (1, 2, 3, 4)
-NODE_ID_MAX = (1 << 32) - 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -277,6 +285,20 @@ class Corrupt(StorageError):
         )
 
 
+class OutOfRange(StorageError):
+    """The store holds a value no correct peer sends (see ``check_loaded``)."""
+
+    def __init__(self, path: str, what: str) -> None:
+        super().__init__(
+            f"data directory {path} holds {what}, a value no correct peer sends (a paxoskv "
+            f"from before input checks accepted it): move the directory away and restart the "
+            f"node with an empty one so it catches up from its peers; if every node holds "
+            f"such a value, restore each node from a snapshot backup (paxoskv snapshot restore)",
+            path=path,
+        )
+        self.what = what
+
+
 class NotFound(StorageError):
     def __init__(self, path: str) -> None:
         super().__init__(
@@ -292,3 +314,27 @@ def check_identity(node_id: int, cluster_id: str) -> None:
         raise ValueError(f"node_id must be in [1, {NODE_ID_MAX}], not {node_id}")
     if not cluster_id:
         raise ValueError("cluster_id must not be empty")
+
+
+def check_loaded(path: str, state: LoadedState) -> LoadedState:
+    """``state``, or ``OutOfRange`` when it holds a value past the maxima of
+    :mod:`paxoskv.paxos.bounds`. Every store's ``load()`` ends with it."""
+    if state.promised.round > BALLOT_ROUND_MAX:
+        raise OutOfRange(path, f"a promise at ballot {state.promised} (round > BALLOT_ROUND_MAX = {BALLOT_ROUND_MAX})")
+    for slot, entry in state.accepted.items():
+        if slot > SLOT_MAX:
+            raise OutOfRange(path, f"an entry accepted at slot {slot} (> SLOT_MAX = {SLOT_MAX})")
+        if entry.ballot.round > BALLOT_ROUND_MAX:
+            raise OutOfRange(
+                path,
+                f"an entry of slot {slot} accepted at ballot {entry.ballot} "
+                f"(round > BALLOT_ROUND_MAX = {BALLOT_ROUND_MAX})",
+            )
+    top = max(state.chosen, default=0)
+    if top > SLOT_MAX:
+        raise OutOfRange(path, f"a value chosen at slot {top} (> SLOT_MAX = {SLOT_MAX})")
+    if state.applied_index > SLOT_MAX:
+        raise OutOfRange(path, f"applied index {state.applied_index} (> SLOT_MAX = {SLOT_MAX})")
+    if state.log_start > SLOT_MAX + 1:
+        raise OutOfRange(path, f"log start {state.log_start} (> SLOT_MAX + 1 = {SLOT_MAX + 1})")
+    return state

@@ -155,6 +155,7 @@ from paxoskv.storage.base import (
     WrongFormat,
     WrongNode,
     check_identity,
+    check_loaded,
 )
 from paxoskv.storage.snapshot_base import InstallerBase, SourceBase
 from paxoskv.storage.snapshot import (
@@ -366,7 +367,7 @@ class LevelDBStorage:
         revision, compact_revision, alarms = _mvcc_of(applied)
         self._values = {slot: e.value for slot, e in accepted.items()}
         self._marked = marked
-        return LoadedState(
+        loaded = LoadedState(
             promised=promised,
             # The entry of a chosen, applied slot is no acceptance still in
             # play (a marked one is the chosen value's copy).
@@ -382,6 +383,7 @@ class LevelDBStorage:
             compact_revision=compact_revision,
             alarms=alarms,
         )
+        return check_loaded(self.path, loaded)
 
     def _read_log(self, snap: Any) -> tuple[dict[int, Entry], dict[int, Value], set[int], int]:  # noqa: ANN401 - a plyvel DB or snapshot
         """The accepted entries, the chosen values from ``log_start`` on, the

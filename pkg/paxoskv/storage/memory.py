@@ -52,6 +52,7 @@ from paxoskv.storage.base import (
     WrongCluster,
     WrongNode,
     check_identity,
+    check_loaded,
 )
 from paxoskv.storage.snapshot_base import InstallerBase, SourceBase
 from paxoskv.storage.snapshot import (
@@ -256,7 +257,7 @@ class MemoryStorage:
         image = self.disk._current
         applied = image.applied_index
         chosen = image.chosen
-        return LoadedState(
+        loaded = LoadedState(
             promised=image.promised,
             # As in every store: an accepted entry of a chosen, applied slot
             # is not an acceptance still in play (LevelDB keeps it as the
@@ -271,6 +272,7 @@ class MemoryStorage:
             compact_revision=image.compact_revision,
             alarms=image.alarms,
         )
+        return check_loaded(self.disk.name, loaded)
 
     def persist(
         self,

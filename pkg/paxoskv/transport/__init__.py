@@ -1,5 +1,26 @@
-"""ZeroMQ ROUTER/DEALER peer bus: one encoded Envelope per ZeroMQ message (see :mod:`.bus`)."""
+"""The ZeroMQ peer bus: core messages between nodes (see bus.py), CURVE keys (keys.py)."""
 
-from paxoskv.transport.bus import BusClosed, BusStats, DropReason, PeerBus, PeerStatus
+from paxoskv.transport.bus import (
+    FRAME_BYTES_MAX,
+    BusClosed,
+    BusStats,
+    DropReason,
+    DuplicateNode,
+    PeerBus,
+    PeerStatus,
+)
+from paxoskv.transport.keys import BusKeys, KeyFileError, create_key_pair, load_bus_keys
 
-__all__ = ["BusClosed", "BusStats", "DropReason", "PeerBus", "PeerStatus"]
+__all__ = [
+    "FRAME_BYTES_MAX",
+    "BusClosed",
+    "BusKeys",
+    "BusStats",
+    "DropReason",
+    "DuplicateNode",
+    "KeyFileError",
+    "PeerBus",
+    "PeerStatus",
+    "create_key_pair",
+    "load_bus_keys",
+]

@@ -2,63 +2,86 @@
 
 Rules
 -----
-* Each node binds one ROUTER socket (everything addressed to it arrives
-  there) and holds one DEALER per peer, connected to that peer's ROUTER, with
-  routing identity ``str(node_id).encode()``.  Traffic is one-way per socket:
-  a node sends only on its DEALERs and receives only on its ROUTER.
-* One ZeroMQ message is one encoded ``Envelope`` (:mod:`paxoskv.paxos.codec`),
-  a single frame; the ROUTER prepends the sender's identity frame on receipt.
-* Sending never blocks and never awaits.  When a peer's queue is full
-  (``SNDHWM`` = ``send_queue_max`` messages) or the peer has no completed
-  connection, :meth:`PeerBus.send` drops the message, counts it and returns
-  False.  Paxos retransmits, so a dropped message costs latency, never
-  safety; a queued stale one costs memory and bandwidth when the peer comes
-  back.  Hence ``IMMEDIATE=1``: nothing is queued for a peer we are not
-  connected to, and a connection that dies takes its queue with it.  Memory
-  per peer is bounded by ``send_queue_max`` messages on the way out and
-  ``send_queue_max`` on the way in (``RCVHWM``) plus kernel buffers (a bound
-  in messages, not bytes: each is at most ``frame_bytes_max``).
-* Every received frame is validated and, if bad, counted in :attr:`PeerBus.stats`
-  under a :class:`DropReason`, logged at most once per peer per
-  ``drop_log_interval_s`` (by the injected clock) and dropped; the bus keeps
-  working.  Bad means: not two frames or not decodable (MALFORMED), larger
-  than ``frame_bytes_max`` (OVERSIZED; libzmq itself cuts the connection of a
-  peer sending frames over ``2 * frame_bytes_max``: ``MAXMSGSIZE``), another
-  cluster's id (FOREIGN_CLUSTER), a sender not among our peers
-  (UNKNOWN_SENDER), addressed to another node (WRONG_DESTINATION), or an
-  identity frame that is not the sender's own (IDENTITY_MISMATCH: a node
-  claiming to be another).
-* Connections and reconnections are libzmq's job: a DEALER retries every
-  ``RECONNECT_IVL`` (50 ms, backing off to 1 s), so a restarted peer is
-  reached again without anyone's help; ``ROUTER_HANDOVER`` lets the restarted
-  peer's new connection take its identity over from a half-dead old one.
-  ZMTP heartbeats (1 s, timeout 3 s) notice a peer that stopped answering
-  (SIGSTOP, a cut cable) far sooner than TCP would; TCP keepalive is on too
-  for the middleboxes.
-* The bus trusts its network: identities are not authenticated (ZeroMQ
-  CURVE would be the step beyond), so the checks above catch mistakes and
-  misconfiguration (a node of another cluster, a wrong peer table), not an
-  attacker.
+* Each node binds one ROUTER (everything addressed to it arrives there) and
+  holds one DEALER per peer, connected to that peer's ROUTER. Core messages
+  go out only on DEALERs and come in only on the ROUTER. One core message is
+  one ZeroMQ message of one frame, an encoded ``Envelope``
+  (:mod:`paxoskv.paxos.codec`); a bus control message
+  (``proto/paxoskv/v1/bus.proto``) is two frames, :data:`CONTROL_TAG` and a
+  ``BusControl``.
+* **With keys (CURVE, "ironhouse")** the traffic is encrypted and every
+  connection authenticated: the ROUTER is a CURVE server whose ZAP handler
+  (:mod:`paxoskv.transport.zap`) admits exactly the members' public keys, so
+  a connection with any other key is closed in its handshake and no frame of
+  it reaches the node (counted: ``refused_handshakes``). Each frame's
+  ``User-Id`` names the member whose key it came with; an Envelope whose
+  ``from`` is another member is dropped (KEY_MISMATCH). DEALER routing ids
+  are 16 random bytes per bus, sent only inside the encrypted handshake, so
+  ``ROUTER_HANDOVER`` (a DEALER's reconnection takes over its own stale
+  connection) cannot be used by one member to take over another's link.
+* **Without keys (insecure)** nothing is authenticated or encrypted. The
+  DEALER routing id is the node id and must match ``from``
+  (IDENTITY_MISMATCH), which catches misconfiguration, not attackers: anyone
+  who reaches the bus port can send as any member; take a member's link over
+  by connecting with its routing id (``ROUTER_HANDOVER``: the member's frames
+  go nowhere until its unacknowledged data times out, ``TCP_MAXRT``); make
+  the node hold unbounded memory with one multipart message that never ends
+  (libzmq bounds each frame and counts whole messages, not the parts of
+  one); abort it with ZMTP PINGs (see the last rule). Only for a network
+  that nobody but the members can reach.
+* **Byte bounds** (defaults; F = :data:`FRAME_BYTES_MAX` = 32 MiB):
+  a frame over F is never read -- libzmq cuts the connection on its header
+  (``MAXMSGSIZE`` = F). Inbound, per connection: at most
+  :data:`RECV_QUEUE_MESSAGES_MAX` whole messages queued plus one pending and
+  one being read, (8 + 2) x F = 320 MiB; in CURVE mode only members get that
+  far (and a member can open several connections). Outbound, per peer:
+  ``SNDHWM`` = ``send_queue_max`` (1,000) messages under
+  :data:`ZERO_COPY_BYTES_MIN` (64 KiB), at most 62.5 MiB, plus
+  ``send_bytes_max`` (2 F = 64 MiB) of larger ones, tracked until libzmq lets
+  go of them, plus one frame in its encoder: 160 MiB. A send over a bound is
+  dropped and counted, never queued. A message that encodes larger than F is split when
+  its type allows (Accept, Forward: into several of the same type, in
+  order; CatchupReply: its longest prefix that fits, the receiver asks for
+  the rest), else dropped and counted (``send_oversized``).
+* **Identity.** :meth:`PeerBus.start` asks every peer, before any DEALER
+  connects, which bus address it has for this node, probes each address it
+  is told, and raises :class:`DuplicateNode` when a bus with another
+  instance nonce answers there as this node of this cluster: a second node
+  with the same id does not start. An address nobody answers within
+  ``probe_timeout_s`` is taken as free. Core messages that arrive meanwhile
+  are kept (at most 4,096) for the first :meth:`recv_batch`.
+* Sending never blocks and never awaits: a message to a peer whose queue is
+  full or that has no completed connection (``IMMEDIATE=1``) is dropped,
+  counted and ``send`` returns False. Paxos retransmits.
+* Every received frame is validated; a bad one is counted under a
+  :class:`DropReason`, logged at most once per sender per
+  ``drop_log_interval_s`` (by the injected clock) and dropped.
+* Reconnecting is libzmq's job (``RECONNECT_IVL`` 50 ms backing off to 1 s).
+  A DEALER whose data goes unacknowledged for 5 s (``TCP_MAXRT``) or whose
+  idle connection fails TCP keepalive drops the connection and reconnects.
+  No ZMTP heartbeats: with them libzmq 4.3.5 can abort a node whose ROUTER
+  input is stopped at RCVHWM (see ``_dealer``); any peer that sends PING
+  commands anyway can do that -- on the CURVE bus only a member.
 
 Theory of operation
 -------------------
-The ROUTER is a ``zmq.asyncio`` socket, used only to *wait* for input.
-:meth:`PeerBus.recv_batch` awaits readability once, then drains everything
-already queued through a plain synchronous shadow of the same socket
-(``recv(NOBLOCK)`` frame by frame until ``zmq.Again``; the payload frame is
-decoded from a zero-copy view), so a burst of ten thousand messages costs one
-await, not ten thousand.  The DEALERs are plain synchronous sockets:
-``send(NOBLOCK)`` either hands the frame to libzmq's I/O thread or raises
-``zmq.Again`` at once; while a peer refuses, later sends ask the socket
-(``EVENTS``) first and drop without encoding.  Nothing here is thread-safe: one
-event loop owns the bus, and one task at a time may call ``recv_batch``.
+The ROUTER is a ``zmq.asyncio`` socket used only to *wait*: a reader on its
+``FD`` wakes :meth:`PeerBus.recv_batch`, which drains everything queued
+through a synchronous shadow (``recv(NOBLOCK)`` frame by frame until
+``zmq.Again``, payloads as zero-copy views), so a burst costs one await per
+``RECV_QUEUE_MESSAGES_MAX`` messages or so, not one per message. DEALERs are
+plain synchronous sockets. One event loop owns the bus; nothing here is
+thread-safe.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
+import dataclasses
 import enum
 import logging
+import os
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -67,44 +90,75 @@ import zmq
 import zmq.asyncio
 
 from paxoskv.paxos.codec import CodecError, decode, encode
-from paxoskv.paxos.types import Message
+from paxoskv.paxos.types import Accept, CatchupReply, Forward, Message
+from paxoskv.transport.keys import BusKeys
+from paxoskv.transport.zap import ZAP_DOMAIN, MemberZap
+from paxoskv.v1 import bus_pb2
 
-__all__ = ["BusClosed", "BusStats", "DropReason", "PeerBus", "PeerStatus"]
+__all__ = [
+    "BusClosed",
+    "BusStats",
+    "CONTROL_TAG",
+    "DropReason",
+    "DuplicateNode",
+    "FRAME_BYTES_MAX",
+    "PeerBus",
+    "PeerStatus",
+    "RECV_QUEUE_MESSAGES_MAX",
+]
 
 log = logging.getLogger(__name__)
+
+# The largest frame a bus reads or sends: twice a full pipeline of slots at the
+# core's defaults (inflight_slots_max 16 x batch_bytes_max 1 MiB), so an Accept
+# or a Promise carrying all of them fits. What cannot fit is split or dropped.
+FRAME_BYTES_MAX = 32 << 20
+RECV_QUEUE_MESSAGES_MAX = 8  # RCVHWM: whole messages queued per inbound connection
+SEND_QUEUE_MESSAGES_MAX = 1000  # SNDHWM: messages queued per peer
+SEND_LARGE_BYTES_MAX = 2 * FRAME_BYTES_MAX  # bytes of messages >= ZERO_COPY_BYTES_MIN in flight per peer
+ZERO_COPY_BYTES_MIN = 64 << 10  # below this libzmq copies anyway; at or above, sends are tracked
+CONTROL_TAG = b"paxoskv.bus/1"
+CONTROL_BYTES_MAX = 1024  # a BusControl is a few dozen bytes
+PROBE_TIMEOUT_S = 1.0
+EARLY_MESSAGES_MAX = 4096  # core messages kept while start() probes
+NONCE_BYTES = 16
 
 RECONNECT_IVL_MS = 50
 RECONNECT_IVL_MAX_MS = 1000
 CONNECT_TIMEOUT_MS = 1000  # a SYN into a black hole must not stall reconnects for minutes
-HANDSHAKE_IVL_MS = 5000
-HEARTBEAT_IVL_MS = 1000
-HEARTBEAT_TIMEOUT_MS = 3000
+HANDSHAKE_IVL_MS = 5000  # a connection that has not finished its handshake by then is closed
+TCP_MAXRT_MS = 5000  # TCP_USER_TIMEOUT of a DEALER: a peer that acknowledges nothing this long is gone
 TCP_KEEPALIVE_IDLE_S = 10
 TCP_KEEPALIVE_INTVL_S = 5
 TCP_KEEPALIVE_CNT = 3
-DEALER_INBOUND_BYTES_MAX = 4096  # nothing legitimate ever arrives on a DEALER
-ZERO_COPY_BYTES_MIN = 64 << 10  # below this libzmq copies anyway
+DEALER_INBOUND_BYTES_MAX = 4096  # only control replies ever arrive on a DEALER
+ROUTER_SEND_QUEUE_MAX = 16  # per connection: only control replies leave on the ROUTER
 # Plain ints skip pyzmq's enum conversions on the hot path.
 _NOBLOCK = int(zmq.NOBLOCK)
 _EVENTS = int(zmq.EVENTS)
 _POLLIN = int(zmq.POLLIN)
-_EVENTS = int(zmq.EVENTS)
 _POLLOUT = int(zmq.POLLOUT)
+_USER_ID = b"User-Id"
 
 
 class BusClosed(Exception):
     """The bus was closed (possibly while a ``recv_batch`` was waiting)."""
 
 
+class DuplicateNode(Exception):
+    """Another live node of this cluster answers on the bus with this node's id."""
+
+
 class DropReason(enum.Enum):
     """Why a received frame was dropped."""
 
     MALFORMED = "malformed"
-    OVERSIZED = "oversized"
     FOREIGN_CLUSTER = "foreign_cluster"
     UNKNOWN_SENDER = "unknown_sender"
     WRONG_DESTINATION = "wrong_destination"
-    IDENTITY_MISMATCH = "identity_mismatch"
+    IDENTITY_MISMATCH = "identity_mismatch"  # insecure mode: routing id is not ``from``
+    KEY_MISMATCH = "key_mismatch"  # CURVE: ``from`` is not the member whose key it came with
+    NOT_READY = "not_ready"  # arrived while start() probed, beyond EARLY_MESSAGES_MAX
 
 
 @dataclass(slots=True)
@@ -112,9 +166,12 @@ class BusStats:
     """Counters of one bus; they only grow."""
 
     sent: int = 0  # handed to libzmq for a peer
-    send_dropped: int = 0  # peer queue full, no connection, or bus closed
-    send_oversized: int = 0  # encoded larger than frame_bytes_max: never sent
+    send_dropped: int = 0  # peer queue full (messages or bytes), no connection, or bus closed
+    send_oversized: int = 0  # encoded larger than frame_bytes_max and not splittable: never sent
+    send_split: int = 0  # messages sent as several frames' worth of parts
     received: int = 0  # valid messages returned by recv_batch
+    refused_handshakes: int = 0  # CURVE connections refused by the ZAP handler
+    probes_answered: int = 0
     dropped: dict[DropReason, int] = field(default_factory=lambda: dict.fromkeys(DropReason, 0))
 
     def as_dict(self) -> dict[str, int]:
@@ -122,7 +179,10 @@ class BusStats:
             "sent": self.sent,
             "send_dropped": self.send_dropped,
             "send_oversized": self.send_oversized,
+            "send_split": self.send_split,
             "received": self.received,
+            "refused_handshakes": self.refused_handshakes,
+            "probes_answered": self.probes_answered,
         }
         for reason, n in self.dropped.items():
             out[f"dropped_{reason.value}"] = n
@@ -140,19 +200,24 @@ class PeerStatus:
     received: int
     sent: int
     send_dropped: int
+    send_bytes_queued: int = 0  # of tracked (large) messages libzmq still holds
 
 
 @dataclass(slots=True)
 class _Peer:
     node_id: int
     address: tuple[str, int]
-    identity: bytes
+    identity: bytes  # insecure mode: the routing id its DEALER uses
+    user_id: str  # CURVE: the User-Id of its key
+    public_key: bytes | None  # CURVE: its Z85 public key
     sock: zmq.Socket | None = None
     last_recv_s: float | None = None
     received: int = 0
     sent: int = 0
     send_dropped: int = 0
     refusing: bool = False  # the last send to it raised zmq.Again
+    large: collections.deque = field(default_factory=collections.deque)  # (MessageTracker, bytes)
+    large_bytes: int = 0
 
 
 @dataclass(slots=True)
@@ -167,7 +232,7 @@ class _RateLimitedLog:
     def __init__(self, clock: Callable[[], float], interval_s: float) -> None:
         self._clock = clock
         self._interval_s = interval_s
-        self._slots: dict[object, _LogSlot] = {}  # keys: peer ids and one "unknown": bounded
+        self._slots: dict[object, _LogSlot] = {}  # keys: peer ids and a few fixed ones: bounded
 
     def warn(self, key: object, fmt: str, *args: object) -> None:
         """Log ``fmt % args`` unless ``key`` was logged within the interval."""
@@ -187,6 +252,14 @@ def _endpoint(host: str, port: int) -> str:
     return f"tcp://[{host}]:{port}" if ":" in host else f"tcp://{host}:{port}"
 
 
+def _hostport(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+# Message types whose items are independent: a too-large one is sent as parts.
+_SPLITTABLE: dict[type, str] = {Accept: "entries", Forward: "commands"}
+
+
 class PeerBus:
     """One node's sockets to every peer.  See the module docstring."""
 
@@ -198,58 +271,104 @@ class PeerBus:
         bind_port: int,
         peers: dict[int, tuple[str, int]],
         *,
-        send_queue_max: int = 10_000,
-        frame_bytes_max: int = 64 << 20,
+        keys: BusKeys | None = None,
+        send_queue_max: int = SEND_QUEUE_MESSAGES_MAX,
+        send_bytes_max: int = SEND_LARGE_BYTES_MAX,
+        recv_queue_max: int = RECV_QUEUE_MESSAGES_MAX,
+        frame_bytes_max: int = FRAME_BYTES_MAX,
+        probe_timeout_s: float = PROBE_TIMEOUT_S,
         clock: Callable[[], float] = time.monotonic,
         drop_log_interval_s: float = 60.0,
     ) -> None:
         if node_id < 1:
             raise ValueError(f"node id must be >= 1: {node_id}")
-        if send_queue_max < 1 or frame_bytes_max < 1:
-            raise ValueError("send_queue_max and frame_bytes_max must be >= 1")
+        if min(send_queue_max, send_bytes_max, recv_queue_max, frame_bytes_max) < 1:
+            raise ValueError("queue and frame limits must be >= 1")
+        if send_bytes_max < frame_bytes_max:
+            raise ValueError(f"send_bytes_max {send_bytes_max} cannot hold one frame of {frame_bytes_max}")
         if any(p < 1 for p in peers):
             raise ValueError(f"peer ids must be >= 1: {sorted(peers)}")
+        if keys is not None:
+            if keys.node_id != node_id:
+                raise ValueError(f"keys of node {keys.node_id} given to node {node_id}")
+            missing = sorted(set(peers) - set(keys.members))
+            if missing:
+                raise ValueError(f"no public key for peers {missing}")
         self.node_id = node_id
         self.cluster_id = cluster_id
         self.bind_host = bind_host
         self.bind_port = bind_port
         self.send_queue_max = send_queue_max
+        self.send_bytes_max = send_bytes_max
+        self.recv_queue_max = recv_queue_max
         self.frame_bytes_max = frame_bytes_max
+        self.probe_timeout_s = probe_timeout_s
         self.stats = BusStats()
+        self._keys = keys
         self._clock = clock
         self._drop_log = _RateLimitedLog(clock, drop_log_interval_s)
+        self._nonce = os.urandom(NONCE_BYTES)
         # This node's own entry, if the caller passed the whole cluster, is not a peer.
         self._peers: dict[int, _Peer] = {
-            pid: _Peer(pid, (addr[0], int(addr[1])), str(pid).encode())
+            pid: _Peer(
+                pid,
+                (addr[0], int(addr[1])),
+                str(pid).encode(),
+                str(pid),
+                keys.members[pid] if keys is not None else None,
+            )
             for pid, addr in peers.items()
             if pid != node_id
         }
         self._peer_by_identity: dict[bytes, _Peer] = {p.identity: p for p in self._peers.values()}
+        self._peer_by_user: dict[str, _Peer] = {p.user_id: p for p in self._peers.values()}
         self._ctx: zmq.asyncio.Context | None = None
+        self._auth: MemberZap | None = None
         self._router: zmq.asyncio.Socket | None = None
         self._router_fd: int | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._rx_waiter: asyncio.Future | None = None
+        self._probe_wake: asyncio.Event | None = None
         self._router_sync: zmq.Socket | None = None
+        self._early: list[Message] | None = None  # while start() probes
         self._port: int | None = None
         self._started = False
         self._closed = False
         self._receiving = False
 
+    @property
+    def secure(self) -> bool:
+        """True when the bus runs CURVE (it was given keys)."""
+        return self._keys is not None
+
     # ---- lifecycle ----------------------------------------------------------
 
     async def start(self) -> None:
-        """Bind the ROUTER and connect a DEALER to every peer."""
+        """Bind the ROUTER, make sure no other node answers as this one
+        (:class:`DuplicateNode`), then connect a DEALER to every peer."""
         if self._started or self._closed:
             raise RuntimeError("a bus starts once, and not after close()")
         self._started = True
         self._ctx = zmq.asyncio.Context()
         try:
+            keys = self._keys
+            if keys is not None:
+                self._auth = MemberZap(self._ctx, keys.members, self._on_refused)
+                self._auth.start()  # the ZAP handler exists before the first connection can
             self._router = self._ctx.socket(zmq.ROUTER)
             self._configure_common(self._router, self.bind_host)
-            self._router.setsockopt(zmq.RCVHWM, self.send_queue_max)
-            self._router.setsockopt(zmq.MAXMSGSIZE, 2 * self.frame_bytes_max)
+            self._router.setsockopt(zmq.RCVHWM, self.recv_queue_max)
+            self._router.setsockopt(zmq.SNDHWM, ROUTER_SEND_QUEUE_MAX)
+            self._router.setsockopt(zmq.MAXMSGSIZE, self.frame_bytes_max)
             self._router.setsockopt(zmq.ROUTER_HANDOVER, 1)
+            if keys is not None:
+                self._router.setsockopt(zmq.CURVE_SERVER, 1)
+                self._router.setsockopt(zmq.CURVE_SECRETKEY, keys.secret)
+                self._router.setsockopt(zmq.ZAP_DOMAIN, ZAP_DOMAIN.encode())
+                try:  # refuse every handshake if the handler ever stops answering
+                    self._router.setsockopt(zmq.ZAP_ENFORCE_DOMAIN, 1)
+                except (AttributeError, zmq.ZMQError):
+                    pass  # a libzmq without the (draft) option: the start order above still holds
             self._router.bind(_endpoint(self.bind_host, self.bind_port))
             last = self._router.getsockopt(zmq.LAST_ENDPOINT).decode()
             self._port = int(last.rsplit(":", 1)[1])
@@ -257,26 +376,10 @@ class PeerBus:
             self._router_fd = self._router_sync.get(zmq.FD)
             self._loop = asyncio.get_running_loop()
             self._loop.add_reader(self._router_fd, self._on_router_fd)
+            if self._peers:
+                await self._check_unique()
             for peer in self._peers.values():
-                sock = zmq.Socket(self._ctx, zmq.DEALER)
-                peer.sock = sock
-                self._configure_common(sock, peer.address[0])
-                sock.setsockopt(zmq.ROUTING_ID, str(self.node_id).encode())
-                sock.setsockopt(zmq.SNDHWM, self.send_queue_max)
-                sock.setsockopt(zmq.RCVHWM, 1)
-                sock.setsockopt(zmq.MAXMSGSIZE, DEALER_INBOUND_BYTES_MAX)
-                sock.setsockopt(zmq.IMMEDIATE, 1)
-                sock.setsockopt(zmq.RECONNECT_IVL, RECONNECT_IVL_MS)
-                sock.setsockopt(zmq.RECONNECT_IVL_MAX, RECONNECT_IVL_MAX_MS)
-                sock.setsockopt(zmq.CONNECT_TIMEOUT, CONNECT_TIMEOUT_MS)
-                # ZMTP heartbeats on the DEALERs only: they notice a dead or
-                # paused peer. On the ROUTER, libzmq 4.3.5 aborts the process
-                # (stream_engine_base.cpp:310, !_io_error) when a peer
-                # disconnects while the ROUTER's input is stopped at RCVHWM
-                # (tests/unit/test_transport_bus.py has the reproduction).
-                sock.setsockopt(zmq.HEARTBEAT_IVL, HEARTBEAT_IVL_MS)
-                sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, HEARTBEAT_TIMEOUT_MS)
-                sock.connect(_endpoint(*peer.address))
+                peer.sock = self._dealer(peer.address, peer.public_key, probe=False)
         except BaseException:
             await self.close()
             raise
@@ -292,6 +395,43 @@ class PeerBus:
         sock.setsockopt(zmq.TCP_KEEPALIVE_INTVL, TCP_KEEPALIVE_INTVL_S)
         sock.setsockopt(zmq.TCP_KEEPALIVE_CNT, TCP_KEEPALIVE_CNT)
 
+    def _dealer(self, address: tuple[str, int], server_key: bytes | None, *, probe: bool) -> zmq.Socket:
+        """A DEALER connected to ``address``. A probe's routing id is random in
+        both modes (it must not take a link over) and it queues before the
+        connection completes (the probe is sent once)."""
+        assert self._ctx is not None
+        sock = zmq.Socket(self._ctx, zmq.DEALER)
+        try:
+            self._configure_common(sock, address[0])
+            keys = self._keys
+            if keys is not None or probe:
+                sock.setsockopt(zmq.ROUTING_ID, b"p" + os.urandom(NONCE_BYTES - 1))  # never a node id
+            else:
+                sock.setsockopt(zmq.ROUTING_ID, str(self.node_id).encode())
+            if keys is not None:
+                sock.setsockopt(zmq.CURVE_PUBLICKEY, keys.public)
+                sock.setsockopt(zmq.CURVE_SECRETKEY, keys.secret)
+                sock.setsockopt(zmq.CURVE_SERVERKEY, server_key)
+            sock.setsockopt(zmq.SNDHWM, 1 if probe else self.send_queue_max)
+            sock.setsockopt(zmq.RCVHWM, 1)
+            sock.setsockopt(zmq.MAXMSGSIZE, DEALER_INBOUND_BYTES_MAX)
+            sock.setsockopt(zmq.IMMEDIATE, 0 if probe else 1)
+            sock.setsockopt(zmq.RECONNECT_IVL, RECONNECT_IVL_MS)
+            sock.setsockopt(zmq.RECONNECT_IVL_MAX, RECONNECT_IVL_MAX_MS)
+            sock.setsockopt(zmq.CONNECT_TIMEOUT, CONNECT_TIMEOUT_MS)
+            # No ZMTP heartbeats, anywhere: libzmq 4.3.5 aborts the process
+            # (stream_engine_base.cpp:310, !_io_error) when a ROUTER whose
+            # input is stopped at RCVHWM has a PING buffered from a peer that
+            # then dies -- its PONG is written on a dead engine (the ROUTER's
+            # own heartbeats do the same). A dead peer is found by the kernel
+            # instead: data unacknowledged for TCP_MAXRT closes the connection.
+            sock.setsockopt(zmq.TCP_MAXRT, TCP_MAXRT_MS)
+            sock.connect(_endpoint(*address))
+        except BaseException:
+            sock.close(linger=0)
+            raise
+        return sock
+
     async def close(self) -> None:
         """Close every socket at once (linger 0: queued messages are dropped).
 
@@ -303,6 +443,8 @@ class PeerBus:
         for peer in self._peers.values():
             if peer.sock is not None:
                 peer.sock.close(linger=0)
+            peer.large.clear()
+            peer.large_bytes = 0
         if self._router_fd is not None and self._loop is not None and not self._loop.is_closed():
             self._loop.remove_reader(self._router_fd)
         self._router_fd = None
@@ -312,6 +454,8 @@ class PeerBus:
         self._router_sync = None  # a shadow: closing the router closes what it shadows
         if self._router is not None:
             self._router.close(linger=0)
+        if self._auth is not None:
+            self._auth.stop()  # after the ROUTER: no connection is ever taken without it
         if self._ctx is not None:
             self._ctx.term()
 
@@ -325,6 +469,147 @@ class PeerBus:
         if self._port is None:
             raise RuntimeError("bus not started")
         return self._port
+
+    # ---- identity: is another node answering as this one? -------------------
+
+    def _control(self, **kind: object) -> bytes:
+        return bus_pb2.BusControl(
+            cluster_id=self.cluster_id, from_node=self.node_id, nonce=self._nonce, **kind
+        ).SerializeToString()
+
+    async def _check_unique(self) -> None:
+        """Ask every peer for this node's address, probe each one told, and
+        raise :class:`DuplicateNode` if another instance answers there."""
+        assert self._loop is not None
+        loop = self._loop
+        wake = asyncio.Event()
+        self._probe_wake = wake
+        self._early = []
+        probe = [CONTROL_TAG, self._control(probe=bus_pb2.Probe())]
+        # socket -> (peer it asks, or None for a probe of an address told to us; that address)
+        probes: dict[zmq.Socket, tuple[_Peer | None, tuple[str, int]]] = {}
+        pending_peers = set(self._peers)
+        pending_self: set[tuple[str, int]] = set()
+        told: dict[tuple[str, int], int] = {}  # address -> the peer that told us
+
+        def add(sock: zmq.Socket, target: _Peer | None, address: tuple[str, int]) -> None:
+            probes[sock] = (target, address)
+            loop.add_reader(sock.get(zmq.FD), wake.set)
+            sock.send_multipart(probe, _NOBLOCK)
+
+        deadline = loop.time() + self.probe_timeout_s
+        try:
+            for peer in self._peers.values():
+                add(self._dealer(peer.address, peer.public_key, probe=True), peer, peer.address)
+            while True:
+                wake.clear()
+                self._drain_into(self._early)
+                for sock, (target, address) in list(probes.items()):
+                    for frames in self._recv_all(sock):
+                        reply = self._probe_reply(frames)
+                        if reply is None:
+                            continue
+                        frm, nonce, host, port = reply
+                        if target is not None:  # a peer told us our address
+                            if frm != target.node_id or target.node_id not in pending_peers:
+                                continue
+                            pending_peers.discard(target.node_id)
+                            mine = (host, port)
+                            if host and 1 <= port <= 65535 and mine not in told:
+                                told[mine] = target.node_id
+                                pending_self.add(mine)
+                                add(self._dealer(mine, self._keys.public if self._keys else None, probe=True),
+                                    None, mine)
+                        elif address in pending_self:
+                            pending_self.discard(address)
+                            if frm == self.node_id and nonce != self._nonce:
+                                raise DuplicateNode(
+                                    f"node {self.node_id} of cluster {self.cluster_id!r} is already running: "
+                                    f"it answers on the bus at {_hostport(*address)} (node {told[address]}'s "
+                                    f"address for it); stop it, or give this node another id"
+                                )
+                            if frm != self.node_id:
+                                log.warning(
+                                    "peer bus: node %d has %s as node %d's bus address, but node %d answers "
+                                    "there: check the peer lists", told[address], _hostport(*address),
+                                    self.node_id, frm,
+                                )
+                if not pending_self and (not pending_peers or told):
+                    return  # every address told has answered (and someone told us one)
+                remaining = deadline - loop.time()
+                if remaining <= 0:
+                    return  # nobody else answers as us: an address that does not answer is free
+                try:
+                    await asyncio.wait_for(wake.wait(), remaining)
+                except TimeoutError:
+                    pass
+        finally:
+            self._probe_wake = None
+            for sock in probes:
+                if not loop.is_closed():
+                    loop.remove_reader(sock.get(zmq.FD))
+                sock.close(linger=0)
+
+    @staticmethod
+    def _recv_all(sock: zmq.Socket) -> Iterable[list[bytes]]:
+        if not sock.get(_EVENTS) & _POLLIN:  # also rearms the FD
+            return
+        while True:
+            try:
+                yield sock.recv_multipart(_NOBLOCK)
+            except zmq.Again:
+                return
+
+    def _probe_reply(self, frames: list[bytes]) -> tuple[int, bytes, str, int] | None:
+        """(answerer id, its nonce, our host, our bus port) of a valid reply to our probe."""
+        if len(frames) != 2 or frames[0] != CONTROL_TAG or len(frames[1]) > CONTROL_BYTES_MAX:
+            return None
+        ctl = bus_pb2.BusControl()
+        try:
+            ctl.ParseFromString(frames[1])
+        except Exception:  # noqa: BLE001 - any garbage is just not an answer
+            return None
+        if ctl.cluster_id != self.cluster_id or ctl.WhichOneof("kind") != "probe_reply":
+            return None
+        rep = ctl.probe_reply
+        if rep.probe_nonce != self._nonce:
+            return None
+        return ctl.from_node, ctl.nonce, rep.your_host, rep.your_bus_port
+
+    def _on_control(self, identity: bytes, body: zmq.Frame) -> None:
+        """A control message on the ROUTER: answer a Probe, drop anything else."""
+        user = self._user_of(body)
+        if len(body) > CONTROL_BYTES_MAX:
+            self._reject(identity, user, DropReason.MALFORMED, f"control message of {len(body)} B")
+            return
+        ctl = bus_pb2.BusControl()
+        try:
+            ctl.ParseFromString(body.bytes)
+        except Exception as e:  # noqa: BLE001 - hostile bytes
+            self._reject(identity, user, DropReason.MALFORMED, f"unparsable control message: {e}")
+            return
+        if ctl.cluster_id != self.cluster_id:
+            self._reject(identity, user, DropReason.FOREIGN_CLUSTER, f"control message of cluster {ctl.cluster_id!r}")
+            return
+        if ctl.WhichOneof("kind") != "probe":
+            self._reject(identity, user, DropReason.MALFORMED, "unexpected control message")
+            return
+        frm = ctl.from_node
+        if self._keys is not None and user != str(frm):
+            self._reject(identity, user, DropReason.KEY_MISMATCH, f"probe claims node {frm}")
+            return
+        peer = self._peers.get(frm)
+        if peer is None and frm != self.node_id:
+            self._reject(identity, user, DropReason.UNKNOWN_SENDER, f"probe from node {frm}, not a peer")
+            return
+        host, port = peer.address if peer is not None else ("", 0)
+        reply = self._control(probe_reply=bus_pb2.ProbeReply(probe_nonce=ctl.nonce, your_host=host, your_bus_port=port))
+        assert self._router_sync is not None
+        try:
+            self._router_sync.send_multipart([identity, CONTROL_TAG, reply], _NOBLOCK)
+        except zmq.ZMQError:
+            return  # its queue is full or it is gone: it asks again or gives up
+        self.stats.probes_answered += 1
 
     # ---- sending ------------------------------------------------------------
 
@@ -352,16 +637,37 @@ class PeerBus:
             self._count_send_drop(peer, "not connected or send queue full")
             return False
         data = encode(msg, self.cluster_id)
-        if len(data) > self.frame_bytes_max:
+        if len(data) <= self.frame_bytes_max:
+            return self._send_frame(peer, sock, data)
+        parts = self._split(msg)
+        if parts is None:
             self.stats.send_oversized += 1
             self._drop_log.warn(
                 ("send", peer.node_id),
-                "peer bus: not sending %s of %d B to node %d: over frame_bytes_max=%d",
+                "peer bus: not sending %s of %d B to node %d: over frame_bytes_max=%d and not splittable",
                 type(msg).__name__, len(data), peer.node_id, self.frame_bytes_max,
             )
             return False
+        self.stats.send_split += 1
+        sent = False
+        for part in parts:
+            sent = self._send_frame(peer, sock, part) or sent
+        return sent
+
+    def _send_frame(self, peer: _Peer, sock: zmq.Socket, data: bytes) -> bool:
+        n = len(data)
         try:
-            sock.send(data, _NOBLOCK, copy=len(data) < ZERO_COPY_BYTES_MIN)
+            if n < ZERO_COPY_BYTES_MIN:
+                sock.send(data, _NOBLOCK)
+            else:
+                large = peer.large
+                while large and large[0][0].done:
+                    peer.large_bytes -= large.popleft()[1]
+                if peer.large_bytes + n > self.send_bytes_max:
+                    self._count_send_drop(peer, f"{peer.large_bytes} B of large messages still queued")
+                    return False
+                large.append((sock.send(data, _NOBLOCK, copy=False, track=True), n))
+                peer.large_bytes += n
         except zmq.Again:
             peer.refusing = True
             self._count_send_drop(peer, "not connected or send queue full")
@@ -370,6 +676,36 @@ class PeerBus:
         peer.sent += 1
         self.stats.sent += 1
         return True
+
+    def _split(self, msg: Message) -> list[bytes] | None:
+        """Encoded parts of ``msg``, each within the frame limit; None if it cannot be split."""
+        if isinstance(msg, CatchupReply):  # a prefix: the receiver asks for the rest
+            chosen = msg.chosen
+            while len(chosen) > 1:
+                chosen = chosen[: len(chosen) // 2]
+                data = encode(dataclasses.replace(msg, chosen=chosen), self.cluster_id)
+                if len(data) <= self.frame_bytes_max:
+                    return [data]
+            return None
+        name = _SPLITTABLE.get(type(msg))
+        if name is None:
+            return None
+        items = getattr(msg, name)
+        if len(items) < 2:
+            return None
+        out: list[bytes] = []
+        half = len(items) // 2
+        for part in (items[:half], items[half:]):
+            sub = dataclasses.replace(msg, **{name: part})
+            data = encode(sub, self.cluster_id)
+            if len(data) <= self.frame_bytes_max:
+                out.append(data)
+                continue
+            more = self._split(sub)
+            if more is None:
+                return None
+            out.extend(more)
+        return out
 
     def send_many(self, msgs: Iterable[Message]) -> int:
         """``send`` each message; return how many were queued."""
@@ -380,8 +716,8 @@ class PeerBus:
         self.stats.send_dropped += 1
         self._drop_log.warn(
             ("send", peer.node_id),
-            "peer bus: dropping messages to node %d at %s:%d: %s",
-            peer.node_id, peer.address[0], peer.address[1], why,
+            "peer bus: dropping messages to node %d at %s: %s",
+            peer.node_id, _hostport(*peer.address), why,
         )
 
     # ---- receiving ----------------------------------------------------------
@@ -389,7 +725,7 @@ class PeerBus:
     async def recv_batch(self, max_messages: int = 4096) -> list[Message]:
         """Wait for at least one valid message; return all that are queued.
 
-        Reads at most ``max_messages`` frames per drain; invalid frames are
+        Reads at most ``max_messages`` messages per drain; invalid frames are
         counted and dropped, never returned and never raised.
         """
         if max_messages < 1:
@@ -403,6 +739,10 @@ class PeerBus:
         self._receiving = True
         try:
             out: list[Message] = []
+            if self._early:
+                out, self._early = self._early, None
+                return out
+            self._early = None
             while not out:
                 await self._wait_readable()
                 self._drain(out, max_messages)
@@ -443,9 +783,21 @@ class PeerBus:
             readable = sock.get(_EVENTS) & _POLLIN
         except zmq.ZMQError:
             readable = True  # closing: let the waiter find out
+        if self._probe_wake is not None and readable:
+            self._probe_wake.set()
         waiter = self._rx_waiter
         if readable and waiter is not None and not waiter.done():
             waiter.set_result(None)
+
+    def _drain_into(self, early: list[Message]) -> None:
+        """While probing: answer control messages, keep core messages (bounded)."""
+        got: list[Message] = []
+        self._drain(got, EARLY_MESSAGES_MAX)
+        room = EARLY_MESSAGES_MAX - len(early)
+        early.extend(got[:room])
+        if len(got) > room:
+            self.stats.dropped[DropReason.NOT_READY] += len(got) - room
+            self.stats.received -= len(got) - room
 
     def _drain(self, out: list[Message], max_messages: int) -> None:
         # recv_multipart asks libzmq for RCVMORE through the option enums on every
@@ -461,53 +813,79 @@ class PeerBus:
                 return
             # A ROUTER delivers the identity and every part of a message at once.
             frame = recv(_NOBLOCK, copy=False)
-            extra = 0
-            more = frame.more
-            while more:
-                more = recv(_NOBLOCK, copy=False).more
-                extra += 1
-            msg = accept(identity, frame, extra)
+            if frame.more:
+                self._multipart(identity, frame)
+                continue
+            msg = accept(identity, frame)
             if msg is not None:
                 out.append(msg)
 
-    def _accept(self, identity: bytes, frame: zmq.Frame, extra_frames: int) -> Message | None:
+    def _multipart(self, identity: bytes, first: zmq.Frame) -> None:
+        """The rest of a message of several frames: a control message, or junk."""
+        assert self._router_sync is not None
+        recv = self._router_sync.recv
+        second = recv(_NOBLOCK, copy=False)
+        frames = 2
+        more = second.more
+        while more:
+            more = recv(_NOBLOCK, copy=False).more
+            frames += 1
+        if frames == 2 and len(first) == len(CONTROL_TAG) and first.bytes == CONTROL_TAG:
+            self._on_control(identity, second)
+        else:
+            self._reject(identity, self._user_of(first), DropReason.MALFORMED, f"{frames} frames, not 1")
+
+    def _user_of(self, frame: zmq.Frame) -> str | None:
+        """CURVE: the member id our ZAP handler bound to the frame's connection
+        (~0.5 us a frame). Insecure mode, or a frame without one: None."""
+        if self._keys is None:
+            return None
+        try:
+            return frame.get(_USER_ID)
+        except zmq.ZMQError:  # no such property: no member vouches for it
+            return None
+
+    def _accept(self, identity: bytes, frame: zmq.Frame) -> Message | None:
         """Validate one received ZeroMQ message; the core message, or None."""
-        if extra_frames:
-            return self._reject(identity, DropReason.MALFORMED, f"{extra_frames + 1} frames, not 1")
-        size = len(frame)
-        if size > self.frame_bytes_max:
-            return self._reject(
-                identity, DropReason.OVERSIZED, f"{size} B > frame_bytes_max={self.frame_bytes_max}"
-            )
+        keys = self._keys
+        user = self._user_of(frame) if keys is not None else None
         try:
             cluster_id, msg = decode(frame.buffer)
         except CodecError as e:
-            return self._reject(identity, DropReason.MALFORMED, e.reason)
+            return self._reject(identity, user, DropReason.MALFORMED, e.reason)
         if cluster_id != self.cluster_id:
             return self._reject(
-                identity, DropReason.FOREIGN_CLUSTER, f"cluster {cluster_id!r}, not {self.cluster_id!r}"
+                identity, user, DropReason.FOREIGN_CLUSTER, f"cluster {cluster_id!r}, not {self.cluster_id!r}"
             )
         peer = self._peers.get(msg.frm)
         if peer is None:
-            return self._reject(identity, DropReason.UNKNOWN_SENDER, f"from node {msg.frm}, not a peer")
+            return self._reject(identity, user, DropReason.UNKNOWN_SENDER, f"from node {msg.frm}, not a peer")
         if msg.to != self.node_id:
-            return self._reject(identity, DropReason.WRONG_DESTINATION, f"addressed to node {msg.to}")
-        if identity != peer.identity:
-            return self._reject(
-                identity, DropReason.IDENTITY_MISMATCH, f"claims to be node {msg.frm}"
-            )
+            return self._reject(identity, user, DropReason.WRONG_DESTINATION, f"addressed to node {msg.to}")
+        if keys is not None:
+            if user != peer.user_id:
+                return self._reject(identity, user, DropReason.KEY_MISMATCH, f"claims to be node {msg.frm}")
+        elif identity != peer.identity:
+            return self._reject(identity, user, DropReason.IDENTITY_MISMATCH, f"claims to be node {msg.frm}")
         peer.last_recv_s = self._clock()
         peer.received += 1
         self.stats.received += 1
         return msg
 
-    def _reject(self, identity: bytes, reason: DropReason, detail: str) -> None:
+    def _reject(self, identity: bytes, user: str | None, reason: DropReason, detail: str) -> None:
+        """Count and (rate-limited) log a dropped frame. The sender is named by
+        its key in CURVE mode, else by the routing id it chose."""
         self.stats.dropped[reason] += 1
-        peer = self._peer_by_identity.get(identity)
+        peer = self._peer_by_user.get(user) if self._keys is not None else self._peer_by_identity.get(identity)
         if peer is not None:
             self._drop_log.warn(
                 ("recv", peer.node_id),
                 "peer bus: dropped a frame from node %d: %s: %s", peer.node_id, reason.value, detail,
+            )
+        elif self._keys is not None:  # our own key (a probe of ours), or a member no longer a peer
+            self._drop_log.warn(
+                ("recv", None),
+                "peer bus: dropped a frame from key of node %s: %s: %s", user, reason.value, detail,
             )
         else:  # strangers share one budget, so they cannot grow the limiter's table
             self._drop_log.warn(
@@ -516,6 +894,14 @@ class PeerBus:
                 identity[:32], reason.value, detail,
             )
         return None
+
+    def _on_refused(self, address: str, z85_key: bytes) -> None:
+        self.stats.refused_handshakes += 1
+        self._drop_log.warn(
+            ("zap", None),
+            "peer bus: refused a connection from %s: its CURVE key %s is not a member's (%d refused so far)",
+            address, z85_key.decode("ascii", "replace"), self.stats.refused_handshakes,
+        )
 
     # ---- status -------------------------------------------------------------
 
@@ -528,6 +914,8 @@ class PeerBus:
                 and not self._closed
                 and bool(p.sock.getsockopt(zmq.EVENTS) & zmq.POLLOUT)
             )
+            while p.large and p.large[0][0].done:
+                p.large_bytes -= p.large.popleft()[1]
             out[pid] = PeerStatus(
                 node_id=pid,
                 address=p.address,
@@ -536,5 +924,6 @@ class PeerBus:
                 received=p.received,
                 sent=p.sent,
                 send_dropped=p.send_dropped,
+                send_bytes_queued=p.large_bytes,
             )
         return out

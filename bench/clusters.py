@@ -2,25 +2,28 @@
 
 Rules:
 
-- Every port is chosen free at run time (``free_ports``), every node binds
+- Every port is chosen free at run time (``paxoskv.util.ports``), every node binds
   127.0.0.1 only, every node keeps its data and its log under the cluster's
   directory.
-- A cluster owns the processes it started and nothing else: ``stop()``
-  sends ``stop_signal`` (SIGTERM; etcd: SIGKILL, see ``start_etcd``) to
-  each by its PID, waits, then SIGKILL for any left. It is
-  safe to call twice and is what ``with cluster:`` does on the way out, so
-  nodes are stopped on failure too. Nodes run in their own session, so a
-  Ctrl-C at the terminal reaches the harness, which then stops them.
+- A cluster owns the processes it started and nothing else, started and
+  stopped by ``paxoskv.launch`` (``spawn``, ``stop_procs``: ``stop_signal``
+  -- SIGTERM; etcd: SIGKILL, see ``start_etcd`` -- to each by its PID, a
+  grace, then SIGKILL for any left). ``stop()`` is safe to call
+  twice and is what ``with cluster:`` does on the way out, so nodes are
+  stopped on failure too. Nodes run in their own session, so a Ctrl-C at the
+  terminal reaches the harness, which then stops them. A paxoskv cluster's
+  argv is ``launch.serve_args``; the other systems' are their own.
 - ``wait_ready`` polls (with a deadline) until every endpoint answers a read
   through the cluster's client protocol, i.e. the cluster has a leader.
 - ``cpu_s()`` is the user+system CPU time the nodes have used so far (from
-  /proc, all threads): sampled before and after a run it tells what the
-  servers cost.
+  /proc, all threads and child processes: ``paxoskv.bench.cpu``), and
+  ``node_cpu_s()`` the same per node: sampled before and after a window
+  they tell what the servers cost.
 
 etcd: the Debian ``etcd-server`` binary, default settings (so its WAL is
 fsync'ed before a write is acknowledged). PySyncObj: ``bench/pysyncobj_node.py``
 (a PySyncObj KV behind a small ``paxoskv.v1.KV`` gRPC front). paxoskv:
-``paxoskv serve`` per node, with its defaults (fsync on).
+``paxoskv serve`` per node, with its defaults (fsync on, CURVE on the peer bus).
 """
 
 from __future__ import annotations
@@ -30,7 +33,6 @@ import os
 import pathlib
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -39,39 +41,11 @@ from dataclasses import dataclass, field
 
 import grpc
 
+from paxoskv.bench.cpu import tree_cpu_s
+from paxoskv.launch import local_addresses, serve_args, serve_command, spawn, stop_procs
+from paxoskv.util.ports import free_ports
+from paxoskv.util.wait import wait_until
 from paxoskv.v1 import kv_pb2, kv_pb2_grpc
-from paxoskv.procutil import die_with_parent
-
-STOP_GRACE_S = 10.0
-
-
-def free_ports(n: int) -> list[int]:
-    """``n`` distinct TCP ports free on 127.0.0.1 right now."""
-    socks = []
-    try:
-        for _ in range(n):
-            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            s.bind(("127.0.0.1", 0))
-            socks.append(s)
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for s in socks:
-            s.close()
-
-
-def _clock_ticks() -> int:
-    return os.sysconf("SC_CLK_TCK")
-
-
-def process_cpu_s(pid: int) -> float:
-    """User + system CPU seconds of a live process (0.0 if it is gone)."""
-    try:
-        with open(f"/proc/{pid}/stat", encoding="ascii") as f:
-            fields = f.read().rsplit(")", 1)[1].split()
-    except OSError:
-        return 0.0
-    return (int(fields[11]) + int(fields[12])) / _clock_ticks()  # utime, stime
-
 
 @dataclass
 class Cluster:
@@ -88,15 +62,7 @@ class Cluster:
     def _spawn(self, argv: list[str], log_name: str, env: dict[str, str] | None = None) -> subprocess.Popen:
         log_path = self.base_dir / log_name
         self.logs.append(log_path)
-        with open(log_path, "ab") as log:
-            proc = subprocess.Popen(
-                die_with_parent(argv),
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-                env=env,
-            )
+        proc = spawn(argv, log_path, env=env)
         self.procs.append(proc)
         return proc
 
@@ -112,8 +78,15 @@ class Cluster:
     def pids(self) -> list[int]:
         return [p.pid for p in self.procs]
 
+    def live_pids(self) -> list[int]:
+        return [p.pid for p in self.procs if p.poll() is None]
+
     def cpu_s(self) -> float:
-        return sum(process_cpu_s(p.pid) for p in self.procs if p.poll() is None)
+        return tree_cpu_s(self.live_pids())
+
+    def node_cpu_s(self) -> list[float]:
+        """Per node, in start order (0.0 for a node that is gone)."""
+        return [tree_cpu_s([p.pid]) if p.poll() is None else 0.0 for p in self.procs]
 
     def check_alive(self) -> None:
         for p, log in zip(self.procs, self.logs, strict=True):
@@ -122,29 +95,18 @@ class Cluster:
                 raise RuntimeError(f"{self.name}: process {p.pid} exited with {p.returncode}; log {log}:\n{tail}")
 
     def wait_ready(self, timeout_s: float = 60.0) -> None:
+        """Until every endpoint answers a read; ``WaitTimeout`` (a RuntimeError) if not in time."""
         deadline = time.monotonic() + timeout_s
         for ep in self.endpoints:
-            while True:
+
+            def answers(ep: str = ep) -> bool:
                 self.check_alive()
-                if _probe(self.target, ep):
-                    break
-                if time.monotonic() > deadline:
-                    raise RuntimeError(f"{self.name}: {ep} did not answer within {timeout_s:g} s")
-                time.sleep(0.1)
+                return _probe(self.target, ep)
+
+            wait_until(f"{self.name}: {ep} to answer a read", answers, deadline - time.monotonic(), interval_s=0.1)
 
     def stop(self) -> None:
-        for p in self.procs:
-            if p.poll() is None:
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(p.pid, self.stop_signal)
-        deadline = time.monotonic() + STOP_GRACE_S
-        for p in self.procs:
-            try:
-                p.wait(timeout=max(0.1, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(p.pid, signal.SIGKILL)
-                p.wait()
+        stop_procs(self.procs, sig=self.stop_signal)
 
     def __enter__(self) -> Cluster:
         return self
@@ -168,25 +130,24 @@ def _probe(target: str, endpoint: str) -> bool:
     return True
 
 
-def start_paxoskv(base_dir: pathlib.Path, nodes: int = 3, *, extra_args: tuple[str, ...] = ()) -> Cluster:
+def start_paxoskv(
+    base_dir: pathlib.Path, nodes: int = 3, *, extra_args: tuple[str, ...] = (), curve: bool = True
+) -> Cluster:
+    """``nodes`` paxoskv nodes; the peer bus runs CURVE (keys in ``base_dir/keys``) unless ``curve`` is False."""
+    from paxoskv.transport.keys import local_bus_args
+
     base_dir.mkdir(parents=True, exist_ok=True)
+    bus_args = local_bus_args(base_dir / "keys", range(1, nodes + 1), curve=curve)
     cluster = Cluster("paxoskv", base_dir, "paxoskv")
-    ports = free_ports(2 * nodes)
-    grpc_ports, bus_ports = ports[:nodes], ports[nodes:]
+    addresses = local_addresses(nodes)
     with cluster.starting():
-        for i in range(1, nodes + 1):
-            peers = ",".join(
-                f"{j}=127.0.0.1:{grpc_ports[j - 1]}:{bus_ports[j - 1]}" for j in range(1, nodes + 1) if j != i
+        for i, a in addresses.items():
+            args = serve_args(
+                i, addresses, cluster_id="bench", data_dir=base_dir / f"node{i}", log_level="warning",
+                extra=(*bus_args, *extra_args),
             )
-            argv = [
-                sys.executable, "-c", "from paxoskv.cli import main; main()", "serve",
-                "--id", str(i), "--cluster-id", "bench", "--listen", "127.0.0.1",
-                "--port", str(grpc_ports[i - 1]), "--bus-port", str(bus_ports[i - 1]),
-                "--peers", peers, "--data-dir", str(base_dir / f"node{i}"), "--log-level", "warning",
-                *extra_args,
-            ]
-            cluster._spawn(argv, f"node{i}.log")
-            cluster.endpoints.append(f"127.0.0.1:{grpc_ports[i - 1]}")
+            cluster._spawn([*serve_command(), *args], f"node{i}.log")
+            cluster.endpoints.append(a.target)
     return cluster
 
 

@@ -1,7 +1,8 @@
 """The front end of ``bench/compare``'s stand-in servers (``bench/echo_node.py``,
-``bench/quorum_echo_node.py``): ``paxoskv.v1.KV`` served exactly as a node
-serves its public port (grpc.aio, raw-bytes handlers registered by hand, the
-same server options), with constant answers, on 127.0.0.1 only."""
+``bench/quorum_echo_node.py``, which import it from beside them):
+``paxoskv.v1.KV`` served exactly as a node serves its public port (grpc.aio,
+raw-bytes handlers registered by hand, the same server options), with
+constant answers, on 127.0.0.1 only."""
 
 from __future__ import annotations
 
@@ -11,8 +12,9 @@ from collections.abc import Awaitable, Callable
 
 import grpc
 
-from paxoskv.server.grpc_api import KV_SERVICE, SERVER_OPTIONS
+from paxoskv.server.grpc_api import SERVER_OPTIONS
 from paxoskv.v1 import kv_pb2
+from paxoskv.wire import KV_SERVICE
 
 _HEADER = kv_pb2.ResponseHeader(node_id=1, leader_id=1, index=1)
 PUT = kv_pb2.PutResponse(header=_HEADER).SerializeToString()
