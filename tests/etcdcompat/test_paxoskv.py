@@ -130,13 +130,23 @@ DIFFERENCES: dict[tuple[str, ...], tuple[str, str]] = {
 }
 
 
-def _rows(report, problems: list[str]) -> list[Row]:  # noqa: ANN001 - a CaseReport
-    """The table rows of a case; what contradicts ``DIFFERENCES`` goes to ``problems``."""
+def _without_retry_logs(text: str) -> str:
+    return "".join(line for line in text.splitlines(keepends=True) if not line.startswith("log {"))
+
+
+def _rows(report, problems: list[str], *, retries_are_noise: bool = False) -> list[Row]:  # noqa: ANN001
+    """The table rows of a case (a CaseReport); what contradicts
+    ``DIFFERENCES`` goes to ``problems``. ``retries_are_noise``: the
+    client's retry warnings on stderr do not count (a minute of load on a
+    busy machine: either cluster may change leaders once)."""
     rows = []
     for s in report.steps:
         listed = DIFFERENCES.get(s.step.args)
         cmd = "etcdctl " + " ".join(s.step.args)
-        if s.same:
+        same = s.same or (
+            retries_are_noise and _without_retry_logs(s.normalised[0]) == _without_retry_logs(s.normalised[1])
+        )
+        if same:
             if listed is not None:
                 problems.append(f"{cmd}: listed as differing, but the outputs are equal")
             verdict, note = "works", s.step.note
@@ -171,6 +181,9 @@ def _render(sections: list[tuple[str, list[Row]]]) -> str:
     return "\n".join(head + body)
 
 
+CHECK_PERF_TITLE = "check perf (a minute of load: run with PAXOSKV_LONG=1, PASS on both)"
+
+
 def _check_perf_rows() -> list[Row]:
     """The committed check perf rows, when this run does not run it."""
     text = DOC.read_text() if DOC.exists() else ""
@@ -197,9 +210,9 @@ def test_etcdctl_on_paxoskv_matches_etcd(etcd_clusters, paxoskv_clusters, tmp_pa
         perf = compare(etcdctl_cases.CHECK_PERF, a, b)
         reports.append(perf)
         assert perf.steps[0].runs[1].code == 0, perf.render()
-        sections.append(("check perf", _rows(perf, problems)))
+        sections.append((CHECK_PERF_TITLE, _rows(perf, problems, retries_are_noise=True)))
     else:
-        sections.append(("check perf", _check_perf_rows()))
+        sections.append((CHECK_PERF_TITLE, _check_perf_rows()))
     rendered = "".join(r.render() for r in reports)
     print(rendered)
     assert not problems, "\n".join(problems)
