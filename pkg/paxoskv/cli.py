@@ -7,6 +7,12 @@ this file stays a table of contents.
 from __future__ import annotations
 
 import importlib
+import os
+
+# gRPC's C core logs every failed TLS handshake at INFO, one line each: a
+# client that keeps failing (or an attacker) would flood a node's log. Set
+# before gRPC is first imported; GRPC_VERBOSITY=INFO brings them back.
+os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
 
 import click
 

@@ -12,7 +12,11 @@ Rules:
   first (a port in use costs nothing), then the node opens its storage (it
   refuses a wrong or locked directory before writing anything) and binds its
   bus, and only then does the gRPC server start answering.
-- One log line at INFO says where the node listens; stopping says so too.
+- One log line at INFO says where the node listens and whether its public
+  port speaks TLS; stopping says so too.
+- The public port's flags (TLS, client certificates, ``--admin-cn``, the
+  limits) are ``PUBLIC_PORT_OPTIONS``, read by
+  ``paxoskv.server.public.build_public_options``.
 
 Theory of operation: ``asyncio.run`` of ``_serve``, which waits for the
 first of a stop signal and the node's ``fatal`` future, then shuts the gRPC
@@ -23,9 +27,12 @@ flight) and stops the node.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import signal
 import sys
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import click
 import zmq
@@ -33,6 +40,8 @@ import zmq
 from paxoskv import __version__
 from paxoskv.cli_options import option
 from paxoskv.server.config import ConfigError, ServeOptions, build_serve_options
+from paxoskv.replica.node import CallLimits
+from paxoskv.server.public import FacadeLimits, build_public_options, connections_cap
 from paxoskv.storage.base import StorageError
 
 __all__ = ["serve_cmd", "main"]
@@ -61,8 +70,19 @@ async def _serve(opts: ServeOptions) -> int:
     from paxoskv.server.node import Node
 
     cfg = opts.node
+    public = opts.public
+    connections, lowered = connections_cap(public.limits.connections_max)
+    if lowered is not None:
+        log.warning("%s", lowered)
     node = Node(cfg)
-    facade = Facade(node, cfg.node_id, request_timeout_s=opts.request_timeout_s)
+    facade = Facade(
+        node,
+        cfg.node_id,
+        request_timeout_s=opts.request_timeout_s,
+        limits=dataclasses.replace(public.limits, connections_max=connections),
+        tls=public.tls,
+        admin_cns=public.admin_cns,
+    )
     try:
         facade.bind(opts.grpc_address)
     except BindError as exc:
@@ -96,11 +116,12 @@ async def _serve(opts: ServeOptions) -> int:
         await facade.mark_serving()
         peers = ", ".join(f"{pid}={p.host}:{p.port}" for pid, p in sorted(cfg.peers.items()))
         log.info(
-            "paxoskv %s node %d of cluster %r serving gRPC on %s (bus port %d, data %s, peers: %s)",
+            "paxoskv %s node %d of cluster %r serving gRPC on %s (%s; bus port %d, data %s, peers: %s)",
             __version__,
             cfg.node_id,
             cfg.cluster_id,
             opts.grpc_address,
+            public.describe(),
             cfg.bus_port,
             cfg.data_dir,
             peers or "none",
@@ -145,6 +166,69 @@ class _Help:
         "BUSPORT: their bus port, default PORT+1000)."
     )
     data_dir = "Data directory (LevelDB). Default: ./data/node<ID>."
+
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+_CALL = CallLimits()
+_FACADE = FacadeLimits()
+
+# The public port's flags: (flag, parameter, click.option keywords). etcd's
+# names and meanings where etcd has the flag.
+PUBLIC_PORT_OPTIONS: tuple[tuple[str, str, dict[str, Any]], ...] = (
+    ("--cert-file", "cert_file", {"help": "TLS certificate of the public port (PEM; its chain may follow). Turns TLS on."}),
+    ("--key-file", "key_file", {"help": "The private key of --cert-file (PEM, not encrypted)."}),
+    ("--trusted-ca-file", "trusted_ca_file", {"help": "CA certificate(s) (PEM) that sign client certificates; used with --client-cert-auth."}),
+    ("--client-cert-auth", "client_cert_auth", {
+        "is_flag": True, "default": False,
+        "help": "Refuse, at the TLS handshake, every client without a certificate signed by --trusted-ca-file "
+                "(health checks and reflection included).",
+    }),
+    ("--admin-cn", "admin_cn", {
+        "multiple": True,
+        "help": "Common Name of a client certificate allowed whole-database and cluster calls (Maintenance.Snapshot); "
+                "repeatable; needs --client-cert-auth. Without it every client may make them.",
+    }),
+    ("--max-request-bytes", "max_request_bytes", {
+        "type": int, "default": _CALL.request_bytes_max,
+        "help": "Largest request the node takes; larger: INVALID_ARGUMENT (and over this + 512 KiB gRPC refuses it: RESOURCE_EXHAUSTED).",
+    }),
+    ("--max-batch-ops", "max_batch_ops", {
+        "type": int, "default": _CALL.batch_ops_max,
+        "help": "Most operations in one Batch/PackedBatch call; more: INVALID_ARGUMENT.",
+    }),
+    ("--max-stream-requests", "max_stream_requests", {
+        "type": int, "default": _FACADE.stream_requests_max,
+        "help": "Session stream: most requests read and not yet answered; while full the stream is not read.",
+    }),
+    ("--max-stream-bytes", "max_stream_bytes", {
+        "type": int, "default": _FACADE.stream_bytes_max,
+        "help": "Session stream: most bytes of those requests and their answers.",
+    }),
+    ("--max-pending-mb", "max_pending_mb", {
+        "type": int, "default": _FACADE.pending_bytes_max >> 20,
+        "help": "MiB of requests and answers the node holds, all calls together; past it: RESOURCE_EXHAUSTED.",
+    }),
+    ("--max-concurrent-streams", "max_concurrent_streams", {
+        "type": int, "default": _FACADE.concurrent_streams_max,
+        "help": "Most calls at once on one client connection (HTTP/2 streams).",
+    }),
+    ("--max-concurrent-rpcs", "max_concurrent_rpcs", {
+        "type": int, "default": _FACADE.concurrent_rpcs_max,
+        "help": "Most calls at once on the node; more: RESOURCE_EXHAUSTED.",
+    }),
+    ("--max-connections", "max_connections", {
+        "type": int, "default": _FACADE.connections_max,
+        "help": "Most client connections at once; more are closed (lowered to fit the open-files limit).",
+    }),
+)  # fmt: skip
+
+
+def _public_port_options(f: F) -> F:
+    for flag, param, kw in reversed(PUBLIC_PORT_OPTIONS):
+        envvar = "PAXOSKV_" + flag[2:].upper().replace("-", "_")
+        f = click.option(flag, param, envvar=envvar, show_envvar=True, **kw)(f)
+    return f
 
 
 @click.command("serve", context_settings={"show_default": True})
@@ -212,6 +296,7 @@ class _Help:
     show_default=True,
     help="How LevelDB compresses what it writes from now on (a store may switch: old blocks stay readable).",
 )
+@_public_port_options
 @option("--log-level")
 def serve_cmd(
     node_id: int,
@@ -229,9 +314,11 @@ def serve_cmd(
     retain_mb: int,
     leveldb_compression: str,
     log_level: str,
+    **public_port: Any,
 ) -> None:
     """Run one paxoskv node in the foreground (stop it with Ctrl-C or SIGTERM)."""
     try:
+        public = build_public_options(**public_port)
         opts = build_serve_options(
             node_id=node_id,
             cluster_id=cluster_id,
@@ -247,6 +334,7 @@ def serve_cmd(
             retain_entries=retain_entries,
             retain_mb=retain_mb,
             leveldb_compression=leveldb_compression,
+            public=public,
         )
     except ConfigError as exc:
         raise click.UsageError(str(exc)) from None
