@@ -284,6 +284,11 @@ class Facade:
         self._held = _Held(self.limits.pending_bytes_max)
         self._register()
 
+    @property
+    def held_bytes(self) -> int:
+        """Bytes of requests and answers held now, every call together."""
+        return self._held.bytes
+
     # ---- lifecycle ----------------------------------------------------------
 
     def bind(self, address: str) -> int:
