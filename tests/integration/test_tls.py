@@ -12,7 +12,7 @@ processes (127.0.0.1, free ports, stopped by PID).
 - Certificates rotate without a restart: new files are used by the next
   handshake; files that do not load are ignored (the old ones stay).
 - ``serve`` refuses TLS flags that do not go together or files that do not
-  load, one line, exit 2.
+  load, one line, exit 2; ``bin/server`` passes the flags through.
 
 The certificates are made by the test (``tls_certs``).
 """
@@ -33,11 +33,14 @@ from collections.abc import Iterator
 import grpc
 import pytest
 from click.testing import CliRunner
+from grpc_health.v1 import health_pb2
 
-from integration_cluster import HOST, LocalCluster, health_status, run_cli
+from integration_cluster import HOST, REPO, LocalCluster, health_status, run_cli
+from paxoskv.launch import spawn, stop_procs
 from paxoskv.client import ClientTLS, SyncClient, Unavailable
 from paxoskv.server.cli import serve_cmd
 from paxoskv.tls import channel
+from paxoskv.util.ports import free_ports
 from paxoskv.util.wait import wait_until
 from paxoskv.v1 import kv_pb2, kv_pb2_grpc
 from tls_certs import Pki, make_pki
@@ -298,3 +301,25 @@ def test_serve_refuses_tls_flags_that_do_not_go_together_and_files_that_do_not_l
         assert r.exit_code == 2, (extra, r.output)
         assert says in r.output, (extra, r.output)
     assert not (tmp_path / "never").exists()
+
+
+def test_bin_server_passes_the_tls_flags_through(pki: Pki, tmp_path: pathlib.Path) -> None:
+    (port,) = free_ports(1, offset=1000)
+    cert, key = pki.pair("server")
+    argv = [str(REPO / "bin" / "server"), "-id", "1", "-port", str(port), f"--listen={HOST}",
+            f"--cert-file={cert}", f"--key-file={key}", f"--trusted-ca-file={pki.ca}", "--client-cert-auth"]  # fmt: skip
+    proc = spawn(argv, tmp_path / "server.log", env={**os.environ, "PAXOSKV_HEARTBEAT_MS": "20", "PAXOSKV_ELECTION_MS": "200"})
+    ep = f"{HOST}:{port}"
+
+    def serving() -> bool:
+        assert proc.poll() is None, (tmp_path / "server.log").read_text()
+        return health_status(ep, 0.5, _tls(pki)) == health_pb2.HealthCheckResponse.SERVING
+
+    try:
+        wait_until("bin/server to serve over TLS", serving, 30)
+        assert health_status(ep, 0.5, _tls(pki, None)) is None  # no client certificate: refused
+        with SyncClient([ep], timeout_s=10, tls=_tls(pki)) as c:
+            c.put("via", "bin/server")
+            assert c.get("via") == b"bin/server"
+    finally:
+        assert stop_procs([proc]) == [0]
