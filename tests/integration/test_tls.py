@@ -162,6 +162,10 @@ def test_the_right_certificate_works_through_the_cli_and_the_python_client(mtls_
     env = {"PAXOSKV_CACERT": pki.ca, "PAXOSKV_CERT": pki.path("client.pem"), "PAXOSKV_KEY": pki.path("client.key")}
     p = run_cli("get", "--endpoints", eps, "greeting", env=env)
     assert (p.returncode, p.stdout) == (0, "hello, tls\n"), p.stderr
+    p = run_cli(*pki.client_args(), "get", "--endpoints", eps, "greeting")  # etcdctl's order
+    assert (p.returncode, p.stdout) == (0, "hello, tls\n"), p.stderr
+    p = run_cli(*pki.client_args("stranger"), "get", "--endpoints", eps, "--timeout", "1", *pki.client_args(), "greeting")
+    assert (p.returncode, p.stdout) == (0, "hello, tls\n"), p.stderr  # the flags after the command win
     p = run_cli("status", "--json", "--endpoints", eps, *pki.client_args())
     assert p.returncode == 0, p.stderr
     assert sorted(n["node_id"] for n in json.loads(p.stdout)) == [1, 2, 3]
