@@ -27,7 +27,6 @@ import subprocess
 import sys
 import textwrap
 import time
-from collections.abc import Iterator
 
 import grpc
 import pytest
@@ -69,21 +68,11 @@ def assert_serving(cluster: LocalCluster, key: str) -> None:
     assert all(n.running for n in cluster.nodes.values())
 
 
-@pytest.fixture(scope="module")
-def limits_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
-    c = LocalCluster(tmp_path_factory.mktemp("limits"))
-    try:
-        c.start_all()
-        yield c
-    finally:
-        c.close()
-
-
 # ---- an unread Session stream ---------------------------------------------------------------------
 
 
-def test_a_session_stream_that_never_reads_is_stopped_by_backpressure(limits_cluster: LocalCluster) -> None:
-    c = limits_cluster
+def test_a_session_stream_that_never_reads_is_stopped_by_backpressure(shared_cluster: LocalCluster) -> None:
+    c = shared_cluster
     ep, pid = c.endpoint(1), c.nodes[1].pid
     assert pid is not None
     # Requests and answers of 4 KiB each (a 4000-byte key, a 4 KiB value):
@@ -152,8 +141,8 @@ def _call(ep: str, method: str, body: bytes) -> grpc.RpcError | bytes:
             return exc
 
 
-def test_a_batch_over_the_op_limit_is_invalid_argument(limits_cluster: LocalCluster) -> None:
-    c = limits_cluster
+def test_a_batch_over_the_op_limit_is_invalid_argument(shared_cluster: LocalCluster) -> None:
+    c = shared_cluster
     ep, pid = c.endpoint(2), c.nodes[2].pid
     assert pid is not None
     before = rss_bytes(pid)
@@ -176,8 +165,8 @@ def test_a_batch_over_the_op_limit_is_invalid_argument(limits_cluster: LocalClus
     assert_serving(c, "after-big-batches")
 
 
-def test_a_request_over_the_byte_limit_is_invalid_argument_and_far_over_it_resource_exhausted(limits_cluster: LocalCluster) -> None:
-    c = limits_cluster
+def test_a_request_over_the_byte_limit_is_invalid_argument_and_far_over_it_resource_exhausted(shared_cluster: LocalCluster) -> None:
+    c = shared_cluster
     ep, pid = c.endpoint(3), c.nodes[3].pid
     assert pid is not None
     before = rss_bytes(pid)
@@ -246,11 +235,11 @@ def _close(p: subprocess.Popen) -> int:
     return int(out.split()[-1])
 
 
-def test_two_thousand_connections_leave_the_node_serving_and_bounded(limits_cluster: LocalCluster) -> None:
+def test_two_thousand_connections_leave_the_node_serving_and_bounded(shared_cluster: LocalCluster) -> None:
     n = 2_000
     if resource.getrlimit(resource.RLIMIT_NOFILE)[1] < n + 100:
         pytest.skip(f"the open-files hard limit is under {n + 100}: cannot open {n} connections")
-    c = limits_cluster
+    c = shared_cluster
     pid = c.nodes[1].pid
     assert pid is not None
     before = rss_bytes(pid)

@@ -19,6 +19,7 @@ The certificates are made by the test (``tls_certs``).
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import pathlib
@@ -39,7 +40,7 @@ from integration_cluster import HOST, REPO, LocalCluster, health_status, run_cli
 from paxoskv.launch import spawn, stop_procs
 from paxoskv.client import ClientTLS, SyncClient, Unavailable
 from paxoskv.server.cli import serve_cmd
-from paxoskv.tls import channel
+from paxoskv.tls import aio_channel, channel
 from paxoskv.util.ports import free_ports
 from paxoskv.util.wait import wait_until
 from paxoskv.v1 import kv_pb2, kv_pb2_grpc
@@ -327,3 +328,73 @@ def test_bin_server_passes_the_tls_flags_through(pki: Pki, tmp_path: pathlib.Pat
             assert c.get("via") == b"bin/server"
     finally:
         assert stop_procs([proc]) == [0]
+
+
+def test_the_admin_gate_covers_every_kind_of_call(pki: Pki) -> None:
+    """In one process: an AdminGate on a TLS server with client-cert auth, for
+    gated methods of each kind (unary or stream, each way) and one not gated."""
+    from paxoskv.server.public import AdminGate, ServerTLS
+
+    async def uu(req, ctx):  # noqa: ANN001, ANN202
+        return b"uu"
+
+    async def us(req, ctx):  # noqa: ANN001, ANN202
+        yield b"us"
+
+    async def su(reqs, ctx):  # noqa: ANN001, ANN202
+        return b"su" + b"".join([r async for r in reqs])
+
+    async def ss(reqs, ctx):  # noqa: ANN001, ANN202
+        async for r in reqs:
+            yield b"ss" + r
+
+    handlers = {
+        "UU": grpc.unary_unary_rpc_method_handler(uu),
+        "US": grpc.unary_stream_rpc_method_handler(us),
+        "SU": grpc.stream_unary_rpc_method_handler(su),
+        "SS": grpc.stream_stream_rpc_method_handler(ss),
+        "Open": grpc.unary_unary_rpc_method_handler(uu),
+    }
+    gated = frozenset(f"/t.S/{m}" for m in ("UU", "US", "SU", "SS"))
+    tls = ServerTLS.from_flags(*pki.pair("server"), pki.ca, True)
+    assert tls is not None
+
+    async def calls(ch: grpc.aio.Channel) -> dict[str, object]:
+        out: dict[str, object] = {}
+
+        async def one(name: str, make) -> None:  # noqa: ANN001
+            try:
+                out[name] = await make()
+            except grpc.aio.AioRpcError as exc:
+                out[name] = exc.code()
+
+        async def two():  # noqa: ANN202
+            yield b"1"
+            yield b"2"
+
+        await one("UU", lambda: ch.unary_unary("/t.S/UU")(b"", timeout=5))
+        await one("US", lambda: _collect(ch.unary_stream("/t.S/US")(b"", timeout=5)))
+        await one("SU", lambda: ch.stream_unary("/t.S/SU")(two(), timeout=5))
+        await one("SS", lambda: _collect(ch.stream_stream("/t.S/SS")(two(), timeout=5)))
+        await one("Open", lambda: ch.unary_unary("/t.S/Open")(b"", timeout=5))
+        return out
+
+    async def main() -> None:
+        server = grpc.aio.server(interceptors=[AdminGate({"admin"}, gated)])
+        server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler("t.S", handlers),))
+        port = server.add_secure_port(f"{HOST}:0", tls.credentials())
+        await server.start()
+        try:
+            async with aio_channel(f"{HOST}:{port}", _tls(pki, "client")) as ch:
+                denied = grpc.StatusCode.PERMISSION_DENIED
+                assert await calls(ch) == {"UU": denied, "US": denied, "SU": denied, "SS": denied, "Open": b"uu"}
+            async with aio_channel(f"{HOST}:{port}", _tls(pki, "admin")) as ch:
+                assert await calls(ch) == {"UU": b"uu", "US": [b"us"], "SU": b"su12", "SS": [b"ss1", b"ss2"], "Open": b"uu"}
+        finally:
+            await server.stop(0)
+
+    asyncio.run(main())
+
+
+async def _collect(call) -> list:  # noqa: ANN001
+    return [item async for item in call]

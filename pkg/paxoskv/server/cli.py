@@ -189,38 +189,25 @@ PUBLIC_PORT_OPTIONS: tuple[tuple[str, str, dict[str, Any]], ...] = (
         "help": "Common Name of a client certificate allowed whole-database and cluster calls (Maintenance.Snapshot); "
                 "repeatable; needs --client-cert-auth. Without it every client may make them.",
     }),
-    ("--max-request-bytes", "max_request_bytes", {
-        "type": int, "default": _CALL.request_bytes_max,
-        "help": "Largest request the node takes; larger: INVALID_ARGUMENT (and over this + 512 KiB gRPC refuses it: RESOURCE_EXHAUSTED).",
-    }),
-    ("--max-batch-ops", "max_batch_ops", {
-        "type": int, "default": _CALL.batch_ops_max,
-        "help": "Most operations in one Batch/PackedBatch call; more: INVALID_ARGUMENT.",
-    }),
-    ("--max-stream-requests", "max_stream_requests", {
-        "type": int, "default": _FACADE.stream_requests_max,
-        "help": "Session stream: most requests read and not yet answered; while full the stream is not read.",
-    }),
-    ("--max-stream-bytes", "max_stream_bytes", {
-        "type": int, "default": _FACADE.stream_bytes_max,
-        "help": "Session stream: most bytes of those requests and their answers.",
-    }),
-    ("--max-pending-mb", "max_pending_mb", {
-        "type": int, "default": _FACADE.pending_bytes_max >> 20,
-        "help": "MiB of requests and answers the node holds, all calls together; past it: RESOURCE_EXHAUSTED.",
-    }),
-    ("--max-concurrent-streams", "max_concurrent_streams", {
-        "type": int, "default": _FACADE.concurrent_streams_max,
-        "help": "Most calls at once on one client connection (HTTP/2 streams).",
-    }),
-    ("--max-concurrent-rpcs", "max_concurrent_rpcs", {
-        "type": int, "default": _FACADE.concurrent_rpcs_max,
-        "help": "Most calls at once on the node; more: RESOURCE_EXHAUSTED.",
-    }),
-    ("--max-connections", "max_connections", {
-        "type": int, "default": _FACADE.connections_max,
-        "help": "Most client connections at once; more are closed (lowered to fit the open-files limit).",
-    }),
+    *(
+        (flag, flag[2:].replace("-", "_"), {"type": int, "default": default, "help": text})
+        for flag, default, text in (
+            ("--max-request-bytes", _CALL.request_bytes_max,
+             "Largest request the node takes; larger: INVALID_ARGUMENT (and over this + 512 KiB gRPC refuses it: "
+             "RESOURCE_EXHAUSTED)."),
+            ("--max-batch-ops", _CALL.batch_ops_max, "Most operations in one Batch/PackedBatch call; more: INVALID_ARGUMENT."),
+            ("--max-stream-requests", _FACADE.stream_requests_max,
+             "Session stream: most requests read and not yet answered; while full the stream is not read."),
+            ("--max-stream-bytes", _FACADE.stream_bytes_max, "Session stream: most bytes of those requests and their answers."),
+            ("--max-pending-mb", _FACADE.pending_bytes_max >> 20,
+             "MiB of requests and answers the node holds, all calls together; past it: RESOURCE_EXHAUSTED."),
+            ("--max-concurrent-streams", _FACADE.concurrent_streams_max,
+             "Most calls at once on one client connection (HTTP/2 streams)."),
+            ("--max-concurrent-rpcs", _FACADE.concurrent_rpcs_max, "Most calls at once on the node; more: RESOURCE_EXHAUSTED."),
+            ("--max-connections", _FACADE.connections_max,
+             "Most client connections at once; more are closed (lowered to fit the open-files limit)."),
+        )
+    ),
 )  # fmt: skip
 
 

@@ -266,39 +266,33 @@ def _guarded(handler: grpc.RpcMethodHandler, method: str, admin_cns: frozenset[s
             )
 
     des, ser = handler.request_deserializer, handler.response_serializer
-    if handler.unary_unary is not None:
-        inner_uu = handler.unary_unary
+    for kind, make in _KINDS:
+        inner = getattr(handler, kind)
+        if inner is None:
+            continue
+        if kind.endswith("_stream"):  # the answer is a stream: an async generator
 
-        async def uu(request, context):  # noqa: ANN001, ANN202
-            await check(context)
-            return await inner_uu(request, context)
+            async def guarded(request, context, inner=inner):  # noqa: ANN001, ANN202
+                await check(context)
+                async for item in inner(request, context):
+                    yield item
 
-        return grpc.unary_unary_rpc_method_handler(uu, des, ser)
-    if handler.unary_stream is not None:
-        inner_us = handler.unary_stream
+        else:
 
-        async def us(request, context):  # noqa: ANN001, ANN202
-            await check(context)
-            async for item in inner_us(request, context):
-                yield item
+            async def guarded(request, context, inner=inner):  # noqa: ANN001, ANN202
+                await check(context)
+                return await inner(request, context)
 
-        return grpc.unary_stream_rpc_method_handler(us, des, ser)
-    if handler.stream_unary is not None:
-        inner_su = handler.stream_unary
+        return make(guarded, des, ser)
+    return handler
 
-        async def su(requests, context):  # noqa: ANN001, ANN202
-            await check(context)
-            return await inner_su(requests, context)
 
-        return grpc.stream_unary_rpc_method_handler(su, des, ser)
-    inner_ss = handler.stream_stream
-
-    async def ss(requests, context):  # noqa: ANN001, ANN202
-        await check(context)
-        async for item in inner_ss(requests, context):
-            yield item
-
-    return grpc.stream_stream_rpc_method_handler(ss, des, ser)
+_KINDS = (
+    ("unary_unary", grpc.unary_unary_rpc_method_handler),
+    ("stream_unary", grpc.stream_unary_rpc_method_handler),
+    ("unary_stream", grpc.unary_stream_rpc_method_handler),
+    ("stream_stream", grpc.stream_stream_rpc_method_handler),
+)
 
 
 # ---- transport limits ------------------------------------------------------------------------
