@@ -12,9 +12,11 @@ Rules:
 - An UNAVAILABLE answer names the leader, when it is known, in its trailing
   metadata ``LEADER_METADATA_KEY: ID=HOST:PORT`` (``leader_hint``; read back
   with ``parse_leader_hint``). HOST:PORT is the leader's public port.
-- ``MESSAGE_BYTES_MAX`` bounds every message either side sends or takes;
-  it is above the node's own limits (a 1 MiB value), so a value too large
-  is refused as INVALID_ARGUMENT by the node, not by gRPC.
+- ``MESSAGE_BYTES_MAX`` bounds every message either side sends, and what a
+  client takes; a node takes at most its ``--max-request-bytes`` (default
+  4 MiB, at most this) + 512 KiB. Both are above the node's own limits (a
+  1 MiB value), so a value too large is refused as INVALID_ARGUMENT by the
+  node, not by gRPC.
 - Status codes, one per cause (the README's table): ``INVALID`` nothing
   was written, fix the request; ``STALE`` the sequence is older than the
   client's last applied one; ``UNAVAILABLE`` no leader could serve it now, a
