@@ -25,6 +25,11 @@ Rules:
                           with the same (client_id, sequence).
   DEADLINE_EXCEEDED       the deadline passed before the answer was known; a
                           write may still be applied later.
+  RESOURCE_EXHAUSTED      the node holds too much now (``--max-pending-mb``,
+                          ``--max-concurrent-rpcs``), or a message or an
+                          answer is over a size limit. Nothing was written.
+  PERMISSION_DENIED       an admin call (``--admin-cn``) from another
+                          certificate. Nothing was done.
   ======================  ===================================================
 
 - Deadlines: the time the node may spend on a call is the caller's remaining
