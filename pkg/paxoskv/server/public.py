@@ -308,7 +308,7 @@ class FacadeLimits:
     pending_bytes_max: int = 256 << 20  # --max-pending-mb: request and answer bytes the node holds, all calls
     concurrent_streams_max: int = 1024  # --max-concurrent-streams: calls at once on one connection
     concurrent_rpcs_max: int = 10_000  # --max-concurrent-rpcs: calls at once on the node
-    connections_max: int = 4096  # --max-connections: connections at once on the node
+    connections_max: int = 3000  # --max-connections: connections at once (a TLS one costs ~64 KiB idle)
     handshake_timeout_ms: int = 10_000  # a connection that has not finished TLS/HTTP2 by then is closed
 
     def __post_init__(self) -> None:
