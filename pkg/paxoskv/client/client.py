@@ -590,6 +590,8 @@ _CAVEAT = "may still be applied"
 def _unreachable_text(unreachable: dict[str, str], endpoints: Sequence[str]) -> str:
     if len(endpoints) == 1:
         ep = endpoints[0]
+        if unreachable[ep] in (wire.TLS_CLOSED, wire.TLS_FAILED):
+            return f"cannot reach {ep}: {unreachable[ep]}"
         return f"cannot reach {ep} ({unreachable[ep]}): is a node running there?"
     return "cannot reach any endpoint: " + ", ".join(f"{ep} ({unreachable[ep]})" for ep in endpoints)
 
