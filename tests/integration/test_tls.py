@@ -109,9 +109,9 @@ def test_a_tls_node_refuses_plaintext_and_clients_that_do_not_trust_its_ca(tls_n
         assert c.get("k") == b"over tls"
     p = run_cli("get", "--endpoints", eps[0], "--timeout", "1", "k")
     assert p.returncode == 3, p.stderr
-    p = run_cli("get", "--endpoints", eps[0], "--cacert", pki.ca, "k")
+    p = run_cli("get", "--endpoints", eps[0], "--timeout", "15", "--cacert", pki.ca, "k")
     assert (p.returncode, p.stdout) == (0, "over tls\n"), p.stderr
-    p = run_cli("get", "--endpoints", eps[0], "k", env={"PAXOSKV_CACERT": pki.ca})
+    p = run_cli("get", "--endpoints", eps[0], "--timeout", "15", "k", env={"PAXOSKV_CACERT": pki.ca})
     assert (p.returncode, p.stdout) == (0, "over tls\n"), p.stderr
 
 
@@ -171,7 +171,7 @@ def test_the_right_certificate_works_through_the_cli_and_the_python_client(mtls_
     assert (p.returncode, p.stdout) == (0, "hello, tls\n"), p.stderr
     p = run_cli(*pki.client_args("stranger"), "get", "--endpoints", eps, "--timeout", "1", *pki.client_args(), "greeting")
     assert (p.returncode, p.stdout) == (0, "hello, tls\n"), p.stderr  # the flags after the command win
-    p = run_cli("status", "--json", "--endpoints", eps, *pki.client_args())
+    p = run_cli("status", "--json", "--endpoints", eps, "--timeout", "15", *pki.client_args())
     assert p.returncode == 0, [n for n in json.loads(p.stdout) if "error" in n]
     assert sorted(n["node_id"] for n in json.loads(p.stdout)) == [1, 2, 3]
     with SyncClient(mtls_cluster.endpoints, timeout_s=10, tls=_tls(pki, "client")) as c:
