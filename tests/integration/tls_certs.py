@@ -9,8 +9,7 @@
 - ``admin.pem`` / ``admin.key``: one with CN ``admin`` (the ``--admin-cn`` tests);
 - ``other-ca.pem``, ``stranger.pem`` / ``stranger.key``: another CA and a
   client certificate it signed (a node must refuse it);
-- ``expired.pem`` / ``expired.key``: signed by the right CA, but expired;
-- ``server-expired.pem`` / ``server-expired.key``: an expired server certificate.
+- ``expired.pem`` / ``expired.key``: signed by the right CA, but expired.
 
 EC P-256 keys (fast to make). Uses ``cryptography`` (a test dependency).
 """
@@ -165,7 +164,6 @@ def make_pki(dir: pathlib.Path) -> Pki:
     _write(dir, "ca", *ca)
     _write(dir, "other-ca", *other)
     _write(dir, "server", *_leaf("node", ca, server=True))
-    _write(dir, "server-expired", *_leaf("node", ca, server=True, expired=True))
     _write(dir, "client", *_leaf("client", ca, server=False))
     _write(dir, "admin", *_leaf("admin", ca, server=False))
     _write(dir, "stranger", *_leaf("client", other, server=False))
