@@ -12,9 +12,11 @@ Rules:
 - An UNAVAILABLE answer names the leader, when it is known, in its trailing
   metadata ``LEADER_METADATA_KEY: ID=HOST:PORT`` (``leader_hint``; read back
   with ``parse_leader_hint``). HOST:PORT is the leader's public port.
-- ``MESSAGE_BYTES_MAX`` bounds every message either side sends or takes;
-  it is above the node's own limits (a 1 MiB value), so a value too large
-  is refused as INVALID_ARGUMENT by the node, not by gRPC.
+- ``MESSAGE_BYTES_MAX`` bounds every message either side sends, and what a
+  client takes; a node takes at most its ``--max-request-bytes`` (default
+  4 MiB, at most this) + 512 KiB. Both are above the node's own limits (a
+  1 MiB value), so a value too large is refused as INVALID_ARGUMENT by the
+  node, not by gRPC.
 - Status codes, one per cause (the README's table): ``INVALID`` nothing
   was written, fix the request; ``STALE`` the sequence is older than the
   client's last applied one; ``UNAVAILABLE`` no leader could serve it now, a
@@ -28,7 +30,9 @@ Rules:
 - A call that reached no server (the connection was refused, the host
   name did not resolve, no address could be connected) fails UNAVAILABLE
   with gRPC's own details; ``unreachable_reason`` tells it from an
-  UNAVAILABLE a node answered, and says why in a few words.
+  UNAVAILABLE a node answered, and says why in a few words; a TLS node
+  that refused the connection (``TLS_CLOSED``, ``TLS_FAILED``) is told
+  from a port where nothing listens.
 - Endpoints, as people type them (flags, environment): ``HOST:PORT``,
   ``[V6HOST]:PORT``, or a bare ``HOST`` meaning ``DEFAULT_PORT``; a list is
   comma-separated, kept in order, without duplicates. Every parser raises
@@ -120,9 +124,22 @@ def unreachable_reason(code: grpc.StatusCode, details: str | None) -> str | None
         return "connection refused"
     if "errors resolving" in text or "dns resolution failed" in text:
         return "host name not found"
+    if "handshake failed" in text or "certificate_verify_failed" in text:
+        return TLS_FAILED
+    if "socket closed" in text:
+        # What a TLS node does to a plaintext client, and to one without an
+        # accepted client certificate.
+        return TLS_CLOSED
     if "failed to connect to all addresses" in text:
         return "cannot connect"
     return None
+
+
+TLS_FAILED = (
+    "the TLS handshake failed: does the node speak TLS, and is its certificate signed by --cacert "
+    "and made for this address?"
+)
+TLS_CLOSED = "the node closed the connection at once: does it need TLS (--cacert) or a client certificate (--cert --key)?"
 
 
 def leader_hint(node_id: int, address: str) -> tuple[tuple[str, str], ...]:

@@ -29,8 +29,10 @@ each error can say precisely which part is wrong.
 from __future__ import annotations
 
 import pathlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
+
+from paxoskv.server.public import PublicOptions
 
 from paxoskv.wire import (
     DEFAULT_PORT,
@@ -138,6 +140,7 @@ class ServeOptions:
 
     node: NodeConfig
     request_timeout_s: float
+    public: PublicOptions = field(default_factory=PublicOptions)  # TLS, admin CNs, limits of the public port
 
     @property
     def grpc_address(self) -> str:
@@ -163,8 +166,10 @@ def build_serve_options(
     peer_public_keys: str | None = None,
     peer_secret_key: str | None = None,
     insecure_peer_bus: bool = False,
+    public: PublicOptions | None = None,
 ) -> ServeOptions:
-    """Validate the flags of ``serve`` together; raise ``ConfigError``."""
+    """Validate the flags of ``serve`` together; raise ``ConfigError``.
+    ``public``: the public port's (``server.public.build_public_options``)."""
     from paxoskv.server.node import NodeConfig
 
     node_id = parse_node_id(node_id)
@@ -198,6 +203,7 @@ def build_serve_options(
         raise ConfigError(f"--leveldb-compression must be none or snappy, not {leveldb_compression!r}")
     path = pathlib.Path(data_dir) if data_dir else pathlib.Path("data") / f"node{node_id}"
     bus_keys = _bus_keys(node_id, peer_map, peer_public_keys, peer_secret_key, insecure_peer_bus)
+    public = public or PublicOptions()
     cfg = NodeConfig(
         node_id=node_id,
         cluster_id=cluster_id,
@@ -214,8 +220,9 @@ def build_serve_options(
         compact_step_entries=max(1, min(1_000, retain_entries // 10)),
         leveldb_compression=None if leveldb_compression == "none" else leveldb_compression,
         bus_keys=bus_keys,
+        call_limits=public.call_limits,
     )
-    return ServeOptions(node=cfg, request_timeout_s=request_timeout_s)
+    return ServeOptions(node=cfg, request_timeout_s=request_timeout_s, public=public)
 
 
 def _bus_keys(

@@ -35,7 +35,7 @@ from paxoskv.paxos.core import Core
 from paxoskv.paxos.types import FEATURES, Config, Role
 from paxoskv.replica.calls import Call
 from paxoskv.replica.errors import NodeError, Unavailable
-from paxoskv.replica.node import ReplicaNode
+from paxoskv.replica.node import CallLimits, ReplicaNode
 from paxoskv.transport.bus import BusClosed, PeerBus
 from paxoskv.transport.keys import BusKeys
 from paxoskv.v1 import kv_pb2
@@ -96,6 +96,7 @@ class NodeConfig:
     heartbeat_ms: int = 50
     election_ms: int = 500
     limits: Limits = field(default_factory=Limits)
+    call_limits: CallLimits = field(default_factory=CallLimits)
     inflight_slots_max: int = 16
     batch_commands_max: int = 1024
     sessions_max: int = 100_000
@@ -169,6 +170,7 @@ class Node:
             send=self.bus.send_many,
             client_addrs=cfg.client_addrs(),
             limits=cfg.limits,
+            call_limits=cfg.call_limits,
             core_factory=self._core_factory,
             sessions_max=cfg.sessions_max,
             retain_entries=cfg.retain_entries,
