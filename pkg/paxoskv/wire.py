@@ -23,7 +23,8 @@ Rules:
   write may or may not be applied, retry it with the same (client_id,
   sequence); ``DEADLINE`` the deadline passed, a write may still be applied;
   ``UNIMPLEMENTED`` a packed batch the cluster cannot take yet, nothing was
-  written. ``RETRYABLE`` are those a client retries. A batch answers each op
+  written. ``RETRYABLE`` are those a client retries (and CANCELLED: a
+  server that stops with the call in flight). A batch answers each op
   with a code's number (``ResponseOp.code``): ``status_code`` maps it back.
   gRPC's own refusal of a message over its limit (RESOURCE_EXHAUSTED) counts
   as INVALID (``is_too_large``).
@@ -85,7 +86,9 @@ STALE = grpc.StatusCode.FAILED_PRECONDITION
 UNAVAILABLE = grpc.StatusCode.UNAVAILABLE
 DEADLINE = grpc.StatusCode.DEADLINE_EXCEEDED
 UNIMPLEMENTED = grpc.StatusCode.UNIMPLEMENTED
-RETRYABLE = frozenset({UNAVAILABLE, DEADLINE})
+# CANCELLED too: a client sees it when a server stops with its call in flight
+# (its own cancellation is asyncio.CancelledError, never a status).
+RETRYABLE = frozenset({UNAVAILABLE, DEADLINE, grpc.StatusCode.CANCELLED})
 
 _CODE_BY_NUMBER = {c.value[0]: c for c in grpc.StatusCode}
 _UNSPECIFIED_HOSTS = frozenset({"0.0.0.0", "::", ""})

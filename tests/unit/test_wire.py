@@ -48,7 +48,7 @@ def test_the_leader_hint_round_trips_and_unusable_parts_are_none():
 def test_status_codes_and_limits():
     assert wire.status_code(wire.STALE.value[0]) is grpc.StatusCode.FAILED_PRECONDITION
     assert wire.status_code(999) is grpc.StatusCode.UNKNOWN
-    assert wire.RETRYABLE == {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED}
+    assert wire.RETRYABLE == {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.CANCELLED}
     assert wire.is_too_large(grpc.StatusCode.RESOURCE_EXHAUSTED, "Received message larger than max (9 vs. 8)")
     assert not wire.is_too_large(grpc.StatusCode.RESOURCE_EXHAUSTED, "too many streams")
     limits = Limits()

@@ -146,6 +146,10 @@ async def _serve(opts: ServeOptions) -> int:
             log.info("node %d stopping (signal)", cfg.node_id)
         stopper.cancel()
     finally:
+        # Calls waiting on the node are failed UNAVAILABLE first (their
+        # clients retry elsewhere at once, with the same identity), rather
+        # than cancelled when the grace period ends.
+        node.refuse_calls("node is shutting down")
         await facade.shutdown(grace_s=1.0)
         await node.stop()
         for sig in (signal.SIGTERM, signal.SIGINT):

@@ -215,6 +215,11 @@ class Node:
         if self._storage is not None:
             self._storage.close()
 
+    def refuse_calls(self, reason: str) -> None:
+        """Fail every waiting call, and every later one, UNAVAILABLE (before a stop)."""
+        if self.layer is not None:
+            self.layer.stop(reason)
+
     # ---- Client calls ------------------------------------------------------------
 
     def _running(self) -> ReplicaNode:
