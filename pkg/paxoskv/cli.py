@@ -7,10 +7,17 @@ this file stays a table of contents.
 from __future__ import annotations
 
 import importlib
+import os
+
+# gRPC's C core logs every failed TLS handshake at INFO, one line each: a
+# client that keeps failing (or an attacker) would flood a node's log. Set
+# before gRPC is first imported; GRPC_VERBOSITY=INFO brings them back.
+os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
 
 import click
 
 from paxoskv import __version__
+from paxoskv.cli_options import OPTIONS, TLS_FLAGS, tls_options
 
 # name -> "module:attribute" of a click command; imported on first use.
 SUBCOMMANDS: dict[str, str] = {
@@ -54,8 +61,15 @@ class LazyGroup(click.Group):
 
 @click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="paxoskv")
-def main() -> None:
+@tls_options
+def main(tls_cacert: str | None, tls_cert: str | None, tls_key: str | None) -> None:
     """paxoskv: a replicated, linearizable key-value store on Multi-Paxos."""
+    # `paxoskv --cacert CA get k`, as etcdctl is written: the TLS flags given
+    # before the command reach it through their environment variables (a
+    # flag after the command still wins).
+    for flag, value in zip(TLS_FLAGS, (tls_cacert, tls_cert, tls_key)):
+        if value is not None:
+            os.environ[OPTIONS[flag][1]["envvar"]] = value
 
 
 if __name__ == "__main__":

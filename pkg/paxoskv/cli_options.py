@@ -12,7 +12,9 @@ Rules:
 
 Who takes what: ``--endpoints`` and ``--timeout`` the client commands
 (``put``, ``get``, ``delete``, ``status``; ``grpc`` calls the first endpoint
-only and says so in its help) and ``snapshot save``;
+only and says so in its help) and ``snapshot save``; the TLS flags
+``--cacert``, ``--cert`` and ``--key`` (etcdctl's names) those and ``bench``
+(``tls_options`` adds the three; ``paxoskv.tls.client_tls`` reads them);
 ``--cluster-id`` ``serve``, ``cluster`` and ``snapshot restore``; ``--id``
 ``serve`` and ``snapshot restore``; ``--heartbeat-ms``, ``--election-ms``
 and ``--log-level`` ``serve`` and ``cluster`` (and the first two ``chaos``);
@@ -31,7 +33,7 @@ from typing import Any, TypeVar
 
 import click
 
-__all__ = ["OPTIONS", "option"]
+__all__ = ["OPTIONS", "TLS_FLAGS", "option", "tls_options"]
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -100,6 +102,30 @@ OPTIONS: dict[str, tuple[tuple[str, ...], dict[str, Any]]] = {
             "help": "Log verbosity.",
         },
     ),
+    "--cacert": (
+        ("tls_cacert",),
+        {
+            "default": None,
+            "envvar": "PAXOSKV_CACERT",
+            "help": "Speak TLS, trusting the servers' certificates this CA (PEM) signed.",
+        },
+    ),
+    "--cert": (
+        ("tls_cert",),
+        {
+            "default": None,
+            "envvar": "PAXOSKV_CERT",
+            "help": "Client certificate (PEM) for servers with --client-cert-auth; needs --key. Turns TLS on.",
+        },
+    ),
+    "--key": (
+        ("tls_key",),
+        {
+            "default": None,
+            "envvar": "PAXOSKV_KEY",
+            "help": "The private key (PEM) of --cert.",
+        },
+    ),
     "--nodes": (
         (),
         {
@@ -118,3 +144,14 @@ def option(flag: str, **overrides: Any) -> Callable[[F], F]:
     kw = {"show_default": True, **kwargs, **overrides}
     kw.setdefault("show_envvar", kw.get("envvar") is not None)
     return click.option(flag, *decls, **kw)
+
+
+TLS_FLAGS = ("--cacert", "--cert", "--key")
+
+
+def tls_options(f: F) -> F:
+    """``--cacert``, ``--cert`` and ``--key`` (parameters ``tls_cacert``,
+    ``tls_cert``, ``tls_key``: a command's KEY argument keeps its name)."""
+    for flag in reversed(TLS_FLAGS):
+        f = option(flag)(f)
+    return f

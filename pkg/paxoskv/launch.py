@@ -39,6 +39,7 @@ import grpc
 
 from paxoskv.procutil import die_with_parent
 from paxoskv.server.config import BUS_PORT_OFFSET
+from paxoskv.tls import ClientTLS, channel
 from paxoskv.util.ports import free_ports
 from paxoskv.v1 import kv_pb2, kv_pb2_grpc
 from paxoskv.wire import format_hostport
@@ -322,9 +323,10 @@ class ServeCluster:
         return p.read_text(errors="replace") if p.exists() else ""
 
 
-def node_status(endpoint: str, timeout_s: float = 1.0) -> kv_pb2.StatusResponse | None:
-    """``endpoint``'s answer to ``Maintenance.Status``; None if it did not answer."""
-    with grpc.insecure_channel(endpoint) as ch:
+def node_status(endpoint: str, timeout_s: float = 1.0, tls: ClientTLS | None = None) -> kv_pb2.StatusResponse | None:
+    """``endpoint``'s answer to ``Maintenance.Status``; None if it did not answer
+    (``tls``: over TLS, with this client identity)."""
+    with channel(endpoint, tls) as ch:
         with contextlib.suppress(grpc.RpcError):
             return kv_pb2_grpc.MaintenanceStub(ch).Status(kv_pb2.StatusRequest(), timeout=timeout_s)
     return None

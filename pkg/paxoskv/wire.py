@@ -12,23 +12,28 @@ Rules:
 - An UNAVAILABLE answer names the leader, when it is known, in its trailing
   metadata ``LEADER_METADATA_KEY: ID=HOST:PORT`` (``leader_hint``; read back
   with ``parse_leader_hint``). HOST:PORT is the leader's public port.
-- ``MESSAGE_BYTES_MAX`` bounds every message either side sends or takes;
-  it is above the node's own limits (a 1 MiB value), so a value too large
-  is refused as INVALID_ARGUMENT by the node, not by gRPC.
+- ``MESSAGE_BYTES_MAX`` bounds every message either side sends, and what a
+  client takes; a node takes at most its ``--max-request-bytes`` (default
+  1.5 MiB as etcd's, at most this) + 512 KiB. Both are above the node's own limits (a
+  1 MiB value), so a value too large is refused as INVALID_ARGUMENT by the
+  node, not by gRPC.
 - Status codes, one per cause (the README's table): ``INVALID`` nothing
   was written, fix the request; ``STALE`` the sequence is older than the
   client's last applied one; ``UNAVAILABLE`` no leader could serve it now, a
   write may or may not be applied, retry it with the same (client_id,
   sequence); ``DEADLINE`` the deadline passed, a write may still be applied;
   ``UNIMPLEMENTED`` a packed batch the cluster cannot take yet, nothing was
-  written. ``RETRYABLE`` are those a client retries. A batch answers each op
+  written. ``RETRYABLE`` are those a client retries (and CANCELLED: a
+  server that stops with the call in flight). A batch answers each op
   with a code's number (``ResponseOp.code``): ``status_code`` maps it back.
   gRPC's own refusal of a message over its limit (RESOURCE_EXHAUSTED) counts
   as INVALID (``is_too_large``).
 - A call that reached no server (the connection was refused, the host
   name did not resolve, no address could be connected) fails UNAVAILABLE
   with gRPC's own details; ``unreachable_reason`` tells it from an
-  UNAVAILABLE a node answered, and says why in a few words.
+  UNAVAILABLE a node answered, and says why in a few words; a TLS node
+  that refused the connection (``TLS_CLOSED``, ``TLS_FAILED``) is told
+  from a port where nothing listens.
 - Endpoints, as people type them (flags, environment): ``HOST:PORT``,
   ``[V6HOST]:PORT``, or a bare ``HOST`` meaning ``DEFAULT_PORT``; a list is
   comma-separated, kept in order, without duplicates. Every parser raises
@@ -81,7 +86,9 @@ STALE = grpc.StatusCode.FAILED_PRECONDITION
 UNAVAILABLE = grpc.StatusCode.UNAVAILABLE
 DEADLINE = grpc.StatusCode.DEADLINE_EXCEEDED
 UNIMPLEMENTED = grpc.StatusCode.UNIMPLEMENTED
-RETRYABLE = frozenset({UNAVAILABLE, DEADLINE})
+# CANCELLED too: a client sees it when a server stops with its call in flight
+# (its own cancellation is asyncio.CancelledError, never a status).
+RETRYABLE = frozenset({UNAVAILABLE, DEADLINE, grpc.StatusCode.CANCELLED})
 
 _CODE_BY_NUMBER = {c.value[0]: c for c in grpc.StatusCode}
 _UNSPECIFIED_HOSTS = frozenset({"0.0.0.0", "::", ""})
@@ -120,9 +127,22 @@ def unreachable_reason(code: grpc.StatusCode, details: str | None) -> str | None
         return "connection refused"
     if "errors resolving" in text or "dns resolution failed" in text:
         return "host name not found"
+    if "handshake failed" in text or "certificate_verify_failed" in text:
+        return TLS_FAILED
+    if "socket closed" in text:
+        # What a TLS node does to a plaintext client, and to one without an
+        # accepted client certificate.
+        return TLS_CLOSED
     if "failed to connect to all addresses" in text:
         return "cannot connect"
     return None
+
+
+TLS_FAILED = (
+    "the TLS handshake failed: does the node speak TLS, and is its certificate signed by --cacert "
+    "and made for this address?"
+)
+TLS_CLOSED = "the node closed the connection at once: does it need TLS (--cacert) or a client certificate (--cert --key)?"
 
 
 def leader_hint(node_id: int, address: str) -> tuple[tuple[str, str], ...]:

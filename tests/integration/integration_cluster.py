@@ -26,6 +26,7 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from paxoskv.client import SyncClient
+from paxoskv.tls import ClientTLS, channel
 from paxoskv.launch import HOST, ServeCluster, ServeNode, agreed_leader, local_addresses, node_status
 from paxoskv.transport.keys import local_bus_args
 from paxoskv.util.wait import wait_until
@@ -35,9 +36,9 @@ REPO = pathlib.Path(__file__).resolve().parents[2]
 PAXOSKV = pathlib.Path(sys.executable).parent / "paxoskv"
 
 
-def health_status(endpoint: str, timeout_s: float = 1.0) -> int | None:
+def health_status(endpoint: str, timeout_s: float = 1.0, tls: ClientTLS | None = None) -> int | None:
     """The health service's overall status of ``endpoint``; None if unreachable."""
-    with grpc.insecure_channel(endpoint) as ch:
+    with channel(endpoint, tls) as ch:
         try:
             resp = health_pb2_grpc.HealthStub(ch).Check(
                 health_pb2.HealthCheckRequest(service=""), timeout=timeout_s
@@ -49,7 +50,9 @@ def health_status(endpoint: str, timeout_s: float = 1.0) -> int | None:
 
 class LocalCluster(ServeCluster):
     """N ``paxoskv serve`` processes on 127.0.0.1 (see the module docstring):
-    node i keeps its data in ``root/node<i>`` and its log in ``root/node<i>.log``."""
+    node i keeps its data in ``root/node<i>`` and its log in ``root/node<i>.log``.
+    ``tls``: how this harness (its probes and ``client()``) dials nodes
+    started with TLS flags in ``extra_args``."""
 
     def __init__(
         self,
@@ -60,9 +63,11 @@ class LocalCluster(ServeCluster):
         election_ms: int = 200,
         extra_args: tuple[str, ...] = (),
         curve: bool = True,
+        tls: ClientTLS | None = None,
     ) -> None:
         root.mkdir(parents=True, exist_ok=True)
         self.root = root
+        self.tls = tls
         self.size = size
         self.curve = curve
         # How its nodes run their bus: CURVE with keys in root/keys, or insecure.
@@ -108,7 +113,7 @@ class LocalCluster(ServeCluster):
                     f"node {node_id} exited with {n.proc.returncode if n.proc else None}:\n"
                     + self.log_text(node_id)[-3000:]
                 )
-            return health_status(n.endpoint, 0.5) == health_pb2.HealthCheckResponse.SERVING
+            return health_status(n.endpoint, 0.5, self.tls) == health_pb2.HealthCheckResponse.SERVING
 
         wait_until(f"node {node_id} to serve", serving, timeout_s)
 
@@ -125,7 +130,7 @@ class LocalCluster(ServeCluster):
     # ---- observation ---------------------------------------------------------------------
 
     def status(self, node_id: int) -> kv_pb2.StatusResponse | None:
-        return node_status(self.endpoint(node_id))
+        return node_status(self.endpoint(node_id), tls=self.tls)
 
     def leader(self, among: list[int] | None = None) -> int | None:
         """The leader every running node of ``among`` agrees on, or None."""
@@ -158,6 +163,7 @@ class LocalCluster(ServeCluster):
 
     def client(self, **kw: object) -> SyncClient:
         kw.setdefault("timeout_s", 10.0)
+        kw.setdefault("tls", self.tls)
         return SyncClient(self.endpoints, **kw)
 
     def logs(self) -> str:

@@ -29,7 +29,8 @@ from collections.abc import Iterator
 import pytest
 import zmq
 
-from integration_cluster import HOST, LocalCluster, free_ports, wait_until
+from integration_cluster import HOST, LocalCluster, wait_until
+from paxoskv.util.ports import free_ports
 from rogue_peer import (
     RoguePeer,
     assert_cluster_intact,

@@ -28,7 +28,9 @@ from paxoskv.client import (
 from paxoskv.replica import errors
 from paxoskv.replica.node import result_or_error
 from paxoskv.server.grpc_api import BindError, Facade
+from paxoskv.server.public import FacadeLimits
 from paxoskv.util.ports import free_ports
+from paxoskv.util.wait import wait_until_async
 from paxoskv.wire import LEADER_METADATA_KEY, method_path
 from paxoskv.v1 import kv_pb2, kv_pb2_grpc
 
@@ -451,5 +453,38 @@ def test_a_cluster_not_known_to_take_packed_batches_answers_unimplemented_and_th
                 assert res.index > 0
         assert node.batches == [True, False, True, False]  # each call: packed refused, then per op
         assert node.kv == {b"a": b"1", b"b": b"1"}
+
+    run(body)
+
+
+def test_the_facade_gives_back_every_byte_it_held() -> None:
+    """Bytes counted under --max-pending-mb return to zero after unary calls,
+    batches, a session read to its end and a session cancelled with 1 MiB
+    answers unread (counted while it waits)."""
+
+    async def body(s: Servers) -> None:
+        node = FakeNode(node_id=1)
+        ep = await s.add(node, limits=FacadeLimits(stream_requests_max=8))
+        facade = s.facades[-1]
+        async with grpc.aio.insecure_channel(ep, options=[("grpc.max_receive_message_length", 8 << 20)]) as ch:
+            stub = kv_pb2_grpc.KVStub(ch)
+            await stub.Put(kv_pb2.PutRequest(key=b"a", value=b"1" * 1000))
+            await stub.Put(kv_pb2.PutRequest(key=b"big", value=b"2" * (1 << 20)))
+            await stub.Batch(kv_pb2.BatchRequest(ops=[kv_pb2.RequestOp(get=kv_pb2.GetRequest(key=b"a"))] * 20))
+            call = stub.Session()
+            for i in range(50):
+                await call.write(kv_pb2.SessionRequest(id=i + 1, op=kv_pb2.RequestOp(get=kv_pb2.GetRequest(key=b"a"))))
+            await call.done_writing()
+            answers = [r async for r in call]
+            assert sorted(r.id for r in answers) == list(range(1, 51))
+            assert all(r.result.get.value == b"1" * 1000 for r in answers)
+            assert facade.held_bytes == 0
+
+            unread = stub.Session()
+            for i in range(8):
+                await unread.write(kv_pb2.SessionRequest(id=i + 1, op=kv_pb2.RequestOp(get=kv_pb2.GetRequest(key=b"big"))))
+            await wait_until_async("the unread answers to be held", lambda: facade.held_bytes >= 2 << 20, 10)
+            unread.cancel()
+        await wait_until_async("the facade to hold nothing", lambda: facade.held_bytes == 0, 10)
 
     run(body)

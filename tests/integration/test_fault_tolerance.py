@@ -234,3 +234,32 @@ def test_sigterm_stops_a_node_cleanly_and_it_rejoins(cluster: LocalCluster) -> N
     cluster.start(2)
     with cluster.client() as c:
         assert c.get("x", endpoint=cluster.endpoint(2)) == b"1"
+
+
+def test_a_call_waiting_on_a_node_that_is_stopped_is_answered_unavailable_not_cancelled(tmp_path) -> None:
+    """A rolling restart: the calls a node holds when SIGTERM comes are failed
+    UNAVAILABLE (a client retries those elsewhere, with the same identity),
+    not cancelled by gRPC when the shutdown's grace ends."""
+    cluster = LocalCluster(tmp_path / "c", heartbeat_ms=100, election_ms=8000)
+    try:
+        leader = cluster.start_all()
+        for i in cluster.ids:
+            if i != leader:
+                cluster.kill(i)  # the leader keeps leading for a while, without a quorum
+
+        async def main() -> grpc.aio.AioRpcError:
+            async with grpc.aio.insecure_channel(cluster.endpoint(leader)) as ch:
+                put = kv_pb2_grpc.KVStub(ch).Put(kv_pb2.PutRequest(key=b"k", value=b"v"), timeout=30)
+                with pytest.raises(TimeoutError):  # it waits at the leader, for a quorum that is gone
+                    await asyncio.wait_for(asyncio.shield(put), 0.5)
+                stopper = asyncio.create_task(asyncio.to_thread(cluster.kill, leader, signal.SIGTERM))
+                with pytest.raises(grpc.aio.AioRpcError) as info:
+                    await put
+                assert await stopper == 0
+                return info.value
+
+        err = asyncio.run(main())
+    finally:
+        cluster.close()
+    assert err.code() == grpc.StatusCode.UNAVAILABLE, (err.code(), err.details())
+    assert "node is shutting down" in err.details()

@@ -48,7 +48,7 @@ def test_the_leader_hint_round_trips_and_unusable_parts_are_none():
 def test_status_codes_and_limits():
     assert wire.status_code(wire.STALE.value[0]) is grpc.StatusCode.FAILED_PRECONDITION
     assert wire.status_code(999) is grpc.StatusCode.UNKNOWN
-    assert wire.RETRYABLE == {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED}
+    assert wire.RETRYABLE == {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.CANCELLED}
     assert wire.is_too_large(grpc.StatusCode.RESOURCE_EXHAUSTED, "Received message larger than max (9 vs. 8)")
     assert not wire.is_too_large(grpc.StatusCode.RESOURCE_EXHAUSTED, "too many streams")
     limits = Limits()
@@ -77,6 +77,14 @@ def test_unreachable_reason_tells_a_call_that_reached_no_server() -> None:
     assert unreachable_reason(grpc.StatusCode.UNAVAILABLE, refused) == "connection refused"
     resolving = "errors resolving nohost.invalid:50051: [field:hostname lookup error:address lookup failed]"
     assert unreachable_reason(grpc.StatusCode.UNAVAILABLE, resolving) == "host name not found"
+    # What gRPC says when a TLS node refused the connection (as seen in
+    # tests/integration/test_tls.py), and when a TLS client met a node whose
+    # certificate it does not trust or that speaks plaintext.
+    closed = "failed to connect to all addresses; last error: UNAVAILABLE: ipv4:127.0.0.1:27051: Socket closed"
+    assert unreachable_reason(grpc.StatusCode.UNAVAILABLE, closed) == wire.TLS_CLOSED
+    tls = ("failed to connect to all addresses; last error: UNKNOWN: ipv4:127.0.0.1:27051: Tls handshake failed "
+           "(TSI_PROTOCOL_FAILURE): SSL_ERROR_SSL: error:1000007d:SSL routines:OPENSSL_internal:CERTIFICATE_VERIFY_FAILED")  # fmt: skip
+    assert unreachable_reason(grpc.StatusCode.UNAVAILABLE, tls) == wire.TLS_FAILED
     # A node's own UNAVAILABLE, and other codes, reached a server.
     assert unreachable_reason(grpc.StatusCode.UNAVAILABLE, "no leader is known") is None
     assert unreachable_reason(grpc.StatusCode.DEADLINE_EXCEEDED, refused) is None

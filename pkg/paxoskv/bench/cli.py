@@ -4,7 +4,8 @@ Rules: progress goes to stderr (a live bar on a terminal), the result to
 stdout: the table, or with ``--json`` one JSON object and nothing else. Exit
 status 0 when the run completed (even with failed operations: they are in
 the figures), 1 when it could not run (no answer from the target, a worker
-failed), 2 for a bad option.
+failed), 2 for a bad option. ``--cacert --cert --key`` (as the client
+commands) speak TLS to every endpoint.
 """
 
 from __future__ import annotations
@@ -19,6 +20,8 @@ from paxoskv.bench import report
 from paxoskv.bench.runner import BenchConfig, BenchError, Progress, run
 from paxoskv.bench.targets import TARGETS
 from paxoskv.bench.workload import MIXES, Workload, parse_mix
+from paxoskv.cli_options import tls_options
+from paxoskv.tls import client_tls
 from paxoskv.wire import DEFAULT_PORT, ConfigError, parse_endpoints
 
 
@@ -78,6 +81,7 @@ def _mix(_ctx, _param, value: str) -> float:
               help="A local server process (repeat for each): report the CPU it and its children used "
                    "in the window, per operation.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of the table.")
+@tls_options
 def bench_cmd(
     target: str,
     endpoints: tuple[str, ...],
@@ -98,6 +102,9 @@ def bench_cmd(
     label: str,
     server_pids: tuple[int, ...],
     as_json: bool,
+    tls_cacert: str | None,
+    tls_cert: str | None,
+    tls_key: str | None,
 ) -> None:
     """Closed-loop load against a paxoskv (or etcd) cluster: throughput and latency."""
     try:
@@ -116,8 +123,9 @@ def bench_cmd(
             connect_timeout_s=connect_timeout_s,
             label=label,
             server_pids=server_pids,
+            tls=client_tls(tls_cacert, tls_cert, tls_key),
         )
-    except ValueError as exc:
+    except ValueError as exc:  # a ConfigError too
         raise click.UsageError(str(exc)) from None
     total_ms = int((warmup_s + duration_s) * 1000)
     shown = {"ms": 0, "setup": False}

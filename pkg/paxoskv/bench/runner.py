@@ -34,6 +34,7 @@ from paxoskv.bench.histogram import Histogram
 from paxoskv.bench.targets import TARGETS
 from paxoskv.bench.worker import WorkerArgs, WorkerResult, worker_main
 from paxoskv.bench.workload import Workload
+from paxoskv.tls import ClientTLS
 
 START_MARGIN_S = 0.3
 SETUP_TIMEOUT_EXTRA_S = 600.0  # pre-filling many keys into a slow target takes time
@@ -59,6 +60,7 @@ class BenchConfig:
     connect_timeout_s: float = 30.0
     label: str = ""
     server_pids: tuple[int, ...] = ()  # local server processes whose CPU to report
+    tls: ClientTLS | None = None  # TLS to the servers (None: plaintext)
 
     def __post_init__(self) -> None:
         if self.target not in TARGETS:
@@ -175,6 +177,7 @@ def run(cfg: BenchConfig, on_progress: ProgressFn | None = None) -> BenchResult:
             timeout_s=cfg.timeout_s,
             connect_timeout_s=cfg.connect_timeout_s,
             client_prefix=prefix,
+            tls=cfg.tls,
         )
         procs.append(ctx.Process(target=worker_main, args=(args, events, go, start_at), name=f"bench-worker-{i}", daemon=True))
     notify = on_progress or (lambda _p: None)

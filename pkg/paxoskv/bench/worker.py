@@ -36,11 +36,10 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Awaitable, Callable
 
-import grpc.aio
-
 from paxoskv.bench.histogram import Histogram
 from paxoskv.bench.targets import CHANNEL_OPTIONS, TARGETS, Endpoint, OpFailed, SlotClient
 from paxoskv.bench.workload import OpPicker, Workload
+from paxoskv.tls import ClientTLS, aio_channel
 from paxoskv.util.wait import WaitTimeout, wait_until_async
 
 PROGRESS_PERIOD_S = 0.2
@@ -63,6 +62,7 @@ class WorkerArgs:
     timeout_s: float
     connect_timeout_s: float
     client_prefix: str
+    tls: ClientTLS | None = None
 
 
 @dataclass(slots=True)
@@ -261,7 +261,7 @@ def _slot_endpoints(endpoints: list[Endpoint], args: WorkerArgs, slot: int) -> l
 
 async def _run(args: WorkerArgs, events: Any, go: Any, start_at: Any) -> WorkerResult:
     target = TARGETS[args.target]
-    channels = [grpc.aio.insecure_channel(ep, options=CHANNEL_OPTIONS) for ep in args.endpoints]
+    channels = [aio_channel(ep, args.tls, CHANNEL_OPTIONS) for ep in args.endpoints]
     endpoints: list[Endpoint] = []
     try:
         codec = target.codec(args.workload, os.urandom(args.workload.value_bytes))

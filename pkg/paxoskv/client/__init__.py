@@ -1,7 +1,8 @@
 """paxoskv's Python client: any node, leader discovery, retries, exactly-once.
 
 ``Client`` is the asyncio client (see :mod:`paxoskv.client.client` for its
-rules); ``SyncClient`` wraps it for blocking code.
+rules); ``SyncClient`` wraps it for blocking code. ``ClientTLS`` (from
+:mod:`paxoskv.tls`) is what ``tls=`` takes to speak TLS.
 """
 
 from __future__ import annotations
@@ -19,10 +20,12 @@ from paxoskv.client.client import (
     WriteResult,
 )
 from paxoskv.client.sync import SyncClient
+from paxoskv.tls import ClientTLS
 
 __all__ = [
     "Client",
     "ClientError",
+    "ClientTLS",
     "DeadlineExceeded",
     "GetResult",
     "InvalidArgument",

@@ -26,6 +26,11 @@ Rules:
   quorum, no node reachable; ``status``: some endpoint did not answer);
   4 any other error. An expected error is one line on stderr, never a
   traceback.
+- TLS: ``--cacert CA --cert CERT --key KEY`` (env ``PAXOSKV_CACERT``,
+  ``PAXOSKV_CERT``, ``PAXOSKV_KEY``; etcdctl's names): any of them speaks
+  TLS, trusting CA; CERT and KEY are the client certificate a node with
+  ``--client-cert-auth`` asks for. A node that refuses the handshake
+  answers as an unreachable one does (exit 3).
 - Each invocation is a new client with a random client_id, so a retry inside
   one invocation is applied once; running the same ``put`` twice is two
   writes.
@@ -52,10 +57,11 @@ from paxoskv.client.client import (
     Unavailable,
     Unreachable,
 )
-from paxoskv.cli_options import option
+from paxoskv.cli_options import option, tls_options
 from paxoskv.client.diagnose import quorum_report
 from paxoskv.client.sync import SyncClient
 from paxoskv.kv.commands import Limits, validate_op
+from paxoskv.tls import ClientTLS, client_tls
 from paxoskv.wire import ConfigError, parse_endpoints
 
 __all__ = [
@@ -82,7 +88,14 @@ DIAGNOSE_TIMEOUT_S = 0.5  # the Status round that says why a request failed
 
 
 def _common(f: F) -> F:
-    return option("--endpoints")(option("--timeout")(f))
+    return option("--endpoints")(option("--timeout")(tls_options(f)))
+
+
+def _tls(tls_cacert: str | None, tls_cert: str | None, tls_key: str | None) -> ClientTLS | None:
+    try:
+        return client_tls(tls_cacert, tls_cert, tls_key)
+    except ConfigError as exc:
+        raise click.UsageError(str(exc)) from None
 
 
 def _endpoints(text: str) -> list[str]:
@@ -92,9 +105,9 @@ def _endpoints(text: str) -> list[str]:
         raise click.BadParameter(str(exc), param_hint="--endpoints") from None
 
 
-def _client(endpoints: str, timeout_s: float) -> SyncClient:
+def _client(endpoints: str, timeout_s: float, tls: dict[str, str | None]) -> SyncClient:
     # A refused connection fails at once: retrying cannot make a node appear.
-    return SyncClient(_endpoints(endpoints), timeout_s=timeout_s, retry_unreachable=False)
+    return SyncClient(_endpoints(endpoints), timeout_s=timeout_s, retry_unreachable=False, tls=_tls(**tls))
 
 
 def _fail(cmd: str, exc: ClientError, client: SyncClient, *, write: bool) -> NoReturn:
@@ -232,6 +245,7 @@ def put_cmd(
     b64: bool,
     endpoints: str,
     timeout_s: float,
+    **tls: str | None,
 ) -> None:
     """Set KEY to VALUE (prints OK).
 
@@ -252,7 +266,7 @@ def put_cmd(
         else:
             value_b = _decode(value, mode, "VALUE")
         _validate(key_b, value_b)
-        with _client(endpoints, timeout_s) as c:
+        with _client(endpoints, timeout_s, tls) as c:
             try:
                 c.put(key_b, value_b)
             except ClientError as exc:
@@ -277,7 +291,7 @@ def put_cmd(
 @_encoding
 @_common
 def get_cmd(
-    key: str, serializable: bool, raw: bool, hex_: bool, b64: bool, endpoints: str, timeout_s: float
+    key: str, serializable: bool, raw: bool, hex_: bool, b64: bool, endpoints: str, timeout_s: float, **tls: str | None
 ) -> None:
     """Print the value of KEY, then a newline (exit 1 if it has none).
 
@@ -291,7 +305,7 @@ def get_cmd(
             raise _Usage("--raw writes raw bytes: it excludes --hex and --base64")
         key_b = _decode(key, mode, "KEY")
         _validate(key_b)
-        with _client(endpoints, timeout_s) as c:
+        with _client(endpoints, timeout_s, tls) as c:
             try:
                 value = c.get(key_b, serializable=serializable)
             except ClientError as exc:
@@ -310,13 +324,13 @@ def get_cmd(
 @click.argument("key")
 @_encoding
 @_common
-def delete_cmd(key: str, hex_: bool, b64: bool, endpoints: str, timeout_s: float) -> None:
+def delete_cmd(key: str, hex_: bool, b64: bool, endpoints: str, timeout_s: float, **tls: str | None) -> None:
     """Delete KEY (prints 1 if it existed, 0 if not); --hex / --base64 take KEY so."""
 
     def body() -> None:
         key_b = _decode(key, _mode(hex_, b64), "KEY")
         _validate(key_b)
-        with _client(endpoints, timeout_s) as c:
+        with _client(endpoints, timeout_s, tls) as c:
             try:
                 result = c.delete(key_b)
             except ClientError as exc:
@@ -395,7 +409,7 @@ def format_status_table(nodes: list[NodeStatus]) -> str:
 @click.command("status")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON list, one object per endpoint.")
 @_common
-def status_cmd(as_json: bool, endpoints: str, timeout_s: float) -> None:
+def status_cmd(as_json: bool, endpoints: str, timeout_s: float, **tls: str | None) -> None:
     """Show each endpoint's node: role, leader, ballot, commit/applied index, peers seen.
 
     Exit 0 when every endpoint answered, 3 otherwise.
@@ -404,7 +418,7 @@ def status_cmd(as_json: bool, endpoints: str, timeout_s: float) -> None:
 
     def body() -> None:
         eps = _endpoints(endpoints)
-        with SyncClient(eps, timeout_s=timeout_s) as c:
+        with SyncClient(eps, timeout_s=timeout_s, tls=_tls(**tls)) as c:
             nodes.extend(c.status_all(eps))
 
     _run_command("status", {"endpoints": endpoints}, body)

@@ -37,6 +37,14 @@ Rules:
   request; a write may be applied later), ``ClientError`` for anything else.
   A message says "may still be applied" at most once, and only for a write.
 
+- TLS: ``tls=ClientTLS(...)`` (``paxoskv.tls``; ``ClientTLS.from_files(cacert,
+  cert, key)``) makes every channel a TLS one, checking the node's
+  certificate against the CA and showing the client certificate when
+  given; ``tls=None`` (the default) speaks plaintext. A node that refuses
+  the handshake (no or a wrong client certificate, a plaintext client at a
+  TLS port or the reverse) looks like an unreachable one: UNAVAILABLE,
+  retried until the deadline, the last error naming the node.
+
 Theory of operation: one ``grpc.aio`` channel per node address, made on
 first use, with grpc's own retries off (this module decides) and a short
 reconnect backoff so a restarted node is used again within a second.
@@ -54,6 +62,7 @@ from dataclasses import dataclass
 import grpc
 
 from paxoskv import wire
+from paxoskv.tls import ClientTLS, aio_channel
 from paxoskv.v1 import kv_pb2, kv_pb2_grpc
 
 __all__ = [
@@ -172,9 +181,9 @@ class _Channel:
 
     __slots__ = ("target", "channel", "get", "put", "delete", "batch", "packed_batch", "status")
 
-    def __init__(self, target: str) -> None:
+    def __init__(self, target: str, tls: ClientTLS | None = None) -> None:
         self.target = target
-        ch = grpc.aio.insecure_channel(target, options=CHANNEL_OPTIONS)
+        ch = aio_channel(target, tls, CHANNEL_OPTIONS)
         self.channel = ch
         kv = kv_pb2_grpc.KVStub(ch)
         self.get = kv.Get
@@ -204,6 +213,7 @@ class Client:
 
     ``endpoints``: ``host:port`` of some or all nodes (order: first tried first).
     ``timeout_s``: default overall deadline of one call, retries included.
+    ``tls``: a ``paxoskv.tls.ClientTLS`` to speak TLS (None: plaintext).
     """
 
     def __init__(
@@ -218,6 +228,7 @@ class Client:
         backoff_s_max: float = 0.5,
         retry_unreachable: bool = True,
         rng: random.Random | None = None,
+        tls: ClientTLS | None = None,
     ) -> None:
         self.endpoints = list(dict.fromkeys(endpoints))
         if not self.endpoints:
@@ -233,6 +244,7 @@ class Client:
         self.backoff_s_max = backoff_s_max
         self.retry_unreachable = retry_unreachable
         self._rng = rng or random.Random()
+        self.tls = tls
         self._channels: dict[str, _Channel] = {}
         self._current = self.endpoints[0]
         self._free_sessions: list[_Session] = []
@@ -486,7 +498,7 @@ class Client:
             raise ClientError("the client is closed")
         ch = self._channels.get(target)
         if ch is None:
-            ch = self._channels[target] = _Channel(target)
+            ch = self._channels[target] = _Channel(target, self.tls)
         return ch
 
     def _next_endpoint(self, after: str) -> str:
@@ -578,6 +590,8 @@ _CAVEAT = "may still be applied"
 def _unreachable_text(unreachable: dict[str, str], endpoints: Sequence[str]) -> str:
     if len(endpoints) == 1:
         ep = endpoints[0]
+        if unreachable[ep] in (wire.TLS_CLOSED, wire.TLS_FAILED):
+            return f"cannot reach {ep}: {unreachable[ep]}"
         return f"cannot reach {ep} ({unreachable[ep]}): is a node running there?"
     return "cannot reach any endpoint: " + ", ".join(f"{ep} ({unreachable[ep]})" for ep in endpoints)
 

@@ -13,7 +13,8 @@ Rules:
   fields at their default value left out. The request JSON is protobuf's
   JSON mapping (proto field names or lowerCamelCase).
 - It talks to the first of ``--endpoints``; ``--timeout`` is the deadline of
-  the whole call, reflection included.
+  the whole call, reflection included. ``--cacert --cert --key`` speak TLS,
+  as the other client commands (grpcurl's ``-cacert -cert -key``).
 - Errors are one line on stderr, ``CODE: details`` for an error status, with
   the exit codes of the other client commands: 2 a request the server or
   this command refused as invalid (bad JSON, unknown method,
@@ -36,9 +37,11 @@ from google.protobuf.descriptor_database import DescriptorDatabase
 from grpc_reflection.v1alpha import reflection_pb2 as v1alpha_pb2
 from grpc_reflection.v1alpha import reflection_pb2_grpc as v1alpha_grpc
 
-from paxoskv.cli_options import option
+from paxoskv.cli_options import option, tls_options
 from paxoskv.reflection.v1 import reflection_pb2 as v1_pb2
 from paxoskv.reflection.v1 import reflection_pb2_grpc as v1_grpc
+from paxoskv.tls import channel as channel_to
+from paxoskv.tls import client_tls
 from paxoskv.wire import ConfigError, parse_endpoints
 
 __all__ = ["ReflectionDatabase", "format_message", "grpc_cmd", "parse_messages"]
@@ -183,11 +186,21 @@ def _call(channel: grpc.Channel, pool: descriptor_pool.DescriptorPool, method_na
 )
 @option("--endpoints", help="HOST:PORT of the node to call (the first one, if several).")
 @option("--timeout")
-def grpc_cmd(method: str, data: str | None, endpoints: str, timeout_s: float) -> None:
+@tls_options
+def grpc_cmd(
+    method: str,
+    data: str | None,
+    endpoints: str,
+    timeout_s: float,
+    tls_cacert: str | None,
+    tls_cert: str | None,
+    tls_key: str | None,
+) -> None:
     """Call METHOD (SERVICE/METHOD) with a JSON request, or `list` the services,
     through the node's server reflection; print each response as JSON."""
     try:
         endpoint = parse_endpoints(endpoints)[0]
+        tls = client_tls(tls_cacert, tls_cert, tls_key)
     except ConfigError as exc:
         _exit(str(exc), EXIT_INVALID)
     if data == "@":
@@ -197,7 +210,7 @@ def grpc_cmd(method: str, data: str | None, endpoints: str, timeout_s: float) ->
     except ValueError as exc:
         _exit(f"-d is not JSON: {exc}", EXIT_INVALID)
     deadline = time.monotonic() + timeout_s
-    with grpc.insecure_channel(endpoint) as channel:
+    with channel_to(endpoint, tls) as channel:
         db = ReflectionDatabase(channel, deadline)
         try:
             if method == "list":

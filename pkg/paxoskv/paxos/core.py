@@ -7,10 +7,12 @@ Rules
   ``step(message)``, ``propose(command)``, ``read(read_id)`` -- and answers with
   a :class:`~paxoskv.paxos.types.Ready` that the runtime handles in order:
   persist (synced), then send, then apply, then ``advance(ready)``.
-* Durable before visible: every message that depends on a promise or an
-  acceptance is only ever released through a Ready whose ``promised`` and
-  ``accepted`` the runtime persists *before* sending. There is no other way
-  for a message to leave.
+* Durable before visible: a message that depends on a promise or an
+  acceptance not yet durable is only ever in ``Ready.messages``, which the
+  runtime sends after persisting that Ready's ``promised`` and ``accepted``.
+  ``Ready.messages_early`` (sent before the write) holds only what vouches
+  for nothing this write makes durable: the leader's Accepts, and its own
+  Accepted for acceptances an earlier Ready made durable.
 * Randomness (election jitter) comes from the injected ``random.Random``.
 * Peers are hostile until checked, members too: ``step`` drops a message
   outside the maxima of :mod:`paxoskv.paxos.bounds`, the handlers drop what
@@ -18,72 +20,8 @@ Rules
   ``commit_index + ACCEPT_WINDOW_SLOTS``, a commit point of a ballot not
   promised, ...), each counted in ``refused``; no peer message raises.
 
-Theory of operation
--------------------
-Each node plays the three Paxos roles for an unbounded sequence of slots.
-
-*Acceptor.* One ``promised`` ballot for all slots, and per slot the accepted
-``Entry(slot, ballot, value)``. ``Prepare(b)`` with ``b > promised`` raises the
-promise and is answered with every accepted entry and every chosen value at or
-after the requested slot. ``Accept(b)`` with ``b >= promised`` is accepted.
-Anything lower is answered with ``Nack(promised)``.
-
-*Learner.* ``chosen`` maps slots to values known to be chosen. It is kept
-apart from the acceptor's ``accepted`` map: a slot becomes chosen here when
-(a) this node leads and counted a quorum of ``Accepted`` at its own ballot,
-(b) a leader's commit point covers the slot *and* the local accepted entry was
-accepted at that same leader's ballot (a leader proposes exactly one value
-per slot per ballot, and never commits a slot it proposed with a different
-value), (c) a promise reported it chosen, (d) a catch-up reply carried it, or
-(e) it accepted the slot at ballot ``b`` and knows that a quorum accepted it
-durably at ``b``: ``Accepted(b)`` from peers, and itself once its write is
-durable (the value is that of its own entry: one value per slot per
-ballot). In a cluster whose quorum is two (three nodes) the leader sends its
-own ``Accepted`` to every follower once its acceptance is durable, so a
-follower learns a slot when it has accepted it and heard the leader's: one
-hop after the Accept, instead of waiting for a follower's Accepted to reach
-the leader and the commit point to come back. There, the leader does not
-broadcast each new commit point at once (it rides on the next Accept or
-heartbeat); in larger clusters it does, and sends no such Accepted. A
-follower may thus answer a client before the leader knows the slot is
-chosen: a read index is never below the last slot the leader sent its own
-Accepted for.
-``commit_index`` is the end of the contiguous chosen prefix. Agreement is
-asserted when this leader's own quorum chooses against a value known
-chosen; a peer's word against one is counted (``Refusal.CONFLICT``).
-
-*Proposer.* A follower that hears no leader for a randomized election
-timeout first runs a *pre-vote* (no state changes anywhere): peers agree only
-if they have not heard from a live leader within ``election_ticks_min`` and
-the candidate's commit index is not behind theirs. With a quorum of pre-votes
-it runs phase 1 once, for every slot from its first unchosen one. Peers that
-heard from a live leader recently do not promise (leader stickiness), so a
-node rejoining with a high ballot cannot unseat a healthy leader. On a quorum
-of promises the new leader adopts reported chosen values, re-proposes for
-each other slot the value with the highest ballot, and fills holes with
-no-ops, through the pipeline and within its window; ``recovery_end`` is the
-last such slot. Then it runs phase 2 per batch:
-queued commands are cut into a slot value whenever the pipeline has room
-(``inflight_slots_max``), so batches grow with load instead of waiting on a
-timer. The commit point rides on every Accept and Heartbeat; followers fetch
-what they cannot learn locally with ``CatchupRequest`` from the leader, or
-another peer on retry. A leader that has not heard from a quorum within
-``election_ticks_min`` steps down (check quorum).
-
-*Reads.* A linearizable read is served at a read index: the leader's commit
-index (at least ``recovery_end``) at a moment after the read arrived, once a
-quorum acknowledged a heartbeat round started after that moment, proving no
-higher ballot had been accepted by a quorum. One round serves every read
-waiting at its start; it asks only as many followers as the quorum needs
-besides the leader, those that answered the latest round first, and asks
-every follower when it is not confirmed two ticks later. Followers ask the
-leader for a read index and serve locally once they have applied up to it.
-A request carries the ballot its sender had promised when it sent it, after
-its reads arrived; where a quorum is two, a request at the leader's own
-ballot is that round: every quorum holds the sender or the leader, neither
-had promised a higher ballot at a moment after those reads arrived, so no
-other leader can have had a write chosen before them. The leader answers it
-at once with the read index.
+How the roles work (acceptor, learner and its rules (a)-(e), proposer,
+reads): docs/design.md, "The core".
 """
 
 from __future__ import annotations

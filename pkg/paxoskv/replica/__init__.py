@@ -13,12 +13,13 @@ from paxoskv.replica.errors import (
     Unavailable,
     Unimplemented,
 )
-from paxoskv.replica.node import NodeStatus, ReplicaNode, result_or_error
+from paxoskv.replica.node import CallLimits, NodeStatus, ReplicaNode, result_or_error
 from paxoskv.replica.replica import Batch, Done, Replica
 
 __all__ = [
     "Batch",
     "Call",
+    "CallLimits",
     "CallTable",
     "DeadlineExceeded",
     "Done",

@@ -26,6 +26,14 @@ Rules:
 - The etcd API's calls (``etcd_write``, ``range``) and their rules are in
   ``paxoskv.replica.etcd`` (``self.etcd``): the same waiter table, the same
   read index, the same log.
+- What one call may ask for is bounded by ``CallLimits`` (this node's
+  admission rules, not the state machine's: nodes may differ): at most
+  ``batch_ops_max`` operations in one ``ops`` call and at most
+  ``request_bytes_max`` bytes in what it proposes (a batch: the client's
+  bytes, before anonymous writes are named; a unary write: its command).
+  Over either, the call (a unary write: that command) fails
+  INVALID_ARGUMENT, having proposed nothing (etcd: "too many operations in
+  txn request", "request is too large").
 - Nothing here touches a clock, a socket, a thread or the global random
   module (tests/unit/test_layers.py).
 """
@@ -57,11 +65,35 @@ from paxoskv.replica.replica import Batch, Done, Replica
 from paxoskv.storage.base import Storage
 from paxoskv.v1 import kv_pb2
 
-__all__ = ["NodeStatus", "ReplicaNode", "result_or_error"]
+__all__ = ["CallLimits", "NodeStatus", "ReplicaNode", "result_or_error"]
 
 _OK = kv_pb2.CommandResult.OK
 _STALE = kv_pb2.CommandResult.STALE_SEQUENCE
 _NO_SPACE = kv_pb2.CommandResult.NO_SPACE
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CallLimits:
+    """What one client call may ask of this node (see the module rules)."""
+
+    batch_ops_max: int = 10_000  # --max-batch-ops
+    request_bytes_max: int = 1536 << 10  # --max-request-bytes (etcd's default)
+
+    def __post_init__(self) -> None:
+        if self.batch_ops_max < 1 or self.request_bytes_max < 1:
+            raise ValueError(f"call limits must be >= 1: {self}")
+
+    def too_many_ops(self, n: int) -> InvalidArgument | None:
+        if n <= self.batch_ops_max:
+            return None
+        return InvalidArgument(f"{n} operations in one call, over the limit of {self.batch_ops_max} (--max-batch-ops): split the call")
+
+    def too_large(self, n: int) -> InvalidArgument | None:
+        if n <= self.request_bytes_max:
+            return None
+        return InvalidArgument(
+            f"request is too large: {n} bytes, over the limit of {self.request_bytes_max} (--max-request-bytes)"
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,6 +136,7 @@ class ReplicaNode:
         send: Callable[[list[Message]], object],
         client_addrs: Mapping[int, str] | None = None,
         limits: Limits | None = None,
+        call_limits: CallLimits | None = None,
         core_factory: type[Core] = Core,
         cluster_id: str | None = None,
         etcd_limits: EtcdLimits | None = None,
@@ -118,6 +151,7 @@ class ReplicaNode:
         self._send = send
         self._client_addrs = dict(client_addrs or {})
         self._limits = self.replica.sm.limits
+        self.call_limits = call_limits or CallLimits()
         self.calls = CallTable()
         self._read_ids = 0
         self._batch_prefix = self._ids.getrandbits(64).to_bytes(8, "big")  # this life's handles
@@ -225,7 +259,12 @@ class ReplicaNode:
             if err is not None:
                 call.set(i, InvalidArgument(err))
                 continue
-            if not replica.propose(commands.encode(cmd)):
+            data = commands.encode(cmd)
+            too_large = self.call_limits.too_large(len(data))
+            if too_large is not None:
+                call.set(i, too_large)
+                continue
+            if not replica.propose(data):
                 call.set(i, self._unavailable("no leader is known", proposed=False, reason=Unavailable.NO_LEADER))
                 continue
             self.calls.add_write((cmd.client_id, cmd.sequence), call, i)
@@ -264,6 +303,12 @@ class ReplicaNode:
         if self._stopped is not None:
             call.fail(Unavailable(self._stopped, proposed=False, reason=Unavailable.STOPPED))
             return call
+        refused = self.call_limits.too_many_ops(len(ops))
+        if refused is None and raw is not None:
+            refused = self.call_limits.too_large(len(raw))
+        if refused is not None:
+            call.fail(refused)  # nothing proposed, nothing read
+            return call
         writes: list[tuple[int, bool]] = []  # (position, is a put)
         reads: dict[bool, list[tuple[int, bytes]]] = {False: [], True: []}
         for i, op in enumerate(ops):
@@ -295,6 +340,11 @@ class ReplicaNode:
             cmd.batch.ops.extend(ops[i] for i, _ in writes)
             if request is not None:
                 cmd.batch.request.CopyFrom(request)
+            if raw is None:
+                too_large = self.call_limits.too_large(cmd.ByteSize())
+                if too_large is not None:
+                    call.fail(too_large)  # nothing proposed, nothing read
+                    return call
         if request is None:
             self._name_anonymous(cmd.batch.ops)
         positions = [i for i, _ in writes]

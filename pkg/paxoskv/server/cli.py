@@ -13,8 +13,12 @@ Rules:
   first (a port in use costs nothing), then the node opens its storage (it
   refuses a wrong or locked directory before writing anything) and binds its
   bus, and only then does the gRPC server start answering.
-- One log line at INFO says where the node listens; stopping says so too.
+- One log line at INFO says where the node listens, whether its public port
+  speaks TLS and its bus CURVE; stopping says so too.
   A node on the insecure peer bus says so at WARNING right after.
+- The public port's flags (TLS, client certificates, ``--admin-cn``, the
+  limits) are ``PUBLIC_PORT_OPTIONS``, read by
+  ``paxoskv.server.public.build_public_options``.
 
 Theory of operation: ``asyncio.run`` of ``_serve``, which waits for the
 first of a stop signal and the node's ``fatal`` future, then shuts the gRPC
@@ -25,16 +29,21 @@ flight) and stops the node.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import signal
 import sys
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import click
 import zmq
 
 from paxoskv import __version__
 from paxoskv.cli_options import option
+from paxoskv.replica.node import CallLimits
 from paxoskv.server.config import NO_KEYS_HINT, ConfigError, ServeOptions, StartRefused, build_serve_options
+from paxoskv.server.public import FacadeLimits, build_public_options, connections_cap
 from paxoskv.storage.base import StorageError
 
 __all__ = ["serve_cmd", "main"]
@@ -65,11 +74,21 @@ async def _serve(opts: ServeOptions) -> int:
     from paxoskv.transport.bus import DuplicateNode
 
     cfg = opts.node
+    public = opts.public
+    connections, lowered = connections_cap(public.limits.connections_max)
+    if lowered is not None:
+        log.warning("%s", lowered)
     node = Node(cfg)
-    etcd = EtcdFacade(node, cfg, request_timeout_s=opts.request_timeout_s)
     facade = Facade(
-        node, cfg.node_id, request_timeout_s=opts.request_timeout_s, extra_services=etcd.services()
+        node,
+        cfg.node_id,
+        request_timeout_s=opts.request_timeout_s,
+        limits=dataclasses.replace(public.limits, connections_max=connections),
+        tls=public.tls,
+        admin_cns=public.admin_cns,
     )
+    for name, handlers in EtcdFacade(node, cfg, request_timeout_s=opts.request_timeout_s).services(facade.held).items():
+        facade.add_service(name, handlers)
     try:
         facade.bind(opts.grpc_address)
     except BindError as exc:
@@ -103,11 +122,12 @@ async def _serve(opts: ServeOptions) -> int:
         await facade.mark_serving()
         peers = ", ".join(f"{pid}={p.host}:{p.port}" for pid, p in sorted(cfg.peers.items()))
         log.info(
-            "paxoskv %s node %d of cluster %r serving gRPC on %s (bus port %d, %s, data %s, peers: %s)",
+            "paxoskv %s node %d of cluster %r serving gRPC on %s (%s; bus port %d, %s, data %s, peers: %s)",
             __version__,
             cfg.node_id,
             cfg.cluster_id,
             opts.grpc_address,
+            public.describe(),
             cfg.bus_port,
             "CURVE" if cfg.bus_keys is not None else "INSECURE",
             cfg.data_dir,
@@ -129,6 +149,10 @@ async def _serve(opts: ServeOptions) -> int:
             log.info("node %d stopping (signal)", cfg.node_id)
         stopper.cancel()
     finally:
+        # Calls waiting on the node are failed UNAVAILABLE first (their
+        # clients retry elsewhere at once, with the same identity), rather
+        # than cancelled when the grace period ends.
+        node.refuse_calls("node is shutting down")
         await facade.shutdown(grace_s=1.0)
         await node.stop()
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -168,6 +192,56 @@ class _Help:
         "Run the peer bus without authentication or encryption: only where nobody but the members "
         "can reach the bus port."
     )
+
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+_CALL = CallLimits()
+_FACADE = FacadeLimits()
+
+# The public port's flags: (flag, parameter, click.option keywords). etcd's
+# names and meanings where etcd has the flag.
+PUBLIC_PORT_OPTIONS: tuple[tuple[str, str, dict[str, Any]], ...] = (
+    ("--cert-file", "cert_file", {"help": "TLS certificate of the public port (PEM; its chain may follow). Turns TLS on."}),
+    ("--key-file", "key_file", {"help": "The private key of --cert-file (PEM, not encrypted)."}),
+    ("--trusted-ca-file", "trusted_ca_file", {"help": "CA certificate(s) (PEM) that sign client certificates; used with --client-cert-auth."}),
+    ("--client-cert-auth", "client_cert_auth", {
+        "is_flag": True, "default": False,
+        "help": "Refuse, at the TLS handshake, every client without a certificate signed by --trusted-ca-file "
+                "(health checks and reflection included).",
+    }),
+    ("--admin-cn", "admin_cn", {
+        "multiple": True,
+        "help": "Common Name of a client certificate allowed whole-database and cluster calls (Maintenance.Snapshot); "
+                "repeatable; needs --client-cert-auth. Without it every client may make them.",
+    }),
+    *(
+        (flag, flag[2:].replace("-", "_"), {"type": int, "default": default, "help": text})
+        for flag, default, text in (
+            ("--max-request-bytes", _CALL.request_bytes_max,
+             "Largest request the node takes; larger: INVALID_ARGUMENT (and over this + 512 KiB gRPC refuses it: "
+             "RESOURCE_EXHAUSTED)."),
+            ("--max-batch-ops", _CALL.batch_ops_max, "Most operations in one Batch/PackedBatch call; more: INVALID_ARGUMENT."),
+            ("--max-stream-requests", _FACADE.stream_requests_max,
+             "Session stream: most requests read and not yet answered; while full the stream is not read."),
+            ("--max-stream-bytes", _FACADE.stream_bytes_max, "Session stream: most bytes of those requests and their answers."),
+            ("--max-pending-mb", _FACADE.pending_bytes_max >> 20,
+             "MiB of requests and answers the node holds, all calls together; past it: RESOURCE_EXHAUSTED."),
+            ("--max-concurrent-streams", _FACADE.concurrent_streams_max,
+             "Most calls at once on one client connection (HTTP/2 streams)."),
+            ("--max-concurrent-rpcs", _FACADE.concurrent_rpcs_max, "Most calls at once on the node; more: RESOURCE_EXHAUSTED."),
+            ("--max-connections", _FACADE.connections_max,
+             "Most client connections at once; more are closed (lowered to fit the open-files limit)."),
+        )
+    ),
+)  # fmt: skip
+
+
+def _public_port_options(f: F) -> F:
+    for flag, param, kw in reversed(PUBLIC_PORT_OPTIONS):
+        envvar = "PAXOSKV_" + flag[2:].upper().replace("-", "_")
+        f = click.option(flag, param, envvar=envvar, show_envvar=True, **kw)(f)
+    return f
 
 
 @click.command("serve", context_settings={"show_default": True})
@@ -266,14 +340,6 @@ class _Help:
     help="etcd API: most operations in one Txn (etcd's --max-txn-ops).",
 )
 @click.option(
-    "--max-request-bytes",
-    type=int,
-    default=1536 * 1024,
-    envvar="PAXOSKV_MAX_REQUEST_BYTES",
-    show_envvar=True,
-    help="etcd API: largest write request, in bytes (etcd's --max-request-bytes).",
-)
-@click.option(
     "--quota-backend-bytes",
     type=int,
     default=0,
@@ -310,6 +376,7 @@ class _Help:
     show_envvar=True,
     help="This node's host in etcd member lists (default: --listen, or the host name if that is a wildcard).",
 )
+@_public_port_options
 @option("--log-level")
 def serve_cmd(
     node_id: int,
@@ -330,16 +397,17 @@ def serve_cmd(
     retain_mb: int,
     leveldb_compression: str,
     max_txn_ops: int,
-    max_request_bytes: int,
     quota_backend_bytes: int,
     auto_compaction_mode: str,
     auto_compaction_retention: str,
     auto_compaction_interval: str,
     advertise_host: str,
     log_level: str,
+    **public_port: Any,
 ) -> None:
     """Run one paxoskv node in the foreground (stop it with Ctrl-C or SIGTERM)."""
     try:
+        public = build_public_options(**public_port)
         opts = build_serve_options(
             node_id=node_id,
             cluster_id=cluster_id,
@@ -356,7 +424,6 @@ def serve_cmd(
             retain_mb=retain_mb,
             leveldb_compression=leveldb_compression,
             max_txn_ops=max_txn_ops,
-            max_request_bytes=max_request_bytes,
             quota_backend_bytes=quota_backend_bytes,
             auto_compaction_mode=auto_compaction_mode,
             auto_compaction_retention=auto_compaction_retention,
@@ -365,6 +432,7 @@ def serve_cmd(
             peer_public_keys=peer_public_keys,
             peer_secret_key=peer_secret_key,
             insecure_peer_bus=insecure_peer_bus,
+            public=public,
         )
     except StartRefused as exc:
         click.echo(f"paxoskv serve: error: {exc}", err=True)

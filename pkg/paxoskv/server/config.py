@@ -29,8 +29,10 @@ each error can say precisely which part is wrong.
 from __future__ import annotations
 
 import pathlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
+
+from paxoskv.server.public import PublicOptions
 
 from paxoskv.wire import (
     DEFAULT_PORT,
@@ -193,6 +195,7 @@ class ServeOptions:
 
     node: NodeConfig
     request_timeout_s: float
+    public: PublicOptions = field(default_factory=PublicOptions)  # TLS, admin CNs, limits of the public port
 
     @property
     def grpc_address(self) -> str:
@@ -216,7 +219,6 @@ def build_serve_options(
     retain_mb: int = 64,
     leveldb_compression: str = "none",
     max_txn_ops: int = 128,
-    max_request_bytes: int = 1536 * 1024,
     quota_backend_bytes: int = 0,
     auto_compaction_mode: str = "periodic",
     auto_compaction_retention: str = "0",
@@ -225,8 +227,10 @@ def build_serve_options(
     peer_public_keys: str | None = None,
     peer_secret_key: str | None = None,
     insecure_peer_bus: bool = False,
+    public: PublicOptions | None = None,
 ) -> ServeOptions:
-    """Validate the flags of ``serve`` together; raise ``ConfigError``."""
+    """Validate the flags of ``serve`` together; raise ``ConfigError``.
+    ``public``: the public port's (``server.public.build_public_options``)."""
     from paxoskv.kv.etcd import EtcdLimits
     from paxoskv.replica.etcd import DEFAULT_QUOTA_BYTES
     from paxoskv.server.node import NodeConfig
@@ -262,8 +266,6 @@ def build_serve_options(
         raise ConfigError(f"--leveldb-compression must be none or snappy, not {leveldb_compression!r}")
     if max_txn_ops < 1:
         raise ConfigError(f"--max-txn-ops must be >= 1, not {max_txn_ops}")
-    if max_request_bytes < 1:
-        raise ConfigError(f"--max-request-bytes must be >= 1, not {max_request_bytes}")
     auto_compaction = parse_auto_compaction(auto_compaction_mode, auto_compaction_retention, auto_compaction_interval)
     advertise = advertise_host.strip().strip("[]")
     if not advertise and listen not in ("0.0.0.0", "::"):
@@ -272,6 +274,7 @@ def build_serve_options(
         import socket
 
         advertise = socket.gethostname()
+    public = public or PublicOptions()
     path = pathlib.Path(data_dir) if data_dir else pathlib.Path("data") / f"node{node_id}"
     bus_keys = _bus_keys(node_id, peer_map, peer_public_keys, peer_secret_key, insecure_peer_bus)
     cfg = NodeConfig(
@@ -289,13 +292,14 @@ def build_serve_options(
         retain_bytes_max=retain_mb << 20,
         compact_step_entries=max(1, min(1_000, retain_entries // 10)),
         leveldb_compression=None if leveldb_compression == "none" else leveldb_compression,
-        etcd_limits=EtcdLimits(txn_ops_max=max_txn_ops, request_bytes_max=max_request_bytes),
+        etcd_limits=EtcdLimits(txn_ops_max=max_txn_ops, request_bytes_max=public.call_limits.request_bytes_max),
         quota_bytes=None if quota_backend_bytes < 0 else (quota_backend_bytes or DEFAULT_QUOTA_BYTES),
         auto_compaction=auto_compaction if auto_compaction.enabled else None,
         advertise_host=advertise,
         bus_keys=bus_keys,
+        call_limits=public.call_limits,
     )
-    return ServeOptions(node=cfg, request_timeout_s=request_timeout_s)
+    return ServeOptions(node=cfg, request_timeout_s=request_timeout_s, public=public)
 
 
 def _bus_keys(

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import tempfile
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import grpc
@@ -58,9 +58,13 @@ class EtcdFacade:
         self.cfg = cfg  # its NodeConfig
         self.request_timeout_s = request_timeout_s
 
-    def services(self) -> dict[str, dict[str, grpc.RpcMethodHandler]]:
+    def services(self, held: Callable[[Any], Any] | None = None) -> dict[str, dict[str, grpc.RpcMethodHandler]]:
+        """The handlers by service name; ``held`` (``Facade.held``) wraps each
+        unary handler so its request counts under ``--max-pending-mb``."""
+        hold = held or (lambda fn: fn)
+
         def unary(handler: Any, request: type) -> grpc.RpcMethodHandler:  # noqa: ANN401
-            return grpc.unary_unary_rpc_method_handler(self._wrap(handler, request), None, _serialize)
+            return grpc.unary_unary_rpc_method_handler(hold(self._wrap(handler, request)), None, _serialize)
 
         kv = {
             "Range": unary(self._range, R.RangeRequest),

@@ -25,8 +25,13 @@ Rules:
                           with the same (client_id, sequence).
   DEADLINE_EXCEEDED       the deadline passed before the answer was known; a
                           write may still be applied later.
-  RESOURCE_EXHAUSTED      a put while the space quota's NOSPACE alarm is
-                          raised (``etcdctl alarm disarm`` clears it).
+  RESOURCE_EXHAUSTED      the node holds too much now (``--max-pending-mb``,
+                          ``--max-concurrent-rpcs``), or a message or an
+                          answer is over a size limit, or a put while the
+                          space quota's NOSPACE alarm is raised (``etcdctl
+                          alarm disarm`` clears it). Nothing was written.
+  PERMISSION_DENIED       an admin call (``--admin-cn``) from another
+                          certificate. Nothing was done.
   ======================  ===================================================
 
 - Deadlines: the time the node may spend on a call is the caller's remaining
@@ -37,9 +42,26 @@ Rules:
   sequence is applied at most once however often it is retried. Without a
   header the node gives the command a fresh random client_id: such a request
   is NOT exactly-once, a retry may apply it twice.
-- Health: the overall service ``""`` and each KV service report SERVING from
-  ``mark_serving()`` (called once the node runs) until ``shutdown()`` or the
-  node's fatal failure, then NOT_SERVING.
+- Health: the overall service ``""`` and each service added with
+  ``add_service`` report SERVING from ``mark_serving()`` (called once the node
+  runs) until ``shutdown()`` or the node's fatal failure, then NOT_SERVING.
+  Reflection lists every added service. Another facade on the same port
+  (etcd's API) adds its services with ``add_service`` before ``start()``:
+  the port's TLS, client-certificate check, admin gate and transport limits
+  (``paxoskv.server.public``) then cover it too.
+- Limits (``FacadeLimits``), each answered with a clear status: a message
+  over ``--max-request-bytes`` + 512 KiB is refused by gRPC
+  (RESOURCE_EXHAUSTED); the node layer refuses a smaller one over the limit,
+  and a batch over ``--max-batch-ops``, INVALID_ARGUMENT. The bytes of
+  requests and answers this facade holds, all calls together, stay under
+  ``--max-pending-mb``: a call that would pass it is answered
+  RESOURCE_EXHAUSTED (retry later). A batch's answer stays under the
+  message limit: a get whose value would pass it is answered
+  RESOURCE_EXHAUSTED alone. A ``Session`` stream holds at most
+  ``--max-stream-requests`` requests read and not yet answered (answers
+  waiting to be sent included) and ``--max-stream-bytes`` of them: while it
+  is full the stream is not read, so a client that does not read its
+  answers is stopped by HTTP/2 flow control instead of growing the node.
 
 Theory of operation: the front end is the throughput bottleneck (grpc.aio
 spends ~0.3 ms of CPU per unary call), so the handlers are registered by
@@ -58,7 +80,7 @@ import asyncio
 import logging
 import socket
 import hashlib
-from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Iterator, Sequence
 from typing import Any, Protocol
 
 import grpc
@@ -69,6 +91,7 @@ from grpc_reflection.v1alpha import reflection, reflection_pb2, reflection_pb2_g
 
 from paxoskv import wire
 from paxoskv.protowire import len_field, varint
+from paxoskv.server.public import AdminGate, FacadeLimits, ServerTLS
 from paxoskv.wire import KV_SERVICE, MAINTENANCE_SERVICE, MESSAGE_BYTES_MAX
 from paxoskv.replica.errors import (
     DeadlineExceeded,
@@ -89,6 +112,7 @@ __all__ = [
     "Facade",
     "NodeLike",
     "SERVER_OPTIONS",
+    "server_options",
 ]
 
 log = logging.getLogger("paxoskv.grpc")
@@ -100,21 +124,63 @@ DEADLINE_MARGIN_FRACTION = 0.05
 DEADLINE_MARGIN_S_MAX = 0.05
 
 
-SERVER_OPTIONS: tuple[tuple[str, int], ...] = (
-    ("grpc.so_reuseport", 0),
-    ("grpc.max_receive_message_length", MESSAGE_BYTES_MAX),
-    ("grpc.max_send_message_length", MESSAGE_BYTES_MAX),
-    ("grpc.max_concurrent_streams", 1024),
-    ("grpc.keepalive_time_ms", 30_000),
-    ("grpc.keepalive_timeout_ms", 10_000),
-    ("grpc.http2.min_ping_interval_without_data_ms", 5_000),
-    ("grpc.keepalive_permit_without_calls", 1),
-    ("grpc.http2.max_pings_without_data", 0),
-)
+def server_options(limits: FacadeLimits) -> tuple[tuple[str, int], ...]:
+    """The grpc server's options for ``limits``."""
+    return (
+        ("grpc.so_reuseport", 0),
+        ("grpc.max_receive_message_length", limits.receive_bytes_max),
+        ("grpc.max_send_message_length", MESSAGE_BYTES_MAX),
+        ("grpc.max_concurrent_streams", limits.concurrent_streams_max),
+        ("grpc.max_allowed_incoming_connections", limits.connections_max),
+        ("grpc.server_handshake_timeout_ms", limits.handshake_timeout_ms),
+        ("grpc.keepalive_time_ms", 30_000),
+        ("grpc.keepalive_timeout_ms", 10_000),
+        ("grpc.http2.min_ping_interval_without_data_ms", 5_000),
+        ("grpc.keepalive_permit_without_calls", 1),
+        ("grpc.http2.max_pings_without_data", 0),
+    )
+
+
+SERVER_OPTIONS = server_options(FacadeLimits())
+
+# A batch's answer: its values stay this far under the message limit, room
+# for the headers and per-op errors of up to the op limit.
+ANSWER_MARGIN_BYTES = 2 << 20
 
 _INVALID = wire.INVALID
 _UNAVAILABLE = wire.UNAVAILABLE
 _DEADLINE = wire.DEADLINE
+_EXHAUSTED = grpc.StatusCode.RESOURCE_EXHAUSTED
+
+
+class _Held:
+    """Bytes of requests and answers the facade holds, every call together,
+    under ``max``: ``take`` refuses what would pass it; ``add`` counts what
+    exists anyway (an answer already made)."""
+
+    __slots__ = ("bytes", "max")
+
+    def __init__(self, max_bytes: int) -> None:
+        self.bytes = 0
+        self.max = max_bytes
+
+    def take(self, n: int) -> bool:
+        if self.bytes + n > self.max:
+            return False
+        self.bytes += n
+        return True
+
+    def add(self, n: int) -> None:
+        self.bytes += n
+
+    def give(self, n: int) -> None:
+        self.bytes -= n
+
+    def refusal(self, n: int) -> str:
+        return (
+            f"node is holding {self.bytes >> 20} MiB of pending requests and answers; {n} bytes more would pass "
+            f"its limit of {self.max >> 20} MiB (--max-pending-mb): retry later"
+        )
 
 
 REFLECTION_V1_SERVICE = reflection_v1_pb2.DESCRIPTOR.services_by_name["ServerReflection"].full_name
@@ -207,23 +273,32 @@ class Facade:
         node_id: int,
         *,
         request_timeout_s: float = 10.0,
-        maximum_concurrent_rpcs: int | None = 10_000,
-        extra_services: Mapping[str, Mapping[str, grpc.RpcMethodHandler]] | None = None,
+        limits: FacadeLimits | None = None,
+        tls: ServerTLS | None = None,
+        admin_cns: Sequence[str] = (),
     ) -> None:
-        """``extra_services``: more services on the same server and port
-        (name -> method handlers: the etcd API), in reflection and health too."""
         assert request_timeout_s > 0, request_timeout_s
+        assert not admin_cns or (tls is not None and tls.client_cert_auth), "--admin-cn needs client certificates"
         self.node = node
         self.node_id = node_id
         self.request_timeout_s = request_timeout_s
+        self.limits = limits or FacadeLimits()
+        self.tls = tls
         self.health = HealthServicer()
         self.server = grpc.aio.server(
-            options=SERVER_OPTIONS, maximum_concurrent_rpcs=maximum_concurrent_rpcs
+            options=server_options(self.limits),
+            maximum_concurrent_rpcs=self.limits.concurrent_rpcs_max,
+            interceptors=[AdminGate(admin_cns)] if admin_cns else None,
         )
         self.port: int | None = None
-        self._extra = dict(extra_services or {})
-        self._services = (KV_SERVICE, MAINTENANCE_SERVICE, *self._extra)
+        self.services: list[str] = []
+        self._held = _Held(self.limits.pending_bytes_max)
         self._register()
+
+    @property
+    def held_bytes(self) -> int:
+        """Bytes of requests and answers held now, every call together."""
+        return self._held.bytes
 
     # ---- lifecycle ----------------------------------------------------------
 
@@ -231,7 +306,10 @@ class Facade:
         """Bind ``host:port`` (port 0: any free one); return the port."""
         _probe_bind(address)
         try:
-            port = self.server.add_insecure_port(address)
+            if self.tls is None:
+                port = self.server.add_insecure_port(address)
+            else:
+                port = self.server.add_secure_port(address, self.tls.credentials())
         except RuntimeError as exc:
             raise BindError(
                 f"cannot listen on {address} ({exc}): is another process using the port? "
@@ -243,12 +321,13 @@ class Facade:
         return port
 
     async def start(self) -> None:
-        for service in ("", *self._services):
+        _add_reflection(self.server, (*self.services, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name))
+        for service in ("", *self.services):
             await self.health.set(service, health_pb2.HealthCheckResponse.NOT_SERVING)
         await self.server.start()
 
     async def mark_serving(self) -> None:
-        for service in ("", *self._services):
+        for service in ("", *self.services):
             await self.health.set(service, health_pb2.HealthCheckResponse.SERVING)
 
     async def shutdown(self, grace_s: float = 1.0) -> None:
@@ -258,31 +337,51 @@ class Facade:
 
     # ---- registration ---------------------------------------------------------
 
+    def add_service(self, name: str, handlers: dict[str, grpc.RpcMethodHandler]) -> None:
+        """Serve ``handlers`` (method name -> handler) as service ``name`` on
+        this port, with its health status and reflection (before ``start``)."""
+        self.server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(name, handlers),))
+        self.server.add_registered_method_handlers(name, handlers)
+        self.services.append(name)
+
+    def held(self, fn):  # noqa: ANN001, ANN201 - a unary handler taking raw bytes
+        """``fn`` with its request's bytes counted under ``--max-pending-mb``
+        while it runs (RESOURCE_EXHAUSTED when they would pass it)."""
+        held = self._held
+
+        async def handler(data: bytes, context: grpc.aio.ServicerContext) -> object:
+            n = len(data)
+            if not held.take(n):
+                await context.abort(_EXHAUSTED, held.refusal(n))
+            try:
+                return await fn(data, context)
+            finally:
+                held.give(n)
+
+        return handler
+
     def _register(self) -> None:
         ser = _serialize
-        kv_handlers = {
-            "Get": grpc.unary_unary_rpc_method_handler(self._get, None, ser),
-            "Put": grpc.unary_unary_rpc_method_handler(self._put, None, ser),
-            "Delete": grpc.unary_unary_rpc_method_handler(self._delete, None, ser),
-            "Batch": grpc.unary_unary_rpc_method_handler(self._batch, None, ser),
-            "PackedBatch": grpc.unary_unary_rpc_method_handler(self._packed_batch, None, ser),
-            "Session": grpc.stream_stream_rpc_method_handler(self._session, None, ser),
-        }
-        maint_handlers = {
-            "Status": grpc.unary_unary_rpc_method_handler(self._status, None, ser),
-            "Snapshot": grpc.unary_stream_rpc_method_handler(self._snapshot, None, ser),
-        }
-        services = {KV_SERVICE: kv_handlers, MAINTENANCE_SERVICE: maint_handlers, **self._extra}
-        for name, handlers in services.items():
-            self.server.add_generic_rpc_handlers(
-                (grpc.method_handlers_generic_handler(name, handlers),)
-            )
-            self.server.add_registered_method_handlers(name, dict(handlers))
-        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
-        _add_reflection(
-            self.server,
-            (*self._services, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name),
+        held = self.held
+        self.add_service(
+            KV_SERVICE,
+            {
+                "Get": grpc.unary_unary_rpc_method_handler(held(self._get), None, ser),
+                "Put": grpc.unary_unary_rpc_method_handler(held(self._put), None, ser),
+                "Delete": grpc.unary_unary_rpc_method_handler(held(self._delete), None, ser),
+                "Batch": grpc.unary_unary_rpc_method_handler(held(self._batch), None, ser),
+                "PackedBatch": grpc.unary_unary_rpc_method_handler(held(self._packed_batch), None, ser),
+                "Session": grpc.stream_stream_rpc_method_handler(self._session, None, ser),
+            },
         )
+        self.add_service(
+            MAINTENANCE_SERVICE,
+            {
+                "Status": grpc.unary_unary_rpc_method_handler(self._status, None, ser),
+                "Snapshot": grpc.unary_stream_rpc_method_handler(self._snapshot, None, ser),
+            },
+        )
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
 
     # ---- handlers ---------------------------------------------------------------
 
@@ -336,26 +435,38 @@ class Facade:
         return kv_pb2.ResponseOp(code=err.code.value[0], error=err.details).SerializeToString()
 
     async def _run_ops(  # noqa: ANN001
-        self, ops, timeout_s: float, raw: bytes | None = None, request: kv_pb2.RequestHeader | None = None
+        self,
+        ops,
+        timeout_s: float,
+        raw: bytes | None = None,
+        request: kv_pb2.RequestHeader | None = None,
+        *,
+        answer_bytes_max: int,
+        whole: bool = False,
     ) -> list[bytes]:
         """Each operation's encoded ``ResponseOp``, in order (the node layer's
-        ``ops`` decides; this only encodes). A call the node refused as a
-        whole raises ``_Abort``."""
+        ``ops`` decides; this only encodes), their values together at most
+        ``answer_bytes_max``. ``whole`` (a Batch or PackedBatch call): a call
+        the node refused as a whole as invalid or unimplemented raises
+        ``_Abort``; otherwise each op gets the call's error."""
         try:
             outcomes = await self.node.ops(ops, timeout_s=timeout_s, request=request, raw=raw)
         except NodeError as exc:
-            if request is not None and isinstance(exc, (InvalidArgument, Unimplemented)):
+            if whole and isinstance(exc, (InvalidArgument, Unimplemented)):
                 raise _error_of(exc) from None
             failed = self._op_error(exc)
             return [failed] * len(ops)
-        return self._responses(ops, outcomes)
+        return self._responses(ops, outcomes, answer_bytes_max)
 
-    def _responses(self, ops, outcomes) -> list[bytes]:  # noqa: ANN001
+    def _responses(self, ops, outcomes, answer_bytes_max: int) -> list[bytes]:  # noqa: ANN001
         """The encoded ResponseOp of each op. Successful writes of one slot
-        differ only in kind and ``existed``: each variant is encoded once."""
+        differ only in kind and ``existed``: each variant is encoded once. A
+        get whose value would take the values past ``answer_bytes_max`` is
+        answered RESOURCE_EXHAUSTED instead."""
         made: dict[tuple[bool, int, bool], bytes] = {}
         node_id = self.node_id
         leader_id = self.node.leader_id or 0
+        room = answer_bytes_max
         out: list[bytes] = []
         for op, r in zip(ops, outcomes):
             if isinstance(r, Exception):
@@ -366,6 +477,14 @@ class Facade:
                 value, index = r
                 resp = kv_pb2.GetResponse(header=self._header(index), found=value is not None)
                 if value is not None:
+                    if len(value) > room:
+                        out.append(self._op_error(_Abort(
+                            _EXHAUSTED,
+                            f"the answer would pass {answer_bytes_max} bytes with this value of {len(value)}: "
+                            f"read fewer or smaller values per call",
+                        )))
+                        continue
+                    room -= len(value)
                     resp.value = value
                 out.append(kv_pb2.ResponseOp(get=resp).SerializeToString())
                 continue
@@ -400,7 +519,12 @@ class Facade:
             raise
         try:
             results = await self._run_ops(
-                req.ops, self._timeout_s(context), raw=data, request=req.request if req.HasField("request") else None
+                req.ops,
+                self._timeout_s(context),
+                raw=data,
+                request=req.request if req.HasField("request") else None,
+                answer_bytes_max=MESSAGE_BYTES_MAX - ANSWER_MARGIN_BYTES,
+                whole=True,
             )
         except _Abort as exc:
             await self._fail(context, exc)
@@ -414,44 +538,85 @@ class Facade:
         self, requests: AsyncIterator[bytes], context: grpc.aio.ServicerContext
     ) -> AsyncIterator[bytes]:
         """Answer each SessionRequest as it completes, paired by id. Requests
-        that arrive within one turn of the event loop go to the node together."""
+        that arrive within one turn of the event loop go to the node together
+        (a group stays under --max-request-bytes). While the stream holds
+        --max-stream-requests requests, or --max-stream-bytes of them and
+        their answers, it is not read (see the module rules)."""
         loop = asyncio.get_running_loop()
+        limits = self.limits
+        requests_max, bytes_max = limits.stream_requests_max, limits.stream_bytes_max
+        group_bytes_max = limits.request_bytes_max
+        node_held = self._held
         out: asyncio.Queue[bytes | None] = asyncio.Queue()
         running: set[asyncio.Task] = set()
-        pending: list[kv_pb2.SessionRequest] = []
+        pending: list[tuple[kv_pb2.SessionRequest, int]] = []
+        room = asyncio.Event()
+        room.set()
         timeout_s = self.request_timeout_s
+        # What this stream holds: requests read and not yet answered and sent,
+        # and the bytes of those requests or of their answers. Every byte
+        # counted here is counted in node_held too.
+        held = {"requests": 0, "bytes": 0, "group": 0}
+        closed = False
 
-        async def run(group: list[kv_pb2.SessionRequest]) -> None:
-            results = await self._run_ops([r.op for r in group], timeout_s)
-            for r, res in zip(group, results):
-                out.put_nowait(_session_response(r.id, res))
+        def answer(resp: bytes, freed: int) -> None:
+            """Queue an answer; its request's ``freed`` bytes are let go."""
+            if closed:
+                return
+            n = len(resp)
+            held["bytes"] += n - freed
+            node_held.add(n)
+            node_held.give(freed)
+            out.put_nowait(resp)
+
+        def refuse(rid: int, code: grpc.StatusCode, why: str) -> None:
+            held["requests"] += 1
+            answer(_session_response(rid, kv_pb2.ResponseOp(code=code.value[0], error=why).SerializeToString()), 0)
+
+        async def run(group: list[tuple[kv_pb2.SessionRequest, int]]) -> None:
+            results = await self._run_ops([r.op for r, _ in group], timeout_s, answer_bytes_max=bytes_max)
+            for (r, n), res in zip(group, results):
+                answer(_session_response(r.id, res), n)
 
         def flush() -> None:
+            if not pending:
+                return
             group = pending[:]
             pending.clear()
+            held["group"] = 0
             task = asyncio.create_task(run(group))
             running.add(task)
             task.add_done_callback(running.discard)
 
         async def read() -> None:
+            it = requests.__aiter__()
             try:
-                async for data in requests:
+                while True:
+                    while held["requests"] >= requests_max or held["bytes"] >= bytes_max:
+                        room.clear()
+                        await room.wait()  # the writer sets it as answers leave
+                    try:
+                        data = await it.__anext__()
+                    except StopAsyncIteration:
+                        break
                     try:
                         req = kv_pb2.SessionRequest.FromString(data)
                     except (DecodeError, ValueError, TypeError) as exc:
-                        out.put_nowait(
-                            _session_response(
-                                0,
-                                kv_pb2.ResponseOp(
-                                    code=_INVALID.value[0], error=f"malformed request: {exc}"
-                                ).SerializeToString(),
-                            )
-                        )
+                        refuse(0, _INVALID, f"malformed request: {exc}")
                         continue
+                    n = len(data)
+                    if not node_held.take(n):
+                        refuse(req.id, _EXHAUSTED, node_held.refusal(n))
+                        continue
+                    held["requests"] += 1
+                    held["bytes"] += n
+                    if pending and held["group"] + n > group_bytes_max:
+                        flush()
                     if not pending:
                         loop.call_soon(flush)
-                    pending.append(req)
-                await asyncio.sleep(0)  # let a scheduled flush run
+                    pending.append((req, n))
+                    held["group"] += n
+                flush()
                 while running:
                     await asyncio.gather(*list(running))
             finally:
@@ -464,10 +629,19 @@ class Facade:
                 if resp is None:
                     break
                 yield resp
+                n = len(resp)
+                held["requests"] -= 1
+                held["bytes"] -= n
+                node_held.give(n)
+                if held["requests"] < requests_max and held["bytes"] < bytes_max:
+                    room.set()
         finally:
+            closed = True
             reader.cancel()
             for task in list(running):
                 task.cancel()
+            node_held.give(held["bytes"])
+            held["bytes"] = 0
 
     async def _snapshot(self, data: bytes, context: grpc.aio.ServicerContext) -> AsyncIterator[object]:
         try:

@@ -40,7 +40,7 @@ from paxoskv.paxos.types import FEATURES, Config, Role
 from paxoskv.replica.calls import Call
 from paxoskv.replica.errors import EtcdFailure, NodeError, Unavailable
 from paxoskv.replica.etcd import AutoCompaction, as_etcd
-from paxoskv.replica.node import ReplicaNode
+from paxoskv.replica.node import CallLimits, ReplicaNode
 from paxoskv.transport.bus import BusClosed, PeerBus
 from paxoskv.transport.keys import BusKeys
 from paxoskv.v1 import kv_pb2
@@ -102,6 +102,7 @@ class NodeConfig:
     heartbeat_ms: int = 50
     election_ms: int = 500
     limits: Limits = field(default_factory=Limits)
+    call_limits: CallLimits = field(default_factory=CallLimits)
     inflight_slots_max: int = 16
     batch_commands_max: int = 1024
     sessions_max: int = 100_000
@@ -185,6 +186,7 @@ class Node:
             send=self.bus.send_many,
             client_addrs=cfg.client_addrs(),
             limits=cfg.limits,
+            call_limits=cfg.call_limits,
             core_factory=self._core_factory,
             cluster_id=cfg.cluster_id,
             etcd_limits=cfg.etcd_limits,
@@ -235,6 +237,11 @@ class Node:
             await self.bus.close()
         if self._storage is not None:
             self._storage.close()
+
+    def refuse_calls(self, reason: str) -> None:
+        """Fail every waiting call, and every later one, UNAVAILABLE (before a stop)."""
+        if self.layer is not None:
+            self.layer.stop(reason)
 
     # ---- Client calls ------------------------------------------------------------
 

@@ -9,7 +9,9 @@ Rules:
   verifies it (the file format's checks, plus the stream's total size and
   SHA-256 from its last message), fsyncs it and renames it over ``FILE``:
   ``FILE`` is either the old file or a whole, verified snapshot. A node keeps
-  serving while it is saved.
+  serving while it is saved. ``--cacert --cert --key`` speak TLS (a node
+  with ``--admin-cn`` lets only those certificates take a snapshot: any
+  other is refused, PERMISSION_DENIED, exit 4).
 - ``status FILE`` verifies the whole file and prints what it holds (``--json``
   for a script).
 - ``restore FILE --data-dir DIR --id N [--cluster-id C]`` is offline: it
@@ -39,7 +41,7 @@ from typing import Any, NoReturn
 
 import click
 
-from paxoskv.cli_options import option
+from paxoskv.cli_options import option, tls_options
 from paxoskv.storage.base import StorageError
 from paxoskv.storage.snapshot import (
     CHUNK_BYTES,
@@ -48,6 +50,8 @@ from paxoskv.storage.snapshot import (
     SnapshotInfo,
 )
 from paxoskv.storage.snapshot_files import verify_file, write_file
+from paxoskv.tls import ClientTLS, client_tls
+from paxoskv.tls import channel as channel_to
 from paxoskv.wire import MESSAGE_BYTES_MAX, ConfigError, parse_endpoints
 
 __all__ = [
@@ -101,15 +105,13 @@ def snapshot_cmd() -> None:
 # ---- save ---------------------------------------------------------------------------
 
 
-def _stream(endpoint: str, timeout_s: float) -> Iterator[bytes]:
+def _stream(endpoint: str, timeout_s: float, tls: ClientTLS | None = None) -> Iterator[bytes]:
     """The snapshot's bytes from ``endpoint``, checked against the stream's
     own index, size and checksum."""
-    import grpc
-
     from paxoskv.v1 import kv_pb2, kv_pb2_grpc
 
     options = [("grpc.max_receive_message_length", MESSAGE_BYTES_MAX)]
-    with grpc.insecure_channel(endpoint, options=options) as channel:
+    with channel_to(endpoint, tls, options) as channel:
         stub = kv_pb2_grpc.MaintenanceStub(channel)
         digest = hashlib.sha256()
         total = 0
@@ -142,7 +144,10 @@ def _stream(endpoint: str, timeout_s: float) -> Iterator[bytes]:
 @click.argument("file", type=click.Path(dir_okay=False))
 @option("--endpoints", help="HOST:PORT of the ONE node to back up.")
 @option("--timeout", default=300.0, help="Deadline in seconds for the whole transfer.")
-def save_cmd(file: str, endpoints: str, timeout_s: float) -> None:
+@tls_options
+def save_cmd(
+    file: str, endpoints: str, timeout_s: float, tls_cacert: str | None, tls_cert: str | None, tls_key: str | None
+) -> None:
     """Stream a consistent snapshot of a running node into FILE."""
     import grpc
 
@@ -150,13 +155,17 @@ def save_cmd(file: str, endpoints: str, timeout_s: float) -> None:
         eps = parse_endpoints(endpoints)
     except ConfigError as exc:
         raise click.BadParameter(str(exc), param_hint="--endpoints") from None
+    try:
+        tls = client_tls(tls_cacert, tls_cert, tls_key)
+    except ConfigError as exc:
+        raise click.UsageError(str(exc)) from None
     if len(eps) != 1:
         raise click.BadParameter(
             f"give exactly one endpoint (a snapshot is one node's state), not {len(eps)}",
             param_hint="--endpoints",
         )
     try:
-        info = write_file(file, _stream(eps[0], timeout_s))
+        info = write_file(file, _stream(eps[0], timeout_s, tls))
     except grpc.RpcError as exc:
         code = exc.code() if hasattr(exc, "code") else None
         details = exc.details() if hasattr(exc, "details") else str(exc)
