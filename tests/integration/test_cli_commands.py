@@ -480,7 +480,7 @@ def test_serve_from_environment_variables_and_clean_sigterm(tmp_path) -> None:
             seen.append(line)
             if "serving gRPC on" in line:
                 break
-        assert f"serving gRPC on {HOST}:{port} (bus port {bus}, CURVE" in "".join(seen), "".join(seen)
+        assert f"serving gRPC on {HOST}:{port} (plaintext; bus port {bus}, CURVE" in "".join(seen), "".join(seen)
         p = run_cli("put", "--endpoints", f"{HOST}:{port}", "e", "nv")
         assert p.returncode == 0, p.stderr
         st = json.loads(run_cli("status", "--json", "--endpoints", f"{HOST}:{port}").stdout)[0]
