@@ -547,7 +547,7 @@ def test_etcd_flags_are_read_as_etcd_reads_them() -> None:
     def node(**kw: object):  # noqa: ANN202
         return build_serve_options(
             node_id=1, cluster_id="c", listen="127.0.0.1", port=5000, bus_port=None, peers="",
-            data_dir=None, heartbeat_ms=50, election_ms=500, **kw,
+            data_dir=None, heartbeat_ms=50, election_ms=500, insecure_peer_bus=True, **kw,
         ).node
 
     default = node()
