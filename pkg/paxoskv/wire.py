@@ -14,7 +14,7 @@ Rules:
   with ``parse_leader_hint``). HOST:PORT is the leader's public port.
 - ``MESSAGE_BYTES_MAX`` bounds every message either side sends, and what a
   client takes; a node takes at most its ``--max-request-bytes`` (default
-  4 MiB, at most this) + 512 KiB. Both are above the node's own limits (a
+  1.5 MiB as etcd's, at most this) + 512 KiB. Both are above the node's own limits (a
   1 MiB value), so a value too large is refused as INVALID_ARGUMENT by the
   node, not by gRPC.
 - Status codes, one per cause (the README's table): ``INVALID`` nothing

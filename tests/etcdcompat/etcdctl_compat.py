@@ -801,7 +801,11 @@ class Step:
 
     def describe(self) -> tuple[str, str]:
         cmd = self.command or " ".join(command_of(self.args))
-        flags = self.flags or " ".join(a for a in self.args if a.startswith("-"))
+        flags = self.flags or " ".join(
+            f"{a} {self.args[i + 1]}" if a in ("-w", "--write-out") and i + 1 < len(self.args) else a
+            for i, a in enumerate(self.args)
+            if a.startswith("-")
+        )
         return cmd, flags
 
 

@@ -331,6 +331,21 @@ def wait_same_applied(cluster: LocalCluster, ids: list[int], timeout_s: float) -
     return wait_until(f"nodes {ids} to apply the same index", probe, timeout_s)
 
 
+def wait_quiet_applied(cluster: LocalCluster, ids: list[int], quiet_s: float, timeout_s: float) -> int:
+    """``wait_same_applied``, until that index stayed the same ``quiet_s``
+    (auto-compaction commits a compaction a while after the last write)."""
+    deadline = time.monotonic() + timeout_s
+    index = wait_same_applied(cluster, ids, timeout_s)
+    since = time.monotonic()
+    while time.monotonic() - since < quiet_s:
+        assert time.monotonic() < deadline, f"nodes {ids} kept applying for {timeout_s}s"
+        time.sleep(0.2)  # polling interval of a deadline-bounded wait
+        now = wait_same_applied(cluster, ids, max(1.0, deadline - time.monotonic()))
+        if now != index:
+            index, since = now, time.monotonic()
+    return index
+
+
 def bad_log_lines(cluster: LocalCluster, node_id: int) -> list[str]:
     """Lines of a node's log that show a crash or a broken invariant."""
     return [ln for ln in cluster.log_text(node_id).splitlines() if _BAD_LOG.search(ln)]
@@ -434,14 +449,30 @@ def settled_sizes(cluster: LocalCluster, ids: list[int], timeout_s: float = 20.0
         return last
 
 
+def live_keys(state) -> dict[bytes, bytes]:  # state: LoadedState
+    """The live map of a loaded store (from its MVCC history rows)."""
+    from paxoskv.kv.mvcc import decode_row
+
+    out: dict[bytes, bytes] = {}
+    for _, row in sorted(state.history.items()):
+        rec = decode_row(row)
+        if rec.tombstone:
+            out.pop(rec.kv.key, None)
+        else:
+            out[rec.kv.key] = rec.kv.value
+    return out
+
+
 def stored_bytes(state) -> tuple[int, int, int]:  # state: LoadedState
-    """(live, tail, kept entries) of a loaded store: live = key + value bytes
-    of the map plus client id + serialized session bytes of the sessions;
+    """(live, tail, kept entries) of a loaded store: live = the live data and
+    the retained history, i.e. the bytes of every MVCC history row kept (row
+    key + record: each live key's version and every version since the last
+    compaction), plus client id + serialized session bytes of the sessions;
     tail = the stored size of the chosen entries kept (their record key and
     the encoded Value), kept = their count."""
     from paxoskv.v1 import peer_pb2
 
-    live = sum(len(k) + len(v) for k, v in state.kv.items())
+    live = sum(len(k) + len(v) for k, v in state.history.items())
     live += sum(len(cid.encode()) + s.to_proto().ByteSize() for cid, s in state.sessions.items())
     tail = sum(
         len(b"chosen/") + 8 + peer_pb2.Value(commands=v).ByteSize() for v in state.chosen.values()
@@ -494,7 +525,7 @@ class DiskFigures:
 
     stats: WriteStats
     index: int  # the applied index every node reached
-    live: int  # key + value bytes of the map + client id + session bytes
+    live: int  # history row bytes (live data + retained history) + client id + session bytes
     keys: int
     sessions: int
     entry_bytes: float  # average stored size of a kept log entry
@@ -516,7 +547,7 @@ class DiskFigures:
         lines = [
             f"{st.acked} writes in {st.elapsed_s:.1f}s ({st.ops_per_s:.0f}/s), {st.batches} batches, "
             f"{st.resent} resent {st.errors}; {st.command_bytes} B of commands",
-            f"applied index {self.index}; live data {self.live} B ({self.keys} keys, "
+            f"applied index {self.index}; live data + retained history {self.live} B ({self.keys} keys, "
             f"{self.sessions} sessions); average kept entry {self.entry_bytes:.0f} B",
         ]
         for i in sorted(self.sizes):
@@ -550,7 +581,7 @@ def disk_and_restart_figures(
         c, total=writes, keys=keys, value_bytes=value_bytes, lanes=lanes, batch_ops=batch_ops
     ).run()
     assert stats.acked == writes, stats
-    index = wait_same_applied(c, ids, 120)
+    index = wait_quiet_applied(c, ids, quiet_s=3.0, timeout_s=120)
     leader = c.wait_leader()
     key_list = [key_of(i) for i in range(keys)]
     final = assert_same_state(c, ids, key_list, leader)
@@ -572,7 +603,7 @@ def disk_and_restart_figures(
         stats=stats,
         index=index,
         live=live,
-        keys=len(state.kv),
+        keys=len(live_keys(state)),
         sessions=len(state.sessions),
         entry_bytes=tail / kept if kept else 0.0,
         sizes=sizes,

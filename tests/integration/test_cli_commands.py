@@ -433,6 +433,11 @@ def test_serve_refuses_unusable_data_dirs_busy_ports_and_bad_flags(tmp_path) -> 
         ("--id", "1", "--heartbeat-ms", "100", "--election-ms", "150", "--data-dir", d),
         ("--id", "1", "--cluster-id", "", "--data-dir", d),
         ("--id", "1", "--leveldb-compression", "zstd", "--data-dir", d),
+        ("--id", "1", "--max-txn-ops", "0", "--data-dir", d),
+        ("--id", "1", "--max-request-bytes", "0", "--data-dir", d),
+        ("--id", "1", "--auto-compaction-retention", "1x", "--data-dir", d),
+        ("--id", "1", "--auto-compaction-mode", "revision", "--auto-compaction-retention", "1h", "--data-dir", d),
+        ("--id", "1", "--auto-compaction-interval", "0", "--data-dir", d),
     ]
     # One for real, the rest through click in-process (the same code, no start-up cost).
     p = _serve(*bad[0])
@@ -475,7 +480,7 @@ def test_serve_from_environment_variables_and_clean_sigterm(tmp_path) -> None:
             seen.append(line)
             if "serving gRPC on" in line:
                 break
-        assert f"serving gRPC on {HOST}:{port} (bus port {bus}, CURVE" in "".join(seen), "".join(seen)
+        assert f"serving gRPC on {HOST}:{port} (plaintext; bus port {bus}, CURVE" in "".join(seen), "".join(seen)
         p = run_cli("put", "--endpoints", f"{HOST}:{port}", "e", "nv")
         assert p.returncode == 0, p.stderr
         st = json.loads(run_cli("status", "--json", "--endpoints", f"{HOST}:{port}").stdout)[0]
@@ -526,3 +531,32 @@ def test_peer_and_endpoint_specs() -> None:
     for bad in ("", ",", "h:x", "[::1:5"):
         with pytest.raises(ConfigError):
             parse_endpoints(bad)
+
+
+def test_etcd_flags_are_read_as_etcd_reads_them() -> None:
+    from paxoskv.replica.etcd import DEFAULT_QUOTA_BYTES
+    from paxoskv.server.config import ConfigError, build_serve_options, parse_duration_ms
+
+    assert [parse_duration_ms(t) for t in ("1h", "30m", "10s", "1h30m", "250ms", "2", "0.5")] == [
+        3_600_000, 1_800_000, 10_000, 5_400_000, 250, 7_200_000, 1_800_000,  # a bare number: hours
+    ]
+    for bad in ("", "1x", "h", "1h-"):
+        with pytest.raises(ConfigError):
+            parse_duration_ms(bad)
+
+    def node(**kw: object):  # noqa: ANN202
+        return build_serve_options(
+            node_id=1, cluster_id="c", listen="127.0.0.1", port=5000, bus_port=None, peers="",
+            data_dir=None, heartbeat_ms=50, election_ms=500, insecure_peer_bus=True, **kw,
+        ).node
+
+    default = node()
+    assert default.auto_compaction is None and default.quota_bytes == DEFAULT_QUOTA_BYTES
+    assert (default.etcd_limits.txn_ops_max, default.etcd_limits.request_bytes_max) == (128, 1572864)
+    assert default.advertise_host == "127.0.0.1"
+    periodic = node(auto_compaction_retention="1h", quota_backend_bytes=-1, max_txn_ops=10)
+    assert (periodic.auto_compaction.mode, periodic.auto_compaction.retention_ms) == ("periodic", 3_600_000)
+    assert periodic.quota_bytes is None and periodic.etcd_limits.txn_ops_max == 10
+    revision = node(auto_compaction_mode="revision", auto_compaction_retention="1000", auto_compaction_interval="30s")
+    assert (revision.auto_compaction.retention_revs, revision.auto_compaction.interval_ms) == (1000, 30_000)
+    assert node(advertise_host="[fd00::1]").advertise_host == "fd00::1"

@@ -234,7 +234,7 @@ def test_readme_first_command_and_every_tested_example_from_a_fresh_checkout(tmp
     assert rc == 0, text
     assert "all nodes stopped" in text
     for i in (1, 2, 3):  # every node ran the CURVE bus
-        assert re.search(rf"\[node{i}\] .*serving gRPC on .*\(bus port \d+, CURVE,", text), text
+        assert re.search(rf"\[node{i}\] .*serving gRPC on .*\(plaintext; bus port \d+, CURVE,", text), text
     for pid in pids.values():
         assert _gone(pid)
 

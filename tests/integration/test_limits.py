@@ -181,16 +181,17 @@ def test_a_request_over_the_byte_limit_is_invalid_argument_and_far_over_it_resou
     assert pid is not None
     before = rss_bytes(pid)
     mib = b"x" * (1 << 20)
-    over = _batch(4, mib)  # four 1 MiB values and their framing: just over 4 MiB, the node's own check
-    assert 4 << 20 < len(over) < (4 << 20) + (512 << 10)
+    half = b"x" * (512 << 10)
+    over = _batch(3, half)  # three 512 KiB values and their framing: just over 1.5 MiB, the node's own check
+    assert 1536 << 10 < len(over) < (1536 << 10) + (512 << 10)
     err = _call(ep, "PackedBatch", over)
     assert isinstance(err, grpc.RpcError)
     assert err.code() == grpc.StatusCode.INVALID_ARGUMENT, (err.code(), err.details())
     assert "request is too large" in err.details() and "--max-request-bytes" in err.details(), err.details()
-    far = _batch(5, mib)  # over 4.5 MiB: gRPC refuses the message before any handler
+    far = _batch(2, mib)  # over 2 MiB: gRPC refuses the message before any handler
     err = _call(ep, "PackedBatch", far)
     assert isinstance(err, grpc.RpcError) and err.code() == grpc.StatusCode.RESOURCE_EXHAUSTED, err
-    ok = _call(ep, "PackedBatch", _batch(3, mib))  # three 1 MiB values: under the limit
+    ok = _call(ep, "PackedBatch", _batch(2, half))  # two 512 KiB values: under the limit
     assert isinstance(ok, bytes), ok
     assert_bounded(c, 3, before, "requests over the byte limit")
     assert_serving(c, "after-big-requests")

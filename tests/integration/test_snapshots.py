@@ -4,10 +4,11 @@
 What each test proves, and how:
 
 - ``test_disk_is_bounded_by_live_data_and_tail_and_a_restart_serves_fast``:
-  200,000 writes over 1,000 keys (100-byte values); afterwards every node's
-  data directory is at most 3x (live data + retained tail), and a node
-  killed with SIGKILL answers a linearizable Get less than 2 s after its
-  process is spawned.
+  200,000 writes over 1,000 keys (100-byte values), with auto-compaction of
+  the MVCC history (revision mode: the last 20 revisions kept, looked at
+  every second); afterwards every node's data directory is at most 3x (live
+  data and retained history + retained tail), and a node killed with SIGKILL
+  answers a linearizable Get less than 2 s after its process is spawned.
 - ``test_a_node_down_longer_than_the_tail_catches_up_by_snapshot_while_writes_continue``:
   a follower is down until both other nodes compacted past its index; it
   restarts while writers keep writing, installs a snapshot (its status shows
@@ -27,8 +28,10 @@ recorded in ``docs/snapshots.md``.
 
 Definitions used for the bound (measured, not assumed):
 
-- *live data*: the key + value bytes of the final map plus the client id +
-  serialized bytes of every session, from the store of a stopped node.
+- *live data and retained history*: the bytes of every MVCC history row the
+  store of a stopped node keeps (row key + record: each live key's version
+  and every version since the last compaction) plus the client id +
+  serialized bytes of every session.
 - *retained tail* of a node: the entries it keeps (``Status``:
   ``applied_index - log_start + 1``) times the average stored size of a kept
   entry (record key + encoded ``Value``), measured on the stopped node's store.
@@ -57,6 +60,7 @@ from snapshot_helpers import (
     disk_and_restart_figures,
     file_bytes,
     key_of,
+    live_keys,
     read_all,
     running,
     snapshot_size,
@@ -71,12 +75,12 @@ HEARTBEAT_MS = 50
 ELECTION_MS = 1000
 
 
-def _cluster(tmp_path, retain_entries: int) -> LocalCluster:
+def _cluster(tmp_path, retain_entries: int, *more: str) -> LocalCluster:
     return LocalCluster(
         tmp_path / "cluster",
         heartbeat_ms=HEARTBEAT_MS,
         election_ms=ELECTION_MS,
-        extra_args=("--retain-entries", str(retain_entries)),
+        extra_args=("--retain-entries", str(retain_entries), *more),
     )
 
 
@@ -90,10 +94,12 @@ WRITES_1 = 200_000
 KEYS_1 = 1_000
 VALUE_BYTES_1 = 100
 RETAIN_1 = 50
+HISTORY_1 = ("--auto-compaction-mode", "revision", "--auto-compaction-retention", "20",
+             "--auto-compaction-interval", "1s")
 
 
 def test_disk_is_bounded_by_live_data_and_tail_and_a_restart_serves_fast(tmp_path):
-    c = _cluster(tmp_path, RETAIN_1)
+    c = _cluster(tmp_path, RETAIN_1, *HISTORY_1)
     with running(c):
         c.start_all()
         f = disk_and_restart_figures(c, writes=WRITES_1, keys=KEYS_1, value_bytes=VALUE_BYTES_1)
@@ -349,7 +355,7 @@ def test_sigkill_of_the_receiver_during_transfer_and_install_20_times(tmp_path):
             if after.applied_index == old.applied_index:
                 outcome = "old"
                 assert not logged, "the log says installed but the store holds the old state"
-                assert after.kv == old.kv, f"round {round_no}: old index, changed map"
+                assert after.history == old.history, f"round {round_no}: old index, changed map"
                 assert after.sessions == old.sessions
             else:
                 outcome = "new"
@@ -360,7 +366,7 @@ def test_sigkill_of_the_receiver_during_transfer_and_install_20_times(tmp_path):
                     target,
                 )
                 assert after.log_start == target + 1
-                assert after.kv == {
+                assert live_keys(after) == {
                     k: v for k, v in ref.items() if v is not None
                 }, f"round {round_no}: mixed map"
             key = ("transfer" if phase.startswith("transfer") else phase, outcome)

@@ -235,7 +235,7 @@ def test_admin_cn_limits_snapshot_to_the_named_certificate(mtls_cluster: LocalCl
     p = run_cli("snapshot", "save", str(out), "--endpoints", ep, *pki.client_args("admin"))
     assert p.returncode == 0, p.stderr
     p = run_cli("snapshot", "status", str(out), "--json")
-    assert p.returncode == 0 and json.loads(p.stdout)["keys"] >= 1, p.stdout + p.stderr
+    assert p.returncode == 0 and json.loads(p.stdout)["rows"] >= 1, p.stdout + p.stderr
 
 
 # ---- rotation ------------------------------------------------------------------------------------------

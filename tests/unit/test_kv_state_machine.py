@@ -1,4 +1,6 @@
-"""paxoskv.kv.state_machine: apply, exactly-once sessions, eviction, change sets."""
+"""paxoskv.kv.state_machine: apply, exactly-once sessions, eviction, change
+sets, the MVCC revisions of paxoskv.v1 writes, etcd commands and the pool of
+node-assigned identities."""
 
 from __future__ import annotations
 
@@ -8,7 +10,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from paxoskv.kv import Applied, KVStateMachine, Limits, Session, encode_delete, encode_put
+from paxoskv.kv import Applied, Changes, KVStateMachine, Limits, Session, encode_delete, encode_put
+from paxoskv.kv.mvcc import decode_row
+
+from kv_rows import kv_of
 from paxoskv.v1 import kv_pb2, storage_pb2
 
 OK = kv_pb2.CommandResult.OK
@@ -22,6 +27,16 @@ def fresh(**kwargs: object) -> KVStateMachine:
 
 def codes(applied: list[Applied]) -> list[int]:
     return [a.result.code for a in applied]
+
+
+def written(changes: Changes) -> dict[bytes, bytes | None]:
+    """The keys a change set wrote: the value put, or None for a delete."""
+    out: dict[bytes, bytes | None] = {}
+    for _, row in sorted(changes.history.items()):
+        if row is not None:
+            rec = decode_row(row)
+            out[rec.kv.key] = None if rec.tombstone else rec.kv.value
+    return out
 
 
 def test_put_get_delete_and_existed() -> None:
@@ -52,7 +67,7 @@ def test_noop_advances_the_index_only() -> None:
     assert sm.apply(1, ()) == []
     assert sm.applied_index == 1 and len(sm) == 0
     changes = sm.take_changes()
-    assert (changes.kv, changes.sessions, changes.applied_index) == ({}, {}, 1)
+    assert (written(changes), changes.sessions, changes.applied_index) == ({}, {}, 1)
 
 
 def test_apply_must_be_in_order_without_gaps() -> None:
@@ -97,7 +112,7 @@ def test_duplicate_is_answered_with_the_first_result_and_not_applied() -> None:
     sm.take_changes()
     sm.apply(4, (encode_put("c", 5, b"k", b"mine"),))
     changes = sm.take_changes()
-    assert (changes.kv, changes.sessions, changes.applied_index) == ({}, {}, 4)
+    assert (written(changes), changes.sessions, changes.applied_index) == ({}, {}, 4)
 
 
 def test_duplicate_results_are_copies() -> None:
@@ -156,14 +171,14 @@ def test_commands_without_client_id_are_not_deduplicated() -> None:
     ],
 )
 def test_bad_commands_are_invalid_and_change_nothing(data: bytes, error: str) -> None:
-    sm = KVStateMachine({b"k": b"old"}, {}, 0, Limits(key_bytes_max=10, value_bytes_max=20))
+    sm = KVStateMachine.from_kv({b"k": b"old"}, {}, 0, Limits(key_bytes_max=10, value_bytes_max=20))
     [bad, good] = sm.apply(1, (data, encode_put("d", 1, b"j", b"x")))
     assert (bad.result.code, bad.result.index) == (INVALID, 1)
     assert error in bad.result.error
     assert good.result.code == OK
     assert sm.get(b"k") == b"old" and sm.session("c") is None
     changes = sm.take_changes()
-    assert changes.kv == {b"j": b"x"} and list(changes.sessions) == ["d"]
+    assert written(changes) == {b"j": b"x"} and list(changes.sessions) == ["d"]
 
 
 def test_invalid_command_does_not_touch_the_session() -> None:
@@ -209,8 +224,9 @@ def test_eviction_is_the_same_after_a_restart() -> None:
         sm.apply(index, batch)
     items = list(sm.sessions.items())
     rng.shuffle(items)
+    sm.take_changes()
     twin = KVStateMachine(
-        dict(sm.items()), dict(items), sm.applied_index, Limits(), sessions_max=50
+        dict(sm.store.history_rows()), dict(items), sm.applied_index, Limits(), sessions_max=50, revision=sm.revision
     )
     for _ in range(40):
         index += 1
@@ -240,15 +256,16 @@ def test_constructor_checks() -> None:
 
 
 def test_take_changes_reports_and_resets() -> None:
-    sm = KVStateMachine({b"a": b"1", b"b": b"2"}, {}, 0, Limits())
+    sm = KVStateMachine.from_kv({b"a": b"1", b"b": b"2"}, {}, 0, Limits())
+    assert sm.revision == 2
     sm.apply(1, (encode_put("c", 1, b"a", b"x"), encode_delete("", 0, b"b")))
     sm.apply(2, (encode_delete("", 0, b"nothing"),))
     changes = sm.take_changes()
-    assert changes.kv == {b"a": b"x", b"b": None}
+    assert written(changes) == {b"a": b"x", b"b": None}
     assert changes.sessions == {"c": sm.session("c")}
-    assert changes.applied_index == 2
+    assert (changes.applied_index, changes.revision, changes.compact_revision) == (2, 4, -1)
     again = sm.take_changes()
-    assert (again.kv, again.sessions, again.applied_index) == ({}, {}, 2)
+    assert (again.history, again.sessions, again.applied_index, again.revision) == ({}, {}, 2, 4)
 
 
 # ---- properties ---------------------------------------------------------------
@@ -316,7 +333,7 @@ def test_matches_the_model_and_survives_restarts_from_change_sets(
     exactly like one that never restarted."""
     model = Model()
     steady = fresh()
-    stored_kv: dict[bytes, bytes] = {}
+    stored_rows: dict[bytes, bytes] = {}
     stored_sessions: dict[str, Session] = {}
     restarted = fresh()
     for index, batch in enumerate(log, start=1):
@@ -326,62 +343,24 @@ def test_matches_the_model_and_survives_restarts_from_change_sets(
         assert restarted.apply(index, tuple(batch)) == out
         changes = restarted.take_changes()
         assert changes.applied_index == index
-        for key, value in changes.kv.items():
-            if value is None:
-                stored_kv.pop(key, None)
+        for key, row in changes.history.items():
+            if row is None:
+                stored_rows.pop(key, None)
             else:
-                stored_kv[key] = value
+                stored_rows[key] = row
         for client_id, session in changes.sessions.items():
             if session is None:
                 stored_sessions.pop(client_id, None)
             else:
                 stored_sessions[client_id] = session
-        assert stored_kv == model.kv
+        assert kv_of(stored_rows) == model.kv
+        assert changes.revision == steady.revision
         if index in restart_at:
-            restarted = KVStateMachine(dict(stored_kv), dict(stored_sessions), index, Limits())
+            restarted = KVStateMachine(dict(stored_rows), dict(stored_sessions), index, Limits(), revision=changes.revision)
     assert dict(steady.items()) == model.kv
     assert {cid: s.sequence for cid, s in steady.sessions.items()} == {
         cid: seq for cid, (seq, _) in model.last.items()
     }
-
-
-# ---- snapshots -------------------------------------------------------------------
-
-
-def test_snapshot_items_are_canonical() -> None:
-    a, b = fresh(), fresh()
-    a.apply(1, (encode_put("y", 1, b"k2", b"2"), encode_put("x", 1, b"k1", b"1")))
-    b.apply(1, (encode_put("x", 1, b"k1", b"1"), encode_put("y", 1, b"k2", b"2")))
-    assert a.snapshot_items()[0] == b.snapshot_items()[0] == [(b"k1", b"1"), (b"k2", b"2")]
-    assert [cid for cid, _ in a.snapshot_items()[1]] == ["x", "y"]
-
-
-def test_restore_replaces_the_state_and_resets_storage() -> None:
-    source = fresh()
-    source.apply(1, (encode_put("x", 1, b"k1", b"1"),))
-    source.apply(2, (encode_put("y", 1, b"k2", b"2"),))
-    kv_items, session_items = source.snapshot_items()
-
-    target = KVStateMachine({b"old": b"o"}, {"old": Session(1, kv_pb2.CommandResult(), 1)}, 1)
-    target.take_changes()
-    target.restore(2, dict(kv_items), dict(session_items))
-    assert target.applied_index == 2 and dict(target.items()) == dict(kv_items)
-    assert target.session("old") is None and target.session("x") == source.session("x")
-    target.apply(3, (encode_put("y", 1, b"k2", b"dup"), encode_put("z", 1, b"k3", b"3")))
-    assert target.get(b"k2") == b"2"  # y's command was deduplicated by the restored session
-    changes = target.take_changes()
-    assert changes.reset and changes.applied_index == 3
-    assert changes.kv == {b"k1": b"1", b"k2": b"2", b"k3": b"3"}
-    assert set(changes.sessions) == {"x", "y", "z"}
-    assert not target.take_changes().reset
-
-
-def test_restore_refuses_a_snapshot_behind_the_state() -> None:
-    sm = fresh()
-    sm.apply(1, ())
-    sm.apply(2, ())
-    with pytest.raises(ValueError, match="behind"):
-        sm.restore(1, {}, {})
 
 
 # ---- batch commands (KV.Batch / KV.Session writes as one log command) -------------
@@ -438,7 +417,12 @@ def test_a_batch_applies_exactly_like_its_ops_one_by_one(slots, sessions_max) ->
         assert [(r.code, r.index, r.existed) for r in one.result] == [
             (a.result.code, a.result.index, a.result.existed) for a in each
         ]
-        assert batched.take_changes() == single.take_changes()
+        b, s = batched.take_changes(), single.take_changes()
+        assert b.sessions == s.sessions and dict(batched.items()) == dict(single.items())
+        # the same writes, but as ONE revision (sub-revisions in order)
+        assert written(b) == written(s)
+        assert {k[:8] for k in b.history} <= {b.revision.to_bytes(8, "big")}
+        assert len(b.history) == len(s.history)
     assert dict(batched.items()) == dict(single.items())
     assert dict(batched.sessions) == dict(single.sessions)
 
@@ -468,7 +452,7 @@ def test_a_bad_op_fails_alone_and_a_bad_batch_changes_nothing() -> None:
     [b] = sm.apply(2, (empty.SerializeToString(),))
     assert [r.code for r in b.result] == [INVALID] and "no ops" in b.result[0].error
     changes = sm.take_changes()
-    assert (changes.kv, changes.sessions, changes.applied_index) == ({}, {}, 2)
+    assert (written(changes), changes.sessions, changes.applied_index) == ({}, {}, 2)
 
 
 @settings(max_examples=300, deadline=None)
@@ -548,7 +532,7 @@ def test_a_packed_batch_applies_like_its_ops_one_by_one(slots) -> None:
         ]  # a get alone in a batch: INVALID, like a get in a packed one
         assert _outcomes(one.result) == _outcomes(expected)
         assert [bool(r.error) for r in one.result] == [bool(r.error) for r in expected]
-        assert packed.take_changes().kv == single.take_changes().kv
+        assert written(packed.take_changes()) == written(single.take_changes())
         session = packed.session("c")
         assert session is not None and (session.sequence, session.last_index) == (first + len(ops) - 1, index)
         assert len(session.batch) == len(ops)
@@ -570,7 +554,7 @@ def test_a_packed_batch_retried_later_gets_its_first_results_and_applies_nothing
         assert _outcomes(again.result) == _outcomes(first.result)
         assert [r.error for r in again.result] == [r.error for r in first.result]
         changes = sm.take_changes()
-        assert (changes.kv, changes.sessions) == ({}, {})
+        assert (written(changes), changes.sessions) == ({}, {})
     assert sm.get(b"k") == b"x" and sm.get(b"j") == b"v2"
 
 
@@ -583,10 +567,10 @@ def test_the_retry_survives_a_restart_from_stored_sessions() -> None:
         for cid, s in sm.take_changes().sessions.items()
         if s is not None
     }
-    restarted = KVStateMachine(kv=dict(sm.items()), sessions=stored, applied_index=1)
+    restarted = KVStateMachine.from_kv(dict(sm.items()), sessions=stored, applied_index=1)
     [again] = restarted.apply(2, (_packed("c", 1, ops),))
     assert _outcomes(again.result) == _outcomes(first.result) == [(OK, 1, False), (OK, 1, True)]
-    assert restarted.take_changes().kv == {}
+    assert restarted.take_changes().history == {}
 
 
 @pytest.mark.parametrize(
@@ -606,7 +590,7 @@ def test_a_packed_batch_overlapping_its_session_is_stale_and_changes_nothing(fir
     assert [r.code for r in a.result] == [STALE] * len(ops)
     assert all("older than its last applied sequence 3" in r.error for r in a.result)
     changes = sm.take_changes()
-    assert (changes.kv, changes.sessions) == ({}, {})
+    assert (written(changes), changes.sessions) == ({}, {})
     assert sm.get(b"k") == b"v"
 
 
@@ -645,4 +629,127 @@ def test_a_packed_batch_with_a_bad_identity_is_invalid_and_changes_nothing(clien
     [a] = sm.apply(1, (_packed(client_id, first, [("put", b"k", b"v"), ("put", b"j", b"v")]),))
     assert [r.code for r in a.result] == [INVALID] and error in a.result[0].error
     changes = sm.take_changes()
-    assert (changes.kv, changes.sessions, len(sm)) == ({}, {}, 0)
+    assert (written(changes), changes.sessions, len(sm)) == ({}, {}, 0)
+
+
+# ---- MVCC: revisions of every write, etcd commands, node-assigned identities ---------
+
+from paxoskv.etcdpb import rpc_pb2  # noqa: E402
+from paxoskv.kv import etcd  # noqa: E402
+from paxoskv.kv.state_machine import DUPLICATE  # noqa: E402
+
+NO_SPACE = kv_pb2.CommandResult.NO_SPACE
+
+
+def _etcd(request: object, client_id: str = "anon-1", waiter: bytes = b"w", **kw: object) -> bytes:
+    cmd = kv_pb2.Command(client_id=client_id, sequence=1 if client_id else 0)
+    field = {
+        rpc_pb2.PutRequest: "put", rpc_pb2.DeleteRangeRequest: "delete_range", rpc_pb2.TxnRequest: "txn",
+        rpc_pb2.CompactionRequest: "compaction", rpc_pb2.AlarmRequest: "alarm",
+    }[type(request)]
+    getattr(cmd.etcd, field).CopyFrom(request)
+    cmd.etcd.waiter = waiter
+    return cmd.SerializeToString()
+
+
+def test_every_paxoskv_write_command_is_one_revision() -> None:
+    sm = fresh()
+    assert sm.revision == 1
+    sm.apply(1, (encode_put("c", 1, b"k", b"v"),))
+    assert sm.revision == 2
+    sm.apply(2, (encode_delete("c", 2, b"missing"),))
+    assert sm.revision == 2  # nothing changed
+    sm.apply(3, (_batch([("put", "c", 3, b"a", b"1"), ("put", "c", 4, b"b", b"2"), ("delete", "c", 5, b"k", b"")]),))
+    assert sm.revision == 3
+    rows = sm.take_changes().history
+    assert sorted((int.from_bytes(k[:8], "big"), int.from_bytes(k[8:], "big")) for k in rows) == [
+        (2, 0), (3, 0), (3, 1), (3, 2)
+    ]
+    sm.apply(4, (_packed("p", 1, [("put", b"a", b"x"), ("put", b"b", b"y")]),))
+    assert sm.revision == 4
+    r = sm.range(rpc_pb2.RangeRequest(key=b"a", range_end=b"c"))
+    assert [(kv.key, kv.value, kv.create_revision, kv.mod_revision, kv.version) for kv in r.kvs] == [
+        (b"a", b"x", 3, 4, 2), (b"b", b"y", 3, 4, 2)
+    ]
+    assert r.header.revision == 4
+    assert sm.range(rpc_pb2.RangeRequest(key=b"k", revision=2)).kvs[0].value == b"v"
+
+
+def test_etcd_commands_apply_to_the_same_store_with_their_waiter() -> None:
+    sm = fresh()
+    sm.apply(1, (encode_put("c", 1, b"shared", b"from v1"),))
+    [a] = sm.apply(2, (_etcd(rpc_pb2.PutRequest(key=b"e", value=b"etcd", prev_kv=True), waiter=b"w1"),))
+    assert a.waiter == b"w1" and isinstance(a.result, rpc_pb2.PutResponse) and a.result.header.revision == 3
+    assert sm.get(b"e") == b"etcd"  # a paxoskv.v1 read sees it
+    txn = rpc_pb2.TxnRequest(
+        compare=[rpc_pb2.Compare(key=b"shared", target=rpc_pb2.Compare.VALUE, value=b"from v1")],
+        success=[rpc_pb2.RequestOp(request_put=rpc_pb2.PutRequest(key=b"shared", value=b"cas"))],
+    )
+    [t] = sm.apply(3, (_etcd(txn, client_id="anon-2"),))
+    assert t.result.succeeded and sm.get(b"shared") == b"cas" and sm.revision == 4
+    [c] = sm.apply(4, (_etcd(rpc_pb2.CompactionRequest(revision=3), client_id="anon-3"),))
+    assert c.result.header.revision == 4 and sm.compact_revision == 3
+    [bad] = sm.apply(5, (_etcd(rpc_pb2.CompactionRequest(revision=2), client_id="anon-4"),))
+    assert bad.result == etcd.ERR_COMPACTED
+    [lease] = sm.apply(6, (_etcd(rpc_pb2.PutRequest(key=b"l", value=b"v", lease=5), client_id="anon-5"),))
+    assert lease.result == etcd.ERR_LEASE_NOT_FOUND and sm.get(b"l") is None
+    changes = sm.take_changes()
+    assert (changes.revision, changes.compact_revision) == (4, 3)
+    assert set(changes.sessions) == {"c", "anon-1", "anon-2", "anon-3", "anon-4", "anon-5"}
+
+
+def test_an_etcd_command_reaching_the_log_twice_is_applied_once() -> None:
+    sm = fresh()
+    cmd = _etcd(rpc_pb2.DeleteRangeRequest(key=b"k"), client_id="anon-x")
+    sm.apply(1, (encode_put("c", 1, b"k", b"v"),))
+    [first] = sm.apply(2, (cmd,))
+    sm.apply(3, (encode_put("c", 2, b"k", b"again"),))
+    [second] = sm.apply(4, (cmd,))
+    assert first.result.deleted == 1 and second.result is DUPLICATE
+    assert sm.get(b"k") == b"again"
+
+
+def test_a_structurally_bad_etcd_command_from_the_log_is_refused_and_changes_nothing() -> None:
+    sm = fresh()
+    dup = rpc_pb2.TxnRequest(success=[rpc_pb2.RequestOp(request_put=rpc_pb2.PutRequest(key=b"k"))] * 2)
+    [a, b, c] = sm.apply(1, (
+        _etcd(dup),
+        _etcd(rpc_pb2.PutRequest(key=b"", value=b"v"), client_id="anon-2"),
+        kv_pb2.Command(client_id="anon-3", sequence=1, etcd=kv_pb2.EtcdOp(waiter=b"w")).SerializeToString(),
+    ))
+    assert a.result == etcd.ERR_DUPLICATE_KEY and b.result == etcd.ERR_EMPTY_KEY
+    assert isinstance(c.result, etcd.EtcdError) and "has no request" in c.result.message and c.waiter == b"w"
+    changes = sm.take_changes()
+    assert (changes.history, changes.sessions, sm.revision) == ({}, {}, 1)
+
+
+def test_node_assigned_identities_have_a_pool_of_their_own() -> None:
+    sm = fresh(sessions_max=2, node_sessions_max=3)
+    sm.apply(1, (encode_put("client-a", 1, b"k", b"v"), encode_put("client-b", 1, b"k", b"v")))
+    for i in range(10):  # etcd write churn
+        sm.apply(2 + i, (_etcd(rpc_pb2.PutRequest(key=b"e", value=b"%d" % i), client_id=f"anon-{i}"),))
+    assert sorted(sm.sessions) == ["client-a", "client-b"]  # never evicted by it
+    assert sorted(sm.node_sessions) == ["anon-7", "anon-8", "anon-9"]
+    [again] = sm.apply(12, (encode_put("client-a", 1, b"k", b"retry"),))
+    assert again.result.index == 1 and sm.get(b"k") == b"v"
+
+
+def test_a_nospace_alarm_refuses_puts_of_both_apis_and_not_deletes() -> None:
+    A = rpc_pb2.AlarmRequest
+    sm = fresh()
+    sm.apply(1, (encode_put("c", 1, b"k", b"v"),))
+    [raised] = sm.apply(2, (_etcd(A(action=A.ACTIVATE, memberID=9, alarm=rpc_pb2.NOSPACE)),))
+    assert sm.nospace and sm.alarms == ((9, rpc_pb2.NOSPACE),) and raised.result.alarms[0].memberID == 9
+    [put] = sm.apply(3, (encode_put("c", 2, b"k", b"w"),))
+    assert put.result.code == NO_SPACE and "database space exceeded" in put.result.error
+    assert sm.session("c").sequence == 1  # type: ignore[union-attr]  # a retry later may apply
+    [packed] = sm.apply(4, (_packed("p", 1, [("put", b"x", b"1"), ("delete", b"k", b"")]),))
+    assert [r.code for r in packed.result] == [NO_SPACE, OK]
+    [replay] = sm.apply(5, (_packed("p", 1, [("put", b"x", b"1"), ("delete", b"k", b"")]),))
+    assert [r.code for r in replay.result] == [NO_SPACE, OK]
+    [e] = sm.apply(6, (_etcd(rpc_pb2.PutRequest(key=b"e", value=b"v"), client_id="anon-2"),))
+    assert e.result == etcd.ERR_NO_SPACE
+    assert sm.get(b"k") is None and sm.get(b"x") is None
+    sm.apply(7, (_etcd(A(action=A.DEACTIVATE, memberID=9, alarm=rpc_pb2.NOSPACE), client_id="anon-3"),))
+    [ok] = sm.apply(8, (encode_put("c", 2, b"k", b"w"),))
+    assert ok.result.code == OK and not sm.nospace and sm.take_changes().alarms == ()

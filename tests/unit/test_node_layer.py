@@ -188,8 +188,9 @@ def test_anonymous_writes_get_a_fresh_identity_each() -> None:
     calls = [node.put(put(b"k", b"v%d" % i), 5.0, lambda c: None) for i in range(3)]
     net.settle()
     assert [c.results[0].code for c in calls] == [0, 0, 0]
-    anon = [cid for cid in node.replica.sm.sessions if cid.startswith("anon-")]
+    anon = [cid for cid in node.replica.sm.node_sessions if cid.startswith("anon-")]
     assert len(anon) == 3
+    assert not node.replica.sm.sessions  # node-assigned identities have a pool of their own
 
 
 def test_a_node_with_no_leader_refuses_before_proposing_and_a_stopped_one_refuses_everything() -> None:
@@ -238,7 +239,7 @@ def test_a_write_without_identity_in_a_batch_is_applied_once_when_its_command_ar
     assert first.done and later.results[0].code == 0
     for node in net.nodes.values():
         assert node.replica.sm.get(b"k") == b"after"
-    assert any(cid.startswith("anon-") for cid in net.nodes[leader].replica.sm.sessions)
+    assert any(cid.startswith("anon-") for cid in net.nodes[leader].replica.sm.node_sessions)
 
 
 def test_a_snapshot_message_out_of_range_is_dropped_and_counted_on_a_direct_step() -> None:

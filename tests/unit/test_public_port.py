@@ -15,8 +15,8 @@ from paxoskv.wire import MESSAGE_BYTES_MAX, ConfigError
 def test_defaults_and_their_derived_bounds() -> None:
     opts = build_public_options()
     assert opts.tls is None and opts.admin_cns == () and opts.describe() == "plaintext"
-    assert opts.call_limits == CallLimits(batch_ops_max=10_000, request_bytes_max=4 << 20)
-    assert opts.limits.receive_bytes_max == (4 << 20) + (512 << 10) < MESSAGE_BYTES_MAX
+    assert opts.call_limits == CallLimits(batch_ops_max=10_000, request_bytes_max=1536 << 10)
+    assert opts.limits.receive_bytes_max == (1536 << 10) + (512 << 10) < MESSAGE_BYTES_MAX
     assert opts.limits.stream_requests_max <= opts.call_limits.batch_ops_max
 
 
@@ -27,7 +27,7 @@ def test_defaults_and_their_derived_bounds() -> None:
         ({"max_request_bytes": MESSAGE_BYTES_MAX + 1}, "--max-request-bytes"),
         ({"max_stream_bytes": 4096}, "--max-stream-bytes"),
         ({"max_stream_requests": 20_000}, "must not exceed --max-batch-ops"),
-        ({"max_pending_mb": 8}, "--max-pending-mb 8"),
+        ({"max_pending_mb": 7}, "--max-pending-mb 7"),
         ({"max_connections": 0}, "--max-connections"),
         ({"max_batch_ops": 0}, "--max-batch-ops"),
         ({"admin_cn": ["admin"]}, "--admin-cn needs"),

@@ -24,16 +24,18 @@ import pytest
 from click.testing import CliRunner
 
 from paxoskv.cli import main
-from paxoskv.kv import Changes, Session
+from paxoskv.kv import Session
 from paxoskv.paxos.types import Ballot, Entry
 from paxoskv.server.snapshot_cli import restore_snapshot
 from paxoskv.replica.errors import Unavailable
 from paxoskv.server.grpc_api import snapshot_stream
 from paxoskv.storage import MemoryStorage, SnapshotReader, Storage
 from paxoskv.storage.leveldb import LevelDBStorage
-from paxoskv.storage.snapshot import snapshot_bytes
+from paxoskv.storage.snapshot import etcd_envelope
 from paxoskv.util.ports import free_port
 from paxoskv.v1 import kv_pb2
+
+from kv_rows import kv_changes as Changes, kv_of, snapshot_of
 
 KV = {b"key%04d" % i: b"value %d" % i for i in range(500)}
 SESSIONS = {"client-a": Session(4, kv_pb2.CommandResult(index=30, existed=True), 30)}
@@ -42,7 +44,7 @@ SESSIONS = {"client-a": Session(4, kv_pb2.CommandResult(index=30, existed=True),
 @pytest.fixture
 def snapshot_file(tmp_path: pathlib.Path) -> pathlib.Path:
     path = tmp_path / "backup.snap"
-    path.write_bytes(snapshot_bytes("prod", 42, KV, SESSIONS))
+    path.write_bytes(snapshot_of("prod", 42, KV, SESSIONS))
     return path
 
 
@@ -62,11 +64,13 @@ def test_status_prints_what_the_file_holds(snapshot_file: pathlib.Path) -> None:
         "file": str(snapshot_file),
         "cluster id": "prod",
         "applied index": "42",
-        "keys": "500",
+        "revision": "2",
+        "compact revision": "-1",
+        "history rows": "500",
         "sessions": "1",
         "total bytes": str(snapshot_file.stat().st_size),
         "sha256": digest,
-        "format version": "1",
+        "format version": "2",
         "checksum": "ok",
     }
     result = run("status", "--json", str(snapshot_file))
@@ -76,11 +80,13 @@ def test_status_prints_what_the_file_holds(snapshot_file: pathlib.Path) -> None:
         "ok": True,
         "cluster_id": "prod",
         "applied_index": 42,
-        "keys": 500,
+        "revision": 2,
+        "compact_revision": -1,
+        "rows": 500,
         "sessions": 1,
         "total_bytes": snapshot_file.stat().st_size,
         "sha256": digest,
-        "format_version": 1,
+        "format_version": 2,
     }
 
 
@@ -113,7 +119,7 @@ def test_restore_seeds_a_new_data_dir(snapshot_file: pathlib.Path, tmp_path: pat
         assert "applied index 42" in result.stdout and "'prod'" in result.stdout
         with LevelDBStorage.open(data_dir, node_id, "prod", create=False) as storage:
             state = storage.load()
-        assert state.kv == KV and state.sessions == SESSIONS
+        assert kv_of(state.history) == KV and state.sessions == SESSIONS
         assert state.applied_index == 42 and state.log_start == 43
         assert state.chosen == {} and state.accepted == {} and state.promised.round == 0
 
@@ -135,7 +141,7 @@ def test_restore_into_a_new_cluster_id_and_an_empty_dir(
     )
     assert result.exit_code == 0, result.stderr
     with LevelDBStorage.open(data_dir, 7, "prod-2", create=False) as storage:
-        assert storage.load().kv == KV
+        assert kv_of(storage.load().history) == KV
 
 
 def test_restore_refuses_a_dir_that_holds_anything(
@@ -199,11 +205,32 @@ def test_restore_usage_errors(
     assert not (tmp_path / "d").exists()
 
 
+def test_restore_takes_an_etcd_envelope_and_a_format_1_file(
+    snapshot_file: pathlib.Path, tmp_path: pathlib.Path
+) -> None:
+    wrapped = tmp_path / "etcd.db"
+    wrapped.write_bytes(b"".join(etcd_envelope([snapshot_file.read_bytes()])))
+    status = run("status", "--json", str(wrapped))
+    assert status.exit_code == 0, status.stderr
+    assert json.loads(status.stdout)["total_bytes"] == snapshot_file.stat().st_size
+    result = run("restore", str(wrapped), "--data-dir", str(tmp_path / "from-etcd"), "--id", "2")
+    assert result.exit_code == 0, result.stderr
+    with LevelDBStorage.open(tmp_path / "from-etcd", 2, "prod", create=False) as storage:
+        state = storage.load()
+    assert kv_of(state.history) == KV and state.sessions == SESSIONS and state.revision == 2
+    old = pathlib.Path(__file__).resolve().parent / "data" / "snapshot-format1.snap"
+    result = run("restore", str(old), "--data-dir", str(tmp_path / "old"), "--id", "1")
+    assert result.exit_code == 0, result.stderr
+    assert "revision 2, 4 history rows" in result.stdout
+    with LevelDBStorage.open(tmp_path / "old", 1, "old", create=False) as storage:
+        assert kv_of(storage.load().history)[b"big"] == b"x" * 5000
+
+
 def test_restore_function_returns_the_info(
     snapshot_file: pathlib.Path, tmp_path: pathlib.Path
 ) -> None:
     info = restore_snapshot(snapshot_file, tmp_path / "d", 1)
-    assert (info.cluster_id, info.applied_index, info.keys) == ("prod", 42, 500)
+    assert (info.cluster_id, info.applied_index, info.rows, info.revision) == ("prod", 42, 500, 2)
 
 
 # ---- the stream behind save -----------------------------------------------------------------
@@ -267,9 +294,9 @@ def test_snapshot_stream_serves_the_applied_state(tmp_path: pathlib.Path, backen
     assert responses[-1].total_bytes == len(data)
     assert responses[-1].sha256 == hashlib.sha256(data).digest()
     reader = SnapshotReader("prod")
-    kv, sessions = reader.feed(data)
+    rows, sessions = reader.feed(data)
     assert reader.finish().applied_index == 43
-    assert dict(kv) == {**KV, **big} and dict(sessions) == SESSIONS
+    assert kv_of(rows) == {**KV, **big} and dict(sessions) == SESSIONS
 
 
 def test_snapshot_stream_of_a_node_not_started_is_unavailable() -> None:
@@ -345,7 +372,7 @@ def test_save_streams_a_node_snapshot_into_a_file(
         target.write_bytes(b"an older backup")
         result = run("save", str(target), "--endpoints", f"127.0.0.1:{server.port}")
         assert result.exit_code == 0, result.stderr
-        assert "applied index 42" in result.stdout and "500 keys" in result.stdout
+        assert "applied index 42" in result.stdout and "500 history rows" in result.stdout
         with storage.open_snapshot() as source:
             assert target.read_bytes() == b"".join(source.chunks())
         assert sorted(p.name for p in tmp_path.iterdir()) == ["db", "out.snap"]
@@ -357,7 +384,7 @@ def test_save_streams_a_node_snapshot_into_a_file(
 def test_save_refuses_a_bad_stream_and_keeps_the_old_file(
     tmp_path: pathlib.Path, serve: Callable[[Handler], SnapshotServer]
 ) -> None:
-    data = snapshot_bytes("prod", 42, KV, SESSIONS)
+    data = snapshot_of("prod", 42, KV, SESSIONS)
 
     def bad(kind: str) -> Handler:
         async def handler(request: Any, context: Any) -> AsyncIterator[kv_pb2.SnapshotResponse]:

@@ -47,6 +47,8 @@ from paxoskv.storage import (
 from paxoskv.storage.snapshot import snapshot_bytes
 from paxoskv.v1 import kv_pb2
 
+from kv_rows import changes, kv_of, rows_of, snapshot_of
+
 OK = kv_pb2.CommandResult.OK
 
 
@@ -141,14 +143,6 @@ def result(
     return kv_pb2.CommandResult(code=code, index=index, existed=existed, error=error)
 
 
-def changes(
-    applied_index: int,
-    kv: dict[bytes, bytes | None] | None = None,
-    sessions: dict[str, Session | None] | None = None,
-) -> Changes:
-    return Changes(kv=kv or {}, sessions=sessions or {}, applied_index=applied_index)
-
-
 def assert_fresh(state: LoadedState) -> None:
     assert state == LoadedState(
         promised=ZERO_BALLOT,
@@ -156,7 +150,7 @@ def assert_fresh(state: LoadedState) -> None:
         chosen={},
         log_start=1,
         applied_index=0,
-        kv={},
+        history={},
         sessions={},
     )
 
@@ -252,7 +246,7 @@ def test_unsynced_writes_are_visible_to_the_writer(backend: Backend) -> None:
     assert state.promised == Ballot(1, 1) and state.chosen == {1: (b"x",)}
     # Slot 1 is chosen and applied: its entry is no acceptance in play any more.
     assert {s: e.value for s, e in state.accepted.items()} == {2: (b"y",)}
-    assert state.kv == {b"k": b"v"} and state.applied_index == 1
+    assert kv_of(state.history) == {b"k": b"v"} and state.applied_index == 1
 
 
 def test_apply_round_trip(backend: Backend) -> None:
@@ -275,7 +269,7 @@ def test_apply_round_trip(backend: Backend) -> None:
     with opened(backend) as storage:
         reopened = storage.load()
     for state in (seen, reopened):
-        assert state.kv == {b"a": b"2", b"\x00\xff": b"\xff" * 5000}
+        assert kv_of(state.history) == {b"a": b"2", b"\x00\xff": b"\xff" * 5000}
         assert state.sessions == {"ünïcode ✓": s2, "c3": s1}
         assert state.applied_index == 3
 
@@ -309,24 +303,6 @@ def test_chosen_values_are_not_dropped_with_accepted_ones(backend: Backend) -> N
         storage.apply(changes(1, {b"x": b"x"}), drop_accepted_through=1)
         state = storage.load()
     assert state.accepted == {} and state.chosen == {1: (b"x",)}
-
-
-def test_reset_replaces_every_key_and_session_in_one_batch(backend: Backend) -> None:
-    s1 = Session(1, result(1), 1)
-    with opened(backend) as storage:
-        storage.apply(changes(1, {b"a": b"1", b"b": b"2"}, {"c1": s1, "c2": s1}), 0)
-        storage.apply(
-            Changes(
-                kv={b"b": b"new", b"z": b"9"}, sessions={"c3": s1}, applied_index=50, reset=True
-            ),
-            drop_accepted_through=0,
-        )
-        seen = storage.load()
-    with opened(backend) as storage:
-        reopened = storage.load()
-    for state in (seen, reopened):
-        assert state.kv == {b"b": b"new", b"z": b"9"}
-        assert state.sessions == {"c3": s1} and state.applied_index == 50
 
 
 def test_applied_index_never_goes_back(backend: Backend) -> None:
@@ -450,7 +426,6 @@ apply_op = st.tuples(
     st.dictionaries(st.sampled_from(["a", "b", "é"]), st.none() | sessions, max_size=2),
     st.integers(0, 3),  # applied index increment
     st.integers(-1, 13),  # drop_accepted_through
-    st.sampled_from([False, False, False, True]),  # reset
 )
 reopen_op = st.just(("reopen",))
 compact_op = st.tuples(st.just("compact"), st.integers(0, 4))  # how far below applied
@@ -458,7 +433,7 @@ compact_op = st.tuples(st.just("compact"), st.integers(0, 4))  # how far below a
 
 class Model:
     def __init__(self) -> None:
-        self.state = LoadedState(ZERO_BALLOT, {}, {}, 1, 0, {}, {})
+        self.state = LoadedState(ZERO_BALLOT, {}, {}, 1, 0, {}, {})  # revision 1, no compaction
 
     def visible(self) -> LoadedState:
         """What load() shows: no accepted entry of a chosen, applied slot."""
@@ -478,8 +453,11 @@ class Model:
             {**s.chosen, **{slot: v for slot, v in chosen if slot >= s.log_start}},
             s.log_start,
             s.applied_index,
-            s.kv,
+            s.history,
             s.sessions,
+            s.revision,
+            s.compact_revision,
+            s.alarms,
         )
 
     def compact(self, through: int) -> None:
@@ -492,19 +470,22 @@ class Model:
             {slot: v for slot, v in s.chosen.items() if slot > through},
             through + 1,
             s.applied_index,
-            s.kv,
+            s.history,
             s.sessions,
+            s.revision,
+            s.compact_revision,
+            s.alarms,
         )
 
     def apply(self, ch: Changes, through: int) -> None:
         s = self.state
-        kv = {} if ch.reset else dict(s.kv)
-        for k, v in ch.kv.items():
+        history = dict(s.history)
+        for k, v in ch.history.items():
             if v is None:
-                kv.pop(k, None)
+                history.pop(k, None)
             else:
-                kv[k] = v
-        sess = {} if ch.reset else dict(s.sessions)
+                history[k] = v
+        sess = dict(s.sessions)
         for c, v2 in ch.sessions.items():
             if v2 is None:
                 sess.pop(c, None)
@@ -512,7 +493,8 @@ class Model:
                 sess[c] = v2
         accepted = {slot: e for slot, e in s.accepted.items() if slot > through}
         self.state = LoadedState(
-            s.promised, accepted, s.chosen, s.log_start, ch.applied_index, kv, sess
+            s.promised, accepted, s.chosen, s.log_start, ch.applied_index, history, sess,
+            ch.revision, ch.compact_revision, ch.alarms,
         )
 
 
@@ -532,8 +514,8 @@ def test_matches_a_model(tmp_path_factory: pytest.TempPathFactory, ops: list[tup
                     storage.persist(promised, accepted, chosen, sync)
                     model.persist(promised, accepted, chosen)
                 elif op[0] == "apply":
-                    _, kv, sess, step, through, reset = op
-                    ch = Changes(kv, sess, model.state.applied_index + step, reset)
+                    _, kv, sess, step, through = op
+                    ch = changes(model.state.applied_index + step, kv, sess)
                     storage.apply(ch, through)
                     model.apply(ch, through)
                 elif op[0] == "compact":
@@ -576,7 +558,7 @@ def test_compact_drops_the_log_through_a_slot_and_moves_log_start(backend: Backe
         # 11-15 are chosen and applied: no acceptances in play any more.
         assert sorted(state.accepted) == list(range(16, 21))
         assert state.promised == Ballot(2, 1) and state.applied_index == 15
-        assert state.kv == {b"k15": b"x"}
+        assert kv_of(state.history) == {b"k15": b"x"}
 
 
 def test_compact_never_moves_log_start_back_nor_past_applied(backend: Backend) -> None:
@@ -632,10 +614,11 @@ def seed_state(storage: Storage) -> None:
 
 
 def read_snapshot(data: bytes) -> tuple[int, dict[bytes, bytes], dict[str, Session]]:
+    """The applied index, history rows and sessions of a snapshot."""
     reader = SnapshotReader()
-    kv, sessions = reader.feed(data)
+    rows, sessions = reader.feed(data)
     info = reader.finish()
-    return info.applied_index, dict(kv), dict(sessions)
+    return info.applied_index, dict(rows), dict(sessions)
 
 
 def test_a_snapshot_source_is_the_applied_state_at_open(backend: Backend) -> None:
@@ -653,12 +636,9 @@ def test_a_snapshot_source_is_the_applied_state_at_open(backend: Backend) -> Non
             source.close()
         source.close()  # idempotent
     assert first == again
-    assert read_snapshot(first) == (
-        5,
-        {b"a": b"1", b"b": b"", b"\x00": b"\xff" * 3000},
-        {"c1": S1, "ü": S2},
-    )
-    assert first == snapshot_bytes("c1", 5, *read_snapshot(first)[1:])  # canonical bytes
+    index, rows, sessions = read_snapshot(first)
+    assert (index, kv_of(rows), sessions) == (5, {b"a": b"1", b"b": b"", b"\x00": b"\xff" * 3000}, {"c1": S1, "ü": S2})
+    assert first == snapshot_bytes("c1", 5, rows, sessions, revision=2)  # canonical bytes
 
 
 def test_both_backends_write_the_same_bytes(tmp_path: pathlib.Path) -> None:
@@ -710,12 +690,12 @@ def test_install_replaces_the_applied_state_and_the_log_it_covers(backend: Backe
             sync=True,
         )
         storage.apply(changes(2, {b"a": b"1", b"b": b"", b"gone": b"x"}, {"c1": S1, "old": S2}), 0)
-        assert install(storage, snapshot_bytes("c1", 10, NEW_KV, NEW_SESSIONS)) == 10
+        assert install(storage, snapshot_of("c1", 10, NEW_KV, NEW_SESSIONS)) == 10
         seen = storage.load()
     with opened(backend) as storage:
         reopened = storage.load()
     for state in (seen, reopened):
-        assert state.kv == NEW_KV and state.sessions == NEW_SESSIONS
+        assert kv_of(state.history) == NEW_KV and state.sessions == NEW_SESSIONS
         assert state.applied_index == 10 and state.log_start == 11
         assert sorted(state.chosen) == [11, 12, 13]  # kept: beyond the snapshot
         assert sorted(state.accepted) == [11, 12, 13, 14, 15]
@@ -724,7 +704,7 @@ def test_install_replaces_the_applied_state_and_the_log_it_covers(backend: Backe
 
 def test_after_an_install_the_node_goes_on_from_the_index(backend: Backend) -> None:
     with opened(backend) as storage:
-        install(storage, snapshot_bytes("c1", 10, NEW_KV, {}))
+        install(storage, snapshot_of("c1", 10, NEW_KV, {}))
         with pytest.raises(AssertionError):
             storage.apply(changes(9), drop_accepted_through=0)
         storage.persist(None, [entry(11)], [(11, (b"v11",)), (9, (b"late",))], sync=True)
@@ -733,7 +713,7 @@ def test_after_an_install_the_node_goes_on_from_the_index(backend: Backend) -> N
         state = storage.load()
     assert state.applied_index == 11 and state.log_start == 12
     assert state.chosen == {} and state.accepted == {}
-    assert state.kv == {k: v for k, v in NEW_KV.items() if k != b"c"}
+    assert kv_of(state.history) == {k: v for k, v in NEW_KV.items() if k != b"c"}
 
 
 def test_install_of_the_same_index_is_accepted(backend: Backend) -> None:
@@ -744,8 +724,8 @@ def test_install_of_the_same_index_is_accepted(backend: Backend) -> None:
         before = storage.load()
         assert install(storage, data) == 5
         after = storage.load()
-    assert (after.kv, after.sessions, after.applied_index) == (
-        before.kv,
+    assert (kv_of(after.history), after.sessions, after.applied_index) == (
+        kv_of(before.history),
         before.sessions,
         before.applied_index,
     )
@@ -756,7 +736,7 @@ def test_an_older_snapshot_is_refused_at_its_header(backend: Backend) -> None:
     with opened(backend) as storage:
         seed_state(storage)
         before = storage.load()
-        data = snapshot_bytes("c1", 4, NEW_KV, {})
+        data = snapshot_of("c1", 4, NEW_KV, {})
         installer = storage.begin_install()
         with pytest.raises(SnapshotRefused, match="index 4 is older than the applied index 5"):
             installer.write(data)
@@ -768,7 +748,7 @@ def test_an_older_snapshot_is_refused_at_its_header(backend: Backend) -> None:
 def test_a_snapshot_overtaken_while_it_arrived_is_refused_at_finish(backend: Backend) -> None:
     with opened(backend) as storage:
         seed_state(storage)
-        data = snapshot_bytes("c1", 6, NEW_KV, {})
+        data = snapshot_of("c1", 6, NEW_KV, {})
         installer = storage.begin_install()
         installer.write(data)
         storage.apply(changes(7, {b"z": b"z"}), drop_accepted_through=0)
@@ -782,17 +762,17 @@ def test_a_snapshot_of_another_cluster_is_refused_unless_restoring(backend: Back
     with opened(backend) as storage:
         seed_state(storage)
         before = storage.load()
-        data = snapshot_bytes("other", 9, NEW_KV, {})
+        data = snapshot_of("other", 9, NEW_KV, {})
         with pytest.raises(SnapshotRefused, match="cluster 'other' cannot be installed"):
             install(storage, data)
         assert storage.load() == before
         assert install(storage, data, foreign_cluster_ok=True) == 9
-        assert storage.load().kv == NEW_KV
+        assert kv_of(storage.load().history) == NEW_KV
 
 
 @pytest.mark.parametrize("damage", ["flip", "cut", "garbage"])
 def test_a_damaged_snapshot_changes_nothing(backend: Backend, damage: str) -> None:
-    data = bytearray(snapshot_bytes("c1", 10, NEW_KV, NEW_SESSIONS))
+    data = bytearray(snapshot_of("c1", 10, NEW_KV, NEW_SESSIONS))
     if damage == "flip":
         data[len(data) // 2] ^= 0x40
     elif damage == "cut":
@@ -810,7 +790,7 @@ def test_a_damaged_snapshot_changes_nothing(backend: Backend, damage: str) -> No
 
 
 def test_an_aborted_install_changes_nothing(backend: Backend) -> None:
-    data = snapshot_bytes("c1", 10, NEW_KV, NEW_SESSIONS)
+    data = snapshot_of("c1", 10, NEW_KV, NEW_SESSIONS)
     with opened(backend) as storage:
         seed_state(storage)
         before = storage.load()
@@ -827,4 +807,65 @@ def test_an_aborted_install_changes_nothing(backend: Backend) -> None:
         installer.write(data)
         assert installer.finish() == 10
         installer.abort()  # after finish: nothing to undo
-        assert storage.load().kv == NEW_KV
+        assert kv_of(storage.load().history) == NEW_KV
+
+
+# ---- the MVCC history ------------------------------------------------------------------
+
+HERE = pathlib.Path(__file__).resolve().parent
+
+
+def test_history_rows_and_revisions_round_trip_and_are_read_by_row(backend: Backend) -> None:
+    from paxoskv.kv.mvcc import encode_row, encode_tombstone, row_key
+
+    r1 = {row_key(2, 0): encode_row(b"a", 2, 2, 1, b"1", 0), row_key(2, 1): encode_row(b"b", 2, 2, 1, b"2", 0)}
+    r2 = {row_key(3, 0): encode_tombstone(b"a", 3), row_key(2, 1): None}
+    with opened(backend) as storage:
+        storage.apply(Changes(r1, {}, 1, revision=2, compact_revision=-1), 0)
+        assert storage.history_row(row_key(2, 0)) == r1[row_key(2, 0)]  # unsynced, visible
+        storage.apply(Changes(r2, {}, 2, revision=3, compact_revision=2, alarms=((7, 1),)), 0)
+        storage.persist(None, [], [], sync=True)
+        seen = storage.load()
+        rows = list(storage.history_rows(b""))
+        assert storage.history_row(row_key(2, 1)) is None
+        assert list(storage.history_rows(row_key(2, 1), row_key(3, 0))) == []
+        assert [k for k, _ in storage.history_rows(row_key(2, 0), row_key(2, 1))] == [row_key(2, 0)]
+    with opened(backend) as storage:
+        reopened = storage.load()
+        assert list(storage.history_rows(b"")) == rows
+    assert rows == [(row_key(2, 0), r1[row_key(2, 0)]), (row_key(3, 0), r2[row_key(3, 0)])]
+    for state in (seen, reopened):
+        assert state.history == dict(rows)
+        assert (state.revision, state.compact_revision, state.alarms) == (3, 2, ((7, 1),))
+
+
+def test_a_snapshot_carries_the_revisions_and_a_source_reads_its_own_rows(backend: Backend) -> None:
+    with opened(backend) as storage:
+        storage.apply(Changes(rows_of({b"k": b"v"}), {}, 4, revision=9, compact_revision=5, alarms=((3, 1),)), 0)
+        with storage.open_snapshot() as source:
+            storage.apply(Changes(rows_of({b"k": None, b"j": b"w"}), {}, 5, revision=10, compact_revision=5), 0)
+            assert (source.revision, source.compact_revision) == (9, 5)
+            assert kv_of(dict(source.history_rows())) == {b"k": b"v"}  # the view's, not the newer rows
+            data = b"".join(source.chunks())
+    reader = SnapshotReader()
+    rows, _ = reader.feed(data)
+    info = reader.finish()
+    assert (info.revision, info.compact_revision, info.alarms, kv_of(rows)) == (9, 5, ((3, 1),), {b"k": b"v"})
+    with opened(backend) as storage:
+        assert install(storage, snapshot_bytes("c1", 6, dict(rows), {}, 9, 5, ((3, 1),))) == 6
+        state = storage.load()
+        assert (state.revision, state.compact_revision, state.alarms) == (9, 5, ((3, 1),))
+        assert kv_of(state.history) == {b"k": b"v"}
+
+
+def test_a_snapshot_from_before_revisions_is_refused_from_a_peer_and_restored_as_revision_2(backend: Backend) -> None:
+    data = (HERE / "data" / "snapshot-format1.snap").read_bytes()
+    with opened(backend) as storage:
+        with pytest.raises(SnapshotRefused, match="snapshot format 1"):
+            install(storage, data, foreign_cluster_ok=False)
+        assert_fresh(storage.load())
+        assert install(storage, data, foreign_cluster_ok=True) == 9
+        state = storage.load()
+    assert kv_of(state.history) == {b"a": b"1", b"b": b"2", b"\x00bin": b"\xff" * 3, b"big": b"x" * 5000}
+    assert (state.revision, state.compact_revision) == (2, -1)
+    assert {k: s.sequence for k, s in state.sessions.items()} == {"c1": 4}

@@ -25,7 +25,9 @@ from collections.abc import Iterator
 import plyvel
 import pytest
 
-from paxoskv.kv import Changes, Session
+from paxoskv.kv import Session
+
+from kv_rows import kv_changes as Changes, kv_of, rows_of, snapshot_of
 from paxoskv.paxos.types import Ballot, Entry
 from paxoskv.storage import (
     FORMAT_VERSION,
@@ -39,7 +41,6 @@ from paxoskv.storage import (
     WrongFormat,
 )
 from paxoskv.storage.leveldb import STAGING_PREFIX, LevelDBStorage, _storage_error, data_dir_bytes
-from paxoskv.storage.snapshot import snapshot_bytes
 from paxoskv.v1 import kv_pb2, peer_pb2, storage_pb2
 
 
@@ -132,6 +133,7 @@ def test_a_database_held_by_another_process_is_locked(tmp_path: pathlib.Path) ->
 WRITER = """
 import sys, time
 from paxoskv.kv import Changes
+from paxoskv.kv.mvcc import encode_row, row_key
 from paxoskv.paxos.types import Ballot, Entry
 from paxoskv.storage.leveldb import LevelDBStorage
 storage = LevelDBStorage.open(sys.argv[1], 1, "c")
@@ -140,7 +142,8 @@ slot = 0
 while slot < 100_000 and time.monotonic() < deadline:
     slot += 1
     storage.persist(Ballot(slot, 1), [Entry(slot, Ballot(slot, 1), (b"v%d" % slot,))], [], sync=True)
-    storage.apply(Changes({b"k%d" % slot: b"x" * 50}, {}, slot), drop_accepted_through=0)
+    row = encode_row(b"k%d" % slot, slot + 1, slot + 1, 1, b"x" * 50, 0)
+    storage.apply(Changes({row_key(slot + 1, 0): row}, {}, slot, revision=slot + 1), drop_accepted_through=0)
     print(slot, flush=True)
 """
 
@@ -169,7 +172,7 @@ def test_synced_writes_survive_sigkill_of_the_writer(tmp_path: pathlib.Path) -> 
     assert all(state.accepted[s].value == (b"v%d" % s,) for s in state.accepted)
     assert state.promised == Ballot(written, 1)
     assert state.applied_index in (written - 1, written)
-    assert state.kv == {b"k%d" % s: b"x" * 50 for s in range(1, state.applied_index + 1)}
+    assert kv_of(state.history) == {b"k%d" % s: b"x" * 50 for s in range(1, state.applied_index + 1)}
 
 
 def test_a_torn_log_tail_loses_whole_batches_only(tmp_path: pathlib.Path) -> None:
@@ -193,7 +196,7 @@ def test_a_torn_log_tail_loses_whole_batches_only(tmp_path: pathlib.Path) -> Non
         with LevelDBStorage.open(copy, 1, "c") as storage:
             state = storage.load()
         applied = state.applied_index
-        assert state.kv == {
+        assert kv_of(state.history) == {
             key: value
             for i in range(1, applied + 1)
             for key, value in ((b"a%d" % i, b"x" * 300), (b"b%d" % i, b"y" * 300))
@@ -244,7 +247,7 @@ def test_full_disk_fails_the_write_and_every_later_one(tmp_path: pathlib.Path) -
             storage.close()
         with LevelDBStorage.open(root / "db", 1, "c") as storage:
             state = storage.load()
-            assert state.promised == Ballot(1, 1) and state.accepted == {} and state.kv == {}
+            assert state.promised == Ballot(1, 1) and state.accepted == {} and kv_of(state.history) == {}
             storage.persist(Ballot(4, 1), [], [], sync=True)  # a fresh handle writes again
 
 
@@ -264,22 +267,25 @@ def test_key_layout(tmp_path: pathlib.Path) -> None:
         records = dict(db.iterator())
     finally:
         db.close()
+    row = b"rev/" + rows_of({b"key": b"val"}).popitem()[0]
     assert sorted(records) == [
         b"accepted/\x00\x00\x00\x00\x00\x00\x01\x02",
         b"acceptor",
         b"applied",
         b"chosen/\x00\x00\x00\x00\x00\x00\x00\x02",
-        b"kv/key",
         b"meta",
+        row,
         b"session/cli",
     ]
     meta = storage_pb2.NodeMeta.FromString(records[b"meta"])
     assert (meta.format_version, meta.node_id, meta.cluster_id) == (FORMAT_VERSION, 7, "prod")
     # Slot 2 was chosen with a value this store did not accept: stored in full.
     assert peer_pb2.Value.FromString(records[b"chosen/\x00\x00\x00\x00\x00\x00\x00\x02"]).commands == [b"a", b"b"]
-    assert storage_pb2.AppliedState.FromString(records[b"applied"]).applied_index == 2
+    applied = storage_pb2.AppliedState.FromString(records[b"applied"])
+    assert (applied.applied_index, applied.revision, applied.compact_revision) == (2, 2, -1)
     assert storage_pb2.AcceptorState.FromString(records[b"acceptor"]).promised.round == 3
-    assert records[b"kv/key"] == b"val"
+    record = storage_pb2.HistoryRecord.FromString(records[row])
+    assert (record.kv.key, record.kv.value, record.kv.mod_revision, record.tombstone) == (b"key", b"val", 2, False)
 
 
 def write_raw(path: pathlib.Path, key: bytes, value: bytes) -> None:
@@ -325,9 +331,9 @@ def test_records_without_identity_are_corrupt(tmp_path: pathlib.Path) -> None:
 def test_another_format_version_is_refused(tmp_path: pathlib.Path) -> None:
     path = tmp_path / "db"
     LevelDBStorage.open(path, 1, "c").close()
-    meta = storage_pb2.NodeMeta(format_version=4, node_id=1, cluster_id="c")
+    meta = storage_pb2.NodeMeta(format_version=5, node_id=1, cluster_id="c")
     write_raw(path, b"meta", meta.SerializeToString())
-    with pytest.raises(WrongFormat, match="format version 4, this paxoskv reads 1, 2, 3"):
+    with pytest.raises(WrongFormat, match="format version 5, this paxoskv reads 1, 2, 3, 4"):
         LevelDBStorage.open(path, 1, "c")
 
 
@@ -352,7 +358,7 @@ def test_an_older_store_is_read_and_marked_the_current_version(tmp_path: pathlib
     """Version 1 stored every chosen value in full, versions 1 and 2 hold no
     packed batch: still read as is; the store is marked the current version
     before anything else is written, so an older paxoskv refuses it."""
-    assert FORMAT_VERSION == 3
+    assert FORMAT_VERSION == 4
     path = tmp_path / "db"
     with LevelDBStorage.open(path, 1, "c") as storage:
         storage.persist(None, [Entry(1, Ballot(1, 1), (b"a",))], [], sync=True)
@@ -518,7 +524,7 @@ def test_synced_install_throughput(
             assert installer.finish() == 7
         t3 = time.perf_counter()
         state = b.load()
-        assert state.kv == kv and state.sessions == sessions and state.applied_index == 7
+        assert kv_of(state.history) == kv and state.sessions == sessions and state.applied_index == 7
     size_mb = sum(map(len, chunks)) / 1e6
     with capsys.disabled():
         print(
@@ -565,12 +571,12 @@ def test_reclaim_after_an_install_gives_the_old_state_space_back(tmp_path: pathl
         storage.apply(Changes(dict(big), {}, 1), drop_accepted_through=0)
         storage.persist(None, [], [], sync=True)
         full = data_dir_bytes(path)
-        data = snapshot_bytes("c", 5, {b"small": b"x"}, {})
+        data = snapshot_of("c", 5, {b"small": b"x"}, {})
         with storage.begin_install() as installer:
             installer.write(data)
             installer.finish()
         storage.reclaim()
-        assert storage.load().kv == {b"small": b"x"}
+        assert kv_of(storage.load().history) == {b"small": b"x"}
         assert data_dir_bytes(path) < full / 10
 
 
@@ -591,7 +597,7 @@ def staging_files(path: pathlib.Path) -> list[str]:
 
 def test_an_install_stages_in_the_data_dir_and_cleans_up(tmp_path: pathlib.Path) -> None:
     path = tmp_path / "db"
-    data = snapshot_bytes("c", 5, {b"k%d" % i: b"v" * 100 for i in range(200)}, {})
+    data = snapshot_of("c", 5, {b"k%d" % i: b"v" * 100 for i in range(200)}, {})
     with LevelDBStorage.open(path, 1, "c") as storage:
         installer = storage.begin_install()
         installer.write(data[:1000])
@@ -647,7 +653,7 @@ def test_sources_are_read_while_other_threads_write(tmp_path: pathlib.Path) -> N
                     index = source.applied_index
                     data = b"".join(source.chunks(10_000))
                 reader = SnapshotReader()
-                got = dict(reader.feed(data)[0])
+                got = kv_of(dict(reader.feed(data)[0]))
                 assert reader.finish().applied_index == index
                 snapshots.append((index, got))
         finally:
@@ -692,7 +698,7 @@ def test_reclaim_runs_beside_writes(tmp_path: pathlib.Path) -> None:
             storage.apply(Changes({b"k": b"%d" % index}, {}, index), drop_accepted_through=index)
         thread.join()
         state = storage.load()
-    assert state.applied_index == 3200 and state.kv == {b"k": b"3200"}
+    assert state.applied_index == 3200 and kv_of(state.history) == {b"k": b"3200"}
     assert sorted(state.chosen) == list(range(2901, 3201)) and state.accepted == {}
 
 
@@ -751,7 +757,7 @@ def test_sigkill_during_an_install_leaves_the_old_or_the_new_state(tmp_path: pat
         "c2": Session(1, kv_pb2.CommandResult(index=3), 3),
     }
     snapshot = tmp_path / "snapshot"
-    snapshot.write_bytes(snapshot_bytes("c", 100, kv, sessions))
+    snapshot.write_bytes(snapshot_of("c", 100, kv, sessions))
     chunks = -(-snapshot.stat().st_size // (256 * 1024))
     new = LoadedState(
         promised=old.promised,
@@ -759,8 +765,9 @@ def test_sigkill_during_an_install_leaves_the_old_or_the_new_state(tmp_path: pat
         chosen={s: v for s, v in old.chosen.items() if s > 100},
         log_start=101,
         applied_index=100,
-        kv=kv,
+        history={k: v for k, v in rows_of(kv).items() if v is not None},
         sessions=sessions,
+        revision=2,
     )
     rng = random.Random(5)
     outcomes: list[tuple[str, str]] = []
@@ -823,10 +830,10 @@ def test_a_torn_install_batch_is_lost_whole(tmp_path: pathlib.Path) -> None:
     kv = {b"key%06d" % i: b"%060d" % i for i in range(5_000)}
     with LevelDBStorage.open(path, 1, "c") as storage:
         with storage.begin_install() as installer:
-            installer.write(snapshot_bytes("c", 100, kv, {}))
+            installer.write(snapshot_of("c", 100, kv, {}))
             installer.finish()
         new = storage.load()
-    assert new.kv == kv
+    assert kv_of(new.history) == kv
     [log] = [p for p in path.iterdir() if p.suffix == ".log" and p.name not in logs_before]
     size = log.stat().st_size
     assert size > 5_000 * 70  # the switch batch is in this log
@@ -847,7 +854,7 @@ def test_a_store_switches_compression_and_reads_what_it_wrote_before(tmp_path: p
     for round_, compression in enumerate(["snappy", None, "snappy", None]):
         with LevelDBStorage.open(path, 1, "c", compression=compression) as storage:
             state = storage.load()
-            assert {k: v for k, v in state.kv.items()} == {b"k%d" % i: value for i in range(round_)}
+            assert {k: v for k, v in kv_of(state.history).items()} == {b"k%d" % i: value for i in range(round_)}
             storage.apply(Changes(kv={b"k%d" % round_: value}, sessions={}, applied_index=round_ + 1), 0)
             storage.reclaim()  # a full compaction: the records go to table files, in this round's compression
     with pytest.raises(ValueError, match="compression must be one of"):
@@ -862,6 +869,6 @@ def test_without_compression_the_table_files_hold_the_bytes_as_they_are(tmp_path
             kv = {b"k%05d" % i: b"compressible " * 80 for i in range(2000)}
             storage.apply(Changes(kv=kv, sessions={}, applied_index=1), 0)
         with LevelDBStorage.open(path, 1, "c", compression=compression) as storage:  # the log becomes a table
-            assert len(storage.load().kv) == 2000
+            assert len(kv_of(storage.load().history)) == 2000
         sizes[compression] = sum(f.stat().st_size for f in path.glob("*.ldb"))
     assert sizes[None] > 2000 * 1040 > 10 * sizes["snappy"], sizes

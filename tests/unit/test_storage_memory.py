@@ -12,7 +12,9 @@ from collections import Counter
 
 import pytest
 
-from paxoskv.kv import Changes, Session
+from paxoskv.kv import Changes as RawChanges, Session
+
+from kv_rows import kv_changes as Changes, kv_of, snapshot_of
 from paxoskv.paxos.types import Ballot, Entry
 from paxoskv.storage import LoadedState, Locked, MemoryDisk, MemoryStorage, NotWritable
 from paxoskv.v1 import kv_pb2
@@ -79,7 +81,7 @@ def test_synced_batch_makes_every_earlier_batch_durable() -> None:
         storage.apply(Changes({b"b": b"2"}, {}, 2 + seed), drop_accepted_through=0)
         storage.crash(random.Random(seed))
         state = storage.load()
-        assert state.kv.get(b"a") == b"1" and state.promised == Ballot(3, 1)
+        assert kv_of(state.history).get(b"a") == b"1" and state.promised == Ballot(3, 1)
         assert state.accepted == before.accepted
     assert storage.disk.syncs >= 2
 
@@ -133,7 +135,7 @@ def test_full_disk_fault_refuses_writes_and_changes_nothing() -> None:
     assert storage.disk.pending_batches == 1
     storage.fault_full_disk = False
     storage.apply(Changes({b"k": b"v"}, {}, 1), drop_accepted_through=0)
-    assert storage.load().kv == {b"k": b"v"}
+    assert kv_of(storage.load().history) == {b"k": b"v"}
 
 
 def test_full_disk_refuses_open() -> None:
@@ -150,8 +152,8 @@ def test_storage_is_what_was_stored_not_a_view_of_the_caller_data() -> None:
     storage.apply(Changes(kv, {}, 1), drop_accepted_through=0)
     kv[b"k"] = b"changed"
     loaded = storage.load()
-    loaded.kv[b"x"] = b"y"
-    assert storage.load().kv == {b"k": b"v"}
+    loaded.history.clear()
+    assert kv_of(storage.load().history) == {b"k": b"v"}
 
 
 def test_bad_values_are_caught_at_the_call() -> None:
@@ -161,7 +163,9 @@ def test_bad_values_are_caught_at_the_call() -> None:
     with pytest.raises(AssertionError):
         storage.persist(None, [], [(0, ())], sync=True)
     with pytest.raises(AssertionError):
-        storage.apply(Changes({"str": b"v"}, {}, 1), drop_accepted_through=0)  # type: ignore[dict-item]
+        storage.apply(RawChanges({"str": b"v"}, {}, 1), drop_accepted_through=0)  # type: ignore[dict-item]
+    with pytest.raises(AssertionError):
+        storage.apply(RawChanges({b"short": b"v"}, {}, 1), drop_accepted_through=0)  # a row key is 16 bytes
 
 
 # ---- crashes during a snapshot install ------------------------------------------------------
@@ -172,11 +176,10 @@ def test_a_crash_at_any_step_of_an_install_leaves_the_old_or_the_new_state() -> 
     with an unsynced batch of the old state still pending: the store comes
     back on a prefix of the old batches before ``finish`` returned, and on
     the new state after."""
-    from paxoskv.storage.snapshot import snapshot_bytes
-
+    
     kv = {b"key%03d" % i: b"new%d" % i for i in range(0, 300, 3)}
     sessions = {"c1": Session(5, kv_pb2.CommandResult(index=40), 40)}
-    data = snapshot_bytes("test", 50, kv, sessions)
+    data = snapshot_of("test", 50, kv, sessions)
     chunk_bytes = 256
     chunks = [data[i : i + chunk_bytes] for i in range(0, len(data), chunk_bytes)]
     steps = len(chunks) + 2  # begin, each chunk, finish
@@ -207,7 +210,7 @@ def test_a_crash_at_any_step_of_an_install_leaves_the_old_or_the_new_state() -> 
             storage.crash(rng)
             state = storage.load()
             if finished:
-                assert state.kv == kv and state.sessions == sessions
+                assert kv_of(state.history) == kv and state.sessions == sessions
                 assert state.applied_index == 50 and state.log_start == 51
                 assert sorted(state.chosen) == [51, 52, 53]
                 assert sorted(state.accepted) == list(range(51, 56))
@@ -223,13 +226,12 @@ def test_a_crash_at_any_step_of_an_install_leaves_the_old_or_the_new_state() -> 
 
 
 def test_the_install_is_one_synced_batch() -> None:
-    from paxoskv.storage.snapshot import snapshot_bytes
-
+    
     storage = MemoryStorage(cluster_id="test")
     storage.apply(Changes({b"a": b"1"}, {}, 1), 0)
     written, syncs = storage.disk.batches_written, storage.disk.syncs
     with storage.begin_install() as installer:
-        installer.write(snapshot_bytes("test", 9, {b"b": b"2", b"c": b"3"}, {}))
+        installer.write(snapshot_of("test", 9, {b"b": b"2", b"c": b"3"}, {}))
         installer.finish()
     assert storage.disk.batches_written == written + 1 and storage.disk.syncs == syncs + 1
     assert storage.disk.pending_batches == 0

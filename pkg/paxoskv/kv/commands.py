@@ -20,7 +20,10 @@ Exactly-once identity: ``client_id`` empty means "no session" and then
 ``sequence`` must be 0. A non-empty ``client_id`` needs ``sequence >= 1``
 (sequences of one client start at 1 and grow by one per new request). A
 packed batch (``BatchOp.request`` set) has one identity for all its ops: op
-k has sequence ``request.sequence + k`` and no header of its own.
+k has sequence ``request.sequence + k`` and no header of its own. A
+``client_id`` starting with ``NODE_ASSIGNED_PREFIX`` is one a node made up
+for a write that came without one (the state machine keeps such sessions in
+a pool of their own). An etcd command (``Command.etcd``) always carries one.
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ from google.protobuf.message import DecodeError as _ProtobufDecodeError
 from paxoskv.v1 import kv_pb2
 
 __all__ = [
+    "NODE_ASSIGNED_PREFIX",
     "DecodeError",
     "Limits",
     "SEQUENCE_MAX",
@@ -45,6 +49,15 @@ __all__ = [
     "validate_packed",
     "validate_packed_op",
 ]
+
+
+NODE_ASSIGNED_PREFIX = "anon-"
+
+
+def node_assigned_id(bits: int) -> str:
+    """The client id a node gives a write that came without one (``bits``:
+    128 random bits)."""
+    return "%s%032x" % (NODE_ASSIGNED_PREFIX, bits)
 
 
 class DecodeError(ValueError):
@@ -114,6 +127,11 @@ def validate(cmd: kv_pb2.Command, limits: Limits) -> str | None:
     if op is None:
         err = validate_identity(cmd.client_id, cmd.sequence, limits)
         return err if err is not None else "command has no operation (put or delete)"
+    if op == "etcd":
+        err = validate_identity(cmd.client_id, cmd.sequence, limits)
+        if err is not None:
+            return err
+        return None if cmd.etcd.WhichOneof("request") else "an etcd command has no request"
     if op == "put":
         return validate_op(cmd.client_id, cmd.sequence, cmd.put.key, cmd.put.value, limits)
     return validate_op(cmd.client_id, cmd.sequence, cmd.delete.key, b"", limits)

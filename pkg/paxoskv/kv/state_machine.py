@@ -1,4 +1,5 @@
-"""The replicated state machine: chosen log slots -> key-value map, exactly once.
+"""The replicated state machine: chosen log slots -> an MVCC key-value store,
+exactly once.
 
 Rules:
 
@@ -7,12 +8,21 @@ Rules:
   chosen batch of encoded ``Command`` bytes; the empty tuple is a no-op that
   only advances ``applied_index``.
 - Deterministic: the outputs and the new state depend only on the previous
-  state, ``index``, ``value``, ``limits`` and ``sessions_max``. No clock, no
+  state, ``index``, ``value``, ``limits`` and the session bounds. No clock, no
   randomness, no iteration over unordered containers decides anything. Every
-  replica of a cluster must use the same ``limits`` and ``sessions_max``.
+  replica of a cluster must use the same ``limits`` and session bounds.
 - Never raises on bad data from the log. An undecodable command or one that
   ``validate`` rejects is answered ``INVALID`` with the reason, and changes
   nothing (no key, no session).
+- One MVCC store (``paxoskv.kv.mvcc``) holds every key, whichever API wrote
+  it. A command that changes something is ONE revision: a unary put or
+  delete, every write of a ``BatchOp`` (packed or per-op) and every write of
+  an etcd ``Txn`` share their command's revision, with sub-revisions in
+  order; a command that changes nothing (a delete of a missing key, a
+  duplicate, a Txn whose branch writes nothing) does not bump it.
+- An etcd command (``Command.etcd``, ``paxoskv.kv.etcd``) is answered with
+  etcd's response message or an ``EtcdError`` (then nothing was written);
+  its ``Applied`` carries the proposing node's ``waiter``.
 - Exactly-once. A command with a non-empty ``client_id`` belongs to that
   client's session, which remembers the client's last ``sequence``, its
   result and the slot it was applied at (``last_index``):
@@ -31,46 +41,70 @@ Rules:
   ``request.sequence + len(ops) - 1``: applied when the session is below the
   first; the same batch again (the session ends at its last sequence and
   holds one outcome per op) gets its first results back; anything else is
-  ``STALE_SEQUENCE`` for every op.
-- Bounded sessions. When a new session makes the table larger than
-  ``sessions_max``, the session with the smallest ``last_index`` is evicted
-  (ties: the smallest ``client_id``). A client whose session was evicted and
-  who retries an old command gets it applied again: ``sessions_max`` must be
-  large enough for the number of clients active at once.
+  ``STALE_SEQUENCE`` for every op. An etcd command seen again is not applied
+  again (its waiter was answered the first time: ``DUPLICATE``).
+- Bounded sessions, in two pools. Identities a node made up (``client_id``
+  starting with ``NODE_ASSIGNED_PREFIX``: anonymous paxoskv.v1 writes and
+  every etcd write) live in a pool of ``node_sessions_max``; clients' own in
+  one of ``sessions_max``, so etcd write churn never evicts a client's
+  session. When a new session makes its pool larger than its bound, the
+  session with the smallest ``last_index`` is evicted (ties: the smallest
+  ``client_id``). A command whose session was evicted is applied again if it
+  reaches the log again: a client must not be retrying with more than
+  ``sessions_max`` others active; a node-assigned command reaching the log
+  twice more than ``node_sessions_max`` node-assigned writes apart is
+  applied twice.
 - Every command of a slot yields one ``Applied`` entry, in order, so the node
   can answer every waiting client, duplicates included.
 
-Theory of operation: the map is a plain dict. Sessions live in an
-``OrderedDict`` kept in ``last_index`` order (a session moves to the end when
-it is touched, and slots are applied in increasing order), so the eviction
-candidates are at the front; only the leading run of sessions sharing the
-smallest ``last_index`` (at most one slot's worth) is scanned for the
-smallest ``client_id``. Every change is also recorded in a change set that
-``take_changes()`` hands to storage as one atomic apply batch.
-
-Snapshots: ``snapshot_items()`` copies the whole state in a canonical order;
-``restore()`` replaces the state by a snapshot's, and the next change set says
-``reset`` so storage replaces its copy in the same single batch.
+Theory of operation: the store keeps live records in a dict and the key
+index in memory, and hands the history rows it wrote and dropped to storage
+with the sessions and the applied index, as one atomic apply batch
+(``take_changes``). Sessions live in ``OrderedDict``s kept in
+``last_index`` order (a session moves to the end when it is touched, and
+slots are applied in increasing order), so the eviction candidates are at
+the front; only the leading run of sessions sharing the smallest
+``last_index`` (at most one slot's worth) is scanned for the smallest
+``client_id``.
 """
 
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
 
-from paxoskv.kv.commands import DecodeError, Limits, decode, validate, validate_op, validate_packed_op
+from paxoskv.etcdpb import rpc_pb2
+from paxoskv.kv import etcd
+from paxoskv.kv.commands import (
+    NODE_ASSIGNED_PREFIX,
+    DecodeError,
+    Limits,
+    decode,
+    validate,
+    validate_op,
+    validate_packed_op,
+)
+from paxoskv.kv.etcd import Alarm, EtcdError, Leases
+from paxoskv.kv.mvcc import HistoryReader, MVCCStore, legacy_rows
 from paxoskv.protowire import len_field, varint
 from paxoskv.v1 import kv_pb2, storage_pb2
 
-__all__ = ["Applied", "Changes", "KVStateMachine", "Session"]
+__all__ = ["Applied", "Changes", "DUPLICATE", "KVStateMachine", "Session"]
 
 _OK = kv_pb2.CommandResult.OK
 _INVALID = kv_pb2.CommandResult.INVALID
 _STALE = kv_pb2.CommandResult.STALE_SEQUENCE
-# Session.batch: 0 and 1 are an applied op's ``existed``; this one is INVALID.
+_NO_SPACE = kv_pb2.CommandResult.NO_SPACE
+# Session.batch: 0 and 1 are an applied op's ``existed``; 2 INVALID; 3 NO_SPACE.
 _PACKED_INVALID = 2
+_PACKED_NO_SPACE = 3
+_NO_SPACE_ERROR = etcd.ERR_NO_SPACE.message
+_EMPTY_RESULT = kv_pb2.CommandResult()
+
+# The result of an etcd command applied before: its waiter had the answer.
+DUPLICATE = "duplicate"
 
 
 def _stale(index: int, client_id: str, sequence: int, session: Session) -> kv_pb2.CommandResult:
@@ -146,64 +180,96 @@ class Applied:
     ``client_id`` and ``sequence`` are empty/0 for a command without a session
     and for an undecodable one. A batch command's answer is the tuple of its
     ops' results, with the proposing node's ``waiter`` handle (its
-    ``BatchOp.waiter``) and no identity.
+    ``BatchOp.waiter``) and no identity. An etcd command's is etcd's response
+    message, an ``EtcdError`` or ``DUPLICATE``, with its ``EtcdOp.waiter``.
     """
 
     client_id: str
     sequence: int
-    result: kv_pb2.CommandResult | tuple[kv_pb2.CommandResult, ...]
+    result: object
     waiter: bytes = b""
 
 
 @dataclass(frozen=True, slots=True)
 class Changes:
-    """What changed since the last ``take_changes()``; ``None`` means deleted.
+    """What changed since the last ``take_changes()``: history rows written
+    (bytes) or dropped (None) by row key, sessions (None: evicted), and the
+    applied index, revision counters and alarms after them."""
 
-    ``reset`` (after ``restore``): every stored key and session is dropped
-    first, and ``kv``/``sessions`` are then the whole new state (plus what was
-    applied after it).
-    """
-
-    kv: dict[bytes, bytes | None]
+    history: dict[bytes, bytes | None]
     sessions: dict[str, Session | None]
     applied_index: int
-    reset: bool = False
+    revision: int = 1
+    compact_revision: int = -1
+    alarms: tuple[Alarm, ...] = ()
 
 
 class KVStateMachine:
-    """A deterministic key-value map with exactly-once client sessions.
+    """A deterministic MVCC key-value store with exactly-once client sessions.
 
-    The state machine takes ownership of ``kv`` (mutated in place) and copies
-    ``sessions``.
+    ``history``: the stored history rows (row key -> row), with the store's
+    ``revision`` and ``compact_revision``; ``reader``: where the store reads
+    the rows it does not hold (the storage; None: it keeps them itself).
+    ``sessions`` is copied.
     """
 
     def __init__(
         self,
-        kv: dict[bytes, bytes],
-        sessions: Mapping[str, Session],
-        applied_index: int,
+        history: Mapping[bytes, bytes] | Iterable[tuple[bytes, bytes]] = (),
+        sessions: Mapping[str, Session] | None = None,
+        applied_index: int = 0,
         limits: Limits = Limits(),
         sessions_max: int = 100_000,
+        *,
+        revision: int = 1,
+        compact_revision: int = -1,
+        alarms: Iterable[Alarm] = (),
+        reader: HistoryReader | None = None,
+        node_sessions_max: int = 65_536,
+        leases: Leases = etcd.NO_LEASES,
     ) -> None:
         if applied_index < 0:
             raise ValueError(f"applied_index must be >= 0, not {applied_index}")
-        if sessions_max < 1:
-            raise ValueError(f"sessions_max must be >= 1, not {sessions_max}")
+        if sessions_max < 1 or node_sessions_max < 1:
+            raise ValueError(f"session bounds must be >= 1, not {sessions_max}, {node_sessions_max}")
+        sessions = sessions or {}
         late = [cid for cid, s in sessions.items() if s.last_index > applied_index]
         if late:
             raise ValueError(
                 f"sessions {late[:3]} were applied after applied_index {applied_index}"
             )
-        self._kv = kv
+        rows = history.items() if isinstance(history, Mapping) else history
+        self._store = MVCCStore(rows, revision=revision, compact_revision=compact_revision, reader=reader)
+        ordered = sorted(sessions.items(), key=lambda item: (item[1].last_index, item[0]))
         self._sessions: OrderedDict[str, Session] = OrderedDict(
-            sorted(sessions.items(), key=lambda item: (item[1].last_index, item[0]))
+            (cid, s) for cid, s in ordered if not cid.startswith(NODE_ASSIGNED_PREFIX)
         )
+        self._node_sessions: OrderedDict[str, Session] = OrderedDict(
+            (cid, s) for cid, s in ordered if cid.startswith(NODE_ASSIGNED_PREFIX)
+        )
+        self._alarms: tuple[Alarm, ...] = tuple(sorted(set(alarms)))
+        self._nospace = any(a == etcd.ALARM_NOSPACE for _, a in self._alarms)  # read per put: kept, not computed
+        self._leases = leases
         self._applied_index = applied_index
         self._limits = limits
         self._sessions_max = sessions_max
-        self._kv_changes: dict[bytes, bytes | None] = {}
+        self._node_sessions_max = node_sessions_max
         self._session_changes: dict[str, Session | None] = {}
-        self._reset = False
+        self.get = self._store.get  # the store's dict lookup itself: the hot read
+
+    @classmethod
+    def from_kv(
+        cls,
+        kv: Mapping[bytes, bytes],
+        sessions: Mapping[str, Session] | None = None,
+        applied_index: int = 0,
+        limits: Limits = Limits(),
+        **kwargs: object,
+    ) -> KVStateMachine:
+        """A store holding ``kv`` as a store from before MVCC migrates to:
+        every key version 1 at revision 2 (revision 1 when ``kv`` is empty)."""
+        rows = list(legacy_rows(sorted(kv.items())))
+        return cls(rows, sessions, applied_index, limits, revision=2 if rows else 1, **kwargs)  # type: ignore[arg-type]
 
     # ---- reading ---------------------------------------------------------------
 
@@ -219,26 +285,55 @@ class KVStateMachine:
     def sessions_max(self) -> int:
         return self._sessions_max
 
-    def get(self, key: bytes) -> bytes | None:
-        return self._kv.get(key)
+    @property
+    def store(self) -> MVCCStore:
+        """The MVCC store (read it; only ``apply`` writes)."""
+        return self._store
+
+    @property
+    def revision(self) -> int:
+        return self._store.revision
+
+    @property
+    def compact_revision(self) -> int:
+        return self._store.compact_revision
+
+    @property
+    def alarms(self) -> tuple[Alarm, ...]:
+        """The raised alarms, (member id, etcd AlarmType), sorted."""
+        return self._alarms
+
+    @property
+    def nospace(self) -> bool:
+        """The NOSPACE alarm is raised (by any member): puts are refused."""
+        return self._nospace
+
+    def get(self, key: bytes) -> bytes | None:  # replaced by the store's get in __init__
+        return self._store.get(key)
 
     def __len__(self) -> int:
-        return len(self._kv)
+        return len(self._store)
 
     def __contains__(self, key: object) -> bool:
-        return key in self._kv
+        return key in self._store
 
     def items(self) -> Iterator[tuple[bytes, bytes]]:
-        """Every (key, value), in no particular order."""
-        return iter(self._kv.items())
+        """Every live (key, value), in no particular order."""
+        return self._store.items()
 
     def session(self, client_id: str) -> Session | None:
-        return self._sessions.get(client_id)
+        pool = self._node_sessions if client_id.startswith(NODE_ASSIGNED_PREFIX) else self._sessions
+        return pool.get(client_id)
 
     @property
     def sessions(self) -> Mapping[str, Session]:
-        """A read-only view of the session table."""
+        """A read-only view of the clients' session table."""
         return MappingProxyType(self._sessions)
+
+    @property
+    def node_sessions(self) -> Mapping[str, Session]:
+        """A read-only view of the node-assigned identities' sessions."""
+        return MappingProxyType(self._node_sessions)
 
     # ---- applying --------------------------------------------------------------
 
@@ -255,19 +350,25 @@ class KVStateMachine:
         except DecodeError as exc:
             return Applied("", 0, kv_pb2.CommandResult(code=_INVALID, index=index, error=str(exc)))
         client_id, sequence = cmd.client_id, cmd.sequence
-        if cmd.HasField("batch"):
+        kind = cmd.WhichOneof("op")
+        if kind == "batch":
             return self._apply_batch(index, cmd)
+        if kind == "etcd":
+            return self._apply_etcd(index, cmd)
         error = validate(cmd, self._limits)
         if error is not None:
             return Applied(
                 client_id, sequence, kv_pb2.CommandResult(code=_INVALID, index=index, error=error)
             )
         if client_id:
-            session = self._sessions.get(client_id)
+            pool = self._node_sessions if client_id.startswith(NODE_ASSIGNED_PREFIX) else self._sessions
+            session = pool.get(client_id)
             if session is not None and sequence == session.sequence:
                 return Applied(client_id, sequence, _copy_result(session.result))
             if session is not None and sequence < session.sequence:
                 return Applied(client_id, sequence, _stale(index, client_id, sequence, session))
+        if kind == "put" and self._nospace:
+            return Applied(client_id, sequence, kv_pb2.CommandResult(code=_NO_SPACE, index=index, error=_NO_SPACE_ERROR))
         result = self._execute(index, cmd)
         if client_id:
             self._remember(client_id, Session(sequence, _copy_result(result), index))
@@ -277,24 +378,32 @@ class KVStateMachine:
         """Every op of a batch command, in order, each exactly as if it were a
         command of its own (its identity, its validation, its result); one
         ``Applied`` carries the tuple of their results. A result is shared with
-        the session that remembers it: results are never mutated."""
+        the session that remembers it: results are never mutated. The writes
+        share one revision."""
         error = validate(cmd, self._limits)
         waiter = cmd.batch.waiter
         if error is not None:
             return Applied("", 0, (kv_pb2.CommandResult(code=_INVALID, index=index, error=error),), waiter)
-        if cmd.batch.HasField("request"):
-            return Applied("", 0, self._apply_packed(index, cmd.batch), waiter)
+        store = self._store
+        store.begin()
+        try:
+            if cmd.batch.HasField("request"):
+                return Applied("", 0, self._apply_packed(index, cmd.batch), waiter)
+            return Applied("", 0, self._apply_per_op(index, cmd.batch), waiter)
+        finally:
+            store.end()
+
+    def _apply_per_op(self, index: int, batch: kv_pb2.BatchOp) -> tuple[kv_pb2.CommandResult, ...]:
         limits = self._limits
         key_max, value_max = limits.key_bytes_max, limits.value_bytes_max
         client_id_chars_max = limits.client_id_bytes_max // 4  # this many chars fit in any UTF-8
-        sessions = self._sessions
-        kv = self._kv
-        kv_changes = self._kv_changes
+        store = self._store
+        nospace = self._nospace
         Result = kv_pb2.CommandResult
         ok = _ok_pair(index)
         results: list[kv_pb2.CommandResult] = []
         append = results.append
-        for op in cmd.batch.ops:
+        for op in batch.ops:
             kind = op.WhichOneof("op")
             if kind == "put":
                 req = op.put
@@ -323,27 +432,25 @@ class KVStateMachine:
                     append(Result(code=_INVALID, index=index, error=error))
                     continue
             if client_id:
-                session = sessions.get(client_id)
+                session = self.session(client_id)
                 if session is not None and sequence <= session.sequence:
                     if sequence == session.sequence:
                         append(session.result)
                     else:
                         append(_stale(index, client_id, sequence, session))
                     continue
-            # Inline, not self._write: a call per op costs ~10% of this loop.
             if kind == "put":
-                existed = key in kv
-                kv[key] = value
-                kv_changes[key] = value
+                if nospace:
+                    append(Result(code=_NO_SPACE, index=index, error=_NO_SPACE_ERROR))
+                    continue
+                existed = store.put(key, value) is not None
             else:
-                existed = kv.pop(key, None) is not None
-                if existed:
-                    kv_changes[key] = None
+                existed = store.delete(key) is not None
             result = ok[existed]
             if client_id:
                 self._remember(client_id, Session(sequence, result, index))
             append(result)
-        return Applied("", 0, tuple(results), waiter)
+        return tuple(results)
 
     def _apply_packed(self, index: int, batch: kv_pb2.BatchOp) -> tuple[kv_pb2.CommandResult, ...]:
         """A packed batch (validated): one session check for all its ops, and
@@ -353,15 +460,16 @@ class KVStateMachine:
         first = batch.request.sequence
         ops = batch.ops
         last = first + len(ops) - 1
-        session = self._sessions.get(client_id)
+        session = self.session(client_id)
         if session is not None and first <= session.sequence:
             if session.sequence == last and len(session.batch) == len(ops):
                 return self._replay_packed(session, ops)
             return tuple(_stale(index, client_id, first + k, session) for k in range(len(ops)))
         limits = self._limits
         key_max, value_max = limits.key_bytes_max, limits.value_bytes_max
-        kv = self._kv
-        kv_changes = self._kv_changes
+        store = self._store
+        put, delete = store.put, store.delete
+        nospace = self._nospace
         Result = kv_pb2.CommandResult
         ok = _ok_pair(index)
         results: list[kv_pb2.CommandResult] = []
@@ -386,15 +494,14 @@ class KVStateMachine:
                     codes[k] = _PACKED_INVALID
                     append(Result(code=_INVALID, index=index, error=error))
                     continue
-            # Inline, not self._write: a call per op costs ~10% of this loop.
             if kind == "put":
-                existed = key in kv
-                kv[key] = value
-                kv_changes[key] = value
+                if nospace:
+                    codes[k] = _PACKED_NO_SPACE
+                    append(Result(code=_NO_SPACE, index=index, error=_NO_SPACE_ERROR))
+                    continue
+                existed = put(key, value) is not None
             else:
-                existed = kv.pop(key, None) is not None
-                if existed:
-                    kv_changes[key] = None
+                existed = delete(key) is not None
             codes[k] = existed
             append(ok[existed])
         self._remember(client_id, Session(last, results[-1], index, bytes(codes)))
@@ -407,6 +514,9 @@ class KVStateMachine:
         ok = _ok_pair(index)
         out: list[kv_pb2.CommandResult] = []
         for code, op in zip(session.batch, ops):
+            if code == _PACKED_NO_SPACE:
+                out.append(Result(code=_NO_SPACE, index=index, error=_NO_SPACE_ERROR))
+                continue
             if code != _PACKED_INVALID:
                 out.append(ok[code])
                 continue
@@ -421,38 +531,63 @@ class KVStateMachine:
         return tuple(out)
 
     def _execute(self, index: int, cmd: kv_pb2.Command) -> kv_pb2.CommandResult:
-        op = cmd.WhichOneof("op")
-        if op == "put":
-            existed = self._write(True, cmd.put.key, cmd.put.value)
+        store = self._store
+        if cmd.WhichOneof("op") == "put":
+            existed = store.put_alone(cmd.put.key, cmd.put.value) is not None
         else:
-            assert op == "delete", op
-            existed = self._write(False, cmd.delete.key, b"")
+            store.begin()
+            existed = store.delete(cmd.delete.key) is not None
+            store.end()
         return kv_pb2.CommandResult(code=_OK, index=index, existed=existed)
 
-    def _write(self, is_put: bool, key: bytes, value: bytes) -> bool:
-        """Put ``value`` at ``key`` or delete it, recording the change; whether
-        the key had a value before."""
-        if is_put:
-            existed = key in self._kv
-            self._kv[key] = value
-            self._kv_changes[key] = value
-            return existed
-        existed = self._kv.pop(key, None) is not None
-        if existed:
-            self._kv_changes[key] = None
-        return existed
+    def _apply_etcd(self, index: int, cmd: kv_pb2.Command) -> Applied:
+        """An etcd write: once per identity; its response or error."""
+        client_id, sequence = cmd.client_id, cmd.sequence
+        op = cmd.etcd
+        waiter = op.waiter
+        kind = op.WhichOneof("request")
+        error = validate(cmd, self._limits)
+        if error is not None:
+            return Applied(client_id, sequence, EtcdError("INVALID_ARGUMENT", f"etcdserver: {error}"), waiter)
+        req = getattr(op, kind)
+        refused = etcd.check_structure(kind, req)
+        if refused is not None:
+            return Applied(client_id, sequence, refused, waiter)
+        if client_id:
+            session = self.session(client_id)
+            if session is not None and sequence <= session.sequence:
+                return Applied(client_id, sequence, DUPLICATE, waiter)
+        store = self._store
+        if kind == "put":
+            result: object = etcd.apply_put(store, req, self._leases, self._nospace)
+        elif kind == "delete_range":
+            result = etcd.apply_delete_range(store, req)
+        elif kind == "txn":
+            result = etcd.apply_txn(store, req, self._leases, self._nospace)
+        elif kind == "compaction":
+            result = etcd.apply_compaction(store, req)
+        else:
+            self._alarms, result = etcd.apply_alarm(self._alarms, req)
+            self._nospace = any(a == etcd.ALARM_NOSPACE for _, a in self._alarms)
+        if client_id:
+            self._remember(client_id, Session(sequence, _EMPTY_RESULT, index))
+        return Applied(client_id, sequence, result, waiter)
 
     def _remember(self, client_id: str, session: Session) -> None:
-        self._sessions[client_id] = session
-        self._sessions.move_to_end(client_id)
+        if client_id.startswith(NODE_ASSIGNED_PREFIX):
+            pool, bound = self._node_sessions, self._node_sessions_max
+        else:
+            pool, bound = self._sessions, self._sessions_max
+        pool[client_id] = session
+        pool.move_to_end(client_id)
         self._session_changes[client_id] = session
-        while len(self._sessions) > self._sessions_max:
-            self._evict_one()
+        while len(pool) > bound:
+            self._evict_one(pool)
 
-    def _evict_one(self) -> None:
+    def _evict_one(self, pool: OrderedDict[str, Session]) -> None:
         oldest_index = None
         victim = None
-        for client_id, session in self._sessions.items():
+        for client_id, session in pool.items():
             if oldest_index is None:
                 oldest_index = session.last_index
             elif session.last_index != oldest_index:
@@ -460,53 +595,31 @@ class KVStateMachine:
             if victim is None or client_id < victim:
                 victim = client_id
         assert victim is not None
-        del self._sessions[victim]
+        del pool[victim]
         self._session_changes[victim] = None
 
-    # ---- persistence and snapshots ---------------------------------------------
+    # ---- reads at a moment -------------------------------------------------------
+
+    def range(self, req: rpc_pb2.RangeRequest) -> rpc_pb2.RangeResponse | EtcdError:
+        """etcd's Range on the applied state."""
+        return etcd.serve_range(self._store, req)
+
+    def read_txn(self, req: rpc_pb2.TxnRequest) -> rpc_pb2.TxnResponse | EtcdError:
+        """A Txn of ranges only, on the applied state (nothing is written)."""
+        return etcd.serve_txn(self._store, req)
+
+    # ---- persistence -------------------------------------------------------------
 
     def take_changes(self) -> Changes:
         """Everything changed since the previous call, for one storage apply batch."""
+        store = self._store
         changes = Changes(
-            kv=self._kv_changes,
+            history=store.take_changes(),
             sessions=self._session_changes,
             applied_index=self._applied_index,
-            reset=self._reset,
+            revision=store.revision,
+            compact_revision=store.compact_revision,
+            alarms=self._alarms,
         )
-        self._kv_changes = {}
         self._session_changes = {}
-        self._reset = False
         return changes
-
-    def snapshot_items(self) -> tuple[list[tuple[bytes, bytes]], list[tuple[str, Session]]]:
-        """A copy of the whole state at ``applied_index``: (key, value) sorted by
-        key and (client_id, session) sorted by client id, so every replica at
-        the same index produces the same items in the same order."""
-        return sorted(self._kv.items()), sorted(self._sessions.items())
-
-    def restore(
-        self, applied_index: int, kv: Mapping[bytes, bytes], sessions: Mapping[str, Session]
-    ) -> None:
-        """Replace the whole state by a snapshot taken at ``applied_index``.
-
-        The next ``take_changes()`` has ``reset=True``: storage replaces its
-        keys and sessions by these in one batch.
-        """
-        if applied_index < self._applied_index:
-            raise ValueError(
-                f"snapshot at {applied_index} is behind applied index {self._applied_index}"
-            )
-        late = [cid for cid, s in sessions.items() if s.last_index > applied_index]
-        if late:
-            raise ValueError(f"sessions {late[:3]} were applied after the snapshot {applied_index}")
-        self._kv.clear()
-        self._kv.update(kv)
-        self._sessions = OrderedDict(
-            sorted(sessions.items(), key=lambda item: (item[1].last_index, item[0]))
-        )
-        self._applied_index = applied_index
-        self._kv_changes = dict(self._kv)
-        self._session_changes = dict(self._sessions)
-        self._reset = True
-        while len(self._sessions) > self._sessions_max:
-            self._evict_one()

@@ -5,9 +5,11 @@ the asyncio server and by the simulator alike."""
 from paxoskv.replica.calls import Call, CallTable
 from paxoskv.replica.errors import (
     DeadlineExceeded,
+    EtcdFailure,
     FailedPrecondition,
     InvalidArgument,
     NodeError,
+    ResourceExhausted,
     Unavailable,
     Unimplemented,
 )
@@ -21,12 +23,14 @@ __all__ = [
     "CallTable",
     "DeadlineExceeded",
     "Done",
+    "EtcdFailure",
     "FailedPrecondition",
     "InvalidArgument",
     "NodeError",
     "NodeStatus",
     "Replica",
     "ReplicaNode",
+    "ResourceExhausted",
     "Unavailable",
     "Unimplemented",
     "result_or_error",

@@ -6,9 +6,11 @@ from __future__ import annotations
 
 __all__ = [
     "DeadlineExceeded",
+    "EtcdFailure",
     "FailedPrecondition",
     "InvalidArgument",
     "NodeError",
+    "ResourceExhausted",
     "Unavailable",
     "Unimplemented",
 ]
@@ -25,6 +27,11 @@ class Unavailable(NodeError):
     (it was refused before it reached any log): retry it with the same
     (client_id, sequence)."""
 
+    NO_LEADER = "no-leader"
+    LEADER_CHANGED = "leader-changed"
+    UNCONFIRMED = "unconfirmed"
+    STOPPED = "stopped"
+
     def __init__(
         self,
         message: str,
@@ -32,11 +39,13 @@ class Unavailable(NodeError):
         leader_id: int | None = None,
         leader_addr: str | None = None,
         proposed: bool = True,
+        reason: str = "",
     ) -> None:
         super().__init__(message)
         self.leader_id = leader_id
         self.leader_addr = leader_addr
         self.proposed = proposed
+        self.reason = reason  # one of the constants above, "" when not known
 
 
 class DeadlineExceeded(NodeError):
@@ -57,3 +66,18 @@ class Unimplemented(NodeError):
     """This request needs something the cluster cannot do (yet) (UNIMPLEMENTED):
     nothing was written. A packed batch before every member is known to take
     them: send the per-op form."""
+
+
+class ResourceExhausted(NodeError):
+    """The space quota is exhausted (the NOSPACE alarm is raised): a put is
+    refused (RESOURCE_EXHAUSTED) until it is disarmed; nothing was written."""
+
+
+class EtcdFailure(NodeError):
+    """An etcd API call failed: etcd's gRPC status code name (``code``, a
+    ``grpc.StatusCode`` member name) and message, byte for byte as etcd's."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message

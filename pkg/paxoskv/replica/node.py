@@ -23,6 +23,9 @@ Rules:
   one, so it is applied once however often its command reaches the log
   (but not exactly-once across client retries); a packed batch is refused
   UNIMPLEMENTED, proposing nothing, until every member is known to take them.
+- The etcd API's calls (``etcd_write``, ``range``) and their rules are in
+  ``paxoskv.replica.etcd`` (``self.etcd``): the same waiter table, the same
+  read index, the same log.
 - What one call may ask for is bounded by ``CallLimits`` (this node's
   admission rules, not the state machine's: nodes may differ): at most
   ``batch_ops_max`` operations in one ``ops`` call and at most
@@ -46,12 +49,15 @@ from paxoskv.kv import commands
 from paxoskv.kv.commands import Limits
 from paxoskv.paxos.core import Core
 from paxoskv.paxos.types import FEATURE_PACKED_BATCHES, Config, Message, Role
+from paxoskv.kv.etcd import EtcdLimits
 from paxoskv.replica.calls import Call, CallTable
+from paxoskv.replica.etcd import AutoCompaction, EtcdCalls
 from paxoskv.replica.errors import (
     DeadlineExceeded,
     FailedPrecondition,
     InvalidArgument,
     NodeError,
+    ResourceExhausted,
     Unavailable,
     Unimplemented,
 )
@@ -63,6 +69,7 @@ __all__ = ["CallLimits", "NodeStatus", "ReplicaNode", "result_or_error"]
 
 _OK = kv_pb2.CommandResult.OK
 _STALE = kv_pb2.CommandResult.STALE_SEQUENCE
+_NO_SPACE = kv_pb2.CommandResult.NO_SPACE
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -70,7 +77,7 @@ class CallLimits:
     """What one client call may ask of this node (see the module rules)."""
 
     batch_ops_max: int = 10_000  # --max-batch-ops
-    request_bytes_max: int = 4 << 20  # --max-request-bytes
+    request_bytes_max: int = 1536 << 10  # --max-request-bytes (etcd's default)
 
     def __post_init__(self) -> None:
         if self.batch_ops_max < 1 or self.request_bytes_max < 1:
@@ -107,6 +114,8 @@ def result_or_error(result: kv_pb2.CommandResult) -> kv_pb2.CommandResult | Node
     """A write's answer: its result when applied, else why it was refused."""
     if result.code == _OK:
         return result
+    if result.code == _NO_SPACE:
+        return ResourceExhausted(f"{result.error}: disarm the NOSPACE alarm once space was freed")
     if result.code == _STALE:
         return FailedPrecondition(
             f"{result.error or 'the sequence is older than the last one applied for its client'}: "
@@ -129,6 +138,11 @@ class ReplicaNode:
         limits: Limits | None = None,
         call_limits: CallLimits | None = None,
         core_factory: type[Core] = Core,
+        cluster_id: str | None = None,
+        etcd_limits: EtcdLimits | None = None,
+        quota_bytes: int | None = None,
+        auto_compaction: AutoCompaction | None = None,
+        tick_ms: int = 10,
         **replica_options: Any,
     ) -> None:
         self._ids = random.Random(rng.getrandbits(64))  # anonymous client ids, batch handles
@@ -144,11 +158,20 @@ class ReplicaNode:
         self._batch_seq = 0
         self._leader_seen: int | None = None
         self._stopped: str | None = None
+        self.etcd = EtcdCalls(
+            self,
+            cluster_id if cluster_id is not None else getattr(storage, "cluster_id", ""),
+            etcd_limits or EtcdLimits(),
+            quota_bytes,
+            auto_compaction,
+            tick_ms,
+        )
 
     # ---- Inputs ----------------------------------------------------------------
 
     def tick(self) -> None:
         self.replica.tick()
+        self.etcd.tick()
 
     def step(self, msg: Message) -> None:
         self.replica.step(msg)
@@ -194,7 +217,7 @@ class ReplicaNode:
             if self._leader_seen is not None and self.calls.writes_waiting:
                 # Commands handed to the old leader may be lost; let clients retry
                 # (with the same sequence, so nothing is applied twice).
-                self.calls.fail_writes(self._unavailable("leader changed"))
+                self.calls.fail_writes(self._unavailable("leader changed", reason=Unavailable.LEADER_CHANGED))
             self._leader_seen = leader
 
     # ---- Client calls ------------------------------------------------------------
@@ -221,7 +244,7 @@ class ReplicaNode:
         here (or why not)."""
         call = self._call(len(cmds), on_done, "the command may still be applied", timeout_s)
         if self._stopped is not None:
-            call.fail(Unavailable(self._stopped, proposed=False))
+            call.fail(Unavailable(self._stopped, proposed=False, reason=Unavailable.STOPPED))
             return call
         replica = self.replica
         limits = self._limits
@@ -230,7 +253,7 @@ class ReplicaNode:
                 if cmd.sequence:
                     call.set(i, InvalidArgument(f"sequence {cmd.sequence} given without a client_id"))
                     continue
-                cmd.client_id = "anon-%032x" % self._ids.getrandbits(128)
+                cmd.client_id = commands.node_assigned_id(self._ids.getrandbits(128))
                 cmd.sequence = 1
             err = commands.validate(cmd, limits)
             if err is not None:
@@ -242,7 +265,7 @@ class ReplicaNode:
                 call.set(i, too_large)
                 continue
             if not replica.propose(data):
-                call.set(i, self._unavailable("no leader is known", proposed=False))
+                call.set(i, self._unavailable("no leader is known", proposed=False, reason=Unavailable.NO_LEADER))
                 continue
             self.calls.add_write((cmd.client_id, cmd.sequence), call, i)
         return call
@@ -252,7 +275,7 @@ class ReplicaNode:
         the answer is ``(value or None, applied index)``."""
         call = self._call(1, on_done, "read not confirmed", timeout_s)
         if self._stopped is not None:
-            call.fail(Unavailable(self._stopped, proposed=False))
+            call.fail(Unavailable(self._stopped, proposed=False, reason=Unavailable.STOPPED))
             return call
         self._read(call, [(0, req.key)], req.serializable)
         return call
@@ -278,7 +301,7 @@ class ReplicaNode:
         a write."""
         call = self._call(len(ops), on_done, "the writes may still be applied", timeout_s)
         if self._stopped is not None:
-            call.fail(Unavailable(self._stopped, proposed=False))
+            call.fail(Unavailable(self._stopped, proposed=False, reason=Unavailable.STOPPED))
             return call
         refused = self.call_limits.too_many_ops(len(ops))
         if refused is None and raw is not None:
@@ -358,14 +381,18 @@ class ReplicaNode:
             body = op.put if op.HasField("put") else op.delete
             hdr = body.request
             if not hdr.client_id and not hdr.sequence:
-                hdr.client_id = "anon-%032x" % self._ids.getrandbits(128)
+                hdr.client_id = commands.node_assigned_id(self._ids.getrandbits(128))
                 hdr.sequence = 1
+
+    def _new_waiter(self) -> bytes:
+        """A handle for a call waiting on a command, unique to this node's life."""
+        self._batch_seq += 1
+        return self._batch_prefix + self._batch_seq.to_bytes(8, "big")
 
     def _propose_batch(self, cmd: kv_pb2.Command, call: Call, on_results: Callable[[object], None]) -> NodeError | None:
         """Propose a batch command and register ``on_results`` for its result
         tuple; or why it was not proposed."""
-        self._batch_seq += 1
-        waiter = self._batch_prefix + self._batch_seq.to_bytes(8, "big")
+        waiter = self._new_waiter()
         cmd.batch.waiter = waiter
         err = commands.validate(cmd, self._limits)
         if err is not None:
@@ -376,7 +403,7 @@ class ReplicaNode:
             # session (or one not heard from since this node started).
             return Unimplemented("not every node of the cluster is known to take packed batches (yet): send KV.Batch")
         if not replica.propose(commands.encode(cmd)):
-            return self._unavailable("no leader is known", proposed=False)
+            return self._unavailable("no leader is known", proposed=False, reason=Unavailable.NO_LEADER)
         self.calls.add_batch(waiter, call, on_results)
         return None
 
@@ -403,7 +430,18 @@ class ReplicaNode:
         return sm.get(key), sm.applied_index
 
     def _read_refused(self) -> NodeError:
-        return self._unavailable("read could not be confirmed by a quorum")
+        return self._unavailable("read could not be confirmed by a quorum", reason=Unavailable.UNCONFIRMED)
+
+    # ---- The etcd API -------------------------------------------------------------
+
+    def etcd_write(self, request: Any, timeout_s: float, on_done: Callable[[Call], None]) -> Call:
+        """An etcd Put, DeleteRange, Txn, Compaction or Alarm request; the
+        answer is etcd's response or an ``EtcdFailure`` (``EtcdCalls.write``)."""
+        return self.etcd.write(request, timeout_s, on_done)
+
+    def range(self, request: Any, timeout_s: float, on_done: Callable[[Call], None]) -> Call:
+        """An etcd RangeRequest (``EtcdCalls.range``)."""
+        return self.etcd.range(request, timeout_s, on_done)
 
     # ---- Errors and status -------------------------------------------------------
 
@@ -419,11 +457,11 @@ class ReplicaNode:
         lid = self.leader_id
         return None if lid is None else self._client_addrs.get(lid)
 
-    def _unavailable(self, why: str, *, proposed: bool = True) -> Unavailable:
+    def _unavailable(self, why: str, *, proposed: bool = True, reason: str = "") -> Unavailable:
         lid = self.leader_id
         addr = self.leader_addr()
         hint = f"; leader is node {lid} at {addr}" if lid is not None else "; no leader known"
-        return Unavailable(why + hint, leader_id=lid, leader_addr=addr, proposed=proposed)
+        return Unavailable(why + hint, leader_id=lid, leader_addr=addr, proposed=proposed, reason=reason)
 
     def status(self) -> NodeStatus:
         r = self.replica
@@ -460,5 +498,5 @@ class ReplicaNode:
         ``reason``; release snapshot transfers (the storage stays open)."""
         if self._stopped is None:
             self._stopped = reason
-            self.calls.fail_all(Unavailable(reason))
+            self.calls.fail_all(Unavailable(reason, reason=Unavailable.STOPPED))
             self.replica.close()

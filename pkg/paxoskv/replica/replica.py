@@ -31,13 +31,15 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from google.protobuf.message import DecodeError
+
 from paxoskv.kv.commands import Limits
 from paxoskv.kv.state_machine import Applied, KVStateMachine
 from paxoskv.paxos import bounds
 from paxoskv.paxos.core import Core
 from paxoskv.paxos.types import Config, Message, Ready, SnapshotAck, SnapshotChunk
 from paxoskv.replica.transfer import SnapshotTransfer
-from paxoskv.storage.base import Storage
+from paxoskv.storage.base import Corrupt, LoadedState, Storage
 
 log = logging.getLogger("paxoskv.replica")
 
@@ -79,6 +81,7 @@ class Replica:
         *,
         limits: Limits | None = None,
         sessions_max: int = 100_000,
+        node_sessions_max: int = 65_536,
         core_factory: type[Core] = Core,
         retain_entries: int = 10_000,
         compact_step_entries: int = 1_000,
@@ -90,7 +93,8 @@ class Replica:
         self.storage = storage
         self._limits = limits or Limits()
         self._sessions_max = sessions_max
-        self.sm = KVStateMachine(state.kv, state.sessions, state.applied_index, self._limits, sessions_max)
+        self._node_sessions_max = node_sessions_max
+        self.sm = self._state_machine(state)
         self.core = core_factory(
             config,
             rng,
@@ -189,9 +193,12 @@ class Replica:
         done = Done()
         if rd.committed:
             sm = self.sm
+            compacted = sm.compact_revision
             for slot, value in rd.committed:
                 done.results.extend(sm.apply(slot, value))
             self.storage.apply(sm.take_changes(), drop_accepted_through=rd.committed[-1][0])
+            if sm.compact_revision != compacted:
+                self.compactions += 1  # history rows were deleted: the driver reclaims their space
         self.core.advance(rd)
         if rd.committed:
             kept = self._kept
@@ -217,6 +224,24 @@ class Replica:
             self._install_now(finish)
         return done
 
+    def _state_machine(self, state: LoadedState) -> KVStateMachine:
+        """The state machine of a loaded state; its history is read from the storage."""
+        try:
+            return KVStateMachine(
+                state.history,
+                state.sessions,
+                state.applied_index,
+                self._limits,
+                self._sessions_max,
+                revision=state.revision,
+                compact_revision=state.compact_revision,
+                alarms=state.alarms,
+                reader=self.storage,
+                node_sessions_max=self._node_sessions_max,
+            )
+        except (ValueError, DecodeError) as exc:
+            raise Corrupt(getattr(self.storage, "path", "the node's storage"), f"history rows: {exc}") from None
+
     # ---- Snapshots ---------------------------------------------------------------
 
     @property
@@ -240,7 +265,7 @@ class Replica:
             return
         state = self.storage.load()
         assert state.applied_index == index, f"installed snapshot at {index}, storage says {state.applied_index}"
-        self.sm = KVStateMachine(state.kv, state.sessions, state.applied_index, self._limits, self._sessions_max)
+        self.sm = self._state_machine(state)
         self.core.install_snapshot(index)
         while self._kept and self._kept[0][0] <= index:
             self._kept_bytes -= self._kept.popleft()[1]

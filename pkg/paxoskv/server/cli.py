@@ -68,6 +68,7 @@ def configure_logging(level: str) -> None:
 
 
 async def _serve(opts: ServeOptions) -> int:
+    from paxoskv.server.etcd_api import EtcdFacade
     from paxoskv.server.grpc_api import BindError, Facade
     from paxoskv.server.node import Node
     from paxoskv.transport.bus import DuplicateNode
@@ -86,6 +87,8 @@ async def _serve(opts: ServeOptions) -> int:
         tls=public.tls,
         admin_cns=public.admin_cns,
     )
+    for name, handlers in EtcdFacade(node, cfg, request_timeout_s=opts.request_timeout_s).services(facade.held).items():
+        facade.add_service(name, handlers)
     try:
         facade.bind(opts.grpc_address)
     except BindError as exc:
@@ -328,6 +331,51 @@ def _public_port_options(f: F) -> F:
     show_default=True,
     help="How LevelDB compresses what it writes from now on (a store may switch: old blocks stay readable).",
 )
+@click.option(
+    "--max-txn-ops",
+    type=int,
+    default=128,
+    envvar="PAXOSKV_MAX_TXN_OPS",
+    show_envvar=True,
+    help="etcd API: most operations in one Txn (etcd's --max-txn-ops).",
+)
+@click.option(
+    "--quota-backend-bytes",
+    type=int,
+    default=0,
+    envvar="PAXOSKV_QUOTA_BACKEND_BYTES",
+    show_envvar=True,
+    help="Space quota of the data directory; over it the NOSPACE alarm refuses puts (0: 2 GiB; negative: none).",
+)
+@click.option(
+    "--auto-compaction-mode",
+    type=click.Choice(["periodic", "revision"]),
+    default="periodic",
+    envvar="PAXOSKV_AUTO_COMPACTION_MODE",
+    show_envvar=True,
+    help="How --auto-compaction-retention is read: a duration (periodic) or a number of revisions.",
+)
+@click.option(
+    "--auto-compaction-retention",
+    default="0",
+    envvar="PAXOSKV_AUTO_COMPACTION_RETENTION",
+    show_envvar=True,
+    help="MVCC history to keep: e.g. 1h or 30m (a bare number: hours), or revisions; 0: no auto-compaction.",
+)
+@click.option(
+    "--auto-compaction-interval",
+    default="5m",
+    envvar="PAXOSKV_AUTO_COMPACTION_INTERVAL",
+    show_envvar=True,
+    help="Revision mode: how often the leader compacts (etcd: always 5m).",
+)
+@click.option(
+    "--advertise-host",
+    default="",
+    envvar="PAXOSKV_ADVERTISE_HOST",
+    show_envvar=True,
+    help="This node's host in etcd member lists (default: --listen, or the host name if that is a wildcard).",
+)
 @_public_port_options
 @option("--log-level")
 def serve_cmd(
@@ -348,6 +396,12 @@ def serve_cmd(
     retain_entries: int,
     retain_mb: int,
     leveldb_compression: str,
+    max_txn_ops: int,
+    quota_backend_bytes: int,
+    auto_compaction_mode: str,
+    auto_compaction_retention: str,
+    auto_compaction_interval: str,
+    advertise_host: str,
     log_level: str,
     **public_port: Any,
 ) -> None:
@@ -369,6 +423,12 @@ def serve_cmd(
             retain_entries=retain_entries,
             retain_mb=retain_mb,
             leveldb_compression=leveldb_compression,
+            max_txn_ops=max_txn_ops,
+            quota_backend_bytes=quota_backend_bytes,
+            auto_compaction_mode=auto_compaction_mode,
+            auto_compaction_retention=auto_compaction_retention,
+            auto_compaction_interval=auto_compaction_interval,
+            advertise_host=advertise_host,
             peer_public_keys=peer_public_keys,
             peer_secret_key=peer_secret_key,
             insecure_peer_bus=insecure_peer_bus,

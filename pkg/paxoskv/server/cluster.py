@@ -449,15 +449,15 @@ def cluster_cmd(
     from paxoskv.transport.keys import KeyFileError, ensure_key_pairs
 
     try:
+        refusal = _preflight(specs, listen)  # before anything is made: a refusal leaves nothing behind
+        if refusal is not None:
+            _fail(refusal)
         try:
             made = ensure_key_pairs(_keys_dir(data_dir), range(1, nodes + 1))
         except (KeyFileError, OSError) as exc:
             _fail(str(exc))
         if any(made.values()):
             _say(f"made CURVE key pairs for the peer bus in {_keys_dir(data_dir)}")
-        refusal = _preflight(specs, listen)
-        if refusal is not None:
-            _fail(refusal)
         sys.exit(asyncio.run(_run(specs, listen, data_dir, control)))
     finally:
         control.close()

@@ -51,6 +51,8 @@ if TYPE_CHECKING:  # the node module is heavy (zmq, plyvel): clients never impor
 
 __all__ = [
     "BUS_PORT_OFFSET",
+    "parse_auto_compaction",
+    "parse_duration_ms",
     "DEFAULT_PORT",
     "ConfigError",
     "ServeOptions",
@@ -134,6 +136,59 @@ def parse_peers(text: str, own_id: int | None = None) -> dict[int, PeerAddr]:
     return peers
 
 
+_DURATION_UNITS_MS = {"ms": 1, "s": 1000, "m": 60_000, "h": 3_600_000}
+
+
+def parse_duration_ms(text: str, bare_unit: str = "h") -> int:
+    """A duration as etcd takes it (Go's ``1h30m``, ``10s``, ``500ms``; a bare
+    number is in ``bare_unit``): milliseconds."""
+    text = text.strip()
+    try:
+        return round(float(text) * _DURATION_UNITS_MS[bare_unit])
+    except ValueError:
+        pass
+    total = 0.0
+    rest = text
+    while rest:
+        i = 0
+        while i < len(rest) and (rest[i].isdigit() or rest[i] == "."):
+            i += 1
+        j = i
+        while j < len(rest) and rest[j].isalpha():
+            j += 1
+        number, unit, rest = rest[:i], rest[i:j], rest[j:]
+        if not number or unit not in _DURATION_UNITS_MS:
+            raise ConfigError(f"duration {text!r}: expected e.g. 1h, 30m, 10s, 1h30m (or a number of hours)")
+        total += float(number) * _DURATION_UNITS_MS[unit]
+    if not text:
+        raise ConfigError("duration is empty")
+    return round(total)
+
+
+def parse_auto_compaction(mode: str, retention: str, interval: str = "5m"):  # noqa: ANN201 - an AutoCompaction
+    """``--auto-compaction-mode``/``-retention``/``-interval`` (etcd's first
+    two: periodic with a duration, or revision with a count; 0: off)."""
+    from paxoskv.replica.etcd import AutoCompaction
+
+    if mode not in ("periodic", "revision"):
+        raise ConfigError(f"--auto-compaction-mode must be periodic or revision, not {mode!r}")
+    interval_ms = parse_duration_ms(interval, "h")
+    if interval_ms < 1:
+        raise ConfigError(f"--auto-compaction-interval must be > 0, not {interval!r}")
+    if mode == "periodic":
+        retention_ms = parse_duration_ms(retention, "h")
+        if retention_ms < 0:
+            raise ConfigError(f"--auto-compaction-retention must be >= 0, not {retention!r}")
+        return AutoCompaction(mode=mode, retention_ms=retention_ms, interval_ms=interval_ms)
+    try:
+        revs = int(retention)
+    except ValueError:
+        raise ConfigError(f"--auto-compaction-retention {retention!r}: revision mode takes a number of revisions") from None
+    if revs < 0:
+        raise ConfigError(f"--auto-compaction-retention must be >= 0, not {revs}")
+    return AutoCompaction(mode=mode, retention_revs=revs, interval_ms=interval_ms)
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class ServeOptions:
     """What ``paxoskv serve`` was asked for, validated."""
@@ -163,6 +218,12 @@ def build_serve_options(
     retain_entries: int = 10_000,
     retain_mb: int = 64,
     leveldb_compression: str = "none",
+    max_txn_ops: int = 128,
+    quota_backend_bytes: int = 0,
+    auto_compaction_mode: str = "periodic",
+    auto_compaction_retention: str = "0",
+    auto_compaction_interval: str = "5m",
+    advertise_host: str = "",
     peer_public_keys: str | None = None,
     peer_secret_key: str | None = None,
     insecure_peer_bus: bool = False,
@@ -170,6 +231,8 @@ def build_serve_options(
 ) -> ServeOptions:
     """Validate the flags of ``serve`` together; raise ``ConfigError``.
     ``public``: the public port's (``server.public.build_public_options``)."""
+    from paxoskv.kv.etcd import EtcdLimits
+    from paxoskv.replica.etcd import DEFAULT_QUOTA_BYTES
     from paxoskv.server.node import NodeConfig
 
     node_id = parse_node_id(node_id)
@@ -201,9 +264,19 @@ def build_serve_options(
         raise ConfigError(f"--retain-mb must be >= 1, not {retain_mb}")
     if leveldb_compression not in ("none", "snappy"):
         raise ConfigError(f"--leveldb-compression must be none or snappy, not {leveldb_compression!r}")
+    if max_txn_ops < 1:
+        raise ConfigError(f"--max-txn-ops must be >= 1, not {max_txn_ops}")
+    auto_compaction = parse_auto_compaction(auto_compaction_mode, auto_compaction_retention, auto_compaction_interval)
+    advertise = advertise_host.strip().strip("[]")
+    if not advertise and listen not in ("0.0.0.0", "::"):
+        advertise = listen
+    if not advertise:
+        import socket
+
+        advertise = socket.gethostname()
+    public = public or PublicOptions()
     path = pathlib.Path(data_dir) if data_dir else pathlib.Path("data") / f"node{node_id}"
     bus_keys = _bus_keys(node_id, peer_map, peer_public_keys, peer_secret_key, insecure_peer_bus)
-    public = public or PublicOptions()
     cfg = NodeConfig(
         node_id=node_id,
         cluster_id=cluster_id,
@@ -219,6 +292,10 @@ def build_serve_options(
         retain_bytes_max=retain_mb << 20,
         compact_step_entries=max(1, min(1_000, retain_entries // 10)),
         leveldb_compression=None if leveldb_compression == "none" else leveldb_compression,
+        etcd_limits=EtcdLimits(txn_ops_max=max_txn_ops, request_bytes_max=public.call_limits.request_bytes_max),
+        quota_bytes=None if quota_backend_bytes < 0 else (quota_backend_bytes or DEFAULT_QUOTA_BYTES),
+        auto_compaction=auto_compaction if auto_compaction.enabled else None,
+        advertise_host=advertise,
         bus_keys=bus_keys,
         call_limits=public.call_limits,
     )

@@ -27,7 +27,9 @@ Rules:
                           write may still be applied later.
   RESOURCE_EXHAUSTED      the node holds too much now (``--max-pending-mb``,
                           ``--max-concurrent-rpcs``), or a message or an
-                          answer is over a size limit. Nothing was written.
+                          answer is over a size limit, or a put while the
+                          space quota's NOSPACE alarm is raised (``etcdctl
+                          alarm disarm`` clears it). Nothing was written.
   PERMISSION_DENIED       an admin call (``--admin-cn``) from another
                           certificate. Nothing was done.
   ======================  ===================================================
@@ -96,6 +98,7 @@ from paxoskv.replica.errors import (
     FailedPrecondition,
     InvalidArgument,
     NodeError,
+    ResourceExhausted,
     Unavailable,
     Unimplemented,
 )
@@ -103,6 +106,7 @@ from paxoskv.reflection.v1 import reflection_pb2 as reflection_v1_pb2
 from paxoskv.v1 import kv_pb2
 
 __all__ = [
+    "call_timeout_s",
     "snapshot_stream",
     "BindError",
     "Facade",
@@ -255,6 +259,8 @@ def _error_of(exc: NodeError) -> _Abort:
         return _Abort(wire.STALE, str(exc))
     if isinstance(exc, Unimplemented):
         return _Abort(wire.UNIMPLEMENTED, str(exc))
+    if isinstance(exc, ResourceExhausted):
+        return _Abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc))
     return _Abort(grpc.StatusCode.INTERNAL, f"{type(exc).__name__}: {exc}")
 
 
@@ -380,11 +386,7 @@ class Facade:
     # ---- handlers ---------------------------------------------------------------
 
     def _timeout_s(self, context: grpc.aio.ServicerContext) -> float:
-        remaining = context.time_remaining()
-        if remaining is None:
-            return self.request_timeout_s
-        remaining -= min(DEADLINE_MARGIN_S_MAX, remaining * DEADLINE_MARGIN_FRACTION)
-        return max(0.0, min(remaining, self.request_timeout_s))
+        return call_timeout_s(context, self.request_timeout_s)
 
     def _header(self, index: int) -> kv_pb2.ResponseHeader:
         return kv_pb2.ResponseHeader(
@@ -657,6 +659,16 @@ class Facade:
         except (NodeError, _Abort) as exc:
             await self._fail(context, exc)
             raise
+
+
+def call_timeout_s(context: grpc.aio.ServicerContext, request_timeout_s: float) -> float:
+    """The time a node may spend on a call: the caller's remaining deadline
+    less the margin, never more than ``request_timeout_s``."""
+    remaining = context.time_remaining()
+    if remaining is None:
+        return request_timeout_s
+    remaining -= min(DEADLINE_MARGIN_S_MAX, remaining * DEADLINE_MARGIN_FRACTION)
+    return max(0.0, min(remaining, request_timeout_s))
 
 
 def _probe_bind(address: str) -> None:

@@ -16,6 +16,9 @@ Rules:
   the node layer is told (``expire``).
 - A failed write leaves the node unable to promise anything it said before:
   the pump stops the node (``fatal`` is set) instead of carrying on.
+- A fourth task, the *sizer*, measures the data directory every
+  ``SIZE_EVERY_S`` in a worker thread and tells the node layer (etcd's
+  space quota; ``Maintenance.Status`` reports it).
 """
 
 from __future__ import annotations
@@ -31,10 +34,12 @@ from dataclasses import dataclass, field
 
 from paxoskv import __version__
 from paxoskv.kv.commands import Limits
+from paxoskv.kv.etcd import EtcdLimits
 from paxoskv.paxos.core import Core
 from paxoskv.paxos.types import FEATURES, Config, Role
 from paxoskv.replica.calls import Call
-from paxoskv.replica.errors import NodeError, Unavailable
+from paxoskv.replica.errors import EtcdFailure, NodeError, Unavailable
+from paxoskv.replica.etcd import AutoCompaction, as_etcd
 from paxoskv.replica.node import CallLimits, ReplicaNode
 from paxoskv.transport.bus import BusClosed, PeerBus
 from paxoskv.transport.keys import BusKeys
@@ -55,6 +60,7 @@ log = logging.getLogger("paxoskv.node")
 # client calls wait on this node: grpc.aio's server takes one new call per
 # loop iteration, so an fsync on the loop caps a busy node's intake at about
 # one call per fsync (and its slots at a few commands).
+SIZE_EVERY_S = 1.0
 INLINE_CHOSEN_MAX = 64
 INLINE_SYNC_BYTES_MAX = 4 << 10
 INLINE_CALLS_MAX = 1
@@ -106,6 +112,11 @@ class NodeConfig:
     snapshot_chunk_bytes: int = 256 << 10
     leveldb_compression: str | None = None  # storage.leveldb.COMPRESSIONS
     features: int = FEATURES  # announced to the peers; tests lower it to act as an older node
+    node_sessions_max: int = 65_536  # node-assigned identities (anonymous and etcd writes)
+    etcd_limits: EtcdLimits = field(default_factory=EtcdLimits)
+    quota_bytes: int | None = 2 << 30  # None: no space quota
+    auto_compaction: AutoCompaction | None = None
+    advertise_host: str = ""  # how clients reach this node (member lists); "": listen_host
     bus_keys: BusKeys | None = None  # CURVE keys of the peer bus; None: the insecure bus
 
     def core_config(self) -> Config:
@@ -124,8 +135,12 @@ class NodeConfig:
     def client_addrs(self) -> dict[int, str]:
         """Each node's public gRPC address (leader hints name them)."""
         addrs = {pid: f"{p.host}:{p.port}" for pid, p in self.peers.items()}
-        addrs[self.node_id] = f"{self.listen_host}:{self.port}"
+        addrs[self.node_id] = f"{self.advertise_host or self.listen_host}:{self.port}"
         return addrs
+
+    def members(self) -> dict[int, PeerAddr]:
+        """Every node's addresses, this one's as advertised."""
+        return {**self.peers, self.node_id: PeerAddr(self.advertise_host or self.listen_host, self.port, self.bus_port)}
 
 
 class Node:
@@ -144,6 +159,7 @@ class Node:
         self._stopping = False
         self._reclaimed = 0
         self._reclaim_task: asyncio.Task | None = None
+        self.db_bytes = 0  # the data directory's size, as last measured
 
     # ---- Lifecycle -------------------------------------------------------------
 
@@ -172,7 +188,13 @@ class Node:
             limits=cfg.limits,
             call_limits=cfg.call_limits,
             core_factory=self._core_factory,
+            cluster_id=cfg.cluster_id,
+            etcd_limits=cfg.etcd_limits,
+            quota_bytes=cfg.quota_bytes,
+            auto_compaction=cfg.auto_compaction,
+            tick_ms=cfg.tick_ms,
             sessions_max=cfg.sessions_max,
+            node_sessions_max=cfg.node_sessions_max,
             retain_entries=cfg.retain_entries,
             compact_step_entries=cfg.compact_step_entries,
             retain_bytes_max=cfg.retain_bytes_max,
@@ -190,6 +212,7 @@ class Node:
             asyncio.create_task(self._receiver(), name="paxoskv-receiver"),
             asyncio.create_task(self._ticker(), name="paxoskv-ticker"),
             asyncio.create_task(self._pump(), name="paxoskv-pump"),
+            asyncio.create_task(self._sizer(), name="paxoskv-sizer"),
         ]
         log.info(
             "node %d of cluster %r: bus on %s:%d, applied index %d",
@@ -286,6 +309,36 @@ class Node:
 
     def open_snapshot(self):  # noqa: ANN201 - a storage SnapshotSource; any thread
         return self._running().open_snapshot()
+
+    # ---- The etcd API ------------------------------------------------------------
+
+    def etcd_layer(self) -> ReplicaNode:
+        """The running node layer (``EtcdFailure`` when there is none)."""
+        try:
+            return self._running()
+        except Unavailable as exc:
+            raise as_etcd(exc) from None
+
+    async def _etcd(self, start: Callable[[ReplicaNode, float, Callable[[Call], None]], Call], timeout_s: float) -> object:
+        self.etcd_layer()
+        call = await self._call(start, timeout_s)
+        result = call.results[0]
+        if isinstance(result, EtcdFailure):
+            raise result
+        return result
+
+    async def etcd_write(self, request: object, *, timeout_s: float) -> object:
+        """etcd's response to a Put/DeleteRange/Txn/Compaction/Alarm request;
+        raises ``EtcdFailure``."""
+        return await self._etcd(lambda n, t, d: n.etcd_write(request, t, d), timeout_s)
+
+    async def etcd_range(self, request: object, *, timeout_s: float) -> object:
+        return await self._etcd(lambda n, t, d: n.range(request, t, d), timeout_s)
+
+    async def etcd_in_thread(self, method: str, *args: object) -> object:
+        """``layer.etcd.<method>(*args)`` in a worker thread (HashKV, Defragment)."""
+        layer = self.etcd_layer()
+        return await asyncio.to_thread(getattr(layer.etcd, method), *args)
 
     # ---- Status ----------------------------------------------------------------
 
@@ -389,6 +442,21 @@ class Node:
             if self.fatal is not None and not self.fatal.done():
                 self.fatal.set_result(exc)
             raise
+
+    async def _sizer(self) -> None:
+        from paxoskv.storage.leveldb import data_dir_bytes
+
+        layer = self.layer
+        assert layer is not None
+        while True:
+            try:
+                self.db_bytes = await asyncio.to_thread(data_dir_bytes, self.cfg.data_dir)
+            except OSError as exc:  # noqa: PERF203 - measured again next time
+                log.warning("node %d: cannot measure the data directory: %s", self.cfg.node_id, exc)
+            else:
+                layer.etcd.set_backend_bytes(self.db_bytes)
+                self._wake.set()
+            await asyncio.sleep(SIZE_EVERY_S)
 
     async def _reclaim(self) -> None:
         """Give the disk space of compacted entries back, off the loop."""

@@ -302,7 +302,7 @@ _KINDS = (
 class FacadeLimits:
     """The public port's transport bounds (see each ``serve`` flag)."""
 
-    request_bytes_max: int = 4 << 20  # --max-request-bytes: gRPC takes at most this + GRPC_OVERHEAD_BYTES
+    request_bytes_max: int = 1536 << 10  # --max-request-bytes (etcd's default): gRPC takes at most this + GRPC_OVERHEAD_BYTES
     stream_requests_max: int = 1024  # --max-stream-requests: a Session's requests read and not yet answered
     stream_bytes_max: int = 4 << 20  # --max-stream-bytes: and their bytes, answers included
     pending_bytes_max: int = 256 << 20  # --max-pending-mb: request and answer bytes the node holds, all calls

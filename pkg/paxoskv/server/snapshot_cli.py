@@ -17,7 +17,10 @@ Rules:
 - ``restore FILE --data-dir DIR --id N [--cluster-id C]`` is offline: it
   verifies the file, then creates a NEW data directory for node ``N`` of
   cluster ``C`` (default: the snapshot's cluster) holding the snapshot's
-  keys, sessions and applied index, with an empty log after it. It refuses a
+  history, revisions, sessions and applied index, with an empty log after
+  it. FILE may also be what ``etcdctl snapshot save`` wrote from a paxoskv
+  node (the snapshot in etcd's envelope), or a snapshot of format 1 (from a
+  paxoskv before revisions: its keys become revision 2). It refuses a
   directory that holds anything. Restore every node of the new cluster from
   the same file, then start them. On failure, what it created is removed.
 - Exit codes: 0 ok; 1 the snapshot is damaged or cut (one line on stderr);
@@ -76,7 +79,9 @@ def _describe(info: SnapshotInfo) -> dict[str, Any]:
     return {
         "cluster_id": info.cluster_id,
         "applied_index": info.applied_index,
-        "keys": info.keys,
+        "revision": info.revision,
+        "compact_revision": info.compact_revision,
+        "rows": info.rows,
         "sessions": info.sessions,
         "total_bytes": info.total_bytes,
         "sha256": info.stream_sha256.hex(),
@@ -86,8 +91,9 @@ def _describe(info: SnapshotInfo) -> dict[str, Any]:
 
 def _summary(info: SnapshotInfo) -> str:
     return (
-        f"cluster {info.cluster_id!r}, applied index {info.applied_index}, {info.keys} keys, "
-        f"{info.sessions} sessions, {info.total_bytes} bytes, sha256 {info.stream_sha256.hex()}"
+        f"cluster {info.cluster_id!r}, applied index {info.applied_index}, revision {info.revision}, "
+        f"{info.rows} history rows, {info.sessions} sessions, {info.total_bytes} bytes, "
+        f"sha256 {info.stream_sha256.hex()}"
     )
 
 
@@ -194,7 +200,9 @@ def status_cmd(file: str, as_json: bool) -> None:
         ("file", file),
         ("cluster id", info.cluster_id),
         ("applied index", str(info.applied_index)),
-        ("keys", str(info.keys)),
+        ("revision", str(info.revision)),
+        ("compact revision", str(info.compact_revision)),
+        ("history rows", str(info.rows)),
         ("sessions", str(info.sessions)),
         ("total bytes", str(info.total_bytes)),
         ("sha256", info.stream_sha256.hex()),
@@ -239,8 +247,10 @@ def restore_snapshot(
         with LevelDBStorage.open(data_dir, node_id, cluster_id or info.cluster_id) as storage:
             with storage.begin_install(foreign_cluster_ok=True) as installer:
                 with open(file, "rb") as snapshot:
-                    while chunk := snapshot.read(CHUNK_BYTES):
+                    left = info.total_bytes  # an etcd envelope's padding and digest stay out
+                    while left and (chunk := snapshot.read(min(CHUNK_BYTES, left))):
                         installer.write(chunk)
+                        left -= len(chunk)
                 index = installer.finish()
             assert index == info.applied_index, (index, info.applied_index)
             storage.reclaim()
@@ -290,7 +300,8 @@ def restore_cmd(file: str, data_dir: str, node_id: int, cluster_id: str | None) 
     cluster = cluster_id or info.cluster_id
     click.echo(
         f"restored {file} into {data_dir} for node {node_id} of cluster {cluster!r}: "
-        f"applied index {info.applied_index}, {info.keys} keys, {info.sessions} sessions; "
+        f"applied index {info.applied_index}, revision {info.revision}, {info.rows} history rows, "
+        f"{info.sessions} sessions; "
         f"restore every node of the new cluster from this file, then start them with "
         f"--cluster-id {cluster}"
     )

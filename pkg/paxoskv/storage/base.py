@@ -15,11 +15,14 @@ Rules:
   groups everything of one event-loop iteration into one call.
 - ``apply(changes, drop_accepted_through)`` is ONE atomic write batch, never
   synced on its own (the next synced batch makes it durable): the state
-  machine's key and session changes, its applied index, and the deletion of
-  accepted entries whose slot is ``<= drop_accepted_through``. With
-  ``changes.reset`` (a snapshot was installed) every stored key and session
-  is dropped first, in the same batch. Because the applied state and the
-  applied index change together, a restart never applies a slot twice.
+  machine's history rows (written and dropped) and session changes, its
+  applied index with the store's revision, compaction revision and alarms,
+  and the deletion of accepted entries whose slot is
+  ``<= drop_accepted_through``. Because the applied state and the applied
+  index change together, a restart never applies a slot twice.
+- History reads (``history_row``, ``history_rows``: the
+  ``paxoskv.kv.mvcc.HistoryReader`` protocol) see every row written through
+  this handle; they may run while a ``persist`` runs in another thread.
 - ``load()`` shows everything written through this handle (synced or not),
   except accepted entries of slots that are chosen and applied (``<=`` the
   applied index): they are no acceptance still in play (a store may keep
@@ -49,9 +52,11 @@ Log compaction and snapshots:
   (LevelDB: ``compact_range`` over the deleted ranges). It may take long and
   does not block the other calls: run it in a worker thread, after
   ``compact`` or ``begin_install().finish()``. It changes no record.
+  ``defragment()`` does the same for the whole store (etcd's Defragment).
 - ``open_snapshot()`` returns a ``SnapshotSource``: a consistent view of the
-  applied state (keys, sessions, applied index) at the moment of the call,
-  taken without blocking writers. ``chunks(chunk_bytes)`` produces it in
+  applied state (history rows, revision counters, alarms, sessions, applied
+  index) at the moment of the call, taken without blocking writers; its
+  ``history_rows`` reads that view's rows. ``chunks(chunk_bytes)`` produces it in
   the snapshot file format (:mod:`paxoskv.storage.snapshot`), lazily, and
   may be called again; ``close()`` releases the view (``close`` of the
   storage releases every view still open).
@@ -59,12 +64,13 @@ Log compaction and snapshots:
   the snapshot's bytes in order (verifying as they come: a snapshot of
   another cluster, or older than the applied index, is refused at its
   header), ``finish()`` verifies the end and then, in ONE synced batch,
-  replaces the keys, sessions and applied index by the snapshot's, sets
+  replaces the history, sessions and applied state by the snapshot's, sets
   ``log_start = index + 1`` and deletes the chosen and accepted entries
   ``<= index``; the promise and the entries ``> index`` stay. It returns the
   index. ``abort()`` drops what was staged. ``foreign_cluster_ok=True``
   (only for ``paxoskv snapshot restore``, which seeds a new cluster from a
-  backup) takes a snapshot of any cluster id. Until ``finish()`` returns,
+  backup) takes a snapshot of any cluster id, and of snapshot format 1
+  (from before revisions; a peer's is refused). Until ``finish()`` returns,
   nothing of the snapshot is visible and a crash leaves the old state; once
   it returned, the new state is durable. Errors in the snapshot itself are
   ``SnapshotError`` (``SnapshotCorrupt``/``SnapshotRefused``), not
@@ -101,12 +107,14 @@ __all__ = [
     "check_loaded",
 ]
 
-FORMAT_VERSION = 3
-# Versions this paxoskv opens (an older one is marked as FORMAT_VERSION on
+FORMAT_VERSION = 4
+# Versions this paxoskv opens (an older one is migrated to FORMAT_VERSION on
 # open). 2: LevelDB chosen records may be markers (see paxoskv.storage.leveldb).
 # 3: sessions and log entries may hold packed batches (kv.proto BatchOp.request),
 # which a paxoskv before version 3 would apply without their exactly-once identity.
-READABLE_FORMAT_VERSIONS = (1, 2, 3)
+# 4: the applied state is an MVCC history (rev/ rows, revisions in the applied
+# record); a store of 1-3 holds plain kv/ values, which become revision-2 rows.
+READABLE_FORMAT_VERSIONS = (1, 2, 3, 4)
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,8 +126,11 @@ class LoadedState:
     chosen: dict[int, Value]  # slot -> chosen value, slots >= log_start
     log_start: int  # first slot whose chosen value is kept
     applied_index: int
-    kv: dict[bytes, bytes]
+    history: dict[bytes, bytes]  # row key -> HistoryRecord bytes
     sessions: dict[str, Session]
+    revision: int = 1
+    compact_revision: int = -1
+    alarms: tuple[tuple[int, int], ...] = ()
 
 
 class SnapshotSource(Protocol):
@@ -130,6 +141,14 @@ class SnapshotSource(Protocol):
 
     @property
     def cluster_id(self) -> str: ...
+
+    @property
+    def revision(self) -> int: ...
+
+    @property
+    def compact_revision(self) -> int: ...
+
+    def history_rows(self, start: bytes = ..., stop: bytes | None = ...) -> Iterator[tuple[bytes, bytes]]: ...
 
     def chunks(self, chunk_bytes: int = ...) -> Iterator[bytes]: ...
 
@@ -177,9 +196,15 @@ class Storage(Protocol):
 
     def apply(self, changes: Changes, drop_accepted_through: int) -> None: ...
 
+    def history_row(self, row: bytes) -> bytes | None: ...
+
+    def history_rows(self, start: bytes, stop: bytes | None = None) -> Iterator[tuple[bytes, bytes]]: ...
+
     def compact(self, through_slot: int) -> None: ...
 
     def reclaim(self) -> None: ...
+
+    def defragment(self) -> None: ...
 
     def open_snapshot(self) -> SnapshotSource: ...
 

@@ -13,17 +13,19 @@ range of slots is a range of keys)::
     chosen/<slot u64be>       peer_pb2.Value, or the    chosen value
                               marker b"\x00": the value
                               is the accepted entry's
-    kv/<key>                  the value's bytes         the state machine's map
+    rev/<main u64be><sub u64be>  storage_pb2.HistoryRecord  the MVCC history: one
+                              row per version of a key since the compaction
+                              (format 4; formats 1-3 had kv/<key> -> value)
     session/<client_id utf8>  storage_pb2.Session       exactly-once sessions
-    applied                   storage_pb2.AppliedState  the applied index
+    applied                   storage_pb2.AppliedState  the applied index, the
+                                                        revision, compaction
+                                                        revision and alarms
     log_start                 storage_pb2.AppliedState  first slot kept (its
                                                         applied_index field;
                                                         absent: 1)
     probe                     (transient)               open-time write probe
 
-Every record is a protobuf message except a key's value in ``kv/``, which is
-stored as is (the user's opaque bytes; a wrapper would copy up to a MiB per
-put for nothing), and the chosen marker.
+Every record is a protobuf message except the chosen marker.
 
 Chosen markers (format version 2). A slot chosen with the value this store
 already holds in ``accepted/<slot>`` (the common case: a node learns that
@@ -42,8 +44,21 @@ its slot stays (another value accepted over it, which Paxos never does; or
 gets the value in full in the same batch. A value learned in any other way
 (catch-up) is stored in full.
 A version 1 store (full copies only) or 2 (no packed batches) is read as is
-and marked version 3 on open, so an older paxoskv refuses it instead of
+and marked version 4 on open, so an older paxoskv refuses it instead of
 misreading a marker or applying a packed batch without its session.
+
+Migration to format 4 (MVCC). A store of format 1-3 keeps each key's value
+under ``kv/``. Opening it rewrites, in ONE synced batch written before
+anything else, every ``kv/`` record as a history row at revision 2 (version
+1, created there, sub-revisions in key order: as if one transaction had
+written the whole map; ``paxoskv.kv.mvcc.legacy_rows``), deletes the
+``kv/`` records, sets the revision to 2 (1 for an empty map) and no
+compaction (-1) in the applied record, and marks the store format 4. A
+crash before that batch leaves the old store, after it the new one. The
+members of a cluster agree on revisions only if each migrated the same map,
+i.e. at the same applied index: upgrade a stopped cluster whose members all
+applied the same index (``paxoskv status``), or restore every member from
+one snapshot.
 
 Opening: plyvel's "lock ... already held" IOError becomes ``Locked``; an
 IOError for a read-only file system, missing permission or full disk becomes
@@ -75,7 +90,8 @@ Compaction and snapshots (the rules are in :mod:`paxoskv.storage.base`):
 - ``compact`` deletes records in one batch; LevelDB keeps their tombstones
   and the old files until its own compaction merges them, so ``reclaim``
   runs ``compact_range`` over ``chosen/`` and ``accepted/`` below
-  ``log_start`` (and, after an install, over ``kv/`` and ``session/``):
+  ``log_start``, over ``rev/`` below an MVCC compaction (and, after an
+  install, over ``rev/`` and ``session/``):
   that rewrites the overlapping files without the deleted records and the
   directory shrinks. It does NOT take the handle's lock (LevelDB is
   thread-safe), so the node's writes go on while it runs; run it in a
@@ -90,11 +106,11 @@ Compaction and snapshots (the rules are in :mod:`paxoskv.storage.base`):
   Only the header is checked as the bytes come (another cluster, or an
   older index, is refused at once). ``finish()`` then, under the lock, reads
   the file in ONE pass that verifies everything (framing, order, counts,
-  checksum) while merging it with the stored keys and sessions, both in key
-  order, into ONE synced batch, written only if the pass ended verified: a
-  stored key the snapshot lacks is deleted, a key whose value differs or is
-  new is put, an equal one is left alone (a node slightly behind writes
-  little), plus the applied index, ``log_start`` and the deletion of the
+  checksum) while merging it with the stored history rows and sessions, both
+  in key order, into ONE synced batch, written only if the pass ended
+  verified: a stored row the snapshot lacks is deleted, a row that differs
+  or is new is put, an equal one is left alone (a node slightly behind
+  writes little), plus the applied record, ``log_start`` and the deletion of the
   chosen and accepted entries it covers. The batch holds at most the whole
   state, which the node holds in memory anyway. The staging file is not
   fsync'ed: the switch batch carries every byte, and a crash before it
@@ -123,6 +139,7 @@ from typing import Any, BinaryIO
 import plyvel
 from google.protobuf.message import DecodeError
 
+from paxoskv.kv.mvcc import ROW_KEY_BYTES, legacy_rows, row_key
 from paxoskv.kv.state_machine import Changes, Session
 from paxoskv.paxos.types import ZERO_BALLOT, Ballot, Entry, Value
 from paxoskv.storage.base import (
@@ -159,7 +176,8 @@ K_LOG_START = b"log_start"
 P_ACCEPTED = b"accepted/"
 CHOSEN_MARKER = b"\x00"  # chosen/<slot>: the value is that of accepted/<slot>
 P_CHOSEN = b"chosen/"
-P_KV = b"kv/"
+P_KV = b"kv/"  # formats 1-3 only: migrated on open
+P_REV = b"rev/"
 P_SESSION = b"session/"
 SLOT_MAX = (1 << 64) - 1
 STAGING_PREFIX = "snapshot-incoming-"
@@ -237,6 +255,9 @@ class LevelDBStorage:
         self._closing = False
         self._sources: set[_LevelDBSource] = set()
         self._reclaim_state = False  # an install replaced kv/ and session/
+        # MVCC compaction deleted the rows below this revision: reclaim rev/ up to it
+        self._rev_reclaim_through = 0
+        self._rev_reclaimed = 0
 
     @classmethod
     def open(
@@ -325,7 +346,11 @@ class LevelDBStorage:
                     state = self._parse(storage_pb2.AcceptorState, K_ACCEPTOR, raw)
                     promised = self._ballot(state.promised, K_ACCEPTOR)
                 accepted, chosen, marked, log_start = self._read_log(snap)
-                kv = {key[len(P_KV) :]: value for key, value in snap.iterator(prefix=P_KV)}
+                cut = len(P_REV)
+                history = {key[cut:]: value for key, value in snap.iterator(prefix=P_REV)}
+                bad = next((k for k in history if len(k) != ROW_KEY_BYTES), None)
+                if bad is not None:
+                    raise Corrupt(self.path, f"history row key {P_REV + bad!r} is not 16 bytes")
                 sessions: dict[str, Session] = {}
                 for key, raw in snap.iterator(prefix=P_SESSION):
                     try:
@@ -335,13 +360,11 @@ class LevelDBStorage:
                     pb = self._parse(storage_pb2.Session, key, raw)
                     sessions[client_id] = Session.from_proto(pb)
                 raw = snap.get(K_APPLIED)
-                applied_index = (
-                    0
-                    if raw is None
-                    else self._parse(storage_pb2.AppliedState, K_APPLIED, raw).applied_index
-                )
+                applied = storage_pb2.AppliedState() if raw is None else self._parse(storage_pb2.AppliedState, K_APPLIED, raw)
         except plyvel.Error as exc:
             raise _storage_error(self.path, exc) from None
+        applied_index = applied.applied_index
+        revision, compact_revision, alarms = _mvcc_of(applied)
         self._values = {slot: e.value for slot, e in accepted.items()}
         self._marked = marked
         loaded = LoadedState(
@@ -354,8 +377,11 @@ class LevelDBStorage:
             chosen=chosen,
             log_start=log_start,
             applied_index=applied_index,
-            kv=kv,
+            history=history,
             sessions=sessions,
+            revision=revision,
+            compact_revision=compact_revision,
+            alarms=alarms,
         )
         return check_loaded(self.path, loaded)
 
@@ -458,18 +484,11 @@ class LevelDBStorage:
             self._applied_index,
         )
         batch = db.write_batch(sync=False)
-        if changes.reset:  # a snapshot replaces the whole applied state
-            try:
-                for prefix in (P_KV, P_SESSION):
-                    for key in db.iterator(prefix=prefix, include_value=False):
-                        batch.delete(key)
-            except plyvel.Error as exc:
-                raise _storage_error(self.path, exc) from None
-        for key, value in changes.kv.items():
-            if value is None:
-                batch.delete(P_KV + key)
+        for key, row in changes.history.items():
+            if row is None:
+                batch.delete(P_REV + key)
             else:
-                batch.put(P_KV + key, value)
+                batch.put(P_REV + key, row)
         encoded: dict[int, bytes] = {}  # results shared by the sessions of a batch
         for client_id, session in changes.sessions.items():
             key = P_SESSION + client_id.encode("utf-8")
@@ -479,7 +498,7 @@ class LevelDBStorage:
                 batch.put(key, session.encode(encoded))
         batch.put(
             K_APPLIED,
-            storage_pb2.AppliedState(applied_index=changes.applied_index).SerializeToString(),
+            _applied_record(changes.applied_index, changes.revision, changes.compact_revision, changes.alarms),
         )
         through = min(drop_accepted_through, SLOT_MAX)
         dropped: list[int] = []
@@ -505,11 +524,39 @@ class LevelDBStorage:
                 raise _storage_error(self.path, exc) from None
         self._write(batch)
         self._applied_index = changes.applied_index
+        self._rev_reclaim_through = max(self._rev_reclaim_through, changes.compact_revision)
         if drops:
             self._accepted_scan_from = through + 1
             for slot in dropped:
                 values.pop(slot, None)
             marked.difference_update(unmarked)
+
+    def history_row(self, row: bytes) -> bytes | None:
+        """A history row (no lock: LevelDB reads are thread-safe, and a read
+        must not wait for an fsync in the worker thread)."""
+        with self._using() as db:
+            try:
+                return db.get(P_REV + row)
+            except plyvel.Error as exc:
+                raise _storage_error(self.path, exc) from None
+
+    def history_rows(self, start: bytes, stop: bytes | None = None) -> Iterator[tuple[bytes, bytes]]:
+        with self._using() as db:
+            try:
+                it = db.iterator(start=P_REV + start, stop=P_REV + stop if stop is not None else _prefix_end(P_REV))
+                rows = [(k[len(P_REV) :], v) for k, v in it]
+            except plyvel.Error as exc:
+                raise _storage_error(self.path, exc) from None
+        return iter(rows)
+
+    def defragment(self) -> None:
+        """Rewrite the whole database without its deleted records (long: a
+        worker thread; the node's writes go on meanwhile)."""
+        with self._using() as db:
+            try:
+                db.compact_range()
+            except plyvel.Error as exc:
+                raise _storage_error(self.path, exc) from None
 
     def compact(self, through_slot: int) -> None:
         with self._lock:
@@ -571,8 +618,12 @@ class LevelDBStorage:
                 (P_ACCEPTED, slot_key(P_ACCEPTED, self._log_start)),
             ]
             reclaim_state, self._reclaim_state = self._reclaim_state, False
+            rev_through = self._rev_reclaim_through
+            if rev_through > self._rev_reclaimed:  # the rows an MVCC compaction deleted
+                ranges.append((P_REV, P_REV + row_key(rev_through + 1, 0)))
+                self._rev_reclaimed = rev_through
         if reclaim_state:
-            ranges += [(P_KV, _prefix_end(P_KV)), (P_SESSION, _prefix_end(P_SESSION))]
+            ranges += [(P_KV, _prefix_end(P_KV)), (P_REV, _prefix_end(P_REV)), (P_SESSION, _prefix_end(P_SESSION))]
         with self._using() as db:  # the long part, without the lock
             try:
                 for start, stop in ranges:
@@ -588,15 +639,11 @@ class LevelDBStorage:
             snap = db.snapshot()
             try:
                 raw = snap.get(K_APPLIED)
-                applied_index = (
-                    0
-                    if raw is None
-                    else self._parse(storage_pb2.AppliedState, K_APPLIED, raw).applied_index
-                )
+                applied = storage_pb2.AppliedState() if raw is None else self._parse(storage_pb2.AppliedState, K_APPLIED, raw)
             except BaseException:
                 snap.close()
                 raise
-            source = _LevelDBSource(self, snap, applied_index)
+            source = _LevelDBSource(self, snap, applied)
             with self._cond:
                 self._sources.add(source)
             return source
@@ -606,33 +653,33 @@ class LevelDBStorage:
             self._live()
             return _LevelDBInstaller(self, foreign_cluster_ok, self._applied_index)
 
-    def _install(self, staged: str, cluster_id: str | None) -> int:
+    def _install(self, staged: str, cluster_id: str | None, legacy_ok: bool) -> int:
         """Switch to the verified snapshot in the file ``staged``: one synced batch."""
         with self._lock:
             db = self._live()
-            reader = SnapshotReader(cluster_id, min_applied_index=self._applied_index)
+            reader = SnapshotReader(cluster_id, min_applied_index=self._applied_index, legacy_ok=legacy_ok)
             batch = db.write_batch(sync=True)
             try:
                 with contextlib.ExitStack() as stack:
-                    old_kv = stack.enter_context(db.iterator(prefix=P_KV))
+                    old_rows = stack.enter_context(db.iterator(prefix=P_REV))
                     old_sessions = stack.enter_context(db.iterator(prefix=P_SESSION))
-                    kv_merge = _Merge(batch, P_KV, old_kv)
+                    row_merge = _Merge(batch, P_REV, old_rows)
                     session_merge = _Merge(batch, P_SESSION, old_sessions)
-                    for kvs, sessions in read_file(staged, reader):
-                        for key, value in kvs:
-                            kv_merge.put(key, value)
+                    for rows, sessions in read_file(staged, reader):
+                        for key, row in rows:
+                            row_merge.put(key, row)
                         for client_id, session in sessions:
                             session_merge.put(
                                 client_id.encode("utf-8"),
                                 session.to_proto().SerializeToString(),
                             )
-                    kv_merge.end()
+                    row_merge.end()
                     session_merge.end()
                 info = reader.info
                 assert info is not None
                 index = info.applied_index
                 batch.put(
-                    K_APPLIED, storage_pb2.AppliedState(applied_index=index).SerializeToString()
+                    K_APPLIED, _applied_record(index, info.revision, info.compact_revision, info.alarms)
                 )
                 self._delete_log_through(db, batch, index)
             except plyvel.Error as exc:
@@ -758,11 +805,11 @@ def _check_or_write_meta(
             raise WrongCluster(path, meta.cluster_id, cluster_id)
         if meta.format_version != FORMAT_VERSION:
             # Versions 1 and 2 have no chosen markers (1) and no packed
-            # batches (1, 2): readable as is. Marked as the current version
-            # before anything else is written, so an older paxoskv refuses
-            # this store once it may hold them.
-            meta.format_version = FORMAT_VERSION
-            db.put(K_META, meta.SerializeToString(), sync=True)
+            # batches (1, 2): readable as is; 1-3 hold kv/ values, which
+            # become history rows. Marked as the current version in the same
+            # batch, before anything else is written, so an older paxoskv
+            # refuses this store once it may hold them.
+            _migrate_to_mvcc(db, path, meta)
         return
     with db.iterator(include_value=False) as it:
         first = next(it, None)
@@ -774,6 +821,41 @@ def _check_or_write_meta(
         format_version=FORMAT_VERSION, node_id=node_id, cluster_id=cluster_id
     )
     db.put(K_META, meta.SerializeToString(), sync=True)
+
+
+def _mvcc_of(applied: storage_pb2.AppliedState) -> tuple[int, int, tuple[tuple[int, int], ...]]:
+    """The revision, compaction revision and alarms of an applied record (a
+    record of a fresh store has none: revision 1, no compaction)."""
+    if applied.revision < 1:
+        return 1, -1, ()
+    return applied.revision, applied.compact_revision, tuple((a.member_id, a.alarm) for a in applied.alarms)
+
+
+def _applied_record(index: int, revision: int, compact_revision: int, alarms: Sequence[tuple[int, int]]) -> bytes:
+    return storage_pb2.AppliedState(
+        applied_index=index,
+        revision=revision,
+        compact_revision=compact_revision,
+        alarms=[storage_pb2.StoredAlarm(member_id=m, alarm=a) for m, a in alarms],
+    ).SerializeToString()
+
+
+def _migrate_to_mvcc(db: plyvel.DB, path: str, meta: storage_pb2.NodeMeta) -> None:
+    """Format 1-3 -> 4 in one synced batch (see the module docstring)."""
+    batch = db.write_batch(sync=True)
+    raw = db.get(K_APPLIED)
+    applied = storage_pb2.AppliedState() if raw is None else _parse(path, storage_pb2.AppliedState, K_APPLIED, raw)
+    cut = len(P_KV)
+    with db.iterator(prefix=P_KV) as it:
+        items = [(key[cut:], value) for key, value in it]
+    for key, _ in items:
+        batch.delete(P_KV + key)
+    for row_key, row in legacy_rows(items):
+        batch.put(P_REV + row_key, row)
+    batch.put(K_APPLIED, _applied_record(applied.applied_index, 2 if items else 1, -1, ()))
+    meta.format_version = FORMAT_VERSION
+    batch.put(K_META, meta.SerializeToString())
+    batch.write()
 
 
 def _prefix_end(prefix: bytes) -> bytes:
@@ -834,14 +916,17 @@ class _Merge:
 
 
 class _LevelDBSource(SourceBase):
-    def __init__(self, storage: LevelDBStorage, snap: plyvel.Snapshot, applied_index: int) -> None:
-        super().__init__(storage.cluster_id, applied_index)
+    def __init__(self, storage: LevelDBStorage, snap: plyvel.Snapshot, applied: storage_pb2.AppliedState) -> None:
+        super().__init__(storage.cluster_id, applied.applied_index, *_mvcc_of(applied))
         self._storage = storage
         self._snap = snap
 
-    def _batches(self, prefix: bytes, include_value: bool) -> Iterator[list[Any]]:
-        """The snapshot's records under ``prefix``, in batches read under the
-        storage's use count (never under its lock)."""
+    def _batches(
+        self, prefix: bytes, include_value: bool, start: bytes = b"", stop: bytes | None = None
+    ) -> Iterator[list[Any]]:
+        """The snapshot's records under ``prefix`` (from ``prefix + start``
+        to ``prefix + stop``), in batches read under the storage's use count
+        (never under its lock)."""
         storage = self._storage
         it = None
         try:
@@ -850,7 +935,11 @@ class _LevelDBSource(SourceBase):
                     assert not self._closed, "snapshot source is closed"
                     try:
                         if it is None:
-                            it = self._snap.iterator(prefix=prefix, include_value=include_value)
+                            it = self._snap.iterator(
+                                start=prefix + start,
+                                stop=prefix + stop if stop is not None else _prefix_end(prefix),
+                                include_value=include_value,
+                            )
                         batch = list(itertools.islice(it, SOURCE_BATCH_RECORDS))
                     except plyvel.Error as exc:
                         raise _storage_error(storage.path, exc) from None
@@ -863,15 +952,15 @@ class _LevelDBSource(SourceBase):
                     it.close()
 
     def _counts(self) -> tuple[int, int]:
-        keys = sum(len(b) for b in self._batches(P_KV, include_value=False))
+        rows = sum(len(b) for b in self._batches(P_REV, include_value=False))
         sessions = sum(len(b) for b in self._batches(P_SESSION, include_value=False))
-        return keys, sessions
+        return rows, sessions
 
-    def _kv_items(self) -> Iterator[tuple[bytes, bytes]]:
-        cut = len(P_KV)
-        for batch in self._batches(P_KV, include_value=True):
-            for key, value in batch:
-                yield key[cut:], value
+    def _rows(self, start: bytes, stop: bytes | None) -> Iterator[tuple[bytes, bytes]]:
+        cut = len(P_REV)
+        for batch in self._batches(P_REV, True, start, stop):
+            for key, row in batch:
+                yield key[cut:], row
 
     def _session_items(self) -> Iterator[tuple[str, Session]]:
         path = self._storage.path
@@ -895,11 +984,14 @@ class _LevelDBSource(SourceBase):
 class _LevelDBInstaller(InstallerBase):
     def __init__(self, storage: LevelDBStorage, foreign_cluster_ok: bool, applied: int) -> None:
         self._cluster_id = None if foreign_cluster_ok else storage.cluster_id
+        self._legacy_ok = foreign_cluster_ok
         # Only the header is checked as the bytes come (a wrong cluster or an
         # old snapshot is refused at once); finish() verifies everything in
         # the one pass that builds the switch batch.
         super().__init__(
-            SnapshotReader(self._cluster_id, min_applied_index=applied, keep_items=False),
+            SnapshotReader(
+                self._cluster_id, min_applied_index=applied, keep_items=False, legacy_ok=foreign_cluster_ok
+            ),
             check_on_write=False,
         )
         self._storage = storage
@@ -931,7 +1023,7 @@ class _LevelDBInstaller(InstallerBase):
             raise NotWritable(
                 self._storage.path, f"cannot stage a snapshot: {exc.strerror}"
             ) from None
-        return self._storage._install(self._staged, self._cluster_id)
+        return self._storage._install(self._staged, self._cluster_id, self._legacy_ok)
 
     def _discard(self) -> None:
         file = self._file

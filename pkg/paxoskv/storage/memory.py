@@ -17,12 +17,12 @@ Rules (the same protocol and errors as :mod:`paxoskv.storage.leveldb`):
 - ``fault_full_disk = True`` makes every write raise ``NotWritable`` without
   changing anything, as a full disk would; ``False`` heals it.
 - Compaction is one unsynced batch; ``reclaim()`` has nothing to give back.
-  A snapshot source is a copy of the applied state (taken in O(keys), no
+  A snapshot source is a copy of the applied state (taken in O(rows), no
   sort: the items are sorted when the chunks are made). An installer stages
   the verified items in its own memory (the process's, which a crash
   loses, as LevelDB's staging file is dropped at the next open) and
-  ``finish()`` writes ONE synced batch: reset, every key and session, the
-  applied index and a compaction through it. So the crash model covers the
+  ``finish()`` writes ONE synced batch: reset, every row and session, the
+  applied state and a compaction through it. So the crash model covers the
   install: before that batch, the old state; after it, the new one. A
   ``crash`` invalidates the installers that were open (they belonged to the
   dead process): their ``finish()`` fails an assertion.
@@ -66,9 +66,10 @@ __all__ = ["MemoryDisk", "MemoryStorage"]
 # One operation of a batch: (kind, *arguments). Kinds:
 #   ("meta", node_id, cluster_id)        ("promised", ballot)
 #   ("accepted", entry)                  ("chosen", slot, value)
-#   ("kv", key, value | None)            ("session", client_id, session | None)
-#   ("applied", index)                   ("drop_accepted", through)
-#   ("reset",)                           drop every key and session
+#   ("row", row key, row | None)         ("session", client_id, session | None)
+#   ("applied", index, revision, compact revision, alarms)
+#   ("drop_accepted", through)
+#   ("reset",)                           drop every history row and session
 #   ("compact", through)                 drop chosen and accepted <= through,
 #                                        log_start = through + 1
 _Op = tuple[object, ...]
@@ -81,10 +82,13 @@ class _Image:
     promised: Ballot = ZERO_BALLOT
     accepted: dict[int, Entry] = field(default_factory=dict)
     chosen: dict[int, Value] = field(default_factory=dict)
-    kv: dict[bytes, bytes] = field(default_factory=dict)
+    history: dict[bytes, bytes] = field(default_factory=dict)
     sessions: dict[str, Session] = field(default_factory=dict)
     applied_index: int = 0
     log_start: int = 1
+    revision: int = 1
+    compact_revision: int = -1
+    alarms: tuple[tuple[int, int], ...] = ()
 
     def copy(self) -> _Image:
         return _Image(
@@ -92,10 +96,13 @@ class _Image:
             self.promised,
             dict(self.accepted),
             dict(self.chosen),
-            dict(self.kv),
+            dict(self.history),
             dict(self.sessions),
             self.applied_index,
             self.log_start,
+            self.revision,
+            self.compact_revision,
+            self.alarms,
         )
 
     def replay(self, batch: _Batch) -> None:
@@ -107,24 +114,24 @@ class _Image:
                 self.accepted[entry.slot] = entry
             elif kind == "chosen":
                 self.chosen[op[1]] = op[2]  # type: ignore[index]
-            elif kind == "kv":
+            elif kind == "row":
                 if op[2] is None:
-                    self.kv.pop(op[1], None)  # type: ignore[arg-type]
+                    self.history.pop(op[1], None)  # type: ignore[arg-type]
                 else:
-                    self.kv[op[1]] = op[2]  # type: ignore[index]
+                    self.history[op[1]] = op[2]  # type: ignore[index]
             elif kind == "session":
                 if op[2] is None:
                     self.sessions.pop(op[1], None)  # type: ignore[arg-type]
                 else:
                     self.sessions[op[1]] = op[2]  # type: ignore[index]
             elif kind == "applied":
-                self.applied_index = op[1]  # type: ignore[assignment]
+                self.applied_index, self.revision, self.compact_revision, self.alarms = op[1:]  # type: ignore[assignment]
             elif kind == "drop_accepted":
                 through = op[1]
                 for slot in [s for s in self.accepted if s <= through]:  # type: ignore[operator]
                     del self.accepted[slot]
             elif kind == "reset":
-                self.kv.clear()
+                self.history.clear()
                 self.sessions.clear()
             elif kind == "compact":
                 through = op[1]
@@ -259,8 +266,11 @@ class MemoryStorage:
             chosen=dict(image.chosen),
             log_start=image.log_start,
             applied_index=image.applied_index,
-            kv=dict(image.kv),
+            history=dict(image.history),
             sessions=dict(image.sessions),
+            revision=image.revision,
+            compact_revision=image.compact_revision,
+            alarms=image.alarms,
         )
         return check_loaded(self.disk.name, loaded)
 
@@ -291,17 +301,28 @@ class MemoryStorage:
         assert not self._closed, "storage is closed"
         current = self.disk._current.applied_index
         assert changes.applied_index >= current, (changes.applied_index, current)
-        batch: list[_Op] = [("reset",)] if changes.reset else []
-        for key, value in changes.kv.items():
-            assert isinstance(key, bytes) and (value is None or isinstance(value, bytes))
-            batch.append(("kv", key, value))
+        batch: list[_Op] = []
+        for key, row in changes.history.items():
+            assert isinstance(key, bytes) and len(key) == 16 and (row is None or isinstance(row, bytes))
+            batch.append(("row", key, row))
         for client_id, session in changes.sessions.items():
             assert session is None or isinstance(session, Session), session
             batch.append(("session", client_id, session))
-        batch.append(("applied", changes.applied_index))
+        assert changes.revision >= 1, changes
+        batch.append(("applied", changes.applied_index, changes.revision, changes.compact_revision, tuple(changes.alarms)))
         if drop_accepted_through > 0:
             batch.append(("drop_accepted", drop_accepted_through))
         self.disk.write(tuple(batch), sync=False)
+
+    def history_row(self, row: bytes) -> bytes | None:
+        assert not self._closed, "storage is closed"
+        return self.disk._current.history.get(row)
+
+    def history_rows(self, start: bytes, stop: bytes | None = None) -> Iterator[tuple[bytes, bytes]]:
+        assert not self._closed, "storage is closed"
+        history = self.disk._current.history
+        keys = sorted(k for k in history if k >= start and (stop is None or k < stop))
+        return iter([(k, history[k]) for k in keys])
 
     def compact(self, through_slot: int) -> None:
         assert not self._closed, "storage is closed"
@@ -314,12 +335,13 @@ class MemoryStorage:
     def reclaim(self) -> None:
         assert not self._closed, "storage is closed"
 
+    def defragment(self) -> None:
+        assert not self._closed, "storage is closed"
+
     def open_snapshot(self) -> _MemorySource:
         assert not self._closed, "storage is closed"
         image = self.disk._current
-        return _MemorySource(
-            self.cluster_id, image.applied_index, dict(image.kv), dict(image.sessions)
-        )
+        return _MemorySource(self.cluster_id, image, dict(image.history), dict(image.sessions))
 
     def begin_install(self, *, foreign_cluster_ok: bool = False) -> _MemoryInstaller:
         assert not self._closed, "storage is closed"
@@ -345,25 +367,27 @@ class _MemorySource(SourceBase):
     def __init__(
         self,
         cluster_id: str,
-        applied_index: int,
-        kv: dict[bytes, bytes],
+        image: _Image,
+        history: dict[bytes, bytes],
         sessions: dict[str, Session],
     ) -> None:
-        super().__init__(cluster_id, applied_index)
-        self._kv = kv
+        super().__init__(cluster_id, image.applied_index, image.revision, image.compact_revision, image.alarms)
+        self._history = history
         self._sessions = sessions
 
     def _counts(self) -> tuple[int, int]:
-        return len(self._kv), len(self._sessions)
+        return len(self._history), len(self._sessions)
 
-    def _kv_items(self) -> Iterator[tuple[bytes, bytes]]:
-        return iter(sorted(self._kv.items()))
+    def _rows(self, start: bytes, stop: bytes | None) -> Iterator[tuple[bytes, bytes]]:
+        history = self._history
+        keys = sorted(k for k in history if k >= start and (stop is None or k < stop))
+        return iter([(k, history[k]) for k in keys])
 
     def _session_items(self) -> Iterator[tuple[str, Session]]:
         return iter(sorted(self._sessions.items()))
 
     def _release(self) -> None:
-        self._kv = {}
+        self._history = {}
         self._sessions = {}
 
 
@@ -373,6 +397,7 @@ class _MemoryInstaller(InstallerBase):
             SnapshotReader(
                 None if foreign_cluster_ok else storage.cluster_id,
                 min_applied_index=storage.disk._current.applied_index,
+                legacy_ok=foreign_cluster_ok,
             ),
             check_on_write=True,
         )
@@ -388,10 +413,10 @@ class _MemoryInstaller(InstallerBase):
 
     def _stage(self, chunk: bytes, items: Items) -> None:
         self._check_alive()
-        kvs, sessions = items
+        rows, sessions = items
         ops = self._ops
-        for key, value in kvs:
-            ops.append(("kv", key, value))
+        for key, row in rows:
+            ops.append(("row", key, row))
         for client_id, session in sessions:
             ops.append(("session", client_id, session))
 
@@ -405,7 +430,7 @@ class _MemoryInstaller(InstallerBase):
             raise SnapshotRefused(
                 f"snapshot at index {index} is older than the applied index {current}"
             )
-        self._ops.append(("applied", index))
+        self._ops.append(("applied", index, info.revision, info.compact_revision, info.alarms))
         self._ops.append(("compact", index))
         disk.write(tuple(self._ops), sync=True)
         return index

@@ -1,19 +1,27 @@
 """The snapshot file format: a streaming writer and a streaming verifier.
 
-A snapshot is a consistent copy of one node's APPLIED state (the key-value
-map, the exactly-once sessions and the applied index). The same bytes are a
-file on disk (``paxoskv snapshot save``), a gRPC stream
-(``Maintenance.Snapshot``) and the payload of the peer-to-peer transfer.
+A snapshot is a consistent copy of one node's APPLIED state (the MVCC
+store's history rows and revision counters, its alarms, the exactly-once
+sessions and the applied index). The same bytes are a file on disk
+(``paxoskv snapshot save``), a gRPC stream (``Maintenance.Snapshot``; the
+etcd API's is these bytes padded, then a SHA-256: ``etcd_envelope``) and
+the payload of the peer-to-peer transfer.
 
-Format (``proto/paxoskv/v1/storage.proto``, ``SnapshotRecord``): a sequence
-of records, each preceded by its length as a protobuf varint::
+Format 2 (``proto/paxoskv/v1/storage.proto``, ``SnapshotRecord``): a
+sequence of records, each preceded by its length as a protobuf varint::
 
     header    SnapshotHeader   format_version, cluster_id, applied_index,
-                               keys, sessions (the counts that follow)
-    kv * keys                  KeyValue, in strictly increasing key order
+                               rows, sessions (the counts that follow),
+                               revision, compact_revision, alarms
+    row * rows                 HistoryRow, in strictly increasing revision
     session * sessions         SessionEntry, in strictly increasing client id
     trailer   SnapshotTrailer  SHA-256 of every byte before the trailer's
                                length prefix
+
+Format 1 (before MVCC) has ``keys`` KeyValue records instead of the rows.
+A reader made with ``legacy_ok`` reads it as a store from before MVCC is
+migrated (``paxoskv.kv.mvcc.legacy_rows``: every key version 1 at revision
+2); others refuse it (``SnapshotRefused``), as a node does a peer's.
 
 Rules:
 
@@ -51,12 +59,14 @@ from typing import Any
 
 from google.protobuf.message import DecodeError
 
+from paxoskv.kv.mvcc import LEGACY_REVISION, ROW_KEY_BYTES, decode_row, legacy_rows, row_key, split_row_key
 from paxoskv.kv.state_machine import Session
 from paxoskv.protowire import varint
 from paxoskv.v1 import storage_pb2
 
 __all__ = [
     "CHUNK_BYTES",
+    "ETCD_PAD_BYTES",
     "RECORD_BYTES_MAX",
     "SNAPSHOT_FORMAT_VERSION",
     "Items",
@@ -65,16 +75,20 @@ __all__ = [
     "SnapshotInfo",
     "SnapshotReader",
     "SnapshotRefused",
+    "etcd_envelope",
     "iter_snapshot",
     "snapshot_bytes",
 ]
 
-SNAPSHOT_FORMAT_VERSION = 1
+SNAPSHOT_FORMAT_VERSION = 2
+LEGACY_FORMAT_VERSION = 1
+ETCD_PAD_BYTES = 512  # etcdctl snapshot save wants 512 * k + 32 bytes
 CHUNK_BYTES = 1 << 20  # default chunk size of the writer and the file readers
 RECORD_BYTES_MAX = 64 << 20  # a record longer than this is a damaged length
 _VARINT_BYTES_MAX = 10
 _SHA256_BYTES = 32
 
+# (history rows as (row key, row), sessions as (client id, session))
 Items = tuple[list[tuple[bytes, bytes]], list[tuple[str, Session]]]
 
 
@@ -102,9 +116,12 @@ class SnapshotInfo:
     format_version: int
     cluster_id: str
     applied_index: int
-    keys: int
+    rows: int  # history rows (format 1: its keys, one row each)
     sessions: int
-    total_bytes: int  # the whole stream, trailer included
+    revision: int
+    compact_revision: int
+    alarms: tuple[tuple[int, int], ...]
+    total_bytes: int  # the whole snapshot, trailer included (an envelope's padding not)
     sha256: bytes  # the trailer's: of every byte before the trailer
     stream_sha256: bytes  # of every byte of the stream (SnapshotResponse.sha256)
 
@@ -117,26 +134,25 @@ def _frame(record: storage_pb2.SnapshotRecord) -> bytes:
     return varint(len(data)) + data
 
 
-def _kv_frame(key: bytes, value: bytes) -> bytes:
-    """``_frame(SnapshotRecord(kv=KeyValue(key=key, value=value)))``, encoded by
-    hand (the hot path; the tests check it is byte for byte the same)."""
-    inner = (b"\x0a" + varint(len(key)) + key if key else b"") + (
-        b"\x12" + varint(len(value)) + value if value else b""
-    )
-    record = b"\x12" + varint(len(inner)) + inner
+def _row_frame(key: bytes, row: bytes) -> bytes:
+    """``_frame(SnapshotRecord(row=HistoryRow(revision=key, record=<row>)))``,
+    encoded by hand (the hot path; the tests check it is byte for byte the
+    same). ``key`` is 16 bytes, ``row`` a HistoryRecord's encoding."""
+    inner = b"\x0a\x10" + key + (b"\x12" + varint(len(row)) + row if row else b"")
+    record = b"\x2a" + varint(len(inner)) + inner
     return varint(len(record)) + record
 
 
 def iter_snapshot(
     header: storage_pb2.SnapshotHeader,
-    kv_items: Iterable[tuple[bytes, bytes]],
+    row_items: Iterable[tuple[bytes, bytes]],
     session_items: Iterable[tuple[str, Session]],
     chunk_bytes: int = CHUNK_BYTES,
 ) -> Iterator[bytes]:
     """The snapshot's bytes, lazily, in chunks of about ``chunk_bytes`` (the
-    last one holds the trailer). ``kv_items`` must be in strictly increasing
-    key order, ``session_items`` in strictly increasing client id order, and
-    their counts must be the header's."""
+    last one holds the trailer). ``row_items`` must be in strictly increasing
+    row key order, ``session_items`` in strictly increasing client id order,
+    and their counts must be the header's."""
     assert chunk_bytes >= 1, chunk_bytes
     assert header.format_version == SNAPSHOT_FORMAT_VERSION, header.format_version
     assert header.cluster_id, "a snapshot names its cluster"
@@ -146,13 +162,14 @@ def iter_snapshot(
     first = _frame(storage_pb2.SnapshotRecord(header=header))
     parts.append(first)
     size += len(first)
-    keys = 0
+    rows = 0
     last_key: bytes | None = None
-    for key, value in kv_items:
+    for key, row in row_items:
         assert last_key is None or key > last_key, (last_key, key)
+        assert len(key) == ROW_KEY_BYTES, key
         last_key = key
-        keys += 1
-        frame = _kv_frame(key, value)
+        rows += 1
+        frame = _row_frame(key, row)
         parts.append(frame)
         size += len(frame)
         if size >= chunk_bytes:
@@ -161,7 +178,7 @@ def iter_snapshot(
             yield chunk
             parts.clear()
             size = 0
-    assert keys == header.keys, (keys, header.keys)
+    assert rows == header.rows, (rows, header.rows)
     sessions = 0
     last_client: str | None = None
     for client_id, session in session_items:
@@ -191,21 +208,59 @@ def iter_snapshot(
     yield body + trailer
 
 
-def snapshot_bytes(
+def snapshot_header(
     cluster_id: str,
     applied_index: int,
-    kv: dict[bytes, bytes],
-    sessions: dict[str, Session],
-) -> bytes:
-    """A whole snapshot of the given state in one bytes object (tests, tools)."""
-    header = storage_pb2.SnapshotHeader(
+    rows: int,
+    sessions: int,
+    revision: int,
+    compact_revision: int,
+    alarms: Iterable[tuple[int, int]] = (),
+) -> storage_pb2.SnapshotHeader:
+    return storage_pb2.SnapshotHeader(
         format_version=SNAPSHOT_FORMAT_VERSION,
         cluster_id=cluster_id,
         applied_index=applied_index,
-        keys=len(kv),
-        sessions=len(sessions),
+        rows=rows,
+        sessions=sessions,
+        revision=revision,
+        compact_revision=compact_revision,
+        alarms=[storage_pb2.StoredAlarm(member_id=m, alarm=a) for m, a in alarms],
     )
-    return b"".join(iter_snapshot(header, sorted(kv.items()), sorted(sessions.items())))
+
+
+def snapshot_bytes(
+    cluster_id: str,
+    applied_index: int,
+    history: dict[bytes, bytes],
+    sessions: dict[str, Session],
+    revision: int = 1,
+    compact_revision: int = -1,
+    alarms: Iterable[tuple[int, int]] = (),
+) -> bytes:
+    """A whole snapshot of the given state in one bytes object (tests, tools)."""
+    header = snapshot_header(
+        cluster_id, applied_index, len(history), len(sessions), revision, compact_revision, alarms
+    )
+    return b"".join(iter_snapshot(header, sorted(history.items()), sorted(sessions.items())))
+
+
+def etcd_envelope(chunks: Iterable[bytes], pad_bytes: int = ETCD_PAD_BYTES) -> Iterator[bytes]:
+    """A snapshot as the etcd API sends it: the snapshot's bytes, zeros up to
+    a multiple of ``pad_bytes``, then the SHA-256 of all that (32 bytes), as
+    the last chunk. ``etcdctl snapshot save`` checks the size is
+    ``512 * k + 32``; ``read_envelope`` undoes it."""
+    digest = hashlib.sha256()
+    size = 0
+    for chunk in chunks:
+        digest.update(chunk)
+        size += len(chunk)
+        yield chunk
+    pad = b"\x00" * (-size % pad_bytes)
+    if pad:
+        digest.update(pad)
+        yield pad
+    yield digest.digest()
 
 
 # ---- reading ------------------------------------------------------------------------
@@ -227,44 +282,31 @@ def _read_varint(buf: bytearray, pos: int, end: int) -> tuple[int, int]:
     return -1, i
 
 
-def _kv_fast(buf: bytearray, body: int, stop: int) -> tuple[bytes, bytes] | None:
-    """The (key, value) of ``buf[body:stop]`` if it is a kv record in the
-    canonical shape ``_kv_frame`` writes (as protobuf would parse it); None
+def _row_fast(buf: bytearray, body: int, stop: int) -> tuple[bytes, bytes] | None:
+    """The (row key, row) of ``buf[body:stop]`` if it is a row record in the
+    canonical shape ``_row_frame`` writes (as protobuf would parse it); None
     for anything else, which then goes through the protobuf parser."""
-    if stop - body < 2 or buf[body] != 0x12:
+    if stop - body < 2 or buf[body] != 0x2A:
         return None
-    length = buf[body + 1]
-    p = body + 2
-    if length >= 0x80:
-        length, p = _read_varint(buf, body + 1, stop)
-    if p + length != stop:
+    length, p = _read_varint(buf, body + 1, stop)
+    if length < 0 or p + length != stop:
         return None
-    key = value = b""
-    if p < stop and buf[p] == 0x0A:
-        length = buf[p + 1] if p + 1 < stop else 0x80
-        p += 2
-        if length >= 0x80:
-            length, p = _read_varint(buf, p - 1, stop)
-        if length < 0 or p + length > stop:
+    if stop - p < 2 + ROW_KEY_BYTES or buf[p] != 0x0A or buf[p + 1] != ROW_KEY_BYTES:
+        return None
+    key = bytes(buf[p + 2 : p + 2 + ROW_KEY_BYTES])
+    p += 2 + ROW_KEY_BYTES
+    row = b""
+    if p < stop:
+        if buf[p] != 0x12:
             return None
-        key = bytes(buf[p : p + length])
-        p += length
-    if p < stop and buf[p] == 0x12:
-        length = buf[p + 1] if p + 1 < stop else 0x80
-        p += 2
-        if length >= 0x80:
-            length, p = _read_varint(buf, p - 1, stop)
-        if length < 0 or p + length > stop:
+        length, q = _read_varint(buf, p + 1, stop)
+        if length < 0 or q + length != stop:
             return None
-        value = bytes(buf[p : p + length])
-        p += length
-    if p != stop:
-        return None
-    return key, value
+        row = bytes(buf[q:stop])
+    return key, row
 
 
-_HEADER, _KV, _SESSION, _TRAILER, _DONE = range(5)
-_EXPECTED = {_HEADER: "header", _KV: "kv", _SESSION: "session", _TRAILER: "trailer"}
+_HEADER, _BODY, _SESSION, _TRAILER, _DONE = range(5)
 
 
 class SnapshotReader:
@@ -274,6 +316,10 @@ class SnapshotReader:
     ``min_applied_index``: refuse a snapshot older than this.
     ``keep_items``: ``feed`` returns the items it completed (False: it returns
     empty lists, for a reader that only verifies).
+    ``legacy_ok``: read a format 1 snapshot (its keys become rows) instead
+    of refusing it.
+    ``padded``: zero bytes may follow the trailer (the body of an etcd
+    envelope, whose checksum the caller verified).
     """
 
     def __init__(
@@ -282,23 +328,31 @@ class SnapshotReader:
         *,
         min_applied_index: int = 0,
         keep_items: bool = True,
+        legacy_ok: bool = False,
+        padded: bool = False,
     ) -> None:
+        self._padded = padded
         self._cluster_id = cluster_id
         self._min_applied_index = min_applied_index
         self._keep_items = keep_items
+        self._legacy_ok = legacy_ok
         self._buf = bytearray()
         self._offset = 0  # stream offset of self._buf[0]
         self._state = _HEADER
+        self._body_kind = "row"  # what the body's records are: "row", or "kv" (format 1)
         self._digest = hashlib.sha256()
         self._stream_digest = hashlib.sha256()
         self._header: storage_pb2.SnapshotHeader | None = None
-        self._keys = 0
-        self._keys_expected = -1  # the header's count, once read
+        self._revision = 1
+        self._compact_revision = -1
+        self._items = 0
+        self._items_expected = -1  # the header's count, once read
         self._hashed = 0
         self._sessions = 0
         self._last_key: bytes | None = None
         self._last_client: str | None = None
         self._sha256 = b""
+        self._total = 0  # bytes through the trailer (padding not counted)
         self._failed: SnapshotError | None = None
         self._info: SnapshotInfo | None = None
 
@@ -321,20 +375,22 @@ class SnapshotReader:
         self._raise_if_failed()
         if self._info is not None:
             raise AssertionError("feed after finish")
-        kvs: list[tuple[bytes, bytes]] = []
+        rows: list[tuple[bytes, bytes]] = []
         sessions: list[tuple[str, Session]] = []
         if not data:
-            return kvs, sessions
+            return rows, sessions
         self._stream_digest.update(data)
         buf = self._buf
         buf += data
         pos = 0  # the next record starts here
         self._hashed = 0  # buf[:_hashed] is in the content digest (or is the trailer)
         end = len(buf)
-        keep = self._keep_items
         try:
             while pos < end:
                 if self._state == _DONE:
+                    if self._padded and not buf[pos:end].strip(b"\x00"):
+                        pos = end  # padding
+                        break
                     self._corrupt(self._offset + pos, f"{end - pos}+ bytes follow the trailer")
                 length, body = _read_varint(buf, pos, end)
                 if length < 0:
@@ -349,21 +405,13 @@ class SnapshotReader:
                 stop = body + length
                 if stop > end:
                     break  # the record is incomplete
-                if self._state == _KV:
-                    item = _kv_fast(buf, body, stop)
+                if self._state == _BODY and self._body_kind == "row":
+                    item = _row_fast(buf, body, stop)
                     if item is not None:  # the common case, decoded by hand
-                        key = item[0]
-                        if self._last_key is not None and key <= self._last_key:
-                            self._corrupt(self._offset + pos, f"key {key[:40]!r} is out of order")
-                        self._last_key = key
-                        self._keys += 1
-                        if keep:
-                            kvs.append(item)
-                        if self._keys == self._keys_expected:
-                            self._advance()
+                        self._row(self._offset + pos, item[0], item[1], rows)
                         pos = stop
                         continue
-                self._record(pos, body, stop, kvs, sessions)
+                self._record(pos, body, stop, rows, sessions)
                 pos = stop
         finally:
             if self._state != _DONE and self._hashed < pos:
@@ -371,7 +419,7 @@ class SnapshotReader:
             if pos:
                 del buf[:pos]
                 self._offset += pos
-        return kvs, sessions
+        return rows, sessions
 
     def finish(self) -> SnapshotInfo:
         """The stream ended: verify it was whole; return what it holds."""
@@ -380,7 +428,7 @@ class SnapshotReader:
             return self._info
         if self._state != _DONE:
             where = self._offset + len(self._buf)
-            what = _EXPECTED[self._state]
+            what = self._expected()
             if self._buf:
                 self._corrupt(where, f"ends inside a record (expected a {what} record)")
             self._corrupt(where, f"ends before the {what} record")
@@ -390,13 +438,19 @@ class SnapshotReader:
             format_version=header.format_version,
             cluster_id=header.cluster_id,
             applied_index=header.applied_index,
-            keys=header.keys,
+            rows=self._items,
             sessions=header.sessions,
-            total_bytes=self._offset,
+            revision=self._revision,
+            compact_revision=self._compact_revision,
+            alarms=tuple((a.member_id, a.alarm) for a in header.alarms),
+            total_bytes=self._total,
             sha256=self._sha256,
             stream_sha256=self._stream_digest.digest(),
         )
         return self._info
+
+    def _expected(self) -> str:
+        return {_HEADER: "header", _BODY: self._body_kind, _SESSION: "session", _TRAILER: "trailer"}[self._state]
 
     # ---- one record ----------------------------------------------------------
 
@@ -405,7 +459,7 @@ class SnapshotReader:
         start: int,
         body: int,
         stop: int,
-        kvs: list[tuple[bytes, bytes]],
+        rows: list[tuple[bytes, bytes]],
         sessions: list[tuple[str, Session]],
     ) -> None:
         where = self._offset + start
@@ -416,18 +470,14 @@ class SnapshotReader:
             self._corrupt(where, f"record does not parse: {exc}")
         kind = record.WhichOneof("record")
         state = self._state
-        if kind != _EXPECTED[state]:
-            self._corrupt(where, f"expected a {_EXPECTED[state]} record, found {kind}")
-        if state == _KV:
-            key = record.kv.key
-            if self._last_key is not None and key <= self._last_key:
-                self._corrupt(where, f"key {key[:40]!r} is out of order")
-            self._last_key = key
-            self._keys += 1
-            if self._keep_items:
-                kvs.append((key, record.kv.value))
-            if self._keys == self._keys_expected:
-                self._advance()
+        expected = self._expected()
+        if kind != expected:
+            self._corrupt(where, f"expected a {expected} record, found {kind}")
+        if state == _BODY and kind == "row":
+            row = record.row
+            self._row(where, row.revision, row.record.SerializeToString(deterministic=True), rows)
+        elif state == _BODY:
+            self._legacy_kv(where, record.kv.key, record.kv.value, rows)
         elif state == _SESSION:
             self._session(where, record.session, sessions)
             self._advance()
@@ -443,6 +493,46 @@ class SnapshotReader:
                 self._corrupt(where, "checksum mismatch")
             self._sha256 = digest
             self._state = _DONE
+            self._total = self._offset + stop
+
+    def _row(self, where: int, key: bytes, row: bytes, rows: list[tuple[bytes, bytes]]) -> None:
+        """A history row: its key in order, its record a version of a key
+        written at the key's revision, not after the snapshot's revision."""
+        if len(key) != ROW_KEY_BYTES:
+            self._corrupt(where, f"row key is {len(key)} bytes, not {ROW_KEY_BYTES}")
+        if self._last_key is not None and key <= self._last_key:
+            self._corrupt(where, f"row {key.hex()} is out of order")
+        main, sub = split_row_key(key)
+        try:
+            rec = decode_row(row)
+        except (DecodeError, ValueError) as exc:
+            self._corrupt(where, f"row {main}.{sub} does not parse: {exc}")
+        if not rec.kv.key or rec.kv.mod_revision != main or main > self._revision or main < 1:
+            self._corrupt(
+                where,
+                f"row {main}.{sub} (key {rec.kv.key[:40]!r}, mod revision {rec.kv.mod_revision}) "
+                f"does not fit the snapshot's revision {self._revision}",
+            )
+        self._last_key = key
+        self._items += 1
+        if self._keep_items:
+            rows.append((key, row))
+        if self._items == self._items_expected:
+            self._advance()
+
+    def _legacy_kv(self, where: int, key: bytes, value: bytes, rows: list[tuple[bytes, bytes]]) -> None:
+        """A format 1 key: in key order, it becomes its migrated row."""
+        if self._last_key is not None and key <= self._last_key:
+            self._corrupt(where, f"key {key[:40]!r} is out of order")
+        if not key:
+            self._corrupt(where, "a key is empty")
+        ((row_k, row),) = legacy_rows([(key, value)])
+        self._last_key = key
+        if self._keep_items:
+            rows.append((row_key(LEGACY_REVISION, self._items), row))
+        self._items += 1
+        if self._items == self._items_expected:
+            self._advance()
 
     def _session(
         self, where: int, entry: storage_pb2.SessionEntry, sessions: list[tuple[str, Session]]
@@ -465,11 +555,32 @@ class SnapshotReader:
             sessions.append((client_id, Session.from_proto(entry.session)))
 
     def _accept_header(self, where: int, header: storage_pb2.SnapshotHeader) -> None:
-        if header.format_version != SNAPSHOT_FORMAT_VERSION:
+        version = header.format_version
+        if version == LEGACY_FORMAT_VERSION:
+            if not self._legacy_ok:
+                self._fail(
+                    SnapshotRefused(
+                        f"snapshot format {version} (from a paxoskv before revisions) is not taken "
+                        f"here: restore it with `paxoskv snapshot restore`, or upgrade the node that sent it"
+                    )
+                )
+            self._body_kind = "kv"
+            self._items_expected = header.keys
+            self._revision = LEGACY_REVISION if header.keys else 1
+            self._compact_revision = -1
+        elif version == SNAPSHOT_FORMAT_VERSION:
+            if header.revision < 1:
+                self._corrupt(where, f"the header's revision {header.revision} is not >= 1")
+            if not -1 <= header.compact_revision <= header.revision:
+                self._corrupt(where, f"the header's compaction {header.compact_revision} is not in -1..{header.revision}")
+            self._items_expected = header.rows
+            self._revision = header.revision
+            self._compact_revision = header.compact_revision
+        else:
             self._corrupt(
                 where,
-                f"format version {header.format_version}, this paxoskv reads "
-                f"{SNAPSHOT_FORMAT_VERSION}",
+                f"format version {version}, this paxoskv reads {SNAPSHOT_FORMAT_VERSION} "
+                f"(and {LEGACY_FORMAT_VERSION} when restoring)",
             )
         if not header.cluster_id:
             self._corrupt(where, "the header names no cluster")
@@ -488,13 +599,12 @@ class SnapshotReader:
                 )
             )
         self._header = header
-        self._keys_expected = header.keys
 
     def _advance(self) -> None:
         header = self._header
         assert header is not None
-        if self._state == _HEADER or self._state == _KV:
-            self._state = _KV if self._keys < header.keys else _SESSION
+        if self._state == _HEADER or self._state == _BODY:
+            self._state = _BODY if self._items < self._items_expected else _SESSION
         if self._state == _SESSION and self._sessions >= header.sessions:
             self._state = _TRAILER
 

@@ -10,22 +10,33 @@ from collections.abc import Iterator
 from paxoskv.kv.state_machine import Session
 from paxoskv.storage.snapshot import (
     CHUNK_BYTES,
-    SNAPSHOT_FORMAT_VERSION,
     Items,
     SnapshotReader,
     iter_snapshot,
+    snapshot_header,
 )
-from paxoskv.v1 import storage_pb2
 
 __all__ = ["InstallerBase", "SourceBase"]
 
-class SourceBase(abc.ABC):
-    """A ``SnapshotSource`` made of three hooks: the counts, the key-value
-    items in key order, the sessions in client id order."""
 
-    def __init__(self, cluster_id: str, applied_index: int) -> None:
+class SourceBase(abc.ABC):
+    """A ``SnapshotSource`` made of hooks: the counts, the history rows in
+    revision order (all, or a span: ``_rows``), the sessions in client id
+    order."""
+
+    def __init__(
+        self,
+        cluster_id: str,
+        applied_index: int,
+        revision: int = 1,
+        compact_revision: int = -1,
+        alarms: tuple[tuple[int, int], ...] = (),
+    ) -> None:
         self._cluster_id = cluster_id
         self._applied_index = applied_index
+        self._revision = revision
+        self._compact_revision = compact_revision
+        self._alarms = alarms
         self._closed = False
 
     @property
@@ -36,17 +47,26 @@ class SourceBase(abc.ABC):
     def cluster_id(self) -> str:
         return self._cluster_id
 
+    @property
+    def revision(self) -> int:
+        return self._revision
+
+    @property
+    def compact_revision(self) -> int:
+        return self._compact_revision
+
+    def history_rows(self, start: bytes = b"", stop: bytes | None = None) -> Iterator[tuple[bytes, bytes]]:
+        """The view's history rows with ``start <= key < stop``, in revision order."""
+        assert not self._closed, "snapshot source is closed"
+        return self._rows(start, stop)
+
     def chunks(self, chunk_bytes: int = CHUNK_BYTES) -> Iterator[bytes]:
         assert not self._closed, "snapshot source is closed"
-        keys, sessions = self._counts()
-        header = storage_pb2.SnapshotHeader(
-            format_version=SNAPSHOT_FORMAT_VERSION,
-            cluster_id=self._cluster_id,
-            applied_index=self._applied_index,
-            keys=keys,
-            sessions=sessions,
+        rows, sessions = self._counts()
+        header = snapshot_header(
+            self._cluster_id, self._applied_index, rows, sessions, self._revision, self._compact_revision, self._alarms
         )
-        return iter_snapshot(header, self._kv_items(), self._session_items(), chunk_bytes)
+        return iter_snapshot(header, self._rows(b"", None), self._session_items(), chunk_bytes)
 
     def close(self) -> None:
         if not self._closed:
@@ -65,7 +85,7 @@ class SourceBase(abc.ABC):
         """Implemented by each store."""
 
     @abc.abstractmethod
-    def _kv_items(self) -> Iterator[tuple[bytes, bytes]]:
+    def _rows(self, start: bytes, stop: bytes | None) -> Iterator[tuple[bytes, bytes]]:
         """Implemented by each store."""
 
     @abc.abstractmethod

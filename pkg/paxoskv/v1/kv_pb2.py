@@ -22,67 +22,70 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from paxoskv.etcdpb import rpc_pb2 as paxoskv_dot_etcdpb_dot_rpc__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x13paxoskv/v1/kv.proto\x12\npaxoskv.v1\"#\n\x05PutOp\x12\x0b\n\x03key\x18\x01 \x01(\x0c\x12\r\n\x05value\x18\x02 \x01(\x0c\"\x17\n\x08\x44\x65leteOp\x12\x0b\n\x03key\x18\x01 \x01(\x0c\"\xa4\x01\n\x07\x43ommand\x12\x11\n\tclient_id\x18\x01 \x01(\t\x12\x10\n\x08sequence\x18\x02 \x01(\x04\x12 \n\x03put\x18\n \x01(\x0b\x32\x11.paxoskv.v1.PutOpH\x00\x12&\n\x06\x64\x65lete\x18\x0b \x01(\x0b\x32\x14.paxoskv.v1.DeleteOpH\x00\x12$\n\x05\x62\x61tch\x18\x0c \x01(\x0b\x32\x13.paxoskv.v1.BatchOpH\x00\x42\x04\n\x02op\"i\n\x07\x42\x61tchOp\x12\"\n\x03ops\x18\x01 \x03(\x0b\x32\x15.paxoskv.v1.RequestOp\x12*\n\x07request\x18\x02 \x01(\x0b\x32\x19.paxoskv.v1.RequestHeader\x12\x0e\n\x06waiter\x18\x0f \x01(\x0c\"\x9d\x01\n\rCommandResult\x12,\n\x04\x63ode\x18\x01 \x01(\x0e\x32\x1e.paxoskv.v1.CommandResult.Code\x12\r\n\x05index\x18\x02 \x01(\x04\x12\x0f\n\x07\x65xisted\x18\x03 \x01(\x08\x12\r\n\x05\x65rror\x18\x04 \x01(\t\"/\n\x04\x43ode\x12\x06\n\x02OK\x10\x00\x12\x0b\n\x07INVALID\x10\x01\x12\x12\n\x0eSTALE_SEQUENCE\x10\x02\"4\n\rRequestHeader\x12\x11\n\tclient_id\x18\x01 \x01(\t\x12\x10\n\x08sequence\x18\x02 \x01(\x04\"C\n\x0eResponseHeader\x12\x0f\n\x07node_id\x18\x01 \x01(\r\x12\x11\n\tleader_id\x18\x02 \x01(\r\x12\r\n\x05index\x18\x03 \x01(\x04\"/\n\nGetRequest\x12\x0b\n\x03key\x18\x01 \x01(\x0c\x12\x14\n\x0cserializable\x18\x02 \x01(\x08\"W\n\x0bGetResponse\x12*\n\x06header\x18\x01 \x01(\x0b\x32\x1a.paxoskv.v1.ResponseHeader\x12\r\n\x05\x66ound\x18\x02 \x01(\x08\x12\r\n\x05value\x18\x03 \x01(\x0c\"T\n\nPutRequest\x12*\n\x07request\x18\x01 \x01(\x0b\x32\x19.paxoskv.v1.RequestHeader\x12\x0b\n\x03key\x18\x02 \x01(\x0c\x12\r\n\x05value\x18\x03 \x01(\x0c\"J\n\x0bPutResponse\x12*\n\x06header\x18\x01 \x01(\x0b\x32\x1a.paxoskv.v1.ResponseHeader\x12\x0f\n\x07\x65xisted\x18\x02 \x01(\x08\"H\n\rDeleteRequest\x12*\n\x07request\x18\x01 \x01(\x0b\x32\x19.paxoskv.v1.RequestHeader\x12\x0b\n\x03key\x18\x02 \x01(\x0c\"M\n\x0e\x44\x65leteResponse\x12*\n\x06header\x18\x01 \x01(\x0b\x32\x1a.paxoskv.v1.ResponseHeader\x12\x0f\n\x07\x64\x65leted\x18\x02 \x01(\x08\"\x8c\x01\n\tRequestOp\x12%\n\x03get\x18\x01 \x01(\x0b\x32\x16.paxoskv.v1.GetRequestH\x00\x12%\n\x03put\x18\x02 \x01(\x0b\x32\x16.paxoskv.v1.PutRequestH\x00\x12+\n\x06\x64\x65lete\x18\x03 \x01(\x0b\x32\x19.paxoskv.v1.DeleteRequestH\x00\x42\x04\n\x02op\"\xad\x01\n\nResponseOp\x12&\n\x03get\x18\x01 \x01(\x0b\x32\x17.paxoskv.v1.GetResponseH\x00\x12&\n\x03put\x18\x02 \x01(\x0b\x32\x17.paxoskv.v1.PutResponseH\x00\x12,\n\x06\x64\x65lete\x18\x03 \x01(\x0b\x32\x1a.paxoskv.v1.DeleteResponseH\x00\x12\x0c\n\x04\x63ode\x18\n \x01(\r\x12\r\n\x05\x65rror\x18\x0b \x01(\tB\x04\n\x02op\"^\n\x0c\x42\x61tchRequest\x12\"\n\x03ops\x18\x01 \x03(\x0b\x32\x15.paxoskv.v1.RequestOp\x12*\n\x07request\x18\x02 \x01(\x0b\x32\x19.paxoskv.v1.RequestHeader\"d\n\rBatchResponse\x12*\n\x06header\x18\x01 \x01(\x0b\x32\x1a.paxoskv.v1.ResponseHeader\x12\'\n\x07results\x18\x02 \x03(\x0b\x32\x16.paxoskv.v1.ResponseOp\"?\n\x0eSessionRequest\x12\n\n\x02id\x18\x01 \x01(\x04\x12!\n\x02op\x18\x02 \x01(\x0b\x32\x15.paxoskv.v1.RequestOp\"E\n\x0fSessionResponse\x12\n\n\x02id\x18\x01 \x01(\x04\x12&\n\x06result\x18\x02 \x01(\x0b\x32\x16.paxoskv.v1.ResponseOp\"\x0f\n\rStatusRequest\"y\n\nPeerStatus\x12\x0f\n\x07node_id\x18\x01 \x01(\r\x12\x0f\n\x07\x61\x64\x64ress\x18\x02 \x01(\t\x12\x11\n\tconnected\x18\x03 \x01(\x08\x12\x1f\n\x12last_heard_seconds\x18\x04 \x01(\x01H\x00\x88\x01\x01\x42\x15\n\x13_last_heard_seconds\"\x9f\x02\n\x0eStatusResponse\x12\x0f\n\x07node_id\x18\x01 \x01(\r\x12\x12\n\ncluster_id\x18\x02 \x01(\t\x12\x0c\n\x04role\x18\x03 \x01(\t\x12\x11\n\tleader_id\x18\x04 \x01(\r\x12\x14\n\x0c\x62\x61llot_round\x18\x05 \x01(\x04\x12\x13\n\x0b\x62\x61llot_node\x18\x06 \x01(\r\x12\x14\n\x0c\x63ommit_index\x18\x07 \x01(\x04\x12\x15\n\rapplied_index\x18\x08 \x01(\x04\x12\x11\n\tlog_start\x18\t \x01(\x04\x12\x16\n\x0esnapshot_index\x18\n \x01(\x04\x12%\n\x05peers\x18\x0b \x03(\x0b\x32\x16.paxoskv.v1.PeerStatus\x12\x0c\n\x04keys\x18\x0c \x01(\x04\x12\x0f\n\x07version\x18\r \x01(\t\"\x11\n\x0fSnapshotRequest\"\\\n\x10SnapshotResponse\x12\x0c\n\x04\x64\x61ta\x18\x01 \x01(\x0c\x12\x15\n\rapplied_index\x18\x02 \x01(\x04\x12\x13\n\x0btotal_bytes\x18\x03 \x01(\x04\x12\x0e\n\x06sha256\x18\x04 \x01(\x0c\x32\xff\x02\n\x02KV\x12\x36\n\x03Get\x12\x16.paxoskv.v1.GetRequest\x1a\x17.paxoskv.v1.GetResponse\x12\x36\n\x03Put\x12\x16.paxoskv.v1.PutRequest\x1a\x17.paxoskv.v1.PutResponse\x12?\n\x06\x44\x65lete\x12\x19.paxoskv.v1.DeleteRequest\x1a\x1a.paxoskv.v1.DeleteResponse\x12<\n\x05\x42\x61tch\x12\x18.paxoskv.v1.BatchRequest\x1a\x19.paxoskv.v1.BatchResponse\x12\x42\n\x0bPackedBatch\x12\x18.paxoskv.v1.BatchRequest\x1a\x19.paxoskv.v1.BatchResponse\x12\x46\n\x07Session\x12\x1a.paxoskv.v1.SessionRequest\x1a\x1b.paxoskv.v1.SessionResponse(\x01\x30\x01\x32\x97\x01\n\x0bMaintenance\x12?\n\x06Status\x12\x19.paxoskv.v1.StatusRequest\x1a\x1a.paxoskv.v1.StatusResponse\x12G\n\x08Snapshot\x12\x1b.paxoskv.v1.SnapshotRequest\x1a\x1c.paxoskv.v1.SnapshotResponse0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x13paxoskv/v1/kv.proto\x12\npaxoskv.v1\x1a\x18paxoskv/etcdpb/rpc.proto\"#\n\x05PutOp\x12\x0b\n\x03key\x18\x01 \x01(\x0c\x12\r\n\x05value\x18\x02 \x01(\x0c\"\x17\n\x08\x44\x65leteOp\x12\x0b\n\x03key\x18\x01 \x01(\x0c\"\xc8\x01\n\x07\x43ommand\x12\x11\n\tclient_id\x18\x01 \x01(\t\x12\x10\n\x08sequence\x18\x02 \x01(\x04\x12 \n\x03put\x18\n \x01(\x0b\x32\x11.paxoskv.v1.PutOpH\x00\x12&\n\x06\x64\x65lete\x18\x0b \x01(\x0b\x32\x14.paxoskv.v1.DeleteOpH\x00\x12$\n\x05\x62\x61tch\x18\x0c \x01(\x0b\x32\x13.paxoskv.v1.BatchOpH\x00\x12\"\n\x04\x65tcd\x18\r \x01(\x0b\x32\x12.paxoskv.v1.EtcdOpH\x00\x42\x04\n\x02op\"i\n\x07\x42\x61tchOp\x12\"\n\x03ops\x18\x01 \x03(\x0b\x32\x15.paxoskv.v1.RequestOp\x12*\n\x07request\x18\x02 \x01(\x0b\x32\x19.paxoskv.v1.RequestHeader\x12\x0e\n\x06waiter\x18\x0f \x01(\x0c\"\x93\x02\n\x06\x45tcdOp\x12\'\n\x03put\x18\x01 \x01(\x0b\x32\x18.etcdserverpb.PutRequestH\x00\x12\x38\n\x0c\x64\x65lete_range\x18\x02 \x01(\x0b\x32 .etcdserverpb.DeleteRangeRequestH\x00\x12\'\n\x03txn\x18\x03 \x01(\x0b\x32\x18.etcdserverpb.TxnRequestH\x00\x12\x35\n\ncompaction\x18\x04 \x01(\x0b\x32\x1f.etcdserverpb.CompactionRequestH\x00\x12+\n\x05\x61larm\x18\x05 \x01(\x0b\x32\x1a.etcdserverpb.AlarmRequestH\x00\x12\x0e\n\x06waiter\x18\x0f \x01(\x0c\x42\t\n\x07request\"\xab\x01\n\rCommandResult\x12,\n\x04\x63ode\x18\x01 \x01(\x0e\x32\x1e.paxoskv.v1.CommandResult.Code\x12\r\n\x05index\x18\x02 \x01(\x04\x12\x0f\n\x07\x65xisted\x18\x03 \x01(\x08\x12\r\n\x05\x65rror\x18\x04 \x01(\t\"=\n\x04\x43ode\x12\x06\n\x02OK\x10\x00\x12\x0b\n\x07INVALID\x10\x01\x12\x12\n\x0eSTALE_SEQUENCE\x10\x02\x12\x0c\n\x08NO_SPACE\x10\x03\"4\n\rRequestHeader\x12\x11\n\tclient_id\x18\x01 \x01(\t\x12\x10\n\x08sequence\x18\x02 \x01(\x04\"C\n\x0eResponseHeader\x12\x0f\n\x07node_id\x18\x01 \x01(\r\x12\x11\n\tleader_id\x18\x02 \x01(\r\x12\r\n\x05index\x18\x03 \x01(\x04\"/\n\nGetRequest\x12\x0b\n\x03key\x18\x01 \x01(\x0c\x12\x14\n\x0cserializable\x18\x02 \x01(\x08\"W\n\x0bGetResponse\x12*\n\x06header\x18\x01 \x01(\x0b\x32\x1a.paxoskv.v1.ResponseHeader\x12\r\n\x05\x66ound\x18\x02 \x01(\x08\x12\r\n\x05value\x18\x03 \x01(\x0c\"T\n\nPutRequest\x12*\n\x07request\x18\x01 \x01(\x0b\x32\x19.paxoskv.v1.RequestHeader\x12\x0b\n\x03key\x18\x02 \x01(\x0c\x12\r\n\x05value\x18\x03 \x01(\x0c\"J\n\x0bPutResponse\x12*\n\x06header\x18\x01 \x01(\x0b\x32\x1a.paxoskv.v1.ResponseHeader\x12\x0f\n\x07\x65xisted\x18\x02 \x01(\x08\"H\n\rDeleteRequest\x12*\n\x07request\x18\x01 \x01(\x0b\x32\x19.paxoskv.v1.RequestHeader\x12\x0b\n\x03key\x18\x02 \x01(\x0c\"M\n\x0e\x44\x65leteResponse\x12*\n\x06header\x18\x01 \x01(\x0b\x32\x1a.paxoskv.v1.ResponseHeader\x12\x0f\n\x07\x64\x65leted\x18\x02 \x01(\x08\"\x8c\x01\n\tRequestOp\x12%\n\x03get\x18\x01 \x01(\x0b\x32\x16.paxoskv.v1.GetRequestH\x00\x12%\n\x03put\x18\x02 \x01(\x0b\x32\x16.paxoskv.v1.PutRequestH\x00\x12+\n\x06\x64\x65lete\x18\x03 \x01(\x0b\x32\x19.paxoskv.v1.DeleteRequestH\x00\x42\x04\n\x02op\"\xad\x01\n\nResponseOp\x12&\n\x03get\x18\x01 \x01(\x0b\x32\x17.paxoskv.v1.GetResponseH\x00\x12&\n\x03put\x18\x02 \x01(\x0b\x32\x17.paxoskv.v1.PutResponseH\x00\x12,\n\x06\x64\x65lete\x18\x03 \x01(\x0b\x32\x1a.paxoskv.v1.DeleteResponseH\x00\x12\x0c\n\x04\x63ode\x18\n \x01(\r\x12\r\n\x05\x65rror\x18\x0b \x01(\tB\x04\n\x02op\"^\n\x0c\x42\x61tchRequest\x12\"\n\x03ops\x18\x01 \x03(\x0b\x32\x15.paxoskv.v1.RequestOp\x12*\n\x07request\x18\x02 \x01(\x0b\x32\x19.paxoskv.v1.RequestHeader\"d\n\rBatchResponse\x12*\n\x06header\x18\x01 \x01(\x0b\x32\x1a.paxoskv.v1.ResponseHeader\x12\'\n\x07results\x18\x02 \x03(\x0b\x32\x16.paxoskv.v1.ResponseOp\"?\n\x0eSessionRequest\x12\n\n\x02id\x18\x01 \x01(\x04\x12!\n\x02op\x18\x02 \x01(\x0b\x32\x15.paxoskv.v1.RequestOp\"E\n\x0fSessionResponse\x12\n\n\x02id\x18\x01 \x01(\x04\x12&\n\x06result\x18\x02 \x01(\x0b\x32\x16.paxoskv.v1.ResponseOp\"\x0f\n\rStatusRequest\"y\n\nPeerStatus\x12\x0f\n\x07node_id\x18\x01 \x01(\r\x12\x0f\n\x07\x61\x64\x64ress\x18\x02 \x01(\t\x12\x11\n\tconnected\x18\x03 \x01(\x08\x12\x1f\n\x12last_heard_seconds\x18\x04 \x01(\x01H\x00\x88\x01\x01\x42\x15\n\x13_last_heard_seconds\"\x9f\x02\n\x0eStatusResponse\x12\x0f\n\x07node_id\x18\x01 \x01(\r\x12\x12\n\ncluster_id\x18\x02 \x01(\t\x12\x0c\n\x04role\x18\x03 \x01(\t\x12\x11\n\tleader_id\x18\x04 \x01(\r\x12\x14\n\x0c\x62\x61llot_round\x18\x05 \x01(\x04\x12\x13\n\x0b\x62\x61llot_node\x18\x06 \x01(\r\x12\x14\n\x0c\x63ommit_index\x18\x07 \x01(\x04\x12\x15\n\rapplied_index\x18\x08 \x01(\x04\x12\x11\n\tlog_start\x18\t \x01(\x04\x12\x16\n\x0esnapshot_index\x18\n \x01(\x04\x12%\n\x05peers\x18\x0b \x03(\x0b\x32\x16.paxoskv.v1.PeerStatus\x12\x0c\n\x04keys\x18\x0c \x01(\x04\x12\x0f\n\x07version\x18\r \x01(\t\"\x11\n\x0fSnapshotRequest\"\\\n\x10SnapshotResponse\x12\x0c\n\x04\x64\x61ta\x18\x01 \x01(\x0c\x12\x15\n\rapplied_index\x18\x02 \x01(\x04\x12\x13\n\x0btotal_bytes\x18\x03 \x01(\x04\x12\x0e\n\x06sha256\x18\x04 \x01(\x0c\x32\xff\x02\n\x02KV\x12\x36\n\x03Get\x12\x16.paxoskv.v1.GetRequest\x1a\x17.paxoskv.v1.GetResponse\x12\x36\n\x03Put\x12\x16.paxoskv.v1.PutRequest\x1a\x17.paxoskv.v1.PutResponse\x12?\n\x06\x44\x65lete\x12\x19.paxoskv.v1.DeleteRequest\x1a\x1a.paxoskv.v1.DeleteResponse\x12<\n\x05\x42\x61tch\x12\x18.paxoskv.v1.BatchRequest\x1a\x19.paxoskv.v1.BatchResponse\x12\x42\n\x0bPackedBatch\x12\x18.paxoskv.v1.BatchRequest\x1a\x19.paxoskv.v1.BatchResponse\x12\x46\n\x07Session\x12\x1a.paxoskv.v1.SessionRequest\x1a\x1b.paxoskv.v1.SessionResponse(\x01\x30\x01\x32\x97\x01\n\x0bMaintenance\x12?\n\x06Status\x12\x19.paxoskv.v1.StatusRequest\x1a\x1a.paxoskv.v1.StatusResponse\x12G\n\x08Snapshot\x12\x1b.paxoskv.v1.SnapshotRequest\x1a\x1c.paxoskv.v1.SnapshotResponse0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'paxoskv.v1.kv_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_PUTOP']._serialized_start=35
-  _globals['_PUTOP']._serialized_end=70
-  _globals['_DELETEOP']._serialized_start=72
-  _globals['_DELETEOP']._serialized_end=95
-  _globals['_COMMAND']._serialized_start=98
-  _globals['_COMMAND']._serialized_end=262
-  _globals['_BATCHOP']._serialized_start=264
-  _globals['_BATCHOP']._serialized_end=369
-  _globals['_COMMANDRESULT']._serialized_start=372
-  _globals['_COMMANDRESULT']._serialized_end=529
-  _globals['_COMMANDRESULT_CODE']._serialized_start=482
-  _globals['_COMMANDRESULT_CODE']._serialized_end=529
-  _globals['_REQUESTHEADER']._serialized_start=531
-  _globals['_REQUESTHEADER']._serialized_end=583
-  _globals['_RESPONSEHEADER']._serialized_start=585
-  _globals['_RESPONSEHEADER']._serialized_end=652
-  _globals['_GETREQUEST']._serialized_start=654
-  _globals['_GETREQUEST']._serialized_end=701
-  _globals['_GETRESPONSE']._serialized_start=703
-  _globals['_GETRESPONSE']._serialized_end=790
-  _globals['_PUTREQUEST']._serialized_start=792
-  _globals['_PUTREQUEST']._serialized_end=876
-  _globals['_PUTRESPONSE']._serialized_start=878
-  _globals['_PUTRESPONSE']._serialized_end=952
-  _globals['_DELETEREQUEST']._serialized_start=954
-  _globals['_DELETEREQUEST']._serialized_end=1026
-  _globals['_DELETERESPONSE']._serialized_start=1028
-  _globals['_DELETERESPONSE']._serialized_end=1105
-  _globals['_REQUESTOP']._serialized_start=1108
-  _globals['_REQUESTOP']._serialized_end=1248
-  _globals['_RESPONSEOP']._serialized_start=1251
-  _globals['_RESPONSEOP']._serialized_end=1424
-  _globals['_BATCHREQUEST']._serialized_start=1426
-  _globals['_BATCHREQUEST']._serialized_end=1520
-  _globals['_BATCHRESPONSE']._serialized_start=1522
-  _globals['_BATCHRESPONSE']._serialized_end=1622
-  _globals['_SESSIONREQUEST']._serialized_start=1624
-  _globals['_SESSIONREQUEST']._serialized_end=1687
-  _globals['_SESSIONRESPONSE']._serialized_start=1689
-  _globals['_SESSIONRESPONSE']._serialized_end=1758
-  _globals['_STATUSREQUEST']._serialized_start=1760
-  _globals['_STATUSREQUEST']._serialized_end=1775
-  _globals['_PEERSTATUS']._serialized_start=1777
-  _globals['_PEERSTATUS']._serialized_end=1898
-  _globals['_STATUSRESPONSE']._serialized_start=1901
-  _globals['_STATUSRESPONSE']._serialized_end=2188
-  _globals['_SNAPSHOTREQUEST']._serialized_start=2190
-  _globals['_SNAPSHOTREQUEST']._serialized_end=2207
-  _globals['_SNAPSHOTRESPONSE']._serialized_start=2209
-  _globals['_SNAPSHOTRESPONSE']._serialized_end=2301
-  _globals['_KV']._serialized_start=2304
-  _globals['_KV']._serialized_end=2687
-  _globals['_MAINTENANCE']._serialized_start=2690
-  _globals['_MAINTENANCE']._serialized_end=2841
+  _globals['_PUTOP']._serialized_start=61
+  _globals['_PUTOP']._serialized_end=96
+  _globals['_DELETEOP']._serialized_start=98
+  _globals['_DELETEOP']._serialized_end=121
+  _globals['_COMMAND']._serialized_start=124
+  _globals['_COMMAND']._serialized_end=324
+  _globals['_BATCHOP']._serialized_start=326
+  _globals['_BATCHOP']._serialized_end=431
+  _globals['_ETCDOP']._serialized_start=434
+  _globals['_ETCDOP']._serialized_end=709
+  _globals['_COMMANDRESULT']._serialized_start=712
+  _globals['_COMMANDRESULT']._serialized_end=883
+  _globals['_COMMANDRESULT_CODE']._serialized_start=822
+  _globals['_COMMANDRESULT_CODE']._serialized_end=883
+  _globals['_REQUESTHEADER']._serialized_start=885
+  _globals['_REQUESTHEADER']._serialized_end=937
+  _globals['_RESPONSEHEADER']._serialized_start=939
+  _globals['_RESPONSEHEADER']._serialized_end=1006
+  _globals['_GETREQUEST']._serialized_start=1008
+  _globals['_GETREQUEST']._serialized_end=1055
+  _globals['_GETRESPONSE']._serialized_start=1057
+  _globals['_GETRESPONSE']._serialized_end=1144
+  _globals['_PUTREQUEST']._serialized_start=1146
+  _globals['_PUTREQUEST']._serialized_end=1230
+  _globals['_PUTRESPONSE']._serialized_start=1232
+  _globals['_PUTRESPONSE']._serialized_end=1306
+  _globals['_DELETEREQUEST']._serialized_start=1308
+  _globals['_DELETEREQUEST']._serialized_end=1380
+  _globals['_DELETERESPONSE']._serialized_start=1382
+  _globals['_DELETERESPONSE']._serialized_end=1459
+  _globals['_REQUESTOP']._serialized_start=1462
+  _globals['_REQUESTOP']._serialized_end=1602
+  _globals['_RESPONSEOP']._serialized_start=1605
+  _globals['_RESPONSEOP']._serialized_end=1778
+  _globals['_BATCHREQUEST']._serialized_start=1780
+  _globals['_BATCHREQUEST']._serialized_end=1874
+  _globals['_BATCHRESPONSE']._serialized_start=1876
+  _globals['_BATCHRESPONSE']._serialized_end=1976
+  _globals['_SESSIONREQUEST']._serialized_start=1978
+  _globals['_SESSIONREQUEST']._serialized_end=2041
+  _globals['_SESSIONRESPONSE']._serialized_start=2043
+  _globals['_SESSIONRESPONSE']._serialized_end=2112
+  _globals['_STATUSREQUEST']._serialized_start=2114
+  _globals['_STATUSREQUEST']._serialized_end=2129
+  _globals['_PEERSTATUS']._serialized_start=2131
+  _globals['_PEERSTATUS']._serialized_end=2252
+  _globals['_STATUSRESPONSE']._serialized_start=2255
+  _globals['_STATUSRESPONSE']._serialized_end=2542
+  _globals['_SNAPSHOTREQUEST']._serialized_start=2544
+  _globals['_SNAPSHOTREQUEST']._serialized_end=2561
+  _globals['_SNAPSHOTRESPONSE']._serialized_start=2563
+  _globals['_SNAPSHOTRESPONSE']._serialized_end=2655
+  _globals['_KV']._serialized_start=2658
+  _globals['_KV']._serialized_end=3041
+  _globals['_MAINTENANCE']._serialized_start=3044
+  _globals['_MAINTENANCE']._serialized_end=3195
 # @@protoc_insertion_point(module_scope)

@@ -1,3 +1,4 @@
+from paxoskv.etcdpb import rpc_pb2 as _rpc_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from google.protobuf import descriptor as _descriptor
@@ -22,18 +23,20 @@ class DeleteOp(_message.Message):
     def __init__(self, key: _Optional[bytes] = ...) -> None: ...
 
 class Command(_message.Message):
-    __slots__ = ("client_id", "sequence", "put", "delete", "batch")
+    __slots__ = ("client_id", "sequence", "put", "delete", "batch", "etcd")
     CLIENT_ID_FIELD_NUMBER: _ClassVar[int]
     SEQUENCE_FIELD_NUMBER: _ClassVar[int]
     PUT_FIELD_NUMBER: _ClassVar[int]
     DELETE_FIELD_NUMBER: _ClassVar[int]
     BATCH_FIELD_NUMBER: _ClassVar[int]
+    ETCD_FIELD_NUMBER: _ClassVar[int]
     client_id: str
     sequence: int
     put: PutOp
     delete: DeleteOp
     batch: BatchOp
-    def __init__(self, client_id: _Optional[str] = ..., sequence: _Optional[int] = ..., put: _Optional[_Union[PutOp, _Mapping]] = ..., delete: _Optional[_Union[DeleteOp, _Mapping]] = ..., batch: _Optional[_Union[BatchOp, _Mapping]] = ...) -> None: ...
+    etcd: EtcdOp
+    def __init__(self, client_id: _Optional[str] = ..., sequence: _Optional[int] = ..., put: _Optional[_Union[PutOp, _Mapping]] = ..., delete: _Optional[_Union[DeleteOp, _Mapping]] = ..., batch: _Optional[_Union[BatchOp, _Mapping]] = ..., etcd: _Optional[_Union[EtcdOp, _Mapping]] = ...) -> None: ...
 
 class BatchOp(_message.Message):
     __slots__ = ("ops", "request", "waiter")
@@ -45,6 +48,22 @@ class BatchOp(_message.Message):
     waiter: bytes
     def __init__(self, ops: _Optional[_Iterable[_Union[RequestOp, _Mapping]]] = ..., request: _Optional[_Union[RequestHeader, _Mapping]] = ..., waiter: _Optional[bytes] = ...) -> None: ...
 
+class EtcdOp(_message.Message):
+    __slots__ = ("put", "delete_range", "txn", "compaction", "alarm", "waiter")
+    PUT_FIELD_NUMBER: _ClassVar[int]
+    DELETE_RANGE_FIELD_NUMBER: _ClassVar[int]
+    TXN_FIELD_NUMBER: _ClassVar[int]
+    COMPACTION_FIELD_NUMBER: _ClassVar[int]
+    ALARM_FIELD_NUMBER: _ClassVar[int]
+    WAITER_FIELD_NUMBER: _ClassVar[int]
+    put: _rpc_pb2.PutRequest
+    delete_range: _rpc_pb2.DeleteRangeRequest
+    txn: _rpc_pb2.TxnRequest
+    compaction: _rpc_pb2.CompactionRequest
+    alarm: _rpc_pb2.AlarmRequest
+    waiter: bytes
+    def __init__(self, put: _Optional[_Union[_rpc_pb2.PutRequest, _Mapping]] = ..., delete_range: _Optional[_Union[_rpc_pb2.DeleteRangeRequest, _Mapping]] = ..., txn: _Optional[_Union[_rpc_pb2.TxnRequest, _Mapping]] = ..., compaction: _Optional[_Union[_rpc_pb2.CompactionRequest, _Mapping]] = ..., alarm: _Optional[_Union[_rpc_pb2.AlarmRequest, _Mapping]] = ..., waiter: _Optional[bytes] = ...) -> None: ...
+
 class CommandResult(_message.Message):
     __slots__ = ("code", "index", "existed", "error")
     class Code(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
@@ -52,9 +71,11 @@ class CommandResult(_message.Message):
         OK: _ClassVar[CommandResult.Code]
         INVALID: _ClassVar[CommandResult.Code]
         STALE_SEQUENCE: _ClassVar[CommandResult.Code]
+        NO_SPACE: _ClassVar[CommandResult.Code]
     OK: CommandResult.Code
     INVALID: CommandResult.Code
     STALE_SEQUENCE: CommandResult.Code
+    NO_SPACE: CommandResult.Code
     CODE_FIELD_NUMBER: _ClassVar[int]
     INDEX_FIELD_NUMBER: _ClassVar[int]
     EXISTED_FIELD_NUMBER: _ClassVar[int]

@@ -1,8 +1,10 @@
 from paxoskv.v1 import peer_pb2 as _peer_pb2
 from paxoskv.v1 import kv_pb2 as _kv_pb2
+from paxoskv.etcdpb import kv_pb2 as _kv_pb2_1
+from google.protobuf.internal import containers as _containers
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
-from collections.abc import Mapping as _Mapping
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
 from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
@@ -36,24 +38,62 @@ class Session(_message.Message):
     def __init__(self, sequence: _Optional[int] = ..., result: _Optional[_Union[_kv_pb2.CommandResult, _Mapping]] = ..., last_index: _Optional[int] = ..., batch: _Optional[bytes] = ...) -> None: ...
 
 class AppliedState(_message.Message):
-    __slots__ = ("applied_index",)
+    __slots__ = ("applied_index", "revision", "compact_revision", "alarms")
     APPLIED_INDEX_FIELD_NUMBER: _ClassVar[int]
+    REVISION_FIELD_NUMBER: _ClassVar[int]
+    COMPACT_REVISION_FIELD_NUMBER: _ClassVar[int]
+    ALARMS_FIELD_NUMBER: _ClassVar[int]
     applied_index: int
-    def __init__(self, applied_index: _Optional[int] = ...) -> None: ...
+    revision: int
+    compact_revision: int
+    alarms: _containers.RepeatedCompositeFieldContainer[StoredAlarm]
+    def __init__(self, applied_index: _Optional[int] = ..., revision: _Optional[int] = ..., compact_revision: _Optional[int] = ..., alarms: _Optional[_Iterable[_Union[StoredAlarm, _Mapping]]] = ...) -> None: ...
+
+class StoredAlarm(_message.Message):
+    __slots__ = ("member_id", "alarm")
+    MEMBER_ID_FIELD_NUMBER: _ClassVar[int]
+    ALARM_FIELD_NUMBER: _ClassVar[int]
+    member_id: int
+    alarm: int
+    def __init__(self, member_id: _Optional[int] = ..., alarm: _Optional[int] = ...) -> None: ...
+
+class HistoryRecord(_message.Message):
+    __slots__ = ("kv", "tombstone")
+    KV_FIELD_NUMBER: _ClassVar[int]
+    TOMBSTONE_FIELD_NUMBER: _ClassVar[int]
+    kv: _kv_pb2_1.KeyValue
+    tombstone: bool
+    def __init__(self, kv: _Optional[_Union[_kv_pb2_1.KeyValue, _Mapping]] = ..., tombstone: _Optional[bool] = ...) -> None: ...
 
 class SnapshotHeader(_message.Message):
-    __slots__ = ("format_version", "cluster_id", "applied_index", "keys", "sessions")
+    __slots__ = ("format_version", "cluster_id", "applied_index", "keys", "sessions", "rows", "revision", "compact_revision", "alarms")
     FORMAT_VERSION_FIELD_NUMBER: _ClassVar[int]
     CLUSTER_ID_FIELD_NUMBER: _ClassVar[int]
     APPLIED_INDEX_FIELD_NUMBER: _ClassVar[int]
     KEYS_FIELD_NUMBER: _ClassVar[int]
     SESSIONS_FIELD_NUMBER: _ClassVar[int]
+    ROWS_FIELD_NUMBER: _ClassVar[int]
+    REVISION_FIELD_NUMBER: _ClassVar[int]
+    COMPACT_REVISION_FIELD_NUMBER: _ClassVar[int]
+    ALARMS_FIELD_NUMBER: _ClassVar[int]
     format_version: int
     cluster_id: str
     applied_index: int
     keys: int
     sessions: int
-    def __init__(self, format_version: _Optional[int] = ..., cluster_id: _Optional[str] = ..., applied_index: _Optional[int] = ..., keys: _Optional[int] = ..., sessions: _Optional[int] = ...) -> None: ...
+    rows: int
+    revision: int
+    compact_revision: int
+    alarms: _containers.RepeatedCompositeFieldContainer[StoredAlarm]
+    def __init__(self, format_version: _Optional[int] = ..., cluster_id: _Optional[str] = ..., applied_index: _Optional[int] = ..., keys: _Optional[int] = ..., sessions: _Optional[int] = ..., rows: _Optional[int] = ..., revision: _Optional[int] = ..., compact_revision: _Optional[int] = ..., alarms: _Optional[_Iterable[_Union[StoredAlarm, _Mapping]]] = ...) -> None: ...
+
+class HistoryRow(_message.Message):
+    __slots__ = ("revision", "record")
+    REVISION_FIELD_NUMBER: _ClassVar[int]
+    RECORD_FIELD_NUMBER: _ClassVar[int]
+    revision: bytes
+    record: HistoryRecord
+    def __init__(self, revision: _Optional[bytes] = ..., record: _Optional[_Union[HistoryRecord, _Mapping]] = ...) -> None: ...
 
 class KeyValue(_message.Message):
     __slots__ = ("key", "value")
@@ -78,13 +118,15 @@ class SnapshotTrailer(_message.Message):
     def __init__(self, sha256: _Optional[bytes] = ...) -> None: ...
 
 class SnapshotRecord(_message.Message):
-    __slots__ = ("header", "kv", "session", "trailer")
+    __slots__ = ("header", "kv", "session", "trailer", "row")
     HEADER_FIELD_NUMBER: _ClassVar[int]
     KV_FIELD_NUMBER: _ClassVar[int]
     SESSION_FIELD_NUMBER: _ClassVar[int]
     TRAILER_FIELD_NUMBER: _ClassVar[int]
+    ROW_FIELD_NUMBER: _ClassVar[int]
     header: SnapshotHeader
     kv: KeyValue
     session: SessionEntry
     trailer: SnapshotTrailer
-    def __init__(self, header: _Optional[_Union[SnapshotHeader, _Mapping]] = ..., kv: _Optional[_Union[KeyValue, _Mapping]] = ..., session: _Optional[_Union[SessionEntry, _Mapping]] = ..., trailer: _Optional[_Union[SnapshotTrailer, _Mapping]] = ...) -> None: ...
+    row: HistoryRow
+    def __init__(self, header: _Optional[_Union[SnapshotHeader, _Mapping]] = ..., kv: _Optional[_Union[KeyValue, _Mapping]] = ..., session: _Optional[_Union[SessionEntry, _Mapping]] = ..., trailer: _Optional[_Union[SnapshotTrailer, _Mapping]] = ..., row: _Optional[_Union[HistoryRow, _Mapping]] = ...) -> None: ...
