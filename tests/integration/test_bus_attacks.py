@@ -27,7 +27,7 @@ import contextlib
 import random
 import socket
 import subprocess
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import pytest
 import zmq
@@ -169,14 +169,15 @@ def _refusals(c: LocalCluster, node_id: int) -> int:
     return sum(n for name, n in st.counters.items() if name.startswith(("refused_", "bus_dropped_")))
 
 
-def test_protocol_values_past_their_bounds_from_a_member_key_are_refused_and_counted(curve: Attacked) -> None:
-    """The issue's one-packet outages, sent as a member would (its real key):
-    every numeric field one past its maximum (a ballot round of 2**62+1 where
-    2**64-1 once crash-looped the cluster), an Accept for slot 10**12 (once
-    1.9 GB of no-ops), and an Accept and a Heartbeat at the leader's ballot
-    with a commit point over a forged value (once divergent replicas)."""
-    c = curve.c
-    leader, liar, other = curve.roles()
+def _send_past_the_bounds(attacked: Attacked, rogue_as: Callable[[int, int], RoguePeer]) -> None:
+    """The issue's one-packet outages, sent as member ``liar`` would
+    (``rogue_as(target, liar)``): every numeric field one past its maximum (a
+    ballot round of 2**62+1 where 2**64-1 once crash-looped the cluster), an
+    Accept for slot 10**12 (once 1.9 GB of no-ops), and an Accept and a
+    Heartbeat at the leader's ballot with a commit point over a forged value
+    (once divergent replicas)."""
+    c = attacked.c
+    leader, liar, other = attacked.roles()
     st = c.status(leader)
     assert st is not None
     leaders_ballot = Ballot(st.ballot_round, st.ballot_node)
@@ -190,7 +191,7 @@ def test_protocol_values_past_their_bounds_from_a_member_key_are_refused_and_cou
             Heartbeat(frm=liar, to=target, ballot=leaders_ballot, commit=slot + 5, read_seq=0),
             Prepare(frm=liar, to=target, ballot=Ballot((1 << 64) - 1, liar), from_slot=1),
         ]
-        with RoguePeer.member(c, target, as_node=liar) as rogue:
+        with rogue_as(target, liar) as rogue:
             assert rogue.handshake() == "ok"
             for msg in cases:
                 rogue.send_message(msg, c.cluster_id)
@@ -199,15 +200,19 @@ def test_protocol_values_past_their_bounds_from_a_member_key_are_refused_and_cou
             # nacked as stale instead (measured: 42 of these 43 counted).
             wait_until(f"node {target} to count the refusals",
                        lambda t=target, b=before: _refusals(c, t) >= b + len(cases) - 2, 30)
-        curve.write(5, f"after-bounds-{target}-")
+        attacked.write(5, f"after-bounds-{target}-")
     for i in c.nodes:
         st = c.status(i)
         assert st is not None and st.ballot_round <= bounds.BALLOT_ROUND_MAX, (i, st.ballot_round)
         assert st.commit_index < 10**12, (i, st.commit_index)
         assert not [n for n in st.counters if n.startswith("refused_") and n[8:] not in {r.value for r in bounds.Refusal}]
-    curve.intact()
+    attacked.intact()
     for i in c.nodes:
         assert "Traceback" not in c.log_text(i), i
+
+
+def test_protocol_values_past_their_bounds_from_a_member_key_are_refused_and_counted(curve: Attacked) -> None:
+    _send_past_the_bounds(curve, lambda target, liar: RoguePeer.member(curve.c, target, as_node=liar))
 
 
 def test_random_and_truncated_frames_from_a_member_key_are_dropped(curve: Attacked) -> None:
@@ -305,6 +310,11 @@ def test_insecure_bus_believes_anyone_who_reaches_it(insecure: Attacked) -> None
         wait_until("the stranger's write to be applied", lambda: read_all(c.endpoint(leader), [b"stranger-write"])
                    == {b"stranger-write": b"s"}, 15)
     insecure.intact()
+
+
+def test_insecure_bus_protocol_values_past_their_bounds_are_refused_too(insecure: Attacked) -> None:
+    """Without CURVE anyone may speak as a member: validation alone holds."""
+    _send_past_the_bounds(insecure, lambda target, liar: RoguePeer.plain(insecure.c, target, routing_id=b"rogue-%d" % liar))
 
 
 def test_insecure_bus_a_100_mb_frame_is_cut_off_too(insecure: Attacked) -> None:
