@@ -2,7 +2,7 @@
 etcd 3.4 cluster started by the same test; docs/etcd-compat.md is this
 run's table.
 
-- Every step of ``etcdctl_cases.KV`` and ``MAINTENANCE`` and of ``EXTRA``
+- Every step of ``etcdctl_cases.KV``, ``MAINTENANCE`` and ``WATCH`` and of ``EXTRA``
   below (every other etcdctl command) runs on both clusters; after
   normalisation (``etcdctl_compat.normalise``) the outputs must be equal,
   or the step must be listed in ``DIFFERENCES`` with why, and a listed step
@@ -99,7 +99,6 @@ DIFFERENCES: dict[tuple[str, ...], tuple[str, str]] = {
         "a paxoskv leader changes only by election (FAILED_PRECONDITION); as etcd: `not leader` on a "
         "follower, `bad leader transferee` for a non-member",
     ),
-    ("watch", "/app/", "--prefix", "--rev=1"): ("refused", "Watch is not served yet (issue 20): UNIMPLEMENTED"),
     ("lease", "grant", "60"): ("refused", _NO_LEASES),
     ("lease", "list"): ("refused", _NO_LEASES),
     ("lease", "timetolive", "1234"): ("refused", _NO_LEASES),
@@ -203,7 +202,7 @@ def test_etcdctl_on_paxoskv_matches_etcd(etcd_clusters, paxoskv_clusters, tmp_pa
         (tmp_path / name).mkdir()
     a = Target("etcd", etcd.endpoints, tmp_path / "etcd")
     b = Target("paxoskv", paxos.endpoints, tmp_path / "paxoskv")
-    reports = [compare(case, a, b) for case in (etcdctl_cases.KV, etcdctl_cases.MAINTENANCE, EXTRA)]
+    reports = [compare(case, a, b) for case in (etcdctl_cases.KV, etcdctl_cases.MAINTENANCE, etcdctl_cases.WATCH, EXTRA)]
     problems: list[str] = []
     sections = [(r.case.name, _rows(r, problems)) for r in reports]
     if LONG:
