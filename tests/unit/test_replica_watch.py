@@ -295,3 +295,22 @@ def test_the_put_path_does_not_call_the_hub_when_nobody_watches(monkeypatch: pyt
     node.etcd_write(R.PutRequest(key=b"k", value=b"w"), 5.0, lambda c: None)
     net.settle()
     assert calls and any(v for rows in calls for v in rows.values())
+
+
+def test_responses_are_cut_at_revision_boundaries_above_the_response_bound() -> None:
+    st = Store(WatchLimits(response_bytes_max=200, catchup_bytes_max=300))
+    hub = st.hub
+    for i in range(3):
+        st.put(b"old%d" % i, b"o" * 100)
+    s = hub.open()
+    hub.request(s, create(key=b"", range_end=b"\x00", start_revision=2))  # catches up 3 revisions
+    hub.request(s, create(key=b"", range_end=b"\x00", watch_id=9))
+    caught_up = [r for r in drain(hub, s) if r.watch_id == 0 and r.events]
+    assert [[e.kv.mod_revision for e in r.events] for r in caught_up] == [[2, 3], [4]]
+    txn = R.TxnRequest(success=[R.RequestOp(request_put=R.PutRequest(key=b"t%d" % i, value=b"t" * 100)) for i in range(3)])
+    st.write(R.PutRequest(key=b"a", value=b"a" * 250), txn, R.PutRequest(key=b"b", value=b"b" * 250))  # one batch
+    out = drain(hub, s)
+    for wid in (0, 9):
+        mine = [r for r in out if r.watch_id == wid]
+        assert [sorted({e.kv.mod_revision for e in r.events}) for r in mine] == [[5], [6], [7]]
+        assert [len(r.events) for r in mine] == [1, 3, 1]

@@ -14,12 +14,15 @@ Rules:
 - Exactly once, in order, atomic: the hub knows ``revision``, the last
   applied revision it has handed out. A watcher is *synced* when every
   event it matches up to ``revision`` is in its stream's outbox; the
-  revisions a batch applies (``applied``) then go to it at once, all events
-  of a batch (so every event of one revision) in one response. A watcher
+  revisions a batch applies (``applied``) then go to it at once, every
+  event of one revision in the same response (responses are cut at
+  revision boundaries once over ``response_bytes_max``: gRPC's send limit
+  is 8 MiB). A watcher
   that starts at or below ``revision``, whose stream's outbox is full, or
   that was synced when a snapshot replaced the state, is *unsynced*: it
   catches up from the stored history rows, one chunk (``catchup_rows_max``
-  rows, completed to a revision boundary) per turn, only while its stream
+  rows or ``catchup_bytes_max`` bytes, completed to a revision boundary)
+  per turn, only while its stream
   has room, and is synced again once its next revision passes
   ``revision``. Nothing is ever sent twice: a watcher's ``next_rev`` is the
   first revision it has not been given.
@@ -87,6 +90,8 @@ class WatchLimits:
     node_bytes_max: int = 256 << 20
     watches_per_stream_max: int = 100_000
     catchup_rows_max: int = 1_000
+    catchup_bytes_max: int = 1 << 20  # of history rows read in one turn (a revision is completed)
+    response_bytes_max: int = 1 << 20  # a response is cut at a revision boundary above this
     progress_interval_ticks: int = 60_000  # etcd: 10 minutes (at 10 ms a tick)
     no_leader_ticks_max: int = 300  # etcd: 3 election timeouts
     fragment_bytes: int = 1536 << 10  # --max-request-bytes
@@ -376,31 +381,50 @@ class WatchHub:
                 if w.synced and main >= w.next_rev and w.matches(key) and w.wants(ev):
                     given.setdefault(w, []).append(item)
         for w, evs in given.items():
-            s = w.stream
-            if self.has_room(s):
-                self._deliver(w, evs, self.revision)
-            else:
-                w.next_rev = max(w.next_rev, old + 1)
+            left = self._deliver(w, evs, self.revision)
+            if left is not None:
+                w.next_rev = max(w.next_rev, old + 1, left)
                 self._unsync(w)
         for w in given:
             if w.synced:
                 w.next_rev = max(w.next_rev, self.revision + 1)
 
-    def _deliver(self, w: Watcher, evs: list[tuple[int, mvccpb.Event]], revision: int) -> None:
-        resp = _resp(revision, w.id)
-        if w.prev_kv:
-            store = self._sm.store
-            for main, ev in evs:
-                e = resp.events.add()
-                e.CopyFrom(ev)
-                if not (ev.type == _PUT and ev.kv.create_revision == main):
-                    enc = store.version_at(ev.kv.key, main - 1)
-                    if enc is not None:
-                        e.prev_kv.CopyFrom(store.kv_of(ev.kv.key, enc))
-        else:
-            resp.events.extend(ev for _, ev in evs)
+    def _deliver(self, w: Watcher, evs: list[tuple[int, mvccpb.Event]], revision: int) -> int | None:
+        """Give ``w`` its events, in responses of about ``response_bytes_max``
+        cut at revision boundaries (a revision alone may be larger; with
+        fragment it is split as etcd does), while its stream has room; the
+        first revision left undelivered (None: all went)."""
+        stream = w.stream
+        store = self._sm.store if w.prev_kv else None
+        limit = self.limits.response_bytes_max
+        resp: rpc_pb2.WatchResponse | None = None
+        size = 0
+        prev_main = 0
+        for main, ev in evs:
+            if main != prev_main:
+                if resp is not None and size >= limit:
+                    self._send(w, resp)
+                    resp = None
+                if resp is None:
+                    if not self.has_room(stream):
+                        return main
+                    resp = _resp(revision, w.id)
+                    size = 0
+                prev_main = main
+            e = resp.events.add()
+            e.CopyFrom(ev)
+            if store is not None and not (ev.type == _PUT and ev.kv.create_revision == main):
+                enc = store.version_at(ev.kv.key, main - 1)
+                if enc is not None:
+                    e.prev_kv.CopyFrom(store.kv_of(ev.kv.key, enc))
+            size += e.ByteSize() + 4
+        if resp is not None:
+            self._send(w, resp)
+        return None
+
+    def _send(self, w: Watcher, resp: rpc_pb2.WatchResponse) -> None:
         w.quiet = False
-        if w.fragment and len(evs) > 1 and resp.ByteSize() >= self.limits.fragment_bytes:
+        if w.fragment and len(resp.events) > 1 and resp.ByteSize() >= self.limits.fragment_bytes:
             for part in _fragments(resp, self.limits.fragment_bytes):
                 self._emit(w.stream, part)
         else:
@@ -426,13 +450,15 @@ class WatchHub:
         last = hi
         if lo <= hi:
             n = 0
+            size = 0
             for rk, row in self._history.history_rows(row_key(max(lo, 1), 0), row_key(hi + 1, 0)):
                 main, _ = split_row_key(rk)
-                if n >= self.limits.catchup_rows_max and main != events[-1][0]:
+                if (n >= self.limits.catchup_rows_max or size >= self.limits.catchup_bytes_max) and main != events[-1][0]:
                     last = events[-1][0]
                     break
                 events.append((main, _event(row)))
                 n += 1
+                size += len(row)
         for w in late:
             if w.next_rev > hi:
                 self._sync(w)
@@ -442,8 +468,10 @@ class WatchHub:
             if not self.has_room(stream):
                 break
             mine = [(m, ev) for m, ev in events if m >= w.next_rev and w.matches(ev.kv.key) and w.wants(ev)]
-            if mine:
-                self._deliver(w, mine, hi)
+            left = self._deliver(w, mine, hi) if mine else None
+            if left is not None:
+                w.next_rev = left
+                break  # the stream is full
             w.next_rev = last + 1
             if last >= hi:
                 self._sync(w)
