@@ -6,14 +6,18 @@ and of a watcher that never reads."""
 from __future__ import annotations
 
 import asyncio
+import os
 import random
+import selectors
+import signal
+import subprocess
 import time
 from collections.abc import Iterator
 
 import grpc
 import pytest
 
-from integration_cluster import LocalCluster
+from integration_cluster import PAXOSKV, LocalCluster, run_cli
 from paxoskv.client.etcd_watch import WatchBatch, watch
 from paxoskv.etcdpb import kv_pb2 as mvccpb
 from paxoskv.etcdpb import rpc_pb2, rpc_pb2_grpc
@@ -279,3 +283,44 @@ def test_ten_thousand_watches_and_a_watcher_that_never_reads_keep_the_node_bound
             many.cancel()
 
     asyncio.run(run())
+
+
+def _lines(proc: subprocess.Popen, n: int, timeout_s: float) -> list[bytes]:
+    """The first ``n`` lines the process prints, read until a deadline."""
+    assert proc.stdout is not None
+    os.set_blocking(proc.stdout.fileno(), False)
+    buf = b""
+    deadline = time.monotonic() + timeout_s
+    with selectors.DefaultSelector() as sel:
+        sel.register(proc.stdout, selectors.EVENT_READ)
+        while buf.count(b"\n") < n and time.monotonic() < deadline:
+            if sel.select(timeout=max(0.0, deadline - time.monotonic())):
+                chunk = proc.stdout.read()
+                if not chunk:
+                    break
+                buf += chunk
+    return buf.split(b"\n")[:n]
+
+
+def test_the_watch_command_prints_history_and_new_events_and_exits_5_below_the_compaction(cluster: LocalCluster) -> None:
+    with grpc.insecure_channel(cluster.endpoints[0]) as ch:
+        kv = rpc_pb2_grpc.KVStub(ch)
+        kv.Put(R.PutRequest(key=b"/c/a", value=b"1"), timeout=10)
+        kv.Put(R.PutRequest(key=b"/c/a", value=b"2"), timeout=10)
+        proc = subprocess.Popen([str(PAXOSKV), "watch", "/c/", "--prefix", "--rev", "2", "--prev-kv",
+                                 "--endpoints", ",".join(cluster.endpoints)],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        try:
+            first = _lines(proc, 8, 30)
+            kv.DeleteRange(R.DeleteRangeRequest(key=b"/c/a"), timeout=10)
+            later = _lines(proc, 5, 30)
+        finally:
+            os.kill(proc.pid, signal.SIGINT)
+            proc.wait(timeout=10)
+            proc.stdout.close()
+            proc.stderr.close()
+        assert first == [b"PUT", b"/c/a", b"1", b"PUT", b"/c/a", b"1", b"/c/a", b"2"]
+        assert later == [b"DELETE", b"/c/a", b"2", b"/c/a", b""]
+        kv.Compact(R.CompactionRequest(revision=4), timeout=10)
+    r = run_cli("watch", "/c/a", "--rev", "2", "--endpoints", cluster.endpoints[1])
+    assert r.returncode == 5 and "compacted" in r.stderr, r

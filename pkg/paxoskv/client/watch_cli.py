@@ -61,7 +61,7 @@ async def _run(endpoints: list[str], key: str, prefix: bool, rev: int, prev_kv: 
 @click.option("--prev-kv", is_flag=True, help="Print each key's previous value too.")
 @click.option("--revisions", is_flag=True, help="Print '# revision N' before each event.")
 @option("--endpoints")
-@option("--timeout")
+@option("--timeout", help="Give up after this many seconds without a member serving the watch.")
 @tls_options
 def watch_cmd(key: str, prefix: bool, rev: int, prev_kv: bool, revisions: bool, endpoints: str,
               timeout_s: float, tls_cacert: str | None, tls_cert: str | None, tls_key: str | None) -> None:
