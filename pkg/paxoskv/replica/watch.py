@@ -144,7 +144,7 @@ class WatchStream:
         self._hub = hub
         self.require_leader = require_leader
         self.watchers: dict[int, Watcher] = {}
-        self.unsynced = 0
+        self.late: set[Watcher] = set()  # its unsynced watchers
         self.next_id = 0
         self.outbox: deque[tuple[rpc_pb2.WatchResponse, int]] = deque()
         self.bytes = 0
@@ -152,6 +152,10 @@ class WatchStream:
         self.closed = False
         self.progress_wanted = False
         self.on_output: Callable[[], None] = _nothing
+
+    @property
+    def unsynced(self) -> int:
+        return len(self.late)
 
     @property
     def has_room(self) -> bool:
@@ -303,8 +307,8 @@ class WatchHub:
         del s.watchers[w.id]
         self.watching -= 1
         if not w.synced:
-            s.unsynced -= 1
-            if not s.unsynced:
+            s.late.discard(w)
+            if not s.late:
                 self._catching_up.discard(s)
         if w.end is None:
             group = self._by_key[w.key]
@@ -319,14 +323,14 @@ class WatchHub:
             return
         w.synced = False
         s = w.stream
-        s.unsynced += 1
+        s.late.add(w)
         self._catching_up.add(s)
 
     def _sync(self, w: Watcher) -> None:
         w.synced = True
         s = w.stream
-        s.unsynced -= 1
-        if not s.unsynced:
+        s.late.discard(w)
+        if not s.late:
             self._catching_up.discard(s)
             if s.progress_wanted:
                 s.progress_wanted = False
@@ -435,7 +439,7 @@ class WatchHub:
     def _catch_up(self, stream: WatchStream) -> None:
         """One chunk of history for the unsynced watchers of ``stream``."""
         self._sync_state()
-        late = [w for w in stream.watchers.values() if not w.synced]
+        late = sorted(stream.late, key=_watch_id)
         if not late:
             return
         compact = self._sm.compact_revision
@@ -503,6 +507,10 @@ class WatchHub:
         for s in list(self._catching_up):
             if self.has_room(s):
                 self._catch_up(s)
+
+
+def _watch_id(w: Watcher) -> int:
+    return w.id
 
 
 def _event(row: bytes) -> mvccpb.Event:
