@@ -324,3 +324,35 @@ def test_the_watch_command_prints_history_and_new_events_and_exits_5_below_the_c
         kv.Compact(R.CompactionRequest(revision=4), timeout=10)
     r = run_cli("watch", "/c/a", "--rev", "2", "--endpoints", cluster.endpoints[1])
     assert r.returncode == 5 and "compacted" in r.stderr, r
+
+
+def test_a_hasleader_stream_ends_with_no_leader_and_a_new_one_is_refused(cluster: LocalCluster) -> None:
+    leader = cluster.leader()
+    alone = next(i for i in cluster.nodes if i != leader)
+    md = (("hasleader", "true"),)
+
+    async def run() -> None:
+        async with grpc.aio.insecure_channel(cluster.endpoint(alone)) as ch:
+            stub = rpc_pb2_grpc.WatchStub(ch)
+            strict, lax = stub.Watch(metadata=md), stub.Watch()
+            for call in (strict, lax):
+                await call.write(R.WatchRequest(create_request=R.WatchCreateRequest(key=b"k")))
+                assert (await call.read()).created
+            for i in cluster.nodes:
+                if i != alone:
+                    await asyncio.to_thread(cluster.kill, i)
+            with pytest.raises(grpc.aio.AioRpcError) as ended:
+                await asyncio.wait_for(strict.read(), 30)
+            assert (ended.value.code(), ended.value.details()) == (grpc.StatusCode.UNAVAILABLE, "etcdserver: no leader")
+            fresh = stub.Watch(metadata=md)
+            await fresh.write(R.WatchRequest(create_request=R.WatchCreateRequest(key=b"k")))
+            with pytest.raises(grpc.aio.AioRpcError) as refused:
+                await asyncio.wait_for(fresh.read(), 30)
+            assert refused.value.details() == "etcdserver: no leader"
+            # without hasleader the stream stays, and answers
+            await lax.write(R.WatchRequest(progress_request=R.WatchProgressRequest()))
+            resp = await asyncio.wait_for(lax.read(), 30)
+            assert resp.watch_id == -1 and resp.header.revision >= 1
+            lax.cancel()
+
+    asyncio.run(run())
