@@ -326,8 +326,9 @@ def test_the_watch_command_prints_history_and_new_events_and_exits_5_below_the_c
     assert r.returncode == 5 and "compacted" in r.stderr, r
 
 
-def test_a_hasleader_stream_ends_with_no_leader_and_a_new_one_is_refused(cluster: LocalCluster) -> None:
-    leader = cluster.leader()
+def test_a_hasleader_stream_ends_with_no_leader_and_a_new_one_is_refused(calm_cluster: LocalCluster) -> None:
+    cluster = calm_cluster  # a leader change under load would refuse the first stream
+    leader = cluster.wait_leader()
     alone = next(i for i in cluster.nodes if i != leader)
     md = (("hasleader", "true"),)
 
