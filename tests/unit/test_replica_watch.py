@@ -25,18 +25,22 @@ class Store:
     def __init__(self, limits: WatchLimits | None = None) -> None:
         self.sm = KVStateMachine()
         self.index = 0
-        self.hub = WatchHub(lambda: self.sm, self.sm.store, limits)
+        self.hub = WatchHub(lambda: self.sm, self, limits)
+
+    def history_rows(self, start: bytes, stop: bytes | None = None):  # noqa: ANN201 - the current state's rows
+        return self.sm.store.history_rows(start, stop)
 
     def write(self, *requests: object) -> None:
         """Each request one slot; the hub sees them as one applied batch."""
+        sm = self.sm
         for req in requests:
             self.index += 1
             cmd = kv_pb2.Command(client_id=commands.node_assigned_id(self.index), sequence=1)
             field = {R.PutRequest: "put", R.DeleteRangeRequest: "delete_range", R.TxnRequest: "txn",
                      R.CompactionRequest: "compaction"}[type(req)]
             getattr(cmd.etcd, field).CopyFrom(req)
-            self.sm.apply(self.index, (commands.encode(cmd),))
-        changes = self.sm.take_changes()
+            sm.apply(self.index, (commands.encode(cmd),))
+        changes = sm.take_changes()
         if self.hub.watching:
             self.hub.applied(changes.history)
 
@@ -314,3 +318,36 @@ def test_responses_are_cut_at_revision_boundaries_above_the_response_bound() -> 
         mine = [r for r in out if r.watch_id == wid]
         assert [sorted({e.kv.mod_revision for e in r.events}) for r in mine] == [[5], [6], [7]]
         assert [len(r.events) for r in mine] == [1, 3, 1]
+
+
+def test_a_snapshot_install_makes_synced_watchers_catch_up_from_the_installed_history() -> None:
+    st = Store()
+    hub = st.hub
+    s = hub.open()
+    hub.request(s, create(key=b"k"))
+    st.put(b"k", b"1")
+    assert events(drain(hub, s)) == [(2, PUT, b"k", b"1")]
+    # another member's state, three revisions ahead, replaces this one (an install)
+    other = Store()
+    for v in (b"1", b"2", b"3", b"4"):
+        other.put(b"k", v)
+    st.sm, st.index = other.sm, other.index
+    hub.tick(True)
+    assert events(drain(hub, s)) == [(3, PUT, b"k", b"2"), (4, PUT, b"k", b"3"), (5, PUT, b"k", b"4")]
+    st.put(b"k", b"5")
+    assert events(drain(hub, s)) == [(6, PUT, b"k", b"5")]
+
+
+def test_a_watcher_left_behind_by_a_compaction_is_cancelled_with_its_revision() -> None:
+    st = Store(WatchLimits(stream_bytes_max=1))
+    hub = st.hub
+    s = hub.open()
+    hub.request(s, create(key=b"k"))
+    assert drain(hub, s)[0].created
+    for i in range(5):
+        st.put(b"k", b"%d" % i)  # the first response fills the stream: the rest waits in the history
+    st.write(R.CompactionRequest(revision=5))
+    out = drain(hub, s)
+    assert events(out) == [(2, PUT, b"k", b"0")]
+    assert [(r.canceled, r.compact_revision) for r in out[-1:]] == [(True, 5)]
+    assert hub.watching == 0
