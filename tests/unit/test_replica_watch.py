@@ -351,3 +351,14 @@ def test_a_watcher_left_behind_by_a_compaction_is_cancelled_with_its_revision() 
     assert events(out) == [(2, PUT, b"k", b"0")]
     assert [(r.canceled, r.compact_revision) for r in out[-1:]] == [(True, 5)]
     assert hub.watching == 0
+
+
+def test_answers_of_a_stream_without_watchers_carry_the_current_revision() -> None:
+    st = Store()
+    s = st.hub.open()
+    st.put(b"a")
+    st.put(b"b")  # nobody watches: the hub is not told
+    st.hub.request(s, R.WatchRequest(progress_request=R.WatchProgressRequest()))
+    st.hub.request(s, create(key=b"b", range_end=b"a"))
+    st.hub.request(s, create(key=b"a"))
+    assert [(r.watch_id, r.header.revision) for r in drain(st.hub, s)] == [(-1, 3), (-1, 3), (0, 3)]

@@ -276,9 +276,6 @@ class WatchHub:
         if len(stream.watchers) >= self.limits.watches_per_stream_max:
             self._refuse(stream, f"paxoskv: too many watches on one stream (at most {self.limits.watches_per_stream_max}): open another stream")
             return
-        if not self.watching:
-            self._sm = self._state()
-            self.revision = self._sm.revision
         start = c.start_revision or self.revision + 1
         w = Watcher(stream, wid, key, end, start, c)
         stream.watchers[wid] = w
@@ -342,8 +339,11 @@ class WatchHub:
         """A snapshot install replaced the state machine: every synced
         watcher catches up from the installed history."""
         sm = self._state()
-        if sm is self._sm or not self.watching:
+        if not self.watching:  # nobody was given anything: just follow the state
             self._sm = sm
+            self.revision = sm.revision
+            return
+        if sm is self._sm:
             return
         for s in self._streams:
             for w in s.watchers.values():
