@@ -56,22 +56,40 @@ async def _writer(cluster: LocalCluster, stop: asyncio.Event, seed: int, sent: l
             await ch.close(None)
 
 
-async def _history(endpoint: str, first: int, last: int) -> dict[int, list[tuple[int, bytes, bytes]]]:
-    """The events of the prefix at every revision, rebuilt from Range at each
-    revision: (type, key, value) in key order (the order etcd writes a
-    revision's events in, for the writes above: one key, or a txn's keys in order)."""
+async def _range(channels: list[grpc.aio.Channel], req: R.RangeRequest, timeout_s: float = 60.0) -> R.RangeResponse:
+    """A Range on the first member that answers (a restarted one may still
+    be catching up), retried until ``timeout_s``."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        for ch in channels:
+            try:
+                return await rpc_pb2_grpc.KVStub(ch).Range(req, timeout=5)
+            except grpc.aio.AioRpcError:
+                if time.monotonic() > deadline:
+                    raise
+
+
+async def _history(endpoints: list[str], first: int) -> tuple[int, dict[int, list[tuple[int, bytes, bytes]]]]:
+    """The current revision, and the events of the prefix at every revision
+    since ``first``, rebuilt from Range at each revision: (type, key, value)
+    in key order (the order etcd writes a revision's events in, for the
+    writes above: one key, or a txn's keys in order)."""
     out: dict[int, list[tuple[int, bytes, bytes]]] = {}
-    async with grpc.aio.insecure_channel(endpoint) as ch:
-        kv = rpc_pb2_grpc.KVStub(ch)
-        prev = {x.key: x for x in (await kv.Range(R.RangeRequest(key=PREFIX, range_end=END, revision=first - 1), timeout=10)).kvs}
+    channels = [grpc.aio.insecure_channel(ep) for ep in endpoints]
+    try:
+        last = (await _range(channels, R.RangeRequest(key=b"/none"))).header.revision
+        prev = {x.key: x for x in (await _range(channels, R.RangeRequest(key=PREFIX, range_end=END, revision=first - 1))).kvs}
         for rev in range(first, last + 1):
-            now = {x.key: x for x in (await kv.Range(R.RangeRequest(key=PREFIX, range_end=END, revision=rev), timeout=10)).kvs}
+            now = {x.key: x for x in (await _range(channels, R.RangeRequest(key=PREFIX, range_end=END, revision=rev))).kvs}
             evs = [(mvccpb.Event.PUT, k, x.value) for k, x in now.items() if x.mod_revision == rev]
             evs += [(mvccpb.Event.DELETE, k, b"") for k in prev if k not in now]
             if evs:
                 out[rev] = sorted(evs, key=lambda e: e[1]) if len(evs) > 1 else evs
             prev = now
-    return out
+    finally:
+        for ch in channels:
+            await ch.close()
+    return last, out
 
 
 def _check(name: str, batches: list[WatchBatch], history: dict[int, list], first: int, last: int) -> int:
@@ -173,10 +191,8 @@ def test_watches_stay_exact_through_leader_kills_while_writers_write(cluster: Lo
             await wait_until_async("writes after the restart", lambda: len(latencies) > before + 60, 30)
         stop.set()
         await asyncio.gather(*writers)
-        async with grpc.aio.insecure_channel(eps[0]) as ch:
-            last = (await rpc_pb2_grpc.KVStub(ch).Range(R.RangeRequest(key=b"/none"), timeout=10)).header.revision
+        last, history = await _history(eps, 2)
         target.append(last)
-        history = await _history(eps[0], 2, last)
         assert history, "nothing was written"
         final = max(history)
         target[0] = final
