@@ -362,3 +362,19 @@ def test_answers_of_a_stream_without_watchers_carry_the_current_revision() -> No
     st.hub.request(s, create(key=b"b", range_end=b"a"))
     st.hub.request(s, create(key=b"a"))
     assert [(r.watch_id, r.header.revision) for r in drain(st.hub, s)] == [(-1, 3), (-1, 3), (0, 3)]
+
+
+def test_events_are_read_from_rows_of_every_shape() -> None:
+    from paxoskv.kv.mvcc import encode_row, encode_tombstone
+    from paxoskv.replica.watch import _event
+    from paxoskv.v1 import storage_pb2
+
+    rows = [
+        encode_row(b"k", 2, 5, 3, b"v\x10\x01", 7),  # a value ending like a tombstone flag
+        encode_row(b"k" * 200, 2, 2, 1, b"", 0),
+        encode_tombstone(b"k", 9),
+        storage_pb2.HistoryRecord(kv=mvccpb.KeyValue(key=b"x", mod_revision=4), tombstone=True).SerializeToString(),
+    ]
+    for row in rows:
+        rec = storage_pb2.HistoryRecord.FromString(row)
+        assert _event(row) == mvccpb.Event(type=DELETE if rec.tombstone else PUT, kv=rec.kv)

@@ -513,7 +513,30 @@ def _watch_id(w: Watcher) -> int:
     return w.id
 
 
+_TOMBSTONE = b"\x10\x01"
+_EVENT_KV = b"\x12"  # mvccpb.Event field 2 (kv), length-delimited
+_EVENT_DELETE = b"\x08\x01"  # mvccpb.Event field 1 (type) = DELETE
+
+
 def _event(row: bytes) -> mvccpb.Event:
+    """The event of a history row. A row is ``HistoryRecord{kv = 1,
+    tombstone = 2}`` and an Event ``{type = 1, kv = 2}``: the row's kv bytes
+    are the event's, so it is parsed once (the general decode is kept for a
+    row of another shape)."""
+    if row[:1] == b"\x0a":
+        n, pos, shift = 0, 1, 0
+        while pos < len(row):
+            b = row[pos]
+            n |= (b & 0x7F) << shift
+            pos += 1
+            if b < 0x80:
+                break
+            shift += 7
+        end = pos + n
+        if end == len(row):
+            return mvccpb.Event.FromString(_EVENT_KV + row[1:])
+        if row[end:] == _TOMBSTONE:
+            return mvccpb.Event.FromString(_EVENT_DELETE + _EVENT_KV + row[1:end])
     rec = decode_row(row)
     return mvccpb.Event(type=_DELETE if rec.tombstone else _PUT, kv=rec.kv)
 
