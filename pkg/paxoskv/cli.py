@@ -28,6 +28,7 @@ SUBCOMMANDS: dict[str, str] = {
     "get": "paxoskv.client.cli:get_cmd",
     "delete": "paxoskv.client.cli:delete_cmd",
     "status": "paxoskv.client.cli:status_cmd",
+    "watch": "paxoskv.client.watch_cli:watch_cmd",
     "grpc": "paxoskv.client.grpc_cli:grpc_cmd",
     "cluster": "paxoskv.server.cluster:cluster_cmd",
     "chaos": "paxoskv.chaos.cli:chaos_cmd",

@@ -11,7 +11,8 @@ Rules:
 - The environment variable names are part of the CLI: they never change.
 
 Who takes what: ``--endpoints`` and ``--timeout`` the client commands
-(``put``, ``get``, ``delete``, ``status``; ``grpc`` calls the first endpoint
+(``put``, ``get``, ``delete``, ``status``, ``watch``: there ``--timeout``
+is how long no member may serve the watch; ``grpc`` calls the first endpoint
 only and says so in its help) and ``snapshot save``; the TLS flags
 ``--cacert``, ``--cert`` and ``--key`` (etcdctl's names) those and ``bench``
 (``tls_options`` adds the three; ``paxoskv.tls.client_tls`` reads them);

@@ -105,7 +105,30 @@ MAINTENANCE = Case("maintenance", (
     Step(("snapshot", "save", "{tmp}/snap2.db"), note="several endpoints"),
 ))
 
-ALL = (KV, LEASE, MAINTENANCE)
+# Watches replaying a known history from a revision (their output does not
+# depend on timing): a prefix, a range, prev_kv, a revision of two events,
+# `watch -i` with a progress request, a start below the compaction.
+_W = "{w0}"
+WATCH = Case("watch", (
+    Step(("put", "/w/a", "1", "-w", "json"), capture={"w0": _REV}, note="the first revision watched below"),
+    Step(("put", "/w/b", "2")),
+    Step(("put", "/w/a", "3")),
+    Step(("del", "/w/b")),
+    Step(("txn", "-i"), stdin="\nput /w/c 4\nput /w/d 5\n\n\n", note="two events in one revision"),
+    Step(("put", "/x", "outside")),
+    Step(("watch", "/w/", "--prefix", f"--rev={_W}"), until_lines=18, timeout_s=10.0, flags="--prefix --rev"),
+    Step(("watch", "/w/a", "/w/c", f"--rev={_W}"), until_lines=12, timeout_s=10.0, flags="(key range_end) --rev"),
+    Step(("watch", "/w/a", f"--rev={_W}", "--prev-kv"), until_lines=8, timeout_s=10.0, flags="--rev --prev-kv"),
+    Step(("watch", "", "--prefix", f"--rev={_W}"), until_lines=21, timeout_s=10.0, flags="--prefix --rev",
+         note="empty prefix: every key"),
+    Step(("watch", "-i"), feed=((0, f"watch /w/ --prefix --rev={_W}\n"), (18, "progress\n")), until_lines=19,
+         timeout_s=10.0, flags="-i (watch, progress)", note="progress after the history: the current revision"),
+    Step(("get", "/x", "-w", "json"), capture={"wx": _REV}),
+    Step(("compaction", "{wx}")),
+    Step(("watch", "/w/a", f"--rev={_W}"), timeout_s=10.0, flags="--rev", note="below the compaction"),
+))
+
+ALL = (KV, LEASE, MAINTENANCE, WATCH)
 
 # A minute of 150 puts/s from 50 clients; PASS needs > 135/s, the slowest
 # put under 0.5 s and a stddev under 0.1 s (etcdctl/ctlv3/command/check.go).

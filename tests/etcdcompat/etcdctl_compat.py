@@ -6,7 +6,9 @@ Rules:
   ``ETCDCTL_API=3`` and ``--endpoints``, no other ``ETCDCTL_*`` from the
   environment, under a timeout; with ``until_lines`` a command that never
   ends by itself (watch, lock, keep-alive) is stopped by its PID once its
-  stdout holds that many lines. It returns a ``Run`` (code, stdout, stderr;
+  stdout holds that many lines; ``feed`` ((lines, text), ...) writes each
+  text to its stdin once stdout holds that many lines, and keeps stdin open
+  until it is stopped (``watch -i`` ends at EOF). It returns a ``Run`` (code, stdout, stderr;
   stdout is bytes, as ``-w protobuf`` prints raw messages).
 - ``normalise(run, ids)`` keeps what a client depends on and removes what
   legitimately differs between two clusters that ran the same commands:
@@ -77,6 +79,7 @@ def etcdctl(
     stdin: str | bytes | None = None,
     timeout_s: float = ETCDCTL_TIMEOUT_S,
     until_lines: int | None = None,
+    feed: Sequence[tuple[int, str]] = (),
 ) -> Run:
     """Run ``etcdctl --endpoints=... ARGS`` and return what it did."""
     binary = etcdctl_binary()
@@ -87,15 +90,18 @@ def etcdctl(
     env["ETCDCTL_API"] = "3"
     data = stdin.encode() if isinstance(stdin, str) else stdin
     proc = subprocess.Popen(
-        argv, stdin=subprocess.PIPE if data is not None else subprocess.DEVNULL,
+        argv, stdin=subprocess.PIPE if data is not None or feed else subprocess.DEVNULL,
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, start_new_session=True,
     )
     try:
         if data is not None:
             assert proc.stdin is not None
             proc.stdin.write(data)
-            proc.stdin.close()
-        out, err, stopped = _collect(proc, time.monotonic() + timeout_s, until_lines)
+            if not feed:
+                proc.stdin.close()
+            else:
+                proc.stdin.flush()
+        out, err, stopped = _collect(proc, time.monotonic() + timeout_s, until_lines, feed)
     finally:
         _stop(proc)
     if stopped is None:
@@ -103,10 +109,14 @@ def etcdctl(
     return Run(argv, None, out, err, timed_out=stopped == "timeout")
 
 
-def _collect(proc: subprocess.Popen, deadline: float, until_lines: int | None) -> tuple[bytes, bytes, str | None]:
+def _collect(
+    proc: subprocess.Popen, deadline: float, until_lines: int | None, feed: Sequence[tuple[int, str]] = ()
+) -> tuple[bytes, bytes, str | None]:
     """Read both pipes until the process ends, ``until_lines`` lines arrived
-    on stdout, or the deadline passed; says which stop it was (None: it ended)."""
+    on stdout, or the deadline passed; says which stop it was (None: it ended).
+    ``feed``: see ``etcdctl``."""
     assert proc.stdout is not None and proc.stderr is not None
+    to_feed = list(feed)
     out_fd, err_fd = proc.stdout.fileno(), proc.stderr.fileno()
     bufs = {out_fd: bytearray(), err_fd: bytearray()}
 
@@ -118,6 +128,10 @@ def _collect(proc: subprocess.Popen, deadline: float, until_lines: int | None) -
             os.set_blocking(fd, False)
             sel.register(fd, selectors.EVENT_READ)
         while sel.get_map():
+            while to_feed and bufs[out_fd].count(b"\n") >= to_feed[0][0]:
+                assert proc.stdin is not None
+                proc.stdin.write(to_feed.pop(0)[1].encode())
+                proc.stdin.flush()
             if until_lines is not None and bufs[out_fd].count(b"\n") >= until_lines:
                 return result("until")
             left = deadline - time.monotonic()
@@ -151,6 +165,8 @@ def _stop(proc: subprocess.Popen) -> None:
     for pipe in (proc.stdout, proc.stderr):
         if pipe is not None:
             pipe.close()
+    if proc.stdin is not None and not proc.stdin.closed:
+        proc.stdin.close()
 
 
 # ---- what differs between two clusters -------------------------------------------
@@ -782,7 +798,8 @@ class Target:
 @dataclass(frozen=True)
 class Step:
     """One etcdctl command of a case. ``args`` come after ``--endpoints``
-    and may name ``{tmp}`` and values captured by earlier steps;
+    and may name ``{tmp}`` and values captured by earlier steps (so may
+    ``stdin`` and the texts of ``feed``, see ``etcdctl``);
     ``capture`` maps a name to a regex whose first group is read from this
     step's stdout. ``one_endpoint``: only the target's first endpoint
     (``snapshot save`` refuses several). ``command``/``flags``/``note``
@@ -794,6 +811,7 @@ class Step:
     one_endpoint: bool = False
     capture: Mapping[str, str] = field(default_factory=dict)
     until_lines: int | None = None
+    feed: tuple[tuple[int, str], ...] = ()
     timeout_s: float = ETCDCTL_TIMEOUT_S
     command: str = ""
     flags: str = ""
@@ -865,7 +883,8 @@ def run_step(step: Step, target: Target) -> Run:
     args = tuple(a.format_map(values) for a in step.args)
     stdin = step.stdin.format_map(values) if step.stdin is not None else None
     eps = target.endpoints[:1] if step.one_endpoint else target.endpoints
-    run = etcdctl(eps, *args, stdin=stdin, timeout_s=step.timeout_s, until_lines=step.until_lines)
+    feed = tuple((n, text.format_map(values)) for n, text in step.feed)
+    run = etcdctl(eps, *args, stdin=stdin, timeout_s=step.timeout_s, until_lines=step.until_lines, feed=feed)
     out = run.stdout.decode("utf-8", "replace")
     for name, pattern in step.capture.items():
         m = re.search(pattern, out)

@@ -62,6 +62,7 @@ from paxoskv.replica.errors import (
     Unimplemented,
 )
 from paxoskv.replica.replica import Batch, Done, Replica
+from paxoskv.replica.watch import WatchHub, WatchLimits
 from paxoskv.storage.base import Storage
 from paxoskv.v1 import kv_pb2
 
@@ -143,6 +144,7 @@ class ReplicaNode:
         quota_bytes: int | None = None,
         auto_compaction: AutoCompaction | None = None,
         tick_ms: int = 10,
+        watch_limits: WatchLimits | None = None,
         **replica_options: Any,
     ) -> None:
         self._ids = random.Random(rng.getrandbits(64))  # anonymous client ids, batch handles
@@ -166,12 +168,23 @@ class ReplicaNode:
             auto_compaction,
             tick_ms,
         )
+        self.watches = WatchHub(lambda: self.replica.sm, self.replica.storage, watch_limits or self._watch_limits(config, tick_ms))
+
+    def _watch_limits(self, config: Config, tick_ms: int) -> WatchLimits:
+        """etcd's: progress every 10 minutes, no leader for 3 election
+        timeouts, fragments of --max-request-bytes."""
+        return WatchLimits(
+            progress_interval_ticks=max(1, 600_000 // tick_ms),
+            no_leader_ticks_max=3 * config.election_ticks_min,
+            fragment_bytes=self.etcd.limits.request_bytes_max,
+        )
 
     # ---- Inputs ----------------------------------------------------------------
 
     def tick(self) -> None:
         self.replica.tick()
         self.etcd.tick()
+        self.watches.tick(self.replica.core.leader_id is not None)
 
     def step(self, msg: Message) -> None:
         self.replica.step(msg)
@@ -197,6 +210,8 @@ class ReplicaNode:
         if batch.messages:
             self._send(batch.messages)
         done = self.replica.apply(batch)
+        if self.watches.watching and done.history is not None:
+            self.watches.applied(done.history)
         calls = self.calls
         if done.results:
             for a in done.results:

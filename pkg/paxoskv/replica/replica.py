@@ -70,6 +70,7 @@ class Done:
 
     results: list[Applied] = field(default_factory=list)
     reads: list[tuple[int, bool]] = field(default_factory=list)  # (read id, servable now)
+    history: dict[bytes, bytes | None] | None = None  # the history rows written (dropped: None), for watches
 
 
 class Replica:
@@ -196,7 +197,9 @@ class Replica:
             compacted = sm.compact_revision
             for slot, value in rd.committed:
                 done.results.extend(sm.apply(slot, value))
-            self.storage.apply(sm.take_changes(), drop_accepted_through=rd.committed[-1][0])
+            changes = sm.take_changes()
+            self.storage.apply(changes, drop_accepted_through=rd.committed[-1][0])
+            done.history = changes.history
             if sm.compact_revision != compacted:
                 self.compactions += 1  # history rows were deleted: the driver reclaims their space
         self.core.advance(rd)

@@ -1,0 +1,562 @@
+"""The node layer's watch hub: etcd's ``Watch`` streams served by any member
+from its own applied history (etcd's mvcc/watchable_store.go and
+v3rpc/watch.go, on paxoskv's history rows).
+
+Rules:
+
+- A ``WatchStream`` is one gRPC Watch call; it multiplexes watchers, each
+  with a key range (etcd's forms: key ``""`` is ``"\\x00"``, range_end
+  ``""`` one key, ``"\\x00"`` every key >= key), a next revision, filters
+  (NOPUT, NODELETE), prev_kv, progress_notify and fragment. The driver
+  feeds requests (``request``), takes responses in order (``take``) and
+  fills the header's cluster id, member id and term; ``header.revision``
+  is set here.
+- Exactly once, in order, atomic: the hub knows ``revision``, the last
+  applied revision it has handed out. A watcher is *synced* when every
+  event it matches up to ``revision`` is in its stream's outbox; the
+  revisions a batch applies (``applied``) then go to it at once, every
+  event of one revision in the same response (responses are cut at
+  revision boundaries once over ``response_bytes_max``: gRPC's send limit
+  is 8 MiB). A watcher
+  that starts at or below ``revision``, whose stream's outbox is full, or
+  that was synced when a snapshot replaced the state, is *unsynced*: it
+  catches up from the stored history rows, one chunk (``catchup_rows_max``
+  rows or ``catchup_bytes_max`` bytes, completed to a revision boundary)
+  per turn, only while its stream
+  has room, and is synced again once its next revision passes
+  ``revision``. Nothing is ever sent twice: a watcher's ``next_rev`` is the
+  first revision it has not been given.
+- Below the compaction (``next_rev < compact_revision``, etcd's rule): the
+  watcher is cancelled with ``compact_revision`` set and header.revision 0.
+- Memory: a stream's outbox takes a response while it holds fewer than
+  ``stream_bytes_max`` bytes and all outboxes fewer than ``node_bytes_max``
+  (control responses always: the driver reads no request while its stream
+  has no room, so a client cannot fill it with them). A full outbox never
+  blocks an apply: its watchers turn unsynced and cost one int each.
+- Progress never lies: a ``WatchProgressRequest`` is answered (watch_id -1,
+  header.revision = ``revision``) once every watcher of the stream is
+  synced (at once when they are; etcd 3.4 answers at once even when one is
+  not, which can promise a revision an unsynced watcher has not reached).
+  ``progress_notify`` watchers get ``{watch_id, revision}`` every
+  ``progress_interval_ticks`` when synced and sent no events since the last
+  one (etcd).
+- A stream opened with ``require_leader`` (metadata hasleader=true) fails
+  with etcd's ``no leader`` after ``no_leader_ticks_max`` ticks without a
+  leader (etcd: 3 election timeouts).
+- Pure: no clock, socket or thread; time is ``tick``.
+
+Theory of operation: single-key watchers are indexed by key (a dict), range
+watchers are scanned (a list per hub); a batch's rows are decoded once,
+whatever the number of watchers. With no watcher, ``applied`` is not even
+called (``ReplicaNode.finish`` checks ``watching``).
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from paxoskv.etcdpb import kv_pb2 as mvccpb
+from paxoskv.etcdpb import rpc_pb2
+from paxoskv.kv import etcd
+from paxoskv.kv.mvcc import decode_row, row_key, split_row_key
+from paxoskv.replica.errors import EtcdFailure
+
+__all__ = [
+    "ERR_DUPLICATE_ID",
+    "ERR_EMPTY_RANGE",
+    "WatchHub",
+    "WatchLimits",
+    "WatchStream",
+    "Watcher",
+]
+
+ERR_EMPTY_RANGE = "mvcc: watcher range is empty"
+ERR_DUPLICATE_ID = "mvcc: duplicate watch ID provided on the WatchStream"
+INVALID_WATCH_ID = -1
+_PUT = mvccpb.Event.PUT
+_DELETE = mvccpb.Event.DELETE
+_NOPUT = rpc_pb2.WatchCreateRequest.NOPUT
+_NODELETE = rpc_pb2.WatchCreateRequest.NODELETE
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class WatchLimits:
+    """The hub's bounds (see the module rules)."""
+
+    stream_bytes_max: int = 4 << 20
+    node_bytes_max: int = 256 << 20
+    watches_per_stream_max: int = 100_000
+    catchup_rows_max: int = 1_000
+    catchup_bytes_max: int = 1 << 20  # of history rows read in one turn (a revision is completed)
+    response_bytes_max: int = 1 << 20  # a response is cut at a revision boundary above this
+    progress_interval_ticks: int = 60_000  # etcd: 10 minutes (at 10 ms a tick)
+    no_leader_ticks_max: int = 300  # etcd: 3 election timeouts
+    fragment_bytes: int = 1536 << 10  # --max-request-bytes
+
+    def __post_init__(self) -> None:
+        for name in self.__slots__:  # type: ignore[attr-defined]
+            if getattr(self, name) < 1:
+                raise ValueError(f"watch limit {name} must be >= 1: {self}")
+
+
+class HistorySource(Protocol):
+    def history_rows(self, start: bytes, stop: bytes | None = None) -> Iterator[tuple[bytes, bytes]]: ...
+
+
+class Watcher:
+    __slots__ = (
+        "id", "key", "end", "next_rev", "prev_kv", "progress_notify", "no_put", "no_delete",
+        "fragment", "synced", "stream", "quiet",
+    )
+
+    def __init__(self, stream: WatchStream, wid: int, key: bytes, end: bytes | None, start: int,
+                 req: rpc_pb2.WatchCreateRequest) -> None:
+        self.stream = stream
+        self.id = wid
+        self.key = key
+        self.end = end  # None: the key alone; b"": every key >= key
+        self.next_rev = start  # the first revision not given to it
+        self.prev_kv = req.prev_kv
+        self.progress_notify = req.progress_notify
+        self.no_put = _NOPUT in req.filters
+        self.no_delete = _NODELETE in req.filters
+        self.fragment = req.fragment
+        self.synced = True  # until the hub says otherwise
+        self.quiet = True  # no events since the last progress tick
+
+    def matches(self, key: bytes) -> bool:
+        end = self.end
+        if end is None:
+            return key == self.key
+        return key >= self.key and (not end or key < end)
+
+    def wants(self, ev: mvccpb.Event) -> bool:
+        return not (self.no_delete if ev.type == _DELETE else self.no_put)
+
+
+class WatchStream:
+    """One Watch call's watchers and outbox (see the module rules)."""
+
+    def __init__(self, hub: WatchHub, require_leader: bool) -> None:
+        self._hub = hub
+        self.require_leader = require_leader
+        self.watchers: dict[int, Watcher] = {}
+        self.late: set[Watcher] = set()  # its unsynced watchers
+        self.next_id = 0
+        self.outbox: deque[tuple[rpc_pb2.WatchResponse, int]] = deque()
+        self.bytes = 0
+        self.failed: EtcdFailure | None = None  # the stream ends with this
+        self.closed = False
+        self.progress_wanted = False
+        self.on_output: Callable[[], None] = _nothing
+
+    @property
+    def unsynced(self) -> int:
+        return len(self.late)
+
+    @property
+    def has_room(self) -> bool:
+        return self._hub.has_room(self)
+
+
+def _nothing() -> None:
+    pass
+
+
+def _resp(revision: int, wid: int, **fields: Any) -> rpc_pb2.WatchResponse:  # noqa: ANN401
+    r = rpc_pb2.WatchResponse(watch_id=wid, **fields)
+    if revision:
+        r.header.revision = revision
+    return r
+
+
+class WatchHub:
+    """Every watch stream of one node. ``state()`` returns the current state
+    machine (a snapshot install replaces it); ``history``: where its rows
+    are stored."""
+
+    def __init__(self, state: Callable[[], Any], history: HistorySource, limits: WatchLimits | None = None) -> None:
+        self._state = state
+        self._history = history
+        self.limits = limits or WatchLimits()
+        self._sm: Any = None
+        self.revision = 0  # meaningful while anyone watches
+        self.watching = 0  # watchers on every stream
+        self.bytes = 0  # in every outbox
+        self._streams: set[WatchStream] = set()
+        self._catching_up: set[WatchStream] = set()
+        self._by_key: dict[bytes, set[Watcher]] = {}
+        self._ranges: set[Watcher] = set()
+        self._ticks = 0
+        self._no_leader_ticks = 0
+
+    # ---- streams -------------------------------------------------------------------
+
+    def open(self, require_leader: bool = False) -> WatchStream:
+        s = WatchStream(self, require_leader)
+        self._streams.add(s)
+        return s
+
+    def close(self, stream: WatchStream) -> None:
+        """The call ended: drop its watchers and outbox."""
+        if stream.closed:
+            return
+        stream.closed = True
+        for w in list(stream.watchers.values()):
+            self._remove(w)
+        self.bytes -= stream.bytes
+        stream.bytes = 0
+        stream.outbox.clear()
+        self._streams.discard(stream)
+        self._catching_up.discard(stream)
+
+    def has_room(self, stream: WatchStream) -> bool:
+        return stream.bytes < self.limits.stream_bytes_max and self.bytes < self.limits.node_bytes_max
+
+    def take(self, stream: WatchStream) -> rpc_pb2.WatchResponse | None:
+        """The next response of ``stream`` (None: none now); what leaves
+        makes room for a catch-up turn."""
+        if not stream.outbox:
+            if stream.unsynced and not stream.closed:
+                self._catch_up(stream)
+            if not stream.outbox:
+                return None
+        resp, size = stream.outbox.popleft()
+        stream.bytes -= size
+        self.bytes -= size
+        if stream.unsynced and self.has_room(stream):
+            self._catch_up(stream)
+        return resp
+
+    def _emit(self, stream: WatchStream, resp: rpc_pb2.WatchResponse) -> None:
+        size = resp.ByteSize()
+        stream.outbox.append((resp, size))
+        stream.bytes += size
+        self.bytes += size
+        stream.on_output()
+
+    # ---- requests ------------------------------------------------------------------
+
+    def request(self, stream: WatchStream, req: rpc_pb2.WatchRequest) -> None:
+        """One request of the stream (a request with no known body is ignored, as etcd)."""
+        if stream.closed:
+            return
+        self._sync_state()
+        kind = req.WhichOneof("request_union")
+        if kind == "create_request":
+            self._create(stream, req.create_request)
+        elif kind == "cancel_request":
+            self._cancel(stream, req.cancel_request.watch_id)
+        elif kind == "progress_request":
+            if stream.unsynced:
+                stream.progress_wanted = True
+            else:
+                self._emit(stream, _resp(self.revision, INVALID_WATCH_ID))
+
+    def _create(self, stream: WatchStream, c: rpc_pb2.WatchCreateRequest) -> None:
+        key = c.key or b"\x00"
+        end: bytes | None = c.range_end or None
+        if end == b"\x00":
+            end = b""
+        if end and key >= end:
+            self._refuse(stream, ERR_EMPTY_RANGE)
+            return
+        wid = c.watch_id
+        if wid == 0:
+            while stream.next_id in stream.watchers:
+                stream.next_id += 1
+            wid = stream.next_id
+            stream.next_id += 1
+        elif wid in stream.watchers:
+            self._refuse(stream, ERR_DUPLICATE_ID)
+            return
+        if len(stream.watchers) >= self.limits.watches_per_stream_max:
+            self._refuse(stream, f"paxoskv: too many watches on one stream (at most {self.limits.watches_per_stream_max}): open another stream")
+            return
+        start = c.start_revision or self.revision + 1
+        w = Watcher(stream, wid, key, end, start, c)
+        stream.watchers[wid] = w
+        self.watching += 1
+        if end is None:
+            self._by_key.setdefault(key, set()).add(w)
+        else:
+            self._ranges.add(w)
+        self._emit(stream, _resp(self.revision, wid, created=True))
+        if start <= self.revision:
+            self._unsync(w)
+            self._catch_up(stream)
+
+    def _refuse(self, stream: WatchStream, reason: str) -> None:
+        self._emit(stream, _resp(self.revision, INVALID_WATCH_ID, created=True, canceled=True, cancel_reason=reason))
+
+    def _cancel(self, stream: WatchStream, wid: int) -> None:
+        w = stream.watchers.get(wid)
+        if w is None:
+            return  # etcd answers nothing
+        self._remove(w)
+        self._emit(stream, _resp(self.revision, wid, canceled=True))
+
+    def _remove(self, w: Watcher) -> None:
+        s = w.stream
+        del s.watchers[w.id]
+        self.watching -= 1
+        if not w.synced:
+            s.late.discard(w)
+            if not s.late:
+                self._catching_up.discard(s)
+        if w.end is None:
+            group = self._by_key[w.key]
+            group.discard(w)
+            if not group:
+                del self._by_key[w.key]
+        else:
+            self._ranges.discard(w)
+
+    def _unsync(self, w: Watcher) -> None:
+        if not w.synced:
+            return
+        w.synced = False
+        s = w.stream
+        s.late.add(w)
+        self._catching_up.add(s)
+
+    def _sync(self, w: Watcher) -> None:
+        w.synced = True
+        s = w.stream
+        s.late.discard(w)
+        if not s.late:
+            self._catching_up.discard(s)
+            if s.progress_wanted:
+                s.progress_wanted = False
+                self._emit(s, _resp(self.revision, INVALID_WATCH_ID))
+
+    # ---- applied revisions -----------------------------------------------------------
+
+    def _sync_state(self) -> None:
+        """A snapshot install replaced the state machine: every synced
+        watcher catches up from the installed history."""
+        sm = self._state()
+        if not self.watching:  # nobody was given anything: just follow the state
+            self._sm = sm
+            self.revision = sm.revision
+            return
+        if sm is self._sm:
+            return
+        for s in self._streams:
+            for w in s.watchers.values():
+                if w.synced:
+                    w.next_rev = max(w.next_rev, self.revision + 1)
+                    self._unsync(w)
+        self._sm = sm
+        self.revision = sm.revision
+
+    def applied(self, rows: dict[bytes, bytes | None]) -> None:
+        """A batch was applied; ``rows``: the history rows it wrote (bytes)
+        and dropped (None), by row key."""
+        old = self.revision
+        sm = self._state()
+        if sm is not self._sm:
+            self._sync_state()
+            return
+        self.revision = sm.revision
+        if not self.watching:
+            return
+        events: list[tuple[int, mvccpb.Event]] = []
+        for rk in sorted(k for k, v in rows.items() if v is not None):
+            main, _ = split_row_key(rk)
+            if main > old:
+                events.append((main, _event(rows[rk])))  # type: ignore[arg-type]
+        if not events:
+            return
+        by_key = self._by_key
+        ranges = self._ranges
+        given: dict[Watcher, list[tuple[int, mvccpb.Event]]] = {}
+        for item in events:
+            main, ev = item
+            key = ev.kv.key
+            group = by_key.get(key)
+            for w in group or ():
+                if w.synced and main >= w.next_rev and w.wants(ev):
+                    given.setdefault(w, []).append(item)
+            for w in ranges:
+                if w.synced and main >= w.next_rev and w.matches(key) and w.wants(ev):
+                    given.setdefault(w, []).append(item)
+        for w, evs in given.items():
+            left = self._deliver(w, evs, self.revision)
+            if left is not None:
+                w.next_rev = max(w.next_rev, old + 1, left)
+                self._unsync(w)
+        for w in given:
+            if w.synced:
+                w.next_rev = max(w.next_rev, self.revision + 1)
+
+    def _deliver(self, w: Watcher, evs: list[tuple[int, mvccpb.Event]], revision: int) -> int | None:
+        """Give ``w`` its events, in responses of about ``response_bytes_max``
+        cut at revision boundaries (a revision alone may be larger; with
+        fragment it is split as etcd does), while its stream has room; the
+        first revision left undelivered (None: all went)."""
+        stream = w.stream
+        store = self._sm.store if w.prev_kv else None
+        limit = self.limits.response_bytes_max
+        resp: rpc_pb2.WatchResponse | None = None
+        size = 0
+        prev_main = 0
+        for main, ev in evs:
+            if main != prev_main:
+                if resp is not None and size >= limit:
+                    self._send(w, resp)
+                    resp = None
+                if resp is None:
+                    if not self.has_room(stream):
+                        return main
+                    resp = _resp(revision, w.id)
+                    size = 0
+                prev_main = main
+            e = resp.events.add()
+            e.CopyFrom(ev)
+            if store is not None and not (ev.type == _PUT and ev.kv.create_revision == main):
+                enc = store.version_at(ev.kv.key, main - 1)
+                if enc is not None:
+                    e.prev_kv.CopyFrom(store.kv_of(ev.kv.key, enc))
+            size += e.ByteSize() + 4
+        if resp is not None:
+            self._send(w, resp)
+        return None
+
+    def _send(self, w: Watcher, resp: rpc_pb2.WatchResponse) -> None:
+        w.quiet = False
+        if w.fragment and len(resp.events) > 1 and resp.ByteSize() >= self.limits.fragment_bytes:
+            for part in _fragments(resp, self.limits.fragment_bytes):
+                self._emit(w.stream, part)
+        else:
+            self._emit(w.stream, resp)
+
+    # ---- catch-up ------------------------------------------------------------------
+
+    def _catch_up(self, stream: WatchStream) -> None:
+        """One chunk of history for the unsynced watchers of ``stream``."""
+        self._sync_state()
+        late = sorted(stream.late, key=_watch_id)
+        if not late:
+            return
+        compact = self._sm.compact_revision
+        for w in late:
+            if w.next_rev < compact:
+                self._remove(w)
+                self._emit(stream, _resp(0, w.id, canceled=True, compact_revision=compact))
+        late = [w for w in late if w.id in stream.watchers]
+        hi = self.revision
+        lo = min((w.next_rev for w in late), default=hi + 1)
+        events: list[tuple[int, mvccpb.Event]] = []
+        last = hi
+        if lo <= hi:
+            n = 0
+            size = 0
+            for rk, row in self._history.history_rows(row_key(max(lo, 1), 0), row_key(hi + 1, 0)):
+                main, _ = split_row_key(rk)
+                if (n >= self.limits.catchup_rows_max or size >= self.limits.catchup_bytes_max) and main != events[-1][0]:
+                    last = events[-1][0]
+                    break
+                events.append((main, _event(row)))
+                n += 1
+                size += len(row)
+        for w in late:
+            if w.next_rev > hi:
+                self._sync(w)
+                continue
+            if w.next_rev > last:
+                continue  # nothing of this chunk is its
+            if not self.has_room(stream):
+                break
+            mine = [(m, ev) for m, ev in events if m >= w.next_rev and w.matches(ev.kv.key) and w.wants(ev)]
+            left = self._deliver(w, mine, hi) if mine else None
+            if left is not None:
+                w.next_rev = left
+                break  # the stream is full
+            w.next_rev = last + 1
+            if last >= hi:
+                self._sync(w)
+
+    # ---- time ----------------------------------------------------------------------
+
+    def tick(self, leader_known: bool) -> None:
+        if not self._streams:
+            self._no_leader_ticks = 0
+            return
+        self._sync_state()
+        if leader_known:
+            self._no_leader_ticks = 0
+        else:
+            self._no_leader_ticks += 1
+            if self._no_leader_ticks >= self.limits.no_leader_ticks_max:
+                self._no_leader_ticks = 0
+                for s in [s for s in self._streams if s.require_leader]:
+                    self.close(s)
+                    s.failed = EtcdFailure(etcd.ERR_NO_LEADER.code, etcd.ERR_NO_LEADER.message)
+                    s.on_output()
+        self._ticks += 1
+        if self._ticks % self.limits.progress_interval_ticks == 0:
+            for s in self._streams:
+                for w in s.watchers.values():
+                    if w.progress_notify and w.synced and w.quiet and self.has_room(s):
+                        self._emit(s, _resp(self.revision, w.id))
+                    w.quiet = True
+        for s in list(self._catching_up):
+            if self.has_room(s):
+                self._catch_up(s)
+
+
+def _watch_id(w: Watcher) -> int:
+    return w.id
+
+
+_TOMBSTONE = b"\x10\x01"
+_EVENT_KV = b"\x12"  # mvccpb.Event field 2 (kv), length-delimited
+_EVENT_DELETE = b"\x08\x01"  # mvccpb.Event field 1 (type) = DELETE
+
+
+def _event(row: bytes) -> mvccpb.Event:
+    """The event of a history row. A row is ``HistoryRecord{kv = 1,
+    tombstone = 2}`` and an Event ``{type = 1, kv = 2}``: the row's kv bytes
+    are the event's, so it is parsed once (the general decode is kept for a
+    row of another shape)."""
+    if row[:1] == b"\x0a":
+        n, pos, shift = 0, 1, 0
+        while pos < len(row):
+            b = row[pos]
+            n |= (b & 0x7F) << shift
+            pos += 1
+            if b < 0x80:
+                break
+            shift += 7
+        end = pos + n
+        if end == len(row):
+            return mvccpb.Event.FromString(_EVENT_KV + row[1:])
+        if row[end:] == _TOMBSTONE:
+            return mvccpb.Event.FromString(_EVENT_DELETE + _EVENT_KV + row[1:end])
+    rec = decode_row(row)
+    return mvccpb.Event(type=_DELETE if rec.tombstone else _PUT, kv=rec.kv)
+
+
+def _fragments(resp: rpc_pb2.WatchResponse, limit: int) -> Iterator[rpc_pb2.WatchResponse]:
+    """etcd's sendFragments: parts below ``limit`` bytes (at least one event
+    each), fragment=true on all but the last."""
+    events = list(resp.events)
+    i = 0
+    while i < len(events):
+        part = rpc_pb2.WatchResponse()
+        part.CopyFrom(resp)
+        del part.events[:]
+        part.fragment = True
+        while i < len(events):
+            part.events.append(events[i])
+            if len(part.events) > 1 and part.ByteSize() >= limit:
+                del part.events[-1]
+                break
+            i += 1
+        if i == len(events):
+            part.fragment = False
+        yield part
