@@ -22,70 +22,79 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from paxoskv.etcdpb import kv_pb2 as paxoskv_dot_etcdpb_dot_kv__pb2
 from paxoskv.etcdpb import rpc_pb2 as paxoskv_dot_etcdpb_dot_rpc__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x13paxoskv/v1/kv.proto\x12\npaxoskv.v1\x1a\x18paxoskv/etcdpb/rpc.proto\"#\n\x05PutOp\x12\x0b\n\x03key\x18\x01 \x01(\x0c\x12\r\n\x05value\x18\x02 \x01(\x0c\"\x17\n\x08\x44\x65leteOp\x12\x0b\n\x03key\x18\x01 \x01(\x0c\"\xc8\x01\n\x07\x43ommand\x12\x11\n\tclient_id\x18\x01 \x01(\t\x12\x10\n\x08sequence\x18\x02 \x01(\x04\x12 \n\x03put\x18\n \x01(\x0b\x32\x11.paxoskv.v1.PutOpH\x00\x12&\n\x06\x64\x65lete\x18\x0b \x01(\x0b\x32\x14.paxoskv.v1.DeleteOpH\x00\x12$\n\x05\x62\x61tch\x18\x0c \x01(\x0b\x32\x13.paxoskv.v1.BatchOpH\x00\x12\"\n\x04\x65tcd\x18\r \x01(\x0b\x32\x12.paxoskv.v1.EtcdOpH\x00\x42\x04\n\x02op\"i\n\x07\x42\x61tchOp\x12\"\n\x03ops\x18\x01 \x03(\x0b\x32\x15.paxoskv.v1.RequestOp\x12*\n\x07request\x18\x02 \x01(\x0b\x32\x19.paxoskv.v1.RequestHeader\x12\x0e\n\x06waiter\x18\x0f \x01(\x0c\"\x93\x02\n\x06\x45tcdOp\x12\'\n\x03put\x18\x01 \x01(\x0b\x32\x18.etcdserverpb.PutRequestH\x00\x12\x38\n\x0c\x64\x65lete_range\x18\x02 \x01(\x0b\x32 .etcdserverpb.DeleteRangeRequestH\x00\x12\'\n\x03txn\x18\x03 \x01(\x0b\x32\x18.etcdserverpb.TxnRequestH\x00\x12\x35\n\ncompaction\x18\x04 \x01(\x0b\x32\x1f.etcdserverpb.CompactionRequestH\x00\x12+\n\x05\x61larm\x18\x05 \x01(\x0b\x32\x1a.etcdserverpb.AlarmRequestH\x00\x12\x0e\n\x06waiter\x18\x0f \x01(\x0c\x42\t\n\x07request\"\xab\x01\n\rCommandResult\x12,\n\x04\x63ode\x18\x01 \x01(\x0e\x32\x1e.paxoskv.v1.CommandResult.Code\x12\r\n\x05index\x18\x02 \x01(\x04\x12\x0f\n\x07\x65xisted\x18\x03 \x01(\x08\x12\r\n\x05\x65rror\x18\x04 \x01(\t\"=\n\x04\x43ode\x12\x06\n\x02OK\x10\x00\x12\x0b\n\x07INVALID\x10\x01\x12\x12\n\x0eSTALE_SEQUENCE\x10\x02\x12\x0c\n\x08NO_SPACE\x10\x03\"4\n\rRequestHeader\x12\x11\n\tclient_id\x18\x01 \x01(\t\x12\x10\n\x08sequence\x18\x02 \x01(\x04\"C\n\x0eResponseHeader\x12\x0f\n\x07node_id\x18\x01 \x01(\r\x12\x11\n\tleader_id\x18\x02 \x01(\r\x12\r\n\x05index\x18\x03 \x01(\x04\"/\n\nGetRequest\x12\x0b\n\x03key\x18\x01 \x01(\x0c\x12\x14\n\x0cserializable\x18\x02 \x01(\x08\"W\n\x0bGetResponse\x12*\n\x06header\x18\x01 \x01(\x0b\x32\x1a.paxoskv.v1.ResponseHeader\x12\r\n\x05\x66ound\x18\x02 \x01(\x08\x12\r\n\x05value\x18\x03 \x01(\x0c\"T\n\nPutRequest\x12*\n\x07request\x18\x01 \x01(\x0b\x32\x19.paxoskv.v1.RequestHeader\x12\x0b\n\x03key\x18\x02 \x01(\x0c\x12\r\n\x05value\x18\x03 \x01(\x0c\"J\n\x0bPutResponse\x12*\n\x06header\x18\x01 \x01(\x0b\x32\x1a.paxoskv.v1.ResponseHeader\x12\x0f\n\x07\x65xisted\x18\x02 \x01(\x08\"H\n\rDeleteRequest\x12*\n\x07request\x18\x01 \x01(\x0b\x32\x19.paxoskv.v1.RequestHeader\x12\x0b\n\x03key\x18\x02 \x01(\x0c\"M\n\x0e\x44\x65leteResponse\x12*\n\x06header\x18\x01 \x01(\x0b\x32\x1a.paxoskv.v1.ResponseHeader\x12\x0f\n\x07\x64\x65leted\x18\x02 \x01(\x08\"\x8c\x01\n\tRequestOp\x12%\n\x03get\x18\x01 \x01(\x0b\x32\x16.paxoskv.v1.GetRequestH\x00\x12%\n\x03put\x18\x02 \x01(\x0b\x32\x16.paxoskv.v1.PutRequestH\x00\x12+\n\x06\x64\x65lete\x18\x03 \x01(\x0b\x32\x19.paxoskv.v1.DeleteRequestH\x00\x42\x04\n\x02op\"\xad\x01\n\nResponseOp\x12&\n\x03get\x18\x01 \x01(\x0b\x32\x17.paxoskv.v1.GetResponseH\x00\x12&\n\x03put\x18\x02 \x01(\x0b\x32\x17.paxoskv.v1.PutResponseH\x00\x12,\n\x06\x64\x65lete\x18\x03 \x01(\x0b\x32\x1a.paxoskv.v1.DeleteResponseH\x00\x12\x0c\n\x04\x63ode\x18\n \x01(\r\x12\r\n\x05\x65rror\x18\x0b \x01(\tB\x04\n\x02op\"^\n\x0c\x42\x61tchRequest\x12\"\n\x03ops\x18\x01 \x03(\x0b\x32\x15.paxoskv.v1.RequestOp\x12*\n\x07request\x18\x02 \x01(\x0b\x32\x19.paxoskv.v1.RequestHeader\"d\n\rBatchResponse\x12*\n\x06header\x18\x01 \x01(\x0b\x32\x1a.paxoskv.v1.ResponseHeader\x12\'\n\x07results\x18\x02 \x03(\x0b\x32\x16.paxoskv.v1.ResponseOp\"?\n\x0eSessionRequest\x12\n\n\x02id\x18\x01 \x01(\x04\x12!\n\x02op\x18\x02 \x01(\x0b\x32\x15.paxoskv.v1.RequestOp\"E\n\x0fSessionResponse\x12\n\n\x02id\x18\x01 \x01(\x04\x12&\n\x06result\x18\x02 \x01(\x0b\x32\x16.paxoskv.v1.ResponseOp\"\x0f\n\rStatusRequest\"y\n\nPeerStatus\x12\x0f\n\x07node_id\x18\x01 \x01(\r\x12\x0f\n\x07\x61\x64\x64ress\x18\x02 \x01(\t\x12\x11\n\tconnected\x18\x03 \x01(\x08\x12\x1f\n\x12last_heard_seconds\x18\x04 \x01(\x01H\x00\x88\x01\x01\x42\x15\n\x13_last_heard_seconds\"\x9f\x02\n\x0eStatusResponse\x12\x0f\n\x07node_id\x18\x01 \x01(\r\x12\x12\n\ncluster_id\x18\x02 \x01(\t\x12\x0c\n\x04role\x18\x03 \x01(\t\x12\x11\n\tleader_id\x18\x04 \x01(\r\x12\x14\n\x0c\x62\x61llot_round\x18\x05 \x01(\x04\x12\x13\n\x0b\x62\x61llot_node\x18\x06 \x01(\r\x12\x14\n\x0c\x63ommit_index\x18\x07 \x01(\x04\x12\x15\n\rapplied_index\x18\x08 \x01(\x04\x12\x11\n\tlog_start\x18\t \x01(\x04\x12\x16\n\x0esnapshot_index\x18\n \x01(\x04\x12%\n\x05peers\x18\x0b \x03(\x0b\x32\x16.paxoskv.v1.PeerStatus\x12\x0c\n\x04keys\x18\x0c \x01(\x04\x12\x0f\n\x07version\x18\r \x01(\t\"\x11\n\x0fSnapshotRequest\"\\\n\x10SnapshotResponse\x12\x0c\n\x04\x64\x61ta\x18\x01 \x01(\x0c\x12\x15\n\rapplied_index\x18\x02 \x01(\x04\x12\x13\n\x0btotal_bytes\x18\x03 \x01(\x04\x12\x0e\n\x06sha256\x18\x04 \x01(\x0c\x32\xff\x02\n\x02KV\x12\x36\n\x03Get\x12\x16.paxoskv.v1.GetRequest\x1a\x17.paxoskv.v1.GetResponse\x12\x36\n\x03Put\x12\x16.paxoskv.v1.PutRequest\x1a\x17.paxoskv.v1.PutResponse\x12?\n\x06\x44\x65lete\x12\x19.paxoskv.v1.DeleteRequest\x1a\x1a.paxoskv.v1.DeleteResponse\x12<\n\x05\x42\x61tch\x12\x18.paxoskv.v1.BatchRequest\x1a\x19.paxoskv.v1.BatchResponse\x12\x42\n\x0bPackedBatch\x12\x18.paxoskv.v1.BatchRequest\x1a\x19.paxoskv.v1.BatchResponse\x12\x46\n\x07Session\x12\x1a.paxoskv.v1.SessionRequest\x1a\x1b.paxoskv.v1.SessionResponse(\x01\x30\x01\x32\x97\x01\n\x0bMaintenance\x12?\n\x06Status\x12\x19.paxoskv.v1.StatusRequest\x1a\x1a.paxoskv.v1.StatusResponse\x12G\n\x08Snapshot\x12\x1b.paxoskv.v1.SnapshotRequest\x1a\x1c.paxoskv.v1.SnapshotResponse0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x13paxoskv/v1/kv.proto\x12\npaxoskv.v1\x1a\x17paxoskv/etcdpb/kv.proto\x1a\x18paxoskv/etcdpb/rpc.proto\"#\n\x05PutOp\x12\x0b\n\x03key\x18\x01 \x01(\x0c\x12\r\n\x05value\x18\x02 \x01(\x0c\"\x17\n\x08\x44\x65leteOp\x12\x0b\n\x03key\x18\x01 \x01(\x0c\"\xc8\x01\n\x07\x43ommand\x12\x11\n\tclient_id\x18\x01 \x01(\t\x12\x10\n\x08sequence\x18\x02 \x01(\x04\x12 \n\x03put\x18\n \x01(\x0b\x32\x11.paxoskv.v1.PutOpH\x00\x12&\n\x06\x64\x65lete\x18\x0b \x01(\x0b\x32\x14.paxoskv.v1.DeleteOpH\x00\x12$\n\x05\x62\x61tch\x18\x0c \x01(\x0b\x32\x13.paxoskv.v1.BatchOpH\x00\x12\"\n\x04\x65tcd\x18\r \x01(\x0b\x32\x12.paxoskv.v1.EtcdOpH\x00\x42\x04\n\x02op\"i\n\x07\x42\x61tchOp\x12\"\n\x03ops\x18\x01 \x03(\x0b\x32\x15.paxoskv.v1.RequestOp\x12*\n\x07request\x18\x02 \x01(\x0b\x32\x19.paxoskv.v1.RequestHeader\x12\x0e\n\x06waiter\x18\x0f \x01(\x0c\"\x93\x02\n\x06\x45tcdOp\x12\'\n\x03put\x18\x01 \x01(\x0b\x32\x18.etcdserverpb.PutRequestH\x00\x12\x38\n\x0c\x64\x65lete_range\x18\x02 \x01(\x0b\x32 .etcdserverpb.DeleteRangeRequestH\x00\x12\'\n\x03txn\x18\x03 \x01(\x0b\x32\x18.etcdserverpb.TxnRequestH\x00\x12\x35\n\ncompaction\x18\x04 \x01(\x0b\x32\x1f.etcdserverpb.CompactionRequestH\x00\x12+\n\x05\x61larm\x18\x05 \x01(\x0b\x32\x1a.etcdserverpb.AlarmRequestH\x00\x12\x0e\n\x06waiter\x18\x0f \x01(\x0c\x42\t\n\x07request\"\xd0\x01\n\rCommandResult\x12,\n\x04\x63ode\x18\x01 \x01(\x0e\x32\x1e.paxoskv.v1.CommandResult.Code\x12\r\n\x05index\x18\x02 \x01(\x04\x12\x0f\n\x07\x65xisted\x18\x03 \x01(\x08\x12\r\n\x05\x65rror\x18\x04 \x01(\t\x12\x10\n\x08revision\x18\x05 \x01(\x03\x12\x11\n\tsucceeded\x18\x06 \x01(\x08\"=\n\x04\x43ode\x12\x06\n\x02OK\x10\x00\x12\x0b\n\x07INVALID\x10\x01\x12\x12\n\x0eSTALE_SEQUENCE\x10\x02\x12\x0c\n\x08NO_SPACE\x10\x03\"4\n\rRequestHeader\x12\x11\n\tclient_id\x18\x01 \x01(\t\x12\x10\n\x08sequence\x18\x02 \x01(\x04\"U\n\x0eResponseHeader\x12\x0f\n\x07node_id\x18\x01 \x01(\r\x12\x11\n\tleader_id\x18\x02 \x01(\r\x12\r\n\x05index\x18\x03 \x01(\x04\x12\x10\n\x08revision\x18\x04 \x01(\x03\"/\n\nGetRequest\x12\x0b\n\x03key\x18\x01 \x01(\x0c\x12\x14\n\x0cserializable\x18\x02 \x01(\x08\"W\n\x0bGetResponse\x12*\n\x06header\x18\x01 \x01(\x0b\x32\x1a.paxoskv.v1.ResponseHeader\x12\r\n\x05\x66ound\x18\x02 \x01(\x08\x12\r\n\x05value\x18\x03 \x01(\x0c\"T\n\nPutRequest\x12*\n\x07request\x18\x01 \x01(\x0b\x32\x19.paxoskv.v1.RequestHeader\x12\x0b\n\x03key\x18\x02 \x01(\x0c\x12\r\n\x05value\x18\x03 \x01(\x0c\"J\n\x0bPutResponse\x12*\n\x06header\x18\x01 \x01(\x0b\x32\x1a.paxoskv.v1.ResponseHeader\x12\x0f\n\x07\x65xisted\x18\x02 \x01(\x08\"H\n\rDeleteRequest\x12*\n\x07request\x18\x01 \x01(\x0b\x32\x19.paxoskv.v1.RequestHeader\x12\x0b\n\x03key\x18\x02 \x01(\x0c\"M\n\x0e\x44\x65leteResponse\x12*\n\x06header\x18\x01 \x01(\x0b\x32\x1a.paxoskv.v1.ResponseHeader\x12\x0f\n\x07\x64\x65leted\x18\x02 \x01(\x08\"\x8c\x01\n\tRequestOp\x12%\n\x03get\x18\x01 \x01(\x0b\x32\x16.paxoskv.v1.GetRequestH\x00\x12%\n\x03put\x18\x02 \x01(\x0b\x32\x16.paxoskv.v1.PutRequestH\x00\x12+\n\x06\x64\x65lete\x18\x03 \x01(\x0b\x32\x19.paxoskv.v1.DeleteRequestH\x00\x42\x04\n\x02op\"\xad\x01\n\nResponseOp\x12&\n\x03get\x18\x01 \x01(\x0b\x32\x17.paxoskv.v1.GetResponseH\x00\x12&\n\x03put\x18\x02 \x01(\x0b\x32\x17.paxoskv.v1.PutResponseH\x00\x12,\n\x06\x64\x65lete\x18\x03 \x01(\x0b\x32\x1a.paxoskv.v1.DeleteResponseH\x00\x12\x0c\n\x04\x63ode\x18\n \x01(\r\x12\r\n\x05\x65rror\x18\x0b \x01(\tB\x04\n\x02op\"^\n\x0c\x42\x61tchRequest\x12\"\n\x03ops\x18\x01 \x03(\x0b\x32\x15.paxoskv.v1.RequestOp\x12*\n\x07request\x18\x02 \x01(\x0b\x32\x19.paxoskv.v1.RequestHeader\"d\n\rBatchResponse\x12*\n\x06header\x18\x01 \x01(\x0b\x32\x1a.paxoskv.v1.ResponseHeader\x12\'\n\x07results\x18\x02 \x03(\x0b\x32\x16.paxoskv.v1.ResponseOp\"?\n\x0eSessionRequest\x12\n\n\x02id\x18\x01 \x01(\x04\x12!\n\x02op\x18\x02 \x01(\x0b\x32\x15.paxoskv.v1.RequestOp\"E\n\x0fSessionResponse\x12\n\n\x02id\x18\x01 \x01(\x04\x12&\n\x06result\x18\x02 \x01(\x0b\x32\x16.paxoskv.v1.ResponseOp\"\x9c\x01\n\x0cRangeRequest\x12\x0b\n\x03key\x18\x01 \x01(\x0c\x12\x11\n\trange_end\x18\x02 \x01(\x0c\x12\x0e\n\x06prefix\x18\x03 \x01(\x08\x12\r\n\x05limit\x18\x04 \x01(\x03\x12\x10\n\x08revision\x18\x05 \x01(\x03\x12\x14\n\x0cserializable\x18\x06 \x01(\x08\x12\x11\n\tkeys_only\x18\x07 \x01(\x08\x12\x12\n\ncount_only\x18\x08 \x01(\x08\"w\n\rRangeResponse\x12*\n\x06header\x18\x01 \x01(\x0b\x32\x1a.paxoskv.v1.ResponseHeader\x12\x1d\n\x03kvs\x18\x02 \x03(\x0b\x32\x10.mvccpb.KeyValue\x12\x0c\n\x04more\x18\x03 \x01(\x08\x12\r\n\x05\x63ount\x18\x04 \x01(\x03\"\xb4\x01\n\nTxnRequest\x12*\n\x07request\x18\x01 \x01(\x0b\x32\x19.paxoskv.v1.RequestHeader\x12&\n\x07\x63ompare\x18\x02 \x03(\x0b\x32\x15.etcdserverpb.Compare\x12(\n\x07success\x18\x03 \x03(\x0b\x32\x17.etcdserverpb.RequestOp\x12(\n\x07\x66\x61ilure\x18\x04 \x03(\x0b\x32\x17.etcdserverpb.RequestOp\"\x8b\x01\n\x0bTxnResponse\x12*\n\x06header\x18\x01 \x01(\x0b\x32\x1a.paxoskv.v1.ResponseHeader\x12\x11\n\tsucceeded\x18\x02 \x01(\x08\x12+\n\tresponses\x18\x03 \x03(\x0b\x32\x18.etcdserverpb.ResponseOp\x12\x10\n\x08replayed\x18\x04 \x01(\x08\"\x0f\n\rStatusRequest\"y\n\nPeerStatus\x12\x0f\n\x07node_id\x18\x01 \x01(\r\x12\x0f\n\x07\x61\x64\x64ress\x18\x02 \x01(\t\x12\x11\n\tconnected\x18\x03 \x01(\x08\x12\x1f\n\x12last_heard_seconds\x18\x04 \x01(\x01H\x00\x88\x01\x01\x42\x15\n\x13_last_heard_seconds\"\x9f\x02\n\x0eStatusResponse\x12\x0f\n\x07node_id\x18\x01 \x01(\r\x12\x12\n\ncluster_id\x18\x02 \x01(\t\x12\x0c\n\x04role\x18\x03 \x01(\t\x12\x11\n\tleader_id\x18\x04 \x01(\r\x12\x14\n\x0c\x62\x61llot_round\x18\x05 \x01(\x04\x12\x13\n\x0b\x62\x61llot_node\x18\x06 \x01(\r\x12\x14\n\x0c\x63ommit_index\x18\x07 \x01(\x04\x12\x15\n\rapplied_index\x18\x08 \x01(\x04\x12\x11\n\tlog_start\x18\t \x01(\x04\x12\x16\n\x0esnapshot_index\x18\n \x01(\x04\x12%\n\x05peers\x18\x0b \x03(\x0b\x32\x16.paxoskv.v1.PeerStatus\x12\x0c\n\x04keys\x18\x0c \x01(\x04\x12\x0f\n\x07version\x18\r \x01(\t\"\x11\n\x0fSnapshotRequest\"\\\n\x10SnapshotResponse\x12\x0c\n\x04\x64\x61ta\x18\x01 \x01(\x0c\x12\x15\n\rapplied_index\x18\x02 \x01(\x04\x12\x13\n\x0btotal_bytes\x18\x03 \x01(\x04\x12\x0e\n\x06sha256\x18\x04 \x01(\x0c\x32\xf5\x03\n\x02KV\x12\x36\n\x03Get\x12\x16.paxoskv.v1.GetRequest\x1a\x17.paxoskv.v1.GetResponse\x12\x36\n\x03Put\x12\x16.paxoskv.v1.PutRequest\x1a\x17.paxoskv.v1.PutResponse\x12?\n\x06\x44\x65lete\x12\x19.paxoskv.v1.DeleteRequest\x1a\x1a.paxoskv.v1.DeleteResponse\x12<\n\x05\x42\x61tch\x12\x18.paxoskv.v1.BatchRequest\x1a\x19.paxoskv.v1.BatchResponse\x12\x42\n\x0bPackedBatch\x12\x18.paxoskv.v1.BatchRequest\x1a\x19.paxoskv.v1.BatchResponse\x12\x46\n\x07Session\x12\x1a.paxoskv.v1.SessionRequest\x1a\x1b.paxoskv.v1.SessionResponse(\x01\x30\x01\x12<\n\x05Range\x12\x18.paxoskv.v1.RangeRequest\x1a\x19.paxoskv.v1.RangeResponse\x12\x36\n\x03Txn\x12\x16.paxoskv.v1.TxnRequest\x1a\x17.paxoskv.v1.TxnResponse2\x97\x01\n\x0bMaintenance\x12?\n\x06Status\x12\x19.paxoskv.v1.StatusRequest\x1a\x1a.paxoskv.v1.StatusResponse\x12G\n\x08Snapshot\x12\x1b.paxoskv.v1.SnapshotRequest\x1a\x1c.paxoskv.v1.SnapshotResponse0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'paxoskv.v1.kv_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_PUTOP']._serialized_start=61
-  _globals['_PUTOP']._serialized_end=96
-  _globals['_DELETEOP']._serialized_start=98
-  _globals['_DELETEOP']._serialized_end=121
-  _globals['_COMMAND']._serialized_start=124
-  _globals['_COMMAND']._serialized_end=324
-  _globals['_BATCHOP']._serialized_start=326
-  _globals['_BATCHOP']._serialized_end=431
-  _globals['_ETCDOP']._serialized_start=434
-  _globals['_ETCDOP']._serialized_end=709
-  _globals['_COMMANDRESULT']._serialized_start=712
-  _globals['_COMMANDRESULT']._serialized_end=883
-  _globals['_COMMANDRESULT_CODE']._serialized_start=822
-  _globals['_COMMANDRESULT_CODE']._serialized_end=883
-  _globals['_REQUESTHEADER']._serialized_start=885
-  _globals['_REQUESTHEADER']._serialized_end=937
-  _globals['_RESPONSEHEADER']._serialized_start=939
-  _globals['_RESPONSEHEADER']._serialized_end=1006
-  _globals['_GETREQUEST']._serialized_start=1008
-  _globals['_GETREQUEST']._serialized_end=1055
-  _globals['_GETRESPONSE']._serialized_start=1057
-  _globals['_GETRESPONSE']._serialized_end=1144
-  _globals['_PUTREQUEST']._serialized_start=1146
-  _globals['_PUTREQUEST']._serialized_end=1230
-  _globals['_PUTRESPONSE']._serialized_start=1232
-  _globals['_PUTRESPONSE']._serialized_end=1306
-  _globals['_DELETEREQUEST']._serialized_start=1308
-  _globals['_DELETEREQUEST']._serialized_end=1380
-  _globals['_DELETERESPONSE']._serialized_start=1382
-  _globals['_DELETERESPONSE']._serialized_end=1459
-  _globals['_REQUESTOP']._serialized_start=1462
-  _globals['_REQUESTOP']._serialized_end=1602
-  _globals['_RESPONSEOP']._serialized_start=1605
-  _globals['_RESPONSEOP']._serialized_end=1778
-  _globals['_BATCHREQUEST']._serialized_start=1780
-  _globals['_BATCHREQUEST']._serialized_end=1874
-  _globals['_BATCHRESPONSE']._serialized_start=1876
-  _globals['_BATCHRESPONSE']._serialized_end=1976
-  _globals['_SESSIONREQUEST']._serialized_start=1978
-  _globals['_SESSIONREQUEST']._serialized_end=2041
-  _globals['_SESSIONRESPONSE']._serialized_start=2043
-  _globals['_SESSIONRESPONSE']._serialized_end=2112
-  _globals['_STATUSREQUEST']._serialized_start=2114
-  _globals['_STATUSREQUEST']._serialized_end=2129
-  _globals['_PEERSTATUS']._serialized_start=2131
-  _globals['_PEERSTATUS']._serialized_end=2252
-  _globals['_STATUSRESPONSE']._serialized_start=2255
-  _globals['_STATUSRESPONSE']._serialized_end=2542
-  _globals['_SNAPSHOTREQUEST']._serialized_start=2544
-  _globals['_SNAPSHOTREQUEST']._serialized_end=2561
-  _globals['_SNAPSHOTRESPONSE']._serialized_start=2563
-  _globals['_SNAPSHOTRESPONSE']._serialized_end=2655
-  _globals['_KV']._serialized_start=2658
-  _globals['_KV']._serialized_end=3041
-  _globals['_MAINTENANCE']._serialized_start=3044
-  _globals['_MAINTENANCE']._serialized_end=3195
+  _globals['_PUTOP']._serialized_start=86
+  _globals['_PUTOP']._serialized_end=121
+  _globals['_DELETEOP']._serialized_start=123
+  _globals['_DELETEOP']._serialized_end=146
+  _globals['_COMMAND']._serialized_start=149
+  _globals['_COMMAND']._serialized_end=349
+  _globals['_BATCHOP']._serialized_start=351
+  _globals['_BATCHOP']._serialized_end=456
+  _globals['_ETCDOP']._serialized_start=459
+  _globals['_ETCDOP']._serialized_end=734
+  _globals['_COMMANDRESULT']._serialized_start=737
+  _globals['_COMMANDRESULT']._serialized_end=945
+  _globals['_COMMANDRESULT_CODE']._serialized_start=884
+  _globals['_COMMANDRESULT_CODE']._serialized_end=945
+  _globals['_REQUESTHEADER']._serialized_start=947
+  _globals['_REQUESTHEADER']._serialized_end=999
+  _globals['_RESPONSEHEADER']._serialized_start=1001
+  _globals['_RESPONSEHEADER']._serialized_end=1086
+  _globals['_GETREQUEST']._serialized_start=1088
+  _globals['_GETREQUEST']._serialized_end=1135
+  _globals['_GETRESPONSE']._serialized_start=1137
+  _globals['_GETRESPONSE']._serialized_end=1224
+  _globals['_PUTREQUEST']._serialized_start=1226
+  _globals['_PUTREQUEST']._serialized_end=1310
+  _globals['_PUTRESPONSE']._serialized_start=1312
+  _globals['_PUTRESPONSE']._serialized_end=1386
+  _globals['_DELETEREQUEST']._serialized_start=1388
+  _globals['_DELETEREQUEST']._serialized_end=1460
+  _globals['_DELETERESPONSE']._serialized_start=1462
+  _globals['_DELETERESPONSE']._serialized_end=1539
+  _globals['_REQUESTOP']._serialized_start=1542
+  _globals['_REQUESTOP']._serialized_end=1682
+  _globals['_RESPONSEOP']._serialized_start=1685
+  _globals['_RESPONSEOP']._serialized_end=1858
+  _globals['_BATCHREQUEST']._serialized_start=1860
+  _globals['_BATCHREQUEST']._serialized_end=1954
+  _globals['_BATCHRESPONSE']._serialized_start=1956
+  _globals['_BATCHRESPONSE']._serialized_end=2056
+  _globals['_SESSIONREQUEST']._serialized_start=2058
+  _globals['_SESSIONREQUEST']._serialized_end=2121
+  _globals['_SESSIONRESPONSE']._serialized_start=2123
+  _globals['_SESSIONRESPONSE']._serialized_end=2192
+  _globals['_RANGEREQUEST']._serialized_start=2195
+  _globals['_RANGEREQUEST']._serialized_end=2351
+  _globals['_RANGERESPONSE']._serialized_start=2353
+  _globals['_RANGERESPONSE']._serialized_end=2472
+  _globals['_TXNREQUEST']._serialized_start=2475
+  _globals['_TXNREQUEST']._serialized_end=2655
+  _globals['_TXNRESPONSE']._serialized_start=2658
+  _globals['_TXNRESPONSE']._serialized_end=2797
+  _globals['_STATUSREQUEST']._serialized_start=2799
+  _globals['_STATUSREQUEST']._serialized_end=2814
+  _globals['_PEERSTATUS']._serialized_start=2816
+  _globals['_PEERSTATUS']._serialized_end=2937
+  _globals['_STATUSRESPONSE']._serialized_start=2940
+  _globals['_STATUSRESPONSE']._serialized_end=3227
+  _globals['_SNAPSHOTREQUEST']._serialized_start=3229
+  _globals['_SNAPSHOTREQUEST']._serialized_end=3246
+  _globals['_SNAPSHOTRESPONSE']._serialized_start=3248
+  _globals['_SNAPSHOTRESPONSE']._serialized_end=3340
+  _globals['_KV']._serialized_start=3343
+  _globals['_KV']._serialized_end=3844
+  _globals['_MAINTENANCE']._serialized_start=3847
+  _globals['_MAINTENANCE']._serialized_end=3998
 # @@protoc_insertion_point(module_scope)
