@@ -11,17 +11,9 @@ from __future__ import annotations
 
 from paxoskv.kv import etcd
 from paxoskv.replica.node import ReplicaNode
-from paxoskv.sim import SimResult, run_seed
+from paxoskv.sim import run_seed
 from paxoskv.v1 import kv_pb2
-
-
-def first_violation(seeds_max: int, tally) -> SimResult:  # noqa: ANN001
-    for seed in range(seeds_max):
-        r = run_seed(seed)
-        tally(r)
-        if not r.ok:
-            return r
-    raise AssertionError(f"no violation found in {seeds_max} seeds: the simulator missed the bug")
+from test_broken_node_layer import first_violation
 
 
 def test_cas_seeds_pass_and_draw_txns(monkeypatch, tally) -> None:  # noqa: ANN001

@@ -336,21 +336,8 @@ class Client:
         endpoint: str | None = None,
     ) -> WriteResult:
         """Set ``key`` to ``value``, exactly once. ``endpoint`` pins the node."""
-        key_b = _as_bytes(key, "key")
-        value_b = _as_bytes(value, "value")
-        session = self._acquire()
-        try:
-            req = kv_pb2.PutRequest(
-                request=kv_pb2.RequestHeader(
-                    client_id=session.client_id, sequence=session.next_sequence
-                ),
-                key=key_b,
-                value=value_b,
-            )
-            session.next_sequence += 1
-            resp = await self._call("put", req, timeout_s, endpoint)
-        finally:
-            self._free_sessions.append(session)
+        req = kv_pb2.PutRequest(key=_as_bytes(key, "key"), value=_as_bytes(value, "value"))
+        resp = await self._exactly_once("put", req, timeout_s, endpoint)
         h = resp.header
         return WriteResult(resp.existed, h.index, h.node_id, h.leader_id, h.revision)
 
@@ -358,19 +345,8 @@ class Client:
         self, key: bytes | str, *, timeout_s: float | None = None, endpoint: str | None = None
     ) -> WriteResult:
         """Delete ``key``, exactly once; ``existed`` says whether it was there."""
-        key_b = _as_bytes(key, "key")
-        session = self._acquire()
-        try:
-            req = kv_pb2.DeleteRequest(
-                request=kv_pb2.RequestHeader(
-                    client_id=session.client_id, sequence=session.next_sequence
-                ),
-                key=key_b,
-            )
-            session.next_sequence += 1
-            resp = await self._call("delete", req, timeout_s, endpoint)
-        finally:
-            self._free_sessions.append(session)
+        req = kv_pb2.DeleteRequest(key=_as_bytes(key, "key"))
+        resp = await self._exactly_once("delete", req, timeout_s, endpoint)
         h = resp.header
         return WriteResult(resp.deleted, h.index, h.node_id, h.leader_id, h.revision)
 
@@ -417,18 +393,8 @@ class Client:
         """Run ``txn`` (``paxoskv.client.txn``), exactly once."""
         if not isinstance(txn, Txn):
             raise TypeError(f"txn() takes a paxoskv.client.txn.Txn, not {type(txn).__name__}")
-        session = self._acquire()
-        try:
-            req = kv_pb2.TxnRequest(
-                request=kv_pb2.RequestHeader(client_id=session.client_id, sequence=session.next_sequence),
-                compare=[c.proto for c in txn.compares],
-                success=txn.success,
-                failure=txn.failure,
-            )
-            session.next_sequence += 1
-            resp = await self._call("txn", req, timeout_s, endpoint)
-        finally:
-            self._free_sessions.append(session)
+        req = kv_pb2.TxnRequest(compare=[c.proto for c in txn.compares], success=txn.success, failure=txn.failure)
+        resp = await self._exactly_once("txn", req, timeout_s, endpoint)
         h = resp.header
         return TxnResult(
             resp.succeeded,
@@ -621,6 +587,18 @@ class Client:
         return list(await asyncio.gather(*(one(ep) for ep in eps)))
 
     # ---- machinery -------------------------------------------------------------------------
+
+    async def _exactly_once(self, method: str, req, timeout_s: float | None, endpoint: str | None):  # noqa: ANN001, ANN202
+        """Call ``method`` with ``req`` under a session's next sequence (its
+        ``request`` header), the same in every attempt."""
+        session = self._acquire()
+        try:
+            req.request.client_id = session.client_id
+            req.request.sequence = session.next_sequence
+            session.next_sequence += 1
+            return await self._call(method, req, timeout_s, endpoint)
+        finally:
+            self._free_sessions.append(session)
 
     def _acquire(self) -> _Session:
         if self._free_sessions:
