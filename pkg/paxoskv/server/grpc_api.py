@@ -32,6 +32,11 @@ Rules:
                           alarm disarm`` clears it). Nothing was written.
   PERMISSION_DENIED       an admin call (``--admin-cn``) from another
                           certificate. Nothing was done.
+  (etcd's code)           ``Range`` and ``Txn`` run etcd's rules, and their
+                          refusals keep etcd's code and words: OUT_OF_RANGE
+                          for a compacted or future revision,
+                          INVALID_ARGUMENT for too many ops or a duplicate
+                          key. Nothing was written.
   ======================  ===================================================
 
 - Deadlines: the time the node may spend on a call is the caller's remaining
