@@ -241,7 +241,11 @@ def test_state_machine_remembers_a_v1_txns_outcome_and_not_a_failed_one() -> Non
     assert sm.session("c").result.succeeded is False and sm.session("c").sequence == 2
     (d,) = sm.apply(4, (_txn_command("c", 1, etcd_txn),))
     assert d.result.code == kv_pb2.CommandResult.STALE_SEQUENCE
-    # a refused Txn (two puts of one key) wrote nothing and is not remembered
-    bad = R.TxnRequest(success=[R.RequestOp(request_put=R.PutRequest(key=b"x"))] * 2)
+    # a Txn refused at apply (a put under a lease that does not exist) wrote
+    # nothing; its retry gets the refusal back, as a command of an older
+    # binary would (it remembers every etcd command)
+    bad = R.TxnRequest(success=[R.RequestOp(request_put=R.PutRequest(key=b"x", lease=7))])
     (e,) = sm.apply(5, (_txn_command("c", 3, bad),))
-    assert isinstance(e.result, etcd.EtcdError) and sm.session("c").sequence == 2
+    assert isinstance(e.result, etcd.EtcdError) and sm.get(b"x") is None and sm.revision == 2
+    (f,) = sm.apply(6, (_txn_command("c", 3, bad),))
+    assert (f.result.code, f.result.error) == (kv_pb2.CommandResult.INVALID, e.result.message)

@@ -44,9 +44,10 @@ Rules:
   ``STALE_SEQUENCE`` for every op. An etcd command seen again is not applied
   again (its waiter was answered the first time: ``DUPLICATE``). An etcd
   Txn with a client's own identity (a paxoskv.v1 ``Txn``) follows the table:
-  its session remembers a ``CommandResult`` (``succeeded``, ``revision``),
-  which a retry gets back instead of the TxnResponse; a Txn that failed
-  (an ``EtcdError``) wrote nothing and is not remembered.
+  its session remembers a ``CommandResult`` (``succeeded``, ``revision``;
+  a Txn refused with an ``EtcdError`` wrote nothing and is remembered
+  ``INVALID`` or ``NO_SPACE`` with etcd's words), which a retry gets back
+  instead of the TxnResponse.
 - Bounded sessions, in two pools. Identities a node made up (``client_id``
   starting with ``NODE_ASSIGNED_PREFIX``: anonymous paxoskv.v1 writes and
   every etcd write) live in a pool of ``node_sessions_max``; clients' own in
@@ -579,11 +580,15 @@ class KVStateMachine:
             self._alarms, result = etcd.apply_alarm(self._alarms, req)
             self._nospace = any(a == etcd.ALARM_NOSPACE for _, a in self._alarms)
         if own:
-            if isinstance(result, rpc_pb2.TxnResponse):  # an error wrote nothing: no session either
+            if isinstance(result, rpc_pb2.TxnResponse):
                 outcome = kv_pb2.CommandResult(
                     code=_OK, index=index, revision=result.header.revision, succeeded=result.succeeded
                 )
-                self._remember(client_id, Session(sequence, outcome, index))
+            else:  # refused (nothing written), and remembered so, as every etcd command is
+                error = result.message if isinstance(result, EtcdError) else "not a transaction"
+                code = _NO_SPACE if result is etcd.ERR_NO_SPACE else _INVALID
+                outcome = kv_pb2.CommandResult(code=code, index=index, error=error)
+            self._remember(client_id, Session(sequence, outcome, index))
         elif client_id:
             self._remember(client_id, Session(sequence, _EMPTY_RESULT, index))
         return Applied(client_id, sequence, result, waiter)
