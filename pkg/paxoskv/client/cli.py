@@ -642,6 +642,7 @@ def _status_json(ns: NodeStatus) -> dict[str, Any]:
         "snapshot_index": s.snapshot_index,
         "keys": s.keys,
         "version": s.version,
+        "counters": dict(sorted(s.counters.items())),
         "peers": [
             {
                 "node_id": p.node_id,

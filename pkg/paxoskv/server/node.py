@@ -366,6 +366,10 @@ class Node:
             keys=s.keys,
             version=__version__,
         )
+        for name, n in self.bus.stats.as_dict().items():
+            st.counters[f"bus_{name}"] = n
+        for refusal, n in layer.replica.core.refused.items():
+            st.counters[f"refused_{refusal.value}"] = n
         now = time.monotonic()
         peer_status = self.bus.peer_status()
         election_s = self.cfg.election_ms / 1000

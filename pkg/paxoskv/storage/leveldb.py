@@ -27,100 +27,23 @@ range of slots is a range of keys)::
 
 Every record is a protobuf message except the chosen marker.
 
-Chosen markers (format version 2). A slot chosen with the value this store
-already holds in ``accepted/<slot>`` (the common case: a node learns that
-what it accepted is chosen) is recorded as ``chosen/<slot>`` = ``b"\x00"``
-(no protobuf message encodes to it: field number 0 does not exist) instead
-of a second copy of the value: a batch of writes is stored once, not twice,
-which is a third of the bytes LevelDB writes and compacts on the write path.
-The accepted record is then the value's only copy: ``apply`` does not delete
-it with the other accepted entries of applied slots (``load`` no longer
-reports it as accepted: it is chosen and applied), and ``compact`` deletes
-both records. The marker is written only when the accepted record holding
-that value is in the same batch or an earlier one (so a crash keeps either
-both or the accepted record alone). Whenever such a record would go while
-its slot stays (another value accepted over it, which Paxos never does; or
-``apply`` dropping an entry ahead of the applied index), the chosen record
-gets the value in full in the same batch. A value learned in any other way
-(catch-up) is stored in full.
-A version 1 store (full copies only) or 2 (no packed batches) is read as is
-and marked version 4 on open, so an older paxoskv refuses it instead of
-misreading a marker or applying a packed batch without its session.
+Rules of this store beyond base's (why and how each holds:
+docs/design.md, "Storage on LevelDB"):
 
-Migration to format 4 (MVCC). A store of format 1-3 keeps each key's value
-under ``kv/``. Opening it rewrites, in ONE synced batch written before
-anything else, every ``kv/`` record as a history row at revision 2 (version
-1, created there, sub-revisions in key order: as if one transaction had
-written the whole map; ``paxoskv.kv.mvcc.legacy_rows``), deletes the
-``kv/`` records, sets the revision to 2 (1 for an empty map) and no
-compaction (-1) in the applied record, and marks the store format 4. A
-crash before that batch leaves the old store, after it the new one. The
-members of a cluster agree on revisions only if each migrated the same map,
-i.e. at the same applied index: upgrade a stopped cluster whose members all
-applied the same index (``paxoskv status``), or restore every member from
-one snapshot.
-
-Opening: plyvel's "lock ... already held" IOError becomes ``Locked``; an
-IOError for a read-only file system, missing permission or full disk becomes
-``NotWritable``; a corruption becomes ``Corrupt``. The identity is checked
-before anything is written, so a refused open changes no record. Then a probe
-key is written and deleted in one synced batch: a store that cannot really
-write is refused at open, not at the first client's put.
-
-A write that fails later raises ``NotWritable`` (or ``Corrupt``), and every
-later write through this handle raises ``NotWritable`` too: the failed write
-may have left a torn record at the end of LevelDB's log, and a record
-appended after it could be skipped by recovery. The node must stop; on
-reopen, recovery drops the torn tail, so the failed batch is absent, whole.
-
-A handle may be used from several threads (the node fsyncs in a worker
-thread); its calls are serialised by a lock.
-
-The database runs with ``paranoid_checks``: a damaged record stops it with
-``Corrupt`` instead of being skipped in silence (a torn tail of the log, from
-a crash during a write, is still dropped quietly: that batch never returned).
-
-Dropping accepted entries scans ``accepted/`` from the lowest slot that may
-still be present (tracked in memory) up to ``drop_accepted_through``, so it
-does not walk the tombstones of earlier drops again. Compaction likewise
-scans ``chosen/`` from ``log_start`` only.
-
-Compaction and snapshots (the rules are in :mod:`paxoskv.storage.base`):
-
-- ``compact`` deletes records in one batch; LevelDB keeps their tombstones
-  and the old files until its own compaction merges them, so ``reclaim``
-  runs ``compact_range`` over ``chosen/`` and ``accepted/`` below
-  ``log_start``, over ``rev/`` below an MVCC compaction (and, after an
-  install, over ``rev/`` and ``session/``):
-  that rewrites the overlapping files without the deleted records and the
-  directory shrinks. It does NOT take the handle's lock (LevelDB is
-  thread-safe), so the node's writes go on while it runs; run it in a
-  worker thread.
-- ``open_snapshot`` takes a LevelDB snapshot under the lock (an instant)
-  and reads it without the lock: writers are never blocked. Its records are
-  read in batches of ``SOURCE_BATCH_RECORDS``. An open source pins the old
-  versions of what changes meanwhile: close it when done.
-- An installer stages the incoming bytes in a file
-  ``snapshot-incoming-*.tmp`` in the data directory (LevelDB ignores files
-  whose names it does not own), so a transfer of any size takes no memory.
-  Only the header is checked as the bytes come (another cluster, or an
-  older index, is refused at once). ``finish()`` then, under the lock, reads
-  the file in ONE pass that verifies everything (framing, order, counts,
-  checksum) while merging it with the stored history rows and sessions, both
-  in key order, into ONE synced batch, written only if the pass ended
-  verified: a stored row the snapshot lacks is deleted, a row that differs
-  or is new is put, an equal one is left alone (a node slightly behind
-  writes little), plus the applied record, ``log_start`` and the deletion of the
-  chosen and accepted entries it covers. The batch holds at most the whole
-  state, which the node holds in memory anyway. The staging file is not
-  fsync'ed: the switch batch carries every byte, and a crash before it
-  leaves the old state whatever the file holds. A staging file left by a
-  crash is deleted by the next open. The lock is held while the batch is
-  built (about a second per 100,000 keys): the node applies nothing while
-  it installs a snapshot anyway.
-- ``close`` waits for a running ``reclaim`` or source batch to end, then
-  releases the open sources: LevelDB's calls run without the GIL, and a
-  database must not be closed under them.
+- A chosen value equal to the accepted one is a one-byte marker
+  (``chosen/<slot>`` = ``b"\x00"``), written only when the accepted record
+  holding the value is in the same batch or an earlier one; a record whose
+  value a marker relies on never goes while its slot stays.
+- An older format (1-3) is migrated on open in ONE synced batch written
+  before anything else (format 4: MVCC history rows); a crash leaves the old
+  store or the new one.
+- Open refuses, changing nothing: ``Locked``, ``NotWritable`` (a probe
+  write fails), ``Corrupt`` (``paranoid_checks``).
+- After a failed write every later write raises ``NotWritable``: the node
+  must stop (recovery drops the torn batch whole).
+- A handle may be used from several threads; its calls are serialised by a
+  lock, except ``reclaim`` and snapshot reads, which never block writers.
+- ``close`` waits for a running ``reclaim`` or source batch to end.
 """
 
 from __future__ import annotations

@@ -292,7 +292,14 @@ class PeerStatus(_message.Message):
     def __init__(self, node_id: _Optional[int] = ..., address: _Optional[str] = ..., connected: _Optional[bool] = ..., last_heard_seconds: _Optional[float] = ...) -> None: ...
 
 class StatusResponse(_message.Message):
-    __slots__ = ("node_id", "cluster_id", "role", "leader_id", "ballot_round", "ballot_node", "commit_index", "applied_index", "log_start", "snapshot_index", "peers", "keys", "version")
+    __slots__ = ("node_id", "cluster_id", "role", "leader_id", "ballot_round", "ballot_node", "commit_index", "applied_index", "log_start", "snapshot_index", "peers", "keys", "version", "counters")
+    class CountersEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: int
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[int] = ...) -> None: ...
     NODE_ID_FIELD_NUMBER: _ClassVar[int]
     CLUSTER_ID_FIELD_NUMBER: _ClassVar[int]
     ROLE_FIELD_NUMBER: _ClassVar[int]
@@ -306,6 +313,7 @@ class StatusResponse(_message.Message):
     PEERS_FIELD_NUMBER: _ClassVar[int]
     KEYS_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
+    COUNTERS_FIELD_NUMBER: _ClassVar[int]
     node_id: int
     cluster_id: str
     role: str
@@ -319,7 +327,8 @@ class StatusResponse(_message.Message):
     peers: _containers.RepeatedCompositeFieldContainer[PeerStatus]
     keys: int
     version: str
-    def __init__(self, node_id: _Optional[int] = ..., cluster_id: _Optional[str] = ..., role: _Optional[str] = ..., leader_id: _Optional[int] = ..., ballot_round: _Optional[int] = ..., ballot_node: _Optional[int] = ..., commit_index: _Optional[int] = ..., applied_index: _Optional[int] = ..., log_start: _Optional[int] = ..., snapshot_index: _Optional[int] = ..., peers: _Optional[_Iterable[_Union[PeerStatus, _Mapping]]] = ..., keys: _Optional[int] = ..., version: _Optional[str] = ...) -> None: ...
+    counters: _containers.ScalarMap[str, int]
+    def __init__(self, node_id: _Optional[int] = ..., cluster_id: _Optional[str] = ..., role: _Optional[str] = ..., leader_id: _Optional[int] = ..., ballot_round: _Optional[int] = ..., ballot_node: _Optional[int] = ..., commit_index: _Optional[int] = ..., applied_index: _Optional[int] = ..., log_start: _Optional[int] = ..., snapshot_index: _Optional[int] = ..., peers: _Optional[_Iterable[_Union[PeerStatus, _Mapping]]] = ..., keys: _Optional[int] = ..., version: _Optional[str] = ..., counters: _Optional[_Mapping[str, int]] = ...) -> None: ...
 
 class SnapshotRequest(_message.Message):
     __slots__ = ()
