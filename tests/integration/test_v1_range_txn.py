@@ -80,6 +80,11 @@ def test_bad_ranges_and_txns_are_refused_with_nothing_written(shared_cluster: Lo
             c.txn(dup)
         with pytest.raises(InvalidArgument, match="etcdserver: too many operations in txn request"):
             c.txn(Txn().then(*(t.put(f"bad/{i}", "v") for i in range(129))))
+        with pytest.raises(InvalidArgument, match="key is empty"):
+            c.txn(Txn().then(t.delete("")))
+        everything = c.txn(Txn().then(t.get("", prefix=True)))  # an empty prefix: every key
+        keys = [kv.key for kv in everything.responses[0]]
+        assert keys and keys == sorted(keys) and len(keys) == c.range("", prefix=True).count
         with pytest.raises(InvalidArgument, match="value is 1048577 bytes"):
             c.txn(Txn().then(t.put("bad/k", b"v" * ((1 << 20) + 1))))
         after = c.range("bad/", prefix=True)

@@ -132,6 +132,11 @@ def _range_end(key: bytes, range_end: bytes | str | None, prefix: bool) -> bytes
     return as_bytes(range_end, "range_end") if range_end else b""
 
 
+def _start(key: bytes, prefix: bool) -> bytes:
+    """An empty prefix is every key (etcd's "\\0"); an empty key alone is left for the server to refuse."""
+    return b"\x00" if prefix and not key else key
+
+
 def put(key: bytes | str, val: bytes | str) -> rpc_pb2.RequestOp:
     return rpc_pb2.RequestOp(request_put=rpc_pb2.PutRequest(key=as_bytes(key, "key"), value=as_bytes(val, "value")))
 
@@ -139,13 +144,13 @@ def put(key: bytes | str, val: bytes | str) -> rpc_pb2.RequestOp:
 def delete(key: bytes | str, *, range_end: bytes | str | None = None, prefix: bool = False) -> rpc_pb2.RequestOp:
     k = as_bytes(key, "key")
     end = _range_end(k, range_end, prefix)
-    return rpc_pb2.RequestOp(request_delete_range=rpc_pb2.DeleteRangeRequest(key=k or b"\x00", range_end=end))
+    return rpc_pb2.RequestOp(request_delete_range=rpc_pb2.DeleteRangeRequest(key=_start(k, prefix), range_end=end))
 
 
 def get(key: bytes | str, *, range_end: bytes | str | None = None, prefix: bool = False) -> rpc_pb2.RequestOp:
     k = as_bytes(key, "key")
     end = _range_end(k, range_end, prefix)
-    return rpc_pb2.RequestOp(request_range=rpc_pb2.RangeRequest(key=k or b"\x00", range_end=end))
+    return rpc_pb2.RequestOp(request_range=rpc_pb2.RangeRequest(key=_start(k, prefix), range_end=end))
 
 
 @dataclass(slots=True)
