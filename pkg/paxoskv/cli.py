@@ -27,6 +27,7 @@ SUBCOMMANDS: dict[str, str] = {
     "put": "paxoskv.client.cli:put_cmd",
     "get": "paxoskv.client.cli:get_cmd",
     "delete": "paxoskv.client.cli:delete_cmd",
+    "txn": "paxoskv.client.cli:txn_cmd",
     "status": "paxoskv.client.cli:status_cmd",
     "watch": "paxoskv.client.watch_cli:watch_cmd",
     "grpc": "paxoskv.client.grpc_cli:grpc_cmd",

@@ -1,7 +1,8 @@
 """paxoskv's Python client: any node, leader discovery, retries, exactly-once.
 
 ``Client`` is the asyncio client (see :mod:`paxoskv.client.client` for its
-rules); ``SyncClient`` wraps it for blocking code. ``ClientTLS`` (from
+rules); ``SyncClient`` wraps it for blocking code. ``paxoskv.client.txn``
+builds transactions (``Txn``, ``version(key) == 0``, ``put``, ``get`` ...). ``ClientTLS`` (from
 :mod:`paxoskv.tls`) is what ``tls=`` takes to speak TLS.
 """
 
@@ -13,12 +14,17 @@ from paxoskv.client.client import (
     DeadlineExceeded,
     GetResult,
     InvalidArgument,
+    KeyValue,
     NodeStatus,
+    OutOfRange,
+    RangeResult,
     StaleSequence,
+    TxnResult,
     Unavailable,
     Unreachable,
     WriteResult,
 )
+from paxoskv.client.txn import Txn
 from paxoskv.client.sync import SyncClient
 from paxoskv.tls import ClientTLS
 
@@ -29,9 +35,14 @@ __all__ = [
     "DeadlineExceeded",
     "GetResult",
     "InvalidArgument",
+    "KeyValue",
     "NodeStatus",
+    "OutOfRange",
+    "RangeResult",
     "StaleSequence",
     "SyncClient",
+    "Txn",
+    "TxnResult",
     "Unavailable",
     "Unreachable",
     "WriteResult",

@@ -19,9 +19,20 @@ Rules:
   call (the cluster makes them too).
 - Output a script can rely on: ``put`` prints ``OK``; ``delete`` prints ``1``
   if the key existed and ``0`` if not (both succeed); ``get`` prints the
-  value; ``status`` prints a table (``--json``: a JSON list).
+  value; ``get --prefix`` each key and its value on lines of their own
+  (etcdctl's form); ``get --json`` the keys with their revisions; ``txn``
+  prints ``SUCCESS`` or ``FAILURE`` (both succeed), then each op's answer
+  as put, delete and get print it; ``status`` prints a table (``--json``: a
+  JSON list).
+- Conditional writes: ``put --if-version N`` / ``--if-mod-revision N`` /
+  ``--if-value V`` write only if the key has that version (0: absent), mod
+  revision or value, and otherwise print why not on stderr and exit 1,
+  having written nothing. ``txn --if COMPARE --then OP --else OP`` (each
+  repeatable): COMPARE is ``version(KEY) = N`` (also ``mod``, ``create``,
+  ``value``; ``=``, ``!=``, ``<``, ``>``), OP ``put KEY VALUE``, ``del KEY``
+  or ``get KEY`` (those two with ``--prefix``); words with spaces in quotes.
 - Exit codes (``EXIT_*``): 0 ok; 1 the key has no value (``get``; stderr says
-  "key not found"); 2 usage error or a request the cluster refused as
+  "key not found"), or a conditional put's condition did not hold; 2 usage error or a request the cluster refused as
   invalid (empty key, over a size limit); 3 unavailable or timed out (no
   quorum, no node reachable; ``status``: some endpoint did not answer);
   4 any other error. An expected error is one line on stderr, never a
@@ -42,6 +53,8 @@ import base64
 import binascii
 import contextlib
 import json
+import re
+import shlex
 import sys
 from collections.abc import Callable
 from typing import Any, NoReturn, TypeVar
@@ -52,11 +65,16 @@ from paxoskv.client.client import (
     ClientError,
     DeadlineExceeded,
     InvalidArgument,
+    KeyValue,
     NodeStatus,
+    OutOfRange,
+    RangeResult,
     StaleSequence,
+    TxnResult,
     Unavailable,
     Unreachable,
 )
+from paxoskv.client import txn as t
 from paxoskv.cli_options import option, tls_options
 from paxoskv.client.diagnose import quorum_report
 from paxoskv.client.sync import SyncClient
@@ -74,10 +92,12 @@ __all__ = [
     "get_cmd",
     "put_cmd",
     "status_cmd",
+    "txn_cmd",
 ]
 
 EXIT_OK = 0
 EXIT_NOT_FOUND = 1
+EXIT_NOT_MET = 1  # a conditional put whose condition did not hold
 EXIT_INVALID = 2
 EXIT_UNAVAILABLE = 3
 EXIT_OTHER = 4
@@ -114,7 +134,7 @@ def _fail(cmd: str, exc: ClientError, client: SyncClient, *, write: bool) -> NoR
     """One line on stderr for ``exc`` and its exit code. When the cluster could
     not serve the request, the members' Status answers say why if they can
     (``quorum_report``)."""
-    if isinstance(exc, (InvalidArgument, StaleSequence)):
+    if isinstance(exc, (InvalidArgument, StaleSequence, OutOfRange)):
         rc = EXIT_INVALID
     elif isinstance(exc, (Unavailable, DeadlineExceeded)):
         rc = EXIT_UNAVAILABLE
@@ -235,12 +255,21 @@ def _run_command(cmd: str, params: dict[str, object], body: Callable[[], None]) 
     default=None,
     help="Read the value from this file (raw bytes; - for stdin) instead of VALUE.",
 )
+@click.option("--if-version", type=click.IntRange(min=0), default=None, metavar="N",
+              help="Write only if KEY has this version (0: KEY does not exist); else exit 1.")
+@click.option("--if-mod-revision", type=click.IntRange(min=0), default=None, metavar="N",
+              help="Write only if KEY was last changed at this revision (0: absent); else exit 1.")
+@click.option("--if-value", default=None, metavar="V",
+              help="Write only if KEY's value is V (written as KEY is: text, --hex or --base64); else exit 1.")
 @_encoding
 @_common
 def put_cmd(
     key: str,
     value: str | None,
     value_file: str | None,
+    if_version: int | None,
+    if_mod_revision: int | None,
+    if_value: str | None,
     hex_: bool,
     b64: bool,
     endpoints: str,
@@ -251,7 +280,9 @@ def put_cmd(
 
     VALUE is text, or with --hex / --base64 any bytes written so; "-" reads
     the value from stdin, --value-file PATH from a file (raw bytes, not
-    decoded, up to 1 MiB).
+    decoded, up to 1 MiB). With --if-version, --if-mod-revision or
+    --if-value (one of them) it is a compare-and-swap: nothing is written
+    unless KEY is so, and then it says why on stderr and exits 1.
     """
 
     def body() -> None:
@@ -266,14 +297,42 @@ def put_cmd(
         else:
             value_b = _decode(value, mode, "VALUE")
         _validate(key_b, value_b)
+        conditions = {
+            name: v
+            for name, v in (("version", if_version), ("mod_revision", if_mod_revision), ("value", if_value))
+            if v is not None
+        }
+        if len(conditions) > 1:
+            raise _Usage("give one of --if-version, --if-mod-revision and --if-value")
+        if "value" in conditions:
+            conditions["value"] = _decode(if_value, mode, "--if-value")  # type: ignore[arg-type]
         with _client(endpoints, timeout_s, tls) as c:
             try:
-                c.put(key_b, value_b)
+                if not conditions:
+                    c.put(key_b, value_b)
+                else:
+                    result = c.put_if(key_b, value_b, **conditions)  # type: ignore[arg-type]
             except ClientError as exc:
                 _fail("put", exc, c, write=True)
+        if conditions and not result.succeeded:
+            click.echo(f"paxoskv put: not written: {_not_met(key, result, conditions)}", err=True)
+            sys.exit(EXIT_NOT_MET)
         click.echo("OK")
 
-    _run_command("put", {"key": key, "value": value, "endpoints": endpoints}, body)
+    _run_command("put", {"key": key, "value": value, "if_value": if_value, "endpoints": endpoints}, body)
+
+
+def _not_met(key: str, result: TxnResult, conditions: dict[str, object]) -> str:
+    """Why a conditional put did not write: the key as it is."""
+    (name, wanted), = conditions.items()
+    want = f"{name.replace('_', ' ')} {wanted}" if name != "value" else "the value given"
+    if result.replayed or not result.responses:
+        return f"{key} does not have {want}"
+    kvs = result.responses[0]
+    if not kvs:
+        return f"{key} does not exist (wanted {want})"
+    kv = kvs[0]  # type: ignore[index]
+    return f"{key} has version {kv.version}, mod revision {kv.mod_revision} (wanted {want})"
 
 
 @click.command("get")
@@ -288,22 +347,46 @@ def put_cmd(
     is_flag=True,
     help="Write the value's bytes alone, without the newline (for binary values: > FILE).",
 )
+@click.option("--prefix", is_flag=True, help='Every key starting with KEY ("" for all): each key, then its value, on lines of their own.')
+@click.option("--limit", type=click.IntRange(min=0), default=0, metavar="N", help="--prefix: at most N keys (0: all).")
+@click.option("--keys-only", is_flag=True, help="--prefix: the keys alone.")
+@click.option("--rev", type=click.IntRange(min=0), default=0, metavar="REV", help="Read as of revision REV (0: now).")
+@click.option("--json", "as_json", is_flag=True, help="Print the keys with their revisions as JSON.")
 @_encoding
 @_common
 def get_cmd(
-    key: str, serializable: bool, raw: bool, hex_: bool, b64: bool, endpoints: str, timeout_s: float, **tls: str | None
+    key: str,
+    serializable: bool,
+    raw: bool,
+    prefix: bool,
+    limit: int,
+    keys_only: bool,
+    rev: int,
+    as_json: bool,
+    hex_: bool,
+    b64: bool,
+    endpoints: str,
+    timeout_s: float,
+    **tls: str | None,
 ) -> None:
     """Print the value of KEY, then a newline (exit 1 if it has none).
 
     --raw writes the value's bytes alone; --hex / --base64 take KEY so and
-    print the value so.
+    print the value so. --prefix prints every key starting with KEY and its
+    value; --rev reads an older revision; --json prints revisions too
+    (create and mod revision, version) and the store's revision.
     """
 
     def body() -> None:
         mode = _mode(hex_, b64)
-        if raw and mode != "text":
-            raise _Usage("--raw writes raw bytes: it excludes --hex and --base64")
+        if raw and (mode != "text" or prefix or as_json):
+            raise _Usage("--raw writes one value's raw bytes: it excludes --hex, --base64, --prefix and --json")
+        if (limit or keys_only) and not prefix:
+            raise _Usage("--limit and --keys-only go with --prefix")
         key_b = _decode(key, mode, "KEY")
+        if prefix or rev or as_json:
+            _get_range(key_b, key, mode, prefix, limit, keys_only, rev, as_json, serializable, raw, endpoints, timeout_s, tls)
+            return
         _validate(key_b)
         with _client(endpoints, timeout_s, tls) as c:
             try:
@@ -318,6 +401,208 @@ def get_cmd(
         sys.stdout.buffer.flush()
 
     _run_command("get", {"key": key, "endpoints": endpoints}, body)
+
+
+def _get_range(
+    key_b: bytes,
+    key: str,
+    mode: str,
+    prefix: bool,
+    limit: int,
+    keys_only: bool,
+    rev: int,
+    as_json: bool,
+    serializable: bool,
+    raw: bool,
+    endpoints: str,
+    timeout_s: float,
+    tls: dict[str, str | None],
+) -> None:
+    """``get --prefix`` / ``--rev`` / ``--json``: a Range."""
+    if key_b or not prefix:
+        _validate(key_b)
+    with _client(endpoints, timeout_s, tls) as c:
+        try:
+            found = c.range(key_b, prefix=prefix, limit=limit, keys_only=keys_only, revision=rev, serializable=serializable)
+        except ClientError as exc:
+            _fail("get", exc, c, write=False)
+    if as_json:
+        click.echo(json.dumps(_range_json(found, mode), indent=2))
+        return
+    if not prefix:
+        if not found.kvs:
+            click.echo(f"paxoskv get: key not found: {key}", err=True)
+            sys.exit(EXIT_NOT_FOUND)
+        _write_lines([found.kvs[0].value], mode, raw)
+        return
+    lines: list[bytes] = []
+    for kv in found.kvs:
+        lines.append(kv.key)
+        if not keys_only:
+            lines.append(kv.value)
+    _write_lines(lines, mode, False)
+
+
+def _write_lines(lines: list[bytes], mode: str, raw: bool) -> None:
+    sys.stdout.flush()
+    out = sys.stdout.buffer
+    for line in lines:
+        out.write(_encode(line, mode) + (b"" if raw else b"\n"))
+    out.flush()
+
+
+def _json_bytes(data: bytes, mode: str) -> str:
+    if mode != "text":
+        return _encode(data, mode).decode("ascii")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise _Usage("a key or value is not UTF-8 text: print it with --hex or --base64") from None
+
+
+def _kv_json(kv: KeyValue, mode: str) -> dict[str, object]:
+    return {
+        "key": _json_bytes(kv.key, mode),
+        "value": _json_bytes(kv.value, mode),
+        "create_revision": kv.create_revision,
+        "mod_revision": kv.mod_revision,
+        "version": kv.version,
+    }
+
+
+def _range_json(found: RangeResult, mode: str) -> dict[str, object]:
+    return {
+        "revision": found.revision,
+        "count": found.count,
+        "more": found.more,
+        "kvs": [_kv_json(kv, mode) for kv in found.kvs],
+    }
+
+
+# ---- txn ----------------------------------------------------------------------------
+
+_COMPARE = re.compile(r"^\s*([a-z_]+)\s*\((.*)\)\s*(==|=|!=|<|>)\s*(.*?)\s*$", re.S)
+_TARGETS = {
+    "version": t.version,
+    "mod": t.mod_revision,
+    "mod_revision": t.mod_revision,
+    "create": t.create_revision,
+    "create_revision": t.create_revision,
+    "value": t.value,
+}
+
+
+def _one_word(text: str, what: str, spec: str) -> str:
+    try:
+        words = shlex.split(text)
+    except ValueError as exc:
+        raise _Usage(f"{spec!r}: {what}: {exc}") from None
+    if len(words) != 1:
+        raise _Usage(f"{spec!r}: {what} must be one word (quote it if it has spaces)")
+    return words[0]
+
+
+def parse_compare(spec: str, mode: str) -> t.Compare:
+    """``version(KEY) = N`` and the like (module rules) as a Compare."""
+    m = _COMPARE.match(spec)
+    if m is None or m.group(1) not in _TARGETS:
+        raise _Usage(
+            f"--if {spec!r}: not a compare: write TARGET(KEY) OP VALUE with TARGET version, mod, create "
+            f"or value and OP =, !=, < or >, e.g. 'version(k) = 0'"
+        )
+    name, key_text, op, operand_text = m.groups()
+    key_b = _decode(_one_word(key_text, "KEY", spec), mode, "KEY")
+    _validate(key_b)
+    operand = _one_word(operand_text, "VALUE", spec)
+    target = _TARGETS[name](key_b)
+    if name == "value":
+        value: object = _decode(operand, mode, "VALUE")
+    else:
+        try:
+            value = int(operand)
+        except ValueError:
+            raise _Usage(f"--if {spec!r}: {name} is compared with a number, not {operand!r}") from None
+        if value < 0:
+            raise _Usage(f"--if {spec!r}: {name} is never negative")
+    return {"==": target.__eq__, "=": target.__eq__, "!=": target.__ne__, "<": target.__lt__, ">": target.__gt__}[op](value)
+
+
+def parse_op(spec: str, mode: str, option_name: str):  # noqa: ANN201 - an etcd RequestOp
+    """``put KEY VALUE``, ``del KEY [--prefix]``, ``get KEY [--prefix]``."""
+    try:
+        words = shlex.split(spec)
+    except ValueError as exc:
+        raise _Usage(f"{option_name} {spec!r}: {exc}") from None
+    prefix = "--prefix" in words[1:]
+    args = [w for w in words[1:] if w != "--prefix"]
+    verb = words[0] if words else ""
+    if verb == "put" and len(args) == 2 and not prefix:
+        key_b, value_b = _decode(args[0], mode, "KEY"), _decode(args[1], mode, "VALUE")
+        _validate(key_b, value_b)
+        return t.put(key_b, value_b)
+    if verb in ("del", "delete", "get") and len(args) == 1:
+        key_b = _decode(args[0], mode, "KEY")
+        if key_b or not prefix:
+            _validate(key_b)
+        return (t.get if verb == "get" else t.delete)(key_b, prefix=prefix)
+    raise _Usage(
+        f"{option_name} {spec!r}: not an operation: write 'put KEY VALUE', 'del KEY' or 'get KEY' "
+        f"(del and get take --prefix)"
+    )
+
+
+@click.command("txn")
+@click.option("--if", "compares", multiple=True, metavar="COMPARE", help="A condition, e.g. 'version(k) = 0', 'mod(k) < 9', 'value(k) != old' (repeat: all must hold).")
+@click.option("--then", "success", multiple=True, metavar="OP", help="Run if every condition holds: 'put KEY VALUE', 'del KEY', 'get KEY' (repeatable).")
+@click.option("--else", "failure", multiple=True, metavar="OP", help="Run otherwise (repeatable).")
+@_encoding
+@_common
+def txn_cmd(
+    compares: tuple[str, ...],
+    success: tuple[str, ...],
+    failure: tuple[str, ...],
+    hex_: bool,
+    b64: bool,
+    endpoints: str,
+    timeout_s: float,
+    **tls: str | None,
+) -> None:
+    """A transaction: if every --if holds, the --then ops, else the --else ops, at one revision.
+
+    Prints SUCCESS or FAILURE (which branch ran; both exit 0), then each
+    op's answer: put OK, del the number of keys deleted, get each key and
+    its value on lines of their own. Applied exactly once.
+    """
+
+    def body() -> None:
+        mode = _mode(hex_, b64)
+        if not (compares or success or failure):
+            raise _Usage("give --if, --then and --else (e.g. --if 'version(k) = 0' --then 'put k v')")
+        txn = t.Txn().when(*(parse_compare(c, mode) for c in compares))
+        txn.then(*(parse_op(o, mode, "--then") for o in success))
+        txn.otherwise(*(parse_op(o, mode, "--else") for o in failure))
+        with _client(endpoints, timeout_s, tls) as c:
+            try:
+                result = c.txn(txn)
+            except ClientError as exc:
+                _fail("txn", exc, c, write=True)
+        lines = [b"SUCCESS" if result.succeeded else b"FAILURE"]
+        for answer in result.responses:
+            if answer is None:
+                lines.append(b"OK")
+            elif isinstance(answer, int):
+                lines.append(str(answer).encode())
+            else:
+                for kv in answer:
+                    lines += [_encode(kv.key, mode), _encode(kv.value, mode)]
+        sys.stdout.flush()
+        sys.stdout.buffer.write(b"".join(line + b"\n" for line in lines))
+        sys.stdout.buffer.flush()
+        if result.replayed:
+            click.echo("paxoskv txn: a retry found the transaction applied already: its answers are not repeated", err=True)
+
+    params = {"if": compares, "then": success, "else": failure, "endpoints": endpoints}
+    _run_command("txn", {k: " ".join(v) if isinstance(v, tuple) else v for k, v in params.items()}, body)
 
 
 @click.command("delete")

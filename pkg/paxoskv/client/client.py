@@ -37,6 +37,13 @@ Rules:
   request; a write may be applied later), ``ClientError`` for anything else.
   A message says "may still be applied" at most once, and only for a write.
 
+- Ranges and transactions: ``range`` reads keys with their revisions
+  (``KeyValue``); ``txn(Txn().when(..).then(..).otherwise(..))`` (builder
+  in ``paxoskv.client.txn``) and ``put_if`` (a put under one condition on
+  the key's version, mod revision or value) are exactly-once writes like
+  ``put``: a retry is applied once, and if the first attempt was applied
+  the answer is its outcome with ``replayed`` set (no reads in it).
+
 - TLS: ``tls=ClientTLS(...)`` (``paxoskv.tls``; ``ClientTLS.from_files(cacert,
   cert, key)``) makes every channel a TLS one, checking the node's
   certificate against the CA and showing the client certificate when
@@ -62,6 +69,9 @@ from dataclasses import dataclass
 import grpc
 
 from paxoskv import wire
+from paxoskv.client.txn import KeyValue, Txn, as_bytes, mod_revision as mod_revision_of, value as value_of, version as version_of
+from paxoskv.client.txn import get as get_op, put as put_op
+from paxoskv.etcdpb import rpc_pb2
 from paxoskv.tls import ClientTLS, aio_channel
 from paxoskv.v1 import kv_pb2, kv_pb2_grpc
 
@@ -71,8 +81,12 @@ __all__ = [
     "DeadlineExceeded",
     "GetResult",
     "InvalidArgument",
+    "KeyValue",
     "LEADER_METADATA_KEY",
     "NodeStatus",
+    "OutOfRange",
+    "RangeResult",
+    "TxnResult",
     "StaleSequence",
     "Unavailable",
     "Unreachable",
@@ -118,6 +132,11 @@ class StaleSequence(ClientError):
     """The request's sequence is older than the last one applied for its client_id."""
 
 
+class OutOfRange(ClientError):
+    """A read at a revision the store no longer keeps (compacted) or does not
+    have yet (a future revision)."""
+
+
 class Unavailable(ClientError):
     """No node could serve the request before the deadline. A write may or may
     not have been applied (retrying it with a new sequence may apply it twice)."""
@@ -144,6 +163,7 @@ class WriteResult:
     index: int  # the log slot the command was applied at
     node_id: int  # the node that answered
     leader_id: int
+    revision: int = 0  # the store's revision after it (0: a batch's write, or an older server)
 
 
 @dataclass(frozen=True, slots=True)
@@ -156,6 +176,37 @@ class GetResult:
     @property
     def found(self) -> bool:
         return self.value is not None
+
+
+@dataclass(frozen=True, slots=True)
+class RangeResult:
+    """A range's keys in key order (``count``: how many are in the range,
+    ``more``: ``limit`` cut some off) at the store's ``revision``."""
+
+    kvs: list[KeyValue]
+    more: bool
+    count: int
+    revision: int
+    index: int
+    node_id: int
+    leader_id: int
+
+
+@dataclass(frozen=True, slots=True)
+class TxnResult:
+    """A transaction's outcome: which branch ran (``succeeded``: the
+    compares held), the revision after it, and per op of that branch its
+    answer: a get's ``list[KeyValue]``, a delete's count of keys deleted, a
+    put's None. ``replayed``: a retry of a transaction applied before (its
+    answers are not repeated: ``responses`` is empty)."""
+
+    succeeded: bool
+    revision: int
+    responses: list[list[KeyValue] | int | None]
+    replayed: bool
+    index: int
+    node_id: int
+    leader_id: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -179,7 +230,7 @@ class _Session:
 class _Channel:
     """One node's channel and its method callables (the generated stubs')."""
 
-    __slots__ = ("target", "channel", "get", "put", "delete", "batch", "packed_batch", "status")
+    __slots__ = ("target", "channel", "get", "put", "delete", "batch", "packed_batch", "range", "txn", "status")
 
     def __init__(self, target: str, tls: ClientTLS | None = None) -> None:
         self.target = target
@@ -191,15 +242,12 @@ class _Channel:
         self.delete = kv.Delete
         self.batch = kv.Batch
         self.packed_batch = kv.PackedBatch
+        self.range = kv.Range
+        self.txn = kv.Txn
         self.status = kv_pb2_grpc.MaintenanceStub(ch).Status
 
 
-def _as_bytes(data: bytes | str, what: str) -> bytes:
-    if isinstance(data, str):
-        return data.encode("utf-8")
-    if isinstance(data, (bytes, bytearray, memoryview)):
-        return bytes(data)
-    raise TypeError(f"{what} must be bytes or str, not {type(data).__name__}")
+_as_bytes = as_bytes
 
 
 def _leader_hint(err: grpc.aio.AioRpcError) -> str | None:
@@ -288,43 +336,98 @@ class Client:
         endpoint: str | None = None,
     ) -> WriteResult:
         """Set ``key`` to ``value``, exactly once. ``endpoint`` pins the node."""
-        key_b = _as_bytes(key, "key")
-        value_b = _as_bytes(value, "value")
-        session = self._acquire()
-        try:
-            req = kv_pb2.PutRequest(
-                request=kv_pb2.RequestHeader(
-                    client_id=session.client_id, sequence=session.next_sequence
-                ),
-                key=key_b,
-                value=value_b,
-            )
-            session.next_sequence += 1
-            resp = await self._call("put", req, timeout_s, endpoint)
-        finally:
-            self._free_sessions.append(session)
+        req = kv_pb2.PutRequest(key=_as_bytes(key, "key"), value=_as_bytes(value, "value"))
+        resp = await self._exactly_once("put", req, timeout_s, endpoint)
         h = resp.header
-        return WriteResult(resp.existed, h.index, h.node_id, h.leader_id)
+        return WriteResult(resp.existed, h.index, h.node_id, h.leader_id, h.revision)
 
     async def delete(
         self, key: bytes | str, *, timeout_s: float | None = None, endpoint: str | None = None
     ) -> WriteResult:
         """Delete ``key``, exactly once; ``existed`` says whether it was there."""
-        key_b = _as_bytes(key, "key")
-        session = self._acquire()
-        try:
-            req = kv_pb2.DeleteRequest(
-                request=kv_pb2.RequestHeader(
-                    client_id=session.client_id, sequence=session.next_sequence
-                ),
-                key=key_b,
-            )
-            session.next_sequence += 1
-            resp = await self._call("delete", req, timeout_s, endpoint)
-        finally:
-            self._free_sessions.append(session)
+        req = kv_pb2.DeleteRequest(key=_as_bytes(key, "key"))
+        resp = await self._exactly_once("delete", req, timeout_s, endpoint)
         h = resp.header
-        return WriteResult(resp.deleted, h.index, h.node_id, h.leader_id)
+        return WriteResult(resp.deleted, h.index, h.node_id, h.leader_id, h.revision)
+
+    async def range(
+        self,
+        key: bytes | str = b"",
+        range_end: bytes | str = b"",
+        *,
+        prefix: bool = False,
+        limit: int = 0,
+        revision: int = 0,
+        serializable: bool = False,
+        keys_only: bool = False,
+        count_only: bool = False,
+        timeout_s: float | None = None,
+        endpoint: str | None = None,
+    ) -> RangeResult:
+        """The keys in [key, range_end) with their values and revisions
+        (``prefix=True``: every key starting with ``key``; no ``range_end``:
+        ``key`` alone; ``range_end="\\0"``: every key from ``key`` on), at most
+        ``limit`` (0: all), as of ``revision`` (0: now; ``OutOfRange`` when
+        compacted or in the future). Linearizable unless ``serializable``."""
+        req = kv_pb2.RangeRequest(
+            key=_as_bytes(key, "key"),
+            range_end=_as_bytes(range_end, "range_end"),
+            prefix=prefix,
+            limit=limit,
+            revision=revision,
+            serializable=serializable,
+            keys_only=keys_only,
+            count_only=count_only,
+        )
+        resp = await self._call("range", req, timeout_s, endpoint)
+        h = resp.header
+        kvs = [KeyValue.from_proto(kv) for kv in resp.kvs]
+        return RangeResult(kvs, resp.more, resp.count, h.revision, h.index, h.node_id, h.leader_id)
+
+    async def get_kv(self, key: bytes | str, **kw: object) -> KeyValue | None:
+        """``key``'s value with its revisions, or None (``range``'s options)."""
+        kvs = (await self.range(key, **kw)).kvs  # type: ignore[arg-type]
+        return kvs[0] if kvs else None
+
+    async def txn(self, txn: Txn, *, timeout_s: float | None = None, endpoint: str | None = None) -> TxnResult:
+        """Run ``txn`` (``paxoskv.client.txn``), exactly once."""
+        if not isinstance(txn, Txn):
+            raise TypeError(f"txn() takes a paxoskv.client.txn.Txn, not {type(txn).__name__}")
+        req = kv_pb2.TxnRequest(compare=[c.proto for c in txn.compares], success=txn.success, failure=txn.failure)
+        resp = await self._exactly_once("txn", req, timeout_s, endpoint)
+        h = resp.header
+        return TxnResult(
+            resp.succeeded,
+            h.revision,
+            [_txn_answer(r) for r in resp.responses],
+            resp.replayed,
+            h.index,
+            h.node_id,
+            h.leader_id,
+        )
+
+    async def put_if(
+        self,
+        key: bytes | str,
+        new_value: bytes | str,
+        *,
+        version: int | None = None,
+        mod_revision: int | None = None,
+        value: bytes | str | None = None,
+        timeout_s: float | None = None,
+    ) -> TxnResult:
+        """Compare-and-swap: set ``key`` to ``new_value`` only if its
+        ``version`` (0: it does not exist), ``mod_revision`` or ``value`` is
+        the one given (exactly one of them). ``succeeded`` says whether it
+        was written; if not, ``responses[0]`` holds the key as it is
+        (``[]``: absent), unless ``replayed``."""
+        given = [(n, v) for n, v in (("version", version), ("mod_revision", mod_revision), ("value", value)) if v is not None]
+        if len(given) != 1:
+            raise ValueError("put_if takes exactly one of version=, mod_revision= or value=")
+        name, operand = given[0]
+        target = {"version": version_of, "mod_revision": mod_revision_of, "value": value_of}[name](key)
+        txn = Txn().when(target == operand).then(put_op(key, new_value)).otherwise(get_op(key))
+        return await self.txn(txn, timeout_s=timeout_s)
 
     async def read(
         self,
@@ -485,6 +588,18 @@ class Client:
 
     # ---- machinery -------------------------------------------------------------------------
 
+    async def _exactly_once(self, method: str, req, timeout_s: float | None, endpoint: str | None):  # noqa: ANN001, ANN202
+        """Call ``method`` with ``req`` under a session's next sequence (its
+        ``request`` header), the same in every attempt."""
+        session = self._acquire()
+        try:
+            req.request.client_id = session.client_id
+            req.request.sequence = session.next_sequence
+            session.next_sequence += 1
+            return await self._call(method, req, timeout_s, endpoint)
+        finally:
+            self._free_sessions.append(session)
+
     def _acquire(self) -> _Session:
         if self._free_sessions:
             return self._free_sessions.pop()
@@ -583,7 +698,7 @@ class Client:
         )
 
 
-_WRITES = frozenset({"put", "delete", "batch", "packed_batch"})
+_WRITES = frozenset({"put", "delete", "batch", "packed_batch", "txn"})
 _CAVEAT = "may still be applied"
 
 
@@ -608,6 +723,15 @@ def _op_result(r: kv_pb2.ResponseOp) -> WriteResult | GetResult:
     return WriteResult(r.delete.deleted, h.index, h.node_id, h.leader_id)
 
 
+def _txn_answer(r: rpc_pb2.ResponseOp) -> list[KeyValue] | int | None:
+    kind = r.WhichOneof("response")
+    if kind == "response_range":
+        return [KeyValue.from_proto(kv) for kv in r.response_range.kvs]
+    if kind == "response_delete_range":
+        return r.response_delete_range.deleted
+    return None
+
+
 def _op_error(code: grpc.StatusCode, detail: str) -> ClientError:
     if code == wire.INVALID:
         return InvalidArgument(detail, code)
@@ -625,6 +749,8 @@ def _final_error(err: grpc.aio.AioRpcError, target: str) -> ClientError:
         return InvalidArgument(f"request too large: {detail}", code)
     if code == wire.STALE:
         return StaleSequence(detail, code)
+    if code == grpc.StatusCode.OUT_OF_RANGE:
+        return OutOfRange(detail, code)
     if code == wire.UNAVAILABLE:
         return Unavailable(f"{target}: {detail}", code)
     if code == wire.DEADLINE:

@@ -12,7 +12,8 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Iterable
 
-from paxoskv.client.client import Client, GetResult, NodeStatus, WriteResult
+from paxoskv.client.client import Client, GetResult, KeyValue, NodeStatus, RangeResult, TxnResult, WriteResult
+from paxoskv.client.txn import Txn
 from paxoskv.v1 import kv_pb2
 
 __all__ = ["SyncClient"]
@@ -53,6 +54,18 @@ class SyncClient:
 
     def read(self, key: bytes | str, **kw: object) -> GetResult:
         return self._run(self._client.read(key, **kw))
+
+    def range(self, key: bytes | str = b"", range_end: bytes | str = b"", **kw: object) -> RangeResult:
+        return self._run(self._client.range(key, range_end, **kw))
+
+    def get_kv(self, key: bytes | str, **kw: object) -> KeyValue | None:
+        return self._run(self._client.get_kv(key, **kw))
+
+    def txn(self, txn: Txn, **kw: object) -> TxnResult:
+        return self._run(self._client.txn(txn, **kw))
+
+    def put_if(self, key: bytes | str, new_value: bytes | str, **kw: object) -> TxnResult:
+        return self._run(self._client.put_if(key, new_value, **kw))
 
     def batch(self, ops, **kw: object) -> list:  # noqa: ANN001 - see Client.batch
         return self._run(self._client.batch(ops, **kw))

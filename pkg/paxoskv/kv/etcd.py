@@ -52,6 +52,7 @@ __all__ = [
     "check_txn",
     "is_txn_readonly",
     "is_txn_serializable",
+    "prefix_end",
     "request_bytes",
     "serve_range",
     "serve_txn",
@@ -134,6 +135,16 @@ def _end(range_end: bytes) -> bytes | None:
     if range_end == b"\x00":
         return b""
     return range_end
+
+
+def prefix_end(prefix: bytes) -> bytes:
+    """The range end of every key starting with ``prefix`` (etcdctl's
+    GetPrefixRangeEnd): its last byte below 0xff plus one, the 0xff bytes
+    after it dropped; ``"\0"`` (every key from ``prefix`` on) when there is none."""
+    stripped = prefix.rstrip(b"\xff")
+    if not stripped:
+        return b"\x00"
+    return stripped[:-1] + bytes((stripped[-1] + 1,))
 
 
 def _in_interval(k: bytes, key: bytes, end: bytes | None) -> bool:

@@ -42,7 +42,12 @@ Rules:
   first; the same batch again (the session ends at its last sequence and
   holds one outcome per op) gets its first results back; anything else is
   ``STALE_SEQUENCE`` for every op. An etcd command seen again is not applied
-  again (its waiter was answered the first time: ``DUPLICATE``).
+  again (its waiter was answered the first time: ``DUPLICATE``). An etcd
+  Txn with a client's own identity (a paxoskv.v1 ``Txn``) follows the table:
+  its session remembers a ``CommandResult`` (``succeeded``, ``revision``;
+  a Txn refused with an ``EtcdError`` wrote nothing and is remembered
+  ``INVALID`` or ``NO_SPACE`` with etcd's words), which a retry gets back
+  instead of the TxnResponse.
 - Bounded sessions, in two pools. Identities a node made up (``client_id``
   starting with ``NODE_ASSIGNED_PREFIX``: anonymous paxoskv.v1 writes and
   every etcd write) live in a pool of ``node_sessions_max``; clients' own in
@@ -538,7 +543,7 @@ class KVStateMachine:
             store.begin()
             existed = store.delete(cmd.delete.key) is not None
             store.end()
-        return kv_pb2.CommandResult(code=_OK, index=index, existed=existed)
+        return kv_pb2.CommandResult(code=_OK, index=index, existed=existed, revision=store.revision)
 
     def _apply_etcd(self, index: int, cmd: kv_pb2.Command) -> Applied:
         """An etcd write: once per identity; its response or error."""
@@ -553,10 +558,15 @@ class KVStateMachine:
         refused = etcd.check_structure(kind, req)
         if refused is not None:
             return Applied(client_id, sequence, refused, waiter)
+        own = client_id and not client_id.startswith(NODE_ASSIGNED_PREFIX)  # a paxoskv.v1 Txn's session
         if client_id:
             session = self.session(client_id)
             if session is not None and sequence <= session.sequence:
-                return Applied(client_id, sequence, DUPLICATE, waiter)
+                if not own:
+                    return Applied(client_id, sequence, DUPLICATE, waiter)
+                if sequence == session.sequence:
+                    return Applied(client_id, sequence, _copy_result(session.result), waiter)
+                return Applied(client_id, sequence, _stale(index, client_id, sequence, session), waiter)
         store = self._store
         if kind == "put":
             result: object = etcd.apply_put(store, req, self._leases, self._nospace)
@@ -569,7 +579,17 @@ class KVStateMachine:
         else:
             self._alarms, result = etcd.apply_alarm(self._alarms, req)
             self._nospace = any(a == etcd.ALARM_NOSPACE for _, a in self._alarms)
-        if client_id:
+        if own:
+            if isinstance(result, rpc_pb2.TxnResponse):
+                outcome = kv_pb2.CommandResult(
+                    code=_OK, index=index, revision=result.header.revision, succeeded=result.succeeded
+                )
+            else:  # refused (nothing written), and remembered so, as every etcd command is
+                error = result.message if isinstance(result, EtcdError) else "not a transaction"
+                code = _NO_SPACE if result is etcd.ERR_NO_SPACE else _INVALID
+                outcome = kv_pb2.CommandResult(code=code, index=index, error=error)
+            self._remember(client_id, Session(sequence, outcome, index))
+        elif client_id:
             self._remember(client_id, Session(sequence, _EMPTY_RESULT, index))
         return Applied(client_id, sequence, result, waiter)
 

@@ -356,10 +356,12 @@ class EtcdCalls:
 
         return self._node._call(1, done, "the request may still be applied", timeout_s)
 
-    def write(self, request, timeout_s: float, on_done):  # noqa: ANN001, ANN201
+    def write(self, request, timeout_s: float, on_done, *, identity: tuple[str, int] | None = None):  # noqa: ANN001, ANN201
         """An etcd write (Put, DeleteRange, Txn, Compaction, Alarm): checked
         as etcd checks it, proposed, answered once applied here. A Txn of
-        ranges only and an Alarm GET are reads."""
+        ranges only and an Alarm GET are reads. ``identity``: a paxoskv.v1
+        client's (client_id, sequence) for the command (a v1 Txn: the state
+        machine's session table applies to it) instead of a node-assigned one."""
         call = self._call(on_done, timeout_s)
         node = self._node
         if node._stopped is not None:
@@ -383,7 +385,7 @@ class EtcdCalls:
         if cost and not self._space_for(cost):
             call.set(0, failure(etcd.ERR_NO_SPACE))
             return call
-        self._propose(field, request, call)
+        self._propose(field, request, call, identity)
         return call
 
     def range(self, request: rpc_pb2.RangeRequest, timeout_s: float, on_done):  # noqa: ANN001, ANN201
@@ -414,18 +416,12 @@ class EtcdCalls:
         return failure(result) if isinstance(result, etcd.EtcdError) else result
 
     def _read(self, call, serve, serializable: bool) -> None:  # noqa: ANN001
-        if serializable:
-            call.set(0, serve())
-            return
-        node = self._node
-        node._read_ids += 1
-        rid = node._read_ids
-        node.calls.add_read(rid, call, 0, serve)
-        node.replica.read(rid)
+        self._node.serve_read(call, 0, serve, serializable)
 
-    def _propose(self, field: str, request, call) -> None:  # noqa: ANN001
+    def _propose(self, field: str, request, call, identity: tuple[str, int] | None = None) -> None:  # noqa: ANN001
         node = self._node
-        cmd = kv_pb2.Command(client_id=commands.node_assigned_id(node._ids.getrandbits(128)), sequence=1)
+        client_id, sequence = identity or (commands.node_assigned_id(node._ids.getrandbits(128)), 1)
+        cmd = kv_pb2.Command(client_id=client_id, sequence=sequence)
         getattr(cmd.etcd, field).CopyFrom(request)
         waiter = node._new_waiter()
         cmd.etcd.waiter = waiter

@@ -26,6 +26,12 @@ Rules:
 - The etcd API's calls (``etcd_write``, ``range``) and their rules are in
   ``paxoskv.replica.etcd`` (``self.etcd``): the same waiter table, the same
   read index, the same log.
+- paxoskv.v1's ``scan`` (KV.Range) and ``txn`` (KV.Txn) run etcd's rules
+  on the same store with v1's: keys within ``Limits``, a prefix form; a Txn
+  with writes is an etcd Txn in the log carrying the client's own
+  (client_id, sequence), so it is exactly-once (a retry is answered with
+  the first outcome, a ``CommandResult``); without one it gets a fresh
+  identity, as an anonymous put does.
 - What one call may ask for is bounded by ``CallLimits`` (this node's
   admission rules, not the state machine's: nodes may differ): at most
   ``batch_ops_max`` operations in one ``ops`` call and at most
@@ -45,7 +51,8 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from paxoskv.kv import commands
+from paxoskv.etcdpb import rpc_pb2
+from paxoskv.kv import commands, etcd as etcd_rules
 from paxoskv.kv.commands import Limits
 from paxoskv.paxos.core import Core
 from paxoskv.paxos.types import FEATURE_PACKED_BATCHES, Config, Message, Role
@@ -54,6 +61,7 @@ from paxoskv.replica.calls import Call, CallTable
 from paxoskv.replica.etcd import AutoCompaction, EtcdCalls
 from paxoskv.replica.errors import (
     DeadlineExceeded,
+    EtcdFailure,
     FailedPrecondition,
     InvalidArgument,
     NodeError,
@@ -66,7 +74,7 @@ from paxoskv.replica.watch import WatchHub, WatchLimits
 from paxoskv.storage.base import Storage
 from paxoskv.v1 import kv_pb2
 
-__all__ = ["CallLimits", "NodeStatus", "ReplicaNode", "result_or_error"]
+__all__ = ["CallLimits", "NodeStatus", "ReplicaNode", "range_request", "result_or_error", "txn_request"]
 
 _OK = kv_pb2.CommandResult.OK
 _STALE = kv_pb2.CommandResult.STALE_SEQUENCE
@@ -422,6 +430,17 @@ class ReplicaNode:
         self.calls.add_batch(waiter, call, on_results)
         return None
 
+    def serve_read(self, call: Call, i: int, serve: Callable[[], object], serializable: bool) -> None:
+        """Answer ``call``'s i-th result with ``serve()``: now when
+        ``serializable``, else once a read index is applied here."""
+        if serializable:
+            call.set(i, serve())
+            return
+        self._read_ids += 1
+        rid = self._read_ids
+        self.calls.add_read(rid, call, i, serve)
+        self.replica.read(rid)
+
     def _read(self, call: Call, keys: list[tuple[int, bytes]], serializable: bool) -> None:
         if call.done:
             return  # expired meanwhile (reads after a batch's writes)
@@ -446,6 +465,56 @@ class ReplicaNode:
 
     def _read_refused(self) -> NodeError:
         return self._unavailable("read could not be confirmed by a quorum", reason=Unavailable.UNCONFIRMED)
+
+    # ---- Ranges and transactions (paxoskv.v1) --------------------------------------
+
+    def scan(self, req: kv_pb2.RangeRequest, timeout_s: float, on_done: Callable[[Call], None]) -> Call:
+        """paxoskv.v1 Range: linearizable unless ``serializable``; the answer
+        is ``(etcd RangeResponse, applied index)``, or InvalidArgument, or an
+        ``EtcdFailure`` (a compacted or future revision: OUT_OF_RANGE)."""
+        call = self._call(1, on_done, "read not confirmed", timeout_s)
+        if self._stopped is not None:
+            call.fail(Unavailable(self._stopped, proposed=False, reason=Unavailable.STOPPED))
+            return call
+        request = range_request(req, self._limits)
+        if isinstance(request, str):
+            call.set(0, InvalidArgument(request))
+            return call
+
+        def serve() -> object:
+            sm = self.replica.sm
+            resp = sm.range(request)
+            if isinstance(resp, etcd_rules.EtcdError):
+                return EtcdFailure(resp.code, resp.message)
+            return resp, sm.applied_index
+
+        self.serve_read(call, 0, serve, request.serializable)
+        return call
+
+    def txn(self, req: kv_pb2.TxnRequest, timeout_s: float, on_done: Callable[[Call], None]) -> Call:
+        """paxoskv.v1 Txn (see the module rules). The answer is
+        ``(etcd TxnResponse, applied index)`` the first time, ``(CommandResult,
+        its index)`` for a retry of one applied before, or a NodeError
+        (FailedPrecondition for a stale sequence, ``EtcdFailure`` for etcd's
+        refusals)."""
+        hdr = req.request
+        request = txn_request(req, self._limits)
+        if isinstance(request, str):
+            call = self._call(1, on_done, "the transaction may still be applied", timeout_s)
+            call.set(0, InvalidArgument(request))
+            return call
+
+        def done(call: Call) -> None:
+            r = call.results[0]
+            if isinstance(r, kv_pb2.CommandResult):
+                out = result_or_error(r)
+                call.results[0] = out if isinstance(out, NodeError) else (out, out.index)
+            elif isinstance(r, rpc_pb2.TxnResponse):
+                call.results[0] = (r, self.replica.sm.applied_index)
+            on_done(call)
+
+        identity = (hdr.client_id, hdr.sequence) if hdr.client_id else None
+        return self.etcd.write(request, timeout_s, done, identity=identity)
 
     # ---- The etcd API -------------------------------------------------------------
 
@@ -515,3 +584,84 @@ class ReplicaNode:
             self._stopped = reason
             self.calls.fail_all(Unavailable(reason, reason=Unavailable.STOPPED))
             self.replica.close()
+
+
+# ---- paxoskv.v1 requests as etcd's ----------------------------------------------------
+
+
+def _key_error(key: bytes, limits: Limits, what: str = "key") -> str | None:
+    if not key:
+        return f"{what} is empty"
+    if len(key) > limits.key_bytes_max:
+        return f"{what} is {len(key)} bytes, more than the limit of {limits.key_bytes_max}"
+    return None
+
+
+def range_request(req: kv_pb2.RangeRequest, limits: Limits) -> rpc_pb2.RangeRequest | str:
+    """The etcd RangeRequest of a paxoskv.v1 one, or why it is invalid."""
+    key, end = req.key, req.range_end
+    if req.prefix:
+        if end:
+            return "give range_end or prefix, not both"
+        key, end = (key, etcd_rules.prefix_end(key)) if key else (b"\x00", b"\x00")
+    err = _key_error(key, limits) or (_key_error(end, limits, "range_end") if end else None)
+    if err is not None:
+        return err
+    if end and end != b"\x00" and end <= key:
+        return "range_end must be after key (or empty: the key alone; \"\\0\": every key from it on)"
+    if req.limit < 0 or req.revision < 0:
+        return f"limit and revision must not be negative (limit {req.limit}, revision {req.revision})"
+    return rpc_pb2.RangeRequest(
+        key=key,
+        range_end=end,
+        limit=req.limit,
+        revision=req.revision,
+        serializable=req.serializable,
+        keys_only=req.keys_only,
+        count_only=req.count_only,
+    )
+
+
+def _txn_ops_error(ops, limits: Limits) -> str | None:  # noqa: ANN001 - etcd RequestOps
+    for op in ops:
+        kind = op.WhichOneof("request")
+        if kind == "request_put":
+            put = op.request_put
+            err = _key_error(put.key, limits)
+            if err is None and len(put.value) > limits.value_bytes_max:
+                err = f"value is {len(put.value)} bytes, more than the limit of {limits.value_bytes_max}"
+        elif kind == "request_range" or kind == "request_delete_range":
+            body = getattr(op, kind)
+            err = _key_error(body.key, limits)
+        elif kind == "request_txn":
+            err = _compares_error(op.request_txn.compare, limits) or _txn_ops_error(
+                (*op.request_txn.success, *op.request_txn.failure), limits
+            )
+        else:
+            err = "a txn operation has no range, put, delete or txn"
+        if err is not None:
+            return err
+    return None
+
+
+def _compares_error(compares, limits: Limits) -> str | None:  # noqa: ANN001 - etcd Compares
+    for c in compares:
+        err = _key_error(c.key, limits, "compare key")
+        if err is not None:
+            return err
+    return None
+
+
+def txn_request(req: kv_pb2.TxnRequest, limits: Limits) -> rpc_pb2.TxnRequest | str:
+    """The etcd TxnRequest of a paxoskv.v1 one, or why it is invalid: its
+    identity and every key and value within ``limits`` (etcd's own checks,
+    the op limit and the duplicate-key rule, follow in ``EtcdCalls.write``)."""
+    hdr = req.request
+    err = (
+        commands.validate_identity(hdr.client_id, hdr.sequence, limits)
+        or _compares_error(req.compare, limits)
+        or _txn_ops_error((*req.success, *req.failure), limits)
+    )
+    if err is not None:
+        return err
+    return rpc_pb2.TxnRequest(compare=req.compare, success=req.success, failure=req.failure)

@@ -32,6 +32,11 @@ Rules:
                           alarm disarm`` clears it). Nothing was written.
   PERMISSION_DENIED       an admin call (``--admin-cn``) from another
                           certificate. Nothing was done.
+  (etcd's code)           ``Range`` and ``Txn`` run etcd's rules, and their
+                          refusals keep etcd's code and words: OUT_OF_RANGE
+                          for a compacted or future revision,
+                          INVALID_ARGUMENT for too many ops or a duplicate
+                          key. Nothing was written.
   ======================  ===================================================
 
 - Deadlines: the time the node may spend on a call is the caller's remaining
@@ -95,6 +100,7 @@ from paxoskv.server.public import AdminGate, FacadeLimits, ServerTLS
 from paxoskv.wire import KV_SERVICE, MAINTENANCE_SERVICE, MESSAGE_BYTES_MAX
 from paxoskv.replica.errors import (
     DeadlineExceeded,
+    EtcdFailure,
     FailedPrecondition,
     InvalidArgument,
     NodeError,
@@ -221,6 +227,10 @@ class NodeLike(Protocol):
 
     async def get(self, req: kv_pb2.GetRequest, *, timeout_s: float) -> tuple[bytes | None, int]: ...
 
+    async def scan(self, req: kv_pb2.RangeRequest, *, timeout_s: float) -> tuple[Any, int]: ...
+
+    async def txn(self, req: kv_pb2.TxnRequest, *, timeout_s: float) -> tuple[Any, int]: ...
+
     async def ops(
         self,
         ops: Sequence[kv_pb2.RequestOp],
@@ -261,6 +271,8 @@ def _error_of(exc: NodeError) -> _Abort:
         return _Abort(wire.UNIMPLEMENTED, str(exc))
     if isinstance(exc, ResourceExhausted):
         return _Abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc))
+    if isinstance(exc, EtcdFailure):  # Range and Txn run etcd's rules: etcd's code and words
+        return _Abort(grpc.StatusCode[exc.code], exc.message)
     return _Abort(grpc.StatusCode.INTERNAL, f"{type(exc).__name__}: {exc}")
 
 
@@ -372,6 +384,8 @@ class Facade:
                 "Batch": grpc.unary_unary_rpc_method_handler(held(self._batch), None, ser),
                 "PackedBatch": grpc.unary_unary_rpc_method_handler(held(self._packed_batch), None, ser),
                 "Session": grpc.stream_stream_rpc_method_handler(self._session, None, ser),
+                "Range": grpc.unary_unary_rpc_method_handler(held(self._range), None, ser),
+                "Txn": grpc.unary_unary_rpc_method_handler(held(self._txn), None, ser),
             },
         )
         self.add_service(
@@ -388,9 +402,9 @@ class Facade:
     def _timeout_s(self, context: grpc.aio.ServicerContext) -> float:
         return call_timeout_s(context, self.request_timeout_s)
 
-    def _header(self, index: int) -> kv_pb2.ResponseHeader:
+    def _header(self, index: int, revision: int = 0) -> kv_pb2.ResponseHeader:
         return kv_pb2.ResponseHeader(
-            node_id=self.node_id, leader_id=self.node.leader_id or 0, index=index
+            node_id=self.node_id, leader_id=self.node.leader_id or 0, index=index, revision=revision
         )
 
     async def _fail(self, context: grpc.aio.ServicerContext, exc: Exception) -> None:
@@ -417,7 +431,7 @@ class Facade:
         except (NodeError, _Abort) as exc:
             await self._fail(context, exc)
             raise
-        return kv_pb2.PutResponse(header=self._header(result.index), existed=result.existed)
+        return kv_pb2.PutResponse(header=self._header(result.index, result.revision), existed=result.existed)
 
     async def _delete(self, data: bytes, context: grpc.aio.ServicerContext) -> object:
         try:
@@ -426,7 +440,47 @@ class Facade:
         except (NodeError, _Abort) as exc:
             await self._fail(context, exc)
             raise
-        return kv_pb2.DeleteResponse(header=self._header(result.index), deleted=result.existed)
+        return kv_pb2.DeleteResponse(header=self._header(result.index, result.revision), deleted=result.existed)
+
+    # ---- ranges and transactions --------------------------------------------------
+
+    async def _range(self, data: bytes, context: grpc.aio.ServicerContext) -> object:
+        try:
+            req = _parse(kv_pb2.RangeRequest, data)
+            found, index = await self.node.scan(req, timeout_s=self._timeout_s(context))
+            size = found.ByteSize()
+            if size > MESSAGE_BYTES_MAX - ANSWER_MARGIN_BYTES:
+                raise _Abort(
+                    _EXHAUSTED,
+                    f"the answer would be {size} bytes, over the limit of {MESSAGE_BYTES_MAX - ANSWER_MARGIN_BYTES}: "
+                    f"read fewer keys per call (limit, then continue after the last key)",
+                )
+            if not self._held.take(size):
+                raise _Abort(_EXHAUSTED, self._held.refusal(size))
+        except (NodeError, _Abort) as exc:
+            await self._fail(context, exc)
+            raise
+        try:
+            return kv_pb2.RangeResponse(
+                header=self._header(index, found.header.revision), kvs=found.kvs, more=found.more, count=found.count
+            ).SerializeToString()
+        finally:
+            self._held.give(size)
+
+    async def _txn(self, data: bytes, context: grpc.aio.ServicerContext) -> object:
+        try:
+            req = _parse(kv_pb2.TxnRequest, data)
+            result, index = await self.node.txn(req, timeout_s=self._timeout_s(context))
+        except (NodeError, _Abort) as exc:
+            await self._fail(context, exc)
+            raise
+        if isinstance(result, kv_pb2.CommandResult):  # a retry of a Txn applied before
+            return kv_pb2.TxnResponse(
+                header=self._header(index, result.revision), succeeded=result.succeeded, replayed=True
+            )
+        return kv_pb2.TxnResponse(
+            header=self._header(index, result.header.revision), succeeded=result.succeeded, responses=result.responses
+        )
 
     # ---- many operations per call ----------------------------------------------
 

@@ -290,6 +290,12 @@ class Node:
     async def get(self, req: kv_pb2.GetRequest, *, timeout_s: float) -> tuple[bytes | None, int]:
         return self._one(await self._call(lambda n, t, d: n.get(req, t, d), timeout_s))
 
+    async def scan(self, req: kv_pb2.RangeRequest, *, timeout_s: float) -> tuple[object, int]:
+        return self._one(await self._call(lambda n, t, d: n.scan(req, t, d), timeout_s))  # type: ignore[return-value]
+
+    async def txn(self, req: kv_pb2.TxnRequest, *, timeout_s: float) -> tuple[object, int]:
+        return self._one(await self._call(lambda n, t, d: n.txn(req, t, d), timeout_s))  # type: ignore[return-value]
+
     async def submit(self, cmds: Sequence[kv_pb2.Command], *, timeout_s: float) -> list:
         """Each command's result or NodeError (the node layer's ``submit``)."""
         return (await self._call(lambda n, t, d: n.submit(cmds, t, d), timeout_s)).results

@@ -22,7 +22,9 @@ Rules:
 - ``reference_state`` replays the agreed log through a model of the state
   machine written independently of :mod:`paxoskv.kv` (a dict and the last
   sequence per client), so a bug in the real state machine's apply or
-  exactly-once sessions shows as a difference from it.
+  exactly-once sessions shows as a difference from it. It covers the etcd
+  Txns the simulator sends (v1 CASes on a key's existence) and refuses any
+  other etcd command (NotImplementedError) rather than guess.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
+from paxoskv.etcdpb import rpc_pb2
 from paxoskv.kv.commands import Limits
 from paxoskv.paxos.types import Value
 from paxoskv.v1 import kv_pb2
@@ -204,6 +207,10 @@ def reference_state(log: Mapping[int, Value], through: int, limits: Limits = Lim
                 if valid(body.key, body.value if kind == "put" else b"") and fresh(cmd.client_id, cmd.sequence, cmd.sequence):
                     write(body, kind == "put")
                 continue
+            if kind == "etcd":
+                if fresh(cmd.client_id, cmd.sequence, cmd.sequence):
+                    _existence_txn(kv, cmd.etcd)
+                continue
             if kind != "batch":
                 continue
             batch = cmd.batch
@@ -226,6 +233,34 @@ def reference_state(log: Mapping[int, Value], through: int, limits: Limits = Lim
                 if valid(body.key, body.value if k == "put" else b"") and fresh(hdr.client_id, hdr.sequence, hdr.sequence):
                     write(body, k == "put")
     return kv
+
+
+_C = rpc_pb2.Compare
+# compare result -> does it hold, given "the key exists" (a number compared with 0)
+_ON_EXISTENCE = {_C.EQUAL: lambda exists: not exists, _C.NOT_EQUAL: bool, _C.GREATER: bool}
+
+
+def _existence_txn(kv: dict[bytes, bytes], op: kv_pb2.EtcdOp) -> None:
+    """An etcd Txn whose compares say whether a key exists (version, create
+    or mod revision against 0: the simulator's v1 CASes), with puts and
+    single-key deletes; anything else is beyond this model and says so."""
+    if op.WhichOneof("request") != "txn":
+        raise NotImplementedError(f"the reference model has no etcd {op.WhichOneof('request')}")
+    txn = op.txn
+    holds = True
+    for c in txn.compare:
+        operand = {_C.VERSION: c.version, _C.CREATE: c.create_revision, _C.MOD: c.mod_revision}.get(c.target)
+        if operand != 0 or c.result not in _ON_EXISTENCE or c.range_end:
+            raise NotImplementedError(f"the reference model covers existence compares only, not {c}")
+        holds = holds and _ON_EXISTENCE[c.result](c.key in kv)
+    for r in txn.success if holds else txn.failure:
+        kind = r.WhichOneof("request")
+        if kind == "request_put":
+            kv[r.request_put.key] = r.request_put.value
+        elif kind == "request_delete_range" and not r.request_delete_range.range_end:
+            kv.pop(r.request_delete_range.key, None)
+        elif kind != "request_range":
+            raise NotImplementedError(f"the reference model has no txn op {kind} of that shape")
 
 
 def check_serializable_reads(history: Sequence[Operation]) -> list[str]:

@@ -21,6 +21,13 @@ Rules:
   a client's newest sequence is an exactly-once violation. A packed batch
   refused UNIMPLEMENTED on its first attempt goes per-op, as the Python
   client does.
+- A ``txn`` call (``KV.Txn``, drawn with ``cas_weight``) is a v1 CAS on
+  existence, which the register model expresses: put if the key is absent
+  (``version == 0``) or present (``mod_revision > 0``), else read it. It
+  is recorded as a put (``existed`` as the compare demanded) when it
+  succeeded, as a get of the value its other branch read when not, and as
+  ``fail`` when a retry found it had failed before (nothing written).
+  Exactly-once: its retries carry the same (client_id, sequence).
 - An anonymous client sends writes without identity: the node makes one up,
   so such a write is not exactly-once across retries, and is never retried
   once it may have been proposed (it ends ``unknown``).
@@ -35,6 +42,7 @@ import random
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from paxoskv.etcdpb import rpc_pb2
 from paxoskv.kv.commands import Limits
 from paxoskv.replica.errors import FailedPrecondition, InvalidArgument, NodeError, Unavailable, Unimplemented
 from paxoskv.sim.history import DELETE, FAIL, GET, OK, PENDING, PUT, UNKNOWN, Operation
@@ -46,7 +54,7 @@ __all__ = ["Client", "ClientParams", "Request", "SIM_LIMITS"]
 # Small limits, so that over-the-limit requests are cheap to make.
 SIM_LIMITS = Limits(key_bytes_max=16, value_bytes_max=48, client_id_bytes_max=64)
 
-UNARY, OPS, PACKED = "unary", "ops", "packed"
+UNARY, OPS, PACKED, TXN = "unary", "ops", "packed", "txn"
 CALL_BUDGET_US_MAX = 5_000_000  # the deadline of a call that never gives up
 
 
@@ -69,6 +77,7 @@ class ClientParams:
     serializable_share: float = 0.0  # of gets
     invalid_share: float = 0.0  # of operations, drawn invalid on purpose
     anonymous_share: float = 0.0  # of clients
+    cas_weight: int = 0  # KV.Txn compare-and-swaps on existence
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,6 +130,7 @@ class _Call:
     reqs: list[kv_pb2.RequestOp]  # one per op (unary: its one op)
     invalid: set[int]  # positions drawn invalid on purpose
     packed: kv_pb2.RequestHeader | None = None
+    absent: bool = False  # a txn: put if the key is absent (else if present)
     pending: list[int] = field(default_factory=list)
     sent: dict[int, tuple[int, ...]] = field(default_factory=dict)  # attempt -> positions it carried
     attempts: int = 0
@@ -163,6 +173,7 @@ class Client:
         self._forms = [UNARY] * unary + [OPS] * params.ops_weight
         if not self.anonymous:  # a packed batch is an identity by definition
             self._forms += [PACKED] * params.packed_weight
+            self._forms += [TXN] * params.cas_weight
 
     @property
     def busy(self) -> bool:
@@ -195,9 +206,12 @@ class Client:
             return
         rng = self.rng
         form = rng.choice(self._forms)
-        n = 1 if form == UNARY else rng.randint(1, self.params.ops_max)
+        n = 1 if form in (UNARY, TXN) else rng.randint(1, self.params.ops_max)
         self._calls += 1
         call = _Call(self._calls, form, [], [], set())
+        if form == TXN:
+            self._make_cas(call)
+            n = 0
         writes = 0
         for pos in range(n):
             kind = rng.choice(self._kinds)
@@ -218,7 +232,7 @@ class Client:
                     k += 1
         elif form == PACKED:
             call.form = OPS  # only gets: there is nothing to pack
-        call.pending = list(range(n))
+        call.pending = list(range(len(call.ops)))
         for op in call.ops:
             op.op_id = len(self.env.history)
             self.env.history.append(op)
@@ -270,6 +284,32 @@ class Client:
             req = kv_pb2.RequestOp(delete=kv_pb2.DeleteRequest(request=header, key=key))
         return op, req
 
+    def _make_cas(self, call: _Call) -> None:
+        """A put if ``key`` is absent or present, else a read of it (module rules)."""
+        rng = self.rng
+        key = rng.choice(self.env.keys)
+        self._writes += 1
+        value = f"{self.client_id}.{self._writes}".encode()
+        self.sequence += 1
+        call.absent = rng.random() < 0.5
+        C = rpc_pb2.Compare
+        compare = (
+            C(key=key, target=C.VERSION, result=C.EQUAL, version=0)
+            if call.absent
+            else C(key=key, target=C.MOD, result=C.GREATER, mod_revision=0)
+        )
+        call.reqs.append(
+            kv_pb2.TxnRequest(
+                request=kv_pb2.RequestHeader(client_id=self.client_id, sequence=self.sequence),
+                compare=[compare],
+                success=[rpc_pb2.RequestOp(request_put=rpc_pb2.PutRequest(key=key, value=value))],
+                failure=[rpc_pb2.RequestOp(request_range=rpc_pb2.RangeRequest(key=key))],
+            )
+        )
+        call.ops.append(
+            Operation(op_id=-1, client_id=self.client_id, kind=PUT, key=key, value=value, sequence=self.sequence, call_us=self._sched.now_us)
+        )
+
     def _per_op(self, call: _Call) -> None:
         """A packed batch refused before anything was applied: the per-op
         form, a session per write (the packed sequences are left unused)."""
@@ -304,7 +344,9 @@ class Client:
         call.sent[call.attempts] = positions
         for i in positions:
             call.ops[i].attempts += 1
-        if call.form == UNARY:
+        if call.form == TXN:
+            payload, form = call.reqs[0], TXN
+        elif call.form == UNARY:
             req = call.reqs[0]
             kind = req.WhichOneof("op")
             payload = getattr(req, kind)
@@ -397,12 +439,28 @@ class Client:
             self.env.violation("invalid", f"{op.describe()} was drawn invalid but answered {result!r}")
             self._finish_op(op, UNKNOWN)
             return
+        if call.form == TXN:
+            self._cas_answer(call, op, result[0])
+            return
         if op.kind == GET:
             value, _index = result
             op.value = value
         else:
             op.existed = bool(result.existed)
         self._finish_op(op, OK)
+
+    def _cas_answer(self, call: _Call, op: Operation, resp: object) -> None:
+        if resp.succeeded:  # type: ignore[attr-defined]
+            op.existed = not call.absent
+            self._finish_op(op, OK)
+        elif isinstance(resp, kv_pb2.CommandResult):
+            self._finish_op(op, FAIL)  # a retry: it failed the first time, nothing written
+        else:
+            # The other branch read the key: a get, at the txn's moment.
+            kvs = resp.responses[0].response_range.kvs  # type: ignore[attr-defined]
+            op.kind, op.sequence = GET, 0
+            op.value = kvs[0].value if kvs else None
+            self._finish_op(op, OK)
 
     def _whole_error(self, call: _Call, token: int, error: NodeError) -> None:
         if isinstance(error, Unimplemented) and call.packed is not None and token == 1 and call.attempts == 1:

@@ -327,6 +327,8 @@ class Simulation:
             serializable_share=root.choice((0.0, 0.2)),
             invalid_share=root.choice((0.0, 0.03)),
             anonymous_share=root.choice((0.0, 0.25)),
+            # paxoskv.v1 Txn CASes, from a generator of their own: the root's draws stay as they were
+            cas_weight=random.Random(f"v1-cas-{config.seed}").choice((0, 1, 2)),
         )
         self.client_loss = loss / 3
         self.safety_us_max = root.randint(SAFETY_PHASE_US_MIN, SAFETY_PHASE_US_MAX) * config.scale
@@ -338,7 +340,7 @@ class Simulation:
             f"inflight={inflight_slots_max} batch={batch_commands_max} clients={n_clients} "
             f"keys={n_keys} think_max={client_params.think_max_us // 1000}ms "
             f"timeout={client_params.timeout_us // 1000}ms give_up={client_params.give_up_attempts} "
-            f"forms=ops{client_params.ops_weight}/packed{client_params.packed_weight} "
+            f"forms=ops{client_params.ops_weight}/packed{client_params.packed_weight}/cas{client_params.cas_weight} "
             f"serializable={client_params.serializable_share} invalid={client_params.invalid_share} "
             f"anonymous={client_params.anonymous_share} "
             f"safety_max={self.safety_us_max / 1e6:.2f}s"
@@ -771,6 +773,8 @@ class Simulation:
             call = layer.delete(payload, timeout_s, on_done)
         elif form == "get":
             call = layer.get(payload, timeout_s, on_done)
+        elif form == "txn":
+            call = layer.txn(payload, timeout_s, on_done)
         else:
             ops, request = payload
             call = layer.ops(ops, timeout_s, on_done, request=request)

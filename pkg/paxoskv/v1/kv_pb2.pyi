@@ -1,3 +1,4 @@
+from paxoskv.etcdpb import kv_pb2 as _kv_pb2
 from paxoskv.etcdpb import rpc_pb2 as _rpc_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
@@ -65,7 +66,7 @@ class EtcdOp(_message.Message):
     def __init__(self, put: _Optional[_Union[_rpc_pb2.PutRequest, _Mapping]] = ..., delete_range: _Optional[_Union[_rpc_pb2.DeleteRangeRequest, _Mapping]] = ..., txn: _Optional[_Union[_rpc_pb2.TxnRequest, _Mapping]] = ..., compaction: _Optional[_Union[_rpc_pb2.CompactionRequest, _Mapping]] = ..., alarm: _Optional[_Union[_rpc_pb2.AlarmRequest, _Mapping]] = ..., waiter: _Optional[bytes] = ...) -> None: ...
 
 class CommandResult(_message.Message):
-    __slots__ = ("code", "index", "existed", "error")
+    __slots__ = ("code", "index", "existed", "error", "revision", "succeeded")
     class Code(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
         __slots__ = ()
         OK: _ClassVar[CommandResult.Code]
@@ -80,11 +81,15 @@ class CommandResult(_message.Message):
     INDEX_FIELD_NUMBER: _ClassVar[int]
     EXISTED_FIELD_NUMBER: _ClassVar[int]
     ERROR_FIELD_NUMBER: _ClassVar[int]
+    REVISION_FIELD_NUMBER: _ClassVar[int]
+    SUCCEEDED_FIELD_NUMBER: _ClassVar[int]
     code: CommandResult.Code
     index: int
     existed: bool
     error: str
-    def __init__(self, code: _Optional[_Union[CommandResult.Code, str]] = ..., index: _Optional[int] = ..., existed: _Optional[bool] = ..., error: _Optional[str] = ...) -> None: ...
+    revision: int
+    succeeded: bool
+    def __init__(self, code: _Optional[_Union[CommandResult.Code, str]] = ..., index: _Optional[int] = ..., existed: _Optional[bool] = ..., error: _Optional[str] = ..., revision: _Optional[int] = ..., succeeded: _Optional[bool] = ...) -> None: ...
 
 class RequestHeader(_message.Message):
     __slots__ = ("client_id", "sequence")
@@ -95,14 +100,16 @@ class RequestHeader(_message.Message):
     def __init__(self, client_id: _Optional[str] = ..., sequence: _Optional[int] = ...) -> None: ...
 
 class ResponseHeader(_message.Message):
-    __slots__ = ("node_id", "leader_id", "index")
+    __slots__ = ("node_id", "leader_id", "index", "revision")
     NODE_ID_FIELD_NUMBER: _ClassVar[int]
     LEADER_ID_FIELD_NUMBER: _ClassVar[int]
     INDEX_FIELD_NUMBER: _ClassVar[int]
+    REVISION_FIELD_NUMBER: _ClassVar[int]
     node_id: int
     leader_id: int
     index: int
-    def __init__(self, node_id: _Optional[int] = ..., leader_id: _Optional[int] = ..., index: _Optional[int] = ...) -> None: ...
+    revision: int
+    def __init__(self, node_id: _Optional[int] = ..., leader_id: _Optional[int] = ..., index: _Optional[int] = ..., revision: _Optional[int] = ...) -> None: ...
 
 class GetRequest(_message.Message):
     __slots__ = ("key", "serializable")
@@ -211,6 +218,62 @@ class SessionResponse(_message.Message):
     id: int
     result: ResponseOp
     def __init__(self, id: _Optional[int] = ..., result: _Optional[_Union[ResponseOp, _Mapping]] = ...) -> None: ...
+
+class RangeRequest(_message.Message):
+    __slots__ = ("key", "range_end", "prefix", "limit", "revision", "serializable", "keys_only", "count_only")
+    KEY_FIELD_NUMBER: _ClassVar[int]
+    RANGE_END_FIELD_NUMBER: _ClassVar[int]
+    PREFIX_FIELD_NUMBER: _ClassVar[int]
+    LIMIT_FIELD_NUMBER: _ClassVar[int]
+    REVISION_FIELD_NUMBER: _ClassVar[int]
+    SERIALIZABLE_FIELD_NUMBER: _ClassVar[int]
+    KEYS_ONLY_FIELD_NUMBER: _ClassVar[int]
+    COUNT_ONLY_FIELD_NUMBER: _ClassVar[int]
+    key: bytes
+    range_end: bytes
+    prefix: bool
+    limit: int
+    revision: int
+    serializable: bool
+    keys_only: bool
+    count_only: bool
+    def __init__(self, key: _Optional[bytes] = ..., range_end: _Optional[bytes] = ..., prefix: _Optional[bool] = ..., limit: _Optional[int] = ..., revision: _Optional[int] = ..., serializable: _Optional[bool] = ..., keys_only: _Optional[bool] = ..., count_only: _Optional[bool] = ...) -> None: ...
+
+class RangeResponse(_message.Message):
+    __slots__ = ("header", "kvs", "more", "count")
+    HEADER_FIELD_NUMBER: _ClassVar[int]
+    KVS_FIELD_NUMBER: _ClassVar[int]
+    MORE_FIELD_NUMBER: _ClassVar[int]
+    COUNT_FIELD_NUMBER: _ClassVar[int]
+    header: ResponseHeader
+    kvs: _containers.RepeatedCompositeFieldContainer[_kv_pb2.KeyValue]
+    more: bool
+    count: int
+    def __init__(self, header: _Optional[_Union[ResponseHeader, _Mapping]] = ..., kvs: _Optional[_Iterable[_Union[_kv_pb2.KeyValue, _Mapping]]] = ..., more: _Optional[bool] = ..., count: _Optional[int] = ...) -> None: ...
+
+class TxnRequest(_message.Message):
+    __slots__ = ("request", "compare", "success", "failure")
+    REQUEST_FIELD_NUMBER: _ClassVar[int]
+    COMPARE_FIELD_NUMBER: _ClassVar[int]
+    SUCCESS_FIELD_NUMBER: _ClassVar[int]
+    FAILURE_FIELD_NUMBER: _ClassVar[int]
+    request: RequestHeader
+    compare: _containers.RepeatedCompositeFieldContainer[_rpc_pb2.Compare]
+    success: _containers.RepeatedCompositeFieldContainer[_rpc_pb2.RequestOp]
+    failure: _containers.RepeatedCompositeFieldContainer[_rpc_pb2.RequestOp]
+    def __init__(self, request: _Optional[_Union[RequestHeader, _Mapping]] = ..., compare: _Optional[_Iterable[_Union[_rpc_pb2.Compare, _Mapping]]] = ..., success: _Optional[_Iterable[_Union[_rpc_pb2.RequestOp, _Mapping]]] = ..., failure: _Optional[_Iterable[_Union[_rpc_pb2.RequestOp, _Mapping]]] = ...) -> None: ...
+
+class TxnResponse(_message.Message):
+    __slots__ = ("header", "succeeded", "responses", "replayed")
+    HEADER_FIELD_NUMBER: _ClassVar[int]
+    SUCCEEDED_FIELD_NUMBER: _ClassVar[int]
+    RESPONSES_FIELD_NUMBER: _ClassVar[int]
+    REPLAYED_FIELD_NUMBER: _ClassVar[int]
+    header: ResponseHeader
+    succeeded: bool
+    responses: _containers.RepeatedCompositeFieldContainer[_rpc_pb2.ResponseOp]
+    replayed: bool
+    def __init__(self, header: _Optional[_Union[ResponseHeader, _Mapping]] = ..., succeeded: _Optional[bool] = ..., responses: _Optional[_Iterable[_Union[_rpc_pb2.ResponseOp, _Mapping]]] = ..., replayed: _Optional[bool] = ...) -> None: ...
 
 class StatusRequest(_message.Message):
     __slots__ = ()

@@ -64,6 +64,16 @@ class KVStub:
                 request_serializer=paxoskv_dot_v1_dot_kv__pb2.SessionRequest.SerializeToString,
                 response_deserializer=paxoskv_dot_v1_dot_kv__pb2.SessionResponse.FromString,
                 _registered_method=True)
+        self.Range = channel.unary_unary(
+                '/paxoskv.v1.KV/Range',
+                request_serializer=paxoskv_dot_v1_dot_kv__pb2.RangeRequest.SerializeToString,
+                response_deserializer=paxoskv_dot_v1_dot_kv__pb2.RangeResponse.FromString,
+                _registered_method=True)
+        self.Txn = channel.unary_unary(
+                '/paxoskv.v1.KV/Txn',
+                request_serializer=paxoskv_dot_v1_dot_kv__pb2.TxnRequest.SerializeToString,
+                response_deserializer=paxoskv_dot_v1_dot_kv__pb2.TxnResponse.FromString,
+                _registered_method=True)
 
 
 class KVServicer:
@@ -108,6 +118,18 @@ class KVServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Range(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Txn(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_KVServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -140,6 +162,16 @@ def add_KVServicer_to_server(servicer, server):
                     servicer.Session,
                     request_deserializer=paxoskv_dot_v1_dot_kv__pb2.SessionRequest.FromString,
                     response_serializer=paxoskv_dot_v1_dot_kv__pb2.SessionResponse.SerializeToString,
+            ),
+            'Range': grpc.unary_unary_rpc_method_handler(
+                    servicer.Range,
+                    request_deserializer=paxoskv_dot_v1_dot_kv__pb2.RangeRequest.FromString,
+                    response_serializer=paxoskv_dot_v1_dot_kv__pb2.RangeResponse.SerializeToString,
+            ),
+            'Txn': grpc.unary_unary_rpc_method_handler(
+                    servicer.Txn,
+                    request_deserializer=paxoskv_dot_v1_dot_kv__pb2.TxnRequest.FromString,
+                    response_serializer=paxoskv_dot_v1_dot_kv__pb2.TxnResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -304,6 +336,60 @@ class KV:
             '/paxoskv.v1.KV/Session',
             paxoskv_dot_v1_dot_kv__pb2.SessionRequest.SerializeToString,
             paxoskv_dot_v1_dot_kv__pb2.SessionResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Range(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/paxoskv.v1.KV/Range',
+            paxoskv_dot_v1_dot_kv__pb2.RangeRequest.SerializeToString,
+            paxoskv_dot_v1_dot_kv__pb2.RangeResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Txn(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/paxoskv.v1.KV/Txn',
+            paxoskv_dot_v1_dot_kv__pb2.TxnRequest.SerializeToString,
+            paxoskv_dot_v1_dot_kv__pb2.TxnResponse.FromString,
             options,
             channel_credentials,
             insecure,
