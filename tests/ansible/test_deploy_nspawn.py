@@ -159,9 +159,9 @@ def bus_handshake(address: str, server_public: bytes, timeout_s: float = 30.0) -
     public, secret = zmq.curve_keypair()
     ctx = zmq.Context()
     sock = ctx.socket(zmq.DEALER)
+    sock.curve_publickey, sock.curve_secretkey, sock.curve_serverkey = public, secret, server_public
+    monitor = sock.get_monitor_socket()
     try:
-        sock.curve_publickey, sock.curve_secretkey, sock.curve_serverkey = public, secret, server_public
-        monitor = sock.get_monitor_socket()
         sock.connect(f"tcp://{address}:{BUS_PORT}")
 
         def ended() -> str | None:
@@ -172,6 +172,7 @@ def bus_handshake(address: str, server_public: bytes, timeout_s: float = 30.0) -
         return wait_until("the bus handshake to end", ended, timeout_s, interval_s=0.05)
     finally:
         sock.disable_monitor()
+        monitor.close(linger=0)
         sock.close(linger=0)
         ctx.term()
 
@@ -355,6 +356,58 @@ def test_second_deploy_changes_nothing(lab: Lab, deployed: PlaybookRun) -> None:
     assert again.changed() == 0, again.tail()
     assert lab.main_pids() == before
     assert fingerprints(lab) == secrets  # no certificate or key re-made, nor copied again
+
+
+def test_a_new_bus_key_restarts_every_node_at_once_and_the_cluster_recovers(lab: Lab, deployed: PlaybookRun) -> None:
+    """Rotating node 1's CURVE key the way docs/security.md says: remove its pair on the
+    control machine and deploy. Every node gets the new public key, node 1 its new
+    secret, all restart together, and the cluster serves again; nothing else is re-made."""
+    before_pids = lab.main_pids()
+    before = fingerprints(lab)
+    bus = lab.secrets / "bus"
+    old_public = (bus / "node1.key").read_text()
+    (bus / "node1.key").unlink()
+    (bus / "node1.key_secret").unlink()
+    run = lab.deploy("deploy-rekey.log")
+    print(f"re-key deploy {run.duration_s:.0f} s")
+    run.assert_ok()
+    new_public = (bus / "node1.key").read_text()
+    assert new_public != old_public
+    task = re.search(r"TASK \[paxoskv_node : Restart the node with the new bus keys\].*?\n((?:changed: \[\S+\]\n)+)",
+                     run.output, re.S)
+    assert task, run.tail()
+    assert sorted(re.findall(r"\[(\S+)\]", task[1])) == sorted(h.name for h in lab.hosts.hosts), task[0]
+    assert "TASK [paxoskv_node : Restart the node]" not in run.output  # no rolling restart on top
+    after_pids = lab.main_pids()
+    assert all(after_pids[h] != before_pids[h] for h in before_pids), (before_pids, after_pids)
+    for host in lab.hosts.hosts:
+        assert lab.ssh(host, f"cat {CONFIG}/bus/node1.key") == new_public
+    assert lab.ssh(lab.hosts.hosts[0], f"cat {CONFIG}/node.key_secret") == (bus / "node1.key_secret").read_text()
+    # Only node 1's pair changed: its two files on the control machine, its public key on every node, its secret.
+    after = fingerprints(lab)
+    changed = {k for k in before.keys() | after.keys() if before.get(k) != after.get(k)}
+    assert changed == {"control:bus/node1.key", "control:bus/node1.key_secret",
+                       f"{lab.hosts.hosts[0].name}:{CONFIG}/node.key_secret",
+                       *(f"{h.name}:{CONFIG}/bus/node1.key" for h in lab.hosts.hosts)}, changed
+    value = f"after-rekey-{time.time_ns()}"
+    put = lab.cli("put", "--endpoints", lab.endpoints[0], "--timeout", "20", "rekey/key", value)
+    assert put.returncode == 0, put.stderr
+    for endpoint in lab.endpoints:  # every node has it, in its own state: each is connected again
+        wait_until(
+            f"{endpoint} to apply the write",
+            lambda e=endpoint: lab.cli("get", "--endpoints", e, "--timeout", "5", "--serializable", "rekey/key")
+            .stdout.rstrip("\n") == value,
+            60,
+            interval_s=0.5,
+        )
+    views = wait_until(
+        "every node to follow one leader",
+        lambda: (v := lab.statuses(lab.endpoints)) and all("error" not in x for x in v)
+        and len({x["leader_id"] for x in v}) == 1 and v,
+        60,
+        interval_s=0.5,
+    )
+    assert sorted(x["role"] for x in views) == ["follower", "follower", "leader"]
 
 
 @dataclass
