@@ -6,7 +6,7 @@ Theory of operation
    possible, else loopback), then every node's ``paxoskv serve`` process,
    secure as a deployment runs it: the peer bus on CURVE, the public port on
    TLS with client certificates (``tls``: a CA made for the campaign,
-   ``chaos/pki.py``; every client of the campaign shows its certificate);
+   ``paxoskv/util/local_pki.py``; every client of the campaign shows its certificate);
    wait until one leader is known to every node.
 2. *Safety phase* (``duration_s``): the workload's clients and the monitor
    run from t=0; after ``warmup_s`` the nemesis runs its seeded episodes
@@ -47,7 +47,6 @@ from paxoskv.chaos.cluster import Cluster, LogScan, scan_logs
 from paxoskv.chaos.monitor import LeaderChange, Monitor
 from paxoskv.chaos.nemesis import FAULT_FAMILIES, FaultEvent, HealthPoint, Nemesis, NemesisConfig
 from paxoskv.chaos.net import LoopbackNetwork, NamespaceNetwork, NetworkError, make_network
-from paxoskv.chaos.pki import CampaignPki, make_campaign_pki
 from paxoskv.chaos.verify import (
     Convergence,
     FinalState,
@@ -60,6 +59,7 @@ from paxoskv.chaos.verify import (
 from paxoskv.chaos.workload import ClientStats, Workload, WorkloadConfig
 from paxoskv.check import CheckResult, Operation, check_history
 from paxoskv.tls import ClientTLS
+from paxoskv.util.local_pki import LocalPki, make_local_pki
 
 __all__ = ["CampaignConfig", "CampaignResult", "run_campaign"]
 
@@ -158,12 +158,12 @@ async def _run(cfg: CampaignConfig) -> CampaignResult:
         return time.monotonic() - t0
 
     cluster: Cluster | None = None
-    pki: CampaignPki | None = None
+    pki: LocalPki | None = None
     try:
         await asyncio.to_thread(network.setup)
         if cfg.tls:
             hosts = [a.host for a in network.addresses.values()]
-            pki = await asyncio.to_thread(make_campaign_pki, cfg.out_dir / "pki", hosts)
+            pki = await asyncio.to_thread(make_local_pki, cfg.out_dir / "pki", hosts)
         extra_args = [] if cfg.retain_entries is None else ["--retain-entries", str(cfg.retain_entries)]
         cluster = Cluster(
             cfg.nodes,

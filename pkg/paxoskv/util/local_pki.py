@@ -1,18 +1,22 @@
-"""The campaign's TLS: a throwaway CA, a server certificate naming every node address, a client certificate.
+"""TLS for local clusters (the chaos campaign, bench/compare): a throwaway CA,
+a server certificate naming every node address, a client certificate.
 
 Rules
 -----
-* ``make_campaign_pki(dir, hosts)`` makes everything anew under ``dir``
+* ``make_local_pki(dir, hosts)`` makes everything anew under ``dir``
   (EC P-256 keys, valid from a day before to two days after now, keys
   0600): ``ca.pem``, ``node.pem``/``node.key`` (one certificate for every
   node, its SANs every address in ``hosts``, so a client checks the host it
-  dialled), ``client.pem``/``client.key`` (CN ``chaos-client``).
-* ``CampaignPki.serve_args()`` are the nodes' flags: TLS on, and
+  dialled), ``client.pem``/``client.key`` (CN ``local-client``).
+* ``LocalPki.serve_args()`` are the nodes' flags: TLS on, and
   ``--client-cert-auth`` (a client without a certificate of this CA is
-  refused at the handshake); ``CampaignPki.client`` is the ``ClientTLS``
-  every client of the campaign dials with (workload, monitor, final reads).
-* Needs ``cryptography`` (the ``test`` extra); without it the campaign says
-  so, or runs plaintext when asked (``paxoskv chaos --no-tls``).
+  refused at the handshake); ``LocalPki.client`` is the ``ClientTLS`` the
+  clients dial with.
+* Needs ``cryptography`` (the ``test`` extra): without it, a RuntimeError
+  that says so (``paxoskv chaos --no-tls`` runs without TLS).
+* Not for a deployment: the CA key lies beside the certificates in ``dir``
+  (Ansible makes a deployment's PKI and keeps its CA key on the control
+  machine).
 """
 
 from __future__ import annotations
@@ -25,13 +29,13 @@ from dataclasses import dataclass
 
 from paxoskv.tls import ClientTLS
 
-__all__ = ["CampaignPki", "make_campaign_pki"]
+__all__ = ["LocalPki", "make_local_pki"]
 
-CLIENT_CN = "chaos-client"
+CLIENT_CN = "local-client"
 
 
 @dataclass(frozen=True, slots=True)
-class CampaignPki:
+class LocalPki:
     dir: pathlib.Path
     client: ClientTLS
 
@@ -50,7 +54,7 @@ def _san(host: str):  # noqa: ANN202 - a cryptography GeneralName
         return x509.DNSName(host)
 
 
-def make_campaign_pki(dir: pathlib.Path, hosts: Iterable[str]) -> CampaignPki:
+def make_local_pki(dir: pathlib.Path, hosts: Iterable[str]) -> LocalPki:
     """Write the CA, the nodes' certificate for ``hosts`` and the client's under ``dir``."""
     try:
         from cryptography import x509
@@ -59,8 +63,8 @@ def make_campaign_pki(dir: pathlib.Path, hosts: Iterable[str]) -> CampaignPki:
         from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
     except ImportError:
         raise RuntimeError(
-            "TLS in the campaign needs the cryptography package (pip install 'paxoskv[test]'), "
-            "or run it with --no-tls"
+            "TLS on a local cluster needs the cryptography package (pip install 'paxoskv[test]'), "
+            "(paxoskv chaos: or --no-tls)"
         ) from None
 
     dir.mkdir(parents=True, exist_ok=True)
@@ -91,11 +95,11 @@ def make_campaign_pki(dir: pathlib.Path, hosts: Iterable[str]) -> CampaignPki:
         )
 
     ca_key = ec.generate_private_key(ec.SECP256R1())
-    ca_cert = builder("paxoskv chaos CA", name("paxoskv chaos CA"), ca_key, True).sign(ca_key, hashes.SHA256())
+    ca_cert = builder("paxoskv local CA", name("paxoskv local CA"), ca_key, True).sign(ca_key, hashes.SHA256())
     write("ca", ca_cert, None)
     node_key = ec.generate_private_key(ec.SECP256R1())
     node_cert = (
-        builder("chaos-node", ca_cert.subject, node_key, False)
+        builder("local-node", ca_cert.subject, node_key, False)
         .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
         .add_extension(x509.SubjectAlternativeName([_san(h) for h in dict.fromkeys(hosts)]), critical=False)
         .sign(ca_key, hashes.SHA256())
@@ -109,4 +113,4 @@ def make_campaign_pki(dir: pathlib.Path, hosts: Iterable[str]) -> CampaignPki:
     )
     write("client", client_cert, client_key)
     client = ClientTLS.from_files(str(dir / "ca.pem"), str(dir / "client.pem"), str(dir / "client.key"))
-    return CampaignPki(dir, client)
+    return LocalPki(dir, client)
