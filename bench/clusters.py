@@ -43,6 +43,7 @@ import grpc
 
 from paxoskv.bench.cpu import tree_cpu_s
 from paxoskv.launch import local_addresses, serve_args, serve_command, spawn, stop_procs
+from paxoskv.tls import ClientTLS, channel
 from paxoskv.util.ports import free_ports
 from paxoskv.util.wait import wait_until
 from paxoskv.v1 import kv_pb2, kv_pb2_grpc
@@ -58,6 +59,7 @@ class Cluster:
     procs: list[subprocess.Popen] = field(default_factory=list)
     stop_signal: int = signal.SIGTERM
     logs: list[pathlib.Path] = field(default_factory=list)
+    tls: ClientTLS | None = None  # what clients dial it with (None: plaintext)
 
     def _spawn(self, argv: list[str], log_name: str, env: dict[str, str] | None = None) -> subprocess.Popen:
         log_path = self.base_dir / log_name
@@ -101,7 +103,7 @@ class Cluster:
 
             def answers(ep: str = ep) -> bool:
                 self.check_alive()
-                return _probe(self.target, ep)
+                return _probe(self.target, ep, self.tls)
 
             wait_until(f"{self.name}: {ep} to answer a read", answers, deadline - time.monotonic(), interval_s=0.1)
 
@@ -115,9 +117,9 @@ class Cluster:
         self.stop()
 
 
-def _probe(target: str, endpoint: str) -> bool:
+def _probe(target: str, endpoint: str, tls: ClientTLS | None = None) -> bool:
     """One linearizable read through ``endpoint``; True when it succeeded."""
-    with grpc.insecure_channel(endpoint) as ch:
+    with channel(endpoint, tls) as ch:
         try:
             if target == "etcd":
                 from paxoskv.etcdpb import rpc_pb2, rpc_pb2_grpc
@@ -131,15 +133,26 @@ def _probe(target: str, endpoint: str) -> bool:
 
 
 def start_paxoskv(
-    base_dir: pathlib.Path, nodes: int = 3, *, extra_args: tuple[str, ...] = (), curve: bool = True
+    base_dir: pathlib.Path,
+    nodes: int = 3,
+    *,
+    extra_args: tuple[str, ...] = (),
+    curve: bool = True,
+    tls: bool = False,
+    name: str = "paxoskv",
 ) -> Cluster:
-    """``nodes`` paxoskv nodes; the peer bus runs CURVE (keys in ``base_dir/keys``) unless ``curve`` is False."""
+    """``nodes`` paxoskv nodes; the peer bus runs CURVE (keys in ``base_dir/keys``) unless ``curve`` is False;
+    with ``tls`` the public port runs TLS with client certificates (a CA made in ``base_dir/pki``)."""
     from paxoskv.transport.keys import local_bus_args
+    from paxoskv.util.local_pki import make_local_pki
 
     base_dir.mkdir(parents=True, exist_ok=True)
     bus_args = local_bus_args(base_dir / "keys", range(1, nodes + 1), curve=curve)
-    cluster = Cluster("paxoskv", base_dir, "paxoskv")
     addresses = local_addresses(nodes)
+    pki = make_local_pki(base_dir / "pki", [a.host for a in addresses.values()]) if tls else None
+    if pki is not None:
+        extra_args = (*extra_args, *pki.serve_args())
+    cluster = Cluster(name, base_dir, "paxoskv", tls=pki.client if pki else None)
     with cluster.starting():
         for i, a in addresses.items():
             args = serve_args(

@@ -39,6 +39,14 @@ through etcd's API (the generator's etcd target against paxoskv's port); a
 paxoskv that does not serve ``etcdserverpb.KV`` fails its cells with
 ``UNIMPLEMENTED: paxoskv does not serve etcdserverpb.KV yet``.
 
+What security costs: ``paxoskv-insecure`` runs the nodes with
+``--insecure-peer-bus`` and a plaintext port, ``paxoskv-secure`` with CURVE
+on the bus and TLS with client certificates on the port (a CA made for the
+run, ``paxoskv.util.local_pki``; the client shows its certificate), and
+``paxoskv`` itself is between them (CURVE, plaintext port). Not in the
+default ``--systems``; ``--systems paxoskv,paxoskv-insecure,paxoskv-secure``
+puts the three side by side in one run.
+
 PySyncObj has no client protocol; ``bench/pysyncobj_node.py`` puts a small
 ``paxoskv.v1.KV`` gRPC front on each node, so it is measured through the
 same client as paxoskv. Its ``in-process`` row is different: a closed loop
@@ -80,8 +88,12 @@ ECHO_SCRIPT = ROOT / "bench" / "echo_node.py"
 QUORUM_ECHO_SCRIPT = ROOT / "bench" / "quorum_echo_node.py"
 SYSTEMS = (
     "paxoskv", "etcd", "pysyncobj", "grpc-echo", "grpc-echo-sync", "quorum-echo", "quorum-echo-thrifty", "paxoskv-etcdapi",
+    "paxoskv-insecure", "paxoskv-secure",
 )
-DEFAULT_SYSTEMS = tuple(s for s in SYSTEMS if s != "paxoskv-etcdapi")  # until paxoskv serves etcd's API
+# Not by default: paxoskv-etcdapi until paxoskv serves etcd's API; paxoskv-insecure and paxoskv-secure,
+# what security costs (the insecure bus and plaintext port; CURVE with TLS and client certificates).
+SECURITY = ("paxoskv-insecure", "paxoskv-secure")
+DEFAULT_SYSTEMS = tuple(s for s in SYSTEMS if s != "paxoskv-etcdapi" and s not in SECURITY)
 ETCD_API = ("etcd", "paxoskv-etcdapi")  # the systems loaded through etcd's v3 API
 BATCHING = ("paxoskv", *ETCD_API)  # the systems with a batch: PackedBatch, Txn
 NOT_SERVED = "UNIMPLEMENTED: paxoskv does not serve etcdserverpb.KV yet"
@@ -129,6 +141,9 @@ def target_of(system: str) -> str:
 def start(system: str, base: pathlib.Path) -> clusters.Cluster:
     if system in ("paxoskv", "paxoskv-etcdapi"):
         return clusters.start_paxoskv(base)
+    if system in SECURITY:
+        secure = system == "paxoskv-secure"
+        return clusters.start_paxoskv(base, curve=secure, tls=secure, name=system)
     if system == "etcd":
         return clusters.start_etcd(base)
     if system in ("grpc-echo", "grpc-echo-sync"):
@@ -230,6 +245,7 @@ def _fresh_cluster(system: str, base: pathlib.Path, args: argparse.Namespace, ba
         cluster.wait_ready(timeout_s=60.0)
         wl = Workload(read_share=1.0, keys=args.keys, value_bytes=args.value_bytes)
         run(BenchConfig(target=target_of(system), endpoints=tuple(cluster.endpoints), workload=wl, label=system,
+                        tls=cluster.tls,
                         **{**base_cfg, "warmup_s": 0.0, "duration_s": 0.1}))
     except BaseException:
         cluster.stop()
@@ -258,6 +274,7 @@ def run_job(job: Job, system: str, cluster: clusters.Cluster, args: argparse.Nam
         label=system,
         prefill=False,
         server_pids=tuple(cluster.live_pids()),
+        tls=cluster.tls,
         **{
             **base_cfg,
             "processes": job.processes or args.processes,
@@ -513,7 +530,9 @@ def main() -> int:
         f"the Python gRPC ceiling, grpc.aio / threaded server), "
         f"quorum-echo / quorum-echo-thrifty (bench/quorum_echo_node.py: answers once a majority fsync'ed the "
         f"request, no consensus: the floor of a quorum write, sent to all peers / to a majority only), "
-        f"paxoskv-etcdapi (paxoskv loaded through etcd's v3 API on its own port)",
+        f"paxoskv-etcdapi (paxoskv loaded through etcd's v3 API on its own port), "
+        f"paxoskv-insecure / paxoskv-secure (--insecure-peer-bus and a plaintext port / CURVE, TLS and client "
+        f"certificates; paxoskv itself: CURVE, plaintext port)",
         f"each: 3 nodes on 127.0.0.1, load spread over all nodes; {args.rounds} rounds A B C ..., medians; "
         f"{args.processes} client processes x {args.concurrency} in flight unless the workload says otherwise; "
         f"{args.keys} keys, {args.value_bytes} B values; {args.duration_s:g} s measured after {args.warmup_s:g} s warmup",

@@ -52,6 +52,26 @@ def test_paxoskv_etcdapi_against_a_server_without_etcds_api(tmp_path, monkeypatc
     assert len(started) == 1
 
 
+def test_the_security_systems_run_secure_and_insecure_side_by_side(tmp_path):
+    """paxoskv-secure: CURVE and TLS with client certificates (a plaintext client is refused);
+    paxoskv-insecure: neither. Both carry a load job through the same runner."""
+    from paxoskv.launch import node_status
+    from paxoskv.tls import ClientTLS
+
+    results = compare.run_all(_args(systems=["paxoskv", "paxoskv-insecure", "paxoskv-secure"], jobs=["put"]), tmp_path)
+    for system in ("paxoskv-insecure", "paxoskv-secure"):
+        put = results["put"][system][0]
+        assert "failed" not in put and put["ops"] > 0 and put["errors"] == 0, (system, put)
+    warned = [p for p in tmp_path.rglob("node*.log") if "INSECURE PEER BUS" in p.read_text()]
+    assert len(warned) == 3 and all("insecure" in str(p) for p in warned), warned  # the insecure cluster only
+    with clusters.start_paxoskv(tmp_path / "probe", curve=True, tls=True, name="paxoskv-secure") as c:
+        c.wait_ready(timeout_s=60.0)
+        assert node_status(c.endpoints[0], timeout_s=5.0) is None  # plaintext: refused
+        no_cert = ClientTLS(root_certificates=c.tls.root_certificates)
+        assert node_status(c.endpoints[0], timeout_s=5.0, tls=no_cert) is None  # no client certificate: refused
+        assert node_status(c.endpoints[0], timeout_s=5.0, tls=c.tls) is not None
+
+
 def _load(tput: float, us: float) -> dict:
     return {"throughput_ops_s": tput, "p50_ms": 2.0, "p99_ms": 9.0, "errors": 0, "server_us_per_op": us,
             "client_us_per_op": us / 4, "server_cores": 1.0, "client_cores": 0.3}

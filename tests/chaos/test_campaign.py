@@ -5,7 +5,9 @@ campaign time: a 3-node campaign with every fault family (at least 5,000
 operations, linearizable, no lost acknowledged write), a 5-node campaign
 with a tiny retained log (catch-up by snapshot under faults),
 the weakened node (reads from local state) which must be caught, and the
-CLI end to end. With ``PAXOSKV_LONG=1`` the 3-node campaign lasts ten
+CLI end to end. Every campaign runs its nodes as a deployment does: CURVE
+on the peer bus, TLS with client certificates on the public port (each
+node's log says so at every start; ``assert_secure``). With ``PAXOSKV_LONG=1`` the 3-node campaign lasts ten
 minutes, with a random seed (printed).
 
 Partition faults need root and network namespaces; where they are missing
@@ -73,10 +75,23 @@ def assert_clean(res: CampaignResult) -> None:
     assert verdict["verdict"] == "pass"
     assert len((out / "history.jsonl").read_text().splitlines()) == len(res.history)
     assert len((out / "faults.jsonl").read_text().splitlines()) == len(res.events)
+    assert verdict["config"]["peer_bus"] == "curve" and verdict["config"]["tls"] is res.config.tls
     # nothing left running
     for i in range(1, res.config.nodes + 1):
         assert (out / f"n{i}" / "node.log").exists()
+    assert_secure(res)
     assert all(code == 0 for code in res.exit_codes.values()), res.exit_codes
+
+
+def assert_secure(res: CampaignResult) -> None:
+    """Every start of every node served with CURVE on its bus and, with ``tls``, TLS and client certificates."""
+    for i in range(1, res.config.nodes + 1):
+        log = (res.config.out_dir / f"n{i}" / "node.log").read_text(errors="replace")
+        serving = [line for line in log.splitlines() if " serving gRPC on " in line]
+        assert serving, f"node {i} never said it served"
+        for line in serving:
+            assert "; bus port " in line and ", CURVE, " in line, line
+            assert ("(TLS, client certificates of " in line) is res.config.tls, line
 
 
 def assert_faults(res: CampaignResult) -> set[str]:
@@ -202,6 +217,7 @@ def test_the_cli_runs_a_campaign_and_writes_its_files(tmp_path):
     assert "latency of ok operations" in cp.stdout and "availability:" in cp.stdout
     verdict = json.loads((out / "verdict.json").read_text())
     assert verdict["verdict"] == "pass" and verdict["config"]["seed"] == 3
+    assert verdict["config"]["tls"] is True and verdict["config"]["peer_bus"] == "curve"  # the default: secure
     assert verdict["operations"]["all"]["total"] > 0
 
 

@@ -3,7 +3,10 @@
 Theory of operation
 -------------------
 1. *Set up*: the network (namespaces when partitions are asked for and
-   possible, else loopback), then every node's ``paxoskv serve`` process;
+   possible, else loopback), then every node's ``paxoskv serve`` process,
+   secure as a deployment runs it: the peer bus on CURVE, the public port on
+   TLS with client certificates (``tls``: a CA made for the campaign,
+   ``paxoskv/util/local_pki.py``; every client of the campaign shows its certificate);
    wait until one leader is known to every node.
 2. *Safety phase* (``duration_s``): the workload's clients and the monitor
    run from t=0; after ``warmup_s`` the nemesis runs its seeded episodes
@@ -55,6 +58,8 @@ from paxoskv.chaos.verify import (
 )
 from paxoskv.chaos.workload import ClientStats, Workload, WorkloadConfig
 from paxoskv.check import CheckResult, Operation, check_history
+from paxoskv.tls import ClientTLS
+from paxoskv.util.local_pki import LocalPki, make_local_pki
 
 __all__ = ["CampaignConfig", "CampaignResult", "run_campaign"]
 
@@ -82,6 +87,7 @@ class CampaignConfig:
     converge_timeout_s: float = 30.0
     check_budget_s: float | None = 120.0
     network: str = "auto"  # "auto", "netns" (required), "loopback"
+    tls: bool = True  # TLS + client certificates on the public port (the bus always runs CURVE)
     node_command: tuple[str, ...] | None = None  # test hook (the CLI never sets it): None = paxoskv serve
     progress: Callable[[str], None] | None = None  # called with a one-line status every ``progress_s``
     progress_s: float = 10.0
@@ -152,8 +158,13 @@ async def _run(cfg: CampaignConfig) -> CampaignResult:
         return time.monotonic() - t0
 
     cluster: Cluster | None = None
+    pki: LocalPki | None = None
     try:
         await asyncio.to_thread(network.setup)
+        if cfg.tls:
+            hosts = [a.host for a in network.addresses.values()]
+            pki = await asyncio.to_thread(make_local_pki, cfg.out_dir / "pki", hosts)
+        extra_args = [] if cfg.retain_entries is None else ["--retain-entries", str(cfg.retain_entries)]
         cluster = Cluster(
             cfg.nodes,
             network,
@@ -161,10 +172,10 @@ async def _run(cfg: CampaignConfig) -> CampaignResult:
             node_command=cfg.node_command,
             heartbeat_ms=cfg.heartbeat_ms,
             election_ms=cfg.election_ms,
-            extra_args=() if cfg.retain_entries is None else ("--retain-entries", str(cfg.retain_entries)),
+            extra_args=[*extra_args, *(pki.serve_args() if pki else [])],
             clock=clock,
         )
-        await _campaign(cfg, res, network, cluster, clock)
+        await _campaign(cfg, res, network, cluster, clock, pki.client if pki else None)
     except (Exception, asyncio.CancelledError) as exc:
         res.aborted = f"{type(exc).__name__}: {exc}"
         raise
@@ -206,9 +217,11 @@ def _finish(res: CampaignResult, t_wall: float) -> None:
     write_outputs(res)
 
 
-async def _campaign(cfg: CampaignConfig, res: CampaignResult, network, cluster: Cluster, clock) -> None:
+async def _campaign(
+    cfg: CampaignConfig, res: CampaignResult, network, cluster: Cluster, clock, tls: ClientTLS | None
+) -> None:
     targets = {i: a.target for i, a in network.addresses.items()}
-    monitor = Monitor(targets, cluster.up, clock=clock)
+    monitor = Monitor(targets, cluster.up, clock=clock, tls=tls)
     try:
         t = clock()
         for i in cluster.ids:
@@ -236,6 +249,7 @@ async def _campaign(cfg: CampaignConfig, res: CampaignResult, network, cluster: 
             clock=clock,
             run_tag=f"chaos{cfg.seed}-{secrets.token_hex(2)}",
             on_write=nemesis.on_write,
+            tls=tls,
         )
         stop_monitor = asyncio.Event()
         t_safety = clock()
@@ -282,7 +296,7 @@ async def _campaign(cfg: CampaignConfig, res: CampaignResult, network, cluster: 
         res.snapshots = {i: (monitor.snapshot_changes[i], m) for i, m in sorted(monitor.snapshot_max.items())}
         res.workload_ops = len(workload.history())
         keys = [f"k{k}" for k in range(cfg.workload.keys)]
-        res.final = await final_reads(targets, keys, workload.recorder, monitor)
+        res.final = await final_reads(targets, keys, workload.recorder, monitor, tls=tls)
         res.history = workload.history()
         res.node_diffs = compare_nodes(res.final, cluster.ids, keys)
         seen: set[int] = set()

@@ -99,6 +99,13 @@ def parse_faults(text: str) -> frozenset[str]:
     default="auto",
     help="auto: namespaces when partitions are asked for and possible; netns: require them.",
 )
+@click.option(
+    "--tls/--no-tls",
+    default=True,
+    show_default=True,
+    help="TLS and client certificates on the nodes' public port (a CA made for the campaign). "
+    "The peer bus always runs CURVE.",
+)
 def chaos_cmd(
     nodes: int,
     duration: str,
@@ -113,6 +120,7 @@ def chaos_cmd(
     retain_entries: int | None,
     check_budget: str,
     network: str,
+    tls: bool,
 ) -> None:
     """Run real nodes under concurrent clients and a nemesis, then check everything.
 
@@ -149,6 +157,7 @@ def chaos_cmd(
         tail_s=tail_s,
         check_budget_s=budget_s,
         network=network,
+        tls=tls,
         progress=lambda line: click.echo(f"paxoskv chaos: {line}", err=True),
         progress_s=max(5.0, min(30.0, duration_s / 10)),
     )

@@ -23,7 +23,8 @@ from dataclasses import dataclass
 
 import grpc
 
-from paxoskv.chaos.workload import channel_options
+from paxoskv.chaos.workload import dial
+from paxoskv.tls import ClientTLS
 from paxoskv.v1 import kv_pb2, kv_pb2_grpc
 
 __all__ = ["LeaderChange", "Monitor", "NodeStatus"]
@@ -58,16 +59,14 @@ class Monitor:
         interval_s: float = 0.1,
         fresh_s: float = 1.0,
         poll_timeout_s: float = 0.3,
+        tls: ClientTLS | None = None,
     ) -> None:
         self.clock = clock
         self.is_up = is_up
         self.interval_s = interval_s
         self.fresh_s = fresh_s
         self.poll_timeout_s = poll_timeout_s
-        self.channels = {
-            i: grpc.aio.insecure_channel(t, options=channel_options(f"monitor-n{i}"))
-            for i, t in targets.items()
-        }
+        self.channels = {i: dial(t, f"monitor-n{i}", tls) for i, t in targets.items()}
         self.stubs = {i: kv_pb2_grpc.MaintenanceStub(ch) for i, ch in self.channels.items()}
         self.status: dict[int, NodeStatus] = {}
         self.changes: list[LeaderChange] = []

@@ -107,6 +107,8 @@ def verdict_json(res: CampaignResult) -> dict[str, Any]:
             "election_ms": cfg.election_ms,
             "retain_entries": cfg.retain_entries,
             "node_command": list(cfg.node_command) if cfg.node_command else None,
+            "peer_bus": "curve",
+            "tls": cfg.tls,
         },
         "network": res.network,
         "problems": res.problems,

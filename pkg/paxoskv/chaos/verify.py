@@ -30,8 +30,9 @@ from dataclasses import dataclass, field
 import grpc
 
 from paxoskv.chaos.monitor import Monitor, NodeStatus
-from paxoskv.chaos.workload import channel_options
+from paxoskv.chaos.workload import dial
 from paxoskv.check import Operation, Recorder
+from paxoskv.tls import ClientTLS
 from paxoskv.util.wait import WaitTimeout, wait_until_async
 from paxoskv.v1 import kv_pb2, kv_pb2_grpc
 
@@ -113,10 +114,11 @@ async def final_reads(
     monitor: Monitor,
     *,
     deadline_s: float = 15.0,
+    tls: ClientTLS | None = None,
 ) -> FinalState:
     fs = FinalState()
     for i, target in sorted(targets.items()):
-        ch = grpc.aio.insecure_channel(target, options=channel_options(f"final-n{i}"))
+        ch = dial(target, f"final-n{i}", tls)
         stub = kv_pb2_grpc.KVStub(ch)
         try:
             lin: dict[str, str | None] = {}

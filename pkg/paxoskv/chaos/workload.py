@@ -54,10 +54,11 @@ from dataclasses import dataclass, field
 import grpc
 
 from paxoskv.check import Operation, Recorder
+from paxoskv.tls import ClientTLS, aio_channel
 from paxoskv.wire import INVALID, STALE, parse_leader_hint, status_code
 from paxoskv.v1 import kv_pb2, kv_pb2_grpc
 
-__all__ = ["ClientStats", "Workload", "WorkloadConfig", "channel_options"]
+__all__ = ["ClientStats", "Workload", "WorkloadConfig", "channel_options", "dial"]
 
 _RETRYABLE = {
     grpc.StatusCode.UNAVAILABLE,
@@ -80,6 +81,11 @@ def channel_options(tag: str) -> list[tuple[str, object]]:
         ("grpc.max_reconnect_backoff_ms", 500),
         ("grpc.enable_retries", 0),
     ]
+
+
+def dial(target: str, tag: str, tls: ClientTLS | None) -> grpc.aio.Channel:
+    """One private connection (``channel_options``) to ``target``: TLS with ``tls``, plaintext without."""
+    return aio_channel(target, tls, channel_options(tag))
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -125,8 +131,7 @@ class _Client:
         self.jitter = random.Random(rng.random())  # backoff: how often it retries must not shift the ops
         self.seq = 0
         self.channels = {
-            i: grpc.aio.insecure_channel(t, options=channel_options(f"{self.name}-n{i}"))
-            for i, t in targets.items()
+            i: dial(t, f"{self.name}-n{i}", wl.tls) for i, t in targets.items()
         }
         self.stubs = {i: kv_pb2_grpc.KVStub(ch) for i, ch in self.channels.items()}
 
@@ -318,7 +323,8 @@ def _leader_hint(exc: grpc.aio.AioRpcError) -> int | None:
 
 
 class Workload:
-    """``clients`` concurrent clients against ``targets`` (node id -> host:port)."""
+    """``clients`` concurrent clients against ``targets`` (node id -> host:port),
+    over TLS with ``tls`` (its client certificate included)."""
 
     def __init__(
         self,
@@ -329,8 +335,10 @@ class Workload:
         clock: Callable[[], float] = time.monotonic,
         run_tag: str = "chaos",
         on_write: Callable[[], None] = lambda: None,
+        tls: ClientTLS | None = None,
     ) -> None:
         self.cfg = cfg
+        self.tls = tls
         self.clock = clock
         self.recorder = Recorder(clock)
         self.stats = ClientStats()
