@@ -1,0 +1,447 @@
+"""Linearizability of etcd-API histories: Txn with compares, multi-key writes,
+Range at a revision, against an MVCC model with a store revision.
+
+Rules
+-----
+- An operation is one etcd call seen as a ``TxnOp``: compares (all must hold
+  for the success branch), a success and a failure branch of ``Put``,
+  ``Delete`` and ``Range`` (a Range at ``revision`` > 0 reads the past). A
+  plain Put, DeleteRange or Range is a Txn without compares.
+- The model is etcd's store: ``revision`` starts at 1 and grows by exactly
+  one per *mutating* Txn (a put, or a delete that deleted something); every
+  key has value, create, mod revision and version; history is kept (nothing
+  is compacted in the model; a Range the server refused as compacted is a
+  ``fail`` and is dropped).
+- An ``ok`` op's output is checked in full: which branch ran
+  (``succeeded``), the header revision (a mutating Txn: the new revision; any
+  other: the revision it was served at) and every Range's answer
+  (``(value, create, mod, version)`` or ``None``). ``unknown`` ops may take
+  effect once, at any time after their call, or never; their output is
+  unconstrained. ``fail`` ops are dropped.
+- Keys are not independent (a Txn spans keys), so the whole history is one
+  search (Wing & Gong, with Lowe's cache of visited (linearized set, state)).
+  The header revisions make it nearly linear: an ok op can only be placed
+  where the model's revision is the one it reported, and an unknown op is
+  only placed where it changes the state.
+- Budgets (time, steps) give verdict ``unknown``, never a guess; a violation
+  is reported only when every linearization was tried.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from paxoskv.check.history import HistoryError
+
+__all__ = [
+    "Compare",
+    "Delete",
+    "Put",
+    "Range",
+    "TxnCheckResult",
+    "TxnModel",
+    "TxnOp",
+    "check_txn_history",
+]
+
+TARGETS = ("value", "version", "create", "mod")
+RESULTS = ("=", "!=", ">", "<")
+OUTCOMES = ("ok", "fail", "unknown")
+_CHECK_EVERY_STEPS = 1024
+
+Record = tuple[str, int, int, int]  # value, create revision, mod revision, version
+
+
+@dataclass(frozen=True, slots=True)
+class Compare:
+    """etcd's Compare on one key: ``target`` ``result`` ``operand``."""
+
+    key: str
+    target: str
+    result: str
+    operand: str | int
+
+    def __post_init__(self) -> None:
+        if self.target not in TARGETS or self.result not in RESULTS:
+            raise HistoryError(f"bad compare {self!r}")
+        if (self.target == "value") != isinstance(self.operand, str):
+            raise HistoryError(f"compare {self!r}: a value compare takes a string, the others an int")
+
+    def holds(self, rec: Record | None) -> bool:
+        """etcd's applyCompare on one key: a missing key fails every value
+        compare and compares as the zero KeyValue otherwise."""
+        if rec is None:
+            if self.target == "value":
+                return False
+            mine: str | int = 0
+        else:
+            mine = {"value": rec[0], "create": rec[1], "mod": rec[2], "version": rec[3]}[self.target]
+        theirs = self.operand
+        c = (mine > theirs) - (mine < theirs)  # type: ignore[operator]
+        return {"=": c == 0, "!=": c != 0, ">": c > 0, "<": c < 0}[self.result]
+
+
+@dataclass(frozen=True, slots=True)
+class Put:
+    key: str
+    value: str
+
+
+@dataclass(frozen=True, slots=True)
+class Delete:
+    key: str
+
+
+@dataclass(frozen=True, slots=True)
+class Range:
+    key: str
+    revision: int = 0  # 0: the current state
+
+
+RequestOp = Put | Delete | Range
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TxnOp:
+    """One etcd call as recorded. ``reads``: the answers of the Range ops
+    of the branch that ran, in order."""
+
+    id: int
+    client: str
+    call: float
+    ret: float | None
+    outcome: str
+    compares: tuple[Compare, ...] = ()
+    success: tuple[RequestOp, ...] = ()
+    failure: tuple[RequestOp, ...] = ()
+    succeeded: bool | None = None
+    revision: int | None = None
+    reads: tuple[Record | None, ...] | None = None
+
+    def __post_init__(self) -> None:
+        if self.outcome not in OUTCOMES:
+            raise HistoryError(f"op {self.id}: outcome must be one of {OUTCOMES}")
+        if not math.isfinite(self.call):
+            raise HistoryError(f"op {self.id}: call must be finite")
+        if self.outcome == "ok":
+            if self.ret is None or self.ret < self.call:
+                raise HistoryError(f"op {self.id}: an ok op needs a return time not before its call")
+            if self.succeeded is None or self.revision is None or self.reads is None:
+                raise HistoryError(f"op {self.id}: an ok op needs succeeded, revision and reads")
+            branch = self.success if self.succeeded else self.failure
+            if len(self.reads) != sum(isinstance(o, Range) for o in branch):
+                raise HistoryError(f"op {self.id}: one read per Range of the branch that ran")
+        else:
+            object.__setattr__(self, "succeeded", None)
+            object.__setattr__(self, "revision", None)
+            object.__setattr__(self, "reads", None)
+
+    @property
+    def keys(self) -> set[str]:
+        return {c.key for c in self.compares} | {o.key for o in (*self.success, *self.failure)}
+
+    def describe(self) -> str:
+        def op(o: RequestOp) -> str:
+            if isinstance(o, Put):
+                return f"put {o.key}={o.value!r}"
+            if isinstance(o, Delete):
+                return f"del {o.key}"
+            return f"range {o.key}" + (f"@{o.revision}" if o.revision else "")
+
+        text = f"#{self.id} {self.client} txn("
+        if self.compares:
+            text += " & ".join(f"{c.target}({c.key}){c.result}{c.operand!r}" for c in self.compares) + " ? "
+        text += ", ".join(op(o) for o in self.success)
+        if self.failure or self.compares:
+            text += " : " + ", ".join(op(o) for o in self.failure)
+        ret = "?" if self.ret is None or self.outcome != "ok" else f"{self.ret:.6f}".rstrip("0").rstrip(".")
+        text += f") [{self.call:.6f}".rstrip("0").rstrip(".") + f", {ret}] {self.outcome}"
+        if self.outcome == "ok":
+            text += f" -> {'success' if self.succeeded else 'failure'} rev={self.revision}"
+            if self.reads:
+                text += f" reads={list(self.reads)}"
+        return text
+
+    def to_json(self) -> dict[str, Any]:
+        def op(o: RequestOp) -> list[Any]:
+            if isinstance(o, Put):
+                return ["put", o.key, o.value]
+            if isinstance(o, Delete):
+                return ["delete", o.key]
+            return ["range", o.key, o.revision]
+
+        out: dict[str, Any] = {
+            "id": self.id, "client": self.client, "call": self.call, "return": self.ret,
+            "outcome": self.outcome,
+            "compares": [[c.key, c.target, c.result, c.operand] for c in self.compares],
+            "success": [op(o) for o in self.success], "failure": [op(o) for o in self.failure],
+        }
+        if self.outcome == "ok":
+            out["output"] = {"succeeded": self.succeeded, "revision": self.revision,
+                             "reads": [None if r is None else list(r) for r in self.reads or ()]}
+        return out
+
+
+class TxnModel:
+    """etcd's MVCC store, as the checker (and the simulator's reference)
+    replays it: apply a Txn, undo the last one."""
+
+    __slots__ = ("revision", "kv", "hist", "_undo")
+
+    def __init__(self) -> None:
+        self.revision = 1
+        self.kv: dict[str, Record] = {}
+        self.hist: dict[str, list[tuple[int, Record | None]]] = {}  # key -> (revision, record) by revision
+        self._undo: list[tuple[int, dict[str, Record | None]]] = []
+
+    def at(self, key: str, revision: int) -> Record | None:
+        """The key at ``revision`` (<= the current one)."""
+        rec = None
+        for rev, r in self.hist.get(key, ()):
+            if rev > revision:
+                break
+            rec = r
+        return rec
+
+    def outcome(self, op: TxnOp) -> tuple[bool, dict[str, Record | None], tuple[Record | None, ...] | None]:
+        """(succeeded, changes, reads) of ``op`` if applied now: ``changes``
+        maps each key it changes to its new record (None: deleted), empty
+        when it mutates nothing; reads is None when a Range asks for a future
+        revision (etcd refuses the whole call)."""
+        ok = all(c.holds(self.kv.get(c.key)) for c in op.compares)
+        new = self.revision + 1
+        view: dict[str, Record | None] = {}
+        reads: list[Record | None] = []
+        for o in op.success if ok else op.failure:
+            cur = view[o.key] if o.key in view else self.kv.get(o.key)
+            if isinstance(o, Put):
+                view[o.key] = (o.value, new, new, 1) if cur is None else (o.value, cur[1], new, cur[3] + 1)
+            elif isinstance(o, Delete):
+                if cur is not None:
+                    view[o.key] = None
+            elif o.revision:
+                if o.revision > self.revision:
+                    return ok, {}, None
+                reads.append(self.at(o.key, o.revision))
+            else:
+                reads.append(cur)
+        return ok, view, tuple(reads)
+
+    def apply(self, op: TxnOp) -> tuple[bool, int, tuple[Record | None, ...] | None]:
+        """Apply ``op``; returns (succeeded, header revision, reads)."""
+        ok, changes, reads = self.outcome(op)
+        self.apply_changes(changes)
+        return ok, self.revision, reads
+
+    def apply_changes(self, changes: dict[str, Record | None]) -> None:
+        """One revision more if ``changes`` is not empty (``undo`` takes it back)."""
+        before: dict[str, Record | None] = {}
+        if changes:
+            new = self.revision + 1
+            for key, rec in changes.items():
+                before[key] = self.kv.get(key)
+                if rec is None:
+                    del self.kv[key]
+                else:
+                    self.kv[key] = rec
+                self.hist.setdefault(key, []).append((new, rec))
+        self._undo.append((self.revision, before))
+        if changes:
+            self.revision += 1
+
+    def undo(self) -> None:
+        rev, before = self._undo.pop()
+        for key, prev in before.items():
+            if prev is None:
+                self.kv.pop(key, None)
+            else:
+                self.kv[key] = prev
+            self.hist[key].pop()
+        self.revision = rev
+
+
+# ---- the search ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TxnCheckResult:
+    verdict: str  # ok | violation | unknown
+    ops_total: int
+    ops_checked: int  # without fail ops and unknown ops that can change nothing
+    steps: int
+    elapsed_s: float
+    explanation: str = ""
+    failing_op: TxnOp | None = None
+    budget_reason: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return self.verdict == "ok"
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "verdict": self.verdict, "ops_total": self.ops_total, "ops_checked": self.ops_checked,
+            "steps": self.steps, "elapsed_s": round(self.elapsed_s, 6), "explanation": self.explanation,
+            "budget_reason": self.budget_reason,
+        }
+        if self.failing_op is not None:
+            out["failing_op"] = self.failing_op.to_json()
+        return out
+
+
+def _may_mutate(branch: Sequence[RequestOp]) -> bool:
+    return any(not isinstance(o, Range) for o in branch)
+
+
+@dataclass(slots=True)
+class _Frame:
+    cands: list[int]
+    pos: int = 0
+    entered_by: int = -1  # the op applied to reach this node (-1: the root)
+    ok_ptr: int = 0  # first not linearized ok op, by return
+    call_ptr: int = 0  # first not linearized ok op, by call
+    place_ptr: int = 0  # first not linearized ok op, by place_max
+
+
+def check_txn_history(
+    ops: Iterable[TxnOp], *, time_budget_s: float | None = 60.0, step_budget: int | None = None
+) -> TxnCheckResult:
+    """Decide whether an etcd-API history is linearizable (see the module rules)."""
+    start = time.monotonic()
+    all_ops = list(ops)
+    seen: set[int] = set()
+    for o in all_ops:
+        if not isinstance(o, TxnOp):
+            raise HistoryError(f"not a TxnOp: {o!r}")
+        if o.id in seen:
+            raise HistoryError(f"duplicate operation id {o.id}")
+        seen.add(o.id)
+    work = [o for o in all_ops if o.outcome == "ok" or (
+        o.outcome == "unknown" and (_may_mutate(o.success) or _may_mutate(o.failure)))]
+    n = len(work)
+    ok_idx = [i for i, o in enumerate(work) if o.outcome == "ok"]
+    unknown_idx = [i for i, o in enumerate(work) if o.outcome != "ok"]
+    by_ret = sorted(ok_idx, key=lambda i: (work[i].ret, work[i].id))
+    by_call = sorted(ok_idx, key=lambda i: (work[i].call, work[i].id))
+    unknown_idx.sort(key=lambda i: (work[i].call, work[i].id))
+    # The latest model revision an ok op can still be placed at.
+    place_max = [0] * n
+    for i in ok_idx:
+        o = work[i]
+        branch = o.success if o.succeeded else o.failure
+        surely_mutates = any(isinstance(x, Put) for x in branch)
+        place_max[i] = o.revision - 1 if surely_mutates else o.revision  # type: ignore[operator]
+    by_place = sorted(ok_idx, key=lambda i: place_max[i])
+    deadline = None if time_budget_s is None else start + time_budget_s
+
+    def result(verdict: str, steps: int, **kw: Any) -> TxnCheckResult:
+        return TxnCheckResult(verdict=verdict, ops_total=len(all_ops), ops_checked=n, steps=steps,
+                              elapsed_s=time.monotonic() - start, **kw)
+
+    if not ok_idx:
+        return result("ok", 0)
+    model = TxnModel()
+    done = [False] * n
+    mask = 0
+    ok_left = len(ok_idx)
+    digest = 0
+    cache: set[tuple[int, int]] = set()
+    steps = 0
+    deepest = -1
+    deepest_info: tuple[int, int, dict[str, Record]] | None = None  # (stuck op, revision, state)
+
+    def candidates(frame: _Frame) -> list[int] | None:
+        nonlocal deepest, deepest_info
+        while frame.ok_ptr < len(by_ret) and done[by_ret[frame.ok_ptr]]:
+            frame.ok_ptr += 1
+        while frame.call_ptr < len(by_call) and done[by_call[frame.call_ptr]]:
+            frame.call_ptr += 1
+        first = by_ret[frame.ok_ptr]
+        linearized = len(ok_idx) - ok_left
+        if linearized > deepest:
+            deepest = linearized
+            deepest_info = (first, model.revision, dict(model.kv))
+        r = model.revision
+        while frame.place_ptr < len(by_place) and done[by_place[frame.place_ptr]]:
+            frame.place_ptr += 1
+        if frame.place_ptr < len(by_place) and place_max[by_place[frame.place_ptr]] < r:
+            return None  # an ok op can no longer be placed at its revision
+        min_ret = work[first].ret
+        out = []
+        j = frame.call_ptr
+        while j < len(by_call) and work[by_call[j]].call <= min_ret:  # type: ignore[operator]
+            i = by_call[j]
+            if not done[i] and work[i].revision in (r, r + 1):
+                out.append(i)
+            j += 1
+        out.sort(key=lambda i: (work[i].revision, work[i].ret))
+        out.extend(i for i in unknown_idx if not done[i] and work[i].call <= min_ret)  # type: ignore[operator]
+        return out
+
+    root = _Frame(cands=[])
+    cands = candidates(root)
+    if cands is None:
+        cands = []
+    root.cands = cands
+    stack = [root]
+    digests = [0]
+    while stack:
+        frame = stack[-1]
+        if frame.pos >= len(frame.cands):
+            stack.pop()
+            if frame.entered_by >= 0:
+                i = frame.entered_by
+                model.undo()
+                done[i] = False
+                mask ^= 1 << i
+                ok_left += work[i].outcome == "ok"
+                digests.pop()
+                digest = digests[-1]
+            continue
+        i = frame.cands[frame.pos]
+        frame.pos += 1
+        steps += 1
+        if step_budget is not None and steps > step_budget:
+            return result("unknown", steps, budget_reason="steps", explanation=f"step budget exhausted ({step_budget})")
+        if deadline is not None and steps % _CHECK_EVERY_STEPS == 0 and time.monotonic() >= deadline:
+            return result("unknown", steps, budget_reason="time",
+                          explanation=f"time budget exhausted after {steps} steps")
+        o = work[i]
+        succeeded, changes, reads = model.outcome(o)
+        if o.outcome == "ok":
+            if reads is None or succeeded != o.succeeded or reads != o.reads:
+                continue
+            if model.revision + (1 if changes else 0) != o.revision:
+                continue
+        elif not changes:
+            continue  # an unknown op that would change nothing here is as if it never ran
+        new_digest = hash((digest, tuple(sorted(changes.items())))) if changes else digest
+        new_mask = mask | (1 << i)
+        if (new_mask, new_digest) in cache:
+            continue
+        cache.add((new_mask, new_digest))
+        model.apply_changes(changes)
+        done[i] = True
+        mask = new_mask
+        digest = new_digest
+        digests.append(digest)
+        ok_left -= o.outcome == "ok"
+        child = _Frame(cands=[], entered_by=i, ok_ptr=frame.ok_ptr, call_ptr=frame.call_ptr,
+                       place_ptr=frame.place_ptr)
+        if ok_left == 0:
+            return result("ok", steps)
+        child.cands = candidates(child) or []
+        stack.append(child)
+    stuck, rev, kv = deepest_info  # type: ignore[misc]
+    x = work[stuck]
+    state = ", ".join(f"{k}={kv[k]!r}" if k in kv else f"{k} absent" for k in sorted(x.keys))
+    explanation = (
+        f"not linearizable: cannot linearize {x.describe()}\n"
+        f"  every order of the operations before it was tried; the furthest got to revision {rev} "
+        f"with {deepest} of {len(ok_idx)} ok ops placed, and then: {state} (value, create, mod, version)"
+    )
+    return result("violation", steps, failing_op=x, explanation=explanation)
