@@ -221,3 +221,13 @@ def test_a_long_history_is_checked_fast():
     r = check_txn_history(ops, time_budget_s=60)
     assert r.verdict == "ok", r.explanation
     assert r.elapsed_s < 20, r.elapsed_s
+
+
+def test_foreign_writes_may_take_revisions_but_only_after_their_call():
+    h = H()
+    h.op(0, 1, success=[Put("a", "v1")], revision=2)
+    h.op(2, 3, success=[Put("a", "v2")], revision=5)  # 3 and 4 went to writes outside the history
+    assert check_txn_history(h.ops).verdict == "violation"
+    assert check_txn_history(h.ops, foreign=[0.5]).verdict == "violation"  # one is not enough
+    assert check_txn_history(h.ops, foreign=[0.5, 2.5]).verdict == "ok"
+    assert check_txn_history(h.ops, foreign=[0.5, 3.5]).verdict == "violation"  # invoked after it returned

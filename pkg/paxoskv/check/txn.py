@@ -23,12 +23,17 @@ Rules
   The header revisions make it nearly linear: an ok op can only be placed
   where the model's revision is the one it reported, and an unknown op is
   only placed where it changes the state.
+- ``foreign``: the call times of writes outside the checked keys that share
+  the store's revision (paxoskv.v1 writes): each may bump the revision once,
+  at any time after its call, or never. They are interchangeable, so the
+  search only counts how many it used.
 - Budgets (time, steps) give verdict ``unknown``, never a guess; a violation
   is reported only when every linearization was tried.
 """
 
 from __future__ import annotations
 
+import bisect
 import math
 import time
 from collections.abc import Iterable, Sequence
@@ -52,6 +57,8 @@ TARGETS = ("value", "version", "create", "mod")
 RESULTS = ("=", "!=", ">", "<")
 OUTCOMES = ("ok", "fail", "unknown")
 _CHECK_EVERY_STEPS = 1024
+_FOREIGN = "\x00foreign"  # the model's key for a foreign write's revision
+_FOREIGN_OP = -1  # the candidate "one foreign write, here"
 
 Record = tuple[str, int, int, int]  # value, create revision, mod revision, version
 
@@ -301,17 +308,24 @@ def _may_mutate(branch: Sequence[RequestOp]) -> bool:
 class _Frame:
     cands: list[int]
     pos: int = 0
-    entered_by: int = -1  # the op applied to reach this node (-1: the root)
+    entered_by: int = -2  # the op applied to reach this node (-2: the root; _FOREIGN_OP: a foreign write)
     ok_ptr: int = 0  # first not linearized ok op, by return
     call_ptr: int = 0  # first not linearized ok op, by call
     place_ptr: int = 0  # first not linearized ok op, by place_max
 
 
 def check_txn_history(
-    ops: Iterable[TxnOp], *, time_budget_s: float | None = 60.0, step_budget: int | None = None
+    ops: Iterable[TxnOp],
+    *,
+    foreign: Iterable[float] = (),
+    time_budget_s: float | None = 60.0,
+    step_budget: int | None = None,
 ) -> TxnCheckResult:
-    """Decide whether an etcd-API history is linearizable (see the module rules)."""
+    """Decide whether an etcd-API history is linearizable (see the module
+    rules); ``foreign``: call times of writes outside it that may each take
+    one revision."""
     start = time.monotonic()
+    foreign_calls = sorted(foreign)
     all_ops = list(ops)
     seen: set[int] = set()
     for o in all_ops:
@@ -350,6 +364,7 @@ def check_txn_history(
     ok_left = len(ok_idx)
     digest = 0
     cache: set[tuple[int, int]] = set()
+    foreign_used = 0
     steps = 0
     deepest = -1
     deepest_info: tuple[int, int, dict[str, Record]] | None = None  # (stuck op, revision, state)
@@ -380,9 +395,11 @@ def check_txn_history(
             j += 1
         out.sort(key=lambda i: (work[i].revision, work[i].ret))
         out.extend(i for i in unknown_idx if not done[i] and work[i].call <= min_ret)  # type: ignore[operator]
+        if bisect.bisect_right(foreign_calls, min_ret) > foreign_used:  # type: ignore[arg-type]
+            out.append(_FOREIGN_OP)
         return out
 
-    root = _Frame(cands=[])
+    root = _Frame(cands=[], entered_by=-2)
     cands = candidates(root)
     if cands is None:
         cands = []
@@ -393,14 +410,17 @@ def check_txn_history(
         frame = stack[-1]
         if frame.pos >= len(frame.cands):
             stack.pop()
-            if frame.entered_by >= 0:
+            if frame.entered_by != -2:
                 i = frame.entered_by
                 model.undo()
-                done[i] = False
-                mask ^= 1 << i
-                ok_left += work[i].outcome == "ok"
                 digests.pop()
                 digest = digests[-1]
+                if i == _FOREIGN_OP:
+                    foreign_used -= 1
+                else:
+                    done[i] = False
+                    mask ^= 1 << i
+                    ok_left += work[i].outcome == "ok"
             continue
         i = frame.cands[frame.pos]
         frame.pos += 1
@@ -410,6 +430,22 @@ def check_txn_history(
         if deadline is not None and steps % _CHECK_EVERY_STEPS == 0 and time.monotonic() >= deadline:
             return result("unknown", steps, budget_reason="time",
                           explanation=f"time budget exhausted after {steps} steps")
+        if i == _FOREIGN_OP:
+            new = model.revision + 1
+            changes = {_FOREIGN: ("", new, new, foreign_used + 1)}
+            new_digest = hash((digest, new))
+            if (mask, new_digest) in cache:
+                continue
+            cache.add((mask, new_digest))
+            model.apply_changes(changes)
+            foreign_used += 1
+            digest = new_digest
+            digests.append(digest)
+            child = _Frame(cands=[], entered_by=i, ok_ptr=frame.ok_ptr, call_ptr=frame.call_ptr,
+                           place_ptr=frame.place_ptr)
+            child.cands = candidates(child) or []
+            stack.append(child)
+            continue
         o = work[i]
         succeeded, changes, reads = model.outcome(o)
         if o.outcome == "ok":
