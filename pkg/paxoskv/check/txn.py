@@ -21,8 +21,11 @@ Rules
 - Keys are not independent (a Txn spans keys), so the whole history is one
   search (Wing & Gong, with Lowe's cache of visited (linearized set, state)).
   The header revisions make it nearly linear: an ok op can only be placed
-  where the model's revision is the one it reported, and an unknown op is
-  only placed where it changes the state.
+  where the model's revision is the one it reported; an op that changes
+  nothing and answers as the state is now is placed at once (a forced
+  move: moving a read earlier within its window breaks no order); an
+  unknown op is only placed where it changes the state and no ok op still
+  needs the current revision (a gap).
 - ``foreign``: the call times of writes outside the checked keys that share
   the store's revision (paxoskv.v1 writes): each may bump the revision once,
   at any time after its call, or never. They are interchangeable, so the
@@ -51,6 +54,7 @@ __all__ = [
     "TxnModel",
     "TxnOp",
     "check_txn_history",
+    "txn_op_from_json",
 ]
 
 TARGETS = ("value", "version", "create", "mod")
@@ -191,6 +195,35 @@ class TxnOp:
             out["output"] = {"succeeded": self.succeeded, "revision": self.revision,
                              "reads": [None if r is None else list(r) for r in self.reads or ()]}
         return out
+
+
+def _op_from_json(x: Any) -> RequestOp:
+    if not isinstance(x, list) or not x:
+        raise HistoryError(f"bad request op {x!r}")
+    if x[0] == "put" and len(x) == 3:
+        return Put(str(x[1]), str(x[2]))
+    if x[0] == "delete" and len(x) == 2:
+        return Delete(str(x[1]))
+    if x[0] == "range" and len(x) == 3 and isinstance(x[2], int):
+        return Range(str(x[1]), x[2])
+    raise HistoryError(f"bad request op {x!r}")
+
+
+def txn_op_from_json(obj: Any) -> TxnOp:
+    """The inverse of ``TxnOp.to_json``; raises ``HistoryError``."""
+    try:
+        out = obj.get("output") or {}
+        reads = out.get("reads")
+        return TxnOp(
+            id=obj["id"], client=obj["client"], call=obj["call"], ret=obj.get("return"), outcome=obj["outcome"],
+            compares=tuple(Compare(*c) for c in obj.get("compares", ())),
+            success=tuple(_op_from_json(x) for x in obj.get("success", ())),
+            failure=tuple(_op_from_json(x) for x in obj.get("failure", ())),
+            succeeded=out.get("succeeded"), revision=out.get("revision"),
+            reads=None if reads is None else tuple(None if r is None else tuple(r) for r in reads),
+        )
+    except (KeyError, TypeError, AttributeError) as exc:
+        raise HistoryError(f"bad etcd operation {obj!r:.200}: {exc}") from None
 
 
 class TxnModel:
@@ -391,12 +424,19 @@ def check_txn_history(
         while j < len(by_call) and work[by_call[j]].call <= min_ret:  # type: ignore[operator]
             i = by_call[j]
             if not done[i] and work[i].revision in (r, r + 1):
+                o = work[i]
+                if o.revision == r:
+                    succeeded, changes, reads = model.outcome(o)
+                    if not changes and succeeded == o.succeeded and reads == o.reads:
+                        return [i]  # forced: it changes nothing and reads the state as it is
                 out.append(i)
             j += 1
         out.sort(key=lambda i: (work[i].revision, work[i].ret))
-        out.extend(i for i in unknown_idx if not done[i] and work[i].call <= min_ret)  # type: ignore[operator]
+        if frame.place_ptr < len(by_place) and place_max[by_place[frame.place_ptr]] == r:
+            return out  # an ok op must be placed at this revision: no other write may come first
         if bisect.bisect_right(foreign_calls, min_ret) > foreign_used:  # type: ignore[arg-type]
             out.append(_FOREIGN_OP)
+        out.extend(i for i in unknown_idx if not done[i] and work[i].call <= min_ret)  # type: ignore[operator]
         return out
 
     root = _Frame(cands=[], entered_by=-2)
