@@ -61,6 +61,7 @@ __all__ = [
 KEY_PREFIX = "e/"
 _REFUSED = {grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.FAILED_PRECONDITION, grpc.StatusCode.OUT_OF_RANGE}
 _C = rpc_pb2.Compare
+_SCAN_OPS = 128  # Ranges per Txn of the per-revision scan (etcd's --max-txn-ops)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -335,7 +336,7 @@ def foreign_writes(v1_history: Sequence) -> list[float]:  # noqa: ANN001 - paxos
 
 
 async def check_members(
-    cfg: EtcdWorkloadConfig, targets: dict[int, str], out: EtcdOutcome, *, concurrency: int = 16
+    cfg: EtcdWorkloadConfig, targets: dict[int, str], out: EtcdOutcome, *, concurrency: int = 4
 ) -> None:
     """HashKV, per-revision Range and gap-free revisions on every member
     (the cluster has converged: every member applied the same index)."""
@@ -373,15 +374,21 @@ async def check_members(
             first = max(first, current - cfg.scan_revisions_max + 1)
         sem = asyncio.Semaphore(concurrency)
 
-        async def state_at(i: int, rev: int) -> tuple[tuple[bytes, bytes, int, int, int], ...]:
-            req = rpc_pb2.RangeRequest(key=b"\0", range_end=b"\0", revision=rev, serializable=True)
+        async def states_at(i: int, revs: range) -> list[tuple[tuple[bytes, bytes, int, int, int], ...]]:
+            """The whole store at each of ``revs``: one serializable read-only
+            Txn of one Range per revision (at most etcd's 128 ops)."""
+            ranges = [rpc_pb2.RequestOp(request_range=rpc_pb2.RangeRequest(
+                key=b"\0", range_end=b"\0", revision=r, serializable=True)) for r in revs]
             async with sem:
-                resp = await kv[i].Range(req, timeout=10.0)
-            return tuple((x.key, x.value, x.create_revision, x.mod_revision, x.version) for x in resp.kvs)
+                resp = await kv[i].Txn(rpc_pb2.TxnRequest(success=ranges), timeout=30.0)
+            return [tuple((x.key, x.value, x.create_revision, x.mod_revision, x.version)
+                          for x in r.response_range.kvs) for r in resp.responses]
 
         states: dict[int, list] = {}
+        chunks = [range(r, min(r + _SCAN_OPS, current + 1)) for r in range(first, current + 1, _SCAN_OPS)]
         for i in sorted(targets):
-            states[i] = await asyncio.gather(*(state_at(i, r) for r in range(first, current + 1)))
+            parts = await asyncio.gather(*(states_at(i, c) for c in chunks))
+            states[i] = [s for part in parts for s in part]
         out.revisions_scanned = current - first + 1
         ref = min(targets)
         for i in sorted(targets):
