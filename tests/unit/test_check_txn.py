@@ -17,10 +17,10 @@ class H:
         self.ops: list[TxnOp] = []
 
     def op(self, call, ret, *, outcome="ok", compares=(), success=(), failure=(), succeeded=True,
-           revision=None, reads=()):  # noqa: ANN001, ANN201
+           revision=None, reads=(), compact=0, error=None):  # noqa: ANN001, ANN201
         o = TxnOp(id=len(self.ops), client=f"c{len(self.ops) % 3}", call=call, ret=ret, outcome=outcome,
                   compares=tuple(compares), success=tuple(success), failure=tuple(failure),
-                  succeeded=succeeded, revision=revision, reads=tuple(reads))
+                  succeeded=succeeded, revision=revision, reads=tuple(reads), compact=compact, error=error)
         self.ops.append(o)
         return o
 
@@ -174,8 +174,10 @@ def _random_history(rng: random.Random, n: int, keys: int = 3):  # noqa: ANN202
             spec = dict(compares=(Compare(k, "mod", "=", mod),), success=(Put(k, f"v{i}"),), failure=(Range(k),))
         elif shape < 0.6 and k2 != k:
             spec = dict(success=(Put(k, f"v{i}"), Delete(k2)))
-        elif shape < 0.8:
+        elif shape < 0.75:
             spec = dict(success=(Range(k, revision=rng.randrange(1, model.revision + 1)), Range(k2)))
+        elif shape < 0.8:
+            spec = dict(compact=rng.randint(max(1, model.revision - 8), model.revision + 1))
         else:
             spec = dict(success=(Put(k, f"v{i}"),))
         call = t
@@ -183,10 +185,10 @@ def _random_history(rng: random.Random, n: int, keys: int = 3):  # noqa: ANN202
         ret = lin + rng.random() * 2
         t += rng.random() * 0.7
         probe = TxnOp(id=i, client="x", call=call, ret=ret, outcome="unknown", **spec)
-        succeeded, rev, reads = model.apply(probe)
+        succeeded, rev, reads, error = model.apply(probe)
         outcome = "unknown" if rng.random() < 0.1 else "ok"
         ops.append(TxnOp(id=i, client=f"c{i % 4}", call=call, ret=ret if outcome == "ok" else None,
-                         outcome=outcome, succeeded=succeeded, revision=rev, reads=reads, **spec))
+                         outcome=outcome, succeeded=succeeded, revision=rev, reads=reads, error=error, **spec))
     return ops
 
 
@@ -231,3 +233,40 @@ def test_foreign_writes_may_take_revisions_but_only_after_their_call():
     assert check_txn_history(h.ops, foreign=[0.5]).verdict == "violation"  # one is not enough
     assert check_txn_history(h.ops, foreign=[0.5, 2.5]).verdict == "ok"
     assert check_txn_history(h.ops, foreign=[0.5, 3.5]).verdict == "violation"  # invoked after it returned
+
+
+def test_compaction_errors_and_reads_below_it():
+    h = H()
+    h.op(0, 1, success=[Put("a", "v1")], revision=2)
+    h.op(2, 3, success=[Put("a", "v2")], revision=3)
+    h.op(4, 5, compact=3, revision=3)
+    h.op(6, 7, compact=3, revision=3, error="compacted")
+    h.op(6, 7, compact=9, revision=3, error="future")
+    h.op(8, 9, success=[Range("a", revision=2)], revision=3, error="compacted")
+    h.op(8, 9, success=[Range("a", revision=3)], revision=3, reads=[("v2", 2, 3, 2)])
+    assert check_txn_history(h.ops).verdict == "ok"
+    # A compaction answered as done although the revision was compacted already.
+    bad = H()
+    bad.ops = list(h.ops[:3])
+    bad.op(6, 7, compact=3, revision=3)
+    assert check_txn_history(bad.ops).verdict == "violation"
+    # A read below the compaction answered with data.
+    bad = H()
+    bad.ops = list(h.ops[:3])
+    bad.op(8, 9, success=[Range("a", revision=2)], revision=3, reads=[("v1", 2, 2, 1)])
+    assert check_txn_history(bad.ops).verdict == "violation"
+    # A compaction must not take a revision.
+    bad = H()
+    bad.ops = list(h.ops[:2])
+    bad.op(4, 5, compact=3, revision=4)
+    assert check_txn_history(bad.ops).verdict == "violation"
+
+
+def test_an_unknown_compaction_may_explain_a_compacted_read():
+    h = H()
+    h.op(0, 1, success=[Put("a", "v1")], revision=2)
+    h.op(2, 3, success=[Put("a", "v2")], revision=3)
+    h.op(3.5, None, outcome="unknown", compact=3)
+    h.op(4, 5, success=[Range("a", revision=2)], revision=3, error="compacted")
+    assert check_txn_history(h.ops).verdict == "ok"
+    assert check_txn_history([o for o in h.ops if o.outcome == "ok"]).verdict == "violation"

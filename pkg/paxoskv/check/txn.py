@@ -9,9 +9,12 @@ Rules
   plain Put, DeleteRange or Range is a Txn without compares.
 - The model is etcd's store: ``revision`` starts at 1 and grows by exactly
   one per *mutating* Txn (a put, or a delete that deleted something); every
-  key has value, create, mod revision and version; history is kept (nothing
-  is compacted in the model; a Range the server refused as compacted is a
-  ``fail`` and is dropped).
+  key has value, create, mod revision and version; history is kept. A
+  ``Compaction`` (``TxnOp.compact``) moves the compaction revision (no
+  revision of its own); etcd refuses one at or below it (``compacted``) or
+  above the current revision (``future``), and a Range at a revision below
+  it or above the current one: an ``ok`` op may carry that ``error``, and
+  then changed nothing.
 - An ``ok`` op's output is checked in full: which branch ran
   (``succeeded``), the header revision (a mutating Txn: the new revision; any
   other: the revision it was served at) and every Range's answer
@@ -60,9 +63,12 @@ __all__ = [
 TARGETS = ("value", "version", "create", "mod")
 RESULTS = ("=", "!=", ">", "<")
 OUTCOMES = ("ok", "fail", "unknown")
+COMPACTED, FUTURE = "compacted", "future"
+ERRORS = (COMPACTED, FUTURE)
 _CHECK_EVERY_STEPS = 1024
 _FOREIGN = "\x00foreign"  # the model's key for a foreign write's revision
 _FOREIGN_OP = -1  # the candidate "one foreign write, here"
+_COMPACT = "\x00compact"  # in a change set: the new compaction revision (no revision of its own)
 
 Record = tuple[str, int, int, int]  # value, create revision, mod revision, version
 
@@ -129,9 +135,11 @@ class TxnOp:
     compares: tuple[Compare, ...] = ()
     success: tuple[RequestOp, ...] = ()
     failure: tuple[RequestOp, ...] = ()
+    compact: int = 0  # > 0: a Compaction to this revision (no compares, no ops)
     succeeded: bool | None = None
     revision: int | None = None
     reads: tuple[Record | None, ...] | None = None
+    error: str | None = None  # an ok op answered with etcd's "compacted" or "future" error
 
     def __post_init__(self) -> None:
         if self.outcome not in OUTCOMES:
@@ -144,12 +152,18 @@ class TxnOp:
             if self.succeeded is None or self.revision is None or self.reads is None:
                 raise HistoryError(f"op {self.id}: an ok op needs succeeded, revision and reads")
             branch = self.success if self.succeeded else self.failure
-            if len(self.reads) != sum(isinstance(o, Range) for o in branch):
+            if self.error is not None:
+                if self.error not in ERRORS or self.reads:
+                    raise HistoryError(f"op {self.id}: an error is one of {ERRORS}, with no reads")
+            elif len(self.reads) != sum(isinstance(o, Range) for o in branch):
                 raise HistoryError(f"op {self.id}: one read per Range of the branch that ran")
         else:
             object.__setattr__(self, "succeeded", None)
             object.__setattr__(self, "revision", None)
             object.__setattr__(self, "reads", None)
+            object.__setattr__(self, "error", None)
+        if self.compact and (self.compares or self.success or self.failure):
+            raise HistoryError(f"op {self.id}: a compaction has no compares and no ops")
 
     @property
     def keys(self) -> set[str]:
@@ -163,6 +177,13 @@ class TxnOp:
                 return f"del {o.key}"
             return f"range {o.key}" + (f"@{o.revision}" if o.revision else "")
 
+        if self.compact:
+            text = f"#{self.id} {self.client} compact({self.compact}"
+            ret = "?" if self.ret is None or self.outcome != "ok" else f"{self.ret:.6f}".rstrip("0").rstrip(".")
+            text += f") [{self.call:.6f}".rstrip("0").rstrip(".") + f", {ret}] {self.outcome}"
+            if self.outcome == "ok":
+                text += f" -> {self.error or 'done'} rev={self.revision}"
+            return text
         text = f"#{self.id} {self.client} txn("
         if self.compares:
             text += " & ".join(f"{c.target}({c.key}){c.result}{c.operand!r}" for c in self.compares) + " ? "
@@ -175,6 +196,8 @@ class TxnOp:
             text += f" -> {'success' if self.succeeded else 'failure'} rev={self.revision}"
             if self.reads:
                 text += f" reads={list(self.reads)}"
+            if self.error:
+                text += f" error={self.error}"
         return text
 
     def to_json(self) -> dict[str, Any]:
@@ -190,9 +213,10 @@ class TxnOp:
             "outcome": self.outcome,
             "compares": [[c.key, c.target, c.result, c.operand] for c in self.compares],
             "success": [op(o) for o in self.success], "failure": [op(o) for o in self.failure],
+            "compact": self.compact,
         }
         if self.outcome == "ok":
-            out["output"] = {"succeeded": self.succeeded, "revision": self.revision,
+            out["output"] = {"succeeded": self.succeeded, "revision": self.revision, "error": self.error,
                              "reads": [None if r is None else list(r) for r in self.reads or ()]}
         return out
 
@@ -219,6 +243,7 @@ def txn_op_from_json(obj: Any) -> TxnOp:
             compares=tuple(Compare(*c) for c in obj.get("compares", ())),
             success=tuple(_op_from_json(x) for x in obj.get("success", ())),
             failure=tuple(_op_from_json(x) for x in obj.get("failure", ())),
+            compact=obj.get("compact", 0), error=out.get("error"),
             succeeded=out.get("succeeded"), revision=out.get("revision"),
             reads=None if reads is None else tuple(None if r is None else tuple(r) for r in reads),
         )
@@ -228,15 +253,16 @@ def txn_op_from_json(obj: Any) -> TxnOp:
 
 class TxnModel:
     """etcd's MVCC store, as the checker (and the simulator's reference)
-    replays it: apply a Txn, undo the last one."""
+    replays it: apply a Txn or a Compaction, undo the last one."""
 
-    __slots__ = ("revision", "kv", "hist", "_undo")
+    __slots__ = ("revision", "compact_revision", "kv", "hist", "_undo")
 
     def __init__(self) -> None:
         self.revision = 1
+        self.compact_revision = 0
         self.kv: dict[str, Record] = {}
         self.hist: dict[str, list[tuple[int, Record | None]]] = {}  # key -> (revision, record) by revision
-        self._undo: list[tuple[int, dict[str, Record | None]]] = []
+        self._undo: list[tuple[int, int, dict[str, Record | None]]] = []
 
     def at(self, key: str, revision: int) -> Record | None:
         """The key at ``revision`` (<= the current one)."""
@@ -247,11 +273,18 @@ class TxnModel:
             rec = r
         return rec
 
-    def outcome(self, op: TxnOp) -> tuple[bool, dict[str, Record | None], tuple[Record | None, ...] | None]:
-        """(succeeded, changes, reads) of ``op`` if applied now: ``changes``
-        maps each key it changes to its new record (None: deleted), empty
-        when it mutates nothing; reads is None when a Range asks for a future
-        revision (etcd refuses the whole call)."""
+    def outcome(self, op: TxnOp) -> tuple[bool, dict[str, Record | None], tuple[Record | None, ...], str | None]:
+        """(succeeded, changes, reads, error) of ``op`` if applied now:
+        ``changes`` maps each key it changes to its new record (None:
+        deleted), empty when it mutates nothing; ``error`` is etcd's refusal
+        of the whole call (a Range or Compaction below the compaction
+        revision, or above the current one), which changes nothing."""
+        if op.compact:
+            if op.compact <= self.compact_revision:
+                return True, {}, (), COMPACTED
+            if op.compact > self.revision:
+                return True, {}, (), FUTURE
+            return True, {_COMPACT: ("", 0, op.compact, 0)}, (), None
         ok = all(c.holds(self.kv.get(c.key)) for c in op.compares)
         new = self.revision + 1
         view: dict[str, Record | None] = {}
@@ -265,36 +298,44 @@ class TxnModel:
                     view[o.key] = None
             elif o.revision:
                 if o.revision > self.revision:
-                    return ok, {}, None
+                    return ok, {}, (), FUTURE
+                if o.revision < self.compact_revision:
+                    return ok, {}, (), COMPACTED
                 reads.append(self.at(o.key, o.revision))
             else:
                 reads.append(cur)
-        return ok, view, tuple(reads)
+        return ok, view, tuple(reads), None
 
-    def apply(self, op: TxnOp) -> tuple[bool, int, tuple[Record | None, ...] | None]:
-        """Apply ``op``; returns (succeeded, header revision, reads)."""
-        ok, changes, reads = self.outcome(op)
+    def apply(self, op: TxnOp) -> tuple[bool, int, tuple[Record | None, ...], str | None]:
+        """Apply ``op``; returns (succeeded, header revision, reads, error)."""
+        ok, changes, reads, error = self.outcome(op)
         self.apply_changes(changes)
-        return ok, self.revision, reads
+        return ok, self.revision, reads, error
 
     def apply_changes(self, changes: dict[str, Record | None]) -> None:
-        """One revision more if ``changes`` is not empty (``undo`` takes it back)."""
+        """One revision more if ``changes`` writes a key (``undo`` takes it back)."""
         before: dict[str, Record | None] = {}
-        if changes:
+        compact = self.compact_revision
+        writes = bumps(changes)
+        if writes:
             new = self.revision + 1
             for key, rec in changes.items():
+                if key == _COMPACT:
+                    continue
                 before[key] = self.kv.get(key)
                 if rec is None:
                     del self.kv[key]
                 else:
                     self.kv[key] = rec
                 self.hist.setdefault(key, []).append((new, rec))
-        self._undo.append((self.revision, before))
-        if changes:
+        if _COMPACT in changes:
+            self.compact_revision = changes[_COMPACT][2]  # type: ignore[index]
+        self._undo.append((self.revision, compact, before))
+        if writes:
             self.revision += 1
 
     def undo(self) -> None:
-        rev, before = self._undo.pop()
+        rev, compact, before = self._undo.pop()
         for key, prev in before.items():
             if prev is None:
                 self.kv.pop(key, None)
@@ -302,6 +343,12 @@ class TxnModel:
                 self.kv[key] = prev
             self.hist[key].pop()
         self.revision = rev
+        self.compact_revision = compact
+
+
+def bumps(changes: dict[str, Record | None]) -> bool:
+    """Whether a change set takes a revision (a compaction alone does not)."""
+    return any(k != _COMPACT for k in changes)
 
 
 # ---- the search ---------------------------------------------------------------------
@@ -368,7 +415,7 @@ def check_txn_history(
             raise HistoryError(f"duplicate operation id {o.id}")
         seen.add(o.id)
     work = [o for o in all_ops if o.outcome == "ok" or (
-        o.outcome == "unknown" and (_may_mutate(o.success) or _may_mutate(o.failure)))]
+        o.outcome == "unknown" and (o.compact or _may_mutate(o.success) or _may_mutate(o.failure)))]
     n = len(work)
     ok_idx = [i for i, o in enumerate(work) if o.outcome == "ok"]
     unknown_idx = [i for i, o in enumerate(work) if o.outcome != "ok"]
@@ -380,7 +427,7 @@ def check_txn_history(
     for i in ok_idx:
         o = work[i]
         branch = o.success if o.succeeded else o.failure
-        surely_mutates = any(isinstance(x, Put) for x in branch)
+        surely_mutates = o.error is None and any(isinstance(x, Put) for x in branch)
         place_max[i] = o.revision - 1 if surely_mutates else o.revision  # type: ignore[operator]
     by_place = sorted(ok_idx, key=lambda i: place_max[i])
     deadline = None if time_budget_s is None else start + time_budget_s
@@ -426,14 +473,18 @@ def check_txn_history(
             if not done[i] and work[i].revision in (r, r + 1):
                 o = work[i]
                 if o.revision == r:
-                    succeeded, changes, reads = model.outcome(o)
-                    if not changes and succeeded == o.succeeded and reads == o.reads:
+                    succeeded, changes, reads, error = model.outcome(o)
+                    if not changes and succeeded == o.succeeded and reads == o.reads and error == o.error:
                         return [i]  # forced: it changes nothing and reads the state as it is
                 out.append(i)
             j += 1
         out.sort(key=lambda i: (work[i].revision, work[i].ret))
         if frame.place_ptr < len(by_place) and place_max[by_place[frame.place_ptr]] == r:
-            return out  # an ok op must be placed at this revision: no other write may come first
+            # An ok op must be placed at this revision: no other write may come
+            # first (a compaction may: it takes no revision).
+            out.extend(i for i in unknown_idx if not done[i] and work[i].compact
+                       and work[i].call <= min_ret)  # type: ignore[operator]
+            return out
         if bisect.bisect_right(foreign_calls, min_ret) > foreign_used:  # type: ignore[arg-type]
             out.append(_FOREIGN_OP)
         out.extend(i for i in unknown_idx if not done[i] and work[i].call <= min_ret)  # type: ignore[operator]
@@ -487,11 +538,11 @@ def check_txn_history(
             stack.append(child)
             continue
         o = work[i]
-        succeeded, changes, reads = model.outcome(o)
+        succeeded, changes, reads, error = model.outcome(o)
         if o.outcome == "ok":
-            if reads is None or succeeded != o.succeeded or reads != o.reads:
+            if error != o.error or succeeded != o.succeeded or reads != o.reads:
                 continue
-            if model.revision + (1 if changes else 0) != o.revision:
+            if model.revision + bumps(changes) != o.revision:
                 continue
         elif not changes:
             continue  # an unknown op that would change nothing here is as if it never ran
