@@ -30,7 +30,10 @@ Rules
   member revisions are gap-free and +1 per mutating command: the state at
   ``r`` differs from the state at ``r - 1``, and only by keys written at
   ``r`` (mod revision ``r``) or deleted, and no key has a mod revision
-  above ``r``.
+  above ``r``. A paxoskv.v1 batch may put and delete one key (one
+  revision, no net change): such a revision must still hold history rows,
+  i.e. its HashKV differs from the revision before (a skipped revision's
+  would not).
 """
 
 from __future__ import annotations
@@ -92,6 +95,7 @@ class EtcdOutcome:
     revision: int = 0  # the members' revision after the run
     revisions_scanned: int = 0  # per member
     hashes_compared: int = 0  # revisions at which HashKV was compared
+    unchanged_revisions: int = 0  # revisions with no net change (told apart from gaps by HashKV)
     notes: Counter = field(default_factory=Counter)
     timings: dict[str, float] = field(default_factory=dict)
 
@@ -400,9 +404,17 @@ async def check_members(
                                         f"node {i} {states[i][k]!r:.300}")
                     break
         for i in sorted(targets):
-            problem = _gap_free(states[i], first)
+            problem, unchanged = _gap_free(states[i], first)
             if problem:
                 out.problems.append(f"etcd: node {i}: {problem}")
+            # A revision whose command left no net change (a paxoskv.v1 batch
+            # that put and deleted a key) must still hold history rows: its
+            # HashKV differs from the one before. A skipped revision's would not.
+            for rev in unchanged:
+                h = [await mt[i].HashKV(rpc_pb2.HashKVRequest(revision=r), timeout=10.0) for r in (rev - 1, rev)]
+                if h[0].hash == h[1].hash:
+                    out.problems.append(f"etcd: node {i}: revision {rev} holds nothing (HashKV as at {rev - 1})")
+            out.unchanged_revisions = len(unchanged)
         out.timings["scan_s"] = time.monotonic() - t
     except grpc.aio.AioRpcError as exc:
         out.problems.append(f"etcd: a member check call failed: {exc.code().name} {exc.details()}")
@@ -411,27 +423,29 @@ async def check_members(
             await ch.close(grace=None)
 
 
-def _gap_free(states: Sequence[tuple], first: int) -> str:
-    """The first revision in ``states`` (the state at ``first``, ``first + 1``,
-    ...) that no single mutating command explains, or ""."""
+def _gap_free(states: Sequence[tuple], first: int) -> tuple[str, list[int]]:
+    """(the first revision in ``states`` -- the state at ``first``, ``first +
+    1``, ... -- that no single mutating command explains, or ""; the
+    revisions with no net change, for HashKV to tell apart)."""
     prev: dict[bytes, tuple] | None = None
+    unchanged: list[int] = []
     if first == 1 and states and states[0]:
-        return f"the store is not empty at revision 1: {states[0]!r:.200}"
+        return f"the store is not empty at revision 1: {states[0]!r:.200}", unchanged
     for k, rows in enumerate(states):
         rev = first + k
         cur = {r[0]: r[1:] for r in rows}
         above = [key for key, r in cur.items() if r[2] > rev]
         if above:
-            return f"at revision {rev} keys have a later mod revision: {above[:5]}"
+            return f"at revision {rev} keys have a later mod revision: {above[:5]}", unchanged
         if prev is not None:
             changed = {key for key in cur.keys() | prev.keys() if cur.get(key) != prev.get(key)}
             if not changed:
-                return f"revision {rev} changed nothing (a revision not +1 per mutating command)"
+                unchanged.append(rev)
             wrong = [key for key in changed if key in cur and cur[key][2] != rev]
             if wrong:
-                return f"at revision {rev} keys changed without mod revision {rev}: {wrong[:5]}"
+                return f"at revision {rev} keys changed without mod revision {rev}: {wrong[:5]}", unchanged
         prev = cur
-    return ""
+    return "", unchanged
 
 
 def check_history_of(wl: EtcdWorkload, v1_history: Sequence, time_budget_s: float | None) -> TxnCheckResult:  # noqa: ANN001
@@ -448,7 +462,8 @@ def summary_lines(out: EtcdOutcome) -> list[str]:
         f"unknown {counts.get('unknown', 0)}); revision {out.revision} after the run",
         f"  checker: {ch.verdict + f', {ch.ops_checked} ops in {ch.elapsed_s:.1f}s ({ch.steps} steps)' if ch else 'not run'}",
         f"  members: HashKV equal at {out.hashes_compared} revisions, Range at each of {out.revisions_scanned} "
-        f"revisions compared and gap-free: {'no' if out.problems else 'yes'}",
+        f"revisions compared and gap-free: {'no' if out.problems else 'yes'} ({out.unchanged_revisions} with "
+        f"no net change, each holding rows)",
     ]
     if ch is not None and ch.verdict != "ok":
         lines += [f"    {line}" for line in ch.explanation.splitlines()[:25]]
