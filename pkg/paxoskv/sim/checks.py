@@ -27,7 +27,7 @@ Rules:
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
 from paxoskv.kv.commands import Limits
@@ -176,16 +176,29 @@ def reference_state(log: Mapping[int, Value], through: int, limits: Limits = Lim
     an invalid one neither; a batch applies its ops in order, each with its
     own identity, a packed batch with one identity for all of them."""
     kv: dict[bytes, bytes] = {}
+    for _cmd, writes in command_effects(log, through, limits):
+        for key, value in writes:
+            if value is None:
+                kv.pop(key, None)
+            else:
+                kv[key] = value
+    return kv
+
+
+def command_effects(
+    log: Mapping[int, Value], through: int, limits: Limits = Limits()
+) -> Iterator[tuple[kv_pb2.Command, list[tuple[bytes, bytes | None]]]]:
+    """Every command of slots ``1..through`` in order, with the paxoskv.v1
+    writes it makes (key, value or None for a delete), by the rules
+    ``reference_state`` states; an etcd command (``Command.etcd``) comes
+    with no writes, and only when its identity is fresh."""
     last: dict[str, int] = {}
 
     def valid(key: bytes, value: bytes) -> bool:
         return 0 < len(key) <= limits.key_bytes_max and len(value) <= limits.value_bytes_max
 
-    def write(op: kv_pb2.PutOp | kv_pb2.DeleteOp | kv_pb2.PutRequest | kv_pb2.DeleteRequest, is_put: bool) -> None:
-        if is_put:
-            kv[op.key] = op.value
-        else:
-            kv.pop(op.key, None)
+    def write(op: kv_pb2.PutOp | kv_pb2.DeleteOp | kv_pb2.PutRequest | kv_pb2.DeleteRequest, is_put: bool) -> tuple[bytes, bytes | None]:
+        return (op.key, op.value if is_put else None)
 
     def fresh(client_id: str, first: int, last_seq: int) -> bool:
         if not client_id:
@@ -199,10 +212,16 @@ def reference_state(log: Mapping[int, Value], through: int, limits: Limits = Lim
         for data in log[slot]:
             cmd = kv_pb2.Command.FromString(data)
             kind = cmd.WhichOneof("op")
+            out: list[tuple[bytes, bytes | None]] = []
+            if kind == "etcd":
+                if fresh(cmd.client_id, cmd.sequence, cmd.sequence):
+                    yield cmd, out
+                continue
             if kind in ("put", "delete"):
                 body = getattr(cmd, kind)
                 if valid(body.key, body.value if kind == "put" else b"") and fresh(cmd.client_id, cmd.sequence, cmd.sequence):
-                    write(body, kind == "put")
+                    out.append(write(body, kind == "put"))
+                yield cmd, out
                 continue
             if kind != "batch":
                 continue
@@ -216,7 +235,8 @@ def reference_state(log: Mapping[int, Value], through: int, limits: Limits = Lim
                     if k in ("put", "delete"):
                         body = getattr(op, k)
                         if valid(body.key, body.value if k == "put" else b"") and not body.HasField("request"):
-                            write(body, k == "put")
+                            out.append(write(body, k == "put"))
+                yield cmd, out
                 continue
             for k, op in ops:
                 if k not in ("put", "delete"):
@@ -224,8 +244,8 @@ def reference_state(log: Mapping[int, Value], through: int, limits: Limits = Lim
                 body = getattr(op, k)
                 hdr = body.request
                 if valid(body.key, body.value if k == "put" else b"") and fresh(hdr.client_id, hdr.sequence, hdr.sequence):
-                    write(body, k == "put")
-    return kv
+                    out.append(write(body, k == "put"))
+            yield cmd, out
 
 
 def check_serializable_reads(history: Sequence[Operation]) -> list[str]:
