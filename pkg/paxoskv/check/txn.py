@@ -32,7 +32,8 @@ Rules
 - ``foreign``: the call times of writes outside the checked keys that share
   the store's revision (paxoskv.v1 writes): each may bump the revision once,
   at any time after its call, or never. They are interchangeable, so the
-  search only counts how many it used.
+  search only counts how many it used. Where the revisions they took are
+  known (``foreign_revisions``), exactly those go to them.
 - Budgets (time, steps) give verdict ``unknown``, never a guess; a violation
   is reported only when every linearization was tried.
 """
@@ -149,8 +150,9 @@ class TxnOp:
         if self.outcome == "ok":
             if self.ret is None or self.ret < self.call:
                 raise HistoryError(f"op {self.id}: an ok op needs a return time not before its call")
-            if self.succeeded is None or self.revision is None or self.reads is None:
-                raise HistoryError(f"op {self.id}: an ok op needs succeeded, revision and reads")
+            if self.succeeded is None or self.reads is None or (self.revision is None and self.error is None):
+                raise HistoryError(f"op {self.id}: an ok op needs succeeded, revision and reads "
+                                   f"(an error answer may lack the revision)")
             branch = self.success if self.succeeded else self.failure
             if self.error is not None:
                 if self.error not in ERRORS or self.reads:
@@ -324,7 +326,7 @@ class TxnModel:
                     continue
                 before[key] = self.kv.get(key)
                 if rec is None:
-                    del self.kv[key]
+                    self.kv.pop(key, None)  # a key put and deleted by one command may be absent before
                 else:
                     self.kv[key] = rec
                 self.hist.setdefault(key, []).append((new, rec))
@@ -398,14 +400,17 @@ def check_txn_history(
     ops: Iterable[TxnOp],
     *,
     foreign: Iterable[float] = (),
+    foreign_revisions: Iterable[int] | None = None,
     time_budget_s: float | None = 60.0,
     step_budget: int | None = None,
 ) -> TxnCheckResult:
     """Decide whether an etcd-API history is linearizable (see the module
     rules); ``foreign``: call times of writes outside it that may each take
-    one revision."""
+    one revision; or, when known (the simulator knows the agreed log),
+    ``foreign_revisions``: exactly the revisions writes outside it took."""
     start = time.monotonic()
     foreign_calls = sorted(foreign)
+    taken = None if foreign_revisions is None else frozenset(foreign_revisions)
     all_ops = list(ops)
     seen: set[int] = set()
     for o in all_ops:
@@ -423,12 +428,15 @@ def check_txn_history(
     by_call = sorted(ok_idx, key=lambda i: (work[i].call, work[i].id))
     unknown_idx.sort(key=lambda i: (work[i].call, work[i].id))
     # The latest model revision an ok op can still be placed at.
-    place_max = [0] * n
+    place_max: list[float] = [0] * n
     for i in ok_idx:
         o = work[i]
         branch = o.success if o.succeeded else o.failure
         surely_mutates = o.error is None and any(isinstance(x, Put) for x in branch)
-        place_max[i] = o.revision - 1 if surely_mutates else o.revision  # type: ignore[operator]
+        if o.revision is None:  # an error answer without a header: anywhere (it changed nothing)
+            place_max[i] = math.inf  # type: ignore[call-overload]
+        else:
+            place_max[i] = o.revision - 1 if surely_mutates else o.revision
     by_place = sorted(ok_idx, key=lambda i: place_max[i])
     deadline = None if time_budget_s is None else start + time_budget_s
 
@@ -470,22 +478,30 @@ def check_txn_history(
         j = frame.call_ptr
         while j < len(by_call) and work[by_call[j]].call <= min_ret:  # type: ignore[operator]
             i = by_call[j]
-            if not done[i] and work[i].revision in (r, r + 1):
+            if not done[i] and work[i].revision in (r, r + 1, None):
                 o = work[i]
-                if o.revision == r:
+                if o.revision in (r, None):
                     succeeded, changes, reads, error = model.outcome(o)
                     if not changes and succeeded == o.succeeded and reads == o.reads and error == o.error:
                         return [i]  # forced: it changes nothing and reads the state as it is
                 out.append(i)
             j += 1
-        out.sort(key=lambda i: (work[i].revision, work[i].ret))
+        out.sort(key=lambda i: (work[i].revision or 0, work[i].ret))
+        if taken is not None and r + 1 in taken and not out:
+            return [_FOREIGN_OP]  # forced: nothing else can happen at this revision
         if frame.place_ptr < len(by_place) and place_max[by_place[frame.place_ptr]] == r:
             # An ok op must be placed at this revision: no other write may come
             # first (a compaction may: it takes no revision).
             out.extend(i for i in unknown_idx if not done[i] and work[i].compact
                        and work[i].call <= min_ret)  # type: ignore[operator]
             return out
-        if bisect.bisect_right(foreign_calls, min_ret) > foreign_used:  # type: ignore[arg-type]
+        if taken is not None:
+            if r + 1 in taken:  # the next revision is a foreign write's, and only its
+                out.append(_FOREIGN_OP)
+                out.extend(i for i in unknown_idx if not done[i] and work[i].compact
+                           and work[i].call <= min_ret)  # type: ignore[operator]
+                return out
+        elif bisect.bisect_right(foreign_calls, min_ret) > foreign_used:  # type: ignore[arg-type]
             out.append(_FOREIGN_OP)
         out.extend(i for i in unknown_idx if not done[i] and work[i].call <= min_ret)  # type: ignore[operator]
         return out
@@ -542,7 +558,7 @@ def check_txn_history(
         if o.outcome == "ok":
             if error != o.error or succeeded != o.succeeded or reads != o.reads:
                 continue
-            if model.revision + bumps(changes) != o.revision:
+            if o.revision is not None and model.revision + bumps(changes) != o.revision:
                 continue
         elif not changes:
             continue  # an unknown op that would change nothing here is as if it never ran
