@@ -268,12 +268,11 @@ class TxnModel:
 
     def at(self, key: str, revision: int) -> Record | None:
         """The key at ``revision`` (<= the current one)."""
-        rec = None
-        for rev, r in self.hist.get(key, ()):
-            if rev > revision:
-                break
-            rec = r
-        return rec
+        h = self.hist.get(key)
+        if not h:
+            return None
+        i = bisect.bisect_right(h, revision, key=lambda e: e[0])
+        return h[i - 1][1] if i else None
 
     def outcome(self, op: TxnOp) -> tuple[bool, dict[str, Record | None], tuple[Record | None, ...], str | None]:
         """(succeeded, changes, reads, error) of ``op`` if applied now:
