@@ -18,21 +18,7 @@ from paxoskv.etcdpb import rpc_pb2
 from paxoskv.kv import etcd as kv_etcd
 from paxoskv.kv.mvcc import MVCCStore
 from paxoskv.replica.calls import Call
-from paxoskv.sim import SimResult, run_seed
-
-
-def first_violation(seeds_max: int, tally) -> SimResult:  # noqa: ANN001
-    for seed in range(seeds_max):
-        r = run_seed(seed)
-        tally(r)
-        if not r.ok:
-            print(f"caught at seed {seed}: {r.violations[0]}"[:500])
-            return r
-    raise AssertionError(f"no violation found in {seeds_max} seeds: the simulator missed the bug")
-
-
-def kinds(r: SimResult) -> set[str]:
-    return {v.kind for v in r.violations}
+from test_broken_node_layer import first_violation, kinds
 
 
 def test_a_mod_revision_compare_evaluated_wrong_is_caught_within_30_seeds(monkeypatch, tally) -> None:

@@ -13,8 +13,8 @@ from paxoskv.check.txn import Compare, Delete, Put, Range, TxnModel, TxnOp, chec
 class H:
     """Builds histories: ``op(...)`` records one call with its output."""
 
-    def __init__(self) -> None:
-        self.ops: list[TxnOp] = []
+    def __init__(self, ops=()) -> None:  # noqa: ANN001
+        self.ops: list[TxnOp] = list(ops)
 
     def op(self, call, ret, *, outcome="ok", compares=(), success=(), failure=(), succeeded=True,
            revision=None, reads=(), compact=0, error=None):  # noqa: ANN001, ANN201
@@ -102,9 +102,7 @@ def test_multi_key_txn_is_atomic_for_readers():
     # A two-key read that sees half of the second txn.
     h.op(3, 4, success=[Range("a"), Range("b")], revision=3, reads=[("a2", 2, 3, 2), ("b1", 2, 2, 1)])
     assert check_txn_history(h.ops).verdict == "violation"
-    ops = h.ops[:2]
-    ok = H()
-    ok.ops = list(ops)
+    ok = H(h.ops[:2])
     ok.op(3, 4, success=[Range("a"), Range("b")], revision=3, reads=[("a2", 2, 3, 2), ("b2", 2, 3, 2)])
     assert check_txn_history(ok.ops).verdict == "ok"
 
@@ -246,18 +244,15 @@ def test_compaction_errors_and_reads_below_it():
     h.op(8, 9, success=[Range("a", revision=3)], revision=3, reads=[("v2", 2, 3, 2)])
     assert check_txn_history(h.ops).verdict == "ok"
     # A compaction answered as done although the revision was compacted already.
-    bad = H()
-    bad.ops = list(h.ops[:3])
+    bad = H(h.ops[:3])
     bad.op(6, 7, compact=3, revision=3)
     assert check_txn_history(bad.ops).verdict == "violation"
     # A read below the compaction answered with data.
-    bad = H()
-    bad.ops = list(h.ops[:3])
+    bad = H(h.ops[:3])
     bad.op(8, 9, success=[Range("a", revision=2)], revision=3, reads=[("v1", 2, 2, 1)])
     assert check_txn_history(bad.ops).verdict == "violation"
     # A compaction must not take a revision.
-    bad = H()
-    bad.ops = list(h.ops[:2])
+    bad = H(h.ops[:2])
     bad.op(4, 5, compact=3, revision=4)
     assert check_txn_history(bad.ops).verdict == "violation"
 

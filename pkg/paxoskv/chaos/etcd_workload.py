@@ -47,7 +47,7 @@ from dataclasses import dataclass, field
 
 import grpc
 
-from paxoskv.chaos.workload import channel_options
+from paxoskv.chaos.workload import channel_options, stop_clients
 from paxoskv.check.txn import Compare, Delete, Put, Range, Record, TxnCheckResult, TxnOp, check_txn_history
 from paxoskv.etcdpb import rpc_pb2, rpc_pb2_grpc
 from paxoskv.wire import unreachable_reason
@@ -284,17 +284,7 @@ class EtcdWorkload:
         self._tasks = [asyncio.create_task(c.run(self._stop), name=c.name) for c in self.clients]
 
     async def stop(self) -> None:
-        self._stop.set()
-        if self._tasks:
-            await asyncio.wait(self._tasks, timeout=self.cfg.attempt_timeout_s + 5.0)
-            for t in self._tasks:
-                if not t.done():
-                    t.cancel()
-            for t in self._tasks:
-                if t.done() and not t.cancelled() and t.exception() is not None:
-                    raise t.exception()
-        for c in self.clients:
-            await c.close()
+        await stop_clients(self._stop, self._tasks, self.clients, self.cfg.attempt_timeout_s + 5.0)
 
     def history(self) -> list[TxnOp]:
         """Every operation so far, by id; those in flight are unknown."""

@@ -47,7 +47,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from paxoskv.check.history import HistoryError
+from paxoskv.check.history import HistoryError, distinct_ops
 
 __all__ = [
     "Compare",
@@ -410,14 +410,7 @@ def check_txn_history(
     start = time.monotonic()
     foreign_calls = sorted(foreign)
     taken = None if foreign_revisions is None else frozenset(foreign_revisions)
-    all_ops = list(ops)
-    seen: set[int] = set()
-    for o in all_ops:
-        if not isinstance(o, TxnOp):
-            raise HistoryError(f"not a TxnOp: {o!r}")
-        if o.id in seen:
-            raise HistoryError(f"duplicate operation id {o.id}")
-        seen.add(o.id)
+    all_ops = distinct_ops(ops, TxnOp, "a TxnOp")
     work = [o for o in all_ops if o.outcome == "ok" or (
         o.outcome == "unknown" and (o.compact or _may_mutate(o.success) or _may_mutate(o.failure)))]
     n = len(work)
