@@ -40,6 +40,8 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+import grpc
+
 from paxoskv.chaos.cluster import Cluster, LogScan, scan_logs
 from paxoskv.chaos.etcd_workload import (
     EtcdOutcome,
@@ -299,7 +301,12 @@ async def _campaign(cfg: CampaignConfig, res: CampaignResult, network, cluster: 
         keys = [f"k{k}" for k in range(cfg.workload.keys)]
         res.final = await final_reads(targets, keys, workload.recorder, monitor)
         res.history = workload.history()
-        other = None if etcd_wl is None else await key_counts(targets)
+        other = None
+        if etcd_wl is not None:
+            try:
+                other = await key_counts(targets)
+            except grpc.aio.AioRpcError as exc:
+                res.problems.append(f"etcd: counting the etcd workload's keys failed: {exc.code().name} {exc.details()}")
         res.node_diffs = compare_nodes(res.final, cluster.ids, keys, other)
         seen: set[int] = set()
         for i in sorted(res.final.linearizable):
