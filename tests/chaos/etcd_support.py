@@ -5,7 +5,7 @@ from __future__ import annotations
 from paxoskv.chaos import CampaignResult
 from paxoskv.chaos.etcd_workload import EtcdWorkloadConfig
 
-ETCD_WORKLOAD = EtcdWorkloadConfig(clients=4, keys=4)
+ETCD_WORKLOAD = EtcdWorkloadConfig(clients=3, keys=4)
 
 
 def assert_etcd_clean(res: CampaignResult) -> None:

@@ -265,3 +265,17 @@ def test_an_unknown_compaction_may_explain_a_compacted_read():
     h.op(4, 5, success=[Range("a", revision=2)], revision=3, error="compacted")
     assert check_txn_history(h.ops).verdict == "ok"
     assert check_txn_history([o for o in h.ops if o.outcome == "ok"]).verdict == "violation"
+
+
+def test_an_unknown_write_that_was_read_takes_the_revision_the_read_shows():
+    h = H()
+    h.op(0, 1, success=[Put("a", "v1")], revision=2)
+    h.op(0.5, None, outcome="unknown", success=[Put("b", "u")])
+    h.op(0.5, None, outcome="unknown", success=[Put("c", "w")])
+    h.op(2, 3, success=[Put("a", "v2")], revision=4)
+    h.op(4, 5, success=[Range("b"), Range("c")], revision=4, reads=[None, ("w", 3, 3, 1)])
+    assert check_txn_history(h.ops).verdict == "ok"
+    # The read says "w" was written at 3: it cannot also have been written at 5.
+    bad = H(h.ops[:4])
+    bad.op(4, 5, success=[Range("c")], revision=4, reads=[("w", 5, 5, 1)])
+    assert check_txn_history(bad.ops).verdict == "violation"

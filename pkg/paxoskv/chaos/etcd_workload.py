@@ -75,7 +75,7 @@ class EtcdWorkloadConfig:
     p_multi: float = 0.2
     p_range_at: float = 0.15  # the rest are current reads
     attempt_timeout_s: float = 1.0
-    backoff_s: float = 0.02
+    backoff_s: float = 0.1  # after a call that was not answered (a dead node costs few calls)
     past_revisions: int = 50  # a range-at reads at most this far back from the latest revision seen
     hash_revisions: int = 4  # HashKV compared at this many revisions (the current one among them)
     scan_revisions_max: int | None = None  # the per-revision scan covers at most the latest this many
@@ -133,6 +133,7 @@ class _Client:
         self.ids = sorted(targets)
         self.node = self.ids[index % len(self.ids)]
         self.rng = rng
+        self.jitter = random.Random(rng.random())  # backoff: how often it fails must not shift the ops
         self.seq = 0
         self.seen: dict[str, Record | None] = {}  # what this client last read or wrote of each key
         self.last_rev = 1
@@ -149,7 +150,7 @@ class _Client:
         while not stop.is_set():
             if not await self.one():
                 self.node = self.ids[(self.ids.index(self.node) + 1) % len(self.ids)]
-                await asyncio.sleep(self.wl.cfg.backoff_s * (1 + self.rng.random()))
+                await asyncio.sleep(self.wl.cfg.backoff_s * (1 + self.jitter.random()))
 
     def _key(self) -> str:
         return f"{KEY_PREFIX}k{self.rng.randrange(self.wl.cfg.keys)}"

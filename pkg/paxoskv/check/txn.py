@@ -28,7 +28,11 @@ Rules
   nothing and answers as the state is now is placed at once (a forced
   move: moving a read earlier within its window breaks no order); an
   unknown op is only placed where it changes the state and no ok op still
-  needs the current revision (a gap).
+  needs the current revision (a gap), and an unknown op whose put some ok
+  op read only at the revision the read showed (values are unique).
+- Every put writes a value no other put writes (both workloads make them
+  so); a read then names the write it saw, and the revision of that write
+  (its mod revision).
 - ``foreign``: the call times of writes outside the checked keys that share
   the store's revision (paxoskv.v1 writes): each may bump the revision once,
   at any time after its call, or never. They are interchangeable, so the
@@ -430,6 +434,24 @@ def check_txn_history(
         else:
             place_max[i] = o.revision - 1 if surely_mutates else o.revision
     by_place = sorted(ok_idx, key=lambda i: place_max[i])
+    # Values are unique, and a read shows the revision its value was written
+    # at: an unknown op whose put was read can only take that revision, and
+    # no other write can take it.
+    written_at: dict[str, set[int]] = {}
+    for i in ok_idx:
+        for rec in work[i].reads or ():
+            if rec is not None:
+                written_at.setdefault(rec[0], set()).add(rec[2])
+    pinned: dict[int, list[int]] = {}  # revision -> unknown ops that wrote there
+    pin = [0] * n
+    for i in unknown_idx:
+        o = work[i]
+        revs = {m for x in (*o.success, *o.failure) if isinstance(x, Put) for m in written_at.get(x.value, ())}
+        if len(revs) == 1:
+            pin[i] = revs.pop()
+            pinned.setdefault(pin[i], []).append(i)
+        elif revs:
+            pin[i] = -1  # read at two revisions: it cannot be placed (one write, one revision)
     deadline = None if time_budget_s is None else start + time_budget_s
 
     def result(verdict: str, steps: int, **kw: Any) -> TxnCheckResult:
@@ -479,6 +501,11 @@ def check_txn_history(
                 out.append(i)
             j += 1
         out.sort(key=lambda i: (work[i].revision or 0, work[i].ret))
+        if r + 1 in pinned:  # an unknown op's write was read at r + 1: it, or an ok op, goes there
+            out.extend(i for i in pinned[r + 1] if not done[i] and work[i].call <= min_ret)  # type: ignore[operator]
+            out.extend(i for i in unknown_idx if not done[i] and work[i].compact
+                       and work[i].call <= min_ret)  # type: ignore[operator]
+            return out
         if taken is not None and r + 1 in taken and not out:
             return [_FOREIGN_OP]  # forced: nothing else can happen at this revision
         if frame.place_ptr < len(by_place) and place_max[by_place[frame.place_ptr]] == r:
@@ -495,7 +522,8 @@ def check_txn_history(
                 return out
         elif bisect.bisect_right(foreign_calls, min_ret) > foreign_used:  # type: ignore[arg-type]
             out.append(_FOREIGN_OP)
-        out.extend(i for i in unknown_idx if not done[i] and work[i].call <= min_ret)  # type: ignore[operator]
+        out.extend(i for i in unknown_idx if not done[i] and not pin[i]
+                   and work[i].call <= min_ret)  # type: ignore[operator]
         return out
 
     root = _Frame(cands=[], entered_by=-2)
