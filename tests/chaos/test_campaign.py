@@ -28,6 +28,7 @@ import pytest
 
 from paxoskv.chaos import CampaignConfig, CampaignResult, WorkloadConfig, run_campaign
 from paxoskv.chaos.net import namespace_support
+from etcd_support import ETCD_WORKLOAD, assert_etcd_clean
 
 HERE = pathlib.Path(__file__).resolve().parent
 WEAK_NODE = (sys.executable, str(HERE / "weak_serve.py"))
@@ -126,10 +127,12 @@ def test_three_nodes_under_every_fault_stay_linearizable(tmp_path):
             faults=ALL_FAULTS,
             seed=campaign_seed(20240611),
             workload=WorkloadConfig(clients=12, keys=5, p_batch=0.2),
+            etcd=ETCD_WORKLOAD,
             check_budget_s=600 if LONG else 120,
         )
     )
     assert_clean(res)
+    assert_etcd_clean(res)
     kinds = assert_faults(res)
     assert KILL_KINDS <= kinds, kinds
     if PARTITIONS_WHY_NOT is None:

@@ -5,9 +5,10 @@ What each test proves, and how:
 
 - ``test_disk_is_bounded_by_live_data_and_tail_and_a_restart_serves_fast``:
   200,000 writes over 1,000 keys (100-byte values), with auto-compaction of
-  the MVCC history (revision mode: the last 20 revisions kept, looked at
+  the MVCC history (revision mode: the last 50 revisions kept, looked at
   every second); afterwards every node's data directory is at most 3x (live
-  data and retained history + retained tail), and a node killed with SIGKILL
+  data and retained history + retained tail) and at most 3x live data and
+  retained history alone (issue 19), and a node killed with SIGKILL
   answers a linearizable Get less than 2 s after its process is spawned.
 - ``test_a_node_down_longer_than_the_tail_catches_up_by_snapshot_while_writes_continue``:
   a follower is down until both other nodes compacted past its index; it
@@ -38,7 +39,7 @@ Definitions used for the bound (measured, not assumed):
 
 A log entry is one slot, and one slot holds every command the leader batched
 while the previous write was being fsync'ed (hundreds under this load), so
-``--retain-entries`` is small here (50): the history written is then many
+``--retain-entries`` is small here (20): the history written is then many
 times the tail, and the bound says something. The test asserts that.
 """
 
@@ -93,8 +94,9 @@ def _follower(c: LocalCluster, leader: int) -> int:
 WRITES_1 = 200_000
 KEYS_1 = 1_000
 VALUE_BYTES_1 = 100
-RETAIN_1 = 50
-HISTORY_1 = ("--auto-compaction-mode", "revision", "--auto-compaction-retention", "20",
+RETAIN_1 = 20
+HISTORY_REVISIONS_1 = 50  # a 250-op batch is one revision: about 12,500 versions kept
+HISTORY_1 = ("--auto-compaction-mode", "revision", "--auto-compaction-retention", str(HISTORY_REVISIONS_1),
              "--auto-compaction-interval", "1s")
 
 
@@ -114,6 +116,9 @@ def test_disk_is_bounded_by_live_data_and_tail_and_a_restart_serves_fast(tmp_pat
         assert f.stats.command_bytes >= 5 * (f.live + tail_max), f.report()
         for i in f.sizes:
             assert f.ratio(i) <= 3.0, f"node {i}: data dir over 3x (live + tail)\n{f.report()}"
+            # The issue's bound: within 3x of live data + retained MVCC history
+            # alone (the Paxos log's tail, --retain-entries, counted as overhead).
+            assert f.ratio_history(i) <= 3.0, f"node {i}: data dir over 3x (live + history)\n{f.report()}"
         assert f.restart_s < 2.0, f"restart to serving took {f.restart_s:.3f}s"
         for i in c.nodes:
             assert not bad_log_lines(c, i), bad_log_lines(c, i)

@@ -43,7 +43,17 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+import grpc
+
 from paxoskv.chaos.cluster import Cluster, LogScan, scan_logs
+from paxoskv.chaos.etcd_workload import (
+    EtcdOutcome,
+    EtcdWorkload,
+    EtcdWorkloadConfig,
+    check_history_of,
+    check_members,
+    key_counts,
+)
 from paxoskv.chaos.monitor import LeaderChange, Monitor
 from paxoskv.chaos.nemesis import FAULT_FAMILIES, FaultEvent, HealthPoint, Nemesis, NemesisConfig
 from paxoskv.chaos.net import LoopbackNetwork, NamespaceNetwork, NetworkError, make_network
@@ -77,6 +87,7 @@ class CampaignConfig:
     faults: frozenset[str] = frozenset(FAULT_FAMILIES)
     seed: int = 1
     workload: WorkloadConfig = field(default_factory=WorkloadConfig)
+    etcd: EtcdWorkloadConfig | None = None  # an etcd-API workload beside it (chaos/etcd_workload.py)
     nemesis: NemesisConfig | None = None  # None: defaults for ``faults``
     heartbeat_ms: int = 50
     election_ms: int = 500
@@ -127,6 +138,7 @@ class CampaignResult:
     timings: dict[str, float] = field(default_factory=dict)
     exit_codes: dict[int, int | None] = field(default_factory=dict)
     aborted: str = ""  # why the campaign stopped early, if it did
+    etcd: EtcdOutcome | None = None  # the etcd-API workload and its checks, when configured
 
     @property
     def passed(self) -> bool:
@@ -251,11 +263,14 @@ async def _campaign(
             on_write=nemesis.on_write,
             tls=tls,
         )
+        etcd_wl = None if cfg.etcd is None else EtcdWorkload(cfg.etcd, targets, seed=cfg.seed, clock=clock)
         stop_monitor = asyncio.Event()
         t_safety = clock()
         monitor_task = asyncio.create_task(monitor.run(stop_monitor))
         watchdog = asyncio.create_task(_watch_exits(cluster, stop_monitor))
         workload.start()
+        if etcd_wl is not None:
+            etcd_wl.start()
         reporter = asyncio.create_task(_progress(cfg, workload, nemesis, monitor, stop_monitor, clock))
         try:
             await asyncio.sleep(cfg.warmup_s)
@@ -275,6 +290,8 @@ async def _campaign(
             await asyncio.sleep(max(0.0, tail_end - clock()))
         finally:
             await workload.stop()
+            if etcd_wl is not None:
+                await etcd_wl.stop()
             res.safety_end_s = clock()
             res.timings["safety_s"] = res.safety_end_s - t_safety
         await nemesis.heal_all()
@@ -298,7 +315,13 @@ async def _campaign(
         keys = [f"k{k}" for k in range(cfg.workload.keys)]
         res.final = await final_reads(targets, keys, workload.recorder, monitor, tls=tls)
         res.history = workload.history()
-        res.node_diffs = compare_nodes(res.final, cluster.ids, keys)
+        other = None
+        if etcd_wl is not None:
+            try:
+                other = await key_counts(targets)
+            except grpc.aio.AioRpcError as exc:
+                res.problems.append(f"etcd: counting the etcd workload's keys failed: {exc.code().name} {exc.details()}")
+        res.node_diffs = compare_nodes(res.final, cluster.ids, keys, other)
         seen: set[int] = set()
         for i in sorted(res.final.linearizable):
             for lw in lost_writes(res.history, res.final.linearizable[i]):
@@ -308,8 +331,21 @@ async def _campaign(
         t = time.monotonic()
         res.check = await asyncio.to_thread(check_history, res.history, time_budget_s=cfg.check_budget_s)
         res.timings["check_s"] = time.monotonic() - t
+        if etcd_wl is not None:
+            await _etcd_checks(cfg, res, etcd_wl, targets)
     finally:
         await monitor.close()
+
+
+async def _etcd_checks(cfg: CampaignConfig, res: CampaignResult, wl: EtcdWorkload, targets: dict[int, str]) -> None:
+    assert cfg.etcd is not None
+    out = res.etcd = EtcdOutcome(history=wl.history(), notes=wl.notes)
+    t = time.monotonic()
+    await check_members(cfg.etcd, targets, out)
+    out.timings["members_s"] = time.monotonic() - t
+    t = time.monotonic()
+    out.check = await asyncio.to_thread(check_history_of, wl, res.history, cfg.check_budget_s)
+    out.timings["check_s"] = time.monotonic() - t
 
 
 async def _progress(
@@ -350,6 +386,12 @@ def _decide(res: CampaignResult) -> None:
     for lw in res.lost:
         res.problems.append(f"lost acknowledged write: {lw.why}")
     check = res.check
+    if res.etcd is not None:
+        res.problems.extend(res.etcd.problems)
+        if res.etcd.check is None:
+            res.problems.append("the etcd history was not checked")
+        elif res.etcd.check.verdict == "violation":
+            res.problems.append(f"etcd history not linearizable: {res.etcd.check.explanation}")
     if res.aborted:
         res.problems.append(f"the campaign stopped early: {res.aborted}")
     if check is None:
@@ -362,7 +404,8 @@ def _decide(res: CampaignResult) -> None:
             res.problems.append(f"not linearizable on key {k.key}: cannot linearize {what}")
     if res.problems or check.verdict == "violation":
         res.verdict = "fail"
-    elif check.verdict == "unknown":
+    elif check.verdict == "unknown" or (res.etcd is not None and res.etcd.check is not None
+                                        and res.etcd.check.verdict == "unknown"):
         res.verdict = "unknown"
     else:
         res.verdict = "pass"

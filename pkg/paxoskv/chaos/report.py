@@ -260,6 +260,10 @@ def summary(res: CampaignResult) -> str:
                 add(f"  key {k.key}: {k.verdict}")
                 for line in (k.explanation or "").splitlines()[:25]:
                     add(f"    {line}")
+    if res.etcd is not None:
+        from paxoskv.chaos.etcd_workload import summary_lines
+
+        lines.extend(summary_lines(res.etcd))
     t = res.timings
     add("timings: " + ", ".join(f"{k.removesuffix('_s')} {t[k]:.1f}s" for k in t))
     if res.problems:
@@ -287,4 +291,8 @@ def write_outputs(res: CampaignResult) -> None:
     with open(out / "faults.jsonl", "w", encoding="utf-8") as f:
         for e in res.events:
             f.write(json.dumps(e.to_json()) + "\n")
+    if res.etcd is not None:
+        from paxoskv.chaos.etcd_workload import write_history
+
+        write_history(res.etcd, out / "etcd-history.jsonl")
     (out / "summary.txt").write_text(summary(res))

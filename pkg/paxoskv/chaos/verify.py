@@ -167,8 +167,11 @@ async def final_reads(
     return fs
 
 
-def compare_nodes(fs: FinalState, ids: Iterable[int], keys: Sequence[str]) -> list[str]:
-    """(c) Differences between nodes' states (empty: identical)."""
+def compare_nodes(
+    fs: FinalState, ids: Iterable[int], keys: Sequence[str], other_keys: dict[int, int] | None = None
+) -> list[str]:
+    """(c) Differences between nodes' states (empty: identical). ``other_keys``:
+    node -> keys it holds outside ``keys`` (another workload's)."""
     problems: list[str] = list(fs.errors)
     ids = sorted(ids)
     applied = {i: fs.status[i].applied_index for i in ids if i in fs.status}
@@ -185,6 +188,7 @@ def compare_nodes(fs: FinalState, ids: Iterable[int], keys: Sequence[str]) -> li
     for i in ids:
         if i in counts and i in fs.serializable:
             present = sum(1 for v in fs.serializable[i].values() if v is not None)
+            present += (other_keys or {}).get(i, 0)
             if present != counts[i]:
                 problems.append(
                     f"node {i} holds {counts[i]} keys, {present} of them from the workload's key set"

@@ -313,6 +313,22 @@ class _Client:
         return self.ids[(self.ids.index(node) + 1) % len(self.ids)]
 
 
+async def stop_clients(stop: asyncio.Event, tasks: list[asyncio.Task], clients, timeout_s: float) -> None:  # noqa: ANN001
+    """Set ``stop``, wait up to ``timeout_s`` for the client tasks (cancel the
+    rest; re-raise a task's exception), then close every client."""
+    stop.set()
+    if tasks:
+        await asyncio.wait(tasks, timeout=timeout_s)
+        for t in tasks:
+            if not t.done():
+                t.cancel()
+        for t in tasks:
+            if t.done() and not t.cancelled() and t.exception() is not None:
+                raise t.exception()
+    for c in clients:
+        await c.close()
+
+
 def _leader_hint(exc: grpc.aio.AioRpcError) -> int | None:
     try:
         md = exc.trailing_metadata() or ()
@@ -357,17 +373,7 @@ class Workload:
 
     async def stop(self) -> None:
         """Let every client finish its operation in flight (bounded by its deadline)."""
-        self._stop.set()
-        if self._tasks:
-            await asyncio.wait(self._tasks, timeout=self.cfg.op_timeout_s + 5.0)
-            for t in self._tasks:
-                if not t.done():
-                    t.cancel()
-            for t in self._tasks:
-                if t.done() and not t.cancelled() and t.exception() is not None:
-                    raise t.exception()
-        for c in self.clients:
-            await c.close()
+        await stop_clients(self._stop, self._tasks, self.clients, self.cfg.op_timeout_s + 5.0)
 
     def history(self) -> list[Operation]:
         return self.recorder.history()

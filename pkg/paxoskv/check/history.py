@@ -196,6 +196,20 @@ class Operation:
         return text
 
 
+def distinct_ops(ops: Iterable[Any], cls: type, what: str) -> list[Any]:
+    """``ops`` as a list, each a ``cls`` (``what`` names it) with an id of
+    its own; raises ``HistoryError``."""
+    out = list(ops)
+    seen: set[int] = set()
+    for o in out:
+        if not isinstance(o, cls):
+            raise HistoryError(f"not {what}: {o!r}")
+        if o.id in seen:
+            raise HistoryError(f"duplicate operation id {o.id}")
+        seen.add(o.id)
+    return out
+
+
 def _fmt_time(t: float) -> str:
     """A time to microseconds without noise: 12.5, 14, 1732420000.123456."""
     return f"{t:.6f}".rstrip("0").rstrip(".")

@@ -28,7 +28,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from paxoskv.check.history import HistoryError, Operation
+from paxoskv.check.history import HistoryError, Operation, distinct_ops
 
 __all__ = ["MEMORY_BUDGET_BYTES_DEFAULT", "VERDICTS", "CheckResult", "KeyResult", "check_history", "check_key"]
 
@@ -885,15 +885,9 @@ def check_history(
     has a violation. Raises ``HistoryError`` on duplicate operation ids.
     """
     start = time.monotonic()
-    ops = list(ops)
+    ops = distinct_ops(ops, Operation, "an Operation")
     by_key: dict[str, list[Operation]] = defaultdict(list)
-    seen: set[int] = set()
     for o in ops:
-        if not isinstance(o, Operation):
-            raise HistoryError(f"not an Operation: {o!r}")
-        if o.id in seen:
-            raise HistoryError(f"duplicate operation id {o.id}")
-        seen.add(o.id)
         by_key[o.key].append(o)
     budget = _Budget(time_budget_s, step_budget, memory_budget_bytes)
     results = [

@@ -29,11 +29,11 @@ Rules:
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
 from paxoskv.etcdpb import rpc_pb2
-from paxoskv.kv.commands import Limits
+from paxoskv.kv.commands import NODE_ASSIGNED_PREFIX, Limits
 from paxoskv.paxos.types import Value
 from paxoskv.v1 import kv_pb2
 from paxoskv.sim.history import DELETE, FAIL, OK, PUT, Operation
@@ -179,16 +179,32 @@ def reference_state(log: Mapping[int, Value], through: int, limits: Limits = Lim
     an invalid one neither; a batch applies its ops in order, each with its
     own identity, a packed batch with one identity for all of them."""
     kv: dict[bytes, bytes] = {}
+    for _cmd, writes in command_effects(log, through, limits):
+        for key, value in writes:
+            if value is None:
+                kv.pop(key, None)
+            else:
+                kv[key] = value
+    return kv
+
+
+def command_effects(
+    log: Mapping[int, Value], through: int, limits: Limits = Limits()
+) -> Iterator[tuple[kv_pb2.Command, list[tuple[bytes, bytes | None]]]]:
+    """Every command of slots ``1..through`` in order, with the paxoskv.v1
+    writes it makes (key, value or None for a delete), by the rules
+    ``reference_state`` states; an etcd command (``Command.etcd``) comes
+    only when its identity is fresh: a paxoskv.v1 Txn (``is_v1_txn``: the
+    client's own identity, compares on existence) with the writes of the
+    branch it takes, an etcd API command with none."""
     last: dict[str, int] = {}
+    kv: dict[bytes, bytes] = {}  # what the v1 writes left: a v1 Txn's compares read it
 
     def valid(key: bytes, value: bytes) -> bool:
         return 0 < len(key) <= limits.key_bytes_max and len(value) <= limits.value_bytes_max
 
-    def write(op: kv_pb2.PutOp | kv_pb2.DeleteOp | kv_pb2.PutRequest | kv_pb2.DeleteRequest, is_put: bool) -> None:
-        if is_put:
-            kv[op.key] = op.value
-        else:
-            kv.pop(op.key, None)
+    def write(op: kv_pb2.PutOp | kv_pb2.DeleteOp | kv_pb2.PutRequest | kv_pb2.DeleteRequest, is_put: bool) -> tuple[bytes, bytes | None]:
+        return (op.key, op.value if is_put else None)
 
     def fresh(client_id: str, first: int, last_seq: int) -> bool:
         if not client_id:
@@ -202,14 +218,20 @@ def reference_state(log: Mapping[int, Value], through: int, limits: Limits = Lim
         for data in log[slot]:
             cmd = kv_pb2.Command.FromString(data)
             kind = cmd.WhichOneof("op")
+            out: list[tuple[bytes, bytes | None]] = []
+            if kind == "etcd":
+                if fresh(cmd.client_id, cmd.sequence, cmd.sequence):
+                    if is_v1_txn(cmd):
+                        out = _existence_txn(kv, cmd.etcd)
+                        _update(kv, out)
+                    yield cmd, out
+                continue
             if kind in ("put", "delete"):
                 body = getattr(cmd, kind)
                 if valid(body.key, body.value if kind == "put" else b"") and fresh(cmd.client_id, cmd.sequence, cmd.sequence):
-                    write(body, kind == "put")
-                continue
-            if kind == "etcd":
-                if fresh(cmd.client_id, cmd.sequence, cmd.sequence):
-                    _existence_txn(kv, cmd.etcd)
+                    out.append(write(body, kind == "put"))
+                _update(kv, out)
+                yield cmd, out
                 continue
             if kind != "batch":
                 continue
@@ -223,7 +245,9 @@ def reference_state(log: Mapping[int, Value], through: int, limits: Limits = Lim
                     if k in ("put", "delete"):
                         body = getattr(op, k)
                         if valid(body.key, body.value if k == "put" else b"") and not body.HasField("request"):
-                            write(body, k == "put")
+                            out.append(write(body, k == "put"))
+                _update(kv, out)
+                yield cmd, out
                 continue
             for k, op in ops:
                 if k not in ("put", "delete"):
@@ -231,8 +255,23 @@ def reference_state(log: Mapping[int, Value], through: int, limits: Limits = Lim
                 body = getattr(op, k)
                 hdr = body.request
                 if valid(body.key, body.value if k == "put" else b"") and fresh(hdr.client_id, hdr.sequence, hdr.sequence):
-                    write(body, k == "put")
-    return kv
+                    out.append(write(body, k == "put"))
+            _update(kv, out)
+            yield cmd, out
+
+
+def is_v1_txn(cmd: kv_pb2.Command) -> bool:
+    """An etcd command in the log for a paxoskv.v1 Txn: it carries the v1
+    client's own identity, not one its node assigned (an etcd API write)."""
+    return cmd.WhichOneof("op") == "etcd" and bool(cmd.client_id) and not cmd.client_id.startswith(NODE_ASSIGNED_PREFIX)
+
+
+def _update(kv: dict[bytes, bytes], writes: list[tuple[bytes, bytes | None]]) -> None:
+    for key, value in writes:
+        if value is None:
+            kv.pop(key, None)
+        else:
+            kv[key] = value
 
 
 _C = rpc_pb2.Compare
@@ -240,10 +279,11 @@ _C = rpc_pb2.Compare
 _ON_EXISTENCE = {_C.EQUAL: lambda exists: not exists, _C.NOT_EQUAL: bool, _C.GREATER: bool}
 
 
-def _existence_txn(kv: dict[bytes, bytes], op: kv_pb2.EtcdOp) -> None:
-    """An etcd Txn whose compares say whether a key exists (version, create
-    or mod revision against 0: the simulator's v1 CASes), with puts and
-    single-key deletes; anything else is beyond this model and says so."""
+def _existence_txn(kv: Mapping[bytes, bytes], op: kv_pb2.EtcdOp) -> list[tuple[bytes, bytes | None]]:
+    """The writes of an etcd Txn whose compares say whether a key exists
+    (version, create or mod revision against 0: the simulator's v1 CASes),
+    with puts and single-key deletes, given the map ``kv`` before it;
+    anything else is beyond this model and says so."""
     if op.WhichOneof("request") != "txn":
         raise NotImplementedError(f"the reference model has no etcd {op.WhichOneof('request')}")
     txn = op.txn
@@ -253,14 +293,16 @@ def _existence_txn(kv: dict[bytes, bytes], op: kv_pb2.EtcdOp) -> None:
         if operand != 0 or c.result not in _ON_EXISTENCE or c.range_end:
             raise NotImplementedError(f"the reference model covers existence compares only, not {c}")
         holds = holds and _ON_EXISTENCE[c.result](c.key in kv)
+    writes: list[tuple[bytes, bytes | None]] = []
     for r in txn.success if holds else txn.failure:
         kind = r.WhichOneof("request")
         if kind == "request_put":
-            kv[r.request_put.key] = r.request_put.value
+            writes.append((r.request_put.key, r.request_put.value))
         elif kind == "request_delete_range" and not r.request_delete_range.range_end:
-            kv.pop(r.request_delete_range.key, None)
+            writes.append((r.request_delete_range.key, None))
         elif kind != "request_range":
             raise NotImplementedError(f"the reference model has no txn op {kind} of that shape")
+    return writes
 
 
 def check_serializable_reads(history: Sequence[Operation]) -> list[str]:

@@ -103,6 +103,12 @@ def minimize_ops(result: SimResult) -> SimResult:
     help="Hostile members: before this share of deliveries a member also sends a message breaking a rule (nothing forged may apply).",
 )
 @click.option(
+    "--etcd/--no-etcd",
+    default=True,
+    show_default=True,
+    help="Run etcd-API clients (Txn, Range at a revision, Compaction) beside the v1 ones, in three seeds of four.",
+)
+@click.option(
     "--verbose",
     "-v",
     is_flag=True,
@@ -133,6 +139,7 @@ def sim_cmd(
     faults: str,
     scale: int,
     hostile_rate: float,
+    etcd: bool,
     verbose: bool,
     history_out: str | None,
     stop_on_failure: bool,
@@ -151,7 +158,8 @@ def sim_cmd(
     progress_every = max(1, count // PROGRESS_STEPS) if count > 1 else 0
     for s in range(seed, seed + count):
         config = SimConfig(
-            seed=s, nodes=nodes, ops=ops, faults=faults, scale=scale, trace=verbose, hostile_rate=hostile_rate
+            seed=s, nodes=nodes, ops=ops, faults=faults, scale=scale, trace=verbose, hostile_rate=hostile_rate,
+            etcd=etcd,
         )
         result = Simulation(config).run()
         done = s - seed + 1

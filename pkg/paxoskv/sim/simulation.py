@@ -57,6 +57,7 @@ Rules:
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import logging
 import random
@@ -83,6 +84,9 @@ from paxoskv.sim.checks import (
     reference_state,
 )
 from paxoskv.sim.clients import SIM_LIMITS, Client, ClientParams, Request
+from paxoskv.sim.etcd import RANGE as ETCD_RANGE
+from paxoskv.sim.etcd import WRITE as ETCD_WRITE
+from paxoskv.sim.etcd import EtcdClient, check_etcd_history, compare_reference, reference_mvcc
 from paxoskv.sim.history import GET, OK, PENDING, PUT, UNKNOWN, Operation
 from paxoskv.sim.nemesis import FAULT_PROFILES, Nemesis
 from paxoskv.sim.network import DELAY_PROFILES, Network
@@ -138,6 +142,9 @@ class SimConfig:
     # Hostile members: before this share of deliveries a member also sends the
     # node a message breaking a rule it enforces (paxoskv.paxos.hostile).
     hostile_rate: float = 0.0
+    # etcd-API clients (sim/etcd.py) beside the v1 ones, their number drawn
+    # apart from the seed's main stream; False: none, the run as before them.
+    etcd: bool = True
 
     def __post_init__(self) -> None:
         if self.nodes < 1:
@@ -161,6 +168,8 @@ class SimConfig:
             cmd += f" --scale {self.scale}"
         if self.hostile_rate:
             cmd += f" --hostile {self.hostile_rate:g}"
+        if not self.etcd:
+            cmd += " --no-etcd"
         return cmd
 
 
@@ -190,6 +199,8 @@ class SimResult:
     trace: list[str] | None
     real_time_s: float = 0.0
     cpu_time_s: float = 0.0  # this process's CPU time (what a shared machine does not inflate)
+    etcd_history: list = field(default_factory=list)  # paxoskv.check.txn.TxnOp of the etcd clients
+    etcd_linearizability: str = "unchecked"
 
     @property
     def ok(self) -> bool:
@@ -394,6 +405,19 @@ class Simulation:
         self._hostile_rng = random.Random(f"hostile-{config.seed}")
         self.hostile_outcomes: dict[str, int] = {"codec": 0, "stepped": 0}
         self.linearizability = "unchecked"  # ok, violation, unknown (budget spent), unchecked
+        # etcd clients: drawn from their own stream, so the draws above stay the seed's.
+        etcd_rng = random.Random(f"etcd-{config.seed}")
+        n_etcd = etcd_rng.choice((0, 1, 2, 3)) if config.etcd else 0
+        etcd_keys = etcd_rng.randint(2, 4)
+        self.etcd_ops_left = max(1, config.ops // 4) if n_etcd else 0
+        self.etcd_clients = [
+            EtcdClient(self, f"e{i}", _derive(etcd_rng), keys=etcd_keys, timeout_us=client_params.timeout_us,
+                       think_max_us=client_params.think_max_us)
+            for i in range(1, n_etcd + 1)
+        ]
+        self.etcd_keys = frozenset(f"e{i}".encode() for i in range(etcd_keys)) if n_etcd else frozenset()
+        self.etcd_linearizability = "unchecked"
+        self.params += f" etcd_clients={n_etcd} etcd_keys={etcd_keys}"
 
     # ---- Tracing ----------------------------------------------------------------
 
@@ -698,7 +722,12 @@ class Simulation:
         chosen = self.applied.chosen
         if all(s in chosen for s in range(1, index + 1)):
             expected = reference_state(chosen, index, SIM_LIMITS)
-            state = dict(r.sm.items())
+            state = self._v1_view(dict(r.sm.items()))
+            if self.etcd_clients:
+                model, _, _ = reference_mvcc(chosen, index, SIM_LIMITS)
+                for problem in compare_reference(model, r.sm):
+                    self.violation("snapshot", f"node {node.node_id} installed a snapshot at {index} whose MVCC "
+                                               f"store differs from the reference replay: {problem}")
             if state != expected:
                 diff = sorted(
                     k for k in set(expected) | set(state) if expected.get(k) != state.get(k)
@@ -708,6 +737,10 @@ class Simulation:
                     f"node {node.node_id} installed a snapshot at {index} "
                     f"that differs from the agreed log on keys {diff[:5]}",
                 )
+
+    def _v1_view(self, state: dict[bytes, bytes]) -> dict[bytes, bytes]:
+        """A state without the etcd clients' keys (the v1 checks know only v1 writes)."""
+        return {k: v for k, v in state.items() if k not in self.etcd_keys}
 
     # ---- Clients ----------------------------------------------------------------
 
@@ -723,6 +756,12 @@ class Simulation:
 
     def may_give_up(self) -> bool:
         return self.phase == "safety"
+
+    def etcd_take_op(self) -> bool:
+        if self.phase != "safety" or self.etcd_ops_left <= 0:
+            return False
+        self.etcd_ops_left -= 1
+        return True
 
     def client_idle(self, client: Client) -> None:
         pass
@@ -775,6 +814,10 @@ class Simulation:
             call = layer.get(payload, timeout_s, on_done)
         elif form == "txn":
             call = layer.txn(payload, timeout_s, on_done)
+        elif form == ETCD_WRITE:
+            call = layer.etcd_write(payload, timeout_s, on_done)
+        elif form == ETCD_RANGE:
+            call = layer.range(payload, timeout_s, on_done)
         else:
             ops, request = payload
             call = layer.ops(ops, timeout_s, on_done, request=request)
@@ -892,6 +935,8 @@ class Simulation:
             sched.after(node.rng.randint(0, node.tick_us), self._tick, node)
         for client in self.clients:
             client.start()
+        for etcd_client in self.etcd_clients:
+            etcd_client.start()
         self.nemesis.start()
         sched.after(self.safety_us_max, self._end_safety)
         with self._logs_to_trace():
@@ -928,20 +973,28 @@ class Simulation:
         for op in self.history:
             if op.outcome == PENDING:
                 op.finish(UNKNOWN, self.scheduler.now_us)
+        for etcd_client in self.etcd_clients:
+            etcd_client.finish()
         floors = {n.node_id: n.snapshot_floor for n in self.nodes.values()}
         for problem in check_prefixes(self.applied.by_node, floors):
             self.violation("prefix", problem)
         up = [n for n in self.nodes.values() if n.replica is not None]
+        v1_revisions: list[int] | None = None
         if self._stop_reason == "converged" and up:
             states = {n.node_id: dict(n.replica.sm.items()) for n in up}  # type: ignore[union-attr]
             applied = {n.node_id: n.replica.sm.applied_index for n in up}  # type: ignore[union-attr]
             for problem in check_convergence(applied, states):
                 self.violation("convergence", problem)
-            final = states[up[0].node_id]
+            final = self._v1_view(states[up[0].node_id])
             for problem in check_acknowledged_writes(self.history, final):
                 self.violation("acknowledged-write", problem)
             through = applied[up[0].node_id]
             if all(s in self.applied.chosen for s in range(1, through + 1)):
+                model, skipped, v1_revisions = reference_mvcc(self.applied.chosen, through, SIM_LIMITS)
+                if skipped:
+                    self.violation("etcd-reference", f"etcd commands the reference cannot replay: {skipped[:3]}")
+                for problem in compare_reference(model, up[0].replica.sm):  # type: ignore[union-attr]
+                    self.violation("etcd-reference", f"the MVCC store differs from the reference replay: {problem}")
                 expected = reference_state(self.applied.chosen, through, SIM_LIMITS)
                 if expected != final:
                     diff = sorted(
@@ -970,6 +1023,13 @@ class Simulation:
             self.linearizability, explanation = check_linearizable(self.history)
             if self.linearizability == "violation":
                 self.violation("linearizability", explanation)
+            if self.etcd_clients:
+                etcd_history = [op for c in self.etcd_clients for op in c.history]
+                res = check_etcd_history(_renumbered(etcd_history), self.history, LINEARIZABILITY_STEPS_MAX,
+                                         v1_revisions)
+                self.etcd_linearizability = res.verdict
+                if res.verdict == "violation":
+                    self.violation("etcd-linearizability", res.explanation)
 
     def _result(self, real_time_s: float) -> SimResult:
         h = hashlib.sha256()
@@ -1042,6 +1102,8 @@ class Simulation:
             digest=h.hexdigest(),
             trace=self.trace,
             real_time_s=real_time_s,
+            etcd_history=[op for c in self.etcd_clients for op in c.history],
+            etcd_linearizability=self.etcd_linearizability,
         )
 
 
@@ -1082,6 +1144,11 @@ def to_check_operations(history: list[Operation]) -> list[Any]:
             )
         )
     return out
+
+
+def _renumbered(ops: list[Any]) -> list[Any]:
+    """Every client numbers its own calls: one id space for the checker."""
+    return [dataclasses.replace(op, id=i) for i, op in enumerate(ops)]
 
 
 def run_seed(seed: int, **kwargs: Any) -> SimResult:
