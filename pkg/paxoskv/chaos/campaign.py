@@ -263,7 +263,7 @@ async def _campaign(
             on_write=nemesis.on_write,
             tls=tls,
         )
-        etcd_wl = None if cfg.etcd is None else EtcdWorkload(cfg.etcd, targets, seed=cfg.seed, clock=clock)
+        etcd_wl = None if cfg.etcd is None else EtcdWorkload(cfg.etcd, targets, seed=cfg.seed, clock=clock, tls=tls)
         stop_monitor = asyncio.Event()
         t_safety = clock()
         monitor_task = asyncio.create_task(monitor.run(stop_monitor))
@@ -318,7 +318,7 @@ async def _campaign(
         other = None
         if etcd_wl is not None:
             try:
-                other = await key_counts(targets)
+                other = await key_counts(targets, tls)
             except grpc.aio.AioRpcError as exc:
                 res.problems.append(f"etcd: counting the etcd workload's keys failed: {exc.code().name} {exc.details()}")
         res.node_diffs = compare_nodes(res.final, cluster.ids, keys, other)
@@ -341,7 +341,7 @@ async def _etcd_checks(cfg: CampaignConfig, res: CampaignResult, wl: EtcdWorkloa
     assert cfg.etcd is not None
     out = res.etcd = EtcdOutcome(history=wl.history(), notes=wl.notes)
     t = time.monotonic()
-    await check_members(cfg.etcd, targets, out)
+    await check_members(cfg.etcd, targets, out, tls=wl.tls)
     out.timings["members_s"] = time.monotonic() - t
     t = time.monotonic()
     out.check = await asyncio.to_thread(check_history_of, wl, res.history, cfg.check_budget_s)

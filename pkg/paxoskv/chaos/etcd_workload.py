@@ -47,9 +47,10 @@ from dataclasses import dataclass, field
 
 import grpc
 
-from paxoskv.chaos.workload import channel_options, stop_clients
+from paxoskv.chaos.workload import dial, stop_clients
 from paxoskv.check.txn import Compare, Delete, Put, Range, Record, TxnCheckResult, TxnOp, check_txn_history
 from paxoskv.etcdpb import rpc_pb2, rpc_pb2_grpc
+from paxoskv.tls import ClientTLS
 from paxoskv.wire import unreachable_reason
 
 __all__ = [
@@ -137,9 +138,7 @@ class _Client:
         self.seq = 0
         self.seen: dict[str, Record | None] = {}  # what this client last read or wrote of each key
         self.last_rev = 1
-        self.channels = {
-            i: grpc.aio.insecure_channel(t, options=channel_options(f"{self.name}-n{i}")) for i, t in targets.items()
-        }
+        self.channels = {i: dial(t, f"{self.name}-n{i}", wl.tls) for i, t in targets.items()}
         self.kv = {i: rpc_pb2_grpc.KVStub(ch) for i, ch in self.channels.items()}
 
     async def close(self) -> None:
@@ -257,10 +256,17 @@ class EtcdWorkload:
     """``clients`` concurrent etcd-API clients against ``targets`` (node id -> host:port)."""
 
     def __init__(
-        self, cfg: EtcdWorkloadConfig, targets: dict[int, str], *, seed: int, clock: Callable[[], float] = time.monotonic
+        self,
+        cfg: EtcdWorkloadConfig,
+        targets: dict[int, str],
+        *,
+        seed: int,
+        clock: Callable[[], float] = time.monotonic,
+        tls: ClientTLS | None = None,
     ) -> None:
         self.cfg = cfg
         self.clock = clock
+        self.tls = tls  # the campaign's client certificate (None: plaintext)
         self.stats: Counter = Counter()
         self.notes: Counter = Counter()
         self._next_id = 0
@@ -307,11 +313,11 @@ def _surely_not_sent(exc: grpc.aio.AioRpcError) -> bool:
     return exc.details() == "etcdserver: no leader"
 
 
-async def key_counts(targets: dict[int, str]) -> dict[int, int]:
+async def key_counts(targets: dict[int, str], tls: ClientTLS | None = None) -> dict[int, int]:
     """How many etcd-workload keys each member holds (serializable count)."""
     out = {}
     for i, t in sorted(targets.items()):
-        async with grpc.aio.insecure_channel(t, options=channel_options(f"etcd-count-n{i}")) as ch:
+        async with dial(t, f"etcd-count-n{i}", tls) as ch:
             req = rpc_pb2.RangeRequest(key=KEY_PREFIX.encode(), range_end=_prefix_end(KEY_PREFIX.encode()),
                                        count_only=True, serializable=True)
             out[i] = (await rpc_pb2_grpc.KVStub(ch).Range(req, timeout=5.0)).count
@@ -331,11 +337,12 @@ def foreign_writes(v1_history: Sequence) -> list[float]:  # noqa: ANN001 - paxos
 
 
 async def check_members(
-    cfg: EtcdWorkloadConfig, targets: dict[int, str], out: EtcdOutcome, *, concurrency: int = 4
+    cfg: EtcdWorkloadConfig, targets: dict[int, str], out: EtcdOutcome, *, concurrency: int = 4,
+    tls: ClientTLS | None = None,
 ) -> None:
     """HashKV, per-revision Range and gap-free revisions on every member
     (the cluster has converged: every member applied the same index)."""
-    channels = {i: grpc.aio.insecure_channel(t, options=channel_options(f"etcd-check-n{i}")) for i, t in targets.items()}
+    channels = {i: dial(t, f"etcd-check-n{i}", tls) for i, t in targets.items()}
     try:
         kv = {i: rpc_pb2_grpc.KVStub(ch) for i, ch in channels.items()}
         mt = {i: rpc_pb2_grpc.MaintenanceStub(ch) for i, ch in channels.items()}
