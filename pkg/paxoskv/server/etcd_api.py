@@ -18,7 +18,8 @@ Rules:
   SHA-256 of all that -- which ``etcdctl snapshot save`` accepts and
   ``paxoskv snapshot restore`` reads. The stream is spooled to a temporary
   file first, so every message carries ``remaining_bytes`` as etcd's do.
-- Watch, Lease and Auth are not registered (UNIMPLEMENTED).
+- Lease: ``paxoskv.server.etcd_lease``. Watch and Auth are not registered
+  (UNIMPLEMENTED).
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ from paxoskv.etcdpb import rpc_pb2
 from paxoskv.replica.errors import EtcdFailure
 from paxoskv.replica.etcd import member_id
 from paxoskv.server.config import format_hostport
+from paxoskv.server.etcd_lease import lease_handlers
 from paxoskv.server.grpc_api import call_timeout_s
 from paxoskv.storage.snapshot import CHUNK_BYTES, etcd_envelope
 
@@ -44,7 +46,7 @@ __all__ = ["ETCD_VERSION", "EtcdFacade", "SERVICES"]
 ETCD_VERSION = "3.4.23"  # the etcd whose API and errors this one matches
 SNAPSHOT_MESSAGE_BYTES = 32 << 10  # etcd's snapshotSendBufferSize
 SPOOL_MEMORY_BYTES = 8 << 20
-SERVICES = ("etcdserverpb.KV", "etcdserverpb.Maintenance", "etcdserverpb.Cluster")
+SERVICES = ("etcdserverpb.KV", "etcdserverpb.Maintenance", "etcdserverpb.Cluster", "etcdserverpb.Lease")
 
 R = rpc_pb2
 
@@ -94,7 +96,8 @@ class EtcdFacade:
                 )
             },
         }
-        return dict(zip(SERVICES, (kv, maintenance, cluster), strict=True))
+        lease = lease_handlers(self, unary)
+        return dict(zip(SERVICES, (kv, maintenance, cluster, lease), strict=True))
 
     # ---- plumbing ------------------------------------------------------------------
 
