@@ -123,6 +123,15 @@ class Lessor:
         self.now += 1
         if self._asks and self.now % self.checkpoint_ticks == 0:
             self._drop_old_asks()
+        if not self.refresh():
+            return
+        if self.now >= self._next_checkpoint:
+            self._next_checkpoint = self.now + self.checkpoint_ticks
+            self._checkpoint()
+        self._expire()
+
+    def refresh(self) -> bool:
+        """Take up or drop the leader's duties as the core's role says; whether this node has them."""
         node = self._node
         core = node.replica.core
         ready = core.is_leader and node._stopped is None and self._sm.applied_index >= core.recovery_end
@@ -130,12 +139,7 @@ class Lessor:
             self._promote()
         elif not ready and self._leading:
             self._demote()
-        if not self._leading:
-            return
-        if self.now >= self._next_checkpoint:
-            self._next_checkpoint = self.now + self.checkpoint_ticks
-            self._checkpoint()
-        self._expire()
+        return self._leading
 
     def applied(self) -> None:
         """After an apply: the lease changes the state machine made, on this node's clock."""
@@ -321,7 +325,7 @@ class Lessor:
                 LeaseAnswer(frm=self._node.node_id, to=frm, ask_id=ask_id, lease_id=lid, ttl_ms=ttl_ms, granted_ttl=granted)
             )
 
-        if not self._leading:
+        if not self.refresh():
             return  # the asker times out or asks the new leader
         if msg.renew:
             self.renew(lid, lambda ttl: reply(ttl * 1000, ttl) if ttl >= 0 else None)
@@ -482,7 +486,7 @@ class LeaseCalls:
 
     def _at_leader(self, call: Any, here: Callable[[], None], forward: Callable[[], bool]) -> None:  # noqa: ANN401
         node = self._node
-        if self.lessor.leading:
+        if self.lessor.refresh():
             here()
         elif node.leader_id is None or node.leader_id == node.node_id:
             call.set(0, failure(etcd.ERR_NO_LEADER))  # none, or this one still recovering
