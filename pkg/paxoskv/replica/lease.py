@@ -45,6 +45,7 @@ Rules:
 
 from __future__ import annotations
 
+import heapq
 import math
 from collections.abc import Callable
 from typing import Any
@@ -84,6 +85,7 @@ class Lessor:
         # Leader state (empty while not the ready leader):
         self._leading = False
         self._deadline: dict[int, int] = {}
+        self._by_deadline: list[tuple[int, int]] = []  # heap of (deadline, lease id); stale entries skipped
         self._next_checkpoint = 0
         self._ckpt_inflight: dict[int, int] = {}  # lease id -> checkpoints proposed, not applied yet
         self._expiring: dict[int, int] = {}  # lease id -> tick its expiry was proposed
@@ -161,7 +163,7 @@ class Lessor:
         self._ckpt_at.pop(lid, None)
         if ev.kind == GRANT:
             if self._leading:
-                self._deadline[lid] = self.now + self.ticks(ev.ttl)
+                self._set_deadline(lid, self.now + self.ticks(ev.ttl))
         elif ev.kind == RENEW:
             self._settle(lid)
             waiters = self._renewals.pop(lid, None)
@@ -199,6 +201,8 @@ class Lessor:
             else:
                 deadlines[lid] = self._ckpt_at.get(lid, now + math.ceil(ls.remaining_ms / self.tick_ms))
         self._deadline = deadlines
+        self._by_deadline = [(d, lid) for lid, d in deadlines.items()]
+        heapq.heapify(self._by_deadline)
         self._next_checkpoint = now  # at once: the next leader continues from this leader's clock
         self._ckpt_inflight = {}
         self._expiring = {}
@@ -206,6 +210,7 @@ class Lessor:
     def _demote(self) -> None:
         self._leading = False
         self._deadline = {}
+        self._by_deadline = []
         self._ckpt_inflight = {}
         self._expiring = {}
         renewals, self._renewals = self._renewals, {}
@@ -239,24 +244,41 @@ class Lessor:
         calls = self._node.etcd
         calls._propose("lease_checkpoint", kv_pb2.LeaseCheckpoints(checkpoints=checkpoints), calls._internal_call(_ignore))
 
+    def _set_deadline(self, lid: int, deadline: int) -> None:
+        self._deadline[lid] = deadline
+        heap = self._by_deadline
+        heapq.heappush(heap, (deadline, lid))
+        if len(heap) > 2 * len(self._deadline) + 1024:  # renewals left many stale entries
+            self._by_deadline = [(d, i) for i, d in self._deadline.items()]
+            heapq.heapify(self._by_deadline)
+
     def _expire(self) -> None:
+        """Propose the expiry of the leases whose deadline passed (the
+        earliest first, ``EXPIRE_PER_TICK`` at most); one proposed and not
+        applied after ``_RETRY_TICKS`` is proposed again."""
         now = self.now
         sm = self._sm
+        heap = self._by_deadline
+        calls = self._node.etcd
+        retry: list[tuple[int, int]] = []
         n = 0
-        for lid, deadline in sorted(self._deadline.items(), key=lambda item: (item[1], item[0])):
-            if deadline > now or n >= EXPIRE_PER_TICK:
-                break
-            asked = self._expiring.get(lid)
-            if asked is not None and now - asked < _RETRY_TICKS:
-                continue
+        while heap and heap[0][0] <= now and n < EXPIRE_PER_TICK:
+            deadline, lid = heapq.heappop(heap)
+            if self._deadline.get(lid) != deadline:
+                continue  # renewed (or revoked) since
             ls = sm.leases.get(lid)
             if ls is None:
                 self._deadline.pop(lid, None)
                 continue
+            asked = self._expiring.get(lid)
+            retry.append((deadline, lid))  # until the revoke is applied (REVOKE forgets it)
+            if asked is not None and now - asked < _RETRY_TICKS:
+                continue
             self._expiring[lid] = now
             n += 1
-            calls = self._node.etcd
             calls._propose("lease_expire", kv_pb2.LeaseExpire(ID=lid, epoch=ls.epoch), calls._internal_call(_ignore))
+        for entry in retry:
+            heapq.heappush(heap, entry)
 
     # ---- keep-alive and time-to-live ------------------------------------------------
 
@@ -269,7 +291,7 @@ class Lessor:
         if ls is None or deadline is None or deadline <= self.now or lease_id in self._expiring:
             answer(0)
             return
-        self._deadline[lease_id] = self.now + self.ticks(ls.ttl)
+        self._set_deadline(lease_id, self.now + self.ticks(ls.ttl))
         if ls.remaining_ms == 0 and lease_id not in self._ckpt_inflight:
             answer(ls.ttl)  # the log says "clean": a new leader would give it the whole TTL
             return
