@@ -312,3 +312,35 @@ def test_under_a_leader_change_every_half_ttl_a_dead_lease_ends_within_the_bound
     assert expired_at is not None
     print(f"leader changes {changes}; the dead lease (TTL {ttl_ticks} ticks) ended after {expired_at} ticks")
     assert ttl_ticks <= expired_at <= ttl_ticks + election + 3 * election, expired_at
+
+
+def test_a_keep_alive_for_a_lease_chosen_but_not_applied_at_the_leader_waits_for_it() -> None:
+    net = Net()
+    leader = net.nodes[net.leader()]
+    leader.lease.lessor.refresh()
+    grant = leader.etcd_lease("grant", R.LeaseGrantRequest(ID=8, TTL=5), 5.0, lambda _: None)
+    # the leader proposes and the followers accept; deliver everything but stop before the leader applies
+    core = leader.replica.core
+    for _ in range(50):
+        for i, node in net.nodes.items():
+            if node is leader:
+                continue
+            batch = node.prepare()
+            if batch is not None:
+                node.write(batch)
+                node.finish(batch)
+        batch = leader.prepare()
+        if batch is not None:
+            leader.write(batch)
+            leader.finish(batch)
+        out, net.outbox[:] = list(net.outbox), []
+        for msg in out:
+            net.nodes[msg.to].step(msg)
+        if core.commit_index > leader.replica.sm.applied_index:
+            break
+    else:
+        pytest.skip("the leader applied in the same step it learned the slot chosen")
+    ka = leader.etcd_lease("keep_alive", R.LeaseKeepAliveRequest(ID=8), 5.0, lambda _: None)
+    assert not ka.done  # not "unknown": the grant is chosen, not applied yet
+    net.settle()
+    assert answer(grant).ID == 8 and answer(ka).TTL == 5

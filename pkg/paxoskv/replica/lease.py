@@ -91,6 +91,8 @@ class Lessor:
         self._expiring: dict[int, int] = {}  # lease id -> tick its expiry was proposed
         self._renewals: dict[int, list[Callable[[int], None]]] = {}  # lease id -> waiting keep-alives
         self._renewals_waiting = 0
+        # Calls about a lease this leader does not know while it has chosen entries to apply.
+        self._deferred: list[Callable[[], None]] = []
         # Follower state: forwarded asks waiting for the leader's answer (and the tick they left).
         self._asks: dict[int, tuple[Callable[[LeaseAnswer | None], None], int]] = {}
         self._ask_seq = 0
@@ -153,6 +155,10 @@ class Lessor:
                 self._demote()  # promoted again at the next tick, from the installed state
         for ev in self._sm.take_lease_events():
             self._on_event(ev)
+        if self._deferred:
+            deferred, self._deferred = self._deferred, []
+            for again in deferred:
+                again()
 
     def _on_event(self, ev: LeaseEvent) -> None:
         lid = ev.lease_id
@@ -215,6 +221,9 @@ class Lessor:
         self._expiring = {}
         renewals, self._renewals = self._renewals, {}
         self._renewals_waiting = 0
+        deferred, self._deferred = self._deferred, []
+        for again in deferred:
+            again()  # not leading now: answered as a renewal of an unknown lease
         for waiters in renewals.values():
             for answer in waiters:
                 answer(-1)
@@ -286,7 +295,13 @@ class Lessor:
         """At the leader: renew ``lease_id``; ``answer(ttl)`` with its TTL in
         seconds (0: no such lease, or it expired; -1: leadership was lost
         before the renewal was in the log; -2: too many renewals waiting)."""
+        if not self._leading:
+            answer(-1)  # deferred, and leadership was lost meanwhile
+            return
         ls = self._sm.leases.get(lease_id)
+        if ls is None and self._behind():
+            self._deferred.append(lambda: self.renew(lease_id, answer))  # its grant may be chosen, not applied yet
+            return
         deadline = self._deadline.get(lease_id)
         if ls is None or deadline is None or deadline <= self.now or lease_id in self._expiring:
             answer(0)
@@ -305,6 +320,18 @@ class Lessor:
             self._propose_checkpoints([kv_pb2.LeaseCheckpoint(ID=lease_id, remaining_ms=0)])
         waiters.append(answer)
         self._renewals_waiting += 1
+
+    def _behind(self) -> bool:
+        """This leader has chosen entries it has not applied (and room to wait for them)."""
+        core = self._node.replica.core
+        return core.commit_index > self._sm.applied_index and len(self._deferred) < ASKS_MAX
+
+    def when_known(self, lease_id: int, fn: Callable[[], None]) -> None:
+        """``fn()`` now, or once applied, if ``lease_id`` is unknown here while chosen entries wait."""
+        if self._sm.leases.get(lease_id) is None and self._behind():
+            self._deferred.append(lambda: self.when_known(lease_id, fn))
+        else:
+            fn()
 
     # ---- forwarding -------------------------------------------------------------------
 
@@ -352,8 +379,12 @@ class Lessor:
         if msg.renew:
             self.renew(lid, lambda ttl: reply(ttl * 1000, ttl) if ttl >= 0 else None)
         else:
-            ls = self._sm.leases.get(lid)
-            reply(self.remaining_ms(lid), ls.ttl if ls is not None else 0)
+
+            def ttl() -> None:
+                ls = self._sm.leases.get(lid)
+                reply(self.remaining_ms(lid), ls.ttl if ls is not None else 0)
+
+            self.when_known(lid, ttl)
 
     def _send(self, msg: Message) -> None:
         self._node.replica._outbox.append(msg)
@@ -503,7 +534,7 @@ class LeaseCalls:
             else:
                 answer(ans.ttl_ms, ans.granted_ttl)
 
-        self._at_leader(call, here, lambda: self.lessor.ask_leader(lid, False, relayed))
+        self._at_leader(call, lambda: self.lessor.when_known(lid, here), lambda: self.lessor.ask_leader(lid, False, relayed))
         return call
 
     def _at_leader(self, call: Any, here: Callable[[], None], forward: Callable[[], bool]) -> None:  # noqa: ANN401
