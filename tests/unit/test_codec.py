@@ -106,7 +106,13 @@ MESSAGE_STRATEGIES: dict[type[Message], st.SearchStrategy] = {
         sha256=st.one_of(st.just(b""), st.binary(min_size=32, max_size=32)),
     ),
     SnapshotAck: _msg(SnapshotAck, snapshot_index=indexes, offset=snapshot_bytes, done=st.booleans()),
-    LeaseAsk: _msg(LeaseAsk, ask_id=st.integers(0, bounds.ASK_ID_MAX), lease_id=st.integers(-(1 << 63), (1 << 63) - 1), renew=st.booleans()),
+    LeaseAsk: _msg(
+        LeaseAsk,
+        ask_id=st.integers(0, bounds.ASK_ID_MAX),
+        lease_id=st.integers(-(1 << 63), (1 << 63) - 1),
+        renew=st.booleans(),
+        applied=indexes,
+    ),
     LeaseAnswer: _msg(
         LeaseAnswer,
         ask_id=st.integers(0, bounds.ASK_ID_MAX),

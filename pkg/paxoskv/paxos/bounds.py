@@ -355,7 +355,7 @@ LEASE_TTL_MAX = 9_000_000_000  # seconds: etcd's MaxLeaseTTL (kv.lease.MAX_LEASE
 def _check_lease_ask(m: LeaseAsk) -> str | None:
     if not 0 <= m.ask_id <= ASK_ID_MAX:
         return f"lease_ask.ask_id: {m.ask_id} not in [0, {ASK_ID_MAX}]"
-    return None
+    return _index(m.applied, "applied", "lease_ask")
 
 
 def _check_lease_answer(m: LeaseAnswer) -> str | None:

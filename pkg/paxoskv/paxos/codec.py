@@ -249,6 +249,7 @@ def _enc_lease_ask(m: LeaseAsk, env: peer_pb2.Envelope) -> None:
     p.ask_id = m.ask_id
     p.lease_id = m.lease_id
     p.renew = m.renew
+    p.applied = m.applied
 
 
 def _enc_lease_answer(m: LeaseAnswer, env: peer_pb2.Envelope) -> None:
@@ -489,7 +490,7 @@ def _dec_snapshot_ack(env: peer_pb2.Envelope, frm: int, to: int) -> SnapshotAck:
 
 def _dec_lease_ask(env: peer_pb2.Envelope, frm: int, to: int) -> LeaseAsk:
     p = env.lease_ask
-    return LeaseAsk(frm=frm, to=to, ask_id=p.ask_id, lease_id=p.lease_id, renew=p.renew)
+    return LeaseAsk(frm=frm, to=to, ask_id=p.ask_id, lease_id=p.lease_id, renew=p.renew, applied=p.applied)
 
 
 def _dec_lease_answer(env: peer_pb2.Envelope, frm: int, to: int) -> LeaseAnswer:

@@ -157,6 +157,7 @@ def past_the_maxima(frm: int = 2, to: int = 1) -> list[tuple[str, Message]]:
         ("snapshot_ack.snapshot_index", SnapshotAck(**k, snapshot_index=_SLOT, offset=0, done=False)),
         ("snapshot_ack.offset", SnapshotAck(**k, snapshot_index=1, offset=bounds.SNAPSHOT_BYTES_MAX + 1, done=False)),
         ("lease_ask.ask_id", LeaseAsk(**k, ask_id=bounds.ASK_ID_MAX + 1, lease_id=1, renew=True)),
+        ("lease_ask.applied", LeaseAsk(**k, ask_id=1, lease_id=1, renew=True, applied=_SLOT)),
         ("lease_answer.ttl_ms", LeaseAnswer(**k, ask_id=1, lease_id=1, ttl_ms=-2, granted_ttl=0)),
         (
             "lease_answer.granted_ttl",

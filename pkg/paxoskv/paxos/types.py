@@ -179,6 +179,7 @@ class LeaseAsk(Message):
     ask_id: int
     lease_id: int
     renew: bool
+    applied: int = 0  # the asker's applied index: answered once the leader applied as much
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

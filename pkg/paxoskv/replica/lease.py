@@ -38,7 +38,10 @@ Rules:
   unless a renewal went through the log since (another epoch).
 - Followers forward keep-alives and TimeToLive to the leader (``LeaseAsk``
   over the peer bus, handled here, not by the core) and relay its
-  ``LeaseAnswer``; at most ``ASKS_MAX`` wait on a node, and an ask from a
+  ``LeaseAnswer``; the leader answers once it applied as much of the log as
+  the asker had (a grant or revoke the asker answered is in its view), and
+  a call about a lease it does not know waits while it has chosen entries
+  to apply; at most ``ASKS_MAX`` wait on a node, and an ask from a
   non-member is dropped. ``LeaseLeases`` is served by any member from its
   own state, as etcd's.
 """
@@ -345,7 +348,16 @@ class Lessor:
         self._ask_seq += 1
         self._asks[self._ask_seq] = (on_answer, self.now)
         self._ask_leases[self._ask_seq] = lease_id
-        self._send(LeaseAsk(frm=self._node.node_id, to=leader, ask_id=self._ask_seq, lease_id=lease_id, renew=renew))
+        self._send(
+            LeaseAsk(
+                frm=self._node.node_id,
+                to=leader,
+                ask_id=self._ask_seq,
+                lease_id=lease_id,
+                renew=renew,
+                applied=self._sm.applied_index,
+            )
+        )
         return True
 
     def _drop_old_asks(self) -> None:
@@ -376,6 +388,11 @@ class Lessor:
 
         if not self.refresh():
             return  # the asker times out or asks the new leader
+        if self._sm.applied_index < msg.applied:
+            # The asker may have answered a grant or revoke this leader has not applied yet.
+            if len(self._deferred) < ASKS_MAX:
+                self._deferred.append(lambda: self.step(msg))
+            return
         if msg.renew:
             self.renew(lid, lambda ttl: reply(ttl * 1000, ttl) if ttl >= 0 else None)
         else:

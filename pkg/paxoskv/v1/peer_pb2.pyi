@@ -195,14 +195,16 @@ class SnapshotAck(_message.Message):
     def __init__(self, snapshot_index: _Optional[int] = ..., offset: _Optional[int] = ..., done: _Optional[bool] = ...) -> None: ...
 
 class LeaseAsk(_message.Message):
-    __slots__ = ("ask_id", "lease_id", "renew")
+    __slots__ = ("ask_id", "lease_id", "renew", "applied")
     ASK_ID_FIELD_NUMBER: _ClassVar[int]
     LEASE_ID_FIELD_NUMBER: _ClassVar[int]
     RENEW_FIELD_NUMBER: _ClassVar[int]
+    APPLIED_FIELD_NUMBER: _ClassVar[int]
     ask_id: int
     lease_id: int
     renew: bool
-    def __init__(self, ask_id: _Optional[int] = ..., lease_id: _Optional[int] = ..., renew: _Optional[bool] = ...) -> None: ...
+    applied: int
+    def __init__(self, ask_id: _Optional[int] = ..., lease_id: _Optional[int] = ..., renew: _Optional[bool] = ..., applied: _Optional[int] = ...) -> None: ...
 
 class LeaseAnswer(_message.Message):
     __slots__ = ("ask_id", "lease_id", "ttl_ms", "granted_ttl")
