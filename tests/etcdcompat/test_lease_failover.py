@@ -84,6 +84,7 @@ def _run(name: str, endpoints: list[str], kill_leader) -> dict[str, object]:  # 
     def grant(ch: grpc.Channel) -> int:
         return rpc_pb2_grpc.LeaseStub(ch).LeaseGrant(R.LeaseGrantRequest(TTL=TTL_S), timeout=5).ID
 
+    asked_at = time.monotonic()  # the dead lease cannot end before this + TTL (the server starts later)
     dead = wait_until(f"{name}: a grant", lambda: _try(endpoints, grant), 20)
     kept = wait_until(f"{name}: a grant", lambda: _try(endpoints, grant), 20)
     granted_at = time.monotonic()
@@ -110,7 +111,7 @@ def _run(name: str, endpoints: list[str], kill_leader) -> dict[str, object]:  # 
                     failovers += 1
                 next_kill = now + TTL_S / 2
             if gone_after is None and _present(endpoints, b"/dead") is False:
-                gone_after = time.monotonic() - granted_at
+                gone_after = time.monotonic() - asked_at
             if _present(endpoints, b"/kept") is False:
                 kept_lost = True
                 break
