@@ -36,6 +36,7 @@ SUBCOMMANDS: dict[str, str] = {
     "bench": "paxoskv.bench.cli:bench_cmd",
     "snapshot": "paxoskv.server.snapshot_cli:snapshot_cmd",
     "keys": "paxoskv.server.keys_cli:keys_cmd",
+    "lease": "paxoskv.client.lease_cli:lease_cmd",
 }
 
 

@@ -81,6 +81,9 @@ LEASE = Case("lease", (
     Step(("lease", "timetolive", "{lease}")),
     Step(("lease", "revoke", "{lease}"), note="an unknown lease"),
     Step(("put", "/leased", "v", "--lease=1234"), flags="--lease", note="an unknown lease"),
+    Step(("lease", "grant", "0"), capture={"zero": _LEASE}, note="TTL 0: granted with the minimum TTL, as etcd"),
+    Step(("lease", "keep-alive", "--once", "{lease}"), flags="--once", note="a revoked lease"),
+    Step(("lease", "revoke", "{zero}")),
 ))
 
 # The cluster and its members: status, health, hashes, alarms, defrag, snapshot.

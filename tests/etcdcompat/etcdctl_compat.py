@@ -588,9 +588,17 @@ _LINE_RULES: list[tuple[re.Pattern[str], Callable[[re.Match[str]], str]]] = [
 ]
 
 
+# lock and elect print their key, NAME/<the session's lease id in hex, unpadded>:
+# a lease no earlier output named.
+_SESSION_KEY = re.compile(r"^(\S+)/[0-9a-f]{1,16}$")
+_SESSION_COMMANDS = {("lock",), ("elect",)}
+
+
 def _normalise_line(line: str, cmd: tuple[str, ...], r: _Renamer) -> str:
     for pat, rep in _LINE_RULES:
         line = pat.sub(rep, line)
+    if cmd[:1] in _SESSION_COMMANDS:
+        line = _SESSION_KEY.sub(r"\1/<session lease>", line)
     return r.text(line)
 
 

@@ -9,7 +9,7 @@ from google.protobuf.descriptor import Descriptor, FieldDescriptor
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from paxoskv.paxos import codec, hostile
+from paxoskv.paxos import bounds, codec, hostile
 from paxoskv.paxos.bounds import (
     BALLOT_ROUND_MAX,
     COMMANDS_PER_MESSAGE_MAX,
@@ -39,6 +39,8 @@ from paxoskv.paxos.types import (
     Promise,
     ReadIndexReply,
     ReadIndexRequest,
+    LeaseAnswer,
+    LeaseAsk,
     SnapshotAck,
     SnapshotChunk,
 )
@@ -104,6 +106,20 @@ MESSAGE_STRATEGIES: dict[type[Message], st.SearchStrategy] = {
         sha256=st.one_of(st.just(b""), st.binary(min_size=32, max_size=32)),
     ),
     SnapshotAck: _msg(SnapshotAck, snapshot_index=indexes, offset=snapshot_bytes, done=st.booleans()),
+    LeaseAsk: _msg(
+        LeaseAsk,
+        ask_id=st.integers(0, bounds.ASK_ID_MAX),
+        lease_id=st.integers(-(1 << 63), (1 << 63) - 1),
+        renew=st.booleans(),
+        applied=indexes,
+    ),
+    LeaseAnswer: _msg(
+        LeaseAnswer,
+        ask_id=st.integers(0, bounds.ASK_ID_MAX),
+        lease_id=st.integers(-(1 << 63), (1 << 63) - 1),
+        ttl_ms=st.integers(-1, bounds.LEASE_TTL_MAX * 1000),
+        granted_ttl=st.integers(0, bounds.LEASE_TTL_MAX),
+    ),
 }
 any_message = st.one_of(*MESSAGE_STRATEGIES.values())
 
@@ -118,6 +134,7 @@ def test_every_message_type_has_a_strategy() -> None:
 _SCALARS: dict[int, st.SearchStrategy] = {
     FieldDescriptor.TYPE_UINT64: st.one_of(st.integers(0, 3), u64),
     FieldDescriptor.TYPE_UINT32: st.one_of(st.integers(0, 3), st.integers(0, U32)),
+    FieldDescriptor.TYPE_INT64: st.one_of(st.integers(-3, 3), st.integers(-(1 << 63), (1 << 63) - 1)),
     FieldDescriptor.TYPE_BOOL: st.booleans(),
     FieldDescriptor.TYPE_BYTES: st.binary(max_size=16),
     FieldDescriptor.TYPE_STRING: st.text(max_size=8),
@@ -182,6 +199,8 @@ def test_round_trip_of_defaults_keeps_presence() -> None:
         SnapshotChunk(frm=1, to=2, snapshot_index=0, offset=0, data=b"", last=False,
                       total_size=0, sha256=b""),
         SnapshotAck(frm=1, to=2, snapshot_index=0, offset=0, done=False),
+        LeaseAsk(frm=1, to=2, ask_id=0, lease_id=0, renew=False),
+        LeaseAnswer(frm=1, to=2, ask_id=0, lease_id=0, ttl_ms=0, granted_ttl=0),
     ):
         assert decode(encode(msg, "")) == ("", msg)
 

@@ -15,6 +15,7 @@ from paxoskv.paxos import bounds, codec, hostile
 from paxoskv.paxos.bounds import BALLOT_ROUND_MAX, SLOT_MAX, Refusal
 from paxoskv.paxos.types import (
     MESSAGE_TYPES,
+    REPLICA_MESSAGES,
     Accept,
     Accepted,
     Ballot,
@@ -453,7 +454,7 @@ def test_a_new_leader_recovers_many_holes_through_the_pipeline():
 
 # ---- every field of every message -----------------------------------------------------
 
-CORE_TYPES = tuple(t for t in MESSAGE_TYPES if t not in (SnapshotChunk, SnapshotAck))  # snapshot messages are the replica's
+CORE_TYPES = tuple(t for t in MESSAGE_TYPES if t not in REPLICA_MESSAGES)  # snapshot and lease messages are the replica's
 PAST_THE_WIRE: list[tuple[str, Message]] = [
     ("ballot node past uint32", Heartbeat(frm=2, to=1, ballot=Ballot(3, 1 << 32), commit=0, read_seq=0)),
     ("commit past uint64", Heartbeat(frm=2, to=1, ballot=Ballot(3, 2), commit=1 << 64, read_seq=0)),
@@ -485,10 +486,10 @@ def test_a_field_past_its_maximum_is_dropped_and_counted_by_a_direct_step(field:
         assert not rd.messages and not rd.accepted and rd.promised is None
 
 
-def test_snapshot_messages_past_their_maxima_are_the_codecs_to_refuse():
+def test_snapshot_and_lease_messages_past_their_maxima_are_the_codecs_to_refuse():
     """The core does not handle them (the replica does, after the codec)."""
     for field, msg in hostile.past_the_maxima():
-        if isinstance(msg, (SnapshotChunk, SnapshotAck)):
+        if isinstance(msg, REPLICA_MESSAGES):
             with pytest.raises(codec.CodecError):
                 codec.decode(codec.encode(msg, "c"))
 

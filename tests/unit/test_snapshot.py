@@ -286,7 +286,7 @@ def test_random_damage_in_a_large_snapshot_is_detected() -> None:
     ("data", "message"),
     [
         (frames(row_record(2)), "expected a header record, found row"),
-        (frames(header(format_version=3)), "format version 3, this paxoskv reads 2 (and 1 when restoring)"),
+        (frames(header(format_version=3)), "format version 3, this paxoskv reads 4 and 2 (and 1 when restoring)"),
         (frames(header(cluster_id="")), "names no cluster"),
         (frames(header(revision=0)), "revision 0 is not >= 1"),
         (frames(header(compact_revision=6)), "compaction 6 is not in -1..5"),

@@ -70,7 +70,8 @@ def test_status_prints_what_the_file_holds(snapshot_file: pathlib.Path) -> None:
         "sessions": "1",
         "total bytes": str(snapshot_file.stat().st_size),
         "sha256": digest,
-        "format version": "2",
+        "format version": "4",
+        "leases": "0",
         "checksum": "ok",
     }
     result = run("status", "--json", str(snapshot_file))
@@ -84,9 +85,10 @@ def test_status_prints_what_the_file_holds(snapshot_file: pathlib.Path) -> None:
         "compact_revision": -1,
         "rows": 500,
         "sessions": 1,
+        "leases": 0,
         "total_bytes": snapshot_file.stat().st_size,
         "sha256": digest,
-        "format_version": 2,
+        "format_version": 4,
     }
 
 

@@ -16,9 +16,9 @@ Rules (etcd 3.4.23: etcdserver/apply.go, api/v3rpc/key.go, mvcc/kvstore_txn.go):
   of ranges only) read without writing.
 - An error is etcd's gRPC status code name and message, byte for byte
   (rpctypes/error.go): the Go client rebuilds typed errors from the text.
-- Leases: a put naming a lease needs it to exist (``Leases``; no lease
-  exists until leases are built, so such a put is ``requested lease not
-  found``).
+- Leases: a put naming a lease needs it to exist (``Leases``: the state
+  machine's ``kv.lease.LeaseTable``; ``NO_LEASES`` for a store without
+  any), else ``requested lease not found``.
 - NOSPACE: while that alarm is raised, a put, and a Txn with a put in one of
   its branches (not counting nested Txns: etcd's costTxn), is refused.
 """
@@ -111,7 +111,7 @@ class EtcdLimits:
 
 
 class Leases(Protocol):
-    """What the key-value semantics need of leases (the lessor will implement it)."""
+    """What the key-value semantics need of leases (``kv.lease.LeaseTable``)."""
 
     def exists(self, lease_id: int) -> bool: ...
 

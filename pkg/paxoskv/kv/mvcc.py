@@ -12,6 +12,8 @@ Rules:
   this generation), mod revision and sub-revision of the latest put, version
   (1 at creation, +1 per put) and lease. A delete ends the generation: the
   next put starts at version 1 with create = its own revision.
+- The live keys of each lease (``lease_keys``) follow the records: a put
+  with another lease (or none) moves its key, a delete drops it.
 - Every write is one history row, keyed ``row_key(main, sub)`` (16 bytes,
   big-endian, so rows sort by revision): a ``storage.proto HistoryRecord``,
   the key as written, or for a delete (tombstone) the key and mod_revision.
@@ -258,6 +260,10 @@ class MVCCStore:
             self._load_row(key, row)
         self._keys = SortedList(self._index)
         self._new_keys: list[bytes] = []  # new keys not in _keys yet: sorted in when a range needs them
+        self._leased: dict[int, set[bytes]] = {}  # lease id -> its live keys
+        for key, rec in self._live.items():
+            if rec.lease:
+                self._leased.setdefault(rec.lease, set()).add(key)
 
     def _load_row(self, key: bytes, row: bytes) -> None:
         main, sub = split_row_key(key)
@@ -305,6 +311,20 @@ class MVCCStore:
     def items(self) -> Iterator[tuple[bytes, bytes]]:
         """Every live (key, value), in no particular order."""
         return ((k, r.value) for k, r in self._live.items())
+
+    def lease_keys(self, lease_id: int) -> set[bytes]:
+        """The live keys attached to ``lease_id`` (a copy)."""
+        return set(self._leased.get(lease_id, ()))
+
+    def _move_lease(self, key: bytes, old: int, new: int) -> None:
+        if old:
+            keys = self._leased.get(old)
+            if keys is not None:
+                keys.discard(key)
+                if not keys:
+                    del self._leased[old]
+        if new:
+            self._leased.setdefault(new, set()).add(key)
 
     @property
     def rows_retained(self) -> int:
@@ -359,8 +379,12 @@ class MVCCStore:
             self._messy.add(key)
         if prev is None:
             create, version = main, 1
+            if lease:
+                self._move_lease(key, 0, lease)
         else:
             create, version = prev.create, prev.version + 1
+            if prev.lease != lease:
+                self._move_lease(key, prev.lease, lease)
         self._live[key] = KeyRecord(value, create, main, sub, version, lease)
         self._values[key] = value
         self._pending[_ROW.pack(main, sub)] = encode_row(key, create, main, version, value, lease)
@@ -384,6 +408,8 @@ class MVCCStore:
         if prev is None:
             return None
         del self._values[key]
+        if prev.lease:
+            self._move_lease(key, prev.lease, 0)
         sub = self._sub
         self._sub = sub + 1
         self._index[key].append((main << 32) | (sub << 1) | 1)

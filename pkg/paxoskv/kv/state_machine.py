@@ -59,6 +59,9 @@ Rules:
   ``sessions_max`` others active; a node-assigned command reaching the log
   twice more than ``node_sessions_max`` node-assigned writes apart is
   applied twice.
+- Leases (``paxoskv.kv.lease``): grant, revoke, checkpoint and expiry are
+  etcd commands like the others; a revoke's deletes are one revision. The
+  lessor of the node reads what changed with ``take_lease_events``.
 - Every command of a slot yields one ``Applied`` entry, in order, so the node
   can answer every waiting client, duplicates included.
 
@@ -77,7 +80,7 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from collections.abc import Iterable, Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from types import MappingProxyType
 
 from paxoskv.etcdpb import rpc_pb2
@@ -91,7 +94,8 @@ from paxoskv.kv.commands import (
     validate_op,
     validate_packed_op,
 )
-from paxoskv.kv.etcd import Alarm, EtcdError, Leases
+from paxoskv.kv.etcd import Alarm, EtcdError
+from paxoskv.kv.lease import Lease, LeaseEvent, LeaseTable
 from paxoskv.kv.mvcc import HistoryReader, MVCCStore, legacy_rows
 from paxoskv.protowire import len_field, varint
 from paxoskv.v1 import kv_pb2, storage_pb2
@@ -207,6 +211,7 @@ class Changes:
     revision: int = 1
     compact_revision: int = -1
     alarms: tuple[Alarm, ...] = ()
+    leases: dict[int, bytes | None] = field(default_factory=dict)  # StoredLease bytes by id; None: gone
 
 
 class KVStateMachine:
@@ -231,7 +236,7 @@ class KVStateMachine:
         alarms: Iterable[Alarm] = (),
         reader: HistoryReader | None = None,
         node_sessions_max: int = 65_536,
-        leases: Leases = etcd.NO_LEASES,
+        leases: Iterable[tuple[int, Lease]] = (),
     ) -> None:
         if applied_index < 0:
             raise ValueError(f"applied_index must be >= 0, not {applied_index}")
@@ -254,7 +259,7 @@ class KVStateMachine:
         )
         self._alarms: tuple[Alarm, ...] = tuple(sorted(set(alarms)))
         self._nospace = any(a == etcd.ALARM_NOSPACE for _, a in self._alarms)  # read per put: kept, not computed
-        self._leases = leases
+        self._leases = LeaseTable(leases)
         self._applied_index = applied_index
         self._limits = limits
         self._sessions_max = sessions_max
@@ -307,6 +312,15 @@ class KVStateMachine:
     def alarms(self) -> tuple[Alarm, ...]:
         """The raised alarms, (member id, etcd AlarmType), sorted."""
         return self._alarms
+
+    @property
+    def leases(self) -> LeaseTable:
+        """The leases (read them; only ``apply`` writes)."""
+        return self._leases
+
+    def take_lease_events(self) -> list[LeaseEvent]:
+        """The lease changes applied since the last call, in order."""
+        return self._leases.take_events()
 
     @property
     def nospace(self) -> bool:
@@ -576,6 +590,14 @@ class KVStateMachine:
             result = etcd.apply_txn(store, req, self._leases, self._nospace)
         elif kind == "compaction":
             result = etcd.apply_compaction(store, req)
+        elif kind == "lease_grant":
+            result = self._leases.grant(store, req)
+        elif kind == "lease_revoke":
+            result = self._leases.revoke(store, req)
+        elif kind == "lease_checkpoint":
+            result = self._leases.checkpoint(store, req)
+        elif kind == "lease_expire":
+            result = self._leases.expire(store, req)
         else:
             self._alarms, result = etcd.apply_alarm(self._alarms, req)
             self._nospace = any(a == etcd.ALARM_NOSPACE for _, a in self._alarms)
@@ -640,6 +662,7 @@ class KVStateMachine:
             revision=store.revision,
             compact_revision=store.compact_revision,
             alarms=self._alarms,
+            leases=self._leases.take_changes(),
         )
         self._session_changes = {}
         return changes

@@ -82,6 +82,8 @@ from paxoskv.paxos.types import (
     Promise,
     ReadIndexReply,
     ReadIndexRequest,
+    LeaseAnswer,
+    LeaseAsk,
     SnapshotAck,
     SnapshotChunk,
     Value,
@@ -346,6 +348,26 @@ def _check_snapshot_ack(m: SnapshotAck) -> str | None:
     )
 
 
+ASK_ID_MAX = (1 << 63) - 1
+LEASE_TTL_MAX = 9_000_000_000  # seconds: etcd's MaxLeaseTTL (kv.lease.MAX_LEASE_TTL)
+
+
+def _check_lease_ask(m: LeaseAsk) -> str | None:
+    if not 0 <= m.ask_id <= ASK_ID_MAX:
+        return f"lease_ask.ask_id: {m.ask_id} not in [0, {ASK_ID_MAX}]"
+    return _index(m.applied, "applied", "lease_ask")
+
+
+def _check_lease_answer(m: LeaseAnswer) -> str | None:
+    if not 0 <= m.ask_id <= ASK_ID_MAX:
+        return f"lease_answer.ask_id: {m.ask_id} not in [0, {ASK_ID_MAX}]"
+    if not -1 <= m.ttl_ms <= LEASE_TTL_MAX * 1000:
+        return f"lease_answer.ttl_ms: {m.ttl_ms} not in [-1, {LEASE_TTL_MAX * 1000}]"
+    if not 0 <= m.granted_ttl <= LEASE_TTL_MAX:
+        return f"lease_answer.granted_ttl: {m.granted_ttl} not in [0, {LEASE_TTL_MAX}]"
+    return None
+
+
 # The check of each message type (check() dispatches here; the core keeps
 # each next to its handler).
 CHECKS: dict[type, Callable[[Message], str | None]] = {
@@ -365,6 +387,8 @@ CHECKS: dict[type, Callable[[Message], str | None]] = {
     ReadIndexReply: _check_read_index_reply,  # type: ignore[dict-item]
     SnapshotChunk: _check_snapshot_chunk,  # type: ignore[dict-item]
     SnapshotAck: _check_snapshot_ack,  # type: ignore[dict-item]
+    LeaseAsk: _check_lease_ask,  # type: ignore[dict-item]
+    LeaseAnswer: _check_lease_answer,  # type: ignore[dict-item]
 }
 
 assert set(CHECKS) == set(MESSAGE_TYPES), "every message type has its check"

@@ -65,6 +65,8 @@ from paxoskv.paxos.types import (
     Promise,
     ReadIndexReply,
     ReadIndexRequest,
+    LeaseAnswer,
+    LeaseAsk,
     SnapshotAck,
     SnapshotChunk,
     Value,
@@ -241,6 +243,24 @@ def _enc_snapshot_ack(m: SnapshotAck, env: peer_pb2.Envelope) -> None:
     p.done = m.done
 
 
+def _enc_lease_ask(m: LeaseAsk, env: peer_pb2.Envelope) -> None:
+    p = env.lease_ask
+    p.SetInParent()
+    p.ask_id = m.ask_id
+    p.lease_id = m.lease_id
+    p.renew = m.renew
+    p.applied = m.applied
+
+
+def _enc_lease_answer(m: LeaseAnswer, env: peer_pb2.Envelope) -> None:
+    p = env.lease_answer
+    p.SetInParent()
+    p.ask_id = m.ask_id
+    p.lease_id = m.lease_id
+    p.ttl_ms = m.ttl_ms
+    p.granted_ttl = m.granted_ttl
+
+
 _ENCODERS: dict[type[Message], Callable[[Message, peer_pb2.Envelope], None]] = {
     PreVote: _enc_pre_vote,  # type: ignore[dict-item]
     PreVoteReply: _enc_pre_vote_reply,  # type: ignore[dict-item]
@@ -258,6 +278,8 @@ _ENCODERS: dict[type[Message], Callable[[Message, peer_pb2.Envelope], None]] = {
     ReadIndexReply: _enc_read_index_reply,  # type: ignore[dict-item]
     SnapshotChunk: _enc_snapshot_chunk,  # type: ignore[dict-item]
     SnapshotAck: _enc_snapshot_ack,  # type: ignore[dict-item]
+    LeaseAsk: _enc_lease_ask,  # type: ignore[dict-item]
+    LeaseAnswer: _enc_lease_answer,  # type: ignore[dict-item]
 }
 
 
@@ -466,6 +488,16 @@ def _dec_snapshot_ack(env: peer_pb2.Envelope, frm: int, to: int) -> SnapshotAck:
     return SnapshotAck(frm=frm, to=to, snapshot_index=p.snapshot_index, offset=p.offset, done=p.done)
 
 
+def _dec_lease_ask(env: peer_pb2.Envelope, frm: int, to: int) -> LeaseAsk:
+    p = env.lease_ask
+    return LeaseAsk(frm=frm, to=to, ask_id=p.ask_id, lease_id=p.lease_id, renew=p.renew, applied=p.applied)
+
+
+def _dec_lease_answer(env: peer_pb2.Envelope, frm: int, to: int) -> LeaseAnswer:
+    p = env.lease_answer
+    return LeaseAnswer(frm=frm, to=to, ask_id=p.ask_id, lease_id=p.lease_id, ttl_ms=p.ttl_ms, granted_ttl=p.granted_ttl)
+
+
 _DECODERS: dict[str, Callable[[peer_pb2.Envelope, int, int], Message]] = {
     "pre_vote": _dec_pre_vote,
     "pre_vote_reply": _dec_pre_vote_reply,
@@ -483,6 +515,8 @@ _DECODERS: dict[str, Callable[[peer_pb2.Envelope, int, int], Message]] = {
     "read_index_reply": _dec_read_index_reply,
     "snapshot_chunk": _dec_snapshot_chunk,
     "snapshot_ack": _dec_snapshot_ack,
+    "lease_ask": _dec_lease_ask,
+    "lease_answer": _dec_lease_answer,
 }
 
 # Each oneof member's decoder with the range check of its message type.

@@ -50,6 +50,9 @@ from paxoskv.paxos.types import (
     Promise,
     ReadIndexReply,
     ReadIndexRequest,
+    REPLICA_MESSAGES,
+    LeaseAnswer,
+    LeaseAsk,
     SnapshotAck,
     SnapshotChunk,
 )
@@ -153,6 +156,13 @@ def past_the_maxima(frm: int = 2, to: int = 1) -> list[tuple[str, Message]]:
         ),
         ("snapshot_ack.snapshot_index", SnapshotAck(**k, snapshot_index=_SLOT, offset=0, done=False)),
         ("snapshot_ack.offset", SnapshotAck(**k, snapshot_index=1, offset=bounds.SNAPSHOT_BYTES_MAX + 1, done=False)),
+        ("lease_ask.ask_id", LeaseAsk(**k, ask_id=bounds.ASK_ID_MAX + 1, lease_id=1, renew=True)),
+        ("lease_ask.applied", LeaseAsk(**k, ask_id=1, lease_id=1, renew=True, applied=_SLOT)),
+        ("lease_answer.ttl_ms", LeaseAnswer(**k, ask_id=1, lease_id=1, ttl_ms=-2, granted_ttl=0)),
+        (
+            "lease_answer.granted_ttl",
+            LeaseAnswer(**k, ask_id=1, lease_id=1, ttl_ms=0, granted_ttl=bounds.LEASE_TTL_MAX + 1),
+        ),
     ]
 
 
@@ -215,7 +225,7 @@ def _huge(rng: random.Random, limit: int) -> int:
 
 def _out_of_range(rng: random.Random, victim: Core, frm: int) -> Message:
     # Not the snapshot messages: the replica handles those, after the codec.
-    cases = [m for _, m in past_the_maxima(frm, victim.id) if not isinstance(m, (SnapshotChunk, SnapshotAck))]
+    cases = [m for _, m in past_the_maxima(frm, victim.id) if not isinstance(m, REPLICA_MESSAGES)]
     return rng.choice(cases)
 
 

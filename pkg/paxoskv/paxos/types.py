@@ -172,6 +172,24 @@ class SnapshotAck(Message):
     done: bool
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class LeaseAsk(Message):
+    """A follower's lease call forwarded to the leader (the replica's, not the core's)."""
+
+    ask_id: int
+    lease_id: int
+    renew: bool
+    applied: int = 0  # the asker's applied index: answered once the leader applied as much
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class LeaseAnswer(Message):
+    ask_id: int
+    lease_id: int
+    ttl_ms: int  # renew: the granted TTL in ms (0: no such lease); else the time left (-1: none)
+    granted_ttl: int  # seconds
+
+
 MESSAGE_TYPES: tuple[type[Message], ...] = (
     PreVote,
     PreVoteReply,
@@ -189,7 +207,12 @@ MESSAGE_TYPES: tuple[type[Message], ...] = (
     ReadIndexReply,
     SnapshotChunk,
     SnapshotAck,
+    LeaseAsk,
+    LeaseAnswer,
 )
+
+# The messages a replica handles itself (after the codec): never the core's.
+REPLICA_MESSAGES: tuple[type[Message], ...] = (SnapshotChunk, SnapshotAck, LeaseAsk, LeaseAnswer)
 
 
 # ---- Output -------------------------------------------------------------------

@@ -25,7 +25,9 @@ Rules:
   UNIMPLEMENTED, proposing nothing, until every member is known to take them.
 - The etcd API's calls (``etcd_write``, ``range``) and their rules are in
   ``paxoskv.replica.etcd`` (``self.etcd``): the same waiter table, the same
-  read index, the same log.
+  read index, the same log; its lease calls and the lessor in
+  ``paxoskv.replica.lease`` (``self.lease``, ``etcd_lease``), which also
+  handles the ``LeaseAsk``/``LeaseAnswer`` peer messages.
 - paxoskv.v1's ``scan`` (KV.Range) and ``txn`` (KV.Txn) run etcd's rules
   on the same store with v1's: keys within ``Limits``, a prefix form; a Txn
   with writes is an etcd Txn in the log carrying the client's own
@@ -55,10 +57,12 @@ from paxoskv.etcdpb import rpc_pb2
 from paxoskv.kv import commands, etcd as etcd_rules
 from paxoskv.kv.commands import Limits
 from paxoskv.paxos.core import Core
-from paxoskv.paxos.types import FEATURE_PACKED_BATCHES, Config, Message, Role
+from paxoskv.paxos import bounds
+from paxoskv.paxos.types import FEATURE_PACKED_BATCHES, Config, LeaseAnswer, LeaseAsk, Message, Role
 from paxoskv.kv.etcd import EtcdLimits
 from paxoskv.replica.calls import Call, CallTable
 from paxoskv.replica.etcd import AutoCompaction, EtcdCalls
+from paxoskv.replica.lease import LeaseCalls
 from paxoskv.replica.errors import (
     DeadlineExceeded,
     EtcdFailure,
@@ -176,6 +180,7 @@ class ReplicaNode:
             auto_compaction,
             tick_ms,
         )
+        self.lease = LeaseCalls(self, tick_ms)
         self.watches = WatchHub(lambda: self.replica.sm, self.replica.storage, watch_limits or self._watch_limits(config, tick_ms))
 
     def _watch_limits(self, config: Config, tick_ms: int) -> WatchLimits:
@@ -193,8 +198,14 @@ class ReplicaNode:
         self.replica.tick()
         self.etcd.tick()
         self.watches.tick(self.replica.core.leader_id is not None)
+        self.lease.tick()
 
     def step(self, msg: Message) -> None:
+        if isinstance(msg, (LeaseAsk, LeaseAnswer)):
+            core = self.replica.core
+            if msg.to == core.id and msg.frm != core.id and msg.frm in core.config.peers and bounds.check(msg) is None:
+                self.lease.step(msg)
+            return
         self.replica.step(msg)
 
     # ---- The pump ----------------------------------------------------------------
@@ -231,6 +242,7 @@ class ReplicaNode:
             refused = self._read_refused
             for rid, ok in done.reads:
                 calls.read_released(rid, ok, refused)
+        self.lease.applied()
         self._watch_leader()
         return done
 
@@ -241,6 +253,7 @@ class ReplicaNode:
                 # Commands handed to the old leader may be lost; let clients retry
                 # (with the same sequence, so nothing is applied twice).
                 self.calls.fail_writes(self._unavailable("leader changed", reason=Unavailable.LEADER_CHANGED))
+            self.lease.leader_changed()
             self._leader_seen = leader
 
     # ---- Client calls ------------------------------------------------------------
@@ -526,6 +539,13 @@ class ReplicaNode:
     def range(self, request: Any, timeout_s: float, on_done: Callable[[Call], None]) -> Call:
         """An etcd RangeRequest (``EtcdCalls.range``)."""
         return self.etcd.range(request, timeout_s, on_done)
+
+    def etcd_lease(self, method: str, request: Any, timeout_s: float, on_done: Callable[[Call], None]) -> Call:
+        """An etcd lease call: ``method`` is ``grant``, ``revoke``,
+        ``keep_alive`` or ``time_to_live`` (``LeaseCalls``)."""
+        lease = self.lease
+        start = {"grant": lease.grant, "revoke": lease.revoke, "keep_alive": lease.keep_alive, "time_to_live": lease.time_to_live}
+        return start[method](request, timeout_s, on_done)
 
     # ---- Errors and status -------------------------------------------------------
 

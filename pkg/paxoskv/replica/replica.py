@@ -239,6 +239,7 @@ class Replica:
                 revision=state.revision,
                 compact_revision=state.compact_revision,
                 alarms=state.alarms,
+                leases=state.leases.items(),
                 reader=self.storage,
                 node_sessions_max=self._node_sessions_max,
             )

@@ -18,8 +18,9 @@ Rules:
   SHA-256 of all that -- which ``etcdctl snapshot save`` accepts and
   ``paxoskv snapshot restore`` reads. The stream is spooled to a temporary
   file first, so every message carries ``remaining_bytes`` as etcd's do.
-- Watch: ``paxoskv.server.etcd_watch`` (the node layer's watch hub).
-  Lease and Auth are not registered (UNIMPLEMENTED).
+- Watch: ``paxoskv.server.etcd_watch`` (the node layer's watch hub);
+  Lease: ``paxoskv.server.etcd_lease``. Auth is not registered
+  (UNIMPLEMENTED).
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ from paxoskv.replica.errors import EtcdFailure
 from paxoskv.replica.etcd import member_id
 from paxoskv.server.config import format_hostport
 from paxoskv.server.etcd_watch import WatchService
+from paxoskv.server.etcd_lease import lease_handlers
 from paxoskv.server.grpc_api import call_timeout_s
 from paxoskv.storage.snapshot import CHUNK_BYTES, etcd_envelope
 
@@ -46,7 +48,13 @@ __all__ = ["ETCD_VERSION", "EtcdFacade", "SERVICES"]
 ETCD_VERSION = "3.4.23"  # the etcd whose API and errors this one matches
 SNAPSHOT_MESSAGE_BYTES = 32 << 10  # etcd's snapshotSendBufferSize
 SPOOL_MEMORY_BYTES = 8 << 20
-SERVICES = ("etcdserverpb.KV", "etcdserverpb.Maintenance", "etcdserverpb.Cluster", "etcdserverpb.Watch")
+SERVICES = (
+    "etcdserverpb.KV",
+    "etcdserverpb.Maintenance",
+    "etcdserverpb.Cluster",
+    "etcdserverpb.Watch",
+    "etcdserverpb.Lease",
+)
 
 R = rpc_pb2
 
@@ -97,7 +105,8 @@ class EtcdFacade:
             },
         }
         watch = {"Watch": WatchService(self.node, lambda h, layer: self._fill(h, layer, revision=False), _parse, _wants_leader).handler()}
-        return dict(zip(SERVICES, (kv, maintenance, cluster, watch), strict=True))
+        lease = lease_handlers(self, unary)
+        return dict(zip(SERVICES, (kv, maintenance, cluster, watch, lease), strict=True))
 
     # ---- plumbing ------------------------------------------------------------------
 

@@ -341,6 +341,10 @@ class Node:
     async def etcd_range(self, request: object, *, timeout_s: float) -> object:
         return await self._etcd(lambda n, t, d: n.range(request, t, d), timeout_s)
 
+    async def etcd_lease(self, method: str, request: object, *, timeout_s: float) -> object:
+        """etcd's response to a lease call (``ReplicaNode.etcd_lease``); raises ``EtcdFailure``."""
+        return await self._etcd(lambda n, t, d: n.etcd_lease(method, request, t, d), timeout_s)
+
     async def etcd_in_thread(self, method: str, *args: object) -> object:
         """``layer.etcd.<method>(*args)`` in a worker thread (HashKV, Defragment)."""
         layer = self.etcd_layer()

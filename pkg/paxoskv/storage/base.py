@@ -15,7 +15,7 @@ Rules:
   groups everything of one event-loop iteration into one call.
 - ``apply(changes, drop_accepted_through)`` is ONE atomic write batch, never
   synced on its own (the next synced batch makes it durable): the state
-  machine's history rows (written and dropped) and session changes, its
+  machine's history rows (written and dropped), session and lease changes, its
   applied index with the store's revision, compaction revision and alarms,
   and the deletion of accepted entries whose slot is
   ``<= drop_accepted_through``. Because the applied state and the applied
@@ -54,8 +54,8 @@ Log compaction and snapshots:
   ``compact`` or ``begin_install().finish()``. It changes no record.
   ``defragment()`` does the same for the whole store (etcd's Defragment).
 - ``open_snapshot()`` returns a ``SnapshotSource``: a consistent view of the
-  applied state (history rows, revision counters, alarms, sessions, applied
-  index) at the moment of the call, taken without blocking writers; its
+  applied state (history rows, revision counters, alarms, sessions, leases,
+  applied index) at the moment of the call, taken without blocking writers; its
   ``history_rows`` reads that view's rows. ``chunks(chunk_bytes)`` produces it in
   the snapshot file format (:mod:`paxoskv.storage.snapshot`), lazily, and
   may be called again; ``close()`` releases the view (``close`` of the
@@ -64,7 +64,7 @@ Log compaction and snapshots:
   the snapshot's bytes in order (verifying as they come: a snapshot of
   another cluster, or older than the applied index, is refused at its
   header), ``finish()`` verifies the end and then, in ONE synced batch,
-  replaces the history, sessions and applied state by the snapshot's, sets
+  replaces the history, sessions, leases and applied state by the snapshot's, sets
   ``log_start = index + 1`` and deletes the chosen and accepted entries
   ``<= index``; the promise and the entries ``> index`` stay. It returns the
   index. ``abort()`` drops what was staged. ``foreign_cluster_ok=True``
@@ -80,9 +80,10 @@ Log compaction and snapshots:
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
+from paxoskv.kv.lease import Lease
 from paxoskv.kv.state_machine import Changes, Session
 from paxoskv.paxos.bounds import BALLOT_ROUND_MAX, NODE_ID_MAX, SLOT_MAX
 from paxoskv.paxos.types import Ballot, Entry, Value
@@ -131,6 +132,7 @@ class LoadedState:
     revision: int = 1
     compact_revision: int = -1
     alarms: tuple[tuple[int, int], ...] = ()
+    leases: dict[int, Lease] = field(default_factory=dict)
 
 
 class SnapshotSource(Protocol):

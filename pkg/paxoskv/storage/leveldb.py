@@ -17,6 +17,8 @@ range of slots is a range of keys)::
                               row per version of a key since the compaction
                               (format 4; formats 1-3 had kv/<key> -> value)
     session/<client_id utf8>  storage_pb2.Session       exactly-once sessions
+    lease/<id i64be>          storage_pb2.StoredLease   the leases (their keys are
+                                                        the rows that name them)
     applied                   storage_pb2.AppliedState  the applied index, the
                                                         revision, compaction
                                                         revision and alarms
@@ -62,6 +64,7 @@ from typing import Any, BinaryIO
 import plyvel
 from google.protobuf.message import DecodeError
 
+from paxoskv.kv.lease import Lease, check_stored, lease_row_key
 from paxoskv.kv.mvcc import ROW_KEY_BYTES, legacy_rows, row_key
 from paxoskv.kv.state_machine import Changes, Session
 from paxoskv.paxos.types import ZERO_BALLOT, Ballot, Entry, Value
@@ -102,6 +105,7 @@ P_CHOSEN = b"chosen/"
 P_KV = b"kv/"  # formats 1-3 only: migrated on open
 P_REV = b"rev/"
 P_SESSION = b"session/"
+P_LEASE = b"lease/"
 SLOT_MAX = (1 << 64) - 1
 STAGING_PREFIX = "snapshot-incoming-"
 STAGING_SUFFIX = ".tmp"
@@ -284,6 +288,7 @@ class LevelDBStorage:
                     sessions[client_id] = Session.from_proto(pb)
                 raw = snap.get(K_APPLIED)
                 applied = storage_pb2.AppliedState() if raw is None else self._parse(storage_pb2.AppliedState, K_APPLIED, raw)
+                leases = _read_leases(self.path, snap)
         except plyvel.Error as exc:
             raise _storage_error(self.path, exc) from None
         applied_index = applied.applied_index
@@ -305,6 +310,7 @@ class LevelDBStorage:
             revision=revision,
             compact_revision=compact_revision,
             alarms=alarms,
+            leases=leases,
         )
         return check_loaded(self.path, loaded)
 
@@ -419,6 +425,11 @@ class LevelDBStorage:
                 batch.delete(key)
             else:
                 batch.put(key, session.encode(encoded))
+        for lease_id, lease in changes.leases.items():
+            if lease is None:
+                batch.delete(P_LEASE + lease_row_key(lease_id))
+            else:
+                batch.put(P_LEASE + lease_row_key(lease_id), lease)
         batch.put(
             K_APPLIED,
             _applied_record(changes.applied_index, changes.revision, changes.compact_revision, changes.alarms),
@@ -546,7 +557,7 @@ class LevelDBStorage:
                 ranges.append((P_REV, P_REV + row_key(rev_through + 1, 0)))
                 self._rev_reclaimed = rev_through
         if reclaim_state:
-            ranges += [(P_KV, _prefix_end(P_KV)), (P_REV, _prefix_end(P_REV)), (P_SESSION, _prefix_end(P_SESSION))]
+            ranges += [(P_KV, _prefix_end(P_KV)), (P_REV, _prefix_end(P_REV)), (P_SESSION, _prefix_end(P_SESSION)), (P_LEASE, _prefix_end(P_LEASE))]
         with self._using() as db:  # the long part, without the lock
             try:
                 for start, stop in ranges:
@@ -600,6 +611,11 @@ class LevelDBStorage:
                     session_merge.end()
                 info = reader.info
                 assert info is not None
+                with db.iterator(prefix=P_LEASE) as old_leases:
+                    lease_merge = _Merge(batch, P_LEASE, old_leases)
+                    for lease_id, lease in info.leases:
+                        lease_merge.put(lease_row_key(lease_id), lease.to_proto(lease_id).SerializeToString())
+                    lease_merge.end()
                 index = info.applied_index
                 batch.put(
                     K_APPLIED, _applied_record(index, info.revision, info.compact_revision, info.alarms)
@@ -781,6 +797,17 @@ def _migrate_to_mvcc(db: plyvel.DB, path: str, meta: storage_pb2.NodeMeta) -> No
     batch.write()
 
 
+def _read_leases(path: str, snap: Any) -> dict[int, Lease]:  # noqa: ANN401 - a plyvel DB or snapshot
+    leases: dict[int, Lease] = {}
+    for key, raw in snap.iterator(prefix=P_LEASE):
+        pb = _parse(path, storage_pb2.StoredLease, key, raw)
+        bad = check_stored(pb)
+        if bad is not None or key != P_LEASE + lease_row_key(pb.ID):
+            raise Corrupt(path, f"lease record {key!r}: {bad or 'its key is not its id'}")
+        leases[pb.ID] = Lease.from_proto(pb)
+    return leases
+
+
 def _prefix_end(prefix: bytes) -> bytes:
     """The first key after every key that starts with ``prefix`` (which ends in '/')."""
     assert prefix.endswith(b"/"), prefix
@@ -895,6 +922,13 @@ class _LevelDBSource(SourceBase):
                 except UnicodeDecodeError:
                     raise Corrupt(path, f"session key {key!r} is not UTF-8") from None
                 yield client_id, Session.from_proto(_parse(path, storage_pb2.Session, key, raw))
+
+    def _lease_items(self) -> list[tuple[int, Lease]]:
+        with self._storage._using():
+            try:
+                return sorted(_read_leases(self._storage.path, self._snap).items())
+            except plyvel.Error as exc:
+                raise _storage_error(self._storage.path, exc) from None
 
     def _release(self) -> None:
         storage = self._storage

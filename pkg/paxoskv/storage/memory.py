@@ -41,6 +41,7 @@ import random
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
+from paxoskv.kv.lease import Lease
 from paxoskv.kv.state_machine import Changes, Session
 from paxoskv.paxos.types import ZERO_BALLOT, Ballot, Entry, Value
 from paxoskv.storage.base import (
@@ -55,6 +56,7 @@ from paxoskv.storage.base import (
     check_loaded,
 )
 from paxoskv.storage.snapshot_base import InstallerBase, SourceBase
+from paxoskv.v1 import storage_pb2
 from paxoskv.storage.snapshot import (
     Items,
     SnapshotReader,
@@ -68,8 +70,9 @@ __all__ = ["MemoryDisk", "MemoryStorage"]
 #   ("accepted", entry)                  ("chosen", slot, value)
 #   ("row", row key, row | None)         ("session", client_id, session | None)
 #   ("applied", index, revision, compact revision, alarms)
+#   ("lease", id, StoredLease bytes | None)
 #   ("drop_accepted", through)
-#   ("reset",)                           drop every history row and session
+#   ("reset",)                           drop every history row, session and lease
 #   ("compact", through)                 drop chosen and accepted <= through,
 #                                        log_start = through + 1
 _Op = tuple[object, ...]
@@ -89,6 +92,7 @@ class _Image:
     revision: int = 1
     compact_revision: int = -1
     alarms: tuple[tuple[int, int], ...] = ()
+    leases: dict[int, bytes] = field(default_factory=dict)  # id -> StoredLease bytes
 
     def copy(self) -> _Image:
         return _Image(
@@ -103,6 +107,7 @@ class _Image:
             self.revision,
             self.compact_revision,
             self.alarms,
+            dict(self.leases),
         )
 
     def replay(self, batch: _Batch) -> None:
@@ -124,6 +129,11 @@ class _Image:
                     self.sessions.pop(op[1], None)  # type: ignore[arg-type]
                 else:
                     self.sessions[op[1]] = op[2]  # type: ignore[index]
+            elif kind == "lease":
+                if op[2] is None:
+                    self.leases.pop(op[1], None)  # type: ignore[arg-type]
+                else:
+                    self.leases[op[1]] = op[2]  # type: ignore[index]
             elif kind == "applied":
                 self.applied_index, self.revision, self.compact_revision, self.alarms = op[1:]  # type: ignore[assignment]
             elif kind == "drop_accepted":
@@ -133,6 +143,7 @@ class _Image:
             elif kind == "reset":
                 self.history.clear()
                 self.sessions.clear()
+                self.leases.clear()
             elif kind == "compact":
                 through = op[1]
                 assert isinstance(through, int)
@@ -271,6 +282,7 @@ class MemoryStorage:
             revision=image.revision,
             compact_revision=image.compact_revision,
             alarms=image.alarms,
+            leases=_leases(image.leases),
         )
         return check_loaded(self.disk.name, loaded)
 
@@ -308,6 +320,8 @@ class MemoryStorage:
         for client_id, session in changes.sessions.items():
             assert session is None or isinstance(session, Session), session
             batch.append(("session", client_id, session))
+        for lease_id, lease in changes.leases.items():
+            batch.append(("lease", lease_id, lease))
         assert changes.revision >= 1, changes
         batch.append(("applied", changes.applied_index, changes.revision, changes.compact_revision, tuple(changes.alarms)))
         if drop_accepted_through > 0:
@@ -341,7 +355,7 @@ class MemoryStorage:
     def open_snapshot(self) -> _MemorySource:
         assert not self._closed, "storage is closed"
         image = self.disk._current
-        return _MemorySource(self.cluster_id, image, dict(image.history), dict(image.sessions))
+        return _MemorySource(self.cluster_id, image, dict(image.history), dict(image.sessions), _leases(image.leases))
 
     def begin_install(self, *, foreign_cluster_ok: bool = False) -> _MemoryInstaller:
         assert not self._closed, "storage is closed"
@@ -359,6 +373,10 @@ class MemoryStorage:
         self.close()
 
 
+def _leases(stored: dict[int, bytes]) -> dict[int, Lease]:
+    return {lease_id: Lease.from_proto(storage_pb2.StoredLease.FromString(raw)) for lease_id, raw in stored.items()}
+
+
 def _is_value(value: object) -> bool:
     return isinstance(value, tuple) and all(isinstance(c, bytes) for c in value)
 
@@ -370,10 +388,15 @@ class _MemorySource(SourceBase):
         image: _Image,
         history: dict[bytes, bytes],
         sessions: dict[str, Session],
+        leases: dict[int, Lease],
     ) -> None:
         super().__init__(cluster_id, image.applied_index, image.revision, image.compact_revision, image.alarms)
         self._history = history
         self._sessions = sessions
+        self._leases = leases
+
+    def _lease_items(self) -> list[tuple[int, Lease]]:
+        return sorted(self._leases.items())
 
     def _counts(self) -> tuple[int, int]:
         return len(self._history), len(self._sessions)
@@ -430,6 +453,8 @@ class _MemoryInstaller(InstallerBase):
             raise SnapshotRefused(
                 f"snapshot at index {index} is older than the applied index {current}"
             )
+        for lease_id, lease in info.leases:
+            self._ops.append(("lease", lease_id, lease.to_proto(lease_id).SerializeToString()))
         self._ops.append(("applied", index, info.revision, info.compact_revision, info.alarms))
         self._ops.append(("compact", index))
         disk.write(tuple(self._ops), sync=True)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import abc
 from collections.abc import Iterator
 
+from paxoskv.kv.lease import Lease
 from paxoskv.kv.state_machine import Session
 from paxoskv.storage.snapshot import (
     CHUNK_BYTES,
@@ -63,10 +64,18 @@ class SourceBase(abc.ABC):
     def chunks(self, chunk_bytes: int = CHUNK_BYTES) -> Iterator[bytes]:
         assert not self._closed, "snapshot source is closed"
         rows, sessions = self._counts()
+        leases = self._lease_items()
         header = snapshot_header(
-            self._cluster_id, self._applied_index, rows, sessions, self._revision, self._compact_revision, self._alarms
+            self._cluster_id,
+            self._applied_index,
+            rows,
+            sessions,
+            self._revision,
+            self._compact_revision,
+            self._alarms,
+            len(leases),
         )
-        return iter_snapshot(header, self._rows(b"", None), self._session_items(), chunk_bytes)
+        return iter_snapshot(header, self._rows(b"", None), self._session_items(), chunk_bytes, leases)
 
     def close(self) -> None:
         if not self._closed:
@@ -91,6 +100,10 @@ class SourceBase(abc.ABC):
     @abc.abstractmethod
     def _session_items(self) -> Iterator[tuple[str, Session]]:
         """Implemented by each store."""
+
+    @abc.abstractmethod
+    def _lease_items(self) -> list[tuple[int, Lease]]:
+        """Implemented by each store: every lease, in id order."""
 
     @abc.abstractmethod
     def _release(self) -> None:

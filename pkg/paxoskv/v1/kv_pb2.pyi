@@ -50,20 +50,50 @@ class BatchOp(_message.Message):
     def __init__(self, ops: _Optional[_Iterable[_Union[RequestOp, _Mapping]]] = ..., request: _Optional[_Union[RequestHeader, _Mapping]] = ..., waiter: _Optional[bytes] = ...) -> None: ...
 
 class EtcdOp(_message.Message):
-    __slots__ = ("put", "delete_range", "txn", "compaction", "alarm", "waiter")
+    __slots__ = ("put", "delete_range", "txn", "compaction", "alarm", "lease_grant", "lease_revoke", "lease_checkpoint", "lease_expire", "waiter")
     PUT_FIELD_NUMBER: _ClassVar[int]
     DELETE_RANGE_FIELD_NUMBER: _ClassVar[int]
     TXN_FIELD_NUMBER: _ClassVar[int]
     COMPACTION_FIELD_NUMBER: _ClassVar[int]
     ALARM_FIELD_NUMBER: _ClassVar[int]
+    LEASE_GRANT_FIELD_NUMBER: _ClassVar[int]
+    LEASE_REVOKE_FIELD_NUMBER: _ClassVar[int]
+    LEASE_CHECKPOINT_FIELD_NUMBER: _ClassVar[int]
+    LEASE_EXPIRE_FIELD_NUMBER: _ClassVar[int]
     WAITER_FIELD_NUMBER: _ClassVar[int]
     put: _rpc_pb2.PutRequest
     delete_range: _rpc_pb2.DeleteRangeRequest
     txn: _rpc_pb2.TxnRequest
     compaction: _rpc_pb2.CompactionRequest
     alarm: _rpc_pb2.AlarmRequest
+    lease_grant: _rpc_pb2.LeaseGrantRequest
+    lease_revoke: _rpc_pb2.LeaseRevokeRequest
+    lease_checkpoint: LeaseCheckpoints
+    lease_expire: LeaseExpire
     waiter: bytes
-    def __init__(self, put: _Optional[_Union[_rpc_pb2.PutRequest, _Mapping]] = ..., delete_range: _Optional[_Union[_rpc_pb2.DeleteRangeRequest, _Mapping]] = ..., txn: _Optional[_Union[_rpc_pb2.TxnRequest, _Mapping]] = ..., compaction: _Optional[_Union[_rpc_pb2.CompactionRequest, _Mapping]] = ..., alarm: _Optional[_Union[_rpc_pb2.AlarmRequest, _Mapping]] = ..., waiter: _Optional[bytes] = ...) -> None: ...
+    def __init__(self, put: _Optional[_Union[_rpc_pb2.PutRequest, _Mapping]] = ..., delete_range: _Optional[_Union[_rpc_pb2.DeleteRangeRequest, _Mapping]] = ..., txn: _Optional[_Union[_rpc_pb2.TxnRequest, _Mapping]] = ..., compaction: _Optional[_Union[_rpc_pb2.CompactionRequest, _Mapping]] = ..., alarm: _Optional[_Union[_rpc_pb2.AlarmRequest, _Mapping]] = ..., lease_grant: _Optional[_Union[_rpc_pb2.LeaseGrantRequest, _Mapping]] = ..., lease_revoke: _Optional[_Union[_rpc_pb2.LeaseRevokeRequest, _Mapping]] = ..., lease_checkpoint: _Optional[_Union[LeaseCheckpoints, _Mapping]] = ..., lease_expire: _Optional[_Union[LeaseExpire, _Mapping]] = ..., waiter: _Optional[bytes] = ...) -> None: ...
+
+class LeaseCheckpoint(_message.Message):
+    __slots__ = ("ID", "remaining_ms")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    REMAINING_MS_FIELD_NUMBER: _ClassVar[int]
+    ID: int
+    remaining_ms: int
+    def __init__(self, ID: _Optional[int] = ..., remaining_ms: _Optional[int] = ...) -> None: ...
+
+class LeaseCheckpoints(_message.Message):
+    __slots__ = ("checkpoints",)
+    CHECKPOINTS_FIELD_NUMBER: _ClassVar[int]
+    checkpoints: _containers.RepeatedCompositeFieldContainer[LeaseCheckpoint]
+    def __init__(self, checkpoints: _Optional[_Iterable[_Union[LeaseCheckpoint, _Mapping]]] = ...) -> None: ...
+
+class LeaseExpire(_message.Message):
+    __slots__ = ("ID", "epoch")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    EPOCH_FIELD_NUMBER: _ClassVar[int]
+    ID: int
+    epoch: int
+    def __init__(self, ID: _Optional[int] = ..., epoch: _Optional[int] = ...) -> None: ...
 
 class CommandResult(_message.Message):
     __slots__ = ("code", "index", "existed", "error", "revision", "succeeded")

@@ -194,8 +194,32 @@ class SnapshotAck(_message.Message):
     done: bool
     def __init__(self, snapshot_index: _Optional[int] = ..., offset: _Optional[int] = ..., done: _Optional[bool] = ...) -> None: ...
 
+class LeaseAsk(_message.Message):
+    __slots__ = ("ask_id", "lease_id", "renew", "applied")
+    ASK_ID_FIELD_NUMBER: _ClassVar[int]
+    LEASE_ID_FIELD_NUMBER: _ClassVar[int]
+    RENEW_FIELD_NUMBER: _ClassVar[int]
+    APPLIED_FIELD_NUMBER: _ClassVar[int]
+    ask_id: int
+    lease_id: int
+    renew: bool
+    applied: int
+    def __init__(self, ask_id: _Optional[int] = ..., lease_id: _Optional[int] = ..., renew: _Optional[bool] = ..., applied: _Optional[int] = ...) -> None: ...
+
+class LeaseAnswer(_message.Message):
+    __slots__ = ("ask_id", "lease_id", "ttl_ms", "granted_ttl")
+    ASK_ID_FIELD_NUMBER: _ClassVar[int]
+    LEASE_ID_FIELD_NUMBER: _ClassVar[int]
+    TTL_MS_FIELD_NUMBER: _ClassVar[int]
+    GRANTED_TTL_FIELD_NUMBER: _ClassVar[int]
+    ask_id: int
+    lease_id: int
+    ttl_ms: int
+    granted_ttl: int
+    def __init__(self, ask_id: _Optional[int] = ..., lease_id: _Optional[int] = ..., ttl_ms: _Optional[int] = ..., granted_ttl: _Optional[int] = ...) -> None: ...
+
 class Envelope(_message.Message):
-    __slots__ = ("cluster_id", "from_node", "to_node", "pre_vote", "pre_vote_reply", "prepare", "promise", "nack", "accept", "accepted", "heartbeat", "heartbeat_ack", "catchup_request", "catchup_reply", "forward", "read_index_request", "read_index_reply", "snapshot_chunk", "snapshot_ack")
+    __slots__ = ("cluster_id", "from_node", "to_node", "pre_vote", "pre_vote_reply", "prepare", "promise", "nack", "accept", "accepted", "heartbeat", "heartbeat_ack", "catchup_request", "catchup_reply", "forward", "read_index_request", "read_index_reply", "snapshot_chunk", "snapshot_ack", "lease_ask", "lease_answer")
     CLUSTER_ID_FIELD_NUMBER: _ClassVar[int]
     FROM_NODE_FIELD_NUMBER: _ClassVar[int]
     TO_NODE_FIELD_NUMBER: _ClassVar[int]
@@ -215,6 +239,8 @@ class Envelope(_message.Message):
     READ_INDEX_REPLY_FIELD_NUMBER: _ClassVar[int]
     SNAPSHOT_CHUNK_FIELD_NUMBER: _ClassVar[int]
     SNAPSHOT_ACK_FIELD_NUMBER: _ClassVar[int]
+    LEASE_ASK_FIELD_NUMBER: _ClassVar[int]
+    LEASE_ANSWER_FIELD_NUMBER: _ClassVar[int]
     cluster_id: str
     from_node: int
     to_node: int
@@ -234,4 +260,6 @@ class Envelope(_message.Message):
     read_index_reply: ReadIndexReply
     snapshot_chunk: SnapshotChunk
     snapshot_ack: SnapshotAck
-    def __init__(self, cluster_id: _Optional[str] = ..., from_node: _Optional[int] = ..., to_node: _Optional[int] = ..., pre_vote: _Optional[_Union[PreVote, _Mapping]] = ..., pre_vote_reply: _Optional[_Union[PreVoteReply, _Mapping]] = ..., prepare: _Optional[_Union[Prepare, _Mapping]] = ..., promise: _Optional[_Union[Promise, _Mapping]] = ..., nack: _Optional[_Union[Nack, _Mapping]] = ..., accept: _Optional[_Union[Accept, _Mapping]] = ..., accepted: _Optional[_Union[Accepted, _Mapping]] = ..., heartbeat: _Optional[_Union[Heartbeat, _Mapping]] = ..., heartbeat_ack: _Optional[_Union[HeartbeatAck, _Mapping]] = ..., catchup_request: _Optional[_Union[CatchupRequest, _Mapping]] = ..., catchup_reply: _Optional[_Union[CatchupReply, _Mapping]] = ..., forward: _Optional[_Union[Forward, _Mapping]] = ..., read_index_request: _Optional[_Union[ReadIndexRequest, _Mapping]] = ..., read_index_reply: _Optional[_Union[ReadIndexReply, _Mapping]] = ..., snapshot_chunk: _Optional[_Union[SnapshotChunk, _Mapping]] = ..., snapshot_ack: _Optional[_Union[SnapshotAck, _Mapping]] = ...) -> None: ...
+    lease_ask: LeaseAsk
+    lease_answer: LeaseAnswer
+    def __init__(self, cluster_id: _Optional[str] = ..., from_node: _Optional[int] = ..., to_node: _Optional[int] = ..., pre_vote: _Optional[_Union[PreVote, _Mapping]] = ..., pre_vote_reply: _Optional[_Union[PreVoteReply, _Mapping]] = ..., prepare: _Optional[_Union[Prepare, _Mapping]] = ..., promise: _Optional[_Union[Promise, _Mapping]] = ..., nack: _Optional[_Union[Nack, _Mapping]] = ..., accept: _Optional[_Union[Accept, _Mapping]] = ..., accepted: _Optional[_Union[Accepted, _Mapping]] = ..., heartbeat: _Optional[_Union[Heartbeat, _Mapping]] = ..., heartbeat_ack: _Optional[_Union[HeartbeatAck, _Mapping]] = ..., catchup_request: _Optional[_Union[CatchupRequest, _Mapping]] = ..., catchup_reply: _Optional[_Union[CatchupReply, _Mapping]] = ..., forward: _Optional[_Union[Forward, _Mapping]] = ..., read_index_request: _Optional[_Union[ReadIndexRequest, _Mapping]] = ..., read_index_reply: _Optional[_Union[ReadIndexReply, _Mapping]] = ..., snapshot_chunk: _Optional[_Union[SnapshotChunk, _Mapping]] = ..., snapshot_ack: _Optional[_Union[SnapshotAck, _Mapping]] = ..., lease_ask: _Optional[_Union[LeaseAsk, _Mapping]] = ..., lease_answer: _Optional[_Union[LeaseAnswer, _Mapping]] = ...) -> None: ...

@@ -27,7 +27,7 @@ from paxoskv.v1 import kv_pb2 as paxoskv_dot_v1_dot_kv__pb2
 from paxoskv.etcdpb import kv_pb2 as paxoskv_dot_etcdpb_dot_kv__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18paxoskv/v1/storage.proto\x12\npaxoskv.v1\x1a\x15paxoskv/v1/peer.proto\x1a\x13paxoskv/v1/kv.proto\x1a\x17paxoskv/etcdpb/kv.proto\"G\n\x08NodeMeta\x12\x16\n\x0e\x66ormat_version\x18\x01 \x01(\r\x12\x0f\n\x07node_id\x18\x02 \x01(\r\x12\x12\n\ncluster_id\x18\x03 \x01(\t\"5\n\rAcceptorState\x12$\n\x08promised\x18\x01 \x01(\x0b\x32\x12.paxoskv.v1.Ballot\"i\n\x07Session\x12\x10\n\x08sequence\x18\x01 \x01(\x04\x12)\n\x06result\x18\x02 \x01(\x0b\x32\x19.paxoskv.v1.CommandResult\x12\x12\n\nlast_index\x18\x03 \x01(\x04\x12\r\n\x05\x62\x61tch\x18\x04 \x01(\x0c\"z\n\x0c\x41ppliedState\x12\x15\n\rapplied_index\x18\x01 \x01(\x04\x12\x10\n\x08revision\x18\x02 \x01(\x03\x12\x18\n\x10\x63ompact_revision\x18\x03 \x01(\x03\x12\'\n\x06\x61larms\x18\x04 \x03(\x0b\x32\x17.paxoskv.v1.StoredAlarm\"/\n\x0bStoredAlarm\x12\x11\n\tmember_id\x18\x01 \x01(\x04\x12\r\n\x05\x61larm\x18\x02 \x01(\r\"@\n\rHistoryRecord\x12\x1c\n\x02kv\x18\x01 \x01(\x0b\x32\x10.mvccpb.KeyValue\x12\x11\n\ttombstone\x18\x02 \x01(\x08\"\xd6\x01\n\x0eSnapshotHeader\x12\x16\n\x0e\x66ormat_version\x18\x01 \x01(\r\x12\x12\n\ncluster_id\x18\x02 \x01(\t\x12\x15\n\rapplied_index\x18\x03 \x01(\x04\x12\x0c\n\x04keys\x18\x04 \x01(\x04\x12\x10\n\x08sessions\x18\x05 \x01(\x04\x12\x0c\n\x04rows\x18\x06 \x01(\x04\x12\x10\n\x08revision\x18\x07 \x01(\x03\x12\x18\n\x10\x63ompact_revision\x18\x08 \x01(\x03\x12\'\n\x06\x61larms\x18\t \x03(\x0b\x32\x17.paxoskv.v1.StoredAlarm\"I\n\nHistoryRow\x12\x10\n\x08revision\x18\x01 \x01(\x0c\x12)\n\x06record\x18\x02 \x01(\x0b\x32\x19.paxoskv.v1.HistoryRecord\"&\n\x08KeyValue\x12\x0b\n\x03key\x18\x01 \x01(\x0c\x12\r\n\x05value\x18\x02 \x01(\x0c\"G\n\x0cSessionEntry\x12\x11\n\tclient_id\x18\x01 \x01(\t\x12$\n\x07session\x18\x02 \x01(\x0b\x32\x13.paxoskv.v1.Session\"!\n\x0fSnapshotTrailer\x12\x0e\n\x06sha256\x18\x01 \x01(\x0c\"\xf0\x01\n\x0eSnapshotRecord\x12,\n\x06header\x18\x01 \x01(\x0b\x32\x1a.paxoskv.v1.SnapshotHeaderH\x00\x12\"\n\x02kv\x18\x02 \x01(\x0b\x32\x14.paxoskv.v1.KeyValueH\x00\x12+\n\x07session\x18\x03 \x01(\x0b\x32\x18.paxoskv.v1.SessionEntryH\x00\x12.\n\x07trailer\x18\x04 \x01(\x0b\x32\x1b.paxoskv.v1.SnapshotTrailerH\x00\x12%\n\x03row\x18\x05 \x01(\x0b\x32\x16.paxoskv.v1.HistoryRowH\x00\x42\x08\n\x06recordb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18paxoskv/v1/storage.proto\x12\npaxoskv.v1\x1a\x15paxoskv/v1/peer.proto\x1a\x13paxoskv/v1/kv.proto\x1a\x17paxoskv/etcdpb/kv.proto\"G\n\x08NodeMeta\x12\x16\n\x0e\x66ormat_version\x18\x01 \x01(\r\x12\x0f\n\x07node_id\x18\x02 \x01(\r\x12\x12\n\ncluster_id\x18\x03 \x01(\t\"5\n\rAcceptorState\x12$\n\x08promised\x18\x01 \x01(\x0b\x32\x12.paxoskv.v1.Ballot\"i\n\x07Session\x12\x10\n\x08sequence\x18\x01 \x01(\x04\x12)\n\x06result\x18\x02 \x01(\x0b\x32\x19.paxoskv.v1.CommandResult\x12\x12\n\nlast_index\x18\x03 \x01(\x04\x12\r\n\x05\x62\x61tch\x18\x04 \x01(\x0c\"z\n\x0c\x41ppliedState\x12\x15\n\rapplied_index\x18\x01 \x01(\x04\x12\x10\n\x08revision\x18\x02 \x01(\x03\x12\x18\n\x10\x63ompact_revision\x18\x03 \x01(\x03\x12\'\n\x06\x61larms\x18\x04 \x03(\x0b\x32\x17.paxoskv.v1.StoredAlarm\"/\n\x0bStoredAlarm\x12\x11\n\tmember_id\x18\x01 \x01(\x04\x12\r\n\x05\x61larm\x18\x02 \x01(\r\"@\n\rHistoryRecord\x12\x1c\n\x02kv\x18\x01 \x01(\x0b\x32\x10.mvccpb.KeyValue\x12\x11\n\ttombstone\x18\x02 \x01(\x08\"K\n\x0bStoredLease\x12\n\n\x02ID\x18\x01 \x01(\x03\x12\x0b\n\x03ttl\x18\x02 \x01(\x03\x12\x14\n\x0cremaining_ms\x18\x03 \x01(\x03\x12\r\n\x05\x65poch\x18\x04 \x01(\x04\"\xe6\x01\n\x0eSnapshotHeader\x12\x16\n\x0e\x66ormat_version\x18\x01 \x01(\r\x12\x12\n\ncluster_id\x18\x02 \x01(\t\x12\x15\n\rapplied_index\x18\x03 \x01(\x04\x12\x0c\n\x04keys\x18\x04 \x01(\x04\x12\x10\n\x08sessions\x18\x05 \x01(\x04\x12\x0c\n\x04rows\x18\x06 \x01(\x04\x12\x10\n\x08revision\x18\x07 \x01(\x03\x12\x18\n\x10\x63ompact_revision\x18\x08 \x01(\x03\x12\'\n\x06\x61larms\x18\t \x03(\x0b\x32\x17.paxoskv.v1.StoredAlarm\x12\x0e\n\x06leases\x18\n \x01(\x04\"I\n\nHistoryRow\x12\x10\n\x08revision\x18\x01 \x01(\x0c\x12)\n\x06record\x18\x02 \x01(\x0b\x32\x19.paxoskv.v1.HistoryRecord\"&\n\x08KeyValue\x12\x0b\n\x03key\x18\x01 \x01(\x0c\x12\r\n\x05value\x18\x02 \x01(\x0c\"G\n\x0cSessionEntry\x12\x11\n\tclient_id\x18\x01 \x01(\t\x12$\n\x07session\x18\x02 \x01(\x0b\x32\x13.paxoskv.v1.Session\"!\n\x0fSnapshotTrailer\x12\x0e\n\x06sha256\x18\x01 \x01(\x0c\"\x9a\x02\n\x0eSnapshotRecord\x12,\n\x06header\x18\x01 \x01(\x0b\x32\x1a.paxoskv.v1.SnapshotHeaderH\x00\x12\"\n\x02kv\x18\x02 \x01(\x0b\x32\x14.paxoskv.v1.KeyValueH\x00\x12+\n\x07session\x18\x03 \x01(\x0b\x32\x18.paxoskv.v1.SessionEntryH\x00\x12.\n\x07trailer\x18\x04 \x01(\x0b\x32\x1b.paxoskv.v1.SnapshotTrailerH\x00\x12%\n\x03row\x18\x05 \x01(\x0b\x32\x16.paxoskv.v1.HistoryRowH\x00\x12(\n\x05lease\x18\x06 \x01(\x0b\x32\x17.paxoskv.v1.StoredLeaseH\x00\x42\x08\n\x06recordb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -46,16 +46,18 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_STOREDALARM']._serialized_end=515
   _globals['_HISTORYRECORD']._serialized_start=517
   _globals['_HISTORYRECORD']._serialized_end=581
-  _globals['_SNAPSHOTHEADER']._serialized_start=584
-  _globals['_SNAPSHOTHEADER']._serialized_end=798
-  _globals['_HISTORYROW']._serialized_start=800
-  _globals['_HISTORYROW']._serialized_end=873
-  _globals['_KEYVALUE']._serialized_start=875
-  _globals['_KEYVALUE']._serialized_end=913
-  _globals['_SESSIONENTRY']._serialized_start=915
-  _globals['_SESSIONENTRY']._serialized_end=986
-  _globals['_SNAPSHOTTRAILER']._serialized_start=988
-  _globals['_SNAPSHOTTRAILER']._serialized_end=1021
-  _globals['_SNAPSHOTRECORD']._serialized_start=1024
-  _globals['_SNAPSHOTRECORD']._serialized_end=1264
+  _globals['_STOREDLEASE']._serialized_start=583
+  _globals['_STOREDLEASE']._serialized_end=658
+  _globals['_SNAPSHOTHEADER']._serialized_start=661
+  _globals['_SNAPSHOTHEADER']._serialized_end=891
+  _globals['_HISTORYROW']._serialized_start=893
+  _globals['_HISTORYROW']._serialized_end=966
+  _globals['_KEYVALUE']._serialized_start=968
+  _globals['_KEYVALUE']._serialized_end=1006
+  _globals['_SESSIONENTRY']._serialized_start=1008
+  _globals['_SESSIONENTRY']._serialized_end=1079
+  _globals['_SNAPSHOTTRAILER']._serialized_start=1081
+  _globals['_SNAPSHOTTRAILER']._serialized_end=1114
+  _globals['_SNAPSHOTRECORD']._serialized_start=1117
+  _globals['_SNAPSHOTRECORD']._serialized_end=1399
 # @@protoc_insertion_point(module_scope)

@@ -65,8 +65,20 @@ class HistoryRecord(_message.Message):
     tombstone: bool
     def __init__(self, kv: _Optional[_Union[_kv_pb2_1.KeyValue, _Mapping]] = ..., tombstone: _Optional[bool] = ...) -> None: ...
 
+class StoredLease(_message.Message):
+    __slots__ = ("ID", "ttl", "remaining_ms", "epoch")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    TTL_FIELD_NUMBER: _ClassVar[int]
+    REMAINING_MS_FIELD_NUMBER: _ClassVar[int]
+    EPOCH_FIELD_NUMBER: _ClassVar[int]
+    ID: int
+    ttl: int
+    remaining_ms: int
+    epoch: int
+    def __init__(self, ID: _Optional[int] = ..., ttl: _Optional[int] = ..., remaining_ms: _Optional[int] = ..., epoch: _Optional[int] = ...) -> None: ...
+
 class SnapshotHeader(_message.Message):
-    __slots__ = ("format_version", "cluster_id", "applied_index", "keys", "sessions", "rows", "revision", "compact_revision", "alarms")
+    __slots__ = ("format_version", "cluster_id", "applied_index", "keys", "sessions", "rows", "revision", "compact_revision", "alarms", "leases")
     FORMAT_VERSION_FIELD_NUMBER: _ClassVar[int]
     CLUSTER_ID_FIELD_NUMBER: _ClassVar[int]
     APPLIED_INDEX_FIELD_NUMBER: _ClassVar[int]
@@ -76,6 +88,7 @@ class SnapshotHeader(_message.Message):
     REVISION_FIELD_NUMBER: _ClassVar[int]
     COMPACT_REVISION_FIELD_NUMBER: _ClassVar[int]
     ALARMS_FIELD_NUMBER: _ClassVar[int]
+    LEASES_FIELD_NUMBER: _ClassVar[int]
     format_version: int
     cluster_id: str
     applied_index: int
@@ -85,7 +98,8 @@ class SnapshotHeader(_message.Message):
     revision: int
     compact_revision: int
     alarms: _containers.RepeatedCompositeFieldContainer[StoredAlarm]
-    def __init__(self, format_version: _Optional[int] = ..., cluster_id: _Optional[str] = ..., applied_index: _Optional[int] = ..., keys: _Optional[int] = ..., sessions: _Optional[int] = ..., rows: _Optional[int] = ..., revision: _Optional[int] = ..., compact_revision: _Optional[int] = ..., alarms: _Optional[_Iterable[_Union[StoredAlarm, _Mapping]]] = ...) -> None: ...
+    leases: int
+    def __init__(self, format_version: _Optional[int] = ..., cluster_id: _Optional[str] = ..., applied_index: _Optional[int] = ..., keys: _Optional[int] = ..., sessions: _Optional[int] = ..., rows: _Optional[int] = ..., revision: _Optional[int] = ..., compact_revision: _Optional[int] = ..., alarms: _Optional[_Iterable[_Union[StoredAlarm, _Mapping]]] = ..., leases: _Optional[int] = ...) -> None: ...
 
 class HistoryRow(_message.Message):
     __slots__ = ("revision", "record")
@@ -118,15 +132,17 @@ class SnapshotTrailer(_message.Message):
     def __init__(self, sha256: _Optional[bytes] = ...) -> None: ...
 
 class SnapshotRecord(_message.Message):
-    __slots__ = ("header", "kv", "session", "trailer", "row")
+    __slots__ = ("header", "kv", "session", "trailer", "row", "lease")
     HEADER_FIELD_NUMBER: _ClassVar[int]
     KV_FIELD_NUMBER: _ClassVar[int]
     SESSION_FIELD_NUMBER: _ClassVar[int]
     TRAILER_FIELD_NUMBER: _ClassVar[int]
     ROW_FIELD_NUMBER: _ClassVar[int]
+    LEASE_FIELD_NUMBER: _ClassVar[int]
     header: SnapshotHeader
     kv: KeyValue
     session: SessionEntry
     trailer: SnapshotTrailer
     row: HistoryRow
-    def __init__(self, header: _Optional[_Union[SnapshotHeader, _Mapping]] = ..., kv: _Optional[_Union[KeyValue, _Mapping]] = ..., session: _Optional[_Union[SessionEntry, _Mapping]] = ..., trailer: _Optional[_Union[SnapshotTrailer, _Mapping]] = ..., row: _Optional[_Union[HistoryRow, _Mapping]] = ...) -> None: ...
+    lease: StoredLease
+    def __init__(self, header: _Optional[_Union[SnapshotHeader, _Mapping]] = ..., kv: _Optional[_Union[KeyValue, _Mapping]] = ..., session: _Optional[_Union[SessionEntry, _Mapping]] = ..., trailer: _Optional[_Union[SnapshotTrailer, _Mapping]] = ..., row: _Optional[_Union[HistoryRow, _Mapping]] = ..., lease: _Optional[_Union[StoredLease, _Mapping]] = ...) -> None: ...
