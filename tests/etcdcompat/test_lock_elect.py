@@ -1,0 +1,175 @@
+"""etcdctl's ``lock`` and ``elect`` with two contenders, run against a real
+etcd 3.4 cluster and a paxoskv cluster in the same test, compared.
+
+What must hold on both, and be the same: the first contender holds the lock
+(prints its key, ``NAME/<lease>``); a second one registers its own key and
+waits (it prints nothing while the first holds: checked once the second's
+key is in the store, so the wait is real); when the first ends its session
+(SIGINT: etcdctl revokes its lease) the second gets the lock, and its key's
+create revision, the fencing token, is above the first's. ``elect -l``
+observes the leader's proposal, then the next one's after the first leader
+resigns. Every etcdctl process is stopped by PID.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import selectors
+import signal
+import subprocess
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+
+import grpc
+
+from etcdctl_compat import etcdctl_binary
+from paxoskv.etcdpb import rpc_pb2, rpc_pb2_grpc
+from paxoskv.util.wait import wait_until
+
+LINE_S = 30.0  # how long a contender may take to print a line it owes
+
+
+class Etcdctl:
+    """One long-running etcdctl process whose output lines are read with a deadline."""
+
+    def __init__(self, endpoints: Sequence[str], *args: str) -> None:
+        binary = etcdctl_binary()
+        assert binary is not None
+        env = {k: v for k, v in os.environ.items() if not k.startswith("ETCDCTL")}
+        env["ETCDCTL_API"] = "3"
+        self.proc = subprocess.Popen(
+            (binary, f"--endpoints={','.join(endpoints)}", *args),
+            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env,
+            start_new_session=True,
+        )
+        assert self.proc.stdout is not None
+        os.set_blocking(self.proc.stdout.fileno(), False)
+        self._buf = b""
+        self.lines: list[str] = []
+        self._next = 0  # lines[:_next] were taken by line()
+
+    def _read(self, timeout_s: float) -> None:
+        assert self.proc.stdout is not None
+        with selectors.DefaultSelector() as sel:
+            sel.register(self.proc.stdout, selectors.EVENT_READ)
+            if sel.select(timeout_s):
+                chunk = os.read(self.proc.stdout.fileno(), 65536)
+                self._buf += chunk
+        *done, self._buf = self._buf.split(b"\n")
+        self.lines.extend(line.decode() for line in done)
+
+    def line(self, timeout_s: float = LINE_S) -> str:
+        """The next output line; fails if none comes within ``timeout_s``."""
+        deadline = time.monotonic() + timeout_s
+        while len(self.lines) <= self._next:
+            left = deadline - time.monotonic()
+            assert left > 0, f"{self.proc.args[2:]} printed no line in {timeout_s} s: {self.stderr_now()}"
+            self._read(min(left, 0.5))
+        self._next += 1
+        return self.lines[self._next - 1]
+
+    def printed_nothing_new(self) -> bool:
+        self._read(0)
+        return len(self.lines) == self._next
+
+    def stderr_now(self) -> str:
+        return "" if self.proc.poll() is None else (self.proc.stderr.read() or b"").decode(errors="replace")
+
+    def interrupt(self) -> int:
+        """SIGINT (etcdctl ends its session: the lease is revoked) and its exit code."""
+        self.proc.send_signal(signal.SIGINT)
+        try:
+            return self.proc.wait(timeout=LINE_S)
+        finally:
+            self.stop()
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(timeout=10)
+        for f in (self.proc.stdout, self.proc.stderr):
+            if f is not None:
+                f.close()
+
+
+@contextmanager
+def _contenders() -> Iterator[list[Etcdctl]]:
+    procs: list[Etcdctl] = []
+    try:
+        yield procs
+    finally:
+        for p in procs:
+            p.stop()
+        assert all(p.proc.poll() is not None for p in procs)
+
+
+def _keys(endpoint: str, prefix: bytes) -> list[tuple[bytes, int]]:
+    with grpc.insecure_channel(endpoint) as ch:
+        end = prefix[:-1] + bytes([prefix[-1] + 1])
+        resp = rpc_pb2_grpc.KVStub(ch).Range(rpc_pb2.RangeRequest(key=prefix, range_end=end), timeout=10)
+    return sorted(((kv.key, kv.create_revision) for kv in resp.kvs), key=lambda k: k[1])
+
+
+_LEASE = re.compile(r"/[0-9a-f]+$")
+
+
+def _shape(line: str) -> str:
+    return _LEASE.sub("/<lease>", line)
+
+
+def _lock(endpoints: Sequence[str]) -> list[str]:
+    """Two contenders for one lock; what they printed, in shape, in order."""
+    seen: list[str] = []
+    with _contenders() as procs:
+        first = Etcdctl(endpoints, "lock", "mylock")
+        procs.append(first)
+        held = first.line()
+        seen.append(f"first: {_shape(held)}")
+        second = Etcdctl(endpoints, "lock", "mylock")
+        procs.append(second)
+        wait_until("the second contender's key", lambda: len(_keys(endpoints[0], b"mylock/")) == 2, LINE_S)
+        keys = _keys(endpoints[0], b"mylock/")
+        assert keys[0][0].decode() == held, (keys, held)
+        assert second.printed_nothing_new(), f"the second contender got the lock while the first held it: {second.lines}"
+        seen.append("second: waits")
+        assert first.interrupt() in (0, 130, -signal.SIGINT), "etcdctl lock did not end on SIGINT"
+        got = second.line()
+        seen.append(f"second: {_shape(got)}")
+        assert got == keys[1][0].decode() and keys[1][1] > keys[0][1], (got, keys)  # the fencing token grew
+        wait_until("the first contender's key to go", lambda: [k for k, _ in _keys(endpoints[0], b"mylock/")] == [keys[1][0]],
+                   LINE_S)
+        second.interrupt()
+    wait_until("every lock key to go", lambda: _keys(endpoints[0], b"mylock/") == [], LINE_S)
+    return seen
+
+
+def _elect(endpoints: Sequence[str]) -> list[str]:
+    """An observer (``elect -l``) and two candidates; what was printed, in shape."""
+    seen: list[str] = []
+    with _contenders() as procs:
+        observer = Etcdctl(endpoints, "elect", "-l", "myelection")
+        procs.append(observer)
+        p1 = Etcdctl(endpoints, "elect", "myelection", "p1")
+        procs.append(p1)
+        seen += [f"p1: {_shape(p1.line())}", f"p1: {p1.line()}"]
+        seen += [f"observer: {_shape(observer.line())}", f"observer: {observer.line()}"]
+        p2 = Etcdctl(endpoints, "elect", "myelection", "p2")
+        procs.append(p2)
+        wait_until("the second candidate's key", lambda: len(_keys(endpoints[0], b"myelection/")) == 2, LINE_S)
+        assert p2.printed_nothing_new(), f"a second leader while the first leads: {p2.lines}"
+        p1.interrupt()
+        seen += [f"p2: {_shape(p2.line())}", f"p2: {p2.line()}"]
+        seen += [f"observer: {_shape(observer.line())}", f"observer: {observer.line()}"]
+        p2.interrupt()
+    return seen
+
+
+def test_lock_and_elect_with_two_contenders_as_etcd(etcd_clusters, paxoskv_clusters) -> None:
+    (etcd,) = etcd_clusters(1)
+    paxos = paxoskv_clusters("lock")
+    for run in (_lock, _elect):
+        on_etcd, on_paxoskv = run(etcd.endpoints), run(paxos.endpoints)
+        print(f"{run.__name__}: etcd {on_etcd}\n{run.__name__}: paxoskv {on_paxoskv}")
+        assert on_paxoskv == on_etcd
