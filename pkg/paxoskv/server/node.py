@@ -7,7 +7,8 @@ Rules:
   layer's (``paxoskv.replica.node``). This file owns the sockets, the clock
   and the threads.
 - Three tasks share the loop: the *receiver* drains the bus and steps each
-  message, the *ticker* ticks every ``tick_ms``, the *pump* runs
+  message, the *ticker* ticks every ``tick_ms`` (a loop timer; it wakes
+  the pump only when the tick left work), the *pump* runs
   ``prepare -> write -> finish`` while there is work. A write runs in a worker
   thread unless it is small (``_runs_inline``); meanwhile inputs keep
   reaching the node, so the next batch carries all of them in one synced
@@ -98,9 +99,9 @@ class NodeConfig:
     bus_port: int
     peers: dict[int, PeerAddr]  # the other nodes
     data_dir: pathlib.Path
-    tick_ms: int = 10
-    heartbeat_ms: int = 50
-    election_ms: int = 500
+    tick_ms: int = 50  # config.default_tick_ms(heartbeat_ms)
+    heartbeat_ms: int = 100  # etcd's defaults
+    election_ms: int = 1000
     limits: Limits = field(default_factory=Limits)
     call_limits: CallLimits = field(default_factory=CallLimits)
     inflight_slots_max: int = 16
@@ -393,20 +394,40 @@ class Node:
             self._wake.set()
 
     async def _ticker(self) -> None:
+        """Tick every ``tick_ms`` from a loop timer (no task switch, no future
+        per tick); the pump is woken only when the tick left it work (an idle
+        tick is one timer callback)."""
         layer = self.layer
         assert layer is not None
         interval_s = self.cfg.tick_ms / 1000
         loop = asyncio.get_running_loop()
+        stopped = loop.create_future()
+        wake = self._wake
         next_at = loop.time()
-        while True:
+        handle: asyncio.TimerHandle | None = None
+
+        def tick() -> None:
+            nonlocal next_at, handle
+            try:
+                layer.tick()
+            except BaseException as exc:  # noqa: BLE001 - ends the task as an exception in it would
+                if not stopped.done():
+                    stopped.set_exception(exc)
+                return
+            if layer.has_work():
+                wake.set()
             next_at += interval_s
-            delay = next_at - loop.time()
-            if delay < -10 * interval_s:
-                next_at = loop.time()  # we fell far behind (a pause): do not burst
-                delay = 0
-            await asyncio.sleep(max(delay, 0))
-            layer.tick()
-            self._wake.set()
+            now = loop.time()
+            if next_at < now - 10 * interval_s:
+                next_at = now  # we fell far behind (a pause): do not burst
+            handle = loop.call_at(next_at, tick)
+
+        next_at += interval_s
+        handle = loop.call_at(next_at, tick)
+        try:
+            await stopped
+        finally:
+            handle.cancel()
 
     async def _pump(self) -> None:
         layer = self.layer
