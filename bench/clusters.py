@@ -131,14 +131,21 @@ def _probe(target: str, endpoint: str) -> bool:
 
 
 def start_paxoskv(
-    base_dir: pathlib.Path, nodes: int = 3, *, extra_args: tuple[str, ...] = (), curve: bool = True
+    base_dir: pathlib.Path,
+    nodes: int = 3,
+    *,
+    extra_args: tuple[str, ...] = (),
+    curve: bool = True,
+    tree: pathlib.Path | None = None,
 ) -> Cluster:
-    """``nodes`` paxoskv nodes; the peer bus runs CURVE (keys in ``base_dir/keys``) unless ``curve`` is False."""
+    """``nodes`` paxoskv nodes; the peer bus runs CURVE (keys in ``base_dir/keys``) unless ``curve`` is False.
+    ``tree``: run the nodes from that checkout (its ``pkg`` first on the path, this interpreter)."""
     from paxoskv.transport.keys import local_bus_args
 
     base_dir.mkdir(parents=True, exist_ok=True)
     bus_args = local_bus_args(base_dir / "keys", range(1, nodes + 1), curve=curve)
-    cluster = Cluster("paxoskv", base_dir, "paxoskv")
+    cluster = Cluster("paxoskv" if tree is None else "paxoskv-base", base_dir, "paxoskv")
+    env = None if tree is None else {**os.environ, "PYTHONPATH": str(tree / "pkg")}
     addresses = local_addresses(nodes)
     with cluster.starting():
         for i, a in addresses.items():
@@ -146,7 +153,7 @@ def start_paxoskv(
                 i, addresses, cluster_id="bench", data_dir=base_dir / f"node{i}", log_level="warning",
                 extra=(*bus_args, *extra_args),
             )
-            cluster._spawn([*serve_command(), *args], f"node{i}.log")
+            cluster._spawn([*serve_command(), *args], f"node{i}.log", env=env)
             cluster.endpoints.append(a.target)
     return cluster
 
