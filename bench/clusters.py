@@ -140,14 +140,17 @@ def start_paxoskv(
     curve: bool = True,
     tls: bool = False,
     name: str = "paxoskv",
+    tree: pathlib.Path | None = None,
 ) -> Cluster:
     """``nodes`` paxoskv nodes; the peer bus runs CURVE (keys in ``base_dir/keys``) unless ``curve`` is False;
-    with ``tls`` the public port runs TLS with client certificates (a CA made in ``base_dir/pki``)."""
+    with ``tls`` the public port runs TLS with client certificates (a CA made in ``base_dir/pki``).
+    ``tree``: run the nodes from that checkout (its ``pkg`` first on the path, this interpreter)."""
     from paxoskv.transport.keys import local_bus_args
     from paxoskv.util.local_pki import make_local_pki
 
     base_dir.mkdir(parents=True, exist_ok=True)
     bus_args = local_bus_args(base_dir / "keys", range(1, nodes + 1), curve=curve)
+    env = None if tree is None else {**os.environ, "PYTHONPATH": str(tree / "pkg")}
     addresses = local_addresses(nodes)
     pki = make_local_pki(base_dir / "pki", [a.host for a in addresses.values()]) if tls else None
     if pki is not None:
@@ -159,7 +162,7 @@ def start_paxoskv(
                 i, addresses, cluster_id="bench", data_dir=base_dir / f"node{i}", log_level="warning",
                 extra=(*bus_args, *extra_args),
             )
-            cluster._spawn([*serve_command(), *args], f"node{i}.log")
+            cluster._spawn([*serve_command(), *args], f"node{i}.log", env=env)
             cluster.endpoints.append(a.target)
     return cluster
 

@@ -88,14 +88,15 @@ ECHO_SCRIPT = ROOT / "bench" / "echo_node.py"
 QUORUM_ECHO_SCRIPT = ROOT / "bench" / "quorum_echo_node.py"
 SYSTEMS = (
     "paxoskv", "etcd", "pysyncobj", "grpc-echo", "grpc-echo-sync", "quorum-echo", "quorum-echo-thrifty", "paxoskv-etcdapi",
-    "paxoskv-insecure", "paxoskv-secure",
+    "paxoskv-insecure", "paxoskv-secure", "paxoskv-base",
 )
-# Not by default: paxoskv-etcdapi until paxoskv serves etcd's API; paxoskv-insecure and paxoskv-secure,
-# what security costs (the insecure bus and plaintext port; CURVE with TLS and client certificates).
+# Not by default: paxoskv-insecure and paxoskv-secure, what security costs (the insecure bus and
+# plaintext port; CURVE with TLS and client certificates); paxoskv-base needs --base-tree.
 SECURITY = ("paxoskv-insecure", "paxoskv-secure")
-DEFAULT_SYSTEMS = tuple(s for s in SYSTEMS if s != "paxoskv-etcdapi" and s not in SECURITY)
+DEFAULT_SYSTEMS = tuple(s for s in SYSTEMS if s != "paxoskv-base" and s not in SECURITY)
 ETCD_API = ("etcd", "paxoskv-etcdapi")  # the systems loaded through etcd's v3 API
-BATCHING = ("paxoskv", *ETCD_API)  # the systems with a batch: PackedBatch, Txn
+BATCHING = ("paxoskv", "paxoskv-base", *ETCD_API)  # the systems with a batch: PackedBatch, Txn
+BASE_TREE: pathlib.Path | None = None  # --base-tree: the checkout paxoskv-base runs
 NOT_SERVED = "UNIMPLEMENTED: paxoskv does not serve etcdserverpb.KV yet"
 
 
@@ -144,6 +145,9 @@ def start(system: str, base: pathlib.Path) -> clusters.Cluster:
     if system in SECURITY:
         secure = system == "paxoskv-secure"
         return clusters.start_paxoskv(base, curve=secure, tls=secure, name=system)
+    if system == "paxoskv-base":
+        assert BASE_TREE is not None
+        return clusters.start_paxoskv(base, tree=BASE_TREE, name="paxoskv-base")
     if system == "etcd":
         return clusters.start_etcd(base)
     if system in ("grpc-echo", "grpc-echo-sync"):
@@ -493,12 +497,21 @@ def main() -> int:
     ap.add_argument("--pysyncobj-inflight", type=int, default=1000, help="in-process PySyncObj load per node (0: skip)")
     ap.add_argument("--json", dest="json_out", default="", help="also write every figure of every round to this file")
     ap.add_argument("--keep-data", action="store_true", help="keep the clusters' data directories and logs")
+    ap.add_argument("--base-tree", default="", help="a checkout of paxoskv (e.g. a worktree of main) whose nodes run as "
+                    "system paxoskv-base, beside this tree's, for an A/B in one run")
     args = ap.parse_args()
     args.systems = [s for s in args.systems.split(",") if s]
     args.jobs = [j for j in args.jobs.split(",") if j]
     unknown = set(args.systems) - set(SYSTEMS)
     if unknown or "paxoskv" not in args.systems:
         ap.error(f"--systems must include paxoskv and only name {', '.join(SYSTEMS)}")
+    if ("paxoskv-base" in args.systems) != bool(args.base_tree):
+        ap.error("--systems paxoskv-base and --base-tree go together")
+    if args.base_tree:
+        global BASE_TREE
+        BASE_TREE = pathlib.Path(args.base_tree).resolve()
+        if not (BASE_TREE / "pkg" / "paxoskv" / "cli.py").is_file():
+            ap.error(f"--base-tree {args.base_tree}: not a paxoskv checkout (no pkg/paxoskv/cli.py)")
     unknown = set(args.jobs) - {j.key for j in JOBS} - {"inproc"}
     if unknown:
         ap.error(f"unknown --jobs {', '.join(sorted(unknown))}: use {', '.join(j.key for j in JOBS)}, inproc")
@@ -532,7 +545,8 @@ def main() -> int:
         f"request, no consensus: the floor of a quorum write, sent to all peers / to a majority only), "
         f"paxoskv-etcdapi (paxoskv loaded through etcd's v3 API on its own port), "
         f"paxoskv-insecure / paxoskv-secure (--insecure-peer-bus and a plaintext port / CURVE, TLS and client "
-        f"certificates; paxoskv itself: CURVE, plaintext port)",
+        f"certificates; paxoskv itself: CURVE, plaintext port)"
+        + (f", paxoskv-base (the nodes of {BASE_TREE} at {_git_head(BASE_TREE)}, same client)" if BASE_TREE else ""),
         f"each: 3 nodes on 127.0.0.1, load spread over all nodes; {args.rounds} rounds A B C ..., medians; "
         f"{args.processes} client processes x {args.concurrency} in flight unless the workload says otherwise; "
         f"{args.keys} keys, {args.value_bytes} B values; {args.duration_s:g} s measured after {args.warmup_s:g} s warmup",
@@ -549,6 +563,13 @@ def main() -> int:
             json.dumps({"started": started.isoformat(), "machine": m, "etcd": etcd_version, "args": vars(args), "results": results}, indent=2)
         )
     return 0
+
+
+def _git_head(tree: pathlib.Path) -> str:
+    import subprocess
+
+    out = subprocess.run(["git", "-C", str(tree), "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=False)
+    return out.stdout.strip() or "?"
 
 
 def _etcd_version() -> str:

@@ -80,16 +80,16 @@ OPTIONS: dict[str, tuple[tuple[str, ...], dict[str, Any]]] = {
         (),
         {
             "type": int,
-            "default": 50,
+            "default": 100,
             "envvar": "PAXOSKV_HEARTBEAT_MS",
-            "help": "Leader heartbeat interval.",
+            "help": "Leader heartbeat interval (etcd's default).",
         },
     ),
     "--election-ms": (
         (),
         {
             "type": int,
-            "default": 500,
+            "default": 1000,
             "envvar": "PAXOSKV_ELECTION_MS",
             "help": "Election timeout: a follower that hears no leader this long (plus jitter) runs for it.",
         },

@@ -292,10 +292,10 @@ def _public_port_options(f: F) -> F:
 @click.option(
     "--tick-ms",
     type=int,
-    default=10,
+    default=None,
     envvar="PAXOSKV_TICK_MS",
     show_envvar=True,
-    help="Logical clock tick of the consensus core.",
+    help="Logical clock tick of the consensus core [default: half of --heartbeat-ms].",
 )
 @click.option(
     "--request-timeout",
@@ -391,7 +391,7 @@ def serve_cmd(
     insecure_peer_bus: bool,
     heartbeat_ms: int,
     election_ms: int,
-    tick_ms: int,
+    tick_ms: int | None,
     request_timeout_s: float,
     retain_entries: int,
     retain_mb: int,

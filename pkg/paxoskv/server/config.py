@@ -202,6 +202,14 @@ class ServeOptions:
         return format_hostport(self.node.listen_host, self.node.port)
 
 
+def default_tick_ms(heartbeat_ms: int) -> int:
+    """The core's tick when ``--tick-ms`` is not given: two per heartbeat.
+    Each tick wakes the event loop, idle or not, so its rate is what an idle
+    node costs (docs/benchmarks.md, 2026-12-02 14:00 UTC); every timer of the
+    core is a whole number of ticks, the heartbeat two."""
+    return max(1, heartbeat_ms // 2)
+
+
 def build_serve_options(
     *,
     node_id: int,
@@ -213,7 +221,7 @@ def build_serve_options(
     data_dir: str | None,
     heartbeat_ms: int,
     election_ms: int,
-    tick_ms: int = 10,
+    tick_ms: int | None = None,
     request_timeout_s: float = 10.0,
     retain_entries: int = 10_000,
     retain_mb: int = 64,
@@ -248,6 +256,8 @@ def build_serve_options(
     if bus == port:
         raise ConfigError(f"--bus-port {bus} is the same as --port")
     peer_map = parse_peers(peers, node_id)
+    if tick_ms is None:
+        tick_ms = default_tick_ms(heartbeat_ms)
     if tick_ms < 1:
         raise ConfigError(f"--tick-ms must be >= 1, not {tick_ms}")
     if heartbeat_ms < tick_ms:

@@ -7,13 +7,15 @@ Rules:
   layer's (``paxoskv.replica.node``). This file owns the sockets, the clock
   and the threads.
 - Three tasks share the loop: the *receiver* drains the bus and steps each
-  message, the *ticker* ticks every ``tick_ms``, the *pump* runs
+  message, the *ticker* ticks every ``tick_ms`` (a loop timer; it wakes
+  the pump only when the tick left work), the *pump* runs
   ``prepare -> write -> finish`` while there is work. A write runs in a worker
   thread unless it is small (``_runs_inline``); meanwhile inputs keep
   reaching the node, so the next batch carries all of them in one synced
   write (group commit).
-- A client call waits on one future and one deadline timer; at the deadline
-  the node layer is told (``expire``).
+- A client call waits on one future; its deadline is an entry in one heap
+  behind one loop timer (``_Deadlines``); at the deadline the node layer is
+  told (``expire``).
 - A failed write leaves the node unable to promise anything it said before:
   the pump stops the node (``fatal`` is set) instead of carrying on.
 - A fourth task, the *sizer*, measures the data directory every
@@ -25,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import heapq
 import logging
 import pathlib
 import random
@@ -82,6 +85,65 @@ def _runs_inline(rd, calls_active: int = 0) -> bool:  # noqa: ANN001 - a Ready
     return True
 
 
+class _Deadlines:
+    """Every waiting call's deadline on ONE loop timer, armed for the
+    earliest. A loop timer per call costs a ``TimerHandle`` pushed into the
+    loop's heap (ordered by Python-level comparisons) and a cancel when the
+    call ends first, as nearly all do; here a call is a tuple in a heap
+    compared in C, left there when it ends. Ended entries are pruned when
+    the heap has doubled since the last pruning (and holds over
+    ``PRUNE_MIN``): amortised O(1) per call, and the heap stays within
+    twice the calls waiting at the last pruning, plus ``PRUNE_MIN``."""
+
+    PRUNE_MIN = 1024
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, expire: Callable[[Call], None]) -> None:
+        self._loop = loop
+        self._expire = expire
+        self._prune_at = self.PRUNE_MIN
+        self._heap: list[tuple[float, int, Call]] = []
+        self._seq = 0
+        self._timer: asyncio.TimerHandle | None = None
+        self._armed_at = float("inf")
+        self._closed = False
+
+    def add(self, timeout_s: float, call: Call) -> None:
+        at = self._loop.time() + timeout_s
+        self._seq += 1
+        heap = self._heap
+        heapq.heappush(heap, (at, self._seq, call))
+        if len(heap) > self._prune_at:
+            self._heap = heap = [e for e in heap if not e[2].done]
+            heapq.heapify(heap)
+            self._prune_at = max(self.PRUNE_MIN, 2 * len(heap))
+        if at < self._armed_at:
+            self._arm(at)
+
+    def _arm(self, at: float) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        self._armed_at = at
+        self._timer = None if self._closed else self._loop.call_at(at, self._fire)
+
+    def _fire(self) -> None:
+        self._timer = None
+        self._armed_at = float("inf")
+        heap = self._heap
+        now = self._loop.time()
+        while heap and (heap[0][2].done or heap[0][0] <= now):
+            call = heapq.heappop(heap)[2]
+            if not call.done:
+                self._expire(call)
+        if heap:
+            self._arm(heap[0][0])
+
+    def close(self) -> None:
+        self._closed = True
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+
 @dataclass(frozen=True)
 class PeerAddr:
     host: str
@@ -98,9 +160,9 @@ class NodeConfig:
     bus_port: int
     peers: dict[int, PeerAddr]  # the other nodes
     data_dir: pathlib.Path
-    tick_ms: int = 10
-    heartbeat_ms: int = 50
-    election_ms: int = 500
+    tick_ms: int = 50  # config.default_tick_ms(heartbeat_ms)
+    heartbeat_ms: int = 100  # etcd's defaults
+    election_ms: int = 1000
     limits: Limits = field(default_factory=Limits)
     call_limits: CallLimits = field(default_factory=CallLimits)
     inflight_slots_max: int = 16
@@ -160,6 +222,7 @@ class Node:
         self._reclaimed = 0
         self._reclaim_task: asyncio.Task | None = None
         self.db_bytes = 0  # the data directory's size, as last measured
+        self._deadlines: _Deadlines | None = None
 
     # ---- Lifecycle -------------------------------------------------------------
 
@@ -201,6 +264,7 @@ class Node:
             snapshot_chunk_bytes=cfg.snapshot_chunk_bytes,
             snapshot_timeout_ticks=max(50, round(4 * cfg.election_ms / cfg.tick_ms)),
         )
+        self._deadlines = _Deadlines(asyncio.get_running_loop(), self.layer.expire)
         try:
             await self.bus.start()
         except BaseException:
@@ -225,6 +289,8 @@ class Node:
         self._stopping = True
         for t in self._tasks:
             t.cancel()
+        if self._deadlines is not None:
+            self._deadlines.close()
         for t in self._tasks:
             with contextlib.suppress(asyncio.CancelledError, BusClosed, Exception):
                 await t
@@ -264,12 +330,12 @@ class Node:
         call = start(layer, timeout_s, on_done)
         if not call.done:
             self._wake.set()
-            timer = fut.get_loop().call_later(timeout_s, layer.expire, call)
+            self._deadlines.add(timeout_s, call)
             try:
                 await fut
             finally:
-                timer.cancel()
-                layer.expire(call)  # a cancelled wait leaves nothing registered
+                if not call.done:
+                    layer.expire(call)  # a cancelled wait leaves nothing registered
         if call.error is not None:
             raise call.error
         return call
@@ -407,20 +473,40 @@ class Node:
             self._wake.set()
 
     async def _ticker(self) -> None:
+        """Tick every ``tick_ms`` from a loop timer (no task switch, no future
+        per tick); the pump is woken only when the tick left it work (an idle
+        tick is one timer callback)."""
         layer = self.layer
         assert layer is not None
         interval_s = self.cfg.tick_ms / 1000
         loop = asyncio.get_running_loop()
+        stopped = loop.create_future()
+        wake = self._wake
         next_at = loop.time()
-        while True:
+        handle: asyncio.TimerHandle | None = None
+
+        def tick() -> None:
+            nonlocal next_at, handle
+            try:
+                layer.tick()
+            except BaseException as exc:  # noqa: BLE001 - ends the task as an exception in it would
+                if not stopped.done():
+                    stopped.set_exception(exc)
+                return
+            if layer.has_work():
+                wake.set()
             next_at += interval_s
-            delay = next_at - loop.time()
-            if delay < -10 * interval_s:
-                next_at = loop.time()  # we fell far behind (a pause): do not burst
-                delay = 0
-            await asyncio.sleep(max(delay, 0))
-            layer.tick()
-            self._wake.set()
+            now = loop.time()
+            if next_at < now - 10 * interval_s:
+                next_at = now  # we fell far behind (a pause): do not burst
+            handle = loop.call_at(next_at, tick)
+
+        next_at += interval_s
+        handle = loop.call_at(next_at, tick)
+        try:
+            await stopped
+        finally:
+            handle.cancel()
 
     async def _pump(self) -> None:
         layer = self.layer
