@@ -62,10 +62,12 @@ def test_floor_refuses_replicas_that_disagree_or_missed_a_put():
         f.check()  # they agree
         leader = next(r for r in f.replicas.values() if r.core.leader_id == r.core.id)
         follower = next(r for r in f.replicas.values() if r is not leader)
-        follower.sm._kv[b"key00003"] = b"tampered"
+        values = follower.sm.store._values  # the MVCC store's current values (its hot read)
+        kept = values[b"key00003"]
+        values[b"key00003"] = b"tampered"
         with pytest.raises(SystemExit, match="state differs"):
             f.check()
-        follower.sm._kv[b"key00003"] = leader.sm.get(b"key00003")
+        values[b"key00003"] = kept
         f.check()
         f.sequences[5] += 1  # a put that was never proposed, so never applied
         with pytest.raises(SystemExit, match="has not applied put 2 of session 5"):
