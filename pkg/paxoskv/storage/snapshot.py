@@ -170,9 +170,22 @@ def iter_snapshot(
     digest = hashlib.sha256()
     parts: list[bytes] = []
     size = 0
-    first = _frame(storage_pb2.SnapshotRecord(header=header))
-    parts.append(first)
-    size += len(first)
+
+    def add(frame: bytes) -> bytes | None:
+        """Queue ``frame``; the chunk to yield once about ``chunk_bytes`` are queued."""
+        nonlocal size
+        parts.append(frame)
+        size += len(frame)
+        if size < chunk_bytes:
+            return None
+        chunk = b"".join(parts)
+        digest.update(chunk)
+        parts.clear()
+        size = 0
+        return chunk
+
+    if (chunk := add(_frame(storage_pb2.SnapshotRecord(header=header)))) is not None:
+        yield chunk
     rows = 0
     last_key: bytes | None = None
     for key, row in row_items:
@@ -180,15 +193,8 @@ def iter_snapshot(
         assert len(key) == ROW_KEY_BYTES, key
         last_key = key
         rows += 1
-        frame = _row_frame(key, row)
-        parts.append(frame)
-        size += len(frame)
-        if size >= chunk_bytes:
-            chunk = b"".join(parts)
-            digest.update(chunk)
+        if (chunk := add(_row_frame(key, row))) is not None:
             yield chunk
-            parts.clear()
-            size = 0
     assert rows == header.rows, (rows, header.rows)
     sessions = 0
     last_client: str | None = None
@@ -197,19 +203,9 @@ def iter_snapshot(
         assert session.last_index <= header.applied_index, (session, header.applied_index)
         last_client = client_id
         sessions += 1
-        frame = _frame(
-            storage_pb2.SnapshotRecord(
-                session=storage_pb2.SessionEntry(client_id=client_id, session=session.to_proto())
-            )
-        )
-        parts.append(frame)
-        size += len(frame)
-        if size >= chunk_bytes:
-            chunk = b"".join(parts)
-            digest.update(chunk)
+        record = storage_pb2.SnapshotRecord(session=storage_pb2.SessionEntry(client_id=client_id, session=session.to_proto()))
+        if (chunk := add(_frame(record))) is not None:
             yield chunk
-            parts.clear()
-            size = 0
     assert sessions == header.sessions, (sessions, header.sessions)
     leases = 0
     last_lease: int | None = None
@@ -217,15 +213,8 @@ def iter_snapshot(
         assert last_lease is None or lease_id > last_lease, (last_lease, lease_id)
         last_lease = lease_id
         leases += 1
-        frame = _frame(storage_pb2.SnapshotRecord(lease=lease.to_proto(lease_id)))
-        parts.append(frame)
-        size += len(frame)
-        if size >= chunk_bytes:
-            chunk = b"".join(parts)
-            digest.update(chunk)
+        if (chunk := add(_frame(storage_pb2.SnapshotRecord(lease=lease.to_proto(lease_id))))) is not None:
             yield chunk
-            parts.clear()
-            size = 0
     assert leases == header.leases, (leases, header.leases)
     body = b"".join(parts)
     digest.update(body)
