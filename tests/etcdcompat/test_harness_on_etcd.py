@@ -41,7 +41,8 @@ def test_two_etcd_clusters_agree_on_every_command_after_normalisation(etcd_clust
         ("put", "/missing", "--ignore-value"), ("get", "/app/", "--prefix", "--count-only"),
         ("get", "/app/a", "--rev=999"), ("get", "/app/", "--prefix", "--print-value-only", "-w", "json"),
         ("txn", "-i"), ("get", "/app/a", "--rev=2"), ("compaction", "2"), ("lease", "revoke", "{lease}"),
-        ("put", "/leased", "v", "--lease=1234"), ("snapshot", "save", "{tmp}/snap2.db"),
+        ("put", "/leased", "v", "--lease=1234"), ("lease", "keep-alive", "--once", "{lease}"),
+        ("snapshot", "save", "{tmp}/snap2.db"),
         ("watch", "/w/a", "--rev={w0}"),
     ], rendered
     stopped = [s.step.args for s in steps if s.runs[0].code is None]
