@@ -41,7 +41,7 @@ def test_wheelhouse_for_ubuntu_noble_is_complete_and_reproducible(tmp_path: Path
             "plyvel", "click"} <= names, files
     for f in files:
         tags = f[:-4].split("-")[-3:]  # python tag, abi tag, platform tag
-        assert tags[0] in ("py3", "cp312") or tags[1] == "abi3", f
+        assert tags[0] in ("py3", "py2.py3", "cp312") or tags[1] == "abi3", f  # py2.py3: a universal wheel
         assert tags[2] == "any" or re.fullmatch(r"(manylinux[_0-9a-z]*x86_64\.?)+", tags[2]), f
         if tags[2] != "any":
             glibc = [int(m) for m in re.findall(r"manylinux_2_(\d+)", tags[2])]
