@@ -5,7 +5,9 @@ Rules:
 
 - Time is this node's tick count (the driver ticks every ``tick_ms``);
   nothing here or in the state machine reads a clock. A lease's TTL is
-  ``ceil(ttl * 1000 / tick_ms)`` ticks.
+  ``ceil(ttl * 1000 / tick_ms) + 1`` ticks (the driver never makes up a late
+  tick, so N ticks span at least N - 1 intervals from any moment inside the
+  first: a lease never ends before its TTL).
 - The proposer decides what goes into the log: a grant's TTL is raised to
   ``min_ttl`` (etcd's ``ceil(1.5 x election timeout)`` seconds; a TTL over
   ``MAX_LEASE_TTL`` is ``too large lease TTL``, proposing nothing), and a
@@ -113,7 +115,9 @@ class Lessor:
         return self._leading
 
     def ticks(self, seconds: int) -> int:
-        return math.ceil(seconds * 1000 / self.tick_ms)
+        """Ticks that span at least ``seconds`` from now: one more than the
+        quotient, as the tick now running began before this moment."""
+        return math.ceil(seconds * 1000 / self.tick_ms) + 1
 
     def remaining_ms(self, lease_id: int) -> int:
         """At the leader: the time the lease has left (-1: no such lease)."""
@@ -166,7 +170,7 @@ class Lessor:
     def _on_event(self, ev: LeaseEvent) -> None:
         lid = ev.lease_id
         if ev.kind == CHECKPOINT:
-            self._ckpt_at[lid] = self.now + math.ceil(ev.remaining_ms / self.tick_ms)
+            self._ckpt_at[lid] = self.now + math.ceil(ev.remaining_ms / self.tick_ms) + 1
             self._settle(lid)
             return
         self._ckpt_at.pop(lid, None)
@@ -208,7 +212,7 @@ class Lessor:
             if ls.remaining_ms == 0:
                 deadlines[lid] = now + self.ticks(ls.ttl)
             else:
-                deadlines[lid] = self._ckpt_at.get(lid, now + math.ceil(ls.remaining_ms / self.tick_ms))
+                deadlines[lid] = self._ckpt_at.get(lid, now + math.ceil(ls.remaining_ms / self.tick_ms) + 1)
         self._deadline = deadlines
         self._by_deadline = [(d, lid) for lid, d in deadlines.items()]
         heapq.heapify(self._by_deadline)

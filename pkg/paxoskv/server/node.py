@@ -495,10 +495,11 @@ class Node:
                 return
             if layer.has_work():
                 wake.set()
-            next_at += interval_s
-            now = loop.time()
-            if next_at < now - 10 * interval_s:
-                next_at = now  # we fell far behind (a pause): do not burst
+            # The next tick a whole interval after this one ran, never sooner: a
+            # late tick is not made up by a burst, so N ticks always span at least
+            # N intervals and no timeout measured in ticks (a lease's TTL, an
+            # election) ends early; under load they end a little late.
+            next_at = loop.time() + interval_s
             handle = loop.call_at(next_at, tick)
 
         next_at += interval_s
