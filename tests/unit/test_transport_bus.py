@@ -510,8 +510,53 @@ def test_start_fails_cleanly_when_the_port_is_taken() -> None:
     run(scenario)
 
 
-_STALLED_ROUTER_SCRIPT = r"""
-import asyncio, sys, time, zmq
+# What the two libzmq-abort reproductions below wait on, in their child
+# processes: the kernel's view of a TCP connection (/proc/net/tcp) and of a
+# process (/proc/PID/stat), polled with a deadline -- never a fixed pause.
+_KERNEL_WAITS = r"""
+import os, time
+
+def _tcp():
+    rows = []
+    for name in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            lines = open(name).read().splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            f = line.split()
+            tx, rx = (int(x, 16) for x in f[4].split(":"))
+            rows.append((int(f[1].rsplit(":", 1)[1], 16), int(f[2].rsplit(":", 1)[1], 16), int(f[3], 16), tx, rx))
+    return rows  # (local port, remote port, state, tx queue, rx queue)
+
+ESTABLISHED = 1
+
+def wait_for(what, ok, deadline_s=15.0):
+    end = time.monotonic() + deadline_s
+    while not ok():
+        if time.monotonic() > end:
+            raise SystemExit("timed out waiting for " + what)
+        time.sleep(0.001)
+
+def unread_at(port):
+    # bytes the kernel holds for connections accepted on `port`, not yet read
+    return sum(rx for lp, _, st, _, rx in _tcp() if lp == port and st == ESTABLISHED)
+
+def unsent_to(port):
+    # bytes not yet acknowledged on connections to `port` (None: no connection)
+    rows = [tx for _, rp, st, tx, _ in _tcp() if rp == port and st == ESTABLISHED]
+    return sum(rows) if rows else None
+
+def established_at(port):
+    return any(lp == port and st == ESTABLISHED for lp, _, st, _, _ in _tcp())
+
+def stopped(pid):
+    return open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[0] == "T"
+"""
+
+_STALLED_ROUTER_SCRIPT = _KERNEL_WAITS + r"""
+import asyncio, sys, zmq
+from zmq.utils.monitor import recv_monitor_message
 from paxoskv.transport.bus import PeerBus
 
 async def main():
@@ -520,16 +565,31 @@ async def main():
     ctx = zmq.Context()
     d = ctx.socket(zmq.DEALER)
     d.setsockopt(zmq.ROUTING_ID, b"2")
+    events = d.get_monitor_socket()
     d.connect(f"tcp://127.0.0.1:{bus.port}")
-    time.sleep(0.05)
+    seen = []
+    def handshaken():
+        while events.poll(0):
+            seen.append(recv_monitor_message(events)["event"])
+        return zmq.EVENT_HANDSHAKE_SUCCEEDED in seen
+    wait_for("the handshake", handshaken)
+    sent = 0
     for _ in range(5000):  # nobody drains the bus: its ROUTER input stops at RCVHWM
         try:
             d.send(b"x" * 1000, zmq.NOBLOCK)
+            sent += 1
         except zmq.Again:
             break
-    time.sleep(0.02)
+    assert sent < 5000, "the DEALER never reached its high-water mark"
+    # the ROUTER has stopped reading: the kernel holds what it does not take
+    wait_for("unread bytes at the bus", lambda: unread_at(bus.port) > 0)
+    d.disable_monitor()
+    events.close(linger=0)
     d.close(linger=0)  # the peer goes away while the input is stopped
-    time.sleep(4.0)    # past libzmq's heartbeat interval and timeout (1 s, 3 s)
+    # Not a synchronisation: the property is "the process is still alive
+    # after libzmq's ZMTP heartbeat interval and timeout (1 s, 3 s) have
+    # passed with the peer gone", so the window is a length of time.
+    time.sleep(4.0)
     print("survived", flush=True)
     await bus.close()
 
@@ -548,11 +608,11 @@ def test_a_peer_leaving_while_nobody_drains_the_bus_does_not_abort_the_process()
     assert r.returncode == 0 and "survived" in r.stdout, (r.returncode, r.stderr[-500:])
 
 
-_DYING_PEER_SCRIPT = r"""
-import asyncio, os, signal, subprocess, sys, time
+_DYING_PEER_SCRIPT = _KERNEL_WAITS + r"""
+import asyncio, signal, subprocess, sys
 from paxoskv.transport.bus import PeerBus
 
-PEER = r'''
+PEER = '''
 import asyncio, sys, time
 from paxoskv.paxos.types import Ballot, Heartbeat
 from paxoskv.transport.bus import PeerBus
@@ -576,12 +636,14 @@ async def main():
     await bus.start()  # and nobody drains it: its input stops at RCVHWM
     peer = subprocess.Popen([sys.executable, "-c", PEER, str(bus.port)], stdout=subprocess.PIPE)
     peer.stdout.readline()
-    time.sleep(0.3)
+    # all the peer sent is at our end, some of it unread by the stopped ROUTER
+    wait_for("the peer's bytes delivered", lambda: unsent_to(bus.port) == 0)
+    wait_for("unread bytes at the bus", lambda: unread_at(bus.port) > 0)
     os.kill(peer.pid, signal.SIGSTOP)  # unread data in its socket: the kernel resets the connection
-    time.sleep(0.3)
+    wait_for("the peer stopped", lambda: stopped(peer.pid))
     os.kill(peer.pid, signal.SIGKILL)
     peer.wait()
-    time.sleep(0.3)
+    wait_for("the connection gone", lambda: not established_at(bus.port))
     n = 0
     while n < 40:
         try:
