@@ -249,7 +249,11 @@ _FIELDS = {
     rpc_pb2.AlarmRequest: "alarm",
 }
 DEFAULT_QUOTA_BYTES = 2 << 30  # etcd's --quota-backend-bytes default
-GRPC_OVERHEAD_BYTES = 512 << 10  # etcd's gRPC limit: --max-request-bytes + this (v3rpc/grpc.go)
+# A message may be this much larger than --max-request-bytes before gRPC
+# refuses it (RESOURCE_EXHAUSTED) instead of the node (INVALID_ARGUMENT, with
+# the limit named): etcd's grpcOverheadBytes (v3rpc/grpc.go). The server's
+# gRPC options take it from here.
+GRPC_OVERHEAD_BYTES = 512 << 10
 _INTERNAL_WAIT_TICKS = 3000  # a call of the node's own unanswered this long is given up
 
 

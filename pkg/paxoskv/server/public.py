@@ -41,6 +41,7 @@ from dataclasses import dataclass, field
 import grpc
 
 from paxoskv.kv.commands import Limits
+from paxoskv.replica.etcd import GRPC_OVERHEAD_BYTES
 from paxoskv.replica.node import CallLimits
 from paxoskv.tls import read_pem
 from paxoskv.wire import MESSAGE_BYTES_MAX, ConfigError
@@ -57,11 +58,6 @@ __all__ = [
 ]
 
 log = logging.getLogger("paxoskv.grpc")
-
-# A message may be this much larger than --max-request-bytes before gRPC
-# refuses it (RESOURCE_EXHAUSTED) instead of the node (INVALID_ARGUMENT,
-# with the limit named): etcd's grpcOverheadBytes.
-GRPC_OVERHEAD_BYTES = 512 << 10
 
 # Whole-database and cluster-changing calls: those --admin-cn restricts. The
 # etcd paths are those etcd 3.4 keeps to its root role (Maintenance's
