@@ -1,15 +1,18 @@
-"""The Python lease client, its try-lock with a fencing token, and
-``paxoskv lease`` against a real 3-node cluster (election 200 ms: a minimum
-TTL of 1 s)."""
+"""The Python lease client, its lock with a fencing token (try, and a
+blocking acquire that waits on a watch), and ``paxoskv lease`` against a
+real 3-node cluster (election 200 ms: a minimum TTL of 1 s)."""
 
 from __future__ import annotations
 
+import collections
+import threading
 import time
 
 import grpc
+import pytest
 
 from integration_cluster import run_cli
-from paxoskv.client.lease import LeaseClient, LeaseError, Lock
+from paxoskv.client.lease import LeaseClient, LeaseError, Lock, LockTimeout, prefix_range
 from paxoskv.etcdpb import rpc_pb2, rpc_pb2_grpc
 from paxoskv.util.wait import wait_until
 
@@ -69,3 +72,91 @@ def test_a_lock_names_its_fencing_token_and_a_lease_kept_alive_outlives_its_ttl(
             assert (exc.code, exc.message) == ("NOT_FOUND", "etcdserver: requested lease not found")
         else:
             raise AssertionError("a lock through a lease that is gone was taken")
+
+
+class _CountCalls(grpc.UnaryUnaryClientInterceptor):
+    """Counts a client's unary calls by method name."""
+
+    def __init__(self) -> None:
+        self.calls: collections.Counter[str] = collections.Counter()
+
+    def intercept_unary_unary(self, continuation, details, request):  # noqa: ANN001, ANN201
+        self.calls[details.method.rsplit("/", 1)[-1]] += 1
+        return continuation(details, request)
+
+
+def _counted(client: LeaseClient) -> _CountCalls:
+    counter = _CountCalls()
+    client._channels = [grpc.intercept_channel(ch, counter) for ch in client._channels]
+    return counter
+
+
+def _keys(endpoint: str, prefix: bytes) -> list[bytes]:
+    with grpc.insecure_channel(endpoint) as ch:
+        resp = rpc_pb2_grpc.KVStub(ch).Range(R.RangeRequest(key=prefix, range_end=prefix_range(prefix)[1]), timeout=5)
+    return [kv.key for kv in sorted(resp.kvs, key=lambda kv: kv.create_revision)]
+
+
+def _in_thread(fn) -> tuple[threading.Thread, dict]:  # noqa: ANN001
+    out: dict = {}
+
+    def run() -> None:
+        try:
+            out["value"] = fn()
+        except BaseException as exc:  # noqa: BLE001 - handed to the test
+            out["error"] = exc
+
+    t = threading.Thread(target=run, daemon=True)
+    t.start()
+    return t, out
+
+
+def test_lock_acquire_waits_on_a_watch_until_the_holder_releases_or_its_lease_ends(cluster) -> None:
+    ep = cluster.endpoints[0]
+    with LeaseClient(cluster.endpoints) as a, LeaseClient(cluster.endpoints) as b:
+        ranges = _counted(b)
+        la, ttl = a.grant(2)
+        keeper = a.keep_alive(la, ttl)
+        lb, _ = b.grant(60)
+        try:
+            first = Lock(a, "jobs", la)
+            token = first.acquire(timeout=10)
+            second = Lock(b, "jobs", lb)
+            waiter, got = _in_thread(lambda: second.acquire(timeout=60))
+            wait_until("the second contender to read its predecessor", lambda: ranges.calls["Range"] >= 1, 10)
+            assert _keys(ep, b"jobs/") == [first.key, second.key]
+            # the first holds for a second of writes: the second waits on its watch and reads nothing
+            started = time.monotonic()
+            with grpc.insecure_channel(ep) as ch:
+                kv = rpc_pb2_grpc.KVStub(ch)
+                while time.monotonic() - started < 1.0:
+                    kv.Put(R.PutRequest(key=b"/busy", value=b"x"), timeout=5)
+            assert waiter.is_alive() and not got, got  # mutual exclusion
+            assert ranges.calls["Range"] == 1, ranges.calls  # no polling
+            first.release()
+            waiter.join(15)
+            assert not waiter.is_alive() and "error" not in got, got
+            assert got["value"] > token and second.token == got["value"]
+            # one Range for the predecessor, one finding none left, one that its key is still there
+            assert ranges.calls["Range"] == 3, ranges.calls
+            assert _keys(ep, b"jobs/") == [second.key]
+            second.release()
+        finally:
+            keeper.stop()
+        # a holder whose lease ends: the next one gets the lock once it expired
+        lx, _ = a.grant(1)
+        holder = Lock(a, "jobs2", lx)
+        held = holder.acquire(timeout=10)
+        with Lock(b, "jobs2", lb) as after:  # the context manager: acquire, then release
+            assert after.token is not None and after.token > held
+            assert a.time_to_live(lx).ttl == -1  # it waited for the lease to end
+            assert _keys(ep, b"jobs2/") == [after.key]
+            # a timeout: a clear error, and no key left behind
+            lz, _ = a.grant(60)
+            late = Lock(a, "jobs2", lz)
+            with pytest.raises(LockTimeout) as err:
+                late.acquire(timeout=0.5)
+            assert err.value.code == "DEADLINE_EXCEEDED"
+            assert err.value.message.startswith("lock jobs2 not acquired within 0.5 s"), err.value.message
+            assert _keys(ep, b"jobs2/") == [after.key] and late.token is None
+        assert _keys(ep, b"jobs2/") == []
