@@ -9,22 +9,31 @@ key is in the store, so the wait is real); when the first ends its session
 create revision, the fencing token, is above the first's. ``elect -l``
 observes the leader's proposal, then the next one's after the first leader
 resigns. Every etcdctl process is stopped by PID.
+
+Also paxoskv's own ``Election`` (paxoskv.client.election) against
+``etcdctl elect`` on one name of a paxoskv cluster: one leader at a time,
+a growing fencing token, and both observers see every leader and value.
 """
 
 from __future__ import annotations
 
+import asyncio
 import os
 import re
 import selectors
 import signal
 import subprocess
+import threading
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 
 import grpc
+import pytest
 
 from etcdctl_compat import etcdctl_binary
+from paxoskv.client.election import Election, NoLeader, NotLeader
+from paxoskv.client.lease import LeaseClient
 from paxoskv.etcdpb import rpc_pb2, rpc_pb2_grpc
 from paxoskv.util.wait import wait_until
 
@@ -173,3 +182,83 @@ def test_lock_and_elect_with_two_contenders_as_etcd(etcd_clusters, paxoskv_clust
         on_etcd, on_paxoskv = run(etcd.endpoints), run(paxos.endpoints)
         print(f"{run.__name__}: etcd {on_etcd}\n{run.__name__}: paxoskv {on_paxoskv}")
         assert on_paxoskv == on_etcd
+
+
+def _observe(election: Election, want: int) -> tuple[threading.Thread, list[tuple[bytes, int]]]:
+    """Our ``observe()`` in a thread of its own, until ``want`` leaderships were seen."""
+    seen: list[tuple[bytes, int]] = []
+
+    async def run() -> None:
+        async for leader in election.observe():
+            seen.append(leader)
+            if len(seen) >= want:
+                return
+
+    t = threading.Thread(target=lambda: asyncio.run(run()), daemon=True)
+    t.start()
+    return t, seen
+
+
+def test_our_election_and_etcdctl_elect_contend_on_one_name(paxoskv_clusters) -> None:
+    """paxoskv's Election and ``etcdctl elect`` on one name of a paxoskv
+    cluster: one leader at a time, the fencing token grows, and both
+    observers (ours and ``elect -l``) see every leader and value."""
+    eps = paxoskv_clusters("elect-py").endpoints
+    with LeaseClient(eps) as c, _contenders() as procs:
+        watcher = Etcdctl(eps, "elect", "-l", "shared")
+        procs.append(watcher)
+        observer, observed = _observe(Election(c, "shared"), 4)
+        p1 = Etcdctl(eps, "elect", "shared", "p1")
+        procs.append(p1)
+        k1 = p1.line()
+        assert p1.line() == "p1"
+        lease, ttl = c.grant(10)
+        keeper = c.keep_alive(lease, ttl)
+        try:
+            ours = Election(c, "shared", lease)
+            campaign, got = _in_thread(lambda: ours.campaign("py", timeout=60))
+            wait_until("our candidate's key", lambda: len(_keys(eps[0], b"shared/")) == 2, LINE_S)
+            (_, r1), (our_key, _) = _keys(eps[0], b"shared/")
+            assert campaign.is_alive() and not got, got  # etcdctl leads: we wait
+            assert ours.leader() == (b"p1", r1) and our_key == ours.key
+            p1.interrupt()
+            campaign.join(LINE_S)
+            assert "value" in got, got
+            token = got["value"]
+            assert token > r1 and ours.leader() == (b"py", token)
+            p2 = Etcdctl(eps, "elect", "shared", "p2")
+            procs.append(p2)
+            wait_until("etcdctl's second candidate's key", lambda: len(_keys(eps[0], b"shared/")) == 2, LINE_S)
+            ours.proclaim("py2")
+            assert ours.leader() == (b"py2", token)
+            assert p2.printed_nothing_new(), f"etcdctl leads while we do: {p2.lines}"
+            ours.resign()
+            k2 = p2.line()
+            assert p2.line() == "p2"
+            with pytest.raises(NotLeader):
+                ours.proclaim("late")
+            r2 = _keys(eps[0], b"shared/")[0][1]
+            assert k2.encode() == _keys(eps[0], b"shared/")[0][0] and r2 > token
+        finally:
+            keeper.stop()
+        observer.join(LINE_S)
+        assert observed == [(b"p1", r1), (b"py", token), (b"py2", token), (b"p2", r2)]
+        lines = [watcher.line() for _ in range(8)]
+        assert lines == [k1, "p1", our_key.decode(), "py", our_key.decode(), "py2", k2, "p2"]
+        p2.interrupt()
+        with pytest.raises(NoLeader):
+            wait_until("the last leader to go", lambda: ours.leader() is None, LINE_S)
+
+
+def _in_thread(fn) -> tuple[threading.Thread, dict]:  # noqa: ANN001
+    out: dict = {}
+
+    def run() -> None:
+        try:
+            out["value"] = fn()
+        except BaseException as exc:  # noqa: BLE001 - handed to the test
+            out["error"] = exc
+
+    t = threading.Thread(target=run, daemon=True)
+    t.start()
+    return t, out
