@@ -5,13 +5,18 @@ real 3-node cluster (election 200 ms: a minimum TTL of 1 s)."""
 from __future__ import annotations
 
 import collections
+import os
+import selectors
+import signal
+import subprocess
 import threading
 import time
 
 import grpc
 import pytest
 
-from integration_cluster import run_cli
+from integration_cluster import PAXOSKV, run_cli
+from paxoskv.client.election import Election, NoLeader
 from paxoskv.client.lease import LeaseClient, LeaseError, Lock, LockTimeout, prefix_range
 from paxoskv.etcdpb import rpc_pb2, rpc_pb2_grpc
 from paxoskv.util.wait import wait_until
@@ -111,7 +116,8 @@ def _in_thread(fn) -> tuple[threading.Thread, dict]:  # noqa: ANN001
     return t, out
 
 
-def test_lock_acquire_waits_on_a_watch_until_the_holder_releases_or_its_lease_ends(cluster) -> None:
+def test_lock_acquire_waits_on_a_watch_until_the_holder_releases_or_its_lease_ends(shared_cluster) -> None:
+    cluster = shared_cluster
     ep = cluster.endpoints[0]
     with LeaseClient(cluster.endpoints) as a, LeaseClient(cluster.endpoints) as b:
         ranges = _counted(b)
@@ -160,3 +166,78 @@ def test_lock_acquire_waits_on_a_watch_until_the_holder_releases_or_its_lease_en
             assert err.value.message.startswith("lock jobs2 not acquired within 0.5 s"), err.value.message
             assert _keys(ep, b"jobs2/") == [after.key] and late.token is None
         assert _keys(ep, b"jobs2/") == []
+
+
+class _Lines:
+    """A long-running ``paxoskv`` command whose output lines are read with a deadline."""
+
+    def __init__(self, *args: str) -> None:
+        self.proc = subprocess.Popen([str(PAXOSKV), *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                     stdin=subprocess.DEVNULL)
+        assert self.proc.stdout is not None
+        os.set_blocking(self.proc.stdout.fileno(), False)
+        self._buf = b""
+
+    def line(self, timeout_s: float = 20.0) -> str:
+        deadline = time.monotonic() + timeout_s
+        with selectors.DefaultSelector() as sel:
+            sel.register(self.proc.stdout, selectors.EVENT_READ)
+            while b"\n" not in self._buf:
+                left = deadline - time.monotonic()
+                assert left > 0 and self.proc.poll() is None, (self.proc.args, self._buf, self.proc.poll())
+                if sel.select(min(left, 0.5)):
+                    self._buf += os.read(self.proc.stdout.fileno(), 65536)
+        line, self._buf = self._buf.split(b"\n", 1)
+        return line.decode()
+
+    def interrupt(self) -> int:
+        self.proc.send_signal(signal.SIGINT)
+        try:
+            return self.proc.wait(timeout=20)
+        finally:
+            self.stop()
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(timeout=10)
+        for f in (self.proc.stdout, self.proc.stderr):
+            f.close()
+
+
+def test_paxoskv_lock_and_elect_print_the_fencing_token(shared_cluster) -> None:
+    eps = shared_cluster.endpoints
+    ep, where = eps[0], ("--endpoints", ",".join(eps))
+    ran = run_cli("lock", "clijob", *where, "--", "sh", "-c", 'echo "$PAXOSKV_LOCK_TOKEN $ETCD_LOCK_KEY"; exit 7')
+    assert ran.returncode == 7, ran  # the command's
+    key, token_line, seen = ran.stdout.splitlines()
+    token = int(token_line.removeprefix("fencing token: "))
+    assert key.startswith("clijob/") and seen == f"{token} {key}", ran.stdout
+    assert _keys(ep, b"clijob/") == []  # released, its lease revoked
+    with LeaseClient(eps) as c:
+        held, _ = c.grant(60)
+        lock = Lock(c, "clijob", held)
+        assert lock.acquire(timeout=10) > token
+        late = run_cli("lock", "clijob", "--acquire-timeout", "0.5", *where, "--", "true")
+        assert late.returncode == 4 and late.stdout == "", late
+        assert late.stderr.startswith("paxoskv lock: error: lock clijob not acquired within 0.5 s"), late.stderr
+        assert _keys(ep, b"clijob/") == [lock.key]
+        lock.release()
+        procs = []
+        try:
+            observer = _Lines("elect", "-l", "clielect", *where)
+            procs.append(observer)
+            candidate = _Lines("elect", "clielect", "v1", *where)
+            procs.append(candidate)
+            key, value, token_line = candidate.line(), candidate.line(), candidate.line()
+            token = int(token_line.removeprefix("fencing token: "))
+            assert key.startswith("clielect/") and value == "v1"
+            assert Election(c, "clielect").leader() == (b"v1", token)
+            assert [observer.line(), observer.line()] == ["v1", f"fencing token: {token}"]
+            assert candidate.interrupt() == 0
+            with pytest.raises(NoLeader):  # it resigned (and revoked its lease)
+                Election(c, "clielect").leader()
+            assert observer.interrupt() == 0
+        finally:
+            for p in procs:
+                p.stop()
