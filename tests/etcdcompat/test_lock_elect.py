@@ -20,11 +20,8 @@ from __future__ import annotations
 import asyncio
 import os
 import re
-import selectors
 import signal
-import subprocess
 import threading
-import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 
@@ -32,75 +29,22 @@ import grpc
 import pytest
 
 from etcdctl_compat import etcdctl_binary
+from line_process import LINE_S, LineProcess, in_thread
 from paxoskv.client.election import Election, NoLeader, NotLeader
 from paxoskv.client.lease import LeaseClient
 from paxoskv.etcdpb import rpc_pb2, rpc_pb2_grpc
 from paxoskv.util.wait import wait_until
 
-LINE_S = 30.0  # how long a contender may take to print a line it owes
 
-
-class Etcdctl:
-    """One long-running etcdctl process whose output lines are read with a deadline."""
+class Etcdctl(LineProcess):
+    """One long-running etcdctl process (SIGINT: etcdctl ends its session, its lease revoked)."""
 
     def __init__(self, endpoints: Sequence[str], *args: str) -> None:
         binary = etcdctl_binary()
         assert binary is not None
         env = {k: v for k, v in os.environ.items() if not k.startswith("ETCDCTL")}
         env["ETCDCTL_API"] = "3"
-        self.proc = subprocess.Popen(
-            (binary, f"--endpoints={','.join(endpoints)}", *args),
-            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env,
-            start_new_session=True,
-        )
-        assert self.proc.stdout is not None
-        os.set_blocking(self.proc.stdout.fileno(), False)
-        self._buf = b""
-        self.lines: list[str] = []
-        self._next = 0  # lines[:_next] were taken by line()
-
-    def _read(self, timeout_s: float) -> None:
-        assert self.proc.stdout is not None
-        with selectors.DefaultSelector() as sel:
-            sel.register(self.proc.stdout, selectors.EVENT_READ)
-            if sel.select(timeout_s):
-                chunk = os.read(self.proc.stdout.fileno(), 65536)
-                self._buf += chunk
-        *done, self._buf = self._buf.split(b"\n")
-        self.lines.extend(line.decode() for line in done)
-
-    def line(self, timeout_s: float = LINE_S) -> str:
-        """The next output line; fails if none comes within ``timeout_s``."""
-        deadline = time.monotonic() + timeout_s
-        while len(self.lines) <= self._next:
-            left = deadline - time.monotonic()
-            assert left > 0, f"{self.proc.args[2:]} printed no line in {timeout_s} s: {self.stderr_now()}"
-            self._read(min(left, 0.5))
-        self._next += 1
-        return self.lines[self._next - 1]
-
-    def printed_nothing_new(self) -> bool:
-        self._read(0)
-        return len(self.lines) == self._next
-
-    def stderr_now(self) -> str:
-        return "" if self.proc.poll() is None else (self.proc.stderr.read() or b"").decode(errors="replace")
-
-    def interrupt(self) -> int:
-        """SIGINT (etcdctl ends its session: the lease is revoked) and its exit code."""
-        self.proc.send_signal(signal.SIGINT)
-        try:
-            return self.proc.wait(timeout=LINE_S)
-        finally:
-            self.stop()
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(timeout=10)
-        for f in (self.proc.stdout, self.proc.stderr):
-            if f is not None:
-                f.close()
+        super().__init__((binary, f"--endpoints={','.join(endpoints)}", *args), env)
 
 
 @contextmanager
@@ -216,7 +160,7 @@ def test_our_election_and_etcdctl_elect_contend_on_one_name(paxoskv_clusters) ->
         keeper = c.keep_alive(lease, ttl)
         try:
             ours = Election(c, "shared", lease)
-            campaign, got = _in_thread(lambda: ours.campaign("py", timeout=60))
+            campaign, got = in_thread(lambda: ours.campaign("py", timeout=60))
             wait_until("our candidate's key", lambda: len(_keys(eps[0], b"shared/")) == 2, LINE_S)
             (_, r1), (our_key, _) = _keys(eps[0], b"shared/")
             assert campaign.is_alive() and not got, got  # etcdctl leads: we wait
@@ -249,16 +193,3 @@ def test_our_election_and_etcdctl_elect_contend_on_one_name(paxoskv_clusters) ->
         with pytest.raises(NoLeader):
             wait_until("the last leader to go", lambda: ours.leader() is None, LINE_S)
 
-
-def _in_thread(fn) -> tuple[threading.Thread, dict]:  # noqa: ANN001
-    out: dict = {}
-
-    def run() -> None:
-        try:
-            out["value"] = fn()
-        except BaseException as exc:  # noqa: BLE001 - handed to the test
-            out["error"] = exc
-
-    t = threading.Thread(target=run, daemon=True)
-    t.start()
-    return t, out

@@ -5,17 +5,13 @@ real 3-node cluster (election 200 ms: a minimum TTL of 1 s)."""
 from __future__ import annotations
 
 import collections
-import os
-import selectors
-import signal
-import subprocess
-import threading
 import time
 
 import grpc
 import pytest
 
 from integration_cluster import PAXOSKV, run_cli
+from line_process import LineProcess, in_thread
 from paxoskv.client.election import Election, NoLeader
 from paxoskv.client.lease import LeaseClient, LeaseError, Lock, LockTimeout, prefix_range
 from paxoskv.etcdpb import rpc_pb2, rpc_pb2_grpc
@@ -102,20 +98,6 @@ def _keys(endpoint: str, prefix: bytes) -> list[bytes]:
     return [kv.key for kv in sorted(resp.kvs, key=lambda kv: kv.create_revision)]
 
 
-def _in_thread(fn) -> tuple[threading.Thread, dict]:  # noqa: ANN001
-    out: dict = {}
-
-    def run() -> None:
-        try:
-            out["value"] = fn()
-        except BaseException as exc:  # noqa: BLE001 - handed to the test
-            out["error"] = exc
-
-    t = threading.Thread(target=run, daemon=True)
-    t.start()
-    return t, out
-
-
 def test_lock_acquire_waits_on_a_watch_until_the_holder_releases_or_its_lease_ends(shared_cluster) -> None:
     cluster = shared_cluster
     ep = cluster.endpoints[0]
@@ -128,7 +110,7 @@ def test_lock_acquire_waits_on_a_watch_until_the_holder_releases_or_its_lease_en
             first = Lock(a, "jobs", la)
             token = first.acquire(timeout=10)
             second = Lock(b, "jobs", lb)
-            waiter, got = _in_thread(lambda: second.acquire(timeout=60))
+            waiter, got = in_thread(lambda: second.acquire(timeout=60))
             wait_until("the second contender to read its predecessor", lambda: ranges.calls["Range"] >= 1, 10)
             assert _keys(ep, b"jobs/") == [first.key, second.key]
             # the first holds for a second of writes: the second waits on its watch and reads nothing
@@ -168,43 +150,6 @@ def test_lock_acquire_waits_on_a_watch_until_the_holder_releases_or_its_lease_en
         assert _keys(ep, b"jobs2/") == []
 
 
-class _Lines:
-    """A long-running ``paxoskv`` command whose output lines are read with a deadline."""
-
-    def __init__(self, *args: str) -> None:
-        self.proc = subprocess.Popen([str(PAXOSKV), *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                     stdin=subprocess.DEVNULL)
-        assert self.proc.stdout is not None
-        os.set_blocking(self.proc.stdout.fileno(), False)
-        self._buf = b""
-
-    def line(self, timeout_s: float = 20.0) -> str:
-        deadline = time.monotonic() + timeout_s
-        with selectors.DefaultSelector() as sel:
-            sel.register(self.proc.stdout, selectors.EVENT_READ)
-            while b"\n" not in self._buf:
-                left = deadline - time.monotonic()
-                assert left > 0 and self.proc.poll() is None, (self.proc.args, self._buf, self.proc.poll())
-                if sel.select(min(left, 0.5)):
-                    self._buf += os.read(self.proc.stdout.fileno(), 65536)
-        line, self._buf = self._buf.split(b"\n", 1)
-        return line.decode()
-
-    def interrupt(self) -> int:
-        self.proc.send_signal(signal.SIGINT)
-        try:
-            return self.proc.wait(timeout=20)
-        finally:
-            self.stop()
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(timeout=10)
-        for f in (self.proc.stdout, self.proc.stderr):
-            f.close()
-
-
 def test_paxoskv_lock_and_elect_print_the_fencing_token(shared_cluster) -> None:
     eps = shared_cluster.endpoints
     ep, where = eps[0], ("--endpoints", ",".join(eps))
@@ -225,9 +170,9 @@ def test_paxoskv_lock_and_elect_print_the_fencing_token(shared_cluster) -> None:
         lock.release()
         procs = []
         try:
-            observer = _Lines("elect", "-l", "clielect", *where)
+            observer = LineProcess([str(PAXOSKV), "elect", "-l", "clielect", *where])
             procs.append(observer)
-            candidate = _Lines("elect", "clielect", "v1", *where)
+            candidate = LineProcess([str(PAXOSKV), "elect", "clielect", "v1", *where])
             procs.append(candidate)
             key, value, token_line = candidate.line(), candidate.line(), candidate.line()
             token = int(token_line.removeprefix("fencing token: "))
