@@ -179,6 +179,11 @@ def test_paxoskv_lock_and_elect_print_the_fencing_token(shared_cluster) -> None:
             assert key.startswith("clielect/") and value == "v1"
             assert Election(c, "clielect").leader() == (b"v1", token)
             assert [observer.line(), observer.line()] == ["v1", f"fencing token: {token}"]
+            rival = Election(c, "clielect", held)
+            with pytest.raises(LockTimeout) as err:  # a campaign's timeout: its key deleted
+                rival.campaign("v2", timeout=0.3)
+            assert err.value.message.startswith("election clielect not won within 0.3 s"), err.value.message
+            assert _keys(ep, b"clielect/") == [key.encode()] and rival.token is None
             assert candidate.interrupt() == 0
             with pytest.raises(NoLeader):  # it resigned (and revoked its lease)
                 Election(c, "clielect").leader()
