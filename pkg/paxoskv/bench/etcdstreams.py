@@ -127,6 +127,7 @@ class _Part:
     put_hist: Histogram = field(default_factory=Histogram)  # the writer's puts
     events_total: int = 0  # every phase
     missing: int = 0
+    puts_answered: int = 0  # the writer's, every phase
     errors: collections.Counter = field(default_factory=collections.Counter)
     error_samples: dict[str, str] = field(default_factory=dict)
 
@@ -141,6 +142,7 @@ class WatchResult:
     events: Histogram  # put sent -> event received, events received in the window
     puts: Histogram  # the writer's puts answered in the window
     events_total: int  # events received in every phase
+    puts_answered: int  # the writer's puts acknowledged in every phase
     missing: int  # events of acknowledged puts some watcher never received
     errors: dict[str, int]
     error_samples: dict[str, str]
@@ -363,7 +365,7 @@ async def _writer(args: _Args, events: Any, go: Any, start_at: Any) -> _Part:
             k += 1
         if in_flight:
             await asyncio.wait(set(in_flight), timeout=cfg.timeout_s + 1.0)
-        args.puts_answered.value = answered
+        args.puts_answered.value = part.puts_answered = answered
         return part
     finally:
         if args.puts_answered.value < 0:
@@ -495,6 +497,7 @@ def _merge_parts(parts: list[_Part]) -> _Part:
         total.put_hist.merge(p.put_hist)
         total.events_total += p.events_total
         total.missing += p.missing
+        total.puts_answered += p.puts_answered
         total.errors.update(p.errors)
         for code, text in p.error_samples.items():
             total.error_samples.setdefault(code, text)
@@ -510,7 +513,7 @@ def run_watch(cfg: WatchConfig) -> WatchResult:
     args.append(_Args("write", cfg.processes, cfg, answered))
     parts, cpu, _started = drive(cfg, _main, args)
     t = _merge_parts(parts)
-    return WatchResult(cfg, t.hist, t.put_hist, t.events_total, t.missing, dict(t.errors), t.error_samples,
+    return WatchResult(cfg, t.hist, t.put_hist, t.events_total, t.puts_answered, t.missing, dict(t.errors), t.error_samples,
                        cpu["client"], cpu.get("server"))
 
 
