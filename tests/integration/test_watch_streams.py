@@ -18,8 +18,6 @@ would have served it.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
-
 import grpc
 import pytest
 
@@ -40,21 +38,10 @@ STREAMS_RSS_BYTES_MAX = 48 << 20
 OPTIONS = [("grpc.use_local_subchannel_pool", 1)]  # each channel its own connection
 
 
-@pytest.fixture
-def calm_cluster(tmp_path) -> Iterator[LocalCluster]:
-    """etcd's default timing (election 1 s): opening 1,000 streams on a busy
-    machine should not be interrupted by an election."""
-    c = LocalCluster(tmp_path / "calm", heartbeat_ms=100, election_ms=1000)
-    try:
-        c.start_all()
-        yield c
-    finally:
-        c.close()
-
-
 @pytest.mark.timeout(300)
-def test_a_thousand_watch_streams_on_one_member_stay_bounded_and_each_gets_every_put(calm_cluster: LocalCluster) -> None:
-    cluster = calm_cluster
+def test_a_thousand_watch_streams_on_one_member_stay_bounded_and_each_gets_every_put(cluster: LocalCluster) -> None:
+    # a leader change on the way changes nothing here: the streams are on a member that serves
+    # them from its own log, and a put sent to a member that is no longer the leader is forwarded
     leader = cluster.leader()
     member = next(i for i in cluster.nodes if i != leader)
     ep = cluster.endpoint(member)
