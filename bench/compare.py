@@ -154,6 +154,7 @@ JOBS: tuple[Job, ...] = (
         batch_size=1000, systems=("paxoskv",)),
     Job("put-stream", "put, KV.Session stream", mode="stream", systems=("paxoskv",), baseline="put"),
     # etcd's benchmark watch-latency shape: streams x watches per stream on one key, one writer at a steady rate
+    Job("watch0", "watch, no watcher: the writer alone", mode="watch", streams=0, systems=ETCD_STREAMS),
     Job("watch1", "watch, 1 watcher, put to event", mode="watch", systems=ETCD_STREAMS),
     Job("watch1000", "watch, 1000 watchers (100 streams x 10), put to event", mode="watch", streams=100, per_stream=10,
         systems=ETCD_STREAMS),

@@ -58,7 +58,7 @@ def test_the_compare_jobs_give_their_rows_and_keepalives_a_live_ttl(cluster):
     )
     jobs = {j.key: j for j in compare.JOBS}
     results = {}
-    for key in ("watch1", "keepalive"):
+    for key in ("watch0", "watch1", "keepalive"):
         fig = compare.run_job(jobs[key], "paxoskv", cluster, args, {}, 0)
         results[key] = {"paxoskv": [fig]}
     watch = results["watch1"]["paxoskv"][0]
@@ -66,6 +66,9 @@ def test_the_compare_jobs_give_their_rows_and_keepalives_a_live_ttl(cluster):
     assert watch["events"] > 0 and not math.isnan(watch["p99_ms"]) and watch["p99_ms"] > 0
     assert watch["events_total"] == watch["puts_answered"]
     assert watch["server_us_per_op"] == pytest.approx(watch["server_cpu_s"] / watch["events"] * 1e6)
+    alone = results["watch0"]["paxoskv"][0]  # the writer without watchers: the baseline of its put p99
+    assert alone["watchers"] == 0 and alone["events_total"] == 0 and alone["missing"] == 0 and alone["errors"] == 0
+    assert alone["puts_answered"] > 0 and alone["put_p99_ms"] > 0 and math.isnan(alone["p50_ms"])
     ka = results["keepalive"]["paxoskv"][0]
     # an answer with TTL 0 (lease unknown or expired) would be an error; every lease was kept alive
     assert ka["errors"] == 0, ka["error_samples"]

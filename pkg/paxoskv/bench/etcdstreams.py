@@ -96,8 +96,8 @@ class WatchConfig(_Phases):
 
     def __post_init__(self) -> None:
         self._check()
-        if self.streams < 1 or self.watchers_per_stream < 1 or self.put_rate_s <= 0:
-            raise ValueError("streams and watchers per stream must be >= 1, the put rate > 0")
+        if self.streams < 0 or self.watchers_per_stream < 1 or self.put_rate_s <= 0:
+            raise ValueError("streams must be >= 0 (0: the writer alone), watchers per stream >= 1, the put rate > 0")
         if self.value_bytes < _STAMP:
             raise ValueError(f"a value must hold the send instant: at least {_STAMP} bytes")
 
@@ -509,8 +509,9 @@ def run_watch(cfg: WatchConfig) -> WatchResult:
 
     answered = multiprocessing.get_context("spawn").Value("q", -1, lock=False)
     # the writer is the last process (index ``processes``), so every process has its own index
-    args = [_Args("watch", i, cfg, answered) for i in range(cfg.processes)]
-    args.append(_Args("write", cfg.processes, cfg, answered))
+    watchers = cfg.processes if cfg.streams else 0  # no stream: the writer alone, the baseline of its put latency
+    args = [_Args("watch", i, cfg, answered) for i in range(watchers)]
+    args.append(_Args("write", watchers, cfg, answered))
     parts, cpu, _started = drive(cfg, _main, args)
     t = _merge_parts(parts)
     return WatchResult(cfg, t.hist, t.put_hist, t.events_total, t.puts_answered, t.missing, dict(t.errors), t.error_samples,
