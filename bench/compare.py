@@ -513,6 +513,7 @@ WATCH_FIGURES = (
     ("events_s", "events/s"),
     ("missing", "events missing"),
     ("puts_s", "puts/s"),
+    ("put_p50_ms", "put p50 ms"),
     ("put_p99_ms", "put p99 ms"),
     ("errors", "errors"),
     ("server_us_per_op", "server us/event"),
@@ -530,7 +531,7 @@ INPROC_FIGURES = (
 
 # the figures a ratio paxoskv / peer is shown for (throughput: higher is
 # better; latency, CPU per op and idle CPU: lower is better)
-COMPARABLE = ("throughput_ops_s", "p50_ms", "p99_ms", "put_p99_ms", "server_us_per_op", "idle_pct_mean", "idle_pct_max")
+COMPARABLE = ("throughput_ops_s", "p50_ms", "p99_ms", "put_p50_ms", "put_p99_ms", "server_us_per_op", "idle_pct_mean", "idle_pct_max")
 FIGURES_OF_MODE = {"idle": IDLE_FIGURES, "watch": WATCH_FIGURES, "keepalive": KEEPALIVE_FIGURES}
 
 
@@ -538,9 +539,9 @@ def cell(runs: list[dict] | None, value: float | None, name: str) -> str:
     """A median, marked ``!`` when some rounds failed; ``failed`` when all did."""
     if runs is None:
         return "-"
-    if value is None:
-        return "failed"
     broken = sum(1 for r in runs if "failed" in r or "failed_after" in r)
+    if value is None:  # every round failed, or none has this figure (no event without a watcher)
+        return "failed" if broken else "-"
     return fmt(value, name) + ("!" if broken else "")
 
 
