@@ -43,7 +43,7 @@ Watches and leases (``watch1``, ``watch1000``, ``keepalive``) speak etcd's
 Watch and Lease streams (``paxoskv.bench.etcdstreams``), so they run for
 etcd and for paxoskv through the etcd API its port serves (not again as
 ``paxoskv-etcdapi``: the same servers, the same port). A watch job is
-etcd's ``benchmark watch-latency`` shape: N watches of one key (1, or 100
+etcd's ``benchmark watch-latency`` shape: N watches of one key (0, 1, or 100
 streams x 10), dealt over the members, and one writer putting that key at
 ``--watch-put-rate`` per second; the latency is from a put sent to its
 event received at each watcher (the send instant travels in the value),
