@@ -34,7 +34,7 @@ import itertools
 import plyvel
 import zmq
 
-from standin import DELETE, GET, PUT, serve_kv  # bench/standin.py, beside this script
+from standin import DELETE, GET, PUT, peer_ports, serve_kv  # bench/standin.py, beside this script
 
 _NOBLOCK = zmq.NOBLOCK
 _WRITE, _READ = b"w", b"r"
@@ -138,22 +138,12 @@ async def serve(args: argparse.Namespace) -> None:
         db.close()
 
 
-def _ports(text: str) -> list[int]:
-    try:
-        ports = [int(p) for p in text.split(",") if p]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a comma-separated list of ports: {text!r}") from None
-    if not ports:
-        raise argparse.ArgumentTypeError("at least one peer port")
-    return ports
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--id", type=int, required=True, help="this node's number (keys its records)")
     ap.add_argument("--port", type=int, required=True, help="gRPC port")
     ap.add_argument("--bus-port", type=int, required=True, help="this node's ROUTER port")
-    ap.add_argument("--peer-bus-ports", type=_ports, required=True, help="the other nodes' ROUTER ports, a,b,...")
+    ap.add_argument("--peer-bus-ports", type=peer_ports, required=True, help="the other nodes' ROUTER ports, a,b,...")
     ap.add_argument("--fanout", choices=("all", "thrifty"), default="all")
     ap.add_argument("--data-dir", required=True)
     asyncio.run(serve(ap.parse_args()))
