@@ -14,6 +14,7 @@ import signal
 from collections.abc import Awaitable, Callable
 
 import grpc
+import zmq
 
 from paxoskv.server.grpc_api import SERVER_OPTIONS
 from paxoskv.v1 import kv_pb2
@@ -33,7 +34,35 @@ def packed_answer(n: int) -> bytes:
     return kv_pb2.BatchResponse(header=_HEADER, results=[_PUT_RESULT] * n).SerializeToString()
 
 
-def peer_ports(text: str) -> list[int]:
+def bus_sockets(
+    ctx: zmq.Context, bus_port: int, peer_ports: list[int], message_bytes_max: int = -1
+) -> tuple[zmq.Socket, list[zmq.Socket]]:
+    """A ROUTER on ``bus_port`` (127.0.0.1) the peers send to, and a DEALER to each of ``peer_ports``."""
+    router = ctx.socket(zmq.ROUTER)
+    router.setsockopt(zmq.LINGER, 0)
+    router.setsockopt(zmq.MAXMSGSIZE, message_bytes_max)
+    router.bind(f"tcp://127.0.0.1:{bus_port}")
+    dealers = []
+    for port in peer_ports:
+        sock = ctx.socket(zmq.DEALER)
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.connect(f"tcp://127.0.0.1:{port}")
+        dealers.append(sock)
+    return router, dealers
+
+
+def quorum_node_args(description: str) -> argparse.ArgumentParser:
+    """The options every quorum stand-in node takes (add its own after)."""
+    ap = argparse.ArgumentParser(description=description)
+    ap.add_argument("--id", type=int, required=True, help="this node's number (keys its records)")
+    ap.add_argument("--port", type=int, required=True, help="gRPC port")
+    ap.add_argument("--bus-port", type=int, required=True, help="this node's ROUTER port")
+    ap.add_argument("--peer-bus-ports", type=_peer_ports, required=True, help="the other nodes' ROUTER ports, a,b,...")
+    ap.add_argument("--data-dir", required=True)
+    return ap
+
+
+def _peer_ports(text: str) -> list[int]:
     """argparse type: a comma-separated list of ports, at least one."""
     try:
         ports = [int(p) for p in text.split(",") if p]
