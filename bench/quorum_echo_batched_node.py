@@ -66,10 +66,11 @@ _BID_BYTES_MAX = 32
 class _Drain:
     """The calls of one drain, until a majority has them."""
 
-    __slots__ = ("missing", "writes", "reads", "nbytes")
+    __slots__ = ("missing", "counted", "writes", "reads", "nbytes")
 
     def __init__(self, missing: int, writes: list, reads: list, nbytes: int) -> None:
         self.missing = missing
+        self.counted: set[object] = set()  # who has it: this node (None) and the peers' sockets that acked
         self.writes = writes  # (kind, request bytes, parsed request, future)
         self.reads = reads  # (key, future)
         self.nbytes = nbytes
@@ -191,7 +192,7 @@ class GroupQuorum:
                     records.extend((key + b"%d" % i, w[1]) for i, w in enumerate(writes))
                 await asyncio.to_thread(self._sync_write, records)
                 if bid is not None:
-                    self._count(bid)  # our own copy is on disk
+                    self._count(bid, None)  # our own copy is on disk
                 for ack in acks:
                     self.router.send_multipart(ack, _NOBLOCK)
                 self._serve_peers()  # the sends can take the FD's edge; and read what waited
@@ -208,12 +209,13 @@ class GroupQuorum:
         while sock.getsockopt(zmq.EVENTS) & zmq.POLLIN:
             frames = sock.recv_multipart(_NOBLOCK)
             if len(frames) == 1:
-                self._count(frames[0])
+                self._count(frames[0], sock)
 
-    def _count(self, bid: bytes) -> None:
+    def _count(self, bid: bytes, who: object) -> None:
         drain = self.inflight.get(bid)
-        if drain is None:
-            return  # a late ack (the other peer's), or not ours
+        if drain is None or who in drain.counted:
+            return  # a late ack (the other peer's), not ours, or a peer acking twice
+        drain.counted.add(who)
         drain.missing -= 1
         if drain.missing > 0:
             return

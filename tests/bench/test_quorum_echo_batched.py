@@ -114,3 +114,59 @@ def test_every_answered_put_is_on_a_majority_and_drains_share_a_write(tmp_path):
         # node 1 also took the lone puts and the unanswered one (on its own disk, not a majority's)
         assert sum(drains[node].values()) == IN_FLIGHT + 1 + (IN_FLIGHT // 2 + 1 if node == 1 else 0)
         assert max(drains[node].values()) > 1, f"node {node}: {IN_FLIGHT} calls in flight, never two in one write"
+
+
+def test_a_peer_counts_once_and_bad_peer_frames_are_dropped(tmp_path):
+    """In one process, no event loop running: a drain needs this node's copy
+    and one *distinct* peer's ack; frames that do not check are neither
+    written nor acked."""
+    import asyncio
+
+    import zmq
+
+    import quorum_echo_batched_node as node
+    from paxoskv.util.ports import free_ports
+    from paxoskv.util.wait import wait_until
+
+    bus, peer_a, peer_b = free_ports(3)
+    db = plyvel.DB(str(tmp_path / "db"), create_if_missing=True)
+    q = node.GroupQuorum(1, bus, [peer_a, peer_b], db, 1 << 20)
+    loop = asyncio.new_event_loop()
+    q.loop = loop
+    try:
+        fut = q.write(node._PUT, _put(1, b"k").SerializeToString(), _put(1, b"k"))
+        bid = q._open(q.writes, [], q.needed + 1)
+        sock_a, sock_b = q.dealers
+        q._count(bid, sock_a)
+        q._count(bid, sock_a)  # the same peer again: still one copy
+        assert not fut.done()
+        q._count(bid, None)  # this node's own copy: a majority
+        assert fut.done() and q.store[b"k-1"] == _put(1, b"").value
+
+        sender = q.ctx.socket(zmq.DEALER)
+        sender.setsockopt(zmq.LINGER, 0)
+        sender.connect(f"tcp://127.0.0.1:{bus}")
+        good = _put(2, b"k").SerializeToString()
+        for frames in (
+            [b"w", b"7"],  # no records
+            [b"w", b"7", b"p", good, good],  # two records, one kind
+            [b"w", b"x7", b"p", good],  # a drain number that is not one
+            [b"w", b"7", b"z", good],  # an unknown record kind
+            [b"w", b"7", b"p", b"\xff\xff"],  # a record that does not parse
+            [b"q", b"7"],  # an unknown message
+            [b"w", b"8", b"p", good],  # the only good one
+        ):
+            sender.send_multipart(frames)
+
+        def served() -> bool:
+            q._serve_peers()
+            return bool(q.peer_acks)
+
+        wait_until("the good message", served, 10.0)
+        assert [bid for _identity, bid in q.peer_acks] == [b"8"]
+        assert [data for _key, data in q.peer_records] == [good]
+        sender.close()
+    finally:
+        loop.close()
+        q.close()
+        db.close()
