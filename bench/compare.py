@@ -103,8 +103,10 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 NODE_SCRIPT = ROOT / "bench" / "pysyncobj_node.py"
 ECHO_SCRIPT = ROOT / "bench" / "echo_node.py"
 QUORUM_ECHO_SCRIPT = ROOT / "bench" / "quorum_echo_node.py"
+BATCHED_ECHO_SCRIPT = ROOT / "bench" / "quorum_echo_batched_node.py"
 SYSTEMS = (
-    "paxoskv", "etcd", "pysyncobj", "grpc-echo", "grpc-echo-sync", "quorum-echo", "quorum-echo-thrifty", "paxoskv-etcdapi",
+    "paxoskv", "etcd", "pysyncobj", "grpc-echo", "grpc-echo-sync", "quorum-echo", "quorum-echo-thrifty",
+    "quorum-echo-batched", "paxoskv-etcdapi",
     "paxoskv-insecure", "paxoskv-secure", "paxoskv-base",
 )
 # Not by default: paxoskv-insecure and paxoskv-secure, what security costs (the insecure bus and
@@ -112,7 +114,7 @@ SYSTEMS = (
 SECURITY = ("paxoskv-insecure", "paxoskv-secure")
 DEFAULT_SYSTEMS = tuple(s for s in SYSTEMS if s != "paxoskv-base" and s not in SECURITY)
 ETCD_API = ("etcd", "paxoskv-etcdapi")  # the systems loaded through etcd's v3 API
-BATCHING = ("paxoskv", "paxoskv-base", *ETCD_API)  # the systems with a batch: PackedBatch, Txn
+BATCHING = ("paxoskv", "paxoskv-base", *ETCD_API, "quorum-echo-batched")  # the systems with a batch: PackedBatch, Txn
 # The jobs that speak etcd's Watch and Lease streams: etcd, and paxoskv's own port (it serves
 # etcd's API there), so paxoskv-etcdapi, the same servers through the same port, would repeat them.
 ETCD_STREAMS = ("paxoskv", "paxoskv-base", *SECURITY, "etcd")
@@ -180,6 +182,8 @@ def start(system: str, base: pathlib.Path) -> clusters.Cluster:
         return clusters.start_etcd(base)
     if system in ("grpc-echo", "grpc-echo-sync"):
         return clusters.start_echo(base, ECHO_SCRIPT, sync=system == "grpc-echo-sync")
+    if system == "quorum-echo-batched":
+        return clusters.start_quorum_echo(base, BATCHED_ECHO_SCRIPT, fanout=None, name=system)
     if system in ("quorum-echo", "quorum-echo-thrifty"):
         return clusters.start_quorum_echo(base, QUORUM_ECHO_SCRIPT, fanout="all" if system == "quorum-echo" else "thrifty")
     return clusters.start_pysyncobj(base, NODE_SCRIPT)
@@ -662,6 +666,8 @@ def main() -> int:
         f"the Python gRPC ceiling, grpc.aio / threaded server), "
         f"quorum-echo / quorum-echo-thrifty (bench/quorum_echo_node.py: answers once a majority fsync'ed the "
         f"request, no consensus: the floor of a quorum write, sent to all peers / to a majority only), "
+        f"quorum-echo-batched (bench/quorum_echo_batched_node.py: the same with group commit, one message and one "
+        f"synced write per drain: the throughput and CPU floor of a replicated log), "
         f"paxoskv-etcdapi (paxoskv loaded through etcd's v3 API on its own port), "
         f"paxoskv-insecure / paxoskv-secure (--insecure-peer-bus and a plaintext port / CURVE, TLS and client "
         f"certificates; paxoskv itself: CURVE, plaintext port)"
