@@ -60,13 +60,14 @@ from typing import Any, Protocol
 
 from paxoskv.etcdpb import kv_pb2 as mvccpb
 from paxoskv.etcdpb import rpc_pb2
-from paxoskv.kv import etcd
+from paxoskv.kv import etcd, watchwire
 from paxoskv.kv.mvcc import decode_row, row_key, split_row_key
 from paxoskv.replica.errors import EtcdFailure
 
 __all__ = [
     "ERR_DUPLICATE_ID",
     "ERR_EMPTY_RANGE",
+    "EventsResponse",
     "WatchHub",
     "WatchLimits",
     "WatchStream",
@@ -146,7 +147,7 @@ class WatchStream:
         self.watchers: dict[int, Watcher] = {}
         self.late: set[Watcher] = set()  # its unsynced watchers
         self.next_id = 0
-        self.outbox: deque[tuple[rpc_pb2.WatchResponse, int]] = deque()
+        self.outbox: deque[tuple[rpc_pb2.WatchResponse | EventsResponse, int]] = deque()
         self.bytes = 0
         self.failed: EtcdFailure | None = None  # the stream ends with this
         self.closed = False
@@ -164,6 +165,84 @@ class WatchStream:
 
 def _nothing() -> None:
     pass
+
+
+class _Shared:
+    """Encoded events (``watchwire.event_entry`` pieces joined) that several
+    outboxes may hold; ``refs``: how many do."""
+
+    __slots__ = ("data", "refs")
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+        self.refs = 0
+
+
+class EventsResponse:
+    """An events response in an outbox: the bytes of its events are shared
+    by every watch given the same events; ``encode(head)`` is the whole
+    response with the header's bytes ``head`` (the driver's)."""
+
+    __slots__ = ("events", "fragment", "revision", "size", "watch_id")
+
+    def __init__(self, watch_id: int, revision: int, events: _Shared, fragment: bool = False) -> None:
+        self.watch_id = watch_id
+        self.revision = revision  # header.revision
+        self.events = events
+        self.fragment = fragment
+        self.size = watchwire.response_size(revision, watch_id, len(events.data), fragment)
+
+    def encode(self, head: bytes | None) -> bytes:
+        return watchwire.watch_response(head, self.watch_id, self.events.data, self.fragment)
+
+    def message(self) -> rpc_pb2.WatchResponse:
+        """As ``take`` returns it: header.revision set, nothing else in the header."""
+        head = watchwire.header(0, 0, self.revision, 0) if self.revision else None
+        return rpc_pb2.WatchResponse.FromString(self.encode(head))
+
+
+class _Item:
+    """One event of a batch (or catch-up chunk) and its ``events`` entry
+    without and with prev_kv, each encoded once whatever the number of
+    watches (when first asked for)."""
+
+    __slots__ = ("_entry", "_prev_entry", "_prev_size", "_size", "ev", "main")
+
+    def __init__(self, main: int, ev: mvccpb.Event) -> None:
+        self.main = main
+        self.ev = ev
+        self._entry: bytes | None = None
+        self._size = 0
+        self._prev_entry: bytes | None = None
+        self._prev_size = 0
+
+    def entry(self, store: Any) -> bytes:  # noqa: ANN401 - an MVCCStore: with prev_kv; None: without
+        """The entry (with prev_kv when ``store`` is given: the version
+        before this revision, unless the event created the key)."""
+        if self._entry is None:
+            data = self.ev.SerializeToString()
+            self._size = len(data)
+            self._entry = watchwire.event_entry(data)
+        if store is None:
+            return self._entry
+        if self._prev_entry is None:
+            ev = self.ev
+            entry = self._entry
+            self._prev_size = self._size
+            if not (ev.type == _PUT and ev.kv.create_revision == self.main):
+                enc = store.version_at(ev.kv.key, self.main - 1)
+                if enc is not None:
+                    data = watchwire.with_prev_kv(entry[len(entry) - self._size:],
+                                                  store.kv_of(ev.kv.key, enc).SerializeToString())
+                    self._prev_size = len(data)
+                    entry = watchwire.event_entry(data)
+            self._prev_entry = entry
+        return self._prev_entry
+
+    def size(self, store: Any) -> int:  # noqa: ANN401
+        """The Event's bytes (with prev_kv when ``store`` is given)."""
+        self.entry(store)
+        return self._size if store is None else self._prev_size
 
 
 def _resp(revision: int, wid: int, **fields: Any) -> rpc_pb2.WatchResponse:  # noqa: ANN401
@@ -207,9 +286,8 @@ class WatchHub:
         stream.closed = True
         for w in list(stream.watchers.values()):
             self._remove(w)
-        self.bytes -= stream.bytes
-        stream.bytes = 0
-        stream.outbox.clear()
+        while stream.outbox:
+            self._release(stream, *stream.outbox.popleft())
         self._streams.discard(stream)
         self._catching_up.discard(stream)
 
@@ -219,24 +297,45 @@ class WatchHub:
     def take(self, stream: WatchStream) -> rpc_pb2.WatchResponse | None:
         """The next response of ``stream`` (None: none now); what leaves
         makes room for a catch-up turn."""
+        resp = self.take_wire(stream)
+        return resp.message() if isinstance(resp, EventsResponse) else resp
+
+    def take_wire(self, stream: WatchStream) -> rpc_pb2.WatchResponse | EventsResponse | None:
+        """``take``, an events response left encoded (``EventsResponse.encode``)."""
         if not stream.outbox:
             if stream.unsynced and not stream.closed:
                 self._catch_up(stream)
             if not stream.outbox:
                 return None
         resp, size = stream.outbox.popleft()
-        stream.bytes -= size
-        self.bytes -= size
+        self._release(stream, resp, size)
         if stream.unsynced and self.has_room(stream):
             self._catch_up(stream)
         return resp
 
-    def _emit(self, stream: WatchStream, resp: rpc_pb2.WatchResponse) -> None:
-        size = resp.ByteSize()
+    def _emit(self, stream: WatchStream, resp: rpc_pb2.WatchResponse | EventsResponse) -> None:
+        """Into the outbox: a stream counts each response whole, the node
+        counts shared events once (while any outbox holds them)."""
+        if isinstance(resp, EventsResponse):
+            size = resp.size
+            shared = resp.events
+            self.bytes += size - len(shared.data) if shared.refs else size
+            shared.refs += 1
+        else:
+            size = resp.ByteSize()
+            self.bytes += size
         stream.outbox.append((resp, size))
         stream.bytes += size
-        self.bytes += size
         stream.on_output()
+
+    def _release(self, stream: WatchStream, resp: rpc_pb2.WatchResponse | EventsResponse, size: int) -> None:
+        stream.bytes -= size
+        if isinstance(resp, EventsResponse):
+            shared = resp.events
+            shared.refs -= 1
+            self.bytes -= size if not shared.refs else size - len(shared.data)
+        else:
+            self.bytes -= size
 
     # ---- requests ------------------------------------------------------------------
 
@@ -364,18 +463,19 @@ class WatchHub:
         self.revision = sm.revision
         if not self.watching:
             return
-        events: list[tuple[int, mvccpb.Event]] = []
+        events: list[_Item] = []
         for rk in sorted(k for k, v in rows.items() if v is not None):
             main, _ = split_row_key(rk)
             if main > old:
-                events.append((main, _event(rows[rk])))  # type: ignore[arg-type]
+                events.append(_Item(main, _event(rows[rk])))  # type: ignore[arg-type]
         if not events:
             return
         by_key = self._by_key
         ranges = self._ranges
-        given: dict[Watcher, list[tuple[int, mvccpb.Event]]] = {}
+        given: dict[Watcher, list[_Item]] = {}
         for item in events:
-            main, ev = item
+            main = item.main
+            ev = item.ev
             key = ev.kv.key
             group = by_key.get(key)
             for w in group or ():
@@ -384,8 +484,9 @@ class WatchHub:
             for w in ranges:
                 if w.synced and main >= w.next_rev and w.matches(key) and w.wants(ev):
                     given.setdefault(w, []).append(item)
+        shared: dict[tuple, _Shared] = {}
         for w, evs in given.items():
-            left = self._deliver(w, evs, self.revision)
+            left = self._deliver(w, evs, self.revision, shared)
             if left is not None:
                 w.next_rev = max(w.next_rev, old + 1, left)
                 self._unsync(w)
@@ -393,46 +494,48 @@ class WatchHub:
             if w.synced:
                 w.next_rev = max(w.next_rev, self.revision + 1)
 
-    def _deliver(self, w: Watcher, evs: list[tuple[int, mvccpb.Event]], revision: int) -> int | None:
+    def _deliver(self, w: Watcher, evs: list[_Item], revision: int, shared: dict[tuple, _Shared]) -> int | None:
         """Give ``w`` its events, in responses of about ``response_bytes_max``
         cut at revision boundaries (a revision alone may be larger; with
         fragment it is split as etcd does), while its stream has room; the
-        first revision left undelivered (None: all went)."""
+        first revision left undelivered (None: all went). ``shared``: the
+        events already encoded in this batch, by what they hold."""
         stream = w.stream
         store = self._sm.store if w.prev_kv else None
         limit = self.limits.response_bytes_max
-        resp: rpc_pb2.WatchResponse | None = None
+        chunk: list[_Item] = []
         size = 0
         prev_main = 0
-        for main, ev in evs:
+        for item in evs:
+            main = item.main
             if main != prev_main:
-                if resp is not None and size >= limit:
-                    self._send(w, resp)
-                    resp = None
-                if resp is None:
+                if chunk and size >= limit:
+                    self._send(w, chunk, revision, store, shared)
+                    chunk = []
+                if not chunk:
                     if not self.has_room(stream):
                         return main
-                    resp = _resp(revision, w.id)
                     size = 0
                 prev_main = main
-            e = resp.events.add()
-            e.CopyFrom(ev)
-            if store is not None and not (ev.type == _PUT and ev.kv.create_revision == main):
-                enc = store.version_at(ev.kv.key, main - 1)
-                if enc is not None:
-                    e.prev_kv.CopyFrom(store.kv_of(ev.kv.key, enc))
-            size += e.ByteSize() + 4
-        if resp is not None:
-            self._send(w, resp)
+            chunk.append(item)
+            size += item.size(store) + 4
+        if chunk:
+            self._send(w, chunk, revision, store, shared)
         return None
 
-    def _send(self, w: Watcher, resp: rpc_pb2.WatchResponse) -> None:
+    def _send(self, w: Watcher, chunk: list[_Item], revision: int, store: Any,  # noqa: ANN401
+              shared: dict[tuple, _Shared]) -> None:
         w.quiet = False
-        if w.fragment and len(resp.events) > 1 and resp.ByteSize() >= self.limits.fragment_bytes:
-            for part in _fragments(resp, self.limits.fragment_bytes):
-                self._emit(w.stream, part)
+        key = (store is not None, *chunk)
+        events = shared.get(key)
+        if events is None:
+            events = shared[key] = _Shared(b"".join([item.entry(store) for item in chunk]))
+        frag = self.limits.fragment_bytes
+        if w.fragment and len(chunk) > 1 and watchwire.response_size(revision, w.id, len(events.data)) >= frag:
+            for part, more in _fragments([item.entry(store) for item in chunk], revision, w.id, frag):
+                self._emit(w.stream, EventsResponse(w.id, revision, _Shared(part), more))
         else:
-            self._emit(w.stream, resp)
+            self._emit(w.stream, EventsResponse(w.id, revision, events))
 
     # ---- catch-up ------------------------------------------------------------------
 
@@ -450,19 +553,20 @@ class WatchHub:
         late = [w for w in late if w.id in stream.watchers]
         hi = self.revision
         lo = min((w.next_rev for w in late), default=hi + 1)
-        events: list[tuple[int, mvccpb.Event]] = []
+        events: list[_Item] = []
         last = hi
         if lo <= hi:
             n = 0
             size = 0
             for rk, row in self._history.history_rows(row_key(max(lo, 1), 0), row_key(hi + 1, 0)):
                 main, _ = split_row_key(rk)
-                if (n >= self.limits.catchup_rows_max or size >= self.limits.catchup_bytes_max) and main != events[-1][0]:
-                    last = events[-1][0]
+                if (n >= self.limits.catchup_rows_max or size >= self.limits.catchup_bytes_max) and main != events[-1].main:
+                    last = events[-1].main
                     break
-                events.append((main, _event(row)))
+                events.append(_Item(main, _event(row)))
                 n += 1
                 size += len(row)
+        shared: dict[tuple, _Shared] = {}
         for w in late:
             if w.next_rev > hi:
                 self._sync(w)
@@ -471,8 +575,8 @@ class WatchHub:
                 continue  # nothing of this chunk is its
             if not self.has_room(stream):
                 break
-            mine = [(m, ev) for m, ev in events if m >= w.next_rev and w.matches(ev.kv.key) and w.wants(ev)]
-            left = self._deliver(w, mine, hi) if mine else None
+            mine = [it for it in events if it.main >= w.next_rev and w.matches(it.ev.kv.key) and w.wants(it.ev)]
+            left = self._deliver(w, mine, hi, shared) if mine else None
             if left is not None:
                 w.next_rev = left
                 break  # the stream is full
@@ -541,22 +645,20 @@ def _event(row: bytes) -> mvccpb.Event:
     return mvccpb.Event(type=_DELETE if rec.tombstone else _PUT, kv=rec.kv)
 
 
-def _fragments(resp: rpc_pb2.WatchResponse, limit: int) -> Iterator[rpc_pb2.WatchResponse]:
-    """etcd's sendFragments: parts below ``limit`` bytes (at least one event
-    each), fragment=true on all but the last."""
-    events = list(resp.events)
+def _fragments(entries: list[bytes], revision: int, wid: int, limit: int) -> Iterator[tuple[bytes, bool]]:
+    """etcd's sendFragments on encoded events: parts whose response is below
+    ``limit`` bytes (at least one event each), with whether more follow
+    (fragment=true on all but the last)."""
     i = 0
-    while i < len(events):
-        part = rpc_pb2.WatchResponse()
-        part.CopyFrom(resp)
-        del part.events[:]
-        part.fragment = True
-        while i < len(events):
-            part.events.append(events[i])
-            if len(part.events) > 1 and part.ByteSize() >= limit:
-                del part.events[-1]
+    n = len(entries)
+    while i < n:
+        part: list[bytes] = []
+        size = 0
+        while i < n:
+            e = entries[i]
+            if part and watchwire.response_size(revision, wid, size + len(e), True) >= limit:
                 break
+            part.append(e)
+            size += len(e)
             i += 1
-        if i == len(events):
-            part.fragment = False
-        yield part
+        yield b"".join(part), i < n

@@ -11,6 +11,10 @@ Rules:
   the previous one was written, so a slow reader leaves its responses in
   the hub's bounded outbox, whose watchers then turn unsynced; no request
   is read while the stream's outbox is over its bound.
+- Bytes on the wire: an events response leaves the hub encoded (its
+  events' bytes shared by every watch given them) and is written as bytes
+  with this stream's header bytes (built once per revision and term); a
+  control response is a message, filled and serialized here.
 - ``hasleader: true``: refused with ``etcdserver: no leader`` at open when
   this member knows no leader, and ended with it when the hub fails the
   stream (no leader for 3 election timeouts).
@@ -30,6 +34,7 @@ import grpc
 
 from paxoskv.etcdpb import rpc_pb2
 from paxoskv.replica.errors import EtcdFailure
+from paxoskv.replica.watch import EventsResponse
 
 __all__ = ["WatchService"]
 
@@ -45,7 +50,7 @@ class WatchService:
         self._wants_leader = wants_leader
 
     def handler(self) -> grpc.RpcMethodHandler:
-        return grpc.stream_stream_rpc_method_handler(self.watch, None, lambda m: m.SerializeToString())
+        return grpc.stream_stream_rpc_method_handler(self.watch, None, None)  # responses are written as bytes
 
     async def watch(self, requests: AsyncIterator[bytes], context: grpc.aio.ServicerContext) -> None:
         try:
@@ -64,10 +69,11 @@ class WatchService:
         room = asyncio.Event()
         stream.on_output = output.set
         reader = asyncio.create_task(self._read(requests, layer, stream, output, room))
+        head = _Heads(self._fill, layer)
         try:
             while True:
                 output.clear()
-                resp = hub.take(stream)
+                resp = hub.take_wire(stream)
                 if resp is None:
                     failure = stream.failed or _failure_of(reader)
                     if failure is not None:
@@ -75,8 +81,12 @@ class WatchService:
                         return
                     await output.wait()
                     continue
-                self._fill(resp.header, layer)
-                await context.write(resp)
+                if isinstance(resp, EventsResponse):
+                    data = resp.encode(head.of(resp.revision))
+                else:
+                    self._fill(resp.header, layer)
+                    data = resp.SerializeToString()
+                await context.write(data)
                 room.set()
         finally:
             reader.cancel()
@@ -99,6 +109,26 @@ class WatchService:
                 hub.request(stream, req)
         finally:
             output.set()  # the writer looks at how the reading ended
+
+
+class _Heads:
+    """The header's bytes for a revision, filled as ``fill`` fills a header;
+    the last one is kept (a stream's watches share a revision's header)."""
+
+    def __init__(self, fill: Any, layer: Any) -> None:  # noqa: ANN401
+        self._fill = fill
+        self._layer = layer
+        self._key: tuple[int, int] | None = None
+        self._bytes = b""
+
+    def of(self, revision: int) -> bytes:
+        key = (revision, self._layer.etcd.raft_term)
+        if key != self._key:
+            h = rpc_pb2.ResponseHeader(revision=revision)
+            self._fill(h, self._layer)
+            self._key = key
+            self._bytes = h.SerializeToString()
+        return self._bytes
 
 
 def _failure_of(reader: asyncio.Task) -> EtcdFailure | None:
