@@ -54,7 +54,7 @@ def test_watch_response_matches_protobuf_byte_for_byte(head: rpc_pb2.ResponseHea
             want = rpc_pb2.WatchResponse(watch_id=watch_id, fragment=fragment, events=evs)
             if head is not None:
                 want.header.CopyFrom(head)
-            hb = None if head is None else watchwire.header(head.cluster_id, head.member_id, head.revision, head.raft_term)
+            hb = None if head is None else head.SerializeToString()
             got = watchwire.watch_response(hb, watch_id, b"".join(watchwire.event_entry(_event_bytes(e)) for e in evs), fragment)
             assert got == want.SerializeToString()
             assert rpc_pb2.WatchResponse.FromString(got) == want

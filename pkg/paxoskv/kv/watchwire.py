@@ -11,14 +11,15 @@ Rules:
 - ``event_entry`` is one ``events`` entry (field 11) of an encoded
   ``mvccpb.Event``; ``with_prev_kv`` appends prev_kv (field 3, after type
   and kv) to an encoded Event.
-- ``header`` is a ``ResponseHeader``; an int64 below zero takes ten bytes.
+- The header's bytes are the caller's (a ``ResponseHeader`` serialized once
+  per revision); an int64 below zero takes ten bytes.
 """
 
 from __future__ import annotations
 
 from paxoskv.protowire import len_field, varint
 
-__all__ = ["event_entry", "header", "response_size", "watch_response", "with_prev_kv"]
+__all__ = ["event_entry", "response_size", "watch_response", "with_prev_kv"]
 
 _EVENTS = b"\x5a"  # WatchResponse field 11 (events), length-delimited
 _HEADER = b"\x0a"  # field 1 (header)
@@ -48,20 +49,6 @@ def with_prev_kv(event: bytes, prev_kv: bytes) -> bytes:
     return event + len_field(_PREV_KV, prev_kv)
 
 
-def header(cluster_id: int, member_id: int, revision: int, raft_term: int) -> bytes:
-    """A ``ResponseHeader``'s bytes (zero fields are left out, as protobuf does)."""
-    parts = []
-    if cluster_id:
-        parts.append(b"\x08" + varint(cluster_id))
-    if member_id:
-        parts.append(b"\x10" + varint(member_id))
-    if revision:
-        parts.append(b"\x18" + _int64(revision))
-    if raft_term:
-        parts.append(b"\x20" + varint(raft_term))
-    return b"".join(parts)
-
-
 def watch_response(head: bytes | None, watch_id: int, events: bytes, fragment: bool = False) -> bytes:
     """A ``WatchResponse`` of ``events`` (``event_entry`` pieces joined);
     ``head``: the header's bytes (None: no header)."""
@@ -75,8 +62,8 @@ def watch_response(head: bytes | None, watch_id: int, events: bytes, fragment: b
 
 
 def response_size(revision: int, watch_id: int, events_bytes: int, fragment: bool = False) -> int:
-    """``len(watch_response(header(0, 0, revision, 0) or None, ...))``
-    without building it: a header holding the revision alone."""
+    """``len(watch_response(head, ...))`` without building it, for a
+    header holding ``revision`` alone (no header when it is 0)."""
     size = events_bytes
     if revision:
         size += 3 + _int64_len(revision)

@@ -197,7 +197,7 @@ class EventsResponse:
 
     def message(self) -> rpc_pb2.WatchResponse:
         """As ``take`` returns it: header.revision set, nothing else in the header."""
-        head = watchwire.header(0, 0, self.revision, 0) if self.revision else None
+        head = rpc_pb2.ResponseHeader(revision=self.revision).SerializeToString() if self.revision else None
         return rpc_pb2.WatchResponse.FromString(self.encode(head))
 
 
