@@ -33,6 +33,11 @@ Rules:
   (control responses always: the driver reads no request while its stream
   has no room, so a client cannot fill it with them). A full outbox never
   blocks an apply: its watchers turn unsynced and cost one int each.
+- Encoded once: a batch's (or catch-up chunk's) events are encoded once,
+  with and without prev_kv, and watches given the same events share those
+  bytes (``EventsResponse``; ``take_wire`` hands it out encoded, ``take`` as
+  a message). A stream counts each of its responses whole; the node counts
+  a shared buffer once, while any outbox holds it.
 - Progress never lies: a ``WatchProgressRequest`` is answered (watch_id -1,
   header.revision = ``revision``) once every watcher of the stream is
   synced (at once when they are; etcd 3.4 answers at once even when one is
