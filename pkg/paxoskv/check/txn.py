@@ -38,6 +38,23 @@ Rules
   at any time after its call, or never. They are interchangeable, so the
   search only counts how many it used. Where the revisions they took are
   known (``foreign_revisions``), exactly those go to them.
+- Leases (``TxnOp.lease``, a ``LeaseCall``): ``grant`` makes lease ``id``
+  live (no revision; etcd's ``lease already exists`` for a live id); a
+  ``Put`` naming a lease attaches its key to it, a ``Put`` without one or
+  a ``Delete`` detaches it; a ``Put`` (or a Txn branch with one) naming a
+  lease that is not live fails whole with ``lease-not-found`` (etcd's
+  ``requested lease not found``) and changes nothing; ``revoke`` deletes
+  every key attached, in ONE revision (none if it has no keys), and ends
+  the lease; ``keepalive`` and ``ttl`` change nothing and answer whether
+  the lease is live (gone: ``lease-not-found``; their header revision is
+  not checked: the leader serves them from memory).
+- Expiry is a revoke nobody called: the checker adds one ``expire`` per
+  granted id, an ``unknown`` op called at the grant's call, so it takes
+  effect once somewhere after it, or never. The ok ops that saw the lease
+  gone (a TimeToLive of TTL -1, a keep-alive of TTL 0, ``lease-not-found``)
+  complete it: they can only be placed after it, so its place is searched
+  between the grant and the first observation; every keep-alive answered
+  alive is placed before it.
 - Budgets (time, steps) give verdict ``unknown``, never a guess; a violation
   is reported only when every linearization was tried.
 """
@@ -54,8 +71,11 @@ from typing import Any
 from paxoskv.check.history import HistoryError, distinct_ops
 
 __all__ = [
+    "LEASE_KINDS",
+    "LEASE_NOT_FOUND",
     "Compare",
     "Delete",
+    "LeaseCall",
     "Put",
     "Range",
     "TxnCheckResult",
@@ -69,11 +89,21 @@ TARGETS = ("value", "version", "create", "mod")
 RESULTS = ("=", "!=", ">", "<")
 OUTCOMES = ("ok", "fail", "unknown")
 COMPACTED, FUTURE = "compacted", "future"
-ERRORS = (COMPACTED, FUTURE)
+LEASE_NOT_FOUND, LEASE_EXISTS = "lease-not-found", "lease-exists"
+ERRORS = (COMPACTED, FUTURE, LEASE_NOT_FOUND, LEASE_EXISTS)
+GRANT, REVOKE, KEEPALIVE, TTL, EXPIRE = "grant", "revoke", "keepalive", "ttl", "expire"
+LEASE_KINDS = (GRANT, REVOKE, KEEPALIVE, TTL, EXPIRE)
+_OBSERVE = (KEEPALIVE, TTL)  # change nothing; no header revision checked
+_LEASE_MUTATES = (GRANT, REVOKE, EXPIRE)
 _CHECK_EVERY_STEPS = 1024
 _FOREIGN = "\x00foreign"  # the model's key for a foreign write's revision
 _FOREIGN_OP = -1  # the candidate "one foreign write, here"
 _COMPACT = "\x00compact"  # in a change set: the new compaction revision (no revision of its own)
+# Lease state, as model keys that take no revision: a live lease ("", 0, 0, ttl)
+# and a key's attachment (str(lease id), 0, 0, 0).
+_META = "\x01"
+_LEASE = _META + "lease/"
+_ATTACH = _META + "attach/"
 
 Record = tuple[str, int, int, int]  # value, create revision, mod revision, version
 
@@ -111,6 +141,20 @@ class Compare:
 class Put:
     key: str
     value: str
+    lease: int = 0  # > 0: attach the key to this lease; 0: detach it
+
+
+@dataclass(frozen=True, slots=True)
+class LeaseCall:
+    """A lease call (``kind`` one of ``LEASE_KINDS``) on lease ``id``."""
+
+    kind: str
+    id: int
+    ttl: int = 0  # a grant's requested TTL (seconds; not modelled: expiry is searched)
+
+    def __post_init__(self) -> None:
+        if self.kind not in LEASE_KINDS or not isinstance(self.id, int) or self.id <= 0:
+            raise HistoryError(f"bad lease call {self!r}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -144,17 +188,25 @@ class TxnOp:
     succeeded: bool | None = None
     revision: int | None = None
     reads: tuple[Record | None, ...] | None = None
-    error: str | None = None  # an ok op answered with etcd's "compacted" or "future" error
+    error: str | None = None  # an ok op answered with one of ``ERRORS`` (it changed nothing)
+    lease: LeaseCall | None = None  # a lease call (no compares, no ops)
 
     def __post_init__(self) -> None:
         if self.outcome not in OUTCOMES:
             raise HistoryError(f"op {self.id}: outcome must be one of {OUTCOMES}")
         if not math.isfinite(self.call):
             raise HistoryError(f"op {self.id}: call must be finite")
+        if self.lease is not None:
+            if self.compares or self.success or self.failure or self.compact:
+                raise HistoryError(f"op {self.id}: a lease call has no compares, no ops, no compaction")
+            if self.lease.kind == EXPIRE and self.outcome != "unknown":
+                raise HistoryError(f"op {self.id}: an expiry is never observed in flight: it is unknown")
+        observes = self.lease is not None and self.lease.kind in _OBSERVE
         if self.outcome == "ok":
             if self.ret is None or self.ret < self.call:
                 raise HistoryError(f"op {self.id}: an ok op needs a return time not before its call")
-            if self.succeeded is None or self.reads is None or (self.revision is None and self.error is None):
+            if self.succeeded is None or self.reads is None or (
+                    self.revision is None and self.error is None and not observes):
                 raise HistoryError(f"op {self.id}: an ok op needs succeeded, revision and reads "
                                    f"(an error answer may lack the revision)")
             branch = self.success if self.succeeded else self.failure
@@ -175,14 +227,28 @@ class TxnOp:
     def keys(self) -> set[str]:
         return {c.key for c in self.compares} | {o.key for o in (*self.success, *self.failure)}
 
+    @property
+    def leases(self) -> set[int]:
+        """The lease ids this op names."""
+        out = {o.lease for o in (*self.success, *self.failure) if isinstance(o, Put) and o.lease}
+        return out | ({self.lease.id} if self.lease is not None else set())
+
     def describe(self) -> str:
         def op(o: RequestOp) -> str:
             if isinstance(o, Put):
-                return f"put {o.key}={o.value!r}"
+                return f"put {o.key}={o.value!r}" + (f" lease={o.lease:x}" if o.lease else "")
             if isinstance(o, Delete):
                 return f"del {o.key}"
             return f"range {o.key}" + (f"@{o.revision}" if o.revision else "")
 
+        if self.lease is not None:
+            text = f"#{self.id} {self.client} lease-{self.lease.kind}({self.lease.id:x}"
+            text += f", ttl={self.lease.ttl}" if self.lease.kind == GRANT else ""
+            ret = "?" if self.ret is None or self.outcome != "ok" else f"{self.ret:.6f}".rstrip("0").rstrip(".")
+            text += f") [{self.call:.6f}".rstrip("0").rstrip(".") + f", {ret}] {self.outcome}"
+            if self.outcome == "ok":
+                text += f" -> {self.error or 'done'} rev={self.revision}"
+            return text
         if self.compact:
             text = f"#{self.id} {self.client} compact({self.compact}"
             ret = "?" if self.ret is None or self.outcome != "ok" else f"{self.ret:.6f}".rstrip("0").rstrip(".")
@@ -209,7 +275,7 @@ class TxnOp:
     def to_json(self) -> dict[str, Any]:
         def op(o: RequestOp) -> list[Any]:
             if isinstance(o, Put):
-                return ["put", o.key, o.value]
+                return ["put", o.key, o.value, *([o.lease] if o.lease else [])]
             if isinstance(o, Delete):
                 return ["delete", o.key]
             return ["range", o.key, o.revision]
@@ -221,6 +287,8 @@ class TxnOp:
             "success": [op(o) for o in self.success], "failure": [op(o) for o in self.failure],
             "compact": self.compact,
         }
+        if self.lease is not None:
+            out["lease"] = [self.lease.kind, self.lease.id, self.lease.ttl]
         if self.outcome == "ok":
             out["output"] = {"succeeded": self.succeeded, "revision": self.revision, "error": self.error,
                              "reads": [None if r is None else list(r) for r in self.reads or ()]}
@@ -232,6 +300,8 @@ def _op_from_json(x: Any) -> RequestOp:
         raise HistoryError(f"bad request op {x!r}")
     if x[0] == "put" and len(x) == 3:
         return Put(str(x[1]), str(x[2]))
+    if x[0] == "put" and len(x) == 4 and isinstance(x[3], int) and x[3] > 0:
+        return Put(str(x[1]), str(x[2]), x[3])
     if x[0] == "delete" and len(x) == 2:
         return Delete(str(x[1]))
     if x[0] == "range" and len(x) == 3 and isinstance(x[2], int):
@@ -250,6 +320,7 @@ def txn_op_from_json(obj: Any) -> TxnOp:
             success=tuple(_op_from_json(x) for x in obj.get("success", ())),
             failure=tuple(_op_from_json(x) for x in obj.get("failure", ())),
             compact=obj.get("compact", 0), error=out.get("error"),
+            lease=None if obj.get("lease") is None else LeaseCall(*obj["lease"]),
             succeeded=out.get("succeeded"), revision=out.get("revision"),
             reads=None if reads is None else tuple(None if r is None else tuple(r) for r in reads),
         )
@@ -284,6 +355,8 @@ class TxnModel:
         deleted), empty when it mutates nothing; ``error`` is etcd's refusal
         of the whole call (a Range or Compaction below the compaction
         revision, or above the current one), which changes nothing."""
+        if op.lease is not None:
+            return self._lease_outcome(op.lease)
         if op.compact:
             if op.compact <= self.compact_revision:
                 return True, {}, (), COMPACTED
@@ -291,16 +364,29 @@ class TxnModel:
                 return True, {}, (), FUTURE
             return True, {_COMPACT: ("", 0, op.compact, 0)}, (), None
         ok = all(c.holds(self.kv.get(c.key)) for c in op.compares)
+        branch = op.success if ok else op.failure
+        if any(isinstance(o, Put) and o.lease and not self.live(o.lease) for o in branch):
+            return ok, {}, (), LEASE_NOT_FOUND  # etcd checks the branch's leases before its ranges
         new = self.revision + 1
         view: dict[str, Record | None] = {}
         reads: list[Record | None] = []
-        for o in op.success if ok else op.failure:
-            cur = view[o.key] if o.key in view else self.kv.get(o.key)
+
+        def get(key: str) -> Record | None:
+            return view[key] if key in view else self.kv.get(key)
+
+        for o in branch:
+            cur = get(o.key)
             if isinstance(o, Put):
                 view[o.key] = (o.value, new, new, 1) if cur is None else (o.value, cur[1], new, cur[3] + 1)
+                if o.lease:
+                    view[_ATTACH + o.key] = (str(o.lease), 0, 0, 0)
+                elif get(_ATTACH + o.key) is not None:
+                    view[_ATTACH + o.key] = None
             elif isinstance(o, Delete):
                 if cur is not None:
                     view[o.key] = None
+                    if get(_ATTACH + o.key) is not None:
+                        view[_ATTACH + o.key] = None
             elif o.revision:
                 if o.revision > self.revision:
                     return ok, {}, (), FUTURE
@@ -310,6 +396,35 @@ class TxnModel:
             else:
                 reads.append(cur)
         return ok, view, tuple(reads), None
+
+    def live(self, lease_id: int) -> bool:
+        return _LEASE + str(lease_id) in self.kv
+
+    def lease_of(self, key: str) -> int:
+        """The lease ``key`` is attached to (0: none)."""
+        rec = self.kv.get(_ATTACH + key)
+        return 0 if rec is None else int(rec[0])
+
+    def attached(self, lease_id: int) -> list[str]:
+        """The keys attached to ``lease_id``, in key order."""
+        mine = str(lease_id)
+        return sorted(k[len(_ATTACH):] for k, rec in self.kv.items() if k.startswith(_ATTACH) and rec[0] == mine)
+
+    def _lease_outcome(self, call: LeaseCall) -> tuple[bool, dict[str, Record | None], tuple[()], str | None]:
+        live = self.live(call.id)
+        if call.kind == GRANT:
+            if live:
+                return True, {}, (), LEASE_EXISTS
+            return True, {_LEASE + str(call.id): ("", 0, 0, call.ttl)}, (), None
+        if not live:
+            return True, {}, (), LEASE_NOT_FOUND
+        if call.kind in _OBSERVE:
+            return True, {}, (), None
+        changes: dict[str, Record | None] = {_LEASE + str(call.id): None}
+        for key in self.attached(call.id):  # revoke or expiry: all its keys, in one revision
+            changes[key] = None
+            changes[_ATTACH + key] = None
+        return True, changes, (), None
 
     def apply(self, op: TxnOp) -> tuple[bool, int, tuple[Record | None, ...], str | None]:
         """Apply ``op``; returns (succeeded, header revision, reads, error)."""
@@ -322,17 +437,16 @@ class TxnModel:
         before: dict[str, Record | None] = {}
         compact = self.compact_revision
         writes = bumps(changes)
-        if writes:
-            new = self.revision + 1
-            for key, rec in changes.items():
-                if key == _COMPACT:
-                    continue
-                before[key] = self.kv.get(key)
-                if rec is None:
-                    self.kv.pop(key, None)  # a key put and deleted by one command may be absent before
-                else:
-                    self.kv[key] = rec
-                self.hist.setdefault(key, []).append((new, rec))
+        new = self.revision + writes
+        for key, rec in changes.items():
+            if key == _COMPACT:
+                continue
+            before[key] = self.kv.get(key)
+            if rec is None:
+                self.kv.pop(key, None)  # a key put and deleted by one command may be absent before
+            else:
+                self.kv[key] = rec
+            self.hist.setdefault(key, []).append((new, rec))  # lease state: at the revision it is seen in
         if _COMPACT in changes:
             self.compact_revision = changes[_COMPACT][2]  # type: ignore[index]
         self._undo.append((self.revision, compact, before))
@@ -352,8 +466,8 @@ class TxnModel:
 
 
 def bumps(changes: dict[str, Record | None]) -> bool:
-    """Whether a change set takes a revision (a compaction alone does not)."""
-    return any(k != _COMPACT for k in changes)
+    """Whether a change set takes a revision (a compaction or lease state alone does not)."""
+    return any(k != _COMPACT and not k.startswith(_META) for k in changes)
 
 
 # ---- the search ---------------------------------------------------------------------
@@ -383,6 +497,21 @@ class TxnCheckResult:
         if self.failing_op is not None:
             out["failing_op"] = self.failing_op.to_json()
         return out
+
+
+def expiries(ops: Sequence[TxnOp]) -> list[TxnOp]:
+    """One ``expire`` per grant in ``ops`` that may have happened (ok or
+    unknown), with ids after theirs: an unknown op called at the grant's
+    call, which the ok ops that saw the lease gone complete. A history that
+    already holds expiries (the simulator knows them) gets none."""
+    if any(o.lease is not None and o.lease.kind == EXPIRE for o in ops):
+        return []
+    grants = sorted((o for o in ops if o.lease is not None and o.lease.kind == GRANT and o.outcome != "fail"),
+                    key=lambda o: (o.call, o.id))
+    next_id = max((o.id for o in ops), default=-1) + 1
+    return [TxnOp(id=next_id + k, client="expiry", call=g.call, ret=None, outcome="unknown",
+                  lease=LeaseCall(EXPIRE, g.lease.id))  # type: ignore[union-attr]
+            for k, g in enumerate(grants)]
 
 
 def _may_mutate(branch: Sequence[RequestOp]) -> bool:
@@ -415,8 +544,10 @@ def check_txn_history(
     foreign_calls = sorted(foreign)
     taken = None if foreign_revisions is None else frozenset(foreign_revisions)
     all_ops = distinct_ops(ops, TxnOp, "a TxnOp")
+    all_ops += expiries(all_ops)
     work = [o for o in all_ops if o.outcome == "ok" or (
-        o.outcome == "unknown" and (o.compact or _may_mutate(o.success) or _may_mutate(o.failure)))]
+        o.outcome == "unknown" and (o.compact or _may_mutate(o.success) or _may_mutate(o.failure)
+                                    or (o.lease is not None and o.lease.kind in _LEASE_MUTATES)))]
     n = len(work)
     ok_idx = [i for i, o in enumerate(work) if o.outcome == "ok"]
     unknown_idx = [i for i, o in enumerate(work) if o.outcome != "ok"]
@@ -453,6 +584,7 @@ def check_txn_history(
         elif revs:
             pin[i] = -1  # read at two revisions: it cannot be placed (one write, one revision)
     deadline = None if time_budget_s is None else start + time_budget_s
+    has_lease = any(o.lease is not None for o in work)
 
     def result(verdict: str, steps: int, **kw: Any) -> TxnCheckResult:
         return TxnCheckResult(verdict=verdict, ops_total=len(all_ops), ops_checked=n, steps=steps,
@@ -501,24 +633,28 @@ def check_txn_history(
                 out.append(i)
             j += 1
         out.sort(key=lambda i: (work[i].revision or 0, work[i].ret))
+
+        def no_revision() -> list[int]:
+            """The unknown ops that could happen here without taking a revision:
+            compactions, and lease grants, revokes and expiries of no keys."""
+            return [i for i in unknown_idx if not done[i] and work[i].call <= min_ret  # type: ignore[operator]
+                    and (work[i].compact or (work[i].lease is not None and not bumps(model.outcome(work[i])[1])))]
+
         if r + 1 in pinned:  # an unknown op's write was read at r + 1: it, or an ok op, goes there
             out.extend(i for i in pinned[r + 1] if not done[i] and work[i].call <= min_ret)  # type: ignore[operator]
-            out.extend(i for i in unknown_idx if not done[i] and work[i].compact
-                       and work[i].call <= min_ret)  # type: ignore[operator]
+            out.extend(no_revision())
             return out
-        if taken is not None and r + 1 in taken and not out:
+        if taken is not None and r + 1 in taken and not out and not has_lease:
             return [_FOREIGN_OP]  # forced: nothing else can happen at this revision
         if frame.place_ptr < len(by_place) and place_max[by_place[frame.place_ptr]] == r:
             # An ok op must be placed at this revision: no other write may come
-            # first (a compaction may: it takes no revision).
-            out.extend(i for i in unknown_idx if not done[i] and work[i].compact
-                       and work[i].call <= min_ret)  # type: ignore[operator]
+            # first (what takes no revision may).
+            out.extend(no_revision())
             return out
         if taken is not None:
             if r + 1 in taken:  # the next revision is a foreign write's, and only its
                 out.append(_FOREIGN_OP)
-                out.extend(i for i in unknown_idx if not done[i] and work[i].compact
-                           and work[i].call <= min_ret)  # type: ignore[operator]
+                out.extend(no_revision())
                 return out
         elif bisect.bisect_right(foreign_calls, min_ret) > foreign_used:  # type: ignore[arg-type]
             out.append(_FOREIGN_OP)
@@ -601,7 +737,13 @@ def check_txn_history(
         stack.append(child)
     stuck, rev, kv = deepest_info  # type: ignore[misc]
     x = work[stuck]
-    state = ", ".join(f"{k}={kv[k]!r}" if k in kv else f"{k} absent" for k in sorted(x.keys))
+
+    def attached(k: str) -> str:
+        rec = kv.get(_ATTACH + k)
+        return "" if rec is None else f" lease {int(rec[0]):x}"
+
+    state = ", ".join([f"{k}={kv[k]!r}{attached(k)}" if k in kv else f"{k} absent" for k in sorted(x.keys)]
+                      + [f"lease {lid:x} {'live' if _LEASE + str(lid) in kv else 'gone'}" for lid in sorted(x.leases)])
     explanation = (
         f"not linearizable: cannot linearize {x.describe()}\n"
         f"  every order of the operations before it was tried; the furthest got to revision {rev} "
