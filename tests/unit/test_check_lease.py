@@ -223,3 +223,22 @@ def test_the_model_revokes_every_attached_key_in_one_revision():
     assert (rev, err) == (4, None) and m.kv == {} and not m.live(L)
     m.undo()
     assert m.live(L) and m.attached(L) == ["a", "b"] and m.revision == 3
+
+
+def test_a_lease_seen_live_gone_and_live_again_is_named_without_a_search():
+    h = leased_pair()
+    h.lease("ttl", 6, 7, gone=True)
+    h.read(8, 9, "a", A, revision=3)
+    r = check_txn_history(h.ops)
+    assert r.verdict == "violation" and r.steps == 0  # the quick test found it
+    assert r.failing_op is not None and r.failing_op.id == 4
+    assert "#3 c0 lease-ttl(51)" in r.explanation and "a lease ends once" in r.explanation
+
+
+def test_a_lease_seen_gone_before_its_grant_took_effect_is_no_violation():
+    h = H()
+    h.grant(0, None, outcome="unknown")
+    h.lease("ttl", 1, 2, gone=True)  # before the grant took effect
+    h.put(3, 4, "a", "va", L, revision=2)
+    h.lease("keepalive", 5, 6)
+    assert check_txn_history(h.ops).verdict == "ok"

@@ -64,6 +64,7 @@ from __future__ import annotations
 import bisect
 import math
 import time
+from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -514,6 +515,61 @@ def expiries(ops: Sequence[TxnOp]) -> list[TxnOp]:
             for k, g in enumerate(grants)]
 
 
+def lease_ends_once(ops: Sequence[TxnOp]) -> tuple[TxnOp, str] | None:
+    """A lease is live over one interval: if an ok op saw lease ``L`` live
+    (a grant, a put with it, a keep-alive or TimeToLive answered live, a
+    revoke that found it, a current read of a value put with it: a key holds
+    its last put's lease until a write or its lease's end deletes it), then a
+    later one saw it gone (``lease-not-found``, or an ok revoke's end), no op
+    called after that may see it live. (failing op, explanation) or None.
+    Sound for ids granted at most once; a quick test the search would
+    need every order of the unknown ops for."""
+    grants = Counter(o.lease.id for o in ops if o.lease is not None and o.lease.kind == GRANT)
+    lease_of = {x.value: x.lease for o in ops for x in (*o.success, *o.failure) if isinstance(x, Put) and x.lease}
+    live: dict[int, list[TxnOp]] = {}
+    gone: list[tuple[int, TxnOp]] = []
+    for o in ops:
+        if o.outcome != "ok":
+            continue
+        if o.lease is not None:
+            if o.error == LEASE_NOT_FOUND:
+                gone.append((o.lease.id, o))
+            elif o.error is None:
+                live.setdefault(o.lease.id, []).append(o)
+                if o.lease.kind == REVOKE:
+                    gone.append((o.lease.id, o))
+            continue
+        branch = o.success if o.succeeded else o.failure
+        named = {x.lease for x in branch if isinstance(x, Put) and x.lease}
+        if o.error == LEASE_NOT_FOUND and len(named) == 1:
+            gone.append((named.pop(), o))
+            continue
+        if o.error is not None:
+            continue
+        seen = set(named)
+        ranges = [x for x in branch if isinstance(x, Range)]
+        for x, rec in zip(ranges, o.reads or ()):
+            if rec is not None and not x.revision and rec[0] in lease_of:
+                seen.add(lease_of[rec[0]])
+        for lease_id in seen:
+            live.setdefault(lease_id, []).append(o)
+    first_ret = {lid: min(ls, key=lambda o: o.ret) for lid, ls in live.items()}  # type: ignore[arg-type, return-value]
+    last_call = {lid: max(ls, key=lambda o: o.call) for lid, ls in live.items()}
+    for lease_id, g in sorted(gone, key=lambda e: e[1].call):
+        if grants[lease_id] > 1 or lease_id not in live:
+            continue
+        before, after = first_ret[lease_id], last_call[lease_id]
+        ended = g.lease is not None and g.lease.kind == REVOKE and g.error is None
+        if (ended or before.ret < g.call) and after.call > g.ret:  # type: ignore[operator]
+            why = (f"not linearizable: cannot linearize {after.describe()}\n"
+                   f"  lease {lease_id:x} was live at {(g if ended else before).describe()},\n"
+                   f"  {'ended by' if ended else 'gone at'} {g.describe()},\n"
+                   f"  and this op, called after that, saw it live (a lease ends once; a key put with it "
+                   f"goes with it)")
+            return after, why
+    return None
+
+
 def _may_mutate(branch: Sequence[RequestOp]) -> bool:
     return any(not isinstance(o, Range) for o in branch)
 
@@ -592,6 +648,9 @@ def check_txn_history(
 
     if not ok_idx:
         return result("ok", 0)
+    ended = lease_ends_once(work)
+    if ended is not None:
+        return result("violation", 0, failing_op=ended[0], explanation=ended[1])
     model = TxnModel()
     done = [False] * n
     mask = 0
