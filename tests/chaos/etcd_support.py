@@ -5,8 +5,8 @@ from __future__ import annotations
 import dataclasses
 
 from paxoskv.chaos import CampaignResult
-from paxoskv.chaos.etcd_workload import EtcdWorkloadConfig
-from paxoskv.check.txn import LEASE_NOT_FOUND, Put, Range, TxnOp
+from paxoskv.chaos.etcd_workload import EtcdWorkloadConfig, foreign_writes, lease_counts
+from paxoskv.check.txn import LEASE_NOT_FOUND, Put, Range, TxnOp, check_txn_history
 
 ETCD_WORKLOAD = EtcdWorkloadConfig(clients=3, keys=4)
 
@@ -27,6 +27,21 @@ def assert_etcd_clean(res: CampaignResult) -> None:
     assert out.revisions_scanned == out.revision and out.revision > 100, summary  # every revision, from 1
     assert out.hashes_compared >= 2, summary
     assert (res.config.out_dir / "etcd-history.jsonl").exists()
+    leases = lease_counts(out.history)
+    assert leases["grant ok"] >= 5 and leases["put ok"] >= 5, (leases, summary)
+    assert leases["keepalive ok"] >= 2 and leases["revoke ok"] >= 2, (leases, summary)
+    assert leases["ttl gone"] >= 2 and leases["put gone"] >= 1, (leases, summary)  # expiries observed
+    assert "leases: " in summary
+
+
+def assert_read_after_expiry_caught(res: CampaignResult) -> None:
+    """The campaign's etcd history, with one read of a lease's key after the
+    lease was seen gone made to show the key, is not linearizable."""
+    assert res.etcd is not None
+    bad_history, bad = read_after_expiry(res.etcd.history)
+    check = check_txn_history(bad_history, foreign=foreign_writes(res.history), time_budget_s=60)
+    assert check.verdict == "violation", check.explanation
+    assert check.failing_op == bad and "a lease ends once" in check.explanation, check.explanation
 
 
 def read_after_expiry(history: list[TxnOp]) -> tuple[list[TxnOp], TxnOp]:

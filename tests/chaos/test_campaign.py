@@ -28,7 +28,7 @@ import pytest
 
 from paxoskv.chaos import CampaignConfig, CampaignResult, WorkloadConfig, run_campaign
 from paxoskv.chaos.net import namespace_support
-from etcd_support import ETCD_WORKLOAD, assert_etcd_clean
+from etcd_support import ETCD_WORKLOAD, assert_etcd_clean, assert_read_after_expiry_caught
 
 HERE = pathlib.Path(__file__).resolve().parent
 WEAK_NODE = (sys.executable, str(HERE / "weak_serve.py"))
@@ -133,6 +133,7 @@ def test_three_nodes_under_every_fault_stay_linearizable(tmp_path):
     )
     assert_clean(res)
     assert_etcd_clean(res)
+    assert_read_after_expiry_caught(res)
     kinds = assert_faults(res)
     assert KILL_KINDS <= kinds, kinds
     if PARTITIONS_WHY_NOT is None:
