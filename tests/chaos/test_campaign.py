@@ -211,6 +211,10 @@ def test_the_cli_runs_a_campaign_and_writes_its_files(tmp_path):
             str(out),
             "--clients",
             "10",
+            "--etcd-clients",
+            "1",
+            "--lease-clients",
+            "1",
         ],
         capture_output=True,
         text=True,
@@ -219,6 +223,7 @@ def test_the_cli_runs_a_campaign_and_writes_its_files(tmp_path):
     assert cp.returncode == 0, cp.stdout + cp.stderr
     assert "VERDICT: PASS" in cp.stdout
     assert "latency of ok operations" in cp.stdout and "availability:" in cp.stdout
+    assert "etcd workload: " in cp.stdout and "  leases: " in cp.stdout and "checker: ok" in cp.stdout
     verdict = json.loads((out / "verdict.json").read_text())
     assert verdict["verdict"] == "pass" and verdict["config"]["seed"] == 3
     assert verdict["config"]["tls"] is True and verdict["config"]["peer_bus"] == "curve"  # the default: secure

@@ -113,7 +113,7 @@ class EtcdWorkloadConfig:
     p_lease_keep: float = 0.35  # kept alive a few times, then revoked
     p_lease_revoke: float = 0.25  # revoked at once; the rest expire
     lease_poll_s: float = 0.3  # between TimeToLive polls of a lease left to expire
-    lease_wait_s_max: float = 30.0  # a lease not seen gone this long after its last keep-alive is left
+    lease_wait_s_max: float = 30.0  # a lease left to expire not seen gone this long after grant + TTL is left
 
     def __post_init__(self) -> None:
         assert self.clients >= 1 and self.keys >= 2
@@ -306,6 +306,7 @@ class _LeaseClient(_Client):
         self.index = index
         self.leases = 0
         self.lease = {i: rpc_pb2_grpc.LeaseStub(ch) for i, ch in self.channels.items()}
+        self.stop = asyncio.Event()  # the workload's, once running
 
     async def run(self, stop: asyncio.Event) -> None:
         self.stop = stop
