@@ -582,6 +582,7 @@ class _Frame:
     ok_ptr: int = 0  # first not linearized ok op, by return
     call_ptr: int = 0  # first not linearized ok op, by call
     place_ptr: int = 0  # first not linearized ok op, by place_max
+    stale: frozenset[str] = frozenset()  # keys a candidate reads as last written at or before this revision
 
 
 def check_txn_history(
@@ -640,7 +641,6 @@ def check_txn_history(
         elif revs:
             pin[i] = -1  # read at two revisions: it cannot be placed (one write, one revision)
     deadline = None if time_budget_s is None else start + time_budget_s
-    has_lease = any(o.lease is not None for o in work)
 
     def result(verdict: str, steps: int, **kw: Any) -> TxnCheckResult:
         return TxnCheckResult(verdict=verdict, ops_total=len(all_ops), ops_checked=n, steps=steps,
@@ -692,18 +692,43 @@ def check_txn_history(
                 out.append(i)
             j += 1
         out.sort(key=lambda i: (work[i].revision or 0, work[i].ret))
+        # A candidate (it comes after this point) that reads a key as last
+        # written at revision <= r forbids writing or deleting that key now.
+        stale = set()
+        for i in (first, *out):
+            o = work[i]
+            if o.error is None and o.reads:
+                ranges = [x for x in (o.success if o.succeeded else o.failure) if isinstance(x, Range)]
+                stale.update(x.key for x, rec in zip(ranges, o.reads) if rec is not None and not x.revision and rec[2] <= r)
+        frame.stale = frozenset(stale)
+        pending = [i for i in unknown_idx if not done[i] and work[i].call <= min_ret]  # type: ignore[operator]
+        # An unknown lease op that takes no revision (a grant; a revoke or
+        # expiry of a lease with no keys) changes only what ops naming its
+        # lease see: it waits until one of those is a candidate here.
+        named = {lid for i in out for lid in work[i].leases}
+        named.update(lid for i in pending if work[i].lease is None for lid in work[i].leases)
+
+        def wanted(i: int) -> bool:
+            o = work[i]
+            if o.lease is not None:
+                lid = o.lease.id
+                return lid in named or (o.lease.kind != GRANT and model.live(lid) and bool(model.attached(lid)))
+            if o.leases and not o.compares:  # a put naming a lease gone would change nothing
+                return all(model.live(lid) for lid in o.leases)
+            return True
 
         def no_revision() -> list[int]:
             """The unknown ops that could happen here without taking a revision:
-            compactions, and lease grants, revokes and expiries of no keys."""
-            return [i for i in unknown_idx if not done[i] and work[i].call <= min_ret  # type: ignore[operator]
-                    and (work[i].compact or (work[i].lease is not None and not bumps(model.outcome(work[i])[1])))]
+            compactions, and lease ops of no keys whose lease a candidate names."""
+            return [i for i in pending if work[i].compact or (
+                work[i].lease is not None and work[i].lease.id in named  # type: ignore[union-attr]
+                and not bumps(model.outcome(work[i])[1]))]
 
         if r + 1 in pinned:  # an unknown op's write was read at r + 1: it, or an ok op, goes there
             out.extend(i for i in pinned[r + 1] if not done[i] and work[i].call <= min_ret)  # type: ignore[operator]
             out.extend(no_revision())
             return out
-        if taken is not None and r + 1 in taken and not out and not has_lease:
+        if taken is not None and r + 1 in taken and not out:
             return [_FOREIGN_OP]  # forced: nothing else can happen at this revision
         if frame.place_ptr < len(by_place) and place_max[by_place[frame.place_ptr]] == r:
             # An ok op must be placed at this revision: no other write may come
@@ -717,8 +742,7 @@ def check_txn_history(
                 return out
         elif bisect.bisect_right(foreign_calls, min_ret) > foreign_used:  # type: ignore[arg-type]
             out.append(_FOREIGN_OP)
-        out.extend(i for i in unknown_idx if not done[i] and not pin[i]
-                   and work[i].call <= min_ret)  # type: ignore[operator]
+        out.extend(i for i in pending if not pin[i] and wanted(i))
         return out
 
     root = _Frame(cands=[], entered_by=-2)
@@ -770,6 +794,8 @@ def check_txn_history(
             continue
         o = work[i]
         succeeded, changes, reads, error = model.outcome(o)
+        if frame.stale and any(k in frame.stale for k in changes):
+            continue  # a later read sees the key as it is now
         if o.outcome == "ok":
             if error != o.error or succeeded != o.succeeded or reads != o.reads:
                 continue
