@@ -630,6 +630,13 @@ def check_txn_history(
         for rec in work[i].reads or ():
             if rec is not None:
                 written_at.setdefault(rec[0], set()).add(rec[2])
+    # A value's record (create, mod, version) is fixed by the put that wrote
+    # it: a put must make the record a read showed of its value.
+    written_as: dict[str, Record] = {}
+    for i in ok_idx:
+        for rec in work[i].reads or ():
+            if rec is not None:
+                written_as.setdefault(rec[0], rec)
     pinned: dict[int, list[int]] = {}  # revision -> unknown ops that wrote there
     pin = [0] * n
     for i in unknown_idx:
@@ -796,6 +803,9 @@ def check_txn_history(
         succeeded, changes, reads, error = model.outcome(o)
         if frame.stale and any(k in frame.stale for k in changes):
             continue  # a later read sees the key as it is now
+        if any(rec is not None and not k.startswith(_META) and written_as.get(rec[0], rec) != rec
+               for k, rec in changes.items()):
+            continue  # a read saw this value with another create revision or version
         if o.outcome == "ok":
             if error != o.error or succeeded != o.succeeded or reads != o.reads:
                 continue
