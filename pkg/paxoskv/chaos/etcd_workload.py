@@ -307,6 +307,7 @@ class _LeaseClient(_Client):
         self.leases = 0
         self.lease = {i: rpc_pb2_grpc.LeaseStub(ch) for i, ch in self.channels.items()}
         self.stop = asyncio.Event()  # the workload's, once running
+        self.holding = 0  # the lease this client granted and has not seen end
 
     async def run(self, stop: asyncio.Event) -> None:
         self.stop = stop
@@ -340,6 +341,7 @@ class _LeaseClient(_Client):
         self.leases += 1
         lease_id = (self.index + 1) << _LEASE_ID_BITS | self.leases
         ttl = self.rng.choice(cfg.lease_ttls_s)
+        self.holding = lease_id
         answered = await self._lease_call(LeaseCall("grant", lease_id, ttl))
         await self._step(answered)
         keys = self.rng.sample(self._lease_keys(), self.rng.randint(1, 2))
@@ -356,7 +358,10 @@ class _LeaseClient(_Client):
                 await self._step(await self._lease_call(LeaseCall("keepalive", lease_id)))
                 await self._read_keys()
         if fate < cfg.p_lease_keep + cfg.p_lease_revoke:
-            await self._step(await self._lease_call(LeaseCall("revoke", lease_id)))
+            if await self._lease_call(LeaseCall("revoke", lease_id)):
+                self.holding = 0
+            else:
+                await self._step(False)
             await self._read_keys()
             return
         # Left to expire: poll until it is seen gone, reading its keys meanwhile.
@@ -370,6 +375,7 @@ class _LeaseClient(_Client):
             await self._read_keys()
         else:
             return
+        self.holding = 0
         self.wl.notes["lease expiry observed"] += 1
         for k in keys:  # gone with it (unless another lease took the key since)
             await self._step(await self._range(k, 0))
@@ -456,7 +462,43 @@ class EtcdWorkload:
         self._tasks = [asyncio.create_task(c.run(self._stop), name=c.name) for c in self.clients]
 
     async def stop(self) -> None:
-        await stop_clients(self._stop, self._tasks, self.clients, self.cfg.attempt_timeout_s + 5.0)
+        """Stop the clients, end the leases they hold (a lease left behind
+        keeps the leader proposing checkpoints and its expiry while the
+        members are compared), then close the connections."""
+        await stop_clients(self._stop, self._tasks, [], self.cfg.attempt_timeout_s + 5.0)
+        try:
+            await self._end_leases()
+        finally:
+            for c in self.clients:
+                await c.close()
+
+    async def _end_leases(self) -> None:
+        holders = [c for c in self.clients if isinstance(c, _LeaseClient)]
+        if not holders:
+            return
+        for c in holders:
+            if c.holding:
+                for _ in c.ids:  # revoke it (recorded), on the next node if unanswered
+                    if await c._lease_call(LeaseCall("revoke", c.holding)):
+                        break
+                    c.node = c.ids[(c.ids.index(c.node) + 1) % len(c.ids)]
+        # Any other (an unknown grant, a revoke unanswered) ends by its TTL.
+        deadline = time.monotonic() + max(self.cfg.lease_ttls_s) + 15.0
+        stubs = holders[0].lease
+        left: dict[int, object] = {}
+        while time.monotonic() < deadline:
+            left = {}
+            for i, stub in sorted(stubs.items()):
+                try:
+                    resp = await stub.LeaseLeases(rpc_pb2.LeaseLeasesRequest(), timeout=self.cfg.attempt_timeout_s)
+                    if resp.leases:
+                        left[i] = sorted(x.ID for x in resp.leases)
+                except grpc.aio.AioRpcError as exc:
+                    left[i] = exc.code().name
+            if not left:
+                return
+            await asyncio.sleep(0.2)
+        self.notes[f"leases left after the run: {left}"] += 1
 
     def history(self) -> list[TxnOp]:
         """Every operation so far, by id; those in flight are unknown."""
