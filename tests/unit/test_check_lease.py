@@ -242,3 +242,19 @@ def test_a_lease_seen_gone_before_its_grant_took_effect_is_no_violation():
     h.put(3, 4, "a", "va", L, revision=2)
     h.lease("keepalive", 5, 6)
     assert check_txn_history(h.ops).verdict == "ok"
+
+
+def test_a_key_recreated_after_its_lease_ended_places_the_unknown_revoke_before_the_put():
+    def history(then_alive: bool) -> H:
+        h = H()
+        h.grant(0, 1)
+        h.put(2, 3, "a", "va", L, revision=2)
+        h.lease("revoke", 3, None, outcome="unknown")
+        h.put(4, 5, "a", "vb", revision=4)  # revision 3 is the revoke's
+        h.read(6, 7, "a", ("vb", 4, 4, 1), revision=4)  # created afresh: the revoke deleted a before
+        if then_alive:
+            h.lease("keepalive", 8, 9)  # but the lease lives on: nothing deleted a
+        return h
+
+    assert check_txn_history(history(False).ops).verdict == "ok"
+    assert check_txn_history(history(True).ops).verdict == "violation"
