@@ -31,8 +31,10 @@ Rules
   needs the current revision (a gap), and an unknown op whose put some ok
   op read only at the revision the read showed (values are unique).
 - Every put writes a value no other put writes (both workloads make them
-  so); a read then names the write it saw, and the revision of that write
-  (its mod revision).
+  so); a read then names the write it saw, and the record that write made
+  (create revision, mod revision, version): a put must make it. A write of
+  a key that a candidate reads as last written at or before the current
+  revision is pruned (the read comes later).
 - ``foreign``: the call times of writes outside the checked keys that share
   the store's revision (paxoskv.v1 writes): each may bump the revision once,
   at any time after its call, or never. They are interchangeable, so the
