@@ -28,7 +28,7 @@ import pytest
 
 from paxoskv.chaos import CampaignConfig, CampaignResult, WorkloadConfig, run_campaign
 from paxoskv.chaos.net import namespace_support
-from etcd_support import ETCD_WORKLOAD, assert_etcd_clean
+from etcd_support import ETCD_WORKLOAD, assert_etcd_clean, assert_read_after_expiry_caught
 
 HERE = pathlib.Path(__file__).resolve().parent
 WEAK_NODE = (sys.executable, str(HERE / "weak_serve.py"))
@@ -133,6 +133,7 @@ def test_three_nodes_under_every_fault_stay_linearizable(tmp_path):
     )
     assert_clean(res)
     assert_etcd_clean(res)
+    assert_read_after_expiry_caught(res)
     kinds = assert_faults(res)
     assert KILL_KINDS <= kinds, kinds
     if PARTITIONS_WHY_NOT is None:
@@ -210,6 +211,10 @@ def test_the_cli_runs_a_campaign_and_writes_its_files(tmp_path):
             str(out),
             "--clients",
             "10",
+            "--etcd-clients",
+            "1",
+            "--lease-clients",
+            "1",
         ],
         capture_output=True,
         text=True,
@@ -218,6 +223,7 @@ def test_the_cli_runs_a_campaign_and_writes_its_files(tmp_path):
     assert cp.returncode == 0, cp.stdout + cp.stderr
     assert "VERDICT: PASS" in cp.stdout
     assert "latency of ok operations" in cp.stdout and "availability:" in cp.stdout
+    assert "etcd workload: " in cp.stdout and "  leases: " in cp.stdout and "checker: ok" in cp.stdout
     verdict = json.loads((out / "verdict.json").read_text())
     assert verdict["verdict"] == "pass" and verdict["config"]["seed"] == 3
     assert verdict["config"]["tls"] is True and verdict["config"]["peer_bus"] == "curve"  # the default: secure

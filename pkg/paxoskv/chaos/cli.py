@@ -26,6 +26,7 @@ import click
 
 from paxoskv.cli_options import option
 from paxoskv.chaos.campaign import CampaignConfig, run_campaign
+from paxoskv.chaos.etcd_workload import EtcdWorkloadConfig
 from paxoskv.chaos.nemesis import FAULT_FAMILIES
 from paxoskv.chaos.net import NetworkError
 from paxoskv.chaos.workload import WorkloadConfig
@@ -81,6 +82,18 @@ def parse_faults(text: str) -> frozenset[str]:
     show_default=True,
     help="Share of a client's steps that are one PackedBatch call of 3 writes (exactly-once retries of a batch).",
 )
+@click.option(
+    "--etcd-clients",
+    type=click.IntRange(0, 100),
+    default=0,
+    help="etcd-API clients beside the paxoskv.v1 ones (Txn, Range at a revision; checked by paxoskv.check.txn).",
+)
+@click.option(
+    "--lease-clients",
+    type=click.IntRange(0, 100),
+    default=2,
+    help="With --etcd-clients: lease clients among them (grant, put with the lease, keep-alive, revoke, expiry).",
+)
 @option("--election-ms", type=click.IntRange(50, 60_000), envvar=None)
 @option("--heartbeat-ms", type=click.IntRange(5, 10_000), envvar=None)
 @click.option(
@@ -115,6 +128,8 @@ def chaos_cmd(
     clients: int,
     keys: int,
     p_batch: float,
+    etcd_clients: int,
+    lease_clients: int,
     election_ms: int,
     heartbeat_ms: int,
     retain_entries: int | None,
@@ -151,6 +166,7 @@ def chaos_cmd(
         faults=fault_set,
         seed=seed,
         workload=WorkloadConfig(clients=clients, keys=keys, p_batch=p_batch),
+        etcd=EtcdWorkloadConfig(clients=etcd_clients, lease_clients=lease_clients) if etcd_clients else None,
         heartbeat_ms=heartbeat_ms,
         election_ms=election_ms,
         retain_entries=retain_entries,

@@ -17,6 +17,18 @@ Rules
   - ``range-at``: Range ``k`` at a revision this client has seen (the past);
   - ``read``: a read-only Txn of Range ``a`` and ``b``, or a plain Range.
 
+* Lease clients (``lease_clients``, named ``l0`` ...) on keys ``e/lk0`` ...
+  (shared by them, so a put with one lease moves a key another lease
+  held), one lease at a time: grant (a client-chosen id, TTL from
+  ``lease_ttls_s``), put one or two keys with it, then keep it alive a few
+  times (each keep-alive recorded) and revoke it, or revoke it at once, or
+  let it expire: poll LeaseTimeToLive until it answers TTL -1 (each poll
+  recorded: the one that saw it gone is the observation the checker
+  bounds the expiry by), then put with the dead lease (etcd's ``requested
+  lease not found``). Between calls it ranges the lease keys. Each call is
+  a ``TxnOp`` with a ``LeaseCall`` (or a ``Put`` with a lease); a lease
+  answered gone (TTL -1, a keep-alive's TTL 0, NOT_FOUND ``requested lease
+  not found``) is ``ok`` with error ``lease-not-found``.
 * etcd's API carries no client sequence, so a write is never retried: one
   attempt, its outcome ``ok`` (answered), ``fail`` (INVALID_ARGUMENT,
   FAILED_PRECONDITION, OUT_OF_RANGE: etcd refused it before writing) or
@@ -48,7 +60,18 @@ from dataclasses import dataclass, field
 import grpc
 
 from paxoskv.chaos.workload import dial, stop_clients
-from paxoskv.check.txn import Compare, Delete, Put, Range, Record, TxnCheckResult, TxnOp, check_txn_history
+from paxoskv.check.txn import (
+    LEASE_NOT_FOUND,
+    Compare,
+    Delete,
+    LeaseCall,
+    Put,
+    Range,
+    Record,
+    TxnCheckResult,
+    TxnOp,
+    check_txn_history,
+)
 from paxoskv.etcdpb import rpc_pb2, rpc_pb2_grpc
 from paxoskv.tls import ClientTLS
 from paxoskv.wire import unreachable_reason
@@ -60,12 +83,16 @@ __all__ = [
     "check_members",
     "foreign_writes",
     "key_counts",
+    "lease_counts",
 ]
 
 KEY_PREFIX = "e/"
 _REFUSED = {grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.FAILED_PRECONDITION, grpc.StatusCode.OUT_OF_RANGE}
 _C = rpc_pb2.Compare
 _SCAN_OPS = 128  # Ranges per Txn of the per-revision scan (etcd's --max-txn-ops)
+# etcd's answer to a call naming a lease that does not exist (rpctypes.ErrGRPCLeaseNotFound)
+_LEASE_NOT_FOUND = (grpc.StatusCode.NOT_FOUND, "etcdserver: requested lease not found")
+_LEASE_ID_BITS = 32  # a lease client's ids: (client index + 1) << 32 | its lease count
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -80,10 +107,19 @@ class EtcdWorkloadConfig:
     past_revisions: int = 50  # a range-at reads at most this far back from the latest revision seen
     hash_revisions: int = 4  # HashKV compared at this many revisions (the current one among them)
     scan_revisions_max: int | None = None  # the per-revision scan covers at most the latest this many
+    lease_clients: int = 2
+    lease_keys: int = 4
+    lease_ttls_s: tuple[int, ...] = (2, 3, 4)  # above the campaign's minimum TTL (1.5 election timeouts: 1 s)
+    p_lease_keep: float = 0.35  # kept alive a few times, then revoked
+    p_lease_revoke: float = 0.25  # revoked at once; the rest expire
+    lease_poll_s: float = 0.3  # between TimeToLive polls of a lease left to expire
+    lease_wait_s_max: float = 30.0  # a lease left to expire not seen gone this long after grant + TTL is left
 
     def __post_init__(self) -> None:
         assert self.clients >= 1 and self.keys >= 2
         assert 0 <= self.p_cas + self.p_multi + self.p_range_at <= 1
+        assert self.lease_clients >= 0 and self.lease_keys >= 2 and all(t >= 1 for t in self.lease_ttls_s)
+        assert 0 <= self.p_lease_keep + self.p_lease_revoke <= 1
 
 
 @dataclass(slots=True)
@@ -114,7 +150,8 @@ def _read_one(resp: rpc_pb2.RangeResponse) -> Record | None:
 
 def _request_op(o: Put | Delete | Range) -> rpc_pb2.RequestOp:
     if isinstance(o, Put):
-        return rpc_pb2.RequestOp(request_put=rpc_pb2.PutRequest(key=o.key.encode(), value=o.value.encode()))
+        return rpc_pb2.RequestOp(request_put=rpc_pb2.PutRequest(key=o.key.encode(), value=o.value.encode(),
+                                                                lease=o.lease))
     if isinstance(o, Delete):
         return rpc_pb2.RequestOp(request_delete_range=rpc_pb2.DeleteRangeRequest(key=o.key.encode()))
     return rpc_pb2.RequestOp(request_range=rpc_pb2.RangeRequest(key=o.key.encode(), revision=o.revision))
@@ -128,9 +165,10 @@ def _compare(c: Compare) -> rpc_pb2.Compare:
 
 
 class _Client:
-    def __init__(self, wl: EtcdWorkload, index: int, targets: dict[int, str], rng: random.Random) -> None:
+    def __init__(self, wl: EtcdWorkload, index: int, targets: dict[int, str], rng: random.Random,
+                 name: str = "") -> None:
         self.wl = wl
-        self.name = f"e{index}"
+        self.name = name or f"e{index}"
         self.ids = sorted(targets)
         self.node = self.ids[index % len(self.ids)]
         self.rng = rng
@@ -194,10 +232,13 @@ class _Client:
         wl = self.wl
         op_id = wl._invoke(self.name, spec)
         try:
-            succeeded, revision, reads = await send(self.kv[self.node])
+            succeeded, revision, reads, *error = await send(self.node)
         except grpc.aio.AioRpcError as exc:
             code = exc.code()
             wl.stats[code.name] += 1
+            if (code, exc.details()) == _LEASE_NOT_FOUND:  # a put or revoke naming a lease gone
+                wl._complete(op_id, "ok", succeeded=True, revision=None, reads=(), error=LEASE_NOT_FOUND)
+                return True
             if code in _REFUSED:
                 wl.notes[f"refused {code.name}: {exc.details()}"] += 1
                 wl._complete(op_id, "fail")
@@ -207,10 +248,15 @@ class _Client:
                 return False
             wl._complete(op_id, "unknown")
             return False
+        except _NoAnswer:
+            wl.stats["no answer"] += 1
+            wl._complete(op_id, "unknown")
+            return False
         wl.stats["OK"] += 1
-        wl._complete(op_id, "ok", succeeded=succeeded, revision=revision, reads=reads)
-        self.last_rev = max(self.last_rev, revision)
-        ops = spec["success"] if succeeded else spec["failure"]
+        wl._complete(op_id, "ok", succeeded=succeeded, revision=revision, reads=reads, error=error[0] if error else None)
+        if revision is not None:
+            self.last_rev = max(self.last_rev, revision)
+        ops = spec.get("success", ()) if succeeded else spec.get("failure", ())
         it = iter(reads)
         for o in ops:  # what this client now knows of the keys
             if isinstance(o, Range):
@@ -234,8 +280,8 @@ class _Client:
         )
         timeout = self.wl.cfg.attempt_timeout_s
 
-        async def send(stub):  # noqa: ANN001, ANN202
-            resp = await stub.Txn(req, timeout=timeout)
+        async def send(node):  # noqa: ANN001, ANN202
+            resp = await self.kv[node].Txn(req, timeout=timeout)
             reads = tuple(_read_one(r.response_range) for r in resp.responses if r.WhichOneof("response") == "response_range")
             return resp.succeeded, resp.header.revision, reads
 
@@ -245,11 +291,134 @@ class _Client:
         req = rpc_pb2.RangeRequest(key=key.encode(), revision=revision)
         timeout = self.wl.cfg.attempt_timeout_s
 
-        async def send(stub):  # noqa: ANN001, ANN202
-            resp = await stub.Range(req, timeout=timeout)
+        async def send(node):  # noqa: ANN001, ANN202
+            resp = await self.kv[node].Range(req, timeout=timeout)
             return True, resp.header.revision, (_read_one(resp),)
 
         return await self._call(dict(compares=(), success=(Range(key, revision),), failure=()), send)
+
+
+class _LeaseClient(_Client):
+    """One lease at a time on the shared lease keys (see the module rules)."""
+
+    def __init__(self, wl: EtcdWorkload, index: int, targets: dict[int, str], rng: random.Random) -> None:
+        super().__init__(wl, index, targets, rng, name=f"l{index}")
+        self.index = index
+        self.leases = 0
+        self.lease = {i: rpc_pb2_grpc.LeaseStub(ch) for i, ch in self.channels.items()}
+        self.stop = asyncio.Event()  # the workload's, once running
+        self.holding = 0  # the lease this client granted and has not seen end
+
+    async def run(self, stop: asyncio.Event) -> None:
+        self.stop = stop
+        while not stop.is_set():
+            await self.one_lease()
+
+    async def _pause(self, seconds: float) -> None:
+        """Wait ``seconds``, or less if the workload stops."""
+        try:
+            await asyncio.wait_for(self.stop.wait(), seconds)
+        except asyncio.TimeoutError:
+            pass
+
+    async def _step(self, answered: bool) -> None:
+        if not answered:  # as the other clients: the next call goes to the next node
+            self.node = self.ids[(self.ids.index(self.node) + 1) % len(self.ids)]
+            await self._pause(self.wl.cfg.backoff_s * (1 + self.jitter.random()))
+
+    def _lease_keys(self) -> list[str]:
+        return [f"{KEY_PREFIX}lk{i}" for i in range(self.wl.cfg.lease_keys)]
+
+    async def _read_keys(self) -> None:
+        keys = self._lease_keys()
+        if self.rng.random() < 0.5:
+            await self._step(await self._range(self.rng.choice(keys), 0))
+        else:
+            await self._step(await self._txn((), tuple(Range(k) for k in self.rng.sample(keys, 2)), ()))
+
+    async def one_lease(self) -> None:
+        cfg = self.wl.cfg
+        self.leases += 1
+        lease_id = (self.index + 1) << _LEASE_ID_BITS | self.leases
+        ttl = self.rng.choice(cfg.lease_ttls_s)
+        self.holding = lease_id
+        answered = await self._lease_call(LeaseCall("grant", lease_id, ttl))
+        await self._step(answered)
+        keys = self.rng.sample(self._lease_keys(), self.rng.randint(1, 2))
+        for k in keys:
+            await self._step(await self._txn((), (Put(k, self._value(), lease_id),), ()))
+        await self._read_keys()
+        fate = self.rng.random()
+        granted_at = self.wl.clock()
+        if fate < cfg.p_lease_keep:
+            for _ in range(self.rng.randint(2, 4)):
+                await self._pause(ttl / 3)
+                if self.stop.is_set():
+                    return
+                await self._step(await self._lease_call(LeaseCall("keepalive", lease_id)))
+                await self._read_keys()
+        if fate < cfg.p_lease_keep + cfg.p_lease_revoke:
+            if await self._lease_call(LeaseCall("revoke", lease_id)):
+                self.holding = 0
+            else:
+                await self._step(False)
+            await self._read_keys()
+            return
+        # Left to expire: poll until it is seen gone, reading its keys meanwhile.
+        deadline = granted_at + ttl + cfg.lease_wait_s_max
+        while not self.stop.is_set() and self.wl.clock() < deadline:
+            await self._pause(cfg.lease_poll_s * (0.5 + self.jitter.random()))
+            gone = await self._lease_call(LeaseCall("ttl", lease_id))
+            await self._step(gone is not False)
+            if gone is True:
+                break
+            await self._read_keys()
+        else:
+            return
+        self.holding = 0
+        self.wl.notes["lease expiry observed"] += 1
+        for k in keys:  # gone with it (unless another lease took the key since)
+            await self._step(await self._range(k, 0))
+        await self._read_keys()
+        await self._step(await self._txn((), (Put(self.rng.choice(keys), self._value(), lease_id),), ()))
+
+    async def _lease_call(self, call: LeaseCall) -> bool | None:
+        """One lease call, recorded; False: not answered; for a TimeToLive,
+        True when it answered the lease gone, None when live."""
+        timeout = self.wl.cfg.attempt_timeout_s
+        seen_gone = False
+
+        async def send(node):  # noqa: ANN001, ANN202
+            nonlocal seen_gone
+            stub = self.lease[node]
+            if call.kind == "grant":
+                resp = await stub.LeaseGrant(rpc_pb2.LeaseGrantRequest(ID=call.id, TTL=call.ttl), timeout=timeout)
+                return True, resp.header.revision, ()
+            if call.kind == "revoke":
+                resp = await stub.LeaseRevoke(rpc_pb2.LeaseRevokeRequest(ID=call.id), timeout=timeout)
+                return True, resp.header.revision, ()
+            if call.kind == "ttl":
+                resp = await stub.LeaseTimeToLive(rpc_pb2.LeaseTimeToLiveRequest(ID=call.id), timeout=timeout)
+                seen_gone = resp.TTL == -1
+                return True, None, (), LEASE_NOT_FOUND if seen_gone else None
+            stream = stub.LeaseKeepAlive(timeout=timeout)  # one keep-alive, as etcdctl keep-alive --once
+            try:
+                await stream.write(rpc_pb2.LeaseKeepAliveRequest(ID=call.id))
+                resp = await stream.read()
+            finally:
+                stream.cancel()
+            if resp is grpc.aio.EOF:
+                raise _NoAnswer("the keep-alive stream ended without an answer")
+            return True, None, (), LEASE_NOT_FOUND if resp.TTL == 0 else None
+
+        answered = await self._call(dict(lease=call), send)
+        if call.kind == "ttl" and answered:
+            return True if seen_gone else None
+        return answered
+
+
+class _NoAnswer(Exception):
+    """A call ended without an answer and without a status (a stream closed early)."""
 
 
 class EtcdWorkload:
@@ -273,6 +442,8 @@ class EtcdWorkload:
         self._pending: dict[int, tuple[str, dict, float]] = {}
         self._done: list[TxnOp] = []
         self.clients = [_Client(self, c, targets, random.Random(f"{seed}/etcd-client/{c}")) for c in range(cfg.clients)]
+        self.clients += [_LeaseClient(self, c, targets, random.Random(f"{seed}/etcd-lease-client/{c}"))
+                         for c in range(cfg.lease_clients)]
         self._stop = asyncio.Event()
         self._tasks: list[asyncio.Task] = []
 
@@ -291,7 +462,43 @@ class EtcdWorkload:
         self._tasks = [asyncio.create_task(c.run(self._stop), name=c.name) for c in self.clients]
 
     async def stop(self) -> None:
-        await stop_clients(self._stop, self._tasks, self.clients, self.cfg.attempt_timeout_s + 5.0)
+        """Stop the clients, end the leases they hold (a lease left behind
+        keeps the leader proposing checkpoints and its expiry while the
+        members are compared), then close the connections."""
+        await stop_clients(self._stop, self._tasks, [], self.cfg.attempt_timeout_s + 5.0)
+        try:
+            await self._end_leases()
+        finally:
+            for c in self.clients:
+                await c.close()
+
+    async def _end_leases(self) -> None:
+        holders = [c for c in self.clients if isinstance(c, _LeaseClient)]
+        if not holders:
+            return
+        for c in holders:
+            if c.holding:
+                for _ in c.ids:  # revoke it (recorded), on the next node if unanswered
+                    if await c._lease_call(LeaseCall("revoke", c.holding)):
+                        break
+                    c.node = c.ids[(c.ids.index(c.node) + 1) % len(c.ids)]
+        # Any other (an unknown grant, a revoke unanswered) ends by its TTL.
+        deadline = time.monotonic() + max(self.cfg.lease_ttls_s) + 15.0
+        stubs = holders[0].lease
+        left: dict[int, object] = {}
+        while time.monotonic() < deadline:
+            left = {}
+            for i, stub in sorted(stubs.items()):
+                try:
+                    resp = await stub.LeaseLeases(rpc_pb2.LeaseLeasesRequest(), timeout=self.cfg.attempt_timeout_s)
+                    if resp.leases:
+                        left[i] = sorted(x.ID for x in resp.leases)
+                except grpc.aio.AioRpcError as exc:
+                    left[i] = exc.code().name
+            if not left:
+                return
+            await asyncio.sleep(0.2)
+        self.notes[f"leases left after the run: {left}"] += 1
 
     def history(self) -> list[TxnOp]:
         """Every operation so far, by id; those in flight are unknown."""
@@ -451,6 +658,22 @@ def check_history_of(wl: EtcdWorkload, v1_history: Sequence, time_budget_s: floa
     return check_txn_history(wl.history(), foreign=foreign_writes(v1_history), time_budget_s=time_budget_s)
 
 
+def lease_counts(history: Sequence[TxnOp]) -> Counter:
+    """The lease calls of a history, by kind (``ok`` ones: ``<kind> ok``,
+    ``<kind> gone`` when answered lease-not-found), and puts with a lease."""
+    out: Counter = Counter()
+    for o in history:
+        if o.lease is not None:
+            out[o.lease.kind] += 1
+            if o.outcome == "ok":
+                out[f"{o.lease.kind} {'gone' if o.error == LEASE_NOT_FOUND else 'ok'}"] += 1
+        elif any(isinstance(x, Put) and x.lease for x in o.success):
+            out["put"] += 1
+            if o.outcome == "ok":
+                out[f"put {'gone' if o.error == LEASE_NOT_FOUND else 'ok'}"] += 1
+    return out
+
+
 def summary_lines(out: EtcdOutcome) -> list[str]:
     """The etcd part of a campaign's summary.txt."""
     counts = out.counts()
@@ -463,6 +686,13 @@ def summary_lines(out: EtcdOutcome) -> list[str]:
         f"revisions compared and gap-free: {'no' if out.problems else 'yes'} ({out.unchanged_revisions} with "
         f"no net change, each holding rows)",
     ]
+    lc = lease_counts(out.history)
+    if lc:
+        lines.append(
+            f"  leases: {lc['grant']} grants ({lc['grant ok']} ok), {lc['put']} puts with a lease ({lc['put ok']} ok, "
+            f"{lc['put gone']} lease not found), {lc['keepalive ok']} keep-alives answered, {lc['revoke ok']} revokes "
+            f"answered ({lc['revoke gone']} not found), {lc['ttl ok'] + lc['ttl gone']} TimeToLive answered "
+            f"({lc['ttl gone']} gone: expiries observed)")
     if ch is not None and ch.verdict != "ok":
         lines += [f"    {line}" for line in ch.explanation.splitlines()[:25]]
     if out.timings:

@@ -31,13 +31,32 @@ Rules
   needs the current revision (a gap), and an unknown op whose put some ok
   op read only at the revision the read showed (values are unique).
 - Every put writes a value no other put writes (both workloads make them
-  so); a read then names the write it saw, and the revision of that write
-  (its mod revision).
+  so); a read then names the write it saw, and the record that write made
+  (create revision, mod revision, version): a put must make it. A write of
+  a key that a candidate reads as last written at or before the current
+  revision is pruned (the read comes later).
 - ``foreign``: the call times of writes outside the checked keys that share
   the store's revision (paxoskv.v1 writes): each may bump the revision once,
   at any time after its call, or never. They are interchangeable, so the
   search only counts how many it used. Where the revisions they took are
   known (``foreign_revisions``), exactly those go to them.
+- Leases (``TxnOp.lease``, a ``LeaseCall``): ``grant`` makes lease ``id``
+  live (no revision; etcd's ``lease already exists`` for a live id); a
+  ``Put`` naming a lease attaches its key to it, a ``Put`` without one or
+  a ``Delete`` detaches it; a ``Put`` (or a Txn branch with one) naming a
+  lease that is not live fails whole with ``lease-not-found`` (etcd's
+  ``requested lease not found``) and changes nothing; ``revoke`` deletes
+  every key attached, in ONE revision (none if it has no keys), and ends
+  the lease; ``keepalive`` and ``ttl`` change nothing and answer whether
+  the lease is live (gone: ``lease-not-found``; their header revision is
+  not checked: the leader serves them from memory).
+- Expiry is a revoke nobody called: the checker adds one ``expire`` per
+  granted id, an ``unknown`` op called at the grant's call, so it takes
+  effect once somewhere after it, or never. The ok ops that saw the lease
+  gone (a TimeToLive of TTL -1, a keep-alive of TTL 0, ``lease-not-found``)
+  complete it: they can only be placed after it, so its place is searched
+  between the grant and the first observation; every keep-alive answered
+  alive is placed before it.
 - Budgets (time, steps) give verdict ``unknown``, never a guess; a violation
   is reported only when every linearization was tried.
 """
@@ -47,6 +66,7 @@ from __future__ import annotations
 import bisect
 import math
 import time
+from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -54,8 +74,11 @@ from typing import Any
 from paxoskv.check.history import HistoryError, distinct_ops
 
 __all__ = [
+    "LEASE_KINDS",
+    "LEASE_NOT_FOUND",
     "Compare",
     "Delete",
+    "LeaseCall",
     "Put",
     "Range",
     "TxnCheckResult",
@@ -69,11 +92,21 @@ TARGETS = ("value", "version", "create", "mod")
 RESULTS = ("=", "!=", ">", "<")
 OUTCOMES = ("ok", "fail", "unknown")
 COMPACTED, FUTURE = "compacted", "future"
-ERRORS = (COMPACTED, FUTURE)
+LEASE_NOT_FOUND, LEASE_EXISTS = "lease-not-found", "lease-exists"
+ERRORS = (COMPACTED, FUTURE, LEASE_NOT_FOUND, LEASE_EXISTS)
+GRANT, REVOKE, KEEPALIVE, TTL, EXPIRE = "grant", "revoke", "keepalive", "ttl", "expire"
+LEASE_KINDS = (GRANT, REVOKE, KEEPALIVE, TTL, EXPIRE)
+_OBSERVE = (KEEPALIVE, TTL)  # change nothing; no header revision checked
+_LEASE_MUTATES = (GRANT, REVOKE, EXPIRE)
 _CHECK_EVERY_STEPS = 1024
 _FOREIGN = "\x00foreign"  # the model's key for a foreign write's revision
 _FOREIGN_OP = -1  # the candidate "one foreign write, here"
 _COMPACT = "\x00compact"  # in a change set: the new compaction revision (no revision of its own)
+# Lease state, as model keys that take no revision: a live lease ("", 0, 0, ttl)
+# and a key's attachment (str(lease id), 0, 0, 0).
+_META = "\x01"
+_LEASE = _META + "lease/"
+_ATTACH = _META + "attach/"
 
 Record = tuple[str, int, int, int]  # value, create revision, mod revision, version
 
@@ -111,6 +144,20 @@ class Compare:
 class Put:
     key: str
     value: str
+    lease: int = 0  # > 0: attach the key to this lease; 0: detach it
+
+
+@dataclass(frozen=True, slots=True)
+class LeaseCall:
+    """A lease call (``kind`` one of ``LEASE_KINDS``) on lease ``id``."""
+
+    kind: str
+    id: int
+    ttl: int = 0  # a grant's requested TTL (seconds; not modelled: expiry is searched)
+
+    def __post_init__(self) -> None:
+        if self.kind not in LEASE_KINDS or not isinstance(self.id, int) or self.id <= 0:
+            raise HistoryError(f"bad lease call {self!r}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -144,17 +191,25 @@ class TxnOp:
     succeeded: bool | None = None
     revision: int | None = None
     reads: tuple[Record | None, ...] | None = None
-    error: str | None = None  # an ok op answered with etcd's "compacted" or "future" error
+    error: str | None = None  # an ok op answered with one of ``ERRORS`` (it changed nothing)
+    lease: LeaseCall | None = None  # a lease call (no compares, no ops)
 
     def __post_init__(self) -> None:
         if self.outcome not in OUTCOMES:
             raise HistoryError(f"op {self.id}: outcome must be one of {OUTCOMES}")
         if not math.isfinite(self.call):
             raise HistoryError(f"op {self.id}: call must be finite")
+        if self.lease is not None:
+            if self.compares or self.success or self.failure or self.compact:
+                raise HistoryError(f"op {self.id}: a lease call has no compares, no ops, no compaction")
+            if self.lease.kind == EXPIRE and self.outcome != "unknown":
+                raise HistoryError(f"op {self.id}: an expiry is never observed in flight: it is unknown")
+        observes = self.lease is not None and self.lease.kind in _OBSERVE
         if self.outcome == "ok":
             if self.ret is None or self.ret < self.call:
                 raise HistoryError(f"op {self.id}: an ok op needs a return time not before its call")
-            if self.succeeded is None or self.reads is None or (self.revision is None and self.error is None):
+            if self.succeeded is None or self.reads is None or (
+                    self.revision is None and self.error is None and not observes):
                 raise HistoryError(f"op {self.id}: an ok op needs succeeded, revision and reads "
                                    f"(an error answer may lack the revision)")
             branch = self.success if self.succeeded else self.failure
@@ -175,14 +230,28 @@ class TxnOp:
     def keys(self) -> set[str]:
         return {c.key for c in self.compares} | {o.key for o in (*self.success, *self.failure)}
 
+    @property
+    def leases(self) -> set[int]:
+        """The lease ids this op names."""
+        out = {o.lease for o in (*self.success, *self.failure) if isinstance(o, Put) and o.lease}
+        return out | ({self.lease.id} if self.lease is not None else set())
+
     def describe(self) -> str:
         def op(o: RequestOp) -> str:
             if isinstance(o, Put):
-                return f"put {o.key}={o.value!r}"
+                return f"put {o.key}={o.value!r}" + (f" lease={o.lease:x}" if o.lease else "")
             if isinstance(o, Delete):
                 return f"del {o.key}"
             return f"range {o.key}" + (f"@{o.revision}" if o.revision else "")
 
+        if self.lease is not None:
+            text = f"#{self.id} {self.client} lease-{self.lease.kind}({self.lease.id:x}"
+            text += f", ttl={self.lease.ttl}" if self.lease.kind == GRANT else ""
+            ret = "?" if self.ret is None or self.outcome != "ok" else f"{self.ret:.6f}".rstrip("0").rstrip(".")
+            text += f") [{self.call:.6f}".rstrip("0").rstrip(".") + f", {ret}] {self.outcome}"
+            if self.outcome == "ok":
+                text += f" -> {self.error or 'done'} rev={self.revision}"
+            return text
         if self.compact:
             text = f"#{self.id} {self.client} compact({self.compact}"
             ret = "?" if self.ret is None or self.outcome != "ok" else f"{self.ret:.6f}".rstrip("0").rstrip(".")
@@ -209,7 +278,7 @@ class TxnOp:
     def to_json(self) -> dict[str, Any]:
         def op(o: RequestOp) -> list[Any]:
             if isinstance(o, Put):
-                return ["put", o.key, o.value]
+                return ["put", o.key, o.value, *([o.lease] if o.lease else [])]
             if isinstance(o, Delete):
                 return ["delete", o.key]
             return ["range", o.key, o.revision]
@@ -221,6 +290,8 @@ class TxnOp:
             "success": [op(o) for o in self.success], "failure": [op(o) for o in self.failure],
             "compact": self.compact,
         }
+        if self.lease is not None:
+            out["lease"] = [self.lease.kind, self.lease.id, self.lease.ttl]
         if self.outcome == "ok":
             out["output"] = {"succeeded": self.succeeded, "revision": self.revision, "error": self.error,
                              "reads": [None if r is None else list(r) for r in self.reads or ()]}
@@ -232,6 +303,8 @@ def _op_from_json(x: Any) -> RequestOp:
         raise HistoryError(f"bad request op {x!r}")
     if x[0] == "put" and len(x) == 3:
         return Put(str(x[1]), str(x[2]))
+    if x[0] == "put" and len(x) == 4 and isinstance(x[3], int) and x[3] > 0:
+        return Put(str(x[1]), str(x[2]), x[3])
     if x[0] == "delete" and len(x) == 2:
         return Delete(str(x[1]))
     if x[0] == "range" and len(x) == 3 and isinstance(x[2], int):
@@ -250,6 +323,7 @@ def txn_op_from_json(obj: Any) -> TxnOp:
             success=tuple(_op_from_json(x) for x in obj.get("success", ())),
             failure=tuple(_op_from_json(x) for x in obj.get("failure", ())),
             compact=obj.get("compact", 0), error=out.get("error"),
+            lease=None if obj.get("lease") is None else LeaseCall(*obj["lease"]),
             succeeded=out.get("succeeded"), revision=out.get("revision"),
             reads=None if reads is None else tuple(None if r is None else tuple(r) for r in reads),
         )
@@ -284,6 +358,8 @@ class TxnModel:
         deleted), empty when it mutates nothing; ``error`` is etcd's refusal
         of the whole call (a Range or Compaction below the compaction
         revision, or above the current one), which changes nothing."""
+        if op.lease is not None:
+            return self._lease_outcome(op.lease)
         if op.compact:
             if op.compact <= self.compact_revision:
                 return True, {}, (), COMPACTED
@@ -291,16 +367,29 @@ class TxnModel:
                 return True, {}, (), FUTURE
             return True, {_COMPACT: ("", 0, op.compact, 0)}, (), None
         ok = all(c.holds(self.kv.get(c.key)) for c in op.compares)
+        branch = op.success if ok else op.failure
+        if any(isinstance(o, Put) and o.lease and not self.live(o.lease) for o in branch):
+            return ok, {}, (), LEASE_NOT_FOUND  # etcd checks the branch's leases before its ranges
         new = self.revision + 1
         view: dict[str, Record | None] = {}
         reads: list[Record | None] = []
-        for o in op.success if ok else op.failure:
-            cur = view[o.key] if o.key in view else self.kv.get(o.key)
+
+        def get(key: str) -> Record | None:
+            return view[key] if key in view else self.kv.get(key)
+
+        for o in branch:
+            cur = get(o.key)
             if isinstance(o, Put):
                 view[o.key] = (o.value, new, new, 1) if cur is None else (o.value, cur[1], new, cur[3] + 1)
+                if o.lease:
+                    view[_ATTACH + o.key] = (str(o.lease), 0, 0, 0)
+                elif get(_ATTACH + o.key) is not None:
+                    view[_ATTACH + o.key] = None
             elif isinstance(o, Delete):
                 if cur is not None:
                     view[o.key] = None
+                    if get(_ATTACH + o.key) is not None:
+                        view[_ATTACH + o.key] = None
             elif o.revision:
                 if o.revision > self.revision:
                     return ok, {}, (), FUTURE
@@ -310,6 +399,35 @@ class TxnModel:
             else:
                 reads.append(cur)
         return ok, view, tuple(reads), None
+
+    def live(self, lease_id: int) -> bool:
+        return _LEASE + str(lease_id) in self.kv
+
+    def lease_of(self, key: str) -> int:
+        """The lease ``key`` is attached to (0: none)."""
+        rec = self.kv.get(_ATTACH + key)
+        return 0 if rec is None else int(rec[0])
+
+    def attached(self, lease_id: int) -> list[str]:
+        """The keys attached to ``lease_id``, in key order."""
+        mine = str(lease_id)
+        return sorted(k[len(_ATTACH):] for k, rec in self.kv.items() if k.startswith(_ATTACH) and rec[0] == mine)
+
+    def _lease_outcome(self, call: LeaseCall) -> tuple[bool, dict[str, Record | None], tuple[()], str | None]:
+        live = self.live(call.id)
+        if call.kind == GRANT:
+            if live:
+                return True, {}, (), LEASE_EXISTS
+            return True, {_LEASE + str(call.id): ("", 0, 0, call.ttl)}, (), None
+        if not live:
+            return True, {}, (), LEASE_NOT_FOUND
+        if call.kind in _OBSERVE:
+            return True, {}, (), None
+        changes: dict[str, Record | None] = {_LEASE + str(call.id): None}
+        for key in self.attached(call.id):  # revoke or expiry: all its keys, in one revision
+            changes[key] = None
+            changes[_ATTACH + key] = None
+        return True, changes, (), None
 
     def apply(self, op: TxnOp) -> tuple[bool, int, tuple[Record | None, ...], str | None]:
         """Apply ``op``; returns (succeeded, header revision, reads, error)."""
@@ -322,17 +440,16 @@ class TxnModel:
         before: dict[str, Record | None] = {}
         compact = self.compact_revision
         writes = bumps(changes)
-        if writes:
-            new = self.revision + 1
-            for key, rec in changes.items():
-                if key == _COMPACT:
-                    continue
-                before[key] = self.kv.get(key)
-                if rec is None:
-                    self.kv.pop(key, None)  # a key put and deleted by one command may be absent before
-                else:
-                    self.kv[key] = rec
-                self.hist.setdefault(key, []).append((new, rec))
+        new = self.revision + writes
+        for key, rec in changes.items():
+            if key == _COMPACT:
+                continue
+            before[key] = self.kv.get(key)
+            if rec is None:
+                self.kv.pop(key, None)  # a key put and deleted by one command may be absent before
+            else:
+                self.kv[key] = rec
+            self.hist.setdefault(key, []).append((new, rec))  # lease state: at the revision it is seen in
         if _COMPACT in changes:
             self.compact_revision = changes[_COMPACT][2]  # type: ignore[index]
         self._undo.append((self.revision, compact, before))
@@ -352,8 +469,8 @@ class TxnModel:
 
 
 def bumps(changes: dict[str, Record | None]) -> bool:
-    """Whether a change set takes a revision (a compaction alone does not)."""
-    return any(k != _COMPACT for k in changes)
+    """Whether a change set takes a revision (a compaction or lease state alone does not)."""
+    return any(k != _COMPACT and not k.startswith(_META) for k in changes)
 
 
 # ---- the search ---------------------------------------------------------------------
@@ -385,6 +502,76 @@ class TxnCheckResult:
         return out
 
 
+def expiries(ops: Sequence[TxnOp]) -> list[TxnOp]:
+    """One ``expire`` per grant in ``ops`` that may have happened (ok or
+    unknown), with ids after theirs: an unknown op called at the grant's
+    call, which the ok ops that saw the lease gone complete. A history that
+    already holds expiries (the simulator knows them) gets none."""
+    if any(o.lease is not None and o.lease.kind == EXPIRE for o in ops):
+        return []
+    grants = sorted((o for o in ops if o.lease is not None and o.lease.kind == GRANT and o.outcome != "fail"),
+                    key=lambda o: (o.call, o.id))
+    next_id = max((o.id for o in ops), default=-1) + 1
+    return [TxnOp(id=next_id + k, client="expiry", call=g.call, ret=None, outcome="unknown",
+                  lease=LeaseCall(EXPIRE, g.lease.id))  # type: ignore[union-attr]
+            for k, g in enumerate(grants)]
+
+
+def lease_ends_once(ops: Sequence[TxnOp]) -> tuple[TxnOp, str] | None:
+    """A lease is live over one interval: if an ok op saw lease ``L`` live
+    (a grant, a put with it, a keep-alive or TimeToLive answered live, a
+    revoke that found it, a current read of a value put with it: a key holds
+    its last put's lease until a write or its lease's end deletes it), then a
+    later one saw it gone (``lease-not-found``, or an ok revoke's end), no op
+    called after that may see it live. (failing op, explanation) or None.
+    Sound for ids granted at most once; a quick test the search would
+    need every order of the unknown ops for."""
+    grants = Counter(o.lease.id for o in ops if o.lease is not None and o.lease.kind == GRANT)
+    lease_of = {x.value: x.lease for o in ops for x in (*o.success, *o.failure) if isinstance(x, Put) and x.lease}
+    live: dict[int, list[TxnOp]] = {}
+    gone: list[tuple[int, TxnOp]] = []
+    for o in ops:
+        if o.outcome != "ok":
+            continue
+        if o.lease is not None:
+            if o.error == LEASE_NOT_FOUND:
+                gone.append((o.lease.id, o))
+            elif o.error is None:
+                live.setdefault(o.lease.id, []).append(o)
+                if o.lease.kind == REVOKE:
+                    gone.append((o.lease.id, o))
+            continue
+        branch = o.success if o.succeeded else o.failure
+        named = {x.lease for x in branch if isinstance(x, Put) and x.lease}
+        if o.error == LEASE_NOT_FOUND and len(named) == 1:
+            gone.append((named.pop(), o))
+            continue
+        if o.error is not None:
+            continue
+        seen = set(named)
+        ranges = [x for x in branch if isinstance(x, Range)]
+        for x, rec in zip(ranges, o.reads or ()):
+            if rec is not None and not x.revision and rec[0] in lease_of:
+                seen.add(lease_of[rec[0]])
+        for lease_id in seen:
+            live.setdefault(lease_id, []).append(o)
+    first_ret = {lid: min(ls, key=lambda o: o.ret) for lid, ls in live.items()}  # type: ignore[arg-type, return-value]
+    last_call = {lid: max(ls, key=lambda o: o.call) for lid, ls in live.items()}
+    for lease_id, g in sorted(gone, key=lambda e: e[1].call):
+        if grants[lease_id] > 1 or lease_id not in live:
+            continue
+        before, after = first_ret[lease_id], last_call[lease_id]
+        ended = g.lease is not None and g.lease.kind == REVOKE and g.error is None
+        if (ended or before.ret < g.call) and after.call > g.ret:  # type: ignore[operator]
+            why = (f"not linearizable: cannot linearize {after.describe()}\n"
+                   f"  lease {lease_id:x} was live at {(g if ended else before).describe()},\n"
+                   f"  {'ended by' if ended else 'gone at'} {g.describe()},\n"
+                   f"  and this op, called after that, saw it live (a lease ends once; a key put with it "
+                   f"goes with it)")
+            return after, why
+    return None
+
+
 def _may_mutate(branch: Sequence[RequestOp]) -> bool:
     return any(not isinstance(o, Range) for o in branch)
 
@@ -397,6 +584,7 @@ class _Frame:
     ok_ptr: int = 0  # first not linearized ok op, by return
     call_ptr: int = 0  # first not linearized ok op, by call
     place_ptr: int = 0  # first not linearized ok op, by place_max
+    stale: frozenset[str] = frozenset()  # keys a candidate reads as last written at or before this revision
 
 
 def check_txn_history(
@@ -415,8 +603,10 @@ def check_txn_history(
     foreign_calls = sorted(foreign)
     taken = None if foreign_revisions is None else frozenset(foreign_revisions)
     all_ops = distinct_ops(ops, TxnOp, "a TxnOp")
+    all_ops += expiries(all_ops)
     work = [o for o in all_ops if o.outcome == "ok" or (
-        o.outcome == "unknown" and (o.compact or _may_mutate(o.success) or _may_mutate(o.failure)))]
+        o.outcome == "unknown" and (o.compact or _may_mutate(o.success) or _may_mutate(o.failure)
+                                    or (o.lease is not None and o.lease.kind in _LEASE_MUTATES)))]
     n = len(work)
     ok_idx = [i for i, o in enumerate(work) if o.outcome == "ok"]
     unknown_idx = [i for i, o in enumerate(work) if o.outcome != "ok"]
@@ -442,6 +632,13 @@ def check_txn_history(
         for rec in work[i].reads or ():
             if rec is not None:
                 written_at.setdefault(rec[0], set()).add(rec[2])
+    # A value's record (create, mod, version) is fixed by the put that wrote
+    # it: a put must make the record a read showed of its value.
+    written_as: dict[str, Record] = {}
+    for i in ok_idx:
+        for rec in work[i].reads or ():
+            if rec is not None:
+                written_as.setdefault(rec[0], rec)
     pinned: dict[int, list[int]] = {}  # revision -> unknown ops that wrote there
     pin = [0] * n
     for i in unknown_idx:
@@ -460,6 +657,9 @@ def check_txn_history(
 
     if not ok_idx:
         return result("ok", 0)
+    ended = lease_ends_once(work)
+    if ended is not None:
+        return result("violation", 0, failing_op=ended[0], explanation=ended[1])
     model = TxnModel()
     done = [False] * n
     mask = 0
@@ -501,29 +701,57 @@ def check_txn_history(
                 out.append(i)
             j += 1
         out.sort(key=lambda i: (work[i].revision or 0, work[i].ret))
+        # A candidate (it comes after this point) that reads a key as last
+        # written at revision <= r forbids writing or deleting that key now.
+        stale = set()
+        for i in (first, *out):
+            o = work[i]
+            if o.error is None and o.reads:
+                ranges = [x for x in (o.success if o.succeeded else o.failure) if isinstance(x, Range)]
+                stale.update(x.key for x, rec in zip(ranges, o.reads) if rec is not None and not x.revision and rec[2] <= r)
+        frame.stale = frozenset(stale)
+        pending = [i for i in unknown_idx if not done[i] and work[i].call <= min_ret]  # type: ignore[operator]
+        # An unknown lease op that takes no revision (a grant; a revoke or
+        # expiry of a lease with no keys) changes only what ops naming its
+        # lease see: it waits until one of those is a candidate here.
+        named = {lid for i in out for lid in work[i].leases}
+        named.update(lid for i in pending if work[i].lease is None for lid in work[i].leases)
+
+        def wanted(i: int) -> bool:
+            o = work[i]
+            if o.lease is not None:
+                lid = o.lease.id
+                return lid in named or (o.lease.kind != GRANT and model.live(lid) and bool(model.attached(lid)))
+            if o.leases and not o.compares:  # a put naming a lease gone would change nothing
+                return all(model.live(lid) for lid in o.leases)
+            return True
+
+        def no_revision() -> list[int]:
+            """The unknown ops that could happen here without taking a revision:
+            compactions, and lease ops of no keys whose lease a candidate names."""
+            return [i for i in pending if work[i].compact or (
+                work[i].lease is not None and work[i].lease.id in named  # type: ignore[union-attr]
+                and not bumps(model.outcome(work[i])[1]))]
+
         if r + 1 in pinned:  # an unknown op's write was read at r + 1: it, or an ok op, goes there
             out.extend(i for i in pinned[r + 1] if not done[i] and work[i].call <= min_ret)  # type: ignore[operator]
-            out.extend(i for i in unknown_idx if not done[i] and work[i].compact
-                       and work[i].call <= min_ret)  # type: ignore[operator]
+            out.extend(no_revision())
             return out
         if taken is not None and r + 1 in taken and not out:
             return [_FOREIGN_OP]  # forced: nothing else can happen at this revision
         if frame.place_ptr < len(by_place) and place_max[by_place[frame.place_ptr]] == r:
             # An ok op must be placed at this revision: no other write may come
-            # first (a compaction may: it takes no revision).
-            out.extend(i for i in unknown_idx if not done[i] and work[i].compact
-                       and work[i].call <= min_ret)  # type: ignore[operator]
+            # first (what takes no revision may).
+            out.extend(no_revision())
             return out
         if taken is not None:
             if r + 1 in taken:  # the next revision is a foreign write's, and only its
                 out.append(_FOREIGN_OP)
-                out.extend(i for i in unknown_idx if not done[i] and work[i].compact
-                           and work[i].call <= min_ret)  # type: ignore[operator]
+                out.extend(no_revision())
                 return out
         elif bisect.bisect_right(foreign_calls, min_ret) > foreign_used:  # type: ignore[arg-type]
             out.append(_FOREIGN_OP)
-        out.extend(i for i in unknown_idx if not done[i] and not pin[i]
-                   and work[i].call <= min_ret)  # type: ignore[operator]
+        out.extend(i for i in pending if not pin[i] and wanted(i))
         return out
 
     root = _Frame(cands=[], entered_by=-2)
@@ -575,6 +803,11 @@ def check_txn_history(
             continue
         o = work[i]
         succeeded, changes, reads, error = model.outcome(o)
+        if frame.stale and any(k in frame.stale for k in changes):
+            continue  # a later read sees the key as it is now
+        if any(rec is not None and not k.startswith(_META) and written_as.get(rec[0], rec) != rec
+               for k, rec in changes.items()):
+            continue  # a read saw this value with another create revision or version
         if o.outcome == "ok":
             if error != o.error or succeeded != o.succeeded or reads != o.reads:
                 continue
@@ -601,7 +834,13 @@ def check_txn_history(
         stack.append(child)
     stuck, rev, kv = deepest_info  # type: ignore[misc]
     x = work[stuck]
-    state = ", ".join(f"{k}={kv[k]!r}" if k in kv else f"{k} absent" for k in sorted(x.keys))
+
+    def attached(k: str) -> str:
+        rec = kv.get(_ATTACH + k)
+        return "" if rec is None else f" lease {int(rec[0]):x}"
+
+    state = ", ".join([f"{k}={kv[k]!r}{attached(k)}" if k in kv else f"{k} absent" for k in sorted(x.keys)]
+                      + [f"lease {lid:x} {'live' if _LEASE + str(lid) in kv else 'gone'}" for lid in sorted(x.leases)])
     explanation = (
         f"not linearizable: cannot linearize {x.describe()}\n"
         f"  every order of the operations before it was tried; the furthest got to revision {rev} "
