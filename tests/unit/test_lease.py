@@ -245,6 +245,96 @@ def test_a_renewal_after_a_checkpoint_goes_through_the_log_before_it_is_answered
         assert ls.remaining_ms == 0 and ls.epoch == epoch + 1
 
 
+def _checkpointed_leader(k: int):  # noqa: ANN202
+    """A net whose leader holds ``k`` leases, each with a checkpoint in the log."""
+    net = Net()
+    leader = net.nodes[net.leader()]
+    for lid in range(1, k + 1):
+        call(leader, "grant", R.LeaseGrantRequest(ID=lid, TTL=5), net)
+    net.tick(15)  # a checkpoint every 10 ticks
+    assert all(leader.replica.sm.leases.get(lid).remaining_ms > 0 for lid in range(1, k + 1))
+    return net, leader
+
+
+def _spy_checkpoints(node) -> list[list[tuple[int, int]]]:  # noqa: ANN001
+    """Every checkpoint command ``node`` proposes from now: its (id, remaining_ms)s."""
+    proposed: list[list[tuple[int, int]]] = []
+    real = node.replica.propose
+
+    def propose(data: bytes) -> bool:
+        cmd = commands.decode(data)
+        if cmd.etcd.HasField("lease_checkpoint"):
+            proposed.append([(cp.ID, cp.remaining_ms) for cp in cmd.etcd.lease_checkpoint.checkpoints])
+        return real(data)
+
+    node.replica.propose = propose
+    return proposed
+
+
+def test_renewals_of_checkpointed_leases_in_one_turn_go_into_one_proposal_answered_when_applied() -> None:
+    k = 12
+    net, leader = _checkpointed_leader(k)
+    epochs = {lid: leader.replica.sm.leases.get(lid).epoch for lid in range(1, k + 1)}
+    proposed = _spy_checkpoints(leader)
+    kas = [leader.etcd_lease("keep_alive", R.LeaseKeepAliveRequest(ID=lid), 5.0, lambda _: None) for lid in range(1, k + 1)]
+    again = leader.etcd_lease("keep_alive", R.LeaseKeepAliveRequest(ID=3), 5.0, lambda _: None)  # the same lease twice
+    assert not proposed and leader.has_work()  # nothing proposed until the turn ends
+    batch = leader.prepare()  # the end of the turn
+    assert proposed == [[(lid, 0) for lid in range(1, k + 1)]]  # ONE proposal, every lease once
+    assert not any(c.done for c in [*kas, again])  # answered when applied, not before
+    leader.write(batch)
+    leader.finish(batch)
+    net.settle()
+    assert [(answer(c).ID, answer(c).TTL) for c in kas] == [(lid, 5) for lid in range(1, k + 1)]
+    assert (answer(again).ID, answer(again).TTL) == (3, 5)
+    assert len(proposed) == 1
+    for n in net.nodes.values():
+        for lid in range(1, k + 1):
+            ls = n.replica.sm.leases.get(lid)
+            assert ls.remaining_ms == 0 and ls.epoch == epochs[lid] + 1  # renewed through the log
+    # renewed in the log and untouched since: the next keep-alive is answered from memory
+    ka = leader.etcd_lease("keep_alive", R.LeaseKeepAliveRequest(ID=1), 5.0, lambda _: None)
+    assert answer(ka).TTL == 5 and len(proposed) == 1
+
+
+def test_a_turns_renewals_are_split_by_the_request_byte_limit() -> None:
+    k = 7
+    net, leader = _checkpointed_leader(k)
+    leader.etcd.limits = dataclasses.replace(leader.etcd.limits, request_bytes_max=512 + 3 * 24)  # 3 per command
+    proposed = _spy_checkpoints(leader)
+    kas = [leader.etcd_lease("keep_alive", R.LeaseKeepAliveRequest(ID=lid), 5.0, lambda _: None) for lid in range(1, k + 1)]
+    net.settle()
+    assert [[lid for lid, _ in cps] for cps in proposed] == [[1, 2, 3], [4, 5, 6], [7]]
+    assert [answer(c).TTL for c in kas] == [5] * k
+
+
+def test_leadership_lost_before_the_turns_renewals_are_applied_answers_every_one_leader_changed() -> None:
+    k = 5
+    net, leader = _checkpointed_leader(k)
+    proposed = _spy_checkpoints(leader)
+    kas = [leader.etcd_lease("keep_alive", R.LeaseKeepAliveRequest(ID=lid), 5.0, lambda _: None) for lid in range(1, k + 1)]
+    net.cut = {leader.node_id}  # the proposal never leaves it
+    net.settle()
+    assert len(proposed) == 1 and not any(c.done for c in kas)
+    for _ in range(200):  # the others elect another leader
+        net.tick()
+        if any(n.lease.lessor.leading for i, n in net.nodes.items() if i not in net.cut):
+            break
+    else:
+        raise AssertionError("no new leader")
+    net.cut = set()
+    for _ in range(200):  # the old leader hears of it and steps down
+        net.tick()
+        if not leader.lease.lessor.leading:
+            break
+    else:
+        raise AssertionError("the old leader kept leading")
+    for c in kas:
+        r = answer(c)
+        assert isinstance(r, EtcdFailure) and (r.code, r.message) == (etcd.ERR_LEADER_CHANGED.code, etcd.ERR_LEADER_CHANGED.message)
+    assert not leader.lease.pending
+
+
 def test_a_forged_lease_answer_is_ignored_and_a_non_member_ask_dropped() -> None:
     net = Net()
     leader = net.leader()

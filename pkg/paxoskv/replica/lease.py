@@ -26,6 +26,10 @@ Rules:
   its way there): then the renewal goes through the log (a checkpoint
   entry with ``remaining_ms = 0``) and is answered once applied here. So
   every member's view is never earlier than a deadline a client was told.
+  Such renewals wait for the end of the node layer's turn (``flush``, from
+  ``ReplicaNode.prepare``, never a timer): all of that turn's go into one
+  checkpoint command (``CHECKPOINT_BATCH_MAX`` leases and the request byte
+  limit per command), not one command per lease.
 - On becoming that leader: a clean lease ends at now + TTL; a checkpointed
   one at its checkpoint's moment here + its remaining (now + remaining if
   this node restarted since). Then, at once and every ``checkpoint_ticks``
@@ -70,6 +74,8 @@ from paxoskv.v1 import kv_pb2
 __all__ = ["CHECKPOINT_BATCH_MAX", "EXPIRE_PER_TICK", "LeaseCalls", "Lessor", "check_grant", "chosen_id", "min_ttl_s"]
 
 CHECKPOINT_BATCH_MAX = 1000  # leases per checkpoint command
+_CHECKPOINT_BYTES_MAX = 24  # one LeaseCheckpoint in a LeaseCheckpoints: two int64 varints, tags, its length
+_COMMAND_OVERHEAD_BYTES = 512  # the Command around a LeaseCheckpoints (ids, waiter), generously
 EXPIRE_PER_TICK = 100  # expiries proposed per tick at most
 ASKS_MAX = 65_536  # forwarded lease calls waiting on this node (either end)
 _RETRY_TICKS = 500  # an expiry unanswered this long is proposed again
@@ -101,6 +107,7 @@ class Lessor:
         self._expiring: dict[int, int] = {}  # lease id -> tick its expiry was proposed
         self._renewals: dict[int, list[Callable[[int], None]]] = {}  # lease id -> waiting keep-alives
         self._renewals_waiting = 0
+        self._clean_pending: list[int] = []  # leases whose renewals wait for this turn's clean checkpoint
         # Calls about a lease this leader does not know while it has chosen entries to apply.
         self._deferred: list[Callable[[], None]] = []
         # Follower state: forwarded asks waiting for the leader's answer (and the tick they left).
@@ -233,6 +240,7 @@ class Lessor:
         self._expiring = {}
         renewals, self._renewals = self._renewals, {}
         self._renewals_waiting = 0
+        self._clean_pending = []
         deferred, self._deferred = self._deferred, []
         for again in deferred:
             again()  # not leading now: answered as a renewal of an unknown lease
@@ -255,15 +263,35 @@ class Lessor:
                 continue  # expiring, or renewed and untouched since
             batch.append(kv_pb2.LeaseCheckpoint(ID=lid, remaining_ms=left_ms))
             self._ckpt_inflight[lid] = self._ckpt_inflight.get(lid, 0) + 1
-            if len(batch) >= CHECKPOINT_BATCH_MAX:
-                self._propose_checkpoints(batch)
-                batch = []
-        if batch:
-            self._propose_checkpoints(batch)
+        self._propose_checkpoints(batch)
 
     def _propose_checkpoints(self, checkpoints: list[kv_pb2.LeaseCheckpoint]) -> None:
+        """Propose ``checkpoints`` in as few commands as the limits allow:
+        ``CHECKPOINT_BATCH_MAX`` leases and the request byte limit each."""
         calls = self._node.etcd
-        calls._propose("lease_checkpoint", kv_pb2.LeaseCheckpoints(checkpoints=checkpoints), calls._internal_call(_ignore))
+        fit = (calls.limits.request_bytes_max - _COMMAND_OVERHEAD_BYTES) // _CHECKPOINT_BYTES_MAX
+        per = max(1, min(CHECKPOINT_BATCH_MAX, fit))
+        for i in range(0, len(checkpoints), per):
+            chunk = kv_pb2.LeaseCheckpoints(checkpoints=checkpoints[i : i + per])
+            calls._propose("lease_checkpoint", chunk, calls._internal_call(_ignore))
+
+    @property
+    def pending(self) -> bool:
+        """Renewals wait for ``flush`` to propose their clean checkpoint."""
+        return bool(self._clean_pending)
+
+    def flush(self) -> None:
+        """The end of the node layer's turn: propose the clean checkpoints the
+        turn's renewals need, together (their answers come when applied)."""
+        if not self._clean_pending:
+            return
+        pending, self._clean_pending = self._clean_pending, []
+        if not self._leading:
+            return  # demoted since: every waiter was answered -1
+        renewals = self._renewals
+        self._propose_checkpoints(
+            [kv_pb2.LeaseCheckpoint(ID=lid, remaining_ms=0) for lid in dict.fromkeys(pending) if lid in renewals]
+        )
 
     def _set_deadline(self, lid: int, deadline: int) -> None:
         self._deadline[lid] = deadline
@@ -333,7 +361,7 @@ class Lessor:
         if waiters is None:
             waiters = self._renewals[lease_id] = []
             self._ckpt_inflight[lease_id] = self._ckpt_inflight.get(lease_id, 0) + 1
-            self._propose_checkpoints([kv_pb2.LeaseCheckpoint(ID=lease_id, remaining_ms=0)])
+            self._clean_pending.append(lease_id)  # proposed with the turn's others (flush)
         waiters.append(answer)
         self._renewals_waiting += 1
 
@@ -462,6 +490,13 @@ class LeaseCalls:
 
     def applied(self) -> None:
         self.lessor.applied()
+
+    @property
+    def pending(self) -> bool:
+        return self.lessor.pending
+
+    def flush(self) -> None:
+        self.lessor.flush()
 
     def leader_changed(self) -> None:
         self.lessor.leader_changed()

@@ -216,10 +216,13 @@ class ReplicaNode:
     # ---- The pump ----------------------------------------------------------------
 
     def has_work(self) -> bool:
-        return self.replica.has_work()
+        return self.replica.has_work() or self.lease.pending
 
     def prepare(self) -> Batch | None:
-        """Collect a batch; the messages that may precede its write leave now."""
+        """Collect a batch; the messages that may precede its write leave now.
+        The turn's inputs are in: the renewals they made propose their
+        checkpoints first, together (``Lessor.flush``)."""
+        self.lease.flush()
         batch = self.replica.prepare()
         if batch is not None and batch.messages_early:
             self._send(batch.messages_early)
