@@ -353,7 +353,7 @@ class Node:
     async def delete(self, req: kv_pb2.DeleteRequest, *, timeout_s: float) -> kv_pb2.CommandResult:
         return self._one(await self._call(lambda n, t, d: n.delete(req, t, d), timeout_s))
 
-    async def get(self, req: kv_pb2.GetRequest, *, timeout_s: float) -> tuple[bytes | None, int]:
+    async def get(self, req: kv_pb2.GetRequest, *, timeout_s: float) -> tuple[bytes | None, int, int]:
         return self._one(await self._call(lambda n, t, d: n.get(req, t, d), timeout_s))
 
     async def scan(self, req: kv_pb2.RangeRequest, *, timeout_s: float) -> tuple[object, int]:
