@@ -180,12 +180,17 @@ def start_echo(base_dir: pathlib.Path, node_script: pathlib.Path, nodes: int = 3
     return cluster
 
 
-def start_quorum_echo(base_dir: pathlib.Path, node_script: pathlib.Path, nodes: int = 3, *, fanout: str = "all") -> Cluster:
+def start_quorum_echo(
+    base_dir: pathlib.Path, node_script: pathlib.Path, nodes: int = 3, *, fanout: str | None = "all", name: str = ""
+) -> Cluster:
     """``nodes`` servers (``bench/quorum_echo_node.py``) that answer a put once
     a majority of them fsync'ed it, with no consensus around it: the floor of
-    a quorum write on this stack. ``fanout`` "all" or "thrifty" (see there)."""
+    a quorum write on this stack. ``fanout`` "all" or "thrifty" (see there);
+    None for a script without that option (``bench/quorum_echo_batched_node.py``,
+    named ``name``)."""
     base_dir.mkdir(parents=True, exist_ok=True)
-    cluster = Cluster("quorum-echo" if fanout == "all" else f"quorum-echo-{fanout}", base_dir, "paxoskv")
+    name = name or ("quorum-echo" if fanout == "all" else f"quorum-echo-{fanout}")
+    cluster = Cluster(name, base_dir, "paxoskv")
     ports = free_ports(2 * nodes)
     grpc_ports, bus_ports = ports[:nodes], ports[nodes:]
     with cluster.starting():
@@ -194,8 +199,8 @@ def start_quorum_echo(base_dir: pathlib.Path, node_script: pathlib.Path, nodes: 
             peers = ",".join(str(bus_ports[(i + k) % nodes]) for k in range(1, nodes))
             argv = [
                 sys.executable, str(node_script), "--id", str(i + 1), "--port", str(grpc_ports[i]),
-                "--bus-port", str(bus_ports[i]), "--peer-bus-ports", peers, "--fanout", fanout,
-                "--data-dir", str(base_dir / f"node{i + 1}"),
+                "--bus-port", str(bus_ports[i]), "--peer-bus-ports", peers,
+                *(["--fanout", fanout] if fanout else []), "--data-dir", str(base_dir / f"node{i + 1}"),
             ]
             cluster._spawn(argv, f"node{i + 1}.log")
             cluster.endpoints.append(f"127.0.0.1:{grpc_ports[i]}")

@@ -39,6 +39,21 @@ through etcd's API (the generator's etcd target against paxoskv's port); a
 paxoskv that does not serve ``etcdserverpb.KV`` fails its cells with
 ``UNIMPLEMENTED: paxoskv does not serve etcdserverpb.KV yet``.
 
+Watches and leases (``watch1``, ``watch1000``, ``keepalive``) speak etcd's
+Watch and Lease streams (``paxoskv.bench.etcdstreams``), so they run for
+etcd and for paxoskv through the etcd API its port serves (not again as
+``paxoskv-etcdapi``: the same servers, the same port). A watch job is
+etcd's ``benchmark watch-latency`` shape: N watches of one key (0, 1, or 100
+streams x 10), dealt over the members, and one writer putting that key at
+``--watch-put-rate`` per second; the latency is from a put sent to its
+event received at each watcher (the send instant travels in the value),
+``events missing`` counts acknowledged puts some watcher never got (must be
+0), the writer's put p99 beside it says what the watchers cost the writes,
+and CPU is per event received. ``keepalive`` grants ``--leases`` leases and
+keeps them alive over ``--keepalive-streams`` LeaseKeepAlive streams with
+``--keepalive-depth`` keep-alives in flight each: keep-alives answered per
+second and CPU per keep-alive.
+
 What security costs: ``paxoskv-insecure`` runs the nodes with
 ``--insecure-peer-bus`` and a plaintext port, ``paxoskv-secure`` with CURVE
 on the bus and TLS with client certificates on the port (a CA made for the
@@ -78,7 +93,9 @@ import grpc
 import clusters  # bench/clusters.py: this file runs as a script from bench/
 
 from paxoskv.bench import report
-from paxoskv.bench.cpu import CpuWindow
+from paxoskv.bench.cpu import CpuWindow, per_op_us
+from paxoskv.bench.etcdstreams import KeepAliveConfig, WatchConfig, WatchResult, run_keepalive, run_watch
+from paxoskv.bench.histogram import Histogram
 from paxoskv.bench.runner import BenchConfig, BenchError, BenchResult, run
 from paxoskv.bench.workload import Workload
 
@@ -86,8 +103,10 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 NODE_SCRIPT = ROOT / "bench" / "pysyncobj_node.py"
 ECHO_SCRIPT = ROOT / "bench" / "echo_node.py"
 QUORUM_ECHO_SCRIPT = ROOT / "bench" / "quorum_echo_node.py"
+BATCHED_ECHO_SCRIPT = ROOT / "bench" / "quorum_echo_batched_node.py"
 SYSTEMS = (
-    "paxoskv", "etcd", "pysyncobj", "grpc-echo", "grpc-echo-sync", "quorum-echo", "quorum-echo-thrifty", "paxoskv-etcdapi",
+    "paxoskv", "etcd", "pysyncobj", "grpc-echo", "grpc-echo-sync", "quorum-echo", "quorum-echo-thrifty",
+    "quorum-echo-batched", "paxoskv-etcdapi",
     "paxoskv-insecure", "paxoskv-secure", "paxoskv-base", "paxoskv-base-etcdapi",
 )
 # Not by default: paxoskv-insecure and paxoskv-secure, what security costs (the insecure bus and
@@ -97,7 +116,10 @@ SECURITY = ("paxoskv-insecure", "paxoskv-secure")
 BASE = ("paxoskv-base", "paxoskv-base-etcdapi")
 DEFAULT_SYSTEMS = tuple(s for s in SYSTEMS if s not in BASE and s not in SECURITY)
 ETCD_API = ("etcd", "paxoskv-etcdapi", "paxoskv-base-etcdapi")  # the systems loaded through etcd's v3 API
-BATCHING = ("paxoskv", "paxoskv-base", *ETCD_API)  # the systems with a batch: PackedBatch, Txn
+BATCHING = ("paxoskv", "paxoskv-base", *ETCD_API, "quorum-echo-batched")  # the systems with a batch: PackedBatch, Txn
+# The jobs that speak etcd's Watch and Lease streams: etcd, and paxoskv's own port (it serves
+# etcd's API there), so paxoskv-etcdapi, the same servers through the same port, would repeat them.
+ETCD_STREAMS = ("paxoskv", "paxoskv-base", *SECURITY, "etcd")
 BASE_TREE: pathlib.Path | None = None  # --base-tree: the checkout paxoskv-base runs
 NOT_SERVED = "UNIMPLEMENTED: paxoskv does not serve etcdserverpb.KV yet"
 
@@ -113,6 +135,8 @@ class Job:
     batch_size: int | None = None  # None: the run's --batch-size
     systems: tuple[str, ...] = SYSTEMS
     baseline: str | None = None  # for a paxoskv-only job: the peers' job it is compared with
+    streams: int = 1  # mode watch: Watch streams in all
+    per_stream: int = 1  # mode watch: watches per stream
 
 
 JOBS: tuple[Job, ...] = (
@@ -133,6 +157,12 @@ JOBS: tuple[Job, ...] = (
     Job("put-batch-1000", "put, 1000 per call (beyond etcd's default --max-txn-ops 128)", mode="batch", concurrency=8,
         batch_size=1000, systems=("paxoskv",)),
     Job("put-stream", "put, KV.Session stream", mode="stream", systems=("paxoskv",), baseline="put"),
+    # etcd's benchmark watch-latency shape: streams x watches per stream on one key, one writer at a steady rate
+    Job("watch0", "watch, no watcher: the writer alone", mode="watch", streams=0, systems=ETCD_STREAMS),
+    Job("watch1", "watch, 1 watcher, put to event", mode="watch", systems=ETCD_STREAMS),
+    Job("watch1000", "watch, 1000 watchers (100 streams x 10), put to event", mode="watch", streams=100, per_stream=10,
+        systems=ETCD_STREAMS),
+    Job("keepalive", "lease keep-alive, LeaseKeepAlive streams", mode="keepalive", systems=ETCD_STREAMS),
 )
 
 
@@ -154,6 +184,8 @@ def start(system: str, base: pathlib.Path) -> clusters.Cluster:
         return clusters.start_etcd(base)
     if system in ("grpc-echo", "grpc-echo-sync"):
         return clusters.start_echo(base, ECHO_SCRIPT, sync=system == "grpc-echo-sync")
+    if system == "quorum-echo-batched":
+        return clusters.start_quorum_echo(base, BATCHED_ECHO_SCRIPT, fanout=None, name=system)
     if system in ("quorum-echo", "quorum-echo-thrifty"):
         return clusters.start_quorum_echo(base, QUORUM_ECHO_SCRIPT, fanout="all" if system == "quorum-echo" else "thrifty")
     return clusters.start_pysyncobj(base, NODE_SCRIPT)
@@ -244,6 +276,47 @@ def figures(result: BenchResult) -> dict:
     }
 
 
+def _ms(hist: Histogram, q: float) -> float:
+    return hist.quantile(q) / 1e6 if hist.count else float("nan")
+
+
+def _cpu_figures(cpu_s: float | None, client_cpu_s: float, ops: int, duration_s: float) -> dict:
+    nan = float("nan")
+    server_us = per_op_us(cpu_s, ops)
+    client_us = per_op_us(client_cpu_s, ops)
+    return {
+        "server_cpu_s": nan if cpu_s is None else cpu_s,
+        "server_us_per_op": nan if server_us is None else server_us,
+        "server_cores": nan if cpu_s is None else cpu_s / duration_s,
+        "client_cpu_s": client_cpu_s,
+        "client_us_per_op": nan if client_us is None else client_us,
+        "client_cores": client_cpu_s / duration_s,
+    }
+
+
+def watch_figures(r: WatchResult) -> dict:
+    """Event latency, the writer's put latency, and CPU per event received."""
+    d = r.config.duration_s
+    return {
+        "watchers": r.config.watchers,
+        "p50_ms": _ms(r.events, 0.50),
+        "p99_ms": _ms(r.events, 0.99),
+        "max_ms": r.events.max / 1e6 if r.events.count else float("nan"),
+        "events_s": r.events.count / d,
+        "events": r.events.count,
+        "events_total": r.events_total,
+        "puts_answered": r.puts_answered,
+        "missing": r.missing,
+        "puts_s": r.puts.count / d,
+        "put_p50_ms": _ms(r.puts, 0.50),
+        "put_p99_ms": _ms(r.puts, 0.99),
+        "errors": sum(r.errors.values()),
+        "error_codes": r.errors,
+        "error_samples": r.error_samples,
+        **_cpu_figures(r.server_cpu_s, r.client_cpu_s, r.events.count, d),
+    }
+
+
 def _fresh_cluster(system: str, base: pathlib.Path, args: argparse.Namespace, base_cfg: dict) -> clusters.Cluster:
     """Start a cluster, wait for it, pre-fill every key once (not measured)."""
     cluster = start(system, base)
@@ -272,6 +345,31 @@ def run_job(job: Job, system: str, cluster: clusters.Cluster, args: argparse.Nam
     """One job against a running cluster: its figures."""
     if job.mode == "idle":
         return idle(cluster, args.warmup_s, args.idle_s)
+    phases = dict(
+        endpoints=tuple(cluster.endpoints), processes=args.processes, warmup_s=args.warmup_s, duration_s=args.duration_s,
+        timeout_s=args.timeout_s, connect_timeout_s=30.0, server_pids=tuple(cluster.live_pids()), tls=cluster.tls,
+    )
+    if job.mode == "watch":
+        return watch_figures(run_watch(WatchConfig(
+            **phases, streams=job.streams, watchers_per_stream=job.per_stream, put_rate_s=args.watch_put_rate,
+            value_bytes=args.value_bytes,
+        )))
+    if job.mode == "keepalive":
+        k = run_keepalive(KeepAliveConfig(
+            **phases, leases=args.leases, streams=args.keepalive_streams, depth=args.keepalive_depth,
+        ))
+        h = k.keepalives
+        return {
+            "throughput_ops_s": h.count / args.duration_s,
+            "p50_ms": _ms(h, 0.50),
+            "p99_ms": _ms(h, 0.99),
+            "max_ms": h.max / 1e6 if h.count else float("nan"),
+            "ops": h.count,
+            "errors": sum(k.errors.values()),
+            "error_codes": k.errors,
+            "error_samples": k.error_samples,
+            **_cpu_figures(k.server_cpu_s, k.client_cpu_s, h.count, args.duration_s),
+        }
     cfg = BenchConfig(
         target=target_of(system),
         endpoints=tuple(cluster.endpoints),
@@ -361,6 +459,10 @@ def _say(title: str, fig: dict) -> None:
     if "idle_pct_mean" in fig:
         nodes = " ".join(f"{v:.1f}" for v in fig["idle_pct_nodes"])
         line = f"   {title:34} {fig['idle_pct_mean']:5.1f}% of a core per node (nodes: {nodes})"
+    elif "events_s" in fig:
+        line = (f"   {title:34} {fig['events_s']:>9,.0f} events/s  p50 {fig['p50_ms']:7.2f} ms  p99 {fig['p99_ms']:7.2f} ms"
+                f"  missing {fig['missing']}  put p99 {fig['put_p99_ms']:7.2f} ms  errors {fig['errors']}"
+                f"  server {fmt(fig['server_us_per_op'], 'server_us_per_op')} us/event")
     elif "throughput_ops_s" in fig:
         line = (f"   {title:34} {fig['throughput_ops_s']:>9,.0f} ops/s  p50 {fig['p50_ms']:7.2f} ms"
                 f"  p99 {fig['p99_ms']:7.2f} ms  errors {fig['errors']}")
@@ -390,7 +492,7 @@ def ratio(a: float | None, b: float | None) -> str:
 def fmt(v: float | None, name: str) -> str:
     if v is None or v != v:
         return "-"
-    if name in ("throughput_ops_s", "errors") or name.endswith("_us_per_op"):
+    if name in ("throughput_ops_s", "errors", "events_s", "puts_s", "missing") or name.endswith("_us_per_op"):
         return f"{v:,.0f}"
     if name.startswith("idle_pct"):
         return f"{v:.1f}%"
@@ -411,6 +513,21 @@ IDLE_FIGURES = (
     ("idle_pct_mean", "% core per node"),
     ("idle_pct_max", "% core, busiest node"),
 )
+WATCH_FIGURES = (
+    ("p50_ms", "event p50 ms"),
+    ("p99_ms", "event p99 ms"),
+    ("events_s", "events/s"),
+    ("missing", "events missing"),
+    ("puts_s", "puts/s"),
+    ("put_p50_ms", "put p50 ms"),
+    ("put_p99_ms", "put p99 ms"),
+    ("errors", "errors"),
+    ("server_us_per_op", "server us/event"),
+    ("client_us_per_op", "client us/event"),
+    ("server_cores", "server cores"),
+    ("client_cores", "client cores"),
+)
+KEEPALIVE_FIGURES = (("throughput_ops_s", "keep-alives/s"), *LOAD_FIGURES[1:])
 INPROC_FIGURES = (
     ("throughput_ops_s", "ops/s"),
     ("p50_ms", "p50 ms"),
@@ -420,16 +537,17 @@ INPROC_FIGURES = (
 
 # the figures a ratio paxoskv / peer is shown for (throughput: higher is
 # better; latency, CPU per op and idle CPU: lower is better)
-COMPARABLE = ("throughput_ops_s", "p50_ms", "p99_ms", "server_us_per_op", "idle_pct_mean", "idle_pct_max")
+COMPARABLE = ("throughput_ops_s", "p50_ms", "p99_ms", "put_p50_ms", "put_p99_ms", "server_us_per_op", "idle_pct_mean", "idle_pct_max")
+FIGURES_OF_MODE = {"idle": IDLE_FIGURES, "watch": WATCH_FIGURES, "keepalive": KEEPALIVE_FIGURES}
 
 
 def cell(runs: list[dict] | None, value: float | None, name: str) -> str:
     """A median, marked ``!`` when some rounds failed; ``failed`` when all did."""
     if runs is None:
         return "-"
-    if value is None:
-        return "failed"
     broken = sum(1 for r in runs if "failed" in r or "failed_after" in r)
+    if value is None:  # every round failed, or none has this figure (no event without a watcher)
+        return "failed" if broken else "-"
     return fmt(value, name) + ("!" if broken else "")
 
 
@@ -457,7 +575,7 @@ def table(results: dict, args: argparse.Namespace) -> str:
         if job is None:
             title, names = "put, in-process load, no client (PySyncObj only)", INPROC_FIGURES
         else:
-            title, names = job.title, IDLE_FIGURES if job.mode == "idle" else LOAD_FIGURES
+            title, names = job.title, FIGURES_OF_MODE.get(job.mode, LOAD_FIGURES)
         shown = False
         for name, label in names:
             mine = median(by_system["paxoskv"], name) if "paxoskv" in by_system else None
@@ -496,6 +614,11 @@ def main() -> int:
     ap.add_argument("--idle-s", type=float, default=10.0, help="length of the idle job's window (after --warmup-s of settling)")
     ap.add_argument("--systems", default=",".join(DEFAULT_SYSTEMS), help="comma-separated subset of " + ",".join(SYSTEMS))
     ap.add_argument("--jobs", default="", help=f"comma-separated subset of {','.join(j.key for j in JOBS)},inproc")
+    ap.add_argument("--watch-put-rate", type=float, default=10.0,
+                    help="watch jobs: the writer's puts per second (each is an event for every watcher)")
+    ap.add_argument("--leases", type=int, default=1000, help="keepalive job: leases granted and kept alive")
+    ap.add_argument("--keepalive-streams", type=int, default=8, help="keepalive job: LeaseKeepAlive streams in all")
+    ap.add_argument("--keepalive-depth", type=int, default=16, help="keepalive job: keep-alives in flight per stream")
     ap.add_argument("--pysyncobj-inflight", type=int, default=1000, help="in-process PySyncObj load per node (0: skip)")
     ap.add_argument("--json", dest="json_out", default="", help="also write every figure of every round to this file")
     ap.add_argument("--keep-data", action="store_true", help="keep the clusters' data directories and logs")
@@ -545,6 +668,8 @@ def main() -> int:
         f"the Python gRPC ceiling, grpc.aio / threaded server), "
         f"quorum-echo / quorum-echo-thrifty (bench/quorum_echo_node.py: answers once a majority fsync'ed the "
         f"request, no consensus: the floor of a quorum write, sent to all peers / to a majority only), "
+        f"quorum-echo-batched (bench/quorum_echo_batched_node.py: the same with group commit, one message and one "
+        f"synced write per drain: the throughput and CPU floor of a replicated log), "
         f"paxoskv-etcdapi (paxoskv loaded through etcd's v3 API on its own port), "
         f"paxoskv-insecure / paxoskv-secure (--insecure-peer-bus and a plaintext port / CURVE, TLS and client "
         f"certificates; paxoskv itself: CURVE, plaintext port)"
@@ -555,6 +680,8 @@ def main() -> int:
         "ratio = paxoskv / peer (throughput: higher is better; latency and CPU: lower is better);"
         " batch rows: paxoskv's PackedBatch of N puts vs etcd's Txn of N puts; * = the peer's figure of the row"
         " paxoskv's is compared with (per-op Batch: the Txn of 100; stream: the unary put)",
+        f"watch jobs: one writer at {args.watch_put_rate:g} puts/s, latency put sent -> event received, CPU per event;"
+        f" keepalive: {args.leases} leases, {args.keepalive_streams} streams x {args.keepalive_depth} in flight",
         "CPU: utime+stime of all processes, threads and children, from /proc, over the measured window;"
         " us/op = that / operations succeeded in the window (a batch: per put); idle: % of one core per node"
         f" over {args.idle_s:g} s with no load",

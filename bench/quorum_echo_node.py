@@ -34,7 +34,7 @@ import itertools
 import plyvel
 import zmq
 
-from standin import DELETE, GET, PUT, serve_kv  # bench/standin.py, beside this script
+from standin import DELETE, GET, PUT, bus_sockets, quorum_node_args, serve_kv  # bench/standin.py, beside this script
 
 _NOBLOCK = zmq.NOBLOCK
 _WRITE, _READ = b"w", b"r"
@@ -53,17 +53,9 @@ class Quorum:
 
     def __init__(self, node_id: int, bus_port: int, peer_ports: list[int], db: plyvel.DB, fanout: str) -> None:
         self.ctx = zmq.Context()
-        self.router = self.ctx.socket(zmq.ROUTER)
-        self.router.setsockopt(zmq.LINGER, 0)
-        self.router.bind(f"tcp://127.0.0.1:{bus_port}")
         self.needed = (len(peer_ports) + 1) // 2  # peer copies that, with ours, make a majority
         targets = peer_ports if fanout == "all" else peer_ports[: self.needed]
-        self.dealers = []
-        for port in targets:
-            sock = self.ctx.socket(zmq.DEALER)
-            sock.setsockopt(zmq.LINGER, 0)
-            sock.connect(f"tcp://127.0.0.1:{port}")
-            self.dealers.append(sock)
+        self.router, self.dealers = bus_sockets(self.ctx, bus_port, targets)
         self.db = db
         self.prefix = b"%d/" % node_id
         self.ids = itertools.count()
@@ -138,24 +130,9 @@ async def serve(args: argparse.Namespace) -> None:
         db.close()
 
 
-def _ports(text: str) -> list[int]:
-    try:
-        ports = [int(p) for p in text.split(",") if p]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a comma-separated list of ports: {text!r}") from None
-    if not ports:
-        raise argparse.ArgumentTypeError("at least one peer port")
-    return ports
-
-
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--id", type=int, required=True, help="this node's number (keys its records)")
-    ap.add_argument("--port", type=int, required=True, help="gRPC port")
-    ap.add_argument("--bus-port", type=int, required=True, help="this node's ROUTER port")
-    ap.add_argument("--peer-bus-ports", type=_ports, required=True, help="the other nodes' ROUTER ports, a,b,...")
+    ap = quorum_node_args(__doc__.splitlines()[0])
     ap.add_argument("--fanout", choices=("all", "thrifty"), default="all")
-    ap.add_argument("--data-dir", required=True)
     asyncio.run(serve(ap.parse_args()))
 
 

@@ -37,6 +37,8 @@ SUBCOMMANDS: dict[str, str] = {
     "snapshot": "paxoskv.server.snapshot_cli:snapshot_cmd",
     "keys": "paxoskv.server.keys_cli:keys_cmd",
     "lease": "paxoskv.client.lease_cli:lease_cmd",
+    "lock": "paxoskv.client.lock_cli:lock_cmd",
+    "elect": "paxoskv.client.lock_cli:elect_cmd",
 }
 
 

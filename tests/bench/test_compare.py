@@ -101,3 +101,22 @@ def test_the_table_shows_cpu_per_op_idle_and_batches_against_txn():
     assert "beyond etcd's default --max-txn-ops 128" in text
     tput = [r for r in rows if r[-3:] and r[-1].endswith("x") and "ops/s" in r]
     assert any("22,000" in r and "25,000" in r and "0.88x" in r for r in tput)
+
+
+def test_a_figure_no_round_has_is_a_dash_and_a_failed_round_says_so():
+    """watch0 has no watcher, so no event latency: its cells are "-", not
+    "failed"; a job whose rounds all failed still reads "failed"."""
+    nan = float("nan")
+    alone = {"p50_ms": nan, "p99_ms": nan, "events_s": 0.0, "missing": 0, "puts_s": 10.0, "put_p50_ms": 4.0,
+             "put_p99_ms": 20.0, "errors": 0, "server_us_per_op": nan, "client_us_per_op": nan,
+             "server_cores": 0.1, "client_cores": 0.02}
+    results = {
+        "watch0": {"paxoskv": [alone], "etcd": [{**alone, "put_p50_ms": 2.0}]},
+        "watch1000": {"paxoskv": [{"failed": "a node died"}], "etcd": [{**alone, "p50_ms": 9.0, "p99_ms": 30.0}]},
+    }
+    rows = [line.split() for line in compare.table(results, _args(systems=["paxoskv", "etcd"])).splitlines()]
+    event_p50 = [r for r in rows if "event" in r and "p50" in r]
+    assert event_p50[0][-3:] == ["-", "-", "-"]  # watch0: nobody has it
+    assert event_p50[1][-3:] == ["failed", "9.00", "-"]  # watch1000: paxoskv's round failed
+    put_p50 = [r for r in rows if r[:3] == ["put", "p50", "ms"]]
+    assert put_p50[0][-3:] == ["4.00", "2.00", "2.00x"]

@@ -9,89 +9,42 @@ key is in the store, so the wait is real); when the first ends its session
 create revision, the fencing token, is above the first's. ``elect -l``
 observes the leader's proposal, then the next one's after the first leader
 resigns. Every etcdctl process is stopped by PID.
+
+Also paxoskv's own ``Election`` (paxoskv.client.election) against
+``etcdctl elect`` on one name of a paxoskv cluster: one leader at a time,
+a growing fencing token, and both observers see every leader and value.
 """
 
 from __future__ import annotations
 
+import asyncio
 import os
 import re
-import selectors
 import signal
-import subprocess
-import time
+import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 
 import grpc
+import pytest
 
 from etcdctl_compat import etcdctl_binary
+from line_process import LINE_S, LineProcess, in_thread
+from paxoskv.client.election import Election, NoLeader, NotLeader
+from paxoskv.client.lease import LeaseClient
 from paxoskv.etcdpb import rpc_pb2, rpc_pb2_grpc
 from paxoskv.util.wait import wait_until
 
-LINE_S = 30.0  # how long a contender may take to print a line it owes
 
-
-class Etcdctl:
-    """One long-running etcdctl process whose output lines are read with a deadline."""
+class Etcdctl(LineProcess):
+    """One long-running etcdctl process (SIGINT: etcdctl ends its session, its lease revoked)."""
 
     def __init__(self, endpoints: Sequence[str], *args: str) -> None:
         binary = etcdctl_binary()
         assert binary is not None
         env = {k: v for k, v in os.environ.items() if not k.startswith("ETCDCTL")}
         env["ETCDCTL_API"] = "3"
-        self.proc = subprocess.Popen(
-            (binary, f"--endpoints={','.join(endpoints)}", *args),
-            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env,
-            start_new_session=True,
-        )
-        assert self.proc.stdout is not None
-        os.set_blocking(self.proc.stdout.fileno(), False)
-        self._buf = b""
-        self.lines: list[str] = []
-        self._next = 0  # lines[:_next] were taken by line()
-
-    def _read(self, timeout_s: float) -> None:
-        assert self.proc.stdout is not None
-        with selectors.DefaultSelector() as sel:
-            sel.register(self.proc.stdout, selectors.EVENT_READ)
-            if sel.select(timeout_s):
-                chunk = os.read(self.proc.stdout.fileno(), 65536)
-                self._buf += chunk
-        *done, self._buf = self._buf.split(b"\n")
-        self.lines.extend(line.decode() for line in done)
-
-    def line(self, timeout_s: float = LINE_S) -> str:
-        """The next output line; fails if none comes within ``timeout_s``."""
-        deadline = time.monotonic() + timeout_s
-        while len(self.lines) <= self._next:
-            left = deadline - time.monotonic()
-            assert left > 0, f"{self.proc.args[2:]} printed no line in {timeout_s} s: {self.stderr_now()}"
-            self._read(min(left, 0.5))
-        self._next += 1
-        return self.lines[self._next - 1]
-
-    def printed_nothing_new(self) -> bool:
-        self._read(0)
-        return len(self.lines) == self._next
-
-    def stderr_now(self) -> str:
-        return "" if self.proc.poll() is None else (self.proc.stderr.read() or b"").decode(errors="replace")
-
-    def interrupt(self) -> int:
-        """SIGINT (etcdctl ends its session: the lease is revoked) and its exit code."""
-        self.proc.send_signal(signal.SIGINT)
-        try:
-            return self.proc.wait(timeout=LINE_S)
-        finally:
-            self.stop()
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(timeout=10)
-        for f in (self.proc.stdout, self.proc.stderr):
-            if f is not None:
-                f.close()
+        super().__init__((binary, f"--endpoints={','.join(endpoints)}", *args), env)
 
 
 @contextmanager
@@ -173,3 +126,70 @@ def test_lock_and_elect_with_two_contenders_as_etcd(etcd_clusters, paxoskv_clust
         on_etcd, on_paxoskv = run(etcd.endpoints), run(paxos.endpoints)
         print(f"{run.__name__}: etcd {on_etcd}\n{run.__name__}: paxoskv {on_paxoskv}")
         assert on_paxoskv == on_etcd
+
+
+def _observe(election: Election, want: int) -> tuple[threading.Thread, list[tuple[bytes, int]]]:
+    """Our ``observe()`` in a thread of its own, until ``want`` leaderships were seen."""
+    seen: list[tuple[bytes, int]] = []
+
+    async def run() -> None:
+        async for leader in election.observe():
+            seen.append(leader)
+            if len(seen) >= want:
+                return
+
+    t = threading.Thread(target=lambda: asyncio.run(run()), daemon=True)
+    t.start()
+    return t, seen
+
+
+def test_our_election_and_etcdctl_elect_contend_on_one_name(paxoskv_clusters) -> None:
+    """paxoskv's Election and ``etcdctl elect`` on one name of a paxoskv
+    cluster: one leader at a time, the fencing token grows, and both
+    observers (ours and ``elect -l``) see every leader and value."""
+    eps = paxoskv_clusters("elect-py").endpoints
+    with LeaseClient(eps) as c, _contenders() as procs:
+        watcher = Etcdctl(eps, "elect", "-l", "shared")
+        procs.append(watcher)
+        observer, observed = _observe(Election(c, "shared"), 4)
+        p1 = Etcdctl(eps, "elect", "shared", "p1")
+        procs.append(p1)
+        k1 = p1.line()
+        assert p1.line() == "p1"
+        lease, ttl = c.grant(10)
+        keeper = c.keep_alive(lease, ttl)
+        try:
+            ours = Election(c, "shared", lease)
+            campaign, got = in_thread(lambda: ours.campaign("py", timeout=60))
+            wait_until("our candidate's key", lambda: len(_keys(eps[0], b"shared/")) == 2, LINE_S)
+            (_, r1), (our_key, _) = _keys(eps[0], b"shared/")
+            assert campaign.is_alive() and not got, got  # etcdctl leads: we wait
+            assert ours.leader() == (b"p1", r1) and our_key == ours.key
+            p1.interrupt()
+            campaign.join(LINE_S)
+            assert "value" in got, got
+            token = got["value"]
+            assert token > r1 and ours.leader() == (b"py", token)
+            p2 = Etcdctl(eps, "elect", "shared", "p2")
+            procs.append(p2)
+            wait_until("etcdctl's second candidate's key", lambda: len(_keys(eps[0], b"shared/")) == 2, LINE_S)
+            ours.proclaim("py2")
+            assert ours.leader() == (b"py2", token)
+            assert p2.printed_nothing_new(), f"etcdctl leads while we do: {p2.lines}"
+            ours.resign()
+            k2 = p2.line()
+            assert p2.line() == "p2"
+            with pytest.raises(NotLeader):
+                ours.proclaim("late")
+            r2 = _keys(eps[0], b"shared/")[0][1]
+            assert k2.encode() == _keys(eps[0], b"shared/")[0][0] and r2 > token
+        finally:
+            keeper.stop()
+        observer.join(LINE_S)
+        assert observed == [(b"p1", r1), (b"py", token), (b"py2", token), (b"p2", r2)]
+        lines = [watcher.line() for _ in range(8)]
+        assert lines == [k1, "p1", our_key.decode(), "py", our_key.decode(), "py2", k2, "p2"]
+        p2.interrupt()
+        with pytest.raises(NoLeader):
+            wait_until("the last leader to go", lambda: ours.leader() is None, LINE_S)
+

@@ -438,6 +438,9 @@ def test_serve_refuses_unusable_data_dirs_busy_ports_and_bad_flags(tmp_path) -> 
         ("--id", "1", "--auto-compaction-retention", "1x", "--data-dir", d),
         ("--id", "1", "--auto-compaction-mode", "revision", "--auto-compaction-retention", "1h", "--data-dir", d),
         ("--id", "1", "--auto-compaction-interval", "0", "--data-dir", d),
+        ("--id", "1", "--experimental-watch-progress-notify-interval", "soon", "--data-dir", d),
+        ("--id", "1", "--experimental-watch-progress-notify-interval", "-1s", "--data-dir", d),
+        ("--id", "1", "--experimental-watch-progress-notify-interval", "1ms", "--data-dir", d),
     ]
     # One for real, the rest through click in-process (the same code, no start-up cost).
     p = _serve(*bad[0])

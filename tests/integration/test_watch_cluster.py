@@ -374,3 +374,40 @@ def test_a_hasleader_stream_ends_with_no_leader_and_a_new_one_is_refused(calm_cl
             lax.cancel()
 
     asyncio.run(run())
+
+
+def test_a_progress_notify_watch_hears_the_revision_at_the_serve_flags_interval(tmp_path) -> None:
+    """``--experimental-watch-progress-notify-interval 200ms`` (etcd's flag;
+    its default is 10 minutes): a progress_notify watch with no events gets
+    ``{watch_id, header.revision}`` at that interval, again after an event,
+    and a watch without progress_notify gets none."""
+    c = LocalCluster(tmp_path / "c", size=1, extra_args=("--experimental-watch-progress-notify-interval", "200ms"))
+    try:
+        c.start_all()
+        with grpc.insecure_channel(c.endpoint(1)) as ch:
+            kv = rpc_pb2_grpc.KVStub(ch)
+            rev = kv.Put(R.PutRequest(key=b"/p", value=b"1"), timeout=10).header.revision
+            creates = [R.WatchRequest(create_request=R.WatchCreateRequest(key=k, watch_id=i, progress_notify=p))
+                       for k, i, p in ((b"/p", 1, True), (b"/q", 2, False))]
+            call = rpc_pb2_grpc.WatchStub(ch).Watch(iter(creates), timeout=30)
+            notified: list[tuple[float, int]] = []
+            events = 0
+            for resp in call:
+                assert resp.watch_id in (1, 2) and (resp.watch_id == 1 or resp.created), resp
+                if resp.created:
+                    continue
+                if resp.events:
+                    events += 1
+                    continue
+                notified.append((time.monotonic(), resp.header.revision))
+                if len(notified) == 3:
+                    kv.Put(R.PutRequest(key=b"/p", value=b"2"), timeout=10)
+                if len(notified) == 5:
+                    break
+            call.cancel()
+    finally:
+        c.close()
+    assert events == 1
+    assert [r for _, r in notified] == [rev, rev, rev, rev + 1, rev + 1]
+    gaps = [b - a for (a, _), (b, _) in zip(notified, notified[1:])]
+    assert all(g >= 0.15 for g in gaps), gaps  # 200 ms of ticks (never made up early)

@@ -56,17 +56,17 @@ def test_shared_options_have_one_help_text_and_one_environment_variable():
                 assert param.envvar is None, (name, flag)
             else:
                 assert param.envvar == want["envvar"] and param.show_envvar, (name, flag)
-    tls_takers = ["bench", "delete", "get", "grpc", "lease grant", "lease keep-alive", "lease revoke", "put", "snapshot save", "status", "txn", "watch"]
+    tls_takers = ["bench", "delete", "elect", "get", "grpc", "lease grant", "lease keep-alive", "lease revoke", "lock", "put", "snapshot save", "status", "txn", "watch"]
     assert seen == {
         "--cacert": tls_takers,
         "--cert": tls_takers,
         "--key": tls_takers,
         "--cluster-id": ["cluster", "serve", "snapshot restore"],
         "--election-ms": ["chaos", "cluster", "serve"],
-        "--endpoints": ["delete", "get", "grpc", "lease grant", "lease keep-alive", "lease revoke", "put", "snapshot save", "status", "txn", "watch"],
+        "--endpoints": ["delete", "elect", "get", "grpc", "lease grant", "lease keep-alive", "lease revoke", "lock", "put", "snapshot save", "status", "txn", "watch"],
         "--heartbeat-ms": ["chaos", "cluster", "serve"],
         "--id": ["keys", "lease grant", "serve", "snapshot restore"],
         "--log-level": ["cluster", "serve"],
         "--nodes": ["chaos", "cluster", "keys", "sim"],
-        "--timeout": ["delete", "get", "grpc", "lease grant", "lease keep-alive", "lease revoke", "put", "snapshot save", "status", "txn", "watch"],
+        "--timeout": ["delete", "elect", "get", "grpc", "lease grant", "lease keep-alive", "lease revoke", "lock", "put", "snapshot save", "status", "txn", "watch"],
     }

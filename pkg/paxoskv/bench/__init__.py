@@ -29,9 +29,12 @@ boundaries: the workers' (client) and, given their PIDs, the servers'.
 
 Modules: ``workload`` (mixes, keys, values), ``histogram`` (latencies),
 ``targets`` (paxoskv, etcd), ``worker`` (one process), ``runner`` (the
-processes and the merged result), ``cpu`` (CPU of process trees over a
-window), ``report`` (table and JSON), ``cli``; ``etcdpb`` (etcd's
-generated messages, for ``--target etcd``).
+processes and the merged result; ``runner.drive`` starts, synchronises
+and collects any such processes), ``cpu`` (CPU of process trees over a
+window), ``report`` (table and JSON), ``cli``; ``etcdstreams`` (etcd's
+Watch and LeaseKeepAlive streams under load: event latency, keep-alive
+throughput; ``bench/compare``'s watch and keepalive jobs); ``etcdpb``
+(etcd's generated messages, for ``--target etcd``).
 
 Two folders, one rule: this package is what ``paxoskv bench`` ships, the
 load generator and what it needs to reach a server, and it imports nothing

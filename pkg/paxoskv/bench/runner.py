@@ -27,7 +27,7 @@ import queue as queue_mod
 import time
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Any, Callable
 
 from paxoskv.bench.cpu import CpuWindow, per_op_us
 from paxoskv.bench.histogram import Histogram
@@ -155,14 +155,9 @@ ProgressFn = Callable[[Progress], None]
 
 
 def run(cfg: BenchConfig, on_progress: ProgressFn | None = None) -> BenchResult:
-    ctx = multiprocessing.get_context("spawn")
-    events = ctx.Queue()
-    go = ctx.Event()
-    start_at = ctx.Value("d", 0.0, lock=False)
     prefix = f"bench{os.getpid()}-{int(time.time() * 1000) % 10**9}"
-    procs = []
-    for i in range(cfg.processes):
-        args = WorkerArgs(
+    args = [
+        WorkerArgs(
             target=cfg.target,
             mode=cfg.mode,
             endpoints=cfg.endpoints,
@@ -179,7 +174,32 @@ def run(cfg: BenchConfig, on_progress: ProgressFn | None = None) -> BenchResult:
             client_prefix=prefix,
             tls=cfg.tls,
         )
-        procs.append(ctx.Process(target=worker_main, args=(args, events, go, start_at), name=f"bench-worker-{i}", daemon=True))
+        for i in range(cfg.processes)
+    ]
+    results, cpu, started_unix_s = drive(cfg, worker_main, args, on_progress)
+    return _merge(cfg, results, started_unix_s, cpu)
+
+
+def drive(cfg: Any, worker: Callable[..., None], worker_args: list[Any],
+          on_progress: ProgressFn | None = None) -> tuple[list[Any], dict[str, float], float]:
+    """One spawned process per item of ``worker_args``, each running
+    ``worker(args, events, go, start_at)`` (the protocol of ``worker.py``):
+    wait until all are ready, start them together, sample CPU over the
+    measure window, collect what each sent with "done" (in process order).
+
+    ``cfg`` gives ``warmup_s``, ``duration_s``, ``timeout_s``,
+    ``connect_timeout_s`` and ``server_pids``. Returns the results, the CPU
+    seconds of the window (``client``, and ``server`` with server pids) and
+    the wall time the load started at.
+    """
+    ctx = multiprocessing.get_context("spawn")
+    events = ctx.Queue()
+    go = ctx.Event()
+    start_at = ctx.Value("d", 0.0, lock=False)
+    procs = [
+        ctx.Process(target=worker, args=(a, events, go, start_at), name=f"bench-worker-{i}", daemon=True)
+        for i, a in enumerate(worker_args)
+    ]
     notify = on_progress or (lambda _p: None)
     window: CpuWindow | None = None
     try:
@@ -211,7 +231,7 @@ def run(cfg: BenchConfig, on_progress: ProgressFn | None = None) -> BenchResult:
                 p.kill()
                 p.join()
         events.close()
-    return _merge(cfg, results, started_unix_s, cpu)
+    return results, cpu, started_unix_s
 
 
 def _next_event(events, procs, timeout_s: float):
@@ -224,7 +244,7 @@ def _next_event(events, procs, timeout_s: float):
         return None
 
 
-def _await_ready(cfg: BenchConfig, procs, events, notify: ProgressFn) -> None:
+def _await_ready(cfg: Any, procs, events, notify: ProgressFn) -> None:
     ready: set[int] = set()
     deadline = time.monotonic() + cfg.connect_timeout_s + SETUP_TIMEOUT_EXTRA_S
     while len(ready) < len(procs):
@@ -241,10 +261,10 @@ def _await_ready(cfg: BenchConfig, procs, events, notify: ProgressFn) -> None:
             ready.add(index)
 
 
-def _await_done(cfg: BenchConfig, procs, events, notify: ProgressFn, start_s: float) -> list[WorkerResult]:
+def _await_done(cfg: Any, procs, events, notify: ProgressFn, start_s: float) -> list[Any]:
     total_s = cfg.warmup_s + cfg.duration_s
     deadline = start_s + total_s + cfg.timeout_s + 30.0
-    results: dict[int, WorkerResult] = {}
+    results: dict[int, Any] = {}
     completed: dict[int, int] = {}
     errors: dict[int, int] = {}
     last_t, last_completed, rate = time.monotonic(), 0, 0.0

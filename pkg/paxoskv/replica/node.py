@@ -157,6 +157,7 @@ class ReplicaNode:
         auto_compaction: AutoCompaction | None = None,
         tick_ms: int = 10,
         watch_limits: WatchLimits | None = None,
+        watch_progress_interval_ms: int = 600_000,
         **replica_options: Any,
     ) -> None:
         self._ids = random.Random(rng.getrandbits(64))  # anonymous client ids, batch handles
@@ -181,13 +182,17 @@ class ReplicaNode:
             tick_ms,
         )
         self.lease = LeaseCalls(self, tick_ms)
-        self.watches = WatchHub(lambda: self.replica.sm, self.replica.storage, watch_limits or self._watch_limits(config, tick_ms))
+        self.watches = WatchHub(
+            lambda: self.replica.sm,
+            self.replica.storage,
+            watch_limits or self._watch_limits(config, tick_ms, watch_progress_interval_ms),
+        )
 
-    def _watch_limits(self, config: Config, tick_ms: int) -> WatchLimits:
-        """etcd's: progress every 10 minutes, no leader for 3 election
-        timeouts, fragments of --max-request-bytes."""
+    def _watch_limits(self, config: Config, tick_ms: int, progress_ms: int) -> WatchLimits:
+        """etcd's: progress every ``progress_ms`` (its default: 10 minutes),
+        no leader for 3 election timeouts, fragments of --max-request-bytes."""
         return WatchLimits(
-            progress_interval_ticks=max(1, 600_000 // tick_ms),
+            progress_interval_ticks=max(1, progress_ms // tick_ms),
             no_leader_ticks_max=3 * config.election_ticks_min,
             fragment_bytes=self.etcd.limits.request_bytes_max,
         )

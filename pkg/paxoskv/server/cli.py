@@ -376,6 +376,15 @@ def _public_port_options(f: F) -> F:
     show_envvar=True,
     help="This node's host in etcd member lists (default: --listen, or the host name if that is a wildcard).",
 )
+@click.option(
+    "--experimental-watch-progress-notify-interval",
+    "watch_progress_notify_interval",
+    default="10m",
+    envvar="PAXOSKV_WATCH_PROGRESS_NOTIFY_INTERVAL",
+    show_envvar=True,
+    help="How often a watch created with progress_notify and sent no events since is told the revision "
+    "(etcd's flag; a duration: 10m, 5s, 500ms; 0: the default 10m).",
+)
 @_public_port_options
 @option("--log-level")
 def serve_cmd(
@@ -402,6 +411,7 @@ def serve_cmd(
     auto_compaction_retention: str,
     auto_compaction_interval: str,
     advertise_host: str,
+    watch_progress_notify_interval: str,
     log_level: str,
     **public_port: Any,
 ) -> None:
@@ -429,6 +439,7 @@ def serve_cmd(
             auto_compaction_retention=auto_compaction_retention,
             auto_compaction_interval=auto_compaction_interval,
             advertise_host=advertise_host,
+            watch_progress_notify_interval=watch_progress_notify_interval,
             peer_public_keys=peer_public_keys,
             peer_secret_key=peer_secret_key,
             insecure_peer_bus=insecure_peer_bus,

@@ -53,6 +53,7 @@ __all__ = [
     "BUS_PORT_OFFSET",
     "parse_auto_compaction",
     "parse_duration_ms",
+    "parse_watch_progress_interval",
     "DEFAULT_PORT",
     "ConfigError",
     "ServeOptions",
@@ -158,7 +159,8 @@ def parse_duration_ms(text: str, bare_unit: str = "h") -> int:
             j += 1
         number, unit, rest = rest[:i], rest[i:j], rest[j:]
         if not number or unit not in _DURATION_UNITS_MS:
-            raise ConfigError(f"duration {text!r}: expected e.g. 1h, 30m, 10s, 1h30m (or a number of hours)")
+            bare = {"ms": "milliseconds", "s": "seconds", "m": "minutes", "h": "hours"}[bare_unit]
+            raise ConfigError(f"duration {text!r}: expected e.g. 1h, 30m, 10s, 1h30m, 500ms (or a number of {bare})")
         total += float(number) * _DURATION_UNITS_MS[unit]
     if not text:
         raise ConfigError("duration is empty")
@@ -187,6 +189,26 @@ def parse_auto_compaction(mode: str, retention: str, interval: str = "5m"):  # n
     if revs < 0:
         raise ConfigError(f"--auto-compaction-retention must be >= 0, not {revs}")
     return AutoCompaction(mode=mode, retention_revs=revs, interval_ms=interval_ms)
+
+
+WATCH_PROGRESS_DEFAULT_MS = 600_000  # etcd's: 10 minutes
+
+
+def parse_watch_progress_interval(text: str, tick_ms: int) -> int:
+    """``--experimental-watch-progress-notify-interval`` (etcd's flag, a Go
+    duration; 0: etcd's default, 10 minutes): milliseconds, at least one tick."""
+    flag = "--experimental-watch-progress-notify-interval"
+    try:
+        ms = parse_duration_ms(text, "s")
+    except ConfigError as exc:
+        raise ConfigError(f"{flag}: {exc}") from None
+    if ms < 0:
+        raise ConfigError(f"{flag} must be >= 0, not {text!r}")
+    if ms == 0:
+        return WATCH_PROGRESS_DEFAULT_MS
+    if ms < tick_ms:
+        raise ConfigError(f"{flag} {text!r} is shorter than the tick of {tick_ms} ms")
+    return ms
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -232,6 +254,7 @@ def build_serve_options(
     auto_compaction_retention: str = "0",
     auto_compaction_interval: str = "5m",
     advertise_host: str = "",
+    watch_progress_notify_interval: str = "10m",
     peer_public_keys: str | None = None,
     peer_secret_key: str | None = None,
     insecure_peer_bus: bool = False,
@@ -277,6 +300,7 @@ def build_serve_options(
     if max_txn_ops < 1:
         raise ConfigError(f"--max-txn-ops must be >= 1, not {max_txn_ops}")
     auto_compaction = parse_auto_compaction(auto_compaction_mode, auto_compaction_retention, auto_compaction_interval)
+    watch_progress_ms = parse_watch_progress_interval(watch_progress_notify_interval, tick_ms)
     advertise = advertise_host.strip().strip("[]")
     if not advertise and listen not in ("0.0.0.0", "::"):
         advertise = listen
@@ -308,6 +332,7 @@ def build_serve_options(
         advertise_host=advertise,
         bus_keys=bus_keys,
         call_limits=public.call_limits,
+        watch_progress_interval_ms=watch_progress_ms,
     )
     return ServeOptions(node=cfg, request_timeout_s=request_timeout_s, public=public)
 

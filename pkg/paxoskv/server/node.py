@@ -180,6 +180,7 @@ class NodeConfig:
     auto_compaction: AutoCompaction | None = None
     advertise_host: str = ""  # how clients reach this node (member lists); "": listen_host
     bus_keys: BusKeys | None = None  # CURVE keys of the peer bus; None: the insecure bus
+    watch_progress_interval_ms: int = 600_000  # --experimental-watch-progress-notify-interval
 
     def core_config(self) -> Config:
         hb = max(1, round(self.heartbeat_ms / self.tick_ms))
@@ -256,6 +257,7 @@ class Node:
             quota_bytes=cfg.quota_bytes,
             auto_compaction=cfg.auto_compaction,
             tick_ms=cfg.tick_ms,
+            watch_progress_interval_ms=cfg.watch_progress_interval_ms,
             sessions_max=cfg.sessions_max,
             node_sessions_max=cfg.node_sessions_max,
             retain_entries=cfg.retain_entries,

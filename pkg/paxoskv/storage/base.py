@@ -1,80 +1,19 @@
 """The storage protocol of a node, what it loads, and its errors.
 
-Rules:
+Rules (each method's own are on it, in ``Storage`` below):
 
 - One storage per node, opened for one ``(node_id, cluster_id)``. The first
   open of an empty store records that identity; every later open must name
   the same one, or it fails with ``WrongNode`` / ``WrongCluster`` and changes
-  nothing. A store held by another process fails with ``Locked``; a store
-  that cannot be written (read-only, full disk) fails with ``NotWritable`` at
+  nothing. A store held by another process fails with ``Locked``; one that
+  cannot be written (read-only, full disk) fails with ``NotWritable`` at
   open, found by writing and syncing a probe.
-- ``persist(promised, accepted, chosen, sync)`` is ONE atomic write batch: the
-  acceptor's promise (if not None), accepted entries (replacing any earlier
-  entry of the same slot) and chosen values. With ``sync=True`` the batch and
-  every batch written before it are durable when it returns. The caller
-  groups everything of one event-loop iteration into one call.
-- ``apply(changes, drop_accepted_through)`` is ONE atomic write batch, never
-  synced on its own (the next synced batch makes it durable): the state
-  machine's history rows (written and dropped), session and lease changes, its
-  applied index with the store's revision, compaction revision and alarms,
-  and the deletion of accepted entries whose slot is
-  ``<= drop_accepted_through``. Because the applied state and the applied
-  index change together, a restart never applies a slot twice.
-- History reads (``history_row``, ``history_rows``: the
-  ``paxoskv.kv.mvcc.HistoryReader`` protocol) see every row written through
-  this handle; they may run while a ``persist`` runs in another thread.
-- ``load()`` shows everything written through this handle (synced or not),
-  except accepted entries of slots that are chosen and applied (``<=`` the
-  applied index): they are no acceptance still in play (a store may keep
-  one as the chosen value's only copy, as LevelDB does).
-  After a crash, only a prefix of the batches survives, each batch whole.
+- ``persist``, ``apply``, ``compact`` and an install's ``finish`` are each
+  ONE atomic write batch. After a crash only a prefix of the batches
+  survives, each batch whole.
 - Errors are ``StorageError`` subclasses; each message is one line that says
   what is wrong and what to do. ``NotWritable`` is also raised by a write
   that fails at run time (disk full): the node must stop, not go on.
-- ``load()`` refuses, with ``OutOfRange``, a store holding a value past the
-  stated maxima of :mod:`paxoskv.paxos.bounds` (a promise or an accepted
-  ballot above ``BALLOT_ROUND_MAX``, a slot or index above ``SLOT_MAX``):
-  one a paxoskv from before those checks took from a peer. The node would
-  fail at its next election, and again at every restart; instead it does
-  not start, and says how to recover (``check_loaded``).
-
-Log compaction and snapshots:
-
-- Chosen values are kept from ``log_start`` on (1 on a fresh store).
-  ``compact(through_slot)`` is ONE atomic batch, not synced on its own: it
-  deletes the chosen and accepted entries of slots ``<= through_slot`` and
-  records ``log_start = through_slot + 1``. Only applied slots may be
-  compacted (``through_slot <= applied_index``, asserted); ``log_start``
-  never goes back (a lower ``through_slot`` does nothing). ``persist``
-  ignores chosen values of slots below ``log_start`` (they are applied and
-  compacted; a late catch-up reply may still carry them).
-- ``reclaim()`` gives the space of deleted records back to the file system
-  (LevelDB: ``compact_range`` over the deleted ranges). It may take long and
-  does not block the other calls: run it in a worker thread, after
-  ``compact`` or ``begin_install().finish()``. It changes no record.
-  ``defragment()`` does the same for the whole store (etcd's Defragment).
-- ``open_snapshot()`` returns a ``SnapshotSource``: a consistent view of the
-  applied state (history rows, revision counters, alarms, sessions, leases,
-  applied index) at the moment of the call, taken without blocking writers; its
-  ``history_rows`` reads that view's rows. ``chunks(chunk_bytes)`` produces it in
-  the snapshot file format (:mod:`paxoskv.storage.snapshot`), lazily, and
-  may be called again; ``close()`` releases the view (``close`` of the
-  storage releases every view still open).
-- ``begin_install()`` returns a ``SnapshotInstaller``: ``write(chunk)`` takes
-  the snapshot's bytes in order (verifying as they come: a snapshot of
-  another cluster, or older than the applied index, is refused at its
-  header), ``finish()`` verifies the end and then, in ONE synced batch,
-  replaces the history, sessions, leases and applied state by the snapshot's, sets
-  ``log_start = index + 1`` and deletes the chosen and accepted entries
-  ``<= index``; the promise and the entries ``> index`` stay. It returns the
-  index. ``abort()`` drops what was staged. ``foreign_cluster_ok=True``
-  (only for ``paxoskv snapshot restore``, which seeds a new cluster from a
-  backup) takes a snapshot of any cluster id, and of snapshot format 1
-  (from before revisions; a peer's is refused). Until ``finish()`` returns,
-  nothing of the snapshot is visible and a crash leaves the old state; once
-  it returned, the new state is durable. Errors in the snapshot itself are
-  ``SnapshotError`` (``SnapshotCorrupt``/``SnapshotRefused``), not
-  ``StorageError``: the transfer is retried, the node goes on.
 """
 
 from __future__ import annotations
@@ -186,7 +125,17 @@ class SnapshotInstaller(Protocol):
 
 @runtime_checkable
 class Storage(Protocol):
-    def load(self) -> LoadedState: ...
+    def load(self) -> LoadedState:
+        """Everything written through this handle (synced or not), except
+        accepted entries of slots chosen and applied (``<=`` the applied
+        index): no acceptance still in play (a store may keep one as the
+        chosen value's only copy, as LevelDB does). Refuses, with
+        ``OutOfRange``, a store holding a value past the maxima of
+        :mod:`paxoskv.paxos.bounds` (a ballot round over ``BALLOT_ROUND_MAX``,
+        a slot or index over ``SLOT_MAX``: taken from a peer by a paxoskv
+        from before those checks); the node does not start, and the message
+        says how to recover (``check_loaded``)."""
+        ...
 
     def persist(
         self,
@@ -194,23 +143,76 @@ class Storage(Protocol):
         accepted: Sequence[Entry],
         chosen: Sequence[tuple[int, Value]],
         sync: bool,
-    ) -> None: ...
+    ) -> None:
+        """ONE batch: the promise (if not None), accepted entries (replacing
+        an earlier entry of the same slot) and chosen values (those of slots
+        below ``log_start`` are ignored: applied and compacted). With
+        ``sync=True`` it and every batch before it are durable when it
+        returns. The caller groups one event-loop iteration into one call."""
+        ...
 
-    def apply(self, changes: Changes, drop_accepted_through: int) -> None: ...
+    def apply(self, changes: Changes, drop_accepted_through: int) -> None:
+        """ONE batch, never synced on its own (the next synced batch makes it
+        durable): the state machine's history rows (written and dropped),
+        session and lease changes, the applied index with the revision,
+        compaction revision and alarms, and the deletion of accepted entries
+        of slots ``<= drop_accepted_through``. The applied state and index
+        change together, so a restart never applies a slot twice."""
+        ...
 
-    def history_row(self, row: bytes) -> bytes | None: ...
+    def history_row(self, row: bytes) -> bytes | None:
+        """One history row (``paxoskv.kv.mvcc.HistoryReader``): sees every
+        row written through this handle, even while a ``persist`` runs in
+        another thread."""
+        ...
 
-    def history_rows(self, start: bytes, stop: bytes | None = None) -> Iterator[tuple[bytes, bytes]]: ...
+    def history_rows(self, start: bytes, stop: bytes | None = None) -> Iterator[tuple[bytes, bytes]]:
+        """The rows in ``[start, stop)``, as ``history_row`` sees them."""
+        ...
 
-    def compact(self, through_slot: int) -> None: ...
+    def compact(self, through_slot: int) -> None:
+        """ONE batch, not synced on its own: deletes the chosen and accepted
+        entries of slots ``<= through_slot``, sets ``log_start =
+        through_slot + 1``. Only applied slots (asserted); ``log_start``
+        never goes back (a lower ``through_slot`` does nothing)."""
+        ...
 
-    def reclaim(self) -> None: ...
+    def reclaim(self) -> None:
+        """Gives the space of deleted records back to the file system
+        (LevelDB: ``compact_range`` over them), changing no record. It may
+        take long and blocks no other call: run it in a worker thread after
+        ``compact`` or an install's ``finish()``."""
+        ...
 
-    def defragment(self) -> None: ...
+    def defragment(self) -> None:
+        """``reclaim`` for the whole store (etcd's Defragment)."""
+        ...
 
-    def open_snapshot(self) -> SnapshotSource: ...
+    def open_snapshot(self) -> SnapshotSource:
+        """A consistent view of the applied state (history rows, revision
+        counters, alarms, sessions, leases, applied index) at the moment of
+        the call, taken without blocking writers. ``chunks(chunk_bytes)``
+        yields it in the snapshot file format (:mod:`paxoskv.storage.snapshot`),
+        lazily, and may be called again; ``close()`` releases the view (so
+        does the storage's ``close``)."""
+        ...
 
-    def begin_install(self, *, foreign_cluster_ok: bool = False) -> SnapshotInstaller: ...
+    def begin_install(self, *, foreign_cluster_ok: bool = False) -> SnapshotInstaller:
+        """An installer: ``write(chunk)`` takes the snapshot's bytes in order,
+        verifying as they come (another cluster's, or one older than the
+        applied index, is refused at its header); ``finish()`` verifies the
+        end, then in ONE synced batch replaces history, sessions, leases and
+        applied state by the snapshot's, sets ``log_start = index + 1`` and
+        deletes the chosen and accepted entries ``<= index`` (the promise and
+        entries ``> index`` stay), and returns the index; ``abort()`` drops
+        what was staged. Until ``finish()`` returns nothing is visible and a
+        crash leaves the old state; after, the new state is durable.
+        ``foreign_cluster_ok`` (only ``paxoskv snapshot restore``, seeding a
+        new cluster from a backup) takes any cluster id and format 1. Errors
+        in the snapshot are ``SnapshotError`` (``SnapshotCorrupt`` /
+        ``SnapshotRefused``), not ``StorageError``: the transfer is retried,
+        the node goes on."""
+        ...
 
     def close(self) -> None: ...
 

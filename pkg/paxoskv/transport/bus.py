@@ -1,77 +1,42 @@
 """The peer bus: core messages between nodes over ZeroMQ ROUTER/DEALER.
 
-Rules
------
+Rules (the why, and every byte bound with its arithmetic: docs/security.md,
+"The peer bus"):
+
 * Each node binds one ROUTER (everything addressed to it arrives there) and
-  holds one DEALER per peer, connected to that peer's ROUTER. Core messages
-  go out only on DEALERs and come in only on the ROUTER. One core message is
-  one ZeroMQ message of one frame, an encoded ``Envelope``
-  (:mod:`paxoskv.paxos.codec`); a bus control message
-  (``proto/paxoskv/v1/bus.proto``) is two frames, :data:`CONTROL_TAG` and a
-  ``BusControl``.
-* **With keys (CURVE, "ironhouse")** the traffic is encrypted and every
-  connection authenticated: the ROUTER is a CURVE server whose ZAP handler
-  (:mod:`paxoskv.transport.zap`) admits exactly the members' public keys, so
-  a connection with any other key is closed in its handshake and no frame of
-  it reaches the node (counted: ``refused_handshakes``). Each frame's
-  ``User-Id`` names the member whose key it came with; an Envelope whose
-  ``from`` is another member is dropped (KEY_MISMATCH). DEALER routing ids
-  are 16 random bytes per bus, sent only inside the encrypted handshake, so
-  ``ROUTER_HANDOVER`` (a DEALER's reconnection takes over its own stale
-  connection) cannot be used by one member to take over another's link.
-* **Without keys (insecure)** nothing is authenticated or encrypted. The
-  DEALER routing id is the node id and must match ``from``
-  (IDENTITY_MISMATCH), which catches misconfiguration, not attackers: anyone
-  who reaches the bus port can send as any member; take a member's link over
-  by connecting with its routing id (``ROUTER_HANDOVER``: the member's frames
-  go nowhere until its unacknowledged data times out, ``TCP_MAXRT``); make
-  the node hold unbounded memory with one multipart message that never ends
-  (libzmq bounds each frame and counts whole messages, not the parts of
-  one); abort it with ZMTP PINGs (see the last rule). Only for a network
-  that nobody but the members can reach.
-* **Byte bounds** (defaults; F = :data:`FRAME_BYTES_MAX` = 32 MiB):
-  a frame over F is never read -- libzmq cuts the connection on its header
-  (``MAXMSGSIZE`` = F). Inbound, per connection: at most
-  :data:`RECV_QUEUE_MESSAGES_MAX` whole messages queued plus one pending and
-  one being read, (8 + 2) x F = 320 MiB; in CURVE mode only members get that
-  far (and a member can open several connections). Outbound, per peer:
-  ``SNDHWM`` = ``send_queue_max`` (1,000) messages under
-  :data:`ZERO_COPY_BYTES_MIN` (64 KiB), at most 62.5 MiB, plus
-  ``send_bytes_max`` (2 F = 64 MiB) of larger ones, tracked until libzmq lets
-  go of them, plus one frame in its encoder: 160 MiB. A send over a bound is
-  dropped and counted, never queued. A message that encodes larger than F is split when
-  its type allows (Accept, Forward: into several of the same type, in
-  order; CatchupReply: its longest prefix that fits, the receiver asks for
-  the rest), else dropped and counted (``send_oversized``).
-* **Identity.** :meth:`PeerBus.start` asks every peer, before any DEALER
-  connects, which bus address it has for this node, probes each address it
-  is told, and raises :class:`DuplicateNode` when a bus with another
-  instance nonce answers there as this node of this cluster: a second node
-  with the same id does not start. An address nobody answers within
-  ``probe_timeout_s`` is taken as free. Core messages that arrive meanwhile
-  are kept (at most 4,096) for the first :meth:`recv_batch`.
-* Sending never blocks and never awaits: a message to a peer whose queue is
-  full or that has no completed connection (``IMMEDIATE=1``) is dropped,
-  counted and ``send`` returns False. Paxos retransmits.
+  holds one DEALER per peer. A core message is one ZeroMQ message of one
+  frame, an encoded ``Envelope`` (:mod:`paxoskv.paxos.codec`); a bus control
+  message is two frames, :data:`CONTROL_TAG` and a ``BusControl``.
+* **With keys (CURVE)** the ROUTER's ZAP handler (:mod:`paxoskv.transport.zap`)
+  admits exactly the members' public keys (others: ``refused_handshakes``);
+  an Envelope whose ``from`` is not the member of its frame's ``User-Id`` is
+  dropped (KEY_MISMATCH). DEALER routing ids are 16 random bytes per bus, so
+  ``ROUTER_HANDOVER`` cannot hand one member's link to another.
+* **Without keys (insecure)** the DEALER routing id is the node id and must
+  match ``from`` (IDENTITY_MISMATCH): a check against misconfiguration, not
+  attackers. Only for a network nobody but the members can reach.
+* **Byte bounds:** a frame over :data:`FRAME_BYTES_MAX` is never read
+  (``MAXMSGSIZE``); inbound at most :data:`RECV_QUEUE_MESSAGES_MAX` whole
+  messages per connection; outbound ``send_queue_max`` messages and
+  ``send_bytes_max`` bytes per peer. A send over a bound is dropped and
+  counted, never queued; a message over the frame limit is split when its
+  type allows (Accept, Forward, CatchupReply's prefix), else dropped
+  (``send_oversized``).
+* **Identity:** :meth:`PeerBus.start` refuses (:class:`DuplicateNode`) to
+  start a second bus of the same node id and cluster that another instance
+  answers for; core messages arriving meanwhile are kept (at most 4,096).
+* Sending never blocks or awaits: a full queue or a peer without a completed
+  connection (``IMMEDIATE=1``) drops the message, counts it, and ``send``
+  returns False. Paxos retransmits.
 * Every received frame is validated; a bad one is counted under a
   :class:`DropReason`, logged at most once per sender per
-  ``drop_log_interval_s`` (by the injected clock) and dropped.
-* Reconnecting is libzmq's job (``RECONNECT_IVL`` 50 ms backing off to 1 s).
-  A DEALER whose data goes unacknowledged for 5 s (``TCP_MAXRT``) or whose
-  idle connection fails TCP keepalive drops the connection and reconnects.
-  No ZMTP heartbeats: with them libzmq 4.3.5 can abort a node whose ROUTER
-  input is stopped at RCVHWM (see ``_dealer``); any peer that sends PING
-  commands anyway can do that -- on the CURVE bus only a member.
-
-Theory of operation
--------------------
-The ROUTER is a ``zmq.asyncio`` socket used only to *wait*: a reader on its
-``FD`` wakes :meth:`PeerBus.recv_batch`, which drains everything queued
-through a synchronous shadow (``recv(NOBLOCK)`` frame by frame until
-``zmq.Again``, payloads as zero-copy views), so a burst costs one await per
-``RECV_QUEUE_MESSAGES_MAX`` messages or so, not one per message. DEALERs are
-plain synchronous sockets. One event loop owns the bus; nothing here is
-thread-safe.
+  ``drop_log_interval_s`` (injected clock) and dropped.
+* Reconnecting is libzmq's (``RECONNECT_IVL`` 50 ms to 1 s); a connection
+  whose data is unacknowledged for ``TCP_MAXRT`` (5 s) is dropped. No ZMTP
+  heartbeats anywhere (libzmq 4.3.5 aborts with them: see ``_dealer``).
+* One event loop owns the bus; nothing here is thread-safe. The ROUTER's
+  asyncio socket only waits; :meth:`PeerBus.recv_batch` drains through a
+  synchronous shadow until ``zmq.Again``, payloads as zero-copy views.
 """
 
 from __future__ import annotations
