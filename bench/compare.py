@@ -107,13 +107,15 @@ BATCHED_ECHO_SCRIPT = ROOT / "bench" / "quorum_echo_batched_node.py"
 SYSTEMS = (
     "paxoskv", "etcd", "pysyncobj", "grpc-echo", "grpc-echo-sync", "quorum-echo", "quorum-echo-thrifty",
     "quorum-echo-batched", "paxoskv-etcdapi",
-    "paxoskv-insecure", "paxoskv-secure", "paxoskv-base",
+    "paxoskv-insecure", "paxoskv-secure", "paxoskv-base", "paxoskv-base-etcdapi",
 )
 # Not by default: paxoskv-insecure and paxoskv-secure, what security costs (the insecure bus and
-# plaintext port; CURVE with TLS and client certificates); paxoskv-base needs --base-tree.
+# plaintext port; CURVE with TLS and client certificates); paxoskv-base and paxoskv-base-etcdapi
+# (the base tree's nodes loaded through etcd's API) need --base-tree.
 SECURITY = ("paxoskv-insecure", "paxoskv-secure")
-DEFAULT_SYSTEMS = tuple(s for s in SYSTEMS if s != "paxoskv-base" and s not in SECURITY)
-ETCD_API = ("etcd", "paxoskv-etcdapi")  # the systems loaded through etcd's v3 API
+BASE = ("paxoskv-base", "paxoskv-base-etcdapi")
+DEFAULT_SYSTEMS = tuple(s for s in SYSTEMS if s not in BASE and s not in SECURITY)
+ETCD_API = ("etcd", "paxoskv-etcdapi", "paxoskv-base-etcdapi")  # the systems loaded through etcd's v3 API
 BATCHING = ("paxoskv", "paxoskv-base", *ETCD_API, "quorum-echo-batched")  # the systems with a batch: PackedBatch, Txn
 # The jobs that speak etcd's Watch and Lease streams: etcd, and paxoskv's own port (it serves
 # etcd's API there), so paxoskv-etcdapi, the same servers through the same port, would repeat them.
@@ -139,7 +141,7 @@ class Job:
 
 JOBS: tuple[Job, ...] = (
     # idle: paxoskv-etcdapi runs the same servers as paxoskv, and no load means no API
-    Job("idle", "idle, no load", mode="idle", systems=tuple(s for s in SYSTEMS if s != "paxoskv-etcdapi")),
+    Job("idle", "idle, no load", mode="idle", systems=tuple(s for s in SYSTEMS if not s.endswith("-etcdapi"))),
     Job("put", "put, unary"),
     Job("get", "get, linearizable, unary", read_share=1.0),
     Job("mix50", "50% get / 50% put, unary", read_share=0.5),
@@ -175,9 +177,9 @@ def start(system: str, base: pathlib.Path) -> clusters.Cluster:
     if system in SECURITY:
         secure = system == "paxoskv-secure"
         return clusters.start_paxoskv(base, curve=secure, tls=secure, name=system)
-    if system == "paxoskv-base":
+    if system in BASE:
         assert BASE_TREE is not None
-        return clusters.start_paxoskv(base, tree=BASE_TREE, name="paxoskv-base")
+        return clusters.start_paxoskv(base, tree=BASE_TREE, name=system)
     if system == "etcd":
         return clusters.start_etcd(base)
     if system in ("grpc-echo", "grpc-echo-sync"):
@@ -334,7 +336,7 @@ def _why(system: str, exc: BaseException) -> str:
     """One line for a failed cell. paxoskv loaded through etcd's API that
     says it has no such service gets the sentence the table is known by."""
     text = str(exc)
-    if system == "paxoskv-etcdapi" and "UNIMPLEMENTED" in text and "does not serve etcdserverpb.KV" in text:
+    if system.endswith("-etcdapi") and "UNIMPLEMENTED" in text and "does not serve etcdserverpb.KV" in text:
         return NOT_SERVED
     return text.strip().splitlines()[-1][:200]
 
@@ -628,8 +630,8 @@ def main() -> int:
     unknown = set(args.systems) - set(SYSTEMS)
     if unknown or "paxoskv" not in args.systems:
         ap.error(f"--systems must include paxoskv and only name {', '.join(SYSTEMS)}")
-    if ("paxoskv-base" in args.systems) != bool(args.base_tree):
-        ap.error("--systems paxoskv-base and --base-tree go together")
+    if bool(set(BASE) & set(args.systems)) != bool(args.base_tree):
+        ap.error("--systems paxoskv-base (or paxoskv-base-etcdapi) and --base-tree go together")
     if args.base_tree:
         global BASE_TREE
         BASE_TREE = pathlib.Path(args.base_tree).resolve()

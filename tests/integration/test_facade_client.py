@@ -94,7 +94,7 @@ class FakeNode:
             raise errors.InvalidArgument("key is empty")
         if self.fail_next:
             raise self.fail_next.pop(0)
-        return self.kv.get(req.key), self.index
+        return self.kv.get(req.key), self.index, self.index  # (value, applied index, revision: one per write here)
 
     async def ops(self, ops, *, timeout_s: float, request=None, raw=None) -> list:  # noqa: ANN001
         """Each op in turn (a fake: no batching), each answered alone."""

@@ -433,14 +433,17 @@ def test_a_batch_applies_exactly_like_its_ops_one_by_one(slots, sessions_max) ->
         ]
         b, s = batched.take_changes(), single.take_changes()
         # (a unary write's result carries the revision of its own command;
-        # a batch's ops share one and their results carry none)
-        assert b.sessions == _without_revisions(s.sessions) and dict(batched.items()) == dict(single.items())
+        # a batch's ops share one: the revision the batch left the store at)
+        assert _without_revisions(b.sessions) == _without_revisions(s.sessions)
+        assert dict(batched.items()) == dict(single.items())
+        assert {r.revision for r in one.result if r.code == 0 and r.index == index} <= {batched.revision}
+        assert all(x.result.revision == batched.revision for x in b.sessions.values() if x and x.last_index == index)
         # the same writes, but as ONE revision (sub-revisions in order)
         assert written(b) == written(s)
         assert {k[:8] for k in b.history} <= {b.revision.to_bytes(8, "big")}
         assert len(b.history) == len(s.history)
     assert dict(batched.items()) == dict(single.items())
-    assert dict(batched.sessions) == _without_revisions(dict(single.sessions))
+    assert _without_revisions(dict(batched.sessions)) == _without_revisions(dict(single.sessions))
 
 
 def test_a_batch_retried_in_a_later_slot_is_answered_with_the_first_results() -> None:
@@ -769,3 +772,42 @@ def test_a_nospace_alarm_refuses_puts_of_both_apis_and_not_deletes() -> None:
     sm.apply(7, (_etcd(A(action=A.DEACTIVATE, memberID=9, alarm=rpc_pb2.NOSPACE), client_id="anon-3"),))
     [ok] = sm.apply(8, (encode_put("c", 2, b"k", b"w"),))
     assert ok.result.code == OK and not sm.nospace and sm.take_changes().alarms == ()
+
+
+# ---- revisions in the answers, and in the session table ------------------------------
+
+
+def _reloaded(sm: KVStateMachine) -> KVStateMachine:
+    """``sm``'s sessions as storage writes and reads them (Session.encode, storage.proto
+    Session), in a new state machine at the same applied index: a restart."""
+    sessions = {
+        cid: Session.from_proto(storage_pb2.Session.FromString(s.encode()))
+        for cid, s in (*sm.sessions.items(), *sm.node_sessions.items())
+    }
+    return KVStateMachine({}, sessions, sm.applied_index, Limits(), revision=sm.revision)
+
+
+def test_every_write_answers_the_revision_it_left_and_a_retry_the_same_one_after_a_restart() -> None:
+    sm = fresh()
+    [put] = sm.apply(1, (encode_put("u", 1, b"k", b"v"),))
+    assert put.result.revision == sm.revision == 2
+    [gone] = sm.apply(2, (encode_delete("u", 2, b"missing"),))
+    assert (gone.result.existed, gone.result.revision, sm.revision) == (False, 2, 2)  # nothing changed: no new revision
+    [per_op] = sm.apply(3, (_batch([("put", "b", 1, b"k", b"w"), ("delete", "b2", 1, b"nope", b""), ("put", "", 0, b"x", b"1")]),))
+    assert [r.revision for r in per_op.result] == [3, 3, 3] and sm.revision == 3
+    [packed] = sm.apply(4, (_packed("p", 1, [("put", b"k", b"z"), ("put", b"", b"bad")]),))
+    assert [r.code for r in packed.result] == [OK, INVALID]
+    assert packed.result[0].revision == sm.revision == 4
+    [only_missing] = sm.apply(5, (_batch([("delete", "d", 1, b"never", b"")]),))
+    assert only_missing.result[0].revision == sm.revision == 4  # a batch that changed nothing
+    sm.apply(6, (encode_put("other", 1, b"k", b"later"),))  # the store moves on
+    assert sm.revision == 5
+    for machine in (sm, _reloaded(sm)):
+        [again] = machine.apply(7, (encode_put("u", 2, b"missing", b"ignored"),))
+        assert again.result.revision == 2  # the delete's answer, from the session
+        [again] = machine.apply(8, (_batch([("put", "b", 1, b"k", b"w")]),))
+        assert again.result[0].revision == 3
+        [again] = machine.apply(9, (_packed("p", 1, [("put", b"k", b"z"), ("put", b"", b"bad")]),))
+        assert [(r.code, r.revision) for r in again.result][0] == (OK, 4)
+        assert machine.revision == 5  # nothing applied again
+    assert sm.get(b"k") == b"later"

@@ -89,8 +89,8 @@ def test_writes_through_any_node_are_read_linearizably_from_every_node():
             r = await c.nodes[leader].put(put("c1", 2, b"k", b"v2"), timeout_s=5)
             assert r.existed
             for i in c.ids:
-                value, index = await c.nodes[i].get(get(b"k"), timeout_s=5)
-                assert value == b"v2" and index >= 2
+                value, index, revision = await c.nodes[i].get(get(b"k"), timeout_s=5)
+                assert value == b"v2" and index >= 2 and revision >= r.revision  # read at the second put's or later
 
     run(main())
 
@@ -125,7 +125,7 @@ def test_many_concurrent_writes_share_synced_batches_and_survive_a_full_restart(
         try:
             await c.leader()
             for k in range(0, 2000, 97):
-                value, _ = await c.nodes[2].get(get(b"k%d" % k), timeout_s=5)
+                value, _, _ = await c.nodes[2].get(get(b"k%d" % k), timeout_s=5)
                 assert value == b"v%d" % k
         finally:
             for i in list(c.nodes):
@@ -290,7 +290,7 @@ def test_a_packed_batch_is_refused_until_every_member_is_known_to_take_them():
             for i in c.ids:
                 with pytest.raises(Unimplemented, match="packed batches"):
                     await _packed(c.nodes[i], "pk", 1, b"a", b"b")
-            value, _ = await c.nodes[1].get(get(b"a"), timeout_s=5)
+            value, _, _ = await c.nodes[1].get(get(b"a"), timeout_s=5)
             assert value is None  # nothing was proposed
             c.config = old_config
             await c.stop(3)

@@ -18,7 +18,9 @@ Rules:
   checks are ``paxoskv.kv.commands.validate_op``'s, made here before any
   call (the cluster makes them too).
 - Output a script can rely on: ``put`` prints ``OK``; ``delete`` prints ``1``
-  if the key existed and ``0`` if not (both succeed); ``get`` prints the
+  if the key existed and ``0`` if not (both succeed); with ``--json`` each
+  prints one JSON object with the store's revision the write left (``put``:
+  ``revision``, ``existed``; ``delete``: ``deleted``, ``revision``); ``get`` prints the
   value; ``get --prefix`` each key and its value on lines of their own
   (etcdctl's form); ``get --json`` the keys with their revisions; ``txn``
   prints ``SUCCESS`` or ``FAILURE`` (both succeed), then each op's answer
@@ -261,6 +263,7 @@ def _run_command(cmd: str, params: dict[str, object], body: Callable[[], None]) 
               help="Write only if KEY was last changed at this revision (0: absent); else exit 1.")
 @click.option("--if-value", default=None, metavar="V",
               help="Write only if KEY's value is V (written as KEY is: text, --hex or --base64); else exit 1.")
+@click.option("--json", "as_json", is_flag=True, help='Print {"revision": R, "existed": B} instead of OK (R: the put\'s mod revision).')
 @_encoding
 @_common
 def put_cmd(
@@ -270,6 +273,7 @@ def put_cmd(
     if_version: int | None,
     if_mod_revision: int | None,
     if_value: str | None,
+    as_json: bool,
     hex_: bool,
     b64: bool,
     endpoints: str,
@@ -282,7 +286,8 @@ def put_cmd(
     the value from stdin, --value-file PATH from a file (raw bytes, not
     decoded, up to 1 MiB). With --if-version, --if-mod-revision or
     --if-value (one of them) it is a compare-and-swap: nothing is written
-    unless KEY is so, and then it says why on stderr and exits 1.
+    unless KEY is so, and then it says why on stderr and exits 1. --json
+    prints the store's revision the put created (KEY's mod revision).
     """
 
     def body() -> None:
@@ -309,7 +314,7 @@ def put_cmd(
         with _client(endpoints, timeout_s, tls) as c:
             try:
                 if not conditions:
-                    c.put(key_b, value_b)
+                    written = c.put(key_b, value_b)
                 else:
                     result = c.put_if(key_b, value_b, **conditions)  # type: ignore[arg-type]
             except ClientError as exc:
@@ -317,6 +322,14 @@ def put_cmd(
         if conditions and not result.succeeded:
             click.echo(f"paxoskv put: not written: {_not_met(key, result, conditions)}", err=True)
             sys.exit(EXIT_NOT_MET)
+        if as_json:
+            answer = (
+                {"revision": written.revision, "existed": written.existed}
+                if not conditions
+                else {"revision": result.revision, "succeeded": True}
+            )
+            click.echo(json.dumps(answer))
+            return
         click.echo("OK")
 
     _run_command("put", {"key": key, "value": value, "if_value": if_value, "endpoints": endpoints}, body)
@@ -607,10 +620,13 @@ def txn_cmd(
 
 @click.command("delete")
 @click.argument("key")
+@click.option("--json", "as_json", is_flag=True, help='Print {"deleted": B, "revision": R} instead of 1 or 0.')
 @_encoding
 @_common
-def delete_cmd(key: str, hex_: bool, b64: bool, endpoints: str, timeout_s: float, **tls: str | None) -> None:
-    """Delete KEY (prints 1 if it existed, 0 if not); --hex / --base64 take KEY so."""
+def delete_cmd(key: str, as_json: bool, hex_: bool, b64: bool, endpoints: str, timeout_s: float, **tls: str | None) -> None:
+    """Delete KEY (prints 1 if it existed, 0 if not); --hex / --base64 take KEY so;
+    --json prints {"deleted": B, "revision": R} (R: the delete's revision, or
+    the store's when there was nothing to delete)."""
 
     def body() -> None:
         key_b = _decode(key, _mode(hex_, b64), "KEY")
@@ -620,6 +636,9 @@ def delete_cmd(key: str, hex_: bool, b64: bool, endpoints: str, timeout_s: float
                 result = c.delete(key_b)
             except ClientError as exc:
                 _fail("delete", exc, c, write=True)
+        if as_json:
+            click.echo(json.dumps({"deleted": result.existed, "revision": result.revision}))
+            return
         click.echo("1" if result.existed else "0")
 
     _run_command("delete", {"key": key, "endpoints": endpoints}, body)

@@ -163,7 +163,7 @@ class WriteResult:
     index: int  # the log slot the command was applied at
     node_id: int  # the node that answered
     leader_id: int
-    revision: int = 0  # the store's revision after it (0: a batch's write, or an older server)
+    revision: int = 0  # the store's revision after it: a put's mod_revision (0: an older server)
 
 
 @dataclass(frozen=True, slots=True)
@@ -172,6 +172,7 @@ class GetResult:
     index: int  # the applied index the answer reflects
     node_id: int
     leader_id: int
+    revision: int = 0  # the store's revision it was read at (0: an older server)
 
     @property
     def found(self) -> bool:
@@ -441,7 +442,7 @@ class Client:
         req = kv_pb2.GetRequest(key=_as_bytes(key, "key"), serializable=serializable)
         resp = await self._call("get", req, timeout_s, endpoint)
         h = resp.header
-        return GetResult(resp.value if resp.found else None, h.index, h.node_id, h.leader_id)
+        return GetResult(resp.value if resp.found else None, h.index, h.node_id, h.leader_id, h.revision)
 
     async def get(
         self,
@@ -715,12 +716,12 @@ def _op_result(r: kv_pb2.ResponseOp) -> WriteResult | GetResult:
     kind = r.WhichOneof("op")
     if kind == "get":
         h = r.get.header
-        return GetResult(r.get.value if r.get.found else None, h.index, h.node_id, h.leader_id)
+        return GetResult(r.get.value if r.get.found else None, h.index, h.node_id, h.leader_id, h.revision)
     if kind == "put":
         h = r.put.header
-        return WriteResult(r.put.existed, h.index, h.node_id, h.leader_id)
+        return WriteResult(r.put.existed, h.index, h.node_id, h.leader_id, h.revision)
     h = r.delete.header
-    return WriteResult(r.delete.deleted, h.index, h.node_id, h.leader_id)
+    return WriteResult(r.delete.deleted, h.index, h.node_id, h.leader_id, h.revision)
 
 
 def _txn_answer(r: rpc_pb2.ResponseOp) -> list[KeyValue] | int | None:

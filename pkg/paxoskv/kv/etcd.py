@@ -14,6 +14,12 @@ Rules (etcd 3.4.23: etcdserver/apply.go, api/v3rpc/key.go, mvcc/kvstore_txn.go):
   ``header.revision`` set as etcd's applier sets it) or an ``EtcdError``,
   and then nothing was written. ``serve_range`` and ``serve_txn`` (a Txn
   of ranges only) read without writing.
+- The Range of one key at the current revision (``is_range_one``: no
+  range_end, no revision, no min/max filter; sorting and a limit change
+  nothing for one key) is the hot read: the caller reads the key's live
+  ``KeyRecord`` and the store's revision and ``encode_range_one`` writes
+  the RangeResponse's bytes, the same bytes ``serve_range``'s message
+  serializes to with the header etcd's API fills (tests/unit/test_etcd_range_one.py).
 - An error is etcd's gRPC status code name and message, byte for byte
   (rpctypes/error.go): the Go client rebuilds typed errors from the text.
 - Leases: a put naming a lease needs it to exist (``Leases``: the state
@@ -33,6 +39,7 @@ from typing import Protocol
 from paxoskv.etcdpb import kv_pb2 as mvccpb
 from paxoskv.etcdpb import rpc_pb2
 from paxoskv.kv.mvcc import KeyRecord, MVCCStore
+from paxoskv.protowire import varint
 
 __all__ = [
     "ALARM_NOSPACE",
@@ -50,6 +57,9 @@ __all__ = [
     "check_delete_range",
     "check_structure",
     "check_txn",
+    "encode_range_one",
+    "header_prefix",
+    "is_range_one",
     "is_txn_readonly",
     "is_txn_serializable",
     "prefix_end",
@@ -411,6 +421,57 @@ def serve_range(store: MVCCStore, req: rpc_pb2.RangeRequest) -> rpc_pb2.RangeRes
             kv.value = b""
     resp.kvs.extend(kvs)
     return resp
+
+
+def is_range_one(req: rpc_pb2.RangeRequest) -> bool:
+    """``req`` reads one (non-empty) key at the current revision with no
+    revision filter: what ``encode_range_one`` answers (see the rules)."""
+    return bool(
+        req.key
+        and not req.range_end
+        and not req.revision
+        and not req.min_mod_revision
+        and not req.max_mod_revision
+        and not req.min_create_revision
+        and not req.max_create_revision
+    )
+
+
+_U64 = (1 << 64) - 1
+
+
+def _uint(tag: bytes, n: int) -> bytes:
+    """A varint field (int64/uint64: a negative number as its two's complement), omitted at 0."""
+    return tag + varint(n & _U64) if n else b""
+
+
+def header_prefix(cluster_id: int, member_id: int) -> bytes:
+    """The fixed start of a member's ResponseHeader bytes: cluster_id (1), member_id (2)."""
+    return _uint(b"\x08", cluster_id) + _uint(b"\x10", member_id)
+
+
+def encode_range_one(
+    prefix: bytes, revision: int, raft_term: int, key: bytes, rec: KeyRecord | None, keys_only: bool, count_only: bool
+) -> bytes:
+    """The encoded RangeResponse of an ``is_range_one`` request: ``rec`` is
+    ``key``'s live record (None: no such key) read at store ``revision``;
+    the header is ``prefix`` (``header_prefix``), ``revision`` and ``raft_term``."""
+    head = prefix + _uint(b"\x18", revision) + _uint(b"\x20", raft_term)
+    out = b"\x0a" + varint(len(head)) + head
+    if rec is None:
+        return out
+    if not count_only:
+        value = b"" if keys_only else rec.value
+        kv = (
+            b"\x0a" + varint(len(key)) + key
+            + _uint(b"\x10", rec.create)
+            + _uint(b"\x18", rec.mod)
+            + _uint(b"\x20", rec.version)
+            + (b"\x2a" + varint(len(value)) + value if value else b"")
+            + _uint(b"\x30", rec.lease)
+        )
+        out += b"\x12" + varint(len(kv)) + kv
+    return out + b"\x20\x01"  # count: 1
 
 
 # ---- compares and transactions ----------------------------------------------------------

@@ -19,7 +19,12 @@ Rules:
   delete, every write of a ``BatchOp`` (packed or per-op) and every write of
   an etcd ``Txn`` share their command's revision, with sub-revisions in
   order; a command that changes nothing (a delete of a missing key, a
-  duplicate, a Txn whose branch writes nothing) does not bump it.
+  duplicate, a Txn whose branch writes nothing) does not bump it. Every
+  successful result carries the revision its command left the store at
+  (``CommandResult.revision``: its writes' mod revision; for a command that
+  changed nothing, the store's), the ops of a batch all the batch's; the
+  session remembers it with the result, so a retry is answered the same
+  revision (a packed batch's: in its last op's result, even a refused one).
 - An etcd command (``Command.etcd``, ``paxoskv.kv.etcd``) is answered with
   etcd's response message or an ``EtcdError`` (then nothing was written);
   its ``Applied`` carries the proposing node's ``waiter``.
@@ -127,11 +132,26 @@ def _stale(index: int, client_id: str, sequence: int, session: Session) -> kv_pb
 _NOT_IN_LOG = "only put and delete ops can be in the log"
 
 
-def _ok_pair(index: int) -> tuple[kv_pb2.CommandResult, kv_pb2.CommandResult]:
-    """The successful results of slot ``index``, key absent / present before:
-    shared by all the ops of a batch and their sessions (never mutated)."""
+def _ok_pair(index: int, revision: int) -> tuple[kv_pb2.CommandResult, kv_pb2.CommandResult]:
+    """The successful results of slot ``index`` at ``revision``, key absent /
+    present before: shared by all the ops of a batch and their sessions
+    (never mutated once the batch's apply returns)."""
     Result = kv_pb2.CommandResult
-    return Result(code=_OK, index=index, existed=False), Result(code=_OK, index=index, existed=True)
+    return (
+        Result(code=_OK, index=index, existed=False, revision=revision),
+        Result(code=_OK, index=index, existed=True, revision=revision),
+    )
+
+
+def _settle_revision(store: MVCCStore, ok: tuple[kv_pb2.CommandResult, kv_pb2.CommandResult]) -> int:
+    """The revision a batch's apply leaves the store at (its writes' mod
+    revision, or the store's own when it changed nothing: only deletes of
+    absent keys, then no new revision); ``ok`` made with the new one is
+    set to it before the results leave."""
+    rev = store.revision + 1 if store.changed else store.revision
+    if ok[0].revision != rev:
+        ok[0].revision = ok[1].revision = rev
+    return rev
 
 
 def _copy_result(result: kv_pb2.CommandResult) -> kv_pb2.CommandResult:
@@ -419,7 +439,7 @@ class KVStateMachine:
         store = self._store
         nospace = self._nospace
         Result = kv_pb2.CommandResult
-        ok = _ok_pair(index)
+        ok = _ok_pair(index, store.revision + 1)
         results: list[kv_pb2.CommandResult] = []
         append = results.append
         for op in batch.ops:
@@ -469,6 +489,7 @@ class KVStateMachine:
             if client_id:
                 self._remember(client_id, Session(sequence, result, index))
             append(result)
+        _settle_revision(store, ok)
         return tuple(results)
 
     def _apply_packed(self, index: int, batch: kv_pb2.BatchOp) -> tuple[kv_pb2.CommandResult, ...]:
@@ -490,7 +511,7 @@ class KVStateMachine:
         put, delete = store.put, store.delete
         nospace = self._nospace
         Result = kv_pb2.CommandResult
-        ok = _ok_pair(index)
+        ok = _ok_pair(index, store.revision + 1)
         results: list[kv_pb2.CommandResult] = []
         append = results.append
         codes = bytearray(len(ops))
@@ -523,6 +544,11 @@ class KVStateMachine:
                 existed = delete(key) is not None
             codes[k] = existed
             append(ok[existed])
+        rev = _settle_revision(store, ok)
+        if results[-1].revision != rev:
+            # The last op was refused: its (fresh) result carries the batch's
+            # revision anyway, so that the session remembers it for a replay.
+            results[-1].revision = rev
         self._remember(client_id, Session(last, results[-1], index, bytes(codes)))
         return tuple(results)
 
@@ -530,7 +556,7 @@ class KVStateMachine:
         """The results a packed batch got when it was applied, from its session."""
         index = session.last_index
         Result = kv_pb2.CommandResult
-        ok = _ok_pair(index)
+        ok = _ok_pair(index, session.result.revision)  # 0: remembered before batches kept their revision
         out: list[kv_pb2.CommandResult] = []
         for code, op in zip(session.batch, ops):
             if code == _PACKED_NO_SPACE:

@@ -22,7 +22,9 @@ Rules:
   checks etcd makes before it proposes (request size, txn ops, duplicate
   keys, the space quota), reads through the read index unless
   serializable, writes proposed with a node-assigned identity and answered
-  by their waiter once applied here.
+  by their waiter once applied here. The Range of one key at the current
+  revision (``range_one``) is served as a paxoskv.v1 Get is: its live
+  record and the revision, the reply encoded by the API layer.
 - ``hash_kv(view, revision)``: a CRC-32 of every history row the view
   retains up to ``revision`` (its 16-byte key and its bytes, in revision
   order): equal on every member that applied the same history and
@@ -290,6 +292,7 @@ class EtcdCalls:
         self.cluster_id = cluster_id
         self.cluster_uid = cluster_uid(cluster_id)
         self.member_id = member_id(cluster_id, node.node_id)
+        self.header_prefix = etcd.header_prefix(self.cluster_uid, self.member_id)  # encode_range_one's
         self.limits = limits
         self.quota_bytes = quota_bytes
         self.backend_bytes = 0
@@ -406,6 +409,23 @@ class EtcdCalls:
             return call
         self._read(call, lambda: self._answer(self._sm.range(request)), request.serializable)
         return call
+
+    def range_one(self, request: rpc_pb2.RangeRequest, timeout_s: float, on_done):  # noqa: ANN001, ANN201
+        """The Range of one key at the current revision (``etcd.is_range_one``):
+        a v1 Get's path (the same read index rounds, nothing built but the
+        answer), answered ``(KeyRecord or None, revision)`` read together; a
+        failure is the node layer's ``NodeError``, for ``as_etcd``."""
+        node = self._node
+        call = node._call(1, on_done, "read not confirmed", timeout_s)
+        if node._stopped is not None:
+            call.set(0, failure(etcd.ERR_STOPPED))
+            return call
+        node.serve_read(call, 0, lambda key=request.key: self._record(key), request.serializable)
+        return call
+
+    def _record(self, key: bytes) -> tuple[object, int]:
+        sm = self._sm
+        return sm.store.record(key), sm.revision
 
     def _check(self, field: str, request) -> etcd.EtcdError | None:  # noqa: ANN001
         if field == "put":

@@ -316,7 +316,7 @@ class ReplicaNode:
 
     def get(self, req: kv_pb2.GetRequest, timeout_s: float, on_done: Callable[[Call], None]) -> Call:
         """Read ``req.key``: linearizable (read index) unless ``serializable``;
-        the answer is ``(value or None, applied index)``."""
+        the answer is ``(value or None, applied index, store revision)``, read together."""
         call = self._call(1, on_done, "read not confirmed", timeout_s)
         if self._stopped is not None:
             call.fail(Unavailable(self._stopped, proposed=False, reason=Unavailable.STOPPED))
@@ -473,16 +473,16 @@ class ReplicaNode:
                 call.set(i, InvalidArgument(commands.validate_op("", 0, key, b"", limits) or "bad key"))
             elif serializable:
                 sm = replica.sm
-                call.set(i, (sm.get(key), sm.applied_index))
+                call.set(i, (sm.get(key), sm.applied_index, sm.revision))
             else:
                 self._read_ids += 1
                 rid = self._read_ids
                 self.calls.add_read(rid, call, i, lambda key=key: self._serve_get(key))
                 replica.read(rid)
 
-    def _serve_get(self, key: bytes) -> tuple[bytes | None, int]:
+    def _serve_get(self, key: bytes) -> tuple[bytes | None, int, int]:
         sm = self.replica.sm  # the current one: a snapshot install replaces it
-        return sm.get(key), sm.applied_index
+        return sm.get(key), sm.applied_index, sm.revision
 
     def _read_refused(self) -> NodeError:
         return self._unavailable("read could not be confirmed by a quorum", reason=Unavailable.UNCONFIRMED)

@@ -9,7 +9,9 @@ Rules:
   etcd's gRPC status (code and message byte for byte).
 - Headers as etcd fills them (v3rpc/header.go): cluster id, the answering
   member's id and its raft term when the answer leaves; the revision the
-  applier set, else the current one. None where etcd sends none (Alarm,
+  applier set, else the current one. A Range of one key at the current
+  revision (``kv.etcd.is_range_one``) is read as a paxoskv.v1 Get is and
+  its reply encoded by hand (``encode_range_one``: the same bytes). None where etcd sends none (Alarm,
   Defragment, Snapshot, MoveLeader); MemberList's has no revision.
 - ``hasleader: true`` in the metadata: refused with ``etcdserver: no
   leader`` while this member knows none (v3rpc/interceptor.go).
@@ -35,12 +37,13 @@ from google.protobuf.message import DecodeError
 
 from paxoskv import __version__
 from paxoskv.etcdpb import rpc_pb2
-from paxoskv.replica.errors import EtcdFailure
-from paxoskv.replica.etcd import member_id
+from paxoskv.kv.etcd import encode_range_one, is_range_one
+from paxoskv.replica.errors import EtcdFailure, NodeError
+from paxoskv.replica.etcd import as_etcd, member_id
 from paxoskv.server.config import format_hostport
 from paxoskv.server.etcd_watch import WatchService
 from paxoskv.server.etcd_lease import lease_handlers
-from paxoskv.server.grpc_api import call_timeout_s
+from paxoskv.server.grpc_api import _serialize, call_timeout_s  # _serialize passes bytes encoded by hand
 from paxoskv.storage.snapshot import CHUNK_BYTES, etcd_envelope
 
 __all__ = ["ETCD_VERSION", "EtcdFacade", "SERVICES"]
@@ -143,7 +146,17 @@ class EtcdFacade:
     # ---- KV --------------------------------------------------------------------------
 
     async def _range(self, request: R.RangeRequest, context: Any, layer: Any) -> object:  # noqa: ANN401
-        resp = await self.node.etcd_range(request, timeout_s=self._timeout_s(context))
+        timeout_s = self._timeout_s(context)
+        if is_range_one(request):  # the hot read: a v1 Get's path, the reply encoded by hand
+            try:
+                rec, revision = await self.node.etcd_range_one(request, timeout_s=timeout_s)
+            except NodeError as exc:
+                raise as_etcd(exc) from None
+            e = layer.etcd
+            return encode_range_one(
+                e.header_prefix, revision, e.raft_term, request.key, rec, request.keys_only, request.count_only
+            )
+        resp = await self.node.etcd_range(request, timeout_s=timeout_s)
         self._fill(resp.header, layer)
         return resp
 
@@ -269,6 +282,3 @@ def _parse(cls: type, data: bytes):  # noqa: ANN202 - an instance of cls
     except (DecodeError, ValueError, TypeError) as exc:
         raise EtcdFailure("INVALID_ARGUMENT", f"etcdserver: malformed {cls.DESCRIPTOR.full_name}: {exc}") from None
 
-
-def _serialize(msg: Any) -> bytes:  # noqa: ANN401
-    return msg.SerializeToString()

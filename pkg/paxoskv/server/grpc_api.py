@@ -225,7 +225,7 @@ class NodeLike(Protocol):
 
     async def delete(self, req: kv_pb2.DeleteRequest, *, timeout_s: float) -> kv_pb2.CommandResult: ...
 
-    async def get(self, req: kv_pb2.GetRequest, *, timeout_s: float) -> tuple[bytes | None, int]: ...
+    async def get(self, req: kv_pb2.GetRequest, *, timeout_s: float) -> tuple[bytes | None, int, int]: ...
 
     async def scan(self, req: kv_pb2.RangeRequest, *, timeout_s: float) -> tuple[Any, int]: ...
 
@@ -416,13 +416,13 @@ class Facade:
     async def _get(self, data: bytes, context: grpc.aio.ServicerContext) -> object:
         try:
             req = _parse(kv_pb2.GetRequest, data)
-            value, index = await self.node.get(req, timeout_s=self._timeout_s(context))
+            value, index, revision = await self.node.get(req, timeout_s=self._timeout_s(context))
         except (NodeError, _Abort) as exc:
             await self._fail(context, exc)
             raise
         if value is None:
-            return kv_pb2.GetResponse(header=self._header(index), found=False)
-        return kv_pb2.GetResponse(header=self._header(index), found=True, value=value)
+            return kv_pb2.GetResponse(header=self._header(index, revision), found=False)
+        return kv_pb2.GetResponse(header=self._header(index, revision), found=True, value=value)
 
     async def _put(self, data: bytes, context: grpc.aio.ServicerContext) -> object:
         try:
@@ -517,7 +517,7 @@ class Facade:
         differ only in kind and ``existed``: each variant is encoded once. A
         get whose value would take the values past ``answer_bytes_max`` is
         answered RESOURCE_EXHAUSTED instead."""
-        made: dict[tuple[bool, int, bool], bytes] = {}
+        made: dict[tuple[bool, int, bool, int], bytes] = {}
         node_id = self.node_id
         leader_id = self.node.leader_id or 0
         room = answer_bytes_max
@@ -528,8 +528,8 @@ class Facade:
                 continue
             kind = op.WhichOneof("op")
             if kind == "get":
-                value, index = r
-                resp = kv_pb2.GetResponse(header=self._header(index), found=value is not None)
+                value, index, revision = r
+                resp = kv_pb2.GetResponse(header=self._header(index, revision), found=value is not None)
                 if value is not None:
                     if len(value) > room:
                         out.append(self._op_error(_Abort(
@@ -543,10 +543,10 @@ class Facade:
                 out.append(kv_pb2.ResponseOp(get=resp).SerializeToString())
                 continue
             is_put = kind == "put"
-            key = (is_put, r.index, r.existed)
+            key = (is_put, r.index, r.existed, r.revision)
             data = made.get(key)
             if data is None:
-                header = kv_pb2.ResponseHeader(node_id=node_id, leader_id=leader_id, index=r.index)
+                header = kv_pb2.ResponseHeader(node_id=node_id, leader_id=leader_id, index=r.index, revision=r.revision)
                 if is_put:
                     msg = kv_pb2.ResponseOp(put=kv_pb2.PutResponse(header=header, existed=r.existed))
                 else:

@@ -355,7 +355,7 @@ class Node:
     async def delete(self, req: kv_pb2.DeleteRequest, *, timeout_s: float) -> kv_pb2.CommandResult:
         return self._one(await self._call(lambda n, t, d: n.delete(req, t, d), timeout_s))
 
-    async def get(self, req: kv_pb2.GetRequest, *, timeout_s: float) -> tuple[bytes | None, int]:
+    async def get(self, req: kv_pb2.GetRequest, *, timeout_s: float) -> tuple[bytes | None, int, int]:
         return self._one(await self._call(lambda n, t, d: n.get(req, t, d), timeout_s))
 
     async def scan(self, req: kv_pb2.RangeRequest, *, timeout_s: float) -> tuple[object, int]:
@@ -408,6 +408,11 @@ class Node:
 
     async def etcd_range(self, request: object, *, timeout_s: float) -> object:
         return await self._etcd(lambda n, t, d: n.range(request, t, d), timeout_s)
+
+    async def etcd_range_one(self, request: object, *, timeout_s: float) -> tuple[object, int]:
+        """``(KeyRecord or None, revision)`` of a one-key Range at the current
+        revision (``EtcdCalls.range_one``); raises a ``NodeError``."""
+        return self._one(await self._call(lambda n, t, d: n.etcd.range_one(request, t, d), timeout_s))  # type: ignore[return-value]
 
     async def etcd_lease(self, method: str, request: object, *, timeout_s: float) -> object:
         """etcd's response to a lease call (``ReplicaNode.etcd_lease``); raises ``EtcdFailure``."""

@@ -443,7 +443,7 @@ class Client:
             self._cas_answer(call, op, result[0])
             return
         if op.kind == GET:
-            value, _index = result
+            value = result[0]  # (value, applied index, revision)
             op.value = value
         else:
             op.existed = bool(result.existed)
