@@ -214,3 +214,17 @@ def test_check_record_alone_and_bad_inputs() -> None:
         WatchEvent(1, b"a", "set")
     with pytest.raises(ValueError, match="filters"):
         WatchRecord(name="w", key=b"a", range_end=b"", start_revision=1, filters=frozenset({"noset"}))
+
+
+def test_a_key_written_twice_in_one_revision() -> None:
+    """paxoskv.v1 batches may write a key twice in one revision (etcd refuses)."""
+    log = [put(2, b"a", b"1"), put(3, b"a", b"2"), put(3, b"a", b"3")]
+    rec = WatchRecord(name="t", key=b"a", range_end=b"", start_revision=2, prev_kv=True,
+                      responses=[[log[0]], [with_prev(log[1], b"1"), with_prev(log[2], b"1")]])
+    assert check_watches(log, [rec]) == []
+    rec.responses = [[log[0]], [with_prev(log[1], b"1")]]
+    assert props(check_watches(log, [rec])) == {"atomic", "reliable"}
+    rec.responses = [[log[0]], [with_prev(log[1], b"1"), with_prev(log[1], b"1")]]
+    assert props(check_watches(log, [rec])) == {"exact"}
+    rec.responses = [[log[0]], [with_prev(log[2], b"1"), with_prev(log[1], b"1")]]
+    assert props(check_watches(log, [rec])) == {"ordered"}
