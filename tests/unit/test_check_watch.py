@@ -230,3 +230,14 @@ def test_a_key_written_twice_in_one_revision() -> None:
     assert props(check_watches(log, [rec])) == {"exact"}
     rec.responses = [[log[0]], [with_prev(log[2], b"1"), with_prev(log[1], b"1")]]
     assert props(check_watches(log, [rec])) == {"ordered"}
+
+
+def test_a_delete_at_a_compacted_start_revision_may_be_missing() -> None:
+    """etcd's compaction at C drops a key's tombstone at C: a watch from C cannot see it."""
+    rec = WatchRecord(name="d", key=b"a", range_end=b"", start_revision=5, responses=[[LOG[6]]], progress=[(1, 7)])
+    assert check_watches(LOG, [rec], compact_revision=5) == []
+    assert props(check_watches(LOG, [rec], compact_revision=4)) == {"reliable", "progress"}
+    chain = [WatchRecord(name="d#0", key=b"a", range_end=b"", start_revision=2, responses=[[LOG[0]], [LOG[2]]]),
+             WatchRecord(name="d#1", key=b"a", range_end=b"", start_revision=5, responses=[[LOG[6]]])]
+    assert check_watches(LOG, chain, compact_revision=6) == []
+    assert props(check_watches(LOG, chain)) == {"resumable/reliable", "reliable"}

@@ -27,7 +27,9 @@ Rules
   * **reliable**: every log event the range and filters select, from the
     start revision (the first received revision when the watch asked for
     ``0`` = now) up to the last revision it received or was promised by a
-    progress notification, was received;
+    progress notification, was received; but a delete at a start revision
+    at or below the store's compaction may be missing (etcd's compaction at
+    C drops a tombstone at C, and a watch may start at C);
   * **exact**: every received event is in the log at its revision with the
     same kind, value and (``prev_kv``) previous value, inside the range,
     not filtered out, not below the start revision;
@@ -213,8 +215,20 @@ def _start_of(rec: WatchRecord, events: list[tuple[int, WatchEvent]]) -> int | N
     return events[0][1].revision if events else None
 
 
-def _check_sequence(rep: _Report, ref: _Log, rec: WatchRecord,
-                    events: list[tuple[int, WatchEvent]], start: int | None, upto: int) -> None:
+def _compacted_starts(records: Iterable[WatchRecord], compact_revision: int) -> set[int]:
+    """Start revisions at or below the compaction: a delete at such a
+    revision may be gone when the watch starts there (etcd's compaction at
+    C keeps each key's last version <= C unless it is a tombstone), so it
+    is not required."""
+    return {r.start_revision for r in records if 0 < r.start_revision <= compact_revision}
+
+
+def _required(ev: WatchEvent, exempt: set[int]) -> bool:
+    return not (ev.kind == "delete" and ev.revision in exempt)
+
+
+def _check_sequence(rep: _Report, ref: _Log, rec: WatchRecord, events: list[tuple[int, WatchEvent]],
+                    start: int | None, upto: int, exempt: set[int]) -> None:
     """ordered, unique and reliable over ``events`` (``start``..``upto``)."""
     last_rev = 0
     for _, ev in events:
@@ -233,11 +247,12 @@ def _check_sequence(rep: _Report, ref: _Log, rec: WatchRecord,
         ident = (ev.revision, ev.key, ev.kind)
         if got[ident] > 0:
             got[ident] -= 1
-        else:
+        elif _required(ev, exempt):
             rep.add("reliable", f"{ev.show()} missing (watching from {start}, saw up to {upto})")
 
 
-def check_record(rec: WatchRecord, ref: _Log | list[WatchEvent], last_revision: int | None = None) -> list[str]:
+def check_record(rec: WatchRecord, ref: _Log | list[WatchEvent], last_revision: int | None = None,
+                 compact_revision: int = 0) -> list[str]:
     """The per-record guarantees of one watch (see the module's rules)."""
     ref = ref if isinstance(ref, _Log) else _Log(ref)
     last_revision = ref.last_revision if last_revision is None else last_revision
@@ -297,7 +312,8 @@ def check_record(rec: WatchRecord, ref: _Log | list[WatchEvent], last_revision: 
     # ordered, unique, reliable
     start = _start_of(rec, events)
     upto = rec.last_seen()
-    _check_sequence(rep, ref, rec, events, start, upto)
+    exempt = _compacted_starts([rec], compact_revision)
+    _check_sequence(rep, ref, rec, events, start, upto, exempt)
     # progress never lies
     for before, prog in rec.progress:
         if prog > last_revision:
@@ -311,12 +327,12 @@ def check_record(rec: WatchRecord, ref: _Log | list[WatchEvent], last_revision: 
                 ident = (lv.revision, lv.key, lv.kind)
                 if sent[ident] > 0:
                     sent[ident] -= 1
-                else:
+                elif _required(lv, exempt):
                     rep.add("progress", f"progress revision {prog} but {lv.show()} not received before it")
     return rep.done()
 
 
-def check_resumed(records: list[WatchRecord], ref: _Log | list[WatchEvent]) -> list[str]:
+def check_resumed(records: list[WatchRecord], ref: _Log | list[WatchEvent], compact_revision: int = 0) -> list[str]:
     """Resumable: the records of one logical watcher, in order, read as one
     watch (no gap, no duplicate, in order) from the first record's start to
     the last one's last seen revision. Each record is checked on its own by
@@ -343,7 +359,7 @@ def check_resumed(records: list[WatchRecord], ref: _Log | list[WatchEvent]) -> l
     start = _start_of(first, events)
     upto = max(rec.last_seen() for rec in records)
     before = len(rep.lines)
-    _check_sequence(rep, ref, first, events, start, upto)
+    _check_sequence(rep, ref, first, events, start, upto, _compacted_starts(records, compact_revision))
     # the sequence checks name the property as resumability across the seams
     rep.lines[before:] = [line.replace(f"{name}: ", f"{name}: resumable/", 1) for line in rep.lines[before:]]
     return rep.done()
@@ -362,12 +378,12 @@ def check_watches(log: list[WatchEvent], records: list[WatchRecord], compact_rev
         if rec.canceled_compact_revision > compact_revision:
             out.append(f"{rec.name}: canceled: at compaction {rec.canceled_compact_revision}, "
                        f"above the store's compaction {compact_revision}")
-        out.extend(check_record(rec, ref, last_revision))
+        out.extend(check_record(rec, ref, last_revision, compact_revision))
     groups: dict[str, list[tuple[int, WatchRecord]]] = defaultdict(list)
     for rec in records:
         base, attempt = logical_name(rec.name)
         groups[base].append((attempt, rec))
     for base in sorted(groups):
         chain = [rec for _, rec in sorted(groups[base], key=lambda p: p[0])]
-        out.extend(check_resumed(chain, ref))
+        out.extend(check_resumed(chain, ref, compact_revision))
     return out
