@@ -190,6 +190,12 @@ def test_resumable_duplicate() -> None:
     assert props(out) == {"resumable/unique"}, out
 
 
+def test_a_chain_ending_in_a_compaction_cancel_counts_what_it_received() -> None:
+    chain = resumed_chain(4, [[LOG[2], LOG[3]]])
+    chain[1].canceled_compact_revision = 6  # it fell behind, after revision 4
+    assert check_watches(LOG, chain, compact_revision=6) == []
+
+
 def test_resumable_from_a_progress_revision() -> None:
     chain = resumed_chain(6, [[LOG[5]], [LOG[6]]])
     chain[0].progress = [(2, 3)]

@@ -352,9 +352,9 @@ def check_resumed(records: list[WatchRecord], ref: _Log | list[WatchEvent], comp
                     f"revisions {seen + 1}..{rec.start_revision - 1} skipped")
     events: list[tuple[int, WatchEvent]] = []
     for n, rec in enumerate(records):
-        if rec.canceled_compact_revision:
-            break
         events.extend((n, ev) for _, ev in rec.events())
+        if rec.canceled_compact_revision:
+            break  # the logical watcher ends there (reported above if a record follows)
     first = records[0]
     start = _start_of(first, events)
     upto = max(rec.last_seen() for rec in records)
