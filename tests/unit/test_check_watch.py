@@ -115,6 +115,11 @@ def test_exact_prev_kv() -> None:
                       responses=[[with_prev(LOG[2], b"1")], [with_prev(LOG[4], b"1")], [with_prev(LOG[6], None)]])
     out = check_watches(LOG, [rec])
     assert props(out) == {"exact"} and "prev_kv" in out[0], out
+    # the revision before the event compacted: etcd sends no prev_kv (a wrong one is still wrong)
+    rec.responses = [[with_prev(LOG[2], None)], [with_prev(LOG[4], b"2")], [with_prev(LOG[6], None)]]
+    assert check_watches(LOG, [rec], compact_revision=4) == []
+    rec.responses[0] = [with_prev(LOG[2], b"X")]
+    assert props(check_watches(LOG, [rec], compact_revision=4)) == {"exact"}
     # prev_kv given though not asked for
     rec = WatchRecord(name="q", key=b"a", range_end=b"", start_revision=7, responses=[[with_prev(LOG[6], b"2")]])
     assert props(check_watches(LOG, [rec])) == {"exact"}
