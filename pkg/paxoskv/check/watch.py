@@ -244,13 +244,20 @@ def _check_sequence(rep: _Report, ref: _Log, rec: WatchRecord, events: list[tupl
             rep.add("unique", f"{key!r}@{rev} received {n} times")
     if start is None:
         return
-    got = Counter((ev.revision, ev.key, ev.kind) for _, ev in events)
-    for ev in ref.selected(rec, start, upto):
+    for ev in _missing(ref, rec, [ev for _, ev in events], start, upto, exempt):
+        rep.add("reliable", f"{ev.show()} missing (watching from {start}, saw up to {upto})")
+
+
+def _missing(ref: _Log, rec: WatchRecord, received: list[WatchEvent], lo: int, hi: int,
+             exempt: set[int]) -> Iterable[WatchEvent]:
+    """The log events ``rec`` selects in ``lo..hi`` that ``received`` lacks."""
+    got = Counter((ev.revision, ev.key, ev.kind) for ev in received)
+    for ev in ref.selected(rec, lo, hi):
         ident = (ev.revision, ev.key, ev.kind)
         if got[ident] > 0:
             got[ident] -= 1
         elif _required(ev, exempt):
-            rep.add("reliable", f"{ev.show()} missing (watching from {start}, saw up to {upto})")
+            yield ev
 
 
 def check_record(rec: WatchRecord, ref: _Log | list[WatchEvent], last_revision: int | None = None,
@@ -326,13 +333,9 @@ def check_record(rec: WatchRecord, ref: _Log | list[WatchEvent], last_revision: 
             if i >= before and ev.revision <= prog:
                 rep.add("progress", f"{ev.show()} received after progress revision {prog}")
         if start is not None:
-            sent = Counter((ev.revision, ev.key, ev.kind) for i, ev in events if i < before)
-            for lv in ref.selected(rec, start, prog):
-                ident = (lv.revision, lv.key, lv.kind)
-                if sent[ident] > 0:
-                    sent[ident] -= 1
-                elif _required(lv, exempt):
-                    rep.add("progress", f"progress revision {prog} but {lv.show()} not received before it")
+            sent = [ev for i, ev in events if i < before]
+            for lv in _missing(ref, rec, sent, start, prog, exempt):
+                rep.add("progress", f"progress revision {prog} but {lv.show()} not received before it")
     return rep.done()
 
 
