@@ -107,7 +107,9 @@ def test_reliable_up_to_a_progress_revision() -> None:
 
 def test_exact_value() -> None:
     rec = good_record(responses=[[LOG[1]], [put(4, b"a", b"X"), LOG[3]], [LOG[4]], [LOG[5]], [LOG[6]]])
-    assert props(check_watches(LOG, [rec])) == {"exact"}
+    out = check_watches(LOG, [rec])
+    assert props(out) == {"exact", "reliable", "progress"}, out  # and a=2 at 4 was never received
+    assert "value b'X', log has b'2'" in out[0]
 
 
 def test_exact_prev_kv() -> None:
@@ -238,7 +240,7 @@ def test_a_key_written_twice_in_one_revision() -> None:
     rec.responses = [[log[0]], [with_prev(log[1], b"1")]]
     assert props(check_watches(log, [rec])) == {"atomic", "reliable"}
     rec.responses = [[log[0]], [with_prev(log[1], b"1"), with_prev(log[1], b"1")]]
-    assert props(check_watches(log, [rec])) == {"exact"}
+    assert props(check_watches(log, [rec])) == {"exact", "reliable"}
     rec.responses = [[log[0]], [with_prev(log[2], b"1"), with_prev(log[1], b"1")]]
     assert props(check_watches(log, [rec])) == {"ordered"}
 
@@ -252,3 +254,19 @@ def test_a_delete_at_a_compacted_start_revision_may_be_missing() -> None:
              WatchRecord(name="d#1", key=b"a", range_end=b"", start_revision=5, responses=[[LOG[6]]])]
     assert check_watches(LOG, chain, compact_revision=6) == []
     assert props(check_watches(LOG, chain)) == {"resumable/reliable", "reliable"}
+
+
+def test_at_a_compacted_start_revision_only_what_compaction_keeps_is_required() -> None:
+    """A compaction at C keeps a key's last write in C (a key written twice in
+    one revision: paxoskv.v1 batches), not the earlier one, nor a tombstone."""
+    log = [put(2, b"a", b"1"), put(3, b"a", b"2"), put(3, b"a", b"3"), put(3, b"b", b"1"), put(4, b"b", b"2")]
+    everything = dict(name="c", key=b"\x00", range_end=b"\x00", start_revision=3)
+    kept = WatchRecord(**everything, responses=[[log[2], log[3]], [log[4]]])
+    assert check_watches(log, [kept], compact_revision=3) == []
+    assert props(check_watches(log, [kept])) == {"atomic", "reliable"}
+    full = WatchRecord(**everything, responses=[[log[1], log[2], log[3]], [log[4]]])  # served before the compaction
+    assert check_watches(log, [full], compact_revision=3) == []
+    lost = WatchRecord(**everything, responses=[[log[1], log[3]], [log[4]]])  # the kept write is required
+    assert props(check_watches(log, [lost], compact_revision=3)) == {"reliable"}
+    swapped = WatchRecord(**everything, responses=[[log[3], log[2]], [log[4]]])
+    assert props(check_watches(log, [swapped], compact_revision=3)) == {"ordered"}

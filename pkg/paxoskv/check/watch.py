@@ -156,6 +156,7 @@ class _Log:
         self.by_rev: dict[int, list[WatchEvent]] = defaultdict(list)
         self.prev: dict[tuple[int, bytes], bytes | None] = {}  # the key's value before the revision
         self.rewritten: set[tuple[int, bytes]] = set()  # keys written twice in one revision
+        self.last: dict[tuple[int, bytes], WatchEvent] = {}  # a key's last event in a revision
         self.revisions: list[int] = []
         self.problems: list[str] = []
         state: dict[bytes, bytes] = {}
@@ -168,6 +169,7 @@ class _Log:
             last = ev.revision
             self.by_rev[ev.revision].append(ev)
             ident = (ev.revision, ev.key)
+            self.last[ident] = ev
             if ident in self.prev:
                 self.rewritten.add(ident)
             else:
@@ -218,15 +220,17 @@ def _start_of(rec: WatchRecord, events: list[tuple[int, WatchEvent]]) -> int | N
 
 
 def _compacted_starts(records: Iterable[WatchRecord], compact_revision: int) -> set[int]:
-    """Start revisions at or below the compaction: a delete at such a
-    revision may be gone when the watch starts there (etcd's compaction at
-    C keeps each key's last version <= C unless it is a tombstone), so it
-    is not required."""
+    """Start revisions at or below the compaction: there, only the events a
+    compaction keeps are required (see ``_required``)."""
     return {r.start_revision for r in records if 0 < r.start_revision <= compact_revision}
 
 
-def _required(ev: WatchEvent, exempt: set[int]) -> bool:
-    return not (ev.kind == "delete" and ev.revision in exempt)
+def _required(ref: _Log, ev: WatchEvent, exempt: set[int]) -> bool:
+    """An event a watch from its revision must get. At a compacted start
+    revision C only a key's last write in C, if a put: a compaction at C
+    keeps each key's last version <= C unless it is a tombstone (etcd),
+    and a key written twice in C (paxoskv.v1 batches) keeps the last."""
+    return ev.revision not in exempt or (ev.kind == "put" and ref.last[(ev.revision, ev.key)] is ev)
 
 
 def _check_sequence(rep: _Report, ref: _Log, rec: WatchRecord, events: list[tuple[int, WatchEvent]],
@@ -251,13 +255,19 @@ def _check_sequence(rep: _Report, ref: _Log, rec: WatchRecord, events: list[tupl
 def _missing(ref: _Log, rec: WatchRecord, received: list[WatchEvent], lo: int, hi: int,
              exempt: set[int]) -> Iterable[WatchEvent]:
     """The log events ``rec`` selects in ``lo..hi`` that ``received`` lacks."""
-    got = Counter((ev.revision, ev.key, ev.kind) for ev in received)
+    got = Counter((ev.revision, ev.key, ev.kind, ev.value) for ev in received)
     for ev in ref.selected(rec, lo, hi):
-        ident = (ev.revision, ev.key, ev.kind)
+        ident = (ev.revision, ev.key, ev.kind, ev.value)
         if got[ident] > 0:
             got[ident] -= 1
-        elif _required(ev, exempt):
+        elif _required(ref, ev, exempt):
             yield ev
+
+
+def _in_order(have: list[tuple[bytes, str, bytes]], want: list[tuple[bytes, str, bytes]]) -> bool:
+    """``have`` is ``want`` with some left out (those a compaction may take), in order."""
+    it = iter(want)
+    return all(any(h == w for w in it) for h in have)
 
 
 def check_record(rec: WatchRecord, ref: _Log | list[WatchEvent], last_revision: int | None = None,
@@ -302,6 +312,7 @@ def check_record(rec: WatchRecord, ref: _Log | list[WatchEvent], last_revision: 
     for rev, where in sorted(resp_of.items()):
         if len(where) > 1:
             rep.add("atomic", f"revision {rev} split across responses {sorted(where)}")
+    exempt = _compacted_starts([rec], compact_revision)
     for i, resp in enumerate(rec.responses):
         for rev in sorted({ev.revision for ev in resp}):
             want = [lv for lv in ref.by_rev.get(rev, ()) if rec.selects(lv)]
@@ -309,21 +320,21 @@ def check_record(rec: WatchRecord, ref: _Log | list[WatchEvent], last_revision: 
             # events outside the selection or the log are reported as inexact above
             mine = [ev for ev in resp if ev.revision == rev and rec.selects(ev) and (ev.key, ev.kind) in want_ids]
             have_ids = [(ev.key, ev.kind) for ev in mine]
-            if Counter(have_ids) != Counter(want_ids):
+            needed = Counter((lv.key, lv.kind) for lv in want if _required(ref, lv, exempt))
+            if Counter(have_ids) - Counter(want_ids) or needed - Counter(have_ids):
                 if len(resp_of[rev]) == 1:  # a split is reported above
                     rep.add("atomic", f"response {i} has {len(have_ids)} of revision {rev}'s "
                             f"{len(want)} selected events")
                 continue
-            have_values = [(ev.key, ev.value) for ev in mine]
-            want_values = [(lv.key, lv.value) for lv in want]
-            if Counter(have_values) != Counter(want_values):
+            have_values = [(ev.key, ev.kind, ev.value) for ev in mine]
+            want_values = [(lv.key, lv.kind, lv.value) for lv in want]
+            if Counter(have_values) - Counter(want_values):
                 rep.add("exact", f"revision {rev}'s values in response {i} are {have_values}, the log's {want_values}")
-            elif have_ids != want_ids or have_values != want_values:
+            elif not _in_order(have_values, want_values):
                 rep.add("ordered", f"revision {rev}'s events in response {i} are not in the log's order")
     # ordered, unique, reliable
     start = _start_of(rec, events)
     upto = rec.last_seen()
-    exempt = _compacted_starts([rec], compact_revision)
     _check_sequence(rep, ref, rec, events, start, upto, exempt)
     # progress never lies
     for before, prog in rec.progress:
