@@ -512,7 +512,9 @@ class SimWatchers:
 
     def check(self, log: list[WatchEvent], compact_revision: int, last_revision: int) -> list[str]:
         self.stats.records = len(self.records)
-        return check_watches(log, self.records, compact_revision, last_revision)
+        problems = check_watches(log, self.records, compact_revision, last_revision)
+        self.stats.violations += len(problems)
+        return problems
 
     def fingerprint(self) -> tuple[Any, ...]:
         return (tuple(sorted(self.stats.as_dict().items())),
