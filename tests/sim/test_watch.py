@@ -10,12 +10,15 @@ campaign, tests/sim/test_safety.py, has them in a third of its seeds).
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from collections import Counter
 
 import pytest
+from click.testing import CliRunner
 
+from paxoskv.cli import main
 from paxoskv.sim import SimConfig, run_seed
 from paxoskv.sim.simulation import WATCH_SHARE_DEFAULT, watching
 
@@ -97,3 +100,14 @@ def test_a_seed_with_watchers_replays_across_processes_and_hash_seeds() -> None:
         outputs.append(proc.stdout)
     assert outputs[0].count("\n") == 2 and "'events'" in outputs[0]
     assert outputs[0] == outputs[1]
+
+
+def test_the_cli_counts_watch_events_and_switches_watchers_off() -> None:
+    on = CliRunner().invoke(main, ["sim", "--seed", "2", "--seeds", "2", "--watch-share", "1", "--ops", "60"],
+                            catch_exceptions=False)
+    assert on.exit_code == 0, on.output
+    m = re.search(r"seeds with watchers: 2 \(watch events checked: (\d+)\)", on.output)
+    assert m is not None and int(m.group(1)) > 0, on.output
+    off = CliRunner().invoke(main, ["sim", "--seed", "2", "--seeds", "2", "--watch-share", "1", "--no-watch",
+                                    "--ops", "60"], catch_exceptions=False)
+    assert off.exit_code == 0 and "seeds with watchers" not in off.output, off.output
