@@ -65,8 +65,8 @@ _ALL = (b"\x00", b"\x00")  # etcd's whole key space: key "\0", range_end "\0"
 class WatchWorkloadConfig:
     streams_per_member: int = 2
     single_keys: tuple[bytes, ...] = (b"k0", b"e/k0", b"k1", b"e/k1")  # the other workloads' keys
-    progress_s: float = 0.5  # even streams ask for progress this often
-    stall_s: float = 2.0  # a stream silent this long after asking for progress moves on
+    progress_s: float = 2.0  # even streams ask for progress this often (check.watch costs O(progress x revisions))
+    stall_s: float = 3.0  # a stream silent this long after asking for progress moves on
     migrate_s: float | None = 12.0  # mean time a stream stays on one member (None: only faults move it)
     backoff_s: float = 0.1  # between two connection attempts
     events_max: int = 300_000  # recorded by all watchers together
@@ -185,7 +185,7 @@ class _Stream:
                     await asyncio.wait_for(call.write(w.create(j + 1 if self.own_ids else 0)), cfg.stall_s)
         except (grpc.aio.AioRpcError, asyncio.InvalidStateError):
             call.cancel()
-            return "broken"
+            return "unreachable"
         except asyncio.TimeoutError:
             call.cancel()
             return "stalled"
@@ -367,7 +367,20 @@ class WatchWorkload:
 async def read_log(target: str, tls: ClientTLS | None, revision: int, timeout_s: float,
                    start: int = 1) -> list[WatchEvent]:
     """Every event of the whole key space from ``start`` up to ``revision``,
-    by a Watch on ``target`` (asking for progress until it reports ``revision``)."""
+    by a Watch on ``target`` (asking for progress until it reports
+    ``revision``), tried again while the member is unavailable."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            return await _read_log(target, tls, revision, max(1.0, deadline - time.monotonic()), start)
+        except grpc.aio.AioRpcError as exc:
+            if exc.code() != grpc.StatusCode.UNAVAILABLE or time.monotonic() > deadline:
+                raise
+        await asyncio.sleep(0.2)
+
+
+async def _read_log(target: str, tls: ClientTLS | None, revision: int, timeout_s: float,
+                    start: int) -> list[WatchEvent]:
     out: list[WatchEvent] = []
     async with dial(target, "watch-log", tls) as ch:
         call = rpc_pb2_grpc.WatchStub(ch).Watch()
@@ -412,7 +425,7 @@ class WatchOutcome:
     log_members: tuple[int, ...] = ()  # the members whose logs were read and compared
     violations: list[str] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)  # the check could not be done as it should
-    progress: int = 0
+    progress: int = 0  # progress revisions in the records (a stream's answer counts for each of its watches)
     moves: Counter = field(default_factory=Counter)
     errors: Counter = field(default_factory=Counter)
     notes: Counter = field(default_factory=Counter)
@@ -484,7 +497,8 @@ async def check(wl: WatchWorkload) -> WatchOutcome:
         await wl.stop()
     out.timings["final_s"] = time.monotonic() - t
     out.records = wl.records()
-    out.progress, out.moves, out.errors, out.notes = wl.progress, wl.moves, wl.errors, wl.notes
+    out.progress = sum(len(rec.progress) for rec in out.records)
+    out.moves, out.errors, out.notes = wl.moves, wl.errors, wl.notes
     out.capped = wl.full()
     if out.problems:
         return out
@@ -495,7 +509,8 @@ async def check(wl: WatchWorkload) -> WatchOutcome:
         try:
             logs[i] = await read_log(wl.targets[i], wl.tls, out.revision, wl.cfg.log_timeout_s, start)
         except (grpc.aio.AioRpcError, RuntimeError, TimeoutError) as exc:
-            out.problems.append(f"watch: reading the event log from node {i} failed: {exc!r:.300}")
+            what = f"{exc.code().name} {exc.details()}" if isinstance(exc, grpc.aio.AioRpcError) else repr(exc)
+            out.problems.append(f"watch: reading the event log from node {i} failed: {what:.300}")
             return out
     out.log_members = tuple(logs)
     out.log = logs[wl.ids[0]]
