@@ -158,7 +158,9 @@ def test_canceled_below_compaction() -> None:
     assert props(check_watches(LOG, [ok], compact_revision=3)) == {"canceled"}
     bad = dataclasses.replace(ok, start_revision=4)
     assert props(check_watches(LOG, [bad], compact_revision=5)) == {"canceled"}
-    bad = dataclasses.replace(ok, responses=[[LOG[4]]])
+    late = dataclasses.replace(ok, responses=[[LOG[0]]], canceled_compact_revision=5)  # it fell behind: 3 < 5
+    assert check_watches(LOG, [late], compact_revision=5) == []
+    bad = dataclasses.replace(ok, responses=[[LOG[0]], [LOG[2]]])  # had seen up to 4: next 5 is not below 4
     assert props(check_watches(LOG, [bad], compact_revision=5)) == {"canceled"}
 
 

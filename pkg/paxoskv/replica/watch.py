@@ -27,7 +27,9 @@ Rules:
   ``revision``. Nothing is ever sent twice: a watcher's ``next_rev`` is the
   first revision it has not been given.
 - Below the compaction (``next_rev < compact_revision``, etcd's rule): the
-  watcher is cancelled with ``compact_revision`` set and header.revision 0.
+  watcher is cancelled with ``compact_revision`` set and header.revision 0;
+  so is a synced one when a batch compacted rows it wrote itself (the hub
+  never saw them: a gap is never left silently).
 - Memory: a stream's outbox takes a response while it holds fewer than
   ``stream_bytes_max`` bytes and all outboxes fewer than ``node_bytes_max``
   (control responses always: the driver reads no request while its stream
@@ -369,6 +371,13 @@ class WatchHub:
             main, _ = split_row_key(rk)
             if main > old:
                 events.append((main, _event(rows[rk])))  # type: ignore[arg-type]
+        if sm.compact_revision > old + 1 and any(v is None and split_row_key(rk)[0] > old for rk, v in rows.items()):
+            # The batch compacted rows it wrote itself: a synced watcher below the
+            # compaction cannot be given them, so it is cancelled as a lagging one is.
+            for s in self._streams:
+                for w in s.watchers.values():
+                    if w.synced and w.next_rev < sm.compact_revision:
+                        self._unsync(w)
         if not events:
             return
         by_key = self._by_key

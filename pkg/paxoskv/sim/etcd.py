@@ -43,6 +43,7 @@ from paxoskv.check.txn import (
     TxnOp,
     check_txn_history,
 )
+from paxoskv.check.watch import WatchEvent
 from paxoskv.etcdpb import rpc_pb2
 from paxoskv.kv import etcd as etcd_rules
 from paxoskv.kv.commands import Limits
@@ -279,15 +280,18 @@ def _rec(kv) -> Record:  # noqa: ANN001 - an mvccpb.KeyValue
 
 
 def reference_mvcc(
-    log: Mapping[int, Value], through: int, limits: Limits
+    log: Mapping[int, Value], through: int, limits: Limits, events: list[WatchEvent] | None = None
 ) -> tuple[TxnModel, list[str], list[int]]:
     """The MVCC store after slots ``1..through``, replayed by ``TxnModel``;
     the commands it could not replay (none for the simulated clients); and
-    the revisions the v1 commands took."""
+    the revisions the v1 commands took. ``events``, when given, gets every
+    event of the replay in order (the watch checks' reference log): one per
+    put and per delete of a live key, in a command's order of writes."""
     model = TxnModel()
     skipped: list[str] = []
     v1_revisions: list[int] = []
     for cmd, writes in command_effects(log, through, limits):
+        rev_before = model.revision
         if cmd.WhichOneof("op") == "etcd" and not is_v1_txn(cmd):
             field = cmd.etcd.WhichOneof("request")
             req = getattr(cmd.etcd, field) if field else None
@@ -297,24 +301,41 @@ def reference_mvcc(
             if op is None:
                 skipped.append(f"{field}: {str(req)[:80]!r}")
                 continue
-            model.apply(op)
+            _, changes, _, _ = model.outcome(op)
+            model.apply_changes(changes)
+            if events is not None and model.revision > rev_before:
+                # a Txn's changes are in its ops' order (its keys are distinct: etcd's rule)
+                events.extend(_event(model.revision, k, rec) for k, rec in changes.items())
             continue
         # A v1 command: one revision for all its writes, if one changed something.
         view: dict[str, Record | None] = {}
         new = model.revision + 1
+        mine: list[WatchEvent] = []  # the store writes a row per put and per delete of a live key
         for key_b, value in writes:
             key = key_b.decode(errors="surrogateescape")
             cur = view[key] if key in view else model.kv.get(key)
             if value is None:
+                if cur is not None:
+                    mine.append(WatchEvent(new, key_b, "delete"))
                 if cur is not None or key in view:
                     view[key] = None
             else:
+                mine.append(WatchEvent(new, key_b, "put", value))
                 v = value.decode(errors="surrogateescape")
                 view[key] = (v, new, new, 1) if cur is None else (v, cur[1], new, cur[3] + 1)
         model.apply_changes(view)
         if view:
             v1_revisions.append(model.revision)
+            if events is not None:
+                events.extend(mine)
     return model, skipped, v1_revisions
+
+
+def _event(revision: int, key: str, rec: Record | None) -> WatchEvent:
+    k = key.encode(errors="surrogateescape")
+    if rec is None:
+        return WatchEvent(revision, k, "delete")
+    return WatchEvent(revision, k, "put", rec[0].encode(errors="surrogateescape"))
 
 
 def state_of(sm) -> dict[str, Record]:  # noqa: ANN001 - a kv.StateMachine

@@ -91,6 +91,7 @@ from paxoskv.sim.history import GET, OK, PENDING, PUT, UNKNOWN, Operation
 from paxoskv.sim.nemesis import FAULT_PROFILES, Nemesis
 from paxoskv.sim.network import DELAY_PROFILES, Network
 from paxoskv.sim.scheduler import Scheduler
+from paxoskv.sim.watch import SimWatchers, contiguous_through
 from paxoskv.storage.base import NotWritable
 from paxoskv.storage.memory import MemoryStorage
 
@@ -145,6 +146,9 @@ class SimConfig:
     # etcd-API clients (sim/etcd.py) beside the v1 ones, their number drawn
     # apart from the seed's main stream; False: none, the run as before them.
     etcd: bool = True
+    # Simulated watchers (sim/watch.py) on the members' watch hubs, drawn apart
+    # from the seed's main stream; False: none.
+    watch: bool = True
 
     def __post_init__(self) -> None:
         if self.nodes < 1:
@@ -170,6 +174,8 @@ class SimConfig:
             cmd += f" --hostile {self.hostile_rate:g}"
         if not self.etcd:
             cmd += " --no-etcd"
+        if not self.watch:
+            cmd += " --no-watch"
         return cmd
 
 
@@ -201,6 +207,7 @@ class SimResult:
     cpu_time_s: float = 0.0  # this process's CPU time (what a shared machine does not inflate)
     etcd_history: list = field(default_factory=list)  # paxoskv.check.txn.TxnOp of the etcd clients
     etcd_linearizability: str = "unchecked"
+    watch: dict[str, int] = field(default_factory=dict)  # sim.watch.WatchStats (empty: no watchers)
 
     @property
     def ok(self) -> bool:
@@ -418,6 +425,11 @@ class Simulation:
         self.etcd_keys = frozenset(f"e{i}".encode() for i in range(etcd_keys)) if n_etcd else frozenset()
         self.etcd_linearizability = "unchecked"
         self.params += f" etcd_clients={n_etcd} etcd_keys={etcd_keys}"
+        self.watch: SimWatchers | None = None
+        if config.watch:
+            watch_keys = self.keys + tuple(f"e{i}".encode() for i in range(etcd_keys))
+            self.watch = SimWatchers(self, config.seed, watch_keys, election_ticks_min)
+            self.params += " " + self.watch.describe()
 
     # ---- Tracing ----------------------------------------------------------------
 
@@ -461,6 +473,7 @@ class Simulation:
             client_addrs={i: f"n{i}" for i in self.node_ids},
             limits=SIM_LIMITS,
             core_factory=self.config.core_factory,
+            watch_limits=None if self.watch is None else self.watch.limits,
             **self.replica_options,
         )
         node.installs_seen = 0
@@ -492,6 +505,8 @@ class Simulation:
         node.crashes += 1
         node.paused = False
         node.inbox.clear()
+        if self.watch is not None:
+            self.watch.node_down(node.node_id)
 
     def disk_full(self, node_id: int, duration_us: int) -> None:
         node = self.nodes[node_id]
@@ -592,6 +607,12 @@ class Simulation:
             self.violation("exception", f"node {node.node_id}: {type(exc).__name__}: {exc}")
             if node.layer is not None:
                 self.crash(node.node_id)
+
+    def watch_guard(self, node: SimNode, fn: Any, arg: Any) -> None:
+        """A watch stream's work at its member (sim/watch.py), guarded as every
+        input. It proposes nothing, so the pump is not woken (nor the runtime's
+        draws used: the cluster runs as it would without watchers)."""
+        self._guard(node, fn, arg)
 
     def _wake(self, node: SimNode) -> None:
         """An input reached the node (tick, message, call): note a snapshot it
@@ -898,13 +919,19 @@ class Simulation:
     def _poll_done(self, _: Any = None) -> None:
         if self.phase != "liveness":
             return
-        if not self._pending_ops() and self._converged():
+        if not self._pending_ops() and self._converged() and self._watchers_settled():
             self._liveness_done_us = self.scheduler.now_us
             self.phase = "done"
             self._stop_reason = "converged"
             self.scheduler.stopped = True
             return
         self.scheduler.after(CONVERGENCE_POLL_US, self._poll_done)
+
+    def _watchers_settled(self) -> bool:
+        if self.watch is None:
+            return True
+        revision = max(n.layer.replica.sm.revision for n in self.nodes.values() if n.layer is not None)
+        return self.watch.settled(revision)
 
     def _liveness_deadline(self, _: Any = None) -> None:
         if self.phase != "liveness":
@@ -918,7 +945,7 @@ class Simulation:
             "liveness",
             f"{LIVENESS_BOUND_US / 1e6:.1f}s after healing: {len(pending)} operations pending "
             f"({[op.describe() for op in pending[:3]]}), converged={self._converged()}, "
-            f"nodes {status}",
+            f"nodes {status}" + ("" if self.watch is None else f"; {self.watch.status()}"),
         )
         self.phase = "done"
         self._stop_reason = "deadline"
@@ -938,6 +965,8 @@ class Simulation:
         for etcd_client in self.etcd_clients:
             etcd_client.start()
         self.nemesis.start()
+        if self.watch is not None:
+            self.watch.start()
         sched.after(self.safety_us_max, self._end_safety)
         with self._logs_to_trace():
             sched.run()
@@ -1014,6 +1043,8 @@ class Simulation:
                             f"never applied slot {slot}",
                         )
                         break
+        if self.watch is not None:
+            self._check_watches()
         for problem in check_serializable_reads(self.history):
             self.violation("serializable-read", problem)
         forged = sorted(s for s, value in self.applied.chosen.items() if any(hostile.FORGED in c for c in value))
@@ -1030,6 +1061,17 @@ class Simulation:
                 self.etcd_linearizability = res.verdict
                 if res.verdict == "violation":
                     self.violation("etcd-linearizability", res.explanation)
+
+    def _check_watches(self) -> None:
+        """Every watch record against the event log of the agreed log's reference replay."""
+        assert self.watch is not None
+        through = contiguous_through(self.applied.chosen)
+        log: list[Any] = []
+        model, skipped, _ = reference_mvcc(self.applied.chosen, through, SIM_LIMITS, log)
+        if skipped:
+            return  # the reference cannot replay the log: reported as etcd-reference above
+        for problem in self.watch.check(log, model.compact_revision, model.revision):
+            self.violation("watch", problem)
 
     def _result(self, real_time_s: float) -> SimResult:
         h = hashlib.sha256()
@@ -1068,6 +1110,8 @@ class Simulation:
                 )
             ).encode()
         )
+        if self.watch is not None:
+            h.update(repr(self.watch.fingerprint()).encode())
         return SimResult(
             config=self.config,
             params=self.params,
@@ -1104,6 +1148,7 @@ class Simulation:
             real_time_s=real_time_s,
             etcd_history=[op for c in self.etcd_clients for op in c.history],
             etcd_linearizability=self.etcd_linearizability,
+            watch={} if self.watch is None else self.watch.stats.as_dict(),
         )
 
 
