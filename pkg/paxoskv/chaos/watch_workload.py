@@ -202,6 +202,9 @@ class _Stream:
                 if wl.full():
                     ended.append("events_max reached")
                     break
+                if all(w.done for w in self.watchers):
+                    ended.append("done")  # every watch was cancelled or refused
+                    break
                 if lifetime is not None and now - began > lifetime and self.target == 0:
                     ended.append("migrated")
                     break
