@@ -289,6 +289,8 @@ class _Stream:
         except grpc.aio.AioRpcError as exc:
             if exc.code() != grpc.StatusCode.CANCELLED:
                 wl.errors[exc.code().name] += 1
+                if exc.code() != grpc.StatusCode.UNAVAILABLE:
+                    wl.notes[f"a stream ended {exc.code().name}: {exc.details()}"[:160]] += 1
         finally:
             ended.append("broken")
 
