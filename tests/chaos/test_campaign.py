@@ -2,7 +2,9 @@
 
 CI runs, with fixed seeds and within about two and a half minutes of
 campaign time: a 3-node campaign with every fault family (at least 5,000
-operations, linearizable, no lost acknowledged write), a 5-node campaign
+operations, linearizable, no lost acknowledged write; its etcd history and
+its watchers checked too, and a watch record with a response dropped must
+fail its verdict), a 5-node campaign
 with a tiny retained log (catch-up by snapshot under faults),
 the weakened node (reads from local state) which must be caught, and the
 CLI end to end. Every campaign runs its nodes as a deployment does: CURVE
