@@ -115,6 +115,11 @@ def test_exact_prev_kv() -> None:
                       responses=[[with_prev(LOG[2], b"1")], [with_prev(LOG[4], b"1")], [with_prev(LOG[6], None)]])
     out = check_watches(LOG, [rec])
     assert props(out) == {"exact"} and "prev_kv" in out[0], out
+    # the revision before the event compacted: etcd sends no prev_kv (a wrong one is still wrong)
+    rec.responses = [[with_prev(LOG[2], None)], [with_prev(LOG[4], b"2")], [with_prev(LOG[6], None)]]
+    assert check_watches(LOG, [rec], compact_revision=4) == []
+    rec.responses[0] = [with_prev(LOG[2], b"X")]
+    assert props(check_watches(LOG, [rec], compact_revision=4)) == {"exact"}
     # prev_kv given though not asked for
     rec = WatchRecord(name="q", key=b"a", range_end=b"", start_revision=7, responses=[[with_prev(LOG[6], b"2")]])
     assert props(check_watches(LOG, [rec])) == {"exact"}
@@ -190,6 +195,12 @@ def test_resumable_duplicate() -> None:
     assert props(out) == {"resumable/unique"}, out
 
 
+def test_a_chain_ending_in_a_compaction_cancel_counts_what_it_received() -> None:
+    chain = resumed_chain(4, [[LOG[2], LOG[3]]])
+    chain[1].canceled_compact_revision = 6  # it fell behind, after revision 4
+    assert check_watches(LOG, chain, compact_revision=6) == []
+
+
 def test_resumable_from_a_progress_revision() -> None:
     chain = resumed_chain(6, [[LOG[5]], [LOG[6]]])
     chain[0].progress = [(2, 3)]
@@ -230,3 +241,14 @@ def test_a_key_written_twice_in_one_revision() -> None:
     assert props(check_watches(log, [rec])) == {"exact"}
     rec.responses = [[log[0]], [with_prev(log[2], b"1"), with_prev(log[1], b"1")]]
     assert props(check_watches(log, [rec])) == {"ordered"}
+
+
+def test_a_delete_at_a_compacted_start_revision_may_be_missing() -> None:
+    """etcd's compaction at C drops a key's tombstone at C: a watch from C cannot see it."""
+    rec = WatchRecord(name="d", key=b"a", range_end=b"", start_revision=5, responses=[[LOG[6]]], progress=[(1, 7)])
+    assert check_watches(LOG, [rec], compact_revision=5) == []
+    assert props(check_watches(LOG, [rec], compact_revision=4)) == {"reliable", "progress"}
+    chain = [WatchRecord(name="d#0", key=b"a", range_end=b"", start_revision=2, responses=[[LOG[0]], [LOG[2]]]),
+             WatchRecord(name="d#1", key=b"a", range_end=b"", start_revision=5, responses=[[LOG[6]]])]
+    assert check_watches(LOG, chain, compact_revision=6) == []
+    assert props(check_watches(LOG, chain)) == {"resumable/reliable", "reliable"}

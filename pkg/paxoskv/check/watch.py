@@ -27,10 +27,14 @@ Rules
   * **reliable**: every log event the range and filters select, from the
     start revision (the first received revision when the watch asked for
     ``0`` = now) up to the last revision it received or was promised by a
-    progress notification, was received;
+    progress notification, was received; but a delete at a start revision
+    at or below the store's compaction may be missing (etcd's compaction at
+    C drops a tombstone at C, and a watch may start at C);
   * **exact**: every received event is in the log at its revision with the
-    same kind, value and (``prev_kv``) previous value, inside the range,
-    not filtered out, not below the start revision;
+    same kind, value and (``prev_kv``) previous value (which may be absent
+    when the revision before the event is below the compaction: etcd reads
+    it at that revision), inside the range, not filtered out, not below
+    the start revision;
   * **progress never lies**: a progress revision ``P`` is at most the
     store's last revision, no event received after it has revision <= ``P``,
     and every selected log event from the start up to ``P`` came before it.
@@ -213,8 +217,20 @@ def _start_of(rec: WatchRecord, events: list[tuple[int, WatchEvent]]) -> int | N
     return events[0][1].revision if events else None
 
 
-def _check_sequence(rep: _Report, ref: _Log, rec: WatchRecord,
-                    events: list[tuple[int, WatchEvent]], start: int | None, upto: int) -> None:
+def _compacted_starts(records: Iterable[WatchRecord], compact_revision: int) -> set[int]:
+    """Start revisions at or below the compaction: a delete at such a
+    revision may be gone when the watch starts there (etcd's compaction at
+    C keeps each key's last version <= C unless it is a tombstone), so it
+    is not required."""
+    return {r.start_revision for r in records if 0 < r.start_revision <= compact_revision}
+
+
+def _required(ev: WatchEvent, exempt: set[int]) -> bool:
+    return not (ev.kind == "delete" and ev.revision in exempt)
+
+
+def _check_sequence(rep: _Report, ref: _Log, rec: WatchRecord, events: list[tuple[int, WatchEvent]],
+                    start: int | None, upto: int, exempt: set[int]) -> None:
     """ordered, unique and reliable over ``events`` (``start``..``upto``)."""
     last_rev = 0
     for _, ev in events:
@@ -228,16 +244,24 @@ def _check_sequence(rep: _Report, ref: _Log, rec: WatchRecord,
             rep.add("unique", f"{key!r}@{rev} received {n} times")
     if start is None:
         return
-    got = Counter((ev.revision, ev.key, ev.kind) for _, ev in events)
-    for ev in ref.selected(rec, start, upto):
+    for ev in _missing(ref, rec, [ev for _, ev in events], start, upto, exempt):
+        rep.add("reliable", f"{ev.show()} missing (watching from {start}, saw up to {upto})")
+
+
+def _missing(ref: _Log, rec: WatchRecord, received: list[WatchEvent], lo: int, hi: int,
+             exempt: set[int]) -> Iterable[WatchEvent]:
+    """The log events ``rec`` selects in ``lo..hi`` that ``received`` lacks."""
+    got = Counter((ev.revision, ev.key, ev.kind) for ev in received)
+    for ev in ref.selected(rec, lo, hi):
         ident = (ev.revision, ev.key, ev.kind)
         if got[ident] > 0:
             got[ident] -= 1
-        else:
-            rep.add("reliable", f"{ev.show()} missing (watching from {start}, saw up to {upto})")
+        elif _required(ev, exempt):
+            yield ev
 
 
-def check_record(rec: WatchRecord, ref: _Log | list[WatchEvent], last_revision: int | None = None) -> list[str]:
+def check_record(rec: WatchRecord, ref: _Log | list[WatchEvent], last_revision: int | None = None,
+                 compact_revision: int = 0) -> list[str]:
     """The per-record guarantees of one watch (see the module's rules)."""
     ref = ref if isinstance(ref, _Log) else _Log(ref)
     last_revision = ref.last_revision if last_revision is None else last_revision
@@ -266,6 +290,8 @@ def check_record(rec: WatchRecord, ref: _Log | list[WatchEvent], last_revision: 
         if rec.prev_kv and (ev.revision, ev.key) in ref.rewritten:
             continue  # which write a second one's prev_kv shows is not defined (etcd refuses such a Txn)
         want_prev = ref.prev.get((ev.revision, ev.key)) if rec.prev_kv else None
+        if ev.prev_value is None and ev.revision - 1 < compact_revision:
+            continue  # the revision before it is compacted: etcd then sends no prev_kv
         if ev.prev_value != want_prev:
             what = "prev_kv" if rec.prev_kv else "prev_kv not asked for"
             rep.add("exact", f"{ev.show()} {what}: got {ev.prev_value!r}, log has {want_prev!r}")
@@ -297,7 +323,8 @@ def check_record(rec: WatchRecord, ref: _Log | list[WatchEvent], last_revision: 
     # ordered, unique, reliable
     start = _start_of(rec, events)
     upto = rec.last_seen()
-    _check_sequence(rep, ref, rec, events, start, upto)
+    exempt = _compacted_starts([rec], compact_revision)
+    _check_sequence(rep, ref, rec, events, start, upto, exempt)
     # progress never lies
     for before, prog in rec.progress:
         if prog > last_revision:
@@ -306,17 +333,13 @@ def check_record(rec: WatchRecord, ref: _Log | list[WatchEvent], last_revision: 
             if i >= before and ev.revision <= prog:
                 rep.add("progress", f"{ev.show()} received after progress revision {prog}")
         if start is not None:
-            sent = Counter((ev.revision, ev.key, ev.kind) for i, ev in events if i < before)
-            for lv in ref.selected(rec, start, prog):
-                ident = (lv.revision, lv.key, lv.kind)
-                if sent[ident] > 0:
-                    sent[ident] -= 1
-                else:
-                    rep.add("progress", f"progress revision {prog} but {lv.show()} not received before it")
+            sent = [ev for i, ev in events if i < before]
+            for lv in _missing(ref, rec, sent, start, prog, exempt):
+                rep.add("progress", f"progress revision {prog} but {lv.show()} not received before it")
     return rep.done()
 
 
-def check_resumed(records: list[WatchRecord], ref: _Log | list[WatchEvent]) -> list[str]:
+def check_resumed(records: list[WatchRecord], ref: _Log | list[WatchEvent], compact_revision: int = 0) -> list[str]:
     """Resumable: the records of one logical watcher, in order, read as one
     watch (no gap, no duplicate, in order) from the first record's start to
     the last one's last seen revision. Each record is checked on its own by
@@ -336,14 +359,14 @@ def check_resumed(records: list[WatchRecord], ref: _Log | list[WatchEvent]) -> l
                     f"revisions {seen + 1}..{rec.start_revision - 1} skipped")
     events: list[tuple[int, WatchEvent]] = []
     for n, rec in enumerate(records):
-        if rec.canceled_compact_revision:
-            break
         events.extend((n, ev) for _, ev in rec.events())
+        if rec.canceled_compact_revision:
+            break  # the logical watcher ends there (reported above if a record follows)
     first = records[0]
     start = _start_of(first, events)
     upto = max(rec.last_seen() for rec in records)
     before = len(rep.lines)
-    _check_sequence(rep, ref, first, events, start, upto)
+    _check_sequence(rep, ref, first, events, start, upto, _compacted_starts(records, compact_revision))
     # the sequence checks name the property as resumability across the seams
     rep.lines[before:] = [line.replace(f"{name}: ", f"{name}: resumable/", 1) for line in rep.lines[before:]]
     return rep.done()
@@ -362,12 +385,12 @@ def check_watches(log: list[WatchEvent], records: list[WatchRecord], compact_rev
         if rec.canceled_compact_revision > compact_revision:
             out.append(f"{rec.name}: canceled: at compaction {rec.canceled_compact_revision}, "
                        f"above the store's compaction {compact_revision}")
-        out.extend(check_record(rec, ref, last_revision))
+        out.extend(check_record(rec, ref, last_revision, compact_revision))
     groups: dict[str, list[tuple[int, WatchRecord]]] = defaultdict(list)
     for rec in records:
         base, attempt = logical_name(rec.name)
         groups[base].append((attempt, rec))
     for base in sorted(groups):
         chain = [rec for _, rec in sorted(groups[base], key=lambda p: p[0])]
-        out.extend(check_resumed(chain, ref))
+        out.extend(check_resumed(chain, ref, compact_revision))
     return out

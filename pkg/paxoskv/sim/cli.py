@@ -30,7 +30,7 @@ import click
 
 from paxoskv.cli_options import option
 from paxoskv.sim.nemesis import FAULT_PROFILES
-from paxoskv.sim.simulation import FAULTS_DEFAULT, OPS_DEFAULT, SimConfig, SimResult, Simulation
+from paxoskv.sim.simulation import FAULTS_DEFAULT, OPS_DEFAULT, WATCH_SHARE_DEFAULT, SimConfig, SimResult, Simulation
 
 PROGRESS_STEPS = 10  # a campaign reports after each tenth of its seeds
 
@@ -109,6 +109,19 @@ def minimize_ops(result: SimResult) -> SimResult:
     help="Run etcd-API clients (Txn, Range at a revision, Compaction) beside the v1 ones, in three seeds of four.",
 )
 @click.option(
+    "--watch/--no-watch",
+    default=True,
+    show_default=True,
+    help="Run simulated watchers on the members' watch hubs, checked for etcd's watch guarantees (in --watch-share of the seeds).",
+)
+@click.option(
+    "--watch-share",
+    type=click.FloatRange(0.0, 1.0),
+    default=WATCH_SHARE_DEFAULT,
+    show_default="1/3",
+    help="The share of seeds that run watchers (with --watch).",
+)
+@click.option(
     "--verbose",
     "-v",
     is_flag=True,
@@ -140,6 +153,8 @@ def sim_cmd(
     scale: int,
     hostile_rate: float,
     etcd: bool,
+    watch: bool,
+    watch_share: float,
     verbose: bool,
     history_out: str | None,
     stop_on_failure: bool,
@@ -154,12 +169,13 @@ def sim_cmd(
     ops_total = 0
     failed: list[SimResult] = []
     undecided = 0
+    watched = watch_events = 0
     last: SimResult | None = None
     progress_every = max(1, count // PROGRESS_STEPS) if count > 1 else 0
     for s in range(seed, seed + count):
         config = SimConfig(
             seed=s, nodes=nodes, ops=ops, faults=faults, scale=scale, trace=verbose, hostile_rate=hostile_rate,
-            etcd=etcd,
+            etcd=etcd, watch_share=watch_share if watch else 0.0,
         )
         result = Simulation(config).run()
         done = s - seed + 1
@@ -172,6 +188,8 @@ def sim_cmd(
         last = result
         ops_total += result.ops
         undecided += result.linearizability == "unknown"
+        watched += bool(result.watch)
+        watch_events += result.watch.get("events", 0)
         if verbose:
             click.echo(f"params: {result.params}")
             for line in result.trace or ():
@@ -204,6 +222,7 @@ def sim_cmd(
         f"real time: {elapsed:.2f}s  simulated ops/s: {rate:.0f} "
         f"(per CPU second: {cpu_rate:.0f})"
         + (f"  linearizability undecided (budget): {undecided}" if undecided else "")
+        + (f"  seeds with watchers: {watched} (watch events checked: {watch_events})" if watched else "")
     )
     if failed:
         click.echo("replay:")

@@ -55,6 +55,7 @@ LINK_US_MIN = 100
 LINK_US_MEAN = 600
 BACKOFF_US_MAX = 100_000  # a broken stream is resumed within this much time
 PROGRESS_EVERY_US_MAX = 200_000  # a watcher asking for progress asks this often, at most
+RESTART_EVERY_US_MAX = 1_000_000  # a watcher that restarts its watch does so this often, at most
 SETTLE_ASK_US = 20_000  # while settling, a progress request is repeated after this long
 _WATCH_CREATE = rpc_pb2.WatchCreateRequest
 
@@ -121,7 +122,8 @@ class _Watcher:
         self.attempt = 0
         self.conn: _Conn | None = None
         self.chain: list[WatchRecord] = []
-        self.progress_every_us = rng.choice((0, 0, 20_000, PROGRESS_EVERY_US_MAX))
+        self.progress_every_us = rng.choice((0, 0, 50_000, PROGRESS_EVERY_US_MAX))
+        self.restart_every_us = rng.choice((0, RESTART_EVERY_US_MAX // 4, RESTART_EVERY_US_MAX))
         self._pick()
 
     def _pick(self) -> None:
@@ -146,6 +148,21 @@ class _Watcher:
 
     def start(self) -> None:
         self.plane.scheduler.after(self.rng.randint(0, 200_000), self._connect)
+        if self.restart_every_us:
+            self.plane.scheduler.after(self.rng.randint(1, self.restart_every_us), self._restart)
+
+    def _restart(self, _: Any = None) -> None:  # noqa: ANN401
+        """The client drops its stream: it resumes (a reconnect) or, as a new
+        logical watcher, starts from a past revision (a catch-up)."""
+        plane = self.plane
+        if plane.phase != "safety":
+            return
+        conn = self.conn
+        if conn is not None and conn.created and not conn.done:
+            plane.close_client_side(conn)
+            fresh = self.rng.random() < 0.5
+            self.ended(conn, "restart, from the past" if fresh else "restart")
+        plane.scheduler.after(self.rng.randint(1, self.restart_every_us), self._restart)
 
     def link_us(self) -> int:
         return LINK_US_MIN + int(self.rng.expovariate(1.0 / LINK_US_MEAN))
@@ -164,7 +181,8 @@ class _Watcher:
             if self.chain:  # nothing known of where the last one started: a new logical watcher
                 self._new_generation()
             top = plane.revision_hint()
-            start = 0 if rng.random() < 0.4 else rng.randint(1, max(1, top + 1))
+            r = rng.random()
+            start = 0 if r < 0.3 else rng.randint(1, top + 1) if r < 0.6 else rng.randint(max(1, top - 30), top + 1)
         rec = WatchRecord(name=f"{self.name}.{self.generation}#{self.attempt}", key=self.key,
                           range_end=self.range_end, start_revision=start, prev_kv=self.prev_kv,
                           filters=self.filters)
@@ -204,7 +222,7 @@ class _Watcher:
         self.plane.note(f"watch {conn.record.name} ended: {why}")
         if self.conn is conn:
             self.conn = None
-            if why == "compacted":
+            if why in ("compacted", "restart, from the past"):
                 self._new_generation()
             self.plane.scheduler.after(self.rng.randint(1, BACKOFF_US_MAX), self._connect)
 
@@ -223,6 +241,9 @@ class _Watcher:
             conn.created = True
             if rec.start_revision == 0:
                 rec.start_revision = resp.header.revision + 1  # "now": after the created header's revision
+            elif rec.start_revision <= resp.header.revision and self.rng.random() < 0.5:
+                # from the past: ask at once, while the member may still be catching it up
+                plane.send(conn, rpc_pb2.WatchRequest(progress_request=rpc_pb2.WatchProgressRequest()))
             return
         if resp.canceled:
             if resp.compact_revision:
@@ -257,16 +278,16 @@ class SimWatchers:
         self.node_ids = env.node_ids
         rng = random.Random(f"watch-{seed}")
         self.keys = keys
-        small = rng.random() < 0.5  # bounds small enough that outboxes fill and catch-up is chunked
+        small = rng.random() < 0.7  # bounds small enough that outboxes fill and catch-up is chunked
         self.limits = WatchLimits(
             stream_bytes_max=rng.choice((300, 2_000)) if small else 4 << 20,
             catchup_rows_max=rng.choice((1, 3)) if small else 1_000,
             catchup_bytes_max=rng.choice((64, 1 << 20)),
             response_bytes_max=rng.choice((1, 200, 1 << 20)),
-            progress_interval_ticks=rng.choice((5, 30, 200)),
+            progress_interval_ticks=rng.choice((20, 200)),
             no_leader_ticks_max=3 * election_ticks_min,
         )
-        self.read_us_max = rng.choice((0, 0, 300, 3_000))  # a slow reader's time per response
+        self.read_us_max = rng.choice((0, 100, 1_000, 5_000))  # a reader's time per response (0: takes all at once)
         self.watchers = [_Watcher(self, f"w{i}", random.Random(rng.getrandbits(64)))
                          for i in range(rng.randint(1, 6))]
         self.records: list[WatchRecord] = []
