@@ -168,7 +168,7 @@ def test_watchers_on_every_member_see_every_event_through_the_faults(three_nodes
     assert w.watchers == 15 and w.log_members == (1, 2), summary
     assert w.events > 1000 and len(w.log) > 500 and w.progress > 20, summary
     assert w.reconnects >= 1 and w.moves["broken"] + w.moves["stalled"] >= 1, summary  # a fault moved a stream
-    assert not w.capped and w.compact_revision <= 0 and w.revision == res.etcd.revision, summary
+    assert (LONG or not w.capped) and w.compact_revision <= 0 and w.revision >= res.etcd.revision, summary
     kinds = {(rec.prev_kv, bool(rec.filters), rec.range_end) for rec in w.records if rec.responses}
     assert len(kinds) >= 4, kinds  # prev_kv, filters, single keys, prefixes and the whole key space all saw events
     assert any(len(r) > 1 for rec in w.records for r in rec.responses), "no response held several events"
