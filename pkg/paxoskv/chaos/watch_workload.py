@@ -125,8 +125,8 @@ class _Watcher:
         self.start = start
         return rec
 
-    def seen(self, rec: WatchRecord, revision: int) -> None:
-        """``rec`` has seen up to ``revision``: the next watch starts after it."""
+    def seen(self, revision: int) -> None:
+        """The current watch has seen up to ``revision``: the next one starts after it."""
         self.start = max(self.start, revision + 1)
 
 
@@ -153,7 +153,6 @@ class _Stream:
         ]
         self.reached = 0  # the last progress revision of the current session
         self.target = 0  # ask for progress until ``reached`` is at least this
-        self.sessions = 0
 
     async def run(self, stop: asyncio.Event) -> None:
         while not stop.is_set() and any(not w.done for w in self.watchers):
@@ -171,7 +170,6 @@ class _Stream:
     async def _session(self, stop: asyncio.Event) -> str:
         """One stream on ``self.node``; returns why it ended."""
         wl, cfg = self.wl, self.wl.cfg
-        self.sessions += 1
         self.reached = 0
         call = rpc_pb2_grpc.WatchStub(wl.channels[self.node]).Watch()
         live = {}  # watch id -> (watcher, its record)
@@ -256,7 +254,7 @@ class _Stream:
                 if wid == -1:  # the stream's progress answer: every watch of the stream
                     for w, rec in live.values():
                         rec.progress.append((len(rec.responses), rev))
-                        w.seen(rec, rev)
+                        w.seen(rev)
                     self.reached = max(self.reached, rev)
                     wl.progress += 1
                     continue
@@ -279,13 +277,13 @@ class _Stream:
                 events = [*parts.pop(wid, ()), *resp.events]
                 if not events:  # progress_notify
                     rec.progress.append((len(rec.responses), rev))
-                    w.seen(rec, rev)
+                    w.seen(rev)
                     wl.progress += 1
                     continue
                 got = [_event(e, rec.prev_kv) for e in events]
                 rec.responses.append(got)
                 wl.events += len(got)
-                w.seen(rec, max(e.revision for e in got))
+                w.seen(max(e.revision for e in got))
         except grpc.aio.AioRpcError as exc:
             if exc.code() != grpc.StatusCode.CANCELLED:
                 wl.errors[exc.code().name] += 1
