@@ -2,7 +2,9 @@
 
 CI runs, with fixed seeds and within about two and a half minutes of
 campaign time: a 3-node campaign with every fault family (at least 5,000
-operations, linearizable, no lost acknowledged write), a 5-node campaign
+operations, linearizable, no lost acknowledged write; its etcd history and
+its watchers checked too, and a watch record with a response dropped must
+fail its verdict), a 5-node campaign
 with a tiny retained log (catch-up by snapshot under faults),
 the weakened node (reads from local state) which must be caught, and the
 CLI end to end. Every campaign runs its nodes as a deployment does: CURVE
@@ -17,6 +19,7 @@ report and a note in the summary).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import pathlib
@@ -27,7 +30,9 @@ import warnings
 import pytest
 
 from paxoskv.chaos import CampaignConfig, CampaignResult, WorkloadConfig, run_campaign
+from paxoskv.chaos.campaign import _decide
 from paxoskv.chaos.net import namespace_support
+from paxoskv.chaos.watch_workload import WatchWorkloadConfig
 from etcd_support import ETCD_WORKLOAD, assert_etcd_clean, assert_read_after_expiry_caught
 
 HERE = pathlib.Path(__file__).resolve().parent
@@ -115,11 +120,13 @@ def assert_no_leftovers(res: CampaignResult) -> None:
         assert bridge not in links
 
 
-@pytest.mark.timeout(1500 if LONG else 240)
-def test_three_nodes_under_every_fault_stay_linearizable(tmp_path):
-    res = run_campaign(
+@pytest.fixture(scope="module")
+def three_nodes(tmp_path_factory) -> CampaignResult:
+    """The 3-node campaign under every fault, with the etcd workload and the
+    watchers: one run for the tests below."""
+    return run_campaign(
         CampaignConfig(
-            out_dir=tmp_path / "campaign",
+            out_dir=tmp_path_factory.mktemp("three") / "campaign",
             nodes=3,
             duration_s=600 if LONG else 45,
             ops_min=6000,
@@ -128,9 +135,15 @@ def test_three_nodes_under_every_fault_stay_linearizable(tmp_path):
             seed=campaign_seed(20240611),
             workload=WorkloadConfig(clients=12, keys=5, p_batch=0.2),
             etcd=ETCD_WORKLOAD,
+            watch=WatchWorkloadConfig(),
             check_budget_s=600 if LONG else 120,
         )
     )
+
+
+@pytest.mark.timeout(1500 if LONG else 240)
+def test_three_nodes_under_every_fault_stay_linearizable(three_nodes):
+    res = three_nodes
     assert_clean(res)
     assert_etcd_clean(res)
     assert_read_after_expiry_caught(res)
@@ -142,6 +155,52 @@ def test_three_nodes_under_every_fault_stay_linearizable(tmp_path):
     assert len(res.leaders) >= 3, "the leader should have changed under these faults"
     assert_batches_retried(res)
     assert_no_leftovers(res)
+
+
+@pytest.mark.timeout(1500 if LONG else 240)
+def test_watchers_on_every_member_see_every_event_through_the_faults(three_nodes):
+    """Ordered, unique, atomic, reliable, resumable, progress never lies: for
+    every watch the campaign's streams made, checked against the event log
+    read from two members; the streams moved (faults, stalls, migrations)."""
+    res = three_nodes
+    w = res.watch
+    summary = show(res)
+    assert w is not None and w.checked and w.violations == [] and w.problems == [], summary
+    assert w.watchers == 15 and w.log_members == (1, 2), summary
+    assert w.events > 1000 and len(w.log) > 500 and w.progress > 20, summary
+    assert w.reconnects >= 1 and w.moves["broken"] + w.moves["stalled"] >= 1, summary  # a fault moved a stream
+    assert (LONG or not w.capped) and w.compact_revision <= 0 and w.revision >= res.etcd.revision, summary
+    kinds = {(rec.prev_kv, bool(rec.filters), rec.range_end) for rec in w.records if rec.responses}
+    assert len(kinds) >= 4, kinds  # prev_kv, filters, single keys, prefixes and the whole key space all saw events
+    assert any(len(r) > 1 for rec in w.records for r in rec.responses), "no response held several events"
+    assert "watch workload: 15 watchers" in summary and "violations: 0" in summary
+    verdict = json.loads((res.config.out_dir / "verdict.json").read_text())["watch"]
+    assert verdict["events_checked"] == w.events and verdict["reconnects"] == w.reconnects
+
+
+@pytest.mark.timeout(1500 if LONG else 240)
+def test_a_watch_record_missing_a_response_fails_the_campaign(three_nodes):
+    """The watch check is not vacuous: the same run with one response dropped
+    from one record (not its last) fails the verdict, as reliable."""
+    res = three_nodes
+    w = res.watch
+    assert w is not None and w.violations == []
+    k, rec = max(enumerate(w.records), key=lambda kr: len(kr[1].responses))
+    assert len(rec.responses) >= 3, rec.name
+    i = len(rec.responses) // 2
+    lost = rec.responses[i]
+    broken = dataclasses.replace(
+        rec,
+        responses=rec.responses[:i] + rec.responses[i + 1:],
+        progress=[(n - (n > i), rev) for n, rev in rec.progress],
+    )
+    bad_watch = dataclasses.replace(w, records=[*w.records[:k], broken, *w.records[k + 1:]], violations=[], checked=False)
+    bad_watch.judge()
+    missing = [v for v in bad_watch.violations if v.startswith(f"{rec.name}: reliable: ") and lost[0].show() in v]
+    assert missing, bad_watch.violations
+    bad = dataclasses.replace(res, problems=[], verdict="unknown", watch=bad_watch)
+    _decide(bad)
+    assert bad.verdict == "fail" and any(p.startswith("watch: ") and "reliable" in p for p in bad.problems), bad.problems
 
 
 @pytest.mark.timeout(240)

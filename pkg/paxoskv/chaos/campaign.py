@@ -66,6 +66,8 @@ from paxoskv.chaos.verify import (
     lost_writes,
     wait_converged,
 )
+from paxoskv.chaos.watch_workload import WatchOutcome, WatchWorkload, WatchWorkloadConfig
+from paxoskv.chaos.watch_workload import check as check_watchers
 from paxoskv.chaos.workload import ClientStats, Workload, WorkloadConfig
 from paxoskv.check import CheckResult, Operation, check_history
 from paxoskv.tls import ClientTLS
@@ -88,6 +90,7 @@ class CampaignConfig:
     seed: int = 1
     workload: WorkloadConfig = field(default_factory=WorkloadConfig)
     etcd: EtcdWorkloadConfig | None = None  # an etcd-API workload beside it (chaos/etcd_workload.py)
+    watch: WatchWorkloadConfig | None = None  # watchers on every member (chaos/watch_workload.py)
     nemesis: NemesisConfig | None = None  # None: defaults for ``faults``
     heartbeat_ms: int = 50
     election_ms: int = 500
@@ -139,6 +142,7 @@ class CampaignResult:
     exit_codes: dict[int, int | None] = field(default_factory=dict)
     aborted: str = ""  # why the campaign stopped early, if it did
     etcd: EtcdOutcome | None = None  # the etcd-API workload and its checks, when configured
+    watch: WatchOutcome | None = None  # the watchers and their check, when configured
 
     @property
     def passed(self) -> bool:
@@ -234,6 +238,7 @@ async def _campaign(
 ) -> None:
     targets = {i: a.target for i, a in network.addresses.items()}
     monitor = Monitor(targets, cluster.up, clock=clock, tls=tls)
+    watch_wl = None
     try:
         t = clock()
         for i in cluster.ids:
@@ -264,6 +269,7 @@ async def _campaign(
             tls=tls,
         )
         etcd_wl = None if cfg.etcd is None else EtcdWorkload(cfg.etcd, targets, seed=cfg.seed, clock=clock, tls=tls)
+        watch_wl = None if cfg.watch is None else WatchWorkload(cfg.watch, targets, seed=cfg.seed, tls=tls)
         stop_monitor = asyncio.Event()
         t_safety = clock()
         monitor_task = asyncio.create_task(monitor.run(stop_monitor))
@@ -271,6 +277,8 @@ async def _campaign(
         workload.start()
         if etcd_wl is not None:
             etcd_wl.start()
+        if watch_wl is not None:
+            watch_wl.start()
         reporter = asyncio.create_task(_progress(cfg, workload, nemesis, monitor, stop_monitor, clock))
         try:
             await asyncio.sleep(cfg.warmup_s)
@@ -333,7 +341,11 @@ async def _campaign(
         res.timings["check_s"] = time.monotonic() - t
         if etcd_wl is not None:
             await _etcd_checks(cfg, res, etcd_wl, targets)
+        if watch_wl is not None:
+            res.watch = await check_watchers(watch_wl)  # stops the watchers
     finally:
+        if watch_wl is not None:
+            await watch_wl.stop()
         await monitor.close()
 
 
@@ -392,6 +404,8 @@ def _decide(res: CampaignResult) -> None:
             res.problems.append("the etcd history was not checked")
         elif res.etcd.check.verdict == "violation":
             res.problems.append(f"etcd history not linearizable: {res.etcd.check.explanation}")
+    if res.watch is not None:
+        res.problems.extend(res.watch.failures())
     if res.aborted:
         res.problems.append(f"the campaign stopped early: {res.aborted}")
     if check is None:

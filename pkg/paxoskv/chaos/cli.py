@@ -29,6 +29,7 @@ from paxoskv.chaos.campaign import CampaignConfig, run_campaign
 from paxoskv.chaos.etcd_workload import EtcdWorkloadConfig
 from paxoskv.chaos.nemesis import FAULT_FAMILIES
 from paxoskv.chaos.net import NetworkError
+from paxoskv.chaos.watch_workload import WatchWorkloadConfig
 from paxoskv.chaos.workload import WorkloadConfig
 
 __all__ = ["chaos_cmd", "parse_duration", "parse_faults"]
@@ -119,6 +120,13 @@ def parse_faults(text: str) -> frozenset[str]:
     help="TLS and client certificates on the nodes' public port (a CA made for the campaign). "
     "The peer bus always runs CURVE.",
 )
+@click.option(
+    "--watch/--no-watch",
+    default=False,
+    show_default=True,
+    help="Also run watchers (etcd Watch streams) on every member and check what they received "
+    "against the event log (docs/chaos.md).",
+)
 def chaos_cmd(
     nodes: int,
     duration: str,
@@ -136,6 +144,7 @@ def chaos_cmd(
     check_budget: str,
     network: str,
     tls: bool,
+    watch: bool,
 ) -> None:
     """Run real nodes under concurrent clients and a nemesis, then check everything.
 
@@ -174,6 +183,7 @@ def chaos_cmd(
         check_budget_s=budget_s,
         network=network,
         tls=tls,
+        watch=WatchWorkloadConfig() if watch else None,
         progress=lambda line: click.echo(f"paxoskv chaos: {line}", err=True),
         progress_s=max(5.0, min(30.0, duration_s / 10)),
     )

@@ -166,6 +166,7 @@ def verdict_json(res: CampaignResult) -> dict[str, Any]:
                 "keys": [k.to_json() for k in check.keys],
             }
         ),
+        "watch": None if res.watch is None else res.watch.to_json(),
         "timings_s": {k: round(v, 3) for k, v in res.timings.items()},
         "exit_codes": {str(k): v for k, v in res.exit_codes.items()},
         "log_findings": [
@@ -264,6 +265,10 @@ def summary(res: CampaignResult) -> str:
         from paxoskv.chaos.etcd_workload import summary_lines
 
         lines.extend(summary_lines(res.etcd))
+    if res.watch is not None:
+        from paxoskv.chaos.watch_workload import summary_lines as watch_lines
+
+        lines.extend(watch_lines(res.watch))
     t = res.timings
     add("timings: " + ", ".join(f"{k.removesuffix('_s')} {t[k]:.1f}s" for k in t))
     if res.problems:
