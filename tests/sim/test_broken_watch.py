@@ -34,9 +34,9 @@ def first_watch_violation(seeds_max: int, tally, guarantee: str) -> SimResult:
 def test_a_revision_split_across_responses_is_caught_within_10_seeds(monkeypatch, tally) -> None:
     deliver = WatchHub._deliver
 
-    def one_event_per_response(self, w, evs, revision):
+    def one_event_per_response(self, w, evs, revision, shared):
         for item in evs:
-            left = deliver(self, w, [item], revision)
+            left = deliver(self, w, [item], revision, shared)
             if left is not None:
                 return left
         return None
@@ -48,8 +48,8 @@ def test_a_revision_split_across_responses_is_caught_within_10_seeds(monkeypatch
 def test_an_event_skipped_on_catch_up_is_caught_within_10_seeds(monkeypatch, tally) -> None:
     deliver = WatchHub._deliver
 
-    def skip_first_when_catching_up(self, w, evs, revision):
-        return deliver(self, w, evs[1:] if not w.synced else evs, revision)
+    def skip_first_when_catching_up(self, w, evs, revision, shared):
+        return deliver(self, w, evs[1:] if not w.synced else evs, revision, shared)
 
     monkeypatch.setattr(WatchHub, "_deliver", skip_first_when_catching_up)
     first_watch_violation(10, tally, "reliable")
