@@ -54,7 +54,7 @@ from paxoskv.bench.histogram import Histogram
 from paxoskv.bench.runner import drive
 from paxoskv.bench.targets import CHANNEL_OPTIONS, code_name
 from paxoskv.etcdpb import rpc_pb2
-from paxoskv.protowire import varint
+from paxoskv.protowire import read_varint, varint
 from paxoskv.tls import ClientTLS, aio_channel
 
 __all__ = ["KeepAliveConfig", "KeepAliveResult", "WATCH_KEY", "WatchConfig", "WatchResult", "run_keepalive", "run_watch"]
@@ -171,28 +171,21 @@ class _Args:
 # ---- the wire, by hand ----------------------------------------------------------
 
 
-def _varint(raw: bytes, i: int) -> tuple[int, int]:
-    n = shift = 0
-    while True:
-        b = raw[i]
-        i += 1
-        n |= (b & 0x7F) << shift
-        if b < 0x80:
-            return n, i
-        shift += 7
-
-
 def _fields(raw: bytes) -> dict[int, int]:
     """The varint fields at the top of a message (length-delimited ones skipped)."""
     out: dict[int, int] = {}
     i = 0
     while i < len(raw):
-        tag, i = _varint(raw, i)
+        tag, i = read_varint(raw, i)
+        if tag < 0:
+            raise ValueError("a truncated tag")
         kind = tag & 7
         if kind == 0:
-            out[tag >> 3], i = _varint(raw, i)
+            out[tag >> 3], i = read_varint(raw, i)
         elif kind == 2:
-            n, i = _varint(raw, i)
+            n, i = read_varint(raw, i)
+            if n < 0:
+                raise ValueError("a truncated length")
             i += n
         else:
             raise ValueError(f"unexpected wire type {kind}")

@@ -66,7 +66,7 @@ from google.protobuf.message import DecodeError
 from paxoskv.kv.lease import Lease, check_stored
 from paxoskv.kv.mvcc import LEGACY_REVISION, ROW_KEY_BYTES, decode_row, legacy_rows, row_key, split_row_key
 from paxoskv.kv.state_machine import Session
-from paxoskv.protowire import varint
+from paxoskv.protowire import VARINT_BYTES_MAX, read_varint, varint
 from paxoskv.v1 import storage_pb2
 
 __all__ = [
@@ -93,7 +93,6 @@ LEGACY_FORMAT_VERSION = 1
 ETCD_PAD_BYTES = 512  # etcdctl snapshot save wants 512 * k + 32 bytes
 CHUNK_BYTES = 1 << 20  # default chunk size of the writer and the file readers
 RECORD_BYTES_MAX = 64 << 20  # a record longer than this is a damaged length
-_VARINT_BYTES_MAX = 10
 _SHA256_BYTES = 32
 
 # (history rows as (row key, row), sessions as (client id, session))
@@ -288,29 +287,13 @@ def etcd_envelope(chunks: Iterable[bytes], pad_bytes: int = ETCD_PAD_BYTES) -> I
 # ---- reading ------------------------------------------------------------------------
 
 
-def _read_varint(buf: bytearray, pos: int, end: int) -> tuple[int, int]:
-    """(value, position after it), or (-1, position reached) if ``buf`` ends
-    first or the varint is longer than 10 bytes."""
-    value = 0
-    shift = 0
-    i = pos
-    while i < end and i - pos < _VARINT_BYTES_MAX:
-        byte = buf[i]
-        i += 1
-        value |= (byte & 0x7F) << shift
-        if byte < 0x80:
-            return value, i
-        shift += 7
-    return -1, i
-
-
 def _row_fast(buf: bytearray, body: int, stop: int) -> tuple[bytes, bytes] | None:
     """The (row key, row) of ``buf[body:stop]`` if it is a row record in the
     canonical shape ``_row_frame`` writes (as protobuf would parse it); None
     for anything else, which then goes through the protobuf parser."""
     if stop - body < 2 or buf[body] != 0x2A:
         return None
-    length, p = _read_varint(buf, body + 1, stop)
+    length, p = read_varint(buf, body + 1, stop)
     if length < 0 or p + length != stop:
         return None
     if stop - p < 2 + ROW_KEY_BYTES or buf[p] != 0x0A or buf[p + 1] != ROW_KEY_BYTES:
@@ -321,7 +304,7 @@ def _row_fast(buf: bytearray, body: int, stop: int) -> tuple[bytes, bytes] | Non
     if p < stop:
         if buf[p] != 0x12:
             return None
-        length, q = _read_varint(buf, p + 1, stop)
+        length, q = read_varint(buf, p + 1, stop)
         if length < 0 or q + length != stop:
             return None
         row = bytes(buf[q:stop])
@@ -415,9 +398,9 @@ class SnapshotReader:
                         pos = end  # padding
                         break
                     self._corrupt(self._offset + pos, f"{end - pos}+ bytes follow the trailer")
-                length, body = _read_varint(buf, pos, end)
+                length, body = read_varint(buf, pos, end)
                 if length < 0:
-                    if body - pos >= _VARINT_BYTES_MAX:
+                    if body - pos >= VARINT_BYTES_MAX:
                         self._corrupt(self._offset + pos, "record length is not a varint")
                     break  # the length prefix is incomplete
                 if length > RECORD_BYTES_MAX:
