@@ -2,81 +2,37 @@
 standard health checking and server reflection (v1 and v1alpha), on one
 ``grpc.aio`` server.
 
-Rules:
+Rules (the status codes a client sees, one per cause, are the README's
+"Errors are gRPC status codes" list, and a test holds each):
 
 - Every call is answered from the node it reached; the node forwards writes
-  and linearizable reads to the leader over the peer bus, so any node serves
-  any request.
-- Status codes, one per cause (a client's retry policy relies on them):
-
-  ======================  ===================================================
-  INVALID_ARGUMENT        a malformed request body (it does not parse as the
-                          method's message), an empty key, a key/value/
-                          client_id over the node's ``Limits``, a sequence
-                          without a client_id or the reverse. Nothing was
-                          written.
-  FAILED_PRECONDITION     the request's sequence is older than the last one
-                          the cluster applied for its client_id
-                          (``STALE_SEQUENCE``). Nothing was written.
-  UNAVAILABLE             no leader can serve the request now. The details
-                          name the leader when one is known, and so does the
-                          trailing metadata ``paxoskv-leader: ID=HOST:PORT``.
-                          A write may or may not have been applied: retry it
-                          with the same (client_id, sequence).
-  DEADLINE_EXCEEDED       the deadline passed before the answer was known; a
-                          write may still be applied later.
-  RESOURCE_EXHAUSTED      the node holds too much now (``--max-pending-mb``,
-                          ``--max-concurrent-rpcs``), or a message or an
-                          answer is over a size limit, or a put while the
-                          space quota's NOSPACE alarm is raised (``etcdctl
-                          alarm disarm`` clears it). Nothing was written.
-  PERMISSION_DENIED       an admin call (``--admin-cn``) from another
-                          certificate. Nothing was done.
-  (etcd's code)           ``Range`` and ``Txn`` run etcd's rules, and their
-                          refusals keep etcd's code and words: OUT_OF_RANGE
-                          for a compacted or future revision,
-                          INVALID_ARGUMENT for too many ops or a duplicate
-                          key. Nothing was written.
-  ======================  ===================================================
-
-- Deadlines: the time the node may spend on a call is the caller's remaining
-  deadline, less a small margin (so the answer, even a failure, reaches the
-  caller before its deadline fires), and never more than
-  ``request_timeout_s`` (a call without a deadline gets that).
-- Exactly-once: a Put/Delete whose ``RequestHeader`` names a client_id and a
-  sequence is applied at most once however often it is retried. Without a
-  header the node gives the command a fresh random client_id: such a request
-  is NOT exactly-once, a retry may apply it twice.
-- Health: the overall service ``""`` and each service added with
-  ``add_service`` report SERVING from ``mark_serving()`` (called once the node
-  runs) until ``shutdown()`` or the node's fatal failure, then NOT_SERVING.
-  Reflection lists every added service. Another facade on the same port
-  (etcd's API) adds its services with ``add_service`` before ``start()``:
-  the port's TLS, client-certificate check, admin gate and transport limits
-  (``paxoskv.server.public``) then cover it too.
-- Limits (``FacadeLimits``), each answered with a clear status: a message
-  over ``--max-request-bytes`` + 512 KiB is refused by gRPC
-  (RESOURCE_EXHAUSTED); the node layer refuses a smaller one over the limit,
-  and a batch over ``--max-batch-ops``, INVALID_ARGUMENT. The bytes of
-  requests and answers this facade holds, all calls together, stay under
-  ``--max-pending-mb``: a call that would pass it is answered
-  RESOURCE_EXHAUSTED (retry later). A batch's answer stays under the
-  message limit: a get whose value would pass it is answered
-  RESOURCE_EXHAUSTED alone. A ``Session`` stream holds at most
-  ``--max-stream-requests`` requests read and not yet answered (answers
-  waiting to be sent included) and ``--max-stream-bytes`` of them: while it
-  is full the stream is not read, so a client that does not read its
-  answers is stopped by HTTP/2 flow control instead of growing the node.
-
-Theory of operation: the front end is the throughput bottleneck (grpc.aio
-spends ~0.3 ms of CPU per unary call), so the handlers are registered by
-hand, not through the generated servicer base: requests arrive as raw bytes
-(a garbage body becomes our INVALID_ARGUMENT instead of grpc's generic
-INTERNAL "exception deserializing request"), are parsed with the message
-class's ``FromString``, and the handlers touch the context only on the error
-path and for the deadline. Server options turn off SO_REUSEPORT (so a second
-node on the same port fails to bind instead of silently sharing it) and raise
-the limits that matter for a key-value store.
+  and linearizable reads to the leader over the peer bus.
+- Nothing is written when a call is refused with INVALID_ARGUMENT,
+  FAILED_PRECONDITION, RESOURCE_EXHAUSTED or PERMISSION_DENIED; after
+  UNAVAILABLE or DEADLINE_EXCEEDED a write may or may not be applied (retry
+  it with the same ``(client_id, sequence)``). ``Range`` and ``Txn`` refuse
+  with etcd's codes and words.
+- Deadlines: a call gets the caller's remaining deadline less a small margin
+  (the answer, even a failure, arrives first), at most ``request_timeout_s``.
+- Exactly-once: a Put/Delete/Txn whose ``RequestHeader`` names a client_id
+  and a sequence is applied at most once however often it is retried; without
+  one the node makes up a client_id and a retry may apply twice.
+- Health: ``""`` and each added service report SERVING from ``mark_serving()``
+  until ``shutdown()`` or the node's failure. Another facade on the port
+  (etcd's API) adds its services with ``add_service`` before ``start()``, so
+  the port's TLS, client-certificate check, admin gate and limits cover it.
+- Limits (``FacadeLimits``; each flag in the README's serve table): a message
+  over ``--max-request-bytes`` + 512 KiB is refused by gRPC, a smaller one
+  over it and a batch over ``--max-batch-ops`` by the node layer; the bytes
+  all calls hold stay under ``--max-pending-mb``; a batch's answer stays
+  under the message limit; a ``Session`` stream holds at most
+  ``--max-stream-requests`` requests and ``--max-stream-bytes`` unanswered,
+  and is not read while full (HTTP/2 flow control stops its client).
+- Handlers are registered by hand on raw bytes (a garbage body is our
+  INVALID_ARGUMENT, not grpc's INTERNAL), parsed with ``FromString``, and
+  touch the context only for errors and the deadline: grpc.aio's per-call
+  cost is the front end's floor. SO_REUSEPORT is off (a second node on the
+  port fails to bind).
 """
 
 from __future__ import annotations
