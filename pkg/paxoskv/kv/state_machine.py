@@ -28,57 +28,18 @@ Rules:
 - An etcd command (``Command.etcd``, ``paxoskv.kv.etcd``) is answered with
   etcd's response message or an ``EtcdError`` (then nothing was written);
   its ``Applied`` carries the proposing node's ``waiter``.
-- Exactly-once. A command with a non-empty ``client_id`` belongs to that
-  client's session, which remembers the client's last ``sequence``, its
-  result and the slot it was applied at (``last_index``):
-
-  ============================  ==============================================
-  sequence vs. session          what happens
-  ============================  ==============================================
-  no session, or greater        applied; the session now remembers it
-  equal                         not applied again; the first result is returned
-  lower                         not applied; ``STALE_SEQUENCE``
-  ============================  ==============================================
-
-  A command with an empty ``client_id`` is applied with no session and no
-  deduplication. A packed batch (``BatchOp.request``) is one command of its
-  client for this table, with the sequences ``request.sequence`` ..
-  ``request.sequence + len(ops) - 1``: applied when the session is below the
-  first; the same batch again (the session ends at its last sequence and
-  holds one outcome per op) gets its first results back; anything else is
-  ``STALE_SEQUENCE`` for every op. An etcd command seen again is not applied
-  again (its waiter was answered the first time: ``DUPLICATE``). An etcd
-  Txn with a client's own identity (a paxoskv.v1 ``Txn``) follows the table:
-  its session remembers a ``CommandResult`` (``succeeded``, ``revision``;
-  a Txn refused with an ``EtcdError`` wrote nothing and is remembered
-  ``INVALID`` or ``NO_SPACE`` with etcd's words), which a retry gets back
-  instead of the TxnResponse.
-- Bounded sessions, in two pools. Identities a node made up (``client_id``
-  starting with ``NODE_ASSIGNED_PREFIX``: anonymous paxoskv.v1 writes and
-  every etcd write) live in a pool of ``node_sessions_max``; clients' own in
-  one of ``sessions_max``, so etcd write churn never evicts a client's
-  session. When a new session makes its pool larger than its bound, the
-  session with the smallest ``last_index`` is evicted (ties: the smallest
-  ``client_id``). A command whose session was evicted is applied again if it
-  reaches the log again: a client must not be retrying with more than
-  ``sessions_max`` others active; a node-assigned command reaching the log
-  twice more than ``node_sessions_max`` node-assigned writes apart is
-  applied twice.
+- Exactly-once: a command with a non-empty ``client_id`` belongs to that
+  client's session (last ``sequence``, its result, ``last_index``): a greater
+  sequence is applied, an equal one answered the first result, a lower one
+  ``STALE_SEQUENCE``; a packed batch is one command with a run of sequences;
+  sessions are bounded in two pools (node-made identities, clients' own),
+  evicting the smallest ``last_index``. The whole table, packed batches, v1
+  Txns and what eviction costs: docs/design.md, "Exactly-once sessions".
 - Leases (``paxoskv.kv.lease``): grant, revoke, checkpoint and expiry are
   etcd commands like the others; a revoke's deletes are one revision. The
   lessor of the node reads what changed with ``take_lease_events``.
 - Every command of a slot yields one ``Applied`` entry, in order, so the node
   can answer every waiting client, duplicates included.
-
-Theory of operation: the store keeps live records in a dict and the key
-index in memory, and hands the history rows it wrote and dropped to storage
-with the sessions and the applied index, as one atomic apply batch
-(``take_changes``). Sessions live in ``OrderedDict``s kept in
-``last_index`` order (a session moves to the end when it is touched, and
-slots are applied in increasing order), so the eviction candidates are at
-the front; only the leading run of sessions sharing the smallest
-``last_index`` (at most one slot's worth) is scanned for the smallest
-``client_id``.
 """
 
 from __future__ import annotations
