@@ -337,6 +337,7 @@ def test_the_watch_command_prints_history_and_new_events_and_exits_5_below_the_c
             proc.stderr.close()
         assert first == [b"PUT", b"/c/a", b"1", b"PUT", b"/c/a", b"1", b"/c/a", b"2"]
         assert later == [b"DELETE", b"/c/a", b"2", b"/c/a", b""]
+        assert proc.returncode == 0, proc.returncode  # Ctrl-C ends it, at once and cleanly
         kv.Compact(R.CompactionRequest(revision=4), timeout=10)
     r = run_cli("watch", "/c/a", "--rev", "2", "--endpoints", cluster.endpoints[1])
     assert r.returncode == 5 and "compacted" in r.stderr, r

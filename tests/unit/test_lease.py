@@ -13,9 +13,8 @@ from paxoskv.etcdpb import rpc_pb2
 from paxoskv.kv import commands, etcd
 from paxoskv.kv.lease import CHECKPOINT, GRANT, MAX_LEASE_TTL, RENEW, REVOKE, Lease
 from paxoskv.kv.state_machine import KVStateMachine
-from paxoskv.paxos.types import FEATURE_LEASES, FEATURES, LeaseAnswer, LeaseAsk
+from paxoskv.paxos.types import LeaseAnswer, LeaseAsk
 from paxoskv.replica.errors import EtcdFailure
-from paxoskv.replica.features import ERR_LEASES_NOT_ANNOUNCED
 from paxoskv.replica.lease import chosen_id, min_ttl_s
 from paxoskv.storage.memory import MemoryStorage
 from paxoskv.storage.snapshot import SnapshotCorrupt, SnapshotReader, snapshot_bytes
@@ -436,67 +435,3 @@ def test_a_keep_alive_for_a_lease_chosen_but_not_applied_at_the_leader_waits_for
     assert not ka.done  # not "unknown": the grant is chosen, not applied yet
     net.settle()
     assert answer(grant).ID == 8 and answer(ka).TTL == 5
-
-
-# ---- the feature gate (paxoskv.replica.features) ---------------------------------------
-
-WITHOUT_LEASES = FEATURES & ~FEATURE_LEASES  # what a member of the version before leases announces
-
-
-def test_until_every_member_announces_leases_lease_calls_are_refused_and_nothing_is_proposed() -> None:
-    net = Net(features={3: WITHOUT_LEASES})
-    leader = net.leader()
-    lease_put = R.RequestOp(request_put=R.PutRequest(key=b"/t", value=b"v", lease=1))
-    refused = [
-        ("grant", R.LeaseGrantRequest(ID=1, TTL=60)),
-        ("grant", R.LeaseGrantRequest(TTL=60)),
-        ("revoke", R.LeaseRevokeRequest(ID=1)),
-        ("keep_alive", R.LeaseKeepAliveRequest(ID=1)),
-    ]
-    writes = [
-        R.PutRequest(key=b"/k", value=b"v", lease=1),
-        R.PutRequest(key=b"/k", value=b"v", ignore_lease=True),
-        R.TxnRequest(success=[lease_put]),
-        R.TxnRequest(failure=[R.RequestOp(request_txn=R.TxnRequest(success=[lease_put]))]),
-        R.TxnRequest(compare=[R.Compare(key=b"/k", target=R.Compare.LEASE, lease=0)],
-                     success=[R.RequestOp(request_put=R.PutRequest(key=b"/c", value=b"v"))]),
-    ]
-    for at in (leader, *others(net, leader)):
-        node = net.nodes[at]
-        applied = node.replica.sm.applied_index
-        got = [call(node, m, r, net) for m, r in refused]
-        got += [answer(node.etcd_write(w, 5.0, lambda _: None)) for w in writes]
-        net.settle()
-        for r in got:
-            assert isinstance(r, EtcdFailure), (at, r)
-            assert (r.code, r.message) == (ERR_LEASES_NOT_ANNOUNCED.code, ERR_LEASES_NOT_ANNOUNCED.message)
-            assert r.message.startswith("etcdserver: leases are not served yet")
-        assert node.replica.sm.applied_index == applied  # nothing reached the log
-        assert node.lease.leases().leases == []
-    # what needs no lease still works, and a read about a lease is served
-    node = net.nodes[leader]
-    plain = node.etcd_write(R.PutRequest(key=b"/plain", value=b"v"), 5.0, lambda _: None)
-    net.settle()
-    assert isinstance(answer(plain), R.PutResponse)
-    assert call(node, "time_to_live", R.LeaseTimeToLiveRequest(ID=1), net).TTL == -1
-
-
-def test_a_member_that_stops_announcing_leases_stops_expiry_until_it_announces_them_again() -> None:
-    net = Net()
-    leader = net.leader()
-    node = net.nodes[leader]
-    assert isinstance(call(node, "grant", R.LeaseGrantRequest(ID=4, TTL=1), net), R.LeaseGrantResponse)
-    put = node.etcd_write(R.PutRequest(key=b"/e", value=b"v", lease=4), 5.0, lambda _: None)
-    net.settle()
-    assert isinstance(answer(put), R.PutResponse)
-    old = others(net, leader)[0]
-    core = net.nodes[old].replica.core
-    full = core.config
-    core.config = dataclasses.replace(full, features=WITHOUT_LEASES)  # restarted as the older version
-    net.tick(3)  # its acks tell the leader
-    assert not node.replica.core.cluster_features & FEATURE_LEASES
-    net.tick(5 * math.ceil(1000 / TICK_MS))  # five TTLs: no expiry is proposed
-    assert all(n.replica.sm.get(b"/e") == b"v" for n in net.nodes.values())
-    core.config = full
-    gone = _expired_at(net, b"/e", 3 * math.ceil(1000 / TICK_MS))
-    assert gone > 0

@@ -10,7 +10,9 @@ Rules:
 - ``--rev N`` starts at revision N (the history since the compaction
   replays first); without it, from now. The client moves to another
   endpoint when one fails, from the revision after the last one printed.
-- Exit codes: runs until interrupted (0 on Ctrl-C); 2 usage error; 3 no
+- Exit codes: runs until interrupted (0 on Ctrl-C or SIGTERM, at once:
+  what was printed is flushed, nothing waits for the channel's shutdown);
+  2 usage error; 3 no
   endpoint served the watch within ``--timeout`` seconds; 5 the server
   canceled the watch (below the compaction: stderr names it).
 """
@@ -18,6 +20,8 @@ Rules:
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
 import sys
 
 import click
@@ -33,6 +37,16 @@ __all__ = ["watch_cmd"]
 EXIT_UNAVAILABLE = 3
 EXIT_OTHER = 4
 EXIT_CANCELED = 5
+
+
+def _exit_now(signum: int, frame: object) -> None:
+    """Ctrl-C or SIGTERM: flush what was printed and exit 0 at once (a grpc
+    channel's shutdown after an interrupted stream could hold the process
+    for seconds)."""
+    try:
+        sys.stdout.flush()
+    finally:
+        os._exit(0)
 
 
 def _line(data: bytes) -> bytes:
@@ -71,10 +85,10 @@ def watch_cmd(key: str, prefix: bool, rev: int, prev_kv: bool, revisions: bool, 
         tls = client_tls(tls_cacert, tls_cert, tls_key)
     except ConfigError as exc:
         raise click.UsageError(str(exc)) from None
+    signal.signal(signal.SIGINT, _exit_now)  # before asyncio.run, which then leaves SIGINT to it
+    signal.signal(signal.SIGTERM, _exit_now)
     try:
         asyncio.run(_run(eps, key, prefix, rev, prev_kv, revisions, timeout_s, tls))
-    except KeyboardInterrupt:
-        return
     except WatchCanceled as exc:
         click.echo(f"watch: canceled by the server: {exc}", err=True)
         sys.exit(EXIT_CANCELED)

@@ -280,8 +280,7 @@ class Ready:
 # aggregated by the leader into Heartbeat.features (see Core.cluster_features).
 # A node of an older version announces none (the field is absent: 0).
 FEATURE_PACKED_BATCHES = 1  # kv.proto BatchOp.request: one exactly-once identity per batch
-FEATURE_LEASES = 2  # etcd leases: lease commands, lease-attached puts, Txn compares on LEASE
-FEATURES = FEATURE_PACKED_BATCHES | FEATURE_LEASES
+FEATURES = FEATURE_PACKED_BATCHES
 
 
 @dataclass(frozen=True, slots=True)

@@ -46,7 +46,6 @@ from paxoskv.kv.mvcc import row_key
 from paxoskv.kv.state_machine import DUPLICATE
 from paxoskv.paxos.types import Ballot
 from paxoskv.replica.errors import DeadlineExceeded, EtcdFailure, NodeError, Unavailable
-from paxoskv.replica.features import lease_refusal
 from paxoskv.v1 import kv_pb2
 
 __all__ = [
@@ -445,10 +444,6 @@ class EtcdCalls:
 
     def _propose(self, field: str, request, call, identity: tuple[str, int] | None = None) -> None:  # noqa: ANN001
         node = self._node
-        refused = lease_refusal(node.replica.core, field, request)  # a feature gate (replica.features)
-        if refused is not None:
-            call.set(0, failure(refused))
-            return
         client_id, sequence = identity or (commands.node_assigned_id(node._ids.getrandbits(128)), 1)
         cmd = kv_pb2.Command(client_id=client_id, sequence=sequence)
         getattr(cmd.etcd, field).CopyFrom(request)

@@ -50,10 +50,6 @@ Rules:
   to apply; at most ``ASKS_MAX`` wait on a node, and an ask from a
   non-member is dropped. ``LeaseLeases`` is served by any member from its
   own state, as etcd's.
-- Gated (``paxoskv.replica.features``): until every member is known to take
-  lease commands, grants, revokes and keep-alives are refused with
-  ``ERR_LEASES_NOT_ANNOUNCED`` and the leader proposes no checkpoint or
-  expiry.
 """
 
 from __future__ import annotations
@@ -68,7 +64,6 @@ from paxoskv.kv import etcd, lease
 from paxoskv.kv.lease import CHECKPOINT, GRANT, MAX_LEASE_TTL, RENEW, REVOKE, LeaseEvent
 from paxoskv.paxos.types import LeaseAnswer, LeaseAsk, Message
 from paxoskv.replica.etcd import failure
-from paxoskv.replica.features import ERR_LEASES_NOT_ANNOUNCED, leases_allowed
 from paxoskv.v1 import kv_pb2
 
 __all__ = ["CHECKPOINT_BATCH_MAX", "EXPIRE_PER_TICK", "LeaseCalls", "Lessor", "check_grant", "chosen_id", "min_ttl_s"]
@@ -146,8 +141,8 @@ class Lessor:
         self.now += 1
         if self._asks and self.now % self.checkpoint_ticks == 0:
             self._drop_old_asks()
-        if not self.refresh() or not leases_allowed(self._node.replica.core):
-            return  # no duties, or not every member takes lease commands yet (replica.features)
+        if not self.refresh():
+            return
         if self.now >= self._next_checkpoint:
             self._next_checkpoint = self.now + self.checkpoint_ticks
             self._checkpoint()
@@ -334,13 +329,9 @@ class Lessor:
     def renew(self, lease_id: int, answer: Callable[[int], None]) -> None:
         """At the leader: renew ``lease_id``; ``answer(ttl)`` with its TTL in
         seconds (0: no such lease, or it expired; -1: leadership was lost
-        before the renewal was in the log; -2: too many renewals waiting;
-        -3: not every member takes lease commands yet)."""
+        before the renewal was in the log; -2: too many renewals waiting)."""
         if not self._leading:
             answer(-1)  # deferred, and leadership was lost meanwhile
-            return
-        if not leases_allowed(self._node.replica.core):
-            answer(-3)  # a renewal may need a checkpoint in the log (replica.features)
             return
         ls = self._sm.leases.get(lease_id)
         if ls is None and self._behind():
@@ -539,16 +530,11 @@ class LeaseCalls:
         calls, call = self._start(on_done, timeout_s)
         if calls is None:
             return call
-        if not leases_allowed(self._node.replica.core):
-            call.set(0, failure(ERR_LEASES_NOT_ANNOUNCED))
-            return call
         lid = req.ID
 
         def answer(ttl: int) -> None:
             if ttl == -1:
                 call.set(0, failure(etcd.ERR_LEADER_CHANGED))
-            elif ttl == -3:
-                call.set(0, failure(ERR_LEASES_NOT_ANNOUNCED))
             elif ttl < -1:
                 call.set(0, failure(ERR_TOO_MANY_REQUESTS))
             else:
