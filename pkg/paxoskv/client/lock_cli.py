@@ -82,9 +82,25 @@ def _session(c: LeaseClient, cmd: str, ttl: int) -> Iterator[int]:
             pass  # it ends at its TTL
 
 
-def _hold() -> None:
-    """Until interrupted."""
-    threading.Event().wait()
+CLEANUP_TIMEOUT_S = 2.0  # per call while giving up a lock or a leadership after Ctrl-C
+
+
+def _hold(c: LeaseClient) -> None:
+    """Until interrupted; then the calls that give the lock or the
+    leadership back (delete the key, revoke the lease) get a short deadline
+    each, so the command ends within seconds even if an endpoint is down."""
+    try:
+        threading.Event().wait()
+    except KeyboardInterrupt:
+        c.timeout_s = min(c.timeout_s, CLEANUP_TIMEOUT_S)
+        raise
+
+
+def _exit_interrupted() -> NoReturn:
+    """After the cleanup: exit 0 at once, not waiting on grpc's threads."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 def _timeout(value: float) -> float | None:
@@ -111,7 +127,7 @@ def lock_cmd(name: str, command: tuple[str, ...], ttl: int, acquire_timeout: flo
                 click.echo(f"fencing token: {token}", nl=True)
                 sys.stdout.flush()
                 if not command:
-                    _hold()
+                    _hold(c)
                 env = {**os.environ, "PAXOSKV_LOCK_KEY": lock.key.decode(errors="replace"),
                        "PAXOSKV_LOCK_TOKEN": str(token), "ETCD_LOCK_KEY": lock.key.decode(errors="replace"),
                        "ETCD_LOCK_REV": str(token)}
@@ -122,7 +138,7 @@ def lock_cmd(name: str, command: tuple[str, ...], ttl: int, acquire_timeout: flo
                     rc = EXIT_OTHER
                 lock.release()
         except KeyboardInterrupt:
-            return
+            _exit_interrupted()
     sys.exit(rc)
 
 
@@ -153,11 +169,11 @@ def elect_cmd(name: str, value: str | None, observe: bool, ttl: int, acquire_tim
                 click.echo(f"fencing token: {token}")
                 sys.stdout.flush()
                 try:
-                    _hold()
+                    _hold(c)
                 finally:
                     election.resign()
         except KeyboardInterrupt:
-            return
+            _exit_interrupted()
 
 
 async def _observe(election: Election) -> None:
