@@ -7,6 +7,7 @@ could serve it; 4 anything else, e.g. ``requested lease not found``).
 
 from __future__ import annotations
 
+import signal
 import sys
 from typing import NoReturn
 
@@ -65,6 +66,7 @@ def grant_cmd(ttl: int, lease_hex: str, endpoints: str, timeout_s: float, **tls:
 def keep_alive_cmd(lease_hex: str, once: bool, endpoints: str, timeout_s: float, **tls: str | None) -> None:
     """Keep a lease alive (every TTL/3 until it is gone or interrupted)."""
     lease_id = _lease_id(lease_hex)
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # even if the parent left it ignored
     with _client(endpoints, timeout_s, tls) as c:
         try:
             ttl = c.keep_alive_once(lease_id)

@@ -63,10 +63,18 @@ def _session_options(f):  # noqa: ANN001, ANN202
                         help="Give up after this many seconds (0: wait forever).")(f)
 
 
+def _interruptible() -> None:
+    """Ctrl-C and SIGTERM raise KeyboardInterrupt, even when the parent left
+    SIGINT ignored (an ignored signal is inherited, and Python then keeps
+    it ignored)."""
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
+
+
 @contextmanager
 def _session(c: LeaseClient, cmd: str, ttl: int) -> Iterator[int]:
     """A lease kept alive while the block runs, revoked after; SIGTERM ends it as Ctrl-C does."""
-    signal.signal(signal.SIGTERM, signal.default_int_handler)
+    _interruptible()
     try:
         lease_id, granted = c.grant(ttl)
     except LeaseError as exc:
@@ -153,6 +161,7 @@ def elect_cmd(name: str, value: str | None, observe: bool, ttl: int, acquire_tim
     """Campaign in the election NAME with VALUE (etcd's, as etcdctl elect), or observe it with -l."""
     if observe == (value is not None):
         raise click.UsageError("give a VALUE to campaign with, or -l to observe (not both)")
+    _interruptible()
     with _client(endpoints, timeout_s, tls) as c:
         try:
             if observe:
