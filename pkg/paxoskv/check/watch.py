@@ -55,6 +55,7 @@ Pure: no clock, socket or I/O; the same inputs give the same violations.
 
 from __future__ import annotations
 
+from bisect import bisect_left, bisect_right
 from collections import Counter, defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -183,9 +184,9 @@ class _Log:
     def selected(self, rec: WatchRecord, lo: int, hi: int) -> list[WatchEvent]:
         """The log events ``rec`` selects with ``lo <= revision <= hi``."""
         out: list[WatchEvent] = []
-        for rev in self.revisions:
-            if rev < lo:
-                continue
+        revisions = self.revisions
+        for k in range(bisect_left(revisions, lo), len(revisions)):
+            rev = revisions[k]
             if rev > hi:
                 break
             out.extend(ev for ev in self.by_rev[rev] if rec.selects(ev))
@@ -336,18 +337,75 @@ def check_record(rec: WatchRecord, ref: _Log | list[WatchEvent], last_revision: 
     start = _start_of(rec, events)
     upto = rec.last_seen()
     _check_sequence(rep, ref, rec, events, start, upto, exempt)
-    # progress never lies
+    _check_progress(rep, ref, rec, events, start, last_revision, exempt)
+    return rep.done()
+
+
+def _check_progress(rep: _Report, ref: _Log, rec: WatchRecord, events: list[tuple[int, WatchEvent]],
+                    start: int | None, last_revision: int, exempt: set[int]) -> None:
+    """Progress never lies. Each notification ``(before, P)`` is answered in
+    O(log) when it holds: no event after it has a revision <= P (a suffix
+    minimum of revisions), and every selected, required log event in
+    ``start..P`` was matched by an event received before it. An event
+    identity (revision, key, kind, value) occurring k times in the log in
+    ``start..P`` is matched by the first c received; it is satisfied from
+    the event position after its last required occurrence's match
+    (``_missing``'s rule, occurrence by occurrence), so "something is
+    missing before P" is a prefix maximum over the identities in revision
+    order. A notification that fails is enumerated as ``_missing`` does."""
+    if not rec.progress:
+        return
+    n = len(events)
+    where = [i for i, _ in events]  # response index per event: non-decreasing
+    suffix_min = [0] * (n + 1)
+    low = last_revision + 1
+    suffix_min[n] = low
+    for j in range(n - 1, -1, -1):
+        low = min(low, events[j][1].revision)
+        suffix_min[j] = low
+    top = max(prog for _, prog in rec.progress)
+    idents: list[tuple[int, bytes, str, bytes]] = []  # in log order, first occurrence of each
+    occurrences: dict[tuple[int, bytes, str, bytes], list[WatchEvent]] = {}
+    if start is not None:
+        for lv in ref.selected(rec, start, top):
+            ident = (lv.revision, lv.key, lv.kind, lv.value)
+            if ident not in occurrences:
+                occurrences[ident] = []
+                idents.append(ident)
+            occurrences[ident].append(lv)
+    positions: dict[tuple[int, bytes, str, bytes], list[int]] = defaultdict(list)
+    for j, (_, ev) in enumerate(events):
+        ident = (ev.revision, ev.key, ev.kind, ev.value)
+        if ident in occurrences:
+            positions[ident].append(j)
+    never = n + 1
+    ident_revs: list[int] = []
+    prefix_max: list[int] = [0]  # prefix_max[k]: the latest "satisfied from" of the first k identities
+    for ident in idents:
+        occ = occurrences[ident]
+        need = max((k + 1 for k, lv in enumerate(occ) if _required(ref, lv, exempt)), default=0)
+        got = positions.get(ident, [])
+        sat = 0 if need == 0 else (got[need - 1] + 1 if len(got) >= need else never)
+        ident_revs.append(ident[0])
+        prefix_max.append(max(prefix_max[-1], sat))
     for before, prog in rec.progress:
         if prog > last_revision:
             rep.add("progress", f"progress revision {prog} above the store's last revision {last_revision}")
-        for i, ev in events:
-            if i >= before and ev.revision <= prog:
-                rep.add("progress", f"{ev.show()} received after progress revision {prog}")
-        if start is not None:
-            sent = [ev for i, ev in events if i < before]
-            for lv in _missing(ref, rec, sent, start, prog, exempt):
-                rep.add("progress", f"progress revision {prog} but {lv.show()} not received before it")
-    return rep.done()
+        pos = bisect_left(where, before)  # events[:pos] came before the notification
+        if suffix_min[pos] <= prog:
+            for _, ev in events[pos:]:
+                if ev.revision <= prog:
+                    rep.add("progress", f"{ev.show()} received after progress revision {prog}")
+        if start is None:
+            continue
+        upto = bisect_right(ident_revs, prog)
+        if prefix_max[upto] <= pos:
+            continue
+        for ident in idents[:upto]:
+            c = bisect_left(positions.get(ident, []), pos)
+            for lv in occurrences[ident][c:]:
+                if _required(ref, lv, exempt):
+                    rep.add("progress", f"progress revision {prog} but {lv.show()} not received before it")
 
 
 def check_resumed(records: list[WatchRecord], ref: _Log | list[WatchEvent], compact_revision: int = 0) -> list[str]:
