@@ -191,3 +191,50 @@ def test_paxoskv_lock_and_elect_print_the_fencing_token(shared_cluster) -> None:
         finally:
             for p in procs:
                 p.stop()
+
+
+def test_observe_reads_the_leader_again_when_its_watch_start_was_compacted(shared_cluster) -> None:
+    """The revision after observe's read is compacted before its watch opens
+    (forced here between the two): observe reads the leader again and goes
+    on, rather than ending with the compaction's cancel."""
+    import asyncio
+
+    eps = shared_cluster.endpoints
+    with LeaseClient(eps) as c:
+        held, _ = c.grant(60)
+        leader = Election(c, "obscompact", held)
+        token = leader.campaign("v1", timeout=10)
+        observer = Election(c, "obscompact")
+        read = observer._first
+        compacted = []
+
+        def first_then_compact():  # noqa: ANN202
+            kv, rev = read()
+            if not compacted:
+                with grpc.insecure_channel(eps[0]) as ch:
+                    kv_stub = rpc_pb2_grpc.KVStub(ch)
+                    for _ in range(3):
+                        now = kv_stub.Put(R.PutRequest(key=b"/elsewhere", value=b"x"), timeout=5).header.revision
+                    kv_stub.Compact(R.CompactionRequest(revision=now), timeout=5)
+                compacted.append(now)
+            return kv, rev
+
+        observer._first = first_then_compact
+
+        async def observe() -> list[tuple[bytes, int]]:
+            seen = []
+            async with __import__("contextlib").aclosing(observer.observe()) as it:
+                async for item in it:
+                    seen.append(item)
+                    if len(seen) == 1:
+                        await asyncio.to_thread(leader.proclaim, "v2")
+                    if len(seen) == 2:
+                        return seen
+            return seen
+
+        try:
+            seen = asyncio.run(asyncio.wait_for(observe(), 20))
+        finally:
+            leader.resign()
+        assert compacted, "the compaction was not forced"
+        assert seen == [(b"v1", token), (b"v2", token)], seen

@@ -30,7 +30,7 @@ import contextlib
 import time
 from collections.abc import AsyncIterator
 
-from paxoskv.client.etcd_watch import watch
+from paxoskv.client.etcd_watch import WatchCanceled, watch
 from paxoskv.client.lease import LeaseClient, LeaseError, LockTimeout, _still_there, prefix_range, wait_deletes
 from paxoskv.etcdpb import kv_pb2 as mvccpb
 from paxoskv.etcdpb import rpc_pb2, rpc_pb2_grpc
@@ -143,7 +143,10 @@ class Election:
 
     async def observe(self) -> AsyncIterator[tuple[bytes, int]]:
         """Every leadership (value, token) from the current one on, and every
-        value a leader proclaims; runs until the caller stops iterating."""
+        value a leader proclaims; runs until the caller stops iterating. If
+        the revision after a read is compacted before the watch opens, the
+        leader is read again (a leadership that came and went entirely in
+        that window is not seen, as with etcd's observe)."""
         last: tuple[bytes, int] | None = None
         c = self.client
         while True:
@@ -152,18 +155,24 @@ class Election:
                 last = (kv.value, kv.create_revision)
                 yield last
             events = watch(c.endpoints, self.prefix, prefix=True, start_revision=rev + 1, tls=c._tls)
-            async with contextlib.aclosing(events):
-                async for batch in events:
-                    moved = False  # read the leader again: there was none and a key was put, or it went
-                    for ev in batch.events:
-                        if kv is None or ev.key != kv.key:
-                            moved = kv is None and ev.type == "PUT"
-                        elif ev.type == "DELETE":
-                            moved = True
-                        elif last is not None and ev.value != last[0]:
-                            last = (ev.value, ev.create_revision)
-                            yield last
+            try:
+                async with contextlib.aclosing(events):
+                    async for batch in events:
+                        moved = False  # read the leader again: there was none and a key was put, or it went
+                        for ev in batch.events:
+                            if kv is None or ev.key != kv.key:
+                                moved = kv is None and ev.type == "PUT"
+                            elif ev.type == "DELETE":
+                                moved = True
+                            elif last is not None and ev.value != last[0]:
+                                last = (ev.value, ev.create_revision)
+                                yield last
+                            if moved:
+                                break
                         if moved:
                             break
-                    if moved:
-                        break
+            except WatchCanceled as exc:
+                if not exc.compact_revision:
+                    raise
+                # the revision after the read was compacted before the watch
+                # opened: what happened in between is read again, not lost
