@@ -146,7 +146,7 @@ class Election:
         value a leader proclaims; runs until the caller stops iterating. If
         the revision after a read is compacted before the watch opens, the
         leader is read again (a leadership that came and went entirely in
-        that window is not seen, as with etcd's observe)."""
+        that window is not seen)."""
         last: tuple[bytes, int] | None = None
         c = self.client
         while True:
