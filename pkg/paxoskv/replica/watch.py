@@ -169,6 +169,11 @@ class WatchStream:
     def has_room(self) -> bool:
         return self._hub.has_room(self)
 
+    @property
+    def has_output(self) -> bool:
+        """``take`` may give a response: one is waiting, or a watcher catches up."""
+        return bool(self.outbox) or (bool(self.late) and not self.closed)
+
 
 def _nothing() -> None:
     pass
