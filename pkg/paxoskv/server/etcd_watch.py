@@ -24,7 +24,8 @@ Rules:
 - At most ``WRITES_IN_FLIGHT_MAX`` watch writes in flight on a node, across
   all its streams (``WriteGate``), granted in the order asked; a write
   still in flight after ``SLOT_HOLD_S_MAX`` (its reader stopped reading)
-  gives its slot back, so it holds up the other streams that long at most.
+  gives its slot back within twice that, so it holds up the other streams
+  that long at most.
 
 Theory of operation (the gate). The node's event loop runs consensus,
 the unary calls and every watch stream. A grpc.aio streamed write costs
@@ -66,8 +67,9 @@ SLOT_HOLD_S_MAX = 0.05  # a write not done by then (a slow reader: flow control)
 class WriteGate:
     """At most ``in_flight_max`` slots held at once, granted in the order
     asked; a slot given back goes to the oldest waiter (who runs in a later
-    loop turn). A slot held longer than ``hold_s_max`` is given back then,
-    so a reader that stopped reading holds up the others that long at most.
+    loop turn). A slot held longer than ``hold_s_max`` is given back within
+    twice that (one watchdog timer for the gate, none per write), so a
+    reader that stopped reading holds up the others that long at most.
     One per node, shared by its Watch streams; on one event loop."""
 
     def __init__(self, in_flight_max: int = WRITES_IN_FLIGHT_MAX, hold_s_max: float = SLOT_HOLD_S_MAX) -> None:
@@ -76,19 +78,23 @@ class WriteGate:
         self.in_flight_max = in_flight_max
         self.hold_s_max = hold_s_max
         self.in_flight = 0
+        self.expired = 0  # slots the watchdog took back
         self._waiting: deque[asyncio.Future[None]] = deque()
+        self._held: dict[int, int] = {}  # ticket -> the watchdog's epoch when granted
+        self._next_ticket = 0
+        self._epoch = 0
+        self._watchdog: asyncio.TimerHandle | None = None
 
     @property
     def waiting(self) -> int:
         return sum(1 for f in self._waiting if not f.done())
 
-    async def acquire(self) -> _Slot:
-        """A slot; give it back with ``_Slot.release`` (once is enough)."""
-        loop = asyncio.get_running_loop()
+    async def acquire(self) -> int:
+        """A slot, as a ticket to give back with ``release``."""
         if self.in_flight < self.in_flight_max and not self._waiting:
             self.in_flight += 1
         else:
-            fut: asyncio.Future[None] = loop.create_future()
+            fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
             self._waiting.append(fut)
             try:
                 await fut
@@ -99,9 +105,28 @@ class WriteGate:
                     with contextlib.suppress(ValueError):  # a hand-over may have dropped it already
                         self._waiting.remove(fut)
                 raise
-        slot = _Slot(self)
-        slot.timer = loop.call_later(self.hold_s_max, slot.release)
-        return slot
+        ticket = self._next_ticket
+        self._next_ticket = ticket + 1
+        self._held[ticket] = self._epoch
+        if self._watchdog is None:
+            self._watchdog = asyncio.get_running_loop().call_later(self.hold_s_max, self._expire)
+        return ticket
+
+    def release(self, ticket: int) -> None:
+        """Give the slot back (again, or after the watchdog took it: nothing)."""
+        if self._held.pop(ticket, None) is not None:
+            self._pass_on()
+
+    def _expire(self) -> None:
+        """The watchdog: slots granted before its previous run go back."""
+        self._watchdog = None
+        epoch = self._epoch
+        self._epoch = epoch + 1
+        for ticket in [t for t, e in self._held.items() if e < epoch]:
+            self.expired += 1
+            self.release(ticket)
+        if self._held:
+            self._watchdog = asyncio.get_running_loop().call_later(self.hold_s_max, self._expire)
 
     def _pass_on(self) -> None:
         """A slot was given back: to the oldest waiter, else free."""
@@ -110,26 +135,7 @@ class WriteGate:
             if not fut.done():
                 fut.set_result(None)  # the slot changes hands: in_flight stays
                 return
-        if self.in_flight < 1:
-            raise RuntimeError("WriteGate: a slot given back twice")
         self.in_flight -= 1
-
-
-class _Slot:
-    __slots__ = ("_gate", "timer")
-
-    def __init__(self, gate: WriteGate) -> None:
-        self._gate: WriteGate | None = gate
-        self.timer: asyncio.TimerHandle | None = None
-
-    def release(self) -> None:
-        gate = self._gate
-        if gate is None:
-            return
-        self._gate = None
-        if self.timer is not None:
-            self.timer.cancel()
-        gate._pass_on()  # noqa: SLF001 - the gate's own slot
 
 
 class WatchService:
@@ -173,7 +179,7 @@ class WatchService:
                 if stream.has_output:
                     # The slot first, then the response: while this stream waits
                     # its turn, its responses stay in the outbox and coalesce.
-                    slot = await gate.acquire()
+                    ticket = await gate.acquire()
                     try:
                         resp = hub.take_wire(stream)
                         if resp is not None:
@@ -184,7 +190,7 @@ class WatchService:
                                 data = resp.SerializeToString()
                             await context.write(data)
                     finally:
-                        slot.release()
+                        gate.release(ticket)
                 if resp is None:
                     failure = stream.failed or _failure_of(reader)
                     if failure is not None:
