@@ -407,13 +407,18 @@ def test_events_written_and_compacted_in_one_batch_cancel_the_synced_watcher() -
     assert hub.watching == 0
 
 
+def two_watches_of_k(limits: WatchLimits | None = None, **second: object):  # noqa: ANN201
+    """A store and a stream with watches 0 (of k) and 1 (of k, ``second``), their created answers taken."""
+    st = Store(limits)
+    s = st.hub.open()
+    st.hub.request(s, create(key=b"k"))
+    st.hub.request(s, create(key=b"k", **second))
+    drain(st.hub, s)
+    return st, st.hub, s
+
+
 def test_a_watchs_waiting_responses_join_until_a_control_response_or_a_take() -> None:
-    st = Store()
-    hub = st.hub
-    s = hub.open()
-    hub.request(s, create(key=b"k"))
-    hub.request(s, create(key=b"k", prev_kv=True))
-    drain(hub, s)
+    st, hub, s = two_watches_of_k(prev_kv=True)
     for i in range(3):
         st.put(b"k", b"%d" % i)  # revisions 2, 3, 4: nobody takes meanwhile
     assert len(s.outbox) == 2 and hub.coalesced == 4
@@ -437,12 +442,7 @@ def test_a_watchs_waiting_responses_join_until_a_control_response_or_a_take() ->
 
 
 def test_joined_responses_stay_under_the_response_and_fragment_bounds() -> None:
-    st = Store(WatchLimits(response_bytes_max=400, fragment_bytes=300))
-    hub = st.hub
-    s = hub.open()
-    hub.request(s, create(key=b"k"))
-    hub.request(s, create(key=b"k", fragment=True))
-    drain(hub, s)
+    st, hub, s = two_watches_of_k(WatchLimits(response_bytes_max=400, fragment_bytes=300), fragment=True)
     for i in range(20):
         st.put(b"k", b"x" * 60 + b"%02d" % i)  # revisions 2..21, ~80 bytes an event
     out = drain(hub, s)
