@@ -52,8 +52,9 @@ Rules:
 - Followers forward keep-alives and TimeToLive to the leader (``LeaseAsk``
   over the peer bus, handled here, not by the core) and relay its
   ``LeaseAnswer``; both leave at the start of the next turn
-  (``take_messages``), never behind the turn's write; the leader answers once it applied as much of the log as
-  the asker had (a grant or revoke the asker answered is in its view), and
+  (``take_messages``), never behind the turn's write; the leader answers
+  once it applied as much of the log as the asker had (a grant or revoke
+  the asker answered is in its view), and
   a call about a lease it does not know waits while it has chosen entries
   to apply; at most ``ASKS_MAX`` wait on a node, and an ask from a
   non-member is dropped. ``LeaseLeases`` is served by any member from its
@@ -237,7 +238,7 @@ class Lessor:
         heapq.heapify(self._by_deadline)
         self._next_checkpoint = now  # at once: the next leader continues from this leader's clock
         self._ckpt_inflight = {}
-        self._touched = {}  # so that first checkpoint has every lease
+        self._touched = {}  # the first checkpoint has every lease
         self._expiring = {}
 
     def _demote(self) -> None:
