@@ -32,20 +32,29 @@ Rules:
   limit per command), not one command per lease.
 - On becoming that leader: a clean lease ends at now + TTL; a checkpointed
   one at its checkpoint's moment here + its remaining (now + remaining if
-  this node restarted since). Then, at once and every ``checkpoint_ticks``
-  (default: the election timeout), the leader puts the remaining time of
-  every lease not renewed since its last checkpoint into the log
-  (``CHECKPOINT_BATCH_MAX`` per command). A lease whose holder stopped
-  therefore ends within TTL + checkpoint_ticks + the election time after
-  its last keep-alive, however often the leader changes: each new leader
-  continues from a checkpoint its own clock timed.
+  this node restarted since). Then, at once, the leader puts the remaining
+  time of every lease into the log, and every ``checkpoint_ticks``
+  (default: the election timeout) that of every lease whose remaining time
+  fell by at least ``checkpoint_ticks`` since its grant, its last renewal
+  or its last checkpoint here (``CHECKPOINT_BATCH_MAX`` per command). A
+  lease renewed within every interval is never checkpointed, so all its
+  renewals are answered from memory; one not renewed is checkpointed at
+  every run, so a checkpoint in the log is never older than one interval.
+  A lease whose holder stopped is clean in the log for at most two
+  intervals after its last keep-alive (the first run a whole interval
+  after it may come up to one interval later), so it ends within TTL + 2
+  x checkpoint_ticks + the election time after its last keep-alive,
+  however often the leader changes: each new leader continues from a
+  checkpoint its own clock timed.
 - Expiry: the leader proposes ``LeaseExpire(id, epoch)`` (at most
   ``EXPIRE_PER_TICK`` a tick), which revokes the lease where it applies
   unless a renewal went through the log since (another epoch).
 - Followers forward keep-alives and TimeToLive to the leader (``LeaseAsk``
   over the peer bus, handled here, not by the core) and relay its
-  ``LeaseAnswer``; the leader answers once it applied as much of the log as
-  the asker had (a grant or revoke the asker answered is in its view), and
+  ``LeaseAnswer``; both leave at the start of the next turn
+  (``take_messages``), never behind the turn's write; the leader answers
+  once it applied as much of the log as the asker had (a grant or revoke
+  the asker answered is in its view), and
   a call about a lease it does not know waits while it has chosen entries
   to apply; at most ``ASKS_MAX`` wait on a node, and an ask from a
   non-member is dropped. ``LeaseLeases`` is served by any member from its
@@ -99,6 +108,7 @@ class Lessor:
         self._by_deadline: list[tuple[int, int]] = []  # heap of (deadline, lease id); stale entries skipped
         self._next_checkpoint = 0
         self._ckpt_inflight: dict[int, int] = {}  # lease id -> checkpoints proposed, not applied yet
+        self._touched: dict[int, int] = {}  # lease id -> tick of its last grant, renewal or checkpoint here
         self._expiring: dict[int, int] = {}  # lease id -> tick its expiry was proposed
         self._renewals: dict[int, list[Callable[[int], None]]] = {}  # lease id -> waiting keep-alives
         self._renewals_waiting = 0
@@ -109,6 +119,7 @@ class Lessor:
         self._asks: dict[int, tuple[Callable[[LeaseAnswer | None], None], int]] = {}
         self._ask_seq = 0
         self._ask_leases: dict[int, int] = {}  # ask id -> the lease it asked about
+        self._out: list[Message] = []  # LeaseAsk / LeaseAnswer for the next turn (they leave before its write)
         self._installed = node.replica.snapshots_installed
 
     # ---- reading ------------------------------------------------------------------
@@ -184,6 +195,7 @@ class Lessor:
         if ev.kind == GRANT:
             if self._leading:
                 self._set_deadline(lid, self.now + self.ticks(ev.ttl))
+                self._touched[lid] = self.now
         elif ev.kind == RENEW:
             self._settle(lid)
             waiters = self._renewals.pop(lid, None)
@@ -193,6 +205,7 @@ class Lessor:
                     answer(ev.ttl)
         elif ev.kind == REVOKE:
             self._deadline.pop(lid, None)
+            self._touched.pop(lid, None)
             self._expiring.pop(lid, None)
             self._ckpt_inflight.pop(lid, None)
             waiters = self._renewals.pop(lid, None)
@@ -225,6 +238,7 @@ class Lessor:
         heapq.heapify(self._by_deadline)
         self._next_checkpoint = now  # at once: the next leader continues from this leader's clock
         self._ckpt_inflight = {}
+        self._touched = {}  # the first checkpoint has every lease
         self._expiring = {}
 
     def _demote(self) -> None:
@@ -232,6 +246,7 @@ class Lessor:
         self._deadline = {}
         self._by_deadline = []
         self._ckpt_inflight = {}
+        self._touched = {}
         self._expiring = {}
         renewals, self._renewals = self._renewals, {}
         self._renewals_waiting = 0
@@ -246,16 +261,22 @@ class Lessor:
     # ---- the leader's duties --------------------------------------------------------
 
     def _checkpoint(self) -> None:
+        """Put into the log the remaining time of every lease whose remaining
+        time fell by a whole checkpoint interval since its grant, last renewal
+        or last checkpoint here (every lease, on the first run after promotion)."""
         sm = self._sm
         now = self.now
+        since = now - self.checkpoint_ticks
+        touched = self._touched
         batch: list[kv_pb2.LeaseCheckpoint] = []
-        for lid, ls in sm.leases.items():
+        for lid, _ in sm.leases.items():
             deadline = self._deadline.get(lid)
             if deadline is None or lid in self._expiring:
                 continue
             left_ms = (deadline - now) * self.tick_ms
-            if left_ms <= 0 or (ls.remaining_ms == 0 and left_ms >= ls.ttl * 1000 and lid not in self._ckpt_inflight):
-                continue  # expiring, or renewed and untouched since
+            if left_ms <= 0 or touched.get(lid, since) > since:
+                continue  # expiring, or renewed (or checkpointed) within the interval
+            touched[lid] = now
             batch.append(kv_pb2.LeaseCheckpoint(ID=lid, remaining_ms=left_ms))
             self._ckpt_inflight[lid] = self._ckpt_inflight.get(lid, 0) + 1
         self._propose_checkpoints(batch)
@@ -272,8 +293,18 @@ class Lessor:
 
     @property
     def pending(self) -> bool:
-        """Renewals wait for ``flush`` to propose their clean checkpoint."""
-        return bool(self._clean_pending)
+        """Renewals wait for ``flush`` to propose their clean checkpoint, or
+        lease messages wait to leave (``take_messages``)."""
+        return bool(self._clean_pending or self._out)
+
+    def take_messages(self) -> list[Message]:
+        """The ``LeaseAsk`` / ``LeaseAnswer`` messages made since the last
+        call: ``ReplicaNode.prepare`` sends them at once, before the turn's
+        write. None of them depends on it: an ask carries what this node
+        applied (written already), an answer what the leader applied or a
+        renewal of a lease the log says is clean."""
+        out, self._out = self._out, []
+        return out
 
     def flush(self) -> None:
         """The end of the node layer's turn: propose the clean checkpoints the
@@ -342,6 +373,7 @@ class Lessor:
             answer(0)
             return
         self._set_deadline(lease_id, self.now + self.ticks(ls.ttl))
+        self._touched[lease_id] = self.now
         if ls.remaining_ms == 0 and lease_id not in self._ckpt_inflight:
             answer(ls.ttl)  # the log says "clean": a new leader would give it the whole TTL
             return
@@ -436,7 +468,7 @@ class Lessor:
             self.when_known(lid, ttl)
 
     def _send(self, msg: Message) -> None:
-        self._node.replica._outbox.append(msg)
+        self._out.append(msg)
 
     def leader_changed(self) -> None:
         """The leader changed: every ask waiting on the old one is answered None."""
@@ -488,6 +520,9 @@ class LeaseCalls:
 
     def flush(self) -> None:
         self.lessor.flush()
+
+    def take_messages(self) -> list[Message]:
+        return self.lessor.take_messages()
 
     def leader_changed(self) -> None:
         self.lessor.leader_changed()

@@ -221,8 +221,12 @@ class ReplicaNode:
     def prepare(self) -> Batch | None:
         """Collect a batch; the messages that may precede its write leave now.
         The turn's inputs are in: the renewals they made propose their
-        checkpoints first, together (``Lessor.flush``)."""
+        checkpoints first, together (``Lessor.flush``), and the lease
+        messages leave at once (``Lessor.take_messages``)."""
         self.lease.flush()
+        lease_out = self.lease.take_messages()
+        if lease_out:
+            self._send(lease_out)
         batch = self.replica.prepare()
         if batch is not None and batch.messages_early:
             self._send(batch.messages_early)
