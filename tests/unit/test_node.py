@@ -266,6 +266,46 @@ def test_a_node_with_several_calls_waiting_writes_in_the_worker_thread() -> None
     run(main())
 
 
+def test_a_write_that_fails_in_the_writer_thread_stops_the_node_and_stop_ends_the_thread() -> None:
+    """The off-loop write runs in the node's own writer thread: its failure
+    reaches the pump (the node stops taking calls and ``fatal`` holds the
+    error), and ``stop`` ends the thread."""
+    import threading
+
+    from paxoskv.storage.base import NotWritable
+
+    async def main():
+        async with running() as c:
+            lid = await c.leader()
+            leader = c.nodes[lid]
+            replica = leader.layer.replica
+            write = replica.write
+            threads: list[threading.Thread] = []
+
+            def failing_write(batch):
+                if threading.current_thread() is not threading.main_thread():
+                    threads.append(threading.current_thread())
+                    raise NotWritable("/nonexistent", "disk gone")
+                return write(batch)
+
+            replica.write = failing_write
+            results = await asyncio.gather(
+                *(leader.put(put(f"w{k}", 1, b"k%d" % k, b"v"), timeout_s=5) for k in range(8)),
+                return_exceptions=True,
+            )
+            assert threads, "no write ran off the loop"
+            assert all(isinstance(r, Unavailable) for r in results), results
+            error = await asyncio.wait_for(leader.fatal, 5)
+            assert isinstance(error, NotWritable)
+            with pytest.raises(Unavailable):
+                await leader.put(put("after", 1, b"k", b"v"), timeout_s=1)
+            assert threads[0].is_alive()
+            await c.stop(lid)
+            assert not threads[0].is_alive()
+
+    run(main())
+
+
 def _packed(node: Node, client: str, first: int, *keys: bytes):
     ops = [kv_pb2.RequestOp(put=kv_pb2.PutRequest(key=k, value=b"v")) for k in keys]
     return node.ops(ops, request=kv_pb2.RequestHeader(client_id=client, sequence=first), timeout_s=5)

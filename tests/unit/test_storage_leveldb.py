@@ -40,7 +40,13 @@ from paxoskv.storage import (
     StorageError,
     WrongFormat,
 )
-from paxoskv.storage.leveldb import STAGING_PREFIX, LevelDBStorage, _storage_error, data_dir_bytes
+from paxoskv.storage.leveldb import (
+    DROP_PROBE_SLOTS_MAX,
+    STAGING_PREFIX,
+    LevelDBStorage,
+    _storage_error,
+    data_dir_bytes,
+)
 from paxoskv.v1 import kv_pb2, peer_pb2, storage_pb2
 
 
@@ -402,6 +408,40 @@ def test_a_chosen_value_it_accepted_is_stored_once(tmp_path: pathlib.Path) -> No
 def read_raw_open(storage: LevelDBStorage) -> dict[bytes, bytes]:
     with storage._using() as db:  # noqa: SLF001 - the raw records of an open store
         return dict(db.iterator())
+
+
+@pytest.mark.parametrize("slots", [5, DROP_PROBE_SLOTS_MAX + 10])
+def test_an_apply_drops_the_accepted_records_it_passes_few_or_many(tmp_path: pathlib.Path, slots: int) -> None:
+    """An apply deletes every accepted record up to its drop slot except the
+    marked copies of applied slots, and one it drops ahead of its apply gets
+    its chosen value in full: alike when it finds them in the handle's index
+    (a few slots) and with an iterator (many), in the handle that wrote them
+    and in a reopened one."""
+    path = tmp_path / "db"
+    b = Ballot(1, 1)
+    top = 2 * slots
+
+    def own(s: int) -> tuple[bytes, ...]:
+        return (b"v%d" % s,)
+
+    with LevelDBStorage.open(path, 1, "c") as storage:
+        storage.persist(None, [Entry(s, b, own(s)) for s in range(1, top + 1)], [], sync=True)
+        # Even slots chosen with their accepted value (markers), odd ones with another.
+        storage.persist(None, [], [(s, own(s) if s % 2 == 0 else (b"other",)) for s in range(1, slots + 1)], sync=True)
+        storage.apply(Changes({}, {}, slots), drop_accepted_through=slots)
+        first = read_raw_open(storage)
+    kept = {s for s in range(1, top + 1) if s > slots or s % 2 == 0}
+    assert {s for s in range(1, top + 1) if accepted_key(s) in first} == kept
+    with LevelDBStorage.open(path, 1, "c") as storage:  # the index read from the store
+        storage.persist(None, [], [(s, own(s)) for s in range(slots + 1, top + 1)], sync=True)
+        storage.apply(Changes({}, {}, top - 1), drop_accepted_through=top)  # slot top: dropped ahead
+        second = read_raw_open(storage)
+    assert {s for s in range(1, top + 1) if accepted_key(s) in second} == kept - {top}
+    assert peer_pb2.Value.FromString(second[chosen_key(top)]).commands == list(own(top))
+    with LevelDBStorage.open(path, 1, "c") as storage:
+        state = storage.load()
+    assert state.accepted == {}
+    assert state.chosen == {s: own(s) if s % 2 == 0 or s > slots else (b"other",) for s in range(1, top + 1)}
 
 
 def test_a_marked_record_overwritten_with_another_value_keeps_the_chosen_one(tmp_path: pathlib.Path) -> None:

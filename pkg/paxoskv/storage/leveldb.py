@@ -110,6 +110,10 @@ SLOT_MAX = (1 << 64) - 1
 STAGING_PREFIX = "snapshot-incoming-"
 STAGING_SUFFIX = ".tmp"
 SOURCE_BATCH_RECORDS = 1024
+# An apply that drops fewer accepted slots than this finds the records in
+# the handle's index of them; a wider range (a catch-up, the first apply
+# after open) reads them with an iterator.
+DROP_PROBE_SLOTS_MAX = 256
 
 _SLOT = struct.Struct(">Q")
 # LevelDB's lock failures read "IO error: lock <path>/LOCK: <why>".
@@ -168,10 +172,13 @@ class LevelDBStorage:
         # Every accepted record present is of a slot >= _accepted_scan_from,
         # or a marked one (in _marked) >= log_start.
         self._accepted_scan_from = 0
-        # The value of each accepted record present (as far as this handle
-        # knows it: written through it, or loaded), and the slots whose chosen
-        # record is a marker (their accepted record is the value's copy).
-        # None until the first load (or the first call that needs them).
+        # The value of each accepted record present, and the slots whose
+        # chosen record is a marker (their accepted record is the value's
+        # copy). None until the first load (or the first call that needs
+        # them); from then on its keys are exactly the accepted records in the
+        # store (every write of one goes through this handle: LevelDB's lock
+        # keeps any other out), which lets an apply find the records it drops
+        # without an iterator.
         self._values: dict[int, Value] | None = None
         self._marked: set[int] | None = None
         self._failed: str | None = None  # why a write failed; no write after that
@@ -440,22 +447,31 @@ class LevelDBStorage:
         values, marked = self._index()
         drops = through >= self._accepted_scan_from
         if drops:
-            stop = slot_key(P_ACCEPTED, through + 1) if through < SLOT_MAX else b"accepted0"
-            start = slot_key(P_ACCEPTED, self._accepted_scan_from)
-            try:
-                for key in db.iterator(start=start, stop=stop, include_value=False):
-                    slot = self._slot_of(key, P_ACCEPTED)
-                    if slot in marked:
-                        if slot <= changes.applied_index:
-                            continue  # the chosen value's copy: kept until compaction
-                        # Not applied yet (only a caller that drops ahead does
-                        # this): the chosen record gets the value itself.
-                        _put_chosen(batch, slot, values[slot])
-                        unmarked.append(slot)
-                    batch.delete(key)
-                    dropped.append(slot)
-            except plyvel.Error as exc:
-                raise _storage_error(self.path, exc) from None
+            first = self._accepted_scan_from
+            if through - first < DROP_PROBE_SLOTS_MAX:
+                # The usual apply drops the few slots of one drain: ``values``
+                # holds every accepted record present, so probing it finds
+                # them without a LevelDB iterator per apply.
+                present = [slot for slot in range(first, through + 1) if slot in values]
+            else:
+                stop = slot_key(P_ACCEPTED, through + 1) if through < SLOT_MAX else b"accepted0"
+                try:
+                    present = [
+                        self._slot_of(key, P_ACCEPTED)
+                        for key in db.iterator(start=slot_key(P_ACCEPTED, first), stop=stop, include_value=False)
+                    ]
+                except plyvel.Error as exc:
+                    raise _storage_error(self.path, exc) from None
+            for slot in present:
+                if slot in marked:
+                    if slot <= changes.applied_index:
+                        continue  # the chosen value's copy: kept until compaction
+                    # Not applied yet (only a caller that drops ahead does
+                    # this): the chosen record gets the value itself.
+                    _put_chosen(batch, slot, values[slot])
+                    unmarked.append(slot)
+                batch.delete(slot_key(P_ACCEPTED, slot))
+                dropped.append(slot)
         self._write(batch)
         self._applied_index = changes.applied_index
         self._rev_reclaim_through = max(self._rev_reclaim_through, changes.compact_revision)
