@@ -473,10 +473,28 @@ class KVStateMachine:
         nospace = self._nospace
         Result = kv_pb2.CommandResult
         ok = _ok_pair(index, store.revision + 1)
-        results: list[kv_pb2.CommandResult] = []
+        # The common run first: the leading valid puts, in one store call.
+        keys: list[bytes] = []
+        values: list[bytes] = []
+        if not nospace:
+            add_key, add_value = keys.append, values.append
+            for op in ops:
+                if op.WhichOneof("op") != "put":
+                    break
+                req = op.put
+                key = req.key
+                value = req.value
+                if not key or len(key) > key_max or len(value) > value_max or req.HasField("request"):
+                    break
+                add_key(key)
+                add_value(value)
+        codes = store.put_many(keys, values)
+        results: list[kv_pb2.CommandResult] = [ok[c] for c in codes]
         append = results.append
-        codes = bytearray(len(ops))
-        for k, op in enumerate(ops):
+        done = len(codes)
+        codes.extend(bytes(len(ops) - done))
+        for k in range(done, len(ops)):
+            op = ops[k]
             kind = op.WhichOneof("op")
             if kind == "put":
                 req = op.put
