@@ -447,6 +447,60 @@ def test_txn_op_limits_count_the_widest_list_and_nested_txns_get_the_rest() -> N
     assert etcd.check_txn(rpc_pb2.TxnRequest(compare=[Cmp()]), limits) == etcd.ERR_EMPTY_KEY
 
 
+_PLAIN = [op_put(b"a", b"1"), op_put(b"b" * 200, b""), op_put(b"c", b"x" * 300)]
+
+
+@pytest.mark.parametrize(
+    ("req", "plain"),
+    [
+        (rpc_pb2.TxnRequest(success=_PLAIN), True),
+        (rpc_pb2.TxnRequest(success=[op_put(b"a", b"2")]), True),
+        (rpc_pb2.TxnRequest(compare=[_cmp(Cmp.VERSION, Cmp.EQUAL, b"a", version=1)], success=_PLAIN), True),
+        (rpc_pb2.TxnRequest(compare=[_cmp(Cmp.VERSION, Cmp.EQUAL, b"a", version=9)], success=_PLAIN), True),
+        (rpc_pb2.TxnRequest(compare=[Cmp()], success=_PLAIN), True),  # an empty compare key: refused all the same
+        (rpc_pb2.TxnRequest(success=[op_put(b"k%d" % i) for i in range(129)]), True),  # too many ops
+        (rpc_pb2.TxnRequest(compare=[_cmp(Cmp.VERSION, Cmp.EQUAL, b"k%d" % i) for i in range(129)], success=_PLAIN), True),
+        (rpc_pb2.TxnRequest(), False),
+        (rpc_pb2.TxnRequest(success=[op_put(b"a"), op_put(b"a")]), False),
+        (rpc_pb2.TxnRequest(success=[op_put(b"")]), False),
+        (rpc_pb2.TxnRequest(success=[op_put(b"a", lease=5)]), False),
+        (rpc_pb2.TxnRequest(success=[op_put(b"a", prev_kv=True)]), False),
+        (rpc_pb2.TxnRequest(success=[op_put(b"a", b"", ignore_value=True)]), False),
+        (rpc_pb2.TxnRequest(success=[op_put(b"a", ignore_lease=True)]), False),
+        (rpc_pb2.TxnRequest(success=[*_PLAIN, op_del(b"z")]), False),
+        (rpc_pb2.TxnRequest(success=[*_PLAIN, op_range(b"a")]), False),
+        (rpc_pb2.TxnRequest(success=[*_PLAIN, rpc_pb2.RequestOp()]), False),
+        (rpc_pb2.TxnRequest(success=_PLAIN, failure=[op_put(b"f")]), False),
+    ],
+)
+def test_a_txn_of_plain_puts_is_checked_and_applied_as_any_txn(req: rpc_pb2.TxnRequest, plain: bool) -> None:
+    """``plain_puts`` picks exactly the Txns of plain puts of distinct keys,
+    and with it every check, the cost and the apply (response byte for byte,
+    rows, records, revision) are what they are without it."""
+    found = etcd.plain_puts(req)
+    assert (found is not None) is plain
+    if found is None:
+        return
+    assert found == ([op.request_put.key for op in req.success], [op.request_put.value for op in req.success])
+    limits = EtcdLimits()
+    assert etcd.check_txn(req, limits, found) == etcd.check_txn(req, limits)
+    assert etcd.check_structure("txn", req, found) == etcd.check_structure("txn", req)
+    assert etcd.txn_cost(req, found) == etcd.txn_cost(req)
+    for nospace in (False, True):
+        fast, slow = MVCCStore(), MVCCStore()
+        for s in (fast, slow):
+            put(s, b"a", b"0", lease=3)
+            put(s, b"c", b"0")
+        a = etcd.apply_txn(fast, req, _Leases(3), nospace, found)
+        b = etcd.apply_txn(slow, req, _Leases(3), nospace)
+        if isinstance(b, EtcdError):
+            assert a == b
+        else:
+            assert a.SerializeToString(deterministic=True) == b.SerializeToString(deterministic=True)
+        assert fast.take_changes() == slow.take_changes()
+        assert _state(fast) == _state(slow)
+
+
 @pytest.mark.parametrize(
     ("ops", "duplicate"),
     [

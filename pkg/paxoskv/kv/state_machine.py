@@ -574,7 +574,8 @@ class KVStateMachine:
         if error is not None:
             return Applied(client_id, sequence, EtcdError("INVALID_ARGUMENT", f"etcdserver: {error}"), waiter)
         req = getattr(op, kind)
-        refused = etcd.check_structure(kind, req)
+        plain = etcd.plain_puts(req) if kind == "txn" else None
+        refused = etcd.check_structure(kind, req, plain)
         if refused is not None:
             return Applied(client_id, sequence, refused, waiter)
         own = client_id and not client_id.startswith(NODE_ASSIGNED_PREFIX)  # a paxoskv.v1 Txn's session
@@ -592,7 +593,7 @@ class KVStateMachine:
         elif kind == "delete_range":
             result = etcd.apply_delete_range(store, req)
         elif kind == "txn":
-            result = etcd.apply_txn(store, req, self._leases, self._nospace)
+            result = etcd.apply_txn(store, req, self._leases, self._nospace, plain)
         elif kind == "compaction":
             result = etcd.apply_compaction(store, req)
         elif kind == "lease_grant":
