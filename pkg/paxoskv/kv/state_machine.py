@@ -473,21 +473,21 @@ class KVStateMachine:
         nospace = self._nospace
         Result = kv_pb2.CommandResult
         ok = _ok_pair(index, store.revision + 1)
-        # The common run first: the leading valid puts, in one store call.
+        # The common case first: every op a valid put, in one store call
+        # (checked in bulk: an op that is not a put reads as an empty key).
         keys: list[bytes] = []
         values: list[bytes] = []
         if not nospace:
-            add_key, add_value = keys.append, values.append
-            for op in ops:
-                if op.WhichOneof("op") != "put":
-                    break
-                req = op.put
-                key = req.key
-                value = req.value
-                if not key or len(key) > key_max or len(value) > value_max or req.HasField("request"):
-                    break
-                add_key(key)
-                add_value(value)
+            reqs = [op.put for op in ops]
+            keys = [req.key for req in reqs]
+            values = [req.value for req in reqs]
+            if (
+                min(map(len, keys), default=0) == 0
+                or max(map(len, keys)) > key_max
+                or max(map(len, values)) > value_max
+                or any([req.HasField("request") for req in reqs])
+            ):
+                keys = values = []
         codes = store.put_many(keys, values)
         results: list[kv_pb2.CommandResult] = [ok[c] for c in codes]
         append = results.append
