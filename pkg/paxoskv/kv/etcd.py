@@ -226,21 +226,13 @@ def plain_puts(req: rpc_pb2.TxnRequest) -> tuple[list[bytes], list[bytes]] | Non
     rule, so it is checked and applied without the per-op walks."""
     if req.failure:
         return None
-    keys: list[bytes] = []
-    values: list[bytes] = []
-    add_key, add_value = keys.append, values.append
-    for op in req.success:
-        if op.WhichOneof("request") != "request_put":
-            return None
-        p = op.request_put
-        key = p.key
-        if not key or p.lease or p.prev_kv or p.ignore_value or p.ignore_lease:
-            return None
-        add_key(key)
-        add_value(p.value)
-    if not keys or len(set(keys)) != len(keys):
+    puts = [op.request_put for op in req.success]  # an op that is not a put reads as an empty key
+    keys = [p.key for p in puts]
+    if min(map(len, keys), default=0) == 0 or len(set(keys)) != len(keys):
         return None
-    return keys, values
+    if any([p.lease or p.prev_kv or p.ignore_value or p.ignore_lease for p in puts]):
+        return None
+    return keys, [p.value for p in puts]
 
 
 def _check_plain(req: rpc_pb2.TxnRequest, ops_max: int | None) -> EtcdError | None:
