@@ -141,6 +141,45 @@ def test_rows_encode_as_protobuf_does() -> None:
     assert encode_tombstone(b"k", 9) == tomb.SerializeToString(deterministic=True)
 
 
+def _state(s: MVCCStore) -> tuple:
+    live = {k: (r.value, r.create, r.mod, r.sub, r.version, r.lease) for k, r in s._live.items()}
+    return s.revision, live, dict(s.items()), s._index, s._messy, s._leased, sorted(s._sorted_keys())
+
+
+@pytest.mark.parametrize("start", [1, 3 << 21])
+def test_put_many_is_the_same_puts_one_by_one(start: int) -> None:
+    """Rows (byte for byte), records, index, leases and revisions, over new
+    and old keys, keys and values across the varint boundaries, a key put
+    twice in one call, versions past 127 and a leased key losing its lease."""
+    one, many = MVCCStore(revision=start), MVCCStore(revision=start)
+    keys = [b"k", b"x" * 127, b"y" * 128, b"z" * 300]
+    values = [b"", b"v", b"w" * 127, b"u" * 128, b"t" * 20000]
+    for s in (one, many):
+        s.begin()
+        s.put(b"k", b"leased", lease=7)
+        s.end()
+    for rnd in range(140):
+        ks = [keys[(rnd + i) % len(keys)] for i in range(1 + rnd % 6)] + [b"k", b"k"]
+        vs = [values[(rnd * 3 + i) % len(values)] for i in range(len(ks))]
+        one.begin()
+        many.begin()
+        if rnd % 9 == 4:  # a delete first: the key's next put starts a new generation
+            one.delete(keys[2])
+            many.delete(keys[2])
+        expect = [one.put(k, v) is not None for k, v in zip(ks, vs)]
+        assert list(many.put_many(ks, vs)) == expect
+        assert one.changed and many.changed
+        one.end()
+        many.end()
+        assert many.take_changes() == one.take_changes()
+        assert _state(many) == _state(one)
+    assert many.record(b"k").version > 128 and many.lease_keys(7) == set()
+    many.begin()
+    assert many.put_many([], []) == bytearray() and not many.changed
+    many.end()
+    assert many.revision == one.revision
+
+
 def test_a_store_rebuilt_from_its_rows_is_the_same_store() -> None:
     s = MVCCStore()
     for i in range(30):
@@ -406,6 +445,60 @@ def test_txn_op_limits_count_the_widest_list_and_nested_txns_get_the_rest() -> N
     assert etcd.check_txn(fits, limits) is None
     assert etcd.check_txn(rpc_pb2.TxnRequest(success=[rpc_pb2.RequestOp()]), limits) == etcd.ERR_KEY_NOT_FOUND
     assert etcd.check_txn(rpc_pb2.TxnRequest(compare=[Cmp()]), limits) == etcd.ERR_EMPTY_KEY
+
+
+_PLAIN = [op_put(b"a", b"1"), op_put(b"b" * 200, b""), op_put(b"c", b"x" * 300)]
+
+
+@pytest.mark.parametrize(
+    ("req", "plain"),
+    [
+        (rpc_pb2.TxnRequest(success=_PLAIN), True),
+        (rpc_pb2.TxnRequest(success=[op_put(b"a", b"2")]), True),
+        (rpc_pb2.TxnRequest(compare=[_cmp(Cmp.VERSION, Cmp.EQUAL, b"a", version=1)], success=_PLAIN), True),
+        (rpc_pb2.TxnRequest(compare=[_cmp(Cmp.VERSION, Cmp.EQUAL, b"a", version=9)], success=_PLAIN), True),
+        (rpc_pb2.TxnRequest(compare=[Cmp()], success=_PLAIN), True),  # an empty compare key: refused all the same
+        (rpc_pb2.TxnRequest(success=[op_put(b"k%d" % i) for i in range(129)]), True),  # too many ops
+        (rpc_pb2.TxnRequest(compare=[_cmp(Cmp.VERSION, Cmp.EQUAL, b"k%d" % i) for i in range(129)], success=_PLAIN), True),
+        (rpc_pb2.TxnRequest(), False),
+        (rpc_pb2.TxnRequest(success=[op_put(b"a"), op_put(b"a")]), False),
+        (rpc_pb2.TxnRequest(success=[op_put(b"")]), False),
+        (rpc_pb2.TxnRequest(success=[op_put(b"a", lease=5)]), False),
+        (rpc_pb2.TxnRequest(success=[op_put(b"a", prev_kv=True)]), False),
+        (rpc_pb2.TxnRequest(success=[op_put(b"a", b"", ignore_value=True)]), False),
+        (rpc_pb2.TxnRequest(success=[op_put(b"a", ignore_lease=True)]), False),
+        (rpc_pb2.TxnRequest(success=[*_PLAIN, op_del(b"z")]), False),
+        (rpc_pb2.TxnRequest(success=[*_PLAIN, op_range(b"a")]), False),
+        (rpc_pb2.TxnRequest(success=[*_PLAIN, rpc_pb2.RequestOp()]), False),
+        (rpc_pb2.TxnRequest(success=_PLAIN, failure=[op_put(b"f")]), False),
+    ],
+)
+def test_a_txn_of_plain_puts_is_checked_and_applied_as_any_txn(req: rpc_pb2.TxnRequest, plain: bool) -> None:
+    """``plain_puts`` picks exactly the Txns of plain puts of distinct keys,
+    and with it every check, the cost and the apply (response byte for byte,
+    rows, records, revision) are what they are without it."""
+    found = etcd.plain_puts(req)
+    assert (found is not None) is plain
+    if found is None:
+        return
+    assert found == ([op.request_put.key for op in req.success], [op.request_put.value for op in req.success])
+    limits = EtcdLimits()
+    assert etcd.check_txn(req, limits, found) == etcd.check_txn(req, limits)
+    assert etcd.check_structure("txn", req, found) == etcd.check_structure("txn", req)
+    assert etcd.txn_cost(req, found) == etcd.txn_cost(req)
+    for nospace in (False, True):
+        fast, slow = MVCCStore(), MVCCStore()
+        for s in (fast, slow):
+            put(s, b"a", b"0", lease=3)
+            put(s, b"c", b"0")
+        a = etcd.apply_txn(fast, req, _Leases(3), nospace, found)
+        b = etcd.apply_txn(slow, req, _Leases(3), nospace)
+        if isinstance(b, EtcdError):
+            assert a == b
+        else:
+            assert a.SerializeToString(deterministic=True) == b.SerializeToString(deterministic=True)
+        assert fast.take_changes() == slow.take_changes()
+        assert _state(fast) == _state(slow)
 
 
 @pytest.mark.parametrize(

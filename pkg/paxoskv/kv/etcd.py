@@ -39,7 +39,7 @@ from typing import Protocol
 from paxoskv.etcdpb import kv_pb2 as mvccpb
 from paxoskv.etcdpb import rpc_pb2
 from paxoskv.kv.mvcc import KeyRecord, MVCCStore
-from paxoskv.protowire import varint
+from paxoskv.protowire import len_field, varint
 
 __all__ = [
     "ALARM_NOSPACE",
@@ -62,6 +62,7 @@ __all__ = [
     "is_range_one",
     "is_txn_readonly",
     "is_txn_serializable",
+    "plain_puts",
     "prefix_end",
     "request_bytes",
     "serve_range",
@@ -216,9 +217,43 @@ def _check_txn(req: rpc_pb2.TxnRequest, ops_max: int | None) -> EtcdError | None
     return None
 
 
-def check_txn(req: rpc_pb2.TxnRequest, limits: EtcdLimits) -> EtcdError | None:
+def plain_puts(req: rpc_pb2.TxnRequest) -> tuple[list[bytes], list[bytes]] | None:
+    """The keys and values of a Txn whose ``success`` branch is one or more
+    plain puts (a key, a value, nothing else: no lease, prev_kv,
+    ignore_value or ignore_lease) of distinct keys and whose ``failure``
+    branch is empty, in order; None for any other Txn. Such a Txn (the batch
+    of puts etcd clients send) passes every op check and the duplicate-key
+    rule, so it is checked and applied without the per-op walks."""
+    if req.failure:
+        return None
+    puts = [op.request_put for op in req.success]  # an op that is not a put reads as an empty key
+    keys = [p.key for p in puts]
+    if min(map(len, keys), default=0) == 0 or len(set(keys)) != len(keys):
+        return None
+    if any([p.lease or p.prev_kv or p.ignore_value or p.ignore_lease for p in puts]):
+        return None
+    return keys, [p.value for p in puts]
+
+
+def _check_plain(req: rpc_pb2.TxnRequest, ops_max: int | None) -> EtcdError | None:
+    """``_check_txn`` and the duplicate rule for a Txn of ``plain_puts``:
+    only the op count and the compares' keys can fail it."""
+    if ops_max is not None and max(len(req.compare), len(req.success)) > ops_max:
+        return ERR_TOO_MANY_OPS
+    for c in req.compare:
+        if not c.key:
+            return ERR_EMPTY_KEY
+    return None
+
+
+def check_txn(
+    req: rpc_pb2.TxnRequest, limits: EtcdLimits, plain: tuple[list[bytes], list[bytes]] | None = None
+) -> EtcdError | None:
     """etcd's checkTxnRequest (ops counted against ``txn_ops_max``; a nested
-    Txn against what its parent left), then the duplicate-key rule."""
+    Txn against what its parent left), then the duplicate-key rule.
+    ``plain``: ``plain_puts(req)``, when the caller has it."""
+    if plain is not None:
+        return _check_plain(req, limits.txn_ops_max)
     err = _check_txn(req, limits.txn_ops_max)
     if err is not None:
         return err
@@ -286,14 +321,19 @@ def _check_duplicates(req: rpc_pb2.TxnRequest) -> EtcdError | None:
     return None
 
 
-def check_structure(op_kind: str, req: object) -> EtcdError | None:
+def check_structure(
+    op_kind: str, req: object, plain: tuple[list[bytes], list[bytes]] | None = None
+) -> EtcdError | None:
     """The checks that make a logged etcd write applicable at all (no
-    configurable limit): what the state machine checks on every replica."""
+    configurable limit): what the state machine checks on every replica.
+    ``plain``: a Txn's ``plain_puts``, when the caller has it."""
     if op_kind == "put":
         return check_put(req)  # type: ignore[arg-type]
     if op_kind == "delete_range":
         return check_delete_range(req)  # type: ignore[arg-type]
     if op_kind == "txn":
+        if plain is not None:
+            return _check_plain(req, None)  # type: ignore[arg-type]
         err = _check_txn(req, None)  # type: ignore[arg-type]
         return err if err is not None else _check_duplicates(req)  # type: ignore[arg-type]
     return None
@@ -330,9 +370,12 @@ def is_txn_serializable(req: rpc_pb2.TxnRequest) -> bool:
     )
 
 
-def txn_cost(req: rpc_pb2.TxnRequest) -> int:
+def txn_cost(req: rpc_pb2.TxnRequest, plain: tuple[list[bytes], list[bytes]] | None = None) -> int:
     """etcd's costTxn: the larger branch's put bytes (+256 per put); nested
-    txns do not count."""
+    txns do not count. ``plain``: ``plain_puts(req)``, when the caller has it."""
+    if plain is not None:
+        keys, values = plain
+        return 256 * len(keys) + sum(map(len, keys)) + sum(map(len, values))
 
     def cost(ops: Iterable[rpc_pb2.RequestOp]) -> int:
         return sum(put_cost(op.request_put) for op in ops if op.WhichOneof("request") == "request_put")
@@ -674,9 +717,34 @@ def apply_delete_range(store: MVCCStore, req: rpc_pb2.DeleteRangeRequest) -> rpc
     return resp
 
 
+def _plain_response(puts: int, revision: int) -> rpc_pb2.TxnResponse:
+    """What ``_run_txn`` answers a succeeded Txn of ``puts`` plain puts at
+    ``revision``: every PutResponse's header holds only the revision, so the
+    response is parsed from bytes made once (field numbers: rpc.proto)."""
+    header = len_field(b"\x0a", b"\x18" + varint(revision))  # header (1) { revision (3) }
+    op = len_field(b"\x1a", len_field(b"\x12", header))  # responses (3) { response_put (2) { header } }
+    return rpc_pb2.TxnResponse.FromString(b"".join((header, b"\x10\x01", op * puts)))
+
+
 def apply_txn(
-    store: MVCCStore, req: rpc_pb2.TxnRequest, leases: Leases, nospace: bool
+    store: MVCCStore,
+    req: rpc_pb2.TxnRequest,
+    leases: Leases,
+    nospace: bool,
+    plain: tuple[list[bytes], list[bytes]] | None = None,
 ) -> rpc_pb2.TxnResponse | EtcdError:
+    """``plain``: ``plain_puts(req)``, when the caller has it: a Txn whose
+    compares hold writes its puts in one store call (nothing for the op
+    checks to refuse: no lease, no ignore_*, no range)."""
+    if plain is not None:
+        if nospace:
+            return ERR_NO_SPACE  # a plain Txn has a put: its cost is > 0
+        if all(_compare(store, c) for c in req.compare):
+            keys, values = plain
+            store.begin()
+            store.put_many(keys, values)
+            store.end()
+            return _plain_response(len(keys), store.revision)
     if nospace and txn_cost(req) > 0:
         return ERR_NO_SPACE
     path = _path(store, req)

@@ -43,7 +43,7 @@ from __future__ import annotations
 
 import struct
 from bisect import bisect_right
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Protocol
 
 from google.protobuf.message import DecodeError
@@ -389,6 +389,67 @@ class MVCCStore:
         self._values[key] = value
         self._pending[_ROW.pack(main, sub)] = encode_row(key, create, main, version, value, lease)
         return prev
+
+    def put_many(self, keys: Sequence[bytes], values: Sequence[bytes]) -> bytearray:
+        """``put(keys[i], values[i])`` for each i in order (no lease), in the
+        open transaction: exactly what those puts do, in one loop with the
+        batch's shared parts (main revision, its varint) computed once.
+        Whether each key had a live record before, 0 or 1 per put."""
+        main = self._main
+        assert main, "put outside a transaction"
+        sub = self._sub
+        live = self._live
+        live_get = live.get
+        current = self._values
+        index = self._index
+        index_get = index.get
+        new_keys = self._new_keys
+        messy_add = self._messy.add
+        pending = self._pending
+        pack = _ROW.pack
+        uvarint = _uvarint
+        small = _SMALL
+        m = uvarint(main)
+        base = main << 32
+        existed = bytearray(len(keys))
+        for i, key in enumerate(keys):
+            value = values[i]
+            prev = live_get(key)
+            enc = base | (sub << 1)
+            lst = index_get(key)
+            if lst is None:
+                index[key] = [enc]
+                new_keys.append(key)
+            else:
+                lst.append(enc)
+                messy_add(key)
+            if prev is None:
+                create, version, c = main, 1, m
+            else:
+                existed[i] = 1
+                create, version = prev.create, prev.version + 1
+                c = m if create == main else uvarint(create)
+                if prev.lease:
+                    self._move_lease(key, prev.lease, 0)
+            live[key] = KeyRecord(value, create, main, sub, version, 0)
+            current[key] = value
+            # encode_row(key, create, main, version, value, 0), inlined.
+            nk = len(key)
+            v = small[version] if version < 0x80 else uvarint(version)
+            body = 4 + (1 if nk < 0x80 else len(uvarint(nk))) + nk + len(c) + len(m) + len(v)
+            if value:
+                nv = len(value)
+                lv = small[nv] if nv < 0x80 else uvarint(nv)
+                body += 1 + len(lv) + nv
+                row = b"".join((b"\x0a", uvarint(body), b"\x0a", small[nk] if nk < 0x80 else uvarint(nk), key,
+                                b"\x10", c, b"\x18", m, b"\x20", v, b"\x2a", lv, value))
+            else:
+                row = b"".join((b"\x0a", uvarint(body), b"\x0a", small[nk] if nk < 0x80 else uvarint(nk), key,
+                                b"\x10", c, b"\x18", m, b"\x20", v))
+            pending[pack(main, sub)] = row
+            sub += 1
+        self._sub = sub
+        return existed
 
     def put_alone(self, key: bytes, value: bytes) -> KeyRecord | None:
         """``begin(); put(key, value); end()``: a command of one put."""

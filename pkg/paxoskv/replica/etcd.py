@@ -375,11 +375,12 @@ class EtcdCalls:
             call.set(0, failure(etcd.ERR_STOPPED))
             return call
         field = _FIELDS[type(request)]
-        err = self._check(field, request)
+        plain = etcd.plain_puts(request) if field == "txn" else None
+        err = self._check(field, request, plain)
         if err is not None:
             call.set(0, failure(err))
             return call
-        if field == "txn" and etcd.is_txn_readonly(request):
+        if field == "txn" and plain is None and etcd.is_txn_readonly(request):
             self._read(call, lambda: self._answer(self._sm.read_txn(request)), etcd.is_txn_serializable(request))
             return call
         if field == "alarm" and request.action == rpc_pb2.AlarmRequest.GET:
@@ -388,7 +389,7 @@ class EtcdCalls:
         if etcd.request_bytes(request.ByteSize(), self.member_id) > self.limits.request_bytes_max:
             call.set(0, failure(etcd.ERR_REQUEST_TOO_LARGE))
             return call
-        cost = etcd.put_cost(request) if field == "put" else etcd.txn_cost(request) if field == "txn" else 0
+        cost = etcd.put_cost(request) if field == "put" else etcd.txn_cost(request, plain) if field == "txn" else 0
         if cost and not self._space_for(cost):
             call.set(0, failure(etcd.ERR_NO_SPACE))
             return call
@@ -426,13 +427,13 @@ class EtcdCalls:
         sm = self._sm
         return sm.store.record(key), sm.revision
 
-    def _check(self, field: str, request) -> etcd.EtcdError | None:  # noqa: ANN001
+    def _check(self, field: str, request, plain=None) -> etcd.EtcdError | None:  # noqa: ANN001
         if field == "put":
             return etcd.check_put(request)
         if field == "delete_range":
             return etcd.check_delete_range(request)
         if field == "txn":
-            return etcd.check_txn(request, self.limits)
+            return etcd.check_txn(request, self.limits, plain)
         return None
 
     @staticmethod

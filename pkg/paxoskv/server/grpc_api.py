@@ -453,10 +453,12 @@ class Facade:
         *,
         answer_bytes_max: int,
         whole: bool = False,
+        tag: bytes = b"",
     ) -> list[bytes]:
         """Each operation's encoded ``ResponseOp``, in order (the node layer's
         ``ops`` decides; this only encodes), their values together at most
-        ``answer_bytes_max``. ``whole`` (a Batch or PackedBatch call): a call
+        ``answer_bytes_max``; ``tag``: each one framed as that
+        length-delimited field. ``whole`` (a Batch or PackedBatch call): a call
         the node refused as a whole as invalid or unimplemented raises
         ``_Abort``; otherwise each op gets the call's error."""
         try:
@@ -465,22 +467,28 @@ class Facade:
             if whole and isinstance(exc, (InvalidArgument, Unimplemented)):
                 raise _error_of(exc) from None
             failed = self._op_error(exc)
-            return [failed] * len(ops)
-        return self._responses(ops, outcomes, answer_bytes_max)
+            return [len_field(tag, failed) if tag else failed] * len(ops)
+        return self._responses(ops, outcomes, answer_bytes_max, tag)
 
-    def _responses(self, ops, outcomes, answer_bytes_max: int) -> list[bytes]:  # noqa: ANN001
-        """The encoded ResponseOp of each op. Successful writes of one slot
-        differ only in kind and ``existed``: each variant is encoded once. A
-        get whose value would take the values past ``answer_bytes_max`` is
-        answered RESOURCE_EXHAUSTED instead."""
-        made: dict[tuple[bool, int, bool, int], bytes] = {}
+    def _responses(self, ops, outcomes, answer_bytes_max: int, tag: bytes = b"") -> list[bytes]:  # noqa: ANN001
+        """The encoded ResponseOp of each op (``tag``: framed as that field).
+        Successful writes of one slot share their result objects (the state
+        machine's, alive through this loop): each (result, kind) is encoded
+        and framed once. A get whose value would take the values past
+        ``answer_bytes_max`` is answered RESOURCE_EXHAUSTED instead."""
+        made: dict[tuple[int, bool], bytes] = {}
         node_id = self.node_id
         leader_id = self.node.leader_id or 0
         room = answer_bytes_max
         out: list[bytes] = []
+        if tag:
+            frame = len_field
+            append = lambda data: out.append(frame(tag, data))  # noqa: E731
+        else:
+            append = out.append
         for op, r in zip(ops, outcomes):
             if isinstance(r, Exception):
-                out.append(self._op_error(r))
+                append(self._op_error(r))
                 continue
             kind = op.WhichOneof("op")
             if kind == "get":
@@ -488,7 +496,7 @@ class Facade:
                 resp = kv_pb2.GetResponse(header=self._header(index, revision), found=value is not None)
                 if value is not None:
                     if len(value) > room:
-                        out.append(self._op_error(_Abort(
+                        append(self._op_error(_Abort(
                             _EXHAUSTED,
                             f"the answer would pass {answer_bytes_max} bytes with this value of {len(value)}: "
                             f"read fewer or smaller values per call",
@@ -496,10 +504,10 @@ class Facade:
                         continue
                     room -= len(value)
                     resp.value = value
-                out.append(kv_pb2.ResponseOp(get=resp).SerializeToString())
+                append(kv_pb2.ResponseOp(get=resp).SerializeToString())
                 continue
             is_put = kind == "put"
-            key = (is_put, r.index, r.existed, r.revision)
+            key = (id(r), is_put)
             data = made.get(key)
             if data is None:
                 header = kv_pb2.ResponseHeader(node_id=node_id, leader_id=leader_id, index=r.index, revision=r.revision)
@@ -507,7 +515,10 @@ class Facade:
                     msg = kv_pb2.ResponseOp(put=kv_pb2.PutResponse(header=header, existed=r.existed))
                 else:
                     msg = kv_pb2.ResponseOp(delete=kv_pb2.DeleteResponse(header=header, deleted=r.existed))
-                data = made[key] = msg.SerializeToString()
+                data = msg.SerializeToString()
+                if tag:
+                    data = len_field(tag, data)
+                made[key] = data
             out.append(data)
         return out
 
@@ -535,14 +546,14 @@ class Facade:
                 request=req.request if req.HasField("request") else None,
                 answer_bytes_max=MESSAGE_BYTES_MAX - ANSWER_MARGIN_BYTES,
                 whole=True,
+                tag=b"\x12",
             )
         except _Abort as exc:
             await self._fail(context, exc)
             raise
-        # BatchResponse, encoded by hand: header (field 1), then each result (field 2).
-        parts = [len_field(b"\x0a", self._header(0).SerializeToString())]
-        parts.extend(len_field(b"\x12", r) for r in results)
-        return b"".join(parts)
+        # BatchResponse, encoded by hand: header (field 1), then each result (field 2, framed above).
+        results.insert(0, len_field(b"\x0a", self._header(0).SerializeToString()))
+        return b"".join(results)
 
     async def _session(
         self, requests: AsyncIterator[bytes], context: grpc.aio.ServicerContext
