@@ -68,14 +68,6 @@ def events(resps: list[R.WatchResponse], wid: int | None = None) -> list[tuple[i
     ]
 
 
-def assert_revisions_whole(resps: list[R.WatchResponse]) -> None:
-    """Every revision's events of a watch are in one response."""
-    seen: dict[tuple[int, int], int] = {}
-    for i, r in enumerate(resps):
-        for e in r.events:
-            assert seen.setdefault((r.watch_id, e.kv.mod_revision), i) == i, (r.watch_id, e.kv.mod_revision)
-
-
 def test_create_answers_created_with_the_current_revision_and_auto_ids_count_from_zero() -> None:
     st = Store()
     st.put(b"a")
@@ -116,11 +108,9 @@ def test_events_in_revision_order_once_each_with_ranges_prefix_from_key_and_filt
     assert events(out, 2) == [(3, PUT, b"p/x", b"2"), (5, PUT, b"p/y", b"3"), (6, DELETE, b"p/x", b""), (6, DELETE, b"p/y", b"")]
     assert events(out, 3) == [(4, DELETE, b"k", b""), (6, DELETE, b"p/x", b""), (6, DELETE, b"p/y", b"")]
     assert events(out, 4) == [(3, PUT, b"p/x", b"2"), (5, PUT, b"p/y", b"3")]
-    # both deletes of revision 6 in one response, per watcher (the waiting
-    # responses of a watch joined: revisions 3, 5 and 6 of watch 1 in one)
-    assert_revisions_whole(out)
+    # both deletes of revision 6 in one response, per watcher
     for wid in (1, 2, 3):
-        assert 6 in [e.kv.mod_revision for e in [r for r in out if r.watch_id == wid][-1].events]
+        assert [len(r.events) for r in out if r.watch_id == wid][-1] == 2
 
 
 def test_a_watch_from_a_past_revision_catches_up_from_the_history_then_follows() -> None:
@@ -405,51 +395,3 @@ def test_events_written_and_compacted_in_one_batch_cancel_the_synced_watcher() -
     assert events(out) == []
     assert [(r.canceled, r.compact_revision) for r in out] == [(True, 3)]
     assert hub.watching == 0
-
-
-def two_watches_of_k(limits: WatchLimits | None = None, **second: object):  # noqa: ANN201
-    """A store and a stream with watches 0 (of k) and 1 (of k, ``second``), their created answers taken."""
-    st = Store(limits)
-    s = st.hub.open()
-    st.hub.request(s, create(key=b"k"))
-    st.hub.request(s, create(key=b"k", **second))
-    drain(st.hub, s)
-    return st, st.hub, s
-
-
-def test_a_watchs_waiting_responses_join_until_a_control_response_or_a_take() -> None:
-    st, hub, s = two_watches_of_k(prev_kv=True)
-    for i in range(3):
-        st.put(b"k", b"%d" % i)  # revisions 2, 3, 4: nobody takes meanwhile
-    assert len(s.outbox) == 2 and hub.coalesced == 4
-    out = sorted(drain(hub, s), key=lambda r: r.watch_id)
-    assert [(r.watch_id, r.header.revision) for r in out] == [(0, 4), (1, 4)]
-    assert events(out, 0) == [(2, PUT, b"k", b"0"), (3, PUT, b"k", b"1"), (4, PUT, b"k", b"2")]
-    assert [e.prev_kv.value for e in out[1].events] == [b"", b"0", b"1"]
-    assert s.bytes == 0 and hub.bytes == 0
-    hub.request(s, R.WatchRequest(cancel_request=R.WatchCancelRequest(watch_id=1)))
-    drain(hub, s)
-    st.put(b"k", b"a")  # 5
-    assert [e.kv.mod_revision for e in hub.take(s).events] == [5]
-    st.put(b"k", b"b")  # 6: the response of 5 was taken, so a new one
-    st.put(b"k", b"c")  # 7: joins 6
-    hub.request(s, R.WatchRequest(progress_request=R.WatchProgressRequest()))
-    st.put(b"k", b"d")  # 8: not ahead of the progress answer
-    out = drain(hub, s)
-    assert [(r.watch_id, r.header.revision, [e.kv.mod_revision for e in r.events]) for r in out] == [
-        (0, 7, [6, 7]), (-1, 7, []), (0, 8, [8])]
-    assert s.bytes == 0 and hub.bytes == 0
-
-
-def test_joined_responses_stay_under_the_response_and_fragment_bounds() -> None:
-    st, hub, s = two_watches_of_k(WatchLimits(response_bytes_max=400, fragment_bytes=300), fragment=True)
-    for i in range(20):
-        st.put(b"k", b"x" * 60 + b"%02d" % i)  # revisions 2..21, ~80 bytes an event
-    out = drain(hub, s)
-    assert hub.coalesced > 0
-    for wid, bound in ((0, 400), (1, 300)):
-        mine = [r for r in out if r.watch_id == wid]
-        assert 1 < len(mine) < 20  # joined, and cut
-        assert all(r.ByteSize() <= bound and not r.fragment for r in mine)
-        assert [rev for rev, *_ in events(mine)] == list(range(2, 22))
-    assert_revisions_whole(out)

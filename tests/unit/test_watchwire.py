@@ -92,7 +92,7 @@ def test_every_watch_gets_the_events_protobuf_would_build_and_shared_bytes_count
     per_stream = sum(size for _, size in streams[0].outbox)
     assert all(s.bytes == per_stream for s in streams)
     # the events of one revision set are held once by the node: two shared buffers (with and without prev_kv)
-    shared = {id(p): len(p.data) for s in streams for r, _ in s.outbox for p in r.parts}
+    shared = {id(r.events): len(r.events.data) for s in streams for r, _ in s.outbox}
     assert len(shared) == 2
     assert hub.bytes == sum(s.bytes for s in streams) - (len(streams) * 10 // 2 - 1) * sum(shared.values())
     store = st.sm.store
@@ -117,8 +117,8 @@ def _held(streams: list) -> int:
     for s in streams:
         for r, size in s.outbox:
             if isinstance(r, EventsResponse):
-                own += r.size - r.events_bytes  # joined responses grow in the outbox
-                buffers.update((id(p), len(p.data)) for p in r.parts)
+                own += size - len(r.events.data)
+                buffers[id(r.events)] = len(r.events.data)
             else:
                 own += size
     return own + sum(buffers.values())
@@ -127,9 +127,8 @@ def _held(streams: list) -> int:
 def test_closing_streams_releases_shared_bytes_exactly() -> None:
     st, streams = _watched_store(5, 4)
     hub = st.hub
-    st.write(*[rpc_pb2.PutRequest(key=b"k/%d" % i, value=b"v%d" % i) for i in range(3)])  # shared by all
-    st.put(b"k/3", b"v3")  # joins each watch's waiting response: those bytes are its own
-    assert hub.coalesced == 20
+    for i in range(3):
+        st.put(b"k/%d" % i, b"v%d" % i)
     assert hub.bytes == _held(streams) > 0
     assert hub.bytes < sum(s.bytes for s in streams)
     hub.take(streams[0])

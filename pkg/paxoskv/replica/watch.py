@@ -40,15 +40,6 @@ Rules:
   bytes (``EventsResponse``; ``take_wire`` hands it out encoded, ``take`` as
   a message). A stream counts each of its responses whole; the node counts
   a shared buffer once, while any outbox holds it.
-- Coalescing: a watch's next events join its events response still in the
-  outbox (as another shared part) when no control response (created,
-  canceled, progress) was queued after it and the joined response stays
-  under ``response_bytes_max`` (and ``fragment_bytes`` for a fragment
-  watch); the header takes the later revision. Whole responses join, so a
-  revision's events stay in one response, and events only leave earlier
-  than they would have, so a progress answer still never lies. A driver
-  that takes the next response only when it can write it (the server's
-  write gate) turns a backlog into fewer, larger writes.
 - Progress never lies: a ``WatchProgressRequest`` is answered (watch_id -1,
   header.revision = ``revision``) once every watcher of the stream is
   synced (at once when they are; etcd 3.4 answers at once even when one is
@@ -169,9 +160,6 @@ class WatchStream:
         self.closed = False
         self.progress_wanted = False
         self.on_output: Callable[[], None] = _nothing
-        # A watch's events response still in the outbox with no control
-        # response after it: the watch's next events join it (coalescing).
-        self.pending: dict[int, EventsResponse] = {}
 
     @property
     def unsynced(self) -> int:
@@ -180,11 +168,6 @@ class WatchStream:
     @property
     def has_room(self) -> bool:
         return self._hub.has_room(self)
-
-    @property
-    def has_output(self) -> bool:
-        """``take`` may give a response: one is waiting, or a watcher catches up."""
-        return bool(self.outbox) or (bool(self.late) and not self.closed)
 
 
 def _nothing() -> None:
@@ -203,26 +186,21 @@ class _Shared:
 
 
 class EventsResponse:
-    """An events response in an outbox: its events are ``parts``, encoded
-    bytes each shared by every watch given the same events (more than one
-    part once later events joined it, ``WatchHub._coalesce``);
-    ``encode(head)`` is the whole response with the header's bytes ``head``
-    (the driver's)."""
+    """An events response in an outbox: the bytes of its events are shared
+    by every watch given the same events; ``encode(head)`` is the whole
+    response with the header's bytes ``head`` (the driver's)."""
 
-    __slots__ = ("events_bytes", "fragment", "parts", "revision", "size", "watch_id")
+    __slots__ = ("events", "fragment", "revision", "size", "watch_id")
 
     def __init__(self, watch_id: int, revision: int, events: _Shared, fragment: bool = False) -> None:
         self.watch_id = watch_id
         self.revision = revision  # header.revision
-        self.parts = [events]
-        self.events_bytes = len(events.data)
+        self.events = events
         self.fragment = fragment
-        self.size = watchwire.response_size(revision, watch_id, self.events_bytes, fragment)
+        self.size = watchwire.response_size(revision, watch_id, len(events.data), fragment)
 
     def encode(self, head: bytes | None) -> bytes:
-        parts = self.parts
-        events = parts[0].data if len(parts) == 1 else b"".join([p.data for p in parts])
-        return watchwire.watch_response(head, self.watch_id, events, self.fragment)
+        return watchwire.watch_response(head, self.watch_id, self.events.data, self.fragment)
 
     def message(self) -> rpc_pb2.WatchResponse:
         """As ``take`` returns it: header.revision set, nothing else in the header."""
@@ -300,7 +278,6 @@ class WatchHub:
         self._ranges: set[Watcher] = set()
         self._ticks = 0
         self._no_leader_ticks = 0
-        self.coalesced = 0  # events responses joined to one still in an outbox
 
     # ---- streams -------------------------------------------------------------------
 
@@ -318,7 +295,6 @@ class WatchHub:
             self._remove(w)
         while stream.outbox:
             self._release(stream, *stream.outbox.popleft())
-        stream.pending.clear()
         self._streams.discard(stream)
         self._catching_up.discard(stream)
 
@@ -340,8 +316,6 @@ class WatchHub:
                 return None
         resp, size = stream.outbox.popleft()
         self._release(stream, resp, size)
-        if isinstance(resp, EventsResponse) and stream.pending.get(resp.watch_id) is resp:
-            del stream.pending[resp.watch_id]
         if stream.unsynced and self.has_room(stream):
             self._catch_up(stream)
         return resp
@@ -350,62 +324,25 @@ class WatchHub:
         """Into the outbox: a stream counts each response whole, the node
         counts shared events once (while any outbox holds them)."""
         if isinstance(resp, EventsResponse):
-            size = self._account(stream, resp)
+            size = resp.size
+            shared = resp.events
+            self.bytes += size - len(shared.data) if shared.refs else size
+            shared.refs += 1
         else:
             size = resp.ByteSize()
             self.bytes += size
-            stream.bytes += size
-            stream.pending.clear()  # nothing after it may join a response before it
         stream.outbox.append((resp, size))
+        stream.bytes += size
         stream.on_output()
 
-    def _account(self, stream: WatchStream, resp: EventsResponse) -> int:
-        size = resp.size
-        stream.bytes += size
-        self.bytes += size - resp.events_bytes  # its own bytes; each part once in the node
-        for shared in resp.parts:
-            if not shared.refs:
-                self.bytes += len(shared.data)
-            shared.refs += 1
-        return size
-
     def _release(self, stream: WatchStream, resp: rpc_pb2.WatchResponse | EventsResponse, size: int) -> None:
+        stream.bytes -= size
         if isinstance(resp, EventsResponse):
-            size = resp.size  # it may have grown in the outbox (``_coalesce``)
-            stream.bytes -= size
-            self.bytes -= size - resp.events_bytes
-            for shared in resp.parts:
-                shared.refs -= 1
-                if not shared.refs:
-                    self.bytes -= len(shared.data)
+            shared = resp.events
+            shared.refs -= 1
+            self.bytes -= size if not shared.refs else size - len(shared.data)
         else:
-            stream.bytes -= size
             self.bytes -= size
-
-    def _coalesce(self, w: Watcher, events: _Shared, revision: int) -> bool:
-        """Join ``events`` to the response of ``w`` still waiting in its
-        outbox, when no control response came after it and the joined one
-        stays under ``response_bytes_max`` (under ``fragment_bytes`` for a
-        fragment watch: it would have been split). Whole responses join, so
-        a revision's events stay together; the events leave no later than
-        they would have (progress never lies); the header takes the later
-        revision."""
-        stream = w.stream
-        p = stream.pending.get(w.id)
-        if p is None:
-            return False
-        joined = p.events_bytes + len(events.data)
-        size = watchwire.response_size(revision, w.id, joined)
-        if size > self.limits.response_bytes_max or (w.fragment and size >= self.limits.fragment_bytes):
-            return False
-        self._release(stream, p, p.size)
-        p.parts.append(events)
-        p.events_bytes = joined
-        p.revision = revision
-        p.size = size
-        self._account(stream, p)
-        self.coalesced += 1
-        return True
 
     # ---- requests ------------------------------------------------------------------
 
@@ -608,15 +545,11 @@ class WatchHub:
         if events is None:
             events = shared[key] = _Shared(b"".join([item.entry(store) for item in chunk]))
         frag = self.limits.fragment_bytes
-        stream = w.stream
         if w.fragment and len(chunk) > 1 and watchwire.response_size(revision, w.id, len(events.data)) >= frag:
-            stream.pending.pop(w.id, None)
             for part, more in _fragments([item.entry(store) for item in chunk], revision, w.id, frag):
-                self._emit(stream, EventsResponse(w.id, revision, _Shared(part), more))
-        elif not self._coalesce(w, events, revision):
-            resp = EventsResponse(w.id, revision, events)
-            self._emit(stream, resp)
-            stream.pending[w.id] = resp
+                self._emit(w.stream, EventsResponse(w.id, revision, _Shared(part), more))
+        else:
+            self._emit(w.stream, EventsResponse(w.id, revision, events))
 
     # ---- catch-up ------------------------------------------------------------------
 

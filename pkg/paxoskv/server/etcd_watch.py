@@ -21,38 +21,12 @@ Rules:
 - A request that does not parse ends the stream with INVALID_ARGUMENT;
   the client closing its side ends nothing (etcd: the server keeps sending
   until the call is cancelled).
-- At most ``WRITES_IN_FLIGHT_MAX`` watch writes in flight on a node, across
-  all its streams (``WriteGate``), granted in the order asked; a write
-  still in flight after ``SLOT_HOLD_S_MAX`` (its reader stopped reading)
-  gives its slot back within twice that, so it holds up the other streams
-  that long at most.
-
-Theory of operation (the gate). The node's event loop runs consensus,
-the unary calls and every watch stream. A grpc.aio streamed write costs
-about 40 us of the loop's CPU (start, then the task woken again by grpc's
-poller when it completes); one put given to 1,000 watches is ~330 writes
-per member, and with one task per stream every stream started a write in
-each loop turn: every step of a put (its request, the bus, the fsync
-hand-off, the peers' answers, the reply) waited behind a turn of one
-write per stream, and a put that landed in a fan-out behind many such
-turns. With the gate a stream with output takes its next response only
-once it holds one of ``WRITES_IN_FLIGHT_MAX`` slots; a finished write
-hands its slot to the stream that has waited longest (FIFO: no stream
-starves), whose task runs in a later turn. So a loop turn starts at most
-``WRITES_IN_FLIGHT_MAX`` writes, and whatever consensus scheduled runs
-between those chunks. Responses that wait meanwhile stay in the hub's
-outbox, where a watch's next events join its waiting response (the hub's
-coalescing): the longer the fan-out waits, the fewer writes it takes.
-The CPU per event is unchanged (the writes are what they were); what
-changes is where the consensus path queues (docs/benchmarks.md, the
-watch-gate section: writer p99 with 1,000 watchers 0.5x of main's).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections import deque
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -62,94 +36,15 @@ from paxoskv.etcdpb import rpc_pb2
 from paxoskv.replica.errors import EtcdFailure
 from paxoskv.replica.watch import EventsResponse
 
-__all__ = ["WRITES_IN_FLIGHT_MAX", "WatchService", "WriteGate"]
-
-WRITES_IN_FLIGHT_MAX = 8  # watch writes in flight on one node (see the gate)
-SLOT_HOLD_S_MAX = 0.05  # a write not done by then (a slow reader: flow control) gives its slot back
-
-
-class WriteGate:
-    """At most ``in_flight_max`` slots held at once, granted in the order
-    asked; a slot given back goes to the oldest waiter (who runs in a later
-    loop turn). A slot held longer than ``hold_s_max`` is given back within
-    twice that (one watchdog timer for the gate, none per write), so a
-    reader that stopped reading holds up the others that long at most.
-    One per node, shared by its Watch streams; on one event loop."""
-
-    def __init__(self, in_flight_max: int = WRITES_IN_FLIGHT_MAX, hold_s_max: float = SLOT_HOLD_S_MAX) -> None:
-        if in_flight_max < 1 or hold_s_max <= 0:
-            raise ValueError(f"in_flight_max must be >= 1 and hold_s_max > 0: {in_flight_max}, {hold_s_max}")
-        self.in_flight_max = in_flight_max
-        self.hold_s_max = hold_s_max
-        self.in_flight = 0
-        self.expired = 0  # slots the watchdog took back
-        self._waiting: deque[asyncio.Future[None]] = deque()
-        self._held: dict[int, int] = {}  # ticket -> the watchdog's epoch when granted
-        self._next_ticket = 0
-        self._epoch = 0
-        self._watchdog: asyncio.TimerHandle | None = None
-
-    @property
-    def waiting(self) -> int:
-        return sum(1 for f in self._waiting if not f.done())
-
-    async def acquire(self) -> int:
-        """A slot, as a ticket to give back with ``release``."""
-        if self.in_flight < self.in_flight_max and not self._waiting:
-            self.in_flight += 1
-        else:
-            fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-            self._waiting.append(fut)
-            try:
-                await fut
-            except asyncio.CancelledError:
-                if fut.done() and not fut.cancelled():
-                    self._pass_on()  # granted as it was cancelled: the slot goes on
-                else:
-                    with contextlib.suppress(ValueError):  # a hand-over may have dropped it already
-                        self._waiting.remove(fut)
-                raise
-        ticket = self._next_ticket
-        self._next_ticket = ticket + 1
-        self._held[ticket] = self._epoch
-        if self._watchdog is None:
-            self._watchdog = asyncio.get_running_loop().call_later(self.hold_s_max, self._expire)
-        return ticket
-
-    def release(self, ticket: int) -> None:
-        """Give the slot back (again, or after the watchdog took it: nothing)."""
-        if self._held.pop(ticket, None) is not None:
-            self._pass_on()
-
-    def _expire(self) -> None:
-        """The watchdog: slots granted before its previous run go back."""
-        self._watchdog = None
-        epoch = self._epoch
-        self._epoch = epoch + 1
-        for ticket in [t for t, e in self._held.items() if e < epoch]:
-            self.expired += 1
-            self.release(ticket)
-        if self._held:
-            self._watchdog = asyncio.get_running_loop().call_later(self.hold_s_max, self._expire)
-
-    def _pass_on(self) -> None:
-        """A slot was given back: to the oldest waiter, else free."""
-        while self._waiting:
-            fut = self._waiting.popleft()
-            if not fut.done():
-                fut.set_result(None)  # the slot changes hands: in_flight stays
-                return
-        self.in_flight -= 1
+__all__ = ["WatchService"]
 
 
 class WatchService:
     """The Watch service of one node; ``fill(header, layer)`` fills a
     header as the facade does (``EtcdFacade._fill`` without the revision)."""
 
-    def __init__(self, node: Any, fill: Any, parse: Any, wants_leader: Any,  # noqa: ANN401
-                 gate: WriteGate | None = None) -> None:
+    def __init__(self, node: Any, fill: Any, parse: Any, wants_leader: Any) -> None:  # noqa: ANN401
         self.node = node
-        self.gate = gate or WriteGate()
         self._fill = fill
         self._parse = parse
         self._wants_leader = wants_leader
@@ -175,26 +70,10 @@ class WatchService:
         stream.on_output = output.set
         reader = asyncio.create_task(self._read(requests, layer, stream, output, room))
         head = _Heads(self._fill, layer)
-        gate = self.gate
         try:
             while True:
                 output.clear()
-                resp = None
-                if stream.has_output:
-                    # The slot first, then the response: while this stream waits
-                    # its turn, its responses stay in the outbox and coalesce.
-                    ticket = await gate.acquire()
-                    try:
-                        resp = hub.take_wire(stream)
-                        if resp is not None:
-                            if isinstance(resp, EventsResponse):
-                                data = resp.encode(head.of(resp.revision))
-                            else:
-                                self._fill(resp.header, layer)
-                                data = resp.SerializeToString()
-                            await context.write(data)
-                    finally:
-                        gate.release(ticket)
+                resp = hub.take_wire(stream)
                 if resp is None:
                     failure = stream.failed or _failure_of(reader)
                     if failure is not None:
@@ -202,6 +81,12 @@ class WatchService:
                         return
                     await output.wait()
                     continue
+                if isinstance(resp, EventsResponse):
+                    data = resp.encode(head.of(resp.revision))
+                else:
+                    self._fill(resp.header, layer)
+                    data = resp.SerializeToString()
+                await context.write(data)
                 room.set()
         finally:
             reader.cancel()
