@@ -45,7 +45,8 @@ etcd and for paxoskv through the etcd API its port serves (not again as
 ``paxoskv-etcdapi``: the same servers, the same port). A watch job is
 etcd's ``benchmark watch-latency`` shape: N watches of one key (0, 1, or 100
 streams x 10), dealt over the members, and one writer putting that key at
-``--watch-put-rate`` per second; the latency is from a put sent to its
+``--watch-put-rate`` per second for ``--watch-duration-s`` (30 s: the
+writer's p99 is then one of 300 puts, not the worst of 60); the latency is from a put sent to its
 event received at each watcher (the send instant travels in the value),
 ``events missing`` counts acknowledged puts some watcher never got (must be
 0), the writer's put p99 beside it says what the watchers cost the writes,
@@ -350,6 +351,7 @@ def run_job(job: Job, system: str, cluster: clusters.Cluster, args: argparse.Nam
         timeout_s=args.timeout_s, connect_timeout_s=30.0, server_pids=tuple(cluster.live_pids()), tls=cluster.tls,
     )
     if job.mode == "watch":
+        phases["duration_s"] = args.watch_duration_s
         return watch_figures(run_watch(WatchConfig(
             **phases, streams=job.streams, watchers_per_stream=job.per_stream, put_rate_s=args.watch_put_rate,
             value_bytes=args.value_bytes,
@@ -616,6 +618,9 @@ def main() -> int:
     ap.add_argument("--jobs", default="", help=f"comma-separated subset of {','.join(j.key for j in JOBS)},inproc")
     ap.add_argument("--watch-put-rate", type=float, default=10.0,
                     help="watch jobs: the writer's puts per second (each is an event for every watcher)")
+    ap.add_argument("--watch-duration-s", type=float, default=30.0,
+                    help="watch jobs: the measured window (at 10 puts/s, 30 s makes the writer's p99 one of 300 puts; "
+                         "in 6 s it is the worst of 60)")
     ap.add_argument("--leases", type=int, default=1000, help="keepalive job: leases granted and kept alive")
     ap.add_argument("--keepalive-streams", type=int, default=8, help="keepalive job: LeaseKeepAlive streams in all")
     ap.add_argument("--keepalive-depth", type=int, default=16, help="keepalive job: keep-alives in flight per stream")
@@ -680,7 +685,7 @@ def main() -> int:
         "ratio = paxoskv / peer (throughput: higher is better; latency and CPU: lower is better);"
         " batch rows: paxoskv's PackedBatch of N puts vs etcd's Txn of N puts; * = the peer's figure of the row"
         " paxoskv's is compared with (per-op Batch: the Txn of 100; stream: the unary put)",
-        f"watch jobs: one writer at {args.watch_put_rate:g} puts/s, latency put sent -> event received, CPU per event;"
+        f"watch jobs: one writer at {args.watch_put_rate:g} puts/s for {args.watch_duration_s:g} s, latency put sent -> event received, CPU per event;"
         f" keepalive: {args.leases} leases, {args.keepalive_streams} streams x {args.keepalive_depth} in flight",
         "CPU: utime+stime of all processes, threads and children, from /proc, over the measured window;"
         " us/op = that / operations succeeded in the window (a batch: per put); idle: % of one core per node"

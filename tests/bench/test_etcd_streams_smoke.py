@@ -53,7 +53,7 @@ def test_every_watcher_gets_every_put_once_and_each_event_is_timed(cluster):
 
 def test_the_compare_jobs_give_their_rows_and_keepalives_a_live_ttl(cluster):
     args = argparse.Namespace(
-        processes=1, warmup_s=0.3, duration_s=1.5, timeout_s=10.0, value_bytes=100, watch_put_rate=20.0,
+        processes=1, warmup_s=0.3, duration_s=1.5, timeout_s=10.0, value_bytes=100, watch_put_rate=20.0, watch_duration_s=1.5,
         leases=20, keepalive_streams=2, keepalive_depth=2, systems=["paxoskv"],
     )
     jobs = {j.key: j for j in compare.JOBS}
