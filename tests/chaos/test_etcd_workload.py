@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from paxoskv.chaos.etcd_workload import _gap_free
+from paxoskv.chaos.etcd_workload import _gap_free, foreign_revisions_of
 
 
 def row(key, value, create, mod, version):  # noqa: ANN001, ANN201
@@ -39,3 +39,17 @@ def test_a_mod_revision_from_the_future_is_caught():
 def test_a_store_not_empty_at_revision_one_is_caught():
     problem, _ = _gap_free([(row(b"a", b"1", 1, 1, 1),)], 1)
     assert "not empty" in problem
+
+
+def test_the_revisions_that_changed_no_etcd_workload_key_go_to_the_other_writers():
+    e1, k0 = b"e/k1", b"k0"
+    states = [
+        (),                                                     # 1: empty
+        (row(k0, b"c0-1", 2, 2, 1),),                           # 2: a v1 put
+        (row(e1, b"e0-1", 3, 3, 1), row(k0, b"c0-1", 2, 2, 1)),  # 3: an etcd put
+        (row(e1, b"e0-1", 3, 3, 1), row(k0, b"c0-1", 2, 2, 1)),  # 4: a v1 batch with no net change
+        (row(e1, b"e0-1", 3, 3, 1),),                           # 5: a v1 delete
+        (),                                                     # 6: an etcd delete (or a revoke)
+        (row(e1, b"e1-1", 7, 7, 1), row(k0, b"c1-1", 7, 7, 1)),  # 7: both (never made: counts as etcd's)
+    ]
+    assert foreign_revisions_of(states) == [2, 4, 5]

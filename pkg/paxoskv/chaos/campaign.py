@@ -356,7 +356,7 @@ async def _etcd_checks(cfg: CampaignConfig, res: CampaignResult, wl: EtcdWorkloa
     await check_members(cfg.etcd, targets, out, tls=wl.tls)
     out.timings["members_s"] = time.monotonic() - t
     t = time.monotonic()
-    out.check = await asyncio.to_thread(check_history_of, wl, res.history, cfg.check_budget_s)
+    out.check = await asyncio.to_thread(check_history_of, wl, res.history, cfg.check_budget_s, out.foreign_revisions)
     out.timings["check_s"] = time.monotonic() - t
 
 

@@ -133,6 +133,9 @@ class EtcdOutcome:
     revisions_scanned: int = 0  # per member
     hashes_compared: int = 0  # revisions at which HashKV was compared
     unchanged_revisions: int = 0  # revisions with no net change (told apart from gaps by HashKV)
+    # the revisions the members' scan shows changed no etcd-workload key (the
+    # paxoskv.v1 workload's writes); None when the scan did not start at 1
+    foreign_revisions: list[int] | None = None
     notes: Counter = field(default_factory=Counter)
     timings: dict[str, float] = field(default_factory=dict)
 
@@ -620,12 +623,36 @@ async def check_members(
                 if h[0].hash == h[1].hash:
                     out.problems.append(f"etcd: node {i}: revision {rev} holds nothing (HashKV as at {rev - 1})")
             out.unchanged_revisions = len(unchanged)
+        if first == 1 and not out.problems:
+            out.foreign_revisions = foreign_revisions_of(states[ref])
         out.timings["scan_s"] = time.monotonic() - t
     except grpc.aio.AioRpcError as exc:
         out.problems.append(f"etcd: a member check call failed: {exc.code().name} {exc.details()}")
     finally:
         for ch in channels.values():
             await ch.close(grace=None)
+
+
+def foreign_revisions_of(states: Sequence[tuple]) -> list[int]:
+    """The revisions (2 ... of ``states``, the whole store at revision 1, 2,
+    ...) whose write changed no key of this workload: the other writers'
+    (paxoskv.v1 writes on keys outside ``KEY_PREFIX``, a v1 batch that left
+    no net change). Every write of this workload changes one of its keys
+    (values are unique; etcd refuses a Txn naming a key twice; a revoke
+    takes a revision only when it deletes keys), so the checker can give
+    exactly these revisions to the foreign writes (``foreign_revisions``)
+    instead of searching where each may have gone."""
+    mine = KEY_PREFIX.encode()
+    out: list[int] = []
+    prev: dict[bytes, tuple] = {}
+    for k, rows in enumerate(states):
+        cur = {r[0]: r[1:] for r in rows}
+        if k > 0:
+            changed = [key for key in cur.keys() | prev.keys() if cur.get(key) != prev.get(key)]
+            if not any(key.startswith(mine) for key in changed):
+                out.append(k + 1)
+        prev = cur
+    return out
 
 
 def _gap_free(states: Sequence[tuple], first: int) -> tuple[str, list[int]]:
@@ -653,9 +680,12 @@ def _gap_free(states: Sequence[tuple], first: int) -> tuple[str, list[int]]:
     return "", unchanged
 
 
-def check_history_of(wl: EtcdWorkload, v1_history: Sequence, time_budget_s: float | None) -> TxnCheckResult:  # noqa: ANN001
-    """Linearizability of the etcd history; the v1 writes may take revisions."""
-    return check_txn_history(wl.history(), foreign=foreign_writes(v1_history), time_budget_s=time_budget_s)
+def check_history_of(wl: EtcdWorkload, v1_history: Sequence, time_budget_s: float | None,  # noqa: ANN001
+                     foreign_revisions: Sequence[int] | None = None) -> TxnCheckResult:
+    """Linearizability of the etcd history; the v1 writes may take revisions
+    (exactly ``foreign_revisions`` when the members' scan told them)."""
+    return check_txn_history(wl.history(), foreign=foreign_writes(v1_history), foreign_revisions=foreign_revisions,
+                             time_budget_s=time_budget_s)
 
 
 def lease_counts(history: Sequence[TxnOp]) -> Counter:
@@ -684,7 +714,9 @@ def summary_lines(out: EtcdOutcome) -> list[str]:
         f"  checker: {ch.verdict + f', {ch.ops_checked} ops in {ch.elapsed_s:.1f}s ({ch.steps} steps)' if ch else 'not run'}",
         f"  members: HashKV equal at {out.hashes_compared} revisions, Range at each of {out.revisions_scanned} "
         f"revisions compared and gap-free: {'no' if out.problems else 'yes'} ({out.unchanged_revisions} with "
-        f"no net change, each holding rows)",
+        f"no net change, each holding rows); the other writers' revisions "
+        + (f"told to the checker: {len(out.foreign_revisions)}" if out.foreign_revisions is not None
+           else "searched (the scan did not start at revision 1)"),
     ]
     lc = lease_counts(out.history)
     if lc:
